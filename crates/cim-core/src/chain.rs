@@ -1,0 +1,274 @@
+//! The per-aggregate hash chain: each event's hash covers its own canonical form and the previous
+//! event's hash, so a changed, removed, inserted or reordered event breaks the chain at that point.
+//!
+//! DESIGN §3 says "canonical payload and previous hash". We hash every stored field except
+//! `hash` itself, because an attacker (or a bad migration) that rewrites `actor` or
+//! `occurred_at` should be caught just like one that rewrites the payload.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::envelope::EventEnvelope;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventHash(pub [u8; 32]);
+
+impl EventHash {
+    /// The `prev_hash` of an aggregate's first event.
+    pub const GENESIS: EventHash = EventHash([0; 32]);
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    pub fn from_hex(s: &str) -> Result<Self, String> {
+        blake3::Hash::from_hex(s)
+            .map(|h| EventHash(*h.as_bytes()))
+            .map_err(|_| format!("hash: expected 64 hex digits, got {:?}", s.chars().take(80).collect::<String>()))
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, String> {
+        <[u8; 32]>::try_from(bytes).map(EventHash).map_err(|_| format!("hash: expected 32 bytes, got {}", bytes.len()))
+    }
+}
+
+impl fmt::Debug for EventHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventHash({})", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for EventHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for EventHash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        EventHash::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Writes JSON with object keys sorted and no whitespace, so equal documents hash equally no
+/// matter how a map was ordered when it was built.
+pub fn canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(&Value::String(k.clone()), out);
+                out.push(b':');
+                canonical_json(v, out);
+            }
+            out.push(b'}');
+        }
+        scalar => write_scalar(scalar, out),
+    }
+}
+
+fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
+    // Writing a scalar into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, value).unwrap_or_default();
+}
+
+fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
+    // Length prefixes keep ("ab","c") and ("a","bc") apart.
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// The hash an event must carry, given its `prev_hash`.
+pub fn compute_hash(e: &EventEnvelope) -> EventHash {
+    let mut h = blake3::Hasher::new();
+    h.update(b"cim.event.v1\0");
+    h.update(e.prev_hash.as_bytes());
+    field(&mut h, e.event_id.as_uuid().as_bytes());
+    field(&mut h, e.event_type.as_str().as_bytes());
+    field(&mut h, &e.schema_version.to_le_bytes());
+    field(&mut h, e.domain.as_str().as_bytes());
+    field(&mut h, e.aggregate_type.as_str().as_bytes());
+    field(&mut h, e.aggregate_id.as_uuid().as_bytes());
+    field(&mut h, &e.sequence.to_le_bytes());
+    field(&mut h, &e.occurred_at.timestamp_micros().to_le_bytes());
+    field(&mut h, e.tenant_id.as_uuid().as_bytes());
+    field(&mut h, e.actor.as_str().as_bytes());
+    field(&mut h, e.correlation_id.as_uuid().as_bytes());
+    field(&mut h, e.causation_id.as_uuid().as_bytes());
+    let mut payload = Vec::with_capacity(256);
+    canonical_json(&e.payload, &mut payload);
+    field(&mut h, &payload);
+    EventHash(*h.finalize().as_bytes())
+}
+
+/// The first place a chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hash chain broken at index {index} (sequence {sequence}, event {event_id}): {kind}")]
+pub struct ChainBreak {
+    pub index: usize,
+    pub sequence: u64,
+    pub event_id: String,
+    pub kind: ChainBreakKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainBreakKind {
+    #[error("event belongs to another aggregate")]
+    ForeignAggregate,
+    #[error("expected sequence {expected}, found {found} (an event is missing or out of order)")]
+    SequenceGap { expected: u64, found: u64 },
+    #[error("prev_hash does not match the previous event's hash (an event was removed or inserted)")]
+    PrevHashMismatch,
+    #[error("hash does not match the event's content (the event was changed)")]
+    HashMismatch,
+}
+
+/// Verifies a whole aggregate history, which must start at sequence 1.
+pub fn verify_chain(events: &[EventEnvelope]) -> Result<(), ChainBreak> {
+    verify_chain_from(0, EventHash::GENESIS, events)
+}
+
+/// Verifies events that continue a chain whose last checked event had `after_sequence` and
+/// `after_hash` (0 and GENESIS for a chain from the start).
+pub fn verify_chain_from(
+    after_sequence: u64,
+    after_hash: EventHash,
+    events: &[EventEnvelope],
+) -> Result<(), ChainBreak> {
+    let Some(first) = events.first() else { return Ok(()) };
+    let aggregate = first.aggregate_id;
+    let mut prev = after_hash;
+    for (expected_sequence, (index, e)) in (after_sequence + 1..).zip(events.iter().enumerate()) {
+        let brk = |kind| ChainBreak { index, sequence: e.sequence, event_id: e.event_id.to_string(), kind };
+        if e.aggregate_id != aggregate {
+            return Err(brk(ChainBreakKind::ForeignAggregate));
+        }
+        if e.sequence != expected_sequence {
+            return Err(brk(ChainBreakKind::SequenceGap { expected: expected_sequence, found: e.sequence }));
+        }
+        if e.prev_hash != prev {
+            return Err(brk(ChainBreakKind::PrevHashMismatch));
+        }
+        if compute_hash(e) != e.hash {
+            return Err(brk(ChainBreakKind::HashMismatch));
+        }
+        prev = e.hash;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::tests::{context, new_event};
+    use chrono::Utc;
+
+    fn history(n: u64) -> Vec<EventEnvelope> {
+        EventEnvelope::seal_all(&context(), (1..=n).map(new_event), 1, EventHash::GENESIS, Utc::now())
+    }
+
+    #[test]
+    fn an_untouched_history_verifies() {
+        assert_eq!(verify_chain(&history(10)), Ok(()));
+        assert_eq!(verify_chain(&[]), Ok(()));
+    }
+
+    #[test]
+    fn a_changed_payload_is_detected_at_that_event() {
+        let mut events = history(10);
+        events[4].payload["props"]["b"] = 2.into();
+        let brk = verify_chain(&events).unwrap_err();
+        assert_eq!(brk.index, 4);
+        assert_eq!(brk.sequence, 5);
+        assert_eq!(brk.kind, ChainBreakKind::HashMismatch);
+    }
+
+    #[test]
+    fn a_changed_actor_is_detected() {
+        let mut events = history(3);
+        events[1].actor = "user:mallory".parse().unwrap();
+        assert_eq!(verify_chain(&events).unwrap_err().kind, ChainBreakKind::HashMismatch);
+    }
+
+    #[test]
+    fn a_removed_event_is_detected() {
+        let mut events = history(10);
+        events.remove(6);
+        let brk = verify_chain(&events).unwrap_err();
+        assert_eq!(brk.index, 6);
+        assert_eq!(brk.kind, ChainBreakKind::SequenceGap { expected: 7, found: 8 });
+    }
+
+    #[test]
+    fn a_removed_and_renumbered_event_is_detected() {
+        let mut events = history(5);
+        events.remove(2);
+        for (i, e) in events.iter_mut().enumerate() {
+            e.sequence = i as u64 + 1;
+        }
+        let brk = verify_chain(&events).unwrap_err();
+        assert_eq!(brk.index, 2);
+        assert_eq!(brk.kind, ChainBreakKind::PrevHashMismatch);
+    }
+
+    #[test]
+    fn a_removed_first_event_is_detected() {
+        let mut events = history(3);
+        events.remove(0);
+        assert_eq!(verify_chain(&events).unwrap_err().kind, ChainBreakKind::SequenceGap { expected: 1, found: 2 });
+    }
+
+    #[test]
+    fn a_tail_verifies_from_its_anchor() {
+        let events = history(6);
+        assert_eq!(verify_chain_from(3, events[2].hash, &events[3..]), Ok(()));
+        assert!(verify_chain_from(3, EventHash::GENESIS, &events[3..]).is_err());
+    }
+
+    #[test]
+    fn key_order_does_not_change_the_hash() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"é\n"}}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":{"x":"é\n","y":[1,2]},"b":1}"#).unwrap();
+        let (mut ca, mut cb) = (Vec::new(), Vec::new());
+        canonical_json(&a, &mut ca);
+        canonical_json(&b, &mut cb);
+        assert_eq!(ca, cb);
+        assert_eq!(String::from_utf8(ca).unwrap(), r#"{"a":{"x":"é\n","y":[1,2]},"b":1}"#);
+    }
+
+    #[test]
+    fn hashes_round_trip_through_hex() {
+        let h = history(1)[0].hash;
+        assert_eq!(EventHash::from_hex(&h.to_hex()).unwrap(), h);
+        assert!(EventHash::from_hex("zz").is_err());
+        assert!(EventHash::from_slice(&[0; 31]).is_err());
+    }
+}

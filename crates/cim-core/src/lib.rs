@@ -1,0 +1,24 @@
+//! CIM's shared vocabulary. Every service speaks these types; none of them does I/O.
+//!
+//! - [`ids`]: UUIDv7 identifiers as newtypes that parse rather than validate.
+//! - [`envelope`]: the event envelope of DESIGN §3.
+//! - [`chain`]: the per-aggregate BLAKE3 hash chain.
+//! - [`subject`]: NATS subject grammar of DESIGN §4 (build and parse).
+//! - [`error`]: the one error-code table mapped to gRPC and HTTP.
+//! - [`upcast`]: converting stored events of an older schema version on read.
+
+pub mod chain;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod names;
+pub mod subject;
+pub mod upcast;
+
+pub use chain::{ChainBreak, ChainBreakKind, EventHash, verify_chain};
+pub use envelope::{EventContext, EventEnvelope, NewEvent};
+pub use error::{ErrorCode, FieldViolation};
+pub use ids::{AggregateId, CausationId, CommandId, CorrelationId, EventId, IdError, TenantId};
+pub use names::{Actor, AggregateType, Domain, EventType, NameError};
+pub use subject::{EventSubject, SubjectError, SubjectPrefix, headers};
+pub use upcast::{UpcastError, Upcasters};

@@ -1,0 +1,28 @@
+//! Compiles proto/ with a vendored protoc, so a fresh clone builds with no system packages.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let mut protos = vec![
+        root.join("cim/common/v1/envelope.proto"),
+        root.join("cim/common/v1/error.proto"),
+        root.join("cim/common/v1/paging.proto"),
+    ];
+    if std::env::var_os("CARGO_FEATURE_TESTING").is_some() {
+        protos.push(root.join("cim/testing/v1/probe.proto"));
+    }
+
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Well-known types (Struct, Timestamp) come from the vendored include directory.
+    let includes = [root.clone(), protoc_bin_vendored::include_path()?];
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("cim_descriptor.bin"))
+        .compile_with_config(config, &protos, &includes)?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Generated gRPC code for CIM's protos. Domain crates never see these types: they convert at
+//! the service edge.
+
+#![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+
+pub mod cim {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("cim.common.v1");
+        }
+    }
+    #[cfg(feature = "testing")]
+    pub mod testing {
+        pub mod v1 {
+            tonic::include_proto!("cim.testing.v1");
+        }
+    }
+}
+
+pub use cim::common::v1 as common;
+
+/// Every service of this build, for gRPC reflection (v1 and v1alpha).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cim_descriptor");

@@ -1,0 +1,480 @@
+//! Every `CIM_*` environment variable, in one table, parsed once at start-up.
+//!
+//! A bad value stops the process with one line per bad variable naming it, the expected form and
+//! what was found (secrets redacted), instead of failing later somewhere less obvious.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cim_core::SubjectPrefix;
+
+/// One variable: its name, default, the form it must take and whether its value is secret.
+#[derive(Debug, Clone, Copy)]
+pub struct VarSpec {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub expected: &'static str,
+    pub secret: bool,
+    pub help: &'static str,
+}
+
+const fn var(name: &'static str, default: Option<&'static str>, expected: &'static str, help: &'static str) -> VarSpec {
+    VarSpec { name, default, expected, secret: false, help }
+}
+
+pub const CIM_LOG_FORMAT: &str = "CIM_LOG_FORMAT";
+pub const CIM_LOG: &str = "CIM_LOG";
+pub const CIM_OTLP_ENDPOINT: &str = "CIM_OTLP_ENDPOINT";
+pub const CIM_DATABASE_URL: &str = "CIM_DATABASE_URL";
+pub const CIM_DATABASE_MAX_CONNECTIONS: &str = "CIM_DATABASE_MAX_CONNECTIONS";
+pub const CIM_NATS_URL: &str = "CIM_NATS_URL";
+pub const CIM_SUBJECT_PREFIX: &str = "CIM_SUBJECT_PREFIX";
+pub const CIM_STREAM_REPLICAS: &str = "CIM_STREAM_REPLICAS";
+pub const CIM_REDIS_URL: &str = "CIM_REDIS_URL";
+pub const CIM_CONNECT_TIMEOUT_MS: &str = "CIM_CONNECT_TIMEOUT_MS";
+pub const CIM_SHUTDOWN_GRACE_MS: &str = "CIM_SHUTDOWN_GRACE_MS";
+
+/// The complete list. `cim config` prints it; a test checks that compose and k8s set only these.
+pub const VARS: &[VarSpec] = &[
+    var(CIM_LOG_FORMAT, Some("json"), "json or pretty", "log line format"),
+    var(CIM_LOG, Some("info"), "a tracing filter such as info or cim_graph=debug,info", "log levels"),
+    var(CIM_OTLP_ENDPOINT, None, "an http(s):// URL of an OTLP/gRPC collector", "export traces when set"),
+    VarSpec {
+        name: CIM_DATABASE_URL,
+        default: Some("postgres://postgres@127.0.0.1:5432/cim"),
+        expected: "a postgres:// URL such as postgres://user:password@host:5432/cim",
+        secret: true,
+        help: "Postgres database holding every service's schema",
+    },
+    var(CIM_DATABASE_MAX_CONNECTIONS, Some("16"), "an integer from 1 to 1000", "pool size per service"),
+    var(
+        CIM_NATS_URL,
+        Some("nats://127.0.0.1:4222"),
+        "a nats:// URL (several separated by commas)",
+        "NATS with JetStream",
+    ),
+    var(CIM_SUBJECT_PREFIX, Some("cim"), "dot-separated tokens of A-Z a-z 0-9 _ -", "subject and stream name prefix"),
+    var(CIM_STREAM_REPLICAS, Some("1"), "an integer from 1 to 5", "JetStream stream replicas"),
+    VarSpec {
+        name: CIM_REDIS_URL,
+        default: Some("redis://127.0.0.1:6379"),
+        expected: "a redis:// or rediss:// URL",
+        secret: true,
+        help: "Redis for cache, sessions and rate limits",
+    },
+    var(CIM_CONNECT_TIMEOUT_MS, Some("5000"), "milliseconds from 100 to 600000", "timeout to reach a dependency"),
+    var(
+        CIM_SHUTDOWN_GRACE_MS,
+        Some("20000"),
+        "milliseconds from 0 to 600000",
+        "how long shutdown waits for in-flight work",
+    ),
+    var("CIM_GATEWAY_ADDR", Some("0.0.0.0:8080"), "host:port", "gateway HTTP listener"),
+    var("CIM_GATEWAY_ADMIN_ADDR", Some("0.0.0.0:9100"), "host:port", "gateway admin listener"),
+    var("CIM_WEBSOCKET_ADDR", Some("0.0.0.0:8081"), "host:port", "websocket HTTP listener"),
+    var("CIM_WEBSOCKET_ADMIN_ADDR", Some("0.0.0.0:9101"), "host:port", "websocket admin listener"),
+    var("CIM_GRAPH_ADDR", Some("0.0.0.0:50051"), "host:port", "graph gRPC listener"),
+    var("CIM_GRAPH_ADMIN_ADDR", Some("0.0.0.0:9102"), "host:port", "graph admin listener"),
+    var("CIM_DOCUMENT_ADDR", Some("0.0.0.0:50052"), "host:port", "document gRPC listener"),
+    var("CIM_DOCUMENT_ADMIN_ADDR", Some("0.0.0.0:9103"), "host:port", "document admin listener"),
+    var("CIM_WORKFLOW_ADDR", Some("0.0.0.0:50053"), "host:port", "workflow gRPC listener"),
+    var("CIM_WORKFLOW_ADMIN_ADDR", Some("0.0.0.0:9104"), "host:port", "workflow admin listener"),
+    var("CIM_AGENT_ADDR", Some("0.0.0.0:50054"), "host:port", "agent gRPC listener"),
+    var("CIM_AGENT_ADMIN_ADDR", Some("0.0.0.0:9105"), "host:port", "agent admin listener"),
+];
+
+/// The deployable services and their defaults (DESIGN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceKind {
+    Gateway,
+    Websocket,
+    Graph,
+    Document,
+    Workflow,
+    Agent,
+}
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 6] = [
+        ServiceKind::Gateway,
+        ServiceKind::Websocket,
+        ServiceKind::Graph,
+        ServiceKind::Document,
+        ServiceKind::Workflow,
+        ServiceKind::Agent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Gateway => "gateway",
+            ServiceKind::Websocket => "websocket",
+            ServiceKind::Graph => "graph",
+            ServiceKind::Document => "document",
+            ServiceKind::Workflow => "workflow",
+            ServiceKind::Agent => "agent",
+        }
+    }
+
+    fn addr_var(self) -> String {
+        format!("CIM_{}_ADDR", self.name().to_ascii_uppercase())
+    }
+
+    fn admin_addr_var(self) -> String {
+        format!("CIM_{}_ADMIN_ADDR", self.name().to_ascii_uppercase())
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ServiceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ServiceKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            format!("unknown service {s:?}; expected one of gateway, websocket, graph, document, workflow, agent")
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A value that must not reach logs or error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// Keeps scheme, user, host, port and path; hides the password.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let tail = tail.split('?').next().unwrap_or_default();
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => format!("{scheme}://{authority}{}", tail.split('?').next().unwrap_or_default()),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub otlp_endpoint: Option<String>,
+    pub database_url: Secret,
+    pub database_max_connections: u32,
+    pub nats_url: String,
+    pub subject_prefix: SubjectPrefix,
+    pub stream_replicas: usize,
+    pub redis_url: Secret,
+    pub connect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub listen: BTreeMap<ServiceKind, Listen>,
+}
+
+/// One bad variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: expected {expected}, got {got}")]
+pub struct ConfigError {
+    pub var: String,
+    pub expected: String,
+    /// The offending value, quoted, or redacted for secrets.
+    pub got: String,
+}
+
+/// Every bad variable, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| format!("invalid configuration: {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, name: &str) -> (String, &'static VarSpec) {
+        let spec = spec(name);
+        let value = (self.lookup)(name)
+            .filter(|v| !v.is_empty())
+            .or_else(|| spec.default.map(str::to_owned))
+            .unwrap_or_default();
+        (value, spec)
+    }
+
+    fn parse<T>(&mut self, name: &str, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+        let (value, spec) = self.raw(name);
+        let parsed = parse(value.trim());
+        if parsed.is_none() {
+            let got = if spec.secret { format!("{:?}", redact_url(&value)) } else { format!("{value:?}") };
+            self.errors.push(ConfigError { var: name.to_owned(), expected: spec.expected.to_owned(), got });
+        }
+        parsed
+    }
+
+    fn optional(&mut self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn spec(name: &str) -> &'static VarSpec {
+    VARS.iter().find(|v| v.name == name).unwrap_or(&VARS[0])
+}
+
+fn url_with_scheme<'a>(value: &'a str, schemes: &[&str]) -> Option<&'a str> {
+    let (scheme, rest) = value.split_once("://")?;
+    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let ok = schemes.contains(&scheme)
+        && !host_part.is_empty()
+        && !host_part.starts_with(['/', ':', '?'])
+        && !value.chars().any(char::is_whitespace);
+    ok.then_some(value)
+}
+
+fn int_in<T: FromStr + PartialOrd>(lo: T, hi: T) -> impl FnOnce(&str) -> Option<T> {
+    move |s| s.parse::<T>().ok().filter(|v| *v >= lo && *v <= hi)
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Reads from any source; tests pass a map.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut r = Reader { lookup, errors: Vec::new() };
+        let log_format = r.parse(CIM_LOG_FORMAT, |s| match s {
+            "json" => Some(LogFormat::Json),
+            "pretty" => Some(LogFormat::Pretty),
+            _ => None,
+        });
+        let log_filter = r.parse(CIM_LOG, |s| tracing_subscriber::EnvFilter::try_new(s).ok().map(|_| s.to_owned()));
+        let otlp_endpoint = match r.optional(CIM_OTLP_ENDPOINT) {
+            Some(_) => r.parse(CIM_OTLP_ENDPOINT, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned)),
+            None => None,
+        };
+        let database_url =
+            r.parse(CIM_DATABASE_URL, |s| url_with_scheme(s, &["postgres", "postgresql"]).map(Secret::new));
+        let database_max_connections = r.parse(CIM_DATABASE_MAX_CONNECTIONS, int_in(1u32, 1000));
+        let nats_url = r.parse(CIM_NATS_URL, |s| {
+            s.split(',')
+                .all(|u| url_with_scheme(u.trim(), &["nats", "tls", "ws", "wss"]).is_some())
+                .then(|| s.to_owned())
+        });
+        let subject_prefix = r.parse(CIM_SUBJECT_PREFIX, |s| s.parse().ok());
+        let stream_replicas = r.parse(CIM_STREAM_REPLICAS, int_in(1usize, 5));
+        let redis_url = r.parse(CIM_REDIS_URL, |s| url_with_scheme(s, &["redis", "rediss"]).map(Secret::new));
+        let connect_timeout = r.parse(CIM_CONNECT_TIMEOUT_MS, int_in(100u64, 600_000)).map(Duration::from_millis);
+        let shutdown_grace = r.parse(CIM_SHUTDOWN_GRACE_MS, int_in(0u64, 600_000)).map(Duration::from_millis);
+        let mut listen = BTreeMap::new();
+        for kind in ServiceKind::ALL {
+            let addr = r.parse(&kind.addr_var(), |s| s.parse().ok());
+            let admin_addr = r.parse(&kind.admin_addr_var(), |s| s.parse().ok());
+            if let (Some(addr), Some(admin_addr)) = (addr, admin_addr) {
+                listen.insert(kind, Listen { addr, admin_addr });
+            }
+        }
+        match (
+            log_format,
+            log_filter,
+            database_url,
+            database_max_connections,
+            nats_url,
+            subject_prefix,
+            stream_replicas,
+            redis_url,
+            connect_timeout,
+            shutdown_grace,
+        ) {
+            (
+                Some(log_format),
+                Some(log_filter),
+                Some(database_url),
+                Some(database_max_connections),
+                Some(nats_url),
+                Some(subject_prefix),
+                Some(stream_replicas),
+                Some(redis_url),
+                Some(connect_timeout),
+                Some(shutdown_grace),
+            ) if r.errors.is_empty() => Ok(Config {
+                log_format,
+                log_filter,
+                otlp_endpoint,
+                database_url,
+                database_max_connections,
+                nats_url,
+                subject_prefix,
+                stream_replicas,
+                redis_url,
+                connect_timeout,
+                shutdown_grace,
+                listen,
+            }),
+            _ => Err(ConfigErrors(r.errors)),
+        }
+    }
+
+    pub fn listen(&self, kind: ServiceKind) -> &Listen {
+        // Every kind is inserted by a successful parse.
+        &self.listen[&kind]
+    }
+
+    /// `CIM_*` variables in the environment that no code reads: usually a typo.
+    pub fn unknown_vars(env: impl IntoIterator<Item = String>) -> Vec<String> {
+        env.into_iter()
+            .filter(|k| k.starts_with("CIM_") && !k.starts_with("CIM_TEST_") && !VARS.iter().any(|v| v.name == k))
+            .collect()
+    }
+
+    /// Each variable with its effective value, secrets redacted: for `cim config` and start-up logs.
+    pub fn describe(lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(&'static str, String, bool)> {
+        VARS.iter()
+            .map(|v| {
+                let set = lookup(v.name).filter(|s| !s.is_empty());
+                let is_default = set.is_none();
+                let value = set.or(v.default.map(str::to_owned)).unwrap_or_default();
+                let shown = if v.secret { redact_url(&value) } else { value };
+                (v.name, shown, is_default)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design_ports() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.listen(ServiceKind::Gateway).addr.port(), 8080);
+        assert_eq!(c.listen(ServiceKind::Websocket).addr.port(), 8081);
+        assert_eq!(c.listen(ServiceKind::Graph).addr.port(), 50051);
+        assert_eq!(c.listen(ServiceKind::Agent).addr.port(), 50054);
+        assert_eq!(c.listen(ServiceKind::Gateway).admin_addr.port(), 9100);
+        assert_eq!(c.listen(ServiceKind::Agent).admin_addr.port(), 9105);
+        assert_eq!(c.subject_prefix.as_str(), "cim");
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_database_url_names_the_variable_and_hides_the_password() {
+        let err = from(&[(CIM_DATABASE_URL, "mysql://root:hunter2@db/cim")]).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        let line = err.to_string();
+        assert!(line.starts_with("invalid configuration: CIM_DATABASE_URL: expected a postgres:// URL"), "{line}");
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(line.contains("root:***@db"), "{line}");
+        assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_once() {
+        let err = from(&[
+            (CIM_LOG_FORMAT, "xml"),
+            (CIM_STREAM_REPLICAS, "7"),
+            ("CIM_GRAPH_ADDR", "localhost"),
+            (CIM_OTLP_ENDPOINT, "grpc collector"),
+            (CIM_SUBJECT_PREFIX, "cim.>"),
+        ])
+        .unwrap_err();
+        let vars: Vec<&str> = err.0.iter().map(|e| e.var.as_str()).collect();
+        assert_eq!(
+            vars,
+            [CIM_LOG_FORMAT, CIM_OTLP_ENDPOINT, CIM_SUBJECT_PREFIX, CIM_STREAM_REPLICAS, "CIM_GRAPH_ADDR"]
+        );
+        assert_eq!(err.to_string().lines().count(), 5);
+    }
+
+    #[test]
+    fn values_are_parsed() {
+        let c = from(&[
+            (CIM_LOG_FORMAT, "pretty"),
+            (CIM_DATABASE_URL, "postgres://u:p@h:5/db"),
+            (CIM_NATS_URL, "nats://a:4222, nats://b:4222"),
+            (CIM_SHUTDOWN_GRACE_MS, "1500"),
+            (CIM_OTLP_ENDPOINT, "http://otel:4317"),
+            ("CIM_GRAPH_ADDR", "127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.database_url.expose(), "postgres://u:p@h:5/db");
+        assert_eq!(format!("{:?}", c.database_url), "postgres://u:***@h:5/db");
+        assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://otel:4317"));
+        assert_eq!(c.listen(ServiceKind::Graph).addr.port(), 0);
+    }
+
+    #[test]
+    fn redaction_keeps_what_operators_need() {
+        assert_eq!(redact_url("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+        assert_eq!(redact_url("postgres://app@db/cim?password=x"), "postgres://app@db/cim");
+        assert_eq!(redact_url("garbage"), "<redacted>");
+    }
+
+    #[test]
+    fn unknown_cim_variables_are_flagged() {
+        let env = ["CIM_DATABSE_URL", "CIM_NATS_URL", "PATH", "CIM_TEST_DATABASE_URL"].map(String::from);
+        assert_eq!(Config::unknown_vars(env), ["CIM_DATABSE_URL"]);
+    }
+
+    #[test]
+    fn the_table_has_every_service_and_no_duplicates() {
+        let mut names: Vec<_> = VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), VARS.len());
+        for kind in ServiceKind::ALL {
+            assert!(names.contains(&kind.addr_var().as_str()));
+            assert!(names.contains(&kind.admin_addr_var().as_str()));
+        }
+    }
+}

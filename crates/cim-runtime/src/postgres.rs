@@ -1,0 +1,91 @@
+//! Postgres: one pool per service with `search_path` pinned to the service's schema, and
+//! per-schema migrations (the migration table lives in the schema too, so services migrate
+//! independently).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::error::RuntimeError;
+use crate::health::CheckFn;
+
+/// A schema name we are willing to splice into SQL.
+pub fn validate_schema(schema: &str) -> Result<&str, RuntimeError> {
+    let mut chars = schema.chars();
+    let ok = matches!(chars.next(), Some('a'..='z' | '_'))
+        && schema.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
+    if ok { Ok(schema) } else { Err(RuntimeError::SchemaName(schema.to_owned())) }
+}
+
+/// Where a URL points, for messages (never the password).
+fn location(opts: &PgConnectOptions) -> String {
+    format!("{}:{}", opts.get_host(), opts.get_port())
+}
+
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub url: String,
+    pub schema: String,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+    pub application_name: String,
+}
+
+/// Connects and checks the server answers; a missing server is a clear error, not a hang.
+pub async fn connect(settings: &PgSettings) -> Result<PgPool, RuntimeError> {
+    let schema = validate_schema(&settings.schema)?;
+    let opts = PgConnectOptions::from_str(&settings.url).map_err(|source| RuntimeError::Postgres {
+        at: crate::config::redact_url(&settings.url),
+        what: "has an unreadable URL".into(),
+        source,
+    })?;
+    let at = location(&opts);
+    let opts = opts.application_name(&settings.application_name).options([("search_path", schema)]);
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_with(opts)
+        .await
+        .map_err(|source| RuntimeError::Postgres { at, what: "did not accept a connection".into(), source })
+}
+
+/// Applies `migrator` inside `schema`, creating the schema first. Safe to run concurrently from
+/// several instances (sqlx holds an advisory lock).
+pub async fn migrate(pool: &PgPool, schema: &str, mut migrator: sqlx::migrate::Migrator) -> Result<(), RuntimeError> {
+    let schema = validate_schema(schema)?.to_owned();
+    migrator.create_schema(schema.clone());
+    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator.run(pool).await.map_err(|source| RuntimeError::Migrate { schema, source })
+}
+
+/// Ready while a connection can be had and answers `SELECT 1`.
+pub fn readiness(pool: PgPool) -> CheckFn {
+    Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("postgres: {e}"))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_strict() {
+        for ok in ["graph", "t_0190abc", "_x"] {
+            assert!(validate_schema(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Graph", "g-1", "g;drop", "1g", &"a".repeat(64)] {
+            assert!(validate_schema(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The CIM test command: brings up the local services, then runs
+#   cargo fmt --all --check
+#   cargo clippy --workspace --all-targets --locked -- -D warnings
+#   cargo test --workspace --locked [extra args passed to this script]
+# Exits with the exit code of the first step that fails.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+START=$SECONDS
+STEP=0
+TOTAL=6
+
+header() {
+    STEP=$((STEP + 1))
+    printf '\n==> test.sh [%d/%d] %s\n' "$STEP" "$TOTAL" "$*"
+}
+
+fail() { # exit-code step-name [message]
+    local rc=$1 name=$2
+    if [ -n "${3:-}" ]; then
+        printf 'test.sh: %s\n' "$3" >&2
+    fi
+    printf '\ntest.sh: FAILED at step %d/%d (%s) with exit code %d after %ds\n' \
+        "$STEP" "$TOTAL" "$name" "$rc" "$((SECONDS - START))"
+    exit "$rc"
+}
+
+run() { # step-name command...
+    local name=$1 rc=0
+    shift
+    "$@" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        fail "$rc" "$name"
+    fi
+}
+
+header "repository root: $ROOT"
+cd "$ROOT" || fail 1 "cd" "cannot cd to $ROOT"
+
+header "infrastructure: scripts/infra.sh up"
+run "infra" bash scripts/infra.sh up
+
+header "toolchain"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    fail 127 "toolchain" "cargo not found on PATH. Install the Rust toolchain with rustup (https://rustup.rs), with the rustfmt and clippy components; this script does not fetch toolchains."
+fi
+cargo --version
+for component in fmt clippy; do
+    if ! cargo "$component" --version >/dev/null 2>&1; then
+        fail 127 "toolchain" "'cargo $component' is not available: run 'rustup component add $([ "$component" = fmt ] && echo rustfmt || echo clippy)'"
+    fi
+done
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    export CARGO_TARGET_DIR
+fi
+export CIM_TEST_DATABASE_URL="${CIM_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:${CIM_INFRA_PG_PORT:-5432}/postgres}"
+export CIM_TEST_NATS_URL="${CIM_TEST_NATS_URL:-nats://127.0.0.1:${CIM_INFRA_NATS_PORT:-4222}}"
+export CIM_TEST_REDIS_URL="${CIM_TEST_REDIS_URL:-redis://127.0.0.1:${CIM_INFRA_REDIS_PORT:-6379}}"
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    printf 'CARGO_TARGET_DIR=%s\n' "$CARGO_TARGET_DIR"
+else
+    printf 'CARGO_TARGET_DIR not set (cargo default: %s/target)\n' "$ROOT"
+fi
+printf 'CIM_TEST_DATABASE_URL=%s\n' "$CIM_TEST_DATABASE_URL"
+printf 'CIM_TEST_NATS_URL=%s\n' "$CIM_TEST_NATS_URL"
+printf 'CIM_TEST_REDIS_URL=%s\n' "$CIM_TEST_REDIS_URL"
+
+header "cargo fmt --all --check"
+run "cargo fmt" cargo fmt --all --check
+
+header "cargo clippy --workspace --all-targets --locked -- -D warnings"
+run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+
+header "cargo test --workspace --locked${*:+ $*}"
+run "cargo test" cargo test --workspace --locked "$@"
+
+printf '\ntest.sh: OK - all steps succeeded (infra, fmt, clippy, test) in %ds\n' "$((SECONDS - START))"
