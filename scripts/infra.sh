@@ -396,6 +396,15 @@ ensure_nats() {
             log "nats: started, running on $HOST:$NATS_PORT"
         fi
     fi
+    # Tests that stop NATS start a private nats-server of their own: the binary must be here
+    # even when the shared server runs elsewhere.
+    if ! nats_bin >/dev/null; then
+        log "nats: installing the nats-server binary for tests that run a private server"
+        apt_install nats-server
+        if have systemctl && [ "$(ps -o comm= -p 1 2>/dev/null)" = systemd ]; then
+            as_root systemctl disable --now nats-server >/dev/null 2>&1 || true
+        fi
+    fi
     if nats_has_jetstream; then
         log "nats: JetStream enabled (reported in the server's INFO)"
     else

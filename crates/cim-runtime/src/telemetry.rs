@@ -132,6 +132,22 @@ pub fn inject_http(headers: &mut http::HeaderMap) {
     propagator().inject_context(&tracing::Span::current().context(), &mut HeaderMapCarrier(headers));
 }
 
+/// The current span's W3C `traceparent`, to store with work that continues later (the outbox).
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject_http(&mut headers);
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Parents `span` on a stored `traceparent`.
+pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
+    let mut headers = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(traceparent) {
+        headers.insert("traceparent", v);
+    }
+    adopt(span, extract_http(&headers));
+}
+
 /// Reads a remote parent from incoming HTTP headers.
 pub fn extract_http(headers: &http::HeaderMap) -> Context {
     propagator().extract(&HeaderMapReader(headers))

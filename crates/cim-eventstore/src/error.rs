@@ -1,0 +1,40 @@
+//! The event store's one error enum, mapped onto the shared error-code table.
+
+use cim_core::{AggregateId, ChainBreak, ErrorCode, UpcastError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic concurrency: another writer appended first. Reload and retry.
+    #[error("aggregate {aggregate}: expected version {expected}, but it has moved on")]
+    Conflict { aggregate: AggregateId, expected: String },
+    #[error("aggregate {0} not found")]
+    NotFound(AggregateId),
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
+    #[error(transparent)]
+    Chain(#[from] ChainBreak),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+impl StoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Conflict { .. } => ErrorCode::Conflict,
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::Invalid(_) => ErrorCode::InvalidArgument,
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) | StoreError::JetStream(_) => {
+                ErrorCode::Unavailable
+            }
+            StoreError::Corrupt(_) | StoreError::Upcast(_) | StoreError::Chain(_) | StoreError::Database(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}

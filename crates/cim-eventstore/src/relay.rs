@@ -1,0 +1,289 @@
+//! The outbox relay: publishes committed events to the domain's JetStream stream, in
+//! per-aggregate order, and deletes them from the outbox once JetStream acknowledged them.
+//!
+//! - One active relay per schema across processes: the holder of a session advisory lock.
+//! - Woken by an in-process signal right after a local commit, by `LISTEN` when a writer in
+//!   another process committed, and by a timer.
+//! - Per-aggregate order under failures: a batch is pipelined, and every message but the first
+//!   carries `Nats-Expected-Last-Msg-Id` = its predecessor's id. A lost message makes the server
+//!   reject all that follow it, so nothing overtakes an event that must be retried.
+//! - Duplicates after a crash between ack and delete are dropped by JetStream's duplicate
+//!   window (`Nats-Msg-Id` = event id).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use cim_core::{EventEnvelope, EventSubject, SubjectPrefix, headers};
+use cim_runtime::Shutdown;
+use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgListener};
+
+use crate::error::StoreError;
+use crate::metrics::{
+    OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE_SECONDS, RELAY_ERRORS_TOTAL, RELAY_LEADER, RELAY_PUBLISHED_TOTAL,
+};
+use crate::store::{EVENT_COLUMNS, EventStore, envelope_from_row, notify_channel};
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch_size: i64,
+    /// Fallback wake-up when no signal arrives.
+    pub poll_interval: Duration,
+    pub ack_timeout: Duration,
+    /// How often a non-leader retries the lock, and the leader re-checks it still holds it.
+    pub lock_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 2000,
+            poll_interval: Duration::from_millis(500),
+            ack_timeout: Duration::from_secs(5),
+            lock_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Relay {
+    store: EventStore,
+    js: jetstream::Context,
+    prefix: SubjectPrefix,
+    config: RelayConfig,
+}
+
+/// The advisory-lock key for a schema's relay.
+fn lock_key(schema: &str) -> i64 {
+    // Stable across processes and builds: the first 8 bytes of a name-based UUID.
+    let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("cim.relay.{schema}").as_bytes());
+    let (head, _) = uuid.as_u64_pair();
+    head as i64
+}
+
+struct Pending {
+    position: i64,
+    traceparent: Option<String>,
+    event: EventEnvelope,
+}
+
+impl Relay {
+    pub fn new(store: EventStore, js: jetstream::Context, prefix: SubjectPrefix, config: RelayConfig) -> Self {
+        Self { store, js, prefix, config }
+    }
+
+    /// Runs until `stop`: competes for the lock, publishes while holding it.
+    pub async fn run(self, stop: Shutdown) {
+        let schema = self.store.schema().to_owned();
+        while !stop.is_triggered() {
+            match self.lead(&stop).await {
+                Ok(()) => {}
+                Err(e) => {
+                    metrics::counter!(RELAY_ERRORS_TOTAL, "schema" => schema.clone()).increment(1);
+                    tracing::warn!(schema = %schema, error = %e, "relay lost its footing; retrying");
+                }
+            }
+            self.store.set_local_leader(false);
+            metrics::gauge!(RELAY_LEADER, "schema" => schema.clone()).set(0.0);
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.lock_interval) => {}
+                _ = stop.wait() => {}
+            }
+        }
+    }
+
+    /// Takes the lock if free, then publishes until stopped or the lock connection fails.
+    async fn lead(&self, stop: &Shutdown) -> Result<(), StoreError> {
+        let schema = self.store.schema().to_owned();
+        let mut lock_conn = self.store.pool().acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(&schema))
+            .fetch_one(&mut lock_conn)
+            .await?;
+        if !got {
+            return Ok(());
+        }
+        tracing::info!(schema = %schema, "relay is the leader for this schema");
+        self.store.set_local_leader(true);
+        metrics::gauge!(RELAY_LEADER, "schema" => schema.clone()).set(1.0);
+        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        listener.listen(&notify_channel(&schema)).await?;
+
+        let mut backoff = Duration::from_millis(100);
+        let mut last_lock_check = Instant::now();
+        let mut last_gauges = Instant::now() - Duration::from_secs(60);
+        loop {
+            if last_lock_check.elapsed() >= self.config.lock_interval {
+                // The lock lives as long as this session: if the connection died, so did the lock.
+                sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
+                last_lock_check = Instant::now();
+            }
+            if last_gauges.elapsed() >= Duration::from_secs(5) {
+                self.record_backlog().await;
+                last_gauges = Instant::now();
+            }
+            match self.publish_batch().await {
+                Ok(n) => {
+                    backoff = Duration::from_millis(100);
+                    if n as i64 >= self.config.batch_size {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(RELAY_ERRORS_TOTAL, "schema" => schema.clone()).increment(1);
+                    tracing::warn!(schema = %schema, error = %e, ?backoff, "publishing failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait() => break,
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    continue;
+                }
+            }
+            if stop.is_triggered() {
+                break;
+            }
+            tokio::select! {
+                _ = self.store.wake().notified() => {}
+                n = listener.recv() => {
+                    if let Err(e) = n {
+                        tracing::debug!(error = %e, "outbox listener interrupted");
+                    }
+                }
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = stop.wait() => {}
+            }
+            // Drain one more batch after stop so work committed during the drain goes out.
+            if stop.is_triggered() {
+                let _ = self.publish_batch().await;
+                break;
+            }
+        }
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock_key(&schema)).execute(&mut lock_conn).await;
+        Ok(())
+    }
+
+    async fn record_backlog(&self) {
+        let row = sqlx::query(
+            "SELECT count(*) AS n, extract(epoch FROM now() - min(e.occurred_at))::float8 AS age \
+             FROM outbox o JOIN events e USING (position)",
+        )
+        .fetch_one(self.store.pool())
+        .await;
+        if let Ok(row) = row {
+            let schema = self.store.schema().to_owned();
+            let n: i64 = row.try_get("n").unwrap_or_default();
+            let age: Option<f64> = row.try_get("age").unwrap_or_default();
+            metrics::gauge!(OUTBOX_BACKLOG, "schema" => schema.clone()).set(n as f64);
+            metrics::gauge!(OUTBOX_OLDEST_AGE_SECONDS, "schema" => schema).set(age.unwrap_or(0.0));
+        }
+    }
+
+    async fn fetch(&self, conn: &mut PgConnection) -> Result<Vec<Pending>, StoreError> {
+        let sql = format!(
+            "SELECT o.position, o.traceparent, {EVENT_COLUMNS} FROM outbox o JOIN events e USING (position) \
+             ORDER BY o.position LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.config.batch_size).fetch_all(conn).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Pending {
+                    position: row.try_get("position")?,
+                    traceparent: row.try_get("traceparent")?,
+                    event: envelope_from_row(self.store.domain(), row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes one batch; returns how many events were published.
+    pub async fn publish_batch(&self) -> Result<usize, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let pending = self.fetch(&mut conn).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // Everything is pipelined. Each message but the first names its predecessor in
+        // `Nats-Expected-Last-Msg-Id` (this relay is the stream's only publisher), so if one is
+        // lost the server rejects every later one: a later event can never be stored ahead of an
+        // earlier one that must be retried, and per-aggregate order holds.
+        let mut acks = Vec::with_capacity(pending.len());
+        let mut failure = None;
+        let mut previous: Option<String> = None;
+        for p in &pending {
+            match self.send(p, previous.as_deref()).await {
+                Ok(ack) => acks.push((p.position, ack)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            previous = Some(p.event.event_id.to_string());
+        }
+        let mut done: Vec<i64> = Vec::with_capacity(acks.len());
+        for (position, ack) in acks {
+            if failure.is_some() {
+                // Only the acknowledged prefix counts; the rest is retried in order.
+                break;
+            }
+            match tokio::time::timeout(self.config.ack_timeout, ack).await {
+                Ok(Ok(_)) => done.push(position),
+                Ok(Err(e)) => failure = Some(StoreError::JetStream(format!("publish not acknowledged: {e}"))),
+                Err(_) => failure = Some(StoreError::JetStream("no publish acknowledgement in time".into())),
+            }
+        }
+        if !done.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE position = ANY($1)").bind(&done).execute(&mut *conn).await?;
+            metrics::counter!(RELAY_PUBLISHED_TOTAL, "schema" => self.store.schema().to_owned())
+                .increment(done.len() as u64);
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done.len()),
+        }
+    }
+
+    async fn send(
+        &self,
+        p: &Pending,
+        previous: Option<&str>,
+    ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+        let e = &p.event;
+        let subject = EventSubject {
+            domain: e.domain,
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id,
+            event_type: e.event_type.clone(),
+        }
+        .to_subject(&self.prefix);
+        let payload = serde_json::to_vec(e).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let mut h = async_nats::HeaderMap::new();
+        // Set here rather than with `message_id()`: `headers()` would replace it.
+        h.insert(headers::MSG_ID, e.event_id.to_string().as_str());
+        h.insert(headers::EVENT_TYPE, e.event_type.as_str());
+        h.insert(headers::AGGREGATE_ID, e.aggregate_id.to_string().as_str());
+        h.insert(headers::SEQUENCE, e.sequence.to_string().as_str());
+        h.insert(headers::CORRELATION_ID, e.correlation_id.to_string().as_str());
+        h.insert(headers::CAUSATION_ID, e.causation_id.to_string().as_str());
+        h.insert(headers::TENANT_ID, e.tenant_id.to_string().as_str());
+        if let Some(previous) = previous {
+            h.insert("Nats-Expected-Last-Msg-Id", previous);
+        }
+        if let Some(tp) = &p.traceparent {
+            h.insert(headers::TRACEPARENT, tp.as_str());
+        }
+        let publish = PublishMessage::build().payload(payload.into()).headers(h);
+        self.js.send_publish(subject, publish).await.map_err(|err| StoreError::JetStream(format!("publish: {err}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(super::lock_key("graph"), super::lock_key("graph"));
+        assert_ne!(super::lock_key("graph"), super::lock_key("document"));
+    }
+}

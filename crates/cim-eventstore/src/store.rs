@@ -1,0 +1,581 @@
+//! The append-only event store of one service schema.
+//!
+//! Append is one SQL statement (events + outbox + idempotency key, via data-modifying CTEs), so
+//! the common case costs one round trip, like a plain insert. When the caller has projection
+//! statements, the same statement runs inside a transaction with them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use cim_core::chain::verify_chain_from;
+use cim_core::{AggregateId, Domain, EventContext, EventEnvelope, EventHash, EventId, NewEvent, TenantId, Upcasters};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{PgConnection, Row};
+use tokio::sync::Notify;
+
+use crate::error::StoreError;
+use crate::metrics::{APPEND_CONFLICTS_TOTAL, APPEND_DURATION_SECONDS, EVENTS_APPENDED_TOTAL};
+
+/// What the writer believes the aggregate's version is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Append after whatever is there (the store reads the head; retried on a race).
+    Any,
+    /// The aggregate must not exist yet.
+    NoStream,
+    /// The aggregate must be exactly at this version (the store reads that event's hash).
+    Version(u64),
+    /// The aggregate must be at `version`, whose event has `hash`: what a writer that just loaded
+    /// the aggregate knows. The fast path: no read before the write.
+    Head { version: u64, hash: EventHash },
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Any => f.write_str("any"),
+            Expected::NoStream => f.write_str("0 (new)"),
+            Expected::Version(v) | Expected::Head { version: v, .. } => write!(f, "{v}"),
+        }
+    }
+}
+
+/// One command's worth of events for one aggregate.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub context: EventContext,
+    pub expected: Expected,
+    pub events: Vec<NewEvent>,
+    /// Scoped by tenant. A repeated key returns the first result and appends nothing.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub aggregate_id: AggregateId,
+    /// The aggregate's version after the command.
+    pub version: u64,
+    pub event_ids: Vec<EventId>,
+    /// The sealed events (empty when `replayed`).
+    pub events: Vec<EventEnvelope>,
+    /// True when the idempotency key had been seen: nothing was appended this time.
+    pub replayed: bool,
+}
+
+/// Extra statements that must commit atomically with the events (projections).
+pub trait Projector: Send + Sync {
+    fn project<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// State folded from an aggregate's events; snapshots store it as JSON.
+pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    const AGGREGATE_TYPE: &'static str;
+    /// Bump when the state's shape changes: older snapshots are then ignored and rebuilt.
+    const SNAPSHOT_VERSION: u32 = 1;
+    fn apply(&mut self, event: &EventEnvelope) -> Result<(), String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: u64,
+    pub head: EventHash,
+    /// The snapshot's version the load started from, if any.
+    pub snapshot_version: Option<u64>,
+}
+
+impl<A> Loaded<A> {
+    /// The expectation to append with after deciding on this state.
+    pub fn expected(&self) -> Expected {
+        Expected::Head { version: self.version, hash: self.head }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub domain: Domain,
+    /// The service's Postgres schema; the pool's `search_path` must point at it.
+    pub schema: String,
+    /// Take a snapshot when a load folded at least this many events after the last one.
+    pub snapshot_every: u64,
+    pub upcasters: Upcasters,
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    config: StoreConfig,
+    /// Wakes this process's relay right after a commit.
+    pub(crate) wake: Notify,
+    /// Whether this process's relay holds the schema's relay lock. If not, commits are announced
+    /// with NOTIFY so the leader in another process wakes at once.
+    pub(crate) local_leader: AtomicBool,
+    /// Wakes the announcer task. A NOTIFY inside each append transaction would serialize all
+    /// commits on Postgres' notify lock; instead one task sends at most one NOTIFY at a time,
+    /// after commits, coalescing bursts.
+    announce: Notify,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore").field("schema", &self.inner.config.schema).finish_non_exhaustive()
+    }
+}
+
+/// The migrations every service applies to its schema.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations")
+}
+
+const MAX_EVENTS_PER_APPEND: usize = 10_000;
+
+const APPEND_SQL: &str = r#"
+WITH idem AS (
+    INSERT INTO idempotency (tenant_id, key, aggregate_id, last_sequence, event_ids)
+    SELECT $8, $15, $1, $16, $3
+    WHERE $15::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), ins AS (
+    INSERT INTO events (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version,
+                        occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
+    SELECT u.event_id, $1, u.sequence, $2, u.event_type, u.schema_version,
+           $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
+    FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
+         AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
+    WHERE $15::text IS NULL OR EXISTS (SELECT 1 FROM idem)
+    RETURNING position
+), ob AS (
+    INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
+)
+SELECT count(*) AS appended FROM ins
+"#;
+
+pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.aggregate_id, e.sequence, e.aggregate_type, e.event_type, \
+    e.schema_version, e.occurred_at, e.tenant_id, e.actor, e.correlation_id, e.causation_id, e.payload::text AS payload, \
+    e.hash, e.prev_hash";
+
+/// Reads an event row selected with [`EVENT_COLUMNS`].
+pub(crate) fn envelope_from_row(domain: Domain, row: &PgRow) -> Result<EventEnvelope, StoreError> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+    let uuid = |col: &str| row.try_get::<uuid::Uuid, _>(col).map_err(|e| corrupt(col, &e));
+    let text = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
+    let bytes = |col: &str| row.try_get::<Vec<u8>, _>(col).map_err(|e| corrupt(col, &e));
+    let sequence: i64 = row.try_get("sequence").map_err(|e| corrupt("sequence", &e))?;
+    let schema_version: i32 = row.try_get("schema_version").map_err(|e| corrupt("schema_version", &e))?;
+    let occurred_at: DateTime<Utc> = row.try_get("occurred_at").map_err(|e| corrupt("occurred_at", &e))?;
+    let payload_text = text("payload")?;
+    Ok(EventEnvelope {
+        event_id: EventId::from_uuid(uuid("event_id")?).map_err(|e| corrupt("event_id", &e))?,
+        event_type: text("event_type")?.parse().map_err(|e| corrupt("event_type", &e))?,
+        schema_version: u32::try_from(schema_version).map_err(|e| corrupt("schema_version", &e))?,
+        domain,
+        aggregate_type: text("aggregate_type")?.parse().map_err(|e| corrupt("aggregate_type", &e))?,
+        aggregate_id: AggregateId::from_uuid(uuid("aggregate_id")?).map_err(|e| corrupt("aggregate_id", &e))?,
+        sequence: u64::try_from(sequence).map_err(|e| corrupt("sequence", &e))?,
+        occurred_at,
+        tenant_id: TenantId::from_uuid(uuid("tenant_id")?).map_err(|e| corrupt("tenant_id", &e))?,
+        actor: text("actor")?.parse().map_err(|e| corrupt("actor", &e))?,
+        correlation_id: uuid("correlation_id")?.try_into().map_err(|e| corrupt("correlation_id", &e))?,
+        causation_id: uuid("causation_id")?.try_into().map_err(|e| corrupt("causation_id", &e))?,
+        payload: serde_json::from_str(&payload_text).map_err(|e| corrupt("payload", &e))?,
+        hash: EventHash::from_slice(&bytes("hash")?).map_err(|e| corrupt("hash", &e))?,
+        prev_hash: EventHash::from_slice(&bytes("prev_hash")?).map_err(|e| corrupt("prev_hash", &e))?,
+    })
+}
+
+fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.constraint() == Some(name))
+}
+
+/// Relay lock key and NOTIFY channel derive from the schema name.
+pub(crate) fn notify_channel(schema: &str) -> String {
+    format!("cim_outbox_{schema}")
+}
+
+struct Head {
+    version: u64,
+    hash: EventHash,
+}
+
+/// Sends `NOTIFY` for commits made while another process leads the relay. Ends with the store.
+async fn announcer(inner: std::sync::Weak<Inner>, channel: String) {
+    loop {
+        let (pool, announced) = {
+            let Some(inner) = inner.upgrade() else { return };
+            (
+                inner.pool.clone(),
+                tokio::time::timeout(std::time::Duration::from_secs(1), inner.announce.notified()).await,
+            )
+        };
+        if announced.is_ok()
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(&channel).execute(&pool).await
+        {
+            tracing::debug!(error = %e, "outbox NOTIFY failed; the leader's timer will catch up");
+        }
+    }
+}
+
+impl EventStore {
+    /// Opens the store over a pool whose `search_path` is `config.schema`, applying migrations.
+    pub async fn open(pool: PgPool, config: StoreConfig) -> Result<Self, StoreError> {
+        cim_runtime::postgres::migrate(&pool, &config.schema, migrator())
+            .await
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        crate::metrics::describe();
+        let channel = notify_channel(&config.schema);
+        let inner = Arc::new(Inner {
+            pool,
+            config,
+            wake: Notify::new(),
+            local_leader: AtomicBool::new(false),
+            announce: Notify::new(),
+        });
+        tokio::spawn(announcer(Arc::downgrade(&inner), channel));
+        Ok(Self { inner })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn domain(&self) -> Domain {
+        self.inner.config.domain
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.inner.config.schema
+    }
+
+    pub(crate) fn wake(&self) -> &Notify {
+        &self.inner.wake
+    }
+
+    pub(crate) fn set_local_leader(&self, leader: bool) {
+        self.inner.local_leader.store(leader, Ordering::Release);
+    }
+
+    /// Appends without projections.
+    pub async fn append(&self, cmd: Append) -> Result<Appended, StoreError> {
+        self.append_inner(cmd, None).await
+    }
+
+    /// Appends and runs `projector` in the same transaction.
+    pub async fn append_with(&self, cmd: Append, projector: &dyn Projector) -> Result<Appended, StoreError> {
+        self.append_inner(cmd, Some(projector)).await
+    }
+
+    async fn append_inner(&self, cmd: Append, projector: Option<&dyn Projector>) -> Result<Appended, StoreError> {
+        if cmd.events.len() > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Invalid(format!("at most {MAX_EVENTS_PER_APPEND} events per append")));
+        }
+        if cmd.context.domain != self.inner.config.domain {
+            return Err(StoreError::Invalid(format!(
+                "event of domain {} appended to the {} store",
+                cmd.context.domain, self.inner.config.domain
+            )));
+        }
+        if let Some(key) = &cmd.idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(StoreError::Invalid("idempotency key must be 1 to 200 bytes".into()));
+        }
+        let started = Instant::now();
+        let schema = self.inner.config.schema.clone();
+        // A race on `Any` is not the caller's conflict: re-read the head and try again.
+        let attempts = if cmd.expected == Expected::Any { 5 } else { 1 };
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.try_append(&cmd, projector).await {
+                Err(StoreError::Conflict { .. }) if attempt < attempts => continue,
+                other => break other,
+            }
+        };
+        match &result {
+            Ok(done) => {
+                metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => schema.clone())
+                    .record(started.elapsed().as_secs_f64());
+                if !done.replayed && !done.events.is_empty() {
+                    metrics::counter!(EVENTS_APPENDED_TOTAL, "schema" => schema).increment(done.events.len() as u64);
+                    self.inner.wake.notify_one();
+                    if !self.inner.local_leader.load(Ordering::Acquire) {
+                        self.inner.announce.notify_one();
+                    }
+                }
+            }
+            Err(StoreError::Conflict { .. }) => {
+                metrics::counter!(APPEND_CONFLICTS_TOTAL, "schema" => schema).increment(1);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn head(&self, conn: &mut PgConnection, cmd: &Append) -> Result<Head, StoreError> {
+        let id = cmd.context.aggregate_id;
+        let tenant = cmd.context.tenant_id;
+        match cmd.expected {
+            Expected::Head { version, hash } => Ok(Head { version, hash }),
+            Expected::NoStream | Expected::Version(0) => Ok(Head { version: 0, hash: EventHash::GENESIS }),
+            Expected::Version(v) => {
+                let row = sqlx::query("SELECT hash, tenant_id FROM events WHERE aggregate_id = $1 AND sequence = $2")
+                    .bind(id.as_uuid())
+                    .bind(v as i64)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::Conflict { aggregate: id, expected: v.to_string() });
+                };
+                if row.try_get::<uuid::Uuid, _>("tenant_id")? != tenant.as_uuid() {
+                    return Err(StoreError::NotFound(id));
+                }
+                let hash = EventHash::from_slice(&row.try_get::<Vec<u8>, _>("hash")?).map_err(StoreError::Corrupt)?;
+                Ok(Head { version: v, hash })
+            }
+            Expected::Any => {
+                let row = sqlx::query(
+                    "SELECT sequence, hash, tenant_id FROM events WHERE aggregate_id = $1 ORDER BY sequence DESC LIMIT 1",
+                )
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(row) = row else { return Ok(Head { version: 0, hash: EventHash::GENESIS }) };
+                if row.try_get::<uuid::Uuid, _>("tenant_id")? != tenant.as_uuid() {
+                    return Err(StoreError::NotFound(id));
+                }
+                let hash = EventHash::from_slice(&row.try_get::<Vec<u8>, _>("hash")?).map_err(StoreError::Corrupt)?;
+                Ok(Head { version: row.try_get::<i64, _>("sequence")? as u64, hash })
+            }
+        }
+    }
+
+    async fn try_append(&self, cmd: &Append, projector: Option<&dyn Projector>) -> Result<Appended, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let head = self.head(&mut conn, cmd).await?;
+        let id = cmd.context.aggregate_id;
+        if cmd.events.is_empty() {
+            return Ok(Appended {
+                aggregate_id: id,
+                version: head.version,
+                event_ids: vec![],
+                events: vec![],
+                replayed: false,
+            });
+        }
+        let sealed =
+            EventEnvelope::seal_all(&cmd.context, cmd.events.iter().cloned(), head.version + 1, head.hash, Utc::now());
+        let n = sealed.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let mut prevs = Vec::with_capacity(n);
+        for e in &sealed {
+            ids.push(e.event_id.as_uuid());
+            seqs.push(e.sequence as i64);
+            types.push(e.event_type.as_str().to_owned());
+            versions.push(e.schema_version as i32);
+            payloads.push(serde_json::to_string(&e.payload).map_err(|e| StoreError::Invalid(e.to_string()))?);
+            hashes.push(e.hash.as_bytes().to_vec());
+            prevs.push(e.prev_hash.as_bytes().to_vec());
+        }
+        let last_sequence = head.version + n as u64;
+        let traceparent = cim_runtime::telemetry::current_traceparent();
+        let ctx = &cmd.context;
+        let query = sqlx::query(APPEND_SQL)
+            .bind(id.as_uuid())
+            .bind(ctx.aggregate_type.as_str())
+            .bind(&ids)
+            .bind(&seqs)
+            .bind(&types)
+            .bind(&versions)
+            .bind(sealed[0].occurred_at)
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(ctx.actor.as_str())
+            .bind(ctx.correlation_id.as_uuid())
+            .bind(ctx.causation_id.as_uuid())
+            .bind(&payloads)
+            .bind(&hashes)
+            .bind(&prevs)
+            .bind(cmd.idempotency_key.as_deref())
+            .bind(last_sequence as i64)
+            .bind(traceparent);
+
+        let conflict = |e: sqlx::Error| {
+            if is_constraint(&e, "events_stream_key") {
+                StoreError::Conflict { aggregate: id, expected: cmd.expected.to_string() }
+            } else {
+                StoreError::Database(e)
+            }
+        };
+        let appended: i64 = match projector {
+            None => query.fetch_one(&mut *conn).await.map_err(conflict)?.try_get("appended")?,
+            Some(projector) => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let appended: i64 = query.fetch_one(&mut *tx).await.map_err(conflict)?.try_get("appended")?;
+                if appended > 0 {
+                    projector.project(&mut tx, &sealed).await?;
+                }
+                tx.commit().await.map_err(conflict)?;
+                appended
+            }
+        };
+        if appended == 0 {
+            // The idempotency key was already used: return the first result.
+            let key = cmd.idempotency_key.as_deref().unwrap_or_default();
+            let row = sqlx::query(
+                "SELECT aggregate_id, last_sequence, event_ids FROM idempotency WHERE tenant_id = $1 AND key = $2",
+            )
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+            let event_ids: Vec<uuid::Uuid> = row.try_get("event_ids")?;
+            return Ok(Appended {
+                aggregate_id: AggregateId::from_uuid(row.try_get("aggregate_id")?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                version: row.try_get::<i64, _>("last_sequence")? as u64,
+                event_ids: event_ids
+                    .into_iter()
+                    .map(EventId::from_uuid)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                events: vec![],
+                replayed: true,
+            });
+        }
+        Ok(Appended {
+            aggregate_id: id,
+            version: last_sequence,
+            event_ids: sealed.iter().map(|e| e.event_id).collect(),
+            events: sealed,
+            replayed: false,
+        })
+    }
+
+    /// An aggregate's stored events after `after` (stored form: not upcast), tenant-scoped.
+    pub async fn events(
+        &self,
+        tenant: TenantId,
+        id: AggregateId,
+        after: u64,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.aggregate_id = $1 AND e.tenant_id = $2 AND e.sequence > $3 \
+             ORDER BY e.sequence"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.as_uuid())
+            .bind(tenant.as_uuid())
+            .bind(after as i64)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(|r| envelope_from_row(self.inner.config.domain, r)).collect()
+    }
+
+    /// Verifies an aggregate's whole hash chain; returns how many events were checked.
+    pub async fn verify(&self, tenant: TenantId, id: AggregateId) -> Result<usize, StoreError> {
+        let events = self.events(tenant, id, 0).await?;
+        if events.is_empty() {
+            return Err(StoreError::NotFound(id));
+        }
+        cim_core::verify_chain(&events)?;
+        Ok(events.len())
+    }
+
+    /// The aggregate's history, verified and upcast to current versions.
+    pub async fn history(&self, tenant: TenantId, id: AggregateId) -> Result<Vec<EventEnvelope>, StoreError> {
+        let events = self.events(tenant, id, 0).await?;
+        cim_core::verify_chain(&events)?;
+        events.into_iter().map(|e| self.inner.config.upcasters.upcast(e).map_err(StoreError::from)).collect()
+    }
+
+    /// Latest snapshot (if usable) plus later events, verified, upcast and folded. Writes a new
+    /// snapshot in the background when many events were folded; writers never wait for it.
+    pub async fn load<A: Aggregate>(&self, tenant: TenantId, id: AggregateId) -> Result<Loaded<A>, StoreError> {
+        let snapshot = sqlx::query(
+            "SELECT sequence, hash, state FROM snapshots \
+             WHERE aggregate_id = $1 AND tenant_id = $2 AND state_version = $3",
+        )
+        .bind(id.as_uuid())
+        .bind(tenant.as_uuid())
+        .bind(A::SNAPSHOT_VERSION as i32)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let (mut state, base, base_hash) = match snapshot {
+            Some(row) => {
+                let state: sqlx::types::Json<A> = row.try_get("state")?;
+                let hash = EventHash::from_slice(&row.try_get::<Vec<u8>, _>("hash")?).map_err(StoreError::Corrupt)?;
+                (state.0, row.try_get::<i64, _>("sequence")? as u64, Some(hash))
+            }
+            None => (A::default(), 0, None),
+        };
+        let events = self.events(tenant, id, base).await?;
+        if events.is_empty() && base == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        verify_chain_from(base, base_hash.unwrap_or(EventHash::GENESIS), &events)?;
+        let folded = events.len() as u64;
+        let mut head = base_hash.unwrap_or(EventHash::GENESIS);
+        let mut version = base;
+        for event in events {
+            head = event.hash;
+            version = event.sequence;
+            let event = self.inner.config.upcasters.upcast(event)?;
+            state.apply(&event).map_err(|e| StoreError::Corrupt(format!("applying event {}: {e}", event.event_id)))?;
+        }
+        if folded >= self.inner.config.snapshot_every.max(1) {
+            self.spawn_snapshot::<A>(tenant, id, version, head, &state);
+        }
+        Ok(Loaded { state, version, head, snapshot_version: (base > 0).then_some(base) })
+    }
+
+    fn spawn_snapshot<A: Aggregate>(
+        &self,
+        tenant: TenantId,
+        id: AggregateId,
+        version: u64,
+        head: EventHash,
+        state: &A,
+    ) {
+        let Ok(json) = serde_json::to_value(state) else { return };
+        let pool = self.inner.pool.clone();
+        tokio::spawn(async move {
+            let result = sqlx::query(
+                "INSERT INTO snapshots (aggregate_id, tenant_id, aggregate_type, sequence, hash, state_version, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (aggregate_id) DO UPDATE SET sequence = EXCLUDED.sequence, hash = EXCLUDED.hash, \
+                   state_version = EXCLUDED.state_version, state = EXCLUDED.state, taken_at = now() \
+                 WHERE snapshots.sequence < EXCLUDED.sequence OR snapshots.state_version <> EXCLUDED.state_version",
+            )
+            .bind(id.as_uuid())
+            .bind(tenant.as_uuid())
+            .bind(A::AGGREGATE_TYPE)
+            .bind(version as i64)
+            .bind(head.as_bytes().to_vec())
+            .bind(A::SNAPSHOT_VERSION as i32)
+            .bind(sqlx::types::Json(json))
+            .execute(&pool)
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(aggregate = %id, error = %e, "snapshot not written");
+            }
+        });
+    }
+}

@@ -1,0 +1,167 @@
+//! The event store against the real Postgres (and NATS for what reaches the stream).
+
+#[path = "support/helpers.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cim_core::{AggregateId, EventEnvelope, TenantId};
+use cim_eventstore::relay::Relay;
+use cim_eventstore::{Aggregate, Append, Expected, RelayConfig, StoreError};
+use serde::{Deserialize, Serialize};
+use support::*;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Counter {
+    count: u64,
+    last_n: u64,
+}
+
+impl Aggregate for Counter {
+    const AGGREGATE_TYPE: &'static str = "counter";
+    fn apply(&mut self, event: &EventEnvelope) -> Result<(), String> {
+        self.count += 1;
+        self.last_n = event.payload["n"].as_u64().ok_or("no n")?;
+        Ok(())
+    }
+}
+
+fn append(tenant: TenantId, id: AggregateId, expected: Expected, n: u64) -> Append {
+    Append { context: context(tenant, id), expected, events: vec![event(n)], idempotency_key: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_racing_on_one_version_one_wins_and_the_stream_has_one_copy() {
+    let env = TestEnv::new(100).await;
+    let tenant = TenantId::new();
+    for _ in 0..20 {
+        let id = AggregateId::new();
+        env.store.append(append(tenant, id, Expected::NoStream, 0)).await.unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let racers: Vec<_> = (1..=2)
+            .map(|n| {
+                let (store, barrier) = (env.store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.append(append(tenant, id, Expected::Version(1), n)).await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        let mut conflicts = 0;
+        for r in racers {
+            match r.await.unwrap() {
+                Ok(done) => {
+                    assert_eq!(done.version, 2);
+                    wins += 1;
+                }
+                Err(e @ StoreError::Conflict { .. }) => {
+                    assert_eq!(e.code(), cim_core::ErrorCode::Conflict);
+                    assert_eq!(format!("{:?}", e.code().grpc()), "Aborted");
+                    conflicts += 1;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!((wins, conflicts), (1, 1));
+        assert_eq!(env.store.verify(tenant, id).await.unwrap(), 2);
+    }
+    let relay = Relay::new(env.store.clone(), env.js.clone(), env.prefix.clone(), RelayConfig::default());
+    while relay.publish_batch().await.unwrap() > 0 {}
+    let published = read_stream(&env.js, &env.stream).await;
+    assert_eq!(published.len(), 40);
+    assert_exactly_once_in_order(&published, &env.stored_ids().await);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_result_and_appends_nothing() {
+    let env = TestEnv::new(100).await;
+    let tenant = TenantId::new();
+    let id = AggregateId::new();
+    let mut cmd = append(tenant, id, Expected::Any, 1);
+    cmd.idempotency_key = Some("req-1".into());
+    let first = env.store.append(cmd.clone()).await.unwrap();
+    assert!(!first.replayed);
+    let again = env.store.append(cmd.clone()).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!((again.version, &again.event_ids), (first.version, &first.event_ids));
+    // Concurrent retries of one key: still exactly one append.
+    let mut cmd2 = append(tenant, id, Expected::Any, 2);
+    cmd2.idempotency_key = Some("req-2".into());
+    let results = futures::future::join_all((0..8).map(|_| env.store.append(cmd2.clone()))).await;
+    let fresh = results.iter().filter(|r| matches!(r, Ok(a) if !a.replayed)).count();
+    assert_eq!(fresh, 1, "{results:?}");
+    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|a| a.version == 2)));
+    assert_eq!(env.store.verify(tenant, id).await.unwrap(), 2);
+    // Keys are per tenant.
+    let other = env.store.append(append(TenantId::new(), AggregateId::new(), Expected::NoStream, 1)).await.unwrap();
+    assert!(!other.replayed);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn load_folds_from_snapshots_and_the_chain_catches_tampering() {
+    let env = TestEnv::new(10).await;
+    let tenant = TenantId::new();
+    let id = AggregateId::new();
+    let mut expected = Expected::NoStream;
+    for n in 1..=25 {
+        let done = env.store.append(append(tenant, id, expected, n)).await.unwrap();
+        expected = Expected::Head { version: done.version, hash: done.events[0].hash };
+    }
+    let loaded = env.store.load::<Counter>(tenant, id).await.unwrap();
+    assert_eq!((loaded.state.count, loaded.state.last_n, loaded.version), (25, 25, 25));
+    assert_eq!(loaded.snapshot_version, None);
+    // The snapshot is written in the background.
+    let mut snap = None;
+    for _ in 0..100 {
+        snap = sqlx::query_scalar::<_, i64>("SELECT sequence FROM snapshots WHERE aggregate_id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+        if snap.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(snap, Some(25));
+    // Appending after the load with its expectation (fast path), then loading from the snapshot.
+    env.store.append(append(tenant, id, loaded.expected(), 26)).await.unwrap();
+    let again = env.store.load::<Counter>(tenant, id).await.unwrap();
+    assert_eq!(again.snapshot_version, Some(25));
+    assert_eq!((again.state.count, again.version), (26, 26));
+    // A stale expectation is a conflict.
+    let stale = env.store.append(append(tenant, id, loaded.expected(), 99)).await.unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
+    // Another tenant sees nothing.
+    assert!(matches!(env.store.load::<Counter>(TenantId::new(), id).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        env.store.append(append(TenantId::new(), id, Expected::Any, 1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Rewriting a stored payload breaks the chain at that event.
+    sqlx::query("UPDATE events SET payload = '{\"n\": 7}' WHERE aggregate_id = $1 AND sequence = 7")
+        .bind(id.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    match env.store.verify(tenant, id).await {
+        Err(StoreError::Chain(brk)) => assert_eq!(brk.sequence, 7),
+        other => panic!("tampering not detected: {other:?}"),
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn stored_payloads_round_trip_exactly() {
+    let env = TestEnv::new(100).await;
+    let tenant = TenantId::new();
+    let id = AggregateId::new();
+    let done = env.store.append(append(tenant, id, Expected::NoStream, 3)).await.unwrap();
+    let stored = env.store.events(tenant, id, 0).await.unwrap();
+    assert_eq!(stored, done.events);
+    env.cleanup().await;
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (release build) against the local infrastructure; each prints JSON.
+#   scripts/bench.sh            all benchmarks
+#   CIM_BENCH_SECONDS=10 ...    seconds per measured point
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/infra.sh up >&2
+export CIM_TEST_DATABASE_URL="${CIM_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export CIM_TEST_NATS_URL="${CIM_TEST_NATS_URL:-nats://127.0.0.1:4222}"
+cargo bench --locked -p cim-eventstore --bench eventstore
