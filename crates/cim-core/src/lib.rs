@@ -10,6 +10,7 @@
 pub mod chain;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod names;
 pub mod subject;
@@ -19,6 +20,6 @@ pub use chain::{ChainBreak, ChainBreakKind, EventHash, verify_chain};
 pub use envelope::{EventContext, EventEnvelope, NewEvent};
 pub use error::{ErrorCode, FieldViolation};
 pub use ids::{AggregateId, CausationId, CommandId, CorrelationId, EventId, IdError, TenantId};
-pub use names::{Actor, AggregateType, Domain, EventType, NameError};
+pub use names::{Actor, AggregateType, Domain, EventType, NameError, TypeName};
 pub use subject::{EventSubject, SubjectError, SubjectPrefix, headers};
 pub use upcast::{UpcastError, Upcasters};

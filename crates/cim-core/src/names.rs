@@ -115,6 +115,9 @@ snake_name!(
     /// What happened, in the past tense: `node_added`, `document_approved`.
     EventType, "event type", 64);
 snake_name!(
+    /// A user-defined type name: a node type, an edge type.
+    TypeName, "type name", 64);
+snake_name!(
     /// The kind of aggregate an event belongs to: `graph`, `document`, `task`.
     AggregateType, "aggregate type", 64);
 

@@ -9,6 +9,11 @@ pub mod cim {
             tonic::include_proto!("cim.common.v1");
         }
     }
+    pub mod graph {
+        pub mod v1 {
+            tonic::include_proto!("cim.graph.v1");
+        }
+    }
     #[cfg(feature = "testing")]
     pub mod testing {
         pub mod v1 {
@@ -18,6 +23,7 @@ pub mod cim {
 }
 
 pub use cim::common::v1 as common;
+pub use cim::graph::v1 as graph;
 
 /// Every service of this build, for gRPC reflection (v1 and v1alpha).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cim_descriptor");
