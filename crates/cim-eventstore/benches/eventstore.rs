@@ -160,7 +160,7 @@ async fn main() {
                         })
                         .await
                         .expect("append");
-                    head.1 = Expected::Head { version: done.version, hash: done.events[0].hash };
+                    head.1 = done.expected();
                 }
             })
             .await

@@ -71,8 +71,15 @@ impl std::fmt::Debug for Consumer {
 enum Outcome {
     Applied,
     Duplicate,
-    Retry(String),
+    Retry(String, Duration),
     DeadLetter(String),
+}
+
+/// Why applying failed: the handler refused the event (counts toward dead-lettering), or the
+/// database did not answer (retried with backoff, never dead-lettered).
+enum Failure {
+    Handler(String),
+    Infra(String),
 }
 
 impl Consumer {
@@ -99,7 +106,9 @@ impl Consumer {
             filter_subject: self.config.filter_subject.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
-            max_deliver: self.config.max_deliver,
+            // Enforced here, not by the server: a message the server stops redelivering before
+            // it reached the dead-letter stream would be lost to this consumer.
+            max_deliver: -1,
             max_ack_pending: self.config.max_ack_pending,
             ..Default::default()
         };
@@ -167,8 +176,14 @@ impl Consumer {
                 match tracing::Instrument::instrument(self.apply(&event), span).await {
                     Ok(true) => Outcome::Applied,
                     Ok(false) => Outcome::Duplicate,
-                    Err(reason) if delivered >= self.config.max_deliver => Outcome::DeadLetter(reason),
-                    Err(reason) => Outcome::Retry(reason),
+                    Err(Failure::Handler(reason)) if delivered >= self.config.max_deliver => {
+                        Outcome::DeadLetter(reason)
+                    }
+                    Err(Failure::Handler(reason)) => Outcome::Retry(reason, self.config.retry_delay),
+                    Err(Failure::Infra(reason)) => {
+                        let exp = (delivered.clamp(1, 8) - 1) as u32;
+                        Outcome::Retry(reason, (self.config.retry_delay * 2u32.pow(exp)).min(Duration::from_secs(30)))
+                    }
                 }
             }
         };
@@ -183,17 +198,25 @@ impl Consumer {
                 message.ack().await.map_err(ack_err)?;
                 metrics::counter!(CONSUMER_DUPLICATES_TOTAL, "consumer" => name.clone()).increment(1);
             }
-            Outcome::Retry(reason) => {
-                tracing::warn!(consumer = %name, delivered, %reason, "handler failed; will retry");
-                message.ack_with(AckKind::Nak(Some(self.config.retry_delay))).await.map_err(ack_err)?;
+            Outcome::Retry(reason, delay) => {
+                tracing::warn!(consumer = %name, delivered, %reason, ?delay, "not applied; will retry");
+                message.ack_with(AckKind::Nak(Some(delay))).await.map_err(ack_err)?;
                 metrics::counter!(CONSUMER_HANDLED_TOTAL, "consumer" => name.clone(), "outcome" => "retry")
                     .increment(1);
             }
             Outcome::DeadLetter(reason) => {
                 tracing::error!(consumer = %name, delivered, %reason, "sending event to the dead-letter stream");
-                self.dead_letter(&message, &reason).await?;
-                message.ack_with(AckKind::Term).await.map_err(ack_err)?;
-                metrics::counter!(CONSUMER_DEAD_LETTERS_TOTAL, "consumer" => name.clone()).increment(1);
+                match self.dead_letter(&message, &reason).await {
+                    Ok(()) => {
+                        message.ack_with(AckKind::Term).await.map_err(ack_err)?;
+                        metrics::counter!(CONSUMER_DEAD_LETTERS_TOTAL, "consumer" => name.clone()).increment(1);
+                    }
+                    Err(e) => {
+                        // Not dead-lettered: keep it, try again later.
+                        tracing::warn!(consumer = %name, error = %e, "dead-letter publish failed; will retry");
+                        message.ack_with(AckKind::Nak(Some(self.config.retry_delay))).await.map_err(ack_err)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -201,20 +224,21 @@ impl Consumer {
 
     /// Runs the handler and records the inbox entry in one transaction. `Ok(false)`: already
     /// applied before.
-    async fn apply(&self, event: &EventEnvelope) -> Result<bool, String> {
-        let mut tx = self.pool.begin().await.map_err(|e| format!("database: {e}"))?;
+    async fn apply(&self, event: &EventEnvelope) -> Result<bool, Failure> {
+        let infra = |e: sqlx::Error| Failure::Infra(format!("database: {e}"));
+        let mut tx = self.pool.begin().await.map_err(infra)?;
         let inserted = sqlx::query("INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(&self.config.name)
             .bind(event.event_id.as_uuid())
             .execute(&mut *tx)
             .await
-            .map_err(|e| format!("database: {e}"))?
+            .map_err(infra)?
             .rows_affected();
         if inserted == 0 {
             return Ok(false);
         }
-        self.handler.handle(&mut tx, event).await?;
-        tx.commit().await.map_err(|e| format!("database: {e}"))?;
+        self.handler.handle(&mut tx, event).await.map_err(Failure::Handler)?;
+        tx.commit().await.map_err(infra)?;
         Ok(true)
     }
 

@@ -56,7 +56,7 @@ pub struct Relay {
 }
 
 /// The advisory-lock key for a schema's relay.
-fn lock_key(schema: &str) -> i64 {
+pub fn lock_key(schema: &str) -> i64 {
     // Stable across processes and builds: the first 8 bytes of a name-based UUID.
     let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("cim.relay.{schema}").as_bytes());
     let (head, _) = uuid.as_u64_pair();
@@ -70,7 +70,10 @@ struct Pending {
 }
 
 impl Relay {
-    pub fn new(store: EventStore, js: jetstream::Context, prefix: SubjectPrefix, config: RelayConfig) -> Self {
+    pub fn new(store: EventStore, js: jetstream::Context, prefix: SubjectPrefix, mut config: RelayConfig) -> Self {
+        // async-nats allows 5000 unacknowledged publishes per context and waits (without a
+        // timeout) for a free slot: a larger batch would wait on its own acks.
+        config.batch_size = config.batch_size.clamp(1, 4000);
         Self { store, js, prefix, config }
     }
 
@@ -78,15 +81,17 @@ impl Relay {
     pub async fn run(self, stop: Shutdown) {
         let schema = self.store.schema().to_owned();
         while !stop.is_triggered() {
-            match self.lead(&stop).await {
-                Ok(()) => {}
-                Err(e) => {
-                    metrics::counter!(RELAY_ERRORS_TOTAL, "schema" => schema.clone()).increment(1);
-                    tracing::warn!(schema = %schema, error = %e, "relay lost its footing; retrying");
-                }
+            let mut led = false;
+            if let Err(e) = self.lead(&stop, &mut led).await {
+                metrics::counter!(RELAY_ERRORS_TOTAL, "schema" => schema.clone()).increment(1);
+                tracing::warn!(schema = %schema, error = %e, "relay lost its footing; retrying");
             }
-            self.store.set_local_leader(false);
-            metrics::gauge!(RELAY_LEADER, "schema" => schema.clone()).set(0.0);
+            // Only the relay that held the lock speaks for this process (a second relay in the
+            // same process that never got the lock must not clear the flag).
+            if led {
+                self.store.set_local_leader(false);
+                metrics::gauge!(RELAY_LEADER, "schema" => schema.clone()).set(0.0);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.lock_interval) => {}
                 _ = stop.wait() => {}
@@ -95,7 +100,7 @@ impl Relay {
     }
 
     /// Takes the lock if free, then publishes until stopped or the lock connection fails.
-    async fn lead(&self, stop: &Shutdown) -> Result<(), StoreError> {
+    async fn lead(&self, stop: &Shutdown, led: &mut bool) -> Result<(), StoreError> {
         let schema = self.store.schema().to_owned();
         let mut lock_conn = self.store.pool().acquire().await?.detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -106,12 +111,18 @@ impl Relay {
             return Ok(());
         }
         tracing::info!(schema = %schema, "relay is the leader for this schema");
+        *led = true;
         self.store.set_local_leader(true);
         metrics::gauge!(RELAY_LEADER, "schema" => schema.clone()).set(1.0);
         let mut listener = PgListener::connect_with(self.store.pool()).await?;
         listener.listen(&notify_channel(&schema)).await?;
 
         let mut backoff = Duration::from_millis(100);
+        // A new leader, or one that just saw a failure, may face messages already in the stream
+        // (acks lost, another leader mid-batch). Duplicates are acked without moving the stream's
+        // last msg id, which would let a pipelined chain skip an unpublished event; so publish
+        // one at a time, each acknowledged before the next, until a batch goes through cleanly.
+        let mut careful = true;
         let mut last_lock_check = Instant::now();
         let mut last_gauges = Instant::now() - Duration::from_secs(60);
         loop {
@@ -124,14 +135,16 @@ impl Relay {
                 self.record_backlog().await;
                 last_gauges = Instant::now();
             }
-            match self.publish_batch().await {
+            match self.publish(careful).await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);
+                    careful = false;
                     if n as i64 >= self.config.batch_size {
                         continue;
                     }
                 }
                 Err(e) => {
+                    careful = true;
                     metrics::counter!(RELAY_ERRORS_TOTAL, "schema" => schema.clone()).increment(1);
                     tracing::warn!(schema = %schema, error = %e, ?backoff, "publishing failed; backing off");
                     tokio::select! {
@@ -157,7 +170,7 @@ impl Relay {
             }
             // Drain one more batch after stop so work committed during the drain goes out.
             if stop.is_triggered() {
-                let _ = self.publish_batch().await;
+                let _ = self.publish(careful).await;
                 break;
             }
         }
@@ -198,40 +211,61 @@ impl Relay {
             .collect()
     }
 
-    /// Publishes one batch; returns how many events were published.
+    /// Publishes one batch, pipelined; returns how many events were published.
     pub async fn publish_batch(&self) -> Result<usize, StoreError> {
+        self.publish(false).await
+    }
+
+    /// Publishes one batch; `careful`: one message at a time, each acknowledged before the next.
+    async fn publish(&self, careful: bool) -> Result<usize, StoreError> {
         let mut conn = self.store.pool().acquire().await?;
         let pending = self.fetch(&mut conn).await?;
         if pending.is_empty() {
             return Ok(0);
         }
-        // Everything is pipelined. Each message but the first names its predecessor in
-        // `Nats-Expected-Last-Msg-Id` (this relay is the stream's only publisher), so if one is
-        // lost the server rejects every later one: a later event can never be stored ahead of an
-        // earlier one that must be retried, and per-aggregate order holds.
-        let mut acks = Vec::with_capacity(pending.len());
+        let mut done: Vec<i64> = Vec::with_capacity(pending.len());
         let mut failure = None;
-        let mut previous: Option<String> = None;
-        for p in &pending {
-            match self.send(p, previous.as_deref()).await {
-                Ok(ack) => acks.push((p.position, ack)),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+        if careful {
+            for p in &pending {
+                let acked = match self.send(p, None).await {
+                    Ok(ack) => self.await_ack(ack).await,
+                    Err(e) => Err(e),
+                };
+                match acked {
+                    Ok(()) => done.push(p.position),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
-            previous = Some(p.event.event_id.to_string());
-        }
-        let mut done: Vec<i64> = Vec::with_capacity(acks.len());
-        for (position, ack) in acks {
-            if failure.is_some() {
-                // Only the acknowledged prefix counts; the rest is retried in order.
-                break;
+        } else {
+            // Pipelined. Each message but the first names its predecessor in
+            // `Nats-Expected-Last-Msg-Id` (this relay is the stream's only publisher), so if one
+            // is lost the server rejects every later one: nothing overtakes an event that must be
+            // retried, and per-aggregate order holds.
+            let mut acks = Vec::with_capacity(pending.len());
+            let mut previous: Option<String> = None;
+            for p in &pending {
+                match self.send(p, previous.as_deref()).await {
+                    Ok(ack) => acks.push((p.position, ack)),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                previous = Some(p.event.event_id.to_string());
             }
-            match tokio::time::timeout(self.config.ack_timeout, ack).await {
-                Ok(Ok(_)) => done.push(position),
-                Ok(Err(e)) => failure = Some(StoreError::JetStream(format!("publish not acknowledged: {e}"))),
-                Err(_) => failure = Some(StoreError::JetStream("no publish acknowledgement in time".into())),
+            // Whatever was sent is awaited, so its prefix is recorded even if a later send
+            // failed; only the acknowledged prefix counts, the rest is retried in order.
+            for (position, ack) in acks {
+                match self.await_ack(ack).await {
+                    Ok(()) => done.push(position),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        break;
+                    }
+                }
             }
         }
         if !done.is_empty() {
@@ -242,6 +276,14 @@ impl Relay {
         match failure {
             Some(e) => Err(e),
             None => Ok(done.len()),
+        }
+    }
+
+    async fn await_ack(&self, ack: jetstream::context::PublishAckFuture) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.config.ack_timeout, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::JetStream(format!("publish not acknowledged: {e}"))),
+            Err(_) => Err(StoreError::JetStream("no publish acknowledgement in time".into())),
         }
     }
 

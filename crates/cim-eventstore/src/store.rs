@@ -60,6 +60,8 @@ pub struct Appended {
     pub aggregate_id: AggregateId,
     /// The aggregate's version after the command.
     pub version: u64,
+    /// The hash of the event at `version`: with `version`, the next `Expected::Head`.
+    pub head: EventHash,
     pub event_ids: Vec<EventId>,
     /// The sealed events (empty when `replayed`).
     pub events: Vec<EventEnvelope>,
@@ -91,6 +93,13 @@ pub struct Loaded<A> {
     pub head: EventHash,
     /// The snapshot's version the load started from, if any.
     pub snapshot_version: Option<u64>,
+}
+
+impl Appended {
+    /// The expectation for the next append to the same aggregate.
+    pub fn expected(&self) -> Expected {
+        Expected::Head { version: self.version, hash: self.head }
+    }
 }
 
 impl<A> Loaded<A> {
@@ -141,12 +150,21 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 }
 
 const MAX_EVENTS_PER_APPEND: usize = 10_000;
+/// Leaves room for the envelope within NATS' default 1 MiB `max_payload`.
+pub const MAX_PAYLOAD_BYTES: usize = 768 * 1024;
 
 const APPEND_SQL: &str = r#"
-WITH idem AS (
+WITH head AS (
+    -- The writer's idea of the head must be the stored head of this tenant's aggregate: a
+    -- wrong hash would otherwise break the chain for good.
+    SELECT $18::bigint = 0 OR EXISTS (
+        SELECT 1 FROM events
+        WHERE aggregate_id = $1 AND sequence = $18 AND hash = ($14::bytea[])[1] AND tenant_id = $8
+    ) AS ok
+), idem AS (
     INSERT INTO idempotency (tenant_id, key, aggregate_id, last_sequence, event_ids)
     SELECT $8, $15, $1, $16, $3
-    WHERE $15::text IS NOT NULL
+    WHERE $15::text IS NOT NULL AND (SELECT ok FROM head)
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), ins AS (
@@ -156,12 +174,12 @@ WITH idem AS (
            $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
     FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
          AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
-    WHERE $15::text IS NULL OR EXISTS (SELECT 1 FROM idem)
+    WHERE (SELECT ok FROM head) AND ($15::text IS NULL OR EXISTS (SELECT 1 FROM idem))
     RETURNING position
 ), ob AS (
     INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
 )
-SELECT count(*) AS appended FROM ins
+SELECT (SELECT count(*) FROM ins) AS appended, (SELECT ok FROM head) AS head_ok
 "#;
 
 pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.aggregate_id, e.sequence, e.aggregate_type, e.event_type, \
@@ -279,20 +297,7 @@ impl EventStore {
     }
 
     async fn append_inner(&self, cmd: Append, projector: Option<&dyn Projector>) -> Result<Appended, StoreError> {
-        if cmd.events.len() > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Invalid(format!("at most {MAX_EVENTS_PER_APPEND} events per append")));
-        }
-        if cmd.context.domain != self.inner.config.domain {
-            return Err(StoreError::Invalid(format!(
-                "event of domain {} appended to the {} store",
-                cmd.context.domain, self.inner.config.domain
-            )));
-        }
-        if let Some(key) = &cmd.idempotency_key
-            && (key.is_empty() || key.len() > 200)
-        {
-            return Err(StoreError::Invalid("idempotency key must be 1 to 200 bytes".into()));
-        }
+        self.validate(&cmd)?;
         let started = Instant::now();
         let schema = self.inner.config.schema.clone();
         // A race on `Any` is not the caller's conflict: re-read the head and try again.
@@ -307,15 +312,9 @@ impl EventStore {
         };
         match &result {
             Ok(done) => {
-                metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => schema.clone())
+                metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => schema)
                     .record(started.elapsed().as_secs_f64());
-                if !done.replayed && !done.events.is_empty() {
-                    metrics::counter!(EVENTS_APPENDED_TOTAL, "schema" => schema).increment(done.events.len() as u64);
-                    self.inner.wake.notify_one();
-                    if !self.inner.local_leader.load(Ordering::Acquire) {
-                        self.inner.announce.notify_one();
-                    }
-                }
+                self.committed(done);
             }
             Err(StoreError::Conflict { .. }) => {
                 metrics::counter!(APPEND_CONFLICTS_TOTAL, "schema" => schema).increment(1);
@@ -363,14 +362,111 @@ impl EventStore {
         }
     }
 
+    /// Appends inside the caller's transaction (which may hold locks and write projections).
+    /// The caller commits, then calls [`EventStore::committed`]. A stale expectation surfaces as
+    /// [`StoreError::Conflict`] and leaves the transaction aborted: roll it back.
+    pub async fn append_in_tx(&self, tx: &mut PgConnection, cmd: &Append) -> Result<Appended, StoreError> {
+        self.validate(cmd)?;
+        let head = self.head(tx, cmd).await?;
+        self.write(tx, cmd, head, None).await
+    }
+
+    /// Announces appends committed through [`EventStore::append_in_tx`]: metrics, relay wake-up.
+    pub fn committed(&self, done: &Appended) {
+        if !done.replayed && !done.events.is_empty() {
+            metrics::counter!(EVENTS_APPENDED_TOTAL, "schema" => self.inner.config.schema.clone())
+                .increment(done.events.len() as u64);
+            self.inner.wake.notify_one();
+            if !self.inner.local_leader.load(Ordering::Acquire) {
+                self.inner.announce.notify_one();
+            }
+        }
+    }
+
+    /// The first result of a command with this idempotency key, if it ran before.
+    pub async fn find_idempotent(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<Appended>, StoreError> {
+        let row = sqlx::query(
+            "SELECT i.aggregate_id, i.last_sequence, i.event_ids, e.hash FROM idempotency i \
+             LEFT JOIN events e ON e.aggregate_id = i.aggregate_id AND e.sequence = i.last_sequence \
+             WHERE i.tenant_id = $1 AND i.key = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let event_ids: Vec<uuid::Uuid> = row.try_get("event_ids")?;
+        let hash: Option<Vec<u8>> = row.try_get("hash")?;
+        Ok(Some(Appended {
+            aggregate_id: AggregateId::from_uuid(row.try_get("aggregate_id")?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            version: row.try_get::<i64, _>("last_sequence")? as u64,
+            head: match hash {
+                Some(h) => EventHash::from_slice(&h).map_err(StoreError::Corrupt)?,
+                None => EventHash::GENESIS,
+            },
+            event_ids: event_ids
+                .into_iter()
+                .map(EventId::from_uuid)
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            events: vec![],
+            replayed: true,
+        }))
+    }
+
+    fn validate(&self, cmd: &Append) -> Result<(), StoreError> {
+        if cmd.events.len() > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Invalid(format!("at most {MAX_EVENTS_PER_APPEND} events per append")));
+        }
+        if cmd.context.domain != self.inner.config.domain {
+            return Err(StoreError::Invalid(format!(
+                "event of domain {} appended to the {} store",
+                cmd.context.domain, self.inner.config.domain
+            )));
+        }
+        if let Some(key) = &cmd.idempotency_key
+            && (key.is_empty() || key.len() > 200)
+        {
+            return Err(StoreError::Invalid("idempotency key must be 1 to 200 bytes".into()));
+        }
+        // Every event must fit one NATS message (1 MiB by default) with its envelope, or the
+        // relay could never publish it.
+        for e in &cmd.events {
+            let size = serde_json::to_vec(&e.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > MAX_PAYLOAD_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "event payload of {size} bytes; at most {MAX_PAYLOAD_BYTES} allowed"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn try_append(&self, cmd: &Append, projector: Option<&dyn Projector>) -> Result<Appended, StoreError> {
         let mut conn = self.inner.pool.acquire().await?;
         let head = self.head(&mut conn, cmd).await?;
+        self.write(&mut conn, cmd, head, projector).await
+    }
+
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        cmd: &Append,
+        head: Head,
+        projector: Option<&dyn Projector>,
+    ) -> Result<Appended, StoreError> {
         let id = cmd.context.aggregate_id;
         if cmd.events.is_empty() {
             return Ok(Appended {
                 aggregate_id: id,
                 version: head.version,
+                head: head.hash,
                 event_ids: vec![],
                 events: vec![],
                 replayed: false,
@@ -415,7 +511,8 @@ impl EventStore {
             .bind(&prevs)
             .bind(cmd.idempotency_key.as_deref())
             .bind(last_sequence as i64)
-            .bind(traceparent);
+            .bind(traceparent)
+            .bind(head.version as i64);
 
         let conflict = |e: sqlx::Error| {
             if is_constraint(&e, "events_stream_key") {
@@ -424,45 +521,37 @@ impl EventStore {
                 StoreError::Database(e)
             }
         };
-        let appended: i64 = match projector {
-            None => query.fetch_one(&mut *conn).await.map_err(conflict)?.try_get("appended")?,
+        let read = |row: sqlx::postgres::PgRow| -> Result<(i64, bool), StoreError> {
+            Ok((row.try_get("appended")?, row.try_get("head_ok")?))
+        };
+        let (appended, head_ok) = match projector {
+            None => read(query.fetch_one(&mut *conn).await.map_err(conflict)?)?,
             Some(projector) => {
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                let appended: i64 = query.fetch_one(&mut *tx).await.map_err(conflict)?.try_get("appended")?;
+                let (appended, head_ok) = read(query.fetch_one(&mut *tx).await.map_err(conflict)?)?;
                 if appended > 0 {
                     projector.project(&mut tx, &sealed).await?;
                 }
                 tx.commit().await.map_err(conflict)?;
-                appended
+                (appended, head_ok)
             }
         };
         if appended == 0 {
-            // The idempotency key was already used: return the first result.
-            let key = cmd.idempotency_key.as_deref().unwrap_or_default();
-            let row = sqlx::query(
-                "SELECT aggregate_id, last_sequence, event_ids FROM idempotency WHERE tenant_id = $1 AND key = $2",
-            )
-            .bind(ctx.tenant_id.as_uuid())
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-            let event_ids: Vec<uuid::Uuid> = row.try_get("event_ids")?;
-            return Ok(Appended {
-                aggregate_id: AggregateId::from_uuid(row.try_get("aggregate_id")?)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                version: row.try_get::<i64, _>("last_sequence")? as u64,
-                event_ids: event_ids
-                    .into_iter()
-                    .map(EventId::from_uuid)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                events: vec![],
-                replayed: true,
-            });
+            // An idempotency key seen before wins over everything: return the first result.
+            if let Some(key) = cmd.idempotency_key.as_deref()
+                && let Some(done) = self.find_idempotent(conn, ctx.tenant_id, key).await?
+            {
+                return Ok(done);
+            }
+            if !head_ok {
+                return Err(StoreError::Conflict { aggregate: id, expected: cmd.expected.to_string() });
+            }
+            return Err(StoreError::Corrupt("append wrote nothing and gave no reason".into()));
         }
         Ok(Appended {
             aggregate_id: id,
             version: last_sequence,
+            head: sealed.last().map_or(head.hash, |e| e.hash),
             event_ids: sealed.iter().map(|e| e.event_id).collect(),
             events: sealed,
             replayed: false,

@@ -14,13 +14,16 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use support::*;
 
-/// Records each applied event; fails on events whose payload says `poison`.
-struct Recorder;
+/// Records each applied event; fails on events whose payload says `poison`, counting attempts.
+struct Recorder {
+    poison_attempts: std::sync::atomic::AtomicUsize,
+}
 
 impl EventHandler for Recorder {
     fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a EventEnvelope) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             if event.payload.get("poison").is_some() {
+                self.poison_attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 return Err("poison pill".into());
             }
             sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
@@ -59,8 +62,9 @@ async fn a_poison_event_goes_to_the_dlq_and_a_redelivered_event_is_applied_once(
     let mut config = ConsumerConfig::new("recorder", &env.stream, &env.prefix.domain_events(cim_core::Domain::Graph));
     config.max_deliver = 3;
     config.retry_delay = Duration::from_millis(50);
+    let recorder = Arc::new(Recorder { poison_attempts: Default::default() });
     let consumer =
-        Consumer::new(env.pool.clone(), env.js.clone(), env.prefix.clone(), config, Arc::new(Recorder)).unwrap();
+        Consumer::new(env.pool.clone(), env.js.clone(), env.prefix.clone(), config, recorder.clone()).unwrap();
     let stop = Shutdown::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
 
@@ -78,6 +82,8 @@ async fn a_poison_event_goes_to_the_dlq_and_a_redelivered_event_is_applied_once(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(dead.len(), 1);
+    // Tried exactly max_deliver times before it was given up.
+    assert_eq!(recorder.poison_attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(dead[0].event.event_id, poison_id);
     assert_eq!(dead[0].subject, format!("{}.dlq.recorder", env.prefix));
     assert_eq!(dead[0].headers["Cim-Dlq-Reason"], "poison pill");

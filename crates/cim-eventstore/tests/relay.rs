@@ -42,7 +42,7 @@ async fn write(env: &TestEnv, tenant: TenantId, aggregates: usize, per_aggregate
                             })
                             .await
                             .unwrap();
-                        heads[i] = Expected::Head { version: done.version, hash: done.events[0].hash };
+                        heads[i] = done.expected();
                         written.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -86,7 +86,7 @@ async fn ten_thousand_events_from_sixteen_writers_reach_jetstream_exactly_once_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_relays_on_one_schema_publish_once_and_in_order() {
+async fn two_relays_on_one_schema_publish_once_and_in_order_across_leader_kills() {
     let env = TestEnv::new(1000).await;
     let stop = Shutdown::new();
     let a = spawn_relay(&env, &stop);
@@ -95,8 +95,30 @@ async fn two_relays_on_one_schema_publish_once_and_in_order() {
     let other = TestEnv::with(1000, &nats_url(), Some((&env.schema, env.prefix.as_str()))).await;
     let c = spawn_relay(&other, &stop);
     let tenant = TenantId::new();
+    // While they write, kill whichever session holds the relay lock, three times: leadership
+    // moves and the new leader must pick up exactly where the old one stopped.
+    let killer = {
+        let (pool, key) = (env.pool.clone(), cim_eventstore::relay::lock_key(&env.schema));
+        tokio::spawn(async move {
+            let mut killed = 0;
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                killed += sqlx::query_scalar::<_, i64>(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                     AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid \
+                     AND objsubid = 1",
+                )
+                .bind(key)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            }
+            killed
+        })
+    };
     let (w1, w2) = tokio::join!(write(&env, tenant, 40, 25, 4), write(&other, tenant, 40, 25, 4));
     assert_eq!(w1 + w2, 2000);
+    assert!(killer.await.unwrap() >= 2, "the leader's session was not killed");
     env.wait_outbox_empty(Duration::from_secs(60)).await;
     stop.trigger();
     for t in [a, b, c] {

@@ -109,7 +109,7 @@ async fn load_folds_from_snapshots_and_the_chain_catches_tampering() {
     let mut expected = Expected::NoStream;
     for n in 1..=25 {
         let done = env.store.append(append(tenant, id, expected, n)).await.unwrap();
-        expected = Expected::Head { version: done.version, hash: done.events[0].hash };
+        expected = done.expected();
     }
     let loaded = env.store.load::<Counter>(tenant, id).await.unwrap();
     assert_eq!((loaded.state.count, loaded.state.last_n, loaded.version), (25, 25, 25));
@@ -156,6 +156,27 @@ async fn load_folds_from_snapshots_and_the_chain_catches_tampering() {
 }
 
 #[tokio::test]
+async fn a_wrong_head_or_a_foreign_tenant_cannot_append() {
+    let env = TestEnv::new(100).await;
+    let tenant = TenantId::new();
+    let id = AggregateId::new();
+    let done = env.store.append(append(tenant, id, Expected::NoStream, 1)).await.unwrap();
+    let forged = Expected::Head { version: done.version, hash: cim_core::EventHash([7; 32]) };
+    assert!(matches!(env.store.append(append(tenant, id, forged, 2)).await, Err(StoreError::Conflict { .. })));
+    let foreign = env.store.append(append(TenantId::new(), id, done.expected(), 2)).await;
+    assert!(matches!(foreign, Err(StoreError::Conflict { .. })), "{foreign:?}");
+    // Nothing was written; the rightful writer goes on and the chain holds.
+    let next = env.store.append(append(tenant, id, done.expected(), 2)).await.unwrap();
+    assert_eq!(next.version, 2);
+    assert_eq!(env.store.verify(tenant, id).await.unwrap(), 2);
+    // Payloads that could never be published are refused up front.
+    let mut huge = append(tenant, id, next.expected(), 3);
+    huge.events[0].payload = serde_json::json!({"blob": "x".repeat(cim_eventstore::store::MAX_PAYLOAD_BYTES)});
+    assert!(matches!(env.store.append(huge).await, Err(StoreError::Invalid(_))));
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn stored_payloads_round_trip_exactly() {
     let env = TestEnv::new(100).await;
     let tenant = TenantId::new();
@@ -163,5 +184,13 @@ async fn stored_payloads_round_trip_exactly() {
     let done = env.store.append(append(tenant, id, Expected::NoStream, 3)).await.unwrap();
     let stored = env.store.events(tenant, id, 0).await.unwrap();
     assert_eq!(stored, done.events);
+    // The stored text is exactly what was hashed (jsonb would rewrite 1e20 and reorder keys).
+    let text: String = sqlx::query_scalar("SELECT payload::text FROM events WHERE aggregate_id = $1")
+        .bind(id.as_uuid())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(text, serde_json::to_string(&done.events[0].payload).unwrap());
+    assert_eq!(env.store.verify(tenant, id).await.unwrap(), 1);
     env.cleanup().await;
 }

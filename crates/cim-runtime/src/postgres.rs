@@ -57,6 +57,9 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, RuntimeError> {
 pub async fn migrate(pool: &PgPool, schema: &str, mut migrator: sqlx::migrate::Migrator) -> Result<(), RuntimeError> {
     let schema = validate_schema(schema)?.to_owned();
     migrator.create_schema(schema.clone());
+    // Several crates migrate one schema (the event store's tables, then the service's
+    // projections), each with its own version range; each ignores the others' versions.
+    migrator.set_ignore_missing(true);
     migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
     migrator.run(pool).await.map_err(|source| RuntimeError::Migrate { schema, source })
 }
