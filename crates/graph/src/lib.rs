@@ -1,4 +1,24 @@
-//! The graph domain service. Today: the domain model (pure Rust, no I/O, no proto types).
-//! The projections, the gRPC service and the `cim-graph` binary build on it.
+//! The graph domain service: graphs of typed nodes and edges carrying JSON properties.
+//!
+//! - [`domain`]: the aggregate and its rules, pure Rust.
+//! - [`service`]: the gRPC edge (tonic), one transaction per command with the event append and
+//!   the projections.
+//! - [`projection`], [`queries`]: the tables in schema `graph` and the reads over them.
+//! - [`app`]: wiring for the `cim-graph` binary and the monolith.
 
+pub mod app;
+pub mod convert;
 pub mod domain;
+pub mod error;
+pub mod metrics;
+pub mod projection;
+pub mod queries;
+pub mod service;
+
+/// The schema this service owns.
+pub const SCHEMA: &str = "graph";
+
+/// The projections' migrations (versions 1001+), applied after the event store's.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations")
+}

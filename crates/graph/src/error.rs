@@ -1,0 +1,80 @@
+//! The graph service's one error enum, mapped to a gRPC status (with a stable code and field
+//! details) through the shared error-code table.
+
+use cim_core::{ErrorCode, FieldViolation};
+use cim_eventstore::StoreError;
+use prost::Message;
+
+use crate::domain::GraphError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("missing or malformed tenant: send metadata x-cim-tenant with a UUIDv7")]
+    NoTenant,
+    #[error("graph not found")]
+    GraphNotFound,
+    #[error("{0} not found")]
+    ElementNotFound(String),
+    #[error("graph is at version {actual}, not the expected {expected}")]
+    Stale { expected: u64, actual: u64 },
+    #[error(transparent)]
+    Domain(#[from] GraphError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ServiceError::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ServiceError::Invalid { .. } => ErrorCode::InvalidArgument,
+            ServiceError::NoTenant => ErrorCode::Unauthenticated,
+            ServiceError::GraphNotFound | ServiceError::ElementNotFound(_) => ErrorCode::NotFound,
+            ServiceError::Stale { .. } => ErrorCode::Conflict,
+            ServiceError::Domain(e) => e.code(),
+            ServiceError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
+            ServiceError::Store(e) => e.code(),
+            ServiceError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => ErrorCode::Unavailable,
+            ServiceError::Database(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn violations(&self) -> Vec<FieldViolation> {
+        match self {
+            ServiceError::Invalid { field, reason } => vec![FieldViolation::new(field.clone(), reason.clone())],
+            ServiceError::Domain(e) => e.field_violation().into_iter().collect(),
+            _ => vec![],
+        }
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        let code = e.code();
+        // Internal details stay in the log, not in the reply.
+        let message = if code == ErrorCode::Internal {
+            tracing::error!(error = %e, "internal error");
+            "internal error".to_owned()
+        } else {
+            e.to_string()
+        };
+        let detail = cim_proto::common::ErrorDetail {
+            code: code.as_str().to_owned(),
+            message: message.clone(),
+            field_violations: e
+                .violations()
+                .into_iter()
+                .map(|v| cim_proto::common::FieldViolation { field: v.field, description: v.description })
+                .collect(),
+            retryable: code.is_retryable(),
+        };
+        tonic::Status::with_details(code.grpc(), message, detail.encode_to_vec().into())
+    }
+}

@@ -1,0 +1,218 @@
+//! Writes the projections in the command's transaction, and reads the facts a command needs.
+
+use cim_core::events::graph::{EdgeId, GraphEvent, NodeId};
+use cim_core::{AggregateId, EventEnvelope, EventHash, TenantId};
+use sqlx::{PgConnection, Row};
+
+use crate::domain::{EdgeState, GraphState, Needs, NodeState};
+use crate::error::ServiceError;
+
+/// The graph row, locked for the rest of the transaction: commands on one graph run one at a
+/// time instead of racing and retrying.
+#[derive(Debug, Clone)]
+pub struct LockedGraph {
+    pub version: u64,
+    pub head: EventHash,
+    pub archived: bool,
+    pub node_count: u64,
+}
+
+pub async fn lock_graph(
+    tx: &mut PgConnection,
+    tenant: TenantId,
+    graph: AggregateId,
+) -> Result<Option<LockedGraph>, ServiceError> {
+    let row = sqlx::query(
+        "SELECT tenant_id, version, head_hash, archived, node_count FROM graphs WHERE graph_id = $1 FOR UPDATE",
+    )
+    .bind(graph.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    // Another tenant's graph does not exist as far as this caller can tell.
+    if row.try_get::<uuid::Uuid, _>("tenant_id")? != tenant.as_uuid() {
+        return Ok(None);
+    }
+    Ok(Some(LockedGraph {
+        version: row.try_get::<i64, _>("version")? as u64,
+        head: EventHash::from_slice(&row.try_get::<Vec<u8>, _>("head_hash")?)
+            .map_err(|e| ServiceError::Store(cim_eventstore::StoreError::Corrupt(e)))?,
+        archived: row.try_get("archived")?,
+        node_count: row.try_get::<i64, _>("node_count")? as u64,
+    }))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Store(cim_eventstore::StoreError::Corrupt(e.to_string()))
+}
+
+/// Fills `state` with the nodes and edges `needs` names (properties are not needed to decide).
+pub async fn load_facts(
+    tx: &mut PgConnection,
+    graph: AggregateId,
+    needs: &Needs,
+    state: &mut GraphState,
+) -> Result<(), ServiceError> {
+    if !needs.nodes.is_empty() {
+        let ids: Vec<&str> = needs.nodes.iter().map(NodeId::as_str).collect();
+        let rows = sqlx::query("SELECT node_id, node_type FROM nodes WHERE graph_id = $1 AND node_id = ANY($2)")
+            .bind(graph.as_uuid())
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            let id: NodeId = row.try_get::<String, _>("node_id")?.parse().map_err(corrupt)?;
+            let node_type = row.try_get::<String, _>("node_type")?.parse().map_err(corrupt)?;
+            state.nodes.insert(id, NodeState { node_type, properties: Default::default() });
+        }
+    }
+    if !needs.edges.is_empty() || !needs.incident_to.is_empty() {
+        let edge_ids: Vec<&str> = needs.edges.iter().map(EdgeId::as_str).collect();
+        let incident: Vec<&str> = needs.incident_to.iter().map(NodeId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT edge_id, edge_type, source, target FROM edges WHERE graph_id = $1 \
+             AND (edge_id = ANY($2) OR source = ANY($3) OR target = ANY($3))",
+        )
+        .bind(graph.as_uuid())
+        .bind(&edge_ids)
+        .bind(&incident)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            let id: EdgeId = row.try_get::<String, _>("edge_id")?.parse().map_err(corrupt)?;
+            state.edges.insert(
+                id,
+                EdgeState {
+                    edge_type: row.try_get::<String, _>("edge_type")?.parse().map_err(corrupt)?,
+                    source: row.try_get::<String, _>("source")?.parse().map_err(corrupt)?,
+                    target: row.try_get::<String, _>("target")?.parse().map_err(corrupt)?,
+                    properties: Default::default(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn json(p: &cim_core::events::graph::Properties) -> sqlx::types::Json<&cim_core::events::graph::Properties> {
+    sqlx::types::Json(p)
+}
+
+/// Applies committed-to-be events to the projection tables.
+pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnvelope]) -> Result<(), ServiceError> {
+    let Some(last) = events.last() else { return Ok(()) };
+    let graph = last.aggregate_id.as_uuid();
+    let (mut dn, mut de) = (0i64, 0i64);
+    for envelope in events {
+        let event = GraphEvent::from_envelope(envelope).map_err(corrupt)?;
+        match &event {
+            GraphEvent::Created(e) => {
+                sqlx::query(
+                    "INSERT INTO graphs (graph_id, tenant_id, name, description, properties, version, head_hash, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                )
+                .bind(graph)
+                .bind(tenant.as_uuid())
+                .bind(&e.name)
+                .bind(&e.description)
+                .bind(json(&e.properties))
+                .bind(envelope.sequence as i64)
+                .bind(envelope.hash.as_bytes().to_vec())
+                .bind(envelope.occurred_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            GraphEvent::Renamed(e) => {
+                sqlx::query("UPDATE graphs SET name = $2 WHERE graph_id = $1")
+                    .bind(graph)
+                    .bind(&e.name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            GraphEvent::Archived(_) => {
+                sqlx::query("UPDATE graphs SET archived = true WHERE graph_id = $1")
+                    .bind(graph)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            GraphEvent::NodeAdded(e) => {
+                sqlx::query("INSERT INTO nodes (graph_id, node_id, node_type, properties) VALUES ($1, $2, $3, $4)")
+                    .bind(graph)
+                    .bind(e.node_id.as_str())
+                    .bind(e.node_type.as_str())
+                    .bind(json(&e.properties))
+                    .execute(&mut *tx)
+                    .await?;
+                dn += 1;
+            }
+            GraphEvent::NodeUpdated(e) => {
+                sqlx::query("UPDATE nodes SET properties = $3 WHERE graph_id = $1 AND node_id = $2")
+                    .bind(graph)
+                    .bind(e.node_id.as_str())
+                    .bind(json(&e.properties))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            GraphEvent::NodeRemoved(e) => {
+                sqlx::query("DELETE FROM nodes WHERE graph_id = $1 AND node_id = $2")
+                    .bind(graph)
+                    .bind(e.node_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let removed: Vec<&str> = e.removed_edges.iter().map(EdgeId::as_str).collect();
+                let n = sqlx::query("DELETE FROM edges WHERE graph_id = $1 AND edge_id = ANY($2)")
+                    .bind(graph)
+                    .bind(&removed)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                dn -= 1;
+                de -= n as i64;
+            }
+            GraphEvent::EdgeAdded(e) => {
+                sqlx::query(
+                    "INSERT INTO edges (graph_id, edge_id, edge_type, source, target, properties) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(graph)
+                .bind(e.edge_id.as_str())
+                .bind(e.edge_type.as_str())
+                .bind(e.source.as_str())
+                .bind(e.target.as_str())
+                .bind(json(&e.properties))
+                .execute(&mut *tx)
+                .await?;
+                de += 1;
+            }
+            GraphEvent::EdgeUpdated(e) => {
+                sqlx::query("UPDATE edges SET properties = $3 WHERE graph_id = $1 AND edge_id = $2")
+                    .bind(graph)
+                    .bind(e.edge_id.as_str())
+                    .bind(json(&e.properties))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            GraphEvent::EdgeRemoved(e) => {
+                sqlx::query("DELETE FROM edges WHERE graph_id = $1 AND edge_id = $2")
+                    .bind(graph)
+                    .bind(e.edge_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                de -= 1;
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE graphs SET version = $2, head_hash = $3, updated_at = $4, node_count = node_count + $5, \
+         edge_count = edge_count + $6 WHERE graph_id = $1",
+    )
+    .bind(graph)
+    .bind(last.sequence as i64)
+    .bind(last.hash.as_bytes().to_vec())
+    .bind(last.occurred_at)
+    .bind(dn)
+    .bind(de)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Reads over the projections. Every read first resolves the graph within the caller's tenant,
+//! so another tenant's graph is simply not found.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use cim_core::{AggregateId, TenantId};
+use cim_proto::graph as pb;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use crate::convert::{json_to_struct, timestamp};
+use crate::error::ServiceError;
+
+/// Server-side bounds on reads.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub default_page: u32,
+    pub max_page: u32,
+    pub max_neighbors: u32,
+    pub max_depth: u32,
+    pub max_nodes: u32,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self { default_page: 100, max_page: 1000, max_neighbors: 10_000, max_depth: 10, max_nodes: 10_000 }
+    }
+}
+
+impl QueryLimits {
+    pub fn page_size(&self, requested: u32) -> Result<i64, ServiceError> {
+        match requested {
+            0 => Ok(i64::from(self.default_page)),
+            n if n <= self.max_page => Ok(i64::from(n)),
+            n => Err(ServiceError::invalid("page.page_size", format!("{n} is above the maximum {}", self.max_page))),
+        }
+    }
+}
+
+type Props = sqlx::types::Json<cim_core::events::graph::Properties>;
+
+fn graph_from_row(row: &PgRow) -> Result<pb::Graph, ServiceError> {
+    let props: Props = row.try_get("properties")?;
+    Ok(pb::Graph {
+        graph_id: row.try_get::<uuid::Uuid, _>("graph_id")?.to_string(),
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        properties: Some(json_to_struct(&props.0)),
+        status: if row.try_get::<bool, _>("archived")? { "archived" } else { "active" }.to_owned(),
+        version: row.try_get::<i64, _>("version")? as u64,
+        node_count: row.try_get::<i64, _>("node_count")? as u64,
+        edge_count: row.try_get::<i64, _>("edge_count")? as u64,
+        created_at: Some(timestamp(row.try_get("created_at")?)),
+        updated_at: Some(timestamp(row.try_get("updated_at")?)),
+    })
+}
+
+pub fn node_from_row(graph: &str, row: &PgRow) -> Result<pb::Node, ServiceError> {
+    let props: Props = row.try_get("properties")?;
+    Ok(pb::Node {
+        graph_id: graph.to_owned(),
+        id: row.try_get("node_id")?,
+        r#type: row.try_get("node_type")?,
+        properties: Some(json_to_struct(&props.0)),
+    })
+}
+
+pub fn edge_from_row(graph: &str, row: &PgRow) -> Result<pb::Edge, ServiceError> {
+    let props: Props = row.try_get("properties")?;
+    Ok(pb::Edge {
+        graph_id: graph.to_owned(),
+        id: row.try_get("edge_id")?,
+        r#type: row.try_get("edge_type")?,
+        source: row.try_get("source")?,
+        target: row.try_get("target")?,
+        properties: Some(json_to_struct(&props.0)),
+    })
+}
+
+const GRAPH_COLUMNS: &str =
+    "graph_id, name, description, properties, archived, version, node_count, edge_count, created_at, updated_at";
+
+pub async fn get_graph(pool: &PgPool, tenant: TenantId, graph: AggregateId) -> Result<pb::Graph, ServiceError> {
+    let sql = format!("SELECT {GRAPH_COLUMNS} FROM graphs WHERE graph_id = $1 AND tenant_id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(graph.as_uuid())
+        .bind(tenant.as_uuid())
+        .fetch_optional(pool)
+        .await?
+        .ok_or(ServiceError::GraphNotFound)?;
+    graph_from_row(&row)
+}
+
+/// Resolves the graph in the tenant or fails with NOT_FOUND.
+pub async fn ensure_graph(pool: &PgPool, tenant: TenantId, graph: AggregateId) -> Result<(), ServiceError> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM graphs WHERE graph_id = $1 AND tenant_id = $2")
+        .bind(graph.as_uuid())
+        .bind(tenant.as_uuid())
+        .fetch_optional(pool)
+        .await?;
+    found.map(|_| ()).ok_or(ServiceError::GraphNotFound)
+}
+
+pub async fn list_graphs(
+    pool: &PgPool,
+    tenant: TenantId,
+    size: i64,
+    after: Option<uuid::Uuid>,
+    include_archived: bool,
+) -> Result<(Vec<pb::Graph>, String), ServiceError> {
+    let sql = format!(
+        "SELECT {GRAPH_COLUMNS} FROM graphs WHERE tenant_id = $1 AND ($2::uuid IS NULL OR graph_id > $2) \
+         AND ($3 OR NOT archived) ORDER BY graph_id LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant.as_uuid())
+        .bind(after)
+        .bind(include_archived)
+        .bind(size + 1)
+        .fetch_all(pool)
+        .await?;
+    let mut graphs: Vec<pb::Graph> = rows.iter().map(graph_from_row).collect::<Result<_, _>>()?;
+    let next = if graphs.len() as i64 > size {
+        graphs.truncate(size as usize);
+        graphs.last().map(|g| g.graph_id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((graphs, next))
+}
+
+pub async fn get_node(pool: &PgPool, graph: AggregateId, node: &str) -> Result<pb::Node, ServiceError> {
+    let row = sqlx::query("SELECT node_id, node_type, properties FROM nodes WHERE graph_id = $1 AND node_id = $2")
+        .bind(graph.as_uuid())
+        .bind(node)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| ServiceError::ElementNotFound(format!("node {node}")))?;
+    node_from_row(&graph.to_string(), &row)
+}
+
+pub async fn list_nodes(
+    pool: &PgPool,
+    graph: AggregateId,
+    node_type: Option<&str>,
+    size: i64,
+    after: &str,
+) -> Result<(Vec<pb::Node>, String), ServiceError> {
+    let rows = sqlx::query(
+        "SELECT node_id, node_type, properties FROM nodes WHERE graph_id = $1 AND ($2::text IS NULL OR node_type = $2) \
+         AND node_id > $3 ORDER BY node_id LIMIT $4",
+    )
+    .bind(graph.as_uuid())
+    .bind(node_type)
+    .bind(after)
+    .bind(size + 1)
+    .fetch_all(pool)
+    .await?;
+    let g = graph.to_string();
+    let mut nodes: Vec<pb::Node> = rows.iter().map(|r| node_from_row(&g, r)).collect::<Result<_, _>>()?;
+    let next = if nodes.len() as i64 > size {
+        nodes.truncate(size as usize);
+        nodes.last().map(|n| n.id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((nodes, next))
+}
+
+pub async fn list_edges(
+    pool: &PgPool,
+    graph: AggregateId,
+    node: Option<&str>,
+    edge_type: Option<&str>,
+    size: i64,
+    after: &str,
+) -> Result<(Vec<pb::Edge>, String), ServiceError> {
+    let rows = sqlx::query(
+        "SELECT edge_id, edge_type, source, target, properties FROM edges WHERE graph_id = $1 \
+         AND ($2::text IS NULL OR source = $2 OR target = $2) AND ($3::text IS NULL OR edge_type = $3) \
+         AND edge_id > $4 ORDER BY edge_id LIMIT $5",
+    )
+    .bind(graph.as_uuid())
+    .bind(node)
+    .bind(edge_type)
+    .bind(after)
+    .bind(size + 1)
+    .fetch_all(pool)
+    .await?;
+    let g = graph.to_string();
+    let mut edges: Vec<pb::Edge> = rows.iter().map(|r| edge_from_row(&g, r)).collect::<Result<_, _>>()?;
+    let next = if edges.len() as i64 > size {
+        edges.truncate(size as usize);
+        edges.last().map(|e| e.id.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((edges, next))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Out,
+    In,
+    Both,
+}
+
+impl Dir {
+    pub fn from_proto(d: i32) -> Dir {
+        match pb::Direction::try_from(d) {
+            Ok(pb::Direction::In) => Dir::In,
+            Ok(pb::Direction::Both) => Dir::Both,
+            _ => Dir::Out,
+        }
+    }
+}
+
+/// Edges leaving (or entering) any of `from`, with the node at their other end.
+async fn step(
+    pool: &PgPool,
+    graph: AggregateId,
+    from: &[String],
+    dir: Dir,
+    types: &[String],
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, ServiceError> {
+    // (from, to, edge_id) in both directions share one shape.
+    let out = "SELECT source AS a, target AS b, edge_id FROM edges WHERE graph_id = $1 AND source = ANY($2) \
+               AND (cardinality($3::text[]) = 0 OR edge_type = ANY($3))";
+    let inn = "SELECT target AS a, source AS b, edge_id FROM edges WHERE graph_id = $1 AND target = ANY($2) \
+               AND (cardinality($3::text[]) = 0 OR edge_type = ANY($3))";
+    let sql = match dir {
+        Dir::Out => format!("{out} LIMIT $4"),
+        Dir::In => format!("{inn} LIMIT $4"),
+        Dir::Both => format!("({out}) UNION ALL ({inn}) LIMIT $4"),
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(graph.as_uuid())
+        .bind(from)
+        .bind(types)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("a")?, r.try_get("b")?, r.try_get("edge_id")?))).collect()
+}
+
+async fn nodes_by_id(
+    pool: &PgPool,
+    graph: AggregateId,
+    ids: &[String],
+) -> Result<HashMap<String, pb::Node>, ServiceError> {
+    let rows =
+        sqlx::query("SELECT node_id, node_type, properties FROM nodes WHERE graph_id = $1 AND node_id = ANY($2)")
+            .bind(graph.as_uuid())
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    let g = graph.to_string();
+    rows.iter().map(|r| node_from_row(&g, r).map(|n| (n.id.clone(), n))).collect()
+}
+
+async fn edges_by_id(
+    pool: &PgPool,
+    graph: AggregateId,
+    ids: &[String],
+) -> Result<HashMap<String, pb::Edge>, ServiceError> {
+    let rows = sqlx::query(
+        "SELECT edge_id, edge_type, source, target, properties FROM edges WHERE graph_id = $1 AND edge_id = ANY($2)",
+    )
+    .bind(graph.as_uuid())
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let g = graph.to_string();
+    rows.iter().map(|r| edge_from_row(&g, r).map(|e| (e.id.clone(), e))).collect()
+}
+
+pub async fn neighbors(
+    pool: &PgPool,
+    graph: AggregateId,
+    node: &str,
+    dir: Dir,
+    types: &[String],
+    limit: u32,
+) -> Result<pb::NeighborsResponse, ServiceError> {
+    get_node(pool, graph, node).await?;
+    let hops = step(pool, graph, &[node.to_owned()], dir, types, i64::from(limit) + 1).await?;
+    let truncated = hops.len() > limit as usize;
+    let hops: Vec<_> = hops.into_iter().take(limit as usize).collect();
+    let node_ids: Vec<String> = hops.iter().map(|h| h.1.clone()).collect();
+    let edge_ids: Vec<String> = hops.iter().map(|h| h.2.clone()).collect();
+    let (nodes, edges) = tokio::try_join!(nodes_by_id(pool, graph, &node_ids), edges_by_id(pool, graph, &edge_ids))?;
+    let neighbors = hops
+        .iter()
+        .filter_map(|(_, to, via)| {
+            Some(pb::Neighbor { node: Some(nodes.get(to)?.clone()), via: Some(edges.get(via)?.clone()) })
+        })
+        .collect();
+    Ok(pb::NeighborsResponse { neighbors, truncated })
+}
+
+/// How a traversal may move: direction, edge types, and its bounds.
+#[derive(Debug, Clone)]
+pub struct Walk {
+    pub dir: Dir,
+    pub types: Vec<String>,
+    pub max_depth: u32,
+    pub max_nodes: u32,
+}
+
+/// Breadth-first from `start`, one query per level.
+pub async fn traverse(
+    pool: &PgPool,
+    graph: AggregateId,
+    start: &str,
+    walk: &Walk,
+) -> Result<pb::TraverseResponse, ServiceError> {
+    let Walk { dir, types, max_depth, max_nodes } = walk.clone();
+    get_node(pool, graph, start).await?;
+    let mut seen: HashMap<String, (u32, String)> = HashMap::from([(start.to_owned(), (0, String::new()))]);
+    let mut order = vec![start.to_owned()];
+    let mut frontier = vec![start.to_owned()];
+    let mut truncated = false;
+    'levels: for depth in 1..=max_depth {
+        if frontier.is_empty() {
+            break;
+        }
+        let hops = step(pool, graph, &frontier, dir, &types, i64::from(max_nodes) * 8 + 1).await?;
+        let mut next = Vec::new();
+        for (from, to, _) in hops {
+            if seen.contains_key(&to) {
+                continue;
+            }
+            if order.len() >= max_nodes as usize {
+                truncated = true;
+                break 'levels;
+            }
+            seen.insert(to.clone(), (depth, from));
+            order.push(to.clone());
+            next.push(to);
+        }
+        frontier = next;
+    }
+    let nodes = nodes_by_id(pool, graph, &order).await?;
+    let visits = order
+        .iter()
+        .filter_map(|id| {
+            let (depth, parent) = seen.get(id)?;
+            Some(pb::Visit { node: Some(nodes.get(id)?.clone()), depth: *depth, parent_id: parent.clone() })
+        })
+        .collect();
+    Ok(pb::TraverseResponse { visits, truncated })
+}
+
+/// Fewest hops from `from` to `to`, by breadth-first search up to `max_depth`.
+pub async fn shortest_path(
+    pool: &PgPool,
+    graph: AggregateId,
+    from: &str,
+    to: &str,
+    walk: &Walk,
+) -> Result<pb::ShortestPathResponse, ServiceError> {
+    let Walk { dir, types, max_depth, max_nodes } = walk.clone();
+    get_node(pool, graph, from).await?;
+    get_node(pool, graph, to).await?;
+    let mut parent: HashMap<String, (String, String)> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::from([from.to_owned()]);
+    let mut frontier = vec![from.to_owned()];
+    let mut found = from == to;
+    for _ in 0..max_depth {
+        if found || frontier.is_empty() || seen.len() > max_nodes as usize {
+            break;
+        }
+        let hops = step(pool, graph, &frontier, dir, &types, i64::from(max_nodes) * 8 + 1).await?;
+        let mut next = Vec::new();
+        for (a, b, edge) in hops {
+            if seen.insert(b.clone()) {
+                parent.insert(b.clone(), (a, edge));
+                if b == to {
+                    found = true;
+                    break;
+                }
+                next.push(b);
+            }
+        }
+        frontier = next;
+    }
+    if !found {
+        return Ok(pb::ShortestPathResponse { found: false, nodes: vec![], edges: vec![] });
+    }
+    let mut path_nodes = VecDeque::from([to.to_owned()]);
+    let mut path_edges = VecDeque::new();
+    let mut cursor = to.to_owned();
+    while let Some((prev, edge)) = parent.get(&cursor) {
+        path_nodes.push_front(prev.clone());
+        path_edges.push_front(edge.clone());
+        cursor = prev.clone();
+    }
+    let node_ids: Vec<String> = path_nodes.into_iter().collect();
+    let edge_ids: Vec<String> = path_edges.into_iter().collect();
+    let (nodes, edges) = tokio::try_join!(nodes_by_id(pool, graph, &node_ids), edges_by_id(pool, graph, &edge_ids))?;
+    Ok(pb::ShortestPathResponse {
+        found: true,
+        nodes: node_ids.iter().filter_map(|id| nodes.get(id).cloned()).collect(),
+        edges: edge_ids.iter().filter_map(|id| edges.get(id).cloned()).collect(),
+    })
+}

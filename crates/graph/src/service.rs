@@ -1,0 +1,620 @@
+//! The gRPC edge: parse requests into domain commands, run them in one transaction with the
+//! event append and the projections, and answer queries from the projections.
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use cim_core::events::graph::AGGREGATE_TYPE;
+use cim_core::{Actor, AggregateId, CommandId, CorrelationId, Domain, EventContext, TenantId};
+use cim_eventstore::{Append, EventStore, Expected, StoreError};
+use cim_proto::graph as pb;
+use cim_proto::graph::graph_service_server::GraphService;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{
+    self, aggregate_id, edge_id, node_id, optional_edge_id, optional_node_id, struct_to_json, type_name,
+};
+use crate::domain::{Change, GraphCommand, GraphState, Limits, decide};
+use crate::error::ServiceError;
+use crate::metrics::{COMMANDS_TOTAL, GRAPH_SIZE_NODES, QUERY_DURATION_SECONDS};
+use crate::projection::{load_facts, lock_graph, project};
+use crate::queries::{self, Dir, QueryLimits, Walk};
+
+/// Request metadata naming the caller's tenant (set by the gateway from the verified token).
+pub const TENANT_HEADER: &str = "x-cim-tenant";
+pub const ACTOR_HEADER: &str = "x-cim-actor";
+pub const CORRELATION_HEADER: &str = "x-cim-correlation-id";
+
+#[derive(Debug, Clone)]
+pub struct GraphApi {
+    store: EventStore,
+    pool: PgPool,
+    limits: Limits,
+    query: QueryLimits,
+}
+
+struct Caller {
+    tenant: TenantId,
+    actor: Actor,
+    correlation: Option<CorrelationId>,
+}
+
+fn caller<T>(req: &Request<T>) -> Result<Caller, ServiceError> {
+    let md = req.metadata();
+    let tenant = md
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| TenantId::from_str(s).ok())
+        .ok_or(ServiceError::NoTenant)?;
+    let actor = md
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| Actor::from_str(s).ok())
+        .unwrap_or_else(|| Actor::service("anonymous"));
+    let correlation = match md.get(CORRELATION_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(s) => {
+            Some(CorrelationId::from_str(s).map_err(|e| ServiceError::invalid(CORRELATION_HEADER, e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(Caller { tenant, actor, correlation })
+}
+
+fn properties(
+    field: &str,
+    s: Option<prost_types::Struct>,
+) -> Result<cim_core::events::graph::Properties, ServiceError> {
+    struct_to_json(field, s)
+}
+
+fn node_change(spec: Option<pb::NodeSpec>, prefix: &str) -> Result<Change, ServiceError> {
+    let spec = spec.ok_or_else(|| ServiceError::invalid(prefix, "required"))?;
+    Ok(Change::AddNode {
+        id: optional_node_id(&format!("{prefix}.id"), &spec.id)?,
+        node_type: type_name(&format!("{prefix}.type"), &spec.r#type)?,
+        properties: properties(&format!("{prefix}.properties"), spec.properties)?,
+    })
+}
+
+fn edge_change(spec: Option<pb::EdgeSpec>, prefix: &str) -> Result<Change, ServiceError> {
+    let spec = spec.ok_or_else(|| ServiceError::invalid(prefix, "required"))?;
+    Ok(Change::AddEdge {
+        id: optional_edge_id(&format!("{prefix}.id"), &spec.id)?,
+        edge_type: type_name(&format!("{prefix}.type"), &spec.r#type)?,
+        source: node_id(&format!("{prefix}.source"), &spec.source)?,
+        target: node_id(&format!("{prefix}.target"), &spec.target)?,
+        properties: properties(&format!("{prefix}.properties"), spec.properties)?,
+    })
+}
+
+fn batch_change(i: usize, change: pb::GraphChange) -> Result<Change, ServiceError> {
+    use pb::graph_change::Change as C;
+    let field = |f: &str| format!("changes[{i}].{f}");
+    match change.change {
+        None => Err(ServiceError::invalid(format!("changes[{i}]"), "empty change")),
+        Some(C::AddNode(spec)) => node_change(Some(spec), &field("add_node")),
+        Some(C::AddEdge(spec)) => edge_change(Some(spec), &field("add_edge")),
+        Some(C::UpdateNode(u)) => Ok(Change::UpdateNode {
+            id: node_id(&field("update_node.id"), &u.id)?,
+            properties: properties(&field("update_node.properties"), u.properties)?,
+        }),
+        Some(C::UpdateEdge(u)) => Ok(Change::UpdateEdge {
+            id: edge_id(&field("update_edge.id"), &u.id)?,
+            properties: properties(&field("update_edge.properties"), u.properties)?,
+        }),
+        Some(C::RemoveNode(id)) => Ok(Change::RemoveNode { id: node_id(&field("remove_node"), &id)? }),
+        Some(C::RemoveEdge(id)) => Ok(Change::RemoveEdge { id: edge_id(&field("remove_edge"), &id)? }),
+        Some(C::Rename(name)) => Ok(Change::Rename { name }),
+    }
+}
+
+fn types(field: &str, list: &[String]) -> Result<Vec<String>, ServiceError> {
+    list.iter().map(|t| type_name(field, t).map(|t| t.as_str().to_owned())).collect()
+}
+
+impl GraphApi {
+    pub fn new(store: EventStore, limits: Limits, query: QueryLimits) -> Self {
+        crate::metrics::describe();
+        let pool = store.pool().clone();
+        Self { store, pool, limits, query }
+    }
+
+    async fn execute(
+        &self,
+        caller: Caller,
+        graph: AggregateId,
+        command: GraphCommand,
+        options: Option<pb::CommandOptions>,
+        kind: &'static str,
+    ) -> Result<pb::CommandResponse, ServiceError> {
+        let result = self.execute_inner(&caller, graph, &command, options).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code().as_str(),
+        };
+        metrics::counter!(COMMANDS_TOTAL, "command" => kind, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn execute_inner(
+        &self,
+        caller: &Caller,
+        graph: AggregateId,
+        command: &GraphCommand,
+        options: Option<pb::CommandOptions>,
+    ) -> Result<pb::CommandResponse, ServiceError> {
+        let options = options.unwrap_or_default();
+        let key = match options.idempotency_key.as_str() {
+            "" => None,
+            k if k.len() > 200 => return Err(ServiceError::invalid("options.idempotency_key", "at most 200 bytes")),
+            k => Some(k.to_owned()),
+        };
+        let creating = matches!(command, GraphCommand::Create { .. });
+        let mut tx = self.pool.begin().await?;
+        let locked = lock_graph(&mut tx, caller.tenant, graph).await?;
+        if let Some(key) = &key
+            && let Some(done) = self.store.find_idempotent(&mut tx, caller.tenant, key).await?
+        {
+            return Ok(response(done));
+        }
+        let mut state = GraphState::default();
+        let expected = match &locked {
+            Some(g) => {
+                if let Some(v) = options.expected_version
+                    && v != g.version
+                {
+                    return Err(ServiceError::Stale { expected: v, actual: g.version });
+                }
+                state.exists = true;
+                state.archived = g.archived;
+                metrics::histogram!(GRAPH_SIZE_NODES).record(g.node_count as f64);
+                Expected::Head { version: g.version, hash: g.head }
+            }
+            None if creating => {
+                if let Some(v) = options.expected_version.filter(|v| *v != 0) {
+                    return Err(ServiceError::Stale { expected: v, actual: 0 });
+                }
+                Expected::NoStream
+            }
+            None => return Err(ServiceError::GraphNotFound),
+        };
+        load_facts(&mut tx, graph, &command.needs(), &mut state).await?;
+        let events = decide(&state, command, &self.limits)?;
+        let command_id = CommandId::new();
+        let append = Append {
+            context: EventContext {
+                domain: Domain::Graph,
+                aggregate_type: AGGREGATE_TYPE
+                    .parse()
+                    .map_err(|e: cim_core::NameError| ServiceError::invalid("aggregate_type", e.to_string()))?,
+                aggregate_id: graph,
+                tenant_id: caller.tenant,
+                actor: caller.actor.clone(),
+                correlation_id: caller.correlation.unwrap_or_else(|| command_id.as_root_correlation()),
+                causation_id: command_id.as_causation(),
+            },
+            expected,
+            events: events.iter().map(|e| e.to_new_event()).collect(),
+            idempotency_key: key,
+        };
+        let done = match self.store.append_in_tx(&mut tx, &append).await {
+            Ok(done) => done,
+            // Two creates of one id: the loser sees the winner's sequence 1.
+            Err(StoreError::Conflict { .. }) if creating => {
+                return Err(ServiceError::Domain(crate::domain::GraphError::GraphExists));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !done.replayed {
+            project(&mut tx, caller.tenant, &done.events).await.map_err(|e| match e {
+                ServiceError::Database(ref db) if creating && is_unique_violation(db) => {
+                    ServiceError::Domain(crate::domain::GraphError::GraphExists)
+                }
+                other => other,
+            })?;
+        }
+        tx.commit().await?;
+        self.store.committed(&done);
+        Ok(response(done))
+    }
+
+    async fn timed<T>(
+        &self,
+        query: &'static str,
+        f: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        let started = Instant::now();
+        let r = f.await;
+        metrics::histogram!(QUERY_DURATION_SECONDS, "query" => query).record(started.elapsed().as_secs_f64());
+        r
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn response(done: cim_eventstore::Appended) -> pb::CommandResponse {
+    pb::CommandResponse {
+        graph_id: done.aggregate_id.to_string(),
+        version: done.version,
+        event_ids: done.event_ids.iter().map(ToString::to_string).collect(),
+        replayed: done.replayed,
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn ok<T>(r: Result<T, ServiceError>) -> Reply<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl GraphService for GraphApi {
+    async fn create_graph(&self, req: Request<pb::CreateGraphRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = if r.graph_id.is_empty() { AggregateId::new() } else { aggregate_id("graph_id", &r.graph_id)? };
+            let command = GraphCommand::Create {
+                name: r.name,
+                description: r.description,
+                properties: properties("properties", r.properties)?,
+            };
+            self.execute(caller, graph, command, r.options, "create_graph").await
+        }
+        .await)
+    }
+
+    async fn rename_graph(&self, req: Request<pb::RenameGraphRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![Change::Rename { name: r.name }]);
+            self.execute(caller, graph, command, r.options, "rename_graph").await
+        }
+        .await)
+    }
+
+    async fn archive_graph(&self, req: Request<pb::ArchiveGraphRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            self.execute(caller, graph, GraphCommand::Archive, r.options, "archive_graph").await
+        }
+        .await)
+    }
+
+    async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![node_change(r.node, "node")?]);
+            self.execute(caller, graph, command, r.options, "add_node").await
+        }
+        .await)
+    }
+
+    async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![Change::UpdateNode {
+                id: node_id("node_id", &r.node_id)?,
+                properties: properties("properties", r.properties)?,
+            }]);
+            self.execute(caller, graph, command, r.options, "update_node").await
+        }
+        .await)
+    }
+
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![Change::RemoveNode { id: node_id("node_id", &r.node_id)? }]);
+            self.execute(caller, graph, command, r.options, "remove_node").await
+        }
+        .await)
+    }
+
+    async fn add_edge(&self, req: Request<pb::AddEdgeRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![edge_change(r.edge, "edge")?]);
+            self.execute(caller, graph, command, r.options, "add_edge").await
+        }
+        .await)
+    }
+
+    async fn update_edge(&self, req: Request<pb::UpdateEdgeRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![Change::UpdateEdge {
+                id: edge_id("edge_id", &r.edge_id)?,
+                properties: properties("properties", r.properties)?,
+            }]);
+            self.execute(caller, graph, command, r.options, "update_edge").await
+        }
+        .await)
+    }
+
+    async fn remove_edge(&self, req: Request<pb::RemoveEdgeRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let command = GraphCommand::Apply(vec![Change::RemoveEdge { id: edge_id("edge_id", &r.edge_id)? }]);
+            self.execute(caller, graph, command, r.options, "remove_edge").await
+        }
+        .await)
+    }
+
+    async fn apply_batch(&self, req: Request<pb::ApplyBatchRequest>) -> Reply<pb::CommandResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let changes =
+                r.changes.into_iter().enumerate().map(|(i, c)| batch_change(i, c)).collect::<Result<Vec<_>, _>>()?;
+            self.execute(caller, graph, GraphCommand::Apply(changes), r.options, "apply_batch").await
+        }
+        .await)
+    }
+
+    async fn get_graph(&self, req: Request<pb::GetGraphRequest>) -> Reply<pb::Graph> {
+        ok(async {
+            let caller = caller(&req)?;
+            let graph = aggregate_id("graph_id", &req.get_ref().graph_id)?;
+            queries::get_graph(&self.pool, caller.tenant, graph).await
+        }
+        .await)
+    }
+
+    async fn list_graphs(&self, req: Request<pb::ListGraphsRequest>) -> Reply<pb::ListGraphsResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let page = r.page.unwrap_or_default();
+            let size = self.query.page_size(page.page_size)?;
+            let after = match page.page_token.as_str() {
+                "" => None,
+                t => Some(
+                    uuid::Uuid::try_parse(t)
+                        .map_err(|_| ServiceError::invalid("page.page_token", "not a token this service issued"))?,
+                ),
+            };
+            let (graphs, next) =
+                queries::list_graphs(&self.pool, caller.tenant, size, after, r.include_archived).await?;
+            Ok(pb::ListGraphsResponse { graphs, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
+        }
+        .await)
+    }
+
+    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Reply<pb::Node> {
+        ok(async {
+            let caller = caller(&req)?;
+            let graph = aggregate_id("graph_id", &req.get_ref().graph_id)?;
+            let node = node_id("node_id", &req.get_ref().node_id)?;
+            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            queries::get_node(&self.pool, graph, node.as_str()).await
+        }
+        .await)
+    }
+
+    async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let node_type = if r.r#type.is_empty() { None } else { Some(type_name("type", &r.r#type)?) };
+            let page = r.page.unwrap_or_default();
+            let size = self.query.page_size(page.page_size)?;
+            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            let (nodes, next) =
+                queries::list_nodes(&self.pool, graph, node_type.as_ref().map(|t| t.as_str()), size, &page.page_token)
+                    .await?;
+            Ok(pb::ListNodesResponse { nodes, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
+        }
+        .await)
+    }
+
+    async fn list_edges(&self, req: Request<pb::ListEdgesRequest>) -> Reply<pb::ListEdgesResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let node = optional_node_id("node_id", &r.node_id)?;
+            let edge_type = if r.r#type.is_empty() { None } else { Some(type_name("type", &r.r#type)?) };
+            let page = r.page.unwrap_or_default();
+            let size = self.query.page_size(page.page_size)?;
+            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            let (edges, next) = queries::list_edges(
+                &self.pool,
+                graph,
+                node.as_ref().map(|n| n.as_str()),
+                edge_type.as_ref().map(|t| t.as_str()),
+                size,
+                &page.page_token,
+            )
+            .await?;
+            Ok(pb::ListEdgesResponse { edges, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
+        }
+        .await)
+    }
+
+    async fn neighbors(&self, req: Request<pb::NeighborsRequest>) -> Reply<pb::NeighborsResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let node = node_id("node_id", &r.node_id)?;
+            let types = types("edge_types", &r.edge_types)?;
+            let limit = match r.limit {
+                0 => self.query.default_page,
+                n if n <= self.query.max_neighbors => n,
+                n => {
+                    return Err(ServiceError::invalid(
+                        "limit",
+                        format!("{n} is above the maximum {}", self.query.max_neighbors),
+                    ));
+                }
+            };
+            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            self.timed(
+                "neighbors",
+                queries::neighbors(&self.pool, graph, node.as_str(), Dir::from_proto(r.direction), &types, limit),
+            )
+            .await
+        }
+        .await)
+    }
+
+    async fn traverse(&self, req: Request<pb::TraverseRequest>) -> Reply<pb::TraverseResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let start = node_id("start_node_id", &r.start_node_id)?;
+            let types = types("edge_types", &r.edge_types)?;
+            if r.max_depth == 0 || r.max_depth > self.query.max_depth {
+                return Err(ServiceError::invalid("max_depth", format!("required, 1 to {}", self.query.max_depth)));
+            }
+            if r.max_nodes == 0 || r.max_nodes > self.query.max_nodes {
+                return Err(ServiceError::invalid("max_nodes", format!("required, 1 to {}", self.query.max_nodes)));
+            }
+            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            self.timed(
+                "traverse",
+                queries::traverse(
+                    &self.pool,
+                    graph,
+                    start.as_str(),
+                    &Walk { dir: Dir::from_proto(r.direction), types, max_depth: r.max_depth, max_nodes: r.max_nodes },
+                ),
+            )
+            .await
+        }
+        .await)
+    }
+
+    async fn shortest_path(&self, req: Request<pb::ShortestPathRequest>) -> Reply<pb::ShortestPathResponse> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let from = node_id("from_node_id", &r.from_node_id)?;
+            let to = node_id("to_node_id", &r.to_node_id)?;
+            let types = types("edge_types", &r.edge_types)?;
+            if r.max_depth == 0 || r.max_depth > self.query.max_depth {
+                return Err(ServiceError::invalid("max_depth", format!("required, 1 to {}", self.query.max_depth)));
+            }
+            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            self.timed(
+                "shortest_path",
+                queries::shortest_path(
+                    &self.pool,
+                    graph,
+                    from.as_str(),
+                    to.as_str(),
+                    &Walk {
+                        dir: Dir::from_proto(r.direction),
+                        types,
+                        max_depth: r.max_depth,
+                        max_nodes: self.query.max_nodes,
+                    },
+                ),
+            )
+            .await
+        }
+        .await)
+    }
+
+    async fn get_graph_at_version(&self, req: Request<pb::GetGraphAtVersionRequest>) -> Reply<pb::GraphSnapshot> {
+        ok(async {
+            let caller = caller(&req)?;
+            let r = req.into_inner();
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            if r.version == 0 {
+                return Err(ServiceError::invalid("version", "must be at least 1"));
+            }
+            self.timed("at_version", async {
+                let history = self.store.history(caller.tenant, graph).await.map_err(|e| match e {
+                    StoreError::NotFound(_) => ServiceError::GraphNotFound,
+                    e => e.into(),
+                })?;
+                if history.is_empty() {
+                    return Err(ServiceError::GraphNotFound);
+                }
+                if r.version > history.len() as u64 {
+                    return Err(ServiceError::invalid("version", format!("the graph has {} versions", history.len())));
+                }
+                let mut state = GraphState::default();
+                for e in history.iter().take(r.version as usize) {
+                    let event = cim_core::events::graph::GraphEvent::from_envelope(e)
+                        .map_err(|m| ServiceError::Store(StoreError::Corrupt(m)))?;
+                    state.apply(&event);
+                }
+                Ok(snapshot(graph, r.version, &history[(r.version - 1) as usize], &history[0], state))
+            })
+            .await
+        }
+        .await)
+    }
+}
+
+fn snapshot(
+    graph: AggregateId,
+    version: u64,
+    at: &cim_core::EventEnvelope,
+    first: &cim_core::EventEnvelope,
+    state: GraphState,
+) -> pb::GraphSnapshot {
+    let g = graph.to_string();
+    pb::GraphSnapshot {
+        graph: Some(pb::Graph {
+            graph_id: g.clone(),
+            name: state.name.clone(),
+            description: state.description.clone(),
+            properties: Some(convert::json_to_struct(&state.properties)),
+            status: if state.archived { "archived" } else { "active" }.to_owned(),
+            version,
+            node_count: state.nodes.len() as u64,
+            edge_count: state.edges.len() as u64,
+            created_at: Some(convert::timestamp(first.occurred_at)),
+            updated_at: Some(convert::timestamp(at.occurred_at)),
+        }),
+        nodes: state
+            .nodes
+            .iter()
+            .map(|(id, n)| pb::Node {
+                graph_id: g.clone(),
+                id: id.to_string(),
+                r#type: n.node_type.to_string(),
+                properties: Some(convert::json_to_struct(&n.properties)),
+            })
+            .collect(),
+        edges: state
+            .edges
+            .iter()
+            .map(|(id, e)| pb::Edge {
+                graph_id: g.clone(),
+                id: id.to_string(),
+                r#type: e.edge_type.to_string(),
+                source: e.source.to_string(),
+                target: e.target.to_string(),
+                properties: Some(convert::json_to_struct(&e.properties)),
+            })
+            .collect(),
+    }
+}
