@@ -19,7 +19,7 @@ CREATE INDEX graphs_by_tenant ON graphs (tenant_id, graph_id);
 
 CREATE TABLE nodes (
     graph_id    uuid  NOT NULL,
-    node_id     text  NOT NULL,
+    node_id     text  COLLATE "C" NOT NULL,
     node_type   text  NOT NULL,
     properties  jsonb NOT NULL DEFAULT '{}',
     PRIMARY KEY (graph_id, node_id)
@@ -28,10 +28,10 @@ CREATE INDEX nodes_by_type ON nodes (graph_id, node_type, node_id);
 
 CREATE TABLE edges (
     graph_id    uuid  NOT NULL,
-    edge_id     text  NOT NULL,
+    edge_id     text  COLLATE "C" NOT NULL,
     edge_type   text  NOT NULL,
-    source      text  NOT NULL,
-    target      text  NOT NULL,
+    source      text  COLLATE "C" NOT NULL,
+    target      text  COLLATE "C" NOT NULL,
     properties  jsonb NOT NULL DEFAULT '{}',
     PRIMARY KEY (graph_id, edge_id)
 );

@@ -36,12 +36,30 @@ pub struct Prepared {
     pub store: EventStore,
 }
 
+/// What differs between deployments beyond `CIM_*` (tests use their own schema).
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    pub schema: String,
+}
+
+impl Default for GraphOptions {
+    fn default() -> Self {
+        Self { schema: crate::SCHEMA.to_owned() }
+    }
+}
+
 /// Connects, migrates and binds. Nothing is served until [`Prepared::run`].
 pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
+    prepare_with(config, shutdown, GraphOptions::default()).await
+}
+
+/// [`prepare`] with explicit options.
+pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: GraphOptions) -> Result<Prepared, AppError> {
+    let schema = options.schema;
     let listen = config.listen(ServiceKind::Graph);
     let pool = postgres::connect(&postgres::PgSettings {
         url: config.database_url.expose().to_owned(),
-        schema: crate::SCHEMA.to_owned(),
+        schema: schema.clone(),
         max_connections: config.database_max_connections,
         connect_timeout: config.connect_timeout,
         application_name: "cim-graph".into(),
@@ -51,13 +69,13 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         pool.clone(),
         StoreConfig {
             domain: Domain::Graph,
-            schema: crate::SCHEMA.to_owned(),
+            schema: schema.clone(),
             snapshot_every: 1000,
             upcasters: Upcasters::new(),
         },
     )
     .await?;
-    postgres::migrate(&pool, crate::SCHEMA, crate::migrator()).await?;
+    postgres::migrate(&pool, &schema, crate::migrator()).await?;
 
     let client = nats::connect(&nats::NatsSettings {
         url: config.nats_url.clone(),

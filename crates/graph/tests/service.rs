@@ -1,0 +1,668 @@
+//! The graph service over real TCP with a tonic client, against real Postgres and NATS.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::collections::BTreeSet;
+
+use cim_core::TenantId;
+use cim_proto::graph as pb;
+use futures::StreamExt;
+use harness::*;
+use tonic::Code;
+
+async fn create(
+    client: &mut pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>,
+    tenant: TenantId,
+) -> String {
+    client
+        .create_graph(req(tenant, pb::CreateGraphRequest { name: "people".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .graph_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_rpc_over_the_wire() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let t = TenantId::new();
+    let created = c
+        .create_graph(req(
+            t,
+            pb::CreateGraphRequest {
+                name: "people".into(),
+                description: "who knows whom".into(),
+                properties: props(serde_json::json!({"owner": "ada"})),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let g = created.graph_id.clone();
+    assert_eq!(created.version, 1);
+    assert_eq!(created.event_ids.len(), 1);
+
+    for n in ["a", "b", "c", "d"] {
+        c.add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node(n, "person")), options: None }))
+            .await
+            .unwrap();
+    }
+    for (id, s, tgt, ty) in
+        [("ab", "a", "b", "knows"), ("bc", "b", "c", "knows"), ("cd", "c", "d", "likes"), ("ad", "a", "d", "likes")]
+    {
+        c.add_edge(req(t, pb::AddEdgeRequest { graph_id: g.clone(), edge: Some(edge(id, ty, s, tgt)), options: None }))
+            .await
+            .unwrap();
+    }
+    let renamed = c
+        .rename_graph(req(
+            t,
+            pb::RenameGraphRequest { graph_id: g.clone(), name: "friends".into(), options: expect(9) },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renamed.version, 10);
+    c.update_node(req(
+        t,
+        pb::UpdateNodeRequest {
+            graph_id: g.clone(),
+            node_id: "a".into(),
+            properties: props(serde_json::json!({"age": 36})),
+            options: None,
+        },
+    ))
+    .await
+    .unwrap();
+    c.update_edge(req(
+        t,
+        pb::UpdateEdgeRequest {
+            graph_id: g.clone(),
+            edge_id: "ab".into(),
+            properties: props(serde_json::json!({"since": 2020})),
+            options: None,
+        },
+    ))
+    .await
+    .unwrap();
+
+    let graph = c.get_graph(req(t, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap().into_inner();
+    assert_eq!((graph.name.as_str(), graph.node_count, graph.edge_count, graph.version), ("friends", 4, 4, 12));
+    assert_eq!(graph.status, "active");
+
+    let a =
+        c.get_node(req(t, pb::GetNodeRequest { graph_id: g.clone(), node_id: "a".into() })).await.unwrap().into_inner();
+    assert_eq!(cim_graph::convert::struct_to_json("p", a.properties).unwrap()["age"], 36.0);
+
+    let out = c
+        .neighbors(req(
+            t,
+            pb::NeighborsRequest {
+                graph_id: g.clone(),
+                node_id: "a".into(),
+                direction: pb::Direction::Out as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: BTreeSet<String> = out.neighbors.iter().map(|n| n.node.as_ref().unwrap().id.clone()).collect();
+    assert_eq!(ids, ["b", "d"].map(String::from).into());
+    let knows = c
+        .neighbors(req(
+            t,
+            pb::NeighborsRequest {
+                graph_id: g.clone(),
+                node_id: "a".into(),
+                direction: pb::Direction::Out as i32,
+                edge_types: vec!["knows".into()],
+                limit: 10,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(knows.neighbors.len(), 1);
+    assert_eq!(knows.neighbors[0].via.as_ref().unwrap().id, "ab");
+    let incoming = c
+        .neighbors(req(
+            t,
+            pb::NeighborsRequest {
+                graph_id: g.clone(),
+                node_id: "d".into(),
+                direction: pb::Direction::In as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(incoming.neighbors.len(), 2);
+    let both = c
+        .neighbors(req(
+            t,
+            pb::NeighborsRequest {
+                graph_id: g.clone(),
+                node_id: "b".into(),
+                direction: pb::Direction::Both as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(both.neighbors.len(), 2);
+
+    let walk = c
+        .traverse(req(
+            t,
+            pb::TraverseRequest {
+                graph_id: g.clone(),
+                start_node_id: "a".into(),
+                direction: pb::Direction::Out as i32,
+                max_depth: 2,
+                max_nodes: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let depths: Vec<(String, u32)> =
+        walk.visits.iter().map(|v| (v.node.as_ref().unwrap().id.clone(), v.depth)).collect();
+    assert_eq!(depths[0], ("a".into(), 0));
+    assert_eq!(depths.len(), 4, "{depths:?}");
+    assert!(depths.contains(&("c".into(), 2)));
+
+    let path = c
+        .shortest_path(req(
+            t,
+            pb::ShortestPathRequest {
+                graph_id: g.clone(),
+                from_node_id: "a".into(),
+                to_node_id: "c".into(),
+                direction: pb::Direction::Out as i32,
+                max_depth: 5,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(path.found);
+    assert_eq!(path.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(path.edges.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["ab", "bc"]);
+    let none = c
+        .shortest_path(req(
+            t,
+            pb::ShortestPathRequest {
+                graph_id: g.clone(),
+                from_node_id: "d".into(),
+                to_node_id: "a".into(),
+                direction: pb::Direction::Out as i32,
+                max_depth: 5,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!none.found);
+
+    // Paging: 4 nodes, 3 per page.
+    let p1 = c
+        .list_nodes(req(
+            t,
+            pb::ListNodesRequest {
+                graph_id: g.clone(),
+                page: Some(cim_proto::common::PageRequest { page_size: 3, page_token: String::new() }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p1.nodes.len(), 3);
+    let token = p1.page.unwrap().next_page_token;
+    assert!(!token.is_empty());
+    let p2 = c
+        .list_nodes(req(
+            t,
+            pb::ListNodesRequest {
+                graph_id: g.clone(),
+                page: Some(cim_proto::common::PageRequest { page_size: 3, page_token: token }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p2.nodes.len(), 1);
+    assert!(p2.page.unwrap().next_page_token.is_empty());
+    let edges_of_a = c
+        .list_edges(req(t, pb::ListEdgesRequest { graph_id: g.clone(), node_id: "a".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(edges_of_a.edges.len(), 2);
+    let graphs = c.list_graphs(req(t, pb::ListGraphsRequest::default())).await.unwrap().into_inner();
+    assert_eq!(graphs.graphs.len(), 1);
+
+    // A batch is atomic and sees its own changes.
+    let batch = c
+        .apply_batch(req(
+            t,
+            pb::ApplyBatchRequest {
+                graph_id: g.clone(),
+                changes: vec![
+                    pb::GraphChange { change: Some(pb::graph_change::Change::AddNode(node("e", "person"))) },
+                    pb::GraphChange { change: Some(pb::graph_change::Change::AddEdge(edge("de", "knows", "d", "e"))) },
+                ],
+                options: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.event_ids.len(), 2);
+
+    // Removing a node removes its edges.
+    c.remove_edge(req(t, pb::RemoveEdgeRequest { graph_id: g.clone(), edge_id: "bc".into(), options: None }))
+        .await
+        .unwrap();
+    c.remove_node(req(t, pb::RemoveNodeRequest { graph_id: g.clone(), node_id: "d".into(), options: None }))
+        .await
+        .unwrap();
+    let graph = c.get_graph(req(t, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap().into_inner();
+    assert_eq!((graph.node_count, graph.edge_count), (4, 1));
+    let left = c
+        .list_edges(req(t, pb::ListEdgesRequest { graph_id: g.clone(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(left.edges.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["ab"]);
+
+    // History: version 5 had a graph with two nodes and no edges... check a few versions.
+    let at5 = c
+        .get_graph_at_version(req(t, pb::GetGraphAtVersionRequest { graph_id: g.clone(), version: 5 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((at5.nodes.len(), at5.edges.len()), (4, 0));
+    assert_eq!(at5.graph.unwrap().name, "people");
+    let at9 = c
+        .get_graph_at_version(req(t, pb::GetGraphAtVersionRequest { graph_id: g.clone(), version: 9 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((at9.nodes.len(), at9.edges.len()), (4, 4));
+
+    // Idempotency: the same key twice appends once.
+    let key = Some(pb::CommandOptions { expected_version: None, idempotency_key: "k-1".into() });
+    let first = c
+        .add_node(req(
+            t,
+            pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("z", "person")), options: key.clone() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("z", "person")), options: key }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed && !first.replayed);
+    assert_eq!((again.version, again.event_ids), (first.version, first.event_ids));
+
+    // Archived graphs reject changes.
+    c.archive_graph(req(t, pb::ArchiveGraphRequest { graph_id: g.clone(), options: None })).await.unwrap();
+    let err = c
+        .add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("y", "person")), options: None }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Every event reached JetStream on the design's subjects, with its headers.
+    let client = cim_runtime::nats::connect(&cim_runtime::nats::NatsSettings {
+        url: nats_url(),
+        client_name: "t".into(),
+        connect_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let js = cim_runtime::nats::jetstream(client);
+    let prefix: cim_core::SubjectPrefix = svc.prefix.parse().unwrap();
+    let stream_name = prefix.stream_name(cim_core::Domain::Graph);
+    let total_events =
+        c.get_graph(req(t, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap().into_inner().version;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let n = js.get_stream(&stream_name).await.unwrap().info().await.unwrap().state.messages;
+        if n == total_events {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} of {total_events} events in the stream");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(total_events as usize);
+    let mut types = Vec::new();
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        let h = m.headers.as_ref().unwrap();
+        let event_type = h.get("Cim-Event-Type").unwrap().as_str().to_owned();
+        assert_eq!(m.subject.as_str(), format!("{}.graph.evt.graph.{g}.{event_type}", svc.prefix));
+        assert_eq!(h.get("Cim-Aggregate-Id").unwrap().as_str(), g);
+        assert_eq!(h.get("Cim-Tenant-Id").unwrap().as_str(), t.to_string());
+        assert!(h.get("Nats-Msg-Id").is_some());
+        types.push(event_type);
+    }
+    assert_eq!(types[0], "graph_created");
+    assert!(types.contains(&"node_removed".to_owned()));
+    assert_eq!(types.last().unwrap(), "graph_archived");
+    let _ = js.delete_stream(&stream_name).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_the_right_code_and_changes_nothing() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let t = TenantId::new();
+    let g = create(&mut c, t).await;
+    c.add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("a", "person")), options: None }))
+        .await
+        .unwrap();
+    let version = |c: &mut pb::graph_service_client::GraphServiceClient<_>| {
+        let g = g.clone();
+        let mut c = c.clone();
+        async move { c.get_graph(req(t, pb::GetGraphRequest { graph_id: g })).await.unwrap().into_inner().version }
+    };
+    let before = version(&mut c).await;
+
+    let cases: Vec<(&str, tonic::Status, Code)> = vec![
+        (
+            "malformed graph id",
+            c.add_node(req(
+                t,
+                pb::AddNodeRequest { graph_id: "not-a-uuid".into(), node: Some(node("b", "person")), options: None },
+            ))
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+        ),
+        (
+            "malformed node id",
+            c.add_node(req(
+                t,
+                pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("b c", "person")), options: None },
+            ))
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+        ),
+        (
+            "missing edge endpoint",
+            c.add_edge(req(
+                t,
+                pb::AddEdgeRequest { graph_id: g.clone(), edge: Some(edge("e", "knows", "a", "ghost")), options: None },
+            ))
+            .await
+            .unwrap_err(),
+            Code::FailedPrecondition,
+        ),
+        (
+            "unknown graph",
+            c.add_node(req(
+                t,
+                pb::AddNodeRequest {
+                    graph_id: cim_core::AggregateId::new().to_string(),
+                    node: Some(node("b", "person")),
+                    options: None,
+                },
+            ))
+            .await
+            .unwrap_err(),
+            Code::NotFound,
+        ),
+        (
+            "stale expected_version",
+            c.add_node(req(
+                t,
+                pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("b", "person")), options: expect(1) },
+            ))
+            .await
+            .unwrap_err(),
+            Code::Aborted,
+        ),
+        (
+            "oversized properties",
+            c.add_node(req(
+                t,
+                pb::AddNodeRequest {
+                    graph_id: g.clone(),
+                    node: Some(pb::NodeSpec {
+                        id: "b".into(),
+                        r#type: "person".into(),
+                        properties: props(serde_json::json!({"blob": "x".repeat(70_000)})),
+                    }),
+                    options: None,
+                },
+            ))
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+        ),
+        (
+            "traversal without limits",
+            c.traverse(req(
+                t,
+                pb::TraverseRequest { graph_id: g.clone(), start_node_id: "a".into(), ..Default::default() },
+            ))
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+        ),
+        (
+            "negative page size",
+            c.list_nodes(req(
+                t,
+                pb::ListNodesRequest {
+                    graph_id: g.clone(),
+                    page: Some(cim_proto::common::PageRequest { page_size: -1i32 as u32, page_token: String::new() }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+        ),
+        (
+            "duplicate node id",
+            c.add_node(req(
+                t,
+                pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("a", "person")), options: None },
+            ))
+            .await
+            .unwrap_err(),
+            Code::AlreadyExists,
+        ),
+        (
+            "no tenant",
+            c.get_graph(tonic::Request::new(pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap_err(),
+            Code::Unauthenticated,
+        ),
+    ];
+    for (what, status, code) in cases {
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(!status.message().is_empty(), "{what}: no message");
+        // The stable code travels in the details.
+        let detail = <cim_proto::common::ErrorDetail as prost::Message>::decode(status.details()).unwrap();
+        assert!(!detail.code.is_empty(), "{what}");
+    }
+    let oversized = c
+        .add_node(req(
+            t,
+            pb::AddNodeRequest {
+                graph_id: g.clone(),
+                node: Some(pb::NodeSpec {
+                    id: "b".into(),
+                    r#type: "person".into(),
+                    properties: props(serde_json::json!({"blob": "x".repeat(70_000)})),
+                }),
+                options: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    let detail = <cim_proto::common::ErrorDetail as prost::Message>::decode(oversized.details()).unwrap();
+    assert_eq!(detail.field_violations[0].field, "node.properties");
+    assert_eq!(version(&mut c).await, before, "a rejected command changed the graph");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_cannot_see_or_change_another_tenants_graph() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let (a, b) = (TenantId::new(), TenantId::new());
+    let g = create(&mut c, a).await;
+    assert_eq!(
+        c.get_graph(req(b, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.add_node(req(b, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("x", "t")), options: None }))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.get_graph_at_version(req(b, pb::GetGraphAtVersionRequest { graph_id: g.clone(), version: 1 }))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert!(c.list_graphs(req(b, pb::ListGraphsRequest::default())).await.unwrap().into_inner().graphs.is_empty());
+    // Creating B's graph with A's id does not reveal or touch A's graph.
+    let clash = c
+        .create_graph(req(b, pb::CreateGraphRequest { graph_id: g.clone(), name: "x".into(), ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), Code::AlreadyExists);
+    assert_eq!(c.get_graph(req(a, pb::GetGraphRequest { graph_id: g })).await.unwrap().into_inner().version, 1);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_concurrent_clients_leave_a_projection_equal_to_the_replay() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let t = TenantId::new();
+    let g = create(&mut c, t).await;
+    c.add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node("hub", "hub")), options: None }))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|w| {
+            let (mut c, g) = (c.clone(), g.clone());
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let n = format!("w{w}n{i}");
+                    c.add_node(req(
+                        t,
+                        pb::AddNodeRequest { graph_id: g.clone(), node: Some(node(&n, "leaf")), options: None },
+                    ))
+                    .await
+                    .unwrap();
+                    c.add_edge(req(
+                        t,
+                        pb::AddEdgeRequest {
+                            graph_id: g.clone(),
+                            edge: Some(edge(&format!("e{n}"), "spoke", "hub", &n)),
+                            options: None,
+                        },
+                    ))
+                    .await
+                    .unwrap();
+                    if i % 3 == 2 {
+                        c.remove_node(req(t, pb::RemoveNodeRequest { graph_id: g.clone(), node_id: n, options: None }))
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let graph = c.get_graph(req(t, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap().into_inner();
+    let replay = c
+        .get_graph_at_version(req(t, pb::GetGraphAtVersionRequest { graph_id: g.clone(), version: graph.version }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut nodes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_nodes(req(
+                t,
+                pb::ListNodesRequest {
+                    graph_id: g.clone(),
+                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        nodes.extend(page.nodes);
+        token = page.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut edges = Vec::new();
+    loop {
+        let page = c
+            .list_edges(req(
+                t,
+                pb::ListEdgesRequest {
+                    graph_id: g.clone(),
+                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        edges.extend(page.edges);
+        token = page.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    // 1 hub + 32 * 10 leaves, minus 32 * 3 removed; one edge per surviving leaf.
+    assert_eq!(nodes.len(), 1 + 32 * 7);
+    assert_eq!(edges.len(), 32 * 7);
+    assert_eq!((graph.node_count as usize, graph.edge_count as usize), (nodes.len(), edges.len()));
+    assert_eq!(nodes, replay.nodes);
+    assert_eq!(edges, replay.edges);
+    svc.stop().await;
+}
