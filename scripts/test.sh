@@ -9,7 +9,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=$SECONDS
 STEP=0
-TOTAL=6
+TOTAL=7
 
 header() {
     STEP=$((STEP + 1))
@@ -68,6 +68,27 @@ fi
 printf 'CIM_TEST_DATABASE_URL=%s\n' "$CIM_TEST_DATABASE_URL"
 printf 'CIM_TEST_NATS_URL=%s\n' "$CIM_TEST_NATS_URL"
 printf 'CIM_TEST_REDIS_URL=%s\n' "$CIM_TEST_REDIS_URL"
+
+header "python test client (tests/python/requirements.txt)"
+# An independent gRPC client (grpcio + reflection) drives the services in some tests.
+PY="${CIM_TEST_PYTHON:-python3}"
+if ! command -v "$PY" >/dev/null 2>&1; then
+    run "python" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null'
+fi
+if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf' >/dev/null 2>&1; then
+    if ! "$PY" -m pip install -q -r tests/python/requirements.txt >/dev/null 2>&1; then
+        # Debian's own python refuses system-wide pip installs (PEP 668): use a virtualenv.
+        VENV=/var/tmp/cim-pyenv
+        if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
+            run "python" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null'
+            run "python" "$PY" -m venv "$VENV"
+        fi
+        run "python" "$VENV/bin/pip" install -q -r tests/python/requirements.txt
+        PY="$VENV/bin/python"
+    fi
+fi
+export CIM_TEST_PYTHON="$PY"
+"$PY" -c 'import grpc, google.protobuf; print("python client ready:", grpc.__version__, google.protobuf.__version__)'
 
 header "cargo fmt --all --check"
 run "cargo fmt" cargo fmt --all --check

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Brings CIM up on this machine with local defaults.
-# Today that is the infrastructure CIM needs (Postgres, NATS with JetStream, Redis) plus a
-# `cim doctor` check of it; the services join as they land (see README).
+# Brings CIM up on this machine with local defaults: the infrastructure (Postgres, NATS with
+# JetStream, Redis), a `cim doctor` check, then every service built so far in one process
+# (`cim serve --services all`, the monolith). Ctrl-C stops it gracefully.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,5 +12,9 @@ fi
 export CIM_DATABASE_URL="${CIM_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/cim}"
 echo "up: building the cim CLI"
 cargo build --locked --quiet -p cim
+CIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim"
 echo "up: checking the installation"
-exec "${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim" doctor
+"$CIM" doctor
+export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
+echo "up: starting CIM (Ctrl-C to stop)"
+exec "$CIM" serve --services "${CIM_SERVICES:-all}"

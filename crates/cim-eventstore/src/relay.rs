@@ -33,6 +33,9 @@ pub struct RelayConfig {
     /// How often a non-leader retries the lock, and the leader re-checks it still holds it.
     pub lock_interval: Duration,
     pub max_backoff: Duration,
+    /// After a wake-up, wait this long so commits arriving together go out as one batch (fewer
+    /// outbox round trips under load, at the cost of this much latency).
+    pub settle: Duration,
 }
 
 impl Default for RelayConfig {
@@ -43,6 +46,7 @@ impl Default for RelayConfig {
             ack_timeout: Duration::from_secs(5),
             lock_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            settle: Duration::from_millis(2),
         }
     }
 }
@@ -167,6 +171,9 @@ impl Relay {
                 }
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = stop.wait() => {}
+            }
+            if !self.config.settle.is_zero() {
+                tokio::time::sleep(self.config.settle).await;
             }
             // Drain one more batch after stop so work committed during the drain goes out.
             if stop.is_triggered() {

@@ -1,9 +1,10 @@
-//! `cim config` and `cim doctor` today; `cim serve`, `cim migrate` and the operations commands
-//! join as the services that back them land.
+//! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
+//! `cim config` and `cim doctor`. `cim migrate` and the operations commands join later.
 
 use std::io::Write;
 use std::process::ExitCode;
 
+use cim_runtime::ServiceKind;
 use cim_runtime::config::{Config, VARS};
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run services in this process: `all` or a comma-separated list (graph, ...).
+    Serve {
+        #[arg(long, default_value = "all")]
+        services: String,
+    },
     /// Print every CIM_* variable with its effective value (secrets redacted) and validate them.
     Config,
     /// Check configuration, Postgres, NATS JetStream and Redis; exit non-zero if any is broken.
@@ -28,6 +34,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { services } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(serve(&services)),
+            Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
+        },
         Command::Config => config(),
         Command::Doctor => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(doctor()),
@@ -155,4 +165,75 @@ async fn jetstream_streams(client: &async_nats::Client) -> Result<u64, String> {
         return Err(err.get("description").and_then(|d| d.as_str()).unwrap_or("error").to_owned());
     }
     info.get("streams").and_then(serde_json::Value::as_u64).ok_or_else(|| format!("unexpected reply {info}"))
+}
+
+/// The services this build can run.
+const AVAILABLE: &[ServiceKind] = &[ServiceKind::Graph];
+
+fn select(spec: &str) -> Result<Vec<ServiceKind>, String> {
+    if spec.trim() == "all" {
+        return Ok(AVAILABLE.to_vec());
+    }
+    let mut chosen = Vec::new();
+    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind: ServiceKind = name.parse()?;
+        if !AVAILABLE.contains(&kind) {
+            return Err(format!("service {name} is not part of this build yet; available: graph"));
+        }
+        if !chosen.contains(&kind) {
+            chosen.push(kind);
+        }
+    }
+    if chosen.is_empty() {
+        return Err("--services: name at least one service, or all".into());
+    }
+    Ok(chosen)
+}
+
+async fn serve(spec: &str) -> ExitCode {
+    let kinds = match select(spec) {
+        Ok(k) => k,
+        Err(e) => return fail(&format!("--services: {e}"), EXIT_CONFIG),
+    };
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let telemetry = match cim_runtime::telemetry::init("cim", &config) {
+        Ok(t) => t,
+        Err(e) => return fail(&e.to_string(), EXIT_CONFIG),
+    };
+    let shutdown = cim_runtime::Shutdown::new();
+    if let Err(e) = shutdown.listen_for_signals() {
+        return fail(&format!("cannot install signal handlers: {e}"), 1);
+    }
+    let mut running = tokio::task::JoinSet::new();
+    for kind in kinds {
+        match kind {
+            ServiceKind::Graph => {
+                let prepared = match cim_graph::app::prepare(&config, &shutdown.child()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        shutdown.trigger();
+                        return fail(&format!("graph: {e}"), 1);
+                    }
+                };
+                out(&format!("graph     gRPC {}  admin http://{}", prepared.grpc_addr, prepared.admin_addr));
+                running.spawn(async move { prepared.run().await.map_err(|e| format!("graph: {e}")) });
+            }
+            other => return fail(&format!("service {other} is not part of this build yet"), EXIT_CONFIG),
+        }
+    }
+    let mut failed = false;
+    while let Some(result) = running.join_next().await {
+        if let Ok(Err(e)) | Err(e) = result.map_err(|e| e.to_string()) {
+            tracing::error!(error = %e, "service stopped with an error");
+            let _ = writeln!(std::io::stderr().lock(), "{e}");
+            failed = true;
+            // One service down takes the process down: an orchestrator restarts it whole.
+            shutdown.trigger();
+        }
+    }
+    telemetry.flush();
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

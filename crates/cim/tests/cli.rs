@@ -91,3 +91,50 @@ fn doctor_is_happy_with_the_test_infrastructure() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok    nats") && stdout.contains("JetStream on"), "{stdout}");
 }
+
+#[test]
+fn serve_runs_the_graph_service_until_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let db = std::env::var("CIM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let nats = std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let prefix = format!("tcli{}", &uuid_suffix());
+    let mut child = cim()
+        .args(["serve", "--services", "graph"])
+        .env("CIM_DATABASE_URL", db)
+        .env("CIM_NATS_URL", nats)
+        .env("CIM_SUBJECT_PREFIX", &prefix)
+        .env("CIM_GRAPH_ADDR", "127.0.0.1:0")
+        .env("CIM_GRAPH_ADMIN_ADDR", "127.0.0.1:0")
+        .env("CIM_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.starts_with("graph"), "{line}");
+    let admin = line.rsplit("http://").next().unwrap().trim().to_owned();
+    let mut ready = false;
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        write!(s, "GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        if body.starts_with("HTTP/1.1 200") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ready, "never ready");
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn uuid_suffix() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 0xffff_ffff
+    )
+}

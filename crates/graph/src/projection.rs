@@ -98,13 +98,85 @@ fn json(p: &cim_core::events::graph::Properties) -> sqlx::types::Json<&cim_core:
     sqlx::types::Json(p)
 }
 
+/// Consecutive additions, written with one statement per table (a 1000-change batch is two
+/// statements, not a thousand).
+#[derive(Default)]
+struct Additions {
+    node_ids: Vec<String>,
+    node_types: Vec<String>,
+    node_props: Vec<String>,
+    edge_ids: Vec<String>,
+    edge_types: Vec<String>,
+    edge_sources: Vec<String>,
+    edge_targets: Vec<String>,
+    edge_props: Vec<String>,
+}
+
+impl Additions {
+    async fn flush(&mut self, tx: &mut PgConnection, graph: uuid::Uuid) -> Result<(), ServiceError> {
+        if !self.node_ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO nodes (graph_id, node_id, node_type, properties) \
+                 SELECT $1, u.id, u.ty, u.props::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) AS u(id, ty, props)",
+            )
+            .bind(graph)
+            .bind(&self.node_ids)
+            .bind(&self.node_types)
+            .bind(&self.node_props)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.edge_ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO edges (graph_id, edge_id, edge_type, source, target, properties) \
+                 SELECT $1, u.id, u.ty, u.s, u.t, u.props::jsonb \
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, ty, s, t, props)",
+            )
+            .bind(graph)
+            .bind(&self.edge_ids)
+            .bind(&self.edge_types)
+            .bind(&self.edge_sources)
+            .bind(&self.edge_targets)
+            .bind(&self.edge_props)
+            .execute(&mut *tx)
+            .await?;
+        }
+        *self = Additions::default();
+        Ok(())
+    }
+}
+
+fn props_text(p: &cim_core::events::graph::Properties) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".to_owned())
+}
+
 /// Applies committed-to-be events to the projection tables.
 pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnvelope]) -> Result<(), ServiceError> {
     let Some(last) = events.last() else { return Ok(()) };
     let graph = last.aggregate_id.as_uuid();
     let (mut dn, mut de) = (0i64, 0i64);
+    let mut adds = Additions::default();
     for envelope in events {
         let event = GraphEvent::from_envelope(envelope).map_err(corrupt)?;
+        match &event {
+            GraphEvent::NodeAdded(e) => {
+                adds.node_ids.push(e.node_id.to_string());
+                adds.node_types.push(e.node_type.to_string());
+                adds.node_props.push(props_text(&e.properties));
+                dn += 1;
+                continue;
+            }
+            GraphEvent::EdgeAdded(e) => {
+                adds.edge_ids.push(e.edge_id.to_string());
+                adds.edge_types.push(e.edge_type.to_string());
+                adds.edge_sources.push(e.source.to_string());
+                adds.edge_targets.push(e.target.to_string());
+                adds.edge_props.push(props_text(&e.properties));
+                de += 1;
+                continue;
+            }
+            _ => adds.flush(tx, graph).await?,
+        }
         match &event {
             GraphEvent::Created(e) => {
                 sqlx::query(
@@ -135,16 +207,6 @@ pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnv
                     .execute(&mut *tx)
                     .await?;
             }
-            GraphEvent::NodeAdded(e) => {
-                sqlx::query("INSERT INTO nodes (graph_id, node_id, node_type, properties) VALUES ($1, $2, $3, $4)")
-                    .bind(graph)
-                    .bind(e.node_id.as_str())
-                    .bind(e.node_type.as_str())
-                    .bind(json(&e.properties))
-                    .execute(&mut *tx)
-                    .await?;
-                dn += 1;
-            }
             GraphEvent::NodeUpdated(e) => {
                 sqlx::query("UPDATE nodes SET properties = $3 WHERE graph_id = $1 AND node_id = $2")
                     .bind(graph)
@@ -169,21 +231,6 @@ pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnv
                 dn -= 1;
                 de -= n as i64;
             }
-            GraphEvent::EdgeAdded(e) => {
-                sqlx::query(
-                    "INSERT INTO edges (graph_id, edge_id, edge_type, source, target, properties) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(graph)
-                .bind(e.edge_id.as_str())
-                .bind(e.edge_type.as_str())
-                .bind(e.source.as_str())
-                .bind(e.target.as_str())
-                .bind(json(&e.properties))
-                .execute(&mut *tx)
-                .await?;
-                de += 1;
-            }
             GraphEvent::EdgeUpdated(e) => {
                 sqlx::query("UPDATE edges SET properties = $3 WHERE graph_id = $1 AND edge_id = $2")
                     .bind(graph)
@@ -200,11 +247,22 @@ pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnv
                     .await?;
                 de -= 1;
             }
+            GraphEvent::NodeAdded(_) | GraphEvent::EdgeAdded(_) => {}
         }
     }
+    // Trailing additions and the graph row in one statement: the common command (one AddNode
+    // or AddEdge) projects in a single round trip.
     sqlx::query(
-        "UPDATE graphs SET version = $2, head_hash = $3, updated_at = $4, node_count = node_count + $5, \
-         edge_count = edge_count + $6 WHERE graph_id = $1",
+        "WITH n AS ( \
+             INSERT INTO nodes (graph_id, node_id, node_type, properties) \
+             SELECT $1, u.id, u.ty, u.props::jsonb FROM unnest($7::text[], $8::text[], $9::text[]) AS u(id, ty, props) \
+         ), e AS ( \
+             INSERT INTO edges (graph_id, edge_id, edge_type, source, target, properties) \
+             SELECT $1, u.id, u.ty, u.s, u.t, u.props::jsonb \
+             FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) AS u(id, ty, s, t, props) \
+         ) \
+         UPDATE graphs SET version = $2, head_hash = $3, updated_at = $4, node_count = node_count + $5, \
+             edge_count = edge_count + $6 WHERE graph_id = $1",
     )
     .bind(graph)
     .bind(last.sequence as i64)
@@ -212,6 +270,14 @@ pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnv
     .bind(last.occurred_at)
     .bind(dn)
     .bind(de)
+    .bind(&adds.node_ids)
+    .bind(&adds.node_types)
+    .bind(&adds.node_props)
+    .bind(&adds.edge_ids)
+    .bind(&adds.edge_types)
+    .bind(&adds.edge_sources)
+    .bind(&adds.edge_targets)
+    .bind(&adds.edge_props)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -275,27 +275,75 @@ async fn edges_by_id(
     rows.iter().map(|r| edge_from_row(&g, r).map(|e| (e.id.clone(), e))).collect()
 }
 
+/// Resolves the graph in the tenant and the node in the graph, in one round trip.
+pub async fn ensure_node(pool: &PgPool, tenant: TenantId, graph: AggregateId, node: &str) -> Result<(), ServiceError> {
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM graphs WHERE graph_id = $1 AND tenant_id = $2) AS g, \
+                EXISTS (SELECT 1 FROM nodes WHERE graph_id = $1 AND node_id = $3) AS n",
+    )
+    .bind(graph.as_uuid())
+    .bind(tenant.as_uuid())
+    .bind(node)
+    .fetch_one(pool)
+    .await?;
+    if !row.try_get::<bool, _>("g")? {
+        return Err(ServiceError::GraphNotFound);
+    }
+    if !row.try_get::<bool, _>("n")? {
+        return Err(ServiceError::ElementNotFound(format!("node {node}")));
+    }
+    Ok(())
+}
+
+/// The edges at `node` with the node at their other end: one query.
 pub async fn neighbors(
     pool: &PgPool,
+    tenant: TenantId,
     graph: AggregateId,
     node: &str,
     dir: Dir,
     types: &[String],
     limit: u32,
 ) -> Result<pb::NeighborsResponse, ServiceError> {
-    get_node(pool, graph, node).await?;
-    let hops = step(pool, graph, &[node.to_owned()], dir, types, i64::from(limit) + 1).await?;
-    let truncated = hops.len() > limit as usize;
-    let hops: Vec<_> = hops.into_iter().take(limit as usize).collect();
-    let node_ids: Vec<String> = hops.iter().map(|h| h.1.clone()).collect();
-    let edge_ids: Vec<String> = hops.iter().map(|h| h.2.clone()).collect();
-    let (nodes, edges) = tokio::try_join!(nodes_by_id(pool, graph, &node_ids), edges_by_id(pool, graph, &edge_ids))?;
-    let neighbors = hops
+    ensure_node(pool, tenant, graph, node).await?;
+    let select = |near: &str, far: &str| {
+        format!(
+            "SELECT e.edge_id, e.edge_type, e.source, e.target, e.properties, \
+                    n.node_id, n.node_type, n.properties AS node_properties \
+             FROM edges e JOIN nodes n ON n.graph_id = e.graph_id AND n.node_id = e.{far} \
+             WHERE e.graph_id = $1 AND e.{near} = $2 AND (cardinality($3::text[]) = 0 OR e.edge_type = ANY($3))"
+        )
+    };
+    let sql = match dir {
+        Dir::Out => format!("{} LIMIT $4", select("source", "target")),
+        Dir::In => format!("{} LIMIT $4", select("target", "source")),
+        Dir::Both => format!("({}) UNION ALL ({}) LIMIT $4", select("source", "target"), select("target", "source")),
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(graph.as_uuid())
+        .bind(node)
+        .bind(types)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(pool)
+        .await?;
+    let truncated = rows.len() > limit as usize;
+    let g = graph.to_string();
+    let neighbors = rows
         .iter()
-        .filter_map(|(_, to, via)| {
-            Some(pb::Neighbor { node: Some(nodes.get(to)?.clone()), via: Some(edges.get(via)?.clone()) })
+        .take(limit as usize)
+        .map(|r| {
+            let props: Props = r.try_get("node_properties")?;
+            Ok(pb::Neighbor {
+                node: Some(pb::Node {
+                    graph_id: g.clone(),
+                    id: r.try_get("node_id")?,
+                    r#type: r.try_get("node_type")?,
+                    properties: Some(json_to_struct(&props.0)),
+                }),
+                via: Some(edge_from_row(&g, r)?),
+            })
         })
-        .collect();
+        .collect::<Result<_, ServiceError>>()?;
     Ok(pb::NeighborsResponse { neighbors, truncated })
 }
 
@@ -316,7 +364,6 @@ pub async fn traverse(
     walk: &Walk,
 ) -> Result<pb::TraverseResponse, ServiceError> {
     let Walk { dir, types, max_depth, max_nodes } = walk.clone();
-    get_node(pool, graph, start).await?;
     let mut seen: HashMap<String, (u32, String)> = HashMap::from([(start.to_owned(), (0, String::new()))]);
     let mut order = vec![start.to_owned()];
     let mut frontier = vec![start.to_owned()];
@@ -361,8 +408,6 @@ pub async fn shortest_path(
     walk: &Walk,
 ) -> Result<pb::ShortestPathResponse, ServiceError> {
     let Walk { dir, types, max_depth, max_nodes } = walk.clone();
-    get_node(pool, graph, from).await?;
-    get_node(pool, graph, to).await?;
     let mut parent: HashMap<String, (String, String)> = HashMap::new();
     let mut seen: HashSet<String> = HashSet::from([from.to_owned()]);
     let mut frontier = vec![from.to_owned()];

@@ -470,10 +470,17 @@ impl GraphService for GraphApi {
                     ));
                 }
             };
-            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
             self.timed(
                 "neighbors",
-                queries::neighbors(&self.pool, graph, node.as_str(), Dir::from_proto(r.direction), &types, limit),
+                queries::neighbors(
+                    &self.pool,
+                    caller.tenant,
+                    graph,
+                    node.as_str(),
+                    Dir::from_proto(r.direction),
+                    &types,
+                    limit,
+                ),
             )
             .await
         }
@@ -493,7 +500,7 @@ impl GraphService for GraphApi {
             if r.max_nodes == 0 || r.max_nodes > self.query.max_nodes {
                 return Err(ServiceError::invalid("max_nodes", format!("required, 1 to {}", self.query.max_nodes)));
             }
-            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            queries::ensure_node(&self.pool, caller.tenant, graph, start.as_str()).await?;
             self.timed(
                 "traverse",
                 queries::traverse(
@@ -519,7 +526,8 @@ impl GraphService for GraphApi {
             if r.max_depth == 0 || r.max_depth > self.query.max_depth {
                 return Err(ServiceError::invalid("max_depth", format!("required, 1 to {}", self.query.max_depth)));
             }
-            queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            queries::ensure_node(&self.pool, caller.tenant, graph, from.as_str()).await?;
+            queries::ensure_node(&self.pool, caller.tenant, graph, to.as_str()).await?;
             self.timed(
                 "shortest_path",
                 queries::shortest_path(

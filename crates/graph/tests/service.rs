@@ -666,3 +666,26 @@ async fn thirty_two_concurrent_clients_leave_a_projection_equal_to_the_replay() 
     assert_eq!(edges, replay.edges);
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_independent_python_client_discovers_and_calls_the_service() {
+    let svc = Service::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/reflect_call.py");
+    let tenant = TenantId::new().to_string();
+    let grpc = svc.grpc.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        std::process::Command::new(python).arg(script).arg(grpc).arg(tenant).output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed (scripts/test.sh installs tests/python/requirements.txt)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let methods = seen["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 19, "{methods:?}");
+    let services = seen["services"].as_array().unwrap();
+    assert!(services.iter().any(|s| s.as_str().unwrap().ends_with(".ServerReflection")), "{services:?}");
+    svc.stop().await;
+}
