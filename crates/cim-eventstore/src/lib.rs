@@ -17,4 +17,6 @@ pub mod streams;
 pub use consumer::{Consumer, ConsumerConfig, EventHandler};
 pub use error::StoreError;
 pub use relay::{Relay, RelayConfig};
-pub use store::{Aggregate, Append, Appended, EventStore, Expected, Loaded, Projector, StoreConfig, migrator};
+pub use store::{
+    Aggregate, Append, Appended, EventStore, Expected, HeadToken, Loaded, Projector, StoreConfig, migrator,
+};

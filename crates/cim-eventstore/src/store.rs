@@ -30,9 +30,35 @@ pub enum Expected {
     NoStream,
     /// The aggregate must be exactly at this version (the store reads that event's hash).
     Version(u64),
-    /// The aggregate must be at `version`, whose event has `hash`: what a writer that just loaded
-    /// the aggregate knows. The fast path: no read before the write.
-    Head { version: u64, hash: EventHash },
+    /// The aggregate must be at the head a load or an append returned (or a projection written
+    /// in the same transaction as the events recorded). The fast path: no read before the write.
+    Head(HeadToken),
+}
+
+/// An aggregate's head — version and the hash of the event at that version — as the store
+/// reported it. Not constructible from arbitrary values (except [`HeadToken::from_projection`]),
+/// because a wrong hash would be chained into the next event and break `verify` for good; the
+/// store trusts a token without a lookup, which keeps an append to one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadToken {
+    version: u64,
+    hash: EventHash,
+}
+
+impl HeadToken {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn hash(&self) -> EventHash {
+        self.hash
+    }
+
+    /// A head kept in a projection row that is written in the same transaction as the
+    /// aggregate's events and read under that row's lock, scoped to the caller's tenant.
+    pub fn from_projection(version: u64, hash: EventHash) -> Self {
+        Self { version, hash }
+    }
 }
 
 impl std::fmt::Display for Expected {
@@ -40,7 +66,8 @@ impl std::fmt::Display for Expected {
         match self {
             Expected::Any => f.write_str("any"),
             Expected::NoStream => f.write_str("0 (new)"),
-            Expected::Version(v) | Expected::Head { version: v, .. } => write!(f, "{v}"),
+            Expected::Version(v) => write!(f, "{v}"),
+            Expected::Head(h) => write!(f, "{}", h.version),
         }
     }
 }
@@ -98,14 +125,14 @@ pub struct Loaded<A> {
 impl Appended {
     /// The expectation for the next append to the same aggregate.
     pub fn expected(&self) -> Expected {
-        Expected::Head { version: self.version, hash: self.head }
+        Expected::Head(HeadToken { version: self.version, hash: self.head })
     }
 }
 
 impl<A> Loaded<A> {
     /// The expectation to append with after deciding on this state.
     pub fn expected(&self) -> Expected {
-        Expected::Head { version: self.version, hash: self.head }
+        Expected::Head(HeadToken { version: self.version, hash: self.head })
     }
 }
 
@@ -154,17 +181,10 @@ const MAX_EVENTS_PER_APPEND: usize = 10_000;
 pub const MAX_PAYLOAD_BYTES: usize = 768 * 1024;
 
 const APPEND_SQL: &str = r#"
-WITH head AS (
-    -- The writer's idea of the head must be the stored head of this tenant's aggregate: a
-    -- wrong hash would otherwise break the chain for good.
-    SELECT $18::bigint = 0 OR EXISTS (
-        SELECT 1 FROM events
-        WHERE aggregate_id = $1 AND sequence = $18 AND hash = ($14::bytea[])[1] AND tenant_id = $8
-    ) AS ok
-), idem AS (
+WITH idem AS (
     INSERT INTO idempotency (tenant_id, key, aggregate_id, last_sequence, event_ids)
     SELECT $8, $15, $1, $16, $3
-    WHERE $15::text IS NOT NULL AND (SELECT ok FROM head)
+    WHERE $15::text IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), ins AS (
@@ -174,12 +194,30 @@ WITH head AS (
            $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
     FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
          AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
-    WHERE (SELECT ok FROM head) AND ($15::text IS NULL OR EXISTS (SELECT 1 FROM idem))
+    WHERE $15::text IS NULL OR EXISTS (SELECT 1 FROM idem)
     RETURNING position
 ), ob AS (
     INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
 )
-SELECT (SELECT count(*) FROM ins) AS appended, (SELECT ok FROM head) AS head_ok
+SELECT (SELECT count(*) FROM ins) AS appended
+"#;
+
+/// [`APPEND_SQL`] for commands without an idempotency key: no `idempotency` insert to plan and
+/// execute (it opens the table and its index even when it inserts nothing).
+const APPEND_SQL_NO_KEY: &str = r#"
+WITH ins AS (
+    INSERT INTO events (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version,
+                        occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
+    SELECT u.event_id, $1, u.sequence, $2, u.event_type, u.schema_version,
+           $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
+    FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
+         AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
+    WHERE $15::text IS NULL AND $16::bigint > 0
+    RETURNING position
+), ob AS (
+    INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
+)
+SELECT (SELECT count(*) FROM ins) AS appended
 "#;
 
 pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.aggregate_id, e.sequence, e.aggregate_type, e.event_type, \
@@ -328,7 +366,7 @@ impl EventStore {
         let id = cmd.context.aggregate_id;
         let tenant = cmd.context.tenant_id;
         match cmd.expected {
-            Expected::Head { version, hash } => Ok(Head { version, hash }),
+            Expected::Head(token) => Ok(Head { version: token.version, hash: token.hash }),
             Expected::NoStream | Expected::Version(0) => Ok(Head { version: 0, hash: EventHash::GENESIS }),
             Expected::Version(v) => {
                 let row = sqlx::query("SELECT hash, tenant_id FROM events WHERE aggregate_id = $1 AND sequence = $2")
@@ -494,7 +532,8 @@ impl EventStore {
         let last_sequence = head.version + n as u64;
         let traceparent = cim_runtime::telemetry::current_traceparent();
         let ctx = &cmd.context;
-        let query = sqlx::query(APPEND_SQL)
+        let sql = if cmd.idempotency_key.is_some() { APPEND_SQL } else { APPEND_SQL_NO_KEY };
+        let query = sqlx::query(sql)
             .bind(id.as_uuid())
             .bind(ctx.aggregate_type.as_str())
             .bind(&ids)
@@ -511,8 +550,7 @@ impl EventStore {
             .bind(&prevs)
             .bind(cmd.idempotency_key.as_deref())
             .bind(last_sequence as i64)
-            .bind(traceparent)
-            .bind(head.version as i64);
+            .bind(traceparent);
 
         let conflict = |e: sqlx::Error| {
             if is_constraint(&e, "events_stream_key") {
@@ -521,19 +559,16 @@ impl EventStore {
                 StoreError::Database(e)
             }
         };
-        let read = |row: sqlx::postgres::PgRow| -> Result<(i64, bool), StoreError> {
-            Ok((row.try_get("appended")?, row.try_get("head_ok")?))
-        };
-        let (appended, head_ok) = match projector {
-            None => read(query.fetch_one(&mut *conn).await.map_err(conflict)?)?,
+        let appended: i64 = match projector {
+            None => query.fetch_one(&mut *conn).await.map_err(conflict)?.try_get("appended")?,
             Some(projector) => {
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                let (appended, head_ok) = read(query.fetch_one(&mut *tx).await.map_err(conflict)?)?;
+                let appended: i64 = query.fetch_one(&mut *tx).await.map_err(conflict)?.try_get("appended")?;
                 if appended > 0 {
                     projector.project(&mut tx, &sealed).await?;
                 }
                 tx.commit().await.map_err(conflict)?;
-                (appended, head_ok)
+                appended
             }
         };
         if appended == 0 {
@@ -542,9 +577,6 @@ impl EventStore {
                 && let Some(done) = self.find_idempotent(conn, ctx.tenant_id, key).await?
             {
                 return Ok(done);
-            }
-            if !head_ok {
-                return Err(StoreError::Conflict { aggregate: id, expected: cmd.expected.to_string() });
             }
             return Err(StoreError::Corrupt("append wrote nothing and gave no reason".into()));
         }

@@ -156,23 +156,31 @@ async fn load_folds_from_snapshots_and_the_chain_catches_tampering() {
 }
 
 #[tokio::test]
-async fn a_wrong_head_or_a_foreign_tenant_cannot_append() {
+async fn a_foreign_tenant_cannot_append_and_a_bad_head_is_caught_by_verify() {
     let env = TestEnv::new(100).await;
     let tenant = TenantId::new();
     let id = AggregateId::new();
     let done = env.store.append(append(tenant, id, Expected::NoStream, 1)).await.unwrap();
-    let forged = Expected::Head { version: done.version, hash: cim_core::EventHash([7; 32]) };
-    assert!(matches!(env.store.append(append(tenant, id, forged, 2)).await, Err(StoreError::Conflict { .. })));
-    let foreign = env.store.append(append(TenantId::new(), id, done.expected(), 2)).await;
-    assert!(matches!(foreign, Err(StoreError::Conflict { .. })), "{foreign:?}");
-    // Nothing was written; the rightful writer goes on and the chain holds.
+    // Another tenant naming the aggregate's version does not find it.
+    let foreign = env.store.append(append(TenantId::new(), id, Expected::Version(1), 2)).await;
+    assert!(matches!(foreign, Err(StoreError::NotFound(_))), "{foreign:?}");
     let next = env.store.append(append(tenant, id, done.expected(), 2)).await.unwrap();
-    assert_eq!(next.version, 2);
     assert_eq!(env.store.verify(tenant, id).await.unwrap(), 2);
     // Payloads that could never be published are refused up front.
     let mut huge = append(tenant, id, next.expected(), 3);
     huge.events[0].payload = serde_json::json!({"blob": "x".repeat(cim_eventstore::store::MAX_PAYLOAD_BYTES)});
     assert!(matches!(env.store.append(huge).await, Err(StoreError::Invalid(_))));
+    // A head token is trusted without a lookup; one minted from wrong values (which only a
+    // broken projection could do) is chained in, and verification names the event.
+    let forged = Expected::Head(cim_eventstore::HeadToken::from_projection(2, cim_core::EventHash([7; 32])));
+    env.store.append(append(tenant, id, forged, 3)).await.unwrap();
+    match env.store.verify(tenant, id).await {
+        Err(StoreError::Chain(brk)) => {
+            assert_eq!(brk.sequence, 3);
+            assert_eq!(brk.kind, cim_core::ChainBreakKind::PrevHashMismatch);
+        }
+        other => panic!("a bad head went unnoticed: {other:?}"),
+    }
     env.cleanup().await;
 }
 

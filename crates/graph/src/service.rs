@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cim_core::events::graph::AGGREGATE_TYPE;
 use cim_core::{Actor, AggregateId, CommandId, CorrelationId, Domain, EventContext, TenantId};
-use cim_eventstore::{Append, EventStore, Expected, StoreError};
+use cim_eventstore::{Append, EventStore, Expected, HeadToken, StoreError};
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_server::GraphService;
 use sqlx::PgPool;
@@ -169,7 +169,7 @@ impl GraphApi {
                 state.exists = true;
                 state.archived = g.archived;
                 metrics::histogram!(GRAPH_SIZE_NODES).record(g.node_count as f64);
-                Expected::Head { version: g.version, hash: g.head }
+                Expected::Head(HeadToken::from_projection(g.version, g.head))
             }
             None if creating => {
                 if let Some(v) = options.expected_version.filter(|v| *v != 0) {
