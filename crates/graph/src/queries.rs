@@ -295,7 +295,8 @@ pub async fn ensure_node(pool: &PgPool, tenant: TenantId, graph: AggregateId, no
     Ok(())
 }
 
-/// The edges at `node` with the node at their other end: one query.
+/// The edges at `node` with the node at their other end, and whether the graph (in the tenant)
+/// and the node exist: one round trip.
 pub async fn neighbors(
     pool: &PgPool,
     tenant: TenantId,
@@ -305,7 +306,6 @@ pub async fn neighbors(
     types: &[String],
     limit: u32,
 ) -> Result<pb::NeighborsResponse, ServiceError> {
-    ensure_node(pool, tenant, graph, node).await?;
     let select = |near: &str, far: &str| {
         format!(
             "SELECT e.edge_id, e.edge_type, e.source, e.target, e.properties, \
@@ -314,18 +314,36 @@ pub async fn neighbors(
              WHERE e.graph_id = $1 AND e.{near} = $2 AND (cardinality($3::text[]) = 0 OR e.edge_type = ANY($3))"
         )
     };
-    let sql = match dir {
+    let hops = match dir {
         Dir::Out => format!("{} LIMIT $4", select("source", "target")),
         Dir::In => format!("{} LIMIT $4", select("target", "source")),
         Dir::Both => format!("({}) UNION ALL ({}) LIMIT $4", select("source", "target"), select("target", "source")),
     };
+    let sql = format!(
+        "WITH here AS ( \
+             SELECT EXISTS (SELECT 1 FROM graphs WHERE graph_id = $1 AND tenant_id = $5) AS g, \
+                    EXISTS (SELECT 1 FROM nodes WHERE graph_id = $1 AND node_id = $2) AS n \
+         ) \
+         SELECT here.g, here.n, x.* FROM here LEFT JOIN LATERAL ({hops}) x ON here.g AND here.n"
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(graph.as_uuid())
         .bind(node)
         .bind(types)
         .bind(i64::from(limit) + 1)
+        .bind(tenant.as_uuid())
         .fetch_all(pool)
         .await?;
+    let Some(first) = rows.first() else { return Err(ServiceError::GraphNotFound) };
+    if !first.try_get::<bool, _>("g")? {
+        return Err(ServiceError::GraphNotFound);
+    }
+    if !first.try_get::<bool, _>("n")? {
+        return Err(ServiceError::ElementNotFound(format!("node {node}")));
+    }
+    // With no neighbours, the one row carries only the flags.
+    let rows: Vec<&PgRow> =
+        rows.iter().filter(|r| r.try_get::<Option<String>, _>("edge_id").ok().flatten().is_some()).collect();
     let truncated = rows.len() > limit as usize;
     let g = graph.to_string();
     let neighbors = rows
