@@ -180,45 +180,47 @@ const MAX_EVENTS_PER_APPEND: usize = 10_000;
 /// Leaves room for the envelope within NATS' default 1 MiB `max_payload`.
 pub const MAX_PAYLOAD_BYTES: usize = 768 * 1024;
 
-const APPEND_SQL: &str = r#"
-WITH idem AS (
+/// The append statement; `$idem` is the idempotency CTE (or nothing) and `$filter` decides
+/// whether the events are inserted.
+macro_rules! append_sql {
+    ($idem:literal, $filter:literal) => {
+        concat!(
+            "WITH ",
+            $idem,
+            "ins AS (
+    INSERT INTO events (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version,
+                        occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
+    SELECT u.event_id, $1, u.sequence, $2, u.event_type, u.schema_version,
+           $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
+    FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
+         AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
+    WHERE ",
+            $filter,
+            "
+    RETURNING position
+), ob AS (
+    INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
+)
+SELECT (SELECT count(*) FROM ins) AS appended"
+        )
+    };
+}
+
+const APPEND_SQL: &str = append_sql!(
+    "idem AS (
     INSERT INTO idempotency (tenant_id, key, aggregate_id, last_sequence, event_ids)
     SELECT $8, $15, $1, $16, $3
     WHERE $15::text IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING 1
-), ins AS (
-    INSERT INTO events (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version,
-                        occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
-    SELECT u.event_id, $1, u.sequence, $2, u.event_type, u.schema_version,
-           $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
-    FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
-         AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
-    WHERE $15::text IS NULL OR EXISTS (SELECT 1 FROM idem)
-    RETURNING position
-), ob AS (
-    INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
-)
-SELECT (SELECT count(*) FROM ins) AS appended
-"#;
+), ",
+    "$15::text IS NULL OR EXISTS (SELECT 1 FROM idem)"
+);
 
 /// [`APPEND_SQL`] for commands without an idempotency key: no `idempotency` insert to plan and
-/// execute (it opens the table and its index even when it inserts nothing).
-const APPEND_SQL_NO_KEY: &str = r#"
-WITH ins AS (
-    INSERT INTO events (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version,
-                        occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
-    SELECT u.event_id, $1, u.sequence, $2, u.event_type, u.schema_version,
-           $7, $8, $9, $10, $11, u.payload::json, u.hash, u.prev_hash
-    FROM unnest($3::uuid[], $4::bigint[], $5::text[], $6::int[], $12::text[], $13::bytea[], $14::bytea[])
-         AS u(event_id, sequence, event_type, schema_version, payload, hash, prev_hash)
-    WHERE $15::text IS NULL AND $16::bigint > 0
-    RETURNING position
-), ob AS (
-    INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
-)
-SELECT (SELECT count(*) FROM ins) AS appended
-"#;
+/// execute (it opens the table and its index even when it inserts nothing). `$15`/`$16` are
+/// still referenced so both statements take the same parameters.
+const APPEND_SQL_NO_KEY: &str = append_sql!("", "$15::text IS NULL AND $16::bigint > 0");
 
 pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.aggregate_id, e.sequence, e.aggregate_type, e.event_type, \
     e.schema_version, e.occurred_at, e.tenant_id, e.actor, e.correlation_id, e.causation_id, e.payload::text AS payload, \
@@ -473,16 +475,6 @@ impl EventStore {
         {
             return Err(StoreError::Invalid("idempotency key must be 1 to 200 bytes".into()));
         }
-        // Every event must fit one NATS message (1 MiB by default) with its envelope, or the
-        // relay could never publish it.
-        for e in &cmd.events {
-            let size = serde_json::to_vec(&e.payload).map(|v| v.len()).unwrap_or(usize::MAX);
-            if size > MAX_PAYLOAD_BYTES {
-                return Err(StoreError::Invalid(format!(
-                    "event payload of {size} bytes; at most {MAX_PAYLOAD_BYTES} allowed"
-                )));
-            }
-        }
         Ok(())
     }
 
@@ -525,7 +517,16 @@ impl EventStore {
             seqs.push(e.sequence as i64);
             types.push(e.event_type.as_str().to_owned());
             versions.push(e.schema_version as i32);
-            payloads.push(serde_json::to_string(&e.payload).map_err(|e| StoreError::Invalid(e.to_string()))?);
+            let payload = serde_json::to_string(&e.payload).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            // Every event must fit one NATS message (1 MiB by default) with its envelope, or the
+            // relay could never publish it. Checked on the text that is stored, serialized once.
+            if payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "event payload of {} bytes; at most {MAX_PAYLOAD_BYTES} allowed",
+                    payload.len()
+                )));
+            }
+            payloads.push(payload);
             hashes.push(e.hash.as_bytes().to_vec());
             prevs.push(e.prev_hash.as_bytes().to_vec());
         }

@@ -135,12 +135,6 @@ pub struct RedLayer {
     service: Arc<str>,
 }
 
-impl RedLayer {
-    pub fn new(service: &str) -> Self {
-        Self { service: Arc::from(service) }
-    }
-}
-
 impl<S> Layer<S> for RedLayer {
     type Service = Red<S>;
 

@@ -139,15 +139,6 @@ pub fn current_traceparent() -> Option<String> {
     headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-/// Parents `span` on a stored `traceparent`.
-pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
-    let mut headers = http::HeaderMap::new();
-    if let Ok(v) = http::HeaderValue::from_str(traceparent) {
-        headers.insert("traceparent", v);
-    }
-    adopt(span, extract_http(&headers));
-}
-
 /// Reads a remote parent from incoming HTTP headers.
 pub fn extract_http(headers: &http::HeaderMap) -> Context {
     propagator().extract(&HeaderMapReader(headers))

@@ -3,7 +3,6 @@
 //! the monolith (`cim serve`) and the integration tests.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use cim_core::{Domain, Upcasters};
 use cim_eventstore::{EventStore, Relay, RelayConfig, StoreConfig, StoreError};
@@ -123,6 +122,3 @@ impl Prepared {
 pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
     prepare(config, shutdown).await?.run().await
 }
-
-/// How long the binary waits for telemetry to flush on exit.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
