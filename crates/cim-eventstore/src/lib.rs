@@ -18,5 +18,6 @@ pub use consumer::{Consumer, ConsumerConfig, EventHandler};
 pub use error::StoreError;
 pub use relay::{Relay, RelayConfig};
 pub use store::{
-    Aggregate, Append, Appended, EventStore, Expected, HeadToken, Loaded, Projector, StoreConfig, migrator,
+    Aggregate, Append, Appended, EventStore, Expected, HeadToken, Loaded, Projector, StoreConfig, guarded_append_sql,
+    migrator,
 };

@@ -183,7 +183,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 768 * 1024;
 /// The append statement; `$idem` is the idempotency CTE (or nothing) and `$filter` decides
 /// whether the events are inserted.
 macro_rules! append_sql {
-    ($idem:literal, $filter:literal) => {
+    ($idem:literal, $filter:literal, $tail:literal) => {
         concat!(
             "WITH ",
             $idem,
@@ -200,7 +200,9 @@ macro_rules! append_sql {
     RETURNING position
 ), ob AS (
     INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
-)
+)",
+            $tail,
+            "
 SELECT (SELECT count(*) FROM ins) AS appended"
         )
     };
@@ -214,13 +216,29 @@ const APPEND_SQL: &str = append_sql!(
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), ",
-    "$15::text IS NULL OR EXISTS (SELECT 1 FROM idem)"
+    "$15::text IS NULL OR EXISTS (SELECT 1 FROM idem)",
+    ""
 );
 
 /// [`APPEND_SQL`] for commands without an idempotency key: no `idempotency` insert to plan and
 /// execute (it opens the table and its index even when it inserts nothing). `$15`/`$16` are
 /// still referenced so both statements take the same parameters.
-const APPEND_SQL_NO_KEY: &str = append_sql!("", "$15::text IS NULL AND $16::bigint > 0");
+const APPEND_SQL_NO_KEY: &str = append_sql!("", "$15::text IS NULL AND $16::bigint > 0", "");
+
+/// The statement for [`EventStore::append_guarded`]: the events are inserted only if the caller's
+/// `guard` query returns a row, and the caller's `tail` CTEs (which may select `FROM guard`) run
+/// in the same statement.
+///
+/// Parameters the guard and tail may use: `$1` aggregate id, `$7` the events' `occurred_at`,
+/// `$8` tenant id, `$13` the events' hashes (`bytea[]`, the head last), `$16` the version after
+/// the append; the caller's own parameters start at `$18`. A guard that locks a row (`FOR
+/// UPDATE`) takes the lock before any event row is written, since the insert depends on it.
+pub fn guarded_append_sql(guard: &str, tail: &str) -> String {
+    format!(
+        append_sql!("guard AS ({}), ", "EXISTS (SELECT 1 FROM guard) AND $15::text IS NULL AND $16::bigint > 0", "{}"),
+        guard, tail
+    )
+}
 
 pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.aggregate_id, e.sequence, e.aggregate_type, e.event_type, \
     e.schema_version, e.occurred_at, e.tenant_id, e.actor, e.correlation_id, e.causation_id, e.payload::text AS payload, \
@@ -283,6 +301,97 @@ async fn announcer(inner: std::sync::Weak<Inner>, channel: String) {
             && let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(&channel).execute(&pool).await
         {
             tracing::debug!(error = %e, "outbox NOTIFY failed; the leader's timer will catch up");
+        }
+    }
+}
+
+/// A command's events sealed on a head: the values an append statement binds as `$1..$17`.
+struct Batch {
+    sealed: Vec<EventEnvelope>,
+    ids: Vec<uuid::Uuid>,
+    seqs: Vec<i64>,
+    types: Vec<String>,
+    versions: Vec<i32>,
+    payloads: Vec<String>,
+    hashes: Vec<Vec<u8>>,
+    prevs: Vec<Vec<u8>>,
+    last_sequence: u64,
+    traceparent: Option<String>,
+}
+
+impl Batch {
+    fn seal(cmd: &Append, head: &Head) -> Result<Self, StoreError> {
+        let sealed =
+            EventEnvelope::seal_all(&cmd.context, cmd.events.iter().cloned(), head.version + 1, head.hash, Utc::now());
+        let n = sealed.len();
+        let mut batch = Batch {
+            ids: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+            prevs: Vec::with_capacity(n),
+            last_sequence: head.version + n as u64,
+            traceparent: cim_runtime::telemetry::current_traceparent(),
+            sealed: vec![],
+        };
+        for e in &sealed {
+            batch.ids.push(e.event_id.as_uuid());
+            batch.seqs.push(e.sequence as i64);
+            batch.types.push(e.event_type.as_str().to_owned());
+            batch.versions.push(e.schema_version as i32);
+            let payload = serde_json::to_string(&e.payload).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            // Every event must fit one NATS message (1 MiB by default) with its envelope, or the
+            // relay could never publish it. Checked on the text that is stored, serialized once.
+            if payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "event payload of {} bytes; at most {MAX_PAYLOAD_BYTES} allowed",
+                    payload.len()
+                )));
+            }
+            batch.payloads.push(payload);
+            batch.hashes.push(e.hash.as_bytes().to_vec());
+            batch.prevs.push(e.prev_hash.as_bytes().to_vec());
+        }
+        batch.sealed = sealed;
+        Ok(batch)
+    }
+
+    fn bind<'q>(
+        &self,
+        cmd: &Append,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let ctx = &cmd.context;
+        query
+            .bind(ctx.aggregate_id.as_uuid())
+            .bind(ctx.aggregate_type.as_str())
+            .bind(&self.ids)
+            .bind(&self.seqs)
+            .bind(&self.types)
+            .bind(&self.versions)
+            .bind(self.sealed.first().map(|e| e.occurred_at))
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(ctx.actor.as_str())
+            .bind(ctx.correlation_id.as_uuid())
+            .bind(ctx.causation_id.as_uuid())
+            .bind(&self.payloads)
+            .bind(&self.hashes)
+            .bind(&self.prevs)
+            .bind(cmd.idempotency_key.as_deref())
+            .bind(self.last_sequence as i64)
+            .bind(self.traceparent.as_deref())
+    }
+
+    fn appended(self, id: AggregateId, prev_head: EventHash) -> Appended {
+        Appended {
+            aggregate_id: id,
+            version: self.last_sequence,
+            head: self.sealed.last().map_or(prev_head, |e| e.hash),
+            event_ids: self.sealed.iter().map(|e| e.event_id).collect(),
+            events: self.sealed,
+            replayed: false,
         }
     }
 }
@@ -502,57 +611,9 @@ impl EventStore {
                 replayed: false,
             });
         }
-        let sealed =
-            EventEnvelope::seal_all(&cmd.context, cmd.events.iter().cloned(), head.version + 1, head.hash, Utc::now());
-        let n = sealed.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut seqs = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        let mut prevs = Vec::with_capacity(n);
-        for e in &sealed {
-            ids.push(e.event_id.as_uuid());
-            seqs.push(e.sequence as i64);
-            types.push(e.event_type.as_str().to_owned());
-            versions.push(e.schema_version as i32);
-            let payload = serde_json::to_string(&e.payload).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            // Every event must fit one NATS message (1 MiB by default) with its envelope, or the
-            // relay could never publish it. Checked on the text that is stored, serialized once.
-            if payload.len() > MAX_PAYLOAD_BYTES {
-                return Err(StoreError::Invalid(format!(
-                    "event payload of {} bytes; at most {MAX_PAYLOAD_BYTES} allowed",
-                    payload.len()
-                )));
-            }
-            payloads.push(payload);
-            hashes.push(e.hash.as_bytes().to_vec());
-            prevs.push(e.prev_hash.as_bytes().to_vec());
-        }
-        let last_sequence = head.version + n as u64;
-        let traceparent = cim_runtime::telemetry::current_traceparent();
-        let ctx = &cmd.context;
+        let batch = Batch::seal(cmd, &head)?;
         let sql = if cmd.idempotency_key.is_some() { APPEND_SQL } else { APPEND_SQL_NO_KEY };
-        let query = sqlx::query(sql)
-            .bind(id.as_uuid())
-            .bind(ctx.aggregate_type.as_str())
-            .bind(&ids)
-            .bind(&seqs)
-            .bind(&types)
-            .bind(&versions)
-            .bind(sealed[0].occurred_at)
-            .bind(ctx.tenant_id.as_uuid())
-            .bind(ctx.actor.as_str())
-            .bind(ctx.correlation_id.as_uuid())
-            .bind(ctx.causation_id.as_uuid())
-            .bind(&payloads)
-            .bind(&hashes)
-            .bind(&prevs)
-            .bind(cmd.idempotency_key.as_deref())
-            .bind(last_sequence as i64)
-            .bind(traceparent);
-
+        let query = batch.bind(cmd, sqlx::query(sql));
         let conflict = |e: sqlx::Error| {
             if is_constraint(&e, "events_stream_key") {
                 StoreError::Conflict { aggregate: id, expected: cmd.expected.to_string() }
@@ -566,7 +627,7 @@ impl EventStore {
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 let appended: i64 = query.fetch_one(&mut *tx).await.map_err(conflict)?.try_get("appended")?;
                 if appended > 0 {
-                    projector.project(&mut tx, &sealed).await?;
+                    projector.project(&mut tx, &batch.sealed).await?;
                 }
                 tx.commit().await.map_err(conflict)?;
                 appended
@@ -575,20 +636,55 @@ impl EventStore {
         if appended == 0 {
             // An idempotency key seen before wins over everything: return the first result.
             if let Some(key) = cmd.idempotency_key.as_deref()
-                && let Some(done) = self.find_idempotent(conn, ctx.tenant_id, key).await?
+                && let Some(done) = self.find_idempotent(conn, cmd.context.tenant_id, key).await?
             {
                 return Ok(done);
             }
             return Err(StoreError::Corrupt("append wrote nothing and gave no reason".into()));
         }
-        Ok(Appended {
-            aggregate_id: id,
-            version: last_sequence,
-            head: sealed.last().map_or(head.hash, |e| e.hash),
-            event_ids: sealed.iter().map(|e| e.event_id).collect(),
-            events: sealed,
-            replayed: false,
-        })
+        Ok(batch.appended(id, head.hash))
+    }
+
+    /// Appends with one statement that also checks the caller's `guard` and runs the caller's
+    /// writes (see [`guarded_append_sql`]), committed on return: one round trip for a command
+    /// together with its projection. `Ok(None)` when the guard returned no row: nothing was
+    /// written. Needs [`Expected::Head`] (no read before the write) and no idempotency key.
+    pub async fn append_guarded(
+        &self,
+        cmd: &Append,
+        sql: &'static str,
+        bind: impl FnOnce(
+            sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Option<Appended>, StoreError> {
+        self.validate(cmd)?;
+        let Expected::Head(token) = cmd.expected else {
+            return Err(StoreError::Invalid("a guarded append needs a head token".into()));
+        };
+        if cmd.idempotency_key.is_some() || cmd.events.is_empty() {
+            return Err(StoreError::Invalid("a guarded append takes events and no idempotency key".into()));
+        }
+        let started = Instant::now();
+        let head = Head { version: token.version, hash: token.hash };
+        let batch = Batch::seal(cmd, &head)?;
+        let query = bind(batch.bind(cmd, sqlx::query(sql)));
+        let id = cmd.context.aggregate_id;
+        let appended: i64 = match query.fetch_one(&self.inner.pool).await {
+            Ok(row) => row.try_get("appended")?,
+            Err(e) if is_constraint(&e, "events_stream_key") => {
+                metrics::counter!(APPEND_CONFLICTS_TOTAL, "schema" => self.inner.config.schema.clone()).increment(1);
+                return Err(StoreError::Conflict { aggregate: id, expected: cmd.expected.to_string() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if appended == 0 {
+            return Ok(None);
+        }
+        let done = batch.appended(id, head.hash);
+        metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => self.inner.config.schema.clone())
+            .record(started.elapsed().as_secs_f64());
+        self.committed(&done);
+        Ok(Some(done))
     }
 
     /// An aggregate's stored events after `after` (stored form: not upcast), tenant-scoped.

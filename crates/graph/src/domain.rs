@@ -321,6 +321,57 @@ pub fn decide(state: &GraphState, command: &GraphCommand, limits: &Limits) -> Re
     }
 }
 
+/// The facts an additions-only command was decided on without reading them. The writer checks
+/// them in the same statement that appends (under the graph's row lock) and falls back to the
+/// locked read-then-decide path when any does not hold, so the outcome is the same either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assumed {
+    /// Nodes the command adds: must not exist yet.
+    pub absent_nodes: Vec<NodeId>,
+    /// Edge endpoints the command does not add itself: must exist.
+    pub present_nodes: Vec<NodeId>,
+    /// Edges the command adds: must not exist yet.
+    pub absent_edges: Vec<EdgeId>,
+}
+
+/// Decides a command that only adds nodes and edges to an existing, open graph, assuming its
+/// endpoints exist and its new ids are free (see [`Assumed`]). `None` when the command is of
+/// another kind or the assumptions alone make it fail: the caller then takes the locked path,
+/// which reports the authoritative outcome.
+pub fn decide_assuming(command: &GraphCommand, limits: &Limits) -> Option<(Vec<GraphEvent>, Assumed)> {
+    let GraphCommand::Apply(changes) = command else { return None };
+    let mut state = GraphState { exists: true, ..Default::default() };
+    let mut added = BTreeSet::new();
+    let mut present = BTreeSet::new();
+    for change in changes {
+        match change {
+            Change::AddNode { id, .. } => {
+                added.extend(id.clone());
+            }
+            Change::AddEdge { source, target, .. } => {
+                for end in [source, target] {
+                    if !added.contains(end) && present.insert(end.clone()) {
+                        // Only existence is consulted for an endpoint; its type is never read.
+                        let node_type = "assumed".parse().ok()?;
+                        state.nodes.insert(end.clone(), NodeState { node_type, properties: Properties::new() });
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    let events = decide(&state, command, limits).ok()?;
+    let mut assumed = Assumed { present_nodes: present.into_iter().collect(), ..Default::default() };
+    for event in &events {
+        match event {
+            GraphEvent::NodeAdded(e) => assumed.absent_nodes.push(e.node_id.clone()),
+            GraphEvent::EdgeAdded(e) => assumed.absent_edges.push(e.edge_id.clone()),
+            _ => return None,
+        }
+    }
+    Some((events, assumed))
+}
+
 fn decide_change(
     state: &GraphState,
     change: &Change,
@@ -616,6 +667,24 @@ mod tests {
         assert!(matches!(when(&[created()], GraphCommand::Apply(vec![])), Err(GraphError::Invalid(..))));
         let too_many = GraphCommand::Apply((0..1001).map(|i| add_node(&format!("n{i}"))).collect());
         assert!(matches!(when(&[created()], too_many), Err(GraphError::Invalid(f, _)) if f == "changes"));
+    }
+
+    #[test]
+    fn assumed_decisions_match_decisions_on_the_real_state() {
+        let history = [created(), node_added("a"), node_added("b")];
+        let real = GraphState::replay(&history);
+        let limits = Limits::default();
+        let cmd = GraphCommand::Apply(vec![add_node("c"), add_edge("e", "a", "c"), add_edge("f", "c", "b")]);
+        let (events, assumed) = decide_assuming(&cmd, &limits).unwrap();
+        assert_eq!(Ok(events), decide(&real, &cmd, &limits));
+        assert_eq!(assumed.absent_nodes, vec![id::<NodeId>("c")]);
+        assert_eq!(assumed.present_nodes, vec![id::<NodeId>("a"), id("b")]);
+        assert_eq!(assumed.absent_edges, vec![id::<EdgeId>("e"), id("f")]);
+        // Anything but additions, or a command the assumptions already reject, takes the locked path.
+        assert_eq!(decide_assuming(&one(Change::RemoveNode { id: id("a") }), &limits), None);
+        assert_eq!(decide_assuming(&GraphCommand::Archive, &limits), None);
+        assert_eq!(decide_assuming(&GraphCommand::Apply(vec![add_edge("e", "x", "y"), add_node("x")]), &limits), None);
+        assert_eq!(decide_assuming(&GraphCommand::Apply(vec![]), &limits), None);
     }
 
     #[test]

@@ -15,9 +15,10 @@ use tonic::{Request, Response, Status};
 use crate::convert::{
     self, aggregate_id, edge_id, node_id, optional_edge_id, optional_node_id, struct_to_json, type_name,
 };
-use crate::domain::{Change, GraphCommand, GraphState, Limits, decide};
+use crate::domain::{Change, GraphCommand, GraphState, Limits, decide, decide_assuming};
 use crate::error::ServiceError;
-use crate::metrics::{COMMANDS_TOTAL, GRAPH_SIZE_NODES, QUERY_DURATION_SECONDS};
+use crate::fast::{self, Heads, KnownHead};
+use crate::metrics::{COMMANDS_TOTAL, FAST_WRITES_TOTAL, GRAPH_SIZE_NODES, QUERY_DURATION_SECONDS};
 use crate::projection::{load_facts, lock_graph, project};
 use crate::queries::{self, Dir, QueryLimits, Walk};
 
@@ -32,7 +33,11 @@ pub struct GraphApi {
     pool: PgPool,
     limits: Limits,
     query: QueryLimits,
+    heads: std::sync::Arc<Heads>,
 }
+
+/// Graphs whose heads are remembered for one-round-trip writes (about 100 bytes each).
+const KNOWN_HEADS: usize = 100_000;
 
 struct Caller {
     tenant: TenantId,
@@ -117,7 +122,7 @@ impl GraphApi {
     pub fn new(store: EventStore, limits: Limits, query: QueryLimits) -> Self {
         crate::metrics::describe();
         let pool = store.pool().clone();
-        Self { store, pool, limits, query }
+        Self { store, pool, limits, query, heads: std::sync::Arc::new(Heads::new(KNOWN_HEADS)) }
     }
 
     async fn execute(
@@ -150,9 +155,81 @@ impl GraphApi {
             k if k.len() > 200 => return Err(ServiceError::invalid("options.idempotency_key", "at most 200 bytes")),
             k => Some(k.to_owned()),
         };
+        let mut known = self.heads.lock(graph).await;
+        if key.is_none()
+            && let Some(head) = *known
+            && head.tenant == caller.tenant
+            && !head.archived
+            && options.expected_version.is_none_or(|v| v == head.version)
+            && let Some((events, assumed)) = decide_assuming(command, &self.limits)
+        {
+            let append = self.append_of(caller, graph, HeadToken::from_projection(head.version, head.head), &events)?;
+            *known = None;
+            if let Some(done) = fast::append(&self.store, &append, &events, &assumed, &head).await? {
+                metrics::counter!(FAST_WRITES_TOTAL, "outcome" => "hit").increment(1);
+                *known = Some(KnownHead { version: done.version, head: done.head, ..head });
+                return Ok(response(done));
+            }
+            metrics::counter!(FAST_WRITES_TOTAL, "outcome" => "miss").increment(1);
+            // The head or a fact differed: the locked path below decides on what is there.
+        }
+        self.execute_locked(caller, graph, command, &options, key, &mut known).await
+    }
+
+    fn append_of(
+        &self,
+        caller: &Caller,
+        graph: AggregateId,
+        head: HeadToken,
+        events: &[cim_core::events::graph::GraphEvent],
+    ) -> Result<Append, ServiceError> {
+        self.append_with(caller, graph, Expected::Head(head), events, None)
+    }
+
+    fn append_with(
+        &self,
+        caller: &Caller,
+        graph: AggregateId,
+        expected: Expected,
+        events: &[cim_core::events::graph::GraphEvent],
+        idempotency_key: Option<String>,
+    ) -> Result<Append, ServiceError> {
+        let command_id = CommandId::new();
+        Ok(Append {
+            context: EventContext {
+                domain: Domain::Graph,
+                aggregate_type: AGGREGATE_TYPE
+                    .parse()
+                    .map_err(|e: cim_core::NameError| ServiceError::invalid("aggregate_type", e.to_string()))?,
+                aggregate_id: graph,
+                tenant_id: caller.tenant,
+                actor: caller.actor.clone(),
+                correlation_id: caller.correlation.unwrap_or_else(|| command_id.as_root_correlation()),
+                causation_id: command_id.as_causation(),
+            },
+            expected,
+            events: events.iter().map(|e| e.to_new_event()).collect(),
+            idempotency_key,
+        })
+    }
+
+    /// Reads the facts under the graph's row lock, decides, appends and projects in one
+    /// transaction. Leaves `known` at the graph's head as seen under the lock (or after the write).
+    async fn execute_locked(
+        &self,
+        caller: &Caller,
+        graph: AggregateId,
+        command: &GraphCommand,
+        options: &pb::CommandOptions,
+        key: Option<String>,
+        known: &mut Option<KnownHead>,
+    ) -> Result<pb::CommandResponse, ServiceError> {
         let creating = matches!(command, GraphCommand::Create { .. });
         let mut tx = self.pool.begin().await?;
         let locked = lock_graph(&mut tx, caller.tenant, graph).await?;
+        if let Some(g) = &locked {
+            *known = Some(KnownHead { tenant: caller.tenant, version: g.version, head: g.head, archived: g.archived });
+        }
         if let Some(key) = &key
             && let Some(done) = self.store.find_idempotent(&mut tx, caller.tenant, key).await?
         {
@@ -181,23 +258,7 @@ impl GraphApi {
         };
         load_facts(&mut tx, graph, &command.needs(), &mut state).await?;
         let events = decide(&state, command, &self.limits)?;
-        let command_id = CommandId::new();
-        let append = Append {
-            context: EventContext {
-                domain: Domain::Graph,
-                aggregate_type: AGGREGATE_TYPE
-                    .parse()
-                    .map_err(|e: cim_core::NameError| ServiceError::invalid("aggregate_type", e.to_string()))?,
-                aggregate_id: graph,
-                tenant_id: caller.tenant,
-                actor: caller.actor.clone(),
-                correlation_id: caller.correlation.unwrap_or_else(|| command_id.as_root_correlation()),
-                causation_id: command_id.as_causation(),
-            },
-            expected,
-            events: events.iter().map(|e| e.to_new_event()).collect(),
-            idempotency_key: key,
-        };
+        let append = self.append_with(caller, graph, expected, &events, key)?;
         let done = match self.store.append_in_tx(&mut tx, &append).await {
             Ok(done) => done,
             // Two creates of one id: the loser sees the winner's sequence 1.
@@ -216,6 +277,10 @@ impl GraphApi {
         }
         tx.commit().await?;
         self.store.committed(&done);
+        if !done.replayed {
+            let archived = state.archived || matches!(command, GraphCommand::Archive);
+            *known = Some(KnownHead { tenant: caller.tenant, version: done.version, head: done.head, archived });
+        }
         Ok(response(done))
     }
 

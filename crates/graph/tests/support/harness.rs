@@ -39,8 +39,16 @@ pub struct Service {
 
 impl Service {
     pub async fn start() -> Service {
-        let schema = unique("g");
-        let prefix = unique("p");
+        Self::start_on(unique("g"), unique("p")).await
+    }
+
+    /// A second instance over the same schema and subjects: another process, as far as the
+    /// database can tell.
+    pub async fn replica(&self) -> Service {
+        Self::start_on(self.schema.clone(), self.prefix.clone()).await
+    }
+
+    pub async fn start_on(schema: String, prefix: String) -> Service {
         let vars: HashMap<&str, String> = HashMap::from([
             ("CIM_DATABASE_URL", database_url()),
             ("CIM_NATS_URL", nats_url()),
@@ -69,6 +77,12 @@ impl Service {
             .await
             .unwrap();
         GraphServiceClient::new(channel)
+    }
+
+    /// Stops without dropping the schema (another instance still uses it).
+    pub async fn stop_replica(self) {
+        self.shutdown.trigger();
+        let _ = self.task.await;
     }
 
     pub async fn stop(self) {
