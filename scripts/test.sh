@@ -9,7 +9,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=$SECONDS
 STEP=0
-TOTAL=7
+TOTAL=8
 
 header() {
     STEP=$((STEP + 1))
@@ -89,6 +89,9 @@ if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf' >/dev/null 2>&1; t
 fi
 export CIM_TEST_PYTHON="$PY"
 "$PY" -c 'import grpc, google.protobuf; print("python client ready:", grpc.__version__, google.protobuf.__version__)'
+
+header "deployment files: scripts/check-deploy.sh"
+run "check-deploy" bash scripts/check-deploy.sh
 
 header "cargo fmt --all --check"
 run "cargo fmt" cargo fmt --all --check

@@ -50,12 +50,13 @@ pub const VARS: &[VarSpec] = &[
         help: "Postgres database holding every service's schema",
     },
     var(CIM_DATABASE_MAX_CONNECTIONS, Some("16"), "an integer from 1 to 1000", "pool size per service"),
-    var(
-        CIM_NATS_URL,
-        Some("nats://127.0.0.1:4222"),
-        "a nats:// URL (several separated by commas)",
-        "NATS with JetStream",
-    ),
+    VarSpec {
+        name: CIM_NATS_URL,
+        default: Some("nats://127.0.0.1:4222"),
+        expected: "a nats:// URL (several separated by commas), optionally with user:password@",
+        secret: true,
+        help: "NATS with JetStream",
+    },
     var(CIM_SUBJECT_PREFIX, Some("cim"), "dot-separated tokens of A-Z a-z 0-9 _ -", "subject and stream name prefix"),
     var(CIM_STREAM_REPLICAS, Some("1"), "an integer from 1 to 5", "JetStream stream replicas"),
     VarSpec {

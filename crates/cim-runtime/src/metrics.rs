@@ -60,5 +60,7 @@ fn describe() {
 
 /// Records the constant build-info series for `service`.
 pub fn register_service(service: &str) {
+    // The recorder must exist first, or the gauge goes to the no-op recorder and is lost.
+    let _ = handle();
     metrics::gauge!(BUILD_INFO, "service" => service.to_owned(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -25,13 +25,20 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
 /// Connects once (a missing server is a clear error at start-up); after that the client keeps
 /// reconnecting forever and buffers publishes while it does.
 pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
+    // Errors name the server without its password.
+    let at = settings.url.split(',').map(|u| crate::config::redact_url(u.trim())).collect::<Vec<_>>().join(",");
     let urls: Vec<async_nats::ServerAddr> = settings
         .url
         .split(',')
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
-        .map_err(|e| RuntimeError::Nats { at: settings.url.clone(), what: format!("bad URL: {e}") })?;
-    let opts = ConnectOptions::new()
+        .map_err(|e| RuntimeError::Nats { at: at.clone(), what: format!("bad URL: {e}") })?;
+    let mut opts = ConnectOptions::new();
+    // async-nats does not log in with the URL's user:password by itself.
+    if let Some((user, password)) = credentials(&settings.url) {
+        opts = opts.user_and_password(user, password);
+    }
+    let opts = opts
         .name(&settings.client_name)
         .connection_timeout(settings.connect_timeout)
         .max_reconnects(None)
@@ -46,12 +53,24 @@ pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
     let connecting = async_nats::connect_with_options(urls, opts);
     match tokio::time::timeout(settings.connect_timeout + Duration::from_millis(500), connecting).await {
         Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(RuntimeError::Nats { at: settings.url.clone(), what: format!("cannot connect: {e}") }),
+        Ok(Err(e)) => Err(RuntimeError::Nats { at, what: format!("cannot connect: {e}") }),
         Err(_) => Err(RuntimeError::Nats {
-            at: settings.url.clone(),
+            at,
             what: format!("no answer within {:?}", settings.connect_timeout),
         }),
     }
+}
+
+/// The `user:password` of the first URL that has one (percent-decoding is not needed for the
+/// credentials our manifests generate, which are URL-safe).
+fn credentials(urls: &str) -> Option<(String, String)> {
+    urls.split(',').find_map(|u| {
+        let rest = u.trim().split_once("://")?.1;
+        let authority = rest.split(['/', '?']).next()?;
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        Some((user.to_owned(), password.to_owned()))
+    })
 }
 
 /// JetStream over `client`.
@@ -82,5 +101,12 @@ mod tests {
         assert_eq!(reconnect_delay(2), Duration::from_millis(200));
         assert_eq!(reconnect_delay(4), Duration::from_millis(800));
         assert_eq!(reconnect_delay(100), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        assert_eq!(credentials("nats://graph:s3cret@nats:4222"), Some(("graph".into(), "s3cret".into())));
+        assert_eq!(credentials("nats://a:4222, nats://u:p@b:4222/x"), Some(("u".into(), "p".into())));
+        assert_eq!(credentials("nats://127.0.0.1:4222"), None);
     }
 }

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Run once by the postgres image on an empty data directory (compose and Kubernetes): in the
+# database $POSTGRES_DB (cim), one login role per service owning a schema of the same name, with
+# the password from PG_PASSWORD_<SERVICE>. A new service: add its name to SERVICES and give its
+# password to this container.
+#
+# Roles also get CREATE on the database: the services' migrator runs
+# CREATE SCHEMA IF NOT EXISTS, which Postgres checks against the database privilege even when the
+# schema already exists. They get no rights on other services' schemas.
+set -euo pipefail
+
+SERVICES="graph gateway websocket"
+
+psql_cim() {
+    psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" "$@"
+}
+
+psql_cim -v db="$POSTGRES_DB" <<'SQL'
+REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+SQL
+
+for service in $SERVICES; do
+    var="PG_PASSWORD_${service^^}"
+    if [ -z "${!var:-}" ]; then
+        echo "10-cim-roles.sh: $var is not set (password of the $service role)" >&2
+        exit 1
+    fi
+    psql_cim -v db="$POSTGRES_DB" -v role="$service" -v password="${!var}" <<'SQL'
+CREATE ROLE :"role" LOGIN PASSWORD :'password';
+GRANT CONNECT, CREATE ON DATABASE :"db" TO :"role";
+CREATE SCHEMA :"role" AUTHORIZATION :"role";
+SQL
+    echo "10-cim-roles.sh: role and schema $service created"
+done

@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""Checks that the deployment files agree with the code and with each other.
+
+usage: consistency.py --compose-json FILE --k8s NAME=FILE [--k8s NAME=FILE ...]
+       consistency.py --write-dashboard-rules FILE   (every dashboard query as a rule, for promtool)
+
+The compose file and the Kubernetes overlays are passed already rendered (by `docker compose
+config --format json` and `kubectl kustomize`), so anchors, generators and patches are resolved
+the way the real tools resolve them. The code side is read from the sources:
+
+- CIM_* variables and their defaults: the VARS table in crates/cim-runtime/src/config.rs
+- service ports: the defaults of CIM_<SERVICE>_ADDR and CIM_<SERVICE>_ADMIN_ADDR there
+- metric names: string constants in crates/*/src/**/metrics.rs and literals in metrics macros
+- packages and binaries: crates/*/Cargo.toml
+
+Prints one line per failed check (and a summary); exits 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+# The services deployed as their own image. A new service goes here first: the check then names
+# every file that still lacks it.
+SERVICES = ["gateway", "websocket", "graph"]
+
+# Series Prometheus makes itself; dashboards and rules may use them.
+PROMETHEUS_BUILTIN = {
+    "up",
+    "ALERTS",
+    "ALERTS_FOR_STATE",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+}
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.notes: list[str] = []
+        self.checks = 0
+
+    def check(self, ok: bool, message: str) -> bool:
+        self.checks += 1
+        if not ok:
+            self.failures.append(message)
+        return ok
+
+    def fail(self, message: str) -> None:
+        self.check(False, message)
+
+
+# --- the code --------------------------------------------------------------------------------
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def code_vars() -> dict[str, str | None]:
+    """VARS as name -> default."""
+    text = (ROOT / "crates/cim-runtime/src/config.rs").read_text()
+    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', text))
+    block = text[text.index("pub const VARS") :]
+    block = block[: block.index("\n];")]
+
+    def name(token: str) -> str:
+        return token.strip('"') if token.startswith('"') else consts[token]
+
+    out: dict[str, str | None] = {}
+    default = r'(?:Some\(\s*"([^"]*)"\s*\)|None)'
+    for tok, dflt in re.findall(r'\bvar\(\s*(\w+|"[^"]+")\s*,\s*' + default, block):
+        out[name(tok)] = dflt or None
+    for tok, dflt in re.findall(r'name:\s*(\w+|"[^"]+")\s*,\s*default:\s*' + default, block):
+        out[name(tok)] = dflt or None
+    if not out:
+        raise SystemExit("consistency.py: found no VARS entries in config.rs (did its layout change?)")
+    return out
+
+
+def code_ports(vars_: dict[str, str | None]) -> dict[str, tuple[int, int]]:
+    """service -> (port, admin port), from the defaults of CIM_<SERVICE>_ADDR / _ADMIN_ADDR."""
+    ports = {}
+    for name, default in vars_.items():
+        m = re.fullmatch(r"CIM_([A-Z]+)_ADDR", name)
+        if m and default:
+            service = m.group(1).lower()
+            admin = vars_.get(f"CIM_{m.group(1)}_ADMIN_ADDR")
+            if admin:
+                ports[service] = (int(default.rsplit(":", 1)[1]), int(admin.rsplit(":", 1)[1]))
+    return ports
+
+
+def code_metrics() -> tuple[set[str], set[str], set[str]]:
+    """(every metric name, histograms with buckets, histograms rendered as summaries).
+
+    metrics-exporter-prometheus renders a histogram with buckets only when a bucket Matcher
+    covers its name; any other histogram becomes a summary (quantile label, _sum, _count)."""
+    names: set[str] = set()
+    histograms: set[str] = set()
+    consts: dict[str, str] = {}
+    for path in ROOT.glob("crates/*/src/**/*.rs"):
+        text = path.read_text()
+        if path.name == "metrics.rs":
+            for const, value in re.findall(r'const (\w+): &str = "(cim_[a-z0-9_]+)"', text):
+                consts[const] = value
+                names.add(value)
+        for macro, arg in re.findall(r'\b(counter|gauge|histogram|describe_\w+)!\(\s*(\w+|"[^"]+")', text):
+            value = arg.strip('"') if arg.startswith('"') else None
+            if value and value.startswith("cim_"):
+                names.add(value)
+            if "histogram" in macro:
+                histograms.add(value or arg)
+    histograms = {consts.get(h, h) for h in histograms} & names
+    recorder = (ROOT / "crates/cim-runtime/src/metrics.rs").read_text()
+    matchers = re.findall(r'Matcher::(Full|Prefix|Suffix)\(\s*"([^"]+)"', recorder)
+
+    def bucketed(name: str) -> bool:
+        return any(
+            (kind == "Full" and name == v)
+            or (kind == "Prefix" and name.startswith(v))
+            or (kind == "Suffix" and name.endswith(v))
+            for kind, v in matchers
+        )
+
+    with_buckets = {h for h in histograms if bucketed(h)}
+    return names, with_buckets, histograms - with_buckets
+
+
+def cargo_packages() -> dict[str, dict]:
+    """package name -> {dir, bins}."""
+    out = {}
+    for manifest in ROOT.glob("crates/*/Cargo.toml"):
+        text = manifest.read_text()
+        m = re.search(r'^\[package\][^\[]*?^name\s*=\s*"([^"]+)"', text, re.M | re.S)
+        if not m:
+            continue
+        bins = set(re.findall(r'^\[\[bin\]\][^\[]*?^name\s*=\s*"([^"]+)"', text, re.M | re.S))
+        if (manifest.parent / "src/main.rs").exists():
+            bins.add(m.group(1))
+        out[m.group(1)] = {"dir": manifest.parent, "bins": bins}
+    return out
+
+
+# --- PromQL ----------------------------------------------------------------------------------
+
+PROMQL_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+    "offset", "inf", "nan", "Inf", "NaN",
+}  # fmt: skip
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """Metric names an expression selects (label names, functions and keywords removed)."""
+    m = re.fullmatch(r"\s*label_values\(\s*(.*)\)\s*", expr, re.S)
+    if m:
+        # label_values(selector, label) or label_values(label)
+        parts = m.group(1).rsplit(",", 1)
+        return promql_metrics(parts[0]) if len(parts) == 2 else set()
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    e = re.sub(r"\{[^}]*\}", " ", e)
+    e = re.sub(r"\[[^\]]*\]", " ", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    e = re.sub(r"\$\{?\w+\}?", " ", e)
+    found = set()
+    for m in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\()?", e):
+        word, call = m.group(1), m.group(2)
+        if call or word in PROMQL_KEYWORDS or re.fullmatch(r"\d+[smhdwy]", word):
+            continue
+        found.add(word)
+    return found
+
+
+def metric_known(name: str, names: set[str], buckets: set[str], summaries: set[str]) -> bool:
+    if name in names or name in PROMETHEUS_BUILTIN:
+        return True
+    m = re.fullmatch(r"(.*)_(bucket|sum|count)", name)
+    if not m:
+        return False
+    base, suffix = m.groups()
+    return base in buckets or (base in summaries and suffix != "bucket")
+
+
+# Grafana's variables, replaced by values that keep the expression valid PromQL.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and query variable of every dashboard."""
+    out = []
+    for path in sorted((ROOT / "monitoring/grafana/dashboards").glob("*.json")):
+        d = json.loads(path.read_text())
+        panels = [q for p in d.get("panels", []) for q in [p, *p.get("panels", [])]]
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    out.append((f"{rel(path)} panel '{p.get('title')}' {t.get('refId')}", t["expr"]))
+    return out
+
+
+def grafana_to_promql(expr: str) -> str:
+    for var, value in GRAFANA_VARS.items():
+        expr = expr.replace(var, value)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)  # template variables are used as regexes
+
+
+def write_dashboard_rules(out: Path) -> None:
+    """Every dashboard expression as a recording rule, so `promtool check rules` parses them;
+    a comment above each names the panel."""
+    lines = ["groups:", "  - name: dashboards", "    rules:"]
+    for i, (where, expr) in enumerate(dashboard_expressions()):
+        lines += [
+            f"      # {where}",
+            f"      - record: dashboard:expr_{i}",
+            f"        expr: {json.dumps(grafana_to_promql(expr))}",
+        ]
+    out.write_text("\n".join(lines) + "\n")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def port_of(addr: str) -> int | None:
+    try:
+        return int(str(addr).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def image_base(image: str) -> str:
+    """registry/path/name:tag@digest -> name"""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
+
+
+def image_tag(image: str) -> str:
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else "latest"
+
+
+def duration_seconds(text: str) -> float:
+    total = 0.0
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(text)):
+        total += float(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+def dockerfile(path: Path) -> dict:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    out: dict = {"expose": set(), "env": {}, "text": text}
+    for ln in lines:
+        word, _, rest = ln.partition(" ")
+        word = word.upper()
+        if word == "EXPOSE":
+            out["expose"] |= {int(p.split("/")[0]) for p in rest.split()}
+        elif word == "HEALTHCHECK":
+            out["healthcheck"] = rest
+        elif word == "ENTRYPOINT":
+            out["entrypoint"] = rest
+        elif word == "ENV":
+            for k, v in re.findall(r"(\w+)=(\S+)", rest):
+                out["env"][k] = v
+        elif word == "RUN" and "cargo build" in rest:
+            m = re.search(r"-p\s+(\S+)\s+--bin\s+(\S+)", rest)
+            if m:
+                out["package"], out["bin"] = m.groups()
+        elif word == "LABEL":
+            m = re.search(r'org\.opencontainers\.image\.title="([^"]+)"', rest)
+            if m:
+                out["title"] = m.group(1)
+    return out
+
+
+def k8s_docs(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def k8s_index(docs: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def k8s_find(docs: list[dict], kind: str, name: str) -> dict | None:
+    """By name, ignoring a generator's hash suffix."""
+    for d in docs:
+        n = d["metadata"]["name"]
+        if d["kind"] == kind and (n == name or re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}", n)):
+            return d
+    return None
+
+
+def secret_values(doc: dict) -> dict[str, str]:
+    out = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+    out.update(doc.get("stringData") or {})
+    return out
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compose-json", type=Path)
+    ap.add_argument("--k8s", action="append", default=[], metavar="NAME=FILE")
+    ap.add_argument(
+        "--write-dashboard-rules",
+        type=Path,
+        metavar="FILE",
+        help="only write every dashboard expression as a recording rule to FILE",
+    )
+    args = ap.parse_args()
+    if args.write_dashboard_rules:
+        write_dashboard_rules(args.write_dashboard_rules)
+        return 0
+    if not args.compose_json:
+        ap.error("--compose-json is required")
+
+    c = Checker()
+    vars_ = code_vars()
+    ports = code_ports(vars_)
+    metrics, buckets, summaries = code_metrics()
+    packages = cargo_packages()
+    compose = json.loads(args.compose_json.read_text())
+    overlays = {}
+    for spec in args.k8s:
+        name, _, file = spec.partition("=")
+        overlays[name] = k8s_docs(Path(file))
+    grace_ms = int(vars_.get("CIM_SHUTDOWN_GRACE_MS") or 0)
+
+    # Services in the code: every CIM_<SERVICE>_ADDR. A crate building cim-<service> must be deployed.
+    c.check(bool(ports), "no CIM_<SERVICE>_ADDR defaults found in config.rs")
+    for s in SERVICES:
+        c.check(s in ports, f"{s}: in SERVICES but config.rs has no CIM_{s.upper()}_ADDR/_ADMIN_ADDR defaults")
+    bins = {b: pkg for pkg, info in packages.items() for b in info["bins"]}
+    for s in ports:
+        if f"cim-{s}" in bins and s not in SERVICES:
+            c.fail(
+                f"{s}: crate {bins[f'cim-{s}']} builds cim-{s} but it is not deployed (add it to SERVICES in {rel(Path(__file__))})"
+            )
+    for s in SERVICES:
+        if f"cim-{s}" not in bins:
+            c.notes.append(f"{s}: no crate builds binary cim-{s} yet; its image builds once the crate lands")
+
+    # --- every CIM_* variable set anywhere is one the code reads.
+    def check_var(name: str, where: str) -> None:
+        if name.startswith("CIM_"):
+            c.check(name in vars_, f"{where}: sets {name}, which is not in VARS (crates/cim-runtime/src/config.rs)")
+
+    for svc, spec in compose["services"].items():
+        for name in spec.get("environment") or {}:
+            check_var(name, f"compose.yaml service {svc}")
+    for path in sorted((ROOT / "docker").glob("*.Dockerfile")):
+        for name in dockerfile(path)["env"]:
+            check_var(name, rel(path))
+    for overlay, docs in overlays.items():
+        for d in docs:
+            where = f"k8s {overlay}: {d['kind']} {d['metadata']['name']}"
+            if d["kind"] == "ConfigMap":
+                for name in d.get("data") or {}:
+                    check_var(name, where)
+            elif d["kind"] == "Secret":
+                for name in secret_values(d):
+                    check_var(name, where)
+            elif d["kind"] in ("Deployment", "StatefulSet", "Job"):
+                for ctr in d["spec"]["template"]["spec"].get("containers", []):
+                    for env in ctr.get("env", []):
+                        check_var(env["name"], where)
+
+    # --- per service: Dockerfile, compose, k8s, Prometheus, NATS user, Postgres role.
+    accounts = (ROOT / "docker/nats/accounts.conf").read_text()
+    pg_init = (ROOT / "docker/postgres/init/10-cim-roles.sh").read_text()
+    m = re.search(r'^SERVICES="([^"]*)"', pg_init, re.M)
+    pg_roles = set(m.group(1).split()) if m else set()
+    prom_compose = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    prom_k8s = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus-k8s.yml").read_text())
+    base_kustomization = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())
+    nginx = (ROOT / "docker/nginx/nginx.conf").read_text()
+
+    def job(cfg: dict, name: str) -> dict:
+        return next((j for j in cfg["scrape_configs"] if j["job_name"] == name), {})
+
+    compose_targets = {}
+    for sc in job(prom_compose, "cim").get("static_configs", []):
+        for t in sc["targets"]:
+            compose_targets[sc.get("labels", {}).get("app")] = t
+    k8s_targets = {}
+    for sd in job(prom_k8s, "cim").get("dns_sd_configs", []):
+        for n in sd["names"]:
+            k8s_targets[n] = sd.get("port")
+
+    for s in SERVICES:
+        if s not in ports:
+            continue
+        port, admin = ports[s]
+        image = f"cim-{s}"
+
+        # Dockerfile
+        path = ROOT / f"docker/{s}.Dockerfile"
+        if c.check(path.exists(), f"{s}: no docker/{s}.Dockerfile"):
+            df = dockerfile(path)
+            c.check(
+                df["expose"] == {port, admin},
+                f"{rel(path)}: EXPOSE {sorted(df['expose'])}, code ports are {port} and {admin}",
+            )
+            c.check(f'"{s}:{admin}"' in df.get("healthcheck", ""), f"{rel(path)}: HEALTHCHECK must check {s}:{admin}")
+            c.check(df.get("bin") == image, f"{rel(path)}: builds --bin {df.get('bin')}, expected {image}")
+            c.check(df.get("title") == image, f"{rel(path)}: image title {df.get('title')}, expected {image}")
+            c.check(
+                f"/usr/local/bin/{image}" in df.get("entrypoint", ""), f"{rel(path)}: ENTRYPOINT does not run {image}"
+            )
+            if image in bins:
+                c.check(
+                    df.get("package") == bins[image],
+                    f"{rel(path)}: -p {df.get('package')}, but {image} is in package {bins[image]}",
+                )
+            else:
+                c.check(
+                    df.get("package") == image,
+                    f"{rel(path)}: -p {df.get('package')}, expected {image} (the crate is not there yet)",
+                )
+
+        # compose
+        svc = compose["services"].get(s)
+        if c.check(svc is not None, f"{s}: no service {s} in compose.yaml"):
+            env = svc.get("environment") or {}
+            c.check(
+                image_base(svc.get("image", "")) == image,
+                f"compose.yaml {s}: image {svc.get('image')}, expected {image}:<tag>",
+            )
+            c.check(
+                Path(svc.get("build", {}).get("dockerfile", "")).name == f"{s}.Dockerfile",
+                f"compose.yaml {s}: build.dockerfile should be docker/{s}.Dockerfile",
+            )
+            up = s.upper()
+            for var, want in ((f"CIM_{up}_ADDR", port), (f"CIM_{up}_ADMIN_ADDR", admin)):
+                if var in env:
+                    c.check(
+                        port_of(env[var]) == want, f"compose.yaml {s}: {var}={env[var]}, code default port is {want}"
+                    )
+            exposed = {int(p) for p in svc.get("expose", [])}
+            c.check(
+                exposed == {port, admin},
+                f"compose.yaml {s}: expose {sorted(exposed)}, code ports are {port} and {admin}",
+            )
+            test = " ".join(svc.get("healthcheck", {}).get("test", []))
+            c.check(f"{s}:{admin}" in test, f"compose.yaml {s}: healthcheck must check {s}:{admin}")
+            c.check(
+                duration_seconds(svc.get("stop_grace_period", "10s")) * 1000 > grace_ms,
+                f"compose.yaml {s}: stop_grace_period must exceed CIM_SHUTDOWN_GRACE_MS ({grace_ms} ms)",
+            )
+            for dep in svc.get("depends_on", {}).values():
+                c.check(
+                    dep.get("condition") in ("service_healthy", "service_completed_successfully"),
+                    f"compose.yaml {s}: depends_on without condition service_healthy",
+                )
+            # Credentials in the URLs match the ones the servers are given.
+            db = urlsplit(env.get("CIM_DATABASE_URL", ""))
+            if db.scheme:
+                pg_env = compose["services"].get("postgres", {}).get("environment", {})
+                c.check(
+                    db.username == s, f"compose.yaml {s}: CIM_DATABASE_URL user {db.username}, expected the role {s}"
+                )
+                c.check(
+                    db.password == pg_env.get(f"PG_PASSWORD_{up}"),
+                    f"compose.yaml {s}: CIM_DATABASE_URL password differs from postgres PG_PASSWORD_{up}",
+                )
+            nats = urlsplit(env.get("CIM_NATS_URL", ""))
+            if nats.scheme:
+                nats_env = compose["services"].get("nats", {}).get("environment", {})
+                c.check(nats.username == s, f"compose.yaml {s}: CIM_NATS_URL user {nats.username}, expected {s}")
+                c.check(
+                    nats.password == nats_env.get(f"NATS_PASSWORD_{up}"),
+                    f"compose.yaml {s}: CIM_NATS_URL password differs from nats NATS_PASSWORD_{up}",
+                )
+            redis = urlsplit(env.get("CIM_REDIS_URL", ""))
+            if redis.scheme:
+                redis_env = compose["services"].get("redis", {}).get("environment", {})
+                c.check(
+                    redis.password == redis_env.get("REDIS_PASSWORD"),
+                    f"compose.yaml {s}: CIM_REDIS_URL password differs from redis REDIS_PASSWORD",
+                )
+
+        # Prometheus, NATS, Postgres
+        c.check(
+            compose_targets.get(s) == f"{s}:{admin}",
+            f"monitoring/prometheus/prometheus.yml: job cim needs target {s}:{admin} with label app: {s}",
+        )
+        c.check(
+            k8s_targets.get(f"{s}-pods") == admin,
+            f"monitoring/prometheus/prometheus-k8s.yml: job cim needs dns_sd name {s}-pods, port {admin}",
+        )
+        c.check(re.search(rf"\buser:\s*{s}\b", accounts) is not None, f"docker/nats/accounts.conf: no user {s}")
+        c.check(s in pg_roles, f"docker/postgres/init/10-cim-roles.sh: {s} missing from SERVICES")
+        c.check(
+            f"PG_PASSWORD_{s.upper()}" in (compose["services"].get("postgres", {}).get("environment") or {}),
+            f"compose.yaml postgres: no PG_PASSWORD_{s.upper()}",
+        )
+        c.check(
+            f"NATS_PASSWORD_{s.upper()}" in (compose["services"].get("nats", {}).get("environment") or {}),
+            f"compose.yaml nats: no NATS_PASSWORD_{s.upper()}",
+        )
+
+        # k8s base folder
+        folder = ROOT / f"k8s/base/{s}"
+        c.check(folder.is_dir(), f"{s}: no k8s/base/{s}/")
+        c.check(s in base_kustomization.get("resources", []), f"k8s/base/kustomization.yaml: {s} not in resources")
+        for overlay in ("dev", "production"):
+            k = yaml.safe_load((ROOT / f"k8s/overlays/{overlay}/kustomization.yaml").read_text())
+            c.check(
+                any(i.get("name") == image for i in k.get("images", [])),
+                f"k8s/overlays/{overlay}: no images entry for {image}",
+            )
+            c.check(
+                any(r.get("name") == s for r in k.get("replicas", [])),
+                f"k8s/overlays/{overlay}: no replicas entry for {s}",
+            )
+
+        # k8s rendered overlays
+        for overlay, docs in overlays.items():
+            where = f"k8s {overlay}"
+            dep = k8s_find(docs, "Deployment", s)
+            if not c.check(dep is not None, f"{where}: no Deployment {s}"):
+                continue
+            pod = dep["spec"]["template"]
+            spec = pod["spec"]
+            ctr = spec["containers"][0]
+            c.check(
+                image_base(ctr["image"]) == image, f"{where}: Deployment {s} image {ctr['image']}, expected {image}"
+            )
+            named = {p.get("name"): p["containerPort"] for p in ctr.get("ports", [])}
+            c.check(
+                set(named.values()) == {port, admin},
+                f"{where}: Deployment {s} container ports {sorted(named.values())}, code ports are {port} and {admin}",
+            )
+            c.check(named.get("admin") == admin, f"{where}: Deployment {s} has no port named admin = {admin}")
+            ann = pod["metadata"].get("annotations", {})
+            c.check(
+                ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(admin),
+                f'{where}: Deployment {s} needs prometheus.io/scrape "true" and prometheus.io/port "{admin}"',
+            )
+            for probe, path in (("livenessProbe", "/health/live"), ("readinessProbe", "/health/ready")):
+                get = ctr.get(probe, {}).get("httpGet", {})
+                p = named.get(get.get("port"), get.get("port"))
+                c.check(
+                    get.get("path") == path and p == admin,
+                    f"{where}: Deployment {s} {probe} must GET {path} on the admin port",
+                )
+            sc = ctr.get("securityContext", {})
+            psc = spec.get("securityContext", {})
+            c.check(
+                psc.get("runAsNonRoot") is True or sc.get("runAsNonRoot") is True,
+                f"{where}: Deployment {s} must set runAsNonRoot",
+            )
+            c.check(
+                sc.get("readOnlyRootFilesystem") is True, f"{where}: Deployment {s} must set readOnlyRootFilesystem"
+            )
+            c.check(
+                sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: Deployment {s} must drop ALL capabilities"
+            )
+            c.check(
+                sc.get("allowPrivilegeEscalation") is False, f"{where}: Deployment {s} must forbid privilege escalation"
+            )
+            c.check("requests" in ctr.get("resources", {}), f"{where}: Deployment {s} has no resource requests")
+            sleep = 0
+            pre = ctr.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            if len(pre) == 2 and pre[0] == "sleep":
+                sleep = int(pre[1])
+            c.check(
+                spec.get("terminationGracePeriodSeconds", 30) * 1000 > grace_ms + sleep * 1000,
+                f"{where}: Deployment {s} terminationGracePeriodSeconds must exceed preStop + CIM_SHUTDOWN_GRACE_MS",
+            )
+            # Its ConfigMaps and Secrets exist and carry the right ports.
+            env: dict[str, str] = {}
+            for src in ctr.get("envFrom", []):
+                if "configMapRef" in src:
+                    cm = k8s_index(docs).get(("ConfigMap", src["configMapRef"]["name"]))
+                    if c.check(
+                        cm is not None, f"{where}: Deployment {s} uses missing ConfigMap {src['configMapRef']['name']}"
+                    ):
+                        env.update(cm.get("data") or {})
+                elif "secretRef" in src:
+                    sec = k8s_index(docs).get(("Secret", src["secretRef"]["name"]))
+                    if sec is not None:
+                        env.update(secret_values(sec))
+                    elif overlay != "production":
+                        c.fail(f"{where}: Deployment {s} uses missing Secret {src['secretRef']['name']}")
+            up = s.upper()
+            for var, want in ((f"CIM_{up}_ADDR", port), (f"CIM_{up}_ADMIN_ADDR", admin)):
+                c.check(var in env, f"{where}: {s} ConfigMap does not set {var}")
+                if var in env:
+                    c.check(port_of(env[var]) == want, f"{where}: {s} {var}={env[var]}, code default port is {want}")
+            for var, server in (("CIM_DATABASE_URL", "postgres-secrets"), ("CIM_NATS_URL", "nats-secrets")):
+                u = urlsplit(env.get(var, ""))
+                srv = k8s_find(docs, "Secret", server)
+                if u.scheme and srv is not None:
+                    key = ("PG_PASSWORD_" if server.startswith("postgres") else "NATS_PASSWORD_") + up
+                    c.check(
+                        u.username == s and u.password == secret_values(srv).get(key),
+                        f"{where}: {s} {var} user/password differ from {server} {key}",
+                    )
+            # Services: the main one's ports resolve to the code ports; <s>-pods exposes admin.
+            svc_doc = k8s_find(docs, "Service", s)
+            if c.check(svc_doc is not None, f"{where}: no Service {s}"):
+                targets = {named.get(p.get("targetPort"), p.get("targetPort")) for p in svc_doc["spec"]["ports"]}
+                c.check(
+                    targets == {port, admin},
+                    f"{where}: Service {s} targets {sorted(map(str, targets))}, code ports are {port} and {admin}",
+                )
+            pods = k8s_find(docs, "Service", f"{s}-pods")
+            if c.check(pods is not None, f"{where}: no headless Service {s}-pods (Prometheus discovery)"):
+                c.check(pods["spec"].get("clusterIP") == "None", f"{where}: Service {s}-pods must be headless")
+                c.check(
+                    [p["port"] for p in pods["spec"]["ports"]] == [admin],
+                    f"{where}: Service {s}-pods must expose only port {admin}",
+                )
+            for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount", "NetworkPolicy"):
+                c.check(k8s_find(docs, kind, s) is not None, f"{where}: no {kind} {s}")
+            c.check(spec.get("serviceAccountName") == s, f"{where}: Deployment {s} must run as ServiceAccount {s}")
+
+    # nginx upstreams and Ingress backends point at the right ports.
+    for host, p in re.findall(r"^\s*server\s+([a-z0-9-]+):(\d+)", nginx, re.M):
+        if host in ports:
+            c.check(
+                int(p) == ports[host][0], f"docker/nginx/nginx.conf: upstream {host}:{p}, code port is {ports[host][0]}"
+            )
+    for overlay, docs in overlays.items():
+        for ing in (d for d in docs if d["kind"] == "Ingress"):
+            for rule in ing["spec"].get("rules", []):
+                for path in rule["http"]["paths"]:
+                    backend = path["backend"]["service"]
+                    svc_doc = k8s_find(docs, "Service", backend["name"])
+                    if not c.check(
+                        svc_doc is not None,
+                        f"k8s {overlay}: Ingress {ing['metadata']['name']} routes to missing Service {backend['name']}",
+                    ):
+                        continue
+                    want = backend["port"].get("name") or backend["port"].get("number")
+                    ok = any(p.get("name") == want or p.get("port") == want for p in svc_doc["spec"]["ports"])
+                    c.check(
+                        ok,
+                        f"k8s {overlay}: Ingress {ing['metadata']['name']} uses port {want} that Service {backend['name']} lacks",
+                    )
+
+    # The monolith image exposes and checks every deployed service.
+    df = dockerfile(ROOT / "docker/cim.Dockerfile")
+    want_ports = {p for s in SERVICES if s in ports for p in ports[s]}
+    c.check(
+        df["expose"] == want_ports,
+        f"docker/cim.Dockerfile: EXPOSE {sorted(df['expose'])}, expected {sorted(want_ports)}",
+    )
+    for s in SERVICES:
+        if s in ports:
+            c.check(
+                f'"{s}:{ports[s][1]}"' in df.get("healthcheck", ""),
+                f"docker/cim.Dockerfile: HEALTHCHECK must list {s}:{ports[s][1]}",
+            )
+    c.check(df.get("package") == "cim" and df.get("bin") == "cim", "docker/cim.Dockerfile: must build -p cim --bin cim")
+
+    # Third-party images: the same versions in compose and Kubernetes.
+    compose_images = {
+        image_base(v["image"]): image_tag(v["image"]) for v in compose["services"].values() if "image" in v
+    }
+    for overlay, docs in overlays.items():
+        for d in docs:
+            if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
+                continue
+            for ctr in d["spec"]["template"]["spec"]["containers"]:
+                base, tag = image_base(ctr["image"]), image_tag(ctr["image"])
+                if base.startswith("cim-") or base not in compose_images:
+                    continue
+                c.check(
+                    tag == compose_images[base],
+                    f"k8s {overlay}: {d['kind']} {d['metadata']['name']} runs {base}:{tag}, compose runs {base}:{compose_images[base]}",
+                )
+
+    # --- metrics in dashboards, rules and rule tests are ones the code exports.
+    def check_expr(expr: str, where: str) -> None:
+        for name in promql_metrics(expr):
+            c.check(
+                metric_known(name, metrics, buckets, summaries),
+                f"{where}: metric {name} is not exported by the code (crates/*/src) nor made by Prometheus",
+            )
+
+    dash_dir = ROOT / "monitoring/grafana/dashboards"
+    dashboards = sorted(dash_dir.glob("*.json"))
+    c.check(bool(dashboards), "monitoring/grafana/dashboards: no dashboards")
+    uids = {}
+    ds_uids = set()
+    for f in (ROOT / "monitoring/grafana/provisioning/datasources").glob("*.yaml"):
+        ds_uids |= {d["uid"] for d in yaml.safe_load(f.read_text()).get("datasources", [])}
+    for path in dashboards:
+        d = json.loads(path.read_text())
+        c.check(d.get("uid") not in uids, f"{rel(path)}: uid {d.get('uid')} also used by {uids.get(d.get('uid'))}")
+        uids[d.get("uid")] = rel(path)
+        panels = []
+        for p in d.get("panels", []):
+            panels.append(p)
+            panels.extend(p.get("panels", []))
+        ids = [p.get("id") for p in panels]
+        c.check(len(ids) == len(set(ids)), f"{rel(path)}: panel ids are not unique")
+        for p in panels:
+            for t in p.get("targets", []):
+                if "expr" in t:
+                    check_expr(t["expr"], f"{rel(path)} panel '{p.get('title')}'")
+            for obj in [p] + p.get("targets", []):
+                uid = (obj.get("datasource") or {}).get("uid")
+                if uid and not uid.startswith("$") and not uid.startswith("--"):
+                    c.check(
+                        uid in ds_uids, f"{rel(path)} panel '{p.get('title')}': datasource uid {uid} is not provisioned"
+                    )
+        for v in d.get("templating", {}).get("list", []):
+            q = v.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            if v.get("type") == "query" and q:
+                check_expr(q, f"{rel(path)} variable {v.get('name')}")
+
+    rules_dir = ROOT / "monitoring/prometheus/rules"
+    for path in sorted(rules_dir.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                check_expr(rule["expr"], f"{rel(path)} {rule.get('alert') or rule.get('record')}")
+    for path in sorted((ROOT / "monitoring/prometheus/tests").glob("*.yml")):
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for series in test.get("input_series", []):
+                check_expr(series["series"], f"{rel(path)} test '{test.get('name')}' input")
+
+    # Every dashboard and rules file is also in the Kubernetes ConfigMaps.
+    mon = yaml.safe_load((ROOT / "monitoring/kustomization.yaml").read_text())
+    gen = {g["name"]: [f.split("=", 1)[-1] for f in g.get("files", [])] for g in mon.get("configMapGenerator", [])}
+    for path in dashboards:
+        c.check(
+            str(path.relative_to(ROOT / "monitoring")) in gen.get("grafana-dashboards", []),
+            f"monitoring/kustomization.yaml: grafana-dashboards does not list {path.name}",
+        )
+    for path in sorted(rules_dir.glob("*.yml")):
+        c.check(
+            str(path.relative_to(ROOT / "monitoring")) in gen.get("prometheus-rules", []),
+            f"monitoring/kustomization.yaml: prometheus-rules does not list {path.name}",
+        )
+
+    # --- report
+    for note in c.notes:
+        print(f"note: {note}")
+    for failure in c.failures:
+        print(f"FAIL: {failure}")
+    print(
+        f"checked {len(SERVICES)} services against {len(vars_)} CIM_* variables and {len(metrics)} metric names in the code"
+    )
+    print(f"consistency: {c.checks - len(c.failures)} passed, {len(c.failures)} failed")
+    return 1 if c.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
