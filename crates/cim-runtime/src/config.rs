@@ -36,6 +36,22 @@ pub const CIM_STREAM_REPLICAS: &str = "CIM_STREAM_REPLICAS";
 pub const CIM_REDIS_URL: &str = "CIM_REDIS_URL";
 pub const CIM_CONNECT_TIMEOUT_MS: &str = "CIM_CONNECT_TIMEOUT_MS";
 pub const CIM_SHUTDOWN_GRACE_MS: &str = "CIM_SHUTDOWN_GRACE_MS";
+pub const CIM_JWT_HS256_SECRET: &str = "CIM_JWT_HS256_SECRET";
+pub const CIM_JWT_PUBLIC_KEY_FILE: &str = "CIM_JWT_PUBLIC_KEY_FILE";
+pub const CIM_JWT_ISSUER: &str = "CIM_JWT_ISSUER";
+pub const CIM_JWT_AUDIENCE: &str = "CIM_JWT_AUDIENCE";
+pub const CIM_GATEWAY_GRAPH_URLS: &str = "CIM_GATEWAY_GRAPH_URLS";
+pub const CIM_GATEWAY_REQUEST_TIMEOUT_MS: &str = "CIM_GATEWAY_REQUEST_TIMEOUT_MS";
+pub const CIM_GATEWAY_MAX_BODY_BYTES: &str = "CIM_GATEWAY_MAX_BODY_BYTES";
+pub const CIM_GATEWAY_RATE_LIMIT_PER_MINUTE: &str = "CIM_GATEWAY_RATE_LIMIT_PER_MINUTE";
+pub const CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN: &str = "CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN";
+pub const CIM_GATEWAY_CACHE_TTL_SECS: &str = "CIM_GATEWAY_CACHE_TTL_SECS";
+pub const CIM_GATEWAY_SESSION_TTL_SECS: &str = "CIM_GATEWAY_SESSION_TTL_SECS";
+pub const CIM_WEBSOCKET_MAX_CONNECTIONS: &str = "CIM_WEBSOCKET_MAX_CONNECTIONS";
+pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIONS";
+pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
+pub const CIM_WEBSOCKET_MAX_FRAME_BYTES: &str = "CIM_WEBSOCKET_MAX_FRAME_BYTES";
+pub const CIM_WEBSOCKET_IDLE_TIMEOUT_MS: &str = "CIM_WEBSOCKET_IDLE_TIMEOUT_MS";
 
 /// The complete list. `cim config` prints it; a test checks that compose and k8s set only these.
 pub const VARS: &[VarSpec] = &[
@@ -85,6 +101,68 @@ pub const VARS: &[VarSpec] = &[
     var("CIM_WORKFLOW_ADMIN_ADDR", Some("0.0.0.0:9104"), "host:port", "workflow admin listener"),
     var("CIM_AGENT_ADDR", Some("0.0.0.0:50054"), "host:port", "agent gRPC listener"),
     var("CIM_AGENT_ADMIN_ADDR", Some("0.0.0.0:9105"), "host:port", "agent admin listener"),
+    VarSpec {
+        name: CIM_JWT_HS256_SECRET,
+        default: None,
+        expected: "at least 32 bytes",
+        secret: true,
+        help: "shared secret for HS256 bearer tokens (gateway, websocket)",
+    },
+    var(
+        CIM_JWT_PUBLIC_KEY_FILE,
+        None,
+        "a path to a PEM RSA or EC public key",
+        "public key for RS256/ES256 bearer tokens",
+    ),
+    var(CIM_JWT_ISSUER, Some("cim"), "a non-empty string", "required `iss` of bearer tokens"),
+    var(CIM_JWT_AUDIENCE, Some("cim"), "a non-empty string", "required `aud` of bearer tokens"),
+    var(
+        CIM_GATEWAY_GRAPH_URLS,
+        Some("http://127.0.0.1:50051"),
+        "http:// URLs separated by commas",
+        "graph service instances the gateway balances over",
+    ),
+    var(
+        CIM_GATEWAY_REQUEST_TIMEOUT_MS,
+        Some("10000"),
+        "milliseconds from 10 to 600000",
+        "gateway request deadline (504 after)",
+    ),
+    var(CIM_GATEWAY_MAX_BODY_BYTES, Some("1048576"), "bytes from 1024 to 67108864", "largest request body (413 above)"),
+    var(
+        CIM_GATEWAY_RATE_LIMIT_PER_MINUTE,
+        Some("6000"),
+        "an integer from 0 (off) to 10000000",
+        "requests per principal per minute",
+    ),
+    var(
+        CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN,
+        Some("true"),
+        "true or false",
+        "serve (true) or refuse with 503 (false) when Redis cannot count",
+    ),
+    var(CIM_GATEWAY_CACHE_TTL_SECS, Some("300"), "seconds from 0 (off) to 86400", "how long a cached GET may live"),
+    var(CIM_GATEWAY_SESSION_TTL_SECS, Some("28800"), "seconds from 60 to 2592000", "console session lifetime"),
+    var(
+        CIM_WEBSOCKET_MAX_CONNECTIONS,
+        Some("10000"),
+        "an integer from 1 to 1000000",
+        "websocket connections per instance",
+    ),
+    var(CIM_WEBSOCKET_MAX_SUBSCRIPTIONS, Some("32"), "an integer from 1 to 10000", "subscriptions per connection"),
+    var(
+        CIM_WEBSOCKET_CLIENT_QUEUE,
+        Some("1024"),
+        "an integer from 1 to 1000000",
+        "frames queued per client before it is cut off",
+    ),
+    var(CIM_WEBSOCKET_MAX_FRAME_BYTES, Some("65536"), "bytes from 256 to 16777216", "largest frame a client may send"),
+    var(
+        CIM_WEBSOCKET_IDLE_TIMEOUT_MS,
+        Some("60000"),
+        "milliseconds from 1000 to 3600000",
+        "close a client silent this long",
+    ),
 ];
 
 /// The deployable services and their defaults (DESIGN §1).
@@ -196,6 +274,97 @@ pub struct Listen {
     pub admin_addr: SocketAddr,
 }
 
+/// How bearer tokens are verified (gateway and websocket share it).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub hs256_secret: Option<Secret>,
+    pub public_key_file: Option<std::path::PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub graph_urls: Vec<String>,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// 0: no limit.
+    pub rate_limit_per_minute: u64,
+    pub rate_limit_fail_open: bool,
+    /// Zero: no caching.
+    pub cache_ttl: Duration,
+    pub session_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebsocketSettings {
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub client_queue: usize,
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+}
+
+/// The settings only the edge services read.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub auth: AuthSettings,
+    pub gateway: GatewaySettings,
+    pub websocket: WebsocketSettings,
+}
+
+fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
+    let hs256_secret = match r.optional(CIM_JWT_HS256_SECRET) {
+        Some(_) => Some(r.parse(CIM_JWT_HS256_SECRET, |s| (s.len() >= 32).then(|| Secret::new(s)))),
+        None => None,
+    };
+    let public_key_file = r.optional(CIM_JWT_PUBLIC_KEY_FILE).map(std::path::PathBuf::from);
+    let issuer = r.parse(CIM_JWT_ISSUER, |s| (!s.is_empty()).then(|| s.to_owned()));
+    let audience = r.parse(CIM_JWT_AUDIENCE, |s| (!s.is_empty()).then(|| s.to_owned()));
+    let graph_urls = r.parse(CIM_GATEWAY_GRAPH_URLS, |s| {
+        let urls: Vec<String> = s.split(',').map(|u| u.trim().to_owned()).collect();
+        urls.iter().all(|u| url_with_scheme(u, &["http", "https"]).is_some()).then_some(urls)
+    });
+    let request_timeout = r.parse(CIM_GATEWAY_REQUEST_TIMEOUT_MS, int_in(10u64, 600_000)).map(Duration::from_millis);
+    let max_body_bytes = r.parse(CIM_GATEWAY_MAX_BODY_BYTES, int_in(1024usize, 64 << 20));
+    let rate_limit_per_minute = r.parse(CIM_GATEWAY_RATE_LIMIT_PER_MINUTE, int_in(0u64, 10_000_000));
+    let rate_limit_fail_open = r.parse(CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN, |s| s.parse::<bool>().ok());
+    let cache_ttl = r.parse(CIM_GATEWAY_CACHE_TTL_SECS, int_in(0u64, 86_400)).map(Duration::from_secs);
+    let session_ttl = r.parse(CIM_GATEWAY_SESSION_TTL_SECS, int_in(60u64, 2_592_000)).map(Duration::from_secs);
+    let max_connections = r.parse(CIM_WEBSOCKET_MAX_CONNECTIONS, int_in(1usize, 1_000_000));
+    let max_subscriptions = r.parse(CIM_WEBSOCKET_MAX_SUBSCRIPTIONS, int_in(1usize, 10_000));
+    let client_queue = r.parse(CIM_WEBSOCKET_CLIENT_QUEUE, int_in(1usize, 1_000_000));
+    let max_frame_bytes = r.parse(CIM_WEBSOCKET_MAX_FRAME_BYTES, int_in(256usize, 16 << 20));
+    let idle_timeout = r.parse(CIM_WEBSOCKET_IDLE_TIMEOUT_MS, int_in(1000u64, 3_600_000)).map(Duration::from_millis);
+    Some(EdgeSettings {
+        auth: AuthSettings {
+            hs256_secret: match hs256_secret {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
+            public_key_file,
+            issuer: issuer?,
+            audience: audience?,
+        },
+        gateway: GatewaySettings {
+            graph_urls: graph_urls?,
+            request_timeout: request_timeout?,
+            max_body_bytes: max_body_bytes?,
+            rate_limit_per_minute: rate_limit_per_minute?,
+            rate_limit_fail_open: rate_limit_fail_open?,
+            cache_ttl: cache_ttl?,
+            session_ttl: session_ttl?,
+        },
+        websocket: WebsocketSettings {
+            max_connections: max_connections?,
+            max_subscriptions: max_subscriptions?,
+            client_queue: client_queue?,
+            max_frame_bytes: max_frame_bytes?,
+            idle_timeout: idle_timeout?,
+        },
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub log_format: LogFormat,
@@ -210,6 +379,7 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub shutdown_grace: Duration,
     pub listen: BTreeMap<ServiceKind, Listen>,
+    pub edge: EdgeSettings,
 }
 
 /// One bad variable.
@@ -315,7 +485,9 @@ impl Config {
                 listen.insert(kind, Listen { addr, admin_addr });
             }
         }
+        let edge = edge_settings(&mut r);
         match (
+            edge,
             log_format,
             log_filter,
             database_url,
@@ -328,6 +500,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
+                Some(edge),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -351,6 +524,7 @@ impl Config {
                 connect_timeout,
                 shutdown_grace,
                 listen,
+                edge,
             }),
             _ => Err(ConfigErrors(r.errors)),
         }

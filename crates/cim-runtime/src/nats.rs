@@ -54,10 +54,7 @@ pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
     match tokio::time::timeout(settings.connect_timeout + Duration::from_millis(500), connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(RuntimeError::Nats { at, what: format!("cannot connect: {e}") }),
-        Err(_) => Err(RuntimeError::Nats {
-            at,
-            what: format!("no answer within {:?}", settings.connect_timeout),
-        }),
+        Err(_) => Err(RuntimeError::Nats { at, what: format!("no answer within {:?}", settings.connect_timeout) }),
     }
 }
 
