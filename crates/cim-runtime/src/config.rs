@@ -314,10 +314,9 @@ pub struct EdgeSettings {
 }
 
 fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
-    let hs256_secret = match r.optional(CIM_JWT_HS256_SECRET) {
-        Some(_) => Some(r.parse(CIM_JWT_HS256_SECRET, |s| (s.len() >= 32).then(|| Secret::new(s)))),
-        None => None,
-    };
+    let hs256_secret = r
+        .optional(CIM_JWT_HS256_SECRET)
+        .map(|_| r.parse(CIM_JWT_HS256_SECRET, |s| (s.len() >= 32).then(|| Secret::new(s))));
     let public_key_file = r.optional(CIM_JWT_PUBLIC_KEY_FILE).map(std::path::PathBuf::from);
     let issuer = r.parse(CIM_JWT_ISSUER, |s| (!s.is_empty()).then(|| s.to_owned()));
     let audience = r.parse(CIM_JWT_AUDIENCE, |s| (!s.is_empty()).then(|| s.to_owned()));
