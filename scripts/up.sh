@@ -16,5 +16,9 @@ CIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim"
 echo "up: checking the installation"
 "$CIM" doctor
 export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
-echo "up: starting CIM (Ctrl-C to stop)"
+# A development-only signing secret, so the gateway accepts the tokens `cim token` prints.
+export CIM_JWT_HS256_SECRET="${CIM_JWT_HS256_SECRET:-cim-local-development-secret-0123456789}"
+echo "up: a bearer token for the API (admin, new tenant, 1 h):"
+echo "    $("$CIM" token --roles admin)"
+echo "up: starting CIM (Ctrl-C to stop); API http://127.0.0.1:8080/api/v1, docs http://127.0.0.1:8080/api/openapi.json"
 exec "$CIM" serve --services "${CIM_SERVICES:-all}"

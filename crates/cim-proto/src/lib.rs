@@ -1,8 +1,9 @@
 //! Generated gRPC code for CIM's protos. Domain crates never see these types: they convert at
 //! the service edge.
 
-#![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod json;
 
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod cim {
     pub mod common {
         pub mod v1 {

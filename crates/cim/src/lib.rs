@@ -29,6 +29,20 @@ enum Command {
     Config,
     /// Check configuration, Postgres, NATS JetStream and Redis; exit non-zero if any is broken.
     Doctor,
+    /// Print an HS256 bearer token signed with CIM_JWT_HS256_SECRET (local development).
+    Token {
+        /// The tenant (a UUID); a new one when absent.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Comma-separated roles: reader, writer, admin.
+        #[arg(long, default_value = "admin")]
+        roles: String,
+        #[arg(long, default_value = "dev")]
+        subject: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -39,6 +53,7 @@ pub fn main() -> ExitCode {
             Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
         },
         Command::Config => config(),
+        Command::Token { tenant, roles, subject, ttl } => token(tenant, &roles, subject, ttl),
         Command::Doctor => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(doctor()),
             Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
@@ -167,8 +182,34 @@ async fn jetstream_streams(client: &async_nats::Client) -> Result<u64, String> {
     info.get("streams").and_then(serde_json::Value::as_u64).ok_or_else(|| format!("unexpected reply {info}"))
 }
 
+fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> ExitCode {
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(secret) = &config.edge.auth.hs256_secret else {
+        return fail("CIM_JWT_HS256_SECRET is not set", EXIT_CONFIG);
+    };
+    let tenant = tenant.unwrap_or_else(|| cim_core::TenantId::new().to_string());
+    let claims = cim_auth::Claims {
+        sub: subject,
+        tenant,
+        roles: roles.split(',').map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect(),
+        exp: cim_auth::now_secs() + ttl,
+        iss: config.edge.auth.issuer.clone(),
+        aud: config.edge.auth.audience.clone(),
+    };
+    match cim_auth::issue_hs256(secret.expose(), &claims) {
+        Ok(t) => {
+            out(&t);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string(), 1),
+    }
+}
+
 /// The services this build can run.
-const AVAILABLE: &[ServiceKind] = &[ServiceKind::Graph];
+const AVAILABLE: &[ServiceKind] = &[ServiceKind::Graph, ServiceKind::Gateway];
 
 fn select(spec: &str) -> Result<Vec<ServiceKind>, String> {
     if spec.trim() == "all" {
@@ -178,7 +219,7 @@ fn select(spec: &str) -> Result<Vec<ServiceKind>, String> {
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let kind: ServiceKind = name.parse()?;
         if !AVAILABLE.contains(&kind) {
-            return Err(format!("service {name} is not part of this build yet; available: graph"));
+            return Err(format!("service {name} is not part of this build yet; available: graph, gateway"));
         }
         if !chosen.contains(&kind) {
             chosen.push(kind);
@@ -220,6 +261,17 @@ async fn serve(spec: &str) -> ExitCode {
                 };
                 out(&format!("graph     gRPC {}  admin http://{}", prepared.grpc_addr, prepared.admin_addr));
                 running.spawn(async move { prepared.run().await.map_err(|e| format!("graph: {e}")) });
+            }
+            ServiceKind::Gateway => {
+                let prepared = match cim_gateway::app::prepare(&config, &shutdown.child()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        shutdown.trigger();
+                        return fail(&format!("gateway: {e}"), 1);
+                    }
+                };
+                out(&format!("gateway   http://{}  admin http://{}", prepared.addr, prepared.admin_addr));
+                running.spawn(async move { prepared.run().await.map_err(|e| format!("gateway: {e}")) });
             }
             other => return fail(&format!("service {other} is not part of this build yet"), EXIT_CONFIG),
         }

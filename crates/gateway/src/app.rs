@@ -1,0 +1,265 @@
+//! Wiring: state, router (public routes, then authenticated ones with their layers), and the
+//! process lifecycle under the runtime's `ServiceHost`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use cim_auth::{Principal, Role, Verifier};
+use cim_core::SubjectPrefix;
+use cim_runtime::config::{Config, GatewaySettings, ServiceKind};
+use cim_runtime::error::RuntimeError;
+use cim_runtime::host::{ServiceHost, bind};
+use cim_runtime::{Shutdown, nats, redis};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use utoipa::ToSchema;
+
+use crate::auth::require;
+use crate::limits::ApiJson;
+use crate::problem::ApiResult;
+use crate::upstream::Upstream;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub graph: Upstream,
+    pub verifier: Arc<Verifier>,
+    pub redis: deadpool_redis::Pool,
+    pub settings: Arc<GatewaySettings>,
+    pub prefix: SubjectPrefix,
+    /// Whether the event consumer that invalidates the cache is running; without it the cache
+    /// could serve a stale read, so it is bypassed.
+    pub invalidator_live: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{0}")]
+    Config(String),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub subject: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
+    /// jwt, api_key or session.
+    pub method: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    /// Roles the key grants; at most the creator's own.
+    pub roles: Vec<String>,
+    /// The key's subject (who it acts as), e.g. `ci-bot`.
+    pub subject: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub id: String,
+    /// Shown once; only its hash is stored.
+    pub key: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem)))]
+pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
+    Json(Me {
+        subject: p.subject,
+        tenant: p.tenant.to_string(),
+        roles: p.roles.iter().map(|r| r.to_string()).collect(),
+        method: serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem)))]
+pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
+    let cookie = crate::auth::login(&state, &p).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem)))]
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    let cookie = crate::auth::logout(&state, &headers).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
+    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem)))]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<NewApiKey>,
+) -> ApiResult<impl IntoResponse> {
+    require(&p, Role::Admin)?;
+    let roles = body
+        .roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.parse::<Role>().map_err(|e| crate::problem::ApiError::invalid(format!("roles[{i}]"), e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    if body.subject.is_empty() || body.subject.len() > 200 || body.subject.chars().any(char::is_control) {
+        return Err(crate::problem::ApiError::invalid("subject", "1 to 200 printable characters"));
+    }
+    let owner = Principal { subject: body.subject, tenant: p.tenant, roles, method: cim_auth::Method::ApiKey };
+    let (id, key) = crate::auth::create_api_key(&state, owner).await?;
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem)))]
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<StatusCode> {
+    require(&p, Role::Admin)?;
+    crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document())
+}
+
+async fn live() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(health): State<cim_runtime::health::Health>) -> impl IntoResponse {
+    let r = health.readiness().await;
+    (if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r))
+}
+
+async fn not_found() -> crate::problem::ApiError {
+    crate::problem::ApiError::new(cim_core::ErrorCode::NotFound, "no such route")
+}
+
+/// The complete router over `state`.
+pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
+    let authenticated = crate::graph::routes()
+        .route("/api/v1/auth/me", get(me))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/admin/api-keys", post(create_api_key))
+        .route("/api/v1/admin/api-keys/{id}", delete(revoke_api_key))
+        // Layers run bottom-up: auth first, then idempotency and the cache see the principal.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cache::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::middleware));
+    let public = Router::new()
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready).with_state(health));
+    public
+        .merge(authenticated)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::limits::deadline_and_metrics))
+        .with_state(state)
+}
+
+pub struct Prepared {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    host: ServiceHost,
+    listener: TcpListener,
+    admin: TcpListener,
+    app: Router,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Connects to NATS and Redis (lazily: the gateway serves without Redis) and binds.
+pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
+    crate::limits::describe();
+    crate::cache::describe();
+    let settings = Arc::new(config.edge.gateway.clone());
+    let verifier = Verifier::from_settings(&config.edge.auth).map_err(|e| AppError::Config(e.to_string()))?;
+    let graph = Upstream::graph(&settings.graph_urls, settings.request_timeout, config.connect_timeout)
+        .map_err(AppError::Config)?;
+    let redis = redis::connect_lazy(&redis::RedisSettings {
+        url: config.redis_url.expose().to_owned(),
+        max_size: 64,
+        timeout: std::time::Duration::from_millis(500),
+    })?;
+    let client = nats::connect(&nats::NatsSettings {
+        url: config.nats_url.clone(),
+        client_name: "cim-gateway".into(),
+        connect_timeout: config.connect_timeout,
+    })
+    .await?;
+    let state = AppState {
+        graph,
+        verifier: Arc::new(verifier),
+        redis,
+        settings,
+        prefix: config.subject_prefix.clone(),
+        invalidator_live: Arc::default(),
+    };
+    let listen = config.listen(ServiceKind::Gateway);
+    let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
+    host.health().add_check("nats", nats::readiness(client.clone()));
+    host.spawn_worker(
+        "cache-invalidator",
+        crate::cache::invalidator(state.clone(), nats::jetstream(client), host.workers_shutdown()),
+    );
+    let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
+    let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;
+    let app = router(state, host.health().clone());
+    Ok(Prepared {
+        addr: listener.local_addr().map_err(RuntimeError::from)?,
+        admin_addr: admin.local_addr().map_err(RuntimeError::from)?,
+        host,
+        listener,
+        admin,
+        app,
+        shutdown: shutdown.clone(),
+    })
+}
+
+impl Prepared {
+    /// Serves until shutdown: the HTTP listener drains in-flight requests, then the host stops
+    /// workers and the admin listener.
+    pub async fn run(self) -> Result<(), AppError> {
+        tracing::info!(http = %self.addr, admin = %self.admin_addr, "gateway listening");
+        let stop = self.shutdown.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(self.listener, self.app).with_graceful_shutdown(async move { stop.wait().await }).await
+        });
+        self.host.run(self.admin, None).await?;
+        match http.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AppError::Runtime(RuntimeError::from(e))),
+            Err(e) => Err(AppError::Config(format!("HTTP server task failed: {e}"))),
+        }
+    }
+}
+
+pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
+    prepare(config, shutdown).await?.run().await
+}

@@ -1,0 +1,217 @@
+//! Cached GETs in Redis, invalidated by the domain's events.
+//!
+//! Each graph has one Redis hash: a `gen` counter and the cached responses of its GET routes,
+//! each tagged with the `gen` it was computed under. An event for the graph (consumed from
+//! JetStream by one durable consumer shared by all gateway instances) bumps `gen`; a response
+//! computed before the bump is never served after it, even if it was written late: the write
+//! only lands when `gen` is still what the reader saw (a Lua check-and-set).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cim_auth::Principal;
+use cim_core::Domain;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+
+pub const CACHE_REQUESTS_TOTAL: &str = "cim_gateway_cache_requests_total";
+pub const CACHE_INVALIDATIONS_TOTAL: &str = "cim_gateway_cache_invalidations_total";
+
+pub fn describe() {
+    metrics::describe_counter!(CACHE_REQUESTS_TOTAL, "Cacheable GETs, by result (hit, miss, unavailable)");
+    metrics::describe_counter!(CACHE_INVALIDATIONS_TOTAL, "Graphs whose cached responses were invalidated");
+}
+
+fn entry(graph: &str) -> String {
+    format!("cim:gw:cache:{graph}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    g: i64,
+    b: String,
+}
+
+const STORE_IF_CURRENT: &str = r"
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if gen == tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return gen";
+
+/// Makes every cached response of `graph` stale.
+pub async fn invalidate(state: &AppState, graph: &str) -> Result<(), String> {
+    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+    let key = entry(graph);
+    let _: () = deadpool_redis::redis::pipe()
+        .hincr(&key, "gen", 1)
+        .ignore()
+        .expire(&key, state.settings.cache_ttl.as_secs().max(1) as i64)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(1);
+    Ok(())
+}
+
+/// The graph id of a cacheable GET: `/api/v1/graphs/{id}` and everything below it.
+fn cacheable(req: &Request) -> Option<String> {
+    if req.method() != http::Method::GET {
+        return None;
+    }
+    let rest = req.uri().path().strip_prefix("/api/v1/graphs/")?;
+    let graph = rest.split('/').next()?;
+    uuid::Uuid::parse_str(graph).ok().map(|_| graph.to_owned())
+}
+
+fn json_response(body: String, hit: bool) -> Response {
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert("x-cache", HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    res
+}
+
+pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ttl = state.settings.cache_ttl;
+    let (Some(graph), false) = (cacheable(&req), ttl.is_zero()) else { return next.run(req).await };
+    if !state.invalidator_live.load(Ordering::Acquire) {
+        metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "unavailable").increment(1);
+        return next.run(req).await;
+    }
+    let Some(tenant) = req.extensions().get::<Principal>().map(|p| p.tenant) else { return next.run(req).await };
+    let key = entry(&graph);
+    let field = format!("{tenant}|{}", req.uri());
+    let looked: Result<(Option<i64>, Option<String>), String> = async {
+        let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
+        deadpool_redis::redis::cmd("HMGET")
+            .arg(&key)
+            .arg("gen")
+            .arg(&field)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let Ok((gen_seen, cached)) = looked else {
+        metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "unavailable").increment(1);
+        return next.run(req).await;
+    };
+    let gen_seen = gen_seen.unwrap_or(0);
+    if let Some(c) = cached.and_then(|c| serde_json::from_str::<Cached>(&c).ok()).filter(|c| c.g == gen_seen) {
+        metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
+        return json_response(c.b, true);
+    }
+    metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "miss").increment(1);
+    let res = next.run(req).await;
+    if res.status() != StatusCode::OK {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let store = serde_json::to_string(&Cached { g: gen_seen, b: text.clone() }).unwrap_or_default();
+    if let Ok(mut conn) = state.redis.get().await {
+        let _: Result<i64, _> = deadpool_redis::redis::cmd("EVAL")
+            .arg(STORE_IF_CURRENT)
+            .arg(1)
+            .arg(&key)
+            .arg(gen_seen)
+            .arg(&field)
+            .arg(store)
+            .arg(ttl.as_secs())
+            .query_async(&mut conn)
+            .await;
+    }
+    let mut res = Response::from_parts(parts, Body::from(text));
+    res.headers_mut().insert("x-cache", HeaderValue::from_static("miss"));
+    res
+}
+
+/// Consumes the graph domain's events and invalidates the cache of each graph they touch. One
+/// durable consumer for all gateway instances: the cache is shared, so one invalidation is enough.
+pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let prefix = state.prefix.clone();
+    let stream = prefix.stream_name(Domain::Graph);
+    let durable = "gateway-cache".to_owned();
+    loop {
+        let consumer = async {
+            let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            s.get_or_create_consumer(
+                &durable,
+                pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: prefix.domain_events(Domain::Graph),
+                    deliver_policy: DeliverPolicy::New,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(10),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+        };
+        let consumer = tokio::select! {
+            c = consumer => c,
+            () = stop.wait() => return,
+        };
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache invalidator: cannot pull; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, %stream, "cache invalidator: no consumer yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = stop.wait() => return,
+                }
+            }
+        };
+        state.invalidator_live.store(true, Ordering::Release);
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                () = stop.wait() => return,
+            };
+            let Some(Ok(msg)) = next else {
+                // Until the consumer is back, changes made elsewhere would go unnoticed.
+                state.invalidator_live.store(false, Ordering::Release);
+                break;
+            };
+            let graph = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID))
+                .map(|v| v.as_str().to_owned());
+            let done = match graph {
+                Some(g) => invalidate(&state, &g).await,
+                None => Ok(()),
+            };
+            match done {
+                Ok(()) => {
+                    let _ = msg.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache invalidation failed; will be redelivered");
+                    let _ = msg.ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The REST/JSON gateway: `/api/v1/...` over the domain services' gRPC APIs.
+//!
+//! - [`app`]: state, router and lifecycle; [`graph`]: the graph routes (one module per domain).
+//! - [`auth`]: bearer tokens, API keys, sessions; [`limits`]: rate limits, deadline, bodies, metrics.
+//! - [`cache`]: cached GETs invalidated by events; [`idempotency`]: `Idempotency-Key` replay.
+//! - [`problem`]: problem+json from the one error-code table; [`upstream`]: gRPC clients.
+//! - [`openapi`]: the OpenAPI 3.1 document served at `/api/openapi.json`.
+
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod graph;
+pub mod idempotency;
+pub mod limits;
+pub mod openapi;
+pub mod problem;
+pub mod upstream;

@@ -1,0 +1,43 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the DTO types.
+
+use std::sync::LazyLock;
+
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::graph as g;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components
+            .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "CIM API", description = "REST/JSON over CIM's domain services. Errors are application/problem+json."),
+    paths(
+        g::create_graph, g::list_graphs, g::get_graph, g::rename_graph, g::archive_graph,
+        g::add_node, g::list_nodes, g::get_node, g::update_node, g::remove_node,
+        g::add_edge, g::list_edges, g::update_edge, g::remove_edge, g::apply_batch,
+        g::neighbors, g::traverse, g::shortest_path, g::graph_at_version,
+        crate::app::me, crate::app::login, crate::app::logout, crate::app::create_api_key, crate::app::revoke_api_key,
+    ),
+    modifiers(&Security),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+struct Doc;
+
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| Doc::openapi().to_pretty_json().unwrap_or_default());
+
+pub fn document() -> &'static str {
+    DOCUMENT.as_str()
+}

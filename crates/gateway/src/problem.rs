@@ -1,0 +1,119 @@
+//! Errors as RFC 9457 problem+json, from one table: every failure carries an [`ErrorCode`],
+//! whose HTTP status is defined once in `cim-core` (the same table gives gRPC codes).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cim_core::ErrorCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One offending field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// Dotted path of the field, e.g. `node.properties`.
+    pub field: String,
+    pub reason: String,
+}
+
+/// The body of every error response (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:cim:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `not_found`.
+    pub code: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+    pub errors: Vec<FieldProblem>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into(), errors: vec![], retry_after: None }
+    }
+
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        let (field, reason) = (field.into(), reason.into());
+        Self {
+            code: ErrorCode::InvalidArgument,
+            detail: format!("{field}: {reason}"),
+            errors: vec![FieldProblem { field, reason }],
+            retry_after: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.http()
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("urn:cim:problem:{}", self.code.as_str()),
+            title: self.code.title().to_owned(),
+            status: self.status().as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.as_str().to_owned(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut res = (self.status(), body).into_response();
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+/// A domain service's error: its code and message, and the field violations it attached.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        use prost::Message;
+        let detail = cim_proto::common::ErrorDetail::decode(status.details()).ok().filter(|d| !d.code.is_empty());
+        let code = detail
+            .as_ref()
+            .and_then(|d| ErrorCode::from_str_code(&d.code))
+            .unwrap_or_else(|| ErrorCode::from_grpc(status.code()));
+        let errors = detail
+            .map(|d| {
+                d.field_violations.into_iter().map(|v| FieldProblem { field: v.field, reason: v.description }).collect()
+            })
+            .unwrap_or_default();
+        let message = match status.code() {
+            // Transport failures carry internals (addresses, h2 errors): say what the caller can act on.
+            tonic::Code::Unavailable | tonic::Code::Unknown if code == ErrorCode::Unavailable => {
+                "the service is unavailable; retry later".to_owned()
+            }
+            _ => status.message().to_owned(),
+        };
+        Self { code, detail: message, errors, retry_after: None }
+    }
+}
+
+impl From<cim_auth::AuthError> for ApiError {
+    fn from(e: cim_auth::AuthError) -> Self {
+        if let cim_auth::AuthError::Config(detail) = &e {
+            tracing::error!(%detail, "authentication misconfigured");
+        }
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

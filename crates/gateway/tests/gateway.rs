@@ -1,0 +1,303 @@
+//! The gateway over real TCP, in front of a real graph service, Postgres, NATS and Redis.
+
+#[path = "../../graph/tests/support/harness.rs"]
+mod harness;
+#[path = "support/http.rs"]
+mod http;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cim_auth::{Claims, issue_hs256, now_secs};
+use cim_core::TenantId;
+use cim_runtime::Shutdown;
+use cim_runtime::config::Config;
+use http::{Reply, call};
+
+const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+struct Gateway {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn gateway(graph: &harness::Service, extra: &[(&str, &str)]) -> Gateway {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("CIM_GATEWAY_GRAPH_URLS".into(), format!("http://{}", graph.grpc)),
+        ("CIM_NATS_URL".into(), harness::nats_url()),
+        ("CIM_SUBJECT_PREFIX".into(), graph.prefix.clone()),
+        ("CIM_GATEWAY_ADDR".into(), "127.0.0.1:0".into()),
+        ("CIM_GATEWAY_ADMIN_ADDR".into(), "127.0.0.1:0".into()),
+        ("CIM_JWT_HS256_SECRET".into(), SECRET.into()),
+        ("CIM_GATEWAY_MAX_BODY_BYTES".into(), "4096".into()),
+        ("CIM_SHUTDOWN_GRACE_MS".into(), "1000".into()),
+    ]);
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
+    let shutdown = Shutdown::new();
+    let prepared = cim_gateway::app::prepare(&config, &shutdown).await.unwrap();
+    let addr = prepared.addr;
+    let task = tokio::spawn(async move {
+        prepared.run().await.unwrap();
+    });
+    Gateway { addr, shutdown, task }
+}
+
+impl Gateway {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.task.await;
+    }
+}
+
+fn token(tenant: TenantId, roles: &[&str], exp: u64) -> String {
+    issue_hs256(
+        SECRET,
+        &Claims {
+            sub: "alice".into(),
+            tenant: tenant.to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            exp,
+            iss: "cim".into(),
+            aud: "cim".into(),
+        },
+    )
+    .unwrap()
+}
+
+fn bearer(t: &str) -> Vec<(&'static str, String)> {
+    vec![("Authorization", format!("Bearer {t}"))]
+}
+
+fn problem(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"), "{r:?}");
+    assert_eq!(r.json()["code"], code, "{r:?}");
+}
+
+/// Polls until `f` holds (events travel through NATS), up to 10 s.
+async fn eventually<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_with_auth_tenants_limits_idempotency_and_cache() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[]).await;
+    let a = gw.addr;
+    let (t1, t2) = (TenantId::new(), TenantId::new());
+    let writer = bearer(&token(t1, &["writer"], now_secs() + 600));
+    let admin = bearer(&token(t1, &["admin"], now_secs() + 600));
+    let reader = bearer(&token(t1, &["reader"], now_secs() + 600));
+    let other = bearer(&token(t2, &["admin"], now_secs() + 600));
+
+    // Unauthenticated: only health and the OpenAPI document.
+    let doc = call(a, "GET", "/api/openapi.json", &[], None).await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.json()["openapi"].as_str().unwrap().starts_with("3.1"), "{}", &doc.body[..80]);
+    assert_eq!(call(a, "GET", "/health/live", &[], None).await.status, 200);
+    problem(&call(a, "GET", "/api/v1/graphs", &[], None).await, 401, "unauthenticated");
+    problem(&call(a, "GET", "/api/v1/graphs", &bearer("not-a-token"), None).await, 401, "unauthenticated");
+    let expired = bearer(&token(t1, &["admin"], now_secs() - 600));
+    let r = call(a, "GET", "/api/v1/graphs", &expired, None).await;
+    problem(&r, 401, "unauthenticated");
+    assert!(r.json()["detail"].as_str().unwrap().contains("expired"));
+    let forged = bearer(
+        &issue_hs256(
+            "another-secret-another-secret-12345",
+            &Claims {
+                sub: "x".into(),
+                tenant: t1.to_string(),
+                roles: vec!["admin".into()],
+                exp: now_secs() + 60,
+                iss: "cim".into(),
+                aud: "cim".into(),
+            },
+        )
+        .unwrap(),
+    );
+    problem(&call(a, "GET", "/api/v1/graphs", &forged, None).await, 401, "unauthenticated");
+
+    // Commands and queries, one route each.
+    let r = call(a, "POST", "/api/v1/graphs", &writer, Some(r#"{"name":"people","properties":{"k":1}}"#)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let g = r.json()["graph_id"].as_str().unwrap().to_owned();
+    let base = format!("/api/v1/graphs/{g}");
+    assert_eq!(call(a, "GET", &base, &reader, None).await.json()["name"], "people");
+    let r = call(a, "PATCH", &format!("{base}?expected_version=1"), &writer, Some(r#"{"name":"folks"}"#)).await;
+    assert_eq!((r.status, r.json()["version"].as_u64()), (200, Some(2)), "{r:?}");
+    let stale = call(a, "PATCH", &format!("{base}?expected_version=1"), &writer, Some(r#"{"name":"x"}"#)).await;
+    assert_eq!(stale.status, 409, "{stale:?}");
+    for n in ["a", "b", "c"] {
+        let body = format!(r#"{{"id":"{n}","type":"person","properties":{{"name":"{n}"}}}}"#);
+        assert_eq!(call(a, "POST", &format!("{base}/nodes"), &writer, Some(&body)).await.status, 201);
+    }
+    let r = call(a, "GET", &format!("{base}/nodes?page_size=2"), &reader, None).await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2, "{r:?}");
+    let next = r.json()["next_page_token"].as_str().unwrap().to_owned();
+    let r = call(a, "GET", &format!("{base}/nodes?page_size=2&page_token={next}"), &reader, None).await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1, "{r:?}");
+    assert_eq!(call(a, "GET", &format!("{base}/nodes/a"), &reader, None).await.json()["properties"]["name"], "a");
+    let r = call(a, "PATCH", &format!("{base}/nodes/a"), &writer, Some(r#"{"properties":{"name":"A"}}"#)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let edge = r#"{"id":"ab","type":"knows","source":"a","target":"b"}"#;
+    assert_eq!(call(a, "POST", &format!("{base}/edges"), &writer, Some(edge)).await.status, 201);
+    let r = call(a, "GET", &format!("{base}/edges?node_id=a"), &reader, None).await;
+    assert_eq!(r.json()["items"][0]["id"], "ab", "{r:?}");
+    let r = call(a, "PATCH", &format!("{base}/edges/ab"), &writer, Some(r#"{"properties":{"w":2}}"#)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let batch = r#"{"changes":[{"op":"add_edge","id":"bc","type":"knows","source":"b","target":"c"},{"op":"add_node","id":"d","type":"person"}]}"#;
+    assert_eq!(call(a, "POST", &format!("{base}/batch"), &writer, Some(batch)).await.status, 200);
+    let r = call(a, "GET", &format!("{base}/nodes/a/neighbors?direction=out"), &reader, None).await;
+    assert_eq!(r.json()["items"][0]["node"]["id"], "b", "{r:?}");
+    let r =
+        call(a, "POST", &format!("{base}/traverse"), &reader, Some(r#"{"start":"a","max_depth":3,"max_nodes":10}"#))
+            .await;
+    assert_eq!(r.json()["visits"].as_array().unwrap().len(), 3, "{r:?}");
+    let r = call(a, "GET", &format!("{base}/shortest-path?from=a&to=c&max_depth=5"), &reader, None).await;
+    assert_eq!(
+        (r.json()["found"].as_bool(), r.json()["edges"].as_array().map(Vec::len)),
+        (Some(true), Some(2)),
+        "{r:?}"
+    );
+    let r = call(a, "GET", &format!("{base}/versions/1"), &reader, None).await;
+    assert_eq!(
+        (r.json()["graph"]["name"].as_str(), r.json()["nodes"].as_array().map(Vec::len)),
+        (Some("people"), Some(0))
+    );
+    assert_eq!(call(a, "DELETE", &format!("{base}/edges/bc"), &writer, None).await.status, 200);
+    assert_eq!(call(a, "DELETE", &format!("{base}/nodes/d"), &writer, None).await.status, 200);
+    let r = call(a, "GET", "/api/v1/graphs", &reader, None).await;
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1, "{r:?}");
+
+    // Roles, tenants, bad input.
+    problem(
+        &call(a, "POST", &format!("{base}/nodes"), &reader, Some(r#"{"type":"t"}"#)).await,
+        403,
+        "permission_denied",
+    );
+    problem(&call(a, "GET", &base, &other, None).await, 404, "not_found");
+    problem(&call(a, "POST", &format!("{base}/nodes"), &other, Some(r#"{"type":"t"}"#)).await, 404, "not_found");
+    let r = call(a, "POST", "/api/v1/graphs", &writer, Some(r#"{"name":5}"#)).await;
+    problem(&r, 400, "invalid_argument");
+    assert_eq!(r.json()["errors"][0]["field"], "name", "{r:?}");
+    let r =
+        call(a, "POST", &format!("{base}/batch"), &writer, Some(r#"{"changes":[{"op":"add_node","type":7}]}"#)).await;
+    // Internally tagged changes are buffered by serde, so the path stops at the change.
+    assert_eq!(r.json()["errors"][0]["field"], "changes[0]", "{r:?}");
+    problem(&call(a, "POST", "/api/v1/graphs", &writer, Some("{not json")).await, 400, "invalid_argument");
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(5000));
+    problem(&call(a, "POST", "/api/v1/graphs", &writer, Some(&big)).await, 413, "payload_too_large");
+    problem(
+        &call(a, "POST", &format!("{base}/edges"), &writer, Some(r#"{"type":"k","source":"a","target":"zz"}"#)).await,
+        422,
+        "failed_precondition",
+    );
+    problem(&call(a, "GET", "/api/v1/graphs/nope", &reader, None).await, 400, "invalid_argument");
+
+    // Idempotency-Key: the retry gets the first response; another request with the key is refused.
+    let mut keyed = writer.clone();
+    keyed.push(("Idempotency-Key", "add-e-1".into()));
+    let first = call(a, "POST", &format!("{base}/nodes"), &keyed, Some(r#"{"id":"e","type":"person"}"#)).await;
+    let again = call(a, "POST", &format!("{base}/nodes"), &keyed, Some(r#"{"id":"e","type":"person"}"#)).await;
+    assert_eq!((first.status, again.status), (201, 201), "{again:?}");
+    assert_eq!(first.body, again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let misuse = call(a, "POST", &format!("{base}/nodes"), &keyed, Some(r#"{"id":"f","type":"person"}"#)).await;
+    problem(&misuse, 422, "failed_precondition");
+
+    // Cache: a repeated GET is a hit; a change made behind the gateway's back (directly over
+    // gRPC) makes it fresh once the event arrives, and it stays fresh.
+    let v0 = call(a, "GET", &base, &reader, None).await.json()["version"].as_u64().unwrap();
+    let hit = call(a, "GET", &base, &reader, None).await;
+    assert_eq!(hit.header("x-cache"), Some("hit"), "{hit:?}");
+    let mut direct = graph.client().await;
+    direct
+        .add_node(harness::req(
+            t1,
+            cim_proto::graph::AddNodeRequest {
+                graph_id: g.clone(),
+                node: Some(harness::node("direct", "person")),
+                options: None,
+            },
+        ))
+        .await
+        .unwrap();
+    let fresh =
+        eventually(|| async { call(a, "GET", &base, &reader, None).await.json()["version"].as_u64() == Some(v0 + 1) })
+            .await;
+    assert!(fresh, "the cached graph never showed the change");
+    for _ in 0..5 {
+        assert_eq!(call(a, "GET", &base, &reader, None).await.json()["version"].as_u64(), Some(v0 + 1));
+    }
+    // A change through the gateway is visible at once.
+    assert_eq!(call(a, "DELETE", &format!("{base}/nodes/direct"), &writer, None).await.status, 200);
+    assert_eq!(call(a, "GET", &base, &reader, None).await.json()["version"].as_u64(), Some(v0 + 2));
+
+    // API keys: created by an admin, scoped to its tenant and roles, revocable.
+    let r = call(a, "POST", "/api/v1/admin/api-keys", &writer, Some(r#"{"subject":"bot","roles":["reader"]}"#)).await;
+    problem(&r, 403, "permission_denied");
+    let r = call(a, "POST", "/api/v1/admin/api-keys", &admin, Some(r#"{"subject":"bot","roles":["reader"]}"#)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (id, key) = (r.json()["id"].as_str().unwrap().to_owned(), r.json()["key"].as_str().unwrap().to_owned());
+    let with_key = vec![("X-Api-Key", key.clone())];
+    assert_eq!(call(a, "GET", &base, &with_key, None).await.status, 200);
+    problem(
+        &call(a, "POST", &format!("{base}/nodes"), &with_key, Some(r#"{"type":"t"}"#)).await,
+        403,
+        "permission_denied",
+    );
+    problem(&call(a, "DELETE", &format!("/api/v1/admin/api-keys/{id}"), &other, None).await, 404, "not_found");
+    assert_eq!(call(a, "DELETE", &format!("/api/v1/admin/api-keys/{id}"), &admin, None).await.status, 204);
+    problem(&call(a, "GET", &base, &with_key, None).await, 401, "unauthenticated");
+
+    // Console sessions: login sets an HttpOnly cookie; logout revokes it.
+    let r = call(a, "POST", "/api/v1/auth/login", &reader, None).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let set = r.header("set-cookie").unwrap().to_owned();
+    assert!(set.contains("HttpOnly"), "{set}");
+    let cookie = vec![("Cookie", set.split(';').next().unwrap().to_owned())];
+    assert_eq!(call(a, "GET", "/api/v1/auth/me", &cookie, None).await.json()["method"], "session");
+    assert_eq!(call(a, "POST", "/api/v1/auth/logout", &cookie, None).await.status, 204);
+    problem(&call(a, "GET", "/api/v1/auth/me", &cookie, None).await, 401, "unauthenticated");
+
+    assert_eq!(call(a, "DELETE", &base, &writer, None).await.status, 200);
+    gw.stop().await;
+    graph.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_principal_past_its_rate_limit_gets_429_with_retry_after() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "5")]).await;
+    let me = bearer(&token(TenantId::new(), &["reader"], now_secs() + 600));
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(call(gw.addr, "GET", "/api/v1/auth/me", &me, None).await);
+    }
+    let limited: Vec<_> = statuses.iter().filter(|r| r.status == 429).collect();
+    // A minute boundary may fall inside the loop: at least one request is refused either way.
+    assert!(!limited.is_empty(), "{:?}", statuses.iter().map(|r| r.status).collect::<Vec<_>>());
+    problem(limited[0], 429, "rate_limited");
+    let after: u64 = limited[0].header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&after));
+    // Another principal is not affected.
+    let other = bearer(&token(TenantId::new(), &["reader"], now_secs() + 600));
+    assert_eq!(call(gw.addr, "GET", "/api/v1/auth/me", &other, None).await.status, 200);
+    gw.stop().await;
+    graph.stop().await;
+}
