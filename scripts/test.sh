@@ -88,7 +88,7 @@ if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf' >/dev/null 2>&1; t
     fi
 fi
 export CIM_TEST_PYTHON="$PY"
-"$PY" -c 'import grpc, google.protobuf; print("python client ready:", grpc.__version__, google.protobuf.__version__)'
+"$PY" -c 'import grpc, google.protobuf, schemathesis; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__)'
 
 header "deployment files: scripts/check-deploy.sh"
 run "check-deploy" bash scripts/check-deploy.sh

@@ -77,7 +77,7 @@ pub struct CreatedApiKey {
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
-    responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
     Json(Me {
         subject: p.subject,
@@ -88,21 +88,21 @@ pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
-    responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
     let cookie = crate::auth::login(&state, &p).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     let cookie = crate::auth::logout(&state, &headers).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
-    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -126,11 +126,11 @@ pub async fn create_api_key(
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn revoke_api_key(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    crate::limits::ApiPath(id): crate::limits::ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     require(&p, Role::Admin)?;
     crate::auth::revoke_api_key(&state, p.tenant, &id).await?;

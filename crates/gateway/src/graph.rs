@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::require;
-use crate::limits::ApiJson;
+use crate::limits::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
 
 type Props = serde_json::Map<String, serde_json::Value>;
@@ -113,7 +113,7 @@ pub struct Traversal {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Path_ {
+pub struct ShortestPath {
     pub found: bool,
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
@@ -424,11 +424,11 @@ macro_rules! query {
 
 #[utoipa::path(post, path = "/api/v1/graphs", tag = "graphs", request_body = CreateGraph,
     params(CommandQuery),
-    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_graph(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Query(q): Query<CommandQuery>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateGraph>,
 ) -> ApiResult<impl IntoResponse> {
@@ -445,11 +445,11 @@ pub async fn create_graph(
 }
 
 #[utoipa::path(get, path = "/api/v1/graphs", tag = "graphs", params(ListGraphsQuery),
-    responses((status = 200, body = GraphPage), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = GraphPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_graphs(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Query(q): Query<ListGraphsQuery>,
+    ApiQuery(q): ApiQuery<ListGraphsQuery>,
 ) -> ApiResult<Json<GraphPage>> {
     let msg = pb::ListGraphsRequest {
         page: page(q.page_size, q.page_token),
@@ -460,23 +460,23 @@ pub async fn list_graphs(
 }
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}", tag = "graphs", params(("graph_id" = String, Path)),
-    responses((status = 200, body = Graph), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = Graph), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_graph(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
+    ApiPath(graph_id): ApiPath<String>,
 ) -> ApiResult<Json<Graph>> {
     Ok(Json(graph(query!(state, p, get_graph, pb::GetGraphRequest { graph_id }))))
 }
 
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}", tag = "graphs", request_body = RenameGraph,
     params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn rename_graph(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<CommandQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RenameGraph>,
 ) -> ApiResult<impl IntoResponse> {
@@ -486,12 +486,12 @@ pub async fn rename_graph(
 
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}", tag = "graphs",
     params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn archive_graph(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<CommandQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::ArchiveGraphRequest { graph_id: graph_id.clone(), options: options(&q, &headers) };
@@ -500,12 +500,12 @@ pub async fn archive_graph(
 
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/nodes", tag = "nodes", request_body = NodeSpec,
     params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn add_node(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<CommandQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<NodeSpec>,
 ) -> ApiResult<impl IntoResponse> {
@@ -523,12 +523,12 @@ pub async fn add_node(
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes", tag = "nodes",
     params(("graph_id" = String, Path), ListNodesQuery),
-    responses((status = 200, body = NodePage), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = NodePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_nodes(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<ListNodesQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListNodesQuery>,
 ) -> ApiResult<Json<NodePage>> {
     let msg = pb::ListNodesRequest {
         graph_id,
@@ -541,23 +541,23 @@ pub async fn list_nodes(
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}", tag = "nodes",
     params(("graph_id" = String, Path), ("node_id" = String, Path)),
-    responses((status = 200, body = Node), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = Node), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_node(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, node_id)): Path<(String, String)>,
+    ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Node>> {
     Ok(Json(node(query!(state, p, get_node, pb::GetNodeRequest { graph_id, node_id }))))
 }
 
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}", tag = "nodes", request_body = SetProperties,
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_node(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, node_id)): Path<(String, String)>,
-    Query(q): Query<CommandQuery>,
+    ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SetProperties>,
 ) -> ApiResult<impl IntoResponse> {
@@ -572,12 +572,12 @@ pub async fn update_node(
 
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}", tag = "nodes",
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn remove_node(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, node_id)): Path<(String, String)>,
-    Query(q): Query<CommandQuery>,
+    ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::RemoveNodeRequest { graph_id: graph_id.clone(), node_id, options: options(&q, &headers) };
@@ -586,12 +586,12 @@ pub async fn remove_node(
 
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/edges", tag = "edges", request_body = EdgeSpec,
     params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn add_edge(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<CommandQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<EdgeSpec>,
 ) -> ApiResult<impl IntoResponse> {
@@ -611,12 +611,12 @@ pub async fn add_edge(
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/edges", tag = "edges",
     params(("graph_id" = String, Path), ListEdgesQuery),
-    responses((status = 200, body = EdgePage), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = EdgePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_edges(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<ListEdgesQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListEdgesQuery>,
 ) -> ApiResult<Json<EdgePage>> {
     let msg = pb::ListEdgesRequest {
         graph_id,
@@ -630,12 +630,12 @@ pub async fn list_edges(
 
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}/edges/{edge_id}", tag = "edges", request_body = SetProperties,
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_edge(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, edge_id)): Path<(String, String)>,
-    Query(q): Query<CommandQuery>,
+    ApiPath((graph_id, edge_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SetProperties>,
 ) -> ApiResult<impl IntoResponse> {
@@ -650,12 +650,12 @@ pub async fn update_edge(
 
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}/edges/{edge_id}", tag = "edges",
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn remove_edge(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, edge_id)): Path<(String, String)>,
-    Query(q): Query<CommandQuery>,
+    ApiPath((graph_id, edge_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::RemoveEdgeRequest { graph_id: graph_id.clone(), edge_id, options: options(&q, &headers) };
@@ -692,12 +692,12 @@ fn change(c: Change) -> pb::GraphChange {
 
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/batch", tag = "graphs", request_body = Batch,
     params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn apply_batch(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<CommandQuery>,
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Batch>,
 ) -> ApiResult<impl IntoResponse> {
@@ -711,12 +711,12 @@ pub async fn apply_batch(
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", tag = "queries",
     params(("graph_id" = String, Path), ("node_id" = String, Path), NeighborsQuery),
-    responses((status = 200, body = Neighbors), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = Neighbors), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn neighbors(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, node_id)): Path<(String, String)>,
-    Query(q): Query<NeighborsQuery>,
+    ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<NeighborsQuery>,
 ) -> ApiResult<Json<Neighbors>> {
     let msg = pb::NeighborsRequest {
         graph_id,
@@ -733,11 +733,11 @@ pub async fn neighbors(
 
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/traverse", tag = "queries", request_body = TraverseRequest,
     params(("graph_id" = String, Path)),
-    responses((status = 200, body = Traversal), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = Traversal), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn traverse(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
+    ApiPath(graph_id): ApiPath<String>,
     ApiJson(body): ApiJson<TraverseRequest>,
 ) -> ApiResult<Json<Traversal>> {
     let msg = pb::TraverseRequest {
@@ -761,13 +761,13 @@ pub async fn traverse(
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/shortest-path", tag = "queries",
     params(("graph_id" = String, Path), PathQuery),
-    responses((status = 200, body = Path_), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = ShortestPath), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn shortest_path(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(graph_id): Path<String>,
-    Query(q): Query<PathQuery>,
-) -> ApiResult<Json<Path_>> {
+    ApiPath(graph_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> ApiResult<Json<ShortestPath>> {
     let msg = pb::ShortestPathRequest {
         graph_id,
         from_node_id: q.from,
@@ -777,7 +777,7 @@ pub async fn shortest_path(
         max_depth: q.max_depth.unwrap_or(0),
     };
     let r = query!(state, p, shortest_path, msg);
-    Ok(Json(Path_ {
+    Ok(Json(ShortestPath {
         found: r.found,
         nodes: r.nodes.into_iter().map(node).collect(),
         edges: r.edges.into_iter().map(edge).collect(),
@@ -786,11 +786,11 @@ pub async fn shortest_path(
 
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/versions/{version}", tag = "queries",
     params(("graph_id" = String, Path), ("version" = u64, Path)),
-    responses((status = 200, body = Snapshot), (status = "4XX", body = crate::problem::Problem)))]
+    responses((status = 200, body = Snapshot), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn graph_at_version(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path((graph_id, version)): Path<(String, u64)>,
+    ApiPath((graph_id, version)): ApiPath<(String, u64)>,
 ) -> ApiResult<Json<Snapshot>> {
     let r = query!(state, p, get_graph_at_version, pb::GetGraphAtVersionRequest { graph_id, version });
     let g = r.graph.ok_or_else(|| ApiError::new(cim_core::ErrorCode::Internal, "snapshot without graph"))?;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cim_auth::Principal;
 use cim_core::ErrorCode;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::problem::ApiError;
@@ -74,7 +75,11 @@ pub async fn deadline_and_metrics(State(state): State<AppState>, req: Request, n
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
-    let res = match tokio::time::timeout(state.settings.request_timeout, next.run(req)).await {
+    // The request's span continues the caller's trace; outgoing gRPC calls inject it.
+    let span = tracing::info_span!("http", %method, %route, otel.kind = "server");
+    cim_runtime::telemetry::continue_http(&span, req.headers());
+    let handled = tokio::time::timeout(state.settings.request_timeout, next.run(req)).instrument(span);
+    let res = match handled.await {
         Ok(res) => res,
         Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "the request took too long").into_response(),
     };
@@ -115,5 +120,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             let field = if path == "." { "body".to_owned() } else { path };
             ApiError::invalid(field, e.inner().to_string())
         })
+    }
+}
+
+/// Query parameters whose parse errors are problem+json (axum's own answer is plain text).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("query: {}", e.body_text())))
+    }
+}
+
+/// Path parameters whose parse errors are problem+json.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("path: {}", e.body_text())))
     }
 }

@@ -301,3 +301,86 @@ async fn a_principal_past_its_rate_limit_gets_429_with_retry_after() {
     gw.stop().await;
     graph.stop().await;
 }
+
+/// Without Redis the gateway keeps serving bearer-token traffic (no cache, rate limit failing
+/// open), stays ready, and says plainly what needs Redis; failing closed refuses with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_the_gateway_degrades_instead_of_failing() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[("CIM_REDIS_URL", "redis://127.0.0.1:9")]).await;
+    let a = gw.addr;
+    let t = TenantId::new();
+    let writer = bearer(&token(t, &["writer"], now_secs() + 600));
+    let r = call(a, "POST", "/api/v1/graphs", &writer, Some(r#"{"name":"no-redis"}"#)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let base = format!("/api/v1/graphs/{}", r.json()["graph_id"].as_str().unwrap());
+    for _ in 0..2 {
+        let r = call(a, "GET", &base, &writer, None).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-cache"), None, "no cache without redis: {r:?}");
+    }
+    // The Idempotency-Key still makes a retried command apply once (the domain keeps the key).
+    let mut keyed = writer.clone();
+    keyed.push(("Idempotency-Key", "k1".into()));
+    let first = call(a, "POST", &format!("{base}/nodes"), &keyed, Some(r#"{"id":"n","type":"t"}"#)).await;
+    let retry = call(a, "POST", &format!("{base}/nodes"), &keyed, Some(r#"{"id":"n","type":"t"}"#)).await;
+    assert_eq!((first.status, retry.status), (201, 201), "{retry:?}");
+    assert_eq!(first.json()["event_ids"], retry.json()["event_ids"]);
+    assert_eq!(retry.json()["replayed"], true);
+    problem(&call(a, "GET", &base, &[("X-Api-Key", "cim_x".into())], None).await, 503, "unavailable");
+    assert_eq!(call(a, "GET", "/health/ready", &[], None).await.status, 200);
+    gw.stop().await;
+
+    let closed =
+        gateway(&graph, &[("CIM_REDIS_URL", "redis://127.0.0.1:9"), ("CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN", "false")])
+            .await;
+    let r = call(closed.addr, "GET", &base, &writer, None).await;
+    problem(&r, 503, "unavailable");
+    assert!(r.header("retry-after").is_some());
+    closed.stop().await;
+    graph.stop().await;
+}
+
+/// Schemathesis (PyPI) fuzzes every operation of `/api/openapi.json` with a valid token: no
+/// response may be a 5xx or disagree with the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    let t = TenantId::new();
+    let admin = token(t, &["admin"], now_secs() + 3600);
+    // Some real data so that a few generated requests reach it.
+    let r = call(gw.addr, "POST", "/api/v1/graphs", &bearer(&admin), Some(r#"{"name":"fuzz"}"#)).await;
+    assert_eq!(r.status, 201);
+    let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let addr = gw.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; sys.exit(schemathesis())",
+                "run",
+                &format!("http://{addr}/api/openapi.json"),
+                "--header",
+                &format!("Authorization: Bearer {admin}"),
+                "--checks",
+                "not_a_server_error,response_schema_conformance,content_type_conformance",
+                "--max-examples",
+                "20",
+                "--workers",
+                "2",
+                "--seed",
+                "1",
+                "--no-color",
+            ])
+            .output()
+            .expect("run schemathesis (pip install -r tests/python/requirements.txt)")
+    })
+    .await
+    .unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found problems:\n{report}");
+    assert!(report.contains("passed"), "{report}");
+    gw.stop().await;
+    graph.stop().await;
+}

@@ -211,8 +211,21 @@ fn depth(value: &serde_json::Value) -> usize {
     }
 }
 
+/// Whether a NUL character appears in any key or string (Postgres text and jsonb cannot hold it).
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// Checks a property document against the limits.
 pub fn check_properties(field: &str, properties: &Properties, limits: &Limits) -> Result<(), GraphError> {
+    if properties.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(invalid(field, "must not contain NUL characters (\\u0000)"));
+    }
     let d = 1 + properties.values().map(depth).max().unwrap_or(0);
     if d > limits.max_property_depth {
         return Err(invalid(field, format!("nested {d} deep; at most {} allowed", limits.max_property_depth)));
@@ -274,8 +287,11 @@ pub fn decide(state: &GraphState, command: &GraphCommand, limits: &Limits) -> Re
                 return Err(GraphError::GraphExists);
             }
             check_name("name", name, limits)?;
-            if description.chars().count() > 10 * limits.max_name_chars {
-                return Err(invalid("description", format!("at most {} characters", 10 * limits.max_name_chars)));
+            if description.chars().count() > 10 * limits.max_name_chars || description.contains('\0') {
+                return Err(invalid(
+                    "description",
+                    format!("at most {} characters, no NUL", 10 * limits.max_name_chars),
+                ));
             }
             check_properties("properties", properties, limits)?;
             Ok(vec![GraphEvent::Created(GraphCreated {
@@ -667,6 +683,21 @@ mod tests {
         assert!(matches!(when(&[created()], GraphCommand::Apply(vec![])), Err(GraphError::Invalid(..))));
         let too_many = GraphCommand::Apply((0..1001).map(|i| add_node(&format!("n{i}"))).collect());
         assert!(matches!(when(&[created()], too_many), Err(GraphError::Invalid(f, _)) if f == "changes"));
+    }
+
+    #[test]
+    fn nul_characters_are_rejected_where_postgres_cannot_store_them() {
+        let limits = Limits::default();
+        let state = GraphState::replay(&[created()]);
+        for bad in [json!({"a\u{0}": 1}), json!({"a": ["x\u{0}"]}), json!({"a": {"b": "\u{0}"}})] {
+            let cmd = one(Change::AddNode { id: None, node_type: id("t"), properties: props(bad) });
+            assert!(matches!(decide(&state, &cmd, &limits), Err(GraphError::Invalid(f, _)) if f == "node.properties"));
+        }
+        let create =
+            GraphCommand::Create { name: "g".into(), description: "a\0b".into(), properties: Properties::new() };
+        assert!(
+            matches!(decide(&GraphState::default(), &create, &limits), Err(GraphError::Invalid(f, _)) if f == "description")
+        );
     }
 
     #[test]
