@@ -355,7 +355,9 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let addr = gw.addr;
     let out = tokio::task::spawn_blocking(move || {
+        // Schemathesis keeps a cache in its working directory: keep it out of the repository.
         std::process::Command::new(python)
+            .current_dir(std::env::temp_dir())
             .args([
                 "-c",
                 "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; sys.exit(schemathesis())",
