@@ -9,3 +9,5 @@ bash scripts/infra.sh up >&2
 export CIM_TEST_DATABASE_URL="${CIM_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export CIM_TEST_NATS_URL="${CIM_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 cargo bench --locked -p cim-eventstore --bench eventstore
+cargo bench --locked -p cim-graph --bench graph
+cargo bench --locked -p cim-gateway --bench gateway

@@ -9,7 +9,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=$SECONDS
 STEP=0
-TOTAL=8
+TOTAL=9
 
 header() {
     STEP=$((STEP + 1))
@@ -92,6 +92,9 @@ export CIM_TEST_PYTHON="$PY"
 
 header "deployment files: scripts/check-deploy.sh"
 run "check-deploy" bash scripts/check-deploy.sh
+
+header "live metrics: scripts/check-live-metrics.sh"
+run "check-live-metrics" bash scripts/check-live-metrics.sh
 
 header "cargo fmt --all --check"
 run "cargo fmt" cargo fmt --all --check

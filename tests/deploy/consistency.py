@@ -113,11 +113,16 @@ def code_metrics() -> tuple[set[str], set[str], set[str]]:
     consts: dict[str, str] = {}
     for path in ROOT.glob("crates/*/src/**/*.rs"):
         text = path.read_text()
-        if path.name == "metrics.rs":
-            for const, value in re.findall(r'const (\w+): &str = "(cim_[a-z0-9_]+)"', text):
+        macros = re.findall(r'\b(counter|gauge|histogram|describe_\w+)!\(\s*(\w+|"[^"]+")', text)
+        # Names live in metrics.rs, or (the gateway's) beside the code that records them: there a
+        # constant counts only when a metrics macro in the same file uses it, so other cim_*
+        # strings (the session cookie's name) are not taken for metrics.
+        used = {arg for _, arg in macros}
+        for const, value in re.findall(r'const (\w+): &str = "(cim_[a-z0-9_]+)"', text):
+            if path.name == "metrics.rs" or const in used:
                 consts[const] = value
                 names.add(value)
-        for macro, arg in re.findall(r'\b(counter|gauge|histogram|describe_\w+)!\(\s*(\w+|"[^"]+")', text):
+        for macro, arg in macros:
             value = arg.strip('"') if arg.startswith('"') else None
             if value and value.startswith("cim_"):
                 names.add(value)

@@ -75,21 +75,279 @@ fn doctor_names_a_dependency_that_is_down() {
 }
 
 #[test]
-fn doctor_is_happy_with_the_test_infrastructure() {
-    let db = std::env::var("CIM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-    let nats = std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let redis = std::env::var("CIM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let out = cim()
-        .arg("doctor")
-        .env("CIM_DATABASE_URL", db)
-        .env("CIM_NATS_URL", nats)
-        .env("CIM_REDIS_URL", redis)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ok    nats") && stdout.contains("JetStream on"), "{stdout}");
+fn doctor_reports_healthy_on_a_running_system() {
+    let db = TempDb::new();
+    let prefix = format!("tdoc{}", uuid_suffix());
+    let env = [
+        ("CIM_DATABASE_URL", db.url.clone()),
+        ("CIM_NATS_URL", test_nats()),
+        ("CIM_REDIS_URL", test_redis()),
+        ("CIM_SUBJECT_PREFIX", prefix.clone()),
+        ("CIM_JWT_HS256_SECRET", "doctor-test-secret-0123456789abcdef".into()),
+    ];
+    let stream = format!("{}_GRAPH", prefix.to_ascii_uppercase());
+    let _cleanup = DeleteStream { nats: test_nats(), stream: stream.clone() };
+    // The gateway's cache invalidator adds a durable consumer to the graph stream.
+    let serve = Serve::start(&env, "all");
+    let (code, stdout) = doctor(&env);
+    assert_eq!(code, Some(0), "{stdout}");
+    for line in [
+        "ok    schema    graph: ".to_owned(),
+        format!("ok    stream    {stream}: "),
+        format!("ok    consumer  {stream} gateway-cache: 0 pending"),
+        format!("ok    dlq       {}_DLQ: ", prefix.to_ascii_uppercase()),
+        "ok    redis".to_owned(),
+        "doctor: all ".to_owned(),
+    ] {
+        assert!(stdout.contains(&line), "no {line:?} in\n{stdout}");
+    }
+    assert!(stdout.contains("up to date") && stdout.contains("JetStream on"), "{stdout}");
+    serve.stop();
+}
+
+#[test]
+fn doctor_names_postgres_and_then_nats_when_they_are_unreachable() {
+    // A private NATS, so that it can be stopped; the shared servers never are.
+    let nats = PrivateNats::start();
+    let db = TempDb::new();
+    let prefix = format!("tdoc{}", uuid_suffix());
+    let mut env = vec![
+        ("CIM_DATABASE_URL", db.url.clone()),
+        ("CIM_NATS_URL", nats.url.clone()),
+        ("CIM_REDIS_URL", test_redis()),
+        ("CIM_SUBJECT_PREFIX", prefix.clone()),
+        ("CIM_CONNECT_TIMEOUT_MS", "1000".into()),
+    ];
+    Serve::start(&env, "graph").stop();
+    let (code, stdout) = doctor(&env);
+    assert_eq!(code, Some(0), "the prepared system is healthy:\n{stdout}");
+
+    // Postgres unreachable (nothing listens on port 1): only Postgres and what needs it.
+    env[0].1 = "postgres://postgres:postgres@127.0.0.1:1/cim".into();
+    let (code, stdout) = doctor(&env);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  postgres") && stdout.contains("fix: start Postgres"), "{stdout}");
+    assert!(stdout.contains("skip  schema    graph: Postgres unreachable"), "{stdout}");
+    assert!(stdout.contains("ok    nats") && stdout.contains("ok    stream"), "{stdout}");
+    assert!(stdout.contains("checks failed: postgres\n"), "{stdout}");
+
+    // NATS stopped.
+    env[0].1 = db.url.clone();
+    drop(nats);
+    let (code, stdout) = doctor(&env);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  nats") && stdout.contains("fix: start NATS with JetStream"), "{stdout}");
+    assert!(stdout.contains("skip  stream    NATS unreachable"), "{stdout}");
+    assert!(stdout.contains("ok    postgres") && stdout.contains("ok    schema"), "{stdout}");
+    assert!(stdout.contains("checks failed: nats\n"), "{stdout}");
+}
+
+#[test]
+fn doctor_names_a_schema_that_is_missing_or_not_fully_migrated() {
+    let db = TempDb::new();
+    let env = [
+        ("CIM_DATABASE_URL", db.url.clone()),
+        ("CIM_NATS_URL", test_nats()),
+        ("CIM_REDIS_URL", test_redis()),
+        ("CIM_SUBJECT_PREFIX", format!("tdoc{}", uuid_suffix())),
+    ];
+    let (code, stdout) = doctor(&env);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  schema    graph: does not exist"), "{stdout}");
+    assert!(stdout.contains("fix: start the graph service once"), "{stdout}");
+
+    // Only the event store's migration recorded: the projections' (1001) is missing.
+    db.execute(
+        "CREATE SCHEMA graph; CREATE TABLE graph._sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL, \
+         installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL, checksum bytea NOT NULL, \
+         execution_time bigint NOT NULL); INSERT INTO graph._sqlx_migrations VALUES (1, 'event store', now(), true, '\\x00', 1)",
+    );
+    let (_, stdout) = doctor(&env);
+    assert!(stdout.contains("FAIL  schema    graph: 1 of 2 migrations not applied: 1001 ("), "{stdout}");
+
+    // Both recorded, neither with the checksum of the file this build embeds.
+    db.execute("INSERT INTO graph._sqlx_migrations VALUES (1001, 'graph projections', now(), true, '\\x00', 1)");
+    let (_, stdout) = doctor(&env);
+    assert!(
+        stdout.contains("FAIL  schema    graph: migration 1 (") && stdout.contains("differs from what was applied"),
+        "{stdout}"
+    );
+}
+
+fn test_db_admin() -> String {
+    std::env::var("CIM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn test_nats() -> String {
+    std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn test_redis() -> String {
+    std::env::var("CIM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// `cim doctor` with only `env` set: (exit code, stdout).
+fn doctor<V: AsRef<str>>(env: &[(&str, V)]) -> (Option<i32>, String) {
+    let mut cmd = cim();
+    cmd.arg("doctor");
+    for (k, v) in env {
+        cmd.env(k, v.as_ref());
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A database of its own on the test server, dropped afterwards.
+struct TempDb {
+    name: String,
+    url: String,
+}
+
+impl TempDb {
+    fn new() -> Self {
+        let admin = test_db_admin();
+        let name = format!("cim_doctor_{}_{}", std::process::id(), uuid_suffix());
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        Self::admin_sql(&admin, &format!("CREATE DATABASE {name}"));
+        TempDb { name, url }
+    }
+
+    fn admin_sql(url: &str, sql: &str) {
+        rt().block_on(async {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&pool).await.unwrap();
+            pool.close().await;
+        });
+    }
+
+    fn execute(&self, sql: &str) {
+        Self::admin_sql(&self.url, sql);
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        Self::admin_sql(&test_db_admin(), &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Removes a test's stream from the shared NATS.
+struct DeleteStream {
+    nats: String,
+    stream: String,
+}
+
+impl Drop for DeleteStream {
+    fn drop(&mut self) {
+        rt().block_on(async {
+            if let Ok(client) = async_nats::connect(&self.nats).await {
+                let _ = client.request(format!("$JS.API.STREAM.DELETE.{}", self.stream), "".into()).await;
+            }
+        });
+    }
+}
+
+/// `cim serve` on free ports, ready; killed when dropped.
+struct Serve(std::process::Child);
+
+impl Serve {
+    fn start<V: AsRef<str>>(env: &[(&str, V)], services: &str) -> Self {
+        use std::io::BufRead;
+        let mut cmd = cim();
+        cmd.args(["serve", "--services", services]).env("CIM_LOG", "warn").stdout(std::process::Stdio::piped());
+        for var in ["CIM_GRAPH_ADDR", "CIM_GRAPH_ADMIN_ADDR", "CIM_GATEWAY_ADDR", "CIM_GATEWAY_ADMIN_ADDR"] {
+            cmd.env(var, "127.0.0.1:0");
+        }
+        for (k, v) in env {
+            cmd.env(k, v.as_ref());
+        }
+        let mut child = Serve(cmd.spawn().unwrap());
+        let want = if services == "all" { 2 } else { services.split(',').count() };
+        let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+        for _ in 0..want {
+            let line = lines.next().expect("cim serve exited before it listened").unwrap();
+            let admin = line.rsplit("http://").next().unwrap().trim().to_owned();
+            assert!(wait_ready(&admin), "{line}: never ready");
+        }
+        child
+    }
+
+    fn stop(mut self) {
+        assert!(Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap().success());
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "cim serve: {status:?}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ready(admin: &str) -> bool {
+    use std::io::{Read, Write};
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = write!(s, "GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.starts_with("HTTP/1.1 200") {
+                return true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// A JetStream server of this test's own, stopped when dropped.
+struct PrivateNats {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl PrivateNats {
+    fn start() -> Self {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("cim-doctor-nats-{}-{}", std::process::id(), uuid_suffix()));
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (scripts/infra.sh up installs it)"));
+        let nats = PrivateNats { child, dir, url: format!("nats://127.0.0.1:{port}") };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return nats;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("private nats-server on port {port} never listened");
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[test]

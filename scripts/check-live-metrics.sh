@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The live metrics check (issue 7): the monolith under a short load, scraped every second by a
+# real Prometheus, and every PromQL expression of the dashboards and alert rules must return data.
+# tests/deploy/live_metrics.py does the work and says exactly what is checked and how; this script
+# builds `cim` (honouring CARGO_TARGET_DIR) and finds the tools.
+#
+# Needs: cargo, python3 with PyYAML, psql and a Postgres (CIM_TEST_DATABASE_URL, default
+# postgres://postgres:postgres@127.0.0.1:5432/postgres; a throwaway database is created and
+# dropped), nats-server and redis-server binaries (private instances on free ports; the shared
+# servers are not touched). Prometheus: the installed one, else the binary from the Debian package,
+# unpacked without installing it (installing starts its service), cached like check-deploy's
+# promtool in /var/tmp/cim-deploy-tools.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS=/var/tmp/cim-deploy-tools
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf 'check-live-metrics: %s\n' "$*"; }
+die() {
+    log "$*"
+    exit 2
+}
+
+find_prometheus() {
+    if command -v prometheus >/dev/null 2>&1; then
+        command -v prometheus
+        return
+    fi
+    local bin="$TOOLS/prometheus/usr/bin/prometheus" dir="$TOOLS/debs" deb
+    if [ ! -x "$bin" ]; then
+        mkdir -p "$dir"
+        deb="$(find "$dir" -maxdepth 1 -name 'prometheus_*.deb' | head -n1)"
+        if [ -z "$deb" ]; then
+            (cd "$dir" && apt-get download prometheus >/dev/null 2>&1) || {
+                apt-get update -qq >/dev/null || die "apt-get update failed"
+                (cd "$dir" && apt-get download prometheus >/dev/null 2>&1) || die "apt-get download prometheus failed"
+            }
+            deb="$(find "$dir" -maxdepth 1 -name 'prometheus_*.deb' | head -n1)"
+        fi
+        rm -rf "$TOOLS/prometheus.tmp"
+        dpkg-deb -x "$deb" "$TOOLS/prometheus.tmp" || die "cannot unpack $deb"
+        rm -rf "$TOOLS/prometheus" && mv "$TOOLS/prometheus.tmp" "$TOOLS/prometheus"
+    fi
+    printf '%s\n' "$bin"
+}
+
+find_python() {
+    local py
+    for py in "${CIM_TEST_PYTHON:-python3}" python3 /var/tmp/cim-deploy-venv/bin/python; do
+        if "$py" -c 'import yaml' >/dev/null 2>&1; then
+            printf '%s\n' "$py"
+            return
+        fi
+    done
+    die "no python3 with PyYAML (apt-get install python3-yaml, or run scripts/check-deploy.sh once for its venv)"
+}
+
+cd "$ROOT"
+PROMETHEUS="$(find_prometheus)"
+PY="$(find_python)"
+for tool in psql nats-server redis-server; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || die "$tool not found (scripts/infra.sh up installs it)"
+done
+log "$("$PROMETHEUS" --version 2>&1 | head -n1)"
+
+log "cargo build --locked -p cim"
+cargo build --locked -p cim --quiet
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim"
+[ -x "$BIN" ] || die "no binary at $BIN"
+
+# The helper removes everything it started on any exit; TERM reaches it from here because a
+# background job of a non-interactive shell ignores SIGINT.
+HELPER=""
+# shellcheck disable=SC2329 # run by the EXIT trap
+cleanup() {
+    if [ -n "$HELPER" ] && kill -0 "$HELPER" 2>/dev/null; then
+        kill -TERM "$HELPER" 2>/dev/null || true
+        wait "$HELPER" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+"$PY" "$ROOT/tests/deploy/live_metrics.py" --cim "$BIN" --prometheus "$PROMETHEUS" &
+HELPER=$!
+rc=0
+wait "$HELPER" || rc=$?
+HELPER=""
+exit "$rc"

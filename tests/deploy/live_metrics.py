@@ -1,0 +1,609 @@
+#!/usr/bin/env python3
+"""The live metrics check: every dashboard panel and alert rule returns data from a real system.
+
+usage: live_metrics.py --cim BIN --prometheus BIN [--keep-seconds N]
+
+Starts, each private to this run: a NATS server with JetStream, a Redis, a throwaway Postgres
+database (on the server of CIM_TEST_DATABASE_URL, default postgres:postgres@127.0.0.1:5432), the
+monolith (`cim serve --services all`) on free ports with its own subject prefix, and a Prometheus
+scraping every admin listener the monolith prints, every second, with the repository's alert
+rules loaded. It drives a short load through the gateway's REST API (graphs, nodes, edges,
+batches, queries, cached GETs, 4xx, 429) in rounds a few scrapes apart, then asks Prometheus'
+HTTP API for every expression:
+
+- each target of every dashboard panel (Grafana's $__rate_interval etc. and template variables
+  replaced as tests/deploy/consistency.py does for promtool) must return at least one sample
+  that is not NaN;
+- each query variable (label_values(selector, label)) must return series carrying that label;
+- each alert rule: an alert expression is a condition, silent while healthy. When it has the
+  form `<lhs> <comparison> <number>` at the top level, <lhs> is evaluated instead (the value the
+  alert compares); any other form must return data as written. Every rule must also evaluate
+  without error in Prometheus (rule health "ok").
+
+The "Firing alerts" panel selects ALERTS{alertstate="firing"}, which exists only while an alert
+fires: this run loads one extra rule, CimLiveCheckAlwaysFiring (vector(1)), so that panel's query
+is checked against the series Prometheus really makes.
+
+Metrics in PENDING are exported by library code no deployed service runs yet. An expression whose
+only missing metrics are pending is reported as pending, not dead; a pending metric that does
+show up fails the check, so this list cannot outlive its reason.
+
+Exits 1 naming each dead expression; every process and the database are removed on any exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import consistency  # noqa: E402  (the dashboard walker and PromQL helpers shared with check-deploy)
+
+ROOT = consistency.ROOT
+
+PENDING = {
+    "cim_consumer_": "cim_eventstore::Consumer's metrics; no deployed service runs such a consumer yet "
+    "(the gateway's cache invalidator is a plain JetStream consumer and exports "
+    "cim_gateway_cache_invalidations_total instead)",
+}
+
+LIVE_RULES = """groups:
+  - name: live-check
+    rules:
+      - alert: CimLiveCheckAlwaysFiring
+        expr: vector(1)
+        annotations:
+          summary: makes ALERTS{alertstate="firing"} exist for the live check
+"""
+
+START = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"live-metrics [{time.monotonic() - START:5.1f}s] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: a child outlives no helper that was SIGKILLed before its cleanup ran.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def http(method: str, url: str, body: object = None, token: str | None = None, timeout: float = 10):
+    """(status, parsed JSON or text)."""
+    data = None
+    headers = {}
+    if body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+class Run:
+    """Everything this run started, undone in reverse order by close()."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="cim-live-metrics-"))
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.db_admin_url: str | None = None
+        self.db_name: str | None = None
+        self.cim_out: list[str] = []
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None, stdout=None) -> subprocess.Popen:
+        logf = open(self.tmp / f"{name}.log", "wb")
+        p = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=stdout or logf,
+            stderr=logf,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        self.procs.append((name, p))
+        return p
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        try:
+            text = (self.tmp / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(f"    {ln}" for ln in text[-lines:])
+
+    def alive(self, name: str, p: subprocess.Popen) -> None:
+        if p.poll() is not None:
+            raise SystemExit(f"live-metrics: {name} exited with {p.returncode}:\n{self.tail(name)}")
+
+    def close(self) -> None:
+        for name, p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    log(f"{name} ignored SIGTERM; killing it")
+                    p.kill()
+                    p.wait()
+        if self.db_name and self.db_admin_url:
+            psql(self.db_admin_url, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)', check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- dependencies ------------------------------------------------------------------------
+
+    def start_nats(self) -> str:
+        port = free_port()
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        p = self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.tmp / "js")])
+        wait_for(lambda: port_open(port), 10, "NATS", lambda: self.alive("nats", p))
+        return f"nats://127.0.0.1:{port}"
+
+    def start_redis(self) -> str:
+        port = free_port()
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        p = self.spawn(
+            "redis",
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.tmp)],
+        )  # fmt: skip
+        wait_for(lambda: port_open(port), 10, "Redis", lambda: self.alive("redis", p))
+        return f"redis://127.0.0.1:{port}"
+
+    def create_database(self) -> str:
+        admin = os.environ.get("CIM_TEST_DATABASE_URL") or "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+        name = f"cim_live_{secrets.token_hex(6)}"
+        psql(admin, f'CREATE DATABASE "{name}"')
+        self.db_admin_url, self.db_name = admin, name
+        u = urllib.parse.urlsplit(admin)
+        return urllib.parse.urlunsplit((u.scheme, u.netloc, f"/{name}", u.query, ""))
+
+    # --- CIM ---------------------------------------------------------------------------------
+
+    def cim_env(self, db: str, nats: str, redis: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
+        self.graph_port = free_port()
+        env.update(
+            CIM_DATABASE_URL=db,
+            CIM_NATS_URL=nats,
+            CIM_REDIS_URL=redis,
+            CIM_SUBJECT_PREFIX=f"live{secrets.token_hex(4)}",
+            CIM_JWT_HS256_SECRET=secrets.token_hex(32),
+            CIM_LOG="warn",
+            CIM_LOG_FORMAT="json",
+            CIM_SHUTDOWN_GRACE_MS="2000",
+            CIM_CONNECT_TIMEOUT_MS="5000",
+            CIM_GATEWAY_GRAPH_URLS=f"http://127.0.0.1:{self.graph_port}",
+            CIM_GATEWAY_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT),
+        )
+        # Every service's listeners on free ports, also those this build's `all` may not run yet.
+        for var in sorted(consistency.code_vars()):
+            if re.fullmatch(r"CIM_[A-Z]+_(ADMIN_)?ADDR", var):
+                env[var] = f"127.0.0.1:{free_port()}"
+        env["CIM_GRAPH_ADDR"] = f"127.0.0.1:{self.graph_port}"
+        self.env = env
+        return env
+
+    def start_cim(self) -> dict[str, str]:
+        """Starts the monolith; returns service -> admin host:port, from the lines it prints."""
+        p = self.spawn("cim", [self.args.cim, "serve", "--services", "all"], env=self.env, stdout=subprocess.PIPE)
+
+        def read() -> None:
+            assert p.stdout is not None
+            for raw in p.stdout:
+                self.cim_out.append(raw.decode(errors="replace").rstrip())
+
+        threading.Thread(target=read, daemon=True).start()
+        admins: dict[str, str] = {}
+
+        def started() -> bool:
+            for line in self.cim_out:
+                m = re.match(r"(\w+)\s.*admin http://(\S+)", line)
+                if m:
+                    admins[m.group(1)] = m.group(2)
+            return len(admins) >= 2 and all(
+                http("GET", f"http://{a}/health/ready", timeout=2)[0] == 200 for a in admins.values()
+            )
+
+        wait_for(started, 60, "cim serve ready", lambda: self.alive("cim", p))
+        # A service printed after the first two were ready still gets scraped.
+        time.sleep(0.5)
+        wait_for(started, 30, "cim serve ready", lambda: self.alive("cim", p))
+        self.gateway = next(
+            ln.split("http://")[1].split()[0] for ln in self.cim_out if ln.startswith("gateway")
+        )
+        return admins
+
+    def token(self, subject: str, tenant: str) -> str:
+        out = subprocess.run(
+            [self.args.cim, "token", "--tenant", tenant, "--subject", subject, "--roles", "admin"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    # --- Prometheus ----------------------------------------------------------------------------
+
+    def start_prometheus(self, admins: dict[str, str]) -> str:
+        port = free_port()
+        (self.tmp / "live.rules.yml").write_text(LIVE_RULES)
+        rule_files = [str(p) for p in sorted((ROOT / "monitoring/prometheus/rules").glob("*.yml"))]
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [*rule_files, str(self.tmp / "live.rules.yml")],
+            # job and app labels as in monitoring/prometheus/prometheus.yml, which the rules select.
+            "scrape_configs": [
+                {
+                    "job_name": "cim",
+                    "static_configs": [{"targets": [a], "labels": {"app": s}} for s, a in sorted(admins.items())],
+                }
+            ],
+        }
+        (self.tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        p = self.spawn(
+            "prometheus",
+            [
+                self.args.prometheus,
+                f"--config.file={self.tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: port_open(port) and http("GET", f"{url}/-/ready")[0] == 200, 30, "Prometheus",
+                 lambda: self.alive("prometheus", p))  # fmt: skip
+
+        def all_up() -> bool:
+            targets = http("GET", f"{url}/api/v1/targets")[1]["data"]["activeTargets"]
+            return len(targets) == len(admins) and all(t["health"] == "up" for t in targets)
+
+        wait_for(all_up, 15, "every target up in Prometheus")
+        self.prom = url
+        return url
+
+
+def psql(url: str, sql: str, check: bool = True) -> None:
+    r = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qXc", sql], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise SystemExit(f"live-metrics: psql {sql!r} failed: {r.stderr.strip()}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(cond, seconds: float, what: str, check=None) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if check:
+            check()
+        try:
+            if cond():
+                return
+        except (OSError, urllib.error.URLError, KeyError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"live-metrics: {what}: not within {seconds}s")
+        time.sleep(0.2)
+
+
+# --- load ------------------------------------------------------------------------------------
+
+RATE_LIMIT = 250
+
+
+def load_round(run: Run, token: str, n: int) -> dict[int, int]:
+    """One round of REST traffic; returns responses by status."""
+    base = f"http://{run.gateway}/api/v1"
+    seen: dict[int, int] = {}
+
+    def call(method: str, path: str, body: object = None, tok: str | None = token, want: int | None = None):
+        status, data = http(method, base + path, body, tok)
+        seen[status] = seen.get(status, 0) + 1
+        if want is not None and status != want:
+            raise SystemExit(f"live-metrics: {method} {path}: {status}, expected {want}: {data}")
+        return data
+
+    g = call("POST", "/graphs", {"name": f"live {n}", "properties": {"round": n}}, want=201)["graph_id"]
+    gp = f"/graphs/{g}"
+    for i in range(8):
+        call("POST", f"{gp}/nodes", {"id": f"n{i}", "type": "person", "properties": {"i": i}}, want=201)
+    for i in range(7):
+        call("POST", f"{gp}/edges", {"id": f"e{i}", "type": "knows", "source": f"n{i}", "target": f"n{i + 1}"},
+             want=201)  # fmt: skip
+    call("POST", f"{gp}/batch", {"changes": [
+        {"op": "add_node", "id": "x", "type": "place"},
+        {"op": "add_edge", "id": "ex", "type": "lives", "source": "n0", "target": "x"},
+    ]})  # fmt: skip
+    call("PATCH", f"{gp}/nodes/n1", {"properties": {"seen": True}})
+    call("PATCH", gp, {"name": f"live {n} renamed"})
+    # Reads, each twice: the second is a cache hit once the invalidator has seen the writes.
+    time.sleep(0.3)
+    for _ in range(2):
+        call("GET", gp, want=200)
+        call("GET", f"{gp}/nodes", want=200)
+        call("GET", f"{gp}/nodes/n2", want=200)
+        call("GET", f"{gp}/edges", want=200)
+        call("GET", f"{gp}/nodes/n0/neighbors", want=200)
+        call("GET", f"{gp}/shortest-path?from=n0&to=n5&max_depth=6", want=200)
+        call("GET", f"{gp}/versions/3", want=200)
+        call("GET", "/graphs", want=200)
+    call("POST", f"{gp}/traverse", {"start": "n0", "max_depth": 3, "max_nodes": 100}, want=200)
+    call("GET", "/auth/me", want=200)
+    # Client errors: each is the caller's mistake and must stay out of the 5xx ratio.
+    call("GET", "/graphs/0190f1b2-0000-7000-8000-000000000000", want=404)
+    call("POST", f"{gp}/nodes", {"type": 7}, want=400)
+    call("POST", f"{gp}/nodes", {"id": "n0", "type": "person"})  # duplicate id
+    call("POST", f"{gp}/edges", {"type": "knows", "source": "n0", "target": "nope"})
+    call("GET", "/graphs", tok=None, want=401)
+    call("GET", "/no/such/route", want=404)
+    call("DELETE", f"{gp}/nodes/n7")
+    return seen
+
+
+def flood(run: Run, token: str) -> int:
+    """Requests from one principal until CIM_GATEWAY_RATE_LIMIT_PER_MINUTE refuses one (429)."""
+    for n in range(RATE_LIMIT + 10):
+        if http("GET", f"http://{run.gateway}/api/v1/auth/me", token=token)[0] == 429:
+            return n + 1
+    raise SystemExit(f"live-metrics: {RATE_LIMIT + 10} requests in a row were never rate limited (429)")
+
+
+# --- the expressions ---------------------------------------------------------------------------
+
+
+def condition_lhs(expr: str) -> str | None:
+    """For `<lhs> <cmp> [bool] <number>` at the top level, <lhs>; else None."""
+    e = expr.strip()
+    m = re.search(r"(==|!=|>=|<=|>|<)\s*(bool\s+)?([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$", e)
+    if not m:
+        return None
+    lhs = e[: m.start()].rstrip()
+    depth = 0
+    masked = re.sub(r'"(?:[^"\\]|\\.)*"', '""', lhs)
+    for i, ch in enumerate(masked):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        # A set operator outside any bracket binds looser than the comparison: not this form.
+        if depth == 0 and re.match(r"\b(and|or|unless)\b", masked[i:]) and (i == 0 or not masked[i - 1].isalnum()):
+            return None
+    return lhs if depth == 0 else None
+
+
+def collect() -> list[dict]:
+    """Every expression to check: {kind, where, expr, query, label?}."""
+    items = []
+    for where, expr in consistency.dashboard_expressions():
+        items.append({"kind": "panel", "where": where, "expr": expr, "query": consistency.grafana_to_promql(expr)})
+    for path in sorted((ROOT / "monitoring/grafana/dashboards").glob("*.json")):
+        d = json.loads(path.read_text())
+        for v in d.get("templating", {}).get("list", []):
+            q = v.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            if v.get("type") != "query" or not q:
+                continue
+            m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", q, re.S)
+            if not m:
+                raise SystemExit(f"live-metrics: {path.name} variable {v.get('name')}: unsupported query {q}")
+            items.append({
+                "kind": "variable", "where": f"{consistency.rel(path)} variable {v.get('name')}",
+                "expr": q, "query": m.group(1), "label": m.group(2),
+            })  # fmt: skip
+    for path in sorted((ROOT / "monitoring/prometheus/rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert") or rule.get("record")
+                expr = rule["expr"].strip()
+                lhs = condition_lhs(expr) if "alert" in rule else None
+                items.append({
+                    "kind": "rule", "where": f"{consistency.rel(path)} {name}", "rule": name,
+                    "expr": expr, "query": lhs or expr, "lhs": lhs is not None,
+                })  # fmt: skip
+    return items
+
+
+def query(prom: str, q: str) -> list[dict]:
+    status, body = http("GET", f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+    if status != 200 or body.get("status") != "success":
+        raise ValueError(body.get("error") if isinstance(body, dict) else body)
+    data = body["data"]
+    if data["resultType"] == "scalar":
+        return [{"metric": {}, "value": data["result"]}]
+    return data["result"]
+
+
+def has_data(item: dict, result: list[dict]) -> bool:
+    if item["kind"] == "variable":
+        return any(item["label"] in s["metric"] for s in result)
+    return any(not math.isnan(float(s["value"][1])) for s in result)
+
+
+def present(prom: str, metric: str) -> bool:
+    return bool(query(prom, f'count({{__name__="{metric}"}})'))
+
+
+def pending_reason(metric: str) -> str | None:
+    return next((why for prefix, why in PENDING.items() if metric.startswith(prefix)), None)
+
+
+def missing_metrics(prom: str, item: dict) -> list[str]:
+    return sorted(m for m in consistency.promql_metrics(item["query"]) if not present(prom, m))
+
+
+def pending_only(prom: str, item: dict) -> bool:
+    missing = missing_metrics(prom, item)
+    return bool(missing) and all(pending_reason(m) for m in missing)
+
+
+def check(prom: str, items: list[dict], deadline: float) -> tuple[list[str], list[str]]:
+    """(dead, pending) descriptions. Retries dead ones until the deadline: rates need two samples."""
+    todo = list(items)
+    dead: list[str] = []
+    pending: list[str] = []
+    while True:
+        still, dead = [], []
+        for item in todo:
+            try:
+                result = query(prom, item["query"])
+                error = None
+            except ValueError as e:
+                result, error = [], str(e)
+            if not error and not has_data(item, result) and pending_only(prom, item):
+                pending.append(f"{item['where']}: {', '.join(missing_metrics(prom, item))}")
+            elif error or not has_data(item, result):
+                still.append(item)
+                dead.append(error or "")
+        if not still or time.monotonic() > deadline:
+            break
+        todo = still
+        time.sleep(1)
+    failures = []
+    for item, error in zip(still, dead):
+        shown = f"{item['where']}:\n      {item['query']}"
+        if item.get("lhs"):
+            shown += "\n      (the left-hand side of the alert's condition)"
+        if error:
+            failures.append(f"{shown}\n      Prometheus error: {error}")
+            continue
+        missing = missing_metrics(prom, item)
+        if item["kind"] == "variable":
+            failures.append(f"{shown}\n      no series with label {item['label']}")
+        else:
+            why = f"no series of {', '.join(missing)}" if missing else "every series is NaN or the result is empty"
+            failures.append(f"{shown}\n      {why}")
+    return failures, pending
+
+
+def rule_health(prom: str) -> list[str]:
+    groups = http("GET", f"{prom}/api/v1/rules")[1]["data"]["groups"]
+    return [
+        f"rule {r['name']} ({g['file']}): {r['health']} {r.get('lastError', '')}".rstrip()
+        for g in groups
+        for r in g["rules"]
+        if r["health"] != "ok"
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cim", required=True)
+    ap.add_argument("--prometheus", required=True)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+    items = collect()
+    run = Run(args)
+    try:
+        nats, redis, db = run.start_nats(), run.start_redis(), run.create_database()
+        run.cim_env(db, nats, redis)
+        log(f"dependencies: {nats}, {redis}, database {run.db_name}; prefix {run.env['CIM_SUBJECT_PREFIX']}")
+        admins = run.start_cim()
+        log("cim serve --services all: " + ", ".join(f"{s} admin {a}" for s, a in sorted(admins.items())))
+        prom = run.start_prometheus(admins)
+        log(f"prometheus {prom} scraping {len(admins)} targets every 1s")
+
+        tenant = "0190f1b2-1111-7000-8000-" + secrets.token_hex(6)
+        token = run.token("live", tenant)
+        flooded = run.token("flood", tenant)
+        sent = flood(run, flooded)
+        statuses: dict[int, int] = {}
+        for n in range(args.rounds):
+            for status, count in load_round(run, token, n).items():
+                statuses[status] = statuses.get(status, 0) + count
+            # One more 429 per round, so that series has a rate too (one request while the
+            # principal is still over its limit, more when a new minute's window has begun).
+            sent += flood(run, flooded)
+            statuses[429] = statuses.get(429, 0) + 1
+            time.sleep(1.2)  # scrapes between rounds, so every series has a rate
+        log(f"load: {sum(statuses.values())} requests by status {dict(sorted(statuses.items()))}; "
+            f"{sent} from a principal flooding past the rate limit")  # fmt: skip
+
+        for metric in sorted({m for i in items for m in consistency.promql_metrics(i["query"])}):
+            if pending_reason(metric) and present(prom, metric):
+                raise SystemExit(
+                    f"live-metrics: {metric} is exported now: drop its prefix from PENDING in "
+                    f"{consistency.rel(Path(__file__))} so its panels and rules are checked"
+                )
+        failures, pending = check(prom, items, time.monotonic() + 20)
+        wait_for(lambda: all(r["health"] != "unknown" for g in http("GET", f"{prom}/api/v1/rules")[1]["data"]["groups"]
+                             for r in g["rules"]), 10, "every rule evaluated")  # fmt: skip
+        failures += rule_health(prom)
+        for _, p in run.procs:
+            if p.poll() is not None:
+                failures.append(f"a process exited during the check: {p.args[0]} ({p.returncode})")
+
+        kinds = {k: sum(i["kind"] == k for i in items) for k in ("panel", "variable", "rule")}
+        lhs = sum(bool(i.get("lhs")) for i in items)
+        log(
+            f"checked {kinds['panel']} panel queries, {kinds['variable']} dashboard variables and "
+            f"{kinds['rule']} alert rules ({lhs} by the left-hand side of their condition)"
+        )
+        for p in pending:
+            log(f"pending (no deployed service exports it yet): {p}")
+        if pending:
+            for prefix, why in PENDING.items():
+                log(f"  {prefix}*: {why}")
+        if failures:
+            for f in failures:
+                print(f"DEAD: {f}", flush=True)
+            print(f"live-metrics: {len(failures)} dead expression(s); cim's log:\n{run.tail('cim')}", flush=True)
+            return 1
+        log(f"OK: every expression returned data ({len(items) - len(pending)} live, {len(pending)} pending)")
+        return 0
+    finally:
+        run.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
