@@ -35,6 +35,8 @@ pub struct AppState {
     /// Whether the event consumer that invalidates the cache is running; without it the cache
     /// could serve a stale read, so it is bypassed.
     pub invalidator_live: Arc<std::sync::atomic::AtomicBool>,
+    pub rate_limiter: Arc<crate::limits::RateLimiter>,
+    pub local_cache: Arc<crate::cache::Local>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -220,10 +222,17 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         settings,
         prefix: config.subject_prefix.clone(),
         invalidator_live: Arc::default(),
+        rate_limiter: Arc::default(),
+        local_cache: Arc::default(),
     };
     let listen = config.listen(ServiceKind::Gateway);
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
+    host.spawn_worker("rate-limit-flush", state.rate_limiter.clone().run(state.redis.clone(), host.workers_shutdown()));
+    host.spawn_worker(
+        "local-cache-invalidator",
+        crate::cache::local_invalidator(state.clone(), nats::jetstream(client.clone()), host.workers_shutdown()),
+    );
     host.spawn_worker(
         "cache-invalidator",
         crate::cache::invalidator(state.clone(), nats::jetstream(client), host.workers_shutdown()),

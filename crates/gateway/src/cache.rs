@@ -29,6 +29,70 @@ pub fn describe() {
     metrics::describe_counter!(CACHE_INVALIDATIONS_TOTAL, "Graphs whose cached responses were invalidated");
 }
 
+/// First level, in this instance's memory: validated by per-graph generations that this
+/// instance bumps itself, from its own ordered subscription to the events and its own writes.
+/// Filled only with responses computed here (never from Redis, which may lag this instance's
+/// subscription), so a hit needs no Redis round trip and is never older than an event this
+/// instance has seen.
+#[derive(Debug, Default)]
+pub struct Local {
+    inner: std::sync::Mutex<LocalInner>,
+    live: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct LocalInner {
+    gens: std::collections::HashMap<String, u64>,
+    entries: std::collections::HashMap<(String, String), (u64, bytes::Bytes)>,
+}
+
+const LOCAL_ENTRIES: usize = 10_000;
+const LOCAL_GRAPHS: usize = 100_000;
+
+impl Local {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn generation(&self, graph: &str) -> u64 {
+        self.lock().gens.get(graph).copied().unwrap_or(0)
+    }
+
+    fn get(&self, graph: &str, field: &str) -> Option<bytes::Bytes> {
+        let inner = self.lock();
+        let current = inner.gens.get(graph).copied().unwrap_or(0);
+        let (generation, body) = inner.entries.get(&(graph.to_owned(), field.to_owned()))?;
+        (*generation == current).then(|| body.clone())
+    }
+
+    fn put(&self, graph: &str, field: &str, generation: u64, body: bytes::Bytes) {
+        let mut inner = self.lock();
+        if inner.gens.get(graph).copied().unwrap_or(0) != generation {
+            return;
+        }
+        if inner.entries.len() >= LOCAL_ENTRIES {
+            inner.entries.clear();
+        }
+        inner.entries.insert((graph.to_owned(), field.to_owned()), (generation, body));
+    }
+
+    /// Makes this instance's cached responses of `graph` stale.
+    pub fn bump(&self, graph: &str) {
+        let mut inner = self.lock();
+        if inner.gens.len() >= LOCAL_GRAPHS {
+            // Forgetting generations would revive old entries: forget those too.
+            inner.gens.clear();
+            inner.entries.clear();
+        }
+        *inner.gens.entry(graph.to_owned()).or_default() += 1;
+    }
+
+    fn reset(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+    }
+}
+
 fn entry(graph: &str) -> String {
     format!("cim:gw:cache:{graph}")
 }
@@ -90,6 +154,12 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     let Some(tenant) = req.extensions().get::<Principal>().map(|p| p.tenant) else { return next.run(req).await };
     let key = entry(&graph);
     let field = format!("{tenant}|{}", req.uri());
+    let local_live = state.local_cache.live.load(Ordering::Acquire);
+    let local_gen = state.local_cache.generation(&graph);
+    if local_live && let Some(body) = state.local_cache.get(&graph, &field) {
+        metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
+        return json_response(String::from_utf8_lossy(&body).into_owned(), true);
+    }
     let looked: Result<(Option<i64>, Option<String>), String> = async {
         let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
         deadpool_redis::redis::cmd("HMGET")
@@ -119,6 +189,9 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
         return Response::from_parts(parts, Body::empty());
     };
+    if local_live {
+        state.local_cache.put(&graph, &field, local_gen, bytes.clone());
+    }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let store = serde_json::to_string(&Cached { g: gen_seen, b: text.clone() }).unwrap_or_default();
     if let Ok(mut conn) = state.redis.get().await {
@@ -211,6 +284,56 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
                     tracing::warn!(error = %e, "cache invalidation failed; will be redelivered");
                     let _ = msg.ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 }
+            }
+        }
+    }
+}
+
+/// This instance's own ordered subscription to the graph events, for the first-level cache.
+pub async fn local_invalidator(state: AppState, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let stream = state.prefix.stream_name(Domain::Graph);
+    let filter = state.prefix.domain_events(Domain::Graph);
+    loop {
+        let consumer = async {
+            let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            let c = s
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::New,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            c.messages().await.map_err(|e| e.to_string())
+        };
+        let mut messages = tokio::select! {
+            c = consumer => match c {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "local cache subscription not ready; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = stop.wait() => return,
+                    }
+                }
+            },
+            () = stop.wait() => return,
+        };
+        // Events may have been missed while the subscription was down.
+        state.local_cache.reset();
+        state.local_cache.live.store(true, Ordering::Release);
+        loop {
+            let next = tokio::select! {
+                m = messages.next() => m,
+                () = stop.wait() => return,
+            };
+            let Some(Ok(msg)) = next else {
+                state.local_cache.live.store(false, Ordering::Release);
+                break;
+            };
+            if let Some(g) = msg.headers.as_ref().and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID)) {
+                state.local_cache.bump(g.as_str());
             }
         }
     }

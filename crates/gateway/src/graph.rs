@@ -399,6 +399,7 @@ fn done(r: pb::CommandResponse) -> impl IntoResponse {
 /// After a successful command through this gateway its graph's cache is dropped at once (the
 /// event consumer does the same for changes made elsewhere).
 async fn changed(state: &AppState, graph_id: &str) {
+    state.local_cache.bump(graph_id);
     if let Err(e) = crate::cache::invalidate(state, graph_id).await {
         tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
     }

@@ -29,45 +29,122 @@ pub fn describe() {
     metrics::describe_counter!(RATE_LIMITED_TOTAL, "Requests refused with 429");
 }
 
-/// Fixed one-minute windows per principal: one pipelined INCR + EXPIRE per request.
+/// Per-principal request counts in fixed one-minute windows, shared by all gateway instances
+/// through Redis. Requests are counted in memory and flushed to Redis every
+/// [`FLUSH_EVERY`] with one pipelined INCRBY per principal; a decision uses the last global
+/// count Redis returned plus what this instance has not flushed yet. So a request costs no
+/// Redis round trip, and several instances can overshoot the limit by at most what they serve
+/// in one flush interval.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    counts: std::sync::Mutex<std::collections::HashMap<String, Window>>,
+    /// Whether the last flush (or ping) reached Redis; decides fail-open or fail-closed.
+    redis_ok: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    minute: u64,
+    /// This instance's requests not yet added in Redis.
+    pending: u64,
+    /// The window's total in Redis at the last flush (all instances).
+    global: u64,
+}
+
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn window_key(principal: &str, minute: u64) -> String {
+    format!("cim:gw:rl:{principal}:{minute}")
+}
+
+impl RateLimiter {
+    fn count(&self, principal: String, minute: u64) -> u64 {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = counts.entry(principal).or_default();
+        if w.minute != minute {
+            *w = Window { minute, ..Window::default() };
+        }
+        w.pending += 1;
+        w.global + w.pending
+    }
+
+    /// Adds the pending counts to Redis and learns the global totals.
+    pub async fn flush(&self, redis: &deadpool_redis::Pool) {
+        let batch: Vec<(String, Window)> = {
+            let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = cim_auth::now_secs() / 60;
+            // Windows that ended are forgotten; Redis expires its copies.
+            counts.retain(|_, w| w.minute + 1 >= now);
+            counts.iter_mut().filter(|(_, w)| w.pending > 0).map(|(k, w)| (k.clone(), *w)).collect()
+        };
+        let result: Result<Vec<u64>, String> = async {
+            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                return deadpool_redis::redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| vec![])
+                    .map_err(|e| e.to_string());
+            }
+            let mut pipe = deadpool_redis::redis::pipe();
+            for (principal, w) in &batch {
+                let key = window_key(principal, w.minute);
+                pipe.incr(&key, w.pending).expire(&key, 61).ignore();
+            }
+            pipe.query_async(&mut conn).await.map_err(|e| e.to_string())
+        }
+        .await;
+        let ok = result.is_ok();
+        self.redis_ok.store(ok, std::sync::atomic::Ordering::Release);
+        match result {
+            Ok(totals) => {
+                let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for ((principal, sent), total) in batch.iter().zip(totals) {
+                    if let Some(w) = counts.get_mut(principal).filter(|w| w.minute == sent.minute) {
+                        w.pending -= sent.pending.min(w.pending);
+                        w.global = total;
+                    }
+                }
+            }
+            // Unflushed counts stay pending and go with the next flush.
+            Err(e) => tracing::debug!(error = %e, "rate-limit counts not flushed: redis unavailable"),
+        }
+    }
+
+    /// Flushes until `stop`.
+    pub async fn run(self: std::sync::Arc<Self>, redis: deadpool_redis::Pool, stop: cim_runtime::Shutdown) {
+        loop {
+            self.flush(&redis).await;
+            tokio::select! {
+                () = tokio::time::sleep(FLUSH_EVERY) => {}
+                () = stop.wait() => return,
+            }
+        }
+    }
+}
+
+/// Refuses a principal past its per-minute limit (429 + Retry-After).
 pub async fn rate_limit(state: &AppState, p: &Principal) -> Result<(), ApiError> {
     let limit = state.settings.rate_limit_per_minute;
     if limit == 0 {
         return Ok(());
     }
+    let limiter = &state.rate_limiter;
+    if !limiter.redis_ok.load(std::sync::atomic::Ordering::Acquire) && !state.settings.rate_limit_fail_open {
+        tracing::warn!("rate limit not counted: redis unavailable (failing closed)");
+        let mut err = ApiError::new(ErrorCode::Unavailable, "rate limiter unavailable; retry later");
+        err.retry_after = Some(1);
+        return Err(err);
+    }
     let now = cim_auth::now_secs();
-    let window = now / 60;
-    let key = format!("cim:gw:rl:{}:{}:{window}", p.tenant, p.subject);
-    let counted: Result<(u64,), String> = async {
-        let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
-        deadpool_redis::redis::pipe()
-            .incr(&key, 1u64)
-            .expire(&key, 61)
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
+    let n = limiter.count(format!("{}:{}", p.tenant, p.subject), now / 60);
+    if n > limit {
+        metrics::counter!(RATE_LIMITED_TOTAL).increment(1);
+        let mut e = ApiError::new(ErrorCode::RateLimited, format!("more than {limit} requests this minute"));
+        e.retry_after = Some(60 - now % 60);
+        return Err(e);
     }
-    .await;
-    match counted {
-        Ok((n,)) if n > limit => {
-            metrics::counter!(RATE_LIMITED_TOTAL).increment(1);
-            let mut e = ApiError::new(ErrorCode::RateLimited, format!("more than {limit} requests this minute"));
-            e.retry_after = Some(60 - now % 60);
-            Err(e)
-        }
-        Ok(_) => Ok(()),
-        Err(e) if state.settings.rate_limit_fail_open => {
-            tracing::debug!(error = %e, "rate limit not counted: redis unavailable (failing open)");
-            Ok(())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limit not counted: redis unavailable (failing closed)");
-            let mut err = ApiError::new(ErrorCode::Unavailable, "rate limiter unavailable; retry later");
-            err.retry_after = Some(1);
-            Err(err)
-        }
-    }
+    Ok(())
 }
 
 /// The request deadline (504 after) and RED metrics labelled by the route's template.
