@@ -458,7 +458,7 @@ fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> Exit
 }
 
 /// The services this build can run.
-const AVAILABLE: &[ServiceKind] = &[ServiceKind::Graph, ServiceKind::Gateway];
+const AVAILABLE: &[ServiceKind] = &[ServiceKind::Graph, ServiceKind::Gateway, ServiceKind::Websocket];
 
 fn select(spec: &str) -> Result<Vec<ServiceKind>, String> {
     if spec.trim() == "all" {
@@ -468,7 +468,7 @@ fn select(spec: &str) -> Result<Vec<ServiceKind>, String> {
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let kind: ServiceKind = name.parse()?;
         if !AVAILABLE.contains(&kind) {
-            return Err(format!("service {name} is not part of this build yet; available: graph, gateway"));
+            return Err(format!("service {name} is not part of this build yet; available: graph, gateway, websocket"));
         }
         if !chosen.contains(&kind) {
             chosen.push(kind);
@@ -521,6 +521,17 @@ async fn serve(spec: &str) -> ExitCode {
                 };
                 out(&format!("gateway   http://{}  admin http://{}", prepared.addr, prepared.admin_addr));
                 running.spawn(async move { prepared.run().await.map_err(|e| format!("gateway: {e}")) });
+            }
+            ServiceKind::Websocket => {
+                let prepared = match cim_websocket::app::prepare(&config, &shutdown.child()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        shutdown.trigger();
+                        return fail(&format!("websocket: {e}"), 1);
+                    }
+                };
+                out(&format!("websocket ws://{}/ws  admin http://{}", prepared.addr, prepared.admin_addr));
+                running.spawn(async move { prepared.run().await.map_err(|e| format!("websocket: {e}")) });
             }
             other => return fail(&format!("service {other} is not part of this build yet"), EXIT_CONFIG),
         }

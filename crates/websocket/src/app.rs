@@ -1,0 +1,94 @@
+//! Wiring: configuration → token verifier → NATS and the domain streams → the live feeds → the
+//! `/ws` listener and the admin listener. Used by the `cim-websocket` binary, the monolith
+//! (`cim serve`) and the integration tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cim_auth::{AuthError, Verifier};
+use cim_core::Domain;
+use cim_runtime::config::Config;
+use cim_runtime::{RuntimeError, ServiceHost, ServiceKind, Shutdown, bind, nats};
+use tokio::net::TcpListener;
+
+use crate::connection::{Settings, Shared};
+use crate::feed::{Hub, HubError};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// A websocket server with its listeners bound, ready to run.
+#[derive(Debug)]
+pub struct Prepared {
+    host: ServiceHost,
+    listener: TcpListener,
+    admin: TcpListener,
+    shared: Arc<Shared>,
+    grace: Duration,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+/// Connects and binds. Nothing is served until [`Prepared::run`].
+pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
+    // First: without keys no client could ever authenticate, which is a configuration error.
+    let verifier = Verifier::from_settings(&config.edge.auth)?;
+    let listen = config.listen(ServiceKind::Websocket);
+    let client = nats::connect(&nats::NatsSettings {
+        url: config.nats_url.clone(),
+        client_name: "cim-websocket".into(),
+        connect_timeout: config.connect_timeout,
+    })
+    .await?;
+    let js = nats::jetstream(client.clone());
+    let metrics = Metrics::new();
+    let hub = Hub::open(js, config.subject_prefix.clone(), config.stream_replicas, metrics.clone()).await?;
+
+    let host = ServiceHost::new("websocket", shutdown, config.shutdown_grace);
+    host.health().add_check("nats", nats::readiness(client));
+    let listener = bind("websocket HTTP (CIM_WEBSOCKET_ADDR)", listen.addr).await?;
+    let admin = bind("websocket admin (CIM_WEBSOCKET_ADMIN_ADDR)", listen.admin_addr).await?;
+    let settings = Settings::from_config(&config.edge.websocket);
+    let shared = Arc::new(Shared::new(hub, verifier, settings, metrics, shutdown.clone()));
+    Ok(Prepared {
+        addr: listener.local_addr().map_err(RuntimeError::from)?,
+        admin_addr: admin.local_addr().map_err(RuntimeError::from)?,
+        host,
+        listener,
+        admin,
+        shared,
+        grace: config.shutdown_grace,
+    })
+}
+
+impl Prepared {
+    /// Serves until shutdown completes: sockets are closed with 1001 first, then the feeds stop,
+    /// then the admin listener.
+    pub async fn run(mut self) -> Result<(), AppError> {
+        tracing::info!(addr = %self.addr, admin = %self.admin_addr, "websocket server listening");
+        // Inside the host's own wait for this worker, so the drain is not cut off mid-way.
+        let grace = self.grace.mul_f64(0.9);
+        // Spawned first so the host waits for the sockets before the feeds.
+        self.host.spawn_worker("websocket", crate::server::serve(self.listener, self.shared.clone(), grace));
+        for domain in Domain::ALL {
+            let feed = self.shared.hub.clone().run_feed(domain, self.host.workers_shutdown());
+            self.host.spawn_worker(&format!("feed-{domain}"), feed);
+        }
+        self.host.run(self.admin, None).await?;
+        Ok(())
+    }
+}
+
+/// Prepares and runs.
+pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
+    prepare(config, shutdown).await?.run().await
+}
