@@ -11,6 +11,7 @@ pub mod host;
 pub mod metrics;
 pub mod nats;
 pub mod postgres;
+pub mod process;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,48 @@
+//! The whole `main` of a service binary, shared so each binary stays a one-liner.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::{Shutdown, telemetry};
+
+/// Reads the configuration (exit 2 with one line per bad variable), starts telemetry, installs
+/// the signal handlers, runs `run` until shutdown, flushes telemetry and turns the outcome into
+/// the exit code.
+pub async fn main<F, Fut, E>(service: &str, run: F) -> ExitCode
+where
+    F: FnOnce(Config, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match telemetry::init(service, &config) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = Shutdown::new();
+    if let Err(e) = shutdown.listen_for_signals() {
+        let _ = writeln!(std::io::stderr().lock(), "cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = run(config, shutdown).await;
+    telemetry.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, service, "service failed");
+            let _ = writeln!(std::io::stderr().lock(), "cim-{service}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
