@@ -75,7 +75,7 @@ PY="${CIM_TEST_PYTHON:-python3}"
 if ! command -v "$PY" >/dev/null 2>&1; then
     run "python" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null'
 fi
-if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf' >/dev/null 2>&1; then
+if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf, schemathesis, moto.server' >/dev/null 2>&1; then
     if ! "$PY" -m pip install -q -r tests/python/requirements.txt >/dev/null 2>&1; then
         # Debian's own python refuses system-wide pip installs (PEP 668): use a virtualenv.
         VENV=/var/tmp/cim-pyenv
@@ -88,7 +88,7 @@ if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf' >/dev/null 2>&1; t
     fi
 fi
 export CIM_TEST_PYTHON="$PY"
-"$PY" -c 'import grpc, google.protobuf, schemathesis; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__)'
+"$PY" -c 'import grpc, google.protobuf, schemathesis, moto.server; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__)'
 
 header "deployment files: scripts/check-deploy.sh"
 run "check-deploy" bash scripts/check-deploy.sh

@@ -52,6 +52,11 @@ pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIO
 pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
 pub const CIM_WEBSOCKET_MAX_FRAME_BYTES: &str = "CIM_WEBSOCKET_MAX_FRAME_BYTES";
 pub const CIM_WEBSOCKET_IDLE_TIMEOUT_MS: &str = "CIM_WEBSOCKET_IDLE_TIMEOUT_MS";
+pub const CIM_OBJECT_STORE_URL: &str = "CIM_OBJECT_STORE_URL";
+pub const CIM_S3_ENDPOINT: &str = "CIM_S3_ENDPOINT";
+pub const CIM_S3_REGION: &str = "CIM_S3_REGION";
+pub const CIM_S3_ACCESS_KEY_ID: &str = "CIM_S3_ACCESS_KEY_ID";
+pub const CIM_S3_SECRET_ACCESS_KEY: &str = "CIM_S3_SECRET_ACCESS_KEY";
 
 /// The complete list. `cim config` prints it; a test checks that compose and k8s set only these.
 pub const VARS: &[VarSpec] = &[
@@ -163,6 +168,27 @@ pub const VARS: &[VarSpec] = &[
         "milliseconds from 1000 to 3600000",
         "close a client silent this long",
     ),
+    var(
+        CIM_OBJECT_STORE_URL,
+        Some("data/objects"),
+        "a directory (relative or absolute), file:///absolute/path, or s3://bucket[/prefix]",
+        "where document content is stored",
+    ),
+    var(
+        CIM_S3_ENDPOINT,
+        None,
+        "an http(s):// URL such as http://minio:9000",
+        "S3-compatible endpoint (path-style); unset: AWS",
+    ),
+    var(CIM_S3_REGION, Some("us-east-1"), "a region name such as us-east-1", "S3 region (signing)"),
+    var(CIM_S3_ACCESS_KEY_ID, None, "an access key id", "S3 credentials; unset: AWS_* / instance credentials"),
+    VarSpec {
+        name: CIM_S3_SECRET_ACCESS_KEY,
+        default: None,
+        expected: "a secret access key (required with CIM_S3_ACCESS_KEY_ID)",
+        secret: true,
+        help: "S3 secret key",
+    },
 ];
 
 /// The deployable services and their defaults (DESIGN §1).
@@ -305,6 +331,74 @@ pub struct WebsocketSettings {
     pub idle_timeout: Duration,
 }
 
+/// Where the object store keeps its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectLocation {
+    /// A directory on local disk (created when missing).
+    Local(std::path::PathBuf),
+    /// An S3 bucket, objects under `prefix` (empty: the bucket's root).
+    S3 { bucket: String, prefix: String },
+}
+
+/// The object store (document content): local disk by default, S3/MinIO in compose and k8s.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreSettings {
+    pub location: ObjectLocation,
+    /// An S3-compatible endpoint, addressed path-style; `None`: AWS itself.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    /// Static credentials; `None`: the AWS default chain (`AWS_*`, instance metadata).
+    pub s3_credentials: Option<(String, Secret)>,
+}
+
+fn object_location(s: &str) -> Option<ObjectLocation> {
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        // S3's bucket naming rules, so a typo fails here and not at the first upload.
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        let prefix = prefix.trim_matches('/');
+        let prefix_ok =
+            prefix.split('/').all(|seg| prefix.is_empty() || (!seg.is_empty() && seg != "." && seg != ".."));
+        return (bucket_ok && prefix_ok)
+            .then(|| ObjectLocation::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
+    }
+    if let Some(path) = s.strip_prefix("file://") {
+        return path.starts_with('/').then(|| ObjectLocation::Local(path.into()));
+    }
+    (!s.is_empty() && !s.contains("://")).then(|| ObjectLocation::Local(s.into()))
+}
+
+fn object_store_settings(r: &mut Reader<'_>) -> Option<ObjectStoreSettings> {
+    let location = r.parse(CIM_OBJECT_STORE_URL, object_location);
+    let s3_endpoint = r
+        .optional(CIM_S3_ENDPOINT)
+        .map(|_| r.parse(CIM_S3_ENDPOINT, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned)));
+    let s3_region = r.parse(CIM_S3_REGION, |s| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then(|| s.to_owned())
+    });
+    let key_id = r.optional(CIM_S3_ACCESS_KEY_ID);
+    let secret = r.optional(CIM_S3_SECRET_ACCESS_KEY);
+    let s3_credentials = match (key_id, secret) {
+        (None, None) => Some(None),
+        (Some(id), Some(secret)) => Some(Some((id.trim().to_owned(), Secret::new(secret)))),
+        // One without the other is a half-configured deployment: name the missing one.
+        (Some(_), None) => r.parse(CIM_S3_SECRET_ACCESS_KEY, |_| None::<Option<(String, Secret)>>),
+        (None, Some(_)) => r.parse(CIM_S3_ACCESS_KEY_ID, |_| None::<Option<(String, Secret)>>),
+    };
+    Some(ObjectStoreSettings {
+        location: location?,
+        s3_endpoint: match s3_endpoint {
+            Some(parsed) => Some(parsed?),
+            None => None,
+        },
+        s3_region: s3_region?,
+        s3_credentials: s3_credentials?,
+    })
+}
+
 /// The settings only the edge services read.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -379,6 +473,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub listen: BTreeMap<ServiceKind, Listen>,
     pub edge: EdgeSettings,
+    pub objects: ObjectStoreSettings,
 }
 
 /// One bad variable.
@@ -485,8 +580,9 @@ impl Config {
             }
         }
         let edge = edge_settings(&mut r);
+        let objects = object_store_settings(&mut r);
         match (
-            edge,
+            edge.zip(objects),
             log_format,
             log_filter,
             database_url,
@@ -499,7 +595,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some(edge),
+                Some((edge, objects)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -524,6 +620,7 @@ impl Config {
                 shutdown_grace,
                 listen,
                 edge,
+                objects,
             }),
             _ => Err(ConfigErrors(r.errors)),
         }
@@ -625,6 +722,39 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://otel:4317"));
         assert_eq!(c.listen(ServiceKind::Graph).addr.port(), 0);
+    }
+
+    #[test]
+    fn object_store_locations_are_parsed_and_checked() {
+        let local = from(&[]).unwrap().objects;
+        assert_eq!(local.location, ObjectLocation::Local("data/objects".into()));
+        assert!(local.s3_credentials.is_none());
+        let c = from(&[
+            (CIM_OBJECT_STORE_URL, "s3://cim-documents/tenants/a/"),
+            (CIM_S3_ENDPOINT, "http://minio:9000"),
+            (CIM_S3_ACCESS_KEY_ID, "cim"),
+            (CIM_S3_SECRET_ACCESS_KEY, "hunter22"),
+        ])
+        .unwrap()
+        .objects;
+        assert_eq!(c.location, ObjectLocation::S3 { bucket: "cim-documents".into(), prefix: "tenants/a".into() });
+        assert_eq!(c.s3_endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(c.s3_credentials.as_ref().map(|(id, s)| (id.as_str(), s.expose())), Some(("cim", "hunter22")));
+        let abs = from(&[(CIM_OBJECT_STORE_URL, "file:///srv/cim")]).unwrap().objects;
+        assert_eq!(abs.location, ObjectLocation::Local("/srv/cim".into()));
+
+        for bad in ["s3://Bad_Bucket", "s3://ab", "s3://b-ok/../x", "file://relative", "gs://bucket", "s3://bucket-/x"]
+        {
+            let err = from(&[(CIM_OBJECT_STORE_URL, bad)]).unwrap_err();
+            assert_eq!(err.0[0].var, CIM_OBJECT_STORE_URL, "{bad}");
+        }
+        let err = from(&[(CIM_S3_ACCESS_KEY_ID, "cim")]).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].var, CIM_S3_SECRET_ACCESS_KEY);
+        let err = from(&[(CIM_S3_SECRET_ACCESS_KEY, "hunter22"), (CIM_S3_ENDPOINT, "minio:9000")]).unwrap_err();
+        let vars: Vec<&str> = err.0.iter().map(|e| e.var.as_str()).collect();
+        assert_eq!(vars, [CIM_S3_ENDPOINT, CIM_S3_ACCESS_KEY_ID]);
+        assert!(!err.to_string().contains("hunter22"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ enum Command {
     /// Print every CIM_* variable with its effective value (secrets redacted) and validate them.
     Config,
     /// Check configuration, Postgres (schemas migrated), NATS JetStream (streams, consumers and
-    /// their lag, dead letters) and Redis; exit non-zero if any is broken.
+    /// their lag, dead letters), Redis and the object store; exit non-zero if any is broken.
     Doctor,
     /// Print an HS256 bearer token signed with CIM_JWT_HS256_SECRET (local development).
     Token {
@@ -246,8 +246,46 @@ async fn doctor() -> ExitCode {
             .map_err(|e| (e.to_string(), "start Redis (scripts/infra.sh up) or fix CIM_REDIS_URL")),
     );
 
+    check_objects(&mut report, &config).await;
     report.finish()
 }
+/// The object store takes a write, gives it back unchanged and deletes it.
+async fn check_objects(report: &mut Report, config: &Config) {
+    let fix = match config.objects.location {
+        cim_runtime::config::ObjectLocation::Local(_) => {
+            "make the directory writable by this user, or point CIM_OBJECT_STORE_URL elsewhere"
+        }
+        cim_runtime::config::ObjectLocation::S3 { .. } => {
+            "start the S3 server (MinIO), create the bucket (compose: minio-init; k8s: the minio-buckets Job), or fix CIM_OBJECT_STORE_URL, CIM_S3_ENDPOINT and the CIM_S3_* credentials"
+        }
+    };
+    let outcome = match cim_objects::Objects::open(&config.objects, config.connect_timeout) {
+        Ok(objects) => objects.probe().await.map(|p| {
+            format!(
+                "{} takes writes ({} bytes put, read back and deleted in {} ms)",
+                objects.describe(),
+                p.bytes,
+                p.elapsed.as_millis()
+            )
+        }),
+        Err(e) => Err(e),
+    };
+    // S3 errors carry the server's XML body over several lines: one line, bounded, for the report.
+    let one_line = |e: cim_objects::ObjectsError| {
+        let mut text = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.len() > 600 {
+            let mut end = 600;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        (text, fix)
+    };
+    report.line("objects", outcome.map_err(one_line));
+}
+
 /// The schema exists and every migration the code embeds for it is applied, successfully and
 /// unchanged. Versions applied by a newer build are reported, not failed: `set_ignore_missing`
 /// lets an older binary run against them.

@@ -10,6 +10,9 @@ fn cim() -> Command {
             cmd.env_remove(k);
         }
     }
+    // The default store is relative to the working directory: keep it out of the source tree.
+    let objects = std::env::temp_dir().join(format!("cim-cli-objects-{}", std::process::id()));
+    cmd.env("CIM_OBJECT_STORE_URL", format!("file://{}", objects.display()));
     cmd
 }
 
@@ -97,6 +100,7 @@ fn doctor_reports_healthy_on_a_running_system() {
         format!("ok    consumer  {stream} gateway-cache: 0 pending"),
         format!("ok    dlq       {}_DLQ: ", prefix.to_ascii_uppercase()),
         "ok    redis".to_owned(),
+        "ok    objects   local directory /".to_owned(),
         "doctor: all ".to_owned(),
     ] {
         assert!(stdout.contains(&line), "no {line:?} in\n{stdout}");
@@ -172,6 +176,124 @@ fn doctor_names_a_schema_that_is_missing_or_not_fully_migrated() {
         stdout.contains("FAIL  schema    graph: migration 1 (") && stdout.contains("differs from what was applied"),
         "{stdout}"
     );
+}
+
+#[test]
+fn doctor_checks_an_s3_object_store_and_names_what_is_wrong() {
+    let s3 = MotoS3::start();
+    s3.create_bucket("cim-documents");
+    // Postgres, NATS and Redis are out of this test's scope: nothing listens on port 1.
+    let mut env = vec![
+        ("CIM_DATABASE_URL", "postgres://postgres@127.0.0.1:1/cim".to_owned()),
+        ("CIM_NATS_URL", "nats://127.0.0.1:1".into()),
+        ("CIM_REDIS_URL", "redis://127.0.0.1:1".into()),
+        ("CIM_CONNECT_TIMEOUT_MS", "1000".into()),
+        ("CIM_OBJECT_STORE_URL", "s3://cim-documents/doctor".into()),
+        ("CIM_S3_ENDPOINT", s3.endpoint.clone()),
+        ("CIM_S3_ACCESS_KEY_ID", "cim".into()),
+        ("CIM_S3_SECRET_ACCESS_KEY", "doctor-secret-key".into()),
+    ];
+    let (code, stdout) = doctor(&env);
+    assert_eq!(code, Some(1), "{stdout}");
+    let ok = format!("ok    objects   s3://cim-documents/doctor at {} takes writes (", s3.endpoint);
+    assert!(stdout.contains(&ok), "no {ok:?} in\n{stdout}");
+    assert!(!stdout.contains("doctor-secret-key"), "{stdout}");
+    assert_eq!(s3.count_objects("cim-documents"), 0, "the probe object is deleted");
+
+    // A bucket nobody created.
+    env[4].1 = "s3://no-such-bucket".into();
+    let (_, stdout) = doctor(&env);
+    assert!(stdout.contains("FAIL  objects   object store s3://no-such-bucket at"), "{stdout}");
+    assert!(stdout.contains("fix: start the S3 server (MinIO), create the bucket"), "{stdout}");
+    assert!(stdout.contains("checks failed: postgres, nats, redis, objects\n"), "{stdout}");
+
+    // The S3 server stopped.
+    env[4].1 = "s3://cim-documents".into();
+    drop(s3);
+    let (_, stdout) = doctor(&env);
+    assert!(stdout.contains("FAIL  objects   object store s3://cim-documents at"), "{stdout}");
+}
+
+#[test]
+fn doctor_names_a_local_store_it_cannot_write() {
+    let file = std::env::temp_dir().join(format!("cim-cli-notadir-{}-{}", std::process::id(), uuid_suffix()));
+    std::fs::write(&file, b"a file where the directory should be").unwrap();
+    let (code, stdout) = doctor(&[
+        ("CIM_DATABASE_URL", "postgres://postgres@127.0.0.1:1/cim".to_owned()),
+        ("CIM_NATS_URL", "nats://127.0.0.1:1".into()),
+        ("CIM_REDIS_URL", "redis://127.0.0.1:1".into()),
+        ("CIM_CONNECT_TIMEOUT_MS", "500".into()),
+        ("CIM_OBJECT_STORE_URL", format!("{}/objects", file.display())),
+    ]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  objects   object store") && stdout.contains("cannot create the directory"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fix: make the directory writable"), "{stdout}");
+}
+
+/// moto's S3 server (PyPI `moto[server]`, from tests/python/requirements.txt) on a free port,
+/// with the Python of CIM_TEST_PYTHON; killed when dropped.
+struct MotoS3 {
+    child: std::process::Child,
+    port: u16,
+    endpoint: String,
+}
+
+impl MotoS3 {
+    fn start() -> Self {
+        let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {python} -m moto.server: {e}"));
+        let s3 = MotoS3 { child, port, endpoint: format!("http://127.0.0.1:{port}") };
+        for _ in 0..300 {
+            if s3.http("GET", "/").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return s3;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "moto S3 server never answered on port {port}: `{python} -m pip install -r tests/python/requirements.txt`"
+        );
+    }
+
+    /// One unsigned request (moto does not check signatures): the response, or None.
+    fn http(&self, method: &str, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .ok()?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        let response = self.http("PUT", &format!("/{bucket}")).unwrap_or_default();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    fn count_objects(&self, bucket: &str) -> usize {
+        self.http("GET", &format!("/{bucket}?list-type=2")).unwrap_or_default().matches("<Key>").count()
+    }
+}
+
+impl Drop for MotoS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn test_db_admin() -> String {
