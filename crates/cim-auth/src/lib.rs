@@ -68,6 +68,10 @@ pub struct Principal {
     pub tenant: TenantId,
     pub roles: BTreeSet<Role>,
     pub method: Method,
+    /// The token's `exp` (seconds since the Unix epoch): long-lived connections (websocket) end
+    /// when it passes. `None` for API keys and sessions, which are checked per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -201,7 +205,7 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
         return Err(AuthError::Malformed("claim sub: 1 to 200 printable characters".into()));
     }
     let roles = claims.roles.iter().map(|r| r.parse()).collect::<Result<BTreeSet<Role>, _>>()?;
-    Ok(Principal { subject: claims.sub, tenant, roles, method: Method::Jwt })
+    Ok(Principal { subject: claims.sub, tenant, roles, method: Method::Jwt, expires_at: Some(claims.exp) })
 }
 
 /// Signs an HS256 token: for tests, local development (`cim token`) and trusted issuers.

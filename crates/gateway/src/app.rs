@@ -122,7 +122,13 @@ pub async fn create_api_key(
     if body.subject.is_empty() || body.subject.len() > 200 || body.subject.chars().any(char::is_control) {
         return Err(crate::problem::ApiError::invalid("subject", "1 to 200 printable characters"));
     }
-    let owner = Principal { subject: body.subject, tenant: p.tenant, roles, method: cim_auth::Method::ApiKey };
+    let owner = Principal {
+        subject: body.subject,
+        tenant: p.tenant,
+        roles,
+        method: cim_auth::Method::ApiKey,
+        expires_at: None,
+    };
     let (id, key) = crate::auth::create_api_key(&state, owner).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
 }

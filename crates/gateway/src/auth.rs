@@ -54,7 +54,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 async fn stored(state: &AppState, entry: &str, method: Method) -> ApiResult<Option<Principal>> {
     let mut conn = state.redis.get().await.map_err(redis_down)?;
     let raw: Option<String> = conn.get(entry).await.map_err(redis_down)?;
-    Ok(raw.and_then(|r| serde_json::from_str::<Principal>(&r).ok()).map(|p| Principal { method, ..p }))
+    Ok(raw.and_then(|r| serde_json::from_str::<Principal>(&r).ok()).map(|p| Principal {
+        method,
+        expires_at: None,
+        ..p
+    }))
 }
 
 /// Resolves the caller. Bearer JWT first, then `X-Api-Key` / `Authorization: ApiKey`, then the

@@ -181,6 +181,7 @@ where
         max_subscriptions: settings.max_subscriptions,
         max_frame_bytes: settings.max_frame_bytes,
         heartbeat_ms: settings.heartbeat.as_millis() as u64,
+        expires_at: principal.expires_at,
     };
     let _ = queue.push(Outbound::Control(welcome.to_json()));
 
@@ -188,6 +189,9 @@ where
     let mut state = State { shared: shared.clone(), queue: queue.clone(), principal, subs: HashMap::new(), ended };
     let idle = tokio::time::sleep(settings.idle_timeout);
     tokio::pin!(idle);
+    let expires_at = state.principal.expires_at;
+    let expiry = tokio::time::sleep_until(deadline(expires_at));
+    tokio::pin!(expiry);
     let mut beat = tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -212,6 +216,11 @@ where
                     state.subs.remove(&ended.id);
                 }
             }
+            _ = &mut expiry => {
+                let message = "the token expired; reconnect with a fresh token (or send auth with one before it expires) and resume from your last position";
+                let _ = queue.push(Outbound::Control(error_frame(None, &Refusal::new(Code::TokenExpired, message))));
+                break Closing::new(close::UNAUTHENTICATED, "token_expired: the token expired");
+            }
             _ = &mut idle => {
                 break Closing::new(close::IDLE, format!("idle: nothing received for {} ms", settings.idle_timeout.as_millis()));
             }
@@ -223,9 +232,15 @@ where
                 match frame {
                     None => break Closing::new(close::NORMAL, ""),
                     Some(Err(e)) => break read_error(&e),
-                    Some(Ok(message)) => if let Some(closing) = state.on_message(message).await {
-                        break closing;
-                    },
+                    Some(Ok(message)) => {
+                        let before = state.principal.expires_at;
+                        if let Some(closing) = state.on_message(message).await {
+                            break closing;
+                        }
+                        if state.principal.expires_at != before {
+                            expiry.as_mut().reset(deadline(state.principal.expires_at));
+                        }
+                    }
                 }
             }
         }
@@ -234,6 +249,18 @@ where
         shared.hub.unsubscribe(sub).await;
     }
     closing
+}
+
+/// When a token expiring at `expires_at` (Unix seconds) ends its connection; far away without one.
+fn deadline(expires_at: Option<u64>) -> Instant {
+    let left = match expires_at {
+        Some(exp) => {
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            Duration::from_secs(exp).saturating_sub(now)
+        }
+        None => Duration::from_secs(365 * 86_400),
+    };
+    Instant::now() + left
 }
 
 fn read_error(e: &axum::Error) -> Closing {
@@ -370,9 +397,7 @@ impl State {
             }
         };
         match frame {
-            ClientFrame::Auth { .. } => {
-                self.refuse(None, Refusal::new(Code::AlreadyAuthenticated, "this connection is already authenticated"))
-            }
+            ClientFrame::Auth { token } => self.reauthenticate(&token),
             ClientFrame::Subscribe { id, filter, from } => {
                 if let Err(r) = self.subscribe(&id, Filter::parse(filter), from).await {
                     let shown = check_id(&id).is_ok().then_some(id.as_str());
@@ -393,6 +418,32 @@ impl State {
                 let _ = self.queue.push(Outbound::Control(ServerFrame::Pong {}.to_json()));
             }
             ClientFrame::Pong {} => {}
+        }
+    }
+
+    /// A fresh token extends the connection's life; it must name the same subject and tenant
+    /// (subscriptions were authorised for them). A refused token leaves the current one in force.
+    fn reauthenticate(&mut self, token: &str) {
+        match self.shared.verifier.verify(token) {
+            Ok(p) if p.subject != self.principal.subject || p.tenant != self.principal.tenant => self.refuse(
+                None,
+                Refusal::new(
+                    Code::AlreadyAuthenticated,
+                    "this connection is authenticated for another subject or tenant; open a new connection for this token",
+                ),
+            ),
+            Ok(p) if !p.can(Role::Reader) => {
+                self.refuse(None, Refusal::new(Code::PermissionDenied, "reading events needs the reader role"))
+            }
+            Ok(p) => {
+                self.principal = p;
+                let reply = ServerFrame::Reauthenticated { expires_at: self.principal.expires_at };
+                let _ = self.queue.push(Outbound::Control(reply.to_json()));
+            }
+            Err(e) => self.refuse(
+                None,
+                Refusal::new(Code::Unauthenticated, format!("{e}; the connection keeps its current token")),
+            ),
         }
     }
 

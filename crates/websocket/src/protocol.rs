@@ -60,8 +60,10 @@ pub enum Code {
     PositionAhead,
     /// Events after `from` were removed from the stream: a gap-free resume is impossible.
     PositionExpired,
-    /// `auth` after the connection was authenticated.
+    /// `auth` on an authenticated connection with a token for another subject or tenant.
     AlreadyAuthenticated,
+    /// The connection's token expired (then close `4001`).
+    TokenExpired,
     Unauthenticated,
     PermissionDenied,
     /// JetStream did not answer; the subscription is not active, subscribe again.
@@ -80,6 +82,7 @@ impl Code {
             Code::PositionAhead => "position_ahead",
             Code::PositionExpired => "position_expired",
             Code::AlreadyAuthenticated => "already_authenticated",
+            Code::TokenExpired => "token_expired",
             Code::Unauthenticated => "unauthenticated",
             Code::PermissionDenied => "permission_denied",
             Code::Unavailable => "unavailable",
@@ -205,6 +208,15 @@ pub enum ServerFrame<'a> {
         max_subscriptions: usize,
         max_frame_bytes: usize,
         heartbeat_ms: u64,
+        /// When the token expires (Unix seconds): the connection is closed then unless the
+        /// client sends `auth` with a fresh token for the same subject and tenant before.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
+    /// A fresh token was accepted: the connection now lives until `expires_at`.
+    Reauthenticated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     Subscribed {
         id: &'a str,

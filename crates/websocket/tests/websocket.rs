@@ -331,6 +331,41 @@ async fn bad_tokens_are_refused_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_ends_when_its_token_expires_unless_a_fresh_one_is_sent() {
+    let prefix = unique("p");
+    let ws = Ws::start(&prefix, &[]).await;
+    let t = TenantId::new();
+
+    // Left alone, the connection is closed when the token expires, with a reason.
+    let exp = cim_auth::now_secs() + 2;
+    let protocols = ["cim.v1".to_owned(), format!("bearer.{}", token_with(t, &["reader"], exp, SECRET))];
+    let (mut short, _) = Client::open(ws.addr, &protocols, None).await.unwrap();
+    let welcome = short.json().await;
+    assert_eq!(welcome["expires_at"], exp, "{welcome}");
+    short.subscribe("s", json!({"domain": "graph"}), None).await;
+    let message = expect_refusal(&mut short, "token_expired", Some(4001)).await;
+    assert!(message.contains("fresh token"), "{message}");
+    assert!(cim_auth::now_secs() >= exp);
+
+    // A fresh token for the same subject and tenant, sent in time, keeps it open.
+    let mut renewed = ws.connect(&token_with(t, &["reader"], cim_auth::now_secs() + 2, SECRET)).await;
+    let later = cim_auth::now_secs() + 600;
+    renewed.send(json!({"type": "auth", "token": token_with(t, &["reader"], later, SECRET)})).await;
+    let reply = renewed.json().await;
+    assert_eq!(reply, json!({"type": "reauthenticated", "expires_at": later}));
+    // A token of another tenant is refused and changes nothing; nor does a bad one.
+    renewed.send(json!({"type": "auth", "token": token(TenantId::new(), &["reader"])})).await;
+    assert!(expect_refusal(&mut renewed, "already_authenticated", None).await.contains("another subject or tenant"));
+    renewed.send(json!({"type": "auth", "token": "not-a-jwt"})).await;
+    assert!(expect_refusal(&mut renewed, "unauthenticated", None).await.contains("keeps its current token"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    renewed.send(json!({"type": "ping"})).await;
+    assert_eq!(renewed.json().await["type"], "pong", "still open after the first token's expiry");
+    ws.stop().await;
+    delete_streams(&prefix, &nats_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_frames_get_clear_errors_and_the_server_carries_on() {
     let prefix = unique("p");
     let mut graph = Graph::start(&prefix).await;
@@ -371,7 +406,7 @@ async fn bad_frames_get_clear_errors_and_the_server_carries_on() {
     c.send(json!({"type": "unsubscribe", "id": "b"})).await;
     assert_eq!(c.json().await, json!({"type": "unsubscribed", "id": "b"}));
     c.send(json!({"type": "auth", "token": "x"})).await;
-    expect_refusal(&mut c, "already_authenticated", None).await;
+    assert!(expect_refusal(&mut c, "unauthenticated", None).await.contains("keeps its current token"));
 
     // After all that the connection still delivers.
     graph.add_node(t, &g, "still-here").await;
