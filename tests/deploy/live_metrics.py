@@ -8,8 +8,13 @@ database (on the server of CIM_TEST_DATABASE_URL, default postgres:postgres@127.
 monolith (`cim serve --services all`) on free ports with its own subject prefix, and a Prometheus
 scraping every admin listener the monolith prints, every second, with the repository's alert
 rules loaded. It drives a short load through the gateway's REST API (graphs, nodes, edges,
-batches, queries, cached GETs, 4xx, 429) in rounds a few scrapes apart, then asks Prometheus'
-HTTP API for every expression:
+batches, queries, cached GETs, 4xx, 429) in rounds a few scrapes apart, with websocket clients on
+the monolith's /ws meanwhile (docs/websocket.md; a minimal RFC 6455 client on the standard
+library): one subscribed to the graph domain that reads every event, one that subscribes 500 times
+and stops reading until it is closed for lagging (4008), one resuming from position 0 (catch-up)
+that also sends a frame that is not JSON, and one with a token that does not verify (4001). Each
+of these must show in the websocket metrics (WS_EXPECTED). Then it asks Prometheus' HTTP API for
+every expression:
 
 - each target of every dashboard panel (Grafana's $__rate_interval etc. and template variables
   replaced as tests/deploy/consistency.py does for promtool) must return at least one sample
@@ -34,7 +39,9 @@ Exits 1 naming each dead expression; every process and the database are removed 
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -213,6 +220,8 @@ class Run:
             CIM_CONNECT_TIMEOUT_MS="5000",
             CIM_GATEWAY_GRAPH_URLS=f"http://127.0.0.1:{self.graph_port}",
             CIM_GATEWAY_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT),
+            CIM_WEBSOCKET_CLIENT_QUEUE=str(WS_CLIENT_QUEUE),
+            CIM_WEBSOCKET_MAX_SUBSCRIPTIONS=str(WS_LAGGING_SUBSCRIPTIONS),
         )
         # Every service's listeners on free ports, also those this build's `all` may not run yet.
         for var in sorted(consistency.code_vars()):
@@ -250,6 +259,12 @@ class Run:
         self.gateway = next(
             ln.split("http://")[1].split()[0] for ln in self.cim_out if ln.startswith("gateway")
         )
+        # "websocket ws://host:port/ws  admin http://..."
+        self.websocket = next(
+            (m.group(1) for ln in self.cim_out if (m := re.match(r"websocket\s+ws://([^/\s]+)/ws", ln))), None
+        )
+        if not self.websocket:
+            raise SystemExit("live-metrics: cim serve --services all printed no websocket ws://... line")
         return admins
 
     def token(self, subject: str, tenant: str) -> str:
@@ -392,6 +407,240 @@ def flood(run: Run, token: str) -> int:
         if http("GET", f"http://{run.gateway}/api/v1/auth/me", token=token)[0] == 429:
             return n + 1
     raise SystemExit(f"live-metrics: {RATE_LIMIT + 10} requests in a row were never rate limited (429)")
+
+
+# --- websocket load ----------------------------------------------------------------------------
+
+# The client that stops reading lags only once its socket is full: the server's send buffer
+# grows to net.ipv4.tcp_wmem's maximum (4 MiB by default) even towards a tiny receive window.
+# Each event is one frame (~1 KB) per matching subscription, so with this many subscriptions
+# (CIM_WEBSOCKET_MAX_SUBSCRIPTIONS is raised to match) the first round's events overflow it,
+# and then its queue. The queue stays far above what a reading client ever has waiting.
+WS_CLIENT_QUEUE = 128
+WS_LAGGING_SUBSCRIPTIONS = 500
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# What the websocket load must have caused, each a query that returns a sample only then. Most
+# websocket series are exported from start-up (at 0), so their panels have data even without
+# clients: these make sure the load really exercised them.
+WS_EXPECTED = [
+    ("sum(cim_websocket_frames_sent_total) > 0", "event frames written to the subscriber"),
+    ("sum(cim_websocket_delivery_latency_seconds_count) > 0", "delivery latency of those frames"),
+    ("max(cim_websocket_subscriptions) > 0", "the subscriber's subscription"),
+    ('sum(cim_websocket_rejected_total{reason="unauthenticated"}) > 0', "the connection with a bad token"),
+    ("sum(cim_websocket_bad_frames_total) > 0", "the frame that is not JSON"),
+    ("sum(cim_websocket_catchup_events_total) > 0", "events read from the stream for the resume from 0"),
+    ("sum(cim_websocket_lagging_clients_closed_total) > 0", "the client that stopped reading, closed with 4008"),
+    ("max(cim_websocket_feed_position) > 0", "the graph domain's live feed moving"),
+]
+
+
+class WsClosed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed {code} {reason}".rstrip())
+        self.code, self.reason = code, reason
+
+
+class WsClient:
+    """A minimal websocket client (RFC 6455) on the standard library: the upgrade, masked text
+    frames, pings answered, close frames. JSON frames in and out, as docs/websocket.md has them."""
+
+    def __init__(self, addr: str, protocols: list[str], rcvbuf: int | None = None, timeout: float = 10) -> None:
+        host, port = addr.rsplit(":", 1)
+        self.sock = socket.socket()
+        if rcvbuf:
+            # Before connecting, so the window the server may fill is small as well.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, int(port)))
+        self.buf = b""
+        self.send_lock = threading.Lock()
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            "GET /ws HTTP/1.1", f"Host: {addr}", "Upgrade: websocket", "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+        ]  # fmt: skip
+        if protocols:
+            lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status, *rest = head.decode(errors="replace").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in rest)}
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        if status.split()[1:2] != ["101"] or headers.get("sec-websocket-accept") != accept:
+            raise SystemExit(f"live-metrics: websocket upgrade at ws://{addr}/ws failed: {status}")
+        self.protocol = headers.get("sec-websocket-protocol")
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise WsClosed(1006, "connection closed without a close frame")
+        self.buf += chunk
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        if n < 126:
+            head = bytes([0x80 | opcode, 0x80 | n])
+        elif n < 1 << 16:
+            head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+        mask = os.urandom(4)  # a client masks every frame
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        with self.send_lock:
+            self.sock.sendall(head + mask + masked)
+
+    def send(self, frame: dict | str) -> None:
+        self._send_frame(0x1, (frame if isinstance(frame, str) else json.dumps(frame)).encode())
+
+    def recv(self) -> dict:
+        """The next text frame, parsed. Answers pings; raises WsClosed at a close frame."""
+        message = b""
+        while True:
+            b0, b1 = self._read(2)
+            opcode, n = b0 & 0x0F, b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(self._read(2), "big")
+            elif n == 127:
+                n = int.from_bytes(self._read(8), "big")
+            mask = self._read(4) if b1 & 0x80 else None
+            payload = self._read(n)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == 0x9:
+                self._send_frame(0xA, payload)
+            elif opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                raise WsClosed(code, payload[2:].decode(errors="replace"))
+            elif opcode in (0x0, 0x1, 0x2):
+                message += payload
+                if b0 & 0x80:
+                    return json.loads(message)
+
+    def expect(self, kind: str, what: str) -> dict:
+        try:
+            frame = self.recv()
+        except (WsClosed, OSError) as e:
+            raise SystemExit(f"live-metrics: websocket {what}: expected a {kind} frame, got {e!r}") from None
+        if frame.get("type") != kind:
+            raise SystemExit(f"live-metrics: websocket {what}: expected a {kind} frame, got {frame}")
+        return frame
+
+    def close(self) -> None:
+        try:
+            self._send_frame(0x8, (1000).to_bytes(2, "big"))
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class WsLoad:
+    """The websocket clients of one run (see the module's docstring)."""
+
+    def __init__(self, addr: str, token: str) -> None:
+        self.addr, self.token = addr, token
+        self.events = 0
+        self.reader_error: str | None = None
+        self.closing = False
+        self.clients: list[WsClient] = []
+
+        # The subscriber: token as subprotocol, every event of its tenant's graph domain.
+        self.reader = self.connect(["cim.v1", f"bearer.{token}"])
+        if self.reader.protocol != "cim.v1":
+            raise SystemExit(f"live-metrics: websocket answered subprotocol {self.reader.protocol!r}, not cim.v1")
+        self.reader.expect("welcome", "subscriber")
+        self.reader.send({"type": "subscribe", "id": "live", "filter": {"domain": "graph"}})
+        self.reader.expect("subscribed", "subscriber")
+        self.reader.sock.settimeout(None)  # its thread blocks until close() ends the connection
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+
+        # The laggard: token in a first auth message, WS_LAGGING_SUBSCRIPTIONS subscriptions
+        # matching every event, then it reads nothing more. A small receive buffer, or its own
+        # kernel would take up to net.ipv4.tcp_rmem's maximum for it before the server's fills.
+        self.laggard = self.connect(["cim.v1"], rcvbuf=4096)
+        self.laggard.send({"type": "auth", "token": token})
+        self.laggard.expect("welcome", "lagging client")
+        # In batches: replies count against the queue too.
+        for start in range(0, WS_LAGGING_SUBSCRIPTIONS, 50):
+            batch = range(start, min(start + 50, WS_LAGGING_SUBSCRIPTIONS))
+            for i in batch:
+                self.laggard.send({"type": "subscribe", "id": f"lag{i}", "filter": {"domain": "graph"}})
+            for _ in batch:
+                self.laggard.expect("subscribed", "lagging client")
+
+        # A token that does not verify: an error frame, then 4001.
+        bad = self.connect(["cim.v1", "bearer.not-a-jwt"])
+        err = bad.expect("error", "bad token")
+        try:
+            code: int | None = None
+            bad.recv()
+        except WsClosed as e:
+            code = e.code
+        if err.get("code") != "unauthenticated" or code != 4001:
+            raise SystemExit(f"live-metrics: websocket bad token: {err}, then close {code}; expected 4001")
+        bad.close()
+
+    def connect(self, protocols: list[str], rcvbuf: int | None = None) -> WsClient:
+        c = WsClient(self.addr, protocols, rcvbuf)
+        self.clients.append(c)
+        return c
+
+    def read(self) -> None:
+        try:
+            while True:
+                frame = self.reader.recv()
+                if frame.get("type") == "event":
+                    self.events += 1
+                elif frame.get("type") != "pong":
+                    self.reader_error = f"unexpected frame {frame}"
+        except (WsClosed, OSError) as e:
+            if self.reader_error is None and not self.closing:
+                self.reader_error = repr(e)
+
+    def resume(self) -> None:
+        """A client resuming from position 0 (catch-up from the stream), after a frame that is
+        not JSON (bad_frame; the connection stays open)."""
+        c = self.connect(["cim.v1", f"bearer.{self.token}"])
+        c.expect("welcome", "resuming client")
+        c.send("{this is not JSON")
+        err = c.expect("error", "resuming client after a bad frame")
+        if err.get("code") != "bad_frame":
+            raise SystemExit(f"live-metrics: websocket: a frame that is not JSON was answered with {err}")
+        c.send({"type": "subscribe", "id": "resume", "filter": {"domain": "graph"}, "from": 0})
+        c.expect("subscribed", "resuming client")
+        # The stream holds the first round's events by now: the first of them comes from the stream.
+        first = c.expect("event", "resuming client (catch-up from 0)")
+        if first.get("id") != "resume" or not first.get("position"):
+            raise SystemExit(f"live-metrics: websocket: resuming from 0 sent {first}")
+        c.close()
+
+    def verify(self, prom: str) -> list[str]:
+        wait_for(lambda: self.events > 0 or self.reader_error, 10, "an event frame on the websocket subscriber")
+        failures = []
+        if self.reader_error:
+            failures.append(f"websocket load: the subscriber ended: {self.reader_error}")
+        todo = list(WS_EXPECTED)
+        deadline = time.monotonic() + 15
+        while todo and time.monotonic() < deadline:
+            todo = [(q, what) for q, what in todo if not query(prom, q)]
+            if todo:
+                time.sleep(0.5)
+        failures += [f"websocket load: {what}:\n      {q}\n      returned nothing" for q, what in todo]
+        return failures
+
+    def close(self) -> None:
+        self.closing = True
+        for c in self.clients:
+            c.close()
 
 
 # --- the expressions ---------------------------------------------------------------------------
@@ -544,6 +793,7 @@ def main() -> int:
 
     items = collect()
     run = Run(args)
+    ws: WsLoad | None = None
     try:
         nats, redis, db = run.start_nats(), run.start_redis(), run.create_database()
         run.cim_env(db, nats, redis)
@@ -556,11 +806,14 @@ def main() -> int:
         tenant = "0190f1b2-1111-7000-8000-" + secrets.token_hex(6)
         token = run.token("live", tenant)
         flooded = run.token("flood", tenant)
+        ws = WsLoad(run.websocket, token)
         sent = flood(run, flooded)
         statuses: dict[int, int] = {}
         for n in range(args.rounds):
             for status, count in load_round(run, token, n).items():
                 statuses[status] = statuses.get(status, 0) + count
+            if n == 0:
+                ws.resume()
             # One more 429 per round, so that series has a rate too (one request while the
             # principal is still over its limit, more when a new minute's window has begun).
             sent += flood(run, flooded)
@@ -568,6 +821,10 @@ def main() -> int:
             time.sleep(1.2)  # scrapes between rounds, so every series has a rate
         log(f"load: {sum(statuses.values())} requests by status {dict(sorted(statuses.items()))}; "
             f"{sent} from a principal flooding past the rate limit")  # fmt: skip
+        ws_failures = ws.verify(prom)
+        log(f"websocket ws://{run.websocket}/ws: {ws.events} events to the subscriber; a resume from 0 "
+            f"(catch-up) after a bad frame; a bad token refused (4001); a client with "
+            f"{WS_LAGGING_SUBSCRIPTIONS} subscriptions that stopped reading (queue {WS_CLIENT_QUEUE})")  # fmt: skip
 
         for metric in sorted({m for i in items for m in consistency.promql_metrics(i["query"])}):
             if pending_reason(metric) and present(prom, metric):
@@ -576,6 +833,7 @@ def main() -> int:
                     f"{consistency.rel(Path(__file__))} so its panels and rules are checked"
                 )
         failures, pending = check(prom, items, time.monotonic() + 20)
+        failures += ws_failures
         wait_for(lambda: all(r["health"] != "unknown" for g in http("GET", f"{prom}/api/v1/rules")[1]["data"]["groups"]
                              for r in g["rules"]), 10, "every rule evaluated")  # fmt: skip
         failures += rule_health(prom)
@@ -602,6 +860,8 @@ def main() -> int:
         log(f"OK: every expression returned data ({len(items) - len(pending)} live, {len(pending)} pending)")
         return 0
     finally:
+        if ws:
+            ws.close()
         run.close()
 
 
