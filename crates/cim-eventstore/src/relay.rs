@@ -187,8 +187,10 @@ impl Relay {
 
     async fn record_backlog(&self) {
         let row = sqlx::query(
-            "SELECT count(*) AS n, extract(epoch FROM now() - min(e.occurred_at))::float8 AS age \
-             FROM outbox o JOIN events e USING (position)",
+            // The oldest pending event is the one with the lowest position: one index lookup
+            // each, never a join over the event history.
+            "SELECT (SELECT count(*) FROM outbox) AS n, extract(epoch FROM now() - \
+             (SELECT occurred_at FROM events WHERE position = (SELECT min(position) FROM outbox)))::float8 AS age",
         )
         .fetch_one(self.store.pool())
         .await;
@@ -203,8 +205,13 @@ impl Relay {
 
     async fn fetch(&self, conn: &mut PgConnection) -> Result<Vec<Pending>, StoreError> {
         let sql = format!(
-            "SELECT o.position, o.traceparent, {EVENT_COLUMNS} FROM outbox o JOIN events e USING (position) \
-             ORDER BY o.position LIMIT $1"
+            // The outbox is small and `events` only grows: each pending row looks its event up by
+            // primary key. A plain join let the planner merge-join from the start of `events`, so
+            // every poll read the whole event history up to the oldest pending row.
+            "SELECT o.position, o.traceparent, {EVENT_COLUMNS} \
+             FROM (SELECT position, traceparent FROM outbox ORDER BY position LIMIT $1) o \
+             CROSS JOIN LATERAL (SELECT * FROM events WHERE events.position = o.position OFFSET 0) e \
+             ORDER BY o.position"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(self.config.batch_size).fetch_all(conn).await?;
         rows.iter()

@@ -55,11 +55,15 @@ pub async fn load_facts(
 ) -> Result<(), ServiceError> {
     if !needs.nodes.is_empty() {
         let ids: Vec<&str> = needs.nodes.iter().map(NodeId::as_str).collect();
-        let rows = sqlx::query("SELECT node_id, node_type FROM nodes WHERE graph_id = $1 AND node_id = ANY($2)")
-            .bind(graph.as_uuid())
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
+        // One primary-key lookup per id (see the guard in `fast.rs` for why not `= ANY`).
+        let rows = sqlx::query(
+            "SELECT n.node_id, n.node_type FROM unnest($2::text[]) AS a(id) CROSS JOIN LATERAL \
+             (SELECT node_id, node_type FROM nodes WHERE graph_id = $1 AND node_id = a.id OFFSET 0) n",
+        )
+        .bind(graph.as_uuid())
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
         for row in rows {
             let id: NodeId = row.try_get::<String, _>("node_id")?.parse().map_err(corrupt)?;
             let node_type = row.try_get::<String, _>("node_type")?.parse().map_err(corrupt)?;
@@ -70,8 +74,12 @@ pub async fn load_facts(
         let edge_ids: Vec<&str> = needs.edges.iter().map(EdgeId::as_str).collect();
         let incident: Vec<&str> = needs.incident_to.iter().map(NodeId::as_str).collect();
         let rows = sqlx::query(
-            "SELECT edge_id, edge_type, source, target FROM edges WHERE graph_id = $1 \
-             AND (edge_id = ANY($2) OR source = ANY($3) OR target = ANY($3))",
+            "SELECT x.* FROM unnest($2::text[]) AS a(id) CROSS JOIN LATERAL (SELECT edge_id, edge_type, source, target \
+                 FROM edges WHERE graph_id = $1 AND edge_id = a.id OFFSET 0) x \
+             UNION SELECT x.* FROM unnest($3::text[]) AS a(id) CROSS JOIN LATERAL (SELECT edge_id, edge_type, source, target \
+                 FROM edges WHERE graph_id = $1 AND source = a.id OFFSET 0) x \
+             UNION SELECT x.* FROM unnest($3::text[]) AS a(id) CROSS JOIN LATERAL (SELECT edge_id, edge_type, source, target \
+                 FROM edges WHERE graph_id = $1 AND target = a.id OFFSET 0) x",
         )
         .bind(graph.as_uuid())
         .bind(&edge_ids)
