@@ -14,7 +14,7 @@ pub mod relay;
 pub mod store;
 pub mod streams;
 
-pub use consumer::{Consumer, ConsumerConfig, EventHandler};
+pub use consumer::{Consumer, ConsumerConfig, EventHandler, publish_dead_letter};
 pub use error::StoreError;
 pub use relay::{Relay, RelayConfig};
 pub use store::{

@@ -15,7 +15,8 @@ pub const CONSUMER_DUPLICATES_TOTAL: &str = "cim_consumer_duplicates_total";
 pub const CONSUMER_DEAD_LETTERS_TOTAL: &str = "cim_consumer_dead_letters_total";
 pub const CONSUMER_LAG: &str = "cim_consumer_lag_messages";
 
-pub(crate) fn describe() {
+/// Registers the descriptions; consumers outside this crate call it too.
+pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(APPEND_DURATION_SECONDS, Unit::Seconds, "Time to append one command's events, by schema");
     describe_counter!(EVENTS_APPENDED_TOTAL, "Events committed, by schema");

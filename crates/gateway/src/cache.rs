@@ -218,6 +218,7 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
     let prefix = state.prefix.clone();
     let stream = prefix.stream_name(Domain::Graph);
     let durable = "gateway-cache".to_owned();
+    let metrics = ConsumerMetrics::new(&durable);
     loop {
         let consumer = async {
             let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
@@ -267,24 +268,95 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
                 state.invalidator_live.store(false, Ordering::Release);
                 break;
             };
-            let graph = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID))
-                .map(|v| v.as_str().to_owned());
-            let done = match graph {
-                Some(g) => invalidate(&state, &g).await,
-                None => Ok(()),
-            };
-            match done {
-                Ok(()) => {
-                    let _ = msg.ack().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache invalidation failed; will be redelivered");
-                    let _ = msg.ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
+            handle(&state, &js, &durable, &metrics, msg).await;
+        }
+    }
+}
+
+/// The consumer metrics every CIM durable consumer exports (`cim_eventstore::metrics`), so the
+/// consumer dashboards and alerts (lag, dead letters) cover this one too.
+struct ConsumerMetrics {
+    applied: metrics::Counter,
+    retried: metrics::Counter,
+    redeliveries: metrics::Counter,
+    dead_letters: metrics::Counter,
+    lag: metrics::Gauge,
+}
+
+impl ConsumerMetrics {
+    fn new(consumer: &str) -> Self {
+        use cim_eventstore::metrics as m;
+        cim_eventstore::metrics::describe();
+        let c = consumer.to_owned();
+        let metrics = ConsumerMetrics {
+            applied: metrics::counter!(m::CONSUMER_HANDLED_TOTAL, "consumer" => c.clone(), "outcome" => "applied"),
+            retried: metrics::counter!(m::CONSUMER_HANDLED_TOTAL, "consumer" => c.clone(), "outcome" => "retry"),
+            redeliveries: metrics::counter!(m::CONSUMER_REDELIVERIES_TOTAL, "consumer" => c.clone()),
+            dead_letters: metrics::counter!(m::CONSUMER_DEAD_LETTERS_TOTAL, "consumer" => c.clone()),
+            lag: metrics::gauge!(m::CONSUMER_LAG, "consumer" => c),
+        };
+        // Exported from the start: "none yet" is 0, not a missing series.
+        metrics.dead_letters.increment(0);
+        metrics.retried.increment(0);
+        metrics
+    }
+}
+
+/// The graph an event touches: the aggregate-id header the relay sets, else the envelope's own
+/// `aggregate_id` (a message published by other means).
+fn touched_graph(msg: &async_nats::jetstream::Message) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Aggregate {
+        aggregate_id: cim_core::AggregateId,
+    }
+    let header = msg.headers.as_ref().and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID));
+    match header.map(|v| v.as_str().parse::<cim_core::AggregateId>()) {
+        Some(Ok(id)) => Some(id.to_string()),
+        _ => serde_json::from_slice::<Aggregate>(&msg.payload).ok().map(|a| a.aggregate_id.to_string()),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    js: &async_nats::jetstream::Context,
+    consumer: &str,
+    metrics: &ConsumerMetrics,
+    msg: async_nats::jetstream::Message,
+) {
+    use async_nats::jetstream::AckKind;
+    if let Ok(info) = msg.info() {
+        metrics.lag.set(info.pending as f64);
+        if info.delivered > 1 {
+            metrics.redeliveries.increment(1);
+        }
+    }
+    let Some(graph) = touched_graph(&msg) else {
+        // No graph to invalidate, now or on any redelivery: kept in the dead-letter stream for
+        // an operator instead of silently leaving some graph's cache stale.
+        let reason = "gateway-cache: no readable aggregate id in the headers or the payload";
+        match cim_eventstore::publish_dead_letter(js, &state.prefix, consumer, &msg, reason).await {
+            Ok(()) => {
+                tracing::error!(subject = %msg.subject, "{reason}; sent to the dead-letter stream");
+                let _ = msg.ack_with(AckKind::Term).await;
+                metrics.dead_letters.increment(1);
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-letter publish failed; will be redelivered");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                metrics.retried.increment(1);
+            }
+        }
+        return;
+    };
+    match invalidate(state, &graph).await {
+        Ok(()) => {
+            let _ = msg.ack().await;
+            metrics.applied.increment(1);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cache invalidation failed; will be redelivered");
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            metrics.retried.increment(1);
         }
     }
 }

@@ -386,3 +386,50 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     gw.stop().await;
     graph.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_naming_no_graph_goes_to_the_dead_letter_stream_and_is_counted() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[]).await;
+    let client = async_nats::connect(harness::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let prefix: cim_core::SubjectPrefix = graph.prefix.parse().unwrap();
+    let before = dead_letters();
+
+    // On the graph stream's subjects, but neither an aggregate-id header nor a readable envelope.
+    let subject = format!("{}.graph.evt.graph.unknown.node_added", graph.prefix);
+    js.publish(subject.clone(), "not an envelope".into()).await.unwrap().await.unwrap();
+
+    let dlq = prefix.dlq_stream_name();
+    let found = eventually(|| {
+        let js = js.clone();
+        let dlq = dlq.clone();
+        async move {
+            let Ok(mut stream) = js.get_stream(&dlq).await else { return false };
+            stream.info().await.is_ok_and(|i| i.state.messages >= 1)
+        }
+    })
+    .await;
+    assert!(found, "nothing reached {dlq}");
+    let stream = js.get_stream(&dlq).await.unwrap();
+    let last = stream.get_last_raw_message_by_subject(&prefix.dlq_subject("gateway-cache").unwrap()).await.unwrap();
+    assert_eq!(&last.payload[..], b"not an envelope");
+    let headers = last.headers;
+    let reason = headers.get(cim_core::subject::headers::DLQ_REASON).unwrap().as_str().to_owned();
+    assert!(reason.contains("no readable aggregate id"), "{reason}");
+    assert_eq!(headers.get(cim_core::subject::headers::DLQ_ORIGINAL_SUBJECT).unwrap().as_str(), subject);
+    assert!(eventually(|| async { dead_letters() > before }).await, "dead letter not counted");
+
+    gw.stop().await;
+    graph.stop().await;
+}
+
+/// `cim_consumer_dead_letters_total{consumer="gateway-cache"}` in this process's exposition.
+fn dead_letters() -> f64 {
+    let text = cim_runtime::metrics::handle().render();
+    text.lines()
+        .find(|l| l.starts_with("cim_consumer_dead_letters_total{") && l.contains("consumer=\"gateway-cache\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
