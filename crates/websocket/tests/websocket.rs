@@ -348,7 +348,9 @@ async fn a_connection_ends_when_its_token_expires_unless_a_fresh_one_is_sent() {
     assert!(cim_auth::now_secs() >= exp);
 
     // A fresh token for the same subject and tenant, sent in time, keeps it open.
-    let mut renewed = ws.connect(&token_with(t, &["reader"], cim_auth::now_secs() + 2, SECRET)).await;
+    // `exp` has whole seconds: +3 leaves at least two for the renewal to arrive.
+    let first_exp = cim_auth::now_secs() + 3;
+    let mut renewed = ws.connect(&token_with(t, &["reader"], first_exp, SECRET)).await;
     let later = cim_auth::now_secs() + 600;
     renewed.send(json!({"type": "auth", "token": token_with(t, &["reader"], later, SECRET)})).await;
     let reply = renewed.json().await;
@@ -358,7 +360,9 @@ async fn a_connection_ends_when_its_token_expires_unless_a_fresh_one_is_sent() {
     assert!(expect_refusal(&mut renewed, "already_authenticated", None).await.contains("another subject or tenant"));
     renewed.send(json!({"type": "auth", "token": "not-a-jwt"})).await;
     assert!(expect_refusal(&mut renewed, "unauthenticated", None).await.contains("keeps its current token"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    while cim_auth::now_secs() <= first_exp {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     renewed.send(json!({"type": "ping"})).await;
     assert_eq!(renewed.json().await["type"], "pong", "still open after the first token's expiry");
     ws.stop().await;
