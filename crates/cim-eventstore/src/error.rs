@@ -29,9 +29,8 @@ impl StoreError {
             StoreError::Conflict { .. } => ErrorCode::Conflict,
             StoreError::NotFound(_) => ErrorCode::NotFound,
             StoreError::Invalid(_) => ErrorCode::InvalidArgument,
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) | StoreError::JetStream(_) => {
-                ErrorCode::Unavailable
-            }
+            StoreError::Database(e) if cim_runtime::postgres::is_transient(e) => ErrorCode::Unavailable,
+            StoreError::JetStream(_) => ErrorCode::Unavailable,
             StoreError::Corrupt(_) | StoreError::Upcast(_) | StoreError::Chain(_) | StoreError::Database(_) => {
                 ErrorCode::Internal
             }

@@ -35,6 +35,21 @@ pub struct PgSettings {
 }
 
 /// Connects and checks the server answers; a missing server is a clear error, not a hang.
+/// Whether a database error means "Postgres cannot serve this now" rather than "this request or
+/// the data is wrong": the pool timed out or is closed, the connection broke, the server refused
+/// a new connection (`53300` too many clients, class `53` insufficient resources, class `08`
+/// connection exceptions) or is shutting down or starting (`57P01`..`57P03`). Callers answer
+/// these with UNAVAILABLE, which clients (and the gateway, for queries) retry, instead of INTERNAL.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("53") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 pub async fn connect(settings: &PgSettings) -> Result<PgPool, RuntimeError> {
     let schema = validate_schema(&settings.schema)?;
     let opts = PgConnectOptions::from_str(&settings.url).map_err(|source| RuntimeError::Postgres {

@@ -123,3 +123,22 @@ async fn redis_answers_and_an_absent_server_is_a_clear_error() {
     assert!(msg.starts_with("Redis at redis://:***@127.0.0.1:1 (CIM_REDIS_URL)"), "{msg}");
     assert!(!msg.contains("secret"));
 }
+
+#[tokio::test]
+async fn a_terminated_connection_is_transient_and_a_bad_query_is_not() {
+    use sqlx::{Connection, PgConnection};
+    let mut victim = PgConnection::connect(&database_url()).await.unwrap();
+    let mut admin = PgConnection::connect(&database_url()).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut victim).await.unwrap();
+    let killed: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut admin).await.unwrap();
+    assert!(killed);
+    // The server sends FATAL 57P01 (admin_shutdown) and closes: either way, "try again".
+    let err = sqlx::query("SELECT 1").execute(&mut victim).await.unwrap_err();
+    assert!(postgres::is_transient(&err), "{err:?}");
+
+    let err = sqlx::query("SELEC 1").execute(&mut admin).await.unwrap_err();
+    assert!(!postgres::is_transient(&err), "a syntax error is the request's fault: {err:?}");
+    assert!(postgres::is_transient(&sqlx::Error::PoolTimedOut));
+    assert!(!postgres::is_transient(&sqlx::Error::RowNotFound));
+}

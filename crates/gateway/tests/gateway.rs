@@ -345,6 +345,9 @@ async fn without_redis_the_gateway_degrades_instead_of_failing() {
 /// response may be a 5xx or disagree with the document.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
+    // Errors the services log (an INTERNAL's cause stays in the log, not the reply) are printed
+    // with the test's output, so a 5xx found here shows its cause.
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let graph = harness::Service::start().await;
     let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0")]).await;
     let t = TenantId::new();

@@ -41,7 +41,7 @@ impl ServiceError {
             ServiceError::Domain(e) => e.code(),
             ServiceError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
             ServiceError::Store(e) => e.code(),
-            ServiceError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => ErrorCode::Unavailable,
+            ServiceError::Database(e) if cim_runtime::postgres::is_transient(e) => ErrorCode::Unavailable,
             ServiceError::Database(_) => ErrorCode::Internal,
         }
     }
