@@ -16,10 +16,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
 use crate::error::StoreError;
-use crate::metrics::{
-    CONSUMER_DEAD_LETTERS_TOTAL, CONSUMER_DUPLICATES_TOTAL, CONSUMER_HANDLED_TOTAL, CONSUMER_LAG,
-    CONSUMER_REDELIVERIES_TOTAL,
-};
+use crate::metrics::ConsumerMetrics;
 
 /// Applies one event. Whatever it writes through `tx` commits together with the inbox record.
 pub trait EventHandler: Send + Sync {
@@ -60,6 +57,7 @@ pub struct Consumer {
     prefix: SubjectPrefix,
     config: ConsumerConfig,
     handler: Arc<dyn EventHandler>,
+    metrics: ConsumerMetrics,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -92,7 +90,8 @@ impl Consumer {
         handler: Arc<dyn EventHandler>,
     ) -> Result<Self, StoreError> {
         cim_core::subject::validate_token(&config.name).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Ok(Self { pool, js, prefix, config, handler })
+        let metrics = ConsumerMetrics::new(&config.name);
+        Ok(Self { pool, js, prefix, config, handler, metrics })
     }
 
     async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, StoreError> {
@@ -140,12 +139,11 @@ impl Consumer {
         let mut consumer = self.consumer().await?;
         let mut messages =
             consumer.messages().await.map_err(|e| StoreError::JetStream(format!("pulling messages: {e}")))?;
-        let name = self.config.name.clone();
         let mut last_lag = Instant::now() - Duration::from_secs(60);
         loop {
             if last_lag.elapsed() >= Duration::from_secs(5) {
                 if let Ok(info) = consumer.info().await {
-                    metrics::gauge!(CONSUMER_LAG, "consumer" => name.clone()).set(info.num_pending as f64);
+                    self.metrics.lag.set(info.num_pending as f64);
                 }
                 last_lag = Instant::now();
             }
@@ -163,7 +161,7 @@ impl Consumer {
         let name = &self.config.name;
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         if delivered > 1 {
-            metrics::counter!(CONSUMER_REDELIVERIES_TOTAL, "consumer" => name.clone()).increment(1);
+            self.metrics.redeliveries.increment(1);
         }
         let outcome = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
             // Unreadable: no retry can help.
@@ -191,25 +189,23 @@ impl Consumer {
         match outcome {
             Outcome::Applied => {
                 message.ack().await.map_err(ack_err)?;
-                metrics::counter!(CONSUMER_HANDLED_TOTAL, "consumer" => name.clone(), "outcome" => "applied")
-                    .increment(1);
+                self.metrics.applied.increment(1);
             }
             Outcome::Duplicate => {
                 message.ack().await.map_err(ack_err)?;
-                metrics::counter!(CONSUMER_DUPLICATES_TOTAL, "consumer" => name.clone()).increment(1);
+                self.metrics.duplicates.increment(1);
             }
             Outcome::Retry(reason, delay) => {
                 tracing::warn!(consumer = %name, delivered, %reason, ?delay, "not applied; will retry");
                 message.ack_with(AckKind::Nak(Some(delay))).await.map_err(ack_err)?;
-                metrics::counter!(CONSUMER_HANDLED_TOTAL, "consumer" => name.clone(), "outcome" => "retry")
-                    .increment(1);
+                self.metrics.retried.increment(1);
             }
             Outcome::DeadLetter(reason) => {
                 tracing::error!(consumer = %name, delivered, %reason, "sending event to the dead-letter stream");
                 match self.dead_letter(&message, &reason).await {
                     Ok(()) => {
                         message.ack_with(AckKind::Term).await.map_err(ack_err)?;
-                        metrics::counter!(CONSUMER_DEAD_LETTERS_TOTAL, "consumer" => name.clone()).increment(1);
+                        self.metrics.dead_letters.increment(1);
                     }
                     Err(e) => {
                         // Not dead-lettered: keep it, try again later.

@@ -34,7 +34,6 @@ pub struct PgSettings {
     pub application_name: String,
 }
 
-/// Connects and checks the server answers; a missing server is a clear error, not a hang.
 /// Whether a database error means "Postgres cannot serve this now" rather than "this request or
 /// the data is wrong": the pool timed out or is closed, the connection broke, the server refused
 /// a new connection (`53300` too many clients, class `53` insufficient resources, class `08`
@@ -50,6 +49,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Connects and checks the server answers; a missing server is a clear error, not a hang.
 pub async fn connect(settings: &PgSettings) -> Result<PgPool, RuntimeError> {
     let schema = validate_schema(&settings.schema)?;
     let opts = PgConnectOptions::from_str(&settings.url).map_err(|source| RuntimeError::Postgres {

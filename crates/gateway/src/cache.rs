@@ -218,7 +218,7 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
     let prefix = state.prefix.clone();
     let stream = prefix.stream_name(Domain::Graph);
     let durable = "gateway-cache".to_owned();
-    let metrics = ConsumerMetrics::new(&durable);
+    let metrics = cim_eventstore::metrics::ConsumerMetrics::new(&durable);
     loop {
         let consumer = async {
             let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
@@ -273,35 +273,6 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
     }
 }
 
-/// The consumer metrics every CIM durable consumer exports (`cim_eventstore::metrics`), so the
-/// consumer dashboards and alerts (lag, dead letters) cover this one too.
-struct ConsumerMetrics {
-    applied: metrics::Counter,
-    retried: metrics::Counter,
-    redeliveries: metrics::Counter,
-    dead_letters: metrics::Counter,
-    lag: metrics::Gauge,
-}
-
-impl ConsumerMetrics {
-    fn new(consumer: &str) -> Self {
-        use cim_eventstore::metrics as m;
-        cim_eventstore::metrics::describe();
-        let c = consumer.to_owned();
-        let metrics = ConsumerMetrics {
-            applied: metrics::counter!(m::CONSUMER_HANDLED_TOTAL, "consumer" => c.clone(), "outcome" => "applied"),
-            retried: metrics::counter!(m::CONSUMER_HANDLED_TOTAL, "consumer" => c.clone(), "outcome" => "retry"),
-            redeliveries: metrics::counter!(m::CONSUMER_REDELIVERIES_TOTAL, "consumer" => c.clone()),
-            dead_letters: metrics::counter!(m::CONSUMER_DEAD_LETTERS_TOTAL, "consumer" => c.clone()),
-            lag: metrics::gauge!(m::CONSUMER_LAG, "consumer" => c),
-        };
-        // Exported from the start: "none yet" is 0, not a missing series.
-        metrics.dead_letters.increment(0);
-        metrics.retried.increment(0);
-        metrics
-    }
-}
-
 /// The graph an event touches: the aggregate-id header the relay sets, else the envelope's own
 /// `aggregate_id` (a message published by other means).
 fn touched_graph(msg: &async_nats::jetstream::Message) -> Option<String> {
@@ -320,7 +291,7 @@ async fn handle(
     state: &AppState,
     js: &async_nats::jetstream::Context,
     consumer: &str,
-    metrics: &ConsumerMetrics,
+    metrics: &cim_eventstore::metrics::ConsumerMetrics,
     msg: async_nats::jetstream::Message,
 ) {
     use async_nats::jetstream::AckKind;
