@@ -360,8 +360,7 @@ fn object_location(s: &str) -> Option<ObjectLocation> {
             && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
             && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
         let prefix = prefix.trim_matches('/');
-        let prefix_ok =
-            prefix.split('/').all(|seg| prefix.is_empty() || (!seg.is_empty() && seg != "." && seg != ".."));
+        let prefix_ok = prefix.is_empty() || prefix.split('/').all(|seg| !matches!(seg, "" | "." | ".."));
         return (bucket_ok && prefix_ok)
             .then(|| ObjectLocation::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
     }
