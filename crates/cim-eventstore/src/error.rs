@@ -21,9 +21,17 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("JetStream: {0}")]
     JetStream(String),
+    /// The error of a statement written for a group of commands, reported to each of them.
+    #[error("{message}")]
+    Group { code: ErrorCode, message: String },
 }
 
 impl StoreError {
+    /// The same error for every command of a group (most errors are not `Clone`).
+    pub fn for_group(&self) -> StoreError {
+        StoreError::Group { code: self.code(), message: self.to_string() }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             StoreError::Conflict { .. } => ErrorCode::Conflict,
@@ -31,6 +39,7 @@ impl StoreError {
             StoreError::Invalid(_) => ErrorCode::InvalidArgument,
             StoreError::Database(e) if cim_runtime::postgres::is_transient(e) => ErrorCode::Unavailable,
             StoreError::JetStream(_) => ErrorCode::Unavailable,
+            StoreError::Group { code, .. } => *code,
             StoreError::Corrupt(_) | StoreError::Upcast(_) | StoreError::Chain(_) | StoreError::Database(_) => {
                 ErrorCode::Internal
             }

@@ -183,7 +183,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 768 * 1024;
 /// The append statement; `$idem` is the idempotency CTE (or nothing) and `$filter` decides
 /// whether the events are inserted.
 macro_rules! append_sql {
-    ($idem:literal, $filter:literal, $tail:literal) => {
+    ($idem:literal, $filter:literal) => {
         concat!(
             "WITH ",
             $idem,
@@ -200,9 +200,7 @@ macro_rules! append_sql {
     RETURNING position
 ), ob AS (
     INSERT INTO outbox (position, traceparent) SELECT position, $17 FROM ins
-)",
-            $tail,
-            "
+)
 SELECT (SELECT count(*) FROM ins) AS appended"
         )
     };
@@ -216,27 +214,48 @@ const APPEND_SQL: &str = append_sql!(
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), ",
-    "$15::text IS NULL OR EXISTS (SELECT 1 FROM idem)",
-    ""
+    "$15::text IS NULL OR EXISTS (SELECT 1 FROM idem)"
 );
 
 /// [`APPEND_SQL`] for commands without an idempotency key: no `idempotency` insert to plan and
 /// execute (it opens the table and its index even when it inserts nothing). `$15`/`$16` are
 /// still referenced so both statements take the same parameters.
-const APPEND_SQL_NO_KEY: &str = append_sql!("", "$15::text IS NULL AND $16::bigint > 0", "");
+const APPEND_SQL_NO_KEY: &str = append_sql!("", "$15::text IS NULL AND $16::bigint > 0");
 
-/// The statement for [`EventStore::append_guarded`]: the events are inserted only if the caller's
-/// `guard` query returns a row, and the caller's `tail` CTEs (which may select `FROM guard`) run
-/// in the same statement.
+/// The statement for [`EventStore::append_guarded_many`]: several aggregates' commands in one
+/// statement (group commit), each written only if the caller's guard accepts it.
 ///
-/// Parameters the guard and tail may use: `$1` aggregate id, `$7` the events' `occurred_at`,
-/// `$8` tenant id, `$13` the events' hashes (`bytea[]`, the head last), `$16` the version after
-/// the append; the caller's own parameters start at `$18`. A guard that locks a row (`FOR
-/// UPDATE`) takes the lock before any event row is written, since the insert depends on it.
-pub fn guarded_append_sql(guard: &str, tail: &str) -> String {
+/// The store defines the CTE `cmd` (one row per command: `aggregate_id`, `tenant_id`,
+/// `version` and `head` it expects, `new_version`, `new_head`, `occurred_at`, `traceparent`).
+/// `ctes` are the caller's CTEs, written after `cmd`; one of them must be `guard`, returning
+/// the `aggregate_id` of each command that may be written, with whatever row it needs locked
+/// (`FOR UPDATE`, in a fixed order so that concurrent statements never deadlock). Only those
+/// commands' events go into `events` and `outbox`; `tail` (CTEs, each starting with a comma)
+/// may write projections `FROM guard`. The statement returns the written aggregates' ids.
+///
+/// Parameters `$1..$14` are per event, `$15..$22` per command (the columns of `cmd`); the
+/// caller's own start at `$23`.
+pub fn guarded_append_many_sql(ctes: &str, tail: &str) -> String {
     format!(
-        append_sql!("guard AS ({}), ", "EXISTS (SELECT 1 FROM guard) AND $15::text IS NULL AND $16::bigint > 0", "{}"),
-        guard, tail
+        "WITH cmd AS (
+    SELECT * FROM unnest($15::uuid[], $16::uuid[], $17::bigint[], $18::bytea[], $19::bigint[], $20::bytea[],
+                         $21::timestamptz[], $22::text[])
+        AS c(aggregate_id, tenant_id, version, head, new_version, new_head, occurred_at, traceparent)
+), {ctes}, ins AS (
+    INSERT INTO events (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version,
+                        occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
+    SELECT u.event_id, u.aggregate_id, u.sequence, u.aggregate_type, u.event_type, u.schema_version,
+           u.occurred_at, u.tenant_id, u.actor, u.correlation_id, u.causation_id, u.payload::json, u.hash, u.prev_hash
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[], $7::timestamptz[],
+                $8::uuid[], $9::text[], $10::uuid[], $11::uuid[], $12::text[], $13::bytea[], $14::bytea[])
+         AS u(aggregate_id, aggregate_type, event_id, sequence, event_type, schema_version, occurred_at,
+              tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash)
+    WHERE u.aggregate_id = ANY (ARRAY(SELECT aggregate_id FROM guard))
+    RETURNING position, aggregate_id
+), ob AS (
+    INSERT INTO outbox (position, traceparent) SELECT i.position, c.traceparent FROM ins i JOIN cmd c USING (aggregate_id)
+){tail}
+SELECT aggregate_id FROM guard"
     )
 }
 
@@ -282,6 +301,7 @@ pub(crate) fn notify_channel(schema: &str) -> String {
     format!("cim_outbox_{schema}")
 }
 
+#[derive(Debug)]
 struct Head {
     version: u64,
     hash: EventHash,
@@ -306,6 +326,7 @@ async fn announcer(inner: std::sync::Weak<Inner>, channel: String) {
 }
 
 /// A command's events sealed on a head: the values an append statement binds as `$1..$17`.
+#[derive(Debug)]
 struct Batch {
     sealed: Vec<EventEnvelope>,
     ids: Vec<uuid::Uuid>,
@@ -394,6 +415,113 @@ impl Batch {
             replayed: false,
         }
     }
+}
+
+/// One command validated and sealed for [`EventStore::append_guarded_many`].
+#[derive(Debug)]
+pub struct SealedAppend {
+    context: EventContext,
+    head: Head,
+    batch: Batch,
+    started: Instant,
+}
+
+impl SealedAppend {
+    pub fn aggregate_id(&self) -> AggregateId {
+        self.context.aggregate_id
+    }
+
+    /// The aggregate's version once this command is written.
+    pub fn version_after(&self) -> u64 {
+        self.batch.last_sequence
+    }
+}
+
+/// Binds `$1..$22` of [`guarded_append_many_sql`]: per event, then per command. Moves the
+/// columns out of the batches (only their sealed events are needed afterwards).
+fn bind_many<'q>(
+    items: &mut [SealedAppend],
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    #[derive(Default)]
+    struct Columns {
+        aggregate: Vec<uuid::Uuid>,
+        aggregate_type: Vec<String>,
+        id: Vec<uuid::Uuid>,
+        seq: Vec<i64>,
+        event_type: Vec<String>,
+        version: Vec<i32>,
+        occurred_at: Vec<Option<DateTime<Utc>>>,
+        tenant: Vec<uuid::Uuid>,
+        actor: Vec<String>,
+        correlation: Vec<uuid::Uuid>,
+        causation: Vec<uuid::Uuid>,
+        payload: Vec<String>,
+        hash: Vec<Vec<u8>>,
+        prev: Vec<Vec<u8>>,
+    }
+    #[derive(Default)]
+    struct Commands {
+        aggregate: Vec<uuid::Uuid>,
+        tenant: Vec<uuid::Uuid>,
+        version: Vec<i64>,
+        head: Vec<Vec<u8>>,
+        new_version: Vec<i64>,
+        new_head: Vec<Vec<u8>>,
+        occurred_at: Vec<Option<DateTime<Utc>>>,
+        traceparent: Vec<Option<String>>,
+    }
+    let (mut ev, mut cmd) = (Columns::default(), Commands::default());
+    for item in items.iter_mut() {
+        let (ctx, b) = (&item.context, &mut item.batch);
+        let occurred_at = b.sealed.first().map(|e| e.occurred_at);
+        let n = b.ids.len();
+        ev.aggregate.extend(std::iter::repeat_n(ctx.aggregate_id.as_uuid(), n));
+        ev.aggregate_type.extend(std::iter::repeat_n(ctx.aggregate_type.to_string(), n));
+        ev.occurred_at.extend(std::iter::repeat_n(occurred_at, n));
+        ev.tenant.extend(std::iter::repeat_n(ctx.tenant_id.as_uuid(), n));
+        ev.actor.extend(std::iter::repeat_n(ctx.actor.to_string(), n));
+        ev.correlation.extend(std::iter::repeat_n(ctx.correlation_id.as_uuid(), n));
+        ev.causation.extend(std::iter::repeat_n(ctx.causation_id.as_uuid(), n));
+        ev.id.append(&mut b.ids);
+        ev.seq.append(&mut b.seqs);
+        ev.event_type.append(&mut b.types);
+        ev.version.append(&mut b.versions);
+        ev.payload.append(&mut b.payloads);
+        ev.hash.append(&mut b.hashes);
+        ev.prev.append(&mut b.prevs);
+        cmd.aggregate.push(ctx.aggregate_id.as_uuid());
+        cmd.tenant.push(ctx.tenant_id.as_uuid());
+        cmd.version.push(item.head.version as i64);
+        cmd.head.push(item.head.hash.as_bytes().to_vec());
+        cmd.new_version.push(b.last_sequence as i64);
+        cmd.new_head.push(b.sealed.last().map_or(item.head.hash, |e| e.hash).as_bytes().to_vec());
+        cmd.occurred_at.push(occurred_at);
+        cmd.traceparent.push(b.traceparent.take());
+    }
+    query
+        .bind(ev.aggregate)
+        .bind(ev.aggregate_type)
+        .bind(ev.id)
+        .bind(ev.seq)
+        .bind(ev.event_type)
+        .bind(ev.version)
+        .bind(ev.occurred_at)
+        .bind(ev.tenant)
+        .bind(ev.actor)
+        .bind(ev.correlation)
+        .bind(ev.causation)
+        .bind(ev.payload)
+        .bind(ev.hash)
+        .bind(ev.prev)
+        .bind(cmd.aggregate)
+        .bind(cmd.tenant)
+        .bind(cmd.version)
+        .bind(cmd.head)
+        .bind(cmd.new_version)
+        .bind(cmd.new_head)
+        .bind(cmd.occurred_at)
+        .bind(cmd.traceparent)
 }
 
 impl EventStore {
@@ -645,18 +773,10 @@ impl EventStore {
         Ok(batch.appended(id, head.hash))
     }
 
-    /// Appends with one statement that also checks the caller's `guard` and runs the caller's
-    /// writes (see [`guarded_append_sql`]), committed on return: one round trip for a command
-    /// together with its projection. `Ok(None)` when the guard returned no row: nothing was
-    /// written. Needs [`Expected::Head`] (no read before the write) and no idempotency key.
-    pub async fn append_guarded(
-        &self,
-        cmd: &Append,
-        sql: &'static str,
-        bind: impl FnOnce(
-            sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<Option<Appended>, StoreError> {
+    /// Validates `cmd` and seals its events on its head token, in the caller's task (its clock
+    /// and trace context), for [`EventStore::append_guarded_many`]. Needs [`Expected::Head`] (no
+    /// read before the write), events, and no idempotency key.
+    pub fn seal_guarded(&self, cmd: &Append) -> Result<SealedAppend, StoreError> {
         self.validate(cmd)?;
         let Expected::Head(token) = cmd.expected else {
             return Err(StoreError::Invalid("a guarded append needs a head token".into()));
@@ -664,27 +784,54 @@ impl EventStore {
         if cmd.idempotency_key.is_some() || cmd.events.is_empty() {
             return Err(StoreError::Invalid("a guarded append takes events and no idempotency key".into()));
         }
-        let started = Instant::now();
         let head = Head { version: token.version, hash: token.hash };
         let batch = Batch::seal(cmd, &head)?;
-        let query = bind(batch.bind(cmd, sqlx::query(sql)));
-        let id = cmd.context.aggregate_id;
-        let appended: i64 = match query.fetch_one(&self.inner.pool).await {
-            Ok(row) => row.try_get("appended")?,
+        Ok(SealedAppend { context: cmd.context.clone(), head, batch, started: Instant::now() })
+    }
+
+    /// Appends several aggregates' sealed commands in one statement (see
+    /// [`guarded_append_many_sql`]), committed on return: one round trip, one commit and one
+    /// statement start for the whole group. The result is aligned with `items`: `None` for a
+    /// command its guard turned down (nothing of it was written). An error means nothing was
+    /// written. The aggregates must be distinct.
+    pub async fn append_guarded_many(
+        &self,
+        sql: &'static str,
+        mut items: Vec<SealedAppend>,
+        bind: impl FnOnce(
+            sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<Option<Appended>>, StoreError> {
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
+        if let Some(dup) = items.iter().find(|i| !seen.insert(i.context.aggregate_id)) {
+            return Err(StoreError::Invalid(format!("aggregate {} twice in one group", dup.context.aggregate_id)));
+        }
+        let query = bind(bind_many(&mut items, sqlx::query(sql)));
+        let written: Vec<uuid::Uuid> = match query.fetch_all(&self.inner.pool).await {
+            Ok(rows) => rows.iter().map(|r| r.try_get("aggregate_id")).collect::<Result<_, _>>()?,
             Err(e) if is_constraint(&e, "events_stream_key") => {
                 metrics::counter!(APPEND_CONFLICTS_TOTAL, "schema" => self.inner.config.schema.clone()).increment(1);
-                return Err(StoreError::Conflict { aggregate: id, expected: cmd.expected.to_string() });
+                return Err(StoreError::Conflict {
+                    aggregate: items[0].context.aggregate_id,
+                    expected: "the heads of a group".into(),
+                });
             }
             Err(e) => return Err(e.into()),
         };
-        if appended == 0 {
-            return Ok(None);
-        }
-        let done = batch.appended(id, head.hash);
-        metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => self.inner.config.schema.clone())
-            .record(started.elapsed().as_secs_f64());
-        self.committed(&done);
-        Ok(Some(done))
+        let duration = metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => self.inner.config.schema.clone());
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                let id = item.context.aggregate_id;
+                if !written.contains(&id.as_uuid()) {
+                    return None;
+                }
+                duration.record(item.started.elapsed().as_secs_f64());
+                let done = item.batch.appended(id, item.head.hash);
+                self.committed(&done);
+                Some(done)
+            })
+            .collect())
     }
 
     /// An aggregate's stored events after `after` (stored form: not upcast), tenant-scoped.

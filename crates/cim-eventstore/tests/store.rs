@@ -202,3 +202,69 @@ async fn stored_payloads_round_trip_exactly() {
     assert_eq!(env.store.verify(tenant, id).await.unwrap(), 1);
     env.cleanup().await;
 }
+
+/// A guard for the group-commit test: a command is written if its head is the aggregate's
+/// current head. (Services lock a projection row instead; this one has none to lock.)
+static GROUP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    cim_eventstore::guarded_append_many_sql(
+        "guard AS (SELECT c.aggregate_id FROM cmd c \
+         WHERE c.head = (SELECT e.hash FROM events e WHERE e.aggregate_id = c.aggregate_id AND e.sequence = c.version) \
+           AND NOT EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = c.aggregate_id AND e.sequence > c.version))",
+        "",
+    )
+});
+
+#[tokio::test]
+async fn a_group_of_commands_is_written_in_one_statement_except_those_its_guard_turns_down() {
+    let env = TestEnv::new(100).await;
+    let tenant = TenantId::new();
+    let mut heads = Vec::new();
+    for n in 0..5 {
+        let id = AggregateId::new();
+        heads.push((id, env.store.append(append(tenant, id, Expected::NoStream, n)).await.unwrap().expected()));
+    }
+    // Aggregate 2's command names a head it does not have.
+    heads[2].1 = Expected::Head(cim_eventstore::HeadToken::from_projection(1, cim_core::EventHash([7; 32])));
+    let group: Vec<_> = heads
+        .iter()
+        .map(|(id, expected)| {
+            let mut cmd = append(tenant, *id, *expected, 10);
+            cmd.events.extend([event(11), event(12)]);
+            env.store.seal_guarded(&cmd).unwrap()
+        })
+        .collect();
+    assert_eq!(group[0].version_after(), 4);
+    let results = env.store.append_guarded_many(GROUP_SQL.as_str(), group, |q| q).await.unwrap();
+    for (i, ((id, _), result)) in heads.iter().zip(&results).enumerate() {
+        if i == 2 {
+            assert!(result.is_none(), "a stale head was written");
+            assert_eq!(env.store.verify(tenant, *id).await.unwrap(), 1, "nothing of it was written");
+        } else {
+            let done = result.as_ref().expect("written");
+            assert_eq!((done.version, done.events.len()), (4, 3));
+            assert_eq!(env.store.verify(tenant, *id).await.unwrap(), 4, "chained onto the head");
+            assert_eq!(env.store.events(tenant, *id, 1).await.unwrap(), done.events);
+        }
+    }
+    // Each aggregate at most once per group; a command without a head token is refused.
+    let dup: Vec<_> = [0, 0]
+        .iter()
+        .map(|&i| {
+            let expected = results[i].as_ref().unwrap().expected();
+            env.store.seal_guarded(&append(tenant, heads[i].0, expected, 20)).unwrap()
+        })
+        .collect();
+    let refused = env.store.append_guarded_many(GROUP_SQL.as_str(), dup, |q| q).await;
+    assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    assert!(matches!(
+        env.store.seal_guarded(&append(tenant, heads[0].0, Expected::Any, 1)),
+        Err(StoreError::Invalid(_))
+    ));
+    // The relay publishes them like any other: once each, each aggregate in order.
+    let relay = Relay::new(env.store.clone(), env.js.clone(), env.prefix.clone(), RelayConfig::default());
+    while relay.publish_batch().await.unwrap() > 0 {}
+    let published = read_stream(&env.js, &env.stream).await;
+    assert_eq!(published.len(), 5 + 4 * 3);
+    assert_exactly_once_in_order(&published, &env.stored_ids().await);
+    env.cleanup().await;
+}

@@ -17,7 +17,7 @@ use crate::convert::{
 };
 use crate::domain::{Change, GraphCommand, GraphState, Limits, decide, decide_assuming};
 use crate::error::ServiceError;
-use crate::fast::{self, Heads, KnownHead};
+use crate::fast::{GroupCommit, Heads, KnownHead};
 use crate::metrics::{COMMANDS_TOTAL, FAST_WRITES_TOTAL, GRAPH_SIZE_NODES, QUERY_DURATION_SECONDS};
 use crate::projection::{load_facts, lock_graph, project};
 use crate::queries::{self, Dir, QueryLimits, Walk};
@@ -34,6 +34,7 @@ pub struct GraphApi {
     limits: Limits,
     query: QueryLimits,
     heads: std::sync::Arc<Heads>,
+    group: GroupCommit,
 }
 
 /// Graphs whose heads are remembered for one-round-trip writes (about 100 bytes each).
@@ -122,7 +123,8 @@ impl GraphApi {
     pub fn new(store: EventStore, limits: Limits, query: QueryLimits) -> Self {
         crate::metrics::describe();
         let pool = store.pool().clone();
-        Self { store, pool, limits, query, heads: std::sync::Arc::new(Heads::new(KNOWN_HEADS)) }
+        let group = GroupCommit::start(store.clone());
+        Self { store, pool, limits, query, heads: std::sync::Arc::new(Heads::new(KNOWN_HEADS)), group }
     }
 
     async fn execute(
@@ -165,7 +167,7 @@ impl GraphApi {
         {
             let append = self.append_of(caller, graph, HeadToken::from_projection(head.version, head.head), &events)?;
             *known = None;
-            if let Some(done) = fast::append(&self.store, &append, &events, &assumed, &head).await? {
+            if let Some(done) = self.group.append(&self.store, &append, &events, &assumed).await? {
                 metrics::counter!(FAST_WRITES_TOTAL, "outcome" => "hit").increment(1);
                 *known = Some(KnownHead { version: done.version, head: done.head, ..head });
                 return Ok(response(done));

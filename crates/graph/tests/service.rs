@@ -11,10 +11,9 @@ use futures::StreamExt;
 use harness::*;
 use tonic::Code;
 
-async fn create(
-    client: &mut pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>,
-    tenant: TenantId,
-) -> String {
+type Client = pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>;
+
+async fn create(client: &mut Client, tenant: TenantId) -> String {
     client
         .create_graph(req(tenant, pb::CreateGraphRequest { name: "people".into(), ..Default::default() }))
         .await
@@ -568,6 +567,57 @@ async fn a_tenant_cannot_see_or_change_another_tenants_graph() {
     svc.stop().await;
 }
 
+/// Every node and edge of a graph, page by page.
+async fn everything(
+    c: &mut pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>,
+    t: TenantId,
+    g: &str,
+) -> (Vec<pb::Node>, Vec<pb::Edge>) {
+    let g = g.to_owned();
+    let mut nodes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_nodes(req(
+                t,
+                pb::ListNodesRequest {
+                    graph_id: g.clone(),
+                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        nodes.extend(page.nodes);
+        token = page.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut edges = Vec::new();
+    loop {
+        let page = c
+            .list_edges(req(
+                t,
+                pb::ListEdgesRequest {
+                    graph_id: g.clone(),
+                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        edges.extend(page.edges);
+        token = page.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    (nodes, edges)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_clients_leave_a_projection_equal_to_the_replay() {
     let svc = Service::start().await;
@@ -617,47 +667,7 @@ async fn thirty_two_concurrent_clients_leave_a_projection_equal_to_the_replay() 
         .await
         .unwrap()
         .into_inner();
-    let mut nodes = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .list_nodes(req(
-                t,
-                pb::ListNodesRequest {
-                    graph_id: g.clone(),
-                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        nodes.extend(page.nodes);
-        token = page.page.unwrap().next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
-    let mut edges = Vec::new();
-    loop {
-        let page = c
-            .list_edges(req(
-                t,
-                pb::ListEdgesRequest {
-                    graph_id: g.clone(),
-                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        edges.extend(page.edges);
-        token = page.page.unwrap().next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+    let (nodes, edges) = everything(&mut c, t, &g).await;
     // 1 hub + 32 * 10 leaves, minus 32 * 3 removed; one edge per surviving leaf.
     assert_eq!(nodes.len(), 1 + 32 * 7);
     assert_eq!(edges.len(), 32 * 7);
@@ -677,6 +687,70 @@ fn counter(name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Writer `w` adds `n` nodes to `g`, each linked to the previous one; every `check_every`-th
+/// step it also checks that a duplicate node and an edge to a missing node are refused.
+async fn write_chain(c: &mut Client, t: TenantId, g: &str, w: usize, n: usize, check_every: usize) {
+    let g = g.to_owned();
+    let mut prev: Option<String> = None;
+    for i in 0..n {
+        let id = format!("w{w}n{i}");
+        let added = c
+            .add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node(&id, "leaf")), options: None }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(added.event_ids.len(), 1);
+        if let Some(p) = &prev {
+            c.add_edge(req(
+                t,
+                pb::AddEdgeRequest {
+                    graph_id: g.clone(),
+                    edge: Some(edge(&format!("e{id}"), "next", p, &id)),
+                    options: None,
+                },
+            ))
+            .await
+            .unwrap();
+        }
+        if i % check_every == 0 {
+            // Rule checks still hold on either path: a duplicate id and a missing endpoint.
+            let dup = c
+                .add_node(req(t, pb::AddNodeRequest { graph_id: g.clone(), node: Some(node(&id, "x")), options: None }))
+                .await
+                .unwrap_err();
+            assert_eq!(dup.code(), tonic::Code::AlreadyExists, "{dup:?}");
+            let missing = c
+                .add_edge(req(
+                    t,
+                    pb::AddEdgeRequest {
+                        graph_id: g.clone(),
+                        edge: Some(edge(&format!("x{id}"), "next", &id, "nowhere")),
+                        options: None,
+                    },
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(missing.code(), tonic::Code::FailedPrecondition, "{missing:?}");
+        }
+        prev = Some(id);
+    }
+}
+
+/// An event store over the service's schema, to verify hash chains.
+async fn store_of(svc: &Service) -> cim_eventstore::EventStore {
+    cim_eventstore::EventStore::open(
+        svc.pool.clone(),
+        cim_eventstore::StoreConfig {
+            domain: cim_core::Domain::Graph,
+            schema: svc.schema.clone(),
+            snapshot_every: 1000,
+            upcasters: cim_core::Upcasters::new(),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Two instances over one schema (as two processes would be) write to the same graph. Each
 /// remembers heads from its own writes, so the other's writes make its one-statement path miss;
 /// every miss must fall back to the locked path and the result must be a valid, complete history.
@@ -693,52 +767,7 @@ async fn two_instances_writing_one_graph_keep_a_valid_history() {
         .map(|w| {
             let mut c = if w % 2 == 0 { ca.clone() } else { cb.clone() };
             let g = g.clone();
-            tokio::spawn(async move {
-                let mut prev: Option<String> = None;
-                for i in 0..12 {
-                    let n = format!("w{w}n{i}");
-                    c.add_node(req(
-                        t,
-                        pb::AddNodeRequest { graph_id: g.clone(), node: Some(node(&n, "leaf")), options: None },
-                    ))
-                    .await
-                    .unwrap();
-                    if let Some(p) = &prev {
-                        c.add_edge(req(
-                            t,
-                            pb::AddEdgeRequest {
-                                graph_id: g.clone(),
-                                edge: Some(edge(&format!("e{n}"), "next", p, &n)),
-                                options: None,
-                            },
-                        ))
-                        .await
-                        .unwrap();
-                    }
-                    // Rule checks still hold on either path: a duplicate id and a missing endpoint.
-                    let dup = c
-                        .add_node(req(
-                            t,
-                            pb::AddNodeRequest { graph_id: g.clone(), node: Some(node(&n, "x")), options: None },
-                        ))
-                        .await
-                        .unwrap_err();
-                    assert_eq!(dup.code(), tonic::Code::AlreadyExists, "{dup:?}");
-                    let missing = c
-                        .add_edge(req(
-                            t,
-                            pb::AddEdgeRequest {
-                                graph_id: g.clone(),
-                                edge: Some(edge(&format!("x{n}"), "next", &n, "nowhere")),
-                                options: None,
-                            },
-                        ))
-                        .await
-                        .unwrap_err();
-                    assert_eq!(missing.code(), tonic::Code::FailedPrecondition, "{missing:?}");
-                    prev = Some(n);
-                }
-            })
+            tokio::spawn(async move { write_chain(&mut c, t, &g, w, 12, 1).await })
         })
         .collect();
     for task in tasks {
@@ -749,17 +778,7 @@ async fn two_instances_writing_one_graph_keep_a_valid_history() {
     assert_eq!(graph.version, 1 + 16 * 12 + 16 * 11);
     assert_eq!((graph.node_count, graph.edge_count), (16 * 12, 16 * 11));
     // The hash chain is intact: every head the one-statement path chained onto was the real one.
-    let store = cim_eventstore::EventStore::open(
-        a.pool.clone(),
-        cim_eventstore::StoreConfig {
-            domain: cim_core::Domain::Graph,
-            schema: a.schema.clone(),
-            snapshot_every: 1000,
-            upcasters: cim_core::Upcasters::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let store = store_of(&a).await;
     let id: cim_core::AggregateId = g.parse().unwrap();
     assert_eq!(store.verify(t, id).await.unwrap() as u64, graph.version);
     let replay = ca
@@ -772,6 +791,60 @@ async fn two_instances_writing_one_graph_keep_a_valid_history() {
     // Both paths ran: one-statement writes, and misses caused by the other instance's writes.
     assert!(counter("cim_graph_fast_writes_total", "\"hit\"") > hits, "no one-statement write");
     assert!(counter("cim_graph_fast_writes_total", "\"miss\"") > misses, "no fallback to the locked path");
+    b.stop_replica().await;
+    a.stop().await;
+}
+
+/// Commands of different graphs share one statement (group commit). Two instances write to
+/// twelve graphs at once, so groups mix commands that succeed with ones whose head the other
+/// instance moved (and duplicates and missing endpoints, which take the locked path): each graph
+/// must end with a complete history, an intact hash chain and a projection equal to its replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grouped_writes_to_many_graphs_keep_every_graph_valid() {
+    let a = Service::start().await;
+    let b = a.replica().await;
+    let (mut ca, cb) = (a.client().await, b.client().await);
+    let t = TenantId::new();
+    let mut graphs = Vec::new();
+    for _ in 0..12 {
+        graphs.push(create(&mut ca, t).await);
+    }
+    let tasks: Vec<_> = (0..24)
+        .map(|w| {
+            let mut c = if w % 2 == 0 { ca.clone() } else { cb.clone() };
+            let g = graphs[w % 12].clone();
+            tokio::spawn(async move { write_chain(&mut c, t, &g, w, 8, 4).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let store = store_of(&a).await;
+    for g in &graphs {
+        let graph = ca.get_graph(req(t, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap().into_inner();
+        // Created + two writers' 8 nodes and 7 edges each.
+        assert_eq!(graph.version, 1 + 2 * (8 + 7));
+        assert_eq!((graph.node_count, graph.edge_count), (16, 14));
+        let id: cim_core::AggregateId = g.parse().unwrap();
+        assert_eq!(store.verify(t, id).await.unwrap() as u64, graph.version);
+        let replay = ca
+            .get_graph_at_version(req(t, pb::GetGraphAtVersionRequest { graph_id: g.clone(), version: graph.version }))
+            .await
+            .unwrap()
+            .into_inner();
+        let (nodes, edges) = everything(&mut ca, t, g).await;
+        assert_eq!((nodes, edges), (replay.nodes, replay.edges));
+    }
+    // Groups formed: some transaction wrote events of more than one graph.
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT xmin::text FROM events WHERE tenant_id = $1 \
+         GROUP BY 1 HAVING count(DISTINCT aggregate_id) > 1) s",
+    )
+    .bind(t.as_uuid())
+    .fetch_one(&a.pool)
+    .await
+    .unwrap();
+    assert!(shared > 0, "no statement wrote more than one graph's command");
     b.stop_replica().await;
     a.stop().await;
 }
