@@ -233,6 +233,10 @@ const APPEND_SQL_NO_KEY: &str = append_sql!("", "$15::text IS NULL AND $16::bigi
 /// commands' events go into `events` and `outbox`; `tail` (CTEs, each starting with a comma)
 /// may write projections `FROM guard`. The statement returns the written aggregates' ids.
 ///
+/// The guard runs to completion (taking its locks) before any event row is written: the insert
+/// reads its result as one array (`= ANY (ARRAY(…))`, not a semi-join, which could reorder the
+/// events; positions must follow each aggregate's sequence).
+///
 /// Parameters `$1..$14` are per event, `$15..$22` per command (the columns of `cmd`); the
 /// caller's own start at `$23`.
 pub fn guarded_append_many_sql(ctes: &str, tail: &str) -> String {
