@@ -347,9 +347,11 @@ async fn write_group(store: &EventStore, mut group: Vec<Pending>) {
                 let _ = reply.send(Ok(result));
             }
         }
-        Err(StoreError::Database(sqlx::Error::Database(e))) => {
+        Err(StoreError::Database(e @ sqlx::Error::Database(_))) if !cim_runtime::postgres::is_transient(&e) => {
             // Postgres refused the statement as a whole (nothing was written): one bad
             // command must not fail the others, so each takes the locked path on its own.
+            // ("Not now" errors — a lost connection, a server shutting down — go to every
+            // command instead: they are the clients' to retry.)
             tracing::warn!(error = %e, commands = replies.len(), "group write refused; commands retry alone");
             for reply in replies {
                 let _ = reply.send(Ok(None));

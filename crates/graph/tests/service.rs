@@ -849,6 +849,172 @@ async fn grouped_writes_to_many_graphs_keep_every_graph_valid() {
     a.stop().await;
 }
 
+/// Postgres connections of the service are killed (`pg_terminate_backend`, as a database
+/// restart or failover would) while sixteen clients add nodes to sixteen graphs through grouped
+/// writes. Each command either succeeds, or gets UNAVAILABLE and is retried by its client (a
+/// retry may find that the lost answer's commit went through: ALREADY_EXISTS). Nothing
+/// acknowledged is lost: every acknowledged event is stored and reaches JetStream once, and each
+/// graph's projection equals its replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_database_connections_lose_no_acknowledged_command() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const NODES: u64 = 60;
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let t = TenantId::new();
+    let mut graphs = Vec::new();
+    for _ in 0..16 {
+        graphs.push(create(&mut c, t).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (pool, stop) = (svc.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+            let (mut pids, mut killed, mut round) = (BTreeSet::new(), 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                // Learn the service's connections from its own pool (this test shares it), then
+                // kill those of them that are running a statement.
+                let mut held = Vec::new();
+                while let Some(mut conn) = pool.try_acquire() {
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await.unwrap();
+                    pids.insert(pid);
+                    held.push(conn);
+                }
+                drop(held);
+                // Mostly grouped writes (their text starts with the store's `WITH cmd AS`), every
+                // tenth round anything busy (the relay, the locked path).
+                let list: Vec<i32> = pids.iter().copied().collect();
+                round += 1;
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid = ANY($1) AND state = 'active' AND ($2 OR query LIKE 'WITH cmd AS%')) k",
+                )
+                .bind(&list)
+                .bind(round % 10 == 0)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+                killed += n as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            killed
+        })
+    };
+    let writers: Vec<_> = graphs
+        .iter()
+        .enumerate()
+        .map(|(w, g)| {
+            let (mut c, g) = (c.clone(), g.clone());
+            tokio::spawn(async move {
+                let (mut acked, mut unavailable, mut ambiguous) = (Vec::new(), 0u32, 0u32);
+                for i in 0..NODES {
+                    let mut retried = false;
+                    loop {
+                        let r = c
+                            .add_node(req(
+                                t,
+                                pb::AddNodeRequest {
+                                    graph_id: g.clone(),
+                                    node: Some(node(&format!("w{w}n{i}"), "leaf")),
+                                    options: None,
+                                },
+                            ))
+                            .await;
+                        match r {
+                            Ok(done) => {
+                                acked.extend(done.into_inner().event_ids);
+                                break;
+                            }
+                            Err(s) if s.code() == Code::Unavailable => {
+                                unavailable += 1;
+                                retried = true;
+                                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            }
+                            Err(s) if s.code() == Code::AlreadyExists && retried => {
+                                ambiguous += 1;
+                                break;
+                            }
+                            Err(s) => panic!("{s:?}"),
+                        }
+                    }
+                }
+                (acked, unavailable, ambiguous)
+            })
+        })
+        .collect();
+    let (mut acked, mut unavailable, mut ambiguous) = (BTreeSet::new(), 0, 0);
+    for w in writers {
+        let (ids, u, a) = w.await.unwrap();
+        acked.extend(ids);
+        (unavailable, ambiguous) = (unavailable + u, ambiguous + a);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "no connection was killed while busy");
+    assert!(unavailable > 0, "{killed} kills, but no command saw one");
+    // Every node is there once: acknowledged, or written before its answer was lost.
+    let store = store_of(&svc).await;
+    let mut stored = BTreeSet::new();
+    for g in &graphs {
+        let graph = c.get_graph(req(t, pb::GetGraphRequest { graph_id: g.clone() })).await.unwrap().into_inner();
+        assert_eq!((graph.version, graph.node_count), (NODES + 1, NODES), "graph {g}");
+        let id: cim_core::AggregateId = g.parse().unwrap();
+        assert_eq!(store.verify(t, id).await.unwrap() as u64, NODES + 1);
+        stored.extend(store.events(t, id, 0).await.unwrap().iter().map(|e| e.event_id.to_string()));
+        let replay = c
+            .get_graph_at_version(req(t, pb::GetGraphAtVersionRequest { graph_id: g.clone(), version: NODES + 1 }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(everything(&mut c, t, g).await, (replay.nodes, replay.edges));
+    }
+    assert_eq!((acked.len() + ambiguous as usize) as u64, 16 * NODES);
+    assert!(acked.is_subset(&stored), "an acknowledged event is missing");
+    // The relay (whose connections were killed too) publishes each stored event once.
+    let client = cim_runtime::nats::connect(&cim_runtime::nats::NatsSettings {
+        url: nats_url(),
+        client_name: "t".into(),
+        connect_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let js = cim_runtime::nats::jetstream(client);
+    let stream_name = svc.prefix.parse::<cim_core::SubjectPrefix>().unwrap().stream_name(cim_core::Domain::Graph);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n = js.get_stream(&stream_name).await.unwrap().info().await.unwrap().state.messages;
+        if n >= stored.len() as u64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} of {} events in the stream", stored.len());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let consumer = js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(stored.len());
+    let mut published = Vec::new();
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        published.push(m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_owned());
+    }
+    let unique: BTreeSet<_> = published.iter().cloned().collect();
+    assert_eq!(unique.len(), published.len(), "an event was published twice");
+    assert_eq!(unique, stored);
+    let _ = js.delete_stream(&stream_name).await;
+    svc.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_independent_python_client_discovers_and_calls_the_service() {
     let svc = Service::start().await;
