@@ -25,8 +25,20 @@ use crate::limits::ApiJson;
 use crate::problem::ApiResult;
 use crate::upstream::Upstream;
 
+/// What every handler and middleware shares. Behind one `Arc`: axum hands each extractor its
+/// own clone of the state, several per request, and cloning the fields one by one (the gRPC
+/// client's channel handle, the pools, the prefix) was measurable in the gateway benchmark.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub graph: Upstream,
     pub verifier: Arc<Verifier>,
     pub redis: deadpool_redis::Pool,
@@ -37,11 +49,18 @@ pub struct AppState {
     pub invalidator_live: Arc<std::sync::atomic::AtomicBool>,
     pub rate_limiter: Arc<crate::limits::RateLimiter>,
     pub local_cache: Arc<crate::cache::Local>,
+    pub bumps: crate::cache::Bumps,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
     }
 }
 
@@ -221,16 +240,17 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         connect_timeout: config.connect_timeout,
     })
     .await?;
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         graph,
         verifier: Arc::new(verifier),
+        bumps: crate::cache::Bumps::start(redis.clone(), settings.cache_ttl),
         redis,
         settings,
         prefix: config.subject_prefix.clone(),
         invalidator_live: Arc::default(),
         rate_limiter: Arc::default(),
         local_cache: Arc::default(),
-    };
+    }));
     let listen = config.listen(ServiceKind::Gateway);
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));

@@ -111,20 +111,66 @@ if gen == tonumber(ARGV[1]) then
 end
 return gen";
 
-/// Makes every cached response of `graph` stale.
+/// Makes every cached response of `graph` stale (through the instance's [`Bumps`]).
 pub async fn invalidate(state: &AppState, graph: &str) -> Result<(), String> {
-    let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
-    let key = entry(graph);
-    let _: () = deadpool_redis::redis::pipe()
-        .hincr(&key, "gen", 1)
-        .ignore()
-        .expire(&key, state.settings.cache_ttl.as_secs().max(1) as i64)
-        .ignore()
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(1);
-    Ok(())
+    state.bumps.bump(graph).await
+}
+
+type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// Generation bumps sent to Redis in batches: bumps asked for while a batch is in flight go
+/// together in the next pipeline, one round trip for all (every write through the gateway and
+/// every event the shared consumer sees asks for one). Each caller still waits until its bump
+/// is in Redis, so a response computed before it is never served after.
+#[derive(Debug, Clone)]
+pub struct Bumps {
+    queue: tokio::sync::mpsc::Sender<Bump>,
+}
+
+/// At most this many graphs per pipeline.
+const MAX_BUMPS: usize = 256;
+
+impl Bumps {
+    /// Starts the sender; it ends when the last handle is dropped.
+    pub fn start(redis: deadpool_redis::Pool, ttl: Duration) -> Self {
+        let (queue, rx) = tokio::sync::mpsc::channel(MAX_BUMPS * 4);
+        tokio::spawn(send_bumps(redis, ttl, rx));
+        Self { queue }
+    }
+
+    pub async fn bump(&self, graph: &str) -> Result<(), String> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.queue.send((graph.to_owned(), reply)).await.map_err(|_| "cache bumps stopped".to_owned())?;
+        done.await.map_err(|_| "cache bumps stopped".to_owned())?
+    }
+}
+
+async fn send_bumps(redis: deadpool_redis::Pool, ttl: Duration, mut rx: tokio::sync::mpsc::Receiver<Bump>) {
+    let ttl = ttl.as_secs().max(1) as i64;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BUMPS {
+            let Ok(next) = rx.try_recv() else { break };
+            batch.push(next);
+        }
+        let graphs: std::collections::BTreeSet<&str> = batch.iter().map(|(g, _)| g.as_str()).collect();
+        let mut pipe = deadpool_redis::redis::pipe();
+        for graph in &graphs {
+            let key = entry(graph);
+            pipe.hincr(&key, "gen", 1).ignore().expire(&key, ttl).ignore();
+        }
+        let sent: Result<(), String> = async {
+            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+            pipe.query_async(&mut conn).await.map_err(|e| e.to_string())
+        }
+        .await;
+        if sent.is_ok() {
+            metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(graphs.len() as u64);
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(sent.clone());
+        }
+    }
 }
 
 /// The graph id of a cacheable GET: `/api/v1/graphs/{id}` and everything below it.
@@ -258,17 +304,22 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
             }
         };
         state.invalidator_live.store(true, Ordering::Release);
+        // Several events at once, so that their bumps share a Redis round trip (bumps commute;
+        // each message is acked after its own).
+        let mut handling = futures::stream::FuturesUnordered::new();
         loop {
-            let next = tokio::select! {
-                m = messages.next() => m,
+            tokio::select! {
+                next = messages.next(), if handling.len() < MAX_BUMPS => {
+                    let Some(Ok(msg)) = next else {
+                        // Until the consumer is back, changes made elsewhere would go unnoticed.
+                        state.invalidator_live.store(false, Ordering::Release);
+                        break;
+                    };
+                    handling.push(handle(&state, &js, &durable, &metrics, msg));
+                }
+                Some(()) = handling.next(), if !handling.is_empty() => {}
                 () = stop.wait() => return,
-            };
-            let Some(Ok(msg)) = next else {
-                // Until the consumer is back, changes made elsewhere would go unnoticed.
-                state.invalidator_live.store(false, Ordering::Release);
-                break;
-            };
-            handle(&state, &js, &durable, &metrics, msg).await;
+            }
         }
     }
 }

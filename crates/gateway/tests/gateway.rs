@@ -436,3 +436,45 @@ fn dead_letters() -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Concurrent invalidations share Redis pipelines; each caller returns only once its graph's
+/// generation has moved past what it was when the caller asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cache_bumps_each_land_before_they_return() {
+    let url = std::env::var("CIM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let pool = cim_runtime::redis::connect_lazy(&cim_runtime::redis::RedisSettings {
+        url,
+        max_size: 4,
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let bumps = cim_gateway::cache::Bumps::start(pool.clone(), Duration::from_secs(60));
+    let graphs: Vec<String> = (0..20).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let gen_of = |pool: deadpool_redis::Pool, graph: String| async move {
+        let mut conn = pool.get().await.unwrap();
+        let generation: Option<i64> = deadpool_redis::redis::cmd("HGET")
+            .arg(format!("cim:gw:cache:{graph}"))
+            .arg("gen")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        generation.unwrap_or(0)
+    };
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (bumps, pool, graph) = (bumps.clone(), pool.clone(), graphs[i % 20].clone());
+            tokio::spawn(async move {
+                let before = gen_of(pool.clone(), graph.clone()).await;
+                bumps.bump(&graph).await.unwrap();
+                assert!(gen_of(pool, graph).await > before, "returned before its bump landed");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for g in graphs {
+        let generation = gen_of(pool.clone(), g).await;
+        assert!((1..=10).contains(&generation), "{generation}");
+    }
+}
