@@ -19,6 +19,10 @@ use cim_eventstore::{Append, EventStore, Expected, Relay, RelayConfig, StoreConf
 use cim_runtime::Shutdown;
 use sqlx::PgPool;
 
+/// The allocator the service binaries use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }

@@ -2,7 +2,8 @@
 //! - GET of a cached graph through the gateway at concurrency 64 (target ≥ 10,000 req/s), next to
 //!   GetGraph made directly over gRPC;
 //! - AddNode through the gateway (POST) and directly over gRPC at concurrency 64, each client on
-//!   its own graph (target: the gateway costs ≤ 25% of the direct throughput).
+//!   its own graph, in three alternating pairs; the median pair is the result (target: the
+//!   gateway costs ≤ 25% of the direct throughput).
 //!
 //! Everything runs in this process against the local Postgres, NATS and Redis; HTTP clients keep
 //! one HTTP/1.1 connection each.
@@ -24,6 +25,10 @@ use cim_proto::graph as pb;
 use cim_runtime::Shutdown;
 use cim_runtime::config::Config;
 use http_body_util::{BodyExt, Full};
+
+/// The allocator the service binaries use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CONCURRENCY: usize = 64;
@@ -213,7 +218,7 @@ async fn main() {
         })
         .await
     };
-    let add_gw = {
+    let add_gw = || {
         let (token, grpc) = (token.clone(), grpc.clone());
         run(secs, move |_| {
             let (token, grpc) = (token.clone(), grpc.clone());
@@ -237,9 +242,8 @@ async fn main() {
                 }) as Box<dyn FnMut(u64) -> _ + Send>
             }
         })
-        .await
     };
-    let add_grpc = {
+    let add_grpc = || {
         let grpc = grpc.clone();
         run(secs, move |_| {
             let grpc = grpc.clone();
@@ -266,8 +270,19 @@ async fn main() {
                 }) as Box<dyn FnMut(u64) -> _ + Send>
             }
         })
-        .await
     };
+    // The two AddNode points alternate, three rounds: each pair runs back to back under the same
+    // conditions (relay and consumer backlogs, autovacuum, other tenants of the machine), and
+    // the median pair is reported. A single pair varied from 0.05 to 0.49 between runs.
+    let mut pairs = Vec::new();
+    for _ in 0..3 {
+        let gw = add_gw().await;
+        let direct = add_grpc().await;
+        pairs.push((gw, direct, 1.0 - gw / direct));
+    }
+    let mut by_overhead = pairs.clone();
+    by_overhead.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let (add_gw, add_grpc, _) = by_overhead[1];
     let overhead = 1.0 - add_gw / add_grpc;
     let doc = serde_json::json!({
         "bench": "gateway",
@@ -278,6 +293,9 @@ async fn main() {
         "add_node_gateway_per_s": add_gw.round(),
         "add_node_grpc_per_s": add_grpc.round(),
         "gateway_overhead_on_add_node": (overhead * 1000.0).round() / 1000.0,
+        "add_node_rounds": pairs.iter().map(|(gw, direct, o)| serde_json::json!({
+            "gateway_per_s": gw.round(), "grpc_per_s": direct.round(), "overhead": (o * 1000.0).round() / 1000.0,
+        })).collect::<Vec<_>>(),
         "targets": {
             "cached_get_per_s": {"target": 10000, "measured": get_gw.round(), "met": get_gw >= 10000.0},
             "add_node_overhead": {"target": 0.25, "measured": (overhead * 1000.0).round() / 1000.0, "met": overhead <= 0.25},

@@ -22,6 +22,10 @@ use cim_proto::graph::graph_service_client::GraphServiceClient;
 use cim_runtime::Shutdown;
 use cim_runtime::config::Config;
 
+/// The allocator the service binaries use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
