@@ -568,11 +568,7 @@ async fn a_tenant_cannot_see_or_change_another_tenants_graph() {
 }
 
 /// Every node and edge of a graph, page by page.
-async fn everything(
-    c: &mut pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>,
-    t: TenantId,
-    g: &str,
-) -> (Vec<pb::Node>, Vec<pb::Edge>) {
+async fn everything(c: &mut Client, t: TenantId, g: &str) -> (Vec<pb::Node>, Vec<pb::Edge>) {
     let g = g.to_owned();
     let mut nodes = Vec::new();
     let mut token = String::new();
