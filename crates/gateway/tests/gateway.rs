@@ -398,6 +398,18 @@ async fn an_event_naming_no_graph_goes_to_the_dead_letter_stream_and_is_counted(
     let js = async_nats::jetstream::new(client);
     let prefix: cim_core::SubjectPrefix = graph.prefix.parse().unwrap();
     let before = dead_letters();
+    // The invalidator's durable consumer starts with new messages only: wait until it exists,
+    // or the message below may be published before it and never be delivered to it.
+    let stream_name = prefix.stream_name(cim_core::Domain::Graph);
+    let ready = eventually(|| {
+        let (js, stream_name) = (js.clone(), stream_name.clone());
+        async move {
+            let Ok(stream) = js.get_stream(&stream_name).await else { return false };
+            stream.consumer_info("gateway-cache").await.is_ok()
+        }
+    })
+    .await;
+    assert!(ready, "the gateway's cache invalidator never created its consumer");
 
     // On the graph stream's subjects, but neither an aggregate-id header nor a readable envelope.
     let subject = format!("{}.graph.evt.graph.unknown.node_added", graph.prefix);
