@@ -221,10 +221,29 @@ fn has_nul(value: &serde_json::Value) -> bool {
     }
 }
 
+/// Numbers from this magnitude on are refused. Postgres keeps `jsonb` numbers as exact decimals
+/// and prints them without an exponent; serde_json cannot read back the 309-digit integer that
+/// `1.7976931348623157e308` (f64::MAX) becomes, so a graph holding one could be written but
+/// never read again (found by Schemathesis: a 500 on every later `ListGraphs`).
+const MAX_NUMBER_MAGNITUDE: f64 = 1e308;
+
+/// Whether a number in the document is too large to survive a round trip through `jsonb`.
+fn has_huge_number(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| x.abs() >= MAX_NUMBER_MAGNITUDE),
+        serde_json::Value::Array(items) => items.iter().any(has_huge_number),
+        serde_json::Value::Object(map) => map.values().any(has_huge_number),
+        _ => false,
+    }
+}
+
 /// Checks a property document against the limits.
 pub fn check_properties(field: &str, properties: &Properties, limits: &Limits) -> Result<(), GraphError> {
     if properties.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
         return Err(invalid(field, "must not contain NUL characters (\\u0000)"));
+    }
+    if properties.values().any(has_huge_number) {
+        return Err(invalid(field, "numbers must be smaller than 1e308 in magnitude"));
     }
     let d = 1 + properties.values().map(depth).max().unwrap_or(0);
     if d > limits.max_property_depth {
@@ -686,13 +705,21 @@ mod tests {
     }
 
     #[test]
-    fn nul_characters_are_rejected_where_postgres_cannot_store_them() {
+    fn values_postgres_cannot_store_or_give_back_are_rejected() {
         let limits = Limits::default();
         let state = GraphState::replay(&[created()]);
         for bad in [json!({"a\u{0}": 1}), json!({"a": ["x\u{0}"]}), json!({"a": {"b": "\u{0}"}})] {
             let cmd = one(Change::AddNode { id: None, node_type: id("t"), properties: props(bad) });
             assert!(matches!(decide(&state, &cmd, &limits), Err(GraphError::Invalid(f, _)) if f == "node.properties"));
         }
+        // Numbers Postgres would store but serde_json could not read back.
+        for bad in [json!({"a": f64::MAX}), json!({"a": [-1e308]}), json!({"a": {"b": 1.5e308}})] {
+            let cmd = one(Change::AddNode { id: None, node_type: id("t"), properties: props(bad) });
+            assert!(
+                matches!(decide(&state, &cmd, &limits), Err(GraphError::Invalid(f, r)) if f == "node.properties" && r.contains("1e308"))
+            );
+        }
+        assert!(check_properties("p", &props(json!({"a": 9.9e307, "b": -9.9e307, "c": 5e-324})), &limits).is_ok());
         let create =
             GraphCommand::Create { name: "g".into(), description: "a\0b".into(), properties: Properties::new() };
         assert!(
