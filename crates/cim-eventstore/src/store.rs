@@ -654,13 +654,20 @@ impl EventStore {
 
     /// Announces appends committed through [`EventStore::append_in_tx`]: metrics, relay wake-up.
     pub fn committed(&self, done: &Appended) {
-        if !done.replayed && !done.events.is_empty() {
-            metrics::counter!(EVENTS_APPENDED_TOTAL, "schema" => self.inner.config.schema.clone())
-                .increment(done.events.len() as u64);
-            self.inner.wake.notify_one();
-            if !self.inner.local_leader.load(Ordering::Acquire) {
-                self.inner.announce.notify_one();
-            }
+        if !done.replayed {
+            self.announce(done.events.len());
+        }
+    }
+
+    /// Counts `events` newly committed events and wakes the relay (here, or by NOTIFY elsewhere).
+    fn announce(&self, events: usize) {
+        if events == 0 {
+            return;
+        }
+        metrics::counter!(EVENTS_APPENDED_TOTAL, "schema" => self.inner.config.schema.clone()).increment(events as u64);
+        self.inner.wake.notify_one();
+        if !self.inner.local_leader.load(Ordering::Acquire) {
+            self.inner.announce.notify_one();
         }
     }
 
@@ -823,7 +830,7 @@ impl EventStore {
             Err(e) => return Err(e.into()),
         };
         let duration = metrics::histogram!(APPEND_DURATION_SECONDS, "schema" => self.inner.config.schema.clone());
-        Ok(items
+        let results: Vec<Option<Appended>> = items
             .into_iter()
             .map(|item| {
                 let id = item.context.aggregate_id;
@@ -831,11 +838,12 @@ impl EventStore {
                     return None;
                 }
                 duration.record(item.started.elapsed().as_secs_f64());
-                let done = item.batch.appended(id, item.head.hash);
-                self.committed(&done);
-                Some(done)
+                Some(item.batch.appended(id, item.head.hash))
             })
-            .collect())
+            .collect();
+        // One announcement for the group, not one per command.
+        self.announce(results.iter().flatten().map(|done| done.events.len()).sum());
+        Ok(results)
     }
 
     /// An aggregate's stored events after `after` (stored form: not upcast), tenant-scoped.

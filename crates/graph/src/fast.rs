@@ -262,6 +262,7 @@ struct Pending {
 /// and WAL flush) by the group size; alone, a command waits for nobody.
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
+    store: EventStore,
     queue: mpsc::Sender<Pending>,
 }
 
@@ -278,7 +279,7 @@ impl GroupCommit {
         for _ in 0..WRITERS {
             tokio::spawn(writer(store.clone(), rx.clone()));
         }
-        Self { queue }
+        Self { store, queue }
     }
 
     /// Appends `append` (whose events are `events`, decided on `assumed`) and projects it, with
@@ -286,12 +287,11 @@ impl GroupCommit {
     /// (or the group's statement failed) and nothing of this command was written.
     pub async fn append(
         &self,
-        store: &EventStore,
         append: &Append,
         events: &[GraphEvent],
         assumed: &Assumed,
     ) -> Result<Option<Appended>, StoreError> {
-        let (sealed, rows) = (store.seal_guarded(append)?, Rows::new(events, assumed)?);
+        let (sealed, rows) = (self.store.seal_guarded(append)?, Rows::new(events, assumed)?);
         let (reply, done) = oneshot::channel();
         let pending = Pending { sealed, rows, reply };
         if self.queue.send(pending).await.is_err() {
@@ -318,18 +318,14 @@ async fn writer(store: EventStore, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<
 }
 
 /// Writes one group and answers each command.
-async fn write_group(store: &EventStore, mut group: Vec<Pending>) {
+async fn write_group(store: &EventStore, group: Vec<Pending>) {
     // A graph twice in one group (possible only after a cancelled request left its command
     // queued): the later one takes the locked path.
     let mut seen = std::collections::HashSet::with_capacity(group.len());
-    group.retain_mut(|p| {
-        if seen.insert(p.sealed.aggregate_id()) {
-            return true;
-        }
-        let reply = std::mem::replace(&mut p.reply, oneshot::channel().0);
-        let _ = reply.send(Ok(None));
-        false
-    });
+    let (group, repeated): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| seen.insert(p.sealed.aggregate_id()));
+    for p in repeated {
+        let _ = p.reply.send(Ok(None));
+    }
     metrics::histogram!(crate::metrics::WRITE_GROUP_SIZE).record(group.len() as f64);
     let nodes_only = group.iter().all(|p| p.rows.nodes_only());
     let sql = if nodes_only { SQL_NODES_ONLY.as_str() } else { SQL.as_str() };

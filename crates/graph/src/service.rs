@@ -167,7 +167,7 @@ impl GraphApi {
         {
             let append = self.append_of(caller, graph, HeadToken::from_projection(head.version, head.head), &events)?;
             *known = None;
-            if let Some(done) = self.group.append(&self.store, &append, &events, &assumed).await? {
+            if let Some(done) = self.group.append(&append, &events, &assumed).await? {
                 metrics::counter!(FAST_WRITES_TOTAL, "outcome" => "hit").increment(1);
                 *known = Some(KnownHead { version: done.version, head: done.head, ..head });
                 return Ok(response(done));
