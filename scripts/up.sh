@@ -14,7 +14,7 @@ echo "up: building the cim CLI"
 cargo build --locked --quiet -p cim
 CIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim"
 echo "up: checking the installation"
-"$CIM" doctor
+"$CIM" doctor --before-start
 export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
 # A development-only signing secret, so the gateway accepts the tokens `cim token` prints.
 export CIM_JWT_HS256_SECRET="${CIM_JWT_HS256_SECRET:-cim-local-development-secret-0123456789}"

@@ -159,6 +159,17 @@ fn doctor_names_a_schema_that_is_missing_or_not_fully_migrated() {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  schema    graph: does not exist"), "{stdout}");
     assert!(stdout.contains("fix: start the graph service once"), "{stdout}");
+    // Before the first start (scripts/up.sh), a schema and stream not created yet are expected.
+    let mut first = cim();
+    first.args(["doctor", "--before-start"]);
+    for (k, v) in &env {
+        first.env(k, v);
+    }
+    let out = first.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("ok    schema    graph: not created yet"), "{text}");
+    assert!(text.contains("ok    stream    ") && text.contains("not created yet"), "{text}");
 
     // Only the event store's migration recorded: the projections' (1001) is missing.
     db.execute(
