@@ -869,14 +869,20 @@ async fn killed_database_connections_lose_no_acknowledged_command() {
         tokio::spawn(async move {
             use sqlx::Connection;
             let mut admin = sqlx::PgConnection::connect(&database_url()).await.unwrap();
-            let (mut pids, mut killed, mut round) = (BTreeSet::new(), 0u64, 0u64);
+            let (mut pids, mut killed, mut round) = (BTreeSet::new(), Vec::<i32>::new(), 0u64);
             while !stop.load(Ordering::Relaxed) {
                 // Learn the service's connections from its own pool (this test shares it), then
                 // kill those of them that are running a statement.
                 let mut held = Vec::new();
                 while let Some(mut conn) = pool.try_acquire() {
-                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await.unwrap();
-                    pids.insert(pid);
+                    // try_acquire skips the pool's liveness check, so this may be a connection
+                    // an earlier round killed just after its statement ended: drop it for good.
+                    match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&mut *conn).await {
+                        Ok(pid) => {
+                            pids.insert(pid);
+                        }
+                        Err(_) => conn.close_on_drop(),
+                    }
                     held.push(conn);
                 }
                 drop(held);
@@ -884,19 +890,35 @@ async fn killed_database_connections_lose_no_acknowledged_command() {
                 // tenth round anything busy (the relay, the locked path).
                 let list: Vec<i32> = pids.iter().copied().collect();
                 round += 1;
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE pid = ANY($1) AND state = 'active' AND ($2 OR query LIKE 'WITH cmd AS%')) k",
+                let hit: Vec<i32> = sqlx::query_scalar(
+                    "WITH busy AS MATERIALIZED (SELECT pid FROM pg_stat_activity WHERE pid = ANY($1) \
+                     AND state = 'active' AND ($2 OR query LIKE 'WITH cmd AS%')) \
+                     SELECT pid FROM busy WHERE pg_terminate_backend(pid)",
                 )
                 .bind(&list)
                 .bind(round % 10 == 0)
-                .fetch_one(&mut admin)
+                .fetch_all(&mut admin)
                 .await
                 .unwrap();
-                killed += n as u64;
+                killed.extend(hit);
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            killed
+            // pg_terminate_backend only signals: wait until every killed backend has exited, so
+            // that none dies under the checks below.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                    .bind(&killed)
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+                if alive == 0 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{alive} killed backends still alive");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            killed.len() as u64
         })
     };
     // Writers go on past NODES (for up to 30 s) until some command has met a kill: whether a
