@@ -152,6 +152,13 @@ async fn main() {
         // Counted like in production (one Redis INCR per request), but high enough not to refuse.
         ("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE".into(), "10000000".into()),
     ]);
+    // Experiments: `CIM_BENCH_GATEWAY_ENV="K=V K=V"` overrides gateway settings for one run.
+    let mut vars = vars;
+    for kv in std::env::var("CIM_BENCH_GATEWAY_ENV").unwrap_or_default().split_whitespace() {
+        if let Some((k, v)) = kv.split_once('=') {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
+    }
     let config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("config");
     let shutdown = Shutdown::new();
     let gw = cim_gateway::app::prepare(&config, &shutdown).await.expect("gateway");
