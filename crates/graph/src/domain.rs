@@ -211,39 +211,33 @@ fn depth(value: &serde_json::Value) -> usize {
     }
 }
 
-/// Whether a NUL character appears in any key or string (Postgres text and jsonb cannot hold it).
-fn has_nul(value: &serde_json::Value) -> bool {
+/// Why a document cannot go into Postgres and come back, if it cannot: a NUL character in a key
+/// or string (text and jsonb cannot hold it), or a number of magnitude 1e308 or more. Postgres
+/// keeps `jsonb` numbers as exact decimals and prints them without an exponent; serde_json
+/// cannot read back the 309-digit integer that `1.7976931348623157e308` (f64::MAX) becomes, so
+/// a graph holding one could be written but never read again (found by Schemathesis: a 500 on
+/// every later `ListGraphs`).
+fn unstorable(value: &serde_json::Value) -> Option<&'static str> {
     match value {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
+        serde_json::Value::String(s) => s.contains('\0').then_some(NUL_REFUSED),
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| x.abs() >= 1e308).then_some(HUGE_REFUSED),
+        serde_json::Value::Array(items) => items.iter().find_map(unstorable),
+        serde_json::Value::Object(map) => map.iter().find_map(unstorable_entry),
+        _ => None,
     }
 }
 
-/// Numbers from this magnitude on are refused. Postgres keeps `jsonb` numbers as exact decimals
-/// and prints them without an exponent; serde_json cannot read back the 309-digit integer that
-/// `1.7976931348623157e308` (f64::MAX) becomes, so a graph holding one could be written but
-/// never read again (found by Schemathesis: a 500 on every later `ListGraphs`).
-const MAX_NUMBER_MAGNITUDE: f64 = 1e308;
-
-/// Whether a number in the document is too large to survive a round trip through `jsonb`.
-fn has_huge_number(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| x.abs() >= MAX_NUMBER_MAGNITUDE),
-        serde_json::Value::Array(items) => items.iter().any(has_huge_number),
-        serde_json::Value::Object(map) => map.values().any(has_huge_number),
-        _ => false,
-    }
+fn unstorable_entry((key, value): (&String, &serde_json::Value)) -> Option<&'static str> {
+    if key.contains('\0') { Some(NUL_REFUSED) } else { unstorable(value) }
 }
+
+const NUL_REFUSED: &str = "must not contain NUL characters (\\u0000)";
+const HUGE_REFUSED: &str = "numbers must be smaller than 1e308 in magnitude";
 
 /// Checks a property document against the limits.
 pub fn check_properties(field: &str, properties: &Properties, limits: &Limits) -> Result<(), GraphError> {
-    if properties.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
-        return Err(invalid(field, "must not contain NUL characters (\\u0000)"));
-    }
-    if properties.values().any(has_huge_number) {
-        return Err(invalid(field, "numbers must be smaller than 1e308 in magnitude"));
+    if let Some(why) = properties.iter().find_map(unstorable_entry) {
+        return Err(invalid(field, why));
     }
     let d = 1 + properties.values().map(depth).max().unwrap_or(0);
     if d > limits.max_property_depth {
