@@ -400,9 +400,6 @@ fn done(r: pb::CommandResponse) -> impl IntoResponse {
 /// event consumer does the same for changes made elsewhere).
 async fn changed(state: &AppState, graph_id: &str) {
     state.local_cache.bump(graph_id);
-    if state.settings.cache_ttl.is_zero() {
-        return;
-    }
     if let Err(e) = crate::cache::invalidate(state, graph_id).await {
         tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
     }
