@@ -1,4 +1,4 @@
-//! The event envelope (DESIGN §3): what is stored in `events`, published to JetStream and
+//! The event envelope (docs/design.md#event-envelope): what is stored in `events`, published to JetStream and
 //! delivered to browsers. Metadata is typed; the domain payload is JSON.
 
 use chrono::{DateTime, SecondsFormat, Utc};

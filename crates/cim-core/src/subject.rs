@@ -1,4 +1,4 @@
-//! NATS subjects and stream names (DESIGN §4):
+//! NATS subjects and stream names (docs/design.md#subjects-streams-and-headers):
 //! `<prefix>.<domain>.evt.<aggregate_type>.<aggregate_id>.<event_type>`.
 //! The routing key comes early so a consumer can filter by domain or aggregate type with one
 //! wildcard subject (NATS 2.9 allows one filter per consumer).

@@ -1,4 +1,4 @@
-//! Old event versions are converted on read; stored events are never rewritten (DESIGN §3).
+//! Old event versions are converted on read; stored events are never rewritten (docs/design.md#upcasting).
 //! Each registered step turns `(event_type, v)` into `v + 1`; reading applies steps until the
 //! current version. The hash chain is verified on the stored form, before upcasting.
 

@@ -1,4 +1,5 @@
-//! JetStream streams, created or updated at start-up (idempotently) to the DESIGN §4 settings.
+//! JetStream streams, created or updated at start-up (idempotently) to the settings in
+//! docs/design.md#subjects-streams-and-headers.
 
 use std::time::Duration;
 

@@ -70,7 +70,7 @@ async fn ten_thousand_events_from_sixteen_writers_reach_jetstream_exactly_once_i
     let stored = env.stored_ids().await;
     assert_eq!(stored.len(), 10_000);
     assert_exactly_once_in_order(&published, &stored);
-    // Subjects and headers follow DESIGN §4.
+    // Subjects and headers follow docs/design.md#subjects-streams-and-headers.
     let p = &published[0];
     let e = &p.event;
     assert_eq!(p.subject, format!("{}.graph.evt.counter.{}.counted", env.prefix, e.aggregate_id),);

@@ -191,7 +191,7 @@ pub const VARS: &[VarSpec] = &[
     },
 ];
 
-/// The deployable services and their defaults (DESIGN §1).
+/// The deployable services and their defaults (docs/design.md#services-and-ports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServiceKind {
     Gateway,
