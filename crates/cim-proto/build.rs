@@ -11,7 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut protos = vec![
         root.join("cim/common/v1/envelope.proto"),
-        root.join("cim/common/v1/error.proto"),
         root.join("cim/common/v1/paging.proto"),
         root.join("cim/graph/v1/graph.proto"),
     ];
@@ -25,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];
 
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::StrictCodec")
         .file_descriptor_set_path(out.join("cim_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
     println!("cargo:rerun-if-changed={}", root.display());

@@ -10,6 +10,8 @@ import sys
 
 import grpc
 from google.protobuf import descriptor_pool, json_format, message_factory
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 
@@ -41,18 +43,33 @@ def main() -> int:
     call("AddNode", {"graph_id": graph_id, "node": {"id": "py", "type": "client"}})
     graph = call("GetGraph", {"graph_id": graph_id})
 
-    # A bad request gets a clean status, not a crash.
+    # A bad request gets a clean status in the standard rich error model (google.rpc.Status
+    # with ErrorInfo and BadRequest details), decoded the way any grpcio user decodes it.
+    details = {}
     try:
         call("GetGraph", {"graph_id": "not-a-uuid"})
         bad = "no error"
     except grpc.RpcError as e:  # noqa: PERF203
         bad = e.code().name
+        status = rpc_status.from_call(e)
+        details["message"] = status.message if status else None
+        for any_detail in status.details if status else []:
+            if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                any_detail.Unpack(info)
+                details["reason"], details["domain"] = info.reason, info.domain
+                details["code"] = info.metadata.get("code")
+            elif any_detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                request = error_details_pb2.BadRequest()
+                any_detail.Unpack(request)
+                details["fields"] = [v.field for v in request.field_violations]
 
     print(json.dumps({
         "services": services,
         "methods": [m.name for m in service.methods],
         "graph": graph,
         "bad_request": bad,
+        "bad_request_details": details,
     }))
     ok = (
         "cim.graph.v1.GraphService" in services
@@ -60,6 +77,9 @@ def main() -> int:
         and graph.get("node_count") == "1"
         and graph.get("name") == "from python"
         and bad == "INVALID_ARGUMENT"
+        and details.get("reason") == "INVALID_ARGUMENT"
+        and details.get("code") == "invalid_argument"
+        and details.get("fields") == ["graph_id"]
     )
     return 0 if ok else 1
 

@@ -1,7 +1,7 @@
 //! The per-aggregate hash chain: each event's hash covers its own canonical form and the previous
 //! event's hash, so a changed, removed, inserted or reordered event breaks the chain at that point.
 //!
-//! DESIGN §3 says "canonical payload and previous hash". We hash every stored field except
+//! docs/design.md#hash-chain says "canonical payload and previous hash". We hash every stored field except
 //! `hash` itself, because an attacker (or a bad migration) that rewrites `actor` or
 //! `occurred_at` should be caught just like one that rewrites the payload.
 
@@ -100,14 +100,29 @@ fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, value).unwrap_or_default();
 }
 
+/// The canonical text of a payload: what the store writes and what the hash covers.
+pub fn canonical_text(value: &serde_json::Value) -> String {
+    let mut out = Vec::with_capacity(256);
+    canonical_json(value, &mut out);
+    // serde_json writes UTF-8 only; the fallback is unreachable.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
     // Length prefixes keep ("ab","c") and ("a","bc") apart.
     h.update(&(bytes.len() as u64).to_le_bytes());
     h.update(bytes);
 }
 
-/// The hash an event must carry, given its `prev_hash`.
+/// The hash an event must carry, given its `prev_hash`: over its payload's canonical text.
 pub fn compute_hash(e: &EventEnvelope) -> EventHash {
+    hash_with_payload(e, canonical_text(&e.payload).as_bytes())
+}
+
+/// The hash of `e` with `payload_json` standing for its payload: the exact bytes that were
+/// stored. Verification hashes what was stored, never a re-serialization of what a parser made
+/// of it, so a number read back one bit off can never look like tampering.
+pub fn hash_with_payload(e: &EventEnvelope, payload_json: &[u8]) -> EventHash {
     let mut h = blake3::Hasher::new();
     h.update(b"cim.event.v1\0");
     h.update(e.prev_hash.as_bytes());
@@ -123,10 +138,43 @@ pub fn compute_hash(e: &EventEnvelope) -> EventHash {
     field(&mut h, e.actor.as_str().as_bytes());
     field(&mut h, e.correlation_id.as_uuid().as_bytes());
     field(&mut h, e.causation_id.as_uuid().as_bytes());
-    let mut payload = Vec::with_capacity(256);
-    canonical_json(&e.payload, &mut payload);
-    field(&mut h, &payload);
+    field(&mut h, payload_json);
     EventHash(*h.finalize().as_bytes())
+}
+
+/// An event as it was read from the store: its envelope, and the payload exactly as stored,
+/// which is what its hash covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub envelope: EventEnvelope,
+    pub payload_json: String,
+}
+
+/// One link of a hash chain: an event and the payload bytes its hash is checked against.
+pub trait ChainLink {
+    fn envelope(&self) -> &EventEnvelope;
+    fn hash_matches(&self) -> bool;
+}
+
+/// An event built in memory: its payload's canonical text is what a writer stores.
+impl ChainLink for EventEnvelope {
+    fn envelope(&self) -> &EventEnvelope {
+        self
+    }
+
+    fn hash_matches(&self) -> bool {
+        compute_hash(self) == self.hash
+    }
+}
+
+impl ChainLink for StoredEvent {
+    fn envelope(&self) -> &EventEnvelope {
+        &self.envelope
+    }
+
+    fn hash_matches(&self) -> bool {
+        hash_with_payload(&self.envelope, self.payload_json.as_bytes()) == self.envelope.hash
+    }
 }
 
 /// The first place a chain is broken.
@@ -152,21 +200,22 @@ pub enum ChainBreakKind {
 }
 
 /// Verifies a whole aggregate history, which must start at sequence 1.
-pub fn verify_chain(events: &[EventEnvelope]) -> Result<(), ChainBreak> {
+pub fn verify_chain<L: ChainLink>(events: &[L]) -> Result<(), ChainBreak> {
     verify_chain_from(0, EventHash::GENESIS, events)
 }
 
 /// Verifies events that continue a chain whose last checked event had `after_sequence` and
 /// `after_hash` (0 and GENESIS for a chain from the start).
-pub fn verify_chain_from(
+pub fn verify_chain_from<L: ChainLink>(
     after_sequence: u64,
     after_hash: EventHash,
-    events: &[EventEnvelope],
+    events: &[L],
 ) -> Result<(), ChainBreak> {
     let Some(first) = events.first() else { return Ok(()) };
-    let aggregate = first.aggregate_id;
+    let aggregate = first.envelope().aggregate_id;
     let mut prev = after_hash;
-    for (expected_sequence, (index, e)) in (after_sequence + 1..).zip(events.iter().enumerate()) {
+    for (expected_sequence, (index, link)) in (after_sequence + 1..).zip(events.iter().enumerate()) {
+        let e = link.envelope();
         let brk = |kind| ChainBreak { index, sequence: e.sequence, event_id: e.event_id.to_string(), kind };
         if e.aggregate_id != aggregate {
             return Err(brk(ChainBreakKind::ForeignAggregate));
@@ -177,7 +226,7 @@ pub fn verify_chain_from(
         if e.prev_hash != prev {
             return Err(brk(ChainBreakKind::PrevHashMismatch));
         }
-        if compute_hash(e) != e.hash {
+        if !link.hash_matches() {
             return Err(brk(ChainBreakKind::HashMismatch));
         }
         prev = e.hash;
@@ -198,7 +247,7 @@ mod tests {
     #[test]
     fn an_untouched_history_verifies() {
         assert_eq!(verify_chain(&history(10)), Ok(()));
-        assert_eq!(verify_chain(&[]), Ok(()));
+        assert_eq!(verify_chain::<EventEnvelope>(&[]), Ok(()));
     }
 
     #[test]
@@ -262,6 +311,39 @@ mod tests {
         canonical_json(&b, &mut cb);
         assert_eq!(ca, cb);
         assert_eq!(String::from_utf8(ca).unwrap(), r#"{"a":{"x":"é\n","y":[1,2]},"b":1}"#);
+    }
+
+    fn stored(e: &EventEnvelope) -> StoredEvent {
+        StoredEvent { envelope: e.clone(), payload_json: canonical_text(&e.payload) }
+    }
+
+    #[test]
+    fn a_stored_chain_verifies_on_the_stored_text() {
+        let events: Vec<StoredEvent> = history(5).iter().map(stored).collect();
+        assert_eq!(verify_chain(&events), Ok(()));
+        // The text is what counts: a stored payload that differs from what was hashed is caught
+        // even when it parses to the same value (here: a trailing zero).
+        let mut events = events;
+        let e = &mut events[2];
+        let value: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap();
+        e.payload_json = e.payload_json.replacen("1", "1.0", 1);
+        assert_ne!(e.payload_json, canonical_text(&value));
+        assert_eq!(verify_chain(&events).unwrap_err().kind, ChainBreakKind::HashMismatch);
+    }
+
+    #[test]
+    fn doubles_that_a_rounding_parser_misreads_verify() {
+        // Without exact float parsing this value came back as ...978e-163 and its event then
+        // failed verification. The stored text is hashed, and the value reads back exactly.
+        let mut events = history(1);
+        events[0].payload = serde_json::json!({"x": 2.7715077941825975e-163, "y": 5e-324, "z": 1.7976931348623157e308});
+        events[0].hash = compute_hash(&events[0]);
+        let link = stored(&events[0]);
+        assert_eq!(verify_chain(std::slice::from_ref(&link)), Ok(()));
+        let back: serde_json::Value = serde_json::from_str(&link.payload_json).unwrap();
+        assert_eq!(back, events[0].payload);
+        assert_eq!(back["x"].as_f64().unwrap().to_bits(), 2.7715077941825975e-163f64.to_bits());
+        assert_eq!(canonical_text(&back), link.payload_json);
     }
 
     #[test]

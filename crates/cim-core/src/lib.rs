@@ -1,9 +1,9 @@
 //! CIM's shared vocabulary. Every service speaks these types; none of them does I/O.
 //!
 //! - [`ids`]: UUIDv7 identifiers as newtypes that parse rather than validate.
-//! - [`envelope`]: the event envelope of DESIGN §3.
+//! - [`envelope`]: the event envelope (docs/design.md#event-envelope).
 //! - [`chain`]: the per-aggregate BLAKE3 hash chain.
-//! - [`subject`]: NATS subject grammar of DESIGN §4 (build and parse).
+//! - [`subject`]: NATS subject grammar (docs/design.md#subjects-streams-and-headers).
 //! - [`error`]: the one error-code table mapped to gRPC and HTTP.
 //! - [`upcast`]: converting stored events of an older schema version on read.
 
@@ -16,7 +16,7 @@ pub mod names;
 pub mod subject;
 pub mod upcast;
 
-pub use chain::{ChainBreak, ChainBreakKind, EventHash, verify_chain};
+pub use chain::{ChainBreak, ChainBreakKind, ChainLink, EventHash, StoredEvent, verify_chain};
 pub use envelope::{EventContext, EventEnvelope, NewEvent};
 pub use error::{ErrorCode, FieldViolation};
 pub use ids::{AggregateId, CausationId, CommandId, CorrelationId, EventId, IdError, TenantId};

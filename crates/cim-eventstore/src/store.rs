@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use cim_core::chain::verify_chain_from;
+use cim_core::chain::{StoredEvent, verify_chain_from};
 use cim_core::{AggregateId, Domain, EventContext, EventEnvelope, EventHash, EventId, NewEvent, TenantId, Upcasters};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -90,7 +90,7 @@ pub struct Appended {
     /// The hash of the event at `version`: with `version`, the next `Expected::Head`.
     pub head: EventHash,
     pub event_ids: Vec<EventId>,
-    /// The sealed events (empty when `replayed`).
+    /// The sealed events; on a replay, the events the first attempt appended.
     pub events: Vec<EventEnvelope>,
     /// True when the idempotency key had been seen: nothing was appended this time.
     pub replayed: bool,
@@ -269,6 +269,12 @@ pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.aggregate_id, e.sequence, 
 
 /// Reads an event row selected with [`EVENT_COLUMNS`].
 pub(crate) fn envelope_from_row(domain: Domain, row: &PgRow) -> Result<EventEnvelope, StoreError> {
+    stored_from_row(domain, row).map(|stored| stored.envelope)
+}
+
+/// Reads an event row selected with [`EVENT_COLUMNS`], keeping the payload's stored text, which
+/// is what its hash covers.
+pub(crate) fn stored_from_row(domain: Domain, row: &PgRow) -> Result<StoredEvent, StoreError> {
     let corrupt = |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
     let uuid = |col: &str| row.try_get::<uuid::Uuid, _>(col).map_err(|e| corrupt(col, &e));
     let text = |col: &str| row.try_get::<String, _>(col).map_err(|e| corrupt(col, &e));
@@ -277,7 +283,7 @@ pub(crate) fn envelope_from_row(domain: Domain, row: &PgRow) -> Result<EventEnve
     let schema_version: i32 = row.try_get("schema_version").map_err(|e| corrupt("schema_version", &e))?;
     let occurred_at: DateTime<Utc> = row.try_get("occurred_at").map_err(|e| corrupt("occurred_at", &e))?;
     let payload_text = text("payload")?;
-    Ok(EventEnvelope {
+    let envelope = EventEnvelope {
         event_id: EventId::from_uuid(uuid("event_id")?).map_err(|e| corrupt("event_id", &e))?,
         event_type: text("event_type")?.parse().map_err(|e| corrupt("event_type", &e))?,
         schema_version: u32::try_from(schema_version).map_err(|e| corrupt("schema_version", &e))?,
@@ -293,7 +299,8 @@ pub(crate) fn envelope_from_row(domain: Domain, row: &PgRow) -> Result<EventEnve
         payload: serde_json::from_str(&payload_text).map_err(|e| corrupt("payload", &e))?,
         hash: EventHash::from_slice(&bytes("hash")?).map_err(|e| corrupt("hash", &e))?,
         prev_hash: EventHash::from_slice(&bytes("prev_hash")?).map_err(|e| corrupt("prev_hash", &e))?,
-    })
+    };
+    Ok(StoredEvent { envelope, payload_json: payload_text })
 }
 
 fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
@@ -366,7 +373,8 @@ impl Batch {
             batch.seqs.push(e.sequence as i64);
             batch.types.push(e.event_type.as_str().to_owned());
             batch.versions.push(e.schema_version as i32);
-            let payload = serde_json::to_string(&e.payload).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            // The canonical text, the very bytes the event's hash covers.
+            let payload = cim_core::chain::canonical_text(&e.payload);
             // Every event must fit one NATS message (1 MiB by default) with its envelope, or the
             // relay could never publish it. Checked on the text that is stored, serialized once.
             if payload.len() > MAX_PAYLOAD_BYTES {
@@ -690,6 +698,18 @@ impl EventStore {
         let Some(row) = row else { return Ok(None) };
         let event_ids: Vec<uuid::Uuid> = row.try_get("event_ids")?;
         let hash: Option<Vec<u8>> = row.try_get("hash")?;
+        // A retry gets the first answer whole, created ids included: its events, by id.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = ANY($1) AND e.tenant_id = $2 ORDER BY e.sequence"
+        );
+        let events = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&event_ids)
+            .bind(tenant.as_uuid())
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| envelope_from_row(self.inner.config.domain, r))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Appended {
             aggregate_id: AggregateId::from_uuid(row.try_get("aggregate_id")?)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -703,7 +723,7 @@ impl EventStore {
                 .map(EventId::from_uuid)
                 .collect::<Result<_, _>>()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            events: vec![],
+            events,
             replayed: true,
         }))
     }
@@ -853,6 +873,16 @@ impl EventStore {
         id: AggregateId,
         after: u64,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
+        Ok(self.stored_events(tenant, id, after).await?.into_iter().map(|s| s.envelope).collect())
+    }
+
+    /// [`Self::events`] with each payload's stored text, for verification.
+    pub async fn stored_events(
+        &self,
+        tenant: TenantId,
+        id: AggregateId,
+        after: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.aggregate_id = $1 AND e.tenant_id = $2 AND e.sequence > $3 \
              ORDER BY e.sequence"
@@ -863,12 +893,12 @@ impl EventStore {
             .bind(after as i64)
             .fetch_all(&self.inner.pool)
             .await?;
-        rows.iter().map(|r| envelope_from_row(self.inner.config.domain, r)).collect()
+        rows.iter().map(|r| stored_from_row(self.inner.config.domain, r)).collect()
     }
 
     /// Verifies an aggregate's whole hash chain; returns how many events were checked.
     pub async fn verify(&self, tenant: TenantId, id: AggregateId) -> Result<usize, StoreError> {
-        let events = self.events(tenant, id, 0).await?;
+        let events = self.stored_events(tenant, id, 0).await?;
         if events.is_empty() {
             return Err(StoreError::NotFound(id));
         }
@@ -878,9 +908,9 @@ impl EventStore {
 
     /// The aggregate's history, verified and upcast to current versions.
     pub async fn history(&self, tenant: TenantId, id: AggregateId) -> Result<Vec<EventEnvelope>, StoreError> {
-        let events = self.events(tenant, id, 0).await?;
+        let events = self.stored_events(tenant, id, 0).await?;
         cim_core::verify_chain(&events)?;
-        events.into_iter().map(|e| self.inner.config.upcasters.upcast(e).map_err(StoreError::from)).collect()
+        events.into_iter().map(|e| self.inner.config.upcasters.upcast(e.envelope).map_err(StoreError::from)).collect()
     }
 
     /// Latest snapshot (if usable) plus later events, verified, upcast and folded. Writes a new
@@ -903,7 +933,7 @@ impl EventStore {
             }
             None => (A::default(), 0, None),
         };
-        let events = self.events(tenant, id, base).await?;
+        let events = self.stored_events(tenant, id, base).await?;
         if events.is_empty() && base == 0 {
             return Err(StoreError::NotFound(id));
         }
@@ -911,7 +941,7 @@ impl EventStore {
         let folded = events.len() as u64;
         let mut head = base_hash.unwrap_or(EventHash::GENESIS);
         let mut version = base;
-        for event in events {
+        for StoredEvent { envelope: event, .. } in events {
             head = event.hash;
             version = event.sequence;
             let event = self.inner.config.upcasters.upcast(event)?;

@@ -1,7 +1,9 @@
 //! Generated gRPC code for CIM's protos. Domain crates never see these types: they convert at
 //! the service edge.
 
+pub mod codec;
 pub mod json;
+pub mod status;
 
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod cim {

@@ -74,10 +74,13 @@ impl GrpcServer {
         }
         health.reporter().set_service_status("", tonic_health::ServingStatus::Serving).await;
 
+        // google.rpc's error details too, so a reflecting client (grpcurl) can print them.
         let mut v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
         let mut v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
         for fds in &self.descriptor_sets {
             v1 = v1.register_encoded_file_descriptor_set(fds);
             v1alpha = v1alpha.register_encoded_file_descriptor_set(fds);
@@ -104,6 +107,8 @@ impl GrpcServer {
         });
         let server = tonic::transport::Server::builder()
             .layer(RedLayer { service: Arc::from(self.service) })
+            // Inside the RED layer, so a refused frame is counted with its code.
+            .layer(crate::unary_frames::UnaryFramesLayer)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);

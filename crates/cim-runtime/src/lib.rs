@@ -14,7 +14,9 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
+pub mod unary_frames;
 
 pub use config::{Config, ServiceKind};
 pub use error::RuntimeError;

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use utoipa::ToSchema;
 
-use crate::auth::require;
 use crate::limits::ApiJson;
 use crate::problem::ApiResult;
 use crate::upstream::Upstream;
@@ -97,6 +96,9 @@ pub struct CreatedApiKey {
     pub key: String,
 }
 
+/// Who am I
+///
+/// The caller as the gateway sees it: subject, tenant, roles and how they authenticated.
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
     responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
@@ -108,6 +110,9 @@ pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
     })
 }
 
+/// Start a console session
+///
+/// Exchanges the caller's credentials for an HttpOnly session cookie.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
@@ -115,6 +120,9 @@ pub async fn login(State(state): State<AppState>, Extension(p): Extension<Princi
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
+/// End the console session
+///
+/// Revokes the session named by the cookie and clears it.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
@@ -122,6 +130,9 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
+/// Create an API key
+///
+/// A key for a subject of the caller's tenant with the given roles; the key is shown once. Needs the admin role.
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_api_key(
@@ -129,7 +140,6 @@ pub async fn create_api_key(
     Extension(p): Extension<Principal>,
     ApiJson(body): ApiJson<NewApiKey>,
 ) -> ApiResult<impl IntoResponse> {
-    require(&p, Role::Admin)?;
     let roles = body
         .roles
         .iter()
@@ -152,6 +162,9 @@ pub async fn create_api_key(
     Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
 }
 
+/// Revoke an API key
+///
+/// Revokes a key of the caller's tenant. Needs the admin role.
 #[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
     responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn revoke_api_key(
@@ -159,7 +172,6 @@ pub async fn revoke_api_key(
     Extension(p): Extension<Principal>,
     crate::limits::ApiPath(id): crate::limits::ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    require(&p, Role::Admin)?;
     crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -177,6 +189,10 @@ async fn ready(State(health): State<cim_runtime::health::Health>) -> impl IntoRe
     (if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(r))
 }
 
+async fn method_not_allowed() -> crate::problem::ApiError {
+    crate::problem::ApiError::method_not_allowed()
+}
+
 async fn not_found() -> crate::problem::ApiError {
     crate::problem::ApiError::new(cim_core::ErrorCode::NotFound, "no such route")
 }
@@ -188,9 +204,11 @@ pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/admin/api-keys", post(create_api_key))
         .route("/api/v1/admin/api-keys/{id}", delete(revoke_api_key))
-        // Layers run bottom-up: auth first, then idempotency and the cache see the principal.
+        // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
+        // may idempotency replay or the cache answer.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cache::middleware))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
+        .layer(axum::middleware::from_fn(crate::authz::middleware))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::middleware));
     let public = Router::new()
         .route("/api/openapi.json", get(openapi_json))
@@ -200,6 +218,7 @@ pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
     public
         .merge(authenticated)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::limits::deadline_and_metrics))
         .with_state(state)

@@ -1,4 +1,4 @@
-//! Who is calling, from a bearer token, an API key or a console session; and role checks.
+//! Who is calling, from a bearer token, an API key or a console session (roles: [`crate::authz`]).
 //!
 //! API keys and sessions live in Redis (keys stored as BLAKE3 hashes, never in clear). Without
 //! Redis, bearer tokens keep working; keys and sessions answer 503 until it is back.
@@ -7,7 +7,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use cim_auth::{Method, Principal, Role};
+use cim_auth::{Method, Principal};
 use cim_core::ErrorCode;
 use deadpool_redis::redis::AsyncCommands;
 
@@ -15,15 +15,6 @@ use crate::app::AppState;
 use crate::problem::{ApiError, ApiResult};
 
 pub const SESSION_COOKIE: &str = "cim_session";
-
-/// Fails unless the caller holds `role` (or a higher one).
-pub fn require(p: &Principal, role: Role) -> ApiResult<()> {
-    if p.can(role) {
-        Ok(())
-    } else {
-        Err(ApiError::new(ErrorCode::PermissionDenied, format!("this route needs the {role} role")))
-    }
-}
 
 fn api_key_entry(key: &str) -> String {
     format!("cim:gw:apikey:{}", blake3::hash(key.as_bytes()).to_hex())

@@ -7,13 +7,12 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use cim_auth::{Principal, Role};
+use cim_auth::Principal;
 use cim_proto::graph as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
-use crate::auth::require;
 use crate::limits::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
 
@@ -64,8 +63,13 @@ pub struct CommandResult {
     /// The graph's version after the command.
     pub version: u64,
     pub event_ids: Vec<String>,
-    /// True when an earlier command with the same Idempotency-Key already did this.
+    /// True when an earlier command with the same Idempotency-Key already did this (the other
+    /// fields repeat its answer).
     pub replayed: bool,
+    /// Ids of the nodes this command added (generated ids included), in order.
+    pub created_node_ids: Vec<String>,
+    /// Ids of the edges this command added, in order.
+    pub created_edge_ids: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -117,6 +121,8 @@ pub struct ShortestPath {
     pub found: bool,
     pub nodes: Vec<Node>,
     pub edges: Vec<Edge>,
+    /// Not found because the search reached the server's node bound first: a path may exist.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -138,6 +144,7 @@ pub struct CreateGraph {
     #[serde(default)]
     pub description: String,
     #[serde(default)]
+    #[serde(deserialize_with = "exact_properties")]
     #[schema(value_type = Object)]
     pub properties: Props,
 }
@@ -157,6 +164,7 @@ pub struct NodeSpec {
     #[serde(rename = "type")]
     pub node_type: String,
     #[serde(default)]
+    #[serde(deserialize_with = "exact_properties")]
     #[schema(value_type = Object)]
     pub properties: Props,
 }
@@ -171,6 +179,7 @@ pub struct EdgeSpec {
     pub source: String,
     pub target: String,
     #[serde(default)]
+    #[serde(deserialize_with = "exact_properties")]
     #[schema(value_type = Object)]
     pub properties: Props,
 }
@@ -178,6 +187,7 @@ pub struct EdgeSpec {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetProperties {
+    #[serde(deserialize_with = "exact_properties")]
     #[schema(value_type = Object)]
     pub properties: Props,
 }
@@ -192,6 +202,7 @@ pub enum Change {
         #[serde(rename = "type")]
         node_type: String,
         #[serde(default)]
+        #[serde(deserialize_with = "exact_properties")]
         #[schema(value_type = Object)]
         properties: Props,
     },
@@ -203,16 +214,19 @@ pub enum Change {
         source: String,
         target: String,
         #[serde(default)]
+        #[serde(deserialize_with = "exact_properties")]
         #[schema(value_type = Object)]
         properties: Props,
     },
     UpdateNode {
         id: String,
+        #[serde(deserialize_with = "exact_properties")]
         #[schema(value_type = Object)]
         properties: Props,
     },
     UpdateEdge {
         id: String,
+        #[serde(deserialize_with = "exact_properties")]
         #[schema(value_type = Object)]
         properties: Props,
     },
@@ -364,7 +378,14 @@ fn edge(e: pb::Edge) -> Edge {
 }
 
 fn result(r: pb::CommandResponse) -> CommandResult {
-    CommandResult { graph_id: r.graph_id, version: r.version, event_ids: r.event_ids, replayed: r.replayed }
+    CommandResult {
+        graph_id: r.graph_id,
+        version: r.version,
+        event_ids: r.event_ids,
+        replayed: r.replayed,
+        created_node_ids: r.created_node_ids,
+        created_edge_ids: r.created_edge_ids,
+    }
 }
 
 fn next_token(p: Option<cim_proto::common::PageResponse>) -> Option<String> {
@@ -373,6 +394,23 @@ fn next_token(p: Option<cim_proto::common::PageResponse>) -> Option<String> {
 
 fn page(size: Option<u32>, token: Option<String>) -> Option<cim_proto::common::PageRequest> {
     Some(cim_proto::common::PageRequest { page_size: size.unwrap_or(0), page_token: token.unwrap_or_default() })
+}
+
+/// A property document from a request. A `Struct` number is a double: an integer it cannot hold
+/// exactly (beyond ±(2^53 - 1)) is refused with its path instead of being rounded on its way.
+fn exact_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Props, D::Error> {
+    let props = Props::deserialize(d)?;
+    for (key, value) in &props {
+        if let Some((path, n)) = cim_proto::json::first_inexact_integer(value) {
+            let at =
+                if path.is_empty() || path.starts_with('[') { format!("{key}{path}") } else { format!("{key}.{path}") };
+            return Err(serde::de::Error::custom(format!(
+                "the integer {n} at {at} is beyond ±9007199254740991 and would not be kept exactly \
+                 (properties hold numbers as doubles): send it as a string"
+            )));
+        }
+    }
+    Ok(props)
 }
 
 fn structure(p: &Props) -> Option<prost_types::Struct> {
@@ -409,7 +447,6 @@ async fn changed(state: &AppState, graph_id: &str) {
 
 macro_rules! command {
     ($state:ident, $p:ident, $graph_id:expr, $call:ident, $msg:expr) => {{
-        require(&$p, Role::Writer)?;
         let r = $state.graph.command(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?;
         changed(&$state, $graph_id).await;
         r
@@ -417,12 +454,12 @@ macro_rules! command {
 }
 
 macro_rules! query {
-    ($state:ident, $p:ident, $call:ident, $msg:expr) => {{
-        require(&$p, Role::Reader)?;
-        $state.graph.query(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?
-    }};
+    ($state:ident, $p:ident, $call:ident, $msg:expr) => {{ $state.graph.query(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await? }};
 }
 
+/// Create a graph
+///
+/// Creates an empty graph in the caller's tenant. `graph_id` may be chosen by the client (a UUIDv7); otherwise the server makes one. Needs the writer role.
 #[utoipa::path(post, path = "/api/v1/graphs", tag = "graphs", request_body = CreateGraph,
     params(CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -445,6 +482,9 @@ pub async fn create_graph(
     Ok(created(r))
 }
 
+/// List graphs
+///
+/// The tenant's graphs in id order, a page at a time (`page_token` from the previous page). Archived graphs only with `include_archived=true`.
 #[utoipa::path(get, path = "/api/v1/graphs", tag = "graphs", params(ListGraphsQuery),
     responses((status = 200, body = GraphPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_graphs(
@@ -460,6 +500,9 @@ pub async fn list_graphs(
     Ok(Json(GraphPage { items: r.graphs.into_iter().map(graph).collect(), next_page_token: next_token(r.page) }))
 }
 
+/// Get a graph
+///
+/// A graph's name, description, properties, status, version and counts.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}", tag = "graphs", params(("graph_id" = String, Path)),
     responses((status = 200, body = Graph), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_graph(
@@ -470,6 +513,9 @@ pub async fn get_graph(
     Ok(Json(graph(query!(state, p, get_graph, pb::GetGraphRequest { graph_id }))))
 }
 
+/// Rename a graph
+///
+/// Sets a new name. `expected_version` makes the change conditional (409 when the graph moved on).
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}", tag = "graphs", request_body = RenameGraph,
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -485,6 +531,9 @@ pub async fn rename_graph(
     Ok(done(command!(state, p, &graph_id, rename_graph, msg)))
 }
 
+/// Archive a graph
+///
+/// Archives the graph: it stays readable, and refuses further changes (422).
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}", tag = "graphs",
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -499,6 +548,9 @@ pub async fn archive_graph(
     Ok(done(command!(state, p, &graph_id, archive_graph, msg)))
 }
 
+/// Add a node
+///
+/// Adds one node; its id is generated when absent and returned in `created_node_ids`.
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/nodes", tag = "nodes", request_body = NodeSpec,
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -522,6 +574,9 @@ pub async fn add_node(
     Ok(created(command!(state, p, &graph_id, add_node, msg)))
 }
 
+/// List nodes
+///
+/// The graph's nodes in id order, optionally of one `type`, a page at a time.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes", tag = "nodes",
     params(("graph_id" = String, Path), ListNodesQuery),
     responses((status = 200, body = NodePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -540,6 +595,9 @@ pub async fn list_nodes(
     Ok(Json(NodePage { items: r.nodes.into_iter().map(node).collect(), next_page_token: next_token(r.page) }))
 }
 
+/// Get a node
+///
+/// One node with its type and properties.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}", tag = "nodes",
     params(("graph_id" = String, Path), ("node_id" = String, Path)),
     responses((status = 200, body = Node), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -551,6 +609,9 @@ pub async fn get_node(
     Ok(Json(node(query!(state, p, get_node, pb::GetNodeRequest { graph_id, node_id }))))
 }
 
+/// Set a node's properties
+///
+/// Replaces the node's property document.
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}", tag = "nodes", request_body = SetProperties,
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -571,6 +632,9 @@ pub async fn update_node(
     Ok(done(command!(state, p, &graph_id, update_node, msg)))
 }
 
+/// Remove a node
+///
+/// Removes the node; a node that still has edges is refused (422).
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}", tag = "nodes",
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -585,6 +649,9 @@ pub async fn remove_node(
     Ok(done(command!(state, p, &graph_id, remove_node, msg)))
 }
 
+/// Add an edge
+///
+/// Adds one edge between two existing nodes; its id is generated when absent and returned in `created_edge_ids`.
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/edges", tag = "edges", request_body = EdgeSpec,
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -610,6 +677,9 @@ pub async fn add_edge(
     Ok(created(command!(state, p, &graph_id, add_edge, msg)))
 }
 
+/// List edges
+///
+/// The graph's edges in id order, optionally touching one node or of one `type`, a page at a time.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/edges", tag = "edges",
     params(("graph_id" = String, Path), ListEdgesQuery),
     responses((status = 200, body = EdgePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -629,6 +699,9 @@ pub async fn list_edges(
     Ok(Json(EdgePage { items: r.edges.into_iter().map(edge).collect(), next_page_token: next_token(r.page) }))
 }
 
+/// Set an edge's properties
+///
+/// Replaces the edge's property document.
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}/edges/{edge_id}", tag = "edges", request_body = SetProperties,
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -649,6 +722,9 @@ pub async fn update_edge(
     Ok(done(command!(state, p, &graph_id, update_edge, msg)))
 }
 
+/// Remove an edge
+///
+/// Removes the edge.
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}/edges/{edge_id}", tag = "edges",
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -691,6 +767,9 @@ fn change(c: Change) -> pb::GraphChange {
     pb::GraphChange { change: Some(c) }
 }
 
+/// Apply a batch of changes
+///
+/// Applies every change or none, as one command and one version step per change; ids created by the batch are returned.
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/batch", tag = "graphs", request_body = Batch,
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -710,6 +789,9 @@ pub async fn apply_batch(
     Ok(done(command!(state, p, &graph_id, apply_batch, msg)))
 }
 
+/// Neighbours of a node
+///
+/// The edges at a node (out, in or both) with the node at their other end, in edge-id order, at most `limit`; `truncated` says more exist.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", tag = "queries",
     params(("graph_id" = String, Path), ("node_id" = String, Path), NeighborsQuery),
     responses((status = 200, body = Neighbors), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -732,6 +814,9 @@ pub async fn neighbors(
     Ok(Json(Neighbors { items, truncated: r.truncated }))
 }
 
+/// Breadth-first traversal
+///
+/// Visits nodes breadth-first from `start` up to `max_depth` hops: the first `max_nodes` in BFS order (frontier order, then edge id), with `truncated` true exactly when a node within the depth was left out.
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/traverse", tag = "queries", request_body = TraverseRequest,
     params(("graph_id" = String, Path)),
     responses((status = 200, body = Traversal), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -760,6 +845,9 @@ pub async fn traverse(
     Ok(Json(Traversal { visits, truncated: r.truncated }))
 }
 
+/// Shortest path
+///
+/// Fewest hops from `from` to `to` within `max_depth`. `truncated` says the search reached the server's node bound before finding a path.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/shortest-path", tag = "queries",
     params(("graph_id" = String, Path), PathQuery),
     responses((status = 200, body = ShortestPath), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
@@ -782,9 +870,13 @@ pub async fn shortest_path(
         found: r.found,
         nodes: r.nodes.into_iter().map(node).collect(),
         edges: r.edges.into_iter().map(edge).collect(),
+        truncated: r.truncated,
     }))
 }
 
+/// The graph at a past version
+///
+/// The graph, its nodes and edges as they were after its first `version` events, folded from the verified event history.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/versions/{version}", tag = "queries",
     params(("graph_id" = String, Path), ("version" = u64, Path)),
     responses((status = 200, body = Snapshot), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]

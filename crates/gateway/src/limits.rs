@@ -191,12 +191,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::new(ErrorCode::InvalidArgument, format!("unreadable body: {e}"))
             }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { "body".to_owned() } else { path };
             ApiError::invalid(field, e.inner().to_string())
-        })
+        })?;
+        // One JSON value and nothing after it (whitespace aside): `{...} xyz` is not a request.
+        de.end().map_err(|e| ApiError::invalid("body", format!("unexpected data after the JSON value: {e}")))?;
+        Ok(ApiJson(value))
     }
 }
 

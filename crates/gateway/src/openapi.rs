@@ -41,3 +41,19 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| Doc::openapi().to_pretty_js
 pub fn document() -> &'static str {
     DOCUMENT.as_str()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_operation_has_a_summary_and_a_description() {
+        let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                for field in ["summary", "description"] {
+                    let text = op[field].as_str().unwrap_or_default();
+                    assert!(!text.trim().is_empty(), "{method} {path} has no {field}");
+                }
+            }
+        }
+    }
+}

@@ -37,11 +37,13 @@ pub struct ApiError {
     pub errors: Vec<FieldProblem>,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// An HTTP status that only HTTP has (405), standing in for the code's own.
+    pub http_status: Option<StatusCode>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), errors: vec![], retry_after: None }
+        Self { code, detail: detail.into(), errors: vec![], retry_after: None, http_status: None }
     }
 
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -51,11 +53,20 @@ impl ApiError {
             detail: format!("{field}: {reason}"),
             errors: vec![FieldProblem { field, reason }],
             retry_after: None,
+            http_status: None,
+        }
+    }
+
+    /// A method the route does not offer: 405, code `unimplemented`.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            http_status: Some(StatusCode::METHOD_NOT_ALLOWED),
+            ..Self::new(ErrorCode::Unimplemented, "this route does not offer that method (see the Allow header)")
         }
     }
 
     pub fn status(&self) -> StatusCode {
-        self.code.http()
+        self.http_status.unwrap_or_else(|| self.code.http())
     }
 
     pub fn problem(&self) -> Problem {
@@ -75,6 +86,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut res = (self.status(), body).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.code == ErrorCode::Unauthenticated {
+            // RFC 6750 §3: a 401 names the scheme it wants.
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="cim""#));
+        }
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -85,17 +100,8 @@ impl IntoResponse for ApiError {
 /// A domain service's error: its code and message, and the field violations it attached.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        use prost::Message;
-        let detail = cim_proto::common::ErrorDetail::decode(status.details()).ok().filter(|d| !d.code.is_empty());
-        let code = detail
-            .as_ref()
-            .and_then(|d| ErrorCode::from_str_code(&d.code))
-            .unwrap_or_else(|| ErrorCode::from_grpc(status.code()));
-        let errors = detail
-            .map(|d| {
-                d.field_violations.into_iter().map(|v| FieldProblem { field: v.field, reason: v.description }).collect()
-            })
-            .unwrap_or_default();
+        let (code, violations) = cim_proto::status::read_status(&status);
+        let errors = violations.into_iter().map(|v| FieldProblem { field: v.field, reason: v.description }).collect();
         let message = match status.code() {
             // Transport failures carry internals (addresses, h2 errors): say what the caller can act on.
             tonic::Code::Unavailable | tonic::Code::Unknown if code == ErrorCode::Unavailable => {
@@ -103,7 +109,7 @@ impl From<tonic::Status> for ApiError {
             }
             _ => status.message().to_owned(),
         };
-        Self { code, detail: message, errors, retry_after: None }
+        Self { code, detail: message, errors, retry_after: None, http_status: None }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use cim_core::{ErrorCode, FieldViolation};
 use cim_eventstore::StoreError;
-use prost::Message;
+use cim_runtime::status::{HasErrorCode, into_status};
 
 use crate::domain::GraphError;
 
@@ -31,8 +31,10 @@ impl ServiceError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ServiceError::Invalid { field: field.into(), reason: reason.into() }
     }
+}
 
-    pub fn code(&self) -> ErrorCode {
+impl HasErrorCode for ServiceError {
+    fn code(&self) -> ErrorCode {
         match self {
             ServiceError::Invalid { .. } => ErrorCode::InvalidArgument,
             ServiceError::NoTenant => ErrorCode::Unauthenticated,
@@ -57,24 +59,6 @@ impl ServiceError {
 
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
-        let code = e.code();
-        // Internal details stay in the log, not in the reply.
-        let message = if code == ErrorCode::Internal {
-            tracing::error!(error = %e, "internal error");
-            "internal error".to_owned()
-        } else {
-            e.to_string()
-        };
-        let detail = cim_proto::common::ErrorDetail {
-            code: code.as_str().to_owned(),
-            message: message.clone(),
-            field_violations: e
-                .violations()
-                .into_iter()
-                .map(|v| cim_proto::common::FieldViolation { field: v.field, description: v.description })
-                .collect(),
-            retryable: code.is_retryable(),
-        };
-        tonic::Status::with_details(code.grpc(), message, detail.encode_to_vec().into())
+        into_status(&e)
     }
 }

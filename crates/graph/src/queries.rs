@@ -1,7 +1,7 @@
 //! Reads over the projections. Every read first resolves the graph within the caller's tenant,
 //! so another tenant's graph is simply not found.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use cim_core::{AggregateId, TenantId};
 use cim_proto::graph as pb;
@@ -144,7 +144,7 @@ pub async fn list_nodes(
     graph: AggregateId,
     node_type: Option<&str>,
     size: i64,
-    after: &str,
+    after: Option<&str>,
 ) -> Result<(Vec<pb::Node>, String), ServiceError> {
     let rows = sqlx::query(
         "SELECT node_id, node_type, properties FROM nodes WHERE graph_id = $1 AND ($2::text IS NULL OR node_type = $2) \
@@ -152,7 +152,8 @@ pub async fn list_nodes(
     )
     .bind(graph.as_uuid())
     .bind(node_type)
-    .bind(after)
+    // Every id is non-empty, so "" starts at the first.
+    .bind(after.unwrap_or(""))
     .bind(size + 1)
     .fetch_all(pool)
     .await?;
@@ -173,7 +174,7 @@ pub async fn list_edges(
     node: Option<&str>,
     edge_type: Option<&str>,
     size: i64,
-    after: &str,
+    after: Option<&str>,
 ) -> Result<(Vec<pb::Edge>, String), ServiceError> {
     let rows = sqlx::query(
         "SELECT edge_id, edge_type, source, target, properties FROM edges WHERE graph_id = $1 \
@@ -183,7 +184,8 @@ pub async fn list_edges(
     .bind(graph.as_uuid())
     .bind(node)
     .bind(edge_type)
-    .bind(after)
+    // Every id is non-empty, so "" starts at the first.
+    .bind(after.unwrap_or(""))
     .bind(size + 1)
     .fetch_all(pool)
     .await?;
@@ -206,38 +208,62 @@ pub enum Dir {
 }
 
 impl Dir {
-    pub fn from_proto(d: i32) -> Dir {
+    /// A request's `direction`: unset means OUT; a number the enum does not define is refused.
+    pub fn from_proto(d: i32) -> Result<Dir, ServiceError> {
         match pb::Direction::try_from(d) {
-            Ok(pb::Direction::In) => Dir::In,
-            Ok(pb::Direction::Both) => Dir::Both,
-            _ => Dir::Out,
+            Ok(pb::Direction::Unspecified | pb::Direction::Out) => Ok(Dir::Out),
+            Ok(pb::Direction::In) => Ok(Dir::In),
+            Ok(pb::Direction::Both) => Ok(Dir::Both),
+            Err(_) => Err(ServiceError::invalid("direction", format!("{d} is not a Direction (0 to 3)"))),
         }
     }
 }
 
-/// Edges leaving (or entering) any of `from`, with the node at their other end.
-async fn step(
+/// One breadth-first level: the nodes first reached from `frontier` that are not in `seen`,
+/// each once, with the edge that reaches it first. "First" is the BFS order this service
+/// promises: frontier order, then edge id. The answer is in that order (a node equal to
+/// `prefer` ahead of all others), at most `limit` rows of `(parent, node, edge)`.
+///
+/// Every edge of the frontier is considered before the limit applies: a limit on edges instead
+/// of new nodes let self-loops and edges back into `seen` crowd out the nodes the walk needed.
+#[allow(clippy::too_many_arguments)]
+async fn level(
     pool: &PgPool,
     graph: AggregateId,
-    from: &[String],
+    frontier: &[String],
+    seen: &[String],
     dir: Dir,
     types: &[String],
+    prefer: Option<&str>,
     limit: i64,
 ) -> Result<Vec<(String, String, String)>, ServiceError> {
-    // (from, to, edge_id) in both directions share one shape.
-    let out = "SELECT source AS a, target AS b, edge_id FROM edges WHERE graph_id = $1 AND source = ANY($2) \
-               AND (cardinality($3::text[]) = 0 OR edge_type = ANY($3))";
-    let inn = "SELECT target AS a, source AS b, edge_id FROM edges WHERE graph_id = $1 AND target = ANY($2) \
-               AND (cardinality($3::text[]) = 0 OR edge_type = ANY($3))";
-    let sql = match dir {
-        Dir::Out => format!("{out} LIMIT $4"),
-        Dir::In => format!("{inn} LIMIT $4"),
-        Dir::Both => format!("({out}) UNION ALL ({inn}) LIMIT $4"),
+    let arm = |near: &str, far: &str| {
+        format!(
+            "SELECT f.ord, e.{near} AS a, e.{far} AS b, e.edge_id FROM f \
+             JOIN edges e ON e.graph_id = $1 AND e.{near} = f.id \
+             WHERE (cardinality($3::text[]) = 0 OR e.edge_type = ANY($3))"
+        )
     };
+    let hops = match dir {
+        Dir::Out => arm("source", "target"),
+        Dir::In => arm("target", "source"),
+        Dir::Both => format!("{} UNION ALL {}", arm("source", "target"), arm("target", "source")),
+    };
+    let sql = format!(
+        "WITH f AS (SELECT id, ord FROM unnest($2::text[]) WITH ORDINALITY AS f(id, ord)), \
+              hop AS ({hops}), \
+              reached AS ( \
+                  SELECT DISTINCT ON (b) ord, a, b, edge_id FROM hop \
+                  WHERE NOT EXISTS (SELECT 1 FROM unnest($4::text[]) AS s(id) WHERE s.id = hop.b) \
+                  ORDER BY b, ord, edge_id) \
+         SELECT a, b, edge_id FROM reached ORDER BY coalesce(b = $5, false) DESC, ord, edge_id LIMIT $6"
+    );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(graph.as_uuid())
-        .bind(from)
+        .bind(frontier)
         .bind(types)
+        .bind(seen)
+        .bind(prefer)
         .bind(limit)
         .fetch_all(pool)
         .await?;
@@ -314,10 +340,16 @@ pub async fn neighbors(
              WHERE e.graph_id = $1 AND e.{near} = $2 AND (cardinality($3::text[]) = 0 OR e.edge_type = ANY($3))"
         )
     };
+    // In edge-id order, so a limited answer is always the same one; with BOTH a self-loop is
+    // one neighbour, not two.
     let hops = match dir {
-        Dir::Out => format!("{} LIMIT $4", select("source", "target")),
-        Dir::In => format!("{} LIMIT $4", select("target", "source")),
-        Dir::Both => format!("({}) UNION ALL ({}) LIMIT $4", select("source", "target"), select("target", "source")),
+        Dir::Out => format!("{} ORDER BY edge_id LIMIT $4", select("source", "target")),
+        Dir::In => format!("{} ORDER BY edge_id LIMIT $4", select("target", "source")),
+        Dir::Both => format!(
+            "SELECT * FROM (({}) UNION ALL ({} AND e.source <> e.target)) both_ways ORDER BY edge_id LIMIT $4",
+            select("source", "target"),
+            select("target", "source")
+        ),
     };
     let sql = format!(
         "WITH here AS ( \
@@ -374,7 +406,8 @@ pub struct Walk {
     pub max_nodes: u32,
 }
 
-/// Breadth-first from `start`, one query per level.
+/// Breadth-first from `start`, one query per level: the first `max_nodes` nodes in BFS order
+/// (see [`level`]), and `truncated` exactly when a node within `max_depth` was left out.
 pub async fn traverse(
     pool: &PgPool,
     graph: AggregateId,
@@ -386,25 +419,24 @@ pub async fn traverse(
     let mut order = vec![start.to_owned()];
     let mut frontier = vec![start.to_owned()];
     let mut truncated = false;
-    'levels: for depth in 1..=max_depth {
+    for depth in 1..=max_depth {
         if frontier.is_empty() {
             break;
         }
-        let hops = step(pool, graph, &frontier, dir, &types, i64::from(max_nodes) * 8 + 1).await?;
-        let mut next = Vec::new();
-        for (from, to, _) in hops {
-            if seen.contains_key(&to) {
-                continue;
-            }
-            if order.len() >= max_nodes as usize {
-                truncated = true;
-                break 'levels;
-            }
-            seen.insert(to.clone(), (depth, from));
-            order.push(to.clone());
-            next.push(to);
+        let room = (max_nodes as usize).saturating_sub(order.len());
+        // One row more than there is room for tells whether anything is left out.
+        let mut reached = level(pool, graph, &frontier, &order, dir, &types, None, room as i64 + 1).await?;
+        truncated = reached.len() > room;
+        reached.truncate(room);
+        frontier = Vec::with_capacity(reached.len());
+        for (parent, node, _) in reached {
+            seen.insert(node.clone(), (depth, parent));
+            order.push(node.clone());
+            frontier.push(node);
         }
-        frontier = next;
+        if truncated {
+            break;
+        }
     }
     let nodes = nodes_by_id(pool, graph, &order).await?;
     let visits = order
@@ -417,7 +449,9 @@ pub async fn traverse(
     Ok(pb::TraverseResponse { visits, truncated })
 }
 
-/// Fewest hops from `from` to `to`, by breadth-first search up to `max_depth`.
+/// Fewest hops from `from` to `to`, by breadth-first search up to `max_depth`, holding at
+/// most `max_nodes` nodes. When that bound stops the search first, the answer says so
+/// (`truncated`) instead of claiming there is no path.
 pub async fn shortest_path(
     pool: &PgPool,
     graph: AggregateId,
@@ -427,29 +461,38 @@ pub async fn shortest_path(
 ) -> Result<pb::ShortestPathResponse, ServiceError> {
     let Walk { dir, types, max_depth, max_nodes } = walk.clone();
     let mut parent: HashMap<String, (String, String)> = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::from([from.to_owned()]);
+    let mut seen: Vec<String> = vec![from.to_owned()];
     let mut frontier = vec![from.to_owned()];
     let mut found = from == to;
+    let mut truncated = false;
     for _ in 0..max_depth {
-        if found || frontier.is_empty() || seen.len() > max_nodes as usize {
+        if found || frontier.is_empty() {
             break;
         }
-        let hops = step(pool, graph, &frontier, dir, &types, i64::from(max_nodes) * 8 + 1).await?;
-        let mut next = Vec::new();
-        for (a, b, edge) in hops {
-            if seen.insert(b.clone()) {
-                parent.insert(b.clone(), (a, edge));
-                if b == to {
-                    found = true;
-                    break;
-                }
-                next.push(b);
-            }
+        let room = (max_nodes as usize).saturating_sub(seen.len());
+        // `to` comes first when this level reaches it, whatever the room.
+        let mut reached = level(pool, graph, &frontier, &seen, dir, &types, Some(to), room as i64 + 1).await?;
+        if let Some((a, b, edge)) = reached.first()
+            && b == to
+        {
+            parent.insert(b.clone(), (a.clone(), edge.clone()));
+            found = true;
+            break;
         }
-        frontier = next;
+        truncated = reached.len() > room;
+        reached.truncate(room);
+        frontier = Vec::with_capacity(reached.len());
+        for (a, b, edge) in reached {
+            parent.insert(b.clone(), (a, edge));
+            seen.push(b.clone());
+            frontier.push(b);
+        }
+        if truncated {
+            break;
+        }
     }
     if !found {
-        return Ok(pb::ShortestPathResponse { found: false, nodes: vec![], edges: vec![] });
+        return Ok(pb::ShortestPathResponse { found: false, nodes: vec![], edges: vec![], truncated });
     }
     let mut path_nodes = VecDeque::from([to.to_owned()]);
     let mut path_edges = VecDeque::new();
@@ -464,6 +507,7 @@ pub async fn shortest_path(
     let (nodes, edges) = tokio::try_join!(nodes_by_id(pool, graph, &node_ids), edges_by_id(pool, graph, &edge_ids))?;
     Ok(pb::ShortestPathResponse {
         found: true,
+        truncated: false,
         nodes: node_ids.iter().filter_map(|id| nodes.get(id).cloned()).collect(),
         edges: edge_ids.iter().filter_map(|id| edges.get(id).cloned()).collect(),
     })

@@ -9,6 +9,7 @@ use cim_core::{Actor, AggregateId, CommandId, CorrelationId, Domain, EventContex
 use cim_eventstore::{Append, EventStore, Expected, HeadToken, StoreError};
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_server::GraphService;
+use cim_runtime::status::HasErrorCode;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -115,6 +116,17 @@ fn batch_change(i: usize, change: pb::GraphChange) -> Result<Change, ServiceErro
     }
 }
 
+/// A node or edge page token (the last id of the page before), checked like an id before it
+/// reaches SQL: anything else was not issued by this service.
+fn page_after<T: ToString>(
+    parse: fn(&str, &str) -> Result<Option<T>, ServiceError>,
+    token: &str,
+) -> Result<Option<String>, ServiceError> {
+    parse("page.page_token", token)
+        .map(|id| id.map(|id| id.to_string()))
+        .map_err(|_| ServiceError::invalid("page.page_token", "not a token this service issued"))
+}
+
 fn types(field: &str, list: &[String]) -> Result<Vec<String>, ServiceError> {
     list.iter().map(|t| type_name(field, t).map(|t| t.as_str().to_owned())).collect()
 }
@@ -154,7 +166,12 @@ impl GraphApi {
         let options = options.unwrap_or_default();
         let key = match options.idempotency_key.as_str() {
             "" => None,
-            k if k.len() > 200 => return Err(ServiceError::invalid("options.idempotency_key", "at most 200 bytes")),
+            k if k.len() > 200 || k.chars().any(char::is_control) => {
+                return Err(ServiceError::invalid(
+                    "options.idempotency_key",
+                    "at most 200 bytes, no control characters",
+                ));
+            }
             k => Some(k.to_owned()),
         };
         let mut known = self.heads.lock(graph).await;
@@ -303,11 +320,22 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 fn response(done: cim_eventstore::Appended) -> pb::CommandResponse {
+    use cim_core::events::graph::GraphEvent;
+    let (mut created_node_ids, mut created_edge_ids) = (Vec::new(), Vec::new());
+    for event in done.events.iter().filter_map(|e| GraphEvent::from_envelope(e).ok()) {
+        match event {
+            GraphEvent::NodeAdded(n) => created_node_ids.push(n.node_id.to_string()),
+            GraphEvent::EdgeAdded(e) => created_edge_ids.push(e.edge_id.to_string()),
+            _ => {}
+        }
+    }
     pb::CommandResponse {
         graph_id: done.aggregate_id.to_string(),
         version: done.version,
         event_ids: done.event_ids.iter().map(ToString::to_string).collect(),
         replayed: done.replayed,
+        created_node_ids,
+        created_edge_ids,
     }
 }
 
@@ -488,8 +516,9 @@ impl GraphService for GraphApi {
             let page = r.page.unwrap_or_default();
             let size = self.query.page_size(page.page_size)?;
             queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
+            let after = page_after(optional_node_id, &page.page_token)?;
             let (nodes, next) =
-                queries::list_nodes(&self.pool, graph, node_type.as_ref().map(|t| t.as_str()), size, &page.page_token)
+                queries::list_nodes(&self.pool, graph, node_type.as_ref().map(|t| t.as_str()), size, after.as_deref())
                     .await?;
             Ok(pb::ListNodesResponse { nodes, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
         }
@@ -505,6 +534,7 @@ impl GraphService for GraphApi {
             let edge_type = if r.r#type.is_empty() { None } else { Some(type_name("type", &r.r#type)?) };
             let page = r.page.unwrap_or_default();
             let size = self.query.page_size(page.page_size)?;
+            let after = page_after(optional_edge_id, &page.page_token)?;
             queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
             let (edges, next) = queries::list_edges(
                 &self.pool,
@@ -512,7 +542,7 @@ impl GraphService for GraphApi {
                 node.as_ref().map(|n| n.as_str()),
                 edge_type.as_ref().map(|t| t.as_str()),
                 size,
-                &page.page_token,
+                after.as_deref(),
             )
             .await?;
             Ok(pb::ListEdgesResponse { edges, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
@@ -544,7 +574,7 @@ impl GraphService for GraphApi {
                     caller.tenant,
                     graph,
                     node.as_str(),
-                    Dir::from_proto(r.direction),
+                    Dir::from_proto(r.direction)?,
                     &types,
                     limit,
                 ),
@@ -574,7 +604,7 @@ impl GraphService for GraphApi {
                     &self.pool,
                     graph,
                     start.as_str(),
-                    &Walk { dir: Dir::from_proto(r.direction), types, max_depth: r.max_depth, max_nodes: r.max_nodes },
+                    &Walk { dir: Dir::from_proto(r.direction)?, types, max_depth: r.max_depth, max_nodes: r.max_nodes },
                 ),
             )
             .await
@@ -603,7 +633,7 @@ impl GraphService for GraphApi {
                     from.as_str(),
                     to.as_str(),
                     &Walk {
-                        dir: Dir::from_proto(r.direction),
+                        dir: Dir::from_proto(r.direction)?,
                         types,
                         max_depth: r.max_depth,
                         max_nodes: self.query.max_nodes,

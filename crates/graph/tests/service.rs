@@ -507,9 +507,11 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
     for (what, status, code) in cases {
         assert_eq!(status.code(), code, "{what}: {status:?}");
         assert!(!status.message().is_empty(), "{what}: no message");
-        // The stable code travels in the details.
-        let detail = <cim_proto::common::ErrorDetail as prost::Message>::decode(status.details()).unwrap();
-        assert!(!detail.code.is_empty(), "{what}");
+        // The stable code travels in the standard details (google.rpc.ErrorInfo).
+        let (stable, _) = cim_proto::status::read_status(&status);
+        assert_eq!(stable.grpc(), code, "{what}");
+        let info = tonic_types::StatusExt::get_error_details(&status).error_info().cloned();
+        assert_eq!(info.map(|i| i.metadata["code"].clone()), Some(stable.as_str().to_owned()), "{what}");
     }
     let oversized = c
         .add_node(req(
@@ -526,8 +528,8 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         ))
         .await
         .unwrap_err();
-    let detail = <cim_proto::common::ErrorDetail as prost::Message>::decode(oversized.details()).unwrap();
-    assert_eq!(detail.field_violations[0].field, "node.properties");
+    let (_, violations) = cim_proto::status::read_status(&oversized);
+    assert_eq!(violations[0].field, "node.properties");
     assert_eq!(version(&mut c).await, before, "a rejected command changed the graph");
     svc.stop().await;
 }
@@ -730,21 +732,6 @@ async fn write_chain(c: &mut Client, t: TenantId, g: &str, w: usize, n: usize, c
         }
         prev = Some(id);
     }
-}
-
-/// An event store over the service's schema, to verify hash chains.
-async fn store_of(svc: &Service) -> cim_eventstore::EventStore {
-    cim_eventstore::EventStore::open(
-        svc.pool.clone(),
-        cim_eventstore::StoreConfig {
-            domain: cim_core::Domain::Graph,
-            schema: svc.schema.clone(),
-            snapshot_every: 1000,
-            upcasters: cim_core::Upcasters::new(),
-        },
-    )
-    .await
-    .unwrap()
 }
 
 /// Two instances over one schema (as two processes would be) write to the same graph. Each
@@ -1063,5 +1050,9 @@ async fn an_independent_python_client_discovers_and_calls_the_service() {
     assert_eq!(methods.len(), 19, "{methods:?}");
     let services = seen["services"].as_array().unwrap();
     assert!(services.iter().any(|s| s.as_str().unwrap().ends_with(".ServerReflection")), "{services:?}");
+    let details = &seen["bad_request_details"];
+    assert_eq!((details["reason"].as_str(), details["domain"].as_str()), (Some("INVALID_ARGUMENT"), Some("cim")));
+    assert_eq!(details["fields"], serde_json::json!(["graph_id"]));
+    assert!(details["message"].as_str().unwrap().starts_with("graph_id:"), "{details}");
     svc.stop().await;
 }

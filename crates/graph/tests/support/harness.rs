@@ -116,3 +116,60 @@ pub fn edge(id: &str, ty: &str, s: &str, t: &str) -> pb::EdgeSpec {
 pub fn expect(version: u64) -> Option<pb::CommandOptions> {
     Some(pb::CommandOptions { expected_version: Some(version), idempotency_key: String::new() })
 }
+
+/// The service's event store, opened over its schema (as `cim verify` would).
+pub async fn store_of(svc: &Service) -> cim_eventstore::EventStore {
+    cim_eventstore::EventStore::open(
+        svc.pool.clone(),
+        cim_eventstore::StoreConfig {
+            domain: cim_core::Domain::Graph,
+            schema: svc.schema.clone(),
+            snapshot_every: 1000,
+            upcasters: cim_core::Upcasters::new(),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Random JSON documents: doubles of every class (subnormal, tiny, huge, negative, integral),
+/// integers a double holds, unicode keys and strings, nesting within the limits.
+pub fn documents(count: usize) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    let number = prop_oneof![
+        (prop::num::f64::NORMAL | prop::num::f64::SUBNORMAL | prop::num::f64::ZERO | prop::num::f64::NEGATIVE)
+            .prop_filter("storable", |x| x.abs() < 1e308)
+            .prop_map(serde_json::Value::from),
+        (-(1i64 << 53) + 1..(1i64 << 53)).prop_map(serde_json::Value::from),
+    ];
+    let leaf = prop_oneof![
+        3 => number,
+        1 => "[^\u{0}]{0,12}".prop_map(serde_json::Value::from),
+        1 => any::<bool>().prop_map(serde_json::Value::from),
+        1 => Just(serde_json::Value::Null),
+    ];
+    let value = leaf.prop_recursive(6, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map("[^\u{0}]{0,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let doc = prop::collection::btree_map("[^\u{0}]{1,8}", value, 0..5);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    (0..count).map(|_| doc.new_tree(&mut runner).unwrap().current().into_iter().collect()).collect()
+}
+
+/// Equal as JSON values: numbers by IEEE equality (so 3 == 3.0, and -0 == 0), the rest exactly.
+pub fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
