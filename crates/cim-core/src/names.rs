@@ -199,3 +199,26 @@ mod tests {
         assert!("x".repeat(257).parse::<Actor>().is_err());
     }
 }
+
+/// Whether `s` shows as what it is: no control characters and no invisible formatting ones
+/// (zero-width spaces and joiners, bidirectional overrides such as U+202E, the BOM, tag
+/// characters), which would let an id look like another or reorder the text around it.
+pub fn is_printable(s: &str) -> bool {
+    s.chars().all(|c| {
+        !c.is_control()
+            && !matches!(c as u32,
+                0x00AD | 0x061C | 0x180E | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F
+                | 0xFEFF | 0xFFF9..=0xFFFB | 0xE0000..=0xE007F)
+    })
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn invisible_and_reordering_characters_are_not_printable() {
+        assert!(super::is_printable("sub-1 é 日本"));
+        for bad in ["a\u{202e}b", "a\u{200b}", "\u{feff}x", "a\nb", "a\0"] {
+            assert!(!super::is_printable(bad), "{bad:?}");
+        }
+    }
+}

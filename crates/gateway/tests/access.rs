@@ -24,7 +24,9 @@ async fn every_route_checks_the_role_before_the_cache_or_a_replay() {
     let gw = gateway(&graph, &[]).await;
     let a = gw.addr;
     let t = TenantId::new();
-    let tokens: Vec<(Option<cim_auth::Role>, Vec<(&str, String)>)> = vec![
+    // (role held, its bearer header)
+    type Caller = (Option<cim_auth::Role>, Vec<(&'static str, String)>);
+    let tokens: Vec<Caller> = vec![
         (None, bearer(&token(t, &[], now_secs() + 600))),
         (Some(cim_auth::Role::Reader), bearer(&token(t, &["reader"], now_secs() + 600))),
         (Some(cim_auth::Role::Writer), bearer(&token(t, &["writer"], now_secs() + 600))),

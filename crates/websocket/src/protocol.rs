@@ -188,7 +188,7 @@ impl Filter {
 
 /// Checks a client-chosen subscription id.
 pub fn check_id(id: &str) -> Result<(), Refusal> {
-    if id.is_empty() || id.len() > MAX_SUBSCRIPTION_ID || id.chars().any(char::is_control) {
+    if id.is_empty() || id.len() > MAX_SUBSCRIPTION_ID || !cim_core::names::is_printable(id) {
         return Err(Refusal::new(
             Code::InvalidId,
             format!("id: expected 1 to {MAX_SUBSCRIPTION_ID} bytes of printable characters"),
@@ -338,6 +338,8 @@ mod tests {
         assert!(check_id("").is_err());
         assert!(check_id(&"x".repeat(65)).is_err());
         assert!(check_id("a\nb").is_err());
+        assert!(check_id("a\u{202e}b").is_err(), "a bidi override is not printable");
+        assert!(check_id("a\u{200b}").is_err(), "a zero-width space is not printable");
         assert_eq!(close_reason(&"é".repeat(100)).len(), 122);
     }
 }
