@@ -2,8 +2,9 @@
 # The CIM test command: brings up the local services, then runs
 #   cargo fmt --all --check
 #   cargo clippy --workspace --all-targets --locked -- -D warnings
-#   cargo test --workspace --locked [extra args passed to this script]
-# Exits with the exit code of the first step that fails.
+#   cargo test --workspace --locked --no-fail-fast [extra args passed to this script]
+# Exits with the exit code of the first step that fails. The test step runs every test binary
+# even after one fails (--no-fail-fast), so one run reports every failure; it still fails.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -102,7 +103,7 @@ run "cargo fmt" cargo fmt --all --check
 header "cargo clippy --workspace --all-targets --locked -- -D warnings"
 run "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 
-header "cargo test --workspace --locked${*:+ $*}"
-run "cargo test" cargo test --workspace --locked "$@"
+header "cargo test --workspace --locked --no-fail-fast${*:+ $*}"
+run "cargo test" cargo test --workspace --locked --no-fail-fast "$@"
 
 printf '\ntest.sh: OK - all steps succeeded (infra, fmt, clippy, test) in %ds\n' "$((SECONDS - START))"

@@ -13,8 +13,16 @@ fn cim() -> Command {
     // The default store is relative to the working directory: keep it out of the source tree.
     let objects = std::env::temp_dir().join(format!("cim-cli-objects-{}", std::process::id()));
     cmd.env("CIM_OBJECT_STORE_URL", format!("file://{}", objects.display()));
+    // Every listener of every service on a free port: CIM may be running on this machine with
+    // its default ports (scripts/up.sh) while the suite runs, so no test may take one.
+    for listener in cim_runtime::config::VARS.iter().filter(|v| v.name.ends_with("_ADDR")) {
+        cmd.env(listener.name, "127.0.0.1:0");
+    }
     cmd
 }
+
+/// The services `cim serve --services all` runs, in the order it announces them.
+const ALL_SERVICES: [&str; 3] = ["graph", "gateway", "websocket"];
 
 #[test]
 fn a_malformed_database_url_exits_non_zero_with_one_line_naming_it() {
@@ -92,6 +100,7 @@ fn doctor_reports_healthy_on_a_running_system() {
     let _cleanup = DeleteStream { nats: test_nats(), stream: stream.clone() };
     // The gateway's cache invalidator adds a durable consumer to the graph stream.
     let serve = Serve::start(&env, "all");
+    serve.assert_on_free_loopback_ports();
     let (code, stdout) = doctor(&env);
     assert_eq!(code, Some(0), "{stdout}");
     for line in [
@@ -388,41 +397,68 @@ impl Drop for DeleteStream {
 }
 
 /// `cim serve` on free ports, ready; killed when dropped.
-struct Serve(std::process::Child);
+struct Serve {
+    child: std::process::Child,
+    /// The line each service printed when it listened (`graph     gRPC 127.0.0.1:…  admin http://…`).
+    announced: Vec<String>,
+}
 
 impl Serve {
     fn start<V: AsRef<str>>(env: &[(&str, V)], services: &str) -> Self {
         use std::io::BufRead;
         let mut cmd = cim();
         cmd.args(["serve", "--services", services]).env("CIM_LOG", "warn").stdout(std::process::Stdio::piped());
-        for var in ["CIM_GRAPH_ADDR", "CIM_GRAPH_ADMIN_ADDR", "CIM_GATEWAY_ADDR", "CIM_GATEWAY_ADMIN_ADDR"] {
-            cmd.env(var, "127.0.0.1:0");
-        }
         for (k, v) in env {
             cmd.env(k, v.as_ref());
         }
-        let mut child = Serve(cmd.spawn().unwrap());
-        let want = if services == "all" { 2 } else { services.split(',').count() };
-        let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
-        for _ in 0..want {
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut serve = Serve { child, announced: Vec::new() };
+        let want: Vec<&str> = if services == "all" { ALL_SERVICES.to_vec() } else { services.split(',').collect() };
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for service in want {
             let line = lines.next().expect("cim serve exited before it listened").unwrap();
+            assert!(line.starts_with(service.trim()), "expected {service} to announce itself, got {line:?}");
             let admin = line.rsplit("http://").next().unwrap().trim().to_owned();
             assert!(wait_ready(&admin), "{line}: never ready");
+            serve.announced.push(line);
         }
-        child
+        serve
+    }
+
+    /// Every address a service announced is on loopback with a port the OS chose, none a default
+    /// from the table (`cim()` sets every CIM_*_ADDR to 127.0.0.1:0).
+    fn assert_on_free_loopback_ports(&self) {
+        let defaults: Vec<u16> = cim_runtime::config::VARS
+            .iter()
+            .filter(|v| v.name.ends_with("_ADDR"))
+            .filter_map(|v| v.default?.rsplit_once(':')?.1.parse().ok())
+            .collect();
+        for line in &self.announced {
+            let addrs: Vec<std::net::SocketAddr> = line
+                .split_whitespace()
+                .map(|word| word.split_once("://").map_or(word, |(_, rest)| rest))
+                .filter_map(|word| word.split('/').next()?.parse().ok())
+                .collect();
+            assert_eq!(addrs.len(), 2, "a listener and an admin listener in {line:?}");
+            for addr in addrs {
+                assert!(addr.ip().is_loopback(), "{line:?}: {addr} is not on loopback");
+                assert!(!defaults.contains(&addr.port()), "{line:?}: {addr} is a default port");
+            }
+        }
     }
 
     fn stop(mut self) {
-        assert!(Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap().success());
-        let status = self.0.wait().unwrap();
+        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
         assert!(status.success(), "cim serve: {status:?}");
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -485,42 +521,14 @@ impl Drop for PrivateNats {
 
 #[test]
 fn serve_runs_the_graph_service_until_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let db = std::env::var("CIM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-    let nats = std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let prefix = format!("tcli{}", &uuid_suffix());
-    let mut child = cim()
-        .args(["serve", "--services", "graph"])
-        .env("CIM_DATABASE_URL", db)
-        .env("CIM_NATS_URL", nats)
-        .env("CIM_SUBJECT_PREFIX", &prefix)
-        .env("CIM_GRAPH_ADDR", "127.0.0.1:0")
-        .env("CIM_GRAPH_ADMIN_ADDR", "127.0.0.1:0")
-        .env("CIM_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    assert!(line.starts_with("graph"), "{line}");
-    let admin = line.rsplit("http://").next().unwrap().trim().to_owned();
-    let mut ready = false;
-    for _ in 0..50 {
-        let mut s = std::net::TcpStream::connect(&admin).unwrap();
-        write!(s, "GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        if body.starts_with("HTTP/1.1 200") {
-            ready = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(ready, "never ready");
-    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    // A database and subject prefix of its own: nothing else's `graph` schema or stream.
+    let db = TempDb::new();
+    let prefix = format!("tcli{}", uuid_suffix());
+    let _cleanup = DeleteStream { nats: test_nats(), stream: format!("{}_GRAPH", prefix.to_ascii_uppercase()) };
+    let env = [("CIM_DATABASE_URL", db.url.clone()), ("CIM_NATS_URL", test_nats()), ("CIM_SUBJECT_PREFIX", prefix)];
+    let serve = Serve::start(&env, "graph");
+    serve.assert_on_free_loopback_ports();
+    serve.stop();
 }
 
 fn uuid_suffix() -> String {
