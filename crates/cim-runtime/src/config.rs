@@ -11,18 +11,43 @@ use std::time::Duration;
 
 use cim_core::SubjectPrefix;
 
-/// One variable: its name, default, the form it must take and whether its value is secret.
+/// One variable: its name, default, the form it must take and how much of its value may be shown.
 #[derive(Debug, Clone, Copy)]
 pub struct VarSpec {
     pub name: &'static str,
     pub default: Option<&'static str>,
     pub expected: &'static str,
-    pub secret: bool,
+    pub secret: Secrecy,
     pub help: &'static str,
 }
 
+/// What of a value may appear in output (`cim config`, error messages, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrecy {
+    /// All of it.
+    Public,
+    /// A URL whose password is secret: everything else is shown, so a typo can be seen.
+    Url,
+    /// Several URLs separated by commas, each shown like [`Secrecy::Url`].
+    UrlList,
+    /// Nothing: a key or a shared secret.
+    Secret,
+}
+
+impl Secrecy {
+    /// `value` as it may be shown.
+    pub fn show(self, value: &str) -> String {
+        match self {
+            Secrecy::Public => value.to_owned(),
+            Secrecy::Url => redact_url(value),
+            Secrecy::UrlList => redact_urls(value),
+            Secrecy::Secret => "<redacted>".to_owned(),
+        }
+    }
+}
+
 const fn var(name: &'static str, default: Option<&'static str>, expected: &'static str, help: &'static str) -> VarSpec {
-    VarSpec { name, default, expected, secret: false, help }
+    VarSpec { name, default, expected, secret: Secrecy::Public, help }
 }
 
 pub const CIM_LOG_FORMAT: &str = "CIM_LOG_FORMAT";
@@ -67,7 +92,7 @@ pub const VARS: &[VarSpec] = &[
         name: CIM_DATABASE_URL,
         default: Some("postgres://postgres@127.0.0.1:5432/cim"),
         expected: "a postgres:// URL such as postgres://user:password@host:5432/cim",
-        secret: true,
+        secret: Secrecy::Url,
         help: "Postgres database holding every service's schema",
     },
     var(CIM_DATABASE_MAX_CONNECTIONS, Some("16"), "an integer from 1 to 1000", "pool size per service"),
@@ -75,7 +100,7 @@ pub const VARS: &[VarSpec] = &[
         name: CIM_NATS_URL,
         default: Some("nats://127.0.0.1:4222"),
         expected: "a nats:// URL (several separated by commas), optionally with user:password@",
-        secret: true,
+        secret: Secrecy::UrlList,
         help: "NATS with JetStream",
     },
     var(CIM_SUBJECT_PREFIX, Some("cim"), "dot-separated tokens of A-Z a-z 0-9 _ -", "subject and stream name prefix"),
@@ -84,7 +109,7 @@ pub const VARS: &[VarSpec] = &[
         name: CIM_REDIS_URL,
         default: Some("redis://127.0.0.1:6379"),
         expected: "a redis:// or rediss:// URL",
-        secret: true,
+        secret: Secrecy::Url,
         help: "Redis for cache, sessions and rate limits",
     },
     var(CIM_CONNECT_TIMEOUT_MS, Some("5000"), "milliseconds from 100 to 600000", "timeout to reach a dependency"),
@@ -110,7 +135,7 @@ pub const VARS: &[VarSpec] = &[
         name: CIM_JWT_HS256_SECRET,
         default: None,
         expected: "at least 32 bytes",
-        secret: true,
+        secret: Secrecy::Secret,
         help: "shared secret for HS256 bearer tokens (gateway, websocket)",
     },
     var(
@@ -186,7 +211,7 @@ pub const VARS: &[VarSpec] = &[
         name: CIM_S3_SECRET_ACCESS_KEY,
         default: None,
         expected: "a secret access key (required with CIM_S3_ACCESS_KEY_ID)",
-        secret: true,
+        secret: Secrecy::Secret,
         help: "S3 secret key",
     },
 ];
@@ -254,44 +279,91 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// A value that must not reach logs or error messages.
+/// A value that must not reach logs or error messages: a URL with a password (shown with the
+/// password masked) or a key (never shown).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    is_url: bool,
+}
 
 impl Secret {
+    /// A key or shared secret: its `Debug` shows nothing of it.
     pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+        Self { value: s.into(), is_url: false }
+    }
+
+    /// A URL that may carry a password: its `Debug` masks only the password.
+    pub fn url(s: impl Into<String>) -> Self {
+        Self { value: s.into(), is_url: true }
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
+        let secrecy = if self.is_url { Secrecy::Url } else { Secrecy::Secret };
+        f.write_str(&secrecy.show(&self.value))
     }
 }
 
-/// Keeps scheme, user, host, port and path; hides the password.
+/// Query parameters whose value is masked: libpq's `password`/`sslpassword` and the like.
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token"].iter().any(|s| key.contains(s))
+}
+
+/// The length of a leading `scheme:`, if the value starts with one.
+fn scheme_len(value: &str) -> Option<usize> {
+    let colon = value.find(':')?;
+    let scheme = &value[..colon];
+    let ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    ok.then_some(colon + 1)
+}
+
+/// A URL with only its password masked, also when it is malformed, so that a typo stays
+/// visible: `postgres:/app:***@db/cim` shows the missing slash. The password is whatever follows
+/// the user name's `:` up to the last `@` (a password typed raw may hold `/`, `?` or `@`); the
+/// values of query parameters such as `password=` are masked too. A value with nothing of a URL
+/// about it (no `:`, `/` or `@`) may be a password pasted into the wrong variable: it is not shown.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<redacted>".to_owned();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            let tail = tail.split('?').next().unwrap_or_default();
-            format!("{scheme}://{masked}@{host}{tail}")
-        }
-        None => format!("{scheme}://{authority}{}", tail.split('?').next().unwrap_or_default()),
+    if !url.contains([':', '/', '@']) {
+        return if url.is_empty() { String::new() } else { "<redacted: not a URL>".to_owned() };
     }
+    // Query parameters first, so that a `password=` value holding an `@` cannot be taken for
+    // the end of the user info.
+    let masked_query = match url.split_once('?') {
+        Some((head, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if is_secret_param(key) => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{head}?{}", params.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    let Some(at) = masked_query.rfind('@') else {
+        return masked_query;
+    };
+    let (userinfo, host) = masked_query.split_at(at);
+    let mut start = scheme_len(userinfo).unwrap_or(0);
+    start += userinfo[start..].len() - userinfo[start..].trim_start_matches('/').len();
+    match userinfo[start..].find(':') {
+        Some(colon) => format!("{}:***{host}", &userinfo[..start + colon]),
+        None => masked_query,
+    }
+}
+
+/// [`redact_url`] for each of several URLs separated by commas (CIM_NATS_URL).
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',').map(redact_url).collect::<Vec<_>>().join(",")
 }
 
 #[derive(Debug, Clone)]
@@ -509,7 +581,7 @@ impl Reader<'_> {
         let (value, spec) = self.raw(name);
         let parsed = parse(value.trim());
         if parsed.is_none() {
-            let got = if spec.secret { format!("{:?}", redact_url(&value)) } else { format!("{value:?}") };
+            let got = format!("{:?}", spec.secret.show(&value));
             self.errors.push(ConfigError { var: name.to_owned(), expected: spec.expected.to_owned(), got });
         }
         parsed
@@ -558,7 +630,7 @@ impl Config {
             None => None,
         };
         let database_url =
-            r.parse(CIM_DATABASE_URL, |s| url_with_scheme(s, &["postgres", "postgresql"]).map(Secret::new));
+            r.parse(CIM_DATABASE_URL, |s| url_with_scheme(s, &["postgres", "postgresql"]).map(Secret::url));
         let database_max_connections = r.parse(CIM_DATABASE_MAX_CONNECTIONS, int_in(1u32, 1000));
         let nats_url = r.parse(CIM_NATS_URL, |s| {
             s.split(',')
@@ -567,7 +639,7 @@ impl Config {
         });
         let subject_prefix = r.parse(CIM_SUBJECT_PREFIX, |s| s.parse().ok());
         let stream_replicas = r.parse(CIM_STREAM_REPLICAS, int_in(1usize, 5));
-        let redis_url = r.parse(CIM_REDIS_URL, |s| url_with_scheme(s, &["redis", "rediss"]).map(Secret::new));
+        let redis_url = r.parse(CIM_REDIS_URL, |s| url_with_scheme(s, &["redis", "rediss"]).map(Secret::url));
         let connect_timeout = r.parse(CIM_CONNECT_TIMEOUT_MS, int_in(100u64, 600_000)).map(Duration::from_millis);
         let shutdown_grace = r.parse(CIM_SHUTDOWN_GRACE_MS, int_in(0u64, 600_000)).map(Duration::from_millis);
         let mut listen = BTreeMap::new();
@@ -644,7 +716,7 @@ impl Config {
                 let set = lookup(v.name).filter(|s| !s.is_empty());
                 let is_default = set.is_none();
                 let value = set.or(v.default.map(str::to_owned)).unwrap_or_default();
-                let shown = if v.secret { redact_url(&value) } else { value };
+                let shown = v.secret.show(&value);
                 (v.name, shown, is_default)
             })
             .collect()
@@ -759,8 +831,42 @@ mod tests {
     #[test]
     fn redaction_keeps_what_operators_need() {
         assert_eq!(redact_url("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
-        assert_eq!(redact_url("postgres://app@db/cim?password=x"), "postgres://app@db/cim");
-        assert_eq!(redact_url("garbage"), "<redacted>");
+        assert_eq!(redact_url("postgres://app@db/cim?password=x"), "postgres://app@db/cim?password=***");
+        assert_eq!(
+            redact_url("postgres://app@db/cim?sslmode=require&sslpassword=x@y"),
+            "postgres://app@db/cim?sslmode=require&sslpassword=***"
+        );
+        assert_eq!(redact_url("postgres://db:5432/cim"), "postgres://db:5432/cim");
+        // A password typed raw with `/`, `?` or `@` in it is masked whole.
+        assert_eq!(redact_url("postgres://app:pa/ss@db/cim"), "postgres://app:***@db/cim");
+        assert_eq!(redact_url("postgres://app:p?a@s/s@db/cim"), "postgres://app:***@db/cim");
+        // Something that is no URL at all may be a password in the wrong variable.
+        assert_eq!(redact_url("garbage"), "<redacted: not a URL>");
+        assert_eq!(redact_url(""), "");
+        assert_eq!(redact_urls("nats://a:p1@h1:4222,nats:/b:p2@h2:4222"), "nats://a:***@h1:4222,nats:/b:***@h2:4222");
+        assert_eq!(format!("{:?}", Secret::new("postgres://not:a@url")), "<redacted>");
+        assert_eq!(format!("{:?}", Secret::url("postgres://u:p@h/db")), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn a_malformed_url_shows_the_typo_but_not_the_password() {
+        for (var, bad, shown) in [
+            (CIM_DATABASE_URL, "postgres:/app:hunter2@db:5432/cim", "postgres:/app:***@db:5432/cim"),
+            (CIM_DATABASE_URL, "postgres//app:hunter2@db:5432/cim", "postgres//app:***@db:5432/cim"),
+            (CIM_DATABASE_URL, "postgresql:app:hunter2@db/cim", "postgresql:app:***@db/cim"),
+            (CIM_DATABASE_URL, "postgres://app:hunter2@/cim", "postgres://app:***@/cim"),
+            (CIM_REDIS_URL, "redis//:hunter2@cache:6379", "redis//:***@cache:6379"),
+            (CIM_NATS_URL, "nats://u:hunter2@a:4222,nat://u:hunter2@b:4222", "nats://u:***@a:4222,nat://u:***@b:4222"),
+        ] {
+            let err = from(&[(var, bad)]).unwrap_err();
+            let line = err.to_string();
+            assert_eq!(err.0.len(), 1, "{line}");
+            assert!(line.ends_with(&format!("got {shown:?}")), "{bad}: {line}");
+            assert!(!line.contains("hunter2"), "{line}");
+        }
+        // A key is never shown, not even in part.
+        let err = from(&[(CIM_JWT_HS256_SECRET, "short://hunter2@x")]).unwrap_err();
+        assert!(err.to_string().ends_with("got \"<redacted>\""), "{err}");
     }
 
     #[test]

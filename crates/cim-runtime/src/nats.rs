@@ -26,7 +26,7 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
 /// reconnecting forever and buffers publishes while it does.
 pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
     // Errors name the server without its password.
-    let at = settings.url.split(',').map(|u| crate::config::redact_url(u.trim())).collect::<Vec<_>>().join(",");
+    let at = crate::config::redact_urls(&settings.url);
     let urls: Vec<async_nats::ServerAddr> = settings
         .url
         .split(',')

@@ -65,12 +65,71 @@ pub async fn connect(settings: &PgSettings) -> Result<PgPool, RuntimeError> {
     let opts = opts
         .application_name(&settings.application_name)
         .options([("search_path", schema), ("plan_cache_mode", "force_generic_plan")]);
+    probe(&opts, settings.connect_timeout).await.map_err(|(what, source)| RuntimeError::Postgres {
+        at: at.clone(),
+        what,
+        source,
+    })?;
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout)
         .connect_with(opts)
         .await
         .map_err(|source| RuntimeError::Postgres { at, what: "did not accept a connection".into(), source })
+}
+
+/// One direct connection attempt, closed again. The pool retries a failed connect until its
+/// acquire timeout and then says only "pool timed out", which hides why: this attempt fails at
+/// once when the server refuses, and says what it got.
+async fn probe(opts: &PgConnectOptions, timeout: Duration) -> Result<(), (String, sqlx::Error)> {
+    use sqlx::Connection;
+    match tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(opts)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err((diagnose(&e, opts), e)),
+        Err(_) => {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connection attempt");
+            Err((
+                format!("did not answer within {timeout:?} (a firewall dropping packets, or the wrong host?)"),
+                e.into(),
+            ))
+        }
+    }
+}
+
+/// What a failed connection attempt means, for the operator.
+fn diagnose(e: &sqlx::Error, opts: &PgConnectOptions) -> String {
+    use std::io::ErrorKind;
+    match e {
+        sqlx::Error::Io(io) => match io.kind() {
+            ErrorKind::ConnectionRefused => {
+                "refused the connection (nothing listens on that port: is Postgres running there?)".into()
+            }
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                "cannot be reached (no route to the host)".into()
+            }
+            ErrorKind::TimedOut => "did not answer (the connection attempt timed out)".into(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::UnexpectedEof => {
+                "closed the connection during the handshake (not Postgres, or TLS required?)".into()
+            }
+            _ if io.to_string().contains("lookup address") => {
+                format!("names an unknown host ({:?} does not resolve)", opts.get_host())
+            }
+            _ => "did not accept a connection".into(),
+        },
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01") => format!("rejected the password of user {:?} (authentication failed)", opts.get_username()),
+            Some("28000") => format!("refused user {:?} (authentication failed)", opts.get_username()),
+            Some("3D000") => format!("has no database {:?}", opts.get_database().unwrap_or_default()),
+            Some("53300") => "has no connection slot left (too many clients)".into(),
+            Some("57P03") => "is starting up or shutting down".into(),
+            _ => "refused the connection".into(),
+        },
+        sqlx::Error::Tls(_) => "failed the TLS handshake".into(),
+        _ => "did not accept a connection".into(),
+    }
 }
 
 /// Applies `migrator` inside `schema`, creating the schema first. Safe to run concurrently from

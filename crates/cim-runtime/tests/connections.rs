@@ -71,8 +71,57 @@ async fn an_absent_postgres_is_a_clear_error() {
     let err = postgres::connect(&s).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Postgres { .. }));
     let msg = err.to_string();
-    assert!(msg.starts_with("Postgres at 127.0.0.1:1 (CIM_DATABASE_URL) did not accept a connection"), "{msg}");
+    assert!(msg.starts_with("Postgres at 127.0.0.1:1 (CIM_DATABASE_URL) refused the connection"), "{msg}");
     assert_eq!(err.code(), cim_core::ErrorCode::Unavailable);
+}
+
+/// A loopback port nothing listens on: one the OS just handed out, released again.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_refused_postgres_connection_fails_at_once_and_says_refused() {
+    let port = closed_port();
+    let mut s = settings("graph");
+    s.url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/cim");
+    // Far longer than the test allows: a refusal must not wait for the timeout.
+    s.connect_timeout = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let err = postgres::connect(&s).await.unwrap_err();
+    let elapsed = started.elapsed();
+    let msg = err.to_string();
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}: {msg}");
+    assert!(
+        msg.starts_with(&format!("Postgres at 127.0.0.1:{port} (CIM_DATABASE_URL) refused the connection")),
+        "{msg}"
+    );
+    assert!(!msg.contains("pool timed out") && !msg.contains("hunter2"), "{msg}");
+    assert_eq!(err.code(), cim_core::ErrorCode::Unavailable);
+}
+
+#[tokio::test]
+async fn a_postgres_connection_failure_names_its_cause() {
+    let mut s = settings("graph");
+    s.connect_timeout = Duration::from_secs(10);
+
+    // A database that does not exist on a server that answers.
+    let missing = format!("cim_missing_{}", uuid::Uuid::now_v7().simple());
+    let (base, _) = database_url().rsplit_once('/').map(|(b, d)| (b.to_owned(), d.to_owned())).unwrap();
+    s.url = format!("{base}/{missing}");
+    let msg = postgres::connect(&s).await.unwrap_err().to_string();
+    assert!(msg.contains(&format!("has no database {missing:?}")), "{msg}");
+
+    // A host name that cannot resolve (.invalid is reserved for that, RFC 6761).
+    s.url = "postgres://postgres@no-such-host.invalid:5432/cim".into();
+    let msg = postgres::connect(&s).await.unwrap_err().to_string();
+    assert!(msg.contains("names an unknown host (\"no-such-host.invalid\" does not resolve)"), "{msg}");
+
+    // An unreadable URL names where it points, without its password.
+    s.url = "postgres://app:hunter2@db:notaport/cim".into();
+    let msg = postgres::connect(&s).await.unwrap_err().to_string();
+    assert!(msg.contains("has an unreadable URL") && msg.contains("postgres://app:***@db:notaport/cim"), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
 }
 
 #[tokio::test]

@@ -182,9 +182,9 @@ async fn doctor(before_start: bool) -> ExitCode {
     let pg = match pg {
         Ok(pool) => match sqlx::query_scalar::<_, String>("SHOW server_version").fetch_one(&pool).await {
             Ok(v) => Ok((pool, v)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err((e.to_string(), POSTGRES_FIX)),
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err((e.to_string(), postgres_fix(&e))),
     };
     match pg {
         Ok((pool, v)) => {
@@ -193,8 +193,8 @@ async fn doctor(before_start: bool) -> ExitCode {
                 check_schema(&mut report, &pool, service, before_start).await;
             }
         }
-        Err(e) => {
-            report.fail("postgres", e, "start Postgres (scripts/infra.sh up) or fix CIM_DATABASE_URL");
+        Err((e, fix)) => {
+            report.fail("postgres", e, fix);
             for service in DOMAIN_SERVICES {
                 report.skip("schema", &format!("{}: Postgres unreachable", service.schema));
             }
@@ -207,13 +207,14 @@ async fn doctor(before_start: bool) -> ExitCode {
         connect_timeout: config.connect_timeout,
     })
     .await;
+    // The NATS URLs without their passwords, for the report.
+    let nats_at = cim_runtime::config::redact_urls(&config.nats_url);
     match nats {
         Ok(client) => match js_api(&client, "$JS.API.INFO", "").await {
             Ok(info) => {
                 let count = |k: &str| info.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
                 let detail = format!(
-                    "{} answers, JetStream on ({} streams, {} consumers)",
-                    config.nats_url,
+                    "{nats_at} answers, JetStream on ({} streams, {} consumers)",
                     count("streams"),
                     count("consumers")
                 );
@@ -226,7 +227,7 @@ async fn doctor(before_start: bool) -> ExitCode {
             Err(e) => {
                 report.fail(
                     "nats",
-                    format!("{} answers but JetStream does not: {e}", config.nats_url),
+                    format!("{nats_at} answers but JetStream does not: {e}"),
                     "start nats-server with -js (JetStream enabled)",
                 );
                 report.skip("stream", "JetStream unavailable");
@@ -254,6 +255,26 @@ async fn doctor(before_start: bool) -> ExitCode {
     check_objects(&mut report, &config).await;
     report.finish()
 }
+const POSTGRES_FIX: &str = "start Postgres (scripts/infra.sh up) or fix CIM_DATABASE_URL";
+
+/// What to do about a failed connection, by what the server said.
+fn postgres_fix(e: &cim_runtime::RuntimeError) -> &'static str {
+    let cim_runtime::RuntimeError::Postgres { source, .. } = e else {
+        return POSTGRES_FIX;
+    };
+    match source {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => "create the database (createdb), or fix the database name in CIM_DATABASE_URL",
+            Some(c) if c.starts_with("28") => {
+                "fix the user or password in CIM_DATABASE_URL, or let that user in (pg_hba.conf, CREATE ROLE)"
+            }
+            _ => POSTGRES_FIX,
+        },
+        sqlx::Error::Io(io) if io.to_string().contains("lookup address") => "fix the host name in CIM_DATABASE_URL",
+        _ => POSTGRES_FIX,
+    }
+}
+
 /// The object store takes a write, gives it back unchanged and deletes it.
 async fn check_objects(report: &mut Report, config: &Config) {
     let fix = match config.objects.location {

@@ -32,8 +32,66 @@ fn a_malformed_database_url_exits_non_zero_with_one_line_naming_it() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("CIM_DATABASE_URL: expected a postgres:// URL"), "{stderr}");
+    assert!(lines[0].ends_with(r#"got "mysql://root:***@db:3306/cim""#), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_typo_in_a_url_is_shown_with_only_the_password_masked() {
+    for (var, bad, shown) in [
+        ("CIM_DATABASE_URL", "postgres:/cim:hunter2@db.internal:5432/cim", "postgres:/cim:***@db.internal:5432/cim"),
+        ("CIM_REDIS_URL", "redis//:hunter2@cache:6379/0", "redis//:***@cache:6379/0"),
+        (
+            "CIM_NATS_URL",
+            "nats://cim:hunter2@nats:4222,nats//cim:hunter2@nats2:4222",
+            "nats://cim:***@nats:4222,nats//cim:***@nats2:4222",
+        ),
+    ] {
+        let out = cim().arg("doctor").env(var, bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.trim_end().ends_with(&format!("got {shown:?}")), "{var}={bad}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+    }
+}
+
+/// A loopback port nothing listens on: one the OS just handed out, released again.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn doctor_says_postgres_refused_without_waiting_for_the_timeout() {
+    let port = closed_port();
+    let started = std::time::Instant::now();
+    let (code, stdout) = doctor(&[
+        ("CIM_DATABASE_URL", format!("postgres://postgres:hunter2@127.0.0.1:{port}/cim")),
+        ("CIM_NATS_URL", format!("nats://127.0.0.1:{port}")),
+        ("CIM_REDIS_URL", format!("redis://127.0.0.1:{port}")),
+        ("CIM_CONNECT_TIMEOUT_MS", "30000".into()),
+    ]);
+    let elapsed = started.elapsed();
+    assert_eq!(code, Some(1), "{stdout}");
+    let refused = format!("FAIL  postgres  Postgres at 127.0.0.1:{port} (CIM_DATABASE_URL) refused the connection");
+    assert!(stdout.contains(&refused), "{stdout}");
+    assert!(!stdout.contains("pool timed out") && !stdout.contains("hunter2"), "{stdout}");
+    assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}:\n{stdout}");
+}
+
+#[test]
+fn doctor_names_a_database_that_does_not_exist() {
+    let missing = format!("cim_missing_{}_{}", std::process::id(), uuid_suffix());
+    let (base, _) = test_db_admin().rsplit_once('/').map(|(b, d)| (b.to_owned(), d.to_owned())).unwrap();
+    let (code, stdout) = doctor(&[
+        ("CIM_DATABASE_URL", format!("{base}/{missing}")),
+        ("CIM_NATS_URL", test_nats()),
+        ("CIM_REDIS_URL", test_redis()),
+        ("CIM_SUBJECT_PREFIX", format!("tdoc{}", uuid_suffix())),
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("has no database {missing:?}")), "{stdout}");
+    assert!(stdout.contains("fix: create the database (createdb)"), "{stdout}");
 }
 
 #[test]
