@@ -16,9 +16,19 @@ CIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim"
 echo "up: checking the installation"
 "$CIM" doctor --before-start
 export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
-# A development-only signing secret, so the gateway accepts the tokens `cim token` prints.
-export CIM_JWT_HS256_SECRET="${CIM_JWT_HS256_SECRET:-cim-local-development-secret-0123456789}"
-echo "up: a bearer token for the API (admin, new tenant, 1 h):"
-echo "    $("$CIM" token --roles admin)"
+# Bearer tokens: unless a secret or a public key is configured, this user's development signing
+# secret, made once (random, mode 0600) in the data directory (CIM_DATA_DIR, else
+# $XDG_DATA_HOME/cim or ~/.local/share/cim) and handed to the services here. `cim token` finds
+# it there from any shell; the services themselves never read the file.
+if [ -z "${CIM_JWT_HS256_SECRET:-}" ] && [ -z "${CIM_JWT_PUBLIC_KEY_FILE:-}" ]; then
+    SECRET_FILE="$("$CIM" local-secret)"
+    CIM_JWT_HS256_SECRET="$(cat "$SECRET_FILE")"
+    export CIM_JWT_HS256_SECRET
+    echo "up: development signing secret: $SECRET_FILE ('cim token' in another shell uses it)"
+fi
+if [ -n "${CIM_JWT_HS256_SECRET:-}" ]; then
+    echo "up: a bearer token for the API (admin, new tenant, 1 h):"
+    echo "    $("$CIM" token --roles admin)"
+fi
 echo "up: starting CIM (Ctrl-C to stop); API http://127.0.0.1:8080/api/v1, docs http://127.0.0.1:8080/api/openapi.json"
 exec "$CIM" serve --services "${CIM_SERVICES:-all}"

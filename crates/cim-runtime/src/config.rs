@@ -82,6 +82,12 @@ pub const CIM_S3_ENDPOINT: &str = "CIM_S3_ENDPOINT";
 pub const CIM_S3_REGION: &str = "CIM_S3_REGION";
 pub const CIM_S3_ACCESS_KEY_ID: &str = "CIM_S3_ACCESS_KEY_ID";
 pub const CIM_S3_SECRET_ACCESS_KEY: &str = "CIM_S3_SECRET_ACCESS_KEY";
+pub const CIM_DATA_DIR: &str = "CIM_DATA_DIR";
+
+/// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
+/// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
+/// read it: up.sh hands it to them in CIM_JWT_HS256_SECRET.
+pub const LOCAL_SECRET_FILE: &str = "jwt-hs256-secret";
 
 /// The complete list. `cim config` prints it; a test checks that compose and k8s set only these.
 pub const VARS: &[VarSpec] = &[
@@ -214,6 +220,12 @@ pub const VARS: &[VarSpec] = &[
         secret: Secrecy::Secret,
         help: "S3 secret key",
     },
+    var(
+        CIM_DATA_DIR,
+        None,
+        "an absolute directory path",
+        "this user's local CIM state (the development signing secret); unset: $XDG_DATA_HOME/cim, else ~/.local/share/cim",
+    ),
 ];
 
 /// The deployable services and their defaults (docs/design.md#services-and-ports).
@@ -545,6 +557,8 @@ pub struct Config {
     pub listen: BTreeMap<ServiceKind, Listen>,
     pub edge: EdgeSettings,
     pub objects: ObjectStoreSettings,
+    /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// One bad variable.
@@ -652,8 +666,12 @@ impl Config {
         }
         let edge = edge_settings(&mut r);
         let objects = object_store_settings(&mut r);
+        let data_dir = match r.optional(CIM_DATA_DIR) {
+            Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
+            None => Some(default_data_dir(lookup)),
+        };
         match (
-            edge.zip(objects),
+            edge.zip(objects).zip(data_dir),
             log_format,
             log_filter,
             database_url,
@@ -666,7 +684,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some((edge, objects)),
+                Some(((edge, objects), data_dir)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -692,6 +710,7 @@ impl Config {
                 listen,
                 edge,
                 objects,
+                data_dir,
             }),
             _ => Err(ConfigErrors(r.errors)),
         }
@@ -709,18 +728,68 @@ impl Config {
             .collect()
     }
 
+    /// The development signing secret's file, in the data directory.
+    pub fn local_secret_file(&self) -> Option<std::path::PathBuf> {
+        self.data_dir.as_ref().map(|dir| dir.join(LOCAL_SECRET_FILE))
+    }
+
     /// Each variable with its effective value, secrets redacted: for `cim config` and start-up logs.
-    pub fn describe(lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(&'static str, String, bool)> {
+    pub fn describe(lookup: &dyn Fn(&str) -> Option<String>) -> Vec<Described> {
         VARS.iter()
             .map(|v| {
                 let set = lookup(v.name).filter(|s| !s.is_empty());
-                let is_default = set.is_none();
-                let value = set.or(v.default.map(str::to_owned)).unwrap_or_default();
-                let shown = v.secret.show(&value);
-                (v.name, shown, is_default)
+                let (origin, value) = match set {
+                    Some(value) => (Origin::Set, Some(value)),
+                    None if v.name == CIM_DATA_DIR => match default_data_dir(lookup) {
+                        Some(dir) => (Origin::Default, Some(dir.display().to_string())),
+                        None => (Origin::Unset, None),
+                    },
+                    None => match v.default {
+                        Some(value) => (Origin::Default, Some(value.to_owned())),
+                        None => (Origin::Unset, None),
+                    },
+                };
+                Described { name: v.name, origin, shown: value.map(|value| v.secret.show(&value)) }
             })
             .collect()
     }
+}
+
+/// Where a variable's effective value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Set,
+    Default,
+    /// Neither set nor defaulted: the feature it configures is off (or, for a secret, absent).
+    Unset,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Set => "set",
+            Origin::Default => "default",
+            Origin::Unset => "unset",
+        }
+    }
+}
+
+/// One line of `cim config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub name: &'static str,
+    pub origin: Origin,
+    /// The value as it may be shown (secrets redacted); `None` when unset.
+    pub shown: Option<String>,
+}
+
+/// The XDG data directory's `cim` (`$XDG_DATA_HOME/cim`, else `~/.local/share/cim`), as the
+/// XDG base directory spec has it: a relative XDG_DATA_HOME is ignored.
+fn default_data_dir(lookup: &dyn Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
+    let absolute = |name: &str| lookup(name).map(std::path::PathBuf::from).filter(|p| p.is_absolute());
+    absolute("XDG_DATA_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".local/share")))
+        .map(|data| data.join("cim"))
 }
 
 #[cfg(test)]
@@ -867,6 +936,51 @@ mod tests {
         // A key is never shown, not even in part.
         let err = from(&[(CIM_JWT_HS256_SECRET, "short://hunter2@x")]).unwrap_err();
         assert!(err.to_string().ends_with("got \"<redacted>\""), "{err}");
+    }
+
+    #[test]
+    fn the_data_directory_follows_xdg_unless_set() {
+        let dir = |pairs: &[(&str, &str)]| from(pairs).map(|c| c.data_dir);
+        assert_eq!(dir(&[("HOME", "/home/ann")]).unwrap(), Some("/home/ann/.local/share/cim".into()));
+        assert_eq!(
+            dir(&[("HOME", "/home/ann"), ("XDG_DATA_HOME", "/data/ann")]).unwrap(),
+            Some("/data/ann/cim".into())
+        );
+        // The XDG spec: a relative XDG_DATA_HOME is ignored.
+        assert_eq!(
+            dir(&[("HOME", "/home/ann"), ("XDG_DATA_HOME", "data")]).unwrap(),
+            Some("/home/ann/.local/share/cim".into())
+        );
+        assert_eq!(dir(&[("HOME", "/home/ann"), (CIM_DATA_DIR, "/srv/cim")]).unwrap(), Some("/srv/cim".into()));
+        assert_eq!(dir(&[]).unwrap(), None);
+        let c = from(&[(CIM_DATA_DIR, "/srv/cim")]).unwrap();
+        assert_eq!(c.local_secret_file(), Some("/srv/cim/jwt-hs256-secret".into()));
+        // Relative to what? Each shell has its own working directory.
+        let err = from(&[(CIM_DATA_DIR, "cim-data")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: CIM_DATA_DIR: expected an absolute directory path, got \"cim-data\""
+        );
+    }
+
+    #[test]
+    fn describe_says_unset_for_a_secret_nobody_set() {
+        let env: HashMap<&str, &str> =
+            HashMap::from([("HOME", "/home/ann"), (CIM_REDIS_URL, "redis://:pw@cache:6379")]);
+        let lines = Config::describe(&|k| env.get(k).map(|v| v.to_string()));
+        let line = |name: &str| lines.iter().find(|d| d.name == name).unwrap().clone();
+        assert_eq!(
+            line(CIM_JWT_HS256_SECRET),
+            Described { name: CIM_JWT_HS256_SECRET, origin: Origin::Unset, shown: None }
+        );
+        assert_eq!(line(CIM_REDIS_URL).shown.as_deref(), Some("redis://:***@cache:6379"));
+        assert_eq!(line(CIM_REDIS_URL).origin, Origin::Set);
+        assert_eq!(line(CIM_DATA_DIR).shown.as_deref(), Some("/home/ann/.local/share/cim"));
+        assert_eq!(line(CIM_DATA_DIR).origin, Origin::Default);
+        let env: HashMap<&str, &str> = HashMap::from([(CIM_JWT_HS256_SECRET, "0123456789abcdef0123456789abcdef")]);
+        let lines = Config::describe(&|k| env.get(k).map(|v| v.to_string()));
+        let secret = lines.iter().find(|d| d.name == CIM_JWT_HS256_SECRET).unwrap();
+        assert_eq!((secret.origin, secret.shown.as_deref()), (Origin::Set, Some("<redacted>")));
     }
 
     #[test]

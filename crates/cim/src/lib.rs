@@ -1,5 +1,8 @@
 //! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
-//! `cim config` and `cim doctor`. `cim migrate` and the operations commands join later.
+//! `cim config`, `cim doctor`, and for local development `cim token` and `cim local-secret`.
+//! `cim migrate` and the operations commands join later.
+
+mod local;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,7 +38,8 @@ enum Command {
         #[arg(long)]
         before_start: bool,
     },
-    /// Print an HS256 bearer token signed with CIM_JWT_HS256_SECRET (local development).
+    /// Print an HS256 bearer token (local development), signed with CIM_JWT_HS256_SECRET or, when
+    /// neither it nor CIM_JWT_PUBLIC_KEY_FILE is set, with the local secret `scripts/up.sh` made.
     Token {
         /// The tenant (a UUID); a new one when absent.
         #[arg(long)]
@@ -49,6 +53,10 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Make this user's development signing secret unless it exists (random, mode 0600, in
+    /// CIM_DATA_DIR) and print its path. `scripts/up.sh` runs it and hands the secret to the
+    /// services in CIM_JWT_HS256_SECRET; never use it for a deployment.
+    LocalSecret,
 }
 
 pub fn main() -> ExitCode {
@@ -60,6 +68,7 @@ pub fn main() -> ExitCode {
         },
         Command::Config => config(),
         Command::Token { tenant, roles, subject, ttl } => token(tenant, &roles, subject, ttl),
+        Command::LocalSecret => local_secret(),
         Command::Doctor { before_start } => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(doctor(before_start)),
             Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
@@ -88,9 +97,9 @@ fn load() -> Result<Config, ExitCode> {
 fn config() -> ExitCode {
     let lookup = |k: &str| std::env::var(k).ok();
     let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
-    for (name, value, is_default) in Config::describe(&lookup) {
-        let origin = if is_default { "default" } else { "set" };
-        out(&format!("{name:width$}  {origin:7}  {value}"));
+    for line in Config::describe(&lookup) {
+        let (name, origin) = (line.name, line.origin.as_str());
+        out(format!("{name:width$}  {origin:7}  {}", line.shown.unwrap_or_default()).trim_end());
     }
     match load() {
         Ok(_) => ExitCode::SUCCESS,
@@ -509,8 +518,9 @@ fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> Exit
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(secret) = &config.edge.auth.hs256_secret else {
-        return fail("CIM_JWT_HS256_SECRET is not set", EXIT_CONFIG);
+    let secret = match signing_secret(&config) {
+        Ok(s) => s,
+        Err(e) => return fail(&e, EXIT_CONFIG),
     };
     let tenant = tenant.unwrap_or_else(|| cim_core::TenantId::new().to_string());
     let claims = cim_auth::Claims {
@@ -521,12 +531,58 @@ fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> Exit
         iss: config.edge.auth.issuer.clone(),
         aud: config.edge.auth.audience.clone(),
     };
-    match cim_auth::issue_hs256(secret.expose(), &claims) {
+    match cim_auth::issue_hs256(&secret, &claims) {
         Ok(t) => {
             out(&t);
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string(), 1),
+    }
+}
+
+/// CIM_JWT_HS256_SECRET, else (no public key configured either) the local development secret.
+fn signing_secret(config: &Config) -> Result<String, String> {
+    let auth = &config.edge.auth;
+    if let Some(secret) = &auth.hs256_secret {
+        return Ok(secret.expose().to_owned());
+    }
+    if let Some(key) = &auth.public_key_file {
+        return Err(format!(
+            "CIM_JWT_HS256_SECRET is not set and tokens are verified with the public key in {} \
+             (CIM_JWT_PUBLIC_KEY_FILE): cim token signs only HS256; sign with that key's private half",
+            key.display()
+        ));
+    }
+    let Some(path) = config.local_secret_file() else {
+        return Err("CIM_JWT_HS256_SECRET is not set, and there is no local secret: neither CIM_DATA_DIR \
+                    nor HOME is set"
+            .into());
+    };
+    if !path.exists() {
+        return Err(format!(
+            "CIM_JWT_HS256_SECRET is not set and there is no local development secret at {}: start CIM \
+             with scripts/up.sh (it makes one), or run `cim local-secret`, or set CIM_JWT_HS256_SECRET \
+             to the secret the gateway uses",
+            path.display()
+        ));
+    }
+    local::read(&path)
+}
+
+fn local_secret() -> ExitCode {
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(path) = config.local_secret_file() else {
+        return fail("no data directory: set CIM_DATA_DIR (or HOME)", EXIT_CONFIG);
+    };
+    match local::ensure(&path) {
+        Ok(_) => {
+            out(&path.display().to_string());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, 1),
     }
 }
 
@@ -562,6 +618,23 @@ async fn serve(spec: &str) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // The edge services verify bearer tokens: without a key none could be, so say at once how
+    // to get one, before anything starts. There is no fallback to the local development
+    // secret here on purpose: a deployment that forgot its key must not start with it.
+    let edge = kinds.iter().find(|k| matches!(k, ServiceKind::Gateway | ServiceKind::Websocket));
+    if let Some(kind) = edge
+        && config.edge.auth.hs256_secret.is_none()
+        && config.edge.auth.public_key_file.is_none()
+    {
+        return fail(
+            &format!(
+                "{kind}: set CIM_JWT_HS256_SECRET or CIM_JWT_PUBLIC_KEY_FILE to verify bearer tokens \
+                 (for local development scripts/up.sh does it; by hand: \
+                 export CIM_JWT_HS256_SECRET=\"$(cat \"$(cim local-secret)\")\")"
+            ),
+            EXIT_CONFIG,
+        );
+    }
     let telemetry = match cim_runtime::telemetry::init("cim", &config) {
         Ok(t) => t,
         Err(e) => return fail(&e.to_string(), EXIT_CONFIG),

@@ -18,7 +18,33 @@ fn cim() -> Command {
     for listener in cim_runtime::config::VARS.iter().filter(|v| v.name.ends_with("_ADDR")) {
         cmd.env(listener.name, "127.0.0.1:0");
     }
+    // Never this user's own data directory (its development signing secret): one that does not
+    // exist unless a test makes it.
+    cmd.env("CIM_DATA_DIR", std::env::temp_dir().join(format!("cim-cli-data-{}-absent", std::process::id())));
     cmd
+}
+
+/// A fresh directory under the temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cim-cli-{tag}-{}-{}", std::process::id(), uuid_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The services `cim serve --services all` runs, in the order it announces them.
@@ -115,6 +141,117 @@ fn config_lists_every_variable_with_secrets_redacted() {
     }
     assert!(stdout.contains("redis://:***@cache:6379"));
     assert!(!stdout.contains("s3cret"));
+}
+
+#[test]
+fn config_shows_an_unset_secret_as_unset() {
+    let out = cim().arg("config").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = |name: &str| stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap().to_owned();
+    let secret = line("CIM_JWT_HS256_SECRET");
+    assert_eq!(secret.split_whitespace().collect::<Vec<_>>(), ["CIM_JWT_HS256_SECRET", "unset"], "{secret:?}");
+    assert_eq!(line("CIM_OTLP_ENDPOINT").split_whitespace().nth(1), Some("unset"));
+    let set = cim().arg("config").env("CIM_JWT_HS256_SECRET", "a-secret-of-at-least-32-bytes-0123456789").output();
+    let stdout = String::from_utf8(set.unwrap().stdout).unwrap();
+    let secret = stdout.lines().find(|l| l.starts_with("CIM_JWT_HS256_SECRET ")).unwrap();
+    assert_eq!(secret.split_whitespace().collect::<Vec<_>>(), ["CIM_JWT_HS256_SECRET", "set", "<redacted>"]);
+}
+
+#[test]
+fn a_token_from_another_shell_is_accepted_by_the_services_up_sh_started() {
+    // scripts/up.sh: `cim local-secret` makes the secret in the data directory (here the XDG
+    // default under XDG_DATA_HOME) and hands it to `cim serve` in CIM_JWT_HS256_SECRET.
+    let home = TempDir::new("xdg");
+    let with_home = |cmd: &mut Command| {
+        cmd.env_remove("CIM_DATA_DIR").env("XDG_DATA_HOME", &home.0);
+    };
+    let mut make = cim();
+    with_home(&mut make);
+    let path = stdout_of(make.arg("local-secret"));
+    assert_eq!(std::path::PathBuf::from(&path), home.0.join("cim").join("jwt-hs256-secret"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(secret.len(), 64, "32 random bytes as hex");
+    let mut again = cim();
+    with_home(&mut again);
+    assert_eq!(stdout_of(again.arg("local-secret")), path);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), secret, "made once, then kept");
+
+    let db = TempDb::new();
+    let prefix = format!("ttok{}", uuid_suffix());
+    let _cleanup = DeleteStream { nats: test_nats(), stream: format!("{}_GRAPH", prefix.to_ascii_uppercase()) };
+    let env = [
+        ("CIM_DATABASE_URL", db.url.clone()),
+        ("CIM_NATS_URL", test_nats()),
+        ("CIM_REDIS_URL", test_redis()),
+        ("CIM_SUBJECT_PREFIX", prefix),
+        ("CIM_JWT_HS256_SECRET", secret.clone()),
+    ];
+    let serve = Serve::start(&env, "all");
+
+    // Another shell: nothing but the data directory in common.
+    let tenant = cim_core::TenantId::new().to_string();
+    let mut token = cim();
+    with_home(&mut token);
+    let token = stdout_of(token.args(["token", "--roles", "writer", "--tenant", &tenant]));
+    let gateway = serve.announced[1].split_whitespace().nth(1).unwrap().trim_start_matches("http://").to_owned();
+    let reply = http_get(&gateway, "/api/v1/auth/me", &token);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(&tenant) && reply.contains("writer"), "{reply}");
+    let reply = http_get(&gateway, "/api/v1/auth/me", &format!("{token}x"));
+    assert!(reply.starts_with("HTTP/1.1 401"), "a bad signature is refused: {reply}");
+    serve.stop();
+}
+
+#[test]
+fn token_without_a_secret_says_where_one_comes_from() {
+    let out = cim().arg("token").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("CIM_JWT_HS256_SECRET is not set and there is no local development secret at /"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scripts/up.sh") && stderr.contains("cim local-secret"), "{stderr}");
+
+    // A public key configured: the local secret is not what the services verify with.
+    let dir = TempDir::new("pubkey");
+    let mut make = cim();
+    make.env("CIM_DATA_DIR", &dir.0);
+    stdout_of(make.arg("local-secret"));
+    let out = cim()
+        .arg("token")
+        .env("CIM_DATA_DIR", &dir.0)
+        .env("CIM_JWT_PUBLIC_KEY_FILE", dir.0.join("key.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cim token signs only HS256"), "{stderr}");
+
+    // A secret file others can read is refused, like ssh refuses such a key.
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.0.join("jwt-hs256-secret");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cim().arg("token").env("CIM_DATA_DIR", &dir.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8(out.stderr).unwrap().contains("chmod 600"));
+}
+
+#[test]
+fn serve_without_a_key_for_tokens_refuses_and_never_uses_the_local_secret() {
+    let dir = TempDir::new("nokey");
+    let mut make = cim();
+    make.env("CIM_DATA_DIR", &dir.0);
+    stdout_of(make.arg("local-secret"));
+    // A local secret exists, but the services are given no key: they must not start with it.
+    let out = cim().args(["serve", "--services", "gateway"]).env("CIM_DATA_DIR", &dir.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("gateway: set CIM_JWT_HS256_SECRET or CIM_JWT_PUBLIC_KEY_FILE"), "{stderr}");
+    assert!(stderr.contains("scripts/up.sh"), "{stderr}");
 }
 
 #[test]
@@ -518,6 +655,17 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One GET with a bearer token: the whole response.
+fn http_get(addr: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
 }
 
 fn wait_ready(admin: &str) -> bool {
