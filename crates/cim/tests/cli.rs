@@ -181,7 +181,7 @@ fn a_token_from_another_shell_is_accepted_by_the_services_up_sh_started() {
 
     let db = TempDb::new();
     let prefix = format!("ttok{}", uuid_suffix());
-    let _cleanup = DeleteStream { nats: test_nats(), stream: format!("{}_GRAPH", prefix.to_ascii_uppercase()) };
+    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
     let env = [
         ("CIM_DATABASE_URL", db.url.clone()),
         ("CIM_NATS_URL", test_nats()),
@@ -292,7 +292,7 @@ fn doctor_reports_healthy_on_a_running_system() {
         ("CIM_JWT_HS256_SECRET", "doctor-test-secret-0123456789abcdef".into()),
     ];
     let stream = format!("{}_GRAPH", prefix.to_ascii_uppercase());
-    let _cleanup = DeleteStream { nats: test_nats(), stream: stream.clone() };
+    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
     // The gateway's cache invalidator adds a durable consumer to the graph stream.
     let serve = Serve::start(&env, "all");
     serve.assert_on_free_loopback_ports();
@@ -575,17 +575,38 @@ impl Drop for TempDb {
     }
 }
 
-/// Removes a test's stream from the shared NATS.
-struct DeleteStream {
+/// Removes every stream of a test's subject prefix (`<PREFIX>_GRAPH`, `_DLQ`, and those the
+/// websocket feed makes for the other domains) from the shared NATS.
+struct DeleteStreams {
     nats: String,
-    stream: String,
+    prefix: String,
 }
 
-impl Drop for DeleteStream {
+impl Drop for DeleteStreams {
     fn drop(&mut self) {
+        let mine = format!("{}_", self.prefix.to_ascii_uppercase());
         rt().block_on(async {
-            if let Ok(client) = async_nats::connect(&self.nats).await {
-                let _ = client.request(format!("$JS.API.STREAM.DELETE.{}", self.stream), "".into()).await;
+            let Ok(client) = async_nats::connect(&self.nats).await else { return };
+            let mut names = Vec::new();
+            loop {
+                let page = format!("{{\"offset\":{}}}", names.len());
+                let Ok(reply) = client.request("$JS.API.STREAM.NAMES", page.into()).await else { break };
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&reply.payload) else { break };
+                let page: Vec<String> = value["streams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect();
+                let total = value["total"].as_u64().unwrap_or(0) as usize;
+                let done = page.is_empty();
+                names.extend(page);
+                if done || names.len() >= total {
+                    break;
+                }
+            }
+            for name in names.into_iter().filter(|n| n.starts_with(&mine)) {
+                let _ = client.request(format!("$JS.API.STREAM.DELETE.{name}"), "".into()).await;
             }
         });
     }
@@ -730,7 +751,7 @@ fn serve_runs_the_graph_service_until_sigterm() {
     // A database and subject prefix of its own: nothing else's `graph` schema or stream.
     let db = TempDb::new();
     let prefix = format!("tcli{}", uuid_suffix());
-    let _cleanup = DeleteStream { nats: test_nats(), stream: format!("{}_GRAPH", prefix.to_ascii_uppercase()) };
+    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
     let env = [("CIM_DATABASE_URL", db.url.clone()), ("CIM_NATS_URL", test_nats()), ("CIM_SUBJECT_PREFIX", prefix)];
     let serve = Serve::start(&env, "graph");
     serve.assert_on_free_loopback_ports();
