@@ -9,6 +9,11 @@ bash scripts/infra.sh up
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
+# Colours only on a terminal: `scripts/up.sh > up.log` gets plain text. The services check their
+# own stdout too; NO_COLOR (https://no-color.org) turns colours off on a terminal as well.
+if [ ! -t 1 ]; then
+    export NO_COLOR=1 CARGO_TERM_COLOR=never
+fi
 export CIM_DATABASE_URL="${CIM_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/cim}"
 echo "up: building the cim CLI"
 cargo build --locked --quiet -p cim

@@ -65,11 +65,12 @@ pub fn init(process_name: &str, config: &Config) -> Result<TelemetryGuard, Runti
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            .with_ansi(false)
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().with_ansi(colours(&std::io::stdout())).boxed(),
     };
     let installed = tracing_subscriber::registry()
         .with(filter)
@@ -82,6 +83,13 @@ pub fn init(process_name: &str, config: &Config) -> Result<TelemetryGuard, Runti
         return Ok(TelemetryGuard { provider: None });
     }
     Ok(TelemetryGuard { provider: Some(provider) })
+}
+
+/// Whether log lines written to `out` may carry ANSI colours: only on a terminal, and not when
+/// NO_COLOR (https://no-color.org) is set. Logs sent to a file or a pipe (`scripts/up.sh >
+/// up.log`, a container runtime, a test) stay plain text.
+fn colours(out: &impl std::io::IsTerminal) -> bool {
+    out.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The current span's trace id as 32 hex digits, for log fields and error bodies.

@@ -758,6 +758,43 @@ fn serve_runs_the_graph_service_until_sigterm() {
     serve.stop();
 }
 
+#[test]
+fn serve_logs_are_plain_text_when_stdout_is_not_a_terminal() {
+    use std::io::BufRead;
+    let db = TempDb::new();
+    let prefix = format!("tlog{}", uuid_suffix());
+    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
+    // `scripts/up.sh > up.log`: pretty logs, stdout a pipe.
+    let mut child = cim()
+        .args(["serve", "--services", "graph"])
+        .env("CIM_DATABASE_URL", &db.url)
+        .env("CIM_NATS_URL", test_nats())
+        .env("CIM_SUBJECT_PREFIX", &prefix)
+        .env("CIM_LOG_FORMAT", "pretty")
+        .env("CIM_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        output.push(line.clone());
+        if line.starts_with("graph ") {
+            let admin = line.rsplit("http://").next().unwrap().trim().to_owned();
+            assert!(wait_ready(&admin), "{line}: never ready");
+            break;
+        }
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    output.extend(lines.map(Result::unwrap));
+    assert!(child.wait().unwrap().success());
+    let text = output.join("\n");
+    assert!(text.contains(" INFO "), "no log lines to check:\n{text}");
+    assert!(!text.contains('\x1b'), "ANSI escapes in a log written to a pipe:\n{text:?}");
+}
+
 fn uuid_suffix() -> String {
     format!(
         "{:x}",
