@@ -18,6 +18,6 @@ pub use consumer::{Consumer, ConsumerConfig, EventHandler, publish_dead_letter};
 pub use error::StoreError;
 pub use relay::{Relay, RelayConfig};
 pub use store::{
-    Aggregate, Append, Appended, EventStore, Expected, HeadToken, Loaded, Projector, SealedAppend, StoreConfig,
-    guarded_append_many_sql, migrator,
+    Aggregate, Append, Appended, BrokenChain, EventStore, Expected, HeadToken, Loaded, Projector, SealedAppend,
+    StoreConfig, VerifyReport, guarded_append_many_sql, migrator,
 };

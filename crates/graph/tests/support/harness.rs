@@ -85,9 +85,14 @@ impl Service {
         let _ = self.task.await;
     }
 
+    /// Stops, verifies the hash chain of every aggregate the test wrote (the sweep `cim verify`
+    /// runs: so every test of the suite ends with its histories checked), drops the schema.
     pub async fn stop(self) {
+        let store = store_of(&self).await;
         self.shutdown.trigger();
         let _ = self.task.await;
+        let report = store.verify_all().await.expect("chain verification ran");
+        assert!(report.broken.is_empty(), "hash chains broken in {}: {:?}", self.schema, report.broken);
         let _ =
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.schema))).execute(&self.pool).await;
     }
