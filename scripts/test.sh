@@ -76,20 +76,24 @@ PY="${CIM_TEST_PYTHON:-python3}"
 if ! command -v "$PY" >/dev/null 2>&1; then
     run "python" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null'
 fi
-if ! "$PY" -c 'import grpc, grpc_reflection, google.protobuf, schemathesis, moto.server' >/dev/null 2>&1; then
-    if ! "$PY" -m pip install -q -r tests/python/requirements.txt >/dev/null 2>&1; then
-        # Debian's own python refuses system-wide pip installs (PEP 668): use a virtualenv.
-        VENV=/var/tmp/cim-pyenv
-        if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
-            run "python" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null'
-            run "python" "$PY" -m venv "$VENV"
-        fi
-        run "python" "$VENV/bin/pip" install -q -r tests/python/requirements.txt
-        PY="$VENV/bin/python"
+# Every pinned requirement, checked by pip itself (a list of modules here went stale when the
+# requirements grew); quick when all are there.
+if ! "$PY" -m pip install -q -r tests/python/requirements.txt >/dev/null 2>&1; then
+    # Debian's own python refuses system-wide pip installs (PEP 668): use a virtualenv.
+    VENV=/var/tmp/cim-pyenv
+    if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
+        run "python" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null'
+        run "python" "$PY" -m venv "$VENV"
     fi
+    run "python" "$VENV/bin/pip" install -q -r tests/python/requirements.txt
+    PY="$VENV/bin/python"
 fi
 export CIM_TEST_PYTHON="$PY"
-"$PY" -c 'import grpc, google.protobuf, schemathesis, moto.server; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__)'
+# grpcurl comes in a wheel: its launcher sits beside the interpreter (not beside a pyenv shim).
+CIM_TEST_GRPCURL="$("$PY" -c 'import os, sys; print(os.path.join(os.path.dirname(sys.executable), "grpcurl"))')"
+export CIM_TEST_GRPCURL
+"$PY" -c 'import grpc, grpc_status, google.protobuf, schemathesis, moto.server; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__)'
+"$CIM_TEST_GRPCURL" -version
 
 header "deployment files: scripts/check-deploy.sh"
 run "check-deploy" bash scripts/check-deploy.sh

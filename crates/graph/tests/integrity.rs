@@ -623,8 +623,11 @@ async fn undecodable_and_malformed_requests_are_invalid_argument_on_every_method
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpcurl_shows_the_error_code_message_and_details() {
     let svc = Service::start().await;
-    let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let grpcurl = std::path::Path::new(&python).with_file_name("grpcurl");
+    // scripts/test.sh installs grpcurl (tests/python/requirements.txt) and says where.
+    let grpcurl = std::env::var("CIM_TEST_GRPCURL").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        std::path::Path::new(&python).with_file_name("grpcurl")
+    });
     assert!(grpcurl.exists(), "{} missing: scripts/test.sh installs tests/python/requirements.txt", grpcurl.display());
     let (addr, tenant) = (svc.grpc.to_string(), TenantId::new().to_string());
     let out = tokio::task::spawn_blocking(move || {

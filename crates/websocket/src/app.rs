@@ -51,7 +51,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     .await?;
     let js = nats::jetstream(client.clone());
     let metrics = Metrics::new();
-    let hub = Hub::open(js, config.subject_prefix.clone(), config.stream_replicas, metrics.clone()).await?;
+    let hub = Hub::open(js, config.subject_prefix.clone(), metrics.clone()).await?;
 
     let host = ServiceHost::new("websocket", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client));

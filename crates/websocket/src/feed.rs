@@ -347,6 +347,26 @@ pub struct Subscription {
     catchup: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
+/// Why a live feed stopped.
+#[derive(Debug)]
+enum FeedError {
+    /// The domain's stream does not exist (yet): its service creates it.
+    NoStream,
+    Other(String),
+}
+
+impl From<String> for FeedError {
+    fn from(e: String) -> Self {
+        FeedError::Other(e)
+    }
+}
+
+/// Whether JetStream said the stream does not exist.
+fn stream_missing(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// A subscription that ended on its own (its catch-up failed): the connection forgets it.
 #[derive(Debug, Clone)]
 pub struct Ended {
@@ -355,21 +375,22 @@ pub struct Ended {
 }
 
 impl Hub {
-    /// Ensures every domain's stream exists (same settings as the domain services use) and notes
-    /// where each one ends: the live feeds start there.
-    pub async fn open(
-        js: jetstream::Context,
-        prefix: SubjectPrefix,
-        replicas: usize,
-        metrics: Metrics,
-    ) -> Result<Arc<Hub>, HubError> {
+    /// Notes where every domain's stream ends: the live feeds start there. The websocket only
+    /// binds to streams: each domain service creates and owns its own (so the websocket's NATS
+    /// user needs no right to create or change streams). A stream that does not exist yet (its
+    /// domain is not deployed, or starts later) is followed from its first event once it does.
+    pub async fn open(js: jetstream::Context, prefix: SubjectPrefix, metrics: Metrics) -> Result<Arc<Hub>, HubError> {
         let mut feeds = Vec::with_capacity(Domain::ALL.len());
         for domain in Domain::ALL {
-            let name = cim_eventstore::streams::ensure_domain_stream(&js, &prefix, domain, replicas)
-                .await
-                .map_err(|e| HubError(e.to_string()))?;
-            let stream = js.get_stream(&name).await.map_err(|e| HubError(format!("stream {name}: {e}")))?;
-            let last = stream.cached_info().state.last_sequence;
+            let name = prefix.stream_name(domain);
+            let last = match js.get_stream(&name).await {
+                Ok(stream) => stream.cached_info().state.last_sequence,
+                Err(e) if stream_missing(&e) => {
+                    tracing::info!(%domain, stream = %name, "stream not created yet; its feed starts when it is");
+                    0
+                }
+                Err(e) => return Err(HubError(format!("stream {name}: {e}"))),
+            };
             feeds.push(Arc::new(Feed::new(domain, name, last, metrics.clone())));
         }
         Ok(Arc::new(Hub {
@@ -399,7 +420,16 @@ impl Hub {
         while !stop.is_triggered() {
             match self.consume(&feed, &stop).await {
                 Ok(()) => break,
-                Err(e) => {
+                Err(FeedError::NoStream) => {
+                    // Expected while the domain's service has not started (or is not deployed).
+                    tracing::debug!(domain = %domain, ?backoff, "stream not created yet; waiting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(FeedError::Other(e)) => {
                     tracing::warn!(domain = %domain, error = %e, ?backoff, "live feed interrupted; restarting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -411,8 +441,14 @@ impl Hub {
         }
     }
 
-    async fn consume(&self, feed: &Feed, stop: &Shutdown) -> Result<(), String> {
-        let stream = self.js.get_stream(&feed.stream).await.map_err(|e| format!("stream {}: {e}", feed.stream))?;
+    async fn consume(&self, feed: &Feed, stop: &Shutdown) -> Result<(), FeedError> {
+        let stream = self.js.get_stream(&feed.stream).await.map_err(|e| {
+            if stream_missing(&e) {
+                FeedError::NoStream
+            } else {
+                FeedError::Other(format!("stream {}: {e}", feed.stream))
+            }
+        })?;
         let start = feed.position() + 1;
         let consumer = stream
             .create_consumer(push::OrderedConfig {
@@ -433,7 +469,7 @@ impl Hub {
                 _ = stop.wait() => break Ok(()),
             };
             match next {
-                None => break Err("the feed subscription ended".to_owned()),
+                None => break Err(FeedError::Other("the feed subscription ended".to_owned())),
                 // The ordered consumer re-creates itself after these (heartbeats missed, NATS
                 // reconnected) and continues after the last message it delivered.
                 Some(Err(e)) => tracing::debug!(domain = %feed.domain, error = %e, "live feed hiccup"),

@@ -517,3 +517,39 @@ async fn live_delivery_continues_across_a_nats_restart() {
     ws.stop().await;
     graph.stop().await;
 }
+
+/// Numbers reach a websocket client exactly as stored: doubles with their bits (including the
+/// one a rounding parser misread), integers as integers (issues 13 and 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn numbers_reach_a_client_exactly() {
+    use prost_types::value::Kind;
+    let prefix = unique("p");
+    let mut graph = Graph::start(&prefix).await;
+    let ws = Ws::start(&prefix, &[]).await;
+    let t = TenantId::new();
+    let g = graph.create(t).await;
+    let numbers =
+        [("x", 2.7715077941825975e-163), ("tiny", 5e-324), ("huge", 1.2345678901234567e300), ("since", 2020.0)];
+    let properties = prost_types::Struct {
+        fields: numbers
+            .iter()
+            .map(|(k, v)| (k.to_string(), prost_types::Value { kind: Some(Kind::NumberValue(*v)) }))
+            .collect(),
+    };
+    let node = cim_proto::graph::NodeSpec { id: "n".into(), r#type: "t".into(), properties: Some(properties) };
+    let mut request =
+        tonic::Request::new(cim_proto::graph::AddNodeRequest { graph_id: g.clone(), node: Some(node), options: None });
+    request.metadata_mut().insert("x-cim-tenant", t.to_string().parse().unwrap());
+    graph.client.add_node(request).await.unwrap();
+
+    let mut client = ws.connect(&token(t, &["reader"])).await;
+    client.subscribe("n", json!({"domain": "graph", "aggregate_id": g, "event_types": ["node_added"]}), Some(0)).await;
+    let events = client.events(1).await;
+    let props = &events[0].envelope["payload"]["properties"];
+    for (key, value) in numbers {
+        assert_eq!(props[key].as_f64().map(f64::to_bits), Some(value.to_bits()), "{key}: {}", props[key]);
+    }
+    assert!(props["since"].is_u64(), "an integer arrived as {}", props["since"]);
+    ws.stop().await;
+    graph.stop().await;
+}
