@@ -8,6 +8,7 @@
 //! - [`upcast`]: converting stored events of an older schema version on read.
 
 pub mod chain;
+pub mod document;
 pub mod envelope;
 pub mod error;
 pub mod events;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod grpc;
 pub mod health;

@@ -37,10 +37,10 @@ impl Upstream {
         cim_runtime::telemetry::inject_grpc(req.metadata_mut());
         let md = req.metadata_mut();
         if let Ok(v) = p.tenant.to_string().parse() {
-            md.insert("x-cim-tenant", v);
+            md.insert(cim_runtime::edge::TENANT_HEADER, v);
         }
         if let Ok(v) = p.actor().parse() {
-            md.insert("x-cim-actor", v);
+            md.insert(cim_runtime::edge::ACTOR_HEADER, v);
         }
         req
     }

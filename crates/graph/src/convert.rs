@@ -38,9 +38,7 @@ pub fn struct_to_json(field: &str, s: Option<prost_types::Struct>) -> Result<Pro
 
 pub use cim_proto::json::json_to_struct;
 
-pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
-}
+pub use cim_runtime::edge::timestamp;
 
 #[cfg(test)]
 mod tests {

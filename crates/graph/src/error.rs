@@ -11,8 +11,8 @@ use crate::domain::GraphError;
 pub enum ServiceError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    #[error("missing or malformed tenant: send metadata x-cim-tenant with a UUIDv7")]
-    NoTenant,
+    #[error(transparent)]
+    Edge(#[from] cim_runtime::edge::EdgeError),
     #[error("graph not found")]
     GraphNotFound,
     #[error("{0} not found")]
@@ -37,7 +37,7 @@ impl HasErrorCode for ServiceError {
     fn code(&self) -> ErrorCode {
         match self {
             ServiceError::Invalid { .. } => ErrorCode::InvalidArgument,
-            ServiceError::NoTenant => ErrorCode::Unauthenticated,
+            ServiceError::Edge(e) => e.code(),
             ServiceError::GraphNotFound | ServiceError::ElementNotFound(_) => ErrorCode::NotFound,
             ServiceError::Stale { .. } => ErrorCode::Conflict,
             ServiceError::Domain(e) => e.code(),
@@ -52,6 +52,7 @@ impl HasErrorCode for ServiceError {
         match self {
             ServiceError::Invalid { field, reason } => vec![FieldViolation::new(field.clone(), reason.clone())],
             ServiceError::Domain(e) => e.field_violation().into_iter().collect(),
+            ServiceError::Edge(e) => e.violations(),
             _ => vec![],
         }
     }

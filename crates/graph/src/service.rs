@@ -1,14 +1,14 @@
 //! The gRPC edge: parse requests into domain commands, run them in one transaction with the
 //! event append and the projections, and answer queries from the projections.
 
-use std::str::FromStr;
 use std::time::Instant;
 
 use cim_core::events::graph::AGGREGATE_TYPE;
-use cim_core::{Actor, AggregateId, CommandId, CorrelationId, Domain, EventContext, TenantId};
+use cim_core::{AggregateId, CommandId, Domain, EventContext};
 use cim_eventstore::{Append, EventStore, Expected, HeadToken, StoreError};
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_server::GraphService;
+use cim_runtime::edge::{Caller, handle};
 use cim_runtime::status::HasErrorCode;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -23,11 +23,6 @@ use crate::metrics::{COMMANDS_TOTAL, FAST_WRITES_TOTAL, GRAPH_SIZE_NODES, QUERY_
 use crate::projection::{load_facts, lock_graph, project};
 use crate::queries::{self, Dir, QueryLimits, Walk};
 
-/// Request metadata naming the caller's tenant (set by the gateway from the verified token).
-pub const TENANT_HEADER: &str = "x-cim-tenant";
-pub const ACTOR_HEADER: &str = "x-cim-actor";
-pub const CORRELATION_HEADER: &str = "x-cim-correlation-id";
-
 #[derive(Debug, Clone)]
 pub struct GraphApi {
     store: EventStore,
@@ -40,33 +35,6 @@ pub struct GraphApi {
 
 /// Graphs whose heads are remembered for one-round-trip writes (about 100 bytes each).
 const KNOWN_HEADS: usize = 100_000;
-
-struct Caller {
-    tenant: TenantId,
-    actor: Actor,
-    correlation: Option<CorrelationId>,
-}
-
-fn caller<T>(req: &Request<T>) -> Result<Caller, ServiceError> {
-    let md = req.metadata();
-    let tenant = md
-        .get(TENANT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| TenantId::from_str(s).ok())
-        .ok_or(ServiceError::NoTenant)?;
-    let actor = md
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| Actor::from_str(s).ok())
-        .unwrap_or_else(|| Actor::service("anonymous"));
-    let correlation = match md.get(CORRELATION_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(s) => {
-            Some(CorrelationId::from_str(s).map_err(|e| ServiceError::invalid(CORRELATION_HEADER, e.to_string()))?)
-        }
-        None => None,
-    };
-    Ok(Caller { tenant, actor, correlation })
-}
 
 fn properties(
     field: &str,
@@ -341,16 +309,10 @@ fn response(done: cim_eventstore::Appended) -> pb::CommandResponse {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-fn ok<T>(r: Result<T, ServiceError>) -> Reply<T> {
-    r.map(Response::new).map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl GraphService for GraphApi {
     async fn create_graph(&self, req: Request<pb::CreateGraphRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = if r.graph_id.is_empty() { AggregateId::new() } else { aggregate_id("graph_id", &r.graph_id)? };
             let command = GraphCommand::Create {
                 name: r.name,
@@ -358,128 +320,107 @@ impl GraphService for GraphApi {
                 properties: properties("properties", r.properties)?,
             };
             self.execute(caller, graph, command, r.options, "create_graph").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn rename_graph(&self, req: Request<pb::RenameGraphRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::Rename { name: r.name }]);
             self.execute(caller, graph, command, r.options, "rename_graph").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn archive_graph(&self, req: Request<pb::ArchiveGraphRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             self.execute(caller, graph, GraphCommand::Archive, r.options, "archive_graph").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![node_change(r.node, "node")?]);
             self.execute(caller, graph, command, r.options, "add_node").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn update_node(&self, req: Request<pb::UpdateNodeRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::UpdateNode {
                 id: node_id("node_id", &r.node_id)?,
                 properties: properties("properties", r.properties)?,
             }]);
             self.execute(caller, graph, command, r.options, "update_node").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::RemoveNode { id: node_id("node_id", &r.node_id)? }]);
             self.execute(caller, graph, command, r.options, "remove_node").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn add_edge(&self, req: Request<pb::AddEdgeRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![edge_change(r.edge, "edge")?]);
             self.execute(caller, graph, command, r.options, "add_edge").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn update_edge(&self, req: Request<pb::UpdateEdgeRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::UpdateEdge {
                 id: edge_id("edge_id", &r.edge_id)?,
                 properties: properties("properties", r.properties)?,
             }]);
             self.execute(caller, graph, command, r.options, "update_edge").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn remove_edge(&self, req: Request<pb::RemoveEdgeRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::RemoveEdge { id: edge_id("edge_id", &r.edge_id)? }]);
             self.execute(caller, graph, command, r.options, "remove_edge").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn apply_batch(&self, req: Request<pb::ApplyBatchRequest>) -> Reply<pb::CommandResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let changes =
                 r.changes.into_iter().enumerate().map(|(i, c)| batch_change(i, c)).collect::<Result<Vec<_>, _>>()?;
             self.execute(caller, graph, GraphCommand::Apply(changes), r.options, "apply_batch").await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn get_graph(&self, req: Request<pb::GetGraphRequest>) -> Reply<pb::Graph> {
-        ok(async {
-            let caller = caller(&req)?;
-            let graph = aggregate_id("graph_id", &req.get_ref().graph_id)?;
+        handle(req, |caller, r| async move {
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
             queries::get_graph(&self.pool, caller.tenant, graph).await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn list_graphs(&self, req: Request<pb::ListGraphsRequest>) -> Reply<pb::ListGraphsResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let page = r.page.unwrap_or_default();
             let size = self.query.page_size(page.page_size)?;
             let after = match page.page_token.as_str() {
@@ -491,26 +432,26 @@ impl GraphService for GraphApi {
             };
             let (graphs, next) =
                 queries::list_graphs(&self.pool, caller.tenant, size, after, r.include_archived).await?;
-            Ok(pb::ListGraphsResponse { graphs, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
-        }
-        .await)
+            Ok::<_, ServiceError>(pb::ListGraphsResponse {
+                graphs,
+                page: Some(cim_proto::common::PageResponse { next_page_token: next }),
+            })
+        })
+        .await
     }
 
     async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Reply<pb::Node> {
-        ok(async {
-            let caller = caller(&req)?;
-            let graph = aggregate_id("graph_id", &req.get_ref().graph_id)?;
-            let node = node_id("node_id", &req.get_ref().node_id)?;
+        handle(req, |caller, r| async move {
+            let graph = aggregate_id("graph_id", &r.graph_id)?;
+            let node = node_id("node_id", &r.node_id)?;
             queries::ensure_graph(&self.pool, caller.tenant, graph).await?;
             queries::get_node(&self.pool, graph, node.as_str()).await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Reply<pb::ListNodesResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let node_type = if r.r#type.is_empty() { None } else { Some(type_name("type", &r.r#type)?) };
             let page = r.page.unwrap_or_default();
@@ -520,15 +461,16 @@ impl GraphService for GraphApi {
             let (nodes, next) =
                 queries::list_nodes(&self.pool, graph, node_type.as_ref().map(|t| t.as_str()), size, after.as_deref())
                     .await?;
-            Ok(pb::ListNodesResponse { nodes, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
-        }
-        .await)
+            Ok::<_, ServiceError>(pb::ListNodesResponse {
+                nodes,
+                page: Some(cim_proto::common::PageResponse { next_page_token: next }),
+            })
+        })
+        .await
     }
 
     async fn list_edges(&self, req: Request<pb::ListEdgesRequest>) -> Reply<pb::ListEdgesResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let node = optional_node_id("node_id", &r.node_id)?;
             let edge_type = if r.r#type.is_empty() { None } else { Some(type_name("type", &r.r#type)?) };
@@ -545,15 +487,16 @@ impl GraphService for GraphApi {
                 after.as_deref(),
             )
             .await?;
-            Ok(pb::ListEdgesResponse { edges, page: Some(cim_proto::common::PageResponse { next_page_token: next }) })
-        }
-        .await)
+            Ok::<_, ServiceError>(pb::ListEdgesResponse {
+                edges,
+                page: Some(cim_proto::common::PageResponse { next_page_token: next }),
+            })
+        })
+        .await
     }
 
     async fn neighbors(&self, req: Request<pb::NeighborsRequest>) -> Reply<pb::NeighborsResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let node = node_id("node_id", &r.node_id)?;
             let types = types("edge_types", &r.edge_types)?;
@@ -580,14 +523,12 @@ impl GraphService for GraphApi {
                 ),
             )
             .await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn traverse(&self, req: Request<pb::TraverseRequest>) -> Reply<pb::TraverseResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let start = node_id("start_node_id", &r.start_node_id)?;
             let types = types("edge_types", &r.edge_types)?;
@@ -608,14 +549,12 @@ impl GraphService for GraphApi {
                 ),
             )
             .await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn shortest_path(&self, req: Request<pb::ShortestPathRequest>) -> Reply<pb::ShortestPathResponse> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let from = node_id("from_node_id", &r.from_node_id)?;
             let to = node_id("to_node_id", &r.to_node_id)?;
@@ -641,14 +580,12 @@ impl GraphService for GraphApi {
                 ),
             )
             .await
-        }
-        .await)
+        })
+        .await
     }
 
     async fn get_graph_at_version(&self, req: Request<pb::GetGraphAtVersionRequest>) -> Reply<pb::GraphSnapshot> {
-        ok(async {
-            let caller = caller(&req)?;
-            let r = req.into_inner();
+        handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             if r.version == 0 {
                 return Err(ServiceError::invalid("version", "must be at least 1"));
@@ -673,8 +610,8 @@ impl GraphService for GraphApi {
                 Ok(snapshot(graph, r.version, &history[(r.version - 1) as usize], &history[0], state))
             })
             .await
-        }
-        .await)
+        })
+        .await
     }
 }
 

@@ -194,7 +194,9 @@ async fn stored_json_comes_back_exactly_on_every_path() {
             node: Some(pb::NodeSpec {
                 id: "x".into(),
                 r#type: "n".into(),
-                properties: props(serde_json::json!({"x": x, "since": 2020})),
+                properties: props(
+                    serde_json::json!({"x": x, "since": 2020, "max": f64::MAX, "min": f64::MIN, "sub": 5e-324}),
+                ),
             }),
             options: None,
         },
@@ -207,7 +209,12 @@ async fn stored_json_comes_back_exactly_on_every_path() {
         .unwrap()
         .into_inner();
     let back = json(at2.nodes[0].properties.clone());
-    assert_eq!(back["x"].as_f64().unwrap().to_bits(), x.to_bits());
+    for (key, value) in [("x", x), ("max", f64::MAX), ("min", f64::MIN), ("sub", 5e-324)] {
+        assert_eq!(back[key].as_f64().unwrap().to_bits(), value.to_bits(), "{key}");
+    }
+    let listed =
+        c.get_node(req(t, pb::GetNodeRequest { graph_id: g.clone(), node_id: "x".into() })).await.unwrap().into_inner();
+    assert_eq!(json(listed.properties)["max"].as_f64(), Some(f64::MAX), "the projection (jsonb) gave it back");
     assert_eq!(back["since"].to_string(), "2020", "an integer came back as {}", back["since"]);
 
     for (chunk_no, chunk) in docs.chunks(200).enumerate() {
