@@ -5,8 +5,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{EventEnvelope, NewEvent};
-
 pub const AGGREGATE_TYPE: &str = "graph";
 
 /// A JSON object of properties.
@@ -143,88 +141,18 @@ pub struct EdgeRemoved {
     pub edge_id: EdgeId,
 }
 
-/// Every graph event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GraphEvent {
-    Created(GraphCreated),
-    Renamed(GraphRenamed),
-    Archived(GraphArchived),
-    NodeAdded(NodeAdded),
-    NodeUpdated(NodeUpdated),
-    NodeRemoved(NodeRemoved),
-    EdgeAdded(EdgeAdded),
-    EdgeUpdated(EdgeUpdated),
-    EdgeRemoved(EdgeRemoved),
-}
-
-impl GraphEvent {
-    pub const TYPES: [&'static str; 9] = [
-        "graph_created",
-        "graph_renamed",
-        "graph_archived",
-        "node_added",
-        "node_updated",
-        "node_removed",
-        "edge_added",
-        "edge_updated",
-        "edge_removed",
-    ];
-
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            GraphEvent::Created(_) => "graph_created",
-            GraphEvent::Renamed(_) => "graph_renamed",
-            GraphEvent::Archived(_) => "graph_archived",
-            GraphEvent::NodeAdded(_) => "node_added",
-            GraphEvent::NodeUpdated(_) => "node_updated",
-            GraphEvent::NodeRemoved(_) => "node_removed",
-            GraphEvent::EdgeAdded(_) => "edge_added",
-            GraphEvent::EdgeUpdated(_) => "edge_updated",
-            GraphEvent::EdgeRemoved(_) => "edge_removed",
-        }
-    }
-
-    fn payload(&self) -> Result<serde_json::Value, serde_json::Error> {
-        match self {
-            GraphEvent::Created(e) => serde_json::to_value(e),
-            GraphEvent::Renamed(e) => serde_json::to_value(e),
-            GraphEvent::Archived(e) => serde_json::to_value(e),
-            GraphEvent::NodeAdded(e) => serde_json::to_value(e),
-            GraphEvent::NodeUpdated(e) => serde_json::to_value(e),
-            GraphEvent::NodeRemoved(e) => serde_json::to_value(e),
-            GraphEvent::EdgeAdded(e) => serde_json::to_value(e),
-            GraphEvent::EdgeUpdated(e) => serde_json::to_value(e),
-            GraphEvent::EdgeRemoved(e) => serde_json::to_value(e),
-        }
-    }
-
-    /// The event as the store takes it (current schema version 1).
-    pub fn to_new_event(&self) -> NewEvent {
-        NewEvent {
-            event_type: self.event_type().parse().expect("graph event type names are snake_case (tested)"),
-            schema_version: 1,
-            // Serializing these structs cannot fail: string keys, no non-finite floats
-            // (serde_json::Value cannot hold them).
-            payload: self.payload().unwrap_or_default(),
-        }
-    }
-
-    /// Reads a stored (and upcast) event.
-    pub fn from_envelope(e: &EventEnvelope) -> Result<Self, String> {
-        let p = e.payload.clone();
-        let parse_err = |err: serde_json::Error| format!("{} payload: {err}", e.event_type);
-        Ok(match e.event_type.as_str() {
-            "graph_created" => GraphEvent::Created(serde_json::from_value(p).map_err(parse_err)?),
-            "graph_renamed" => GraphEvent::Renamed(serde_json::from_value(p).map_err(parse_err)?),
-            "graph_archived" => GraphEvent::Archived(serde_json::from_value(p).map_err(parse_err)?),
-            "node_added" => GraphEvent::NodeAdded(serde_json::from_value(p).map_err(parse_err)?),
-            "node_updated" => GraphEvent::NodeUpdated(serde_json::from_value(p).map_err(parse_err)?),
-            "node_removed" => GraphEvent::NodeRemoved(serde_json::from_value(p).map_err(parse_err)?),
-            "edge_added" => GraphEvent::EdgeAdded(serde_json::from_value(p).map_err(parse_err)?),
-            "edge_updated" => GraphEvent::EdgeUpdated(serde_json::from_value(p).map_err(parse_err)?),
-            "edge_removed" => GraphEvent::EdgeRemoved(serde_json::from_value(p).map_err(parse_err)?),
-            other => return Err(format!("unknown graph event type {other:?}")),
-        })
+super::domain_events! {
+    /// Every graph event.
+    pub enum GraphEvent {
+        Created(GraphCreated) = "graph_created",
+        Renamed(GraphRenamed) = "graph_renamed",
+        Archived(GraphArchived) = "graph_archived",
+        NodeAdded(NodeAdded) = "node_added",
+        NodeUpdated(NodeUpdated) = "node_updated",
+        NodeRemoved(NodeRemoved) = "node_removed",
+        EdgeAdded(EdgeAdded) = "edge_added",
+        EdgeUpdated(EdgeUpdated) = "edge_updated",
+        EdgeRemoved(EdgeRemoved) = "edge_removed",
     }
 }
 
@@ -278,7 +206,7 @@ mod tests {
             GraphEvent::EdgeRemoved(EdgeRemoved { edge_id: e }),
         ];
         for (event, name) in events.iter().zip(GraphEvent::TYPES) {
-            assert_eq!(event.event_type(), name);
+            assert_eq!(event.event_type(), *name);
             let env = seal(event);
             assert_eq!(&GraphEvent::from_envelope(&env).unwrap(), event);
         }
