@@ -187,7 +187,7 @@ async fn main() {
     .await
     .expect("nats");
     let js = cim_runtime::nats::jetstream(client);
-    let stream = cim_eventstore::streams::ensure_domain_stream(&js, &prefix, Domain::Graph, 1).await.expect("stream");
+    let stream = cim_streams::streams::ensure_domain_stream(&js, &prefix, Domain::Graph, 1).await.expect("stream");
     let relay = Relay::new(store.clone(), js.clone(), prefix.clone(), RelayConfig::default());
     let stop = Shutdown::new();
     let started = Instant::now();

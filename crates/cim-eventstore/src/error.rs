@@ -26,6 +26,15 @@ pub enum StoreError {
     Group { code: ErrorCode, message: String },
 }
 
+impl From<cim_streams::StreamError> for StoreError {
+    fn from(e: cim_streams::StreamError) -> Self {
+        match e {
+            cim_streams::StreamError::JetStream(m) => StoreError::JetStream(m),
+            cim_streams::StreamError::Invalid(m) => StoreError::Invalid(m),
+        }
+    }
+}
+
 impl StoreError {
     /// The same error for every command of a group (most errors are not `Clone`).
     pub fn for_group(&self) -> StoreError {

@@ -5,16 +5,16 @@
 //!   projections; load with snapshots and upcasting; hash-chain verification.
 //! - [`relay`]: outbox → JetStream, one leader per schema, per-aggregate order.
 //! - [`consumer`]: durable pull consumers with an inbox and a dead-letter stream.
-//! - [`streams`]: stream creation at start-up.
+//!
+//! Streams, dead letters and consumer metrics, which need no Postgres, are in `cim-streams`.
 
 pub mod consumer;
 pub mod error;
 pub mod metrics;
 pub mod relay;
 pub mod store;
-pub mod streams;
 
-pub use consumer::{Consumer, ConsumerConfig, EventHandler, publish_dead_letter};
+pub use consumer::{Consumer, ConsumerConfig, EventHandler};
 pub use error::StoreError;
 pub use relay::{Relay, RelayConfig};
 pub use store::{

@@ -44,7 +44,7 @@ async fn applied(env: &TestEnv) -> Vec<(uuid::Uuid, i64)> {
 async fn a_poison_event_goes_to_the_dlq_and_a_redelivered_event_is_applied_once() {
     let env = TestEnv::new(1000).await;
     sqlx::query("CREATE TABLE applied (event_id uuid NOT NULL)").execute(&env.pool).await.unwrap();
-    let dlq = cim_eventstore::streams::ensure_dlq_stream(&env.js, &env.prefix, 1).await.unwrap();
+    let dlq = cim_streams::streams::ensure_dlq_stream(&env.js, &env.prefix, 1).await.unwrap();
 
     let tenant = TenantId::new();
     let id = AggregateId::new();

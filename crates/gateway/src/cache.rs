@@ -264,7 +264,7 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
     let prefix = state.prefix.clone();
     let stream = prefix.stream_name(Domain::Graph);
     let durable = "gateway-cache".to_owned();
-    let metrics = cim_eventstore::metrics::ConsumerMetrics::new(&durable);
+    let metrics = cim_streams::ConsumerMetrics::new(&durable);
     loop {
         let consumer = async {
             let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
@@ -342,7 +342,7 @@ async fn handle(
     state: &AppState,
     js: &async_nats::jetstream::Context,
     consumer: &str,
-    metrics: &cim_eventstore::metrics::ConsumerMetrics,
+    metrics: &cim_streams::ConsumerMetrics,
     msg: async_nats::jetstream::Message,
 ) {
     use async_nats::jetstream::AckKind;
@@ -356,7 +356,7 @@ async fn handle(
         // No graph to invalidate, now or on any redelivery: kept in the dead-letter stream for
         // an operator instead of silently leaving some graph's cache stale.
         let reason = "gateway-cache: no readable aggregate id in the headers or the payload";
-        match cim_eventstore::publish_dead_letter(js, &state.prefix, consumer, &msg, reason).await {
+        match cim_streams::publish_dead_letter(js, &state.prefix, consumer, &msg, reason).await {
             Ok(()) => {
                 tracing::error!(subject = %msg.subject, "{reason}; sent to the dead-letter stream");
                 let _ = msg.ack_with(AckKind::Term).await;

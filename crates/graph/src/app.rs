@@ -21,6 +21,8 @@ pub enum AppError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Streams(#[from] cim_streams::StreamError),
 }
 
 /// A graph service with its listeners bound, ready to run.
@@ -83,10 +85,10 @@ pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: GraphOp
     })
     .await?;
     let js = nats::jetstream(client.clone());
-    cim_eventstore::streams::ensure_domain_stream(&js, &config.subject_prefix, Domain::Graph, config.stream_replicas)
+    cim_streams::streams::ensure_domain_stream(&js, &config.subject_prefix, Domain::Graph, config.stream_replicas)
         .await?;
     // Every consumer of graph events (the gateway's cache invalidator today) dead-letters there.
-    cim_eventstore::streams::ensure_dlq_stream(&js, &config.subject_prefix, config.stream_replicas).await?;
+    cim_streams::streams::ensure_dlq_stream(&js, &config.subject_prefix, config.stream_replicas).await?;
 
     let mut host = ServiceHost::new("graph", shutdown, config.shutdown_grace);
     host.health().add_check("postgres", postgres::readiness(pool.clone()));

@@ -81,7 +81,7 @@ impl TestEnv {
         .unwrap();
         let js = cim_runtime::nats::jetstream(nats(nats_url).await);
         let prefix: SubjectPrefix = prefix.parse().unwrap();
-        let stream = cim_eventstore::streams::ensure_domain_stream(&js, &prefix, Domain::Graph, 1).await.unwrap();
+        let stream = cim_streams::streams::ensure_domain_stream(&js, &prefix, Domain::Graph, 1).await.unwrap();
         TestEnv { schema, pool, store, js, prefix, stream }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use cim_core::{Domain, SubjectPrefix};
 
-use crate::error::StoreError;
+use crate::StreamError;
 
 /// Duplicate window: a re-publish of the same event id within it is dropped by the server.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -23,12 +23,12 @@ fn config(name: String, subjects: String, replicas: usize) -> stream::Config {
     }
 }
 
-async fn ensure(js: &jetstream::Context, config: stream::Config) -> Result<(), StoreError> {
+async fn ensure(js: &jetstream::Context, config: stream::Config) -> Result<(), StreamError> {
     let name = config.name.clone();
     js.create_or_update_stream(config)
         .await
         .map(|_| ())
-        .map_err(|e| StoreError::JetStream(format!("creating or updating stream {name}: {e}")))
+        .map_err(|e| StreamError::JetStream(format!("creating or updating stream {name}: {e}")))
 }
 
 /// The domain's event stream, e.g. `CIM_GRAPH` on `cim.graph.evt.>`.
@@ -37,7 +37,7 @@ pub async fn ensure_domain_stream(
     prefix: &SubjectPrefix,
     domain: Domain,
     replicas: usize,
-) -> Result<String, StoreError> {
+) -> Result<String, StreamError> {
     let name = prefix.stream_name(domain);
     ensure(js, config(name.clone(), prefix.domain_events(domain), replicas)).await?;
     Ok(name)
@@ -48,7 +48,7 @@ pub async fn ensure_dlq_stream(
     js: &jetstream::Context,
     prefix: &SubjectPrefix,
     replicas: usize,
-) -> Result<String, StoreError> {
+) -> Result<String, StreamError> {
     let name = prefix.dlq_stream_name();
     ensure(js, config(name.clone(), prefix.dlq_subjects(), replicas)).await?;
     Ok(name)
