@@ -1,6 +1,6 @@
 //! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
-//! `cim config`, `cim doctor`, and for local development `cim token` and `cim local-secret`.
-//! `cim migrate` and the operations commands join later.
+//! `cim config`, `cim doctor`, `cim verify`, and for local development `cim token` and
+//! `cim local-secret`. `cim migrate` and the other operations commands join later.
 
 mod local;
 
@@ -38,6 +38,13 @@ enum Command {
         #[arg(long)]
         before_start: bool,
     },
+    /// Verify the hash chain of every aggregate each domain service stored: each event against
+    /// its payload exactly as stored. Exit 1 naming every aggregate whose history does not hold.
+    Verify {
+        /// Only this domain service (graph, ...).
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Print an HS256 bearer token (local development), signed with CIM_JWT_HS256_SECRET or, when
     /// neither it nor CIM_JWT_PUBLIC_KEY_FILE is set, with the local secret `scripts/up.sh` made.
     Token {
@@ -73,7 +80,87 @@ pub fn main() -> ExitCode {
             Ok(rt) => rt.block_on(doctor(before_start)),
             Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
         },
+        Command::Verify { service } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(verify(service.as_deref())),
+            Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
+        },
     }
+}
+
+/// `cim verify`: every aggregate of every (or one) domain service's schema.
+async fn verify(only: Option<&str>) -> ExitCode {
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let services: Vec<&DomainService> = DOMAIN_SERVICES.iter().filter(|s| only.is_none_or(|o| o == s.name)).collect();
+    if services.is_empty() {
+        let names: Vec<&str> = DOMAIN_SERVICES.iter().map(|s| s.name).collect();
+        return fail(&format!("--service: expected one of {}", names.join(", ")), EXIT_CONFIG);
+    }
+    let mut broken = 0;
+    for service in services {
+        let pool = cim_runtime::postgres::connect(&cim_runtime::postgres::PgSettings {
+            url: config.database_url.expose().to_owned(),
+            schema: service.schema.into(),
+            max_connections: 2,
+            connect_timeout: config.connect_timeout,
+            application_name: "cim-verify".into(),
+        })
+        .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(e) => return fail(&format!("postgres: {e}"), 1),
+        };
+        let exists = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'events')",
+        )
+        .bind(service.schema)
+        .fetch_one(&pool)
+        .await;
+        match exists {
+            Ok(true) => {}
+            Ok(false) => {
+                out(&format!("{}: schema {} has no events yet; nothing to verify", service.name, service.schema));
+                continue;
+            }
+            Err(e) => return fail(&format!("postgres: {e}"), 1),
+        }
+        let store = cim_eventstore::EventStore::open(
+            pool,
+            cim_eventstore::StoreConfig {
+                domain: service.domain,
+                schema: service.schema.to_owned(),
+                snapshot_every: u64::MAX,
+                upcasters: cim_core::Upcasters::new(),
+            },
+        )
+        .await;
+        let report = match store {
+            Ok(store) => store.verify_all().await,
+            Err(e) => Err(e),
+        };
+        match report {
+            Ok(report) => {
+                for b in &report.broken {
+                    out(&format!(
+                        "{}: BROKEN aggregate {} (tenant {}): {}",
+                        service.name, b.aggregate, b.tenant, b.why
+                    ));
+                }
+                broken += report.broken.len();
+                out(&format!(
+                    "{}: {} aggregates, {} events verified; {} broken",
+                    service.name,
+                    report.aggregates,
+                    report.events,
+                    report.broken.len()
+                ));
+            }
+            Err(e) => return fail(&format!("{}: {e}", service.name), 1),
+        }
+    }
+    if broken == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 fn out(line: &str) {
