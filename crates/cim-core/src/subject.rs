@@ -84,9 +84,9 @@ impl SubjectPrefix {
         if aggregate_type.is_none() && aggregate_id.is_none() && event_type.is_none() {
             return self.domain_events(domain);
         }
-        let at = aggregate_type.map_or("*".to_owned(), ToString::to_string);
-        let id = aggregate_id.map_or("*".to_owned(), ToString::to_string);
-        let et = event_type.map_or("*".to_owned(), ToString::to_string);
+        let at = aggregate_type.map_or_else(|| "*".to_owned(), ToString::to_string);
+        let id = aggregate_id.map_or_else(|| "*".to_owned(), ToString::to_string);
+        let et = event_type.map_or_else(|| "*".to_owned(), ToString::to_string);
         format!("{}.{}.evt.{at}.{id}.{et}", self.0, domain)
     }
 

@@ -459,7 +459,7 @@ async fn check_schema(report: &mut Report, pool: &sqlx::PgPool, service: &Domain
         .filter(|m| !m.migration_type.is_down_migration())
         .map(|m| (m.version, m.description.to_string(), m.checksum.to_vec()))
         .collect();
-    let name = |v: i64| expected.iter().find(|e| e.0 == v).map_or(v.to_string(), |e| format!("{v} ({})", e.1));
+    let name = |v: i64| expected.iter().find(|e| e.0 == v).map_or_else(|| v.to_string(), |e| format!("{v} ({})", e.1));
     let dirty: Vec<String> = applied.iter().filter(|a| !a.1).map(|a| name(a.0)).collect();
     if !dirty.is_empty() {
         let fix = format!(
@@ -616,7 +616,7 @@ fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> Exit
         roles: roles.split(',').map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect(),
         exp: cim_auth::now_secs() + ttl,
         iss: config.edge.auth.issuer.clone(),
-        aud: config.edge.auth.audience.clone(),
+        aud: config.edge.auth.audience,
     };
     match cim_auth::issue_hs256(&secret, &claims) {
         Ok(t) => {

@@ -187,7 +187,7 @@ fn a_token_from_another_shell_is_accepted_by_the_services_up_sh_started() {
         ("CIM_NATS_URL", test_nats()),
         ("CIM_REDIS_URL", test_redis()),
         ("CIM_SUBJECT_PREFIX", prefix),
-        ("CIM_JWT_HS256_SECRET", secret.clone()),
+        ("CIM_JWT_HS256_SECRET", secret),
     ];
     let serve = Serve::start(&env, "all");
 
@@ -323,7 +323,7 @@ fn doctor_names_postgres_and_then_nats_when_they_are_unreachable() {
         ("CIM_DATABASE_URL", db.url.clone()),
         ("CIM_NATS_URL", nats.url.clone()),
         ("CIM_REDIS_URL", test_redis()),
-        ("CIM_SUBJECT_PREFIX", prefix.clone()),
+        ("CIM_SUBJECT_PREFIX", prefix),
         ("CIM_CONNECT_TIMEOUT_MS", "1000".into()),
     ];
     Serve::start(&env, "graph").stop();

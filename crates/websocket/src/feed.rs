@@ -732,9 +732,9 @@ mod tests {
         let (mine, other) = (event(6, t), event(7, t));
         let (q, mut rx) = ClientQueue::new(100);
         let narrow = Filter { aggregate_id: Some(mine.aggregate_id), ..filter() };
-        let target = Target { client: q.clone(), tenant: t, key: 7, id_json: "\"n\"".into(), filter: narrow };
+        let target = Target { client: q, tenant: t, key: 7, id_json: "\"n\"".into(), filter: narrow };
         feed.register(&target, "n", None);
-        assert!(matches!(feed.register(&Target { key: 8, ..target.clone() }, "r", Some(0)), Start::CatchUp { .. }));
+        assert!(matches!(feed.register(&Target { key: 8, ..target }, "r", Some(0)), Start::CatchUp { .. }));
         feed.dispatch(6, Some(mine));
         feed.dispatch(7, Some(other));
         assert_eq!(drain(&mut rx), [6]);
