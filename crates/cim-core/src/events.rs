@@ -4,9 +4,18 @@
 
 pub mod graph;
 
+/// A domain's event type as the kit handles it: to the store's form and back.
+/// [`domain_events!`] implements it.
+pub trait DomainEvent: Sized + Send + Sync {
+    fn event_type(&self) -> &'static str;
+    fn to_new_event(&self) -> crate::envelope::NewEvent;
+    fn from_envelope(e: &crate::envelope::EventEnvelope) -> Result<Self, String>;
+}
+
 /// Defines a domain's event enum from one list of `Variant(Payload) = "type_name"`: the enum,
 /// `TYPES` (every type name), `event_type()`, `to_new_event()` (schema version 1) and
 /// `from_envelope()` (reads a stored, upcast event without copying its payload).
+#[macro_export]
 macro_rules! domain_events {
     ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident($payload:ty) = $type_name:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -29,7 +38,7 @@ macro_rules! domain_events {
                 // Serializing these structs cannot fail: string keys, no non-finite floats
                 // (serde_json::Value cannot hold them).
                 let payload = match self {
-                    $(Self::$variant(e) => serde_json::to_value(e)),+
+                    $(Self::$variant(e) => $crate::__private::serde_json::to_value(e)),+
                 };
                 $crate::envelope::NewEvent {
                     event_type: self.event_type().parse().expect("event type names are snake_case (tested)"),
@@ -40,15 +49,29 @@ macro_rules! domain_events {
 
             /// Reads a stored (and upcast) event.
             pub fn from_envelope(e: &$crate::envelope::EventEnvelope) -> Result<Self, String> {
-                use serde::Deserialize;
-                let parse_err = |err: serde_json::Error| format!("{} payload: {err}", e.event_type);
+                use $crate::__private::serde::Deserialize;
+                let parse_err = |err: $crate::__private::serde_json::Error| format!("{} payload: {err}", e.event_type);
                 Ok(match e.event_type.as_str() {
                     $($type_name => Self::$variant(<$payload>::deserialize(&e.payload).map_err(parse_err)?),)+
                     other => return Err(format!("unknown {} event type {other:?}", stringify!($name))),
                 })
             }
         }
+
+        impl $crate::events::DomainEvent for $name {
+            fn event_type(&self) -> &'static str {
+                $name::event_type(self)
+            }
+
+            fn to_new_event(&self) -> $crate::envelope::NewEvent {
+                $name::to_new_event(self)
+            }
+
+            fn from_envelope(e: &$crate::envelope::EventEnvelope) -> Result<Self, String> {
+                $name::from_envelope(e)
+            }
+        }
     };
 }
 
-pub(crate) use domain_events;
+pub use crate::domain_events;

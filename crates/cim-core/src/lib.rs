@@ -24,3 +24,10 @@ pub use ids::{AggregateId, CausationId, CommandId, CorrelationId, EventId, IdErr
 pub use names::{Actor, AggregateType, Domain, EventType, NameError, TypeName};
 pub use subject::{EventSubject, SubjectError, SubjectPrefix, headers};
 pub use upcast::{UpcastError, Upcasters};
+
+/// What [`domain_events!`] expands to needs, whatever the calling crate depends on.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use serde_json;
+}

@@ -1,0 +1,59 @@
+//! The domain kit's command path. A domain states its rules as an [`Aggregate`] (`decide` a
+//! command into events, `apply` an event to the state); [`CommandExecutor`] does the rest for
+//! every domain alike: the idempotency key, `expected_version`, create conflicts, optimistic
+//! concurrency (a lost race is decided again on the new state), the append, the relay's wake-up,
+//! `cim_commands_total{service,command,outcome}`, and the state as of any version.
+//!
+//! State comes from replaying the aggregate's history (from its latest snapshot); a domain
+//! whose projection already holds the facts it needs (graph) keeps its own guarded path.
+
+mod executor;
+
+pub use executor::{COMMANDS_TOTAL, CommandExecutor, CommandOptions, Executed, ExecutorError};
+
+use cim_core::Domain;
+use cim_core::events::DomainEvent;
+use cim_runtime::status::HasErrorCode;
+
+/// A domain's consistency boundary: its state, the commands it takes and the events it emits.
+pub trait Aggregate: Default + Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    const DOMAIN: Domain;
+    /// The envelope's `aggregate_type`, e.g. `document`.
+    const AGGREGATE_TYPE: &'static str;
+    /// Bump when the state's shape changes: older snapshots are then ignored and rebuilt.
+    const SNAPSHOT_VERSION: u32 = 1;
+
+    type Command: Send + Sync;
+    /// The domain's event enum (written with `cim_core::domain_events!`).
+    type Event: DomainEvent;
+    /// A broken business rule or a bad command.
+    type Error: HasErrorCode + Send;
+
+    /// The command's name for metrics and logs (`create_document`, ...).
+    fn command_name(command: &Self::Command) -> &'static str;
+
+    /// Whether the command brings the aggregate into being (it must not exist yet).
+    fn creates(command: &Self::Command) -> bool;
+
+    /// The events the command causes on this state, or why it is refused. Pure.
+    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// The state after `event`. Total: an event that was stored has happened.
+    fn apply(&mut self, event: &Self::Event);
+}
+
+/// The event store's view of an [`Aggregate`]: state folded from stored envelopes, kept in
+/// snapshots as JSON.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Folded<A>(pub A);
+
+impl<A: Aggregate> cim_eventstore::Aggregate for Folded<A> {
+    const AGGREGATE_TYPE: &'static str = A::AGGREGATE_TYPE;
+    const SNAPSHOT_VERSION: u32 = A::SNAPSHOT_VERSION;
+
+    fn apply(&mut self, event: &cim_core::EventEnvelope) -> Result<(), String> {
+        self.0.apply(&A::Event::from_envelope(event)?);
+        Ok(())
+    }
+}
