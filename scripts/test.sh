@@ -10,7 +10,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=$SECONDS
 STEP=0
-TOTAL=9
+TOTAL=10
 
 header() {
     STEP=$((STEP + 1))
@@ -97,6 +97,9 @@ export CIM_TEST_GRPCURL
 
 header "deployment files: scripts/check-deploy.sh"
 run "check-deploy" bash scripts/check-deploy.sh
+
+header "deployment rehearsal: scripts/rehearse.sh"
+run "rehearse" bash scripts/rehearse.sh
 
 header "live metrics: scripts/check-live-metrics.sh"
 run "check-live-metrics" bash scripts/check-live-metrics.sh

@@ -313,6 +313,305 @@ def secret_values(doc: dict) -> dict[str, str]:
     return out
 
 
+# --- the design: what each service uses, and the network flows it needs ------------------------
+#
+# Read from the code, so the deployment files (and scripts/rehearse.sh, which builds its firewall
+# from design_flows) follow the services instead of a hand-kept list.
+
+# The stores in compose and Kubernetes, and the port each serves.
+STORES = {"postgres": 5432, "nats": 4222, "redis": 6379, "minio": 9000}
+LOAD_BALANCER = "nginx"
+# What a crate's sources call when the service uses a store or verifies bearer tokens.
+USES_PATTERNS = {
+    "postgres": r"\bpostgres::connect\b",
+    "nats": r"\bnats::connect\b",
+    "redis": r"\bredis::connect\w*\b",
+    "minio": r"\bObjects::open\b",
+    "jwt": r"\bVerifier::from_settings\b",
+}
+# The variables that carry a store's address and credentials, by store.
+STORE_VARS = {
+    "postgres": ["CIM_DATABASE_URL"],
+    "nats": ["CIM_NATS_URL"],
+    "redis": ["CIM_REDIS_URL"],
+    "minio": ["CIM_OBJECT_STORE_URL", "CIM_S3_ENDPOINT", "CIM_S3_ACCESS_KEY_ID", "CIM_S3_SECRET_ACCESS_KEY"],
+    "jwt": ["CIM_JWT_HS256_SECRET", "CIM_JWT_PUBLIC_KEY_FILE"],
+}
+
+_USES: dict[str, frozenset[str]] = {}
+
+
+def service_crate(service: str) -> Path | None:
+    """The crate that builds cim-<service>."""
+    for info in cargo_packages().values():
+        if f"cim-{service}" in info["bins"]:
+            return info["dir"]
+    return None
+
+
+def service_uses(service: str) -> frozenset[str]:
+    """Which of postgres, nats, redis, minio (object store) and jwt the service's crate uses."""
+    if service not in _USES:
+        crate = service_crate(service)
+        text = "\n".join(p.read_text() for p in sorted(crate.glob("src/**/*.rs"))) if crate else ""
+        _USES[service] = frozenset(k for k, pat in USES_PATTERNS.items() if re.search(pat, text))
+    return _USES[service]
+
+
+def edge_services() -> list[str]:
+    """Services that verify bearer tokens: the load balancer's upstreams."""
+    return [s for s in SERVICES if "jwt" in service_uses(s)]
+
+
+def required_vars(service: str, vars_: dict[str, str | None]) -> list[tuple[str, ...]]:
+    """What a deployment must set for the service to start and find its stores: each entry is a
+    set of alternatives (one of them must be set). A default naming 127.0.0.1 is no address in a
+    deployment, so such a variable of the service (or of a store it uses) is required too."""
+    up = service.upper()
+    out: list[tuple[str, ...]] = [(f"CIM_{up}_ADDR",), (f"CIM_{up}_ADMIN_ADDR",)]
+    uses = service_uses(service)
+    for store in ("postgres", "nats", "redis"):
+        if store in uses:
+            out.append((STORE_VARS[store][0],))
+    if "jwt" in uses:
+        out.append(tuple(STORE_VARS["jwt"]))
+    for name, default in vars_.items():
+        if name.startswith(f"CIM_{up}_") and default and ("127.0.0.1" in default or "localhost" in default):
+            if (name,) not in out:
+                out.append((name,))
+    return out
+
+
+def unused_vars(service: str) -> list[str]:
+    """Credentials and addresses of stores the service never connects to: they must not be given."""
+    uses = service_uses(service)
+    return [v for store, names in STORE_VARS.items() if store not in uses for v in names]
+
+
+def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]]:
+    """Every connection the design allows, as (from, to, port, network); everything else is
+    refused. From the docs: public → the load balancer only; load balancer → the edges; edges →
+    domain services (gRPC); each service → the stores it uses (data); Prometheus → admin ports
+    (monitoring); Grafana → Prometheus and Loki, Alloy → Loki. `outside` is the world reaching
+    the load balancer's published port."""
+    ports = code_ports(vars_)
+    edges = edge_services()
+    flows = [("outside", LOAD_BALANCER, 80, "public")]
+    for e in edges:
+        flows.append((LOAD_BALANCER, e, ports[e][0], "application"))
+    for name in vars_:
+        m = re.fullmatch(r"CIM_([A-Z]+)_([A-Z]+)_URLS", name)
+        if m and m.group(1).lower() in edges and m.group(2).lower() in SERVICES:
+            flows.append((m.group(1).lower(), m.group(2).lower(), ports[m.group(2).lower()][0], "application"))
+    for s in SERVICES:
+        for store in sorted(service_uses(s) & STORES.keys()):
+            flows.append((s, store, STORES[store], "data"))
+    flows.append(("minio-init", "minio", STORES["minio"], "data"))
+    for s in SERVICES:
+        flows.append(("prometheus", s, ports[s][1], "monitoring"))
+    flows += [
+        ("grafana", "prometheus", 9090, "monitoring"),
+        ("grafana", "loki", 3100, "monitoring"),
+        ("alloy", "loki", 3100, "monitoring"),
+    ]
+    return flows
+
+
+def check_service_env(c: Checker, service: str, env: dict[str, str], vars_: dict, where: str) -> None:
+    """Every variable the service needs at start is set; no credential of a store it never uses."""
+    for alts in required_vars(service, vars_):
+        c.check(
+            any(env.get(v) for v in alts),
+            f"{where}: {' or '.join(alts)} not set ({service} {'exits at start' if len(alts) > 1 else 'needs it'})",
+        )
+    for var in unused_vars(service):
+        c.check(not env.get(var), f"{where}: sets {var}, but {service} never uses it (an unused credential)")
+
+
+SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_KEY_ID$")
+
+
+def compose_interpolations(text: str) -> list[tuple[str, str]]:
+    """(variable, operator) of every ${...} in compose.yaml; operator is '', ':-', '-', ':?' or '?'."""
+    text = text.replace("$$", "")
+    return [(m.group(1), m.group(2) or "") for m in re.finditer(r"\$\{([A-Za-z0-9_]+)(:?[-?+])?[^}]*\}", text)]
+
+
+def production_secret_list(text: str) -> dict[str, list[str]]:
+    """The Secrets the production overlay's comment says must exist, with their keys."""
+    out: dict[str, list[str]] = {}
+    for m in re.finditer(r"^#\s+([a-z0-9][a-z0-9-]*):\s+([A-Za-z0-9_.]+(?:,\s*[A-Za-z0-9_.]+)*)\s*$", text, re.M):
+        out[m.group(1)] = [k.strip() for k in m.group(2).split(",")]
+    return out
+
+
+def nats_conf(text: str):
+    """A NATS configuration (the subset accounts.conf uses) as Python values."""
+    toks = [
+        t
+        for t in re.findall(r'#[^\n]*|//[^\n]*|"(?:[^"\\]|\\.)*"|[{}\[\],:=]|[^\s{}\[\],:="]+', text)
+        if not t.startswith(("#", "//"))
+    ]
+    pos = 0
+
+    def value():
+        nonlocal pos
+        t = toks[pos]
+        pos += 1
+        if t == "{":
+            return mapping("}")
+        if t == "[":
+            out = []
+            while toks[pos] != "]":
+                if toks[pos] == ",":
+                    pos += 1
+                    continue
+                out.append(value())
+            pos += 1
+            return out
+        return t[1:-1] if t.startswith('"') else t
+
+    def mapping(end):
+        nonlocal pos
+        out = {}
+        while pos < len(toks) and toks[pos] != end:
+            if toks[pos] == ",":
+                pos += 1
+                continue
+            key = toks[pos]
+            pos += 1
+            if key == "include":
+                pos += 1
+                continue
+            if toks[pos] in (":", "="):
+                pos += 1
+            out[key] = value()
+        pos += 1
+        return out
+
+    root = mapping(None)
+
+    def resolve(v):
+        if isinstance(v, str) and v.startswith("$") and v[1:] in root:
+            return resolve(root[v[1:]])
+        if isinstance(v, dict):
+            return {k: resolve(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [resolve(x) for x in v]
+        return v
+
+    return resolve(root)
+
+
+def nats_users(text: str) -> dict[str, dict[str, list[str]]]:
+    """user -> {"allow": [...], "deny": [...]} of its publish permissions (None: unrestricted)."""
+    conf = nats_conf(text)
+    out = {}
+    for acc in (conf.get("accounts") or {}).values():
+        for u in acc.get("users", []):
+            perms = u.get("permissions")
+            if perms is None:
+                out[u["user"]] = None
+                continue
+            pub = perms.get("publish", {})
+            if isinstance(pub, (list, str)):
+                pub = {"allow": pub}
+            allow, deny = pub.get("allow", []), pub.get("deny", [])
+            out[u["user"]] = {
+                "allow": [allow] if isinstance(allow, str) else list(allow),
+                "deny": [deny] if isinstance(deny, str) else list(deny),
+            }
+    return out
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    p, t = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(t) > i
+        if i >= len(t) or (tok != "*" and tok != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+def nats_allowed(perms: dict | None, subject: str) -> bool:
+    if perms is None:
+        return True
+    return any(subject_matches(a, subject) for a in perms["allow"]) and not any(
+        subject_matches(d, subject) for d in perms["deny"]
+    )
+
+
+def check_nats_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
+    """Least privilege per service user (docker/nats/accounts.conf), probed with concrete subjects."""
+    where = "docker/nats/accounts.conf"
+    users = nats_users(text)
+    domains = [s for s in SERVICES if "postgres" in service_uses(s) and s not in edge_services()]
+    streams = {d: f"{prefix.upper()}_{d.upper()}" for d in domains}
+    dlq = f"{prefix.upper()}_DLQ"
+    # Durable consumers: named in a user's CONSUMER.CREATE.<stream>.<name>.> or in the code.
+    durables = set()
+    for path in ROOT.glob("crates/*/src/**/*.rs"):
+        durables |= set(re.findall(r'\bdurable\w*\s*[:=]\s*(?:Some\()?"([a-z0-9][a-z0-9-]*)"', path.read_text()))
+    for perms in users.values():
+        for a in (perms or {}).get("allow", []):
+            m = re.fullmatch(r"\$JS\.API\.CONSUMER\.CREATE\.[^.]+\.([^.*>]+)\.>", a)
+            if m:
+                durables.add(m.group(1))
+    for s in SERVICES:
+        if "nats" not in service_uses(s) or s not in users:
+            continue
+        perms = users[s]
+        if not c.check(perms is not None, f"{where}: user {s} has no permissions (may do anything)"):
+            continue
+        for a in perms["allow"]:
+            c.check(
+                not re.fullmatch(r"(>|\$JS\.>|\$JS\.API\.>|\$JS\.API\.(STREAM|CONSUMER)\.>|\$JS\.API\.STREAM\.\*\..*)", a),
+                f"{where}: user {s} allows {a}, a wildcard over the JetStream API (name the operations)",
+            )
+        every = [*streams.values(), dlq, f"{prefix.upper()}_DOCUMENT", f"{prefix.upper()}_WORKFLOW"]
+        for st in every:
+            for op in ("DELETE", "PURGE"):
+                c.check(
+                    not nats_allowed(perms, f"$JS.API.STREAM.{op}.{st}"),
+                    f"{where}: user {s} may {op} stream {st} (only an operator, user cim, may)",
+                )
+            own = st == dlq or (s in streams and streams[s] == st)
+            for op in ("CREATE", "UPDATE"):
+                if not own:
+                    c.check(
+                        not nats_allowed(perms, f"$JS.API.STREAM.{op}.{st}"),
+                        f"{where}: user {s} may {op} stream {st}, which it does not own",
+                    )
+        if s in streams:
+            for op in ("CREATE", "UPDATE", "INFO"):
+                for st in (streams[s], dlq):
+                    c.check(nats_allowed(perms, f"$JS.API.STREAM.{op}.{st}"), f"{where}: user {s} cannot {op} {st}")
+            c.check(nats_allowed(perms, f"{prefix}.{s}.evt.x.y"), f"{where}: user {s} cannot publish its events")
+        for d in domains:
+            if d != s:
+                c.check(
+                    not nats_allowed(perms, f"{prefix}.{d}.evt.x.y"),
+                    f"{where}: user {s} may publish {d}'s events ({prefix}.{d}.evt.>)",
+                )
+        for name in durables:
+            for st in streams.values():
+                c.check(
+                    not nats_allowed(perms, f"$JS.API.CONSUMER.DELETE.{st}.{name}"),
+                    f"{where}: user {s} may delete the durable consumer {name} (deny $JS.API.CONSUMER.DELETE.*.{name})",
+                )
+
+
+def design_networks(vars_: dict[str, str | None]) -> dict[str, set[str]]:
+    """The networks each compose service needs: those its flows use, no more."""
+    out: dict[str, set[str]] = {}
+    for src, dst, _, net in design_flows(vars_):
+        for host in (src, dst):
+            if host != "outside":
+                out.setdefault(host, set()).add(net)
+    return out
+
+
 # --- the checks ------------------------------------------------------------------------------
 
 
@@ -389,6 +688,8 @@ def main() -> int:
     pg_init = (ROOT / "docker/postgres/init/10-cim-roles.sh").read_text()
     m = re.search(r'^SERVICES="([^"]*)"', pg_init, re.M)
     pg_roles = set(m.group(1).split()) if m else set()
+    compose_redis_cmd = [str(a) for a in (compose["services"].get("redis", {}).get("command") or [])]
+    production_secrets = production_secret_list((ROOT / "k8s/overlays/production/kustomization.yaml").read_text())
     prom_compose = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
     prom_k8s = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus-k8s.yml").read_text())
     base_kustomization = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())
@@ -491,12 +792,18 @@ def main() -> int:
                     f"compose.yaml {s}: CIM_NATS_URL password differs from nats NATS_PASSWORD_{up}",
                 )
             redis = urlsplit(env.get("CIM_REDIS_URL", ""))
-            if redis.scheme:
+            if redis.scheme and "redis" in service_uses(s):
                 redis_env = compose["services"].get("redis", {}).get("environment", {})
                 c.check(
-                    redis.password == redis_env.get("REDIS_PASSWORD"),
-                    f"compose.yaml {s}: CIM_REDIS_URL password differs from redis REDIS_PASSWORD",
+                    redis.username == s,
+                    f"compose.yaml {s}: CIM_REDIS_URL user {redis.username}, expected its own ACL user {s}",
                 )
+                c.check(
+                    redis.password == redis_env.get(f"REDIS_PASSWORD_{up}"),
+                    f"compose.yaml {s}: CIM_REDIS_URL password differs from redis REDIS_PASSWORD_{up}",
+                )
+            # What it must be given to start, and nothing for stores its code never uses.
+            check_service_env(c, s, env, vars_, f"compose.yaml {s}")
 
         # Prometheus, NATS, Postgres
         c.check(
@@ -507,16 +814,43 @@ def main() -> int:
             k8s_targets.get(f"{s}-pods") == admin,
             f"monitoring/prometheus/prometheus-k8s.yml: job cim needs dns_sd name {s}-pods, port {admin}",
         )
-        c.check(re.search(rf"\buser:\s*{s}\b", accounts) is not None, f"docker/nats/accounts.conf: no user {s}")
-        c.check(s in pg_roles, f"docker/postgres/init/10-cim-roles.sh: {s} missing from SERVICES")
-        c.check(
-            f"PG_PASSWORD_{s.upper()}" in (compose["services"].get("postgres", {}).get("environment") or {}),
-            f"compose.yaml postgres: no PG_PASSWORD_{s.upper()}",
-        )
-        c.check(
-            f"NATS_PASSWORD_{s.upper()}" in (compose["services"].get("nats", {}).get("environment") or {}),
-            f"compose.yaml nats: no NATS_PASSWORD_{s.upper()}",
-        )
+        # A login on each store the service uses, and none on the others (no unused credentials).
+        uses = service_uses(s)
+        need = {store: store in uses for store in ("postgres", "nats", "redis")}
+        has = {
+            "nats": re.search(rf"\buser:\s*{s}\b", accounts) is not None,
+            "postgres": s in pg_roles,
+            "redis": re.search(rf"--user\s+{s}\b", " ".join(compose_redis_cmd)) is not None,
+        }
+        where_login = {
+            "nats": "docker/nats/accounts.conf: user",
+            "postgres": "docker/postgres/init/10-cim-roles.sh: SERVICES",
+            "redis": "compose.yaml redis: --user",
+        }
+        for store in need:
+            if need[store]:
+                c.check(has[store], f"{where_login[store]} {s} missing ({s} uses {store})")
+            else:
+                c.check(not has[store], f"{where_login[store]} {s} exists, but {s} never uses {store}")
+        for store, server, var in (
+            ("postgres", "postgres", f"PG_PASSWORD_{s.upper()}"),
+            ("nats", "nats", f"NATS_PASSWORD_{s.upper()}"),
+            ("redis", "redis", f"REDIS_PASSWORD_{s.upper()}"),
+        ):
+            present = var in (compose["services"].get(server, {}).get("environment") or {})
+            if need[store]:
+                c.check(present, f"compose.yaml {server}: no {var}")
+            else:
+                c.check(not present, f"compose.yaml {server}: {var} is given, but {s} never uses {store}")
+        for overlay, docs in overlays.items():
+            red = k8s_find(docs, "StatefulSet", "redis")
+            if red is not None:
+                cmd = " ".join(red["spec"]["template"]["spec"]["containers"][0].get("command", []))
+                present = re.search(rf"--user\s+{s}\b", cmd) is not None
+                c.check(
+                    present == need["redis"],
+                    f"k8s {overlay}: StatefulSet redis {'lacks' if need['redis'] else 'has'} an ACL user {s}",
+                )
 
         # k8s base folder
         folder = ROOT / f"k8s/base/{s}"
@@ -607,14 +941,45 @@ def main() -> int:
                 c.check(var in env, f"{where}: {s} ConfigMap does not set {var}")
                 if var in env:
                     c.check(port_of(env[var]) == want, f"{where}: {s} {var}={env[var]}, code default port is {want}")
-            for var, server in (("CIM_DATABASE_URL", "postgres-secrets"), ("CIM_NATS_URL", "nats-secrets")):
+            for var, server, key in (
+                ("CIM_DATABASE_URL", "postgres-secrets", f"PG_PASSWORD_{up}"),
+                ("CIM_NATS_URL", "nats-secrets", f"NATS_PASSWORD_{up}"),
+                ("CIM_REDIS_URL", "redis-secrets", f"REDIS_PASSWORD_{up}"),
+            ):
                 u = urlsplit(env.get(var, ""))
                 srv = k8s_find(docs, "Secret", server)
                 if u.scheme and srv is not None:
-                    key = ("PG_PASSWORD_" if server.startswith("postgres") else "NATS_PASSWORD_") + up
                     c.check(
                         u.username == s and u.password == secret_values(srv).get(key),
                         f"{where}: {s} {var} user/password differ from {server} {key}",
+                    )
+            # What it must be given to start, and nothing for stores it never uses. Production's
+            # Secrets are not rendered: their keys are the ones its kustomization lists.
+            for src in ctr.get("envFrom", []):
+                name = src.get("secretRef", {}).get("name")
+                if name and k8s_index(docs).get(("Secret", name)) is None and overlay == "production":
+                    for key in production_secrets.get(name, []):
+                        env.setdefault(key, "<from the Secret>")
+            check_service_env(c, s, env, vars_, f"{where}: Deployment {s}")
+            # Stores admit it by label, and its NetworkPolicy lets it out: only to what it uses.
+            labels = pod["metadata"].get("labels", {})
+            pol = k8s_find(docs, "NetworkPolicy", s)
+            egress = set()
+            for rule in (pol or {}).get("spec", {}).get("egress", []):
+                for to in rule.get("to", []):
+                    egress.add(to.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name"))
+            for store in STORES:
+                used = store in uses
+                c.check(
+                    (labels.get(f"cim/{store}-client") == "true") == used,
+                    f"{where}: Deployment {s} {'needs' if used else 'must not carry'} label cim/{store}-client"
+                    f"{'' if used else f' ({s} never uses {store})'}",
+                )
+                if pol is not None and store != "minio":
+                    c.check(
+                        (store in egress) == used,
+                        f"{where}: NetworkPolicy {s} {'lacks' if used else 'allows'} egress to {store}"
+                        f"{'' if used else f' ({s} never uses it)'}",
                     )
             # Services: the main one's ports resolve to the code ports; <s>-pods exposes admin.
             svc_doc = k8s_find(docs, "Service", s)
@@ -634,6 +999,86 @@ def main() -> int:
             for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount", "NetworkPolicy"):
                 c.check(k8s_find(docs, kind, s) is not None, f"{where}: no {kind} {s}")
             c.check(spec.get("serviceAccountName") == s, f"{where}: Deployment {s} must run as ServiceAccount {s}")
+
+    # --- deployment hygiene (issue 14): secrets, published ports, networks, NATS, Secret lists.
+    compose_text = (ROOT / "compose.yaml").read_text()
+    for name, op in sorted(set(compose_interpolations(compose_text))):
+        if SECRETISH.search(name):
+            c.check(
+                op == ":?",
+                f"compose.yaml: ${{{name}{op}...}} must be ${{{name}:?...}}: a secret never falls back to a default "
+                "(a forgotten .env would run with a public value)",
+            )
+    for svc, spec in compose["services"].items():
+        for p in spec.get("ports") or []:
+            ip = p.get("host_ip") or "0.0.0.0"
+            c.check(
+                svc == LOAD_BALANCER or ip in ("127.0.0.1", "::1"),
+                f"compose.yaml {svc}: publishes {p.get('published')} on {ip}; only the load balancer is public "
+                "(bind it to 127.0.0.1)",
+            )
+    graf = compose["services"].get("grafana", {}).get("environment") or {}
+    c.check(
+        re.search(r"GF_SECURITY_ADMIN_PASSWORD:\s*\$\{[A-Z_]+:\?", compose_text) is not None
+        and graf.get("GF_SECURITY_ADMIN_PASSWORD") not in (None, "", "admin"),
+        "compose.yaml grafana: GF_SECURITY_ADMIN_PASSWORD must come from a required variable (${GRAFANA_ADMIN_PASSWORD:?})",
+    )
+    want_nets = design_networks(vars_)
+    for svc, spec in compose["services"].items():
+        have = set((spec.get("networks") or {}).keys())
+        if not c.check(svc in want_nets, f"compose.yaml {svc}: not in the design's flows (design_flows in {rel(Path(__file__))})"):
+            continue
+        c.check(
+            have == want_nets[svc],
+            f"compose.yaml {svc}: networks {sorted(have)}, its flows need {sorted(want_nets[svc])}",
+        )
+    check_nats_permissions(c, accounts)
+    # Production: every Secret a workload references exists in the list its kustomization gives
+    # operators, with the keys the dev overlay generates for it (and the Ingress certificate).
+    listed = production_secrets
+    prod = overlays.get("production")
+    dev = overlays.get("dev")
+    if prod is not None:
+        refs: dict[str, set[str]] = {}
+        for d in prod:
+            if d["kind"] == "Ingress":
+                for t in d["spec"].get("tls", []):
+                    refs.setdefault(t["secretName"], set()).update({"tls.crt", "tls.key"})
+            if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
+                continue
+            pod = d["spec"]["template"]["spec"]
+            for ctr in pod.get("containers", []) + pod.get("initContainers", []):
+                for src in ctr.get("envFrom", []):
+                    if "secretRef" in src:
+                        refs.setdefault(src["secretRef"]["name"], set())
+                for e in ctr.get("env", []):
+                    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref:
+                        refs.setdefault(ref["name"], set()).add(ref["key"])
+            for v in pod.get("volumes", []):
+                if "secret" in v:
+                    refs.setdefault(v["secret"]["secretName"], set())
+        generated = {d["metadata"]["name"] for d in prod if d["kind"] == "Secret"}
+        for name, keys in sorted(refs.items()):
+            if name in generated:
+                continue
+            if not c.check(
+                name in listed,
+                f"k8s/overlays/production/kustomization.yaml: Secret {name} is referenced but not in the list of Secrets to create",
+            ):
+                continue
+            for k in sorted(keys - set(listed[name])):
+                c.fail(f"k8s/overlays/production/kustomization.yaml: Secret {name} needs key {k}, not listed")
+            if dev is not None:
+                dsec = k8s_find(dev, "Secret", name)
+                if dsec is not None:
+                    c.check(
+                        set(secret_values(dsec)) == set(listed[name]),
+                        f"k8s: Secret {name} has keys {sorted(secret_values(dsec))} in dev but "
+                        f"{sorted(listed[name])} in production's list",
+                    )
+        for name in sorted(set(listed) - set(refs)):
+            c.fail(f"k8s/overlays/production/kustomization.yaml: lists Secret {name}, which nothing references")
 
     # nginx upstreams and Ingress backends point at the right ports.
     for host, p in re.findall(r"^\s*server\s+([a-z0-9-]+):(\d+)", nginx, re.M):

@@ -1,15 +1,17 @@
 #!/bin/bash
 # Run once by the postgres image on an empty data directory (compose and Kubernetes): in the
-# database $POSTGRES_DB (cim), one login role per service owning a schema of the same name, with
-# the password from PG_PASSWORD_<SERVICE>. A new service: add its name to SERVICES and give its
-# password to this container.
+# database $POSTGRES_DB (cim), one login role per domain service owning a schema of the same
+# name, with the password from PG_PASSWORD_<SERVICE>. Only services that use Postgres (the domain
+# services, each with its event store) get a role: the edges (gateway, websocket) have none.
+# A new domain service: add its name to SERVICES and give its password to this container
+# (tests/deploy/consistency.py checks the list against the code).
 #
 # Roles also get CREATE on the database: the services' migrator runs
 # CREATE SCHEMA IF NOT EXISTS, which Postgres checks against the database privilege even when the
 # schema already exists. They get no rights on other services' schemas.
 set -euo pipefail
 
-SERVICES="graph gateway websocket"
+SERVICES="graph"
 
 psql_cim() {
     psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" "$@"
