@@ -72,14 +72,14 @@ pub fn require(p: &Principal, role: Role) -> Result<(), ApiError> {
 /// Checks the caller (set by `auth::middleware`) against [`ROUTE_ROLES`].
 pub async fn middleware(req: Request, next: Next) -> Result<Response, ApiError> {
     // Without a matched path the router's fallback answers 404; it needs no rule.
-    if let Some(path) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) {
+    if let Some(path) = req.extensions().get::<MatchedPath>()
+        && let Some(Some(role)) = rule(req.method(), path.as_str())?
+    {
         let principal = req
             .extensions()
             .get::<Principal>()
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "credentials required"))?;
-        if let Some(Some(role)) = rule(req.method(), &path)? {
-            require(principal, role)?;
-        }
+        require(principal, role)?;
     }
     Ok(next.run(req).await)
 }

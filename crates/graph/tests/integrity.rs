@@ -10,17 +10,6 @@ use cim_proto::graph as pb;
 use harness::*;
 use tonic::Code;
 
-type Client = pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>;
-
-async fn create(client: &mut Client, tenant: TenantId) -> String {
-    client
-        .create_graph(req(tenant, pb::CreateGraphRequest { name: "g".into(), ..Default::default() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .graph_id
-}
-
 fn add_node(id: &str) -> pb::GraphChange {
     pb::GraphChange { change: Some(pb::graph_change::Change::AddNode(node(id, "n"))) }
 }

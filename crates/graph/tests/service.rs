@@ -11,17 +11,6 @@ use futures::StreamExt;
 use harness::*;
 use tonic::Code;
 
-type Client = pb::graph_service_client::GraphServiceClient<tonic::transport::Channel>;
-
-async fn create(client: &mut Client, tenant: TenantId) -> String {
-    client
-        .create_graph(req(tenant, pb::CreateGraphRequest { name: "people".into(), ..Default::default() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .graph_id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_rpc_over_the_wire() {
     let svc = Service::start().await;

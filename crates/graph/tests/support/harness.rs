@@ -98,6 +98,18 @@ impl Service {
     }
 }
 
+pub type Client = GraphServiceClient<Channel>;
+
+/// A new graph named "people" in `tenant`; its id.
+pub async fn create(client: &mut Client, tenant: TenantId) -> String {
+    client
+        .create_graph(req(tenant, pb::CreateGraphRequest { name: "people".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .graph_id
+}
+
 /// A request carrying the tenant, as the gateway sends it.
 pub fn req<T>(tenant: TenantId, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
