@@ -14,6 +14,7 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

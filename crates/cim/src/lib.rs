@@ -674,17 +674,24 @@ fn local_secret() -> ExitCode {
 }
 
 /// The services this build can run.
-const AVAILABLE: &[ServiceKind] = &[ServiceKind::Graph, ServiceKind::Gateway, ServiceKind::Websocket];
+/// The services of this build, in start order (domain services before the edges that call
+/// them); the next service adds a line.
+const SERVICES: &[(ServiceKind, cim_runtime::service::Prepare)] = &[
+    (ServiceKind::Graph, cim_graph::app::service),
+    (ServiceKind::Gateway, cim_gateway::app::service),
+    (ServiceKind::Websocket, cim_websocket::app::service),
+];
 
 fn select(spec: &str) -> Result<Vec<ServiceKind>, String> {
     if spec.trim() == "all" {
-        return Ok(AVAILABLE.to_vec());
+        return Ok(SERVICES.iter().map(|(kind, _)| *kind).collect());
     }
     let mut chosen = Vec::new();
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let kind: ServiceKind = name.parse()?;
-        if !AVAILABLE.contains(&kind) {
-            return Err(format!("service {name} is not part of this build yet; available: graph, gateway, websocket"));
+        if !SERVICES.iter().any(|(k, _)| *k == kind) {
+            let available: Vec<String> = SERVICES.iter().map(|(k, _)| k.to_string()).collect();
+            return Err(format!("service {name} is not part of this build yet; available: {}", available.join(", ")));
         }
         if !chosen.contains(&kind) {
             chosen.push(kind);
@@ -732,42 +739,18 @@ async fn serve(spec: &str) -> ExitCode {
     }
     let mut running = tokio::task::JoinSet::new();
     for kind in kinds {
-        match kind {
-            ServiceKind::Graph => {
-                let prepared = match cim_graph::app::prepare(&config, &shutdown.child()).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        shutdown.trigger();
-                        return fail(&format!("graph: {e}"), 1);
-                    }
-                };
-                out(&format!("graph     gRPC {}  admin http://{}", prepared.grpc_addr, prepared.admin_addr));
-                running.spawn(async move { prepared.run().await.map_err(|e| format!("graph: {e}")) });
+        let Some((_, prepare)) = SERVICES.iter().find(|(k, _)| *k == kind) else {
+            return fail(&format!("service {kind} is not part of this build yet"), EXIT_CONFIG);
+        };
+        let service = match prepare(&config, shutdown.child()).await {
+            Ok(service) => service,
+            Err(e) => {
+                shutdown.trigger();
+                return fail(&e, 1);
             }
-            ServiceKind::Gateway => {
-                let prepared = match cim_gateway::app::prepare(&config, &shutdown.child()).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        shutdown.trigger();
-                        return fail(&format!("gateway: {e}"), 1);
-                    }
-                };
-                out(&format!("gateway   http://{}  admin http://{}", prepared.addr, prepared.admin_addr));
-                running.spawn(async move { prepared.run().await.map_err(|e| format!("gateway: {e}")) });
-            }
-            ServiceKind::Websocket => {
-                let prepared = match cim_websocket::app::prepare(&config, &shutdown.child()).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        shutdown.trigger();
-                        return fail(&format!("websocket: {e}"), 1);
-                    }
-                };
-                out(&format!("websocket ws://{}/ws  admin http://{}", prepared.addr, prepared.admin_addr));
-                running.spawn(async move { prepared.run().await.map_err(|e| format!("websocket: {e}")) });
-            }
-            other => return fail(&format!("service {other} is not part of this build yet"), EXIT_CONFIG),
-        }
+        };
+        out(&service.describe());
+        running.spawn(service.run());
     }
     let mut failed = false;
     while let Some(result) = running.join_next().await {

@@ -126,3 +126,24 @@ impl Prepared {
 pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
     prepare(config, shutdown).await?.run().await
 }
+
+impl cim_runtime::service::Service for Prepared {
+    fn describe(&self) -> String {
+        format!("graph     gRPC {}  admin http://{}", self.grpc_addr, self.admin_addr)
+    }
+
+    fn run(self: Box<Self>) -> cim_runtime::service::BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move { Prepared::run(*self).await.map_err(|e| format!("graph: {e}")) })
+    }
+}
+
+/// This service for `cim serve`'s table ([`cim_runtime::service::Prepare`]).
+pub fn service(
+    config: &Config,
+    shutdown: Shutdown,
+) -> cim_runtime::service::BoxFuture<'_, Result<Box<dyn cim_runtime::service::Service>, String>> {
+    Box::pin(async move {
+        let prepared = prepare(config, &shutdown).await.map_err(|e| format!("graph: {e}"))?;
+        Ok(Box::new(prepared) as Box<dyn cim_runtime::service::Service>)
+    })
+}
