@@ -6,22 +6,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use cim_auth::{Principal, Role, Verifier};
+use cim_auth::Verifier;
 use cim_core::SubjectPrefix;
 use cim_runtime::config::{Config, GatewaySettings, ServiceKind};
 use cim_runtime::error::RuntimeError;
 use cim_runtime::host::{ServiceHost, bind};
 use cim_runtime::{Shutdown, nats, redis};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use utoipa::ToSchema;
 
-use crate::limits::ApiJson;
-use crate::problem::ApiResult;
 use crate::upstream::Upstream;
 
 /// What every handler and middleware shares. Behind one `Arc`: axum hands each extractor its
@@ -71,111 +67,6 @@ pub enum AppError {
     Config(String),
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Me {
-    pub subject: String,
-    pub tenant: String,
-    pub roles: Vec<String>,
-    /// jwt, api_key or session.
-    pub method: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewApiKey {
-    /// Roles the key grants; at most the creator's own.
-    pub roles: Vec<String>,
-    /// The key's subject (who it acts as), e.g. `ci-bot`.
-    pub subject: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedApiKey {
-    pub id: String,
-    /// Shown once; only its hash is stored.
-    pub key: String,
-}
-
-/// Who am I
-///
-/// The caller as the gateway sees it: subject, tenant, roles and how they authenticated.
-#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
-    responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
-    Json(Me {
-        subject: p.subject,
-        tenant: p.tenant.to_string(),
-        roles: p.roles.iter().map(|r| r.to_string()).collect(),
-        method: serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-    })
-}
-
-/// Start a console session
-///
-/// Exchanges the caller's credentials for an HttpOnly session cookie.
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
-    responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::login(&state, &p).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
-}
-
-/// End the console session
-///
-/// Revokes the session named by the cookie and clears it.
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::logout(&state, &headers).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
-}
-
-/// Create an API key
-///
-/// A key for a subject of the caller's tenant with the given roles; the key is shown once. Needs the admin role.
-#[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
-    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn create_api_key(
-    State(state): State<AppState>,
-    Extension(p): Extension<Principal>,
-    ApiJson(body): ApiJson<NewApiKey>,
-) -> ApiResult<impl IntoResponse> {
-    let roles = body
-        .roles
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.parse::<Role>().map_err(|e| crate::problem::ApiError::invalid(format!("roles[{i}]"), e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
-    if body.subject.is_empty() || body.subject.len() > 200 || body.subject.chars().any(char::is_control) {
-        return Err(crate::problem::ApiError::invalid("subject", "1 to 200 printable characters"));
-    }
-    let owner = Principal {
-        subject: body.subject,
-        tenant: p.tenant,
-        roles,
-        method: cim_auth::Method::ApiKey,
-        expires_at: None,
-    };
-    let (id, key) = crate::auth::create_api_key(&state, owner).await?;
-    Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
-}
-
-/// Revoke an API key
-///
-/// Revokes a key of the caller's tenant. Needs the admin role.
-#[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn revoke_api_key(
-    State(state): State<AppState>,
-    Extension(p): Extension<Principal>,
-    crate::limits::ApiPath(id): crate::limits::ApiPath<String>,
-) -> ApiResult<StatusCode> {
-    crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document())
 }
@@ -200,10 +91,10 @@ async fn not_found() -> crate::problem::ApiError {
 /// The complete router over `state`.
 pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
     let authenticated = crate::graph::routes()
-        .route("/api/v1/auth/me", get(me))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/admin/api-keys", post(create_api_key))
-        .route("/api/v1/admin/api-keys/{id}", delete(revoke_api_key))
+        .route("/api/v1/auth/me", get(crate::accounts::me))
+        .route("/api/v1/auth/login", post(crate::accounts::login))
+        .route("/api/v1/admin/api-keys", post(crate::accounts::create_api_key))
+        .route("/api/v1/admin/api-keys/{id}", delete(crate::accounts::revoke_api_key))
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cache::middleware))
@@ -212,7 +103,7 @@ pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::middleware));
     let public = Router::new()
         .route("/api/openapi.json", get(openapi_json))
-        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/logout", post(crate::accounts::logout))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready).with_state(health));
     public

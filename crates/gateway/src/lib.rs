@@ -1,15 +1,19 @@
 //! The REST/JSON gateway: `/api/v1/...` over the domain services' gRPC APIs.
 //!
-//! - [`app`]: state, router and lifecycle; [`graph`]: the graph routes (one module per domain).
+//! - [`app`]: state, router and lifecycle; [`graph`]: the graph routes (one module per domain);
+//!   [`accounts`]: the caller's own routes (me, sessions, API keys).
 //! - [`auth`]: bearer tokens, API keys, sessions; [`authz`]: the role each route needs; [`limits`]: rate limits, deadline, bodies, metrics.
 //! - [`cache`]: cached GETs invalidated by events; [`idempotency`]: `Idempotency-Key` replay.
-//! - [`problem`]: problem+json from the one error-code table; [`upstream`]: gRPC clients.
+//! - [`problem`]: problem+json from the one error-code table; [`extract`]: extractors whose
+//!   refusals are problem+json; [`upstream`]: gRPC clients.
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/api/openapi.json`.
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod authz;
 pub mod cache;
+pub mod extract;
 pub mod graph;
 pub mod idempotency;
 pub mod limits;

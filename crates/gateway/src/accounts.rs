@@ -1,0 +1,118 @@
+//! The caller's own routes: who am I, console sessions, and (admin) API keys.
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use cim_auth::{Principal, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::extract::ApiJson;
+use crate::problem::ApiResult;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub subject: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
+    /// jwt, api_key or session.
+    pub method: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    /// Roles the key grants; at most the creator's own.
+    pub roles: Vec<String>,
+    /// The key's subject (who it acts as), e.g. `ci-bot`.
+    pub subject: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub id: String,
+    /// Shown once; only its hash is stored.
+    pub key: String,
+}
+
+/// Who am I
+///
+/// The caller as the gateway sees it: subject, tenant, roles and how they authenticated.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
+    Json(Me {
+        subject: p.subject,
+        tenant: p.tenant.to_string(),
+        roles: p.roles.iter().map(|r| r.to_string()).collect(),
+        method: serde_json::to_value(p.method).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+    })
+}
+
+/// Start a console session
+///
+/// Exchanges the caller's credentials for an HttpOnly session cookie.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
+    let cookie = crate::auth::login(&state, &p).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
+}
+
+/// End the console session
+///
+/// Revokes the session named by the cookie and clears it.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    let cookie = crate::auth::logout(&state, &headers).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
+}
+
+/// Create an API key
+///
+/// A key for a subject of the caller's tenant with the given roles; the key is shown once. Needs the admin role.
+#[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
+    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<NewApiKey>,
+) -> ApiResult<impl IntoResponse> {
+    let roles = body
+        .roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.parse::<Role>().map_err(|e| crate::problem::ApiError::invalid(format!("roles[{i}]"), e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    if body.subject.is_empty() || body.subject.len() > 200 || body.subject.chars().any(char::is_control) {
+        return Err(crate::problem::ApiError::invalid("subject", "1 to 200 printable characters"));
+    }
+    let owner = Principal {
+        subject: body.subject,
+        tenant: p.tenant,
+        roles,
+        method: cim_auth::Method::ApiKey,
+        expires_at: None,
+    };
+    let (id, key) = crate::auth::create_api_key(&state, owner).await?;
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
+}
+
+/// Revoke an API key
+///
+/// Revokes a key of the caller's tenant. Needs the admin role.
+#[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn revoke_api_key(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
