@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cim_core::{
@@ -41,37 +40,6 @@ async fn pool(url: &str, schema: &str, max: u32) -> PgPool {
     })
     .await
     .expect("postgres")
-}
-
-/// Runs `c` workers for `secs`, each calling `op` in a loop; returns operations per second.
-async fn rate<F, Fut>(c: usize, secs: f64, op: F) -> f64
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..c)
-        .map(|w| {
-            let (op, done, count) = (op.clone(), done.clone(), count.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !done.load(Ordering::Relaxed) {
-                    op(w, i).await;
-                    i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    done.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.expect("worker");
-    }
-    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
 fn context(tenant: TenantId, id: AggregateId) -> EventContext {
@@ -114,7 +82,7 @@ async fn main() {
         let raw = {
             let pool = admin.clone();
             let tenant = TenantId::new();
-            rate(c, secs, move |_, i| {
+            cim_testkit::bench::rate(c, Duration::ZERO, secs, move |_, i| {
                 let pool = pool.clone();
                 async move {
                     let e = cim_core::EventId::new();
@@ -147,7 +115,7 @@ async fn main() {
             let heads: Arc<Vec<tokio::sync::Mutex<(AggregateId, Expected)>>> =
                 Arc::new((0..c).map(|_| tokio::sync::Mutex::new((AggregateId::new(), Expected::NoStream))).collect());
             let store = store.clone();
-            rate(c, secs, move |w, i| {
+            cim_testkit::bench::rate(c, Duration::ZERO, secs, move |w, i| {
                 let (store, heads) = (store.clone(), heads.clone());
                 async move {
                     let mut head = heads[w].lock().await;
@@ -171,9 +139,11 @@ async fn main() {
         };
         points.push(serde_json::json!({
             "concurrency": c,
-            "append_events_per_s": append.round(),
-            "raw_insert_rows_per_s": raw.round(),
-            "append_over_raw": (append / raw * 1000.0).round() / 1000.0,
+            "append_events_per_s": append.per_s.round(),
+            "raw_insert_rows_per_s": raw.per_s.round(),
+            "append_over_raw": (append.per_s / raw.per_s * 1000.0).round() / 1000.0,
+            "append": append.json(),
+            "raw_insert": raw.json(),
         }));
     }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,36 +33,45 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CONCURRENCY: usize = 64;
 
-async fn run<F, Fut>(secs: f64, make: F) -> f64
+/// `CONCURRENCY` workers made by `make`, warmed up for half a second, then measured for `secs`:
+/// the rate and latency of the operations that end inside the window.
+async fn run<F, Fut>(secs: f64, make: F) -> cim_testkit::bench::Throughput
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Box<dyn FnMut(u64) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>>,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..CONCURRENCY {
         let mut op = make(w).await;
-        let (stop, done) = (stop.clone(), done.clone());
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
+            // (when it ended, how long it took) of every operation
+            let mut timed = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
                 op(i).await;
+                let ended = Instant::now();
+                timed.push((ended, (ended - began).as_secs_f64()));
                 i += 1;
-                done.fetch_add(1, Ordering::Relaxed);
             }
+            timed
         }));
     }
-    // Warm up, then count.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (start_n, start) = (done.load(Ordering::Relaxed), Instant::now());
+    let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let rate = (done.load(Ordering::Relaxed) - start_n) as f64 / start.elapsed().as_secs_f64();
+    let end = Instant::now();
     stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
     for t in tasks {
-        let _ = t.await;
+        if let Ok(timed) = t.await {
+            latencies.extend(timed.into_iter().filter(|(at, _)| *at >= start && *at <= end).map(|(_, d)| d));
+        }
     }
-    rate
+    latencies.sort_by(f64::total_cmp);
+    cim_testkit::bench::Throughput { per_s: latencies.len() as f64 / (end - start).as_secs_f64(), latencies }
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -285,27 +294,34 @@ async fn main() {
     for _ in 0..3 {
         let gw = add_gw().await;
         let direct = add_grpc().await;
-        pairs.push((gw, direct, 1.0 - gw / direct));
+        let overhead = 1.0 - gw.per_s / direct.per_s;
+        pairs.push((gw, direct, overhead));
     }
-    let mut by_overhead = pairs.clone();
-    by_overhead.sort_by(|a, b| a.2.total_cmp(&b.2));
-    let (add_gw, add_grpc, _) = by_overhead[1];
-    let overhead = 1.0 - add_gw / add_grpc;
+    let mut by_overhead: Vec<usize> = (0..pairs.len()).collect();
+    by_overhead.sort_by(|a, b| pairs[*a].2.total_cmp(&pairs[*b].2));
+    let (add_gw, add_grpc, overhead) = &pairs[by_overhead[1]];
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     let doc = serde_json::json!({
         "bench": "gateway",
         "concurrency": CONCURRENCY,
         "seconds_per_point": secs,
-        "cached_get_per_s": get_gw.round(),
-        "grpc_get_graph_per_s": get_grpc.round(),
-        "add_node_gateway_per_s": add_gw.round(),
-        "add_node_grpc_per_s": add_grpc.round(),
-        "gateway_overhead_on_add_node": (overhead * 1000.0).round() / 1000.0,
+        "cached_get_per_s": get_gw.per_s.round(),
+        "grpc_get_graph_per_s": get_grpc.per_s.round(),
+        "add_node_gateway_per_s": add_gw.per_s.round(),
+        "add_node_grpc_per_s": add_grpc.per_s.round(),
+        "gateway_overhead_on_add_node": round3(*overhead),
+        "latency": {
+            "cached_get": get_gw.json(),
+            "grpc_get_graph": get_grpc.json(),
+            "add_node_gateway": add_gw.json(),
+            "add_node_grpc": add_grpc.json(),
+        },
         "add_node_rounds": pairs.iter().map(|(gw, direct, o)| serde_json::json!({
-            "gateway_per_s": gw.round(), "grpc_per_s": direct.round(), "overhead": (o * 1000.0).round() / 1000.0,
+            "gateway": gw.json(), "grpc": direct.json(), "overhead": round3(*o),
         })).collect::<Vec<_>>(),
         "targets": {
-            "cached_get_per_s": {"target": 10000, "measured": get_gw.round(), "met": get_gw >= 10000.0},
-            "add_node_overhead": {"target": 0.25, "measured": (overhead * 1000.0).round() / 1000.0, "met": overhead <= 0.25},
+            "cached_get_per_s": {"target": 10000, "measured": get_gw.per_s.round(), "met": get_gw.per_s >= 10000.0},
+            "add_node_overhead": {"target": 0.25, "measured": round3(*overhead), "met": *overhead <= 0.25},
         },
     });
     let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

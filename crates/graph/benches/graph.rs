@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cim_core::TenantId;
@@ -34,42 +33,6 @@ fn req<T>(tenant: TenantId, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("x-cim-tenant", tenant.to_string().parse().expect("tenant"));
     r
-}
-
-async fn rate<F, Fut>(c: usize, secs: f64, op: F) -> f64
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..c)
-        .map(|w| {
-            let (op, done, count) = (op.clone(), done.clone(), count.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !done.load(Ordering::Relaxed) {
-                    op(w, i).await;
-                    i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    done.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.expect("worker");
-    }
-    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
-fn percentiles(mut samples: Vec<f64>) -> serde_json::Value {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    serde_json::json!({"samples": samples.len(), "p50_ms": (at(0.5) * 1000.0).round() / 1000.0, "p99_ms": (at(0.99) * 1000.0).round() / 1000.0})
 }
 
 /// A splitmix64 stream: reproducible pseudo-random edges without another dependency.
@@ -125,7 +88,7 @@ async fn main() {
     for c in [1usize, 16, 64] {
         let raw = {
             let pool = pool.clone();
-            rate(c, secs, move |_, i| {
+            cim_testkit::bench::rate(c, Duration::ZERO, secs, move |_, i| {
                 let pool = pool.clone();
                 async move {
                     sqlx::query(
@@ -164,7 +127,7 @@ async fn main() {
             graphs.push((cl, g));
         }
         let graphs = Arc::new(graphs);
-        let add = rate(c, secs, move |w, i| {
+        let add = cim_testkit::bench::rate(c, Duration::ZERO, secs, move |w, i| {
             let graphs = graphs.clone();
             async move {
                 let (mut cl, g) = graphs[w].clone();
@@ -183,9 +146,11 @@ async fn main() {
         .await;
         points.push(serde_json::json!({
             "concurrency": c,
-            "add_node_per_s": add.round(),
-            "raw_insert_per_s": raw.round(),
-            "add_node_over_raw": (add / raw * 1000.0).round() / 1000.0,
+            "add_node_per_s": add.per_s.round(),
+            "raw_insert_per_s": raw.per_s.round(),
+            "add_node_over_raw": (add.per_s / raw.per_s * 1000.0).round() / 1000.0,
+            "add_node": add.json(),
+            "raw_insert": raw.json(),
         }));
     }
 
@@ -320,7 +285,7 @@ async fn main() {
         ))
         .await
         .expect("add node to the big graph");
-        big_add_node.push(t.elapsed().as_secs_f64() * 1000.0);
+        big_add_node.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         cl.add_edge(req(
             tenant,
@@ -338,11 +303,11 @@ async fn main() {
         ))
         .await
         .expect("add edge to the big graph");
-        big_add_edge.push(t.elapsed().as_secs_f64() * 1000.0);
+        big_add_edge.push(t.elapsed().as_secs_f64());
     }
 
-    let neighbors = percentiles(neighbors.into_iter().map(|s| s * 1000.0).collect());
-    let traverse = percentiles(traversals.into_iter().map(|s| s * 1000.0).collect());
+    let neighbors = cim_testkit::bench::percentiles(neighbors);
+    let traverse = cim_testkit::bench::percentiles(traversals);
 
     let ratio_64 = points.last().and_then(|p| p["add_node_over_raw"].as_f64()).unwrap_or(0.0);
     let n_p99 = neighbors["p99_ms"].as_f64().unwrap_or(f64::MAX);
@@ -354,7 +319,7 @@ async fn main() {
         "big_graph": {"nodes": big_nodes, "edges": edges_total, "load_seconds": (load_secs * 10.0).round() / 10.0},
         "neighbors_out": neighbors,
         "traverse_depth_3": {"latency": traverse, "mean_nodes_visited": visited / 500},
-        "writes_on_big_graph_c1": {"add_node": percentiles(big_add_node), "add_edge": percentiles(big_add_edge)},
+        "writes_on_big_graph_c1": {"add_node": cim_testkit::bench::percentiles(big_add_node), "add_edge": cim_testkit::bench::percentiles(big_add_edge)},
         "targets": {
             "add_node_over_raw_at_64": {"target": 0.6, "measured": ratio_64, "met": ratio_64 >= 0.6},
             "neighbors_p99_ms": {"target": 2.0, "measured": n_p99, "met": n_p99 <= 2.0},

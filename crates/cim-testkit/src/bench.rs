@@ -1,0 +1,92 @@
+//! Throughput points with their latency percentiles.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// One measured point: operations per second, and how long each operation took.
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub per_s: f64,
+    /// Every operation's duration in seconds, sorted.
+    pub latencies: Vec<f64>,
+}
+
+impl Throughput {
+    /// The `q` quantile (0..=1) of the latencies, in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        quantile_ms(&self.latencies, q)
+    }
+
+    /// `{"per_s", "p50_ms", "p99_ms", "samples"}`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "per_s": self.per_s.round(),
+            "p50_ms": round3(self.quantile_ms(0.5)),
+            "p99_ms": round3(self.quantile_ms(0.99)),
+            "samples": self.latencies.len(),
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn quantile_ms(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize] * 1000.0
+}
+
+/// `{"samples", "p50_ms", "p99_ms"}` of durations in seconds.
+pub fn percentiles(mut samples: Vec<f64>) -> serde_json::Value {
+    samples.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "samples": samples.len(),
+        "p50_ms": round3(quantile_ms(&samples, 0.5)),
+        "p99_ms": round3(quantile_ms(&samples, 0.99)),
+    })
+}
+
+/// Runs `c` workers for `secs` after `warm_up`, each calling `op(worker, i)` in a loop; counts
+/// and times the operations that end inside the measured window.
+pub async fn rate<F, Fut>(c: usize, warm_up: Duration, secs: f64, op: F) -> Throughput
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now() + warm_up;
+    let end = start + Duration::from_secs_f64(secs);
+    let workers: Vec<_> = (0..c)
+        .map(|w| {
+            let (op, done) = (op.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    op(w, i).await;
+                    let ended = Instant::now();
+                    if ended >= start && ended <= end {
+                        latencies.push((ended - began).as_secs_f64());
+                    }
+                    i += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep_until((end).into()).await;
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for w in workers {
+        latencies.extend(w.await.expect("bench worker"));
+    }
+    latencies.sort_by(f64::total_cmp);
+    Throughput { per_s: latencies.len() as f64 / secs, latencies }
+}
