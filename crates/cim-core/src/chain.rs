@@ -5,62 +5,11 @@
 //! `hash` itself, because an attacker (or a bad migration) that rewrites `actor` or
 //! `occurred_at` should be caught just like one that rewrites the payload.
 
-use std::fmt;
+use chrono::{DateTime, Utc};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::envelope::EventEnvelope;
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EventHash(pub [u8; 32]);
-
-impl EventHash {
-    /// The `prev_hash` of an aggregate's first event.
-    pub const GENESIS: EventHash = EventHash([0; 32]);
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-
-    pub fn from_hex(s: &str) -> Result<Self, String> {
-        blake3::Hash::from_hex(s)
-            .map(|h| EventHash(*h.as_bytes()))
-            .map_err(|_| format!("hash: expected 64 hex digits, got {:?}", s.chars().take(80).collect::<String>()))
-    }
-
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, String> {
-        <[u8; 32]>::try_from(bytes).map(EventHash).map_err(|_| format!("hash: expected 32 bytes, got {}", bytes.len()))
-    }
-}
-
-impl fmt::Debug for EventHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EventHash({})", &self.to_hex()[..16])
-    }
-}
-
-impl fmt::Display for EventHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl Serialize for EventHash {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for EventHash {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        EventHash::from_hex(&s).map_err(serde::de::Error::custom)
-    }
-}
+use crate::envelope::{EventContext, EventEnvelope, NewEvent, truncate_to_micros};
+pub use crate::hash::EventHash;
+use crate::ids::EventId;
 
 /// Writes JSON with object keys sorted and no whitespace, so equal documents hash equally no
 /// matter how a map was ordered when it was built.
@@ -140,6 +89,58 @@ pub fn hash_with_payload(e: &EventEnvelope, payload_json: &[u8]) -> EventHash {
     field(&mut h, e.causation_id.as_uuid().as_bytes());
     field(&mut h, payload_json);
     EventHash(*h.finalize().as_bytes())
+}
+
+/// Sealing: an event gets its identity, position and place in the aggregate's chain here, so
+/// the envelope module (plain data) depends on nothing that hashes it.
+impl EventEnvelope {
+    /// Gives a decided event its id, position and place in the aggregate's hash chain.
+    pub fn seal(
+        ctx: &EventContext,
+        event: NewEvent,
+        sequence: u64,
+        prev_hash: EventHash,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        let mut envelope = EventEnvelope {
+            event_id: EventId::new(),
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            domain: ctx.domain,
+            aggregate_type: ctx.aggregate_type.clone(),
+            aggregate_id: ctx.aggregate_id,
+            sequence,
+            occurred_at: truncate_to_micros(occurred_at),
+            tenant_id: ctx.tenant_id,
+            actor: ctx.actor.clone(),
+            correlation_id: ctx.correlation_id,
+            causation_id: ctx.causation_id,
+            payload: event.payload,
+            hash: EventHash::GENESIS,
+            prev_hash,
+        };
+        envelope.hash = compute_hash(&envelope);
+        envelope
+    }
+
+    /// Seals a batch in order, chaining each event to the one before.
+    pub fn seal_all(
+        ctx: &EventContext,
+        events: impl IntoIterator<Item = NewEvent>,
+        first_sequence: u64,
+        mut prev_hash: EventHash,
+        occurred_at: DateTime<Utc>,
+    ) -> Vec<Self> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let sealed = Self::seal(ctx, e, first_sequence + i as u64, prev_hash, occurred_at);
+                prev_hash = sealed.hash;
+                sealed
+            })
+            .collect()
+    }
 }
 
 /// An event as it was read from the store: its envelope, and the payload exactly as stored,

@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{self, EventHash};
+use crate::hash::EventHash;
 use crate::ids::{AggregateId, CausationId, CorrelationId, EventId, TenantId};
 use crate::names::{Actor, AggregateType, Domain, EventType};
 
@@ -58,56 +58,6 @@ pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-impl EventEnvelope {
-    /// Gives a decided event its id, position and place in the aggregate's hash chain.
-    pub fn seal(
-        ctx: &EventContext,
-        event: NewEvent,
-        sequence: u64,
-        prev_hash: EventHash,
-        occurred_at: DateTime<Utc>,
-    ) -> Self {
-        let mut envelope = EventEnvelope {
-            event_id: EventId::new(),
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            domain: ctx.domain,
-            aggregate_type: ctx.aggregate_type.clone(),
-            aggregate_id: ctx.aggregate_id,
-            sequence,
-            occurred_at: truncate_to_micros(occurred_at),
-            tenant_id: ctx.tenant_id,
-            actor: ctx.actor.clone(),
-            correlation_id: ctx.correlation_id,
-            causation_id: ctx.causation_id,
-            payload: event.payload,
-            hash: EventHash::GENESIS,
-            prev_hash,
-        };
-        envelope.hash = chain::compute_hash(&envelope);
-        envelope
-    }
-
-    /// Seals a batch in order, chaining each event to the one before.
-    pub fn seal_all(
-        ctx: &EventContext,
-        events: impl IntoIterator<Item = NewEvent>,
-        first_sequence: u64,
-        mut prev_hash: EventHash,
-        occurred_at: DateTime<Utc>,
-    ) -> Vec<Self> {
-        events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let sealed = Self::seal(ctx, e, first_sequence + i as u64, prev_hash, occurred_at);
-                prev_hash = sealed.hash;
-                sealed
-            })
-            .collect()
-    }
-}
-
 mod micros {
     use super::*;
     use serde::{Deserializer, Serializer};
@@ -155,7 +105,7 @@ pub(crate) mod tests {
             let json = serde_json::to_string(e).unwrap();
             let back: EventEnvelope = serde_json::from_str(&json).unwrap();
             assert_eq!(&back, e);
-            assert_eq!(chain::compute_hash(&back), e.hash);
+            assert_eq!(crate::chain::compute_hash(&back), e.hash);
         }
     }
 

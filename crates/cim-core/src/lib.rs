@@ -1,8 +1,10 @@
 //! CIM's shared vocabulary. Every service speaks these types; none of them does I/O.
 //!
 //! - [`ids`]: UUIDv7 identifiers as newtypes that parse rather than validate.
-//! - [`envelope`]: the event envelope (docs/design.md#event-envelope).
-//! - [`chain`]: the per-aggregate BLAKE3 hash chain.
+//! - [`envelope`]: the event envelope (docs/design.md#event-envelope), plain data.
+//! - [`hash`]: `EventHash`; [`chain`]: sealing events into the per-aggregate BLAKE3 hash chain
+//!   and verifying it (chain depends on envelope, never the reverse).
+//! - [`events`]: each domain's events (`domain_events!`); [`document`]: the stored-JSON rules.
 //! - [`subject`]: NATS subject grammar (docs/design.md#subjects-streams-and-headers).
 //! - [`error`]: the one error-code table mapped to gRPC and HTTP.
 //! - [`upcast`]: converting stored events of an older schema version on read.
@@ -12,6 +14,7 @@ pub mod document;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod hash;
 pub mod ids;
 pub mod names;
 pub mod subject;

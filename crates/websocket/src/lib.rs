@@ -1,6 +1,7 @@
 //! The websocket server: live and resumable event streams for browsers and other clients.
 //!
 //! - [`protocol`]: the JSON frames, error codes and close codes (`docs/websocket.md`).
+//! - [`event`]: a stream event decoded once for routing, the envelope passed through as published.
 //! - [`feed`]: one JetStream consumer per domain shared by every client, routing by tenant and
 //!   filter, and the gap-free resume from a stream position.
 //! - [`queue`]: each client's bounded queue; a client past it is closed, never waited for.
@@ -9,6 +10,7 @@
 
 pub mod app;
 pub mod connection;
+pub mod event;
 pub mod feed;
 pub mod metrics;
 pub mod protocol;

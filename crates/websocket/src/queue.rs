@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::FeedEvent;
+use crate::event::FeedEvent;
 
 /// Something for the writer to put on the socket.
 #[derive(Debug)]
