@@ -72,7 +72,10 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         Problem {
             kind: format!("urn:cim:problem:{}", self.code.as_str()),
-            title: self.code.title().to_owned(),
+            title: match self.http_status {
+                Some(StatusCode::METHOD_NOT_ALLOWED) => "Method not allowed".to_owned(),
+                _ => self.code.title().to_owned(),
+            },
             status: self.status().as_u16(),
             detail: self.detail.clone(),
             code: self.code.as_str().to_owned(),

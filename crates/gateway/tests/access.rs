@@ -113,6 +113,7 @@ async fn bodies_methods_and_credentials_get_clear_problems() {
     // A method the route does not offer: 405 as problem+json, with Allow.
     let r = call(a, "PUT", "/api/v1/graphs", &writer, Some("{}")).await;
     problem(&r, 405, "unimplemented");
+    assert_eq!(r.json()["title"], "Method not allowed");
     let allow = r.header("allow").unwrap_or_default().to_owned();
     assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow:?}");
     // 401 names the scheme (RFC 6750).
