@@ -19,3 +19,19 @@ pub trait Service: Send + 'static {
 
 /// How a service is prepared: each service crate exports one (`cim_graph::app::service`).
 pub type Prepare = for<'a> fn(&'a Config, Shutdown) -> BoxFuture<'a, Result<Box<dyn Service>, String>>;
+
+/// A service crate's [`Prepare`] body: awaits its own `prepare` and boxes the result, naming
+/// the service in the error.
+pub fn boxed<'a, P, E>(
+    name: &'static str,
+    prepare: impl std::future::Future<Output = Result<P, E>> + Send + 'a,
+) -> BoxFuture<'a, Result<Box<dyn Service>, String>>
+where
+    P: Service,
+    E: std::fmt::Display,
+{
+    Box::pin(async move {
+        let prepared = prepare.await.map_err(|e| format!("{name}: {e}"))?;
+        Ok(Box::new(prepared) as Box<dyn Service>)
+    })
+}

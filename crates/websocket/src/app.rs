@@ -108,8 +108,5 @@ pub fn service(
     config: &Config,
     shutdown: Shutdown,
 ) -> cim_runtime::service::BoxFuture<'_, Result<Box<dyn cim_runtime::service::Service>, String>> {
-    Box::pin(async move {
-        let prepared = prepare(config, &shutdown).await.map_err(|e| format!("websocket: {e}"))?;
-        Ok(Box::new(prepared) as Box<dyn cim_runtime::service::Service>)
-    })
+    cim_runtime::service::boxed("websocket", async move { prepare(config, &shutdown).await })
 }
