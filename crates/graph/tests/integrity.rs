@@ -139,30 +139,6 @@ fn json(s: Option<prost_types::Struct>) -> serde_json::Value {
     serde_json::Value::Object(cim_proto::json::struct_to_json(s).unwrap())
 }
 
-async fn list_docs(mut c: Client, t: TenantId, g: &str) -> Vec<pb::Node> {
-    let mut nodes = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .list_nodes(req(
-                t,
-                pb::ListNodesRequest {
-                    graph_id: g.into(),
-                    r#type: "doc".into(),
-                    page: Some(cim_proto::common::PageRequest { page_size: 1000, page_token: token }),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        nodes.extend(page.nodes);
-        token = page.page.unwrap().next_page_token;
-        if token.is_empty() {
-            return nodes;
-        }
-    }
-}
-
 /// Every document comes back as the same value on every read path: the projection (ListNodes,
 /// GetNode), the history (GetGraphAtVersion), the events on JetStream (what the websocket
 /// forwards), after a restart; integers stay integers; the hash chain verifies.
@@ -224,7 +200,7 @@ async fn stored_json_comes_back_exactly_on_every_path() {
     let check = |what: &str, id: &str, got: serde_json::Value| {
         assert!(same(&expected(id), &got), "{what} {id}: stored {} came back {got}", expected(id));
     };
-    let listed = list_docs(c.clone(), t, &g).await;
+    let listed = all_nodes(&mut c, t, &g, "doc").await;
     assert_eq!(listed.len(), docs.len());
     for n in &listed {
         check("ListNodes", &n.id, json(n.properties.clone()));
@@ -253,7 +229,7 @@ async fn stored_json_comes_back_exactly_on_every_path() {
     }
     // After a restart (a new process over the same schema), the same answers.
     let replica = svc.replica().await;
-    for n in list_docs(replica.client().await, t, &g).await {
+    for n in all_nodes(&mut replica.client().await, t, &g, "doc").await {
         check("ListNodes after restart", &n.id, json(n.properties));
     }
     replica.stop_replica().await;

@@ -561,27 +561,8 @@ async fn a_tenant_cannot_see_or_change_another_tenants_graph() {
 /// Every node and edge of a graph, page by page.
 async fn everything(c: &mut Client, t: TenantId, g: &str) -> (Vec<pb::Node>, Vec<pb::Edge>) {
     let g = g.to_owned();
-    let mut nodes = Vec::new();
+    let nodes = all_nodes(c, t, &g, "").await;
     let mut token = String::new();
-    loop {
-        let page = c
-            .list_nodes(req(
-                t,
-                pb::ListNodesRequest {
-                    graph_id: g.clone(),
-                    page: Some(cim_proto::common::PageRequest { page_size: 100, page_token: token }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        nodes.extend(page.nodes);
-        token = page.page.unwrap().next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
     let mut edges = Vec::new();
     loop {
         let page = c

@@ -110,6 +110,31 @@ pub async fn create(client: &mut Client, tenant: TenantId) -> String {
         .graph_id
 }
 
+/// Every node of `graph` (of `node_type` when not empty), page by page.
+pub async fn all_nodes(c: &mut Client, tenant: TenantId, graph: &str, node_type: &str) -> Vec<pb::Node> {
+    let mut nodes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_nodes(req(
+                tenant,
+                pb::ListNodesRequest {
+                    graph_id: graph.into(),
+                    r#type: node_type.into(),
+                    page: Some(cim_proto::common::PageRequest { page_size: 1000, page_token: token }),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        nodes.extend(page.nodes);
+        token = page.page.unwrap().next_page_token;
+        if token.is_empty() {
+            return nodes;
+        }
+    }
+}
+
 /// A request carrying the tenant, as the gateway sends it.
 pub fn req<T>(tenant: TenantId, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);

@@ -162,9 +162,24 @@ impl Graph {
         self.client.apply_batch(req(tenant, r)).await.unwrap();
     }
 
+    /// Stops, verifies the hash chain of every aggregate the test wrote (as `cim verify` does),
+    /// and drops the schema and streams.
     pub async fn stop(self) {
+        let store = cim_eventstore::EventStore::open(
+            self.pool.clone(),
+            cim_eventstore::StoreConfig {
+                domain: Domain::Graph,
+                schema: self.schema.clone(),
+                snapshot_every: 1000,
+                upcasters: cim_core::Upcasters::new(),
+            },
+        )
+        .await
+        .unwrap();
         self.shutdown.trigger();
         let _ = self.task.await;
+        let report = store.verify_all().await.expect("chain verification ran");
+        assert!(report.broken.is_empty(), "hash chains broken in {}: {:?}", self.schema, report.broken);
         let _ =
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.schema))).execute(&self.pool).await;
         delete_streams(&self.prefix, &self.nats).await;
