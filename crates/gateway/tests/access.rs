@@ -129,7 +129,7 @@ async fn bodies_methods_and_credentials_get_clear_problems() {
 /// integer a double cannot hold is refused with its path instead of being rounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rest_property_documents_round_trip_exactly() {
-    let cases: usize = std::env::var("CIM_TEST_JSON_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cases: usize = std::env::var("CIM_TEST_JSON_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let graph = harness::Service::start().await;
     let gw = gateway(&graph, &[("CIM_GATEWAY_MAX_BODY_BYTES", "4194304")]).await;
     let a = gw.addr;

@@ -144,7 +144,7 @@ fn json(s: Option<prost_types::Struct>) -> serde_json::Value {
 /// forwards), after a restart; integers stay integers; the hash chain verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stored_json_comes_back_exactly_on_every_path() {
-    let cases: usize = std::env::var("CIM_TEST_JSON_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let cases: usize = std::env::var("CIM_TEST_JSON_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let svc = Service::start().await;
     let mut c = svc.client().await;
     let t = TenantId::new();
