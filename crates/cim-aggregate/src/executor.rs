@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use cim_core::events::DomainEvent;
 use cim_core::{AggregateId, CommandId, ErrorCode, EventContext, FieldViolation, TenantId};
-use cim_eventstore::{Append, Appended, EventStore, Expected, StoreError};
+use cim_eventstore::{Append, Appended, EventStore, Expected, Projector, StoreError};
 use cim_runtime::edge::Caller;
 use cim_runtime::status::HasErrorCode;
 
@@ -74,17 +74,32 @@ impl<E: HasErrorCode> HasErrorCode for ExecutorError<E> {
 }
 
 /// Runs commands of one aggregate type against one service's event store.
-#[derive(Debug)]
 pub struct CommandExecutor<A> {
     store: EventStore,
     service: &'static str,
     locks: std::sync::Arc<[tokio::sync::Mutex<()>]>,
+    projector: Option<std::sync::Arc<dyn Projector>>,
     aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> std::fmt::Debug for CommandExecutor<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandExecutor")
+            .field("service", &self.service)
+            .field("projected", &self.projector.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A> Clone for CommandExecutor<A> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), service: self.service, locks: self.locks.clone(), aggregate: PhantomData }
+        Self {
+            store: self.store.clone(),
+            service: self.service,
+            locks: self.locks.clone(),
+            projector: self.projector.clone(),
+            aggregate: PhantomData,
+        }
     }
 }
 
@@ -92,7 +107,23 @@ impl<A: Aggregate> CommandExecutor<A> {
     /// `service` labels the command metrics (`document`, ...).
     pub fn new(store: EventStore, service: &'static str) -> Self {
         let locks = (0..AGGREGATE_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { store, service, locks, aggregate: PhantomData }
+        Self { store, service, locks, projector: None, aggregate: PhantomData }
+    }
+
+    /// Runs `projector` in every append's transaction: the domain's read tables change exactly
+    /// when its events commit.
+    pub fn with_projector(mut self, projector: impl Projector + 'static) -> Self {
+        self.projector = Some(std::sync::Arc::new(projector));
+        self
+    }
+
+    /// The aggregate's current state and version (snapshot plus later events).
+    pub async fn load(&self, tenant: TenantId, id: AggregateId) -> Result<(A, u64), ExecutorError<A::Error>> {
+        match self.store.load::<Folded<A>>(tenant, id).await {
+            Ok(loaded) => Ok((loaded.state.0, loaded.version)),
+            Err(StoreError::NotFound(_)) => Err(ExecutorError::NotFound(A::AGGREGATE_TYPE, id)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -161,7 +192,11 @@ impl<A: Aggregate> CommandExecutor<A> {
             }
             let events = state.decide(command).map_err(ExecutorError::Rule)?;
             let append = self.append_of(caller, id, expected, &events, options.idempotency_key.clone())?;
-            match self.store.append(append).await {
+            let appended = match &self.projector {
+                Some(projector) => self.store.append_with(append, projector.as_ref()).await,
+                None => self.store.append(append).await,
+            };
+            match appended {
                 Ok(done) => return Ok(done),
                 // Two creates of one id: the loser sees the winner's sequence 1.
                 Err(StoreError::Conflict { .. }) if creates => return Err(ExecutorError::Exists(kind, id)),

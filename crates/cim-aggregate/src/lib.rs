@@ -8,6 +8,7 @@
 //! whose projection already holds the facts it needs (graph) keeps its own guarded path.
 
 mod executor;
+pub mod host;
 
 pub use executor::{COMMANDS_TOTAL, CommandExecutor, CommandOptions, Executed, ExecutorError};
 

@@ -17,6 +17,11 @@ pub mod cim {
             tonic::include_proto!("cim.graph.v1");
         }
     }
+    pub mod document {
+        pub mod v1 {
+            tonic::include_proto!("cim.document.v1");
+        }
+    }
     #[cfg(feature = "testing")]
     pub mod testing {
         pub mod v1 {
@@ -26,6 +31,7 @@ pub mod cim {
 }
 
 pub use cim::common::v1 as common;
+pub use cim::document::v1 as document;
 pub use cim::graph::v1 as graph;
 
 /// Every service of this build, for gRPC reflection (v1 and v1alpha).

@@ -83,6 +83,8 @@ pub const CIM_S3_REGION: &str = "CIM_S3_REGION";
 pub const CIM_S3_ACCESS_KEY_ID: &str = "CIM_S3_ACCESS_KEY_ID";
 pub const CIM_S3_SECRET_ACCESS_KEY: &str = "CIM_S3_SECRET_ACCESS_KEY";
 pub const CIM_DATA_DIR: &str = "CIM_DATA_DIR";
+pub const CIM_DOCUMENT_MAX_CONTENT_BYTES: &str = "CIM_DOCUMENT_MAX_CONTENT_BYTES";
+pub const CIM_DOCUMENT_GC_GRACE_SECS: &str = "CIM_DOCUMENT_GC_GRACE_SECS";
 
 /// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
 /// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
@@ -220,6 +222,18 @@ pub const VARS: &[VarSpec] = &[
         secret: Secrecy::Secret,
         help: "S3 secret key",
     },
+    var(
+        CIM_DOCUMENT_MAX_CONTENT_BYTES,
+        Some("4294967296"),
+        "bytes from 1 to 1099511627776",
+        "largest document content (RESOURCE_EXHAUSTED / 413 above)",
+    ),
+    var(
+        CIM_DOCUMENT_GC_GRACE_SECS,
+        Some("3600"),
+        "seconds from 1 to 2592000",
+        "how long unreferenced content and abandoned uploads are kept",
+    ),
     var(
         CIM_DATA_DIR,
         None,
@@ -482,6 +496,21 @@ fn object_store_settings(r: &mut Reader<'_>) -> Option<ObjectStoreSettings> {
     })
 }
 
+/// The document service's own limits.
+#[derive(Debug, Clone)]
+pub struct DocumentSettings {
+    pub max_content_bytes: u64,
+    /// Unreferenced content and staging leftovers older than this are collected. It must
+    /// outlast the slowest upload: an upload's bytes are unreferenced until its event commits.
+    pub gc_grace: Duration,
+}
+
+fn document_settings(r: &mut Reader<'_>) -> Option<DocumentSettings> {
+    let max_content_bytes = r.parse(CIM_DOCUMENT_MAX_CONTENT_BYTES, int_in(1u64, 1 << 40));
+    let gc_grace = r.parse(CIM_DOCUMENT_GC_GRACE_SECS, int_in(1u64, 2_592_000)).map(Duration::from_secs);
+    Some(DocumentSettings { max_content_bytes: max_content_bytes?, gc_grace: gc_grace? })
+}
+
 /// The settings only the edge services read.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -557,6 +586,7 @@ pub struct Config {
     pub listen: BTreeMap<ServiceKind, Listen>,
     pub edge: EdgeSettings,
     pub objects: ObjectStoreSettings,
+    pub document: DocumentSettings,
     /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -666,12 +696,13 @@ impl Config {
         }
         let edge = edge_settings(&mut r);
         let objects = object_store_settings(&mut r);
+        let document = document_settings(&mut r);
         let data_dir = match r.optional(CIM_DATA_DIR) {
             Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
             None => Some(default_data_dir(lookup)),
         };
         match (
-            edge.zip(objects).zip(data_dir),
+            edge.zip(objects).zip(data_dir).zip(document),
             log_format,
             log_filter,
             database_url,
@@ -684,7 +715,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some(((edge, objects), data_dir)),
+                Some((((edge, objects), data_dir), document)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -710,6 +741,7 @@ impl Config {
                 listen,
                 edge,
                 objects,
+                document,
                 data_dir,
             }),
             _ => Err(ConfigErrors(r.errors)),

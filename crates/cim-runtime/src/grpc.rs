@@ -27,6 +27,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
+    streaming: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -38,7 +39,20 @@ impl std::fmt::Debug for GrpcServer {
 impl GrpcServer {
     /// `service` labels metrics and logs (`graph`, `document`, ...).
     pub fn new(service: &'static str) -> Self {
-        Self { service, routes: RoutesBuilder::default(), names: Vec::new(), descriptor_sets: Vec::new() }
+        Self {
+            service,
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            descriptor_sets: Vec::new(),
+            streaming: Vec::new(),
+        }
+    }
+
+    /// A client-streaming method (full path, `/package.Service/Method`): its request is many
+    /// messages, so the one-message frame check leaves it alone.
+    pub fn streaming_method(mut self, path: &'static str) -> Self {
+        self.streaming.push(path);
+        self
     }
 
     pub fn add_service<S>(mut self, svc: S) -> Self
@@ -108,7 +122,7 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .layer(RedLayer { service: Arc::from(self.service) })
             // Inside the RED layer, so a refused frame is counted with its code.
-            .layer(crate::unary_frames::UnaryFramesLayer)
+            .layer(crate::unary_frames::UnaryFramesLayer { streaming: self.streaming.into() })
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);

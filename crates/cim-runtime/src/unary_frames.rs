@@ -5,7 +5,9 @@
 //! client's faults: this layer answers them `INVALID_ARGUMENT` (`OUT_OF_RANGE`, payload_too_large, past the
 //! size limit, `UNIMPLEMENTED` for a compression we do not offer), with the rich error details.
 //!
-//! Reflection is bidirectional streaming and passes through untouched.
+//! Reflection is bidirectional streaming and passes through untouched, as do the client-streaming
+//! methods a service names (`GrpcServer::streaming_method`): their messages are decoded by the
+//! strict codec one by one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,20 +30,24 @@ const STREAMING_PREFIXES: [&str; 1] = ["/grpc.reflection."];
 /// The 5-byte prefix of every gRPC message: flag byte and big-endian length.
 const PREFIX_BYTES: usize = 5;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnaryFramesLayer;
+#[derive(Debug, Clone, Default)]
+pub struct UnaryFramesLayer {
+    /// Full method paths (`/cim.document.v1.DocumentService/UploadContent`) left alone.
+    pub streaming: std::sync::Arc<[&'static str]>,
+}
 
 impl<S> Layer<S> for UnaryFramesLayer {
     type Service = UnaryFrames<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        UnaryFrames { inner }
+        UnaryFrames { inner, streaming: self.streaming.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct UnaryFrames<S> {
     inner: S,
+    streaming: std::sync::Arc<[&'static str]>,
 }
 
 impl<S, B> Service<Request<B>> for UnaryFrames<S>
@@ -66,7 +72,8 @@ where
         // The ready service answers this call; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if STREAMING_PREFIXES.iter().any(|p| req.uri().path().starts_with(p)) {
+        let path = req.uri().path();
+        if STREAMING_PREFIXES.iter().any(|p| path.starts_with(p)) || self.streaming.contains(&path) {
             return Box::pin(inner.call(req.map(tonic::body::Body::new)));
         }
         Box::pin(async move {

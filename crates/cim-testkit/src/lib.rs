@@ -2,5 +2,10 @@
 //!
 //! - [`bench`]: a throughput point measured with the latency of every operation in it, so each
 //!   rate a benchmark reports comes with its p50 and p99.
+//! - [`domain`]: a domain service on port 0 with its own schema and subject prefix, stopped
+//!   with every hash chain verified.
+//! - [`s3`]: an S3-compatible server (moto) on a free port.
 
 pub mod bench;
+pub mod domain;
+pub mod s3;

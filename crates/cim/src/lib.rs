@@ -243,17 +243,29 @@ struct DomainService {
 }
 
 /// The domain services of this build; the next domain adds a line.
-const DOMAIN_SERVICES: &[DomainService] = &[DomainService {
-    name: "graph",
-    domain: cim_core::Domain::Graph,
-    schema: cim_graph::SCHEMA,
-    migrations: graph_migrations,
-}];
+const DOMAIN_SERVICES: &[DomainService] = &[
+    DomainService {
+        name: "graph",
+        domain: cim_core::Domain::Graph,
+        schema: cim_graph::SCHEMA,
+        migrations: graph_migrations,
+    },
+    DomainService {
+        name: "document",
+        domain: cim_core::Domain::Document,
+        schema: cim_document::SCHEMA,
+        migrations: document_migrations,
+    },
+];
 
 fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
     // The directory cim_eventstore::migrator() embeds, named by path so that `cim` need not
     // depend on the event store crate for this list alone.
     vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_graph::migrator()]
+}
+
+fn document_migrations() -> Vec<sqlx::migrate::Migrator> {
+    vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_document::migrator()]
 }
 
 /// A consumer this many messages behind fails the check (the CimConsumerLagHigh threshold).
@@ -673,11 +685,11 @@ fn local_secret() -> ExitCode {
     }
 }
 
-/// The services this build can run.
 /// The services of this build, in start order (domain services before the edges that call
 /// them); the next service adds a line.
 const SERVICES: &[(ServiceKind, cim_runtime::service::Prepare)] = &[
     (ServiceKind::Graph, cim_graph::app::service),
+    (ServiceKind::Document, cim_document::app::service),
     (ServiceKind::Gateway, cim_gateway::app::service),
     (ServiceKind::Websocket, cim_websocket::app::service),
 ];

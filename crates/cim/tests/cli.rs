@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use cim_testkit::s3::MotoS3;
+
 fn cim() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cim"));
     // A clean slate: only what each test sets.
@@ -48,7 +50,7 @@ fn stdout_of(cmd: &mut Command) -> String {
 }
 
 /// The services `cim serve --services all` runs, in the order it announces them.
-const ALL_SERVICES: [&str; 3] = ["graph", "gateway", "websocket"];
+const ALL_SERVICES: [&str; 4] = ["graph", "document", "gateway", "websocket"];
 
 #[test]
 fn a_malformed_database_url_exits_non_zero_with_one_line_naming_it() {
@@ -196,7 +198,7 @@ fn a_token_from_another_shell_is_accepted_by_the_services_up_sh_started() {
     let mut token = cim();
     with_home(&mut token);
     let token = stdout_of(token.args(["token", "--roles", "writer", "--tenant", &tenant]));
-    let gateway = serve.announced[1].split_whitespace().nth(1).unwrap().trim_start_matches("http://").to_owned();
+    let gateway = serve.announced.iter().find(|l| l.starts_with("gateway")).unwrap().split_whitespace().nth(1).unwrap().trim_start_matches("http://").to_owned();
     let reply = http_get(&gateway, "/api/v1/auth/me", &token);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains(&tenant) && reply.contains("writer"), "{reply}");
@@ -326,7 +328,7 @@ fn doctor_names_postgres_and_then_nats_when_they_are_unreachable() {
         ("CIM_SUBJECT_PREFIX", prefix),
         ("CIM_CONNECT_TIMEOUT_MS", "1000".into()),
     ];
-    Serve::start(&env, "graph").stop();
+    Serve::start(&env, "graph,document").stop();
     let (code, stdout) = doctor(&env);
     assert_eq!(code, Some(0), "the prepared system is healthy:\n{stdout}");
 
@@ -447,68 +449,6 @@ fn doctor_names_a_local_store_it_cannot_write() {
         "{stdout}"
     );
     assert!(stdout.contains("fix: make the directory writable"), "{stdout}");
-}
-
-/// moto's S3 server (PyPI `moto[server]`, from tests/python/requirements.txt) on a free port,
-/// with the Python of CIM_TEST_PYTHON; killed when dropped.
-struct MotoS3 {
-    child: std::process::Child,
-    port: u16,
-    endpoint: String,
-}
-
-impl MotoS3 {
-    fn start() -> Self {
-        let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {python} -m moto.server: {e}"));
-        let s3 = MotoS3 { child, port, endpoint: format!("http://127.0.0.1:{port}") };
-        for _ in 0..300 {
-            if s3.http("GET", "/").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-                return s3;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!(
-            "moto S3 server never answered on port {port}: `{python} -m pip install -r tests/python/requirements.txt`"
-        );
-    }
-
-    /// One unsigned request (moto does not check signatures): the response, or None.
-    fn http(&self, method: &str, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .ok()?;
-        let mut response = String::new();
-        s.read_to_string(&mut response).ok()?;
-        Some(response)
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let response = self.http("PUT", &format!("/{bucket}")).unwrap_or_default();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    }
-
-    fn count_objects(&self, bucket: &str) -> usize {
-        self.http("GET", &format!("/{bucket}?list-type=2")).unwrap_or_default().matches("<Key>").count()
-    }
-}
-
-impl Drop for MotoS3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn test_db_admin() -> String {

@@ -1,0 +1,335 @@
+//! Document bytes in the object store: content ids computed while the bytes stream in, a
+//! per-tenant staging area, promotion to the content address, pins that keep the sweeper away,
+//! and ranged reads.
+//!
+//! Layout: `staging/<tenant>/<upload id>` while an upload runs, `blobs/<tenant>/<cid>` after.
+//! Tenants never share an object, so one tenant cannot learn from timing or deduplication
+//! whether another stored the same bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cid::Cid;
+use cid::multihash::Multihash;
+use cim_core::TenantId;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sqlx::PgPool;
+
+/// The multicodec of raw bytes.
+const RAW: u64 = 0x55;
+/// The multihash code of BLAKE3 (32-byte digest).
+const BLAKE3: u64 = 0x1e;
+/// Uploads up to this size are one PUT; larger ones go in parts of this size.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload: bounds an upload's memory to about this many parts.
+const PARTS_IN_FLIGHT: usize = 2;
+/// The leading text of text-like content kept for search.
+pub const SEARCH_TEXT_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("content is larger than the {limit}-byte limit (CIM_DOCUMENT_MAX_CONTENT_BYTES)")]
+    TooLarge { limit: u64 },
+    #[error("content is empty")]
+    Empty,
+    #[error("expected_cid: {0}")]
+    BadCid(String),
+    #[error("the content's id is {actual}, not the expected {expected}; nothing was stored")]
+    Mismatch { expected: String, actual: String },
+    #[error("object store {at}: {source}")]
+    Store { at: String, source: Box<object_store::Error> },
+    #[error("content {cid} is missing from the object store {at}")]
+    Missing { at: String, cid: String },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The content id of `digest`, a BLAKE3 hash of raw bytes: CIDv1, base32 (`bafkr4i…`).
+pub fn cid_of(digest: &blake3::Hash) -> String {
+    let hash = Multihash::<64>::wrap(BLAKE3, digest.as_bytes()).expect("a 32-byte digest fits");
+    Cid::new_v1(RAW, hash).to_string()
+}
+
+/// Parses a client's CID, in any multibase; answers its canonical (base32) form.
+pub fn parse_cid(s: &str) -> Result<String, ContentError> {
+    let cid = Cid::try_from(s).map_err(|e| ContentError::BadCid(e.to_string()))?;
+    if cid.codec() != RAW || cid.hash().code() != BLAKE3 {
+        return Err(ContentError::BadCid("expected a CIDv1 with the raw codec and a BLAKE3 multihash".into()));
+    }
+    Ok(Cid::new_v1(RAW, *cid.hash()).to_string())
+}
+
+/// Whether search should read this content type's text.
+pub fn is_text(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence.starts_with("text/")
+        || matches!(
+            essence.as_str(),
+            "application/json" | "application/xml" | "application/yaml" | "application/x-ndjson"
+        )
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+}
+
+/// The object store as the document service uses it.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    store: Arc<dyn ObjectStore>,
+    at: String,
+    max_bytes: u64,
+}
+
+impl ContentStore {
+    pub fn new(objects: &cim_objects::Objects, max_bytes: u64) -> Self {
+        Self { store: objects.store().clone(), at: objects.describe().to_owned(), max_bytes }
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn failed(&self, source: object_store::Error) -> ContentError {
+        ContentError::Store { at: self.at.clone(), source: Box::new(source) }
+    }
+
+    pub fn blob_path(tenant: TenantId, cid: &str) -> Path {
+        Path::from(format!("blobs/{}/{cid}", tenant.as_uuid()))
+    }
+
+    pub fn staging_root() -> Path {
+        Path::from("staging")
+    }
+
+    /// Starts an upload into the staging area.
+    pub fn upload(&self, tenant: TenantId, keep_text: bool) -> Upload {
+        let path = Path::from(format!("staging/{}/{}", tenant.as_uuid(), uuid::Uuid::now_v7()));
+        Upload {
+            store: self.clone(),
+            path,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            buffered: Vec::new(),
+            parts: None,
+            text: keep_text.then(Vec::new),
+        }
+    }
+
+    /// Moves staged bytes to their content address, unless the tenant already has them there.
+    /// The caller has pinned the content first (see the `content_blobs` migration), so the
+    /// sweeper cannot remove the address between this check and the version's commit.
+    /// Answers whether the tenant already had them (deduplicated).
+    pub async fn promote(&self, staged: &Staged, tenant: TenantId) -> Result<bool, ContentError> {
+        let blob = Self::blob_path(tenant, &staged.cid);
+        match self.store.head(&blob).await {
+            Ok(_) => self.discard(&staged.path).await.map(|()| true),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.store.rename(&staged.path, &blob).await.map_err(|e| self.failed(e))?;
+                Ok(false)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Removes a staged or swept object; a missing one is already gone.
+    pub async fn discard(&self, path: &Path) -> Result<(), ContentError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Streams `length` bytes (all when `None`) of the tenant's content from `offset`.
+    pub async fn read(
+        &self,
+        tenant: TenantId,
+        cid: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes, ContentError>>, ContentError> {
+        let path = Self::blob_path(tenant, cid);
+        let range = match length {
+            Some(n) => Some(GetRange::Bounded(offset..offset + n)),
+            None if offset > 0 => Some(GetRange::Offset(offset)),
+            None => None,
+        };
+        let got = self.store.get_opts(&path, GetOptions { range, ..Default::default() }).await;
+        let got = match got {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ContentError::Missing { at: self.at.clone(), cid: cid.to_owned() });
+            }
+            Err(e) => return Err(self.failed(e)),
+        };
+        let this = self.clone();
+        Ok(got.into_stream().map_err(move |e| this.failed(e)).boxed())
+    }
+
+    /// Objects under `prefix` last modified before `cutoff` (the sweeper's staging pass).
+    pub async fn older_than(
+        &self,
+        prefix: &Path,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Path>, ContentError> {
+        self.store
+            .list(Some(prefix))
+            .try_filter(|meta| std::future::ready(meta.last_modified < cutoff))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(e))
+    }
+}
+
+/// An upload in progress: hashes and counts what passes, writes it to staging.
+pub struct Upload {
+    store: ContentStore,
+    path: Path,
+    hasher: blake3::Hasher,
+    size: u64,
+    /// Bytes not yet written: until they pass one part, the upload is a single PUT.
+    buffered: Vec<u8>,
+    parts: Option<WriteMultipart>,
+    text: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload").field("path", &self.path).field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
+/// Bytes in staging with what the upload measured.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub path: Path,
+    pub cid: String,
+    pub size: u64,
+    /// The leading text, for text-like content.
+    pub text: Option<String>,
+}
+
+impl Upload {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ContentError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.store.max_bytes {
+            return Err(ContentError::TooLarge { limit: self.store.max_bytes });
+        }
+        self.hasher.update(chunk);
+        if let Some(text) = &mut self.text
+            && text.len() < SEARCH_TEXT_BYTES
+        {
+            let room = SEARCH_TEXT_BYTES - text.len();
+            text.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        match &mut self.parts {
+            Some(parts) => {
+                parts.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| self.store.failed(e))?;
+                parts.write(chunk);
+            }
+            None => {
+                self.buffered.extend_from_slice(chunk);
+                if self.buffered.len() > PART_BYTES {
+                    let upload = self.store.store.put_multipart(&self.path).await.map_err(|e| self.store.failed(e))?;
+                    let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                    parts.write(&std::mem::take(&mut self.buffered));
+                    self.parts = Some(parts);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the staged object and names it by content.
+    pub async fn finish(self) -> Result<Staged, ContentError> {
+        if self.size == 0 {
+            return Err(ContentError::Empty);
+        }
+        match self.parts {
+            Some(parts) => {
+                parts.finish().await.map_err(|e| self.store.failed(e))?;
+            }
+            None => {
+                let payload = PutPayload::from(Bytes::from(self.buffered));
+                self.store.store.put(&self.path, payload).await.map_err(|e| self.store.failed(e))?;
+            }
+        }
+        let text = self.text.map(|bytes| {
+            // A multi-byte character split by the cap becomes U+FFFD; Postgres text holds no NUL.
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            text.replace('\0', " ")
+        });
+        Ok(Staged { cid: cid_of(&self.hasher.finalize()), size: self.size, path: self.path, text })
+    }
+
+    /// Gives up: aborts the parts or drops the buffer. Anything left behind in staging is
+    /// collected by the sweeper.
+    pub async fn abort(self) {
+        if let Some(parts) = self.parts {
+            let _ = parts.abort().await;
+        }
+    }
+}
+
+/// Pins content for the tenant: creates or touches its row, so the sweeper leaves it alone for
+/// a grace period. Waits for a sweeper holding the row's lock, after which the row is created
+/// anew and the caller puts the bytes back.
+pub async fn pin(pool: &PgPool, tenant: TenantId, staged: &Staged) -> Result<(), ContentError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO content_blobs (tenant_id, cid, size) VALUES ($1, $2, $3) \
+         ON CONFLICT (tenant_id, cid) DO UPDATE SET touched_at = now()",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&staged.cid)
+    .bind(staged.size as i64)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(text) = &staged.text {
+        sqlx::query(
+            "INSERT INTO content_text (tenant_id, cid, body) VALUES ($1, $2, $3) ON CONFLICT (tenant_id, cid) DO NOTHING",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&staged.cid)
+        .bind(text)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ids_are_cidv1_raw_blake3() {
+        // The BLAKE3 of "hello world\n", as `ipfs add --cid-version 1 --hash blake3 --raw-leaves`
+        // names it.
+        let cid = cid_of(&blake3::hash(b"hello world\n"));
+        assert!(cid.starts_with("bafkr4i"), "{cid}");
+        assert_eq!(parse_cid(&cid).unwrap(), cid);
+        let parsed = Cid::try_from(cid.as_str()).unwrap();
+        assert_eq!(parsed.version(), cid::Version::V1);
+        assert_eq!(parsed.codec(), RAW);
+        assert_eq!(parsed.hash().code(), BLAKE3);
+        assert_eq!(parsed.hash().digest(), blake3::hash(b"hello world\n").as_bytes());
+        // Another multibase of the same CID is the same content id.
+        let base58 = parsed.to_string_of_base(cid::multibase::Base::Base58Btc).unwrap();
+        assert_eq!(parse_cid(&base58).unwrap(), cid);
+        assert!(parse_cid("bafy-not-a-cid").is_err());
+        let sha = Cid::new_v1(RAW, Multihash::<64>::wrap(0x12, &[0; 32]).unwrap()).to_string();
+        assert!(parse_cid(&sha).unwrap_err().to_string().contains("BLAKE3"));
+    }
+
+    #[test]
+    fn text_like_types() {
+        assert!(is_text("text/plain; charset=utf-8"));
+        assert!(is_text("application/ld+json"));
+        assert!(!is_text("application/pdf"));
+        assert!(!is_text("image/png"));
+    }
+}

@@ -1,0 +1,13 @@
+//! `cim-document`: the document service as its own process (its container image runs this).
+
+/// mimalloc: glibc's malloc was 15-20% of a service's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    cim_runtime::process::main("document", |config, shutdown| async move {
+        cim_document::app::run(&config, &shutdown).await
+    })
+    .await
+}
