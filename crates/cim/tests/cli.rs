@@ -198,7 +198,16 @@ fn a_token_from_another_shell_is_accepted_by_the_services_up_sh_started() {
     let mut token = cim();
     with_home(&mut token);
     let token = stdout_of(token.args(["token", "--roles", "writer", "--tenant", &tenant]));
-    let gateway = serve.announced.iter().find(|l| l.starts_with("gateway")).unwrap().split_whitespace().nth(1).unwrap().trim_start_matches("http://").to_owned();
+    let gateway = serve
+        .announced
+        .iter()
+        .find(|l| l.starts_with("gateway"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
     let reply = http_get(&gateway, "/api/v1/auth/me", &token);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains(&tenant) && reply.contains("writer"), "{reply}");
