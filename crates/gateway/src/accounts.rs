@@ -116,3 +116,11 @@ pub async fn revoke_api_key(
     crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The role each route needs (`crate::authz` reads every domain's table).
+pub const ROUTE_ROLES: &[(http::Method, &str, Option<cim_auth::Role>)] = &[
+    (http::Method::GET, "/api/v1/auth/me", None),
+    (http::Method::POST, "/api/v1/auth/login", None),
+    (http::Method::POST, "/api/v1/admin/api-keys", Some(cim_auth::Role::Admin)),
+    (http::Method::DELETE, "/api/v1/admin/api-keys/{id}", Some(cim_auth::Role::Admin)),
+];

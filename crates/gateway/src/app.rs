@@ -18,6 +18,10 @@ use cim_runtime::host::{ServiceHost, bind};
 use cim_runtime::{Shutdown, nats, redis};
 use tokio::net::TcpListener;
 
+use cim_proto::document::document_service_client::DocumentServiceClient;
+use cim_proto::graph::graph_service_client::GraphServiceClient;
+use tonic::transport::Channel;
+
 use crate::upstream::Upstream;
 
 /// What every handler and middleware shares. Behind one `Arc`: axum hands each extractor its
@@ -34,7 +38,10 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Shared {
-    pub graph: Upstream,
+    pub graph: Upstream<GraphServiceClient<Channel>>,
+    pub document: Upstream<DocumentServiceClient<Channel>>,
+    /// Content uploads and downloads: no deadline, they take as long as their bytes take.
+    pub document_transfer: Upstream<DocumentServiceClient<Channel>>,
     pub verifier: Arc<Verifier>,
     pub redis: deadpool_redis::Pool,
     pub settings: Arc<GatewaySettings>,
@@ -91,6 +98,7 @@ async fn not_found() -> crate::problem::ApiError {
 /// The complete router over `state`.
 pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
     let authenticated = crate::graph::routes()
+        .merge(crate::document::routes())
         .route("/api/v1/auth/me", get(crate::accounts::me))
         .route("/api/v1/auth/login", post(crate::accounts::login))
         .route("/api/v1/admin/api-keys", post(crate::accounts::create_api_key))
@@ -137,8 +145,27 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     crate::cache::describe();
     let settings = Arc::new(config.edge.gateway.clone());
     let verifier = Verifier::from_settings(&config.edge.auth).map_err(|e| AppError::Config(e.to_string()))?;
-    let graph = Upstream::graph(&settings.graph_urls, settings.request_timeout, config.connect_timeout)
-        .map_err(AppError::Config)?;
+    let timeout = Some(settings.request_timeout);
+    let graph = Upstream::connect(
+        cim_runtime::config::CIM_GATEWAY_GRAPH_URLS,
+        &settings.graph_urls,
+        timeout,
+        config.connect_timeout,
+        GraphServiceClient::new,
+    )
+    .map_err(AppError::Config)?;
+    let document_upstream = |timeout| {
+        Upstream::connect(
+            cim_runtime::config::CIM_GATEWAY_DOCUMENT_URLS,
+            &settings.document_urls,
+            timeout,
+            config.connect_timeout,
+            DocumentServiceClient::new,
+        )
+        .map_err(AppError::Config)
+    };
+    let document = document_upstream(timeout)?;
+    let document_transfer = document_upstream(None)?;
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
@@ -152,6 +179,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     .await?;
     let state = AppState(Arc::new(Shared {
         graph,
+        document,
+        document_transfer,
         verifier: Arc::new(verifier),
         bumps: crate::cache::Bumps::start(redis.clone(), settings.cache_ttl),
         redis,

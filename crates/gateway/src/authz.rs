@@ -11,40 +11,21 @@ use cim_core::ErrorCode;
 
 use crate::problem::ApiError;
 
-/// The role each authenticated route needs (`None`: any authenticated caller). A route missing
-/// here is refused: the table must name every route (tested against the router's OpenAPI paths).
-pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
-    (Method::POST, "/api/v1/graphs", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}", Some(Role::Reader)),
-    (Method::PATCH, "/api/v1/graphs/{graph_id}", Some(Role::Writer)),
-    (Method::DELETE, "/api/v1/graphs/{graph_id}", Some(Role::Writer)),
-    (Method::POST, "/api/v1/graphs/{graph_id}/nodes", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/nodes", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Reader)),
-    (Method::PATCH, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Writer)),
-    (Method::DELETE, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", Some(Role::Reader)),
-    (Method::POST, "/api/v1/graphs/{graph_id}/edges", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/edges", Some(Role::Reader)),
-    (Method::PATCH, "/api/v1/graphs/{graph_id}/edges/{edge_id}", Some(Role::Writer)),
-    (Method::DELETE, "/api/v1/graphs/{graph_id}/edges/{edge_id}", Some(Role::Writer)),
-    (Method::POST, "/api/v1/graphs/{graph_id}/batch", Some(Role::Writer)),
-    // A query with a body: reading needs no more than the reader role.
-    (Method::POST, "/api/v1/graphs/{graph_id}/traverse", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/shortest-path", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/versions/{version}", Some(Role::Reader)),
-    (Method::GET, "/api/v1/auth/me", None),
-    (Method::POST, "/api/v1/auth/login", None),
-    (Method::POST, "/api/v1/admin/api-keys", Some(Role::Admin)),
-    (Method::DELETE, "/api/v1/admin/api-keys/{id}", Some(Role::Admin)),
-];
+/// Every domain's table of the role each authenticated route needs (`None`: any authenticated
+/// caller). A route missing from all of them is refused: together they must name every route
+/// (tested against the router's OpenAPI paths). A domain's table lives in its module.
+pub const TABLES: &[&[(Method, &str, Option<Role>)]] =
+    &[crate::graph::ROUTE_ROLES, crate::document::ROUTE_ROLES, crate::accounts::ROUTE_ROLES];
+
+fn route_roles() -> impl Iterator<Item = &'static (Method, &'static str, Option<Role>)> {
+    TABLES.iter().flat_map(|table| table.iter())
+}
 
 /// What the table says about `method` on `path`: `Some(rule)` for a listed route, `None` when
 /// the path is listed for other methods only (axum answers 405), an error when it is not listed.
 pub fn rule(method: &Method, path: &str) -> Result<Option<Option<Role>>, ApiError> {
     let mut path_known = false;
-    for (m, p, role) in ROUTE_ROLES {
+    for (m, p, role) in route_roles() {
         if *p == path {
             if m == method {
                 return Ok(Some(*role));
@@ -69,7 +50,7 @@ pub fn require(p: &Principal, role: Role) -> Result<(), ApiError> {
     }
 }
 
-/// Checks the caller (set by `auth::middleware`) against [`ROUTE_ROLES`].
+/// Checks the caller (set by `auth::middleware`) against the [`TABLES`].
 pub async fn middleware(req: Request, next: Next) -> Result<Response, ApiError> {
     // Without a matched path the router's fallback answers 404; it needs no rule.
     if let Some(path) = req.extensions().get::<MatchedPath>()
@@ -103,7 +84,7 @@ mod tests {
             }
         }
         let mut table: Vec<(String, String)> =
-            ROUTE_ROLES.iter().map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned())).collect();
+            route_roles().map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned())).collect();
         documented.sort();
         table.sort();
         assert_eq!(documented, table);

@@ -7,16 +7,16 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use cim_auth::Principal;
+use cim_auth::{Principal, Role};
 use cim_proto::graph as pb;
+use http::Method;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
-
-type Props = serde_json::Map<String, serde_json::Value>;
+use crate::rest::{CommandQuery, Props, exact_properties, idempotency_key, next_token, page, props, structure, ts};
 
 // ---- representations ----
 
@@ -280,21 +280,6 @@ pub struct TraverseRequest {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct CommandQuery {
-    /// Fail with 409 unless the graph is at this version.
-    pub expected_version: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// 1 to 1000 (default 100).
-    pub page_size: Option<u32>,
-    pub page_token: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
 pub struct ListGraphsQuery {
     pub page_size: Option<u32>,
     pub page_token: Option<String>,
@@ -344,16 +329,6 @@ pub struct PathQuery {
 
 // ---- conversions ----
 
-fn props(s: Option<prost_types::Struct>) -> Props {
-    cim_proto::json::struct_to_json(s).unwrap_or_default()
-}
-
-fn ts(t: Option<prost_types::Timestamp>) -> Option<String> {
-    let t = t?;
-    chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
-
 fn graph(g: pb::Graph) -> Graph {
     Graph {
         graph_id: g.graph_id,
@@ -388,42 +363,12 @@ fn result(r: pb::CommandResponse) -> CommandResult {
     }
 }
 
-fn next_token(p: Option<cim_proto::common::PageResponse>) -> Option<String> {
-    p.map(|p| p.next_page_token).filter(|t| !t.is_empty())
-}
-
-fn page(size: Option<u32>, token: Option<String>) -> Option<cim_proto::common::PageRequest> {
-    Some(cim_proto::common::PageRequest { page_size: size.unwrap_or(0), page_token: token.unwrap_or_default() })
-}
-
-/// A property document from a request. A `Struct` number is a double: an integer it cannot hold
-/// exactly (beyond ±(2^53 - 1)) is refused with its path instead of being rounded on its way.
-fn exact_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Props, D::Error> {
-    let props = Props::deserialize(d)?;
-    for (key, value) in &props {
-        if let Some((path, n)) = cim_proto::json::first_inexact_integer(value) {
-            let at =
-                if path.is_empty() || path.starts_with('[') { format!("{key}{path}") } else { format!("{key}.{path}") };
-            return Err(serde::de::Error::custom(format!(
-                "the integer {n} at {at} is beyond ±9007199254740991 and would not be kept exactly \
-                 (properties hold numbers as doubles): send it as a string"
-            )));
-        }
-    }
-    Ok(props)
-}
-
-fn structure(p: &Props) -> Option<prost_types::Struct> {
-    Some(cim_proto::json::json_to_struct(p))
-}
-
 fn types(list: Option<String>) -> Vec<String> {
     list.map(|l| l.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()).unwrap_or_default()
 }
 
 fn options(q: &CommandQuery, headers: &HeaderMap) -> Option<pb::CommandOptions> {
-    let key = headers.get(crate::idempotency::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    Some(pb::CommandOptions { expected_version: q.expected_version, idempotency_key: key.to_owned() })
+    Some(pb::CommandOptions { expected_version: q.expected_version, idempotency_key: idempotency_key(headers) })
 }
 
 fn created(r: pb::CommandResponse) -> impl IntoResponse {
@@ -445,16 +390,19 @@ async fn changed(state: &AppState, graph_id: &str) {
 
 // ---- handlers ----
 
+/// A graph command, then this gateway's cache of the graph dropped.
 macro_rules! command {
     ($state:ident, $p:ident, $graph_id:expr, $call:ident, $msg:expr) => {{
-        let r = $state.graph.command(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?;
+        let r = crate::rest::command!($state.graph, $p, $call, $msg);
         changed(&$state, $graph_id).await;
         r
     }};
 }
 
 macro_rules! query {
-    ($state:ident, $p:ident, $call:ident, $msg:expr) => {{ $state.graph.query(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await? }};
+    ($state:ident, $p:ident, $call:ident, $msg:expr) => {
+        crate::rest::query!($state.graph, $p, $call, $msg)
+    };
 }
 
 /// Create a graph
@@ -893,6 +841,30 @@ pub async fn graph_at_version(
         edges: r.edges.into_iter().map(edge).collect(),
     }))
 }
+
+/// The role each route needs (`crate::authz` reads every domain's table).
+pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
+    (Method::POST, "/api/v1/graphs", Some(Role::Writer)),
+    (Method::GET, "/api/v1/graphs", Some(Role::Reader)),
+    (Method::GET, "/api/v1/graphs/{graph_id}", Some(Role::Reader)),
+    (Method::PATCH, "/api/v1/graphs/{graph_id}", Some(Role::Writer)),
+    (Method::DELETE, "/api/v1/graphs/{graph_id}", Some(Role::Writer)),
+    (Method::POST, "/api/v1/graphs/{graph_id}/nodes", Some(Role::Writer)),
+    (Method::GET, "/api/v1/graphs/{graph_id}/nodes", Some(Role::Reader)),
+    (Method::GET, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Reader)),
+    (Method::PATCH, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Writer)),
+    (Method::DELETE, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Writer)),
+    (Method::GET, "/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", Some(Role::Reader)),
+    (Method::POST, "/api/v1/graphs/{graph_id}/edges", Some(Role::Writer)),
+    (Method::GET, "/api/v1/graphs/{graph_id}/edges", Some(Role::Reader)),
+    (Method::PATCH, "/api/v1/graphs/{graph_id}/edges/{edge_id}", Some(Role::Writer)),
+    (Method::DELETE, "/api/v1/graphs/{graph_id}/edges/{edge_id}", Some(Role::Writer)),
+    (Method::POST, "/api/v1/graphs/{graph_id}/batch", Some(Role::Writer)),
+    // A query with a body: reading needs no more than the reader role.
+    (Method::POST, "/api/v1/graphs/{graph_id}/traverse", Some(Role::Reader)),
+    (Method::GET, "/api/v1/graphs/{graph_id}/shortest-path", Some(Role::Reader)),
+    (Method::GET, "/api/v1/graphs/{graph_id}/versions/{version}", Some(Role::Reader)),
+];
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -1,6 +1,7 @@
 //! The REST/JSON gateway: `/api/v1/...` over the domain services' gRPC APIs.
 //!
-//! - [`app`]: state, router and lifecycle; [`graph`]: the graph routes (one module per domain);
+//! - [`app`]: state, router and lifecycle; [`graph`], [`document`]: each domain's routes, DTOs,
+//!   role table and OpenAPI paths (one module per domain, on [`rest`]);
 //!   [`accounts`]: the caller's own routes (me, sessions, API keys).
 //! - [`auth`]: bearer tokens, API keys, sessions; [`authz`]: the role each route needs; [`limits`]: rate limits, deadline, bodies, metrics.
 //! - [`cache`]: cached GETs invalidated by events; [`idempotency`]: `Idempotency-Key` replay.
@@ -13,10 +14,12 @@ pub mod app;
 pub mod auth;
 pub mod authz;
 pub mod cache;
+pub mod document;
 pub mod extract;
 pub mod graph;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;
 pub mod problem;
+pub mod rest;
 pub mod upstream;

@@ -153,10 +153,16 @@ pub async fn deadline_and_metrics(State(state): State<AppState>, req: Request, n
     // The request's span continues the caller's trace; outgoing gRPC calls inject it.
     let span = tracing::info_span!("http", %method, %route, otel.kind = "server");
     cim_runtime::telemetry::continue_http(&span, req.headers());
-    let handled = tokio::time::timeout(state.settings.request_timeout, next.run(req)).instrument(span);
-    let res = match handled.await {
-        Ok(res) => res,
-        Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "the request took too long").into_response(),
+    // A transfer's body takes as long as its bytes take: no deadline (the connection's own
+    // timeouts and the client still bound it).
+    let res = if crate::document::TRANSFER_ROUTES.contains(&route.as_str()) {
+        next.run(req).instrument(span).await
+    } else {
+        let handled = tokio::time::timeout(state.settings.request_timeout, next.run(req)).instrument(span);
+        match handled.await {
+            Ok(res) => res,
+            Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "the request took too long").into_response(),
+        }
     };
     let status = res.status().as_u16().to_string();
     metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method.clone(), "status" => status.clone())

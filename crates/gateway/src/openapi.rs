@@ -37,7 +37,12 @@ impl utoipa::Modify for Security {
 )]
 struct Doc;
 
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| Doc::openapi().to_pretty_json().unwrap_or_default());
+/// Each domain module owns its paths (`<domain>::Api`); this document adds the shared parts.
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    let mut doc = Doc::openapi();
+    doc.merge(crate::document::Api::openapi());
+    doc.to_pretty_json().unwrap_or_default()
+});
 
 pub fn document() -> &'static str {
     DOCUMENT.as_str()
@@ -45,6 +50,24 @@ pub fn document() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use utoipa::OpenApi;
+
+    /// Merging keeps one schema per name: two domains naming different shapes alike would
+    /// silently document one of them wrongly.
+    #[test]
+    fn no_two_domains_give_one_schema_name_different_shapes() {
+        let schemas = |doc: utoipa::openapi::OpenApi| {
+            let value = serde_json::to_value(doc).unwrap();
+            value["components"]["schemas"].as_object().cloned().unwrap_or_default()
+        };
+        let shared = schemas(super::Doc::openapi());
+        for (name, shape) in schemas(crate::document::Api::openapi()) {
+            if let Some(other) = shared.get(&name) {
+                assert_eq!(other, &shape, "schema {name} means two things");
+            }
+        }
+    }
+
     #[test]
     fn every_operation_has_a_summary_and_a_description() {
         let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();

@@ -1,39 +1,57 @@
-//! gRPC clients of the domain services: balanced over every configured address, with the
-//! request deadline, the caller's identity and trace context in metadata, and retries only for
-//! queries (a command is retried by the caller, with an Idempotency-Key).
+//! gRPC clients of the domain services, one per domain (`CIM_GATEWAY_<DOMAIN>_URLS`): balanced
+//! over every configured address, with the request deadline, the caller's identity and trace
+//! context in metadata, and retries only for queries (a command is retried by the caller, with
+//! an Idempotency-Key).
 
 use std::time::Duration;
 
 use cim_auth::Principal;
-use cim_proto::graph::graph_service_client::GraphServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::problem::ApiError;
 
+/// One domain's client (`C`: its generated gRPC client over a balanced channel).
 #[derive(Debug, Clone)]
-pub struct Upstream {
-    client: GraphServiceClient<Channel>,
-    timeout: Duration,
+pub struct Upstream<C> {
+    client: C,
+    /// Unary calls' deadline; `None` for transfers, which take as long as their bytes take.
+    timeout: Option<Duration>,
 }
 
-impl Upstream {
+impl<C: Clone> Upstream<C> {
     /// Connects lazily: the gateway starts (and serves health and docs) before the services do.
-    pub fn graph(urls: &[String], timeout: Duration, connect_timeout: Duration) -> Result<Self, String> {
+    /// `var` names the setting in errors.
+    pub fn connect(
+        var: &str,
+        urls: &[String],
+        timeout: Option<Duration>,
+        connect_timeout: Duration,
+        client: impl FnOnce(Channel) -> C,
+    ) -> Result<Self, String> {
         let endpoints = urls
             .iter()
             .map(|u| {
                 Endpoint::from_shared(u.clone())
-                    .map(|e| e.connect_timeout(connect_timeout).timeout(timeout).tcp_nodelay(true))
-                    .map_err(|e| format!("CIM_GATEWAY_GRAPH_URLS: {u}: {e}"))
+                    .map(|e| {
+                        let e = e.connect_timeout(connect_timeout).tcp_nodelay(true);
+                        match timeout {
+                            Some(t) => e.timeout(t),
+                            None => e,
+                        }
+                    })
+                    .map_err(|e| format!("{var}: {u}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let channel = Channel::balance_list(endpoints.into_iter());
-        Ok(Self { client: GraphServiceClient::new(channel), timeout })
+        Ok(Self { client: client(channel), timeout })
     }
 
-    fn request<T>(&self, p: &Principal, msg: T) -> tonic::Request<T> {
+    /// A request carrying the caller's tenant and actor, the deadline and the trace context.
+    pub fn request<T>(&self, p: &Principal, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.set_timeout(self.timeout);
+        if let Some(t) = self.timeout {
+            req.set_timeout(t);
+        }
         cim_runtime::telemetry::inject_grpc(req.metadata_mut());
         let md = req.metadata_mut();
         if let Ok(v) = p.tenant.to_string().parse() {
@@ -45,10 +63,14 @@ impl Upstream {
         req
     }
 
+    pub fn client(&self) -> C {
+        self.client.clone()
+    }
+
     /// One attempt: commands are not retried here.
     pub async fn command<T, R, F, Fut>(&self, p: &Principal, call: F, msg: T) -> Result<R, ApiError>
     where
-        F: FnOnce(GraphServiceClient<Channel>, tonic::Request<T>) -> Fut,
+        F: FnOnce(C, tonic::Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         call(self.client.clone(), self.request(p, msg)).await.map(tonic::Response::into_inner).map_err(ApiError::from)
@@ -57,7 +79,7 @@ impl Upstream {
     /// Up to three attempts when the service is unavailable (another instance may answer).
     pub async fn query<T: Clone, R, F, Fut>(&self, p: &Principal, call: F, msg: T) -> Result<R, ApiError>
     where
-        F: Fn(GraphServiceClient<Channel>, tonic::Request<T>) -> Fut,
+        F: Fn(C, tonic::Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let mut attempt = 0;

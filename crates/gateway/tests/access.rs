@@ -12,7 +12,6 @@ mod support;
 
 use cim_auth::now_secs;
 use cim_core::TenantId;
-use cim_gateway::authz::ROUTE_ROLES;
 use http::call;
 use support::*;
 
@@ -46,12 +45,13 @@ async fn every_route_checks_the_role_before_the_cache_or_a_replay() {
         "the cache never answered"
     );
 
-    for (method, template, role) in ROUTE_ROLES {
+    for (method, template, role) in cim_gateway::authz::TABLES.iter().flat_map(|table| table.iter()) {
         let path = template
             .replace("{graph_id}", &g)
             .replace("{node_id}", "a")
             .replace("{edge_id}", "e")
             .replace("{version}", "2")
+            .replace("{document_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{id}", &uuid::Uuid::now_v7().to_string());
         let allowed = |who: Option<cim_auth::Role>| match role {
             None => true,

@@ -1,5 +1,7 @@
 //! The gateway over real TCP, in front of a real graph service, Postgres, NATS and Redis.
 
+#[path = "support/document.rs"]
+mod document;
 #[path = "../../graph/tests/support/harness.rs"]
 mod harness;
 #[path = "support/http.rs"]
@@ -270,7 +272,11 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     // with the test's output, so a 5xx found here shows its cause.
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let graph = harness::Service::start().await;
-    let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    let documents = document::DocumentService::start(&graph.prefix).await;
+    let document_urls = documents.url();
+    let gw =
+        gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_DOCUMENT_URLS", &document_urls)])
+            .await;
     let t = TenantId::new();
     let admin = token(t, &["admin"], now_secs() + 3600);
     // Some real data so that a few generated requests reach it.
@@ -308,6 +314,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     assert!(out.status.success(), "schemathesis found problems:\n{report}");
     assert!(report.contains("passed"), "{report}");
     gw.stop().await;
+    documents.stop().await;
     graph.stop().await;
 }
 

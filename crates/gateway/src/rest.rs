@@ -1,0 +1,94 @@
+//! What every domain's REST module shares: JSON documents to and from `Struct`, timestamps,
+//! paging, command options, and the two ways to call a domain service (`command!`, `query!`).
+//! A domain module states only its routes, DTOs and the calls they make.
+
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+/// A JSON object a caller stores (properties, metadata).
+pub type Props = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CommandQuery {
+    /// Fail with 409 unless the aggregate (graph, document, ...) is at this version.
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1 to the route's maximum (a larger one is refused, naming the maximum).
+    pub page_size: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+/// The request's `Idempotency-Key`, which also travels to the domain service as the command's
+/// idempotency key (empty: none).
+pub fn idempotency_key(headers: &HeaderMap) -> String {
+    headers.get(crate::idempotency::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+pub fn props(s: Option<prost_types::Struct>) -> Props {
+    cim_proto::json::struct_to_json(s).unwrap_or_default()
+}
+
+/// RFC 3339 with microseconds, UTC.
+pub fn ts(t: Option<prost_types::Timestamp>) -> Option<String> {
+    let t = t?;
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// An RFC 3339 instant from a request, as a protobuf timestamp.
+pub fn timestamp(field: &str, s: &str) -> Result<prost_types::Timestamp, crate::problem::ApiError> {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| cim_runtime::edge::timestamp(t.to_utc())).map_err(|e| {
+        crate::problem::ApiError::invalid(field, format!("an RFC 3339 instant such as 2026-12-31T23:59:59Z: {e}"))
+    })
+}
+
+pub fn next_token(p: Option<cim_proto::common::PageResponse>) -> Option<String> {
+    p.map(|p| p.next_page_token).filter(|t| !t.is_empty())
+}
+
+pub fn page(size: Option<u32>, token: Option<String>) -> Option<cim_proto::common::PageRequest> {
+    Some(cim_proto::common::PageRequest { page_size: size.unwrap_or(0), page_token: token.unwrap_or_default() })
+}
+
+/// A property document from a request. A `Struct` number is a double: an integer it cannot hold
+/// exactly (beyond ±(2^53 - 1)) is refused with its path instead of being rounded on its way.
+pub fn exact_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Props, D::Error> {
+    let props = Props::deserialize(d)?;
+    for (key, value) in &props {
+        if let Some((path, n)) = cim_proto::json::first_inexact_integer(value) {
+            let at =
+                if path.is_empty() || path.starts_with('[') { format!("{key}{path}") } else { format!("{key}.{path}") };
+            return Err(serde::de::Error::custom(format!(
+                "the integer {n} at {at} is beyond ±9007199254740991 and would not be kept exactly \
+                 (properties hold numbers as doubles): send it as a string"
+            )));
+        }
+    }
+    Ok(props)
+}
+
+pub fn structure(p: &Props) -> Option<prost_types::Struct> {
+    Some(cim_proto::json::json_to_struct(p))
+}
+
+/// Calls a command RPC once: `command!(state.document, principal, create_document, msg)`.
+macro_rules! command {
+    ($upstream:expr, $p:expr, $call:ident, $msg:expr) => {
+        $upstream.command(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?
+    };
+}
+
+/// Calls a query RPC, retried on UNAVAILABLE: `query!(state.document, principal, get_document, msg)`.
+macro_rules! query {
+    ($upstream:expr, $p:expr, $call:ident, $msg:expr) => {
+        $upstream.query(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?
+    };
+}
+
+pub(crate) use {command, query};
