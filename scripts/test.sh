@@ -92,7 +92,7 @@ export CIM_TEST_PYTHON="$PY"
 # grpcurl comes in a wheel: its launcher sits beside the interpreter (not beside a pyenv shim).
 CIM_TEST_GRPCURL="$("$PY" -c 'import os, sys; print(os.path.join(os.path.dirname(sys.executable), "grpcurl"))')"
 export CIM_TEST_GRPCURL
-"$PY" -c 'import grpc, grpc_status, google.protobuf, schemathesis, moto.server; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__)'
+"$PY" -c 'import grpc, grpc_status, google.protobuf, schemathesis, moto.server, multiformats, blake3; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__)'
 "$CIM_TEST_GRPCURL" -version
 
 header "deployment files: scripts/check-deploy.sh"

@@ -86,7 +86,8 @@ impl Running {
     }
 
     /// Stops, verifies the hash chain of every aggregate the test wrote (what `cim verify`
-    /// runs), and drops the schema.
+    /// runs), and drops the schema, the domain's stream and the prefix's dead-letter stream, so
+    /// a suite run leaves nothing behind on the developer's Postgres and NATS.
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = self.task.await;
@@ -94,6 +95,13 @@ impl Running {
         assert!(report.broken.is_empty(), "hash chains broken in {}: {:?}", self.schema, report.broken);
         let drop = format!("DROP SCHEMA {} CASCADE", self.schema);
         let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&self.pool).await;
+        if let (Ok(prefix), Ok(client)) =
+            (self.prefix.parse::<cim_core::SubjectPrefix>(), async_nats::connect(nats_url()).await)
+        {
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(prefix.stream_name(self.store.domain())).await;
+            let _ = js.delete_stream(prefix.dlq_stream_name()).await;
+        }
     }
 }
 

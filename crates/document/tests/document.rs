@@ -368,3 +368,39 @@ async fn s3_multipart_upload_and_ranged_download() {
     assert_eq!(s3.count_objects("cim-docs"), 1);
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_ids_are_what_an_independent_multiformats_implementation_computes() {
+    let svc = Service::start(&[]).await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    let samples: Vec<Vec<u8>> = vec![
+        b"hello world".to_vec(),
+        "Grüße, 世界 \u{1F600}".as_bytes().to_vec(),
+        (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect(),
+    ];
+    let dir = std::env::temp_dir().join(unique("cids"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ours = Vec::new();
+    for (i, bytes) in samples.iter().enumerate() {
+        let id = create(&mut c, tenant, "sample").await;
+        let chunks = bytes.chunks(1 << 20).map(<[u8]>::to_vec).collect();
+        ours.push(upload(&mut c, tenant, parts(start(&id, ""), chunks)).await.unwrap().content_cid);
+        std::fs::write(dir.join(i.to_string()), bytes).unwrap();
+    }
+    // Python's multiformats and blake3 packages (tests/python/requirements.txt).
+    let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import sys, blake3\nfrom multiformats import CID, multihash\nfor p in sys.argv[1:]:\n    d = open(p, 'rb').read()\n    print(CID('base32', 1, 'raw', multihash.wrap(blake3.blake3(d).digest(), 'blake3')))";
+    let paths: Vec<String> = (0..samples.len()).map(|i| dir.join(i.to_string()).display().to_string()).collect();
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(&paths)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (pip install -r tests/python/requirements.txt)"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(ours, theirs);
+    let _ = std::fs::remove_dir_all(dir);
+    svc.stop().await;
+}

@@ -299,8 +299,12 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
                 "not_a_server_error,response_schema_conformance,content_type_conformance",
                 "--max-examples",
                 "20",
+                // One worker: with two threads, schemathesis on this machine's CPython 3.11 failed
+                // about one run in four with "SystemError: AST constructor recursion depth
+                // mismatch" (an interpreter error raised while two threads build ASTs), a tool
+                // error rather than a finding.
                 "--workers",
-                "2",
+                "1",
                 "--seed",
                 "1",
                 "--no-color",

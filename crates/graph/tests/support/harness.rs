@@ -1,40 +1,28 @@
 //! Starts a graph service on port 0 with its own schema and subject prefix, and a tonic client.
 
-#![allow(dead_code)]
-
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::Duration;
+#![allow(dead_code, unused_imports)]
 
 use cim_core::TenantId;
 use cim_graph::app::{GraphOptions, prepare_with};
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
-use cim_runtime::Shutdown;
-use cim_runtime::config::Config;
+use cim_runtime::{ServiceKind, Shutdown};
+use cim_testkit::domain::Running;
 use tonic::transport::Channel;
 
-pub fn database_url() -> String {
-    std::env::var("CIM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
-}
+pub use cim_testkit::domain::{database_url, nats_url, req, unique};
 
-pub fn nats_url() -> String {
-    std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-pub fn unique(tag: &str) -> String {
-    format!("t{tag}_{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
-}
-
+/// A graph service on the kit's test host (cim_testkit::domain): its fields (`grpc`, `prefix`,
+/// `pool`, ...) through `Deref`.
 pub struct Service {
-    pub grpc: SocketAddr,
-    pub admin: SocketAddr,
-    pub schema: String,
-    pub prefix: String,
-    pub shutdown: Shutdown,
-    pub task: tokio::task::JoinHandle<()>,
-    pub pool: sqlx::PgPool,
+    running: Running,
+}
+
+impl std::ops::Deref for Service {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.running
+    }
 }
 
 impl Service {
@@ -49,52 +37,26 @@ impl Service {
     }
 
     pub async fn start_on(schema: String, prefix: String) -> Service {
-        let vars: HashMap<&str, String> = HashMap::from([
-            ("CIM_DATABASE_URL", database_url()),
-            ("CIM_NATS_URL", nats_url()),
-            ("CIM_SUBJECT_PREFIX", prefix.clone()),
-            ("CIM_GRAPH_ADDR", "127.0.0.1:0".into()),
-            ("CIM_GRAPH_ADMIN_ADDR", "127.0.0.1:0".into()),
-            ("CIM_SHUTDOWN_GRACE_MS", "2000".into()),
-            ("CIM_DATABASE_MAX_CONNECTIONS", "40".into()),
-        ]);
-        let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
+        let config = cim_testkit::domain::config(ServiceKind::Graph, &prefix, &[]);
         let shutdown = Shutdown::new();
         let prepared = prepare_with(&config, &shutdown, GraphOptions { schema: schema.clone() }).await.unwrap();
-        let (grpc, admin) = (prepared.grpc_addr, prepared.admin_addr);
-        let pool = prepared.store.pool().clone();
-        let task = tokio::spawn(async move {
-            prepared.run().await.unwrap();
-        });
-        Service { grpc, admin, schema, prefix, shutdown, task, pool }
+        Service { running: Running::spawn(prepared, schema, prefix, shutdown) }
     }
 
     pub async fn client(&self) -> GraphServiceClient<Channel> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap();
-        GraphServiceClient::new(channel)
+        GraphServiceClient::new(self.channel().await)
     }
 
     /// Stops without dropping the schema (another instance still uses it).
     pub async fn stop_replica(self) {
-        self.shutdown.trigger();
-        let _ = self.task.await;
+        self.running.stop_replica().await;
     }
 
     /// Stops, verifies the hash chain of every aggregate the test wrote (the sweep `cim verify`
-    /// runs: so every test of the suite ends with its histories checked), drops the schema.
+    /// runs: so every test of the suite ends with its histories checked), drops the schema and
+    /// the streams.
     pub async fn stop(self) {
-        let store = store_of(&self).await;
-        self.shutdown.trigger();
-        let _ = self.task.await;
-        let report = store.verify_all().await.expect("chain verification ran");
-        assert!(report.broken.is_empty(), "hash chains broken in {}: {:?}", self.schema, report.broken);
-        let _ =
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.schema))).execute(&self.pool).await;
+        self.running.stop().await;
     }
 }
 
@@ -135,14 +97,6 @@ pub async fn all_nodes(c: &mut Client, tenant: TenantId, graph: &str, node_type:
     }
 }
 
-/// A request carrying the tenant, as the gateway sends it.
-pub fn req<T>(tenant: TenantId, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("x-cim-tenant", tenant.to_string().parse().unwrap());
-    r.metadata_mut().insert("x-cim-actor", "user:test".parse().unwrap());
-    r
-}
-
 pub fn props(v: serde_json::Value) -> Option<prost_types::Struct> {
     Some(cim_graph::convert::json_to_struct(v.as_object().unwrap()))
 }
@@ -161,17 +115,7 @@ pub fn expect(version: u64) -> Option<pb::CommandOptions> {
 
 /// The service's event store, opened over its schema (as `cim verify` would).
 pub async fn store_of(svc: &Service) -> cim_eventstore::EventStore {
-    cim_eventstore::EventStore::open(
-        svc.pool.clone(),
-        cim_eventstore::StoreConfig {
-            domain: cim_core::Domain::Graph,
-            schema: svc.schema.clone(),
-            snapshot_every: 1000,
-            upcasters: cim_core::Upcasters::new(),
-        },
-    )
-    .await
-    .unwrap()
+    svc.store.clone()
 }
 
 /// Random JSON documents: doubles of every class (subnormal, tiny, huge, negative, integral),
