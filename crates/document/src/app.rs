@@ -55,7 +55,11 @@ pub async fn prepare_with(
         snapshot_every: 100,
     };
     let mut domain = DomainHost::connect(config, shutdown, spec).await?;
-    let content = ContentStore::new(&objects, config.document.max_content_bytes);
+    let local_root = match &config.objects.location {
+        cim_runtime::config::ObjectLocation::Local(dir) => std::fs::canonicalize(dir).ok(),
+        cim_runtime::config::ObjectLocation::S3 { .. } => None,
+    };
+    let content = ContentStore::new(&objects, config.document.max_content_bytes, local_root);
     let sweeper = Sweeper {
         pool: domain.pool.clone(),
         content: content.clone(),

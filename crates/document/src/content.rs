@@ -80,11 +80,54 @@ pub struct ContentStore {
     store: Arc<dyn ObjectStore>,
     at: String,
     max_bytes: u64,
+    /// The directory of a local store: its unfinished multipart files (`<path>#<n>`, left by a
+    /// process killed mid-upload) are invisible to `list`, so the sweeper walks the disk too.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl ContentStore {
-    pub fn new(objects: &cim_objects::Objects, max_bytes: u64) -> Self {
-        Self { store: objects.store().clone(), at: objects.describe().to_owned(), max_bytes }
+    pub fn new(objects: &cim_objects::Objects, max_bytes: u64, local_root: Option<std::path::PathBuf>) -> Self {
+        Self { store: objects.store().clone(), at: objects.describe().to_owned(), max_bytes, local_root }
+    }
+
+    /// Removes unfinished multipart files under a local store's `staging/` last modified before
+    /// `cutoff`; how many.
+    pub async fn sweep_local_staging(&self, cutoff: std::time::SystemTime) -> Result<u64, ContentError> {
+        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        let at = self.at.clone();
+        let failed = move |source: std::io::Error| ContentError::Store {
+            at: at.clone(),
+            source: Box::new(object_store::Error::Generic { store: "local staging sweep", source: Box::new(source) }),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            let mut dirs = vec![root.join("staging")];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(failed(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(&failed)?;
+                    let meta = entry.metadata().map_err(&failed)?;
+                    if meta.is_dir() {
+                        dirs.push(entry.path());
+                    } else if entry.file_name().to_string_lossy().contains('#')
+                        && meta.modified().map_err(&failed)? < cutoff
+                    {
+                        match std::fs::remove_file(entry.path()) {
+                            Ok(()) => removed += 1,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(failed(e)),
+                        }
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .unwrap_or(Ok(0))
     }
 
     pub fn max_bytes(&self) -> u64 {

@@ -15,4 +15,12 @@ pub fn describe() {
     metrics::describe_counter!(DEDUPLICATED_TOTAL, "Uploads whose bytes the tenant already stored (kept once)");
     metrics::describe_counter!(GC_RUNS_TOTAL, "Content sweeper passes, by outcome");
     metrics::describe_counter!(GC_OBJECTS_TOTAL, "Objects the sweeper removed, by kind (blob, staging)");
+    // Exported at zero from the start: dashboards and alerts see the series before the
+    // sweeper's first pass (minutes after start).
+    for outcome in ["ok", "error"] {
+        metrics::counter!(GC_RUNS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for kind in ["blob", "staging"] {
+        metrics::counter!(GC_OBJECTS_TOTAL, "kind" => kind).increment(0);
+    }
 }

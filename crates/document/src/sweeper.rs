@@ -1,5 +1,7 @@
 //! Collects content no version references (after hard deletes, failed commits, abandoned
-//! uploads) and staging leftovers, once they are older than the grace period.
+//! uploads) and staging leftovers, once they are older than the grace period. An S3 multipart
+//! upload abandoned by a killed process is not listed by the object store API: the bucket's
+//! lifecycle rule `AbortIncompleteMultipartUpload` removes it (docs/deployment.md).
 //!
 //! Safety against a concurrent upload of the same bytes: each collected content's row is
 //! locked while its object is deleted, and an upload's pin waits on that lock (see
@@ -72,6 +74,7 @@ impl Sweeper {
             self.content.discard(&path).await?;
             swept.staging += 1;
         }
+        swept.staging += self.content.sweep_local_staging(std::time::SystemTime::now() - self.grace).await?;
         metrics::counter!(GC_OBJECTS_TOTAL, "kind" => "blob").increment(swept.blobs);
         metrics::counter!(GC_OBJECTS_TOTAL, "kind" => "staging").increment(swept.staging);
         Ok(swept)

@@ -404,3 +404,171 @@ async fn content_ids_are_what_an_independent_multiformats_implementation_compute
     let _ = std::fs::remove_dir_all(dir);
     svc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_refused_after_the_bytes_were_stored_leaves_an_orphan_the_sweeper_collects() {
+    let svc = Service::start(&[]).await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    let id = create(&mut c, tenant, "race").await;
+    // The bytes are stored and promoted, then the command is refused: the document is at
+    // version 1, not 7.
+    let mut stale = start(&id, "");
+    stale.options = Some(pb::CommandOptions { expected_version: Some(7), idempotency_key: String::new() });
+    let refused = upload(&mut c, tenant, parts(stale, vec![b"orphan bytes".to_vec()])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    let doc = c.get_document(req(tenant, pb::GetDocumentRequest { document_id: id })).await.unwrap().into_inner();
+    assert!(doc.current.is_none());
+    assert_eq!(svc.files("blobs").len(), 1, "the orphan is there until the grace period ends");
+    wait_until(|| svc.files("blobs").is_empty()).await;
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_object_store_is_unavailable_and_leaves_nothing_visible() {
+    let s3 = cim_testkit::s3::MotoS3::start();
+    s3.create_bucket("cim-down");
+    let svc = Service::start(&[
+        ("CIM_OBJECT_STORE_URL", "s3://cim-down".into()),
+        ("CIM_S3_ENDPOINT", s3.endpoint.clone()),
+        ("CIM_S3_ACCESS_KEY_ID", "cim".into()),
+        ("CIM_S3_SECRET_ACCESS_KEY", "document-test-key".into()),
+        ("CIM_CONNECT_TIMEOUT_MS", "500".into()),
+    ])
+    .await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    let id = create(&mut c, tenant, "offline").await;
+    drop(s3);
+    let failed = upload(&mut c, tenant, parts(start(&id, ""), vec![b"nowhere to go".to_vec()])).await.unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(failed.message().contains("object store s3://cim-down"), "{}", failed.message());
+    let doc = c.get_document(req(tenant, pb::GetDocumentRequest { document_id: id })).await.unwrap().into_inner();
+    assert!(doc.current.is_none());
+    svc.stop().await;
+}
+
+/// The `cim-document` binary, killed with SIGKILL while an upload streams in: after a restart no
+/// version is visible, and the sweeper removes what the upload left in staging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_upload_leaves_no_version_and_the_staging_is_swept() {
+    use std::process::{Command, Stdio};
+    // Its own database: the binary uses the schema `document`, which a running CIM may own.
+    let admin = cim_testkit::domain::database_url();
+    let database = unique("dockill");
+    let admin_pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin_pool).await.unwrap();
+    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+    let objects = std::env::temp_dir().join(unique("killobjects"));
+    let prefix = unique("p");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (grpc, admin_addr) = (free(), free());
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_cim-document"))
+            .env_clear()
+            .env("CIM_DATABASE_URL", &url)
+            .env("CIM_NATS_URL", cim_testkit::domain::nats_url())
+            .env("CIM_SUBJECT_PREFIX", &prefix)
+            .env("CIM_DOCUMENT_ADDR", grpc.to_string())
+            .env("CIM_DOCUMENT_ADMIN_ADDR", admin_addr.to_string())
+            .env("CIM_OBJECT_STORE_URL", objects.display().to_string())
+            .env("CIM_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ready = || async {
+        for _ in 0..200 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(admin_addr).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s.write_all(b"GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply).await;
+                if reply.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cim-document never became ready");
+    };
+    let mut child = spawn();
+    ready().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut c = DocumentServiceClient::new(channel);
+    let tenant = TenantId::new();
+    let id = create(&mut c, tenant, "killed").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let call = {
+        let mut c = c.clone();
+        tokio::spawn(
+            async move { c.upload_content(req(tenant, tokio_stream::wrappers::ReceiverStream::new(rx))).await },
+        )
+    };
+    for m in parts(start(&id, ""), (0..12).map(|i| vec![i; 1 << 20]).collect()) {
+        tx.send(m).await.unwrap();
+    }
+    // Past 8 MiB the upload is a multipart file in staging; then the process dies.
+    let staged = |dir: &std::path::Path| {
+        let mut stack = vec![dir.join("staging")];
+        let mut found = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.path().is_dir() { stack.push(e.path()) } else { found += 1 }
+            }
+        }
+        found
+    };
+    wait_until(|| staged(&objects) > 0).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(call.await.unwrap().is_err(), "the interrupted upload must not succeed");
+
+    let mut child = spawn();
+    ready().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
+    let mut c = DocumentServiceClient::new(channel);
+    let doc = c.get_document(req(tenant, pb::GetDocumentRequest { document_id: id })).await.unwrap().into_inner();
+    assert!(doc.current.is_none(), "no version after the crash: {doc:?}");
+    assert!(staged(&objects) > 0, "the killed upload left its staging file");
+
+    // The sweeper (run here over the same database and directory) removes it after the grace.
+    let pool = cim_runtime::postgres::connect(&cim_runtime::postgres::PgSettings {
+        url: url.clone(),
+        schema: "document".into(),
+        max_connections: 2,
+        connect_timeout: Duration::from_secs(5),
+        application_name: "test".into(),
+    })
+    .await
+    .unwrap();
+    let settings = cim_runtime::config::ObjectStoreSettings {
+        location: cim_runtime::config::ObjectLocation::Local(objects.clone()),
+        s3_endpoint: None,
+        s3_region: "us-east-1".into(),
+        s3_credentials: None,
+    };
+    let store = cim_objects::Objects::open(&settings, Duration::from_secs(5)).unwrap();
+    let content = cim_document::content::ContentStore::new(&store, 1 << 30, std::fs::canonicalize(&objects).ok());
+    let sweeper = cim_document::sweeper::Sweeper {
+        pool: pool.clone(),
+        content,
+        grace: Duration::from_secs(1),
+        interval: Duration::from_secs(60),
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let swept = sweeper.sweep().await.unwrap();
+    assert!(swept.staging >= 1, "{swept:?}");
+    assert_eq!(staged(&objects), 0);
+
+    child.kill().unwrap();
+    let _ = child.wait();
+    pool.close().await;
+    let js = async_nats::jetstream::new(async_nats::connect(cim_testkit::domain::nats_url()).await.unwrap());
+    let prefix: cim_core::SubjectPrefix = prefix.parse().unwrap();
+    let _ = js.delete_stream(prefix.stream_name(cim_core::Domain::Document)).await;
+    let _ = js.delete_stream(prefix.dlq_stream_name()).await;
+    let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin_pool).await.unwrap();
+    let _ = std::fs::remove_dir_all(objects);
+}
