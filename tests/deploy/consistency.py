@@ -329,6 +329,10 @@ USES_PATTERNS = {
     "minio": r"\bObjects::open\b",
     "jwt": r"\bVerifier::from_settings\b",
 }
+# Library code that connects on a service's behalf: a crate calling the entry point uses the
+# stores that file connects to (the domain kit's DomainHost opens Postgres and NATS for every
+# domain service; the service's own crate adds what else it uses, the object store for instance).
+KIT_ENTRY_POINTS = {r"\bDomainHost::connect\b": "crates/cim-aggregate/src/host.rs"}
 # The variables that carry a store's address and credentials, by store.
 STORE_VARS = {
     "postgres": ["CIM_DATABASE_URL"],
@@ -354,6 +358,9 @@ def service_uses(service: str) -> frozenset[str]:
     if service not in _USES:
         crate = service_crate(service)
         text = "\n".join(p.read_text() for p in sorted(crate.glob("src/**/*.rs"))) if crate else ""
+        for entry, path in KIT_ENTRY_POINTS.items():
+            if re.search(entry, text):
+                text += "\n" + (ROOT / path).read_text()
         _USES[service] = frozenset(k for k, pat in USES_PATTERNS.items() if re.search(pat, text))
     return _USES[service]
 
