@@ -461,6 +461,18 @@ def check_service_env(c: Checker, service: str, env: dict[str, str], vars_: dict
         )
     for var in unused_vars(service):
         c.check(not env.get(var), f"{where}: sets {var}, but {service} never uses it (an unused credential)")
+    # An edge's upstreams (CIM_<EDGE>_<SERVICE>_URLS) name that service's host and gRPC port.
+    ports = code_ports(vars_)
+    for var, value in env.items():
+        m = re.fullmatch(rf"CIM_{service.upper()}_([A-Z]+)_URLS", var)
+        if m and m.group(1).lower() in SERVICES and m.group(1).lower() in ports:
+            up, port = m.group(1).lower(), ports[m.group(1).lower()][0]
+            for url in str(value).split(","):
+                u = urlsplit(url.strip())
+                c.check(
+                    u.scheme == "http" and u.hostname == up and u.port == port,
+                    f"{where}: {var} has {url.strip()}, expected http://{up}:{port} (the {up} service)",
+                )
 
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_KEY_ID$")
