@@ -59,6 +59,8 @@ pub enum Method {
     Jwt,
     ApiKey,
     Session,
+    /// A signed download link: read access to one content version until it expires.
+    Link,
 }
 
 /// A verified caller.

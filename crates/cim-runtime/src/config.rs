@@ -73,6 +73,7 @@ pub const CIM_GATEWAY_RATE_LIMIT_PER_MINUTE: &str = "CIM_GATEWAY_RATE_LIMIT_PER_
 pub const CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN: &str = "CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN";
 pub const CIM_GATEWAY_CACHE_TTL_SECS: &str = "CIM_GATEWAY_CACHE_TTL_SECS";
 pub const CIM_GATEWAY_SESSION_TTL_SECS: &str = "CIM_GATEWAY_SESSION_TTL_SECS";
+pub const CIM_GATEWAY_LINK_SECRET: &str = "CIM_GATEWAY_LINK_SECRET";
 pub const CIM_WEBSOCKET_MAX_CONNECTIONS: &str = "CIM_WEBSOCKET_MAX_CONNECTIONS";
 pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIONS";
 pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
@@ -188,6 +189,13 @@ pub const VARS: &[VarSpec] = &[
     ),
     var(CIM_GATEWAY_CACHE_TTL_SECS, Some("300"), "seconds from 0 (off) to 86400", "how long a cached GET may live"),
     var(CIM_GATEWAY_SESSION_TTL_SECS, Some("28800"), "seconds from 60 to 2592000", "console session lifetime"),
+    VarSpec {
+        name: CIM_GATEWAY_LINK_SECRET,
+        default: None,
+        expected: "at least 32 bytes",
+        secret: Secrecy::Secret,
+        help: "signs download links (HMAC-SHA256); unset: derived from CIM_JWT_HS256_SECRET, else no links",
+    },
     var(
         CIM_WEBSOCKET_MAX_CONNECTIONS,
         Some("10000"),
@@ -426,6 +434,8 @@ pub struct GatewaySettings {
     /// Zero: no caching.
     pub cache_ttl: Duration,
     pub session_ttl: Duration,
+    /// Signs download links; `None`: derived from the HS256 token secret, if there is one.
+    pub link_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -546,6 +556,9 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let rate_limit_fail_open = r.parse(CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN, |s| s.parse::<bool>().ok());
     let cache_ttl = r.parse(CIM_GATEWAY_CACHE_TTL_SECS, int_in(0u64, 86_400)).map(Duration::from_secs);
     let session_ttl = r.parse(CIM_GATEWAY_SESSION_TTL_SECS, int_in(60u64, 2_592_000)).map(Duration::from_secs);
+    let link_secret = r
+        .optional(CIM_GATEWAY_LINK_SECRET)
+        .map(|_| r.parse(CIM_GATEWAY_LINK_SECRET, |s| (s.len() >= 32).then(|| Secret::new(s))));
     let max_connections = r.parse(CIM_WEBSOCKET_MAX_CONNECTIONS, int_in(1usize, 1_000_000));
     let max_subscriptions = r.parse(CIM_WEBSOCKET_MAX_SUBSCRIPTIONS, int_in(1usize, 10_000));
     let client_queue = r.parse(CIM_WEBSOCKET_CLIENT_QUEUE, int_in(1usize, 1_000_000));
@@ -570,6 +583,10 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
             rate_limit_fail_open: rate_limit_fail_open?,
             cache_ttl: cache_ttl?,
             session_ttl: session_ttl?,
+            link_secret: match link_secret {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
         },
         websocket: WebsocketSettings {
             max_connections: max_connections?,

@@ -42,6 +42,8 @@ pub struct Shared {
     pub document: Upstream<DocumentServiceClient<Channel>>,
     /// Content uploads and downloads: no deadline, they take as long as their bytes take.
     pub document_transfer: Upstream<DocumentServiceClient<Channel>>,
+    /// Signs and checks download links; `None` without a key (links refused).
+    pub links: Option<crate::links::LinkSigner>,
     pub verifier: Arc<Verifier>,
     pub redis: deadpool_redis::Pool,
     pub settings: Arc<GatewaySettings>,
@@ -109,7 +111,7 @@ pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
         .layer(axum::middleware::from_fn(crate::authz::middleware))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::middleware));
-    let public = Router::new()
+    let public = crate::document::public_routes()
         .route("/api/openapi.json", get(openapi_json))
         .route("/api/v1/auth/logout", post(crate::accounts::logout))
         .route("/health/live", get(live))
@@ -181,6 +183,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         graph,
         document,
         document_transfer,
+        links: crate::links::LinkSigner::from_settings(&settings, &config.edge.auth),
         verifier: Arc::new(verifier),
         bumps: crate::cache::Bumps::start(redis.clone(), settings.cache_ttl),
         redis,

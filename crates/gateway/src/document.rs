@@ -26,7 +26,7 @@ use crate::rest::{
 
 /// Routes whose bodies are streams of any size and length of time: no request deadline, no
 /// body limit, no idempotency replay (which would hold the body in memory).
-pub const TRANSFER_ROUTES: [&str; 1] = ["/api/v1/documents/{document_id}/content"];
+pub const TRANSFER_ROUTES: [&str; 2] = ["/api/v1/documents/{document_id}/content", "/api/v1/shared/{token}"];
 
 /// Upload chunks relayed to the service are gathered to about this size.
 const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
@@ -41,6 +41,7 @@ pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::PUT, "/api/v1/documents/{document_id}/content", Some(Role::Writer)),
     (Method::GET, "/api/v1/documents/{document_id}/content", Some(Role::Reader)),
     (Method::GET, "/api/v1/documents/{document_id}/versions", Some(Role::Reader)),
+    (Method::POST, "/api/v1/documents/{document_id}/download-links", Some(Role::Reader)),
     (Method::POST, "/api/v1/documents/{document_id}/versions/{version}/tags", Some(Role::Writer)),
     (Method::POST, "/api/v1/documents/{document_id}/versions/{version}/restore", Some(Role::Writer)),
     (Method::POST, "/api/v1/documents/{document_id}/versions/{version}/quarantine", Some(Role::Admin)),
@@ -488,7 +489,14 @@ pub async fn download_content(
 ) -> ApiResult<Response> {
     // Resolve the version first: the answer names one version, even if another is uploaded
     // while it streams.
-    let wanted = match (q.version, q.tag) {
+    let wanted = resolve(&state, &p, &document_id, q).await?;
+    serve(&state, &p, document_id, wanted, &headers).await
+}
+
+/// The content version a download or link names: the current one, a number or a tag.
+async fn resolve(state: &AppState, p: &Principal, document_id: &str, q: ContentQuery) -> ApiResult<pb::Version> {
+    let document_id = document_id.to_owned();
+    Ok(match (q.version, q.tag) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("tag", "give a version or a tag, not both")),
         (None, None) => {
             let doc =
@@ -505,7 +513,17 @@ pub async fn download_content(
             });
             found.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such version"))?
         }
-    };
+    })
+}
+
+/// Streams one content version: 200, 206 for a `Range`, 304 for a matching `If-None-Match`.
+async fn serve(
+    state: &AppState,
+    p: &Principal,
+    document_id: String,
+    wanted: pb::Version,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let etag = format!("\"{}\"", wanted.cid);
     let matches_etag = headers
         .get(header::IF_NONE_MATCH)
@@ -533,7 +551,7 @@ pub async fn download_content(
     };
     let upstream = &state.document_transfer;
     let mut client = upstream.client();
-    let stream = client.download_content(upstream.request(&p, msg)).await.map_err(ApiError::from)?.into_inner();
+    let stream = client.download_content(upstream.request(p, msg)).await.map_err(ApiError::from)?.into_inner();
     let body = Body::from_stream(stream.map(|m| m.map(|m| bytes::Bytes::from(m.data))));
     let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let mut response = (status, body).into_response();
@@ -606,6 +624,89 @@ fn unsatisfiable(size: u64) -> Response {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM));
     response.headers_mut().insert(header::CONTENT_RANGE, header_value(&format!("bytes */{size}")));
     response
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkQuery {
+    /// A content version number (default: the current one).
+    pub version: Option<u32>,
+    /// A tag instead of a number.
+    pub tag: Option<String>,
+    /// Seconds the link works (default 3600, at most 604800).
+    pub expires_in: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DownloadLink {
+    /// Relative to the gateway: GET it with no credentials until `expires_at`.
+    pub url: String,
+    pub expires_at: String,
+    /// The content version the link reads, whatever is uploaded later.
+    pub version: u32,
+    pub cid: String,
+}
+
+/// Make a download link
+///
+/// A signed URL that downloads one content version with no bearer token until it expires (tenant, document, version and expiry are bound into its HMAC). Needs the reader role.
+#[utoipa::path(post, path = "/api/v1/documents/{document_id}/download-links", tag = "content",
+    params(("document_id" = String, Path), LinkQuery),
+    responses((status = 201, body = DownloadLink), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn create_download_link(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiPath(document_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LinkQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let signer = state.links.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unimplemented,
+            "download links need a signing key: set CIM_GATEWAY_LINK_SECRET (or CIM_JWT_HS256_SECRET)",
+        )
+    })?;
+    let lifetime = q.expires_in.unwrap_or(crate::links::DEFAULT_LIFETIME_SECS);
+    if lifetime == 0 || lifetime > crate::links::MAX_LIFETIME_SECS {
+        return Err(ApiError::invalid("expires_in", format!("1 to {} seconds", crate::links::MAX_LIFETIME_SECS)));
+    }
+    let wanted = resolve(&state, &p, &document_id, ContentQuery { version: q.version, tag: q.tag }).await?;
+    let expires_at = cim_auth::now_secs() + lifetime;
+    let grant = crate::links::Grant { tenant: p.tenant, document_id, version: wanted.version, expires_at };
+    let link = DownloadLink {
+        url: format!("/api/v1/shared/{}", signer.sign(&grant)),
+        expires_at: chrono::DateTime::from_timestamp(expires_at as i64, 0).map(|t| t.to_rfc3339()).unwrap_or_default(),
+        version: wanted.version,
+        cid: wanted.cid,
+    };
+    Ok((StatusCode::CREATED, Json(link)))
+}
+
+/// Download through a link
+///
+/// The content version a signed link names, with no credentials (the link is the credential): Range, ETag and If-None-Match as for any download. An altered link is 404, an expired one 403.
+#[utoipa::path(get, path = "/api/v1/shared/{token}", tag = "content", security(()),
+    params(("token" = String, Path), ("Range" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+pub async fn shared_content(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let signer = state.links.as_ref().ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such link"))?;
+    let grant = signer.verify(&token, cim_auth::now_secs())?;
+    let p = Principal {
+        subject: "link".into(),
+        tenant: grant.tenant,
+        roles: [Role::Reader].into(),
+        method: cim_auth::Method::Link,
+        expires_at: Some(grant.expires_at),
+    };
+    let wanted =
+        resolve(&state, &p, &grant.document_id, ContentQuery { version: Some(grant.version), tag: None }).await?;
+    serve(&state, &p, grant.document_id, wanted, &headers).await
 }
 
 /// List content versions
@@ -843,6 +944,8 @@ pub async fn document_at_version(
     update_metadata,
     delete_document,
     upload_content,
+    create_download_link,
+    shared_content,
     download_content,
     list_versions,
     tag_version,
@@ -860,6 +963,11 @@ pub async fn document_at_version(
 #[derive(Debug)]
 pub struct Api;
 
+/// Routes a signed link opens without credentials (mounted with the public routes).
+pub fn public_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/shared/{token}", get(shared_content))
+}
+
 pub fn routes() -> Router<AppState> {
     let d = "/api/v1/documents/{document_id}";
     Router::new()
@@ -867,6 +975,7 @@ pub fn routes() -> Router<AppState> {
         .route(d, get(get_document).patch(update_metadata).delete(delete_document))
         .route(&format!("{d}/content"), put(upload_content).get(download_content))
         .route(&format!("{d}/versions"), get(list_versions))
+        .route(&format!("{d}/download-links"), post(create_download_link))
         .route(&format!("{d}/versions/{{version}}/tags"), post(tag_version))
         .route(&format!("{d}/versions/{{version}}/restore"), post(restore_version))
         .route(&format!("{d}/versions/{{version}}/quarantine"), post(quarantine_content))

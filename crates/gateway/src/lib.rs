@@ -19,6 +19,7 @@ pub mod extract;
 pub mod graph;
 pub mod idempotency;
 pub mod limits;
+pub mod links;
 pub mod openapi;
 pub mod problem;
 pub mod rest;

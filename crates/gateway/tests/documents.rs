@@ -152,6 +152,27 @@ async fn documents_over_rest_stream_both_ways() {
     assert_eq!(headers["content-range"], format!("bytes */{}", body.len()));
     assert!(String::from_utf8_lossy(&reply).contains("outside the content"));
 
+    // A signed link downloads with no credentials; altered, it is not found; expired, refused.
+    let link = call(a, "POST", &format!("/api/v1/documents/{id}/download-links?expires_in=60"), &reader, None).await;
+    assert_eq!(link.status, 201, "{link:?}");
+    let url = link.json()["url"].as_str().unwrap().to_owned();
+    let (status, headers, bytes) = exchange(a, request("GET", &url, &[], &[]), b"").await;
+    assert_eq!(status, 200);
+    assert!(bytes == body);
+    assert_eq!(headers["etag"], format!("\"{cid}\""));
+    let (status, _, bytes) = exchange(a, request("GET", &url, &[], &["Range: bytes=0-3"]), b"").await;
+    assert_eq!((status, bytes.as_slice()), (206, &body[..4]));
+    let altered = url.replacen(".1.", ".2.", 1);
+    assert_eq!(exchange(a, request("GET", &altered, &[], &[]), b"").await.0, 404);
+    let short = call(a, "POST", &format!("/api/v1/documents/{id}/download-links?expires_in=1"), &reader, None).await;
+    let short_url = short.json()["url"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, _, reply) = exchange(a, request("GET", &short_url, &[], &[]), b"").await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&reply));
+    let too_long =
+        call(a, "POST", &format!("/api/v1/documents/{id}/download-links?expires_in=99999999"), &reader, None).await;
+    assert_eq!(too_long.status, 400);
+
     // Only the first upload became a version: the broken one left nothing.
     let versions = call(a, "GET", &format!("/api/v1/documents/{id}/versions"), &reader, None).await;
     assert_eq!(versions.json()["items"].as_array().unwrap().len(), 1, "{versions:?}");
