@@ -31,8 +31,7 @@ The "Firing alerts" panel selects ALERTS{alertstate="firing"}, which exists only
 fires: this run loads one extra rule, CimLiveCheckAlwaysFiring (vector(1)), so that panel's query
 is checked against the series Prometheus really makes.
 
-Metrics in PENDING are not exported during this run: library code no deployed service runs yet, or
-(the document sweeper's cim_document_gc_*) work that first happens minutes after start. An
+Metrics in PENDING are not exported during this run: library code no deployed service runs yet. An
 expression whose only missing metrics are pending is reported as pending, not dead; a pending
 metric that does show up fails the check, so this list cannot outlive its reason.
 
@@ -73,8 +72,6 @@ ROOT = consistency.ROOT
 PENDING: dict[str, str] = {
     # The gateway's cache invalidator exports the consumer metrics (cim_consumer_*).
     # Add "<metric prefix>": "<why>" for metrics of library code no deployed service runs yet.
-    "cim_document_gc_": "the document service's content sweeper makes its first pass 5 minutes after start "
-    "(DocumentOptions::sweep_every), after this run; its counters appear with that pass",
 }
 
 # grpcurl (the document service has no REST routes yet): CIM_TEST_GRPCURL (scripts/test.sh), else

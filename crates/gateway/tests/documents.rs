@@ -7,15 +7,12 @@ mod document;
 #[path = "support/http.rs"]
 mod http;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-
 use cim_auth::{Claims, issue_hs256, now_secs};
 use cim_core::TenantId;
 use cim_runtime::{ServiceKind, Shutdown};
 use cim_testkit::domain::{config, unique};
-use http::call;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http::{call, exchange};
+use tokio::io::AsyncWriteExt;
 
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 
@@ -29,41 +26,6 @@ fn token(tenant: TenantId, roles: &[&str]) -> Vec<(&'static str, String)> {
         aud: "cim".into(),
     };
     vec![("Authorization", format!("Bearer {}", issue_hs256(SECRET, &claims).unwrap()))]
-}
-
-/// A raw exchange with bytes in and out: the status line's code, the headers and the body.
-async fn exchange(addr: SocketAddr, head: String, body: &[u8]) -> (u16, HashMap<String, String>, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let text = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = text.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers.get("transfer-encoding").is_some_and(|t| t == "chunked") {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
-}
-
-fn dechunk(mut s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = s.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(std::str::from_utf8(&s[..end]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&s[end + 2..end + 2 + n]);
-        s = &s[end + 4 + n..];
-    }
-    out
 }
 
 fn request(method: &str, path: &str, auth: &[(&str, String)], extra: &[&str]) -> String {

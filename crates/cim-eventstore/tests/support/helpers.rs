@@ -2,7 +2,7 @@
 //! run in parallel against the one shared Postgres and NATS; and a private nats-server for tests
 //! that must stop one.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -17,18 +17,7 @@ use cim_eventstore::{EventStore, StoreConfig};
 use futures::StreamExt;
 use sqlx::PgPool;
 
-pub fn database_url() -> String {
-    std::env::var("CIM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub fn nats_url() -> String {
-    std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-pub fn unique(tag: &str) -> String {
-    format!("t{tag}_{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
-}
+pub use cim_testkit::domain::{database_url, nats_url, unique};
 
 pub async fn pool(schema: &str, max: u32) -> PgPool {
     cim_runtime::postgres::connect(&cim_runtime::postgres::PgSettings {

@@ -26,7 +26,6 @@ impl Reply {
 }
 
 pub async fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: Option<&str>) -> Reply {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -35,34 +34,41 @@ pub async fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    s.write_all(req.as_bytes()).await.unwrap();
+    let (status, headers, body) = exchange(addr, req, body.unwrap_or_default().as_bytes()).await;
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// Sends `head` (the request line and headers, ending in an empty line) and `body`; answers the
+/// status, the headers (lower-case names) and the body, de-chunked.
+pub async fn exchange(addr: SocketAddr, head: String, body: &[u8]) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let text = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = text.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers: HashMap<String, String> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let rest = raw.get(split + 4..).unwrap_or_default();
     let body =
-        if headers.get("transfer-encoding").is_some_and(|t| t == "chunked") { dechunk(rest) } else { rest.to_owned() };
-    Reply { status, headers, body }
+        if headers.get("transfer-encoding").is_some_and(|t| t == "chunked") { dechunk(rest) } else { rest.to_vec() };
+    (status, headers, body)
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = s.windows(2).position(|w| w == b"\r\n") {
+        let n = std::str::from_utf8(&s[..end]).ok().and_then(|h| usize::from_str_radix(h.trim(), 16).ok()).unwrap_or(0);
         if n == 0 {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
+        out.extend_from_slice(&s[end + 2..end + 2 + n]);
+        s = &s[end + 4 + n..];
     }
     out
 }

@@ -1,7 +1,7 @@
 //! Test support: a graph service and websocket servers in this process on port 0, sharing a
 //! random subject prefix (so streams are private to the test), real websocket clients, tokens.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,18 +28,7 @@ pub const SECRET: &str = "websocket-tests-secret-0123456789abcdef";
 /// How long a test waits for any one frame before failing.
 pub const FRAME_WAIT: Duration = Duration::from_secs(15);
 
-pub fn database_url() -> String {
-    std::env::var("CIM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub fn nats_url() -> String {
-    std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-pub fn unique(tag: &str) -> String {
-    format!("t{tag}_{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
-}
+pub use cim_testkit::domain::{database_url, nats_url, unique};
 
 fn config(vars: HashMap<&str, String>) -> Config {
     Config::from_lookup(&|k| vars.get(k).cloned()).unwrap()
