@@ -53,7 +53,13 @@ impl MotoS3 {
     }
 
     pub fn count_objects(&self, bucket: &str) -> usize {
-        self.http("GET", &format!("/{bucket}?list-type=2")).unwrap_or_default().matches("<Key>").count()
+        self.count_objects_under(bucket, "")
+    }
+
+    /// Objects whose key starts with `prefix` (up to 1,000, one listing page).
+    pub fn count_objects_under(&self, bucket: &str, prefix: &str) -> usize {
+        let path = format!("/{bucket}?list-type=2&prefix={}", prefix.replace('/', "%2F"));
+        self.http("GET", &path).unwrap_or_default().matches("<Key>").count()
     }
 }
 

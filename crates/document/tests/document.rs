@@ -115,8 +115,30 @@ fn code_of(status: &tonic::Status) -> cim_core::ErrorCode {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn upload_version_review_and_download() {
-    let svc = Service::start(&[]).await;
+async fn upload_version_review_and_download_on_a_local_directory() {
+    upload_version_review_and_download(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_version_review_and_download_on_s3() {
+    let s3 = cim_testkit::s3::MotoS3::start();
+    s3.create_bucket("cim-lifecycle");
+    upload_version_review_and_download(&s3_vars(&s3, "s3://cim-lifecycle/docs")).await;
+}
+
+/// The variables of a document service on moto's S3 at `url`.
+fn s3_vars(s3: &cim_testkit::s3::MotoS3, url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CIM_OBJECT_STORE_URL", url.to_owned()),
+        ("CIM_S3_ENDPOINT", s3.endpoint.clone()),
+        ("CIM_S3_ACCESS_KEY_ID", "cim".into()),
+        ("CIM_S3_SECRET_ACCESS_KEY", "document-test-key".into()),
+    ]
+}
+
+/// The whole lifecycle over gRPC, on the object store `store` names.
+async fn upload_version_review_and_download(store: &[(&str, String)]) {
+    let svc = Service::start(store).await;
     let mut c = svc.client().await;
     let tenant = TenantId::new();
     let id = create(&mut c, tenant, "Quarterly report").await;
@@ -269,8 +291,26 @@ async fn wait_until(done: impl Fn() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn same_bytes_stored_once_per_tenant_and_collected_after_hard_delete() {
-    let svc = Service::start(&[]).await;
+async fn same_bytes_stored_once_per_tenant_and_collected_on_a_local_directory() {
+    same_bytes_stored_once_per_tenant_and_collected_after_hard_delete(&[], |svc, prefix| svc.files(prefix).len()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_bytes_stored_once_per_tenant_and_collected_on_s3() {
+    let s3 = cim_testkit::s3::MotoS3::start();
+    s3.create_bucket("cim-dedup");
+    let count = |_: &Service, prefix: &str| s3.count_objects_under("cim-dedup", prefix);
+    same_bytes_stored_once_per_tenant_and_collected_after_hard_delete(&s3_vars(&s3, "s3://cim-dedup"), count).await;
+}
+
+/// Deduplication per tenant, retention and holds, and collection after hard deletes, with
+/// `count(service, prefix)` counting the store's objects under a key prefix (`blobs/<tenant>/`).
+async fn same_bytes_stored_once_per_tenant_and_collected_after_hard_delete(
+    store: &[(&str, String)],
+    count: impl Fn(&Service, &str) -> usize,
+) {
+    let svc = Service::start(store).await;
+    let count = |prefix: &str| count(&svc, prefix);
     let mut c = svc.client().await;
     let (alice, bob) = (TenantId::new(), TenantId::new());
     let bytes = b"%PDF-1.7 the same contract".to_vec();
@@ -281,8 +321,8 @@ async fn same_bytes_stored_once_per_tenant_and_collected_after_hard_delete() {
         ids.push((tenant, id));
     }
     // Two documents of one tenant share one object; the other tenant has its own.
-    assert_eq!(svc.files("blobs").len(), 2);
-    assert_eq!(svc.files(&format!("blobs/{}", alice.as_uuid())).len(), 1);
+    assert_eq!(count("blobs/"), 2);
+    assert_eq!(count(&format!("blobs/{}/", alice.as_uuid())), 1);
 
     // Retention and a legal hold refuse a hard delete, naming the rule.
     let (tenant, first) = &ids[0];
@@ -303,8 +343,8 @@ async fn same_bytes_stored_once_per_tenant_and_collected_after_hard_delete() {
     // Bob deletes his for good: his object goes after the grace period; Alice's stays.
     let (_, bobs) = &ids[2];
     c.delete_document(req(bob, hard(bobs))).await.unwrap();
-    wait_until(|| svc.files(&format!("blobs/{}", bob.as_uuid())).is_empty()).await;
-    assert_eq!(svc.files("blobs").len(), 1);
+    wait_until(|| count(&format!("blobs/{}/", bob.as_uuid())) == 0).await;
+    assert_eq!(count("blobs/"), 1);
     let gone = c.get_document(req(bob, pb::GetDocumentRequest { document_id: bobs.clone() })).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     // One of Alice's two goes; the other still references the object, which stays.
@@ -345,13 +385,7 @@ async fn a_client_that_stops_mid_upload_leaves_no_version() {
 async fn s3_multipart_upload_and_ranged_download() {
     let s3 = cim_testkit::s3::MotoS3::start();
     s3.create_bucket("cim-docs");
-    let svc = Service::start(&[
-        ("CIM_OBJECT_STORE_URL", "s3://cim-docs/test".into()),
-        ("CIM_S3_ENDPOINT", s3.endpoint.clone()),
-        ("CIM_S3_ACCESS_KEY_ID", "cim".into()),
-        ("CIM_S3_SECRET_ACCESS_KEY", "document-test-key".into()),
-    ])
-    .await;
+    let svc = Service::start(&s3_vars(&s3, "s3://cim-docs/test")).await;
     let mut c = svc.client().await;
     let tenant = TenantId::new();
     let id = create(&mut c, tenant, "big").await;
@@ -428,14 +462,9 @@ async fn a_commit_refused_after_the_bytes_were_stored_leaves_an_orphan_the_sweep
 async fn an_unreachable_object_store_is_unavailable_and_leaves_nothing_visible() {
     let s3 = cim_testkit::s3::MotoS3::start();
     s3.create_bucket("cim-down");
-    let svc = Service::start(&[
-        ("CIM_OBJECT_STORE_URL", "s3://cim-down".into()),
-        ("CIM_S3_ENDPOINT", s3.endpoint.clone()),
-        ("CIM_S3_ACCESS_KEY_ID", "cim".into()),
-        ("CIM_S3_SECRET_ACCESS_KEY", "document-test-key".into()),
-        ("CIM_CONNECT_TIMEOUT_MS", "500".into()),
-    ])
-    .await;
+    let mut vars = s3_vars(&s3, "s3://cim-down");
+    vars.push(("CIM_CONNECT_TIMEOUT_MS", "500".into()));
+    let svc = Service::start(&vars).await;
     let mut c = svc.client().await;
     let tenant = TenantId::new();
     let id = create(&mut c, tenant, "offline").await;
