@@ -769,8 +769,14 @@ class Rehearsal:
             if (sock / ".s.PGSQL.5432").exists():
                 break
             time.sleep(0.1)
-        r = subprocess.run(["ip", "netns", "exec", self.ns("postgres"), "psql", "-XAtq", "-d", "postgres", "-c",
-                            "SHOW data_directory"], env=pg_env, capture_output=True, text=True)  # fmt: skip
+        # The socket appears before the server accepts connections ("the database system is
+        # starting up"): ask until it answers, on a machine busy with builds too.
+        for _ in range(100):
+            r = subprocess.run(["ip", "netns", "exec", self.ns("postgres"), "psql", "-XAtq", "-d", "postgres", "-c",
+                                "SHOW data_directory"], env=pg_env, capture_output=True, text=True)  # fmt: skip
+            if "starting up" not in r.stderr:
+                break
+            time.sleep(0.1)
         if r.stdout.strip() != str(data):
             raise Failed(f"postgres init: the socket answered for {r.stdout.strip()!r}, not {data}: {r.stderr}")
         db = env.get("POSTGRES_DB", user)
