@@ -92,3 +92,53 @@ macro_rules! query {
 }
 
 pub(crate) use {command, query};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Each domain's protos, where every RPC states its REST route (`google.api.http`).
+    const PROTOS: [&str; 2] = [
+        include_str!("../../../proto/cim/graph/v1/graph.proto"),
+        include_str!("../../../proto/cim/document/v1/document.proto"),
+    ];
+
+    /// Domain routes the gateway adds with no RPC of their own behind them.
+    const GATEWAY_ONLY: [(&str, &str); 1] = [
+        // Signs a link over the document's versions (ListVersions/GetDocument); the link's own
+        // route is public and reads through DownloadContent.
+        ("POST", "/api/v1/documents/{document_id}/download-links"),
+    ];
+
+    /// `(VERB, path)` of every `option (google.api.http) = { verb: "path" ... }`.
+    fn annotated() -> BTreeSet<(String, String)> {
+        let mut routes = BTreeSet::new();
+        for proto in PROTOS {
+            for line in proto.lines().filter(|l| l.contains("option (google.api.http)")) {
+                let rule = line.split_once('{').map(|(_, r)| r.trim()).unwrap_or_default();
+                let (verb, rest) = rule.split_once(':').expect("a verb");
+                let path = rest.trim().trim_start_matches('"').split('"').next().expect("a path");
+                routes.insert((verb.trim().to_uppercase(), path.to_owned()));
+            }
+        }
+        routes
+    }
+
+    /// The REST table and the protos are one mapping: every domain route the gateway serves is
+    /// the annotated route of an RPC, and every annotated route is served.
+    #[test]
+    fn every_domain_route_is_an_rpcs_google_api_http_route() {
+        let served: BTreeSet<(String, String)> = [crate::graph::ROUTE_ROLES, crate::document::ROUTE_ROLES]
+            .iter()
+            .flat_map(|table| table.iter())
+            .map(|(method, path, _)| (method.as_str().to_owned(), (*path).to_owned()))
+            .filter(|(m, p)| !GATEWAY_ONLY.contains(&(m.as_str(), p.as_str())))
+            .collect();
+        for proto in PROTOS {
+            let rpcs = proto.lines().filter(|l| l.trim_start().starts_with("rpc ")).count();
+            let rules = proto.lines().filter(|l| l.contains("option (google.api.http)")).count();
+            assert_eq!(rpcs, rules, "every RPC carries its route");
+        }
+        assert_eq!(served, annotated());
+    }
+}
