@@ -553,3 +553,48 @@ async fn numbers_reach_a_client_exactly() {
     ws.stop().await;
     graph.stop().await;
 }
+
+/// The document domain's events reach subscribers like graph's: the websocket knows no domain
+/// by name, only the streams each domain service creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn document_events_reach_subscribers_of_their_tenant() {
+    use cim_proto::document as pb;
+    let prefix = unique("p");
+    let objects = std::env::temp_dir().join(unique("wsobjects"));
+    let vars = [("CIM_OBJECT_STORE_URL", objects.display().to_string())];
+    let config = cim_testkit::domain::config(cim_runtime::ServiceKind::Document, &prefix, &vars);
+    let shutdown = cim_runtime::Shutdown::new();
+    let schema = unique("wd");
+    let options = cim_document::app::DocumentOptions { schema: schema.clone(), ..Default::default() };
+    let prepared = cim_document::app::prepare_with(&config, &shutdown, options).await.unwrap();
+    let documents = cim_testkit::domain::Running::spawn(prepared, schema, prefix.clone(), shutdown);
+    let ws = Ws::start(&prefix, &[]).await;
+    let (t, stranger) = (TenantId::new(), TenantId::new());
+    let mut reader = ws.connect(&token(t, &["reader"])).await;
+    reader.subscribe("docs", json!({"domain": "document"}), Some(0)).await;
+    let mut other = ws.connect(&token(stranger, &["reader"])).await;
+    other.subscribe("docs", json!({"domain": "document"}), Some(0)).await;
+
+    let mut c = pb::document_service_client::DocumentServiceClient::new(documents.channel().await);
+    use cim_testkit::domain::req;
+    let created = c.create_document(req(t, pb::CreateDocumentRequest { title: "plan".into(), ..Default::default() }));
+    let id = created.await.unwrap().into_inner().document_id;
+    use pb::upload_content_request::Part;
+    let parts = vec![
+        pb::UploadContentRequest {
+            part: Some(Part::Start(pb::UploadStart { document_id: id.clone(), ..Default::default() })),
+        },
+        pb::UploadContentRequest { part: Some(Part::Chunk(b"floor plan".to_vec())) },
+    ];
+    let cid = c.upload_content(req(t, futures::stream::iter(parts))).await.unwrap().into_inner().content_cid;
+
+    let got = reader.events(2).await;
+    let types: Vec<&str> = got.iter().map(|e| e.envelope["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["document_created", "document_content_ingested"]);
+    assert!(got.iter().all(|e| e.envelope["aggregate_id"] == id.as_str() && e.envelope["domain"] == "document"));
+    assert_eq!(got[1].envelope["payload"]["cid"], cid.as_str());
+    other.expect_silence(Duration::from_millis(300)).await;
+    ws.stop().await;
+    documents.stop().await;
+    let _ = std::fs::remove_dir_all(objects);
+}
