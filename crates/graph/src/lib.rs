@@ -3,7 +3,7 @@
 //! - [`domain`]: the aggregate and its rules, pure Rust.
 //! - [`service`]: the gRPC edge (tonic), one transaction per command with the event append and
 //!   the projections.
-//! - [`fast`]: the one-round-trip write for additions, checked under the graph's row lock.
+//! - [`group_commit`]: the one-round-trip write for additions, checked under the graph's row lock.
 //! - [`projection`], [`queries`]: the tables in schema `graph` and the reads over them.
 //! - [`app`]: wiring for the `cim-graph` binary and the monolith.
 
@@ -11,7 +11,7 @@ pub mod app;
 pub mod convert;
 pub mod domain;
 pub mod error;
-pub mod fast;
+pub mod group_commit;
 pub mod metrics;
 pub mod projection;
 pub mod queries;

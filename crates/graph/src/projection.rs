@@ -55,7 +55,7 @@ pub async fn load_facts(
 ) -> Result<(), ServiceError> {
     if !needs.nodes.is_empty() {
         let ids: Vec<&str> = needs.nodes.iter().map(NodeId::as_str).collect();
-        // One primary-key lookup per id (see the guard in `fast.rs` for why not `= ANY`).
+        // One primary-key lookup per id (see the guard in `group_commit.rs` for why not `= ANY`).
         let rows = sqlx::query(
             "SELECT n.node_id, n.node_type FROM unnest($2::text[]) AS a(id) CROSS JOIN LATERAL \
              (SELECT node_id, node_type FROM nodes WHERE graph_id = $1 AND node_id = a.id OFFSET 0) n",

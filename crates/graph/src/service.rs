@@ -18,7 +18,7 @@ use crate::convert::{
 };
 use crate::domain::{Change, GraphCommand, GraphState, Limits, decide, decide_assuming};
 use crate::error::ServiceError;
-use crate::fast::{GroupCommit, Heads, KnownHead};
+use crate::group_commit::{GroupCommit, Heads, KnownHead};
 use crate::metrics::{COMMANDS_TOTAL, FAST_WRITES_TOTAL, GRAPH_SIZE_NODES, QUERY_DURATION_SECONDS};
 use crate::projection::{load_facts, lock_graph, project};
 use crate::queries::{self, Dir, QueryLimits, Walk};

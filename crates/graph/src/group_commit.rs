@@ -132,7 +132,7 @@ static SQL_NODES_ONLY: LazyLock<String> = LazyLock::new(|| {
 
 /// One command's projection rows and assumptions, as text for the statement's arrays.
 #[derive(Debug, Default)]
-struct Rows {
+struct Additions {
     absent_nodes: Vec<String>,
     present_nodes: Vec<String>,
     absent_edges: Vec<String>,
@@ -142,16 +142,16 @@ struct Rows {
     edges: [Vec<String>; 5],
 }
 
-impl Rows {
+impl Additions {
     fn new(events: &[GraphEvent], assumed: &Assumed) -> Result<Self, StoreError> {
         let json = |v: &serde_json::Map<String, serde_json::Value>| {
             serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
         };
-        let mut rows = Rows {
+        let mut rows = Additions {
             absent_nodes: texts(&assumed.absent_nodes),
             present_nodes: texts(&assumed.present_nodes),
             absent_edges: texts(&assumed.absent_edges),
-            ..Rows::default()
+            ..Additions::default()
         };
         for event in events {
             match event {
@@ -184,7 +184,7 @@ fn texts<T: ToString>(items: &[T]) -> Vec<String> {
 
 /// The statement's caller parameters (`$23..$42`) for a whole group.
 #[derive(Default)]
-struct Binds {
+struct GroupParams {
     absent_nodes: (Vec<uuid::Uuid>, Vec<String>),
     present_nodes: (Vec<uuid::Uuid>, Vec<String>),
     absent_edges: (Vec<uuid::Uuid>, Vec<String>),
@@ -196,8 +196,8 @@ struct Binds {
     edges: (Vec<uuid::Uuid>, [Vec<String>; 5]),
 }
 
-impl Binds {
-    fn add(&mut self, graph: uuid::Uuid, mut rows: Rows) {
+impl GroupParams {
+    fn add(&mut self, graph: uuid::Uuid, mut rows: Additions) {
         fn tagged(graph: uuid::Uuid, into: &mut (Vec<uuid::Uuid>, Vec<String>), ids: Vec<String>) {
             into.0.extend(std::iter::repeat_n(graph, ids.len()));
             into.1.extend(ids);
@@ -252,7 +252,7 @@ type Reply = oneshot::Sender<Result<Option<Appended>, StoreError>>;
 
 struct Pending {
     sealed: SealedAppend,
-    rows: Rows,
+    rows: Additions,
     reply: Reply,
 }
 
@@ -291,7 +291,7 @@ impl GroupCommit {
         events: &[GraphEvent],
         assumed: &Assumed,
     ) -> Result<Option<Appended>, StoreError> {
-        let (sealed, rows) = (self.store.seal_guarded(append)?, Rows::new(events, assumed)?);
+        let (sealed, rows) = (self.store.seal_guarded(append)?, Additions::new(events, assumed)?);
         let (reply, done) = oneshot::channel();
         let pending = Pending { sealed, rows, reply };
         if self.queue.send(pending).await.is_err() {
@@ -329,7 +329,7 @@ async fn write_group(store: &EventStore, group: Vec<Pending>) {
     metrics::histogram!(crate::metrics::WRITE_GROUP_SIZE).record(group.len() as f64);
     let nodes_only = group.iter().all(|p| p.rows.nodes_only());
     let sql = if nodes_only { SQL_NODES_ONLY.as_str() } else { SQL.as_str() };
-    let mut b = Binds::default();
+    let mut b = GroupParams::default();
     let mut sealed = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
     for p in group {
