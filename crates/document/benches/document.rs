@@ -855,7 +855,6 @@ async fn bench(run: Arc<Run>, secs: f64, size: u64, rounds: usize) -> serde_json
 
     // 4 KiB documents: create + upload, next to raw transactions.
     settle().await;
-    progress("small documents");
     let small_started = Instant::now();
     let raw_pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(database_url).await.expect("pool");
     sqlx::query("CREATE TABLE public.raw_events (LIKE document.events INCLUDING ALL)")
@@ -870,6 +869,7 @@ async fn bench(run: Arc<Run>, secs: f64, size: u64, rounds: usize) -> serde_json
     for c in [1usize, 16, 64] {
         let pool =
             sqlx::postgres::PgPoolOptions::new().max_connections(c as u32).connect(database_url).await.expect("pool");
+        progress(&format!("small documents: raw transactions, c={c}"));
         let mark = CpuMark::now(pid);
         let raw = cim_testkit::bench::rate(c, Duration::from_millis(500), secs, move |_, i| {
             let pool = pool.clone();
@@ -899,6 +899,7 @@ async fn bench(run: Arc<Run>, secs: f64, size: u64, rounds: usize) -> serde_json
     let small_rss_from = Instant::now();
     let mut points = Vec::new();
     for (c, (raw, raw_cpu)) in [1usize, 16, 64].into_iter().zip(raws) {
+        progress(&format!("small documents: create + upload, c={c}"));
         let mark = CpuMark::now(pid);
         let clients: Arc<Vec<Client>> = Arc::new((0..c).map(client).collect());
         let small = small.clone();
