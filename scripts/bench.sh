@@ -2,6 +2,7 @@
 # Runs the benchmarks (release build) against the local infrastructure; each prints JSON.
 #   scripts/bench.sh            all benchmarks
 #   CIM_BENCH_SECONDS=10 ...    seconds per measured point
+#   CIM_BENCH_DOC_BYTES=...     size of the document bench's transfers (default 1 GiB)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,3 +12,4 @@ export CIM_TEST_NATS_URL="${CIM_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 cargo bench --locked -p cim-eventstore --bench eventstore
 cargo bench --locked -p cim-graph --bench graph
 cargo bench --locked -p cim-gateway --bench gateway
+cargo bench --locked -p cim-document --bench document
