@@ -25,8 +25,8 @@ use crate::queries::{self, Search, Wanted};
 type Reply<T> = Result<Response<T>, Status>;
 type Downloading = Pin<Box<dyn Stream<Item = Result<pb::DownloadContentResponse, Status>> + Send>>;
 
-/// Downloads send about this much per message.
-const DOWNLOAD_MESSAGE_BYTES: usize = 256 * 1024;
+/// Downloads send about this much per message (below the 4 MiB message limit).
+const DOWNLOAD_MESSAGE_BYTES: usize = 1024 * 1024;
 const SHORT_TEXT_MAX: usize = 255;
 
 #[derive(Debug, Clone)]
@@ -162,7 +162,7 @@ impl DocumentApi {
         let read = async {
             while let Some(message) = parts.message().await.map_err(ServiceError::Stream)? {
                 match message.part {
-                    Some(Part::Chunk(bytes)) => upload.write(&bytes).await?,
+                    Some(Part::Chunk(bytes)) => upload.write(bytes.into()).await?,
                     _ => return Err(ServiceError::invalid("chunk", "every message after `start` must be a `chunk`")),
                 }
             }
@@ -208,7 +208,7 @@ impl DocumentApi {
             0 => None,
             n => Some(n.min(version.size - r.offset)),
         };
-        let bytes = self.content.read(caller.tenant, &version.cid, r.offset, length).await?;
+        let bytes = self.content.read(caller.tenant, &version.cid, version.size, r.offset, length).await?;
         let mut info = Some(pb::ContentInfo {
             version: version.version,
             cid: version.cid,
@@ -216,11 +216,35 @@ impl DocumentApi {
             content_type: version.content_type,
             filename: version.filename,
         });
-        let messages = bytes.ready_chunks(DOWNLOAD_MESSAGE_BYTES / 8192).map(move |chunks| {
-            let mut data = Vec::new();
-            for chunk in chunks {
-                data.extend_from_slice(&chunk.map_err(|e| cim_runtime::status::into_status(&ServiceError::from(e)))?);
+        // Chunks gathered into messages of about DOWNLOAD_MESSAGE_BYTES (a local read is one
+        // already; an S3 stream's are small). The first message carries the info.
+        let messages = futures::stream::unfold((bytes, false), |(mut bytes, ended)| async move {
+            if ended {
+                return None;
             }
+            let mut data: Vec<u8> = Vec::new();
+            loop {
+                match bytes.next().await {
+                    Some(Ok(chunk)) if data.is_empty() && chunk.len() >= DOWNLOAD_MESSAGE_BYTES => {
+                        // Uncopied when the chunk owns its buffer.
+                        return Some((Ok(Vec::from(chunk)), (bytes, false)));
+                    }
+                    Some(Ok(chunk)) => {
+                        data.extend_from_slice(&chunk);
+                        if data.len() >= DOWNLOAD_MESSAGE_BYTES {
+                            return Some((Ok(data), (bytes, false)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Some((Err(cim_runtime::status::into_status(&ServiceError::from(e))), (bytes, true)));
+                    }
+                    None if data.is_empty() => return None,
+                    None => return Some((Ok(data), (bytes, true))),
+                }
+            }
+        });
+        let messages = messages.map(move |data| {
+            let data = data?;
             metrics::counter!(DOWNLOADED_BYTES_TOTAL).increment(data.len() as u64);
             Ok(pb::DownloadContentResponse { info: info.take(), data })
         });

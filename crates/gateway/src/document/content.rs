@@ -3,7 +3,7 @@
 use super::*;
 
 /// Upload chunks relayed to the service are gathered to about this size.
-const UPLOAD_CHUNK_BYTES: usize = 256 * 1024;
+const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Upload content
 ///
