@@ -310,7 +310,8 @@ async fn raw_put(store: &dyn ObjectStore, path: &Path, content: &Content) -> Tra
     let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
     for k in 0..content.chunks() {
         parts.wait_for_capacity(PARTS_IN_FLIGHT).await.expect("raw part");
-        parts.write(&content.chunk(k));
+        // The cheapest way in through object_store: the chunk handed over, not copied.
+        parts.put(bytes::Bytes::from(content.chunk(k)));
         marks.push(Instant::now());
     }
     parts.finish().await.expect("raw finish");
@@ -325,10 +326,15 @@ async fn raw_put(store: &dyn ObjectStore, path: &Path, content: &Content) -> Tra
 
 async fn raw_get(store: &dyn ObjectStore, path: &Path) -> Transfer {
     let began = Instant::now();
-    let mut stream = store.get(path).await.expect("raw get").into_stream();
+    // The cheapest way out through object_store for a local file: 1 MiB ranged reads (its
+    // `into_stream` reads 8 KiB per blocking hop), as the service reads.
+    let size = store.head(path).await.expect("raw head").size;
     let mut count = Counter::new();
-    while let Some(bytes) = stream.next().await {
-        count.add(bytes.expect("raw get bytes").len());
+    let mut at = 0;
+    while at < size {
+        let upto = (at + MIB).min(size);
+        count.add(store.get_range(path, at..upto).await.expect("raw get range").len());
+        at = upto;
     }
     let ended = Instant::now();
     Transfer {
