@@ -112,8 +112,13 @@ impl ContentStore {
                     Err(e) => return Err(failed(e)),
                 };
                 for entry in entries {
-                    let entry = entry.map_err(&failed)?;
-                    let meta = entry.metadata().map_err(&failed)?;
+                    // An upload finishing meanwhile removes its files: gone is not an error.
+                    let meta = match entry.and_then(|e| e.metadata().map(|m| (e, m))) {
+                        Ok(found) => found,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(failed(e)),
+                    };
+                    let (entry, meta) = meta;
                     if meta.is_dir() {
                         dirs.push(entry.path());
                     } else if entry.file_name().to_string_lossy().contains('#')
@@ -164,16 +169,17 @@ impl ContentStore {
         }
     }
 
-    /// Moves staged bytes to their content address, unless the tenant already has them there.
-    /// The caller has pinned the content first (see the `content_blobs` migration), so the
-    /// sweeper cannot remove the address between this check and the version's commit.
-    /// Answers whether the tenant already had them (deduplicated).
+    /// Copies staged bytes to their content address, unless the tenant already has them there
+    /// (a hard link on a local directory, a server-side copy on S3). The staged copy stays until
+    /// the version commits, so a commit refused because the sweeper took the content meanwhile
+    /// can promote again. The caller has pinned the content first (see the `content_blobs`
+    /// migration). Answers whether the tenant already had the bytes (deduplicated).
     pub async fn promote(&self, staged: &Staged, tenant: TenantId) -> Result<bool, ContentError> {
         let blob = Self::blob_path(tenant, &staged.cid);
         match self.store.head(&blob).await {
-            Ok(_) => self.discard(&staged.path).await.map(|()| true),
+            Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => {
-                self.store.rename(&staged.path, &blob).await.map_err(|e| self.failed(e))?;
+                self.store.copy(&staged.path, &blob).await.map_err(|e| self.failed(e))?;
                 Ok(false)
             }
             Err(e) => Err(self.failed(e)),

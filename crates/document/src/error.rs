@@ -22,6 +22,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Precondition(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// The client's upload stream broke (cancelled, reset, an undecodable message).
@@ -58,6 +60,7 @@ impl HasErrorCode for ServiceError {
             },
             ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::Precondition(_) => ErrorCode::FailedPrecondition,
+            ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Database(e) => database_code(e),
             ServiceError::Stream(status) => match status.code() {
                 tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,

@@ -25,6 +25,19 @@ use crate::queries::{self, Search, Wanted};
 type Reply<T> = Result<Response<T>, Status>;
 type Downloading = Pin<Box<dyn Stream<Item = Result<pb::DownloadContentResponse, Status>> + Send>>;
 
+/// How often an upload promotes and commits again after the sweeper took its content.
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// Whether a command failed because its version's content row was swept after the pin.
+fn collected_meanwhile(e: &ServiceError) -> bool {
+    matches!(
+        e,
+        ServiceError::Command(cim_aggregate::ExecutorError::Store(cim_eventstore::StoreError::Database(
+            sqlx::Error::Database(db)
+        ))) if db.constraint() == Some("document_versions_tenant_id_cid_fkey")
+    )
+}
+
 /// Downloads send about this much per message (below the 4 MiB message limit).
 const DOWNLOAD_MESSAGE_BYTES: usize = 1024 * 1024;
 const SHORT_TEXT_MAX: usize = 255;
@@ -179,14 +192,47 @@ impl DocumentApi {
             self.content.discard(&staged.path).await?;
             return Err(crate::content::ContentError::Mismatch { expected, actual: staged.cid }.into());
         }
-        pin(&self.pool, caller.tenant, &staged).await?;
-        if self.content.promote(&staged, caller.tenant).await? {
-            metrics::counter!(DEDUPLICATED_TOTAL).increment(1);
-        }
         metrics::counter!(UPLOADED_BYTES_TOTAL).increment(staged.size);
-        let content = Content { cid: staged.cid, size: staged.size, content_type, filename: start.filename };
-        // A failed commit leaves pinned, unreferenced content: the sweeper collects it.
-        self.run(caller, id, C::AttachContent(content), start.options).await
+        let content = Content { cid: staged.cid.clone(), size: staged.size, content_type, filename: start.filename };
+        let committed = self.commit_upload(caller, id, &staged, content, start.options).await;
+        // Committed or not, the staged copy has served; a failed commit leaves pinned,
+        // unreferenced content, which the sweeper collects.
+        if let Err(e) = self.content.discard(&staged.path).await {
+            tracing::warn!(error = %e, path = %staged.path, "staged upload not removed; the sweeper will");
+        }
+        committed
+    }
+
+    /// Pins and promotes the staged bytes, then commits the version. If the sweeper took the
+    /// content between the pin and the commit (only possible when the commit outlasts the grace
+    /// period), the version's foreign key refuses the commit: pin and promote again.
+    async fn commit_upload(
+        &self,
+        caller: &Caller,
+        id: AggregateId,
+        staged: &Staged,
+        content: Content,
+        options: Option<pb::CommandOptions>,
+    ) -> Result<pb::CommandResponse, ServiceError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            pin(&self.pool, caller.tenant, staged).await?;
+            if self.content.promote(staged, caller.tenant).await? && attempt == 1 {
+                metrics::counter!(DEDUPLICATED_TOTAL).increment(1);
+            }
+            match self.run(caller, id, C::AttachContent(content.clone()), options.clone()).await {
+                Err(e) if collected_meanwhile(&e) && attempt < COMMIT_ATTEMPTS => {
+                    tracing::debug!(document = %id, attempt, "content swept before the version committed; promoting again");
+                }
+                Err(e) if collected_meanwhile(&e) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "the content was collected {COMMIT_ATTEMPTS} times while the version committed; upload again"
+                    )));
+                }
+                done => return done,
+            }
+        }
     }
 
     async fn download(&self, caller: &Caller, r: pb::DownloadContentRequest) -> Result<Downloading, ServiceError> {

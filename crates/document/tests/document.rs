@@ -601,3 +601,80 @@ async fn sigkill_mid_upload_leaves_no_version_and_the_staging_is_swept() {
     sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin_pool).await.unwrap();
     let _ = std::fs::remove_dir_all(objects);
 }
+
+/// The sweeper never takes bytes a committed version needs, even racing uploads of the same
+/// bytes: with a 25 ms grace and the sweeper running flat out, uploads of one content keep
+/// coming while other documents holding it are deleted for good. An upload's pin may wait for
+/// the sweeper deleting that content (and put the bytes back), or the sweeper may take the
+/// content between the pin and the commit (the version's foreign key refuses the commit and the
+/// upload promotes again from its staged copy). An upload may give up (UNAVAILABLE, nothing
+/// committed), but every one that succeeded must download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweeper_racing_uploads_of_the_same_bytes_never_loses_a_committed_version() {
+    let svc = Service::start(&[]).await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    let settings = cim_runtime::config::ObjectStoreSettings {
+        location: cim_runtime::config::ObjectLocation::Local(svc.objects.clone()),
+        s3_endpoint: None,
+        s3_region: "us-east-1".into(),
+        s3_credentials: None,
+    };
+    let store = cim_objects::Objects::open(&settings, Duration::from_secs(5)).unwrap();
+    let sweeper = cim_document::sweeper::Sweeper {
+        pool: svc.running.pool.clone(),
+        content: cim_document::content::ContentStore::new(&store, 1 << 30, std::fs::canonicalize(&svc.objects).ok()),
+        // Short enough that content a document just lost becomes collectable while the next
+        // upload of the same bytes arrives (the pauses below sweep across that moment).
+        grace: Duration::from_millis(25),
+        interval: Duration::ZERO,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweeping = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut passes, mut collected) = (0u32, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                collected += sweeper.sweep().await.unwrap().blobs;
+                passes += 1;
+            }
+            (passes, collected)
+        })
+    };
+    let hard = |id: &str| pb::DeleteDocumentRequest { document_id: id.into(), hard_delete: true, options: None };
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for i in 0..40u64 {
+        // Each round its own content: one document takes it and is deleted for good (the
+        // content unreferenced)...
+        let bytes = format!("contract {i}, uploaded twice").into_bytes();
+        let doomed = create(&mut c, tenant, "doomed").await;
+        if upload(&mut c, tenant, parts(start(&doomed, ""), vec![bytes.clone()])).await.is_ok() {
+            c.delete_document(req(tenant, hard(&doomed))).await.unwrap();
+        }
+        // ...and, a moment later (before, around or after the grace), another uploads the same
+        // bytes.
+        tokio::time::sleep(Duration::from_millis((i % 8) * 7)).await;
+        let keeper = create(&mut c, tenant, "keeper").await;
+        match upload(&mut c, tenant, parts(start(&keeper, ""), vec![bytes.clone()])).await {
+            Ok(_) => kept.push((keeper, bytes)),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (passes, collected) = sweeping.await.unwrap();
+    assert!(passes > 10, "the sweeper ran {passes} passes");
+    // The content really went and came back in many rounds: collected after the delete, put
+    // back by the next upload of the same bytes.
+    assert!(collected >= 5, "the sweeper collected content {collected} times in {passes} passes");
+    assert!(kept.len() >= 30, "{refused} of 40 uploads gave up");
+    for (id, bytes) in &kept {
+        let (got, _) =
+            download(&mut c, tenant, whole(id)).await.unwrap_or_else(|e| panic!("version of {id} lost: {e:?}"));
+        assert_eq!(&got, bytes);
+    }
+    svc.stop().await;
+}
