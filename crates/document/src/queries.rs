@@ -91,6 +91,11 @@ pub async fn get_document(pool: &PgPool, tenant: TenantId, id: AggregateId) -> R
 
 pub async fn list_versions(pool: &PgPool, tenant: TenantId, id: AggregateId) -> Result<Vec<pb::Version>, ServiceError> {
     get_document(pool, tenant, id).await?;
+    versions_of(pool, tenant, id).await
+}
+
+/// The versions of a document the caller has already found.
+async fn versions_of(pool: &PgPool, tenant: TenantId, id: AggregateId) -> Result<Vec<pb::Version>, ServiceError> {
     let rows = sqlx::query(
         "SELECT version, cid, size, content_type, filename, tags, quarantined, created_at FROM document_versions \
          WHERE tenant_id = $1 AND document_id = $2 ORDER BY version",
@@ -118,11 +123,10 @@ pub async fn downloadable(
     wanted: &Wanted,
 ) -> Result<pb::Version, ServiceError> {
     let document = get_document(pool, tenant, id).await?;
-    let versions = list_versions(pool, tenant, id).await?;
     let found = match wanted {
         Wanted::Current => document.current,
-        Wanted::Number(n) => versions.into_iter().find(|v| v.version == *n),
-        Wanted::Tag(tag) => versions.into_iter().find(|v| v.tags.contains(tag)),
+        Wanted::Number(n) => versions_of(pool, tenant, id).await?.into_iter().find(|v| v.version == *n),
+        Wanted::Tag(tag) => versions_of(pool, tenant, id).await?.into_iter().find(|v| v.tags.contains(tag)),
     };
     let version = found.ok_or_else(|| {
         ServiceError::NotFound(match wanted {

@@ -35,18 +35,6 @@ fn req<T>(tenant: TenantId, msg: T) -> tonic::Request<T> {
     r
 }
 
-/// A splitmix64 stream: reproducible pseudo-random edges without another dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let secs: f64 = env("CIM_BENCH_SECONDS", "5").parse().expect("CIM_BENCH_SECONDS");
@@ -178,7 +166,7 @@ async fn main() {
             .await
             .expect("nodes");
     }
-    let mut rng = Rng(42);
+    let mut rng = cim_testkit::bench::Rng(42);
     let edges_total = big_nodes * 5;
     for start in (0..edges_total).step_by(batch) {
         let changes = (start..(start + batch).min(edges_total))

@@ -1,0 +1,24 @@
+# shellcheck shell=bash
+# Sourced by scripts/check-deploy.sh and scripts/rehearse.sh, which define log, die and
+# apt_install: the PyPI tools both use live in one virtualenv, installed from one pinned list.
+
+# Makes the virtualenv $1 hold the requirements file $2, reinstalling when the file changed or
+# the check `python -c "$3"` (the imports the caller needs) fails.
+ensure_venv() { # venv requirements check
+    local venv=$1 req=$2 check=$3
+    if cmp -s "$req" "$venv/.requirements.txt" 2>/dev/null && "$venv/bin/python" -c "$check" 2>/dev/null; then
+        return
+    fi
+    log "installing the PyPI tools into $venv"
+    # A venv whose interpreter went away (python upgraded or removed) is rebuilt.
+    "$venv/bin/python" -c '' 2>/dev/null || rm -rf "$venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv" >/dev/null 2>&1 || {
+            rm -rf "$venv"
+            apt_install python3-venv
+            python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+        }
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r $req failed"
+    cp "$req" "$venv/.requirements.txt"
+}
