@@ -443,6 +443,8 @@ def document_round(run: Run, grpcurl: str, tenant: str, n: int) -> dict[str, int
     call("DownloadContent", {"document_id": docs[0]})
     call("GetDocument", {"document_id": docs[1]})
     call("ListVersions", {"document_id": docs[1]})
+    # An operator quarantines content (the dashboard's quarantine panel).
+    call("QuarantineContent", {"document_id": docs[1], "version": 1, "reason": "live check"})
     # The caller's mistake (a content type that is no MIME type): invalid_argument.
     call("UploadContent", {"start": {"document_id": docs[0], "content_type": "not a type"}}, {"chunk": body},
          want_ok=False)  # fmt: skip
