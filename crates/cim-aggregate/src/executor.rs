@@ -1,25 +1,28 @@
-//! [`CommandExecutor`]: one command path for every replayed aggregate.
+//! [`CommandExecutor`]: one command path for every aggregate.
 
-use std::marker::PhantomData;
+use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use cim_core::events::DomainEvent;
-use cim_core::{AggregateId, CommandId, ErrorCode, EventContext, FieldViolation, TenantId};
-use cim_eventstore::{Append, Appended, EventStore, Expected, Projector, StoreError};
+use cim_core::{AggregateId, CommandId, EventContext, TenantId};
+use cim_eventstore::{Append, Appended, EventStore, Expected, HeadToken, Projector, StoreError};
 use cim_runtime::edge::Caller;
 use cim_runtime::status::HasErrorCode;
 
-use crate::{Aggregate, Folded};
+use crate::heads::{Heads, KnownHead};
+use crate::one_statement::{Assuming, ONE_STATEMENT_WRITES_TOTAL, OneStatement, Tried, Writer};
+use crate::source::LockingSource;
+use crate::{Aggregate, ExecutorError, Folded};
 
 /// Counts every command by service, command and outcome (`ok` or the error's stable code).
 pub const COMMANDS_TOTAL: &str = "cim_commands_total";
 
-/// How often a command is decided again after another process moved the aggregate first.
+/// How often a replayed command is decided again after another process moved the aggregate.
 const ATTEMPTS: usize = 5;
 
-/// Commands on one aggregate queue in this process (on one of this many locks, picked by the
-/// aggregate's id) instead of racing each other to the store and deciding again; only writers
-/// in other processes can still move an aggregate between a load and its append.
-const AGGREGATE_LOCKS: usize = 64;
+/// Aggregates whose queue and head this process keeps (about 100 bytes each); past that, the
+/// idle ones are forgotten.
+const KNOWN_HEADS: usize = 100_000;
 
 /// What a caller may say about how a command runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,88 +36,110 @@ pub struct CommandOptions {
 /// What [`CommandExecutor::execute`] answers.
 pub type Executed = Appended;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExecutorError<E> {
-    /// The aggregate's own rules refused the command.
-    #[error(transparent)]
-    Rule(E),
-    #[error("{0} {1} not found")]
-    NotFound(&'static str, AggregateId),
-    #[error("{0} {1} already exists")]
-    Exists(&'static str, AggregateId),
-    #[error("{kind} {id} is at version {actual}, not the expected {expected}")]
-    Stale { kind: &'static str, id: AggregateId, expected: u64, actual: u64 },
-    #[error("{kind} {id} moved on while the command ran (expected version {expected}); reload and retry")]
-    Moved { kind: &'static str, id: AggregateId, expected: u64 },
-    #[error("{field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl<E: HasErrorCode> HasErrorCode for ExecutorError<E> {
-    fn code(&self) -> ErrorCode {
-        match self {
-            ExecutorError::Rule(e) => e.code(),
-            ExecutorError::NotFound(..) | ExecutorError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
-            ExecutorError::Exists(..) => ErrorCode::AlreadyExists,
-            ExecutorError::Stale { .. } | ExecutorError::Moved { .. } => ErrorCode::Conflict,
-            ExecutorError::Invalid { .. } => ErrorCode::InvalidArgument,
-            ExecutorError::Store(e) => e.code(),
-        }
-    }
-
-    fn violations(&self) -> Vec<FieldViolation> {
-        match self {
-            ExecutorError::Rule(e) => e.violations(),
-            ExecutorError::Invalid { field, reason } => vec![FieldViolation::new(*field, reason.clone())],
-            _ => vec![],
-        }
-    }
+/// An aggregate as of one of its versions, folded from its verified history.
+#[derive(Debug, Clone)]
+pub struct AsOf<A> {
+    pub state: A,
+    pub version: u64,
+    /// When its first event happened.
+    pub created_at: DateTime<Utc>,
+    /// When the event at `version` happened.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Runs commands of one aggregate type against one service's event store.
-pub struct CommandExecutor<A> {
+pub struct CommandExecutor<A: Aggregate> {
     store: EventStore,
     service: &'static str,
-    locks: std::sync::Arc<[tokio::sync::Mutex<()>]>,
-    projector: Option<std::sync::Arc<dyn Projector>>,
-    aggregate: PhantomData<fn() -> A>,
+    services: Arc<A::Services>,
+    heads: Arc<Heads>,
+    projector: Option<Arc<dyn Projector>>,
+    source: Option<Arc<dyn LockingSource<A>>>,
+    assuming: Option<Arc<dyn Assuming<A>>>,
 }
 
-impl<A> std::fmt::Debug for CommandExecutor<A> {
+impl<A: Aggregate> std::fmt::Debug for CommandExecutor<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandExecutor")
             .field("service", &self.service)
             .field("projected", &self.projector.is_some())
+            .field("locked", &self.source.is_some())
+            .field("one_statement", &self.assuming.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl<A> Clone for CommandExecutor<A> {
+impl<A: Aggregate> Clone for CommandExecutor<A> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
             service: self.service,
-            locks: self.locks.clone(),
+            services: self.services.clone(),
+            heads: self.heads.clone(),
             projector: self.projector.clone(),
-            aggregate: PhantomData,
+            source: self.source.clone(),
+            assuming: self.assuming.clone(),
         }
     }
 }
 
-impl<A: Aggregate> CommandExecutor<A> {
+impl<A: Aggregate> CommandExecutor<A>
+where
+    A::Services: Default,
+{
     /// `service` labels the command metrics (`document`, ...).
     pub fn new(store: EventStore, service: &'static str) -> Self {
-        let locks = (0..AGGREGATE_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { store, service, locks, projector: None, aggregate: PhantomData }
+        Self::with_services(store, service, A::Services::default())
+    }
+}
+
+impl<A: Aggregate> CommandExecutor<A> {
+    /// An executor whose aggregate's rules consult `services`.
+    pub fn with_services(store: EventStore, service: &'static str, services: A::Services) -> Self {
+        metrics::describe_counter!(
+            COMMANDS_TOTAL,
+            "Commands handled, by service, command and outcome (ok or an error code)"
+        );
+        Self {
+            store,
+            service,
+            services: Arc::new(services),
+            heads: Arc::new(Heads::new(KNOWN_HEADS)),
+            projector: None,
+            source: None,
+            assuming: None,
+        }
     }
 
     /// Runs `projector` in every append's transaction: the domain's read tables change exactly
     /// when its events commit.
     pub fn with_projector(mut self, projector: impl Projector + 'static) -> Self {
-        self.projector = Some(std::sync::Arc::new(projector));
+        self.projector = Some(Arc::new(projector));
         self
+    }
+
+    /// Decides on the facts `source` reads under the aggregate's row lock instead of replaying.
+    pub fn with_locking_source(mut self, source: impl LockingSource<A>) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Tries `statement`'s one-round-trip write first whenever this process knows the head.
+    pub fn with_one_statement<S: OneStatement<A>>(mut self, statement: S) -> Self {
+        metrics::describe_counter!(
+            ONE_STATEMENT_WRITES_TOTAL,
+            "One-statement writes tried, by service: hit (written) or miss (took the locked path)"
+        );
+        self.assuming = Some(Arc::new(Writer::start(self.store.clone(), statement, self.service)));
+        self
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    pub fn services(&self) -> &A::Services {
+        &self.services
     }
 
     /// The aggregate's current state and version (snapshot plus later events).
@@ -124,10 +149,6 @@ impl<A: Aggregate> CommandExecutor<A> {
             Err(StoreError::NotFound(_)) => Err(ExecutorError::NotFound(A::AGGREGATE_TYPE, id)),
             Err(e) => Err(e.into()),
         }
-    }
-
-    pub fn store(&self) -> &EventStore {
-        &self.store
     }
 
     /// Decides `command` on the aggregate's current state and appends what it decided.
@@ -155,62 +176,184 @@ impl<A: Aggregate> CommandExecutor<A> {
         command: &A::Command,
         options: &CommandOptions,
     ) -> Result<Executed, ExecutorError<A::Error>> {
-        if let Some(key) = &options.idempotency_key {
-            if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
-                return Err(ExecutorError::Invalid {
-                    field: "options.idempotency_key",
-                    reason: "1 to 200 bytes, no control characters".into(),
-                });
+        if let Some(key) = &options.idempotency_key
+            && (key.is_empty() || key.len() > 200 || key.chars().any(char::is_control))
+        {
+            return Err(ExecutorError::Invalid {
+                field: "options.idempotency_key",
+                reason: "1 to 200 bytes, no control characters".into(),
+            });
+        }
+        let mut known = self.heads.lock(id).await;
+        if let Some(assuming) = &self.assuming
+            && options.idempotency_key.is_none()
+            && let Some(head) = *known
+            && head.tenant == caller.tenant
+            && head.open
+            && options.expected_version.is_none_or(|v| v == head.head.version())
+        {
+            // Whatever happens next, the head is known again only once it has been seen.
+            *known = None;
+            let seal =
+                Box::new(|events: &[A::Event]| self.append_of(caller, id, Expected::Head(head.head), events, None));
+            match assuming.try_write(command, &self.services, seal).await? {
+                Tried::Written(done) => {
+                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "hit")
+                        .increment(1);
+                    *known = Some(KnownHead { head: head_of(&done), ..head });
+                    return Ok(done);
+                }
+                Tried::Missed => {
+                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "miss")
+                        .increment(1);
+                }
+                Tried::Ineligible => *known = Some(head),
             }
+        }
+        match &self.source {
+            Some(source) => self.run_locked(source.as_ref(), caller, id, command, options, &mut known).await,
+            None => self.run_replayed(caller, id, command, options, &mut known).await,
+        }
+    }
+
+    /// Reads the state under the source's lock, decides, appends and projects in one
+    /// transaction. Leaves `known` at the head as seen under the lock (or after the write).
+    async fn run_locked(
+        &self,
+        source: &dyn LockingSource<A>,
+        caller: &Caller,
+        id: AggregateId,
+        command: &A::Command,
+        options: &CommandOptions,
+        known: &mut Option<KnownHead>,
+    ) -> Result<Executed, ExecutorError<A::Error>> {
+        let creates = A::creates(command);
+        let mut tx = self.store.pool().begin().await.map_err(StoreError::from)?;
+        let current = source.read(&mut tx, caller.tenant, id, command).await?;
+        if let Some(current) = &current {
+            *known = Some(KnownHead { tenant: caller.tenant, head: current.head, open: self.open(&current.state) });
+        }
+        // Checked under the lock: a retry waits for the first attempt and then finds it.
+        if let Some(key) = &options.idempotency_key
+            && let Some(first) = self.store.find_idempotent(&mut tx, caller.tenant, key).await?
+        {
+            return Ok(first);
+        }
+        let (mut state, expected) = match current {
+            Some(current) => (current.state, Expected::Head(current.head)),
+            None => (A::default(), Expected::NoStream),
+        };
+        self.check(creates, id, version_of(expected), options)?;
+        let events = state.decide(command, &self.services).map_err(ExecutorError::Rule)?;
+        let append = self.append_of(caller, id, expected, &events, options.idempotency_key.clone())?;
+        let race = |e| ExecutorError::exists_if_create_race(e, creates, A::AGGREGATE_TYPE, id);
+        let done = self.store.append_in_tx(&mut tx, &append).await.map_err(race)?;
+        if !done.replayed
+            && let Some(projector) = &self.projector
+        {
+            projector.project(&mut tx, &done.events).await.map_err(race)?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        self.store.committed(&done);
+        if !done.replayed {
+            for event in &events {
+                state.apply(event);
+            }
+            *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open: self.open(&state) });
+        }
+        Ok(done)
+    }
+
+    /// Replays the state, decides and appends (projecting in the append's transaction); a lost
+    /// race is decided again on the new state unless the caller named a version.
+    async fn run_replayed(
+        &self,
+        caller: &Caller,
+        id: AggregateId,
+        command: &A::Command,
+        options: &CommandOptions,
+        known: &mut Option<KnownHead>,
+    ) -> Result<Executed, ExecutorError<A::Error>> {
+        if let Some(key) = &options.idempotency_key {
             let mut conn = self.store.pool().acquire().await.map_err(StoreError::from)?;
             if let Some(first) = self.store.find_idempotent(&mut conn, caller.tenant, key).await? {
                 return Ok(first);
             }
         }
-        let kind = A::AGGREGATE_TYPE;
         let creates = A::creates(command);
-        let stripe = id.as_uuid().as_u128() as usize % self.locks.len();
-        let _queued = self.locks[stripe].lock().await;
         for attempt in 1..=ATTEMPTS {
-            let (state, expected, version) = match self.store.load::<Folded<A>>(caller.tenant, id).await {
+            let (mut state, expected) = match self.store.load::<Folded<A>>(caller.tenant, id).await {
                 Ok(loaded) => {
                     let expected = loaded.expected();
-                    (loaded.state.0, expected, loaded.version)
+                    (loaded.state.0, expected)
                 }
-                Err(StoreError::NotFound(_)) => (A::default(), Expected::NoStream, 0),
+                Err(StoreError::NotFound(_)) => (A::default(), Expected::NoStream),
                 Err(e) => return Err(e.into()),
             };
-            match (creates, version > 0) {
-                (true, true) => return Err(ExecutorError::Exists(kind, id)),
-                (false, false) => return Err(ExecutorError::NotFound(kind, id)),
-                _ => {}
-            }
-            if let Some(wanted) = options.expected_version
-                && wanted != version
-            {
-                return Err(ExecutorError::Stale { kind, id, expected: wanted, actual: version });
-            }
-            let events = state.decide(command).map_err(ExecutorError::Rule)?;
+            let version = version_of(expected);
+            self.check(creates, id, version, options)?;
+            let events = state.decide(command, &self.services).map_err(ExecutorError::Rule)?;
             let append = self.append_of(caller, id, expected, &events, options.idempotency_key.clone())?;
             let appended = match &self.projector {
                 Some(projector) => self.store.append_with(append, projector.as_ref()).await,
                 None => self.store.append(append).await,
             };
             match appended {
-                Ok(done) => return Ok(done),
-                // Two creates of one id: the loser sees the winner's sequence 1.
-                Err(StoreError::Conflict { .. }) if creates => return Err(ExecutorError::Exists(kind, id)),
+                Ok(done) => {
+                    if !done.replayed {
+                        for event in &events {
+                            state.apply(event);
+                        }
+                        let open = self.open(&state);
+                        *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open });
+                    }
+                    return Ok(done);
+                }
                 // Another writer went first. A caller who named no version asked for the current
                 // state: decide again on it.
-                Err(StoreError::Conflict { .. }) if options.expected_version.is_none() && attempt < ATTEMPTS => {
+                Err(StoreError::Conflict { .. })
+                    if !creates && options.expected_version.is_none() && attempt < ATTEMPTS =>
+                {
                     tracing::debug!(aggregate = %id, attempt, "another process went first; deciding again");
                     tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
                 }
-                Err(StoreError::Conflict { .. }) => return Err(ExecutorError::Moved { kind, id, expected: version }),
-                Err(e) => return Err(e.into()),
+                Err(e @ StoreError::Conflict { .. }) if creates => {
+                    return Err(ExecutorError::exists_if_create_race(e, creates, A::AGGREGATE_TYPE, id));
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    return Err(ExecutorError::Moved { kind: A::AGGREGATE_TYPE, id, expected: version });
+                }
+                Err(e) => return Err(ExecutorError::exists_if_create_race(e, creates, A::AGGREGATE_TYPE, id)),
             }
         }
-        Err(ExecutorError::Moved { kind, id, expected: 0 })
+        Err(ExecutorError::Moved { kind: A::AGGREGATE_TYPE, id, expected: 0 })
+    }
+
+    /// The checks every command passes before it is decided: it creates what is absent or
+    /// changes what exists, at the version the caller named.
+    fn check(
+        &self,
+        creates: bool,
+        id: AggregateId,
+        version: u64,
+        options: &CommandOptions,
+    ) -> Result<(), ExecutorError<A::Error>> {
+        let kind = A::AGGREGATE_TYPE;
+        match (creates, version > 0) {
+            (true, true) => return Err(ExecutorError::Exists(kind, id)),
+            (false, false) => return Err(ExecutorError::NotFound(kind, id)),
+            _ => {}
+        }
+        match options.expected_version {
+            Some(wanted) if wanted != version => {
+                Err(ExecutorError::Stale { kind, id, expected: wanted, actual: version })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn open(&self, state: &A) -> bool {
+        self.assuming.as_ref().is_some_and(|a| a.open(state))
     }
 
     fn append_of(
@@ -242,19 +385,19 @@ impl<A: Aggregate> CommandExecutor<A> {
         })
     }
 
-    /// The state after the aggregate's first `version` events, folded from its verified history.
+    /// The aggregate after its first `version` events, folded from its verified history.
     pub async fn at_version(
         &self,
         tenant: TenantId,
         id: AggregateId,
         version: u64,
-    ) -> Result<A, ExecutorError<A::Error>> {
+    ) -> Result<AsOf<A>, ExecutorError<A::Error>> {
         if version == 0 {
             return Err(ExecutorError::Invalid { field: "version", reason: "must be at least 1".into() });
         }
         let history = match self.store.history(tenant, id).await {
-            Ok(history) => history,
-            Err(StoreError::NotFound(_)) => return Err(ExecutorError::NotFound(A::AGGREGATE_TYPE, id)),
+            Ok(history) if !history.is_empty() => history,
+            Ok(_) | Err(StoreError::NotFound(_)) => return Err(ExecutorError::NotFound(A::AGGREGATE_TYPE, id)),
             Err(e) => return Err(e.into()),
         };
         if version > history.len() as u64 {
@@ -264,11 +407,23 @@ impl<A: Aggregate> CommandExecutor<A> {
             });
         }
         let mut state = A::default();
-        for envelope in history.iter().take(version as usize) {
+        let seen = &history[..version as usize];
+        for envelope in seen {
             let event = A::Event::from_envelope(envelope)
                 .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))?;
             state.apply(&event);
         }
-        Ok(state)
+        Ok(AsOf { state, version, created_at: seen[0].occurred_at, updated_at: seen[seen.len() - 1].occurred_at })
+    }
+}
+
+fn head_of(done: &Appended) -> HeadToken {
+    done.head_token()
+}
+
+fn version_of(expected: Expected) -> u64 {
+    match expected {
+        Expected::Head(head) => head.version(),
+        _ => 0,
     }
 }

@@ -4,13 +4,25 @@
 //! concurrency (a lost race is decided again on the new state), the append, the relay's wake-up,
 //! `cim_commands_total{service,command,outcome}`, and the state as of any version.
 //!
-//! State comes from replaying the aggregate's history (from its latest snapshot); a domain
-//! whose projection already holds the facts it needs (graph) keeps its own guarded path.
+//! State comes from replaying the aggregate's history (from its latest snapshot), or from a
+//! [`LockingSource`] that reads the facts a command needs from the projection under the
+//! aggregate's row lock (graph). Commands on one aggregate queue in the process ([`heads`]); a
+//! domain may add a one-round-trip write decided on assumed facts ([`OneStatement`]), whose
+//! statements from many aggregates are committed together ([`group_commit`]).
 
+mod error;
 mod executor;
+pub mod group_commit;
+pub mod heads;
 pub mod host;
+mod one_statement;
+pub mod source;
 
-pub use executor::{COMMANDS_TOTAL, CommandExecutor, CommandOptions, Executed, ExecutorError};
+pub use error::ExecutorError;
+pub use executor::{AsOf, COMMANDS_TOTAL, CommandExecutor, CommandOptions, Executed};
+pub use group_commit::GroupStatement;
+pub use one_statement::{ONE_STATEMENT_WRITES_TOTAL, OneStatement};
+pub use source::{Current, LockingSource};
 
 use cim_core::Domain;
 use cim_core::events::DomainEvent;
@@ -29,6 +41,9 @@ pub trait Aggregate: Default + Clone + serde::Serialize + serde::de::Deserialize
     type Event: DomainEvent;
     /// A broken business rule or a bad command.
     type Error: HasErrorCode + Send;
+    /// What `decide` consults besides the state, fixed for the executor's life (limits,
+    /// settings): cqrs-es's `Services`. `()` when the rules need nothing else.
+    type Services: Send + Sync + 'static;
 
     /// The command's name for metrics and logs (`create_document`, ...).
     fn command_name(command: &Self::Command) -> &'static str;
@@ -37,7 +52,7 @@ pub trait Aggregate: Default + Clone + serde::Serialize + serde::de::Deserialize
     fn creates(command: &Self::Command) -> bool;
 
     /// The events the command causes on this state, or why it is refused. Pure.
-    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    fn decide(&self, command: &Self::Command, services: &Self::Services) -> Result<Vec<Self::Event>, Self::Error>;
 
     /// The state after `event`. Total: an event that was stored has happened.
     fn apply(&mut self, event: &Self::Event);

@@ -72,6 +72,7 @@ impl Aggregate for Account {
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
+    type Services = ();
 
     fn command_name(command: &AccountCommand) -> &'static str {
         match command {
@@ -85,7 +86,7 @@ impl Aggregate for Account {
         matches!(command, AccountCommand::Open { .. })
     }
 
-    fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    fn decide(&self, command: &AccountCommand, _: &()) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
             AccountCommand::Open { owner } => Ok(vec![AccountEvent::Opened(Opened { owner: owner.clone() })]),
             AccountCommand::Deposit(n) | AccountCommand::Withdraw(n) if *n <= 0 => Err(AccountError::NotPositive),
@@ -206,8 +207,9 @@ async fn any_aggregate_runs_through_the_executor() {
     }
     let version = 4 + 40;
     let now = accounts.at_version(caller.tenant, id, version).await.unwrap();
-    assert_eq!((now.owner.as_str(), now.balance), ("ada", 40));
-    assert_eq!(accounts.at_version(caller.tenant, id, 2).await.unwrap().balance, 10);
+    assert_eq!((now.state.owner.as_str(), now.state.balance, now.version), ("ada", 40, version));
+    assert!(now.created_at <= now.updated_at);
+    assert_eq!(accounts.at_version(caller.tenant, id, 2).await.unwrap().state.balance, 10);
     assert_eq!(
         accounts.at_version(caller.tenant, id, version + 1).await.unwrap_err().code(),
         ErrorCode::InvalidArgument

@@ -153,7 +153,12 @@ pub struct Loaded<A> {
 impl Appended {
     /// The expectation for the next append to the same aggregate.
     pub fn expected(&self) -> Expected {
-        Expected::Head(HeadToken { version: self.version, hash: self.head })
+        Expected::Head(self.head_token())
+    }
+
+    /// The aggregate's head after this append.
+    pub fn head_token(&self) -> HeadToken {
+        HeadToken { version: self.version, hash: self.head }
     }
 }
 

@@ -305,6 +305,7 @@ impl Aggregate for Document {
     type Command = DocumentCommand;
     type Event = DocumentEvent;
     type Error = DocumentError;
+    type Services = ();
 
     fn command_name(command: &DocumentCommand) -> &'static str {
         use DocumentCommand::*;
@@ -330,7 +331,7 @@ impl Aggregate for Document {
         matches!(command, DocumentCommand::Create(_))
     }
 
-    fn decide(&self, command: &DocumentCommand) -> Result<Vec<DocumentEvent>, DocumentError> {
+    fn decide(&self, command: &DocumentCommand, _: &()) -> Result<Vec<DocumentEvent>, DocumentError> {
         use DocumentCommand as C;
         use DocumentEvent as E;
         if self.purged {

@@ -505,15 +505,17 @@ impl DocumentService for DocumentApi {
     async fn get_document_at_version(&self, req: Request<pb::GetDocumentAtVersionRequest>) -> Reply<pb::Document> {
         handle(req, |caller, r| async move {
             let id = document_id(&r.document_id)?;
-            let state = self.executor.at_version(caller.tenant, id, r.version).await?;
-            Ok::<_, ServiceError>(as_of(id, r.version, &state))
+            let as_of = self.executor.at_version(caller.tenant, id, r.version).await?;
+            Ok::<_, ServiceError>(document_as_of(id, &as_of))
         })
         .await
     }
 }
 
-/// A document as folded from its history (timestamps are the projection's, so absent here).
-fn as_of(id: AggregateId, version: u64, d: &Document) -> pb::Document {
+/// A document as folded from its history (versions' upload times are the projection's, so
+/// absent here).
+fn document_as_of(id: AggregateId, as_of: &cim_aggregate::AsOf<Document>) -> pb::Document {
+    let d = &as_of.state;
     let version_of = |n: u32, v: &crate::domain::ContentVersion| pb::Version {
         version: n,
         cid: v.content.cid.clone(),
@@ -531,7 +533,7 @@ fn as_of(id: AggregateId, version: u64, d: &Document) -> pb::Document {
         tags: d.details.tags.clone(),
         metadata: Some(cim_proto::json::json_to_struct(&d.details.metadata)),
         state: d.state.as_str().to_owned(),
-        version,
+        version: as_of.version,
         current: d.current().map(|(n, v)| version_of(n, v)),
         links: d
             .links
@@ -540,7 +542,7 @@ fn as_of(id: AggregateId, version: u64, d: &Document) -> pb::Document {
             .collect(),
         retain_until: d.retain_until.map(cim_runtime::edge::timestamp),
         legal_hold: d.legal_hold.is_some(),
-        created_at: None,
-        updated_at: None,
+        created_at: Some(cim_runtime::edge::timestamp(as_of.created_at)),
+        updated_at: Some(cim_runtime::edge::timestamp(as_of.updated_at)),
     }
 }

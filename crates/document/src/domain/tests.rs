@@ -12,7 +12,7 @@ fn content(cid: &str) -> Content {
 
 /// Decides and applies, through the stored form of each event (as a reload would see it).
 fn run(doc: &mut Document, command: DocumentCommand) -> Result<Vec<DocumentEvent>, DocumentError> {
-    let events = doc.decide(&command)?;
+    let events = doc.decide(&command, &())?;
     for event in &events {
         let stored = event.to_new_event();
         assert_eq!(stored.event_type.as_str(), event.event_type());
@@ -140,7 +140,7 @@ fn bad_input_names_its_field() {
         (Details { title: "t".into(), description: "x".repeat(10_001), ..Default::default() }, "description"),
     ];
     for (details, field) in cases {
-        match doc.decide(&DocumentCommand::Create(details)) {
+        match doc.decide(&DocumentCommand::Create(details), &()) {
             Err(DocumentError::Invalid { field: f, .. }) => assert_eq!(f, field),
             other => panic!("{field}: {other:?}"),
         }
