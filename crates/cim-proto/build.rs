@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut protos = vec![
+        root.join("cim/common/v1/command.proto"),
         root.join("cim/common/v1/envelope.proto"),
         root.join("cim/common/v1/paging.proto"),
         root.join("cim/graph/v1/graph.proto"),

@@ -33,6 +33,18 @@ pub struct CommandOptions {
     pub idempotency_key: Option<String>,
 }
 
+/// The options as every domain's gRPC commands carry them (`cim.common.v1.CommandOptions`);
+/// absent means none.
+impl From<Option<cim_proto::common::CommandOptions>> for CommandOptions {
+    fn from(options: Option<cim_proto::common::CommandOptions>) -> Self {
+        let options = options.unwrap_or_default();
+        Self {
+            expected_version: options.expected_version,
+            idempotency_key: Some(options.idempotency_key).filter(|key| !key.is_empty()),
+        }
+    }
+}
+
 /// What [`CommandExecutor::execute`] answers.
 pub type Executed = Appended;
 

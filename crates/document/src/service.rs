@@ -53,14 +53,6 @@ fn document_id(s: &str) -> Result<AggregateId, ServiceError> {
     AggregateId::from_str(s).map_err(|e| ServiceError::invalid("document_id", e.to_string()))
 }
 
-fn options(o: Option<pb::CommandOptions>) -> CommandOptions {
-    let o = o.unwrap_or_default();
-    CommandOptions {
-        expected_version: o.expected_version,
-        idempotency_key: (!o.idempotency_key.is_empty()).then_some(o.idempotency_key),
-    }
-}
-
 fn details(
     title: String,
     description: String,
@@ -139,9 +131,9 @@ impl DocumentApi {
         caller: &Caller,
         id: AggregateId,
         command: C,
-        options: Option<pb::CommandOptions>,
+        options: Option<cim_proto::common::CommandOptions>,
     ) -> Result<pb::CommandResponse, ServiceError> {
-        let done = self.executor.execute(caller, id, &command, &self::options(options)).await?;
+        let done = self.executor.execute(caller, id, &command, &CommandOptions::from(options)).await?;
         Ok(respond(done))
     }
 
@@ -212,7 +204,7 @@ impl DocumentApi {
         id: AggregateId,
         staged: &Staged,
         content: Content,
-        options: Option<pb::CommandOptions>,
+        options: Option<cim_proto::common::CommandOptions>,
     ) -> Result<pb::CommandResponse, ServiceError> {
         let mut attempt = 0;
         loop {

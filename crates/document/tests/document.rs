@@ -209,7 +209,7 @@ async fn upload_version_review_and_download(store: &[(&str, String)]) {
     // Idempotent create: a retry with the same key answers the first result.
     let keyed = || pb::CreateDocumentRequest {
         title: "once".into(),
-        options: Some(pb::CommandOptions { expected_version: None, idempotency_key: "k-1".into() }),
+        options: Some(cim_proto::common::CommandOptions { expected_version: None, idempotency_key: "k-1".into() }),
         ..Default::default()
     };
     let a = c.create_document(req(tenant, keyed())).await.unwrap().into_inner();
@@ -448,7 +448,8 @@ async fn a_commit_refused_after_the_bytes_were_stored_leaves_an_orphan_the_sweep
     // The bytes are stored and promoted, then the command is refused: the document is at
     // version 1, not 7.
     let mut stale = start(&id, "");
-    stale.options = Some(pb::CommandOptions { expected_version: Some(7), idempotency_key: String::new() });
+    stale.options =
+        Some(cim_proto::common::CommandOptions { expected_version: Some(7), idempotency_key: String::new() });
     let refused = upload(&mut c, tenant, parts(stale, vec![b"orphan bytes".to_vec()])).await.unwrap_err();
     assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
     let doc = c.get_document(req(tenant, pb::GetDocumentRequest { document_id: id })).await.unwrap().into_inner();

@@ -367,8 +367,11 @@ fn types(list: Option<String>) -> Vec<String> {
     list.map(|l| l.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()).unwrap_or_default()
 }
 
-fn options(q: &CommandQuery, headers: &HeaderMap) -> Option<pb::CommandOptions> {
-    Some(pb::CommandOptions { expected_version: q.expected_version, idempotency_key: idempotency_key(headers) })
+fn options(q: &CommandQuery, headers: &HeaderMap) -> Option<cim_proto::common::CommandOptions> {
+    Some(cim_proto::common::CommandOptions {
+        expected_version: q.expected_version,
+        idempotency_key: idempotency_key(headers),
+    })
 }
 
 fn created(r: pb::CommandResponse) -> impl IntoResponse {

@@ -13,6 +13,7 @@ use cim_core::events::graph::{
     NodeId, NodeRemoved, NodeUpdated, Properties,
 };
 use cim_core::{FieldViolation, TypeName};
+use cim_runtime::status::HasErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// Bounds on what one command may carry.
@@ -72,6 +73,16 @@ impl GraphError {
             GraphError::Invalid(field, reason) => Some(FieldViolation::new(field.clone(), reason.clone())),
             _ => None,
         }
+    }
+}
+
+impl HasErrorCode for GraphError {
+    fn code(&self) -> ErrorCode {
+        GraphError::code(self)
+    }
+
+    fn violations(&self) -> Vec<FieldViolation> {
+        self.field_violation().into_iter().collect()
     }
 }
 
@@ -251,6 +262,47 @@ impl GraphCommand {
             }
         }
         needs
+    }
+}
+
+/// The kit runs graph commands on facts read under the graph's row lock
+/// ([`crate::projection::GraphFacts`]), so the state is partial (see the module comment); a
+/// replay, as for `GetGraphAtVersion`, builds it whole.
+impl cim_aggregate::Aggregate for GraphState {
+    const DOMAIN: cim_core::Domain = cim_core::Domain::Graph;
+    const AGGREGATE_TYPE: &'static str = cim_core::events::graph::AGGREGATE_TYPE;
+    type Command = GraphCommand;
+    type Event = GraphEvent;
+    type Error = GraphError;
+    type Services = Limits;
+
+    fn command_name(command: &GraphCommand) -> &'static str {
+        match command {
+            GraphCommand::Create { .. } => "create_graph",
+            GraphCommand::Archive => "archive_graph",
+            GraphCommand::Apply(changes) => match changes.as_slice() {
+                [Change::Rename { .. }] => "rename_graph",
+                [Change::AddNode { .. }] => "add_node",
+                [Change::UpdateNode { .. }] => "update_node",
+                [Change::RemoveNode { .. }] => "remove_node",
+                [Change::AddEdge { .. }] => "add_edge",
+                [Change::UpdateEdge { .. }] => "update_edge",
+                [Change::RemoveEdge { .. }] => "remove_edge",
+                _ => "apply_batch",
+            },
+        }
+    }
+
+    fn creates(command: &GraphCommand) -> bool {
+        matches!(command, GraphCommand::Create { .. })
+    }
+
+    fn decide(&self, command: &GraphCommand, limits: &Limits) -> Result<Vec<GraphEvent>, GraphError> {
+        decide(self, command, limits)
+    }
+
+    fn apply(&mut self, event: &GraphEvent) {
+        GraphState::apply(self, event);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The graph service's one error enum, mapped to a gRPC status (with a stable code and field
 //! details) through the shared error-code table.
 
+use cim_aggregate::ExecutorError;
 use cim_core::{ErrorCode, FieldViolation};
 use cim_eventstore::StoreError;
 use cim_runtime::status::{HasErrorCode, into_status};
@@ -17,10 +18,11 @@ pub enum ServiceError {
     GraphNotFound,
     #[error("{0} not found")]
     ElementNotFound(String),
-    #[error("graph is at version {actual}, not the expected {expected}")]
-    Stale { expected: u64, actual: u64 },
     #[error(transparent)]
     Domain(#[from] GraphError),
+    /// A command the kit's executor refused (the graph's own rules included).
+    #[error(transparent)]
+    Command(#[from] ExecutorError<GraphError>),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("database: {0}")]
@@ -39,8 +41,8 @@ impl HasErrorCode for ServiceError {
             ServiceError::Invalid { .. } => ErrorCode::InvalidArgument,
             ServiceError::Edge(e) => e.code(),
             ServiceError::GraphNotFound | ServiceError::ElementNotFound(_) => ErrorCode::NotFound,
-            ServiceError::Stale { .. } => ErrorCode::Conflict,
             ServiceError::Domain(e) => e.code(),
+            ServiceError::Command(e) => e.code(),
             ServiceError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
             ServiceError::Store(e) => e.code(),
             ServiceError::Database(e) if cim_runtime::postgres::is_transient(e) => ErrorCode::Unavailable,
@@ -52,6 +54,7 @@ impl HasErrorCode for ServiceError {
         match self {
             ServiceError::Invalid { field, reason } => vec![FieldViolation::new(field.clone(), reason.clone())],
             ServiceError::Domain(e) => e.field_violation().into_iter().collect(),
+            ServiceError::Command(e) => e.violations(),
             ServiceError::Edge(e) => e.violations(),
             _ => vec![],
         }

@@ -1,67 +1,17 @@
-//! The one-round-trip write for commands that only add nodes and edges (most writes).
-//!
-//! The locked path costs six round trips (BEGIN, lock the graph row, read facts, append,
-//! project, COMMIT). Here the service remembers each graph's head from its own last write,
-//! decides on assumed facts ([`decide_assuming`]) and sends one statement that locks the graph
-//! row, checks the head and the facts, appends the events and writes the projection. If anything
-//! differs (another instance wrote, a node exists, the graph was archived) the statement writes
-//! nothing and the caller takes the locked path, which reports the real outcome. Lock order is
-//! the same as the locked path's (graph row first), so the two never deadlock.
-//!
-//! Commands of different graphs share that statement ([`GroupCommit`]): whatever arrives while
-//! earlier groups are being written goes in the next one, so under load one round trip, one
-//! executor start-up and one commit serve many commands.
-//!
-//! Commands on one graph are also serialized inside the process ([`Heads::lock`]): they would
-//! queue on the row lock anyway, and queueing here means each one finds a fresh head instead of
-//! failing its check and paying for the locked path.
+//! Graph's one-round-trip write for commands that only add nodes and edges (most writes): the
+//! kit's executor tries it whenever it knows the graph's head ([`cim_aggregate::OneStatement`])
+//! and commits many graphs' commands in one statement ([`cim_aggregate::group_commit`]). What is
+//! graph's own is here: which commands qualify ([`decide_assuming`]) and the statement that
+//! checks their assumptions and writes their rows. Lock order is the same as the locked path's
+//! (graph row first), so the two never deadlock.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::LazyLock;
 
+use cim_aggregate::{GroupStatement, OneStatement};
 use cim_core::events::graph::GraphEvent;
-use cim_core::{AggregateId, EventHash, TenantId};
-use cim_eventstore::{Append, Appended, EventStore, SealedAppend, StoreError};
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use cim_eventstore::StoreError;
 
-use crate::domain::Assumed;
-
-/// A graph's head as this process last wrote or read it under the row lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownHead {
-    pub tenant: TenantId,
-    pub version: u64,
-    pub head: EventHash,
-    pub archived: bool,
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<KnownHead>>>;
-
-/// Per-graph heads and in-process write queues, bounded.
-#[derive(Debug)]
-pub struct Heads {
-    slots: Mutex<HashMap<AggregateId, Slot>>,
-    capacity: usize,
-}
-
-impl Heads {
-    pub fn new(capacity: usize) -> Self {
-        Self { slots: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
-    }
-
-    /// Waits for this process's other commands on `graph`, then gives the graph's known head.
-    pub async fn lock(&self, graph: AggregateId) -> OwnedMutexGuard<Option<KnownHead>> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if slots.len() >= self.capacity && !slots.contains_key(&graph) {
-                // Forget graphs nobody is writing right now; they cost one locked write later.
-                slots.retain(|_, slot| Arc::strong_count(slot) > 1);
-            }
-            slots.entry(graph).or_default().clone()
-        };
-        slot.lock_owned().await
-    }
-}
+use crate::domain::{Assumed, GraphCommand, GraphState, Limits, decide_assuming};
 
 /// The guard over a group of commands (see [`cim_eventstore::guarded_append_many_sql`]): each
 /// graph row, locked in id order (so concurrent groups never deadlock), only if it is still at
@@ -132,7 +82,7 @@ static SQL_NODES_ONLY: LazyLock<String> = LazyLock::new(|| {
 
 /// One command's projection rows and assumptions, as text for the statement's arrays.
 #[derive(Debug, Default)]
-struct Additions {
+pub struct Additions {
     absent_nodes: Vec<String>,
     present_nodes: Vec<String>,
     absent_edges: Vec<String>,
@@ -183,8 +133,8 @@ fn texts<T: ToString>(items: &[T]) -> Vec<String> {
 }
 
 /// The statement's caller parameters (`$23..$42`) for a whole group.
-#[derive(Default)]
-struct GroupParams {
+#[derive(Debug, Default)]
+pub struct GroupParams {
     absent_nodes: (Vec<uuid::Uuid>, Vec<String>),
     present_nodes: (Vec<uuid::Uuid>, Vec<String>),
     absent_edges: (Vec<uuid::Uuid>, Vec<String>),
@@ -219,10 +169,7 @@ impl GroupParams {
         }
     }
 
-    fn bind(
-        self,
-        q: sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind(self, q: Query) -> Query {
         let [n_id, n_ty, n_props] = self.nodes.1;
         let [e_id, e_ty, e_s, e_t, e_props] = self.edges.1;
         q.bind(self.absent_nodes.0)
@@ -248,115 +195,38 @@ impl GroupParams {
     }
 }
 
-type Reply = oneshot::Sender<Result<Option<Appended>, StoreError>>;
+/// The statement above, for the kit's group writer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GraphStatement;
 
-struct Pending {
-    sealed: SealedAppend,
-    rows: Additions,
-    reply: Reply,
-}
+type Query = sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Group commit of the one-statement writes: commands of different graphs that arrive while
-/// earlier groups are being written go to Postgres together, one statement and one commit for
-/// all. Under load that divides the per-statement costs (round trip, executor start-up, commit
-/// and WAL flush) by the group size; alone, a command waits for nobody.
-#[derive(Debug, Clone)]
-pub struct GroupCommit {
-    store: EventStore,
-    queue: mpsc::Sender<Pending>,
-}
+impl GroupStatement for GraphStatement {
+    type Rows = Additions;
+    type Params = GroupParams;
 
-/// Groups written at once (each holds a pooled connection while it runs).
-const WRITERS: usize = 4;
-/// At most this many commands per statement; the rest wait for the next group.
-const MAX_GROUP: usize = 64;
-
-impl GroupCommit {
-    /// Starts the writers; they end when the last handle is dropped.
-    pub fn start(store: EventStore) -> Self {
-        let (queue, rx) = mpsc::channel(MAX_GROUP * WRITERS * 4);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..WRITERS {
-            tokio::spawn(writer(store.clone(), rx.clone()));
-        }
-        Self { store, queue }
+    fn sql(&self, group: &[&Additions]) -> &'static str {
+        if group.iter().all(|rows| rows.nodes_only()) { SQL_NODES_ONLY.as_str() } else { SQL.as_str() }
     }
 
-    /// Appends `append` (whose events are `events`, decided on `assumed`) and projects it, with
-    /// whichever other commands are waiting. `Ok(None)`: the head or an assumption did not hold
-    /// (or the group's statement failed) and nothing of this command was written.
-    pub async fn append(
-        &self,
-        append: &Append,
-        events: &[GraphEvent],
-        assumed: &Assumed,
-    ) -> Result<Option<Appended>, StoreError> {
-        let (sealed, rows) = (self.store.seal_guarded(append)?, Additions::new(events, assumed)?);
-        let (reply, done) = oneshot::channel();
-        let pending = Pending { sealed, rows, reply };
-        if self.queue.send(pending).await.is_err() {
-            return Ok(None);
-        }
-        done.await.unwrap_or(Ok(None))
+    fn add(&self, params: &mut GroupParams, graph: uuid::Uuid, rows: Additions) {
+        params.add(graph, rows);
+    }
+
+    fn bind(&self, params: GroupParams, query: Query) -> Query {
+        params.bind(query)
     }
 }
 
-async fn writer(store: EventStore, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
-    loop {
-        let mut group = Vec::new();
-        {
-            let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else { return };
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                let Ok(next) = queue.try_recv() else { break };
-                group.push(next);
-            }
-        }
-        write_group(&store, group).await;
+impl OneStatement<GraphState> for GraphStatement {
+    fn decide_assuming(&self, command: &GraphCommand, limits: &Limits) -> Option<(Vec<GraphEvent>, Additions)> {
+        let (events, assumed) = decide_assuming(command, limits)?;
+        // Rows that do not build (never for events decided here) go the locked way.
+        let rows = Additions::new(&events, &assumed).ok()?;
+        Some((events, rows))
     }
-}
 
-/// Writes one group and answers each command.
-async fn write_group(store: &EventStore, group: Vec<Pending>) {
-    // A graph twice in one group (possible only after a cancelled request left its command
-    // queued): the later one takes the locked path.
-    let mut seen = std::collections::HashSet::with_capacity(group.len());
-    let (group, repeated): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| seen.insert(p.sealed.aggregate_id()));
-    for p in repeated {
-        let _ = p.reply.send(Ok(None));
-    }
-    metrics::histogram!(crate::metrics::WRITE_GROUP_SIZE).record(group.len() as f64);
-    let nodes_only = group.iter().all(|p| p.rows.nodes_only());
-    let sql = if nodes_only { SQL_NODES_ONLY.as_str() } else { SQL.as_str() };
-    let mut b = GroupParams::default();
-    let mut sealed = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
-    for p in group {
-        b.add(p.sealed.aggregate_id().as_uuid(), p.rows);
-        sealed.push(p.sealed);
-        replies.push(p.reply);
-    }
-    match store.append_guarded_many(sql, sealed, move |q| b.bind(q)).await {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(Ok(result));
-            }
-        }
-        Err(StoreError::Database(e @ sqlx::Error::Database(_))) if !cim_runtime::postgres::is_transient(&e) => {
-            // Postgres refused the statement as a whole (nothing was written): one bad
-            // command must not fail the others, so each takes the locked path on its own.
-            // ("Not now" errors — a lost connection, a server shutting down — go to every
-            // command instead: they are the clients' to retry.)
-            tracing::warn!(error = %e, commands = replies.len(), "group write refused; commands retry alone");
-            for reply in replies {
-                let _ = reply.send(Ok(None));
-            }
-        }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.for_group()));
-            }
-        }
+    fn open(&self, state: &GraphState) -> bool {
+        !state.archived
     }
 }

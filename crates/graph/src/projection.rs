@@ -1,11 +1,52 @@
-//! Writes the projections in the command's transaction, and reads the facts a command needs.
+//! Writes the projections in the command's transaction ([`GraphProjection`]), and reads the
+//! facts a command needs under the graph row's lock ([`GraphFacts`]): the kit's executor runs
+//! both.
 
+use cim_aggregate::{Current, LockingSource, source::SourceFuture};
 use cim_core::events::graph::{EdgeId, GraphEvent, NodeId};
 use cim_core::{AggregateId, EventEnvelope, EventHash, TenantId};
+use cim_eventstore::{HeadToken, Projector, StoreError};
 use sqlx::{PgConnection, Row};
 
-use crate::domain::{EdgeState, GraphState, Needs, NodeState};
-use crate::error::ServiceError;
+use crate::domain::{EdgeState, GraphCommand, GraphState, Needs, NodeState};
+use crate::metrics::GRAPH_SIZE_NODES;
+
+/// The graph's state for deciding a command: its row (locked) and the nodes and edges the
+/// command names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GraphFacts;
+
+impl LockingSource<GraphState> for GraphFacts {
+    fn read<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        tenant: TenantId,
+        graph: AggregateId,
+        command: &'a GraphCommand,
+    ) -> SourceFuture<'a, GraphState> {
+        Box::pin(async move {
+            let Some(locked) = lock_graph(tx, tenant, graph).await? else { return Ok(None) };
+            metrics::histogram!(GRAPH_SIZE_NODES).record(locked.node_count as f64);
+            let mut state = GraphState { exists: true, archived: locked.archived, ..GraphState::default() };
+            load_facts(tx, graph, &command.needs(), &mut state).await?;
+            Ok(Some(Current { state, head: HeadToken::from_projection(locked.version, locked.head) }))
+        })
+    }
+}
+
+/// The read tables (`graphs`, `nodes`, `edges`), written in each command's transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GraphProjection;
+
+impl Projector for GraphProjection {
+    fn project<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [EventEnvelope],
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(project(tx, events))
+    }
+}
 
 /// The graph row, locked for the rest of the transaction: commands on one graph run one at a
 /// time instead of racing and retrying.
@@ -17,11 +58,11 @@ pub struct LockedGraph {
     pub node_count: u64,
 }
 
-pub async fn lock_graph(
+async fn lock_graph(
     tx: &mut PgConnection,
     tenant: TenantId,
     graph: AggregateId,
-) -> Result<Option<LockedGraph>, ServiceError> {
+) -> Result<Option<LockedGraph>, StoreError> {
     let row = sqlx::query(
         "SELECT tenant_id, version, head_hash, archived, node_count FROM graphs WHERE graph_id = $1 FOR UPDATE",
     )
@@ -35,24 +76,23 @@ pub async fn lock_graph(
     }
     Ok(Some(LockedGraph {
         version: row.try_get::<i64, _>("version")? as u64,
-        head: EventHash::from_slice(&row.try_get::<Vec<u8>, _>("head_hash")?)
-            .map_err(|e| ServiceError::Store(cim_eventstore::StoreError::Corrupt(e)))?,
+        head: EventHash::from_slice(&row.try_get::<Vec<u8>, _>("head_hash")?).map_err(StoreError::Corrupt)?,
         archived: row.try_get("archived")?,
         node_count: row.try_get::<i64, _>("node_count")? as u64,
     }))
 }
 
-fn corrupt(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Store(cim_eventstore::StoreError::Corrupt(e.to_string()))
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }
 
 /// Fills `state` with the nodes and edges `needs` names (properties are not needed to decide).
-pub async fn load_facts(
+async fn load_facts(
     tx: &mut PgConnection,
     graph: AggregateId,
     needs: &Needs,
     state: &mut GraphState,
-) -> Result<(), ServiceError> {
+) -> Result<(), StoreError> {
     if !needs.nodes.is_empty() {
         let ids: Vec<&str> = needs.nodes.iter().map(NodeId::as_str).collect();
         // One primary-key lookup per id (see the guard in `group_commit.rs` for why not `= ANY`).
@@ -121,7 +161,7 @@ struct Additions {
 }
 
 impl Additions {
-    async fn flush(&mut self, tx: &mut PgConnection, graph: uuid::Uuid) -> Result<(), ServiceError> {
+    async fn flush(&mut self, tx: &mut PgConnection, graph: uuid::Uuid) -> Result<(), StoreError> {
         if !self.node_ids.is_empty() {
             sqlx::query(
                 "INSERT INTO nodes (graph_id, node_id, node_type, properties) \
@@ -159,8 +199,9 @@ fn props_text(p: &cim_core::events::graph::Properties) -> String {
 }
 
 /// Applies committed-to-be events to the projection tables.
-pub async fn project(tx: &mut PgConnection, tenant: TenantId, events: &[EventEnvelope]) -> Result<(), ServiceError> {
+async fn project(tx: &mut PgConnection, events: &[EventEnvelope]) -> Result<(), StoreError> {
     let Some(last) = events.last() else { return Ok(()) };
+    let tenant = last.tenant_id;
     let graph = last.aggregate_id.as_uuid();
     let (mut dn, mut de) = (0i64, 0i64);
     let mut adds = Additions::default();

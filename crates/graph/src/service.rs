@@ -3,40 +3,33 @@
 
 use std::time::Instant;
 
-use cim_core::events::graph::AGGREGATE_TYPE;
-use cim_core::{AggregateId, CommandId, Domain, EventContext};
-use cim_eventstore::{Append, EventStore, Expected, HeadToken, StoreError};
+use cim_aggregate::{AsOf, CommandExecutor, CommandOptions};
+use cim_core::AggregateId;
+use cim_eventstore::EventStore;
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_server::GraphService;
 use cim_runtime::edge::{Caller, handle};
-use cim_runtime::status::HasErrorCode;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
     self, aggregate_id, edge_id, node_id, optional_edge_id, optional_node_id, struct_to_json, type_name,
 };
-use crate::domain::{Change, GraphCommand, GraphState, Limits, decide, decide_assuming};
+use crate::domain::{Change, GraphCommand, GraphState, Limits};
 use crate::error::ServiceError;
-use crate::group_commit::{GroupCommit, Heads, KnownHead};
-use crate::metrics::{COMMANDS_TOTAL, FAST_WRITES_TOTAL, GRAPH_SIZE_NODES, QUERY_DURATION_SECONDS};
-use crate::projection::{load_facts, lock_graph, project};
+use crate::group_commit::GraphStatement;
+use crate::metrics::QUERY_DURATION_SECONDS;
+use crate::projection::{GraphFacts, GraphProjection};
 use crate::queries::{self, Dir, QueryLimits, Walk};
 
 mod command_path;
 
 #[derive(Debug, Clone)]
 pub struct GraphApi {
-    store: EventStore,
+    executor: CommandExecutor<GraphState>,
     pool: PgPool,
-    limits: Limits,
     query: QueryLimits,
-    heads: std::sync::Arc<Heads>,
-    group: GroupCommit,
 }
-
-/// Graphs whose heads are remembered for one-round-trip writes (about 100 bytes each).
-const KNOWN_HEADS: usize = 100_000;
 
 fn properties(
     field: &str,
@@ -113,7 +106,7 @@ impl GraphService for GraphApi {
                 description: r.description,
                 properties: properties("properties", r.properties)?,
             };
-            self.execute(caller, graph, command, r.options, "create_graph").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -122,7 +115,7 @@ impl GraphService for GraphApi {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::Rename { name: r.name }]);
-            self.execute(caller, graph, command, r.options, "rename_graph").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -130,7 +123,7 @@ impl GraphService for GraphApi {
     async fn archive_graph(&self, req: Request<pb::ArchiveGraphRequest>) -> Reply<pb::CommandResponse> {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
-            self.execute(caller, graph, GraphCommand::Archive, r.options, "archive_graph").await
+            self.execute(caller, graph, GraphCommand::Archive, r.options).await
         })
         .await
     }
@@ -139,7 +132,7 @@ impl GraphService for GraphApi {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![node_change(r.node, "node")?]);
-            self.execute(caller, graph, command, r.options, "add_node").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -151,7 +144,7 @@ impl GraphService for GraphApi {
                 id: node_id("node_id", &r.node_id)?,
                 properties: properties("properties", r.properties)?,
             }]);
-            self.execute(caller, graph, command, r.options, "update_node").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -160,7 +153,7 @@ impl GraphService for GraphApi {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::RemoveNode { id: node_id("node_id", &r.node_id)? }]);
-            self.execute(caller, graph, command, r.options, "remove_node").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -169,7 +162,7 @@ impl GraphService for GraphApi {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![edge_change(r.edge, "edge")?]);
-            self.execute(caller, graph, command, r.options, "add_edge").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -181,7 +174,7 @@ impl GraphService for GraphApi {
                 id: edge_id("edge_id", &r.edge_id)?,
                 properties: properties("properties", r.properties)?,
             }]);
-            self.execute(caller, graph, command, r.options, "update_edge").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -190,7 +183,7 @@ impl GraphService for GraphApi {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let command = GraphCommand::Apply(vec![Change::RemoveEdge { id: edge_id("edge_id", &r.edge_id)? }]);
-            self.execute(caller, graph, command, r.options, "remove_edge").await
+            self.execute(caller, graph, command, r.options).await
         })
         .await
     }
@@ -200,7 +193,7 @@ impl GraphService for GraphApi {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
             let changes =
                 r.changes.into_iter().enumerate().map(|(i, c)| batch_change(i, c)).collect::<Result<Vec<_>, _>>()?;
-            self.execute(caller, graph, GraphCommand::Apply(changes), r.options, "apply_batch").await
+            self.execute(caller, graph, GraphCommand::Apply(changes), r.options).await
         })
         .await
     }
@@ -381,41 +374,17 @@ impl GraphService for GraphApi {
     async fn get_graph_at_version(&self, req: Request<pb::GetGraphAtVersionRequest>) -> Reply<pb::GraphSnapshot> {
         handle(req, |caller, r| async move {
             let graph = aggregate_id("graph_id", &r.graph_id)?;
-            if r.version == 0 {
-                return Err(ServiceError::invalid("version", "must be at least 1"));
-            }
-            self.timed("at_version", async {
-                let history = self.store.history(caller.tenant, graph).await.map_err(|e| match e {
-                    StoreError::NotFound(_) => ServiceError::GraphNotFound,
-                    e => e.into(),
-                })?;
-                if history.is_empty() {
-                    return Err(ServiceError::GraphNotFound);
-                }
-                if r.version > history.len() as u64 {
-                    return Err(ServiceError::invalid("version", format!("the graph has {} versions", history.len())));
-                }
-                let mut state = GraphState::default();
-                for e in history.iter().take(r.version as usize) {
-                    let event = cim_core::events::graph::GraphEvent::from_envelope(e)
-                        .map_err(|m| ServiceError::Store(StoreError::Corrupt(m)))?;
-                    state.apply(&event);
-                }
-                Ok(snapshot(graph, r.version, &history[(r.version - 1) as usize], &history[0], state))
-            })
-            .await
+            let as_of = self
+                .timed("at_version", async { Ok(self.executor.at_version(caller.tenant, graph, r.version).await?) })
+                .await?;
+            Ok::<_, ServiceError>(snapshot(graph, as_of))
         })
         .await
     }
 }
 
-fn snapshot(
-    graph: AggregateId,
-    version: u64,
-    at: &cim_core::EventEnvelope,
-    first: &cim_core::EventEnvelope,
-    state: GraphState,
-) -> pb::GraphSnapshot {
+fn snapshot(graph: AggregateId, as_of: AsOf<GraphState>) -> pb::GraphSnapshot {
+    let AsOf { state, version, created_at, updated_at } = as_of;
     let g = graph.to_string();
     pb::GraphSnapshot {
         graph: Some(pb::Graph {
@@ -427,8 +396,8 @@ fn snapshot(
             version,
             node_count: state.nodes.len() as u64,
             edge_count: state.edges.len() as u64,
-            created_at: Some(convert::timestamp(first.occurred_at)),
-            updated_at: Some(convert::timestamp(at.occurred_at)),
+            created_at: Some(convert::timestamp(created_at)),
+            updated_at: Some(convert::timestamp(updated_at)),
         }),
         nodes: state
             .nodes

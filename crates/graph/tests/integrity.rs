@@ -257,7 +257,7 @@ async fn commands_name_what_they_created_even_on_a_retry() {
     assert_eq!(generated.created_node_ids.len(), 1);
     let id = &generated.created_node_ids[0];
     c.get_node(req(t, pb::GetNodeRequest { graph_id: g.clone(), node_id: id.clone() })).await.unwrap();
-    let options = Some(pb::CommandOptions { expected_version: None, idempotency_key: "k1".into() });
+    let options = Some(cim_proto::common::CommandOptions { expected_version: None, idempotency_key: "k1".into() });
     let changes = vec![
         pb::GraphChange {
             change: Some(pb::graph_change::Change::AddNode(pb::NodeSpec {
@@ -307,7 +307,7 @@ async fn every_string_field_is_checked_before_sql() {
     for bad in ["a\0b", "\0", long.as_str(), "a b", "\u{202e}x"] {
         let s = || bad.to_owned();
         let page = Some(cim_proto::common::PageRequest { page_size: 10, page_token: s() });
-        let opts = Some(pb::CommandOptions { expected_version: None, idempotency_key: s() });
+        let opts = Some(cim_proto::common::CommandOptions { expected_version: None, idempotency_key: s() });
         let mut outcomes: Vec<(&str, Result<(), tonic::Status>)> = Vec::new();
         macro_rules! call {
             ($name:literal, $rpc:ident, $msg:expr) => {

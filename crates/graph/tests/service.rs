@@ -290,7 +290,7 @@ async fn every_rpc_over_the_wire() {
     assert_eq!((at9.nodes.len(), at9.edges.len()), (4, 4));
 
     // Idempotency: the same key twice appends once.
-    let key = Some(pb::CommandOptions { expected_version: None, idempotency_key: "k-1".into() });
+    let key = Some(cim_proto::common::CommandOptions { expected_version: None, idempotency_key: "k-1".into() });
     let first = c
         .add_node(req(
             t,
@@ -715,7 +715,7 @@ async fn two_instances_writing_one_graph_keep_a_valid_history() {
     let t = TenantId::new();
     let g = create(&mut ca, t).await;
     let (hits, misses) =
-        (counter("cim_graph_fast_writes_total", "\"hit\""), counter("cim_graph_fast_writes_total", "\"miss\""));
+        (counter("cim_one_statement_writes_total", "\"hit\""), counter("cim_one_statement_writes_total", "\"miss\""));
     let tasks: Vec<_> = (0..16)
         .map(|w| {
             let mut c = if w % 2 == 0 { ca.clone() } else { cb.clone() };
@@ -742,8 +742,8 @@ async fn two_instances_writing_one_graph_keep_a_valid_history() {
     assert_eq!(replay.nodes.len() as u64, graph.node_count);
     assert_eq!(replay.edges.len() as u64, graph.edge_count);
     // Both paths ran: one-statement writes, and misses caused by the other instance's writes.
-    assert!(counter("cim_graph_fast_writes_total", "\"hit\"") > hits, "no one-statement write");
-    assert!(counter("cim_graph_fast_writes_total", "\"miss\"") > misses, "no fallback to the locked path");
+    assert!(counter("cim_one_statement_writes_total", "\"hit\"") > hits, "no one-statement write");
+    assert!(counter("cim_one_statement_writes_total", "\"miss\"") > misses, "no fallback to the locked path");
     b.stop_replica().await;
     a.stop().await;
 }

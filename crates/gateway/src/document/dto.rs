@@ -210,8 +210,8 @@ pub(super) fn result(r: pb::CommandResponse) -> CommandResult {
     }
 }
 
-pub(super) fn options(expected_version: Option<u64>, headers: &HeaderMap) -> Option<pb::CommandOptions> {
-    Some(pb::CommandOptions { expected_version, idempotency_key: idempotency_key(headers) })
+pub(super) fn options(expected_version: Option<u64>, headers: &HeaderMap) -> Option<cim_proto::common::CommandOptions> {
+    Some(cim_proto::common::CommandOptions { expected_version, idempotency_key: idempotency_key(headers) })
 }
 
 pub(super) fn done(r: pb::CommandResponse) -> Json<CommandResult> {

@@ -109,8 +109,8 @@ pub fn edge(id: &str, ty: &str, s: &str, t: &str) -> pb::EdgeSpec {
     pb::EdgeSpec { id: id.into(), r#type: ty.into(), source: s.into(), target: t.into(), properties: None }
 }
 
-pub fn expect(version: u64) -> Option<pb::CommandOptions> {
-    Some(pb::CommandOptions { expected_version: Some(version), idempotency_key: String::new() })
+pub fn expect(version: u64) -> Option<cim_proto::common::CommandOptions> {
+    Some(cim_proto::common::CommandOptions { expected_version: Some(version), idempotency_key: String::new() })
 }
 
 /// The service's event store, opened over its schema (as `cim verify` would).
