@@ -1,0 +1,198 @@
+use super::*;
+use std::collections::HashMap;
+
+fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(&move |k| map.get(k).cloned())
+}
+
+#[test]
+fn defaults_are_valid_and_match_the_design_ports() {
+    let c = from(&[]).unwrap();
+    assert_eq!(c.listen(ServiceKind::Gateway).addr.port(), 8080);
+    assert_eq!(c.listen(ServiceKind::Websocket).addr.port(), 8081);
+    assert_eq!(c.listen(ServiceKind::Graph).addr.port(), 50051);
+    assert_eq!(c.listen(ServiceKind::Agent).addr.port(), 50054);
+    assert_eq!(c.listen(ServiceKind::Gateway).admin_addr.port(), 9100);
+    assert_eq!(c.listen(ServiceKind::Agent).admin_addr.port(), 9105);
+    assert_eq!(c.subject_prefix.as_str(), "cim");
+    assert_eq!(c.otlp_endpoint, None);
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+#[test]
+fn a_bad_database_url_names_the_variable_and_hides_the_password() {
+    let err = from(&[(CIM_DATABASE_URL, "mysql://root:hunter2@db/cim")]).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    let line = err.to_string();
+    assert!(line.starts_with("invalid configuration: CIM_DATABASE_URL: expected a postgres:// URL"), "{line}");
+    assert!(!line.contains("hunter2"), "{line}");
+    assert!(line.contains("root:***@db"), "{line}");
+    assert_eq!(line.lines().count(), 1);
+}
+
+#[test]
+fn every_bad_variable_is_reported_once() {
+    let err = from(&[
+        (CIM_LOG_FORMAT, "xml"),
+        (CIM_STREAM_REPLICAS, "7"),
+        ("CIM_GRAPH_ADDR", "localhost"),
+        (CIM_OTLP_ENDPOINT, "grpc collector"),
+        (CIM_SUBJECT_PREFIX, "cim.>"),
+    ])
+    .unwrap_err();
+    let vars: Vec<&str> = err.0.iter().map(|e| e.var.as_str()).collect();
+    assert_eq!(vars, [CIM_LOG_FORMAT, CIM_OTLP_ENDPOINT, CIM_SUBJECT_PREFIX, CIM_STREAM_REPLICAS, "CIM_GRAPH_ADDR"]);
+    assert_eq!(err.to_string().lines().count(), 5);
+}
+
+#[test]
+fn values_are_parsed() {
+    let c = from(&[
+        (CIM_LOG_FORMAT, "pretty"),
+        (CIM_DATABASE_URL, "postgres://u:p@h:5/db"),
+        (CIM_NATS_URL, "nats://a:4222, nats://b:4222"),
+        (CIM_SHUTDOWN_GRACE_MS, "1500"),
+        (CIM_OTLP_ENDPOINT, "http://otel:4317"),
+        ("CIM_GRAPH_ADDR", "127.0.0.1:0"),
+    ])
+    .unwrap();
+    assert_eq!(c.log_format, LogFormat::Pretty);
+    assert_eq!(c.database_url.expose(), "postgres://u:p@h:5/db");
+    assert_eq!(format!("{:?}", c.database_url), "postgres://u:***@h:5/db");
+    assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+    assert_eq!(c.otlp_endpoint.as_deref(), Some("http://otel:4317"));
+    assert_eq!(c.listen(ServiceKind::Graph).addr.port(), 0);
+}
+
+#[test]
+fn object_store_locations_are_parsed_and_checked() {
+    let local = from(&[]).unwrap().objects;
+    assert_eq!(local.location, ObjectLocation::Local("data/objects".into()));
+    assert!(local.s3_credentials.is_none());
+    let c = from(&[
+        (CIM_OBJECT_STORE_URL, "s3://cim-documents/tenants/a/"),
+        (CIM_S3_ENDPOINT, "http://minio:9000"),
+        (CIM_S3_ACCESS_KEY_ID, "cim"),
+        (CIM_S3_SECRET_ACCESS_KEY, "hunter22"),
+    ])
+    .unwrap()
+    .objects;
+    assert_eq!(c.location, ObjectLocation::S3 { bucket: "cim-documents".into(), prefix: "tenants/a".into() });
+    assert_eq!(c.s3_endpoint.as_deref(), Some("http://minio:9000"));
+    assert_eq!(c.s3_credentials.as_ref().map(|(id, s)| (id.as_str(), s.expose())), Some(("cim", "hunter22")));
+    let abs = from(&[(CIM_OBJECT_STORE_URL, "file:///srv/cim")]).unwrap().objects;
+    assert_eq!(abs.location, ObjectLocation::Local("/srv/cim".into()));
+
+    for bad in ["s3://Bad_Bucket", "s3://ab", "s3://b-ok/../x", "file://relative", "gs://bucket", "s3://bucket-/x"] {
+        let err = from(&[(CIM_OBJECT_STORE_URL, bad)]).unwrap_err();
+        assert_eq!(err.0[0].var, CIM_OBJECT_STORE_URL, "{bad}");
+    }
+    let err = from(&[(CIM_S3_ACCESS_KEY_ID, "cim")]).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(err.0[0].var, CIM_S3_SECRET_ACCESS_KEY);
+    let err = from(&[(CIM_S3_SECRET_ACCESS_KEY, "hunter22"), (CIM_S3_ENDPOINT, "minio:9000")]).unwrap_err();
+    let vars: Vec<&str> = err.0.iter().map(|e| e.var.as_str()).collect();
+    assert_eq!(vars, [CIM_S3_ENDPOINT, CIM_S3_ACCESS_KEY_ID]);
+    assert!(!err.to_string().contains("hunter22"));
+}
+
+#[test]
+fn redaction_keeps_what_operators_need() {
+    assert_eq!(redact_url("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+    assert_eq!(redact_url("postgres://app@db/cim?password=x"), "postgres://app@db/cim?password=***");
+    assert_eq!(
+        redact_url("postgres://app@db/cim?sslmode=require&sslpassword=x@y"),
+        "postgres://app@db/cim?sslmode=require&sslpassword=***"
+    );
+    assert_eq!(redact_url("postgres://db:5432/cim"), "postgres://db:5432/cim");
+    // A password typed raw with `/`, `?` or `@` in it is masked whole.
+    assert_eq!(redact_url("postgres://app:pa/ss@db/cim"), "postgres://app:***@db/cim");
+    assert_eq!(redact_url("postgres://app:p?a@s/s@db/cim"), "postgres://app:***@db/cim");
+    // Something that is no URL at all may be a password in the wrong variable.
+    assert_eq!(redact_url("garbage"), "<redacted: not a URL>");
+    assert_eq!(redact_url(""), "");
+    assert_eq!(redact_urls("nats://a:p1@h1:4222,nats:/b:p2@h2:4222"), "nats://a:***@h1:4222,nats:/b:***@h2:4222");
+    assert_eq!(format!("{:?}", Secret::new("postgres://not:a@url")), "<redacted>");
+    assert_eq!(format!("{:?}", Secret::url("postgres://u:p@h/db")), "postgres://u:***@h/db");
+}
+
+#[test]
+fn a_malformed_url_shows_the_typo_but_not_the_password() {
+    for (var, bad, shown) in [
+        (CIM_DATABASE_URL, "postgres:/app:hunter2@db:5432/cim", "postgres:/app:***@db:5432/cim"),
+        (CIM_DATABASE_URL, "postgres//app:hunter2@db:5432/cim", "postgres//app:***@db:5432/cim"),
+        (CIM_DATABASE_URL, "postgresql:app:hunter2@db/cim", "postgresql:app:***@db/cim"),
+        (CIM_DATABASE_URL, "postgres://app:hunter2@/cim", "postgres://app:***@/cim"),
+        (CIM_REDIS_URL, "redis//:hunter2@cache:6379", "redis//:***@cache:6379"),
+        (CIM_NATS_URL, "nats://u:hunter2@a:4222,nat://u:hunter2@b:4222", "nats://u:***@a:4222,nat://u:***@b:4222"),
+    ] {
+        let err = from(&[(var, bad)]).unwrap_err();
+        let line = err.to_string();
+        assert_eq!(err.0.len(), 1, "{line}");
+        assert!(line.ends_with(&format!("got {shown:?}")), "{bad}: {line}");
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+    // A key is never shown, not even in part.
+    let err = from(&[(CIM_JWT_HS256_SECRET, "short://hunter2@x")]).unwrap_err();
+    assert!(err.to_string().ends_with("got \"<redacted>\""), "{err}");
+}
+
+#[test]
+fn the_data_directory_follows_xdg_unless_set() {
+    let dir = |pairs: &[(&str, &str)]| from(pairs).map(|c| c.data_dir);
+    assert_eq!(dir(&[("HOME", "/home/ann")]).unwrap(), Some("/home/ann/.local/share/cim".into()));
+    assert_eq!(dir(&[("HOME", "/home/ann"), ("XDG_DATA_HOME", "/data/ann")]).unwrap(), Some("/data/ann/cim".into()));
+    // The XDG spec: a relative XDG_DATA_HOME is ignored.
+    assert_eq!(
+        dir(&[("HOME", "/home/ann"), ("XDG_DATA_HOME", "data")]).unwrap(),
+        Some("/home/ann/.local/share/cim".into())
+    );
+    assert_eq!(dir(&[("HOME", "/home/ann"), (CIM_DATA_DIR, "/srv/cim")]).unwrap(), Some("/srv/cim".into()));
+    assert_eq!(dir(&[]).unwrap(), None);
+    let c = from(&[(CIM_DATA_DIR, "/srv/cim")]).unwrap();
+    assert_eq!(c.local_secret_file(), Some("/srv/cim/jwt-hs256-secret".into()));
+    // Relative to what? Each shell has its own working directory.
+    let err = from(&[(CIM_DATA_DIR, "cim-data")]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: CIM_DATA_DIR: expected an absolute directory path, got \"cim-data\""
+    );
+}
+
+#[test]
+fn describe_says_unset_for_a_secret_nobody_set() {
+    let env: HashMap<&str, &str> = HashMap::from([("HOME", "/home/ann"), (CIM_REDIS_URL, "redis://:pw@cache:6379")]);
+    let lines = Config::describe(&|k| env.get(k).map(|v| v.to_string()));
+    let line = |name: &str| lines.iter().find(|d| d.name == name).unwrap().clone();
+    assert_eq!(
+        line(CIM_JWT_HS256_SECRET),
+        Described { name: CIM_JWT_HS256_SECRET, origin: Origin::Unset, shown: None }
+    );
+    assert_eq!(line(CIM_REDIS_URL).shown.as_deref(), Some("redis://:***@cache:6379"));
+    assert_eq!(line(CIM_REDIS_URL).origin, Origin::Set);
+    assert_eq!(line(CIM_DATA_DIR).shown.as_deref(), Some("/home/ann/.local/share/cim"));
+    assert_eq!(line(CIM_DATA_DIR).origin, Origin::Default);
+    let env: HashMap<&str, &str> = HashMap::from([(CIM_JWT_HS256_SECRET, "0123456789abcdef0123456789abcdef")]);
+    let lines = Config::describe(&|k| env.get(k).map(|v| v.to_string()));
+    let secret = lines.iter().find(|d| d.name == CIM_JWT_HS256_SECRET).unwrap();
+    assert_eq!((secret.origin, secret.shown.as_deref()), (Origin::Set, Some("<redacted>")));
+}
+
+#[test]
+fn unknown_cim_variables_are_flagged() {
+    let env = ["CIM_DATABSE_URL", "CIM_NATS_URL", "PATH", "CIM_TEST_DATABASE_URL"].map(String::from);
+    assert_eq!(Config::unknown_vars(env), ["CIM_DATABSE_URL"]);
+}
+
+#[test]
+fn the_table_has_every_service_and_no_duplicates() {
+    let mut names: Vec<_> = VARS.iter().map(|v| v.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), VARS.len());
+    for kind in ServiceKind::ALL {
+        assert!(names.contains(&kind.addr_var().as_str()));
+        assert!(names.contains(&kind.admin_addr_var().as_str()));
+    }
+}
