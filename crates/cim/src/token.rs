@@ -1,0 +1,76 @@
+//! `cim token` and `cim local-secret`: bearer tokens for local development.
+
+use super::*;
+
+pub(crate) fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> ExitCode {
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let secret = match signing_secret(&config) {
+        Ok(s) => s,
+        Err(e) => return fail(&e, EXIT_CONFIG),
+    };
+    let tenant = tenant.unwrap_or_else(|| cim_core::TenantId::new().to_string());
+    let claims = cim_auth::Claims {
+        sub: subject,
+        tenant,
+        roles: roles.split(',').map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect(),
+        exp: cim_auth::now_secs() + ttl,
+        iss: config.edge.auth.issuer.clone(),
+        aud: config.edge.auth.audience,
+    };
+    match cim_auth::issue_hs256(&secret, &claims) {
+        Ok(t) => {
+            out(&t);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string(), 1),
+    }
+}
+
+/// CIM_JWT_HS256_SECRET, else (no public key configured either) the local development secret.
+fn signing_secret(config: &Config) -> Result<String, String> {
+    let auth = &config.edge.auth;
+    if let Some(secret) = &auth.hs256_secret {
+        return Ok(secret.expose().to_owned());
+    }
+    if let Some(key) = &auth.public_key_file {
+        return Err(format!(
+            "CIM_JWT_HS256_SECRET is not set and tokens are verified with the public key in {} \
+             (CIM_JWT_PUBLIC_KEY_FILE): cim token signs only HS256; sign with that key's private half",
+            key.display()
+        ));
+    }
+    let Some(path) = config.local_secret_file() else {
+        return Err("CIM_JWT_HS256_SECRET is not set, and there is no local secret: neither CIM_DATA_DIR \
+                    nor HOME is set"
+            .into());
+    };
+    if !path.exists() {
+        return Err(format!(
+            "CIM_JWT_HS256_SECRET is not set and there is no local development secret at {}: start CIM \
+             with scripts/up.sh (it makes one), or run `cim local-secret`, or set CIM_JWT_HS256_SECRET \
+             to the secret the gateway uses",
+            path.display()
+        ));
+    }
+    local::read(&path)
+}
+
+pub(crate) fn local_secret() -> ExitCode {
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(path) = config.local_secret_file() else {
+        return fail("no data directory: set CIM_DATA_DIR (or HOME)", EXIT_CONFIG);
+    };
+    match local::ensure(&path) {
+        Ok(_) => {
+            out(&path.display().to_string());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, 1),
+    }
+}
