@@ -4,12 +4,29 @@
 //! - [`agent`], [`task`], [`events`]: the two aggregates' rules and events, pure Rust;
 //!   [`names`]: the capability, permission and tool name pattern.
 //! - [`routing`]: which agent a task goes to, a pure function.
+//! - [`projection`], [`queries`]: the tables in schema `agent` and the reads over them.
+//! - [`service`]: the gRPC edge; [`app`]: wiring for `cim serve` (the service's own binary and
+//!   its deployment come with the worker stream).
 
 pub mod agent;
+pub mod app;
+pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod names;
+pub mod projection;
+pub mod queries;
 pub mod routing;
+pub mod service;
 pub mod task;
+
+/// The schema this service owns.
+pub const SCHEMA: &str = "agent";
+
+/// The projections' migrations (versions 1001+), applied after the event store's.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations")
+}
 
 /// An event as a reload reads it back: sealed into an envelope like the store seals it, then
 /// parsed from the envelope, so rule tests fold exactly what a replay would fold.
