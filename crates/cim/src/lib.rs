@@ -256,6 +256,12 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         schema: cim_document::SCHEMA,
         migrations: document_migrations,
     },
+    DomainService {
+        name: "agent",
+        domain: cim_core::Domain::Agent,
+        schema: cim_agent::SCHEMA,
+        migrations: agent_migrations,
+    },
 ];
 
 fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
@@ -266,6 +272,10 @@ fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
 
 fn document_migrations() -> Vec<sqlx::migrate::Migrator> {
     vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_document::migrator()]
+}
+
+fn agent_migrations() -> Vec<sqlx::migrate::Migrator> {
+    vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_agent::migrator()]
 }
 
 /// A consumer this many messages behind fails the check (the CimConsumerLagHigh threshold).
@@ -690,6 +700,7 @@ fn local_secret() -> ExitCode {
 const SERVICES: &[(ServiceKind, cim_runtime::service::Prepare)] = &[
     (ServiceKind::Graph, cim_graph::app::service),
     (ServiceKind::Document, cim_document::app::service),
+    (ServiceKind::Agent, cim_agent::app::service),
     (ServiceKind::Gateway, cim_gateway::app::service),
     (ServiceKind::Websocket, cim_websocket::app::service),
 ];
