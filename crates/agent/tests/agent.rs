@@ -303,3 +303,67 @@ async fn tenants_are_isolated_and_bad_input_is_refused_with_its_field() {
     assert_eq!(refusal(&c.list_tasks(req(tenant, state)).await.unwrap_err()).1, "state");
     svc.stop().await;
 }
+
+/// The task projection follows a task through its holders (the dispatcher's commands, with the
+/// time they say it is) and keeps each agent's load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_projection_follows_tasks_through_leases_and_outcomes() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    let a = active(&mut c, tenant, &["ocr"], 3).await;
+    let b = active(&mut c, tenant, &["ocr"], 3).await;
+    let (a_id, b_id): (AggregateId, AggregateId) = (a.parse().unwrap(), b.parse().unwrap());
+    let running = async |c: &mut Client| {
+        (get_agent(c, tenant, &a).await.running_tasks, get_agent(c, tenant, &b).await.running_tasks)
+    };
+    let now = Utc::now();
+    let secs = Duration::seconds;
+
+    // Held by a, extended, lapsed, reassigned to b, failed there.
+    let first = give(&svc, &mut c, tenant, &["ocr"], &a).await;
+    svc.dispatch(tenant, &first, TaskCommand::ExtendLease { agent: a_id, lease_until: now + secs(90), now }).await;
+    assert_eq!(get_task(&mut c, tenant, &first).await.lease_until.unwrap().seconds, (now + secs(90)).timestamp());
+    let later = now + secs(91);
+    let to_b = TaskCommand::Reassign {
+        to: Some(b_id),
+        reason: "lease lapsed".into(),
+        lease_until: Some(later + secs(30)),
+        now: later,
+    };
+    svc.dispatch(tenant, &first, to_b).await;
+    assert_eq!(running(&mut c).await, (0, 1));
+    let failed = TaskCommand::Fail { agent: b_id, error: "model unavailable".into(), retryable: true, now: later };
+    svc.dispatch(tenant, &first, failed).await;
+    let task = get_task(&mut c, tenant, &first).await;
+    assert_eq!((task.state.as_str(), task.holder.as_str(), task.attempts), ("failed", b.as_str(), 2));
+    assert_eq!((task.error.as_str(), task.retryable, task.lease_until), ("model unavailable", true, None));
+    assert_eq!(running(&mut c).await, (0, 0));
+
+    // Held by a, lapsed with nobody free: back in the queue.
+    let second = give(&svc, &mut c, tenant, &["ocr"], &a).await;
+    let back = TaskCommand::Reassign { to: None, reason: "no agent free".into(), lease_until: None, now: later };
+    svc.dispatch(tenant, &second, back).await;
+    let task = get_task(&mut c, tenant, &second).await;
+    assert_eq!((task.state.as_str(), task.holder.as_str(), task.lease_until), ("queued", "", None));
+    assert_eq!(running(&mut c).await, (0, 0));
+
+    // Held by b past its deadline: timed out. Held by a: completed with a document.
+    let deadline = now + secs(3600);
+    let timed = pb::SubmitTaskRequest { deadline: Some(cim_runtime::edge::timestamp(deadline)), ..submit(&["ocr"]) };
+    let third = c.submit_task(req(tenant, timed)).await.unwrap().into_inner().id;
+    let assign = TaskCommand::Assign { agent: b_id, lease_until: now + secs(60), now };
+    svc.dispatch(tenant, &third, assign).await;
+    svc.dispatch(tenant, &third, TaskCommand::TimeOut { now: deadline + secs(1) }).await;
+    assert_eq!(get_task(&mut c, tenant, &third).await.state, "timed_out");
+    let fourth = give(&svc, &mut c, tenant, &["ocr"], &a).await;
+    assert_eq!(running(&mut c).await, (1, 0));
+    let digest = cid::multihash::Multihash::<64>::wrap(0x1e, &[9; 32]).unwrap();
+    let cid = cid::Cid::new_v1(0x55, digest).to_string();
+    let result = TaskResult::Document(cid.clone());
+    svc.dispatch(tenant, &fourth, TaskCommand::Complete { agent: a_id, result, now: Utc::now() }).await;
+    let done = get_task(&mut c, tenant, &fourth).await;
+    assert_eq!((done.state.as_str(), done.result), ("completed", Some(pb::task::Result::ResultCid(cid))));
+    assert_eq!(running(&mut c).await, (0, 0));
+    svc.stop().await;
+}

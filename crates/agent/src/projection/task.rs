@@ -111,9 +111,13 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.lease_until)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.from, -1).await?;
-            if let Some(to) = e.to {
-                load(tx, at, to, 1).await?;
+            // Two agents' rows: taken in id order, so two reassignments between the same pair
+            // of agents, in opposite directions, cannot deadlock.
+            let mut moves = vec![(e.from, -1)];
+            moves.extend(e.to.map(|to| (to, 1)));
+            moves.sort();
+            for (agent, by) in moves {
+                load(tx, at, agent, by).await?;
             }
         }
         E::Cancelled(e) => finish(tx, at, TaskState::Cancelled, e.holder).await?,
