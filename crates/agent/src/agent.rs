@@ -168,19 +168,19 @@ pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Ag
 /// Checks a text a person reads: bounded, and free of control and invisible formatting
 /// characters (which would let a name look like another); line breaks and tabs only where the
 /// text is prose (`multiline`).
-pub(crate) fn check_text(field: &str, s: &str, max: usize, multiline: bool) -> Result<(), String> {
+pub(crate) fn check_text(s: &str, max: usize, multiline: bool) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("{} bytes; at most {max}", s.len()));
     }
     let shown = if multiline { s.replace(['\n', '\t'], " ") } else { s.to_owned() };
     if !cim_core::names::is_printable(&shown) {
-        return Err(format!("{field} must not contain control or invisible formatting characters"));
+        return Err("must not contain control or invisible formatting characters".into());
     }
     Ok(())
 }
 
 fn text(field: &'static str, s: &str, max: usize, multiline: bool) -> Result<(), AgentError> {
-    check_text(field, s, max, multiline).map_err(|reason| invalid(field, reason))
+    check_text(s, max, multiline).map_err(|reason| invalid(field, reason))
 }
 
 fn required(field: &'static str, s: &str, max: usize) -> Result<(), AgentError> {

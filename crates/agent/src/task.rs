@@ -172,7 +172,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> TaskError {
 }
 
 fn text(field: &'static str, s: &str, max: usize) -> Result<(), TaskError> {
-    check_text(field, s, max, true).map_err(|reason| invalid(field, reason))
+    check_text(s, max, true).map_err(|reason| invalid(field, reason))
 }
 
 fn json(field: &'static str, document: &Map<String, Value>) -> Result<(), TaskError> {
@@ -202,7 +202,7 @@ fn check_submission(s: &Submission, now: DateTime<Utc>) -> Result<(), TaskError>
     if s.deadline.is_some_and(|d| d <= now) {
         return Err(invalid("deadline", "must be in the future"));
     }
-    check_text("correlation", &s.correlation, CORRELATION_MAX, false).map_err(|r| invalid("correlation", r))
+    check_text(&s.correlation, CORRELATION_MAX, false).map_err(|r| invalid("correlation", r))
 }
 
 /// A task's state, folded from its events.

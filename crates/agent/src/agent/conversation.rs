@@ -69,7 +69,7 @@ pub struct TokenUsage {
 }
 
 fn content(field: &'static str, s: &str) -> Result<(), AgentError> {
-    super::check_text(field, s, CONTENT_MAX, true).map_err(|reason| invalid(field, reason))
+    super::check_text(s, CONTENT_MAX, true).map_err(|reason| invalid(field, reason))
 }
 
 pub(super) fn decide(agent: &Agent, step: &Conversation) -> Result<AgentEvent, AgentError> {
@@ -115,7 +115,7 @@ pub(super) fn decide(agent: &Agent, step: &Conversation) -> Result<AgentEvent, A
             })
         }
         C::Fail { message_id, error_type, error, recoverable } => {
-            super::check_text("error", error, REASON_MAX, true).map_err(|reason| invalid("error", reason))?;
+            super::check_text(error, REASON_MAX, true).map_err(|reason| invalid("error", reason))?;
             AgentEvent::ResponseFailed(ResponseFailed {
                 message_id: *message_id,
                 conversation_id: open(message_id)?,
