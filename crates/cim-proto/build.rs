@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("cim/common/v1/paging.proto"),
         root.join("cim/graph/v1/graph.proto"),
         root.join("cim/document/v1/document.proto"),
+        root.join("cim/agent/v1/agent.proto"),
     ];
     if std::env::var_os("CARGO_FEATURE_TESTING").is_some() {
         protos.push(root.join("cim/testing/v1/probe.proto"));

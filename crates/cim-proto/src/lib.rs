@@ -22,6 +22,11 @@ pub mod cim {
             tonic::include_proto!("cim.document.v1");
         }
     }
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("cim.agent.v1");
+        }
+    }
     #[cfg(feature = "testing")]
     pub mod testing {
         pub mod v1 {
@@ -30,6 +35,7 @@ pub mod cim {
     }
 }
 
+pub use cim::agent::v1 as agent;
 pub use cim::common::v1 as common;
 pub use cim::document::v1 as document;
 pub use cim::graph::v1 as graph;

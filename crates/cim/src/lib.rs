@@ -145,6 +145,12 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         schema: cim_document::SCHEMA,
         migrations: document_migrations,
     },
+    DomainService {
+        name: "agent",
+        domain: cim_core::Domain::Agent,
+        schema: cim_agent::SCHEMA,
+        migrations: agent_migrations,
+    },
 ];
 
 fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
@@ -155,4 +161,8 @@ fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
 
 fn document_migrations() -> Vec<sqlx::migrate::Migrator> {
     vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_document::migrator()]
+}
+
+fn agent_migrations() -> Vec<sqlx::migrate::Migrator> {
+    vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_agent::migrator()]
 }

@@ -1,0 +1,62 @@
+//! Wiring: the kit's domain host (Postgres schema `agent`, event store, stream `CIM_AGENT`,
+//! relay, listeners) plus the agent gRPC service over two executors, one per aggregate, sharing
+//! the one event store.
+
+use cim_aggregate::CommandExecutor;
+use cim_aggregate::host::{DomainHost, DomainSpec, HostError};
+use cim_core::Domain;
+use cim_proto::agent::agent_service_server::AgentServiceServer;
+use cim_runtime::config::Config;
+use cim_runtime::{ServiceKind, Shutdown};
+
+use crate::agent::Agent;
+use crate::projection::{AgentProjection, TaskProjection};
+use crate::service::AgentApi;
+use crate::task::Task;
+
+pub use cim_aggregate::host::Prepared;
+
+pub type AppError = HostError;
+
+/// What differs between deployments beyond `CIM_*` (tests use their own schema).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub schema: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self { schema: crate::SCHEMA.to_owned() }
+    }
+}
+
+/// Connects, migrates and binds. Nothing is served until [`Prepared::run`].
+pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
+    prepare_with(config, shutdown, AgentOptions::default()).await
+}
+
+/// [`prepare`] with explicit options.
+pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: AgentOptions) -> Result<Prepared, AppError> {
+    crate::metrics::describe();
+    let spec = DomainSpec {
+        kind: ServiceKind::Agent,
+        domain: Domain::Agent,
+        schema: options.schema,
+        migrator: crate::migrator(),
+        // Conversations make long agent histories; tasks are short and rarely reach it.
+        snapshot_every: 100,
+    };
+    let domain = DomainHost::connect(config, shutdown, spec).await?;
+    let agents = CommandExecutor::<Agent>::new(domain.store.clone(), "agent").with_projector(AgentProjection);
+    let tasks = CommandExecutor::<Task>::new(domain.store.clone(), "agent").with_projector(TaskProjection);
+    let server = domain.grpc_server().add_service(AgentServiceServer::new(AgentApi::new(agents, tasks)));
+    domain.serve(server)
+}
+
+/// This service for `cim serve`'s table ([`cim_runtime::service::Prepare`]).
+pub fn service(
+    config: &Config,
+    shutdown: Shutdown,
+) -> cim_runtime::service::BoxFuture<'_, Result<Box<dyn cim_runtime::service::Service>, String>> {
+    cim_runtime::service::boxed("agent", async move { prepare(config, &shutdown).await })
+}

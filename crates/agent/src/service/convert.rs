@@ -1,0 +1,121 @@
+//! Requests into domain values and domain values into replies: every field parsed once, each
+//! failure named by its field.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use cim_aggregate::{AsOf, CommandOptions, Executed, ExecutorError};
+use cim_core::{AggregateId, TenantId};
+use cim_eventstore::StoreError;
+use cim_proto::agent as pb;
+use cim_runtime::edge::timestamp;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+
+use crate::agent::Agent;
+use crate::error::ServiceError;
+use crate::names::{Names, parse_names, strings};
+
+pub fn id(field: &str, s: &str) -> Result<AggregateId, ServiceError> {
+    AggregateId::from_str(s).map_err(|e| ServiceError::invalid(field, e.to_string()))
+}
+
+/// A client-chosen id, or a new one when the client left it empty.
+pub fn new_id(field: &str, s: &str) -> Result<AggregateId, ServiceError> {
+    if s.is_empty() { Ok(AggregateId::new()) } else { id(field, s) }
+}
+
+pub fn names(field: &str, raw: &[String]) -> Result<Names, ServiceError> {
+    parse_names(field, raw).map_err(|(field, e)| ServiceError::invalid(field, e.to_string()))
+}
+
+pub fn options(o: Option<pb::CommandOptions>) -> CommandOptions {
+    let o = o.unwrap_or_default();
+    CommandOptions {
+        expected_version: o.expected_version,
+        idempotency_key: (!o.idempotency_key.is_empty()).then_some(o.idempotency_key),
+    }
+}
+
+pub fn json(field: &str, s: Option<prost_types::Struct>) -> Result<Map<String, Value>, ServiceError> {
+    cim_proto::json::struct_to_json(s).map_err(|e| ServiceError::invalid(field, e.to_string()))
+}
+
+pub fn instant(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, ServiceError> {
+    t.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .ok_or_else(|| ServiceError::invalid(field, "not a valid timestamp"))
+    })
+    .transpose()
+}
+
+pub fn respond(done: Executed) -> pb::CommandResponse {
+    pb::CommandResponse {
+        id: done.aggregate_id.to_string(),
+        version: done.version,
+        event_ids: done.event_ids.iter().map(ToString::to_string).collect(),
+        replayed: done.replayed,
+    }
+}
+
+/// An agent as folded from its history. Its load is not part of it (tasks are their own
+/// aggregates), so `running_tasks` is 0.
+pub fn agent_as_of(id: AggregateId, as_of: &AsOf<Agent>) -> pb::Agent {
+    let a = &as_of.state;
+    pb::Agent {
+        agent_id: id.to_string(),
+        name: a.name.clone(),
+        agent_type: a.agent_type.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        owner: a.owner.clone(),
+        state: a.state.as_str().to_owned(),
+        capabilities: strings(&a.capabilities),
+        permissions: strings(&a.permissions),
+        tools: strings(&a.tools),
+        model: a.model.as_ref().map(|m| pb::ModelConfiguration {
+            provider: m.provider.to_string(),
+            model: m.model.clone(),
+            parameters: Some(cim_proto::json::json_to_struct(&m.parameters)),
+        }),
+        system_prompt: a.system_prompt.clone(),
+        max_concurrent_tasks: a.max_concurrent_tasks,
+        running_tasks: 0,
+        version: as_of.version,
+        created_at: Some(timestamp(as_of.created_at)),
+        updated_at: Some(timestamp(as_of.updated_at)),
+    }
+}
+
+/// The kit's store keys a history by id alone, and both aggregates live in this schema: an id of
+/// the other kind (a task's id in an agent command) folds events this aggregate cannot read,
+/// which the store reports as corrupt. Only on that error is the id's kind looked up, so the
+/// caller hears what is true: no such agent (or, creating one, that the id is taken).
+pub async fn of_kind<E>(
+    pool: &PgPool,
+    tenant: TenantId,
+    id: AggregateId,
+    kind: &'static str,
+    creates: bool,
+    error: ExecutorError<E>,
+) -> ExecutorError<E> {
+    let unreadable = matches!(
+        &error,
+        ExecutorError::Store(StoreError::Corrupt(_) | StoreError::Database(sqlx::Error::ColumnDecode { .. }))
+    );
+    if !unreadable {
+        return error;
+    }
+    let stored: Result<Option<String>, _> = sqlx::query_scalar(
+        "SELECT aggregate_type FROM events WHERE tenant_id = $1 AND aggregate_id = $2 AND sequence = 1",
+    )
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(pool)
+    .await;
+    match stored {
+        Ok(Some(other)) if other != kind && creates => ExecutorError::Exists(kind, id),
+        Ok(Some(other)) if other != kind => ExecutorError::NotFound(kind, id),
+        _ => error,
+    }
+}
