@@ -1,7 +1,7 @@
 //! The gRPC edge: requests parsed into commands for the kit's executors (one per aggregate),
 //! queries over the projections, and the routing dry run.
 
-use cim_aggregate::{Aggregate, CommandExecutor};
+use cim_aggregate::CommandExecutor;
 use cim_core::AggregateId;
 use cim_proto::agent as pb;
 use cim_proto::agent::agent_service_server::AgentService;
@@ -18,7 +18,7 @@ use crate::{queries, routing};
 
 mod convert;
 
-use convert::{agent_as_of, id, instant, json, names, new_id, of_kind, options, respond};
+use convert::{agent_as_of, id, instant, json, names, new_id, respond};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -40,14 +40,9 @@ impl AgentApi {
         caller: &Caller,
         id: AggregateId,
         command: A,
-        o: Option<pb::CommandOptions>,
+        o: Option<cim_proto::common::CommandOptions>,
     ) -> Result<pb::CommandResponse, ServiceError> {
-        match self.agents.execute(caller, id, &command, &options(o)).await {
-            Ok(done) => Ok(respond(done)),
-            Err(e) => Err(of_kind(&self.pool, caller.tenant, id, Agent::AGGREGATE_TYPE, Agent::creates(&command), e)
-                .await
-                .into()),
-        }
+        Ok(respond(self.agents.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await?))
     }
 
     async fn task(
@@ -55,14 +50,9 @@ impl AgentApi {
         caller: &Caller,
         id: AggregateId,
         command: T,
-        o: Option<pb::CommandOptions>,
+        o: Option<cim_proto::common::CommandOptions>,
     ) -> Result<pb::CommandResponse, ServiceError> {
-        match self.tasks.execute(caller, id, &command, &options(o)).await {
-            Ok(done) => Ok(respond(done)),
-            Err(e) => Err(of_kind(&self.pool, caller.tenant, id, Task::AGGREGATE_TYPE, Task::creates(&command), e)
-                .await
-                .into()),
-        }
+        Ok(respond(self.tasks.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await?))
     }
 
     /// A task's requirements, each declared by some agent of the tenant: a name nobody declares
@@ -245,12 +235,7 @@ impl AgentService for AgentApi {
     async fn get_agent_at_version(&self, req: Request<pb::GetAgentAtVersionRequest>) -> Reply<pb::Agent> {
         handle(req, |caller, r| async move {
             let id = agent_id(&r.agent_id)?;
-            match self.agents.at_version(caller.tenant, id, r.version).await {
-                Ok(as_of) => Ok(agent_as_of(id, &as_of)),
-                Err(e) => Err(ServiceError::from(
-                    of_kind(&self.pool, caller.tenant, id, Agent::AGGREGATE_TYPE, false, e).await,
-                )),
-            }
+            Ok::<_, ServiceError>(agent_as_of(id, &self.agents.at_version(caller.tenant, id, r.version).await?))
         })
         .await
     }

@@ -407,7 +407,7 @@ impl<A: Aggregate> CommandExecutor<A> {
         if version == 0 {
             return Err(ExecutorError::Invalid { field: "version", reason: "must be at least 1".into() });
         }
-        let history = match self.store.history(tenant, id).await {
+        let history = match self.store.history_of(tenant, id, A::AGGREGATE_TYPE).await {
             Ok(history) if !history.is_empty() => history,
             Ok(_) | Err(StoreError::NotFound(_)) => return Err(ExecutorError::NotFound(A::AGGREGATE_TYPE, id)),
             Err(e) => return Err(e.into()),

@@ -4,13 +4,11 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use cim_aggregate::{AsOf, CommandOptions, Executed, ExecutorError};
-use cim_core::{AggregateId, TenantId};
-use cim_eventstore::StoreError;
+use cim_aggregate::{AsOf, Executed};
+use cim_core::AggregateId;
 use cim_proto::agent as pb;
 use cim_runtime::edge::timestamp;
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 
 use crate::agent::Agent;
 use crate::error::ServiceError;
@@ -27,14 +25,6 @@ pub fn new_id(field: &str, s: &str) -> Result<AggregateId, ServiceError> {
 
 pub fn names(field: &str, raw: &[String]) -> Result<Names, ServiceError> {
     parse_names(field, raw).map_err(|(field, e)| ServiceError::invalid(field, e.to_string()))
-}
-
-pub fn options(o: Option<pb::CommandOptions>) -> CommandOptions {
-    let o = o.unwrap_or_default();
-    CommandOptions {
-        expected_version: o.expected_version,
-        idempotency_key: (!o.idempotency_key.is_empty()).then_some(o.idempotency_key),
-    }
 }
 
 pub fn json(field: &str, s: Option<prost_types::Struct>) -> Result<Map<String, Value>, ServiceError> {
@@ -84,38 +74,5 @@ pub fn agent_as_of(id: AggregateId, as_of: &AsOf<Agent>) -> pb::Agent {
         version: as_of.version,
         created_at: Some(timestamp(as_of.created_at)),
         updated_at: Some(timestamp(as_of.updated_at)),
-    }
-}
-
-/// The kit's store keys a history by id alone, and both aggregates live in this schema: an id of
-/// the other kind (a task's id in an agent command) folds events this aggregate cannot read,
-/// which the store reports as corrupt. Only on that error is the id's kind looked up, so the
-/// caller hears what is true: no such agent (or, creating one, that the id is taken).
-pub async fn of_kind<E>(
-    pool: &PgPool,
-    tenant: TenantId,
-    id: AggregateId,
-    kind: &'static str,
-    creates: bool,
-    error: ExecutorError<E>,
-) -> ExecutorError<E> {
-    let unreadable = matches!(
-        &error,
-        ExecutorError::Store(StoreError::Corrupt(_) | StoreError::Database(sqlx::Error::ColumnDecode { .. }))
-    );
-    if !unreadable {
-        return error;
-    }
-    let stored: Result<Option<String>, _> = sqlx::query_scalar(
-        "SELECT aggregate_type FROM events WHERE tenant_id = $1 AND aggregate_id = $2 AND sequence = 1",
-    )
-    .bind(tenant.as_uuid())
-    .bind(id.as_uuid())
-    .fetch_optional(pool)
-    .await;
-    match stored {
-        Ok(Some(other)) if other != kind && creates => ExecutorError::Exists(kind, id),
-        Ok(Some(other)) if other != kind => ExecutorError::NotFound(kind, id),
-        _ => error,
     }
 }

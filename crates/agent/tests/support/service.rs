@@ -114,12 +114,12 @@ pub async fn give(svc: &Service, c: &mut Client, tenant: TenantId, names: &[&str
     task
 }
 
-pub fn keyed(key: &str) -> Option<pb::CommandOptions> {
-    Some(pb::CommandOptions { expected_version: None, idempotency_key: key.into() })
+pub fn keyed(key: &str) -> Option<cim_proto::common::CommandOptions> {
+    Some(cim_proto::common::CommandOptions { expected_version: None, idempotency_key: key.into() })
 }
 
-pub fn at_version(version: u64) -> Option<pb::CommandOptions> {
-    Some(pb::CommandOptions { expected_version: Some(version), idempotency_key: String::new() })
+pub fn at_version(version: u64) -> Option<cim_proto::common::CommandOptions> {
+    Some(cim_proto::common::CommandOptions { expected_version: Some(version), idempotency_key: String::new() })
 }
 
 /// The number of messages on the service's domain stream, once at least `want` arrived (the

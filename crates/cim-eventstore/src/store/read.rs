@@ -20,14 +20,28 @@ impl EventStore {
         id: AggregateId,
         after: u64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.stored_events_of(tenant, id, None, after).await
+    }
+
+    /// [`Self::stored_events`], only if the aggregate is of `aggregate_type`: a schema holding
+    /// two kinds of aggregate (agents and tasks) answers "no such agent" for a task's id, instead
+    /// of folding events the agent cannot read.
+    async fn stored_events_of(
+        &self,
+        tenant: TenantId,
+        id: AggregateId,
+        aggregate_type: Option<&str>,
+        after: u64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.aggregate_id = $1 AND e.tenant_id = $2 AND e.sequence > $3 \
-             ORDER BY e.sequence"
+             AND ($4::text IS NULL OR e.aggregate_type = $4) ORDER BY e.sequence"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.as_uuid())
             .bind(tenant.as_uuid())
             .bind(after as i64)
+            .bind(aggregate_type)
             .fetch_all(&self.inner.pool)
             .await?;
         rows.iter().map(|r| stored_from_row(self.inner.config.domain, r)).collect()
@@ -45,7 +59,26 @@ impl EventStore {
 
     /// The aggregate's history, verified and upcast to current versions.
     pub async fn history(&self, tenant: TenantId, id: AggregateId) -> Result<Vec<EventEnvelope>, StoreError> {
-        let events = self.stored_events(tenant, id, 0).await?;
+        self.history_inner(tenant, id, None).await
+    }
+
+    /// [`Self::history`] of an aggregate of `aggregate_type` (empty for an id of another type).
+    pub async fn history_of(
+        &self,
+        tenant: TenantId,
+        id: AggregateId,
+        aggregate_type: &str,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.history_inner(tenant, id, Some(aggregate_type)).await
+    }
+
+    async fn history_inner(
+        &self,
+        tenant: TenantId,
+        id: AggregateId,
+        aggregate_type: Option<&str>,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let events = self.stored_events_of(tenant, id, aggregate_type, 0).await?;
         cim_core::verify_chain(&events)?;
         events.into_iter().map(|e| self.inner.config.upcasters.upcast(e.envelope).map_err(StoreError::from)).collect()
     }
@@ -77,15 +110,17 @@ impl EventStore {
     }
 
     /// Latest snapshot (if usable) plus later events, verified, upcast and folded. Writes a new
-    /// snapshot in the background when many events were folded; writers never wait for it.
+    /// snapshot in the background when many events were folded; writers never wait for it. An
+    /// aggregate of another type than `A`'s is not found.
     pub async fn load<A: Aggregate>(&self, tenant: TenantId, id: AggregateId) -> Result<Loaded<A>, StoreError> {
         let snapshot = sqlx::query(
             "SELECT sequence, hash, state FROM snapshots \
-             WHERE aggregate_id = $1 AND tenant_id = $2 AND state_version = $3",
+             WHERE aggregate_id = $1 AND tenant_id = $2 AND state_version = $3 AND aggregate_type = $4",
         )
         .bind(id.as_uuid())
         .bind(tenant.as_uuid())
         .bind(A::SNAPSHOT_VERSION as i32)
+        .bind(A::AGGREGATE_TYPE)
         .fetch_optional(&self.inner.pool)
         .await?;
         let (mut state, base, base_hash) = match snapshot {
@@ -96,7 +131,7 @@ impl EventStore {
             }
             None => (A::default(), 0, None),
         };
-        let events = self.stored_events(tenant, id, base).await?;
+        let events = self.stored_events_of(tenant, id, Some(A::AGGREGATE_TYPE), base).await?;
         if events.is_empty() && base == 0 {
             return Err(StoreError::NotFound(id));
         }
