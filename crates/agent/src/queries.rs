@@ -3,8 +3,9 @@
 
 use cim_core::{AggregateId, TenantId};
 use cim_proto::agent as pb;
+use cim_proto::common::PageResponse;
 use cim_proto::json::json_to_struct;
-use cim_runtime::edge::timestamp;
+use cim_runtime::edge::{KeysetPage, timestamp};
 use serde_json::{Map, Value};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -14,47 +15,9 @@ use crate::agent::AgentState;
 use crate::error::ServiceError;
 use crate::routing::Candidate;
 
+/// List pages: the size when a request names none, and the largest it may ask for.
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 500;
-
-/// One page of a keyset-paged list, newest first: ids are UUIDv7, so the last id of a page is
-/// the token of the next.
-#[derive(Debug, Clone, Copy)]
-pub struct Page {
-    pub after: Option<uuid::Uuid>,
-    pub limit: u32,
-}
-
-impl Page {
-    pub fn parse(page: Option<cim_proto::common::PageRequest>) -> Result<Page, ServiceError> {
-        let page = page.unwrap_or_default();
-        let limit = match page.page_size {
-            0 => DEFAULT_PAGE,
-            n if n <= MAX_PAGE => n,
-            n => return Err(ServiceError::invalid("page.page_size", format!("{n} is above the maximum {MAX_PAGE}"))),
-        };
-        let after = match page.page_token.as_str() {
-            "" => None,
-            t => Some(
-                uuid::Uuid::try_parse(t)
-                    .map_err(|_| ServiceError::invalid("page.page_token", "not a token this service issued"))?,
-            ),
-        };
-        Ok(Page { after, limit })
-    }
-
-    /// The rows of this page and the next page's token (empty after the last page); the query
-    /// fetched one row more than the limit to know whether there is a next page.
-    fn split<T>(self, mut rows: Vec<T>, id: impl Fn(&T) -> String) -> (Vec<T>, String) {
-        if rows.len() > self.limit as usize {
-            rows.truncate(self.limit as usize);
-            let next = rows.last().map(id).unwrap_or_default();
-            (rows, next)
-        } else {
-            (rows, String::new())
-        }
-    }
-}
 
 const AGENT_COLUMNS: &str = "agent_id, name, agent_type, owner, state, capabilities, permissions, tools, \
      model_provider, model_name, model_parameters, system_prompt, max_concurrent_tasks, running_tasks, version, \
@@ -108,8 +71,8 @@ pub async fn list_agents(
     tenant: TenantId,
     state: Option<AgentState>,
     capabilities: &[String],
-    page: Page,
-) -> Result<(Vec<pb::Agent>, String), ServiceError> {
+    page: KeysetPage,
+) -> Result<(Vec<pb::Agent>, PageResponse), ServiceError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {AGENT_COLUMNS} FROM agents WHERE tenant_id = $1 \
          AND ($2::text IS NULL OR state = $2) AND capabilities @> $3 \
@@ -119,7 +82,7 @@ pub async fn list_agents(
     .bind(state.map(AgentState::as_str))
     .bind(capabilities)
     .bind(page.after)
-    .bind(i64::from(page.limit) + 1)
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
     let agents = rows.iter().map(agent_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -177,8 +140,8 @@ pub async fn list_tasks(
     pool: &PgPool,
     tenant: TenantId,
     state: Option<&str>,
-    page: Page,
-) -> Result<(Vec<pb::Task>, String), ServiceError> {
+    page: KeysetPage,
+) -> Result<(Vec<pb::Task>, PageResponse), ServiceError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) \
          AND ($3::uuid IS NULL OR task_id < $3) ORDER BY task_id DESC LIMIT $4"
@@ -186,7 +149,7 @@ pub async fn list_tasks(
     .bind(tenant.as_uuid())
     .bind(state)
     .bind(page.after)
-    .bind(i64::from(page.limit) + 1)
+    .bind(page.fetch())
     .fetch_all(pool)
     .await?;
     let tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;

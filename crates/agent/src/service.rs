@@ -5,7 +5,7 @@ use cim_aggregate::CommandExecutor;
 use cim_core::AggregateId;
 use cim_proto::agent as pb;
 use cim_proto::agent::agent_service_server::AgentService;
-use cim_runtime::edge::{Caller, handle};
+use cim_runtime::edge::{Caller, KeysetPage, handle, instant, json};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -18,7 +18,7 @@ use crate::{queries, routing};
 
 mod convert;
 
-use convert::{agent_as_of, id, instant, json, names, new_id, respond};
+use convert::{agent_as_of, id, names, new_id, respond};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -219,15 +219,14 @@ impl AgentService for AgentApi {
 
     async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Reply<pb::ListAgentsResponse> {
         handle(req, |caller, r| async move {
-            let page = queries::Page::parse(r.page)?;
+            let page = KeysetPage::parse(r.page, queries::DEFAULT_PAGE, queries::MAX_PAGE)?;
             let state = match r.state.as_str() {
                 "" => None,
                 s => Some(AgentState::parse(s).ok_or_else(|| one_of("state", AgentState::NAMES))?),
             };
             let capabilities = strings(&names("capabilities", &r.capabilities)?);
             let (agents, next) = queries::list_agents(&self.pool, caller.tenant, state, &capabilities, page).await?;
-            let page = Some(cim_proto::common::PageResponse { next_page_token: next });
-            Ok::<_, ServiceError>(pb::ListAgentsResponse { agents, page })
+            Ok::<_, ServiceError>(pb::ListAgentsResponse { agents, page: Some(next) })
         })
         .await
     }
@@ -272,14 +271,13 @@ impl AgentService for AgentApi {
 
     async fn list_tasks(&self, req: Request<pb::ListTasksRequest>) -> Reply<pb::ListTasksResponse> {
         handle(req, |caller, r| async move {
-            let page = queries::Page::parse(r.page)?;
+            let page = KeysetPage::parse(r.page, queries::DEFAULT_PAGE, queries::MAX_PAGE)?;
             let state = match r.state.as_str() {
                 "" => None,
                 s => Some(TaskState::parse(s).ok_or_else(|| one_of("state", TaskState::NAMES))?.as_str()),
             };
             let (tasks, next) = queries::list_tasks(&self.pool, caller.tenant, state, page).await?;
-            let page = Some(cim_proto::common::PageResponse { next_page_token: next });
-            Ok::<_, ServiceError>(pb::ListTasksResponse { tasks, page })
+            Ok::<_, ServiceError>(pb::ListTasksResponse { tasks, page: Some(next) })
         })
         .await
     }

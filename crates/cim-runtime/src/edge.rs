@@ -10,6 +10,12 @@ use tonic::metadata::MetadataMap;
 
 use crate::status::{HasErrorCode, into_status};
 
+mod fields;
+mod paging;
+
+pub use fields::{instant, json};
+pub use paging::KeysetPage;
+
 /// The caller's tenant (a UUIDv7); every call names one.
 pub const TENANT_HEADER: &str = "x-cim-tenant";
 /// Who acts, recorded on events (`user:<sub>`, `service:<name>`).
@@ -32,13 +38,22 @@ pub enum EdgeError {
     NoTenant,
     #[error("{CORRELATION_HEADER}: {0}")]
     BadCorrelation(String),
+    /// A request field no handler could accept (a page token, a timestamp, a JSON document).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl EdgeError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        EdgeError::Invalid { field: field.into(), reason: reason.into() }
+    }
 }
 
 impl HasErrorCode for EdgeError {
     fn code(&self) -> ErrorCode {
         match self {
             EdgeError::NoTenant => ErrorCode::Unauthenticated,
-            EdgeError::BadCorrelation(_) => ErrorCode::InvalidArgument,
+            EdgeError::BadCorrelation(_) | EdgeError::Invalid { .. } => ErrorCode::InvalidArgument,
         }
     }
 
@@ -46,6 +61,7 @@ impl HasErrorCode for EdgeError {
         match self {
             EdgeError::NoTenant => vec![],
             EdgeError::BadCorrelation(why) => vec![FieldViolation::new(CORRELATION_HEADER, why.clone())],
+            EdgeError::Invalid { field, reason } => vec![FieldViolation::new(field.clone(), reason.clone())],
         }
     }
 }

@@ -3,9 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use cim_core::{AggregateId, TenantId};
+use cim_proto::common::PageResponse;
 use cim_proto::document as pb;
 use cim_proto::json::json_to_struct;
-use cim_runtime::edge::timestamp;
+use cim_runtime::edge::{KeysetPage, timestamp};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
@@ -145,7 +146,7 @@ pub async fn downloadable(
 }
 
 /// Search filters; each is optional.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Search {
     pub query: String,
     pub state: Option<String>,
@@ -153,12 +154,15 @@ pub struct Search {
     pub content_type: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
-    pub after: Option<uuid::Uuid>,
-    pub limit: i64,
+    pub page: KeysetPage,
 }
 
 /// Full-text search with filters, newest first, keyset-paged by document id (UUIDv7).
-pub async fn search(pool: &PgPool, tenant: TenantId, s: &Search) -> Result<(Vec<pb::Document>, String), ServiceError> {
+pub async fn search(
+    pool: &PgPool,
+    tenant: TenantId,
+    s: &Search,
+) -> Result<(Vec<pb::Document>, PageResponse), ServiceError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {DOCUMENT_COLUMNS} FROM {DOCUMENT_FROM} \
          WHERE d.tenant_id = $1 AND NOT d.purged \
@@ -178,16 +182,10 @@ pub async fn search(pool: &PgPool, tenant: TenantId, s: &Search) -> Result<(Vec<
     .bind(&s.content_type)
     .bind(s.created_after)
     .bind(s.created_before)
-    .bind(s.after)
-    .bind(s.limit + 1)
+    .bind(s.page.after)
+    .bind(s.page.fetch())
     .fetch_all(pool)
     .await?;
-    let mut documents = rows.iter().map(document_from_row).collect::<Result<Vec<_>, _>>()?;
-    let next = if documents.len() as i64 > s.limit {
-        documents.truncate(s.limit as usize);
-        documents.last().map(|d| d.document_id.clone()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok((documents, next))
+    let documents = rows.iter().map(document_from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(s.page.split(documents, |d| d.document_id.clone()))
 }

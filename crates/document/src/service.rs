@@ -4,12 +4,12 @@
 use std::pin::Pin;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cim_aggregate::{CommandExecutor, CommandOptions, Executed};
 use cim_core::AggregateId;
 use cim_proto::document as pb;
 use cim_proto::document::document_service_server::DocumentService;
-use cim_runtime::edge::{Caller, handle};
+use cim_runtime::edge::{Caller, KeysetPage, handle, instant, json};
 use cim_runtime::status::HasErrorCode;
 use futures::{Stream, StreamExt};
 use sqlx::PgPool;
@@ -59,19 +59,8 @@ fn details(
     tags: Vec<String>,
     metadata: Option<prost_types::Struct>,
 ) -> Result<Details, ServiceError> {
-    let metadata =
-        cim_proto::json::struct_to_json(metadata).map_err(|e| ServiceError::invalid("metadata", e.to_string()))?;
+    let metadata = json("metadata", metadata)?;
     Ok(Details { title, description, tags, metadata })
-}
-
-fn instant(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, ServiceError> {
-    t.map(|t| {
-        u32::try_from(t.nanos)
-            .ok()
-            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-            .ok_or_else(|| ServiceError::invalid(field, "not a valid timestamp"))
-    })
-    .transpose()
 }
 
 /// A short single-line text a caller names things with (content type, file name).
@@ -450,24 +439,7 @@ impl DocumentService for DocumentApi {
 
     async fn search_documents(&self, req: Request<pb::SearchDocumentsRequest>) -> Reply<pb::SearchDocumentsResponse> {
         handle(req, |caller, r| async move {
-            let page = r.page.unwrap_or_default();
-            let limit = match page.page_size {
-                0 => queries::DEFAULT_PAGE,
-                n if n <= queries::MAX_PAGE => n,
-                n => {
-                    return Err(ServiceError::invalid(
-                        "page.page_size",
-                        format!("{n} is above the maximum {}", queries::MAX_PAGE),
-                    ));
-                }
-            };
-            let after = match page.page_token.as_str() {
-                "" => None,
-                t => Some(
-                    uuid::Uuid::try_parse(t)
-                        .map_err(|_| ServiceError::invalid("page.page_token", "not a token this service issued"))?,
-                ),
-            };
+            let page = KeysetPage::parse(r.page, queries::DEFAULT_PAGE, queries::MAX_PAGE)?;
             let optional = |s: String| (!s.is_empty()).then_some(s);
             if !r.state.is_empty() && State::parse(&r.state).is_none() {
                 return Err(ServiceError::invalid("state", format!("one of {}", State::NAMES.join(", "))));
@@ -482,14 +454,10 @@ impl DocumentService for DocumentApi {
                 content_type: optional(r.content_type),
                 created_after: instant("created_after", r.created_after)?,
                 created_before: instant("created_before", r.created_before)?,
-                after,
-                limit: i64::from(limit),
+                page,
             };
             let (documents, next) = queries::search(&self.pool, caller.tenant, &search).await?;
-            Ok(pb::SearchDocumentsResponse {
-                documents,
-                page: Some(cim_proto::common::PageResponse { next_page_token: next }),
-            })
+            Ok(pb::SearchDocumentsResponse { documents, page: Some(next) })
         })
         .await
     }

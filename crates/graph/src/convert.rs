@@ -33,7 +33,7 @@ pub fn type_name(field: &str, s: &str) -> Result<TypeName, ServiceError> {
 
 /// A `google.protobuf.Struct` as a JSON object (absent: empty).
 pub fn struct_to_json(field: &str, s: Option<prost_types::Struct>) -> Result<Properties, ServiceError> {
-    cim_proto::json::struct_to_json(s).map_err(|e| ServiceError::invalid(field, e.to_string()))
+    Ok(cim_runtime::edge::json(field, s)?)
 }
 
 pub use cim_proto::json::json_to_struct;

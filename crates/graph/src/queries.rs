@@ -4,7 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use cim_core::{AggregateId, TenantId};
+use cim_proto::common::PageResponse;
 use cim_proto::graph as pb;
+use cim_runtime::edge::KeysetPage;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
@@ -108,29 +110,22 @@ pub async fn ensure_graph(pool: &PgPool, tenant: TenantId, graph: AggregateId) -
 pub async fn list_graphs(
     pool: &PgPool,
     tenant: TenantId,
-    size: i64,
-    after: Option<uuid::Uuid>,
+    page: KeysetPage,
     include_archived: bool,
-) -> Result<(Vec<pb::Graph>, String), ServiceError> {
+) -> Result<(Vec<pb::Graph>, PageResponse), ServiceError> {
     let sql = format!(
         "SELECT {GRAPH_COLUMNS} FROM graphs WHERE tenant_id = $1 AND ($2::uuid IS NULL OR graph_id > $2) \
          AND ($3 OR NOT archived) ORDER BY graph_id LIMIT $4"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant.as_uuid())
-        .bind(after)
+        .bind(page.after)
         .bind(include_archived)
-        .bind(size + 1)
+        .bind(page.fetch())
         .fetch_all(pool)
         .await?;
-    let mut graphs: Vec<pb::Graph> = rows.iter().map(graph_from_row).collect::<Result<_, _>>()?;
-    let next = if graphs.len() as i64 > size {
-        graphs.truncate(size as usize);
-        graphs.last().map(|g| g.graph_id.clone()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok((graphs, next))
+    let graphs: Vec<pb::Graph> = rows.iter().map(graph_from_row).collect::<Result<_, _>>()?;
+    Ok(page.split(graphs, |g| g.graph_id.clone()))
 }
 
 pub async fn get_node(pool: &PgPool, graph: AggregateId, node: &str) -> Result<pb::Node, ServiceError> {

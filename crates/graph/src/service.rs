@@ -8,7 +8,7 @@ use cim_core::AggregateId;
 use cim_eventstore::EventStore;
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_server::GraphService;
-use cim_runtime::edge::{Caller, handle};
+use cim_runtime::edge::{Caller, KeysetPage, handle};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -208,21 +208,9 @@ impl GraphService for GraphApi {
 
     async fn list_graphs(&self, req: Request<pb::ListGraphsRequest>) -> Reply<pb::ListGraphsResponse> {
         handle(req, |caller, r| async move {
-            let page = r.page.unwrap_or_default();
-            let size = self.query.page_size(page.page_size)?;
-            let after = match page.page_token.as_str() {
-                "" => None,
-                t => Some(
-                    uuid::Uuid::try_parse(t)
-                        .map_err(|_| ServiceError::invalid("page.page_token", "not a token this service issued"))?,
-                ),
-            };
-            let (graphs, next) =
-                queries::list_graphs(&self.pool, caller.tenant, size, after, r.include_archived).await?;
-            Ok::<_, ServiceError>(pb::ListGraphsResponse {
-                graphs,
-                page: Some(cim_proto::common::PageResponse { next_page_token: next }),
-            })
+            let page = KeysetPage::parse(r.page, self.query.default_page, self.query.max_page)?;
+            let (graphs, next) = queries::list_graphs(&self.pool, caller.tenant, page, r.include_archived).await?;
+            Ok::<_, ServiceError>(pb::ListGraphsResponse { graphs, page: Some(next) })
         })
         .await
     }

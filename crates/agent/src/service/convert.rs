@@ -3,12 +3,10 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
 use cim_aggregate::{AsOf, Executed};
 use cim_core::AggregateId;
 use cim_proto::agent as pb;
 use cim_runtime::edge::timestamp;
-use serde_json::{Map, Value};
 
 use crate::agent::Agent;
 use crate::error::ServiceError;
@@ -25,20 +23,6 @@ pub fn new_id(field: &str, s: &str) -> Result<AggregateId, ServiceError> {
 
 pub fn names(field: &str, raw: &[String]) -> Result<Names, ServiceError> {
     parse_names(field, raw).map_err(|(field, e)| ServiceError::invalid(field, e.to_string()))
-}
-
-pub fn json(field: &str, s: Option<prost_types::Struct>) -> Result<Map<String, Value>, ServiceError> {
-    cim_proto::json::struct_to_json(s).map_err(|e| ServiceError::invalid(field, e.to_string()))
-}
-
-pub fn instant(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, ServiceError> {
-    t.map(|t| {
-        u32::try_from(t.nanos)
-            .ok()
-            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-            .ok_or_else(|| ServiceError::invalid(field, "not a valid timestamp"))
-    })
-    .transpose()
 }
 
 pub fn respond(done: Executed) -> pb::CommandResponse {
