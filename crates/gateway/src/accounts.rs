@@ -57,7 +57,7 @@ pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::login(&state, &p).await?;
+    let cookie = crate::auth::login(&state.credentials, &p).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
@@ -67,7 +67,7 @@ pub async fn login(State(state): State<AppState>, Extension(p): Extension<Princi
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::logout(&state, &headers).await?;
+    let cookie = crate::auth::logout(&state.credentials, &headers).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
@@ -99,7 +99,7 @@ pub async fn create_api_key(
         method: cim_auth::Method::ApiKey,
         expires_at: None,
     };
-    let (id, key) = crate::auth::create_api_key(&state, owner).await?;
+    let (id, key) = crate::auth::create_api_key(&state.credentials, owner).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
 }
 
@@ -113,7 +113,7 @@ pub async fn revoke_api_key(
     Extension(p): Extension<Principal>,
     crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
+    crate::auth::revoke_api_key(&state.credentials, p.tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

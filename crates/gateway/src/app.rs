@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use axum::Json;
 use axum::Router;
@@ -11,8 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use cim_auth::Verifier;
-use cim_core::SubjectPrefix;
-use cim_runtime::config::{Config, GatewaySettings, ServiceKind};
+use cim_runtime::config::{Config, ServiceKind};
 use cim_runtime::error::RuntimeError;
 use cim_runtime::host::{ServiceHost, bind};
 use cim_runtime::{Shutdown, nats, redis};
@@ -22,6 +22,10 @@ use cim_proto::document::document_service_client::DocumentServiceClient;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
 use tonic::transport::Channel;
 
+use crate::auth::{AuthState, Credentials};
+use crate::cache::{Bumps, CacheState, Invalidator};
+use crate::idempotency::IdempotencyState;
+use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::upstream::Upstream;
 
 /// What every handler and middleware shares. Behind one `Arc`: axum hands each extractor its
@@ -44,16 +48,14 @@ pub struct Shared {
     pub document_transfer: Upstream<DocumentServiceClient<Channel>>,
     /// Signs and checks download links; `None` without a key (links refused).
     pub links: Option<crate::links::LinkSigner>,
-    pub verifier: Arc<Verifier>,
-    pub redis: deadpool_redis::Pool,
-    pub settings: Arc<GatewaySettings>,
-    pub prefix: SubjectPrefix,
-    /// Whether the event consumer that invalidates the cache is running; without it the cache
-    /// could serve a stale read, so it is bypassed.
-    pub invalidator_live: Arc<std::sync::atomic::AtomicBool>,
-    pub rate_limiter: Arc<crate::limits::RateLimiter>,
+    pub credentials: Credentials,
     pub local_cache: Arc<crate::cache::Local>,
-    pub bumps: crate::cache::Bumps,
+    pub bumps: Bumps,
+    pub auth: Arc<AuthState>,
+    pub cache: Arc<CacheState>,
+    pub idempotency: IdempotencyState,
+    pub deadline: Deadline,
+    pub max_body_bytes: usize,
 }
 
 impl std::fmt::Debug for AppState {
@@ -107,10 +109,10 @@ pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
         .route("/api/v1/admin/api-keys/{id}", delete(crate::accounts::revoke_api_key))
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cache::middleware))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.cache.clone(), crate::cache::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.idempotency.clone(), crate::idempotency::middleware))
         .layer(axum::middleware::from_fn(crate::authz::middleware))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::middleware));
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), crate::auth::middleware));
     let public = crate::document::public_routes()
         .route("/api/openapi.json", get(openapi_json))
         .route("/api/v1/auth/logout", post(crate::accounts::logout))
@@ -120,8 +122,8 @@ pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
         .merge(authenticated)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::limits::deadline_and_metrics))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.deadline, crate::limits::deadline_and_metrics))
         .with_state(state)
 }
 
@@ -145,7 +147,7 @@ impl std::fmt::Debug for Prepared {
 pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
     crate::limits::describe();
     crate::cache::describe();
-    let settings = Arc::new(config.edge.gateway.clone());
+    let settings = &config.edge.gateway;
     let verifier = Verifier::from_settings(&config.edge.auth).map_err(|e| AppError::Config(e.to_string()))?;
     let timeout = Some(settings.request_timeout);
     let graph = Upstream::connect(
@@ -179,31 +181,60 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         connect_timeout: config.connect_timeout,
     })
     .await?;
+    let rate_limiter = Arc::<RateLimiter>::default();
+    let local_cache = Arc::<crate::cache::Local>::default();
+    let invalidator_live = Arc::<AtomicBool>::default();
+    let bumps = Bumps::start(redis.clone(), settings.cache_ttl);
+    let credentials = Credentials { redis: redis.clone(), session_ttl: settings.session_ttl };
+    let rate_limit = RateLimit {
+        limiter: rate_limiter.clone(),
+        per_minute: settings.rate_limit_per_minute,
+        fail_open: settings.rate_limit_fail_open,
+    };
     let state = AppState(Arc::new(Shared {
         graph,
         document,
         document_transfer,
-        links: crate::links::LinkSigner::from_settings(&settings, &config.edge.auth),
-        verifier: Arc::new(verifier),
-        bumps: crate::cache::Bumps::start(redis.clone(), settings.cache_ttl),
-        redis,
-        settings,
-        prefix: config.subject_prefix.clone(),
-        invalidator_live: Arc::default(),
-        rate_limiter: Arc::default(),
-        local_cache: Arc::default(),
+        links: crate::links::LinkSigner::from_settings(settings, &config.edge.auth),
+        credentials: credentials.clone(),
+        local_cache: local_cache.clone(),
+        bumps: bumps.clone(),
+        auth: Arc::new(AuthState { verifier, credentials, rate_limit }),
+        cache: Arc::new(CacheState {
+            redis: redis.clone(),
+            ttl: settings.cache_ttl,
+            local: local_cache.clone(),
+            invalidator_live: invalidator_live.clone(),
+        }),
+        idempotency: IdempotencyState {
+            redis: redis.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            streamed: &crate::document::TRANSFER_ROUTES,
+        },
+        deadline: Deadline { timeout: settings.request_timeout, unbounded: &crate::document::TRANSFER_ROUTES },
+        max_body_bytes: settings.max_body_bytes,
     }));
+    let prefix = config.subject_prefix.clone();
     let listen = config.listen(ServiceKind::Gateway);
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
-    host.spawn_worker("rate-limit-flush", state.rate_limiter.clone().run(state.redis.clone(), host.workers_shutdown()));
+    host.spawn_worker("rate-limit-flush", rate_limiter.run(redis, host.workers_shutdown()));
     host.spawn_worker(
         "local-cache-invalidator",
-        crate::cache::local_invalidator(state.clone(), nats::jetstream(client.clone()), host.workers_shutdown()),
+        crate::cache::local_invalidator(
+            local_cache,
+            prefix.clone(),
+            nats::jetstream(client.clone()),
+            host.workers_shutdown(),
+        ),
     );
     host.spawn_worker(
         "cache-invalidator",
-        crate::cache::invalidator(state.clone(), nats::jetstream(client), host.workers_shutdown()),
+        crate::cache::invalidator(
+            Invalidator { prefix, bumps, live: invalidator_live },
+            nats::jetstream(client),
+            host.workers_shutdown(),
+        ),
     );
     let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
     let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;

@@ -383,7 +383,7 @@ fn done(r: pb::CommandResponse) -> impl IntoResponse {
 /// event consumer does the same for changes made elsewhere).
 async fn changed(state: &AppState, graph_id: &str) {
     state.local_cache.bump(graph_id);
-    if let Err(e) = crate::cache::invalidate(state, graph_id).await {
+    if let Err(e) = state.bumps.bump(graph_id).await {
         tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
     }
 }
