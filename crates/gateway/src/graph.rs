@@ -1,22 +1,35 @@
 //! `/api/v1/graphs/...`: every graph RPC as a REST route. Each later domain adds a module like
 //! this one (DTOs, handlers, `routes()`, and its paths in the OpenAPI document).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use cim_auth::{Principal, Role};
 use cim_proto::graph as pb;
+use cim_proto::graph::graph_service_client::GraphServiceClient;
 use http::Method;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
+use crate::cache::{Bumps, Local};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
 use crate::rest::{CommandQuery, Props, exact_properties, idempotency_key, next_token, page, props, structure, ts};
+use crate::upstream::Upstream;
+
+/// What the graph routes use: the graph service, and this instance's cache to drop after a write.
+#[derive(Debug)]
+pub struct GraphState {
+    pub upstream: Upstream<GraphServiceClient<Channel>>,
+    pub local_cache: Arc<Local>,
+    pub bumps: Bumps,
+}
 
 // ---- representations ----
 
@@ -381,7 +394,7 @@ fn done(r: pb::CommandResponse) -> impl IntoResponse {
 
 /// After a successful command through this gateway its graph's cache is dropped at once (the
 /// event consumer does the same for changes made elsewhere).
-async fn changed(state: &AppState, graph_id: &str) {
+async fn changed(state: &GraphState, graph_id: &str) {
     state.local_cache.bump(graph_id);
     if let Err(e) = state.bumps.bump(graph_id).await {
         tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
@@ -393,7 +406,7 @@ async fn changed(state: &AppState, graph_id: &str) {
 /// A graph command, then this gateway's cache of the graph dropped.
 macro_rules! command {
     ($state:ident, $p:ident, $graph_id:expr, $call:ident, $msg:expr) => {{
-        let r = crate::rest::command!($state.graph, $p, $call, $msg);
+        let r = crate::rest::command!($state.upstream, $p, $call, $msg);
         changed(&$state, $graph_id).await;
         r
     }};
@@ -401,7 +414,7 @@ macro_rules! command {
 
 macro_rules! query {
     ($state:ident, $p:ident, $call:ident, $msg:expr) => {
-        crate::rest::query!($state.graph, $p, $call, $msg)
+        crate::rest::query!($state.upstream, $p, $call, $msg)
     };
 }
 
@@ -412,7 +425,7 @@ macro_rules! query {
     params(CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
@@ -436,7 +449,7 @@ pub async fn create_graph(
 #[utoipa::path(get, path = "/api/v1/graphs", tag = "graphs", params(ListGraphsQuery),
     responses((status = 200, body = GraphPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_graphs(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListGraphsQuery>,
 ) -> ApiResult<Json<GraphPage>> {
@@ -454,7 +467,7 @@ pub async fn list_graphs(
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}", tag = "graphs", params(("graph_id" = String, Path)),
     responses((status = 200, body = Graph), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
 ) -> ApiResult<Json<Graph>> {
@@ -468,7 +481,7 @@ pub async fn get_graph(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn rename_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -486,7 +499,7 @@ pub async fn rename_graph(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn archive_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -503,7 +516,7 @@ pub async fn archive_graph(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn add_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -529,7 +542,7 @@ pub async fn add_node(
     params(("graph_id" = String, Path), ListNodesQuery),
     responses((status = 200, body = NodePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_nodes(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListNodesQuery>,
@@ -550,7 +563,7 @@ pub async fn list_nodes(
     params(("graph_id" = String, Path), ("node_id" = String, Path)),
     responses((status = 200, body = Node), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Node>> {
@@ -564,7 +577,7 @@ pub async fn get_node(
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -587,7 +600,7 @@ pub async fn update_node(
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn remove_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -604,7 +617,7 @@ pub async fn remove_node(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn add_edge(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -632,7 +645,7 @@ pub async fn add_edge(
     params(("graph_id" = String, Path), ListEdgesQuery),
     responses((status = 200, body = EdgePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_edges(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListEdgesQuery>,
@@ -654,7 +667,7 @@ pub async fn list_edges(
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_edge(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, edge_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -677,7 +690,7 @@ pub async fn update_edge(
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn remove_edge(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, edge_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -722,7 +735,7 @@ fn change(c: Change) -> pb::GraphChange {
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn apply_batch(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -744,7 +757,7 @@ pub async fn apply_batch(
     params(("graph_id" = String, Path), ("node_id" = String, Path), NeighborsQuery),
     responses((status = 200, body = Neighbors), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn neighbors(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<NeighborsQuery>,
@@ -769,7 +782,7 @@ pub async fn neighbors(
     params(("graph_id" = String, Path)),
     responses((status = 200, body = Traversal), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn traverse(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiJson(body): ApiJson<TraverseRequest>,
@@ -800,7 +813,7 @@ pub async fn traverse(
     params(("graph_id" = String, Path), PathQuery),
     responses((status = 200, body = ShortestPath), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn shortest_path(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
@@ -829,7 +842,7 @@ pub async fn shortest_path(
     params(("graph_id" = String, Path), ("version" = u64, Path)),
     responses((status = 200, body = Snapshot), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn graph_at_version(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, version)): ApiPath<(String, u64)>,
 ) -> ApiResult<Json<Snapshot>> {
@@ -866,7 +879,11 @@ pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::GET, "/api/v1/graphs/{graph_id}/versions/{version}", Some(Role::Reader)),
 ];
 
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<GraphState>: FromRef<S>,
+{
     Router::new()
         .route("/api/v1/graphs", post(create_graph).get(list_graphs))
         .route("/api/v1/graphs/{graph_id}", get(get_graph).patch(rename_graph).delete(archive_graph))
