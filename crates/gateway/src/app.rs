@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cim_auth::Verifier;
@@ -22,6 +22,7 @@ use cim_runtime::{Shutdown, nats, redis};
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthState, Credentials};
+use crate::authz::Rules;
 use crate::cache::{Bumps, CacheState, Invalidator, Local};
 use crate::document::DocumentState;
 use crate::graph::GraphState;
@@ -70,6 +71,10 @@ struct Layers {
     max_body_bytes: usize,
 }
 
+/// The role each authenticated route needs: every domain's table, checked by [`crate::authz`].
+pub const ROUTE_ROLES: Rules =
+    Rules(&[crate::graph::ROUTE_ROLES, crate::document::ROUTE_ROLES, crate::accounts::ROUTE_ROLES]);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -108,7 +113,7 @@ fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) 
         // may idempotency replay or the cache answer.
         .layer(from_fn_with_state(layers.cache, crate::cache::middleware))
         .layer(from_fn_with_state(layers.idempotency, crate::idempotency::middleware))
-        .layer(from_fn(crate::authz::middleware))
+        .layer(from_fn_with_state(ROUTE_ROLES, crate::authz::middleware))
         .layer(from_fn_with_state(layers.auth, crate::auth::middleware));
     let public = crate::document::public_routes()
         .merge(crate::accounts::public_routes())
@@ -286,4 +291,40 @@ pub fn service(
     shutdown: Shutdown,
 ) -> cim_runtime::service::BoxFuture<'_, Result<Box<dyn cim_runtime::service::Service>, String>> {
     cim_runtime::service::boxed("gateway", async move { prepare(config, &shutdown).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use cim_auth::Role;
+
+    use super::ROUTE_ROLES;
+
+    /// Every operation of the OpenAPI document (the router's routes) has exactly one rule, and
+    /// every rule names a documented operation.
+    #[test]
+    fn the_table_names_every_authenticated_route() {
+        let doc: serde_json::Value = serde_json::from_str(crate::openapi::document()).unwrap();
+        let public = [("post", "/api/v1/auth/logout"), ("get", "/api/v1/shared/{token}")];
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                if !public.contains(&(method.as_str(), path.as_str())) {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut table: Vec<(String, String)> =
+            ROUTE_ROLES.iter().map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned())).collect();
+        documented.sort();
+        table.sort();
+        assert_eq!(documented, table);
+    }
+
+    #[test]
+    fn unknown_paths_are_refused_and_other_methods_pass_to_405() {
+        assert!(ROUTE_ROLES.rule(&Method::GET, "/api/v1/secret").is_err());
+        assert_eq!(ROUTE_ROLES.rule(&Method::PUT, "/api/v1/graphs").unwrap(), None);
+        assert_eq!(ROUTE_ROLES.rule(&Method::GET, "/api/v1/graphs").unwrap(), Some(Some(Role::Reader)));
+    }
 }
