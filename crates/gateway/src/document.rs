@@ -1,7 +1,7 @@
 //! `/api/v1/documents/...`: every document RPC as a REST route, with content streamed both ways
 //! (a `PUT` body is relayed to the gRPC upload as it arrives; a download with `Range`, `ETag`
 //! and `If-None-Match`). [`dto`]: the JSON; [`records`]: the document record's routes;
-//! [`content`]: transfers and signed links. This file: the tables and the router.
+//! [`content`]: transfers and signed links. This file: the routes' state, the tables and the router.
 
 mod content;
 mod dto;

@@ -1,5 +1,5 @@
 //! `/api/v1/graphs/...`: every graph RPC as a REST route. Each later domain adds a module like
-//! this one (DTOs, handlers, `routes()`, and its paths in the OpenAPI document).
+//! this one (its state, DTOs, handlers, `routes()`, and its paths in the OpenAPI document).
 
 use std::sync::Arc;
 
