@@ -121,7 +121,7 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The role each route needs (`crate::authz` reads every domain's table).
+/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
 pub const ROUTE_ROLES: &[(http::Method, &str, Option<cim_auth::Role>)] = &[
     (http::Method::GET, "/api/v1/auth/me", None),
     (http::Method::POST, "/api/v1/auth/login", None),

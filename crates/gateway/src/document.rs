@@ -51,7 +51,7 @@ pub struct DocumentState {
 /// body limit, no idempotency replay (which would hold the body in memory).
 pub const TRANSFER_ROUTES: [&str; 2] = ["/api/v1/documents/{document_id}/content", "/api/v1/shared/{token}"];
 
-/// The role each route needs (`crate::authz` reads every domain's table).
+/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
 pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::POST, "/api/v1/documents", Some(Role::Writer)),
     (Method::GET, "/api/v1/documents", Some(Role::Reader)),

@@ -855,7 +855,7 @@ pub async fn graph_at_version(
     }))
 }
 
-/// The role each route needs (`crate::authz` reads every domain's table).
+/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
 pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::POST, "/api/v1/graphs", Some(Role::Writer)),
     (Method::GET, "/api/v1/graphs", Some(Role::Reader)),
