@@ -1,14 +1,15 @@
 //! The caller's own routes: who am I, console sessions, and (admin) API keys.
 
-use axum::Json;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
 use cim_auth::{Principal, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use crate::auth::Credentials;
 use crate::extract::ApiJson;
 use crate::problem::ApiResult;
 
@@ -56,8 +57,11 @@ pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
 /// Exchanges the caller's credentials for an HttpOnly session cookie.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn login(State(state): State<AppState>, Extension(p): Extension<Principal>) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::login(&state, &p).await?;
+pub async fn login(
+    State(store): State<Credentials>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<impl IntoResponse> {
+    let cookie = crate::auth::login(&store, &p).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
@@ -66,8 +70,8 @@ pub async fn login(State(state): State<AppState>, Extension(p): Extension<Princi
 /// Revokes the session named by the cookie and clears it.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::logout(&state, &headers).await?;
+pub async fn logout(State(store): State<Credentials>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    let cookie = crate::auth::logout(&store, &headers).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
@@ -77,7 +81,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiRes
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_api_key(
-    State(state): State<AppState>,
+    State(store): State<Credentials>,
     Extension(p): Extension<Principal>,
     ApiJson(body): ApiJson<NewApiKey>,
 ) -> ApiResult<impl IntoResponse> {
@@ -99,7 +103,7 @@ pub async fn create_api_key(
         method: cim_auth::Method::ApiKey,
         expires_at: None,
     };
-    let (id, key) = crate::auth::create_api_key(&state, owner).await?;
+    let (id, key) = crate::auth::create_api_key(&store, owner).await?;
     Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
 }
 
@@ -109,18 +113,39 @@ pub async fn create_api_key(
 #[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
     responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn revoke_api_key(
-    State(state): State<AppState>,
+    State(store): State<Credentials>,
     Extension(p): Extension<Principal>,
     crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    crate::auth::revoke_api_key(&state, p.tenant, &id).await?;
+    crate::auth::revoke_api_key(&store, p.tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The role each route needs (`crate::authz` reads every domain's table).
+/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
 pub const ROUTE_ROLES: &[(http::Method, &str, Option<cim_auth::Role>)] = &[
     (http::Method::GET, "/api/v1/auth/me", None),
     (http::Method::POST, "/api/v1/auth/login", None),
     (http::Method::POST, "/api/v1/admin/api-keys", Some(cim_auth::Role::Admin)),
     (http::Method::DELETE, "/api/v1/admin/api-keys/{id}", Some(cim_auth::Role::Admin)),
 ];
+
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Credentials: FromRef<S>,
+{
+    Router::new()
+        .route("/api/v1/auth/me", get(me))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/admin/api-keys", post(create_api_key))
+        .route("/api/v1/admin/api-keys/{id}", delete(revoke_api_key))
+}
+
+/// Public: a session that has already expired can still be logged out of (its cookie cleared).
+pub fn public_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Credentials: FromRef<S>,
+{
+    Router::new().route("/api/v1/auth/logout", post(logout))
+}

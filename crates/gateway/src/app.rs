@@ -3,70 +3,77 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use cim_auth::Verifier;
-use cim_core::SubjectPrefix;
-use cim_runtime::config::{Config, GatewaySettings, ServiceKind};
+use cim_proto::document::document_service_client::DocumentServiceClient;
+use cim_proto::graph::graph_service_client::GraphServiceClient;
+use cim_runtime::config::{Config, ServiceKind};
 use cim_runtime::error::RuntimeError;
 use cim_runtime::host::{ServiceHost, bind};
 use cim_runtime::{Shutdown, nats, redis};
 use tokio::net::TcpListener;
 
-use cim_proto::document::document_service_client::DocumentServiceClient;
-use cim_proto::graph::graph_service_client::GraphServiceClient;
-use tonic::transport::Channel;
-
+use crate::auth::{AuthState, Credentials};
+use crate::authz::Rules;
+use crate::cache::{Bumps, CacheState, Invalidator, Local};
+use crate::document::DocumentState;
+use crate::graph::GraphState;
+use crate::idempotency::IdempotencyState;
+use crate::limits::{Deadline, RateLimit, RateLimiter};
+use crate::links::LinkSigner;
 use crate::upstream::Upstream;
 
-/// What every handler and middleware shares. Behind one `Arc`: axum hands each extractor its
-/// own clone of the state, several per request, and cloning the fields one by one (the gRPC
-/// client's channel handle, the pools, the prefix) was measurable in the gateway benchmark.
+/// The routes' state; each handler extracts only its own part ([`FromRef`]). Behind one `Arc`,
+/// and each part an `Arc` or a pool handle: axum clones the state for every request and every
+/// extractor, and cloning fields one by one (the gRPC clients' channel handles, the pools) was
+/// measurable in the gateway benchmark.
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
+struct AppState(Arc<Routes>);
 
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
+struct Routes {
+    graph: Arc<GraphState>,
+    document: Arc<DocumentState>,
+    credentials: Credentials,
+}
+
+impl FromRef<AppState> for Arc<GraphState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.graph.clone()
     }
 }
 
-pub struct Shared {
-    pub graph: Upstream<GraphServiceClient<Channel>>,
-    pub document: Upstream<DocumentServiceClient<Channel>>,
-    /// Content uploads and downloads: no deadline, they take as long as their bytes take.
-    pub document_transfer: Upstream<DocumentServiceClient<Channel>>,
-    /// Signs and checks download links; `None` without a key (links refused).
-    pub links: Option<crate::links::LinkSigner>,
-    pub verifier: Arc<Verifier>,
-    pub redis: deadpool_redis::Pool,
-    pub settings: Arc<GatewaySettings>,
-    pub prefix: SubjectPrefix,
-    /// Whether the event consumer that invalidates the cache is running; without it the cache
-    /// could serve a stale read, so it is bypassed.
-    pub invalidator_live: Arc<std::sync::atomic::AtomicBool>,
-    pub rate_limiter: Arc<crate::limits::RateLimiter>,
-    pub local_cache: Arc<crate::cache::Local>,
-    pub bumps: crate::cache::Bumps,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
+impl FromRef<AppState> for Arc<DocumentState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.document.clone()
     }
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
+impl FromRef<AppState> for Credentials {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.credentials.clone()
     }
 }
+
+/// Each layer's own state, handed to its middleware alone.
+struct Layers {
+    auth: Arc<AuthState>,
+    idempotency: IdempotencyState,
+    cache: Arc<CacheState>,
+    deadline: Deadline,
+    max_body_bytes: usize,
+}
+
+/// The role each authenticated route needs: every domain's table, checked by [`crate::authz`].
+pub const ROUTE_ROLES: Rules =
+    Rules(&[crate::graph::ROUTE_ROLES, crate::document::ROUTE_ROLES, crate::accounts::ROUTE_ROLES]);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -97,31 +104,28 @@ async fn not_found() -> crate::problem::ApiError {
     crate::problem::ApiError::new(cim_core::ErrorCode::NotFound, "no such route")
 }
 
-/// The complete router over `state`.
-pub fn router(state: AppState, health: cim_runtime::health::Health) -> Router {
+/// The complete router.
+fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) -> Router {
     let authenticated = crate::graph::routes()
         .merge(crate::document::routes())
-        .route("/api/v1/auth/me", get(crate::accounts::me))
-        .route("/api/v1/auth/login", post(crate::accounts::login))
-        .route("/api/v1/admin/api-keys", post(crate::accounts::create_api_key))
-        .route("/api/v1/admin/api-keys/{id}", delete(crate::accounts::revoke_api_key))
+        .merge(crate::accounts::routes())
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::cache::middleware))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware))
-        .layer(axum::middleware::from_fn(crate::authz::middleware))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::middleware));
+        .layer(from_fn_with_state(layers.cache, crate::cache::middleware))
+        .layer(from_fn_with_state(layers.idempotency, crate::idempotency::middleware))
+        .layer(from_fn_with_state(ROUTE_ROLES, crate::authz::middleware))
+        .layer(from_fn_with_state(layers.auth, crate::auth::middleware));
     let public = crate::document::public_routes()
+        .merge(crate::accounts::public_routes())
         .route("/api/openapi.json", get(openapi_json))
-        .route("/api/v1/auth/logout", post(crate::accounts::logout))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready).with_state(health));
     public
         .merge(authenticated)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::limits::deadline_and_metrics))
+        .layer(DefaultBodyLimit::max(layers.max_body_bytes))
+        .layer(from_fn_with_state(layers.deadline, crate::limits::deadline_and_metrics))
         .with_state(state)
 }
 
@@ -145,7 +149,7 @@ impl std::fmt::Debug for Prepared {
 pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
     crate::limits::describe();
     crate::cache::describe();
-    let settings = Arc::new(config.edge.gateway.clone());
+    let settings = &config.edge.gateway;
     let verifier = Verifier::from_settings(&config.edge.auth).map_err(|e| AppError::Config(e.to_string()))?;
     let timeout = Some(settings.request_timeout);
     let graph = Upstream::connect(
@@ -166,8 +170,11 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         )
         .map_err(AppError::Config)
     };
-    let document = document_upstream(timeout)?;
-    let document_transfer = document_upstream(None)?;
+    let document = Arc::new(DocumentState {
+        upstream: document_upstream(timeout)?,
+        transfer: document_upstream(None)?,
+        links: LinkSigner::from_settings(settings, &config.edge.auth),
+    });
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
@@ -179,35 +186,62 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         connect_timeout: config.connect_timeout,
     })
     .await?;
-    let state = AppState(Arc::new(Shared {
-        graph,
+    let rate_limiter = Arc::<RateLimiter>::default();
+    let local_cache = Arc::<Local>::default();
+    let invalidator_live = Arc::<AtomicBool>::default();
+    let bumps = Bumps::start(redis.clone(), settings.cache_ttl);
+    let credentials = Credentials { redis: redis.clone(), session_ttl: settings.session_ttl };
+    let state = AppState(Arc::new(Routes {
+        graph: Arc::new(GraphState { upstream: graph, local_cache: local_cache.clone(), bumps: bumps.clone() }),
         document,
-        document_transfer,
-        links: crate::links::LinkSigner::from_settings(&settings, &config.edge.auth),
-        verifier: Arc::new(verifier),
-        bumps: crate::cache::Bumps::start(redis.clone(), settings.cache_ttl),
-        redis,
-        settings,
-        prefix: config.subject_prefix.clone(),
-        invalidator_live: Arc::default(),
-        rate_limiter: Arc::default(),
-        local_cache: Arc::default(),
+        credentials: credentials.clone(),
     }));
+    let rate_limit = RateLimit {
+        limiter: rate_limiter.clone(),
+        per_minute: settings.rate_limit_per_minute,
+        fail_open: settings.rate_limit_fail_open,
+    };
+    let layers = Layers {
+        auth: Arc::new(AuthState { verifier, credentials, rate_limit }),
+        idempotency: IdempotencyState {
+            redis: redis.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            streamed: &crate::document::TRANSFER_ROUTES,
+        },
+        cache: Arc::new(CacheState {
+            redis: redis.clone(),
+            ttl: settings.cache_ttl,
+            local: local_cache.clone(),
+            invalidator_live: invalidator_live.clone(),
+        }),
+        deadline: Deadline { timeout: settings.request_timeout, unbounded: &crate::document::TRANSFER_ROUTES },
+        max_body_bytes: settings.max_body_bytes,
+    };
+    let prefix = config.subject_prefix.clone();
     let listen = config.listen(ServiceKind::Gateway);
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
-    host.spawn_worker("rate-limit-flush", state.rate_limiter.clone().run(state.redis.clone(), host.workers_shutdown()));
+    host.spawn_worker("rate-limit-flush", rate_limiter.run(redis, host.workers_shutdown()));
     host.spawn_worker(
         "local-cache-invalidator",
-        crate::cache::local_invalidator(state.clone(), nats::jetstream(client.clone()), host.workers_shutdown()),
+        crate::cache::local_invalidator(
+            local_cache,
+            prefix.clone(),
+            nats::jetstream(client.clone()),
+            host.workers_shutdown(),
+        ),
     );
     host.spawn_worker(
         "cache-invalidator",
-        crate::cache::invalidator(state.clone(), nats::jetstream(client), host.workers_shutdown()),
+        crate::cache::invalidator(
+            Invalidator { prefix, bumps, live: invalidator_live },
+            nats::jetstream(client),
+            host.workers_shutdown(),
+        ),
     );
     let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
     let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;
-    let app = router(state, host.health().clone());
+    let app = router(state, layers, host.health().clone());
     Ok(Prepared {
         addr: listener.local_addr().map_err(RuntimeError::from)?,
         admin_addr: admin.local_addr().map_err(RuntimeError::from)?,
@@ -257,4 +291,40 @@ pub fn service(
     shutdown: Shutdown,
 ) -> cim_runtime::service::BoxFuture<'_, Result<Box<dyn cim_runtime::service::Service>, String>> {
     cim_runtime::service::boxed("gateway", async move { prepare(config, &shutdown).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use cim_auth::Role;
+
+    use super::ROUTE_ROLES;
+
+    /// Every operation of the OpenAPI document (the router's routes) has exactly one rule, and
+    /// every rule names a documented operation.
+    #[test]
+    fn the_table_names_every_authenticated_route() {
+        let doc: serde_json::Value = serde_json::from_str(crate::openapi::document()).unwrap();
+        let public = [("post", "/api/v1/auth/logout"), ("get", "/api/v1/shared/{token}")];
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                if !public.contains(&(method.as_str(), path.as_str())) {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut table: Vec<(String, String)> =
+            ROUTE_ROLES.iter().map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned())).collect();
+        documented.sort();
+        table.sort();
+        assert_eq!(documented, table);
+    }
+
+    #[test]
+    fn unknown_paths_are_refused_and_other_methods_pass_to_405() {
+        assert!(ROUTE_ROLES.rule(&Method::GET, "/api/v1/secret").is_err());
+        assert_eq!(ROUTE_ROLES.rule(&Method::PUT, "/api/v1/graphs").unwrap(), None);
+        assert_eq!(ROUTE_ROLES.rule(&Method::GET, "/api/v1/graphs").unwrap(), Some(Some(Role::Reader)));
+    }
 }

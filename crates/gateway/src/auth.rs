@@ -3,18 +3,37 @@
 //! API keys and sessions live in Redis (keys stored as BLAKE3 hashes, never in clear). Without
 //! Redis, bearer tokens keep working; keys and sessions answer 503 until it is back.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use cim_auth::{Method, Principal};
+use cim_auth::{Method, Principal, Verifier};
 use cim_core::ErrorCode;
 use deadpool_redis::redis::AsyncCommands;
 
-use crate::app::AppState;
+use crate::limits::RateLimit;
 use crate::problem::{ApiError, ApiResult};
 
 pub const SESSION_COOKIE: &str = "cim_session";
+
+/// Where API keys and console sessions are kept.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub redis: deadpool_redis::Pool,
+    pub session_ttl: Duration,
+}
+
+/// What the auth middleware needs: the token keys, the stored credentials, and the rate limit
+/// it applies once the caller is known.
+#[derive(Debug)]
+pub struct AuthState {
+    pub verifier: Verifier,
+    pub credentials: Credentials,
+    pub rate_limit: RateLimit,
+}
 
 fn api_key_entry(key: &str) -> String {
     format!("cim:gw:apikey:{}", blake3::hash(key.as_bytes()).to_hex())
@@ -42,8 +61,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     })
 }
 
-async fn stored(state: &AppState, entry: &str, method: Method) -> ApiResult<Option<Principal>> {
-    let mut conn = state.redis.get().await.map_err(redis_down)?;
+async fn stored(store: &Credentials, entry: &str, method: Method) -> ApiResult<Option<Principal>> {
+    let mut conn = store.redis.get().await.map_err(redis_down)?;
     let raw: Option<String> = conn.get(entry).await.map_err(redis_down)?;
     Ok(raw.and_then(|r| serde_json::from_str::<Principal>(&r).ok()).map(|p| Principal {
         method,
@@ -54,7 +73,7 @@ async fn stored(state: &AppState, entry: &str, method: Method) -> ApiResult<Opti
 
 /// Resolves the caller. Bearer JWT first, then `X-Api-Key` / `Authorization: ApiKey`, then the
 /// session cookie.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+pub async fn authenticate(state: &AuthState, headers: &HeaderMap) -> ApiResult<Principal> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) {
         return Ok(state.verifier.verify(token.trim())?);
@@ -64,12 +83,12 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
         .and_then(|v| v.to_str().ok())
         .or_else(|| authorization.and_then(|a| a.strip_prefix("ApiKey ")));
     if let Some(key) = api_key {
-        return stored(state, &api_key_entry(key.trim()), Method::ApiKey)
+        return stored(&state.credentials, &api_key_entry(key.trim()), Method::ApiKey)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "unknown or revoked API key"));
     }
     if let Some(id) = cookie(headers, SESSION_COOKIE) {
-        return stored(state, &session_entry(&id), Method::Session)
+        return stored(&state.credentials, &session_entry(&id), Method::Session)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "session expired or logged out"));
     }
@@ -80,9 +99,13 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
 }
 
 /// Authenticates, rate-limits, and hands the principal to the handler.
-pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn middleware(
+    State(state): State<Arc<AuthState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let principal = authenticate(&state, req.headers()).await?;
-    crate::limits::rate_limit(&state, &principal).await?;
+    crate::limits::rate_limit(&state.rate_limit, &principal).await?;
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }
@@ -92,12 +115,12 @@ fn random_token() -> String {
 }
 
 /// A new API key for `principal`'s tenant; returns (id, key). The key is shown once.
-pub async fn create_api_key(state: &AppState, owner: Principal) -> ApiResult<(String, String)> {
+pub async fn create_api_key(store: &Credentials, owner: Principal) -> ApiResult<(String, String)> {
     let id = uuid::Uuid::now_v7().to_string();
     let key = format!("cim_{}", random_token());
     let entry = api_key_entry(&key);
     let body = serde_json::to_string(&owner).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let mut conn = state.redis.get().await.map_err(redis_down)?;
+    let mut conn = store.redis.get().await.map_err(redis_down)?;
     let _: () = deadpool_redis::redis::pipe()
         .atomic()
         .set(&entry, body)
@@ -109,8 +132,8 @@ pub async fn create_api_key(state: &AppState, owner: Principal) -> ApiResult<(St
 }
 
 /// Revokes a key of the caller's tenant. Another tenant's key id is not found.
-pub async fn revoke_api_key(state: &AppState, tenant: cim_core::TenantId, id: &str) -> ApiResult<()> {
-    let mut conn = state.redis.get().await.map_err(redis_down)?;
+pub async fn revoke_api_key(store: &Credentials, tenant: cim_core::TenantId, id: &str) -> ApiResult<()> {
+    let mut conn = store.redis.get().await.map_err(redis_down)?;
     let found: Option<String> = conn.get(api_key_id_entry(id)).await.map_err(redis_down)?;
     let Some((owner, entry)) = found.as_deref().and_then(|f| f.split_once('|')) else {
         return Err(ApiError::new(ErrorCode::NotFound, "no such API key"));
@@ -129,19 +152,19 @@ pub async fn revoke_api_key(state: &AppState, tenant: cim_core::TenantId, id: &s
 }
 
 /// Starts a console session; returns the `Set-Cookie` value.
-pub async fn login(state: &AppState, principal: &Principal) -> ApiResult<String> {
+pub async fn login(store: &Credentials, principal: &Principal) -> ApiResult<String> {
     let id = random_token();
-    let ttl = state.settings.session_ttl.as_secs();
+    let ttl = store.session_ttl.as_secs();
     let body = serde_json::to_string(principal).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let mut conn = state.redis.get().await.map_err(redis_down)?;
+    let mut conn = store.redis.get().await.map_err(redis_down)?;
     let _: () = conn.set_ex(session_entry(&id), body, ttl).await.map_err(redis_down)?;
     Ok(format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={ttl}"))
 }
 
 /// Ends the session named by the cookie; returns the clearing `Set-Cookie` value.
-pub async fn logout(state: &AppState, headers: &HeaderMap) -> ApiResult<String> {
+pub async fn logout(store: &Credentials, headers: &HeaderMap) -> ApiResult<String> {
     if let Some(id) = cookie(headers, SESSION_COOKIE) {
-        let mut conn = state.redis.get().await.map_err(redis_down)?;
+        let mut conn = store.redis.get().await.map_err(redis_down)?;
         let _: () = conn.del(session_entry(&id)).await.map_err(redis_down)?;
     }
     Ok(format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"))

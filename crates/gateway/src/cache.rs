@@ -6,7 +6,8 @@
 //! computed before the bump is never served after it, even if it was written late: the write
 //! only lands when `gen` is still what the reader saw (a Lua check-and-set).
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,11 +16,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cim_auth::Principal;
-use cim_core::Domain;
+use cim_core::{Domain, SubjectPrefix};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-
-use crate::app::AppState;
 
 pub const CACHE_REQUESTS_TOTAL: &str = "cim_gateway_cache_requests_total";
 pub const CACHE_INVALIDATIONS_TOTAL: &str = "cim_gateway_cache_invalidations_total";
@@ -111,11 +110,6 @@ if gen == tonumber(ARGV[1]) then
 end
 return gen";
 
-/// Makes every cached response of `graph` stale (through the instance's [`Bumps`]).
-pub async fn invalidate(state: &AppState, graph: &str) -> Result<(), String> {
-    state.bumps.bump(graph).await
-}
-
 type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// Generation bumps sent to Redis in batches: bumps asked for while a batch is in flight go
@@ -190,8 +184,20 @@ fn json_response(body: String, hit: bool) -> Response {
     res
 }
 
-pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ttl = state.settings.cache_ttl;
+/// What the cache middleware reads and fills.
+#[derive(Debug)]
+pub struct CacheState {
+    pub redis: deadpool_redis::Pool,
+    /// Zero: no caching.
+    pub ttl: Duration,
+    pub local: Arc<Local>,
+    /// Whether the event consumer that invalidates the cache is running; without it the cache
+    /// could serve a stale read, so it is bypassed.
+    pub invalidator_live: Arc<AtomicBool>,
+}
+
+pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next: Next) -> Response {
+    let ttl = state.ttl;
     let (Some(graph), false) = (cacheable(&req), ttl.is_zero()) else { return next.run(req).await };
     if !state.invalidator_live.load(Ordering::Acquire) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "unavailable").increment(1);
@@ -200,9 +206,9 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     let Some(tenant) = req.extensions().get::<Principal>().map(|p| p.tenant) else { return next.run(req).await };
     let key = entry(&graph);
     let field = format!("{tenant}|{}", req.uri());
-    let local_live = state.local_cache.live.load(Ordering::Acquire);
-    let local_gen = state.local_cache.generation(&graph);
-    if local_live && let Some(body) = state.local_cache.get(&graph, &field) {
+    let local_live = state.local.live.load(Ordering::Acquire);
+    let local_gen = state.local.generation(&graph);
+    if local_live && let Some(body) = state.local.get(&graph, &field) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
         return json_response(String::from_utf8_lossy(&body).into_owned(), true);
     }
@@ -236,7 +242,7 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
         return Response::from_parts(parts, Body::empty());
     };
     if local_live {
-        state.local_cache.put(&graph, &field, local_gen, bytes.clone());
+        state.local.put(&graph, &field, local_gen, bytes.clone());
     }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let store = serde_json::to_string(&Cached { g: gen_seen, b: text.clone() }).unwrap_or_default();
@@ -257,11 +263,20 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     res
 }
 
+/// What the shared invalidator works with: the graph events' subjects, the generations it bumps,
+/// and the flag telling the middleware it runs.
+#[derive(Debug)]
+pub struct Invalidator {
+    pub prefix: SubjectPrefix,
+    pub bumps: Bumps,
+    pub live: Arc<AtomicBool>,
+}
+
 /// Consumes the graph domain's events and invalidates the cache of each graph they touch. One
 /// durable consumer for all gateway instances: the cache is shared, so one invalidation is enough.
-pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
+pub async fn invalidator(state: Invalidator, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-    let prefix = state.prefix.clone();
+    let prefix = &state.prefix;
     let stream = prefix.stream_name(Domain::Graph);
     let durable = "gateway-cache".to_owned();
     let metrics = cim_streams::ConsumerMetrics::new(&durable);
@@ -303,7 +318,7 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
                 }
             }
         };
-        state.invalidator_live.store(true, Ordering::Release);
+        state.live.store(true, Ordering::Release);
         // Several events at once, so that their bumps share a Redis round trip (bumps commute;
         // each message is acked after its own).
         let mut handling = futures::stream::FuturesUnordered::new();
@@ -312,7 +327,7 @@ pub async fn invalidator(state: AppState, js: async_nats::jetstream::Context, st
                 next = messages.next(), if handling.len() < MAX_BUMPS => {
                     let Some(Ok(msg)) = next else {
                         // Until the consumer is back, changes made elsewhere would go unnoticed.
-                        state.invalidator_live.store(false, Ordering::Release);
+                        state.live.store(false, Ordering::Release);
                         break;
                     };
                     handling.push(handle(&state, &js, &durable, &metrics, msg));
@@ -339,7 +354,7 @@ fn touched_graph(msg: &async_nats::jetstream::Message) -> Option<String> {
 }
 
 async fn handle(
-    state: &AppState,
+    state: &Invalidator,
     js: &async_nats::jetstream::Context,
     consumer: &str,
     metrics: &cim_streams::ConsumerMetrics,
@@ -370,7 +385,7 @@ async fn handle(
         }
         return;
     };
-    match invalidate(state, &graph).await {
+    match state.bumps.bump(&graph).await {
         Ok(()) => {
             let _ = msg.ack().await;
             metrics.applied.increment(1);
@@ -384,10 +399,15 @@ async fn handle(
 }
 
 /// This instance's own ordered subscription to the graph events, for the first-level cache.
-pub async fn local_invalidator(state: AppState, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
+pub async fn local_invalidator(
+    local: Arc<Local>,
+    prefix: SubjectPrefix,
+    js: async_nats::jetstream::Context,
+    stop: cim_runtime::Shutdown,
+) {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    let stream = state.prefix.stream_name(Domain::Graph);
-    let filter = state.prefix.domain_events(Domain::Graph);
+    let stream = prefix.stream_name(Domain::Graph);
+    let filter = prefix.domain_events(Domain::Graph);
     loop {
         let consumer = async {
             let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
@@ -415,19 +435,19 @@ pub async fn local_invalidator(state: AppState, js: async_nats::jetstream::Conte
             () = stop.wait() => return,
         };
         // Events may have been missed while the subscription was down.
-        state.local_cache.reset();
-        state.local_cache.live.store(true, Ordering::Release);
+        local.reset();
+        local.live.store(true, Ordering::Release);
         loop {
             let next = tokio::select! {
                 m = messages.next() => m,
                 () = stop.wait() => return,
             };
             let Some(Ok(msg)) = next else {
-                state.local_cache.live.store(false, Ordering::Release);
+                local.live.store(false, Ordering::Release);
                 break;
             };
             if let Some(g) = msg.headers.as_ref().and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID)) {
-                state.local_cache.bump(g.as_str());
+                local.bump(g.as_str());
             }
         }
     }

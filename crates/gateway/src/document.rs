@@ -1,42 +1,57 @@
 //! `/api/v1/documents/...`: every document RPC as a REST route, with content streamed both ways
 //! (a `PUT` body is relayed to the gRPC upload as it arrives; a download with `Range`, `ETag`
 //! and `If-None-Match`). [`dto`]: the JSON; [`records`]: the document record's routes;
-//! [`content`]: transfers and signed links. This file: the tables and the router.
+//! [`content`]: transfers and signed links. This file: the routes' state, the tables and the router.
 
 mod content;
 mod dto;
 mod records;
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use cim_auth::{Principal, Role};
 use cim_core::ErrorCode;
 use cim_proto::document as pb;
+use cim_proto::document::document_service_client::DocumentServiceClient;
 use futures::StreamExt;
 use http::Method;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::app::AppState;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::links::LinkSigner;
 use crate::problem::{ApiError, ApiResult};
 use crate::rest::{
     CommandQuery, Props, command, exact_properties, idempotency_key, next_token, page, props, query, structure, ts,
 };
+use crate::upstream::Upstream;
 use content::*;
 pub use dto::*;
 use records::*;
+
+/// What the document routes use: the document service, and the download links' signer.
+#[derive(Debug)]
+pub struct DocumentState {
+    pub upstream: Upstream<DocumentServiceClient<Channel>>,
+    /// Content uploads and downloads: no deadline, they take as long as their bytes take.
+    pub transfer: Upstream<DocumentServiceClient<Channel>>,
+    /// `None` without a key: links are refused.
+    pub links: Option<LinkSigner>,
+}
 
 /// Routes whose bodies are streams of any size and length of time: no request deadline, no
 /// body limit, no idempotency replay (which would hold the body in memory).
 pub const TRANSFER_ROUTES: [&str; 2] = ["/api/v1/documents/{document_id}/content", "/api/v1/shared/{token}"];
 
-/// The role each route needs (`crate::authz` reads every domain's table).
+/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
 pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::POST, "/api/v1/documents", Some(Role::Writer)),
     (Method::GET, "/api/v1/documents", Some(Role::Reader)),
@@ -89,11 +104,19 @@ pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
 pub struct Api;
 
 /// Routes a signed link opens without credentials (mounted with the public routes).
-pub fn public_routes() -> Router<AppState> {
+pub fn public_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<DocumentState>: FromRef<S>,
+{
     Router::new().route("/api/v1/shared/{token}", get(shared_content))
 }
 
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<DocumentState>: FromRef<S>,
+{
     let d = "/api/v1/documents/{document_id}";
     Router::new()
         .route("/api/v1/documents", post(create_document).get(search_documents))

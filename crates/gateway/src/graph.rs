@@ -1,22 +1,35 @@
 //! `/api/v1/graphs/...`: every graph RPC as a REST route. Each later domain adds a module like
-//! this one (DTOs, handlers, `routes()`, and its paths in the OpenAPI document).
+//! this one (its state, DTOs, handlers, `routes()`, and its paths in the OpenAPI document).
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use cim_auth::{Principal, Role};
 use cim_proto::graph as pb;
+use cim_proto::graph::graph_service_client::GraphServiceClient;
 use http::Method;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
+use crate::cache::{Bumps, Local};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
 use crate::rest::{CommandQuery, Props, exact_properties, idempotency_key, next_token, page, props, structure, ts};
+use crate::upstream::Upstream;
+
+/// What the graph routes use: the graph service, and this instance's cache to drop after a write.
+#[derive(Debug)]
+pub struct GraphState {
+    pub upstream: Upstream<GraphServiceClient<Channel>>,
+    pub local_cache: Arc<Local>,
+    pub bumps: Bumps,
+}
 
 // ---- representations ----
 
@@ -384,9 +397,9 @@ fn done(r: pb::CommandResponse) -> impl IntoResponse {
 
 /// After a successful command through this gateway its graph's cache is dropped at once (the
 /// event consumer does the same for changes made elsewhere).
-async fn changed(state: &AppState, graph_id: &str) {
+async fn changed(state: &GraphState, graph_id: &str) {
     state.local_cache.bump(graph_id);
-    if let Err(e) = crate::cache::invalidate(state, graph_id).await {
+    if let Err(e) = state.bumps.bump(graph_id).await {
         tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
     }
 }
@@ -396,7 +409,7 @@ async fn changed(state: &AppState, graph_id: &str) {
 /// A graph command, then this gateway's cache of the graph dropped.
 macro_rules! command {
     ($state:ident, $p:ident, $graph_id:expr, $call:ident, $msg:expr) => {{
-        let r = crate::rest::command!($state.graph, $p, $call, $msg);
+        let r = crate::rest::command!($state.upstream, $p, $call, $msg);
         changed(&$state, $graph_id).await;
         r
     }};
@@ -404,7 +417,7 @@ macro_rules! command {
 
 macro_rules! query {
     ($state:ident, $p:ident, $call:ident, $msg:expr) => {
-        crate::rest::query!($state.graph, $p, $call, $msg)
+        crate::rest::query!($state.upstream, $p, $call, $msg)
     };
 }
 
@@ -415,7 +428,7 @@ macro_rules! query {
     params(CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
@@ -439,7 +452,7 @@ pub async fn create_graph(
 #[utoipa::path(get, path = "/api/v1/graphs", tag = "graphs", params(ListGraphsQuery),
     responses((status = 200, body = GraphPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_graphs(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListGraphsQuery>,
 ) -> ApiResult<Json<GraphPage>> {
@@ -457,7 +470,7 @@ pub async fn list_graphs(
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}", tag = "graphs", params(("graph_id" = String, Path)),
     responses((status = 200, body = Graph), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
 ) -> ApiResult<Json<Graph>> {
@@ -471,7 +484,7 @@ pub async fn get_graph(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn rename_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -489,7 +502,7 @@ pub async fn rename_graph(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn archive_graph(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -506,7 +519,7 @@ pub async fn archive_graph(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn add_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -532,7 +545,7 @@ pub async fn add_node(
     params(("graph_id" = String, Path), ListNodesQuery),
     responses((status = 200, body = NodePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_nodes(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListNodesQuery>,
@@ -553,7 +566,7 @@ pub async fn list_nodes(
     params(("graph_id" = String, Path), ("node_id" = String, Path)),
     responses((status = 200, body = Node), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Node>> {
@@ -567,7 +580,7 @@ pub async fn get_node(
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -590,7 +603,7 @@ pub async fn update_node(
     params(("graph_id" = String, Path), ("node_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn remove_node(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -607,7 +620,7 @@ pub async fn remove_node(
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn add_edge(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -635,7 +648,7 @@ pub async fn add_edge(
     params(("graph_id" = String, Path), ListEdgesQuery),
     responses((status = 200, body = EdgePage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_edges(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListEdgesQuery>,
@@ -657,7 +670,7 @@ pub async fn list_edges(
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_edge(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, edge_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -680,7 +693,7 @@ pub async fn update_edge(
     params(("graph_id" = String, Path), ("edge_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn remove_edge(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, edge_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -725,7 +738,7 @@ fn change(c: Change) -> pb::GraphChange {
     params(("graph_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn apply_batch(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -747,7 +760,7 @@ pub async fn apply_batch(
     params(("graph_id" = String, Path), ("node_id" = String, Path), NeighborsQuery),
     responses((status = 200, body = Neighbors), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn neighbors(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<NeighborsQuery>,
@@ -772,7 +785,7 @@ pub async fn neighbors(
     params(("graph_id" = String, Path)),
     responses((status = 200, body = Traversal), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn traverse(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiJson(body): ApiJson<TraverseRequest>,
@@ -803,7 +816,7 @@ pub async fn traverse(
     params(("graph_id" = String, Path), PathQuery),
     responses((status = 200, body = ShortestPath), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn shortest_path(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<PathQuery>,
@@ -832,7 +845,7 @@ pub async fn shortest_path(
     params(("graph_id" = String, Path), ("version" = u64, Path)),
     responses((status = 200, body = Snapshot), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn graph_at_version(
-    State(state): State<AppState>,
+    State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, version)): ApiPath<(String, u64)>,
 ) -> ApiResult<Json<Snapshot>> {
@@ -845,7 +858,7 @@ pub async fn graph_at_version(
     }))
 }
 
-/// The role each route needs (`crate::authz` reads every domain's table).
+/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
 pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::POST, "/api/v1/graphs", Some(Role::Writer)),
     (Method::GET, "/api/v1/graphs", Some(Role::Reader)),
@@ -869,7 +882,11 @@ pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::GET, "/api/v1/graphs/{graph_id}/versions/{version}", Some(Role::Reader)),
 ];
 
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<GraphState>: FromRef<S>,
+{
     Router::new()
         .route("/api/v1/graphs", post(create_graph).get(list_graphs))
         .route("/api/v1/graphs/{graph_id}", get(get_graph).patch(rename_graph).delete(archive_graph))

@@ -13,11 +13,22 @@ use cim_core::ErrorCode;
 use deadpool_redis::redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::problem::ApiError;
 
 pub const HEADER: &str = "idempotency-key";
 const KEEP_SECS: u64 = 24 * 3600;
+
+/// Where replies are kept, and which requests are fingerprinted.
+#[derive(Debug, Clone)]
+pub struct IdempotencyState {
+    pub redis: deadpool_redis::Pool,
+    /// The most a fingerprinted body may hold (the gateway's body limit).
+    pub max_body_bytes: usize,
+    /// Routes whose bodies are streams of any size: not held in memory to fingerprint them;
+    /// the key still reaches the service, where a retried upload of the same content changes
+    /// nothing.
+    pub streamed: &'static [&'static str],
+}
 
 #[derive(Serialize, Deserialize)]
 enum Slot {
@@ -25,7 +36,7 @@ enum Slot {
     Done { fingerprint: String, status: u16, content_type: String, body: String },
 }
 
-pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(state): State<IdempotencyState>, req: Request, next: Next) -> Response {
     let key = match req.headers().get(HEADER).map(|v| v.to_str().map(str::to_owned)) {
         None => return next.run(req).await,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => k,
@@ -34,15 +45,13 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     if !matches!(*req.method(), http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE) {
         return next.run(req).await;
     }
-    // A transfer's body is not held in memory to fingerprint it; the key still reaches the
-    // service, where a retried upload of the same content changes nothing.
     let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned());
-    if route.is_some_and(|r| crate::document::TRANSFER_ROUTES.contains(&r.as_str())) {
+    if route.is_some_and(|r| state.streamed.contains(&r.as_str())) {
         return next.run(req).await;
     }
     let Some(p) = req.extensions().get::<Principal>().cloned() else { return next.run(req).await };
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, state.settings.max_body_bytes).await {
+    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => return ApiError::new(ErrorCode::PayloadTooLarge, "request body too large").into_response(),
     };

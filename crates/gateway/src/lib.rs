@@ -3,7 +3,8 @@
 //! - [`app`]: state, router and lifecycle; [`graph`], [`document`]: each domain's routes, DTOs,
 //!   role table and OpenAPI paths (one module per domain, on [`rest`]);
 //!   [`accounts`]: the caller's own routes (me, sessions, API keys).
-//! - [`auth`]: bearer tokens, API keys, sessions; [`authz`]: the role each route needs; [`limits`]: rate limits, deadline, bodies, metrics.
+//! - [`auth`]: bearer tokens, API keys, sessions; [`authz`]: the role check over every domain's
+//!   route table; [`limits`]: rate limits, deadline, bodies, metrics.
 //! - [`cache`]: cached GETs invalidated by events; [`idempotency`]: `Idempotency-Key` replay.
 //! - [`problem`]: problem+json from the one error-code table; [`extract`]: extractors whose
 //!   refusals are problem+json; [`upstream`]: gRPC clients.

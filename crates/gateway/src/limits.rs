@@ -1,7 +1,8 @@
 //! Request limits and accounting: per-principal rate limits (Redis), the request deadline,
 //! JSON bodies with field paths in errors, and RED metrics per route.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -10,7 +11,6 @@ use cim_auth::Principal;
 use cim_core::ErrorCode;
 use tracing::Instrument;
 
-use crate::app::AppState;
 use crate::problem::ApiError;
 
 pub const HTTP_REQUESTS_TOTAL: &str = "cim_gateway_http_requests_total";
@@ -121,14 +121,24 @@ impl RateLimiter {
     }
 }
 
+/// The rate limit as configured, over this instance's counts.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub limiter: Arc<RateLimiter>,
+    /// Requests per principal per minute; 0: no limit.
+    pub per_minute: u64,
+    /// Whether requests pass uncounted while Redis is unreachable.
+    pub fail_open: bool,
+}
+
 /// Refuses a principal past its per-minute limit (429 + Retry-After).
-pub async fn rate_limit(state: &AppState, p: &Principal) -> Result<(), ApiError> {
-    let limit = state.settings.rate_limit_per_minute;
+pub async fn rate_limit(rate: &RateLimit, p: &Principal) -> Result<(), ApiError> {
+    let limit = rate.per_minute;
     if limit == 0 {
         return Ok(());
     }
-    let limiter = &state.rate_limiter;
-    if !limiter.redis_ok.load(std::sync::atomic::Ordering::Acquire) && !state.settings.rate_limit_fail_open {
+    let limiter = &rate.limiter;
+    if !limiter.redis_ok.load(std::sync::atomic::Ordering::Acquire) && !rate.fail_open {
         tracing::warn!("rate limit not counted: redis unavailable (failing closed)");
         let mut err = ApiError::new(ErrorCode::Unavailable, "rate limiter unavailable; retry later");
         err.retry_after = Some(1);
@@ -145,20 +155,27 @@ pub async fn rate_limit(state: &AppState, p: &Principal) -> Result<(), ApiError>
     Ok(())
 }
 
+/// How long a request may take, and the routes no deadline applies to.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub timeout: Duration,
+    /// Routes whose bodies take as long as their bytes take (the connection's own timeouts and
+    /// the client still bound them).
+    pub unbounded: &'static [&'static str],
+}
+
 /// The request deadline (504 after) and RED metrics labelled by the route's template.
-pub async fn deadline_and_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn deadline_and_metrics(State(deadline): State<Deadline>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
     // The request's span continues the caller's trace; outgoing gRPC calls inject it.
     let span = tracing::info_span!("http", %method, %route, otel.kind = "server");
     cim_runtime::telemetry::continue_http(&span, req.headers());
-    // A transfer's body takes as long as its bytes take: no deadline (the connection's own
-    // timeouts and the client still bound it).
-    let res = if crate::document::TRANSFER_ROUTES.contains(&route.as_str()) {
+    let res = if deadline.unbounded.contains(&route.as_str()) {
         next.run(req).instrument(span).await
     } else {
-        let handled = tokio::time::timeout(state.settings.request_timeout, next.run(req)).instrument(span);
+        let handled = tokio::time::timeout(deadline.timeout, next.run(req)).instrument(span);
         match handled.await {
             Ok(res) => res,
             Err(_) => ApiError::new(ErrorCode::DeadlineExceeded, "the request took too long").into_response(),

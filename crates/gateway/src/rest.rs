@@ -77,14 +77,14 @@ pub fn structure(p: &Props) -> Option<prost_types::Struct> {
     Some(cim_proto::json::json_to_struct(p))
 }
 
-/// Calls a command RPC once: `command!(state.document, principal, create_document, msg)`.
+/// Calls a command RPC once: `command!(state.upstream, principal, create_document, msg)`.
 macro_rules! command {
     ($upstream:expr, $p:expr, $call:ident, $msg:expr) => {
         $upstream.command(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?
     };
 }
 
-/// Calls a query RPC, retried on UNAVAILABLE: `query!(state.document, principal, get_document, msg)`.
+/// Calls a query RPC, retried on UNAVAILABLE: `query!(state.upstream, principal, get_document, msg)`.
 macro_rules! query {
     ($upstream:expr, $p:expr, $call:ident, $msg:expr) => {
         $upstream.query(&$p, |mut c, req| async move { c.$call(req).await }, $msg).await?

@@ -56,3 +56,37 @@ pub(crate) fn decode_message(position: u64, message: &async_nats::Message) -> Re
     let tenant = message.headers.as_ref().and_then(|h| h.get(headers::TENANT_ID)).map(|v| v.as_str());
     decode(position, &message.payload, tenant)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use cim_core::{Domain, EventContext, EventEnvelope, EventHash, NewEvent};
+
+    pub(crate) fn envelope(tenant: TenantId) -> EventEnvelope {
+        let ctx = EventContext {
+            domain: Domain::Graph,
+            aggregate_type: "graph".parse().unwrap(),
+            aggregate_id: AggregateId::new(),
+            tenant_id: tenant,
+            actor: "user:a".parse().unwrap(),
+            correlation_id: cim_core::CorrelationId::new(),
+            causation_id: cim_core::CausationId::new(),
+        };
+        let new =
+            NewEvent { event_type: "node_added".parse().unwrap(), schema_version: 1, payload: serde_json::json!({}) };
+        EventEnvelope::seal(&ctx, new, 1, EventHash::GENESIS, Utc::now())
+    }
+
+    #[test]
+    fn decoding_keeps_the_envelope_and_checks_the_tenant_header() {
+        let tenant = TenantId::new();
+        let body = serde_json::to_vec(&envelope(tenant)).unwrap();
+        let e = decode(5, &body, Some(&tenant.to_string())).unwrap();
+        assert_eq!((e.position, e.tenant), (5, tenant));
+        assert_eq!(e.envelope.as_bytes(), body.as_slice());
+        let err = decode(5, &body, Some(&TenantId::new().to_string())).unwrap_err();
+        assert!(err.contains("differs"), "{err}");
+        assert!(decode(5, b"{}", None).is_err());
+        assert!(decode(5, &[0xff], None).is_err());
+    }
+}

@@ -13,7 +13,7 @@ const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
     params(("document_id" = String, Path), UploadQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn upload_content(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
@@ -47,7 +47,7 @@ pub async fn upload_content(
     });
     let messages =
         futures::stream::once(async move { pb::UploadContentRequest { part: Some(Part::Start(start)) } }).chain(chunks);
-    let upstream = &state.document_transfer;
+    let upstream = &state.transfer;
     let mut client = upstream.client();
     let call = client.upload_content(upstream.request(&p, messages));
     tokio::select! {
@@ -94,7 +94,7 @@ pub(super) fn gather(
         (status = 304, description = "Not modified"),
         (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn download_content(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ContentQuery>,
@@ -108,7 +108,7 @@ pub async fn download_content(
 
 /// The content version a download or link names: the current one, a number or a tag.
 pub(super) async fn resolve(
-    state: &AppState,
+    state: &DocumentState,
     p: &Principal,
     document_id: &str,
     q: ContentQuery,
@@ -118,12 +118,12 @@ pub(super) async fn resolve(
         (Some(_), Some(_)) => return Err(ApiError::invalid("tag", "give a version or a tag, not both")),
         (None, None) => {
             let doc =
-                query!(state.document, p, get_document, pb::GetDocumentRequest { document_id: document_id.clone() });
+                query!(state.upstream, p, get_document, pb::GetDocumentRequest { document_id: document_id.clone() });
             doc.current.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the document has no content yet"))?
         }
         (number, tag) => {
             let all =
-                query!(state.document, p, list_versions, pb::ListVersionsRequest { document_id: document_id.clone() });
+                query!(state.upstream, p, list_versions, pb::ListVersionsRequest { document_id: document_id.clone() });
             let found = all.versions.into_iter().find(|v| match (&number, &tag) {
                 (Some(n), _) => v.version == *n,
                 (_, Some(t)) => v.tags.contains(t),
@@ -136,7 +136,7 @@ pub(super) async fn resolve(
 
 /// Streams one content version: 200, 206 for a `Range`, 304 for a matching `If-None-Match`.
 pub(super) async fn serve(
-    state: &AppState,
+    state: &DocumentState,
     p: &Principal,
     document_id: String,
     wanted: pb::Version,
@@ -167,7 +167,7 @@ pub(super) async fn serve(
         offset,
         length: if range.is_some() { length } else { 0 },
     };
-    let upstream = &state.document_transfer;
+    let upstream = &state.transfer;
     let mut client = upstream.client();
     let stream = client.download_content(upstream.request(p, msg)).await.map_err(ApiError::from)?.into_inner();
     let body = Body::from_stream(stream.map(|m| m.map(|m| bytes::Bytes::from(m.data))));
@@ -272,7 +272,7 @@ pub struct DownloadLink {
     params(("document_id" = String, Path), LinkQuery),
     responses((status = 201, body = DownloadLink), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_download_link(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LinkQuery>,
@@ -309,7 +309,7 @@ pub async fn create_download_link(
         (status = 304, description = "Not modified"),
         (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn shared_content(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     ApiPath(token): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {

@@ -8,7 +8,7 @@ use super::*;
 #[utoipa::path(post, path = "/api/v1/documents", tag = "documents", request_body = DocumentDetails, params(CommandQuery),
     responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_document(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
@@ -22,7 +22,7 @@ pub async fn create_document(
         metadata: structure(&body.metadata),
         options: options(q.expected_version, &headers),
     };
-    Ok((StatusCode::CREATED, done(command!(state.document, p, create_document, msg))))
+    Ok((StatusCode::CREATED, done(command!(state.upstream, p, create_document, msg))))
 }
 
 /// Search documents
@@ -31,7 +31,7 @@ pub async fn create_document(
 #[utoipa::path(get, path = "/api/v1/documents", tag = "documents", params(SearchQuery),
     responses((status = 200, body = DocumentPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn search_documents(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<DocumentPage>> {
@@ -45,7 +45,7 @@ pub async fn search_documents(
         created_before: instant("created_before", q.created_before)?,
         page: page(q.page_size, q.page_token),
     };
-    let r = query!(state.document, p, search_documents, msg);
+    let r = query!(state.upstream, p, search_documents, msg);
     Ok(Json(DocumentPage {
         items: r.documents.into_iter().map(document).collect(),
         next_page_token: next_token(r.page),
@@ -58,11 +58,11 @@ pub async fn search_documents(
 #[utoipa::path(get, path = "/api/v1/documents/{document_id}", tag = "documents", params(("document_id" = String, Path)),
     responses((status = 200, body = Document), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_document(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
 ) -> ApiResult<Json<Document>> {
-    Ok(Json(document(query!(state.document, p, get_document, pb::GetDocumentRequest { document_id }))))
+    Ok(Json(document(query!(state.upstream, p, get_document, pb::GetDocumentRequest { document_id }))))
 }
 
 /// Replace a document's metadata
@@ -72,7 +72,7 @@ pub async fn get_document(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn update_metadata(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -90,7 +90,7 @@ pub async fn update_metadata(
         metadata: structure(&body.metadata),
         options: options(q.expected_version, &headers),
     };
-    Ok(done(command!(state.document, p, update_metadata, msg)))
+    Ok(done(command!(state.upstream, p, update_metadata, msg)))
 }
 
 /// Delete a document
@@ -100,7 +100,7 @@ pub async fn update_metadata(
     params(("document_id" = String, Path), DeleteQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn delete_document(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
@@ -111,7 +111,7 @@ pub async fn delete_document(
         hard_delete: q.hard.unwrap_or(false),
         options: options(q.expected_version, &headers),
     };
-    Ok(done(command!(state.document, p, delete_document, msg)))
+    Ok(done(command!(state.upstream, p, delete_document, msg)))
 }
 
 /// List content versions
@@ -120,11 +120,11 @@ pub async fn delete_document(
 #[utoipa::path(get, path = "/api/v1/documents/{document_id}/versions", tag = "content", params(("document_id" = String, Path)),
     responses((status = 200, body = Versions), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_versions(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
 ) -> ApiResult<Json<Versions>> {
-    let r = query!(state.document, p, list_versions, pb::ListVersionsRequest { document_id });
+    let r = query!(state.upstream, p, list_versions, pb::ListVersionsRequest { document_id });
     Ok(Json(Versions { items: r.versions.into_iter().map(version).collect() }))
 }
 
@@ -135,7 +135,7 @@ pub async fn list_versions(
     params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn tag_version(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u32)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -144,7 +144,7 @@ pub async fn tag_version(
 ) -> ApiResult<Json<CommandResult>> {
     let msg =
         pb::TagVersionRequest { document_id, version, tag: body.tag, options: options(q.expected_version, &headers) };
-    Ok(done(command!(state.document, p, tag_version, msg)))
+    Ok(done(command!(state.upstream, p, tag_version, msg)))
 }
 
 /// Restore a content version
@@ -154,14 +154,14 @@ pub async fn tag_version(
     params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn restore_version(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u32)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<CommandResult>> {
     let msg = pb::RestoreVersionRequest { document_id, version, options: options(q.expected_version, &headers) };
-    Ok(done(command!(state.document, p, restore_version, msg)))
+    Ok(done(command!(state.upstream, p, restore_version, msg)))
 }
 
 /// Quarantine a content version
@@ -171,7 +171,7 @@ pub async fn restore_version(
     params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn quarantine_content(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u32)>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -184,7 +184,7 @@ pub async fn quarantine_content(
         reason: body.reason,
         options: options(q.expected_version, &headers),
     };
-    Ok(done(command!(state.document, p, quarantine_content, msg)))
+    Ok(done(command!(state.upstream, p, quarantine_content, msg)))
 }
 
 /// Change the review state
@@ -194,7 +194,7 @@ pub async fn quarantine_content(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn change_state(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -207,7 +207,7 @@ pub async fn change_state(
         reason: body.reason,
         options: options(q.expected_version, &headers),
     };
-    Ok(done(command!(state.document, p, change_state, msg)))
+    Ok(done(command!(state.upstream, p, change_state, msg)))
 }
 
 /// Link to another document or aggregate
@@ -217,7 +217,7 @@ pub async fn change_state(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn link_documents(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -230,7 +230,7 @@ pub async fn link_documents(
         target: body.target,
         options: options(q.expected_version, &headers),
     };
-    Ok(done(command!(state.document, p, link_documents, msg)))
+    Ok(done(command!(state.upstream, p, link_documents, msg)))
 }
 
 /// Archive a document
@@ -240,14 +240,14 @@ pub async fn link_documents(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn archive_document(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<CommandResult>> {
     let msg = pb::DocumentCommand { document_id, options: options(q.expected_version, &headers) };
-    Ok(done(command!(state.document, p, archive_document, msg)))
+    Ok(done(command!(state.upstream, p, archive_document, msg)))
 }
 
 /// Restore a document
@@ -257,14 +257,14 @@ pub async fn archive_document(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn restore_document(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Json<CommandResult>> {
     let msg = pb::DocumentCommand { document_id, options: options(q.expected_version, &headers) };
-    Ok(done(command!(state.document, p, restore_document, msg)))
+    Ok(done(command!(state.upstream, p, restore_document, msg)))
 }
 
 /// Set retention
@@ -274,7 +274,7 @@ pub async fn restore_document(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn set_retention(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -286,7 +286,7 @@ pub async fn set_retention(
         retain_until: Some(crate::rest::timestamp("retain_until", &body.retain_until)?),
         options: options(q.expected_version, &headers),
     };
-    Ok(done(command!(state.document, p, set_retention, msg)))
+    Ok(done(command!(state.upstream, p, set_retention, msg)))
 }
 
 /// Place a legal hold
@@ -296,7 +296,7 @@ pub async fn set_retention(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn place_legal_hold(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -304,7 +304,7 @@ pub async fn place_legal_hold(
     ApiJson(body): ApiJson<Reason>,
 ) -> ApiResult<Json<CommandResult>> {
     let msg = pb::LegalHoldRequest { document_id, reason: body.reason, options: options(q.expected_version, &headers) };
-    Ok(done(command!(state.document, p, place_legal_hold, msg)))
+    Ok(done(command!(state.upstream, p, place_legal_hold, msg)))
 }
 
 /// Release a legal hold
@@ -314,7 +314,7 @@ pub async fn place_legal_hold(
     params(("document_id" = String, Path), CommandQuery),
     responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn release_legal_hold(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<CommandQuery>,
@@ -322,7 +322,7 @@ pub async fn release_legal_hold(
 ) -> ApiResult<Json<CommandResult>> {
     let msg =
         pb::LegalHoldRequest { document_id, reason: String::new(), options: options(q.expected_version, &headers) };
-    Ok(done(command!(state.document, p, release_legal_hold, msg)))
+    Ok(done(command!(state.upstream, p, release_legal_hold, msg)))
 }
 
 /// The document at a past version
@@ -332,10 +332,10 @@ pub async fn release_legal_hold(
     params(("document_id" = String, Path), ("version" = u64, Path)),
     responses((status = 200, body = Document), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn document_at_version(
-    State(state): State<AppState>,
+    State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u64)>,
 ) -> ApiResult<Json<Document>> {
     let msg = pb::GetDocumentAtVersionRequest { document_id, version };
-    Ok(Json(document(query!(state.document, p, get_document_at_version, msg))))
+    Ok(Json(document(query!(state.upstream, p, get_document_at_version, msg))))
 }
