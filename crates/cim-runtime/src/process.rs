@@ -5,6 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::service::Prepare;
 use crate::{Shutdown, telemetry};
 
 /// Reads the configuration (exit 2 with one line per bad variable), starts telemetry, installs
@@ -45,4 +46,10 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// A service binary's `main`: [`main`] around the same [`Prepare`] that `cim serve` runs the
+/// service with, so a service is wired once for both.
+pub async fn serve(service: &str, prepare: Prepare) -> ExitCode {
+    main(service, |config, shutdown| async move { prepare(&config, shutdown).await?.run().await }).await
 }

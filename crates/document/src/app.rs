@@ -79,11 +79,6 @@ pub async fn prepare_with(
     domain.serve(server)
 }
 
-/// Prepares and runs.
-pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
-    prepare(config, shutdown).await?.run().await
-}
-
 /// This service for `cim serve`'s table ([`cim_runtime::service::Prepare`]).
 pub fn service(
     config: &Config,

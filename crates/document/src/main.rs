@@ -6,8 +6,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    cim_runtime::process::main("document", |config, shutdown| async move {
-        cim_document::app::run(&config, &shutdown).await
-    })
-    .await
+    cim_runtime::process::serve("document", cim_document::app::service).await
 }

@@ -271,10 +271,6 @@ impl Prepared {
     }
 }
 
-pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
-    prepare(config, shutdown).await?.run().await
-}
-
 impl cim_runtime::service::Service for Prepared {
     fn describe(&self) -> String {
         format!("gateway   http://{}  admin http://{}", self.addr, self.admin_addr)

@@ -6,9 +6,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    cim_runtime::process::main(
-        "gateway",
-        |config, shutdown| async move { cim_gateway::app::run(&config, &shutdown).await },
-    )
-    .await
+    cim_runtime::process::serve("gateway", cim_gateway::app::service).await
 }

@@ -6,6 +6,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    cim_runtime::process::main("graph", |config, shutdown| async move { cim_graph::app::run(&config, &shutdown).await })
-        .await
+    cim_runtime::process::serve("graph", cim_graph::app::service).await
 }

@@ -88,11 +88,6 @@ impl Prepared {
     }
 }
 
-/// Prepares and runs.
-pub async fn run(config: &Config, shutdown: &Shutdown) -> Result<(), AppError> {
-    prepare(config, shutdown).await?.run().await
-}
-
 impl cim_runtime::service::Service for Prepared {
     fn describe(&self) -> String {
         format!("websocket ws://{}/ws  admin http://{}", self.addr, self.admin_addr)

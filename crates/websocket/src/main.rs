@@ -6,8 +6,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    cim_runtime::process::main("websocket", |config, shutdown| async move {
-        cim_websocket::app::run(&config, &shutdown).await
-    })
-    .await
+    cim_runtime::process::serve("websocket", cim_websocket::app::service).await
 }
