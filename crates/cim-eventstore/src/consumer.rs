@@ -4,19 +4,18 @@
 //! delivery a failing event is copied to the dead-letter stream with the reason, then terminated.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use cim_core::{EventEnvelope, SubjectPrefix};
 
 use cim_runtime::Shutdown;
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
 use crate::error::StoreError;
-use cim_streams::{ConsumerMetrics, publish_dead_letter};
+use cim_streams::{Binding, ConsumerMetrics, PullLoop, publish_dead_letter};
 
 /// Applies one event. Whatever it writes through `tx` commits together with the inbox record.
 pub trait EventHandler: Send + Sync {
@@ -94,75 +93,37 @@ impl Consumer {
         Ok(Self { pool, js, prefix, config, handler, metrics })
     }
 
-    async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, StoreError> {
-        let stream = self
-            .js
-            .get_stream(&self.config.stream)
-            .await
-            .map_err(|e| StoreError::JetStream(format!("stream {}: {e}", self.config.stream)))?;
-        let config = pull::Config {
-            durable_name: Some(self.config.name.clone()),
-            filter_subject: self.config.filter_subject.clone(),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: self.config.ack_wait,
-            // Enforced here, not by the server: a message the server stops redelivering before
-            // it reached the dead-letter stream would be lost to this consumer.
-            max_deliver: -1,
-            max_ack_pending: self.config.max_ack_pending,
-            ..Default::default()
-        };
-        stream
-            .get_or_create_consumer(&self.config.name, config)
-            .await
-            .map_err(|e| StoreError::JetStream(format!("consumer {}: {e}", self.config.name)))
+    fn pull(&self) -> PullLoop {
+        PullLoop {
+            name: self.config.name.clone(),
+            stream: self.config.stream.clone(),
+            binding: Binding::Durable(pull::Config {
+                durable_name: Some(self.config.name.clone()),
+                filter_subject: self.config.filter_subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: self.config.ack_wait,
+                // Enforced here, not by the server: a message the server stops redelivering
+                // before it reached the dead-letter stream would be lost to this consumer.
+                max_deliver: -1,
+                max_ack_pending: self.config.max_ack_pending,
+                ..Default::default()
+            }),
+            // One at a time: a handler's transaction sees the effects of the event before.
+            concurrency: 1,
+            metrics: Some(self.metrics.clone()),
+        }
     }
 
-    /// Consumes until `stop`; reconnects to the consumer after errors.
+    /// Consumes until `stop`; binds the consumer again after errors.
     pub async fn run(self, stop: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
-        while !stop.is_triggered() {
-            match self.consume(&stop).await {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => {
-                    tracing::warn!(consumer = %self.config.name, error = %e, ?backoff, "consumer interrupted");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn consume(&self, stop: &Shutdown) -> Result<(), StoreError> {
-        let mut consumer = self.consumer().await?;
-        let mut messages =
-            consumer.messages().await.map_err(|e| StoreError::JetStream(format!("pulling messages: {e}")))?;
-        let mut last_lag = Instant::now() - Duration::from_secs(60);
-        loop {
-            if last_lag.elapsed() >= Duration::from_secs(5) {
-                if let Ok(info) = consumer.info().await {
-                    self.metrics.lag.set(info.num_pending as f64);
-                }
-                last_lag = Instant::now();
-            }
-            let next = tokio::select! {
-                m = messages.next() => m,
-                _ = stop.wait() => return Ok(()),
-            };
-            let Some(message) = next else { return Ok(()) };
-            let message = message.map_err(|e| StoreError::JetStream(format!("receiving: {e}")))?;
-            self.process(message).await?;
-        }
+        self.pull()
+            .run(&self.js, &stop, |_| {}, |message| async { self.process(message).await.map_err(|e| e.to_string()) })
+            .await;
     }
 
     async fn process(&self, message: jetstream::Message) -> Result<(), StoreError> {
         let name = &self.config.name;
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        if delivered > 1 {
-            self.metrics.redeliveries.increment(1);
-        }
         let outcome = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
             // Unreadable: no retry can help.
             Err(e) => Outcome::DeadLetter(format!("unreadable event: {e}")),

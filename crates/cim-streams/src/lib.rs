@@ -6,13 +6,16 @@
 //!   owning service's start (edges only bind to them).
 //! - [`dead_letter`]: copying a message that cannot be handled to `<prefix>.dlq.<consumer>`.
 //! - [`metrics`]: `cim_consumer_*`, one handle set per durable consumer.
+//! - [`pull`]: the consuming loop (bind, handle, bind again after an interruption).
 
 pub mod dead_letter;
 pub mod metrics;
+pub mod pull;
 pub mod streams;
 
 pub use dead_letter::publish_dead_letter;
 pub use metrics::ConsumerMetrics;
+pub use pull::{Binding, PullLoop};
 
 /// A JetStream operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

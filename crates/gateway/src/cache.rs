@@ -17,7 +17,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cim_auth::Principal;
 use cim_core::{Domain, SubjectPrefix};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub const CACHE_REQUESTS_TOTAL: &str = "cim_gateway_cache_requests_total";
@@ -277,66 +276,32 @@ pub struct Invalidator {
 pub async fn invalidator(state: Invalidator, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     let prefix = &state.prefix;
-    let stream = prefix.stream_name(Domain::Graph);
     let durable = "gateway-cache".to_owned();
     let metrics = cim_streams::ConsumerMetrics::new(&durable);
-    loop {
-        let consumer = async {
-            let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            s.get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: prefix.domain_events(Domain::Graph),
-                    deliver_policy: DeliverPolicy::New,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(10),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
-        };
-        let consumer = tokio::select! {
-            c = consumer => c,
-            () = stop.wait() => return,
-        };
-        let mut messages = match consumer {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache invalidator: cannot pull; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, %stream, "cache invalidator: no consumer yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = stop.wait() => return,
-                }
-            }
-        };
-        state.live.store(true, Ordering::Release);
+    let consumer = cim_streams::PullLoop {
+        name: durable.clone(),
+        stream: prefix.stream_name(Domain::Graph),
+        binding: cim_streams::Binding::Durable(pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: prefix.domain_events(Domain::Graph),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            ..Default::default()
+        }),
         // Several events at once, so that their bumps share a Redis round trip (bumps commute;
         // each message is acked after its own).
-        let mut handling = futures::stream::FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                next = messages.next(), if handling.len() < MAX_BUMPS => {
-                    let Some(Ok(msg)) = next else {
-                        // Until the consumer is back, changes made elsewhere would go unnoticed.
-                        state.live.store(false, Ordering::Release);
-                        break;
-                    };
-                    handling.push(handle(&state, &js, &durable, &metrics, msg));
-                }
-                Some(()) = handling.next(), if !handling.is_empty() => {}
-                () = stop.wait() => return,
-            }
-        }
-    }
+        concurrency: MAX_BUMPS,
+        metrics: Some(metrics.clone()),
+    };
+    // Until the consumer is back after a loss, changes made elsewhere would go unnoticed.
+    let live = |bound: bool| state.live.store(bound, Ordering::Release);
+    consumer
+        .run(&js, &stop, live, |msg| async {
+            handle(&state, &js, &durable, &metrics, msg).await;
+            Ok(())
+        })
+        .await;
 }
 
 /// The graph an event touches: the aggregate-id header the relay sets, else the envelope's own
@@ -361,12 +326,6 @@ async fn handle(
     msg: async_nats::jetstream::Message,
 ) {
     use async_nats::jetstream::AckKind;
-    if let Ok(info) = msg.info() {
-        metrics.lag.set(info.pending as f64);
-        if info.delivered > 1 {
-            metrics.redeliveries.increment(1);
-        }
-    }
     let Some(graph) = touched_graph(&msg) else {
         // No graph to invalidate, now or on any redelivery: kept in the dead-letter stream for
         // an operator instead of silently leaving some graph's cache stale.
@@ -406,49 +365,30 @@ pub async fn local_invalidator(
     stop: cim_runtime::Shutdown,
 ) {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    let stream = prefix.stream_name(Domain::Graph);
-    let filter = prefix.domain_events(Domain::Graph);
-    loop {
-        let consumer = async {
-            let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            let c = s
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            c.messages().await.map_err(|e| e.to_string())
-        };
-        let mut messages = tokio::select! {
-            c = consumer => match c {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "local cache subscription not ready; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = stop.wait() => return,
-                    }
-                }
-            },
-            () = stop.wait() => return,
-        };
-        // Events may have been missed while the subscription was down.
-        local.reset();
-        local.live.store(true, Ordering::Release);
-        loop {
-            let next = tokio::select! {
-                m = messages.next() => m,
-                () = stop.wait() => return,
-            };
-            let Some(Ok(msg)) = next else {
-                local.live.store(false, Ordering::Release);
-                break;
-            };
+    let consumer = cim_streams::PullLoop {
+        name: "gateway-local-cache".into(),
+        stream: prefix.stream_name(Domain::Graph),
+        binding: cim_streams::Binding::Ordered(pull::OrderedConfig {
+            filter_subject: prefix.domain_events(Domain::Graph),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        }),
+        concurrency: 1,
+        metrics: None,
+    };
+    let live = |bound: bool| {
+        if bound {
+            // Events may have been missed while the subscription was down.
+            local.reset();
+        }
+        local.live.store(bound, Ordering::Release);
+    };
+    consumer
+        .run(&js, &stop, live, |msg| {
             if let Some(g) = msg.headers.as_ref().and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID)) {
                 local.bump(g.as_str());
             }
-        }
-    }
+            std::future::ready(Ok(()))
+        })
+        .await;
 }

@@ -1,0 +1,129 @@
+//! The consuming loop every JetStream reader in CIM runs: bind a pull consumer, hand each
+//! message to a handler (a bounded number at once), and after any interruption (the stream not
+//! created yet, a lost connection, a handler that cannot go on) bind again with backoff, until
+//! shutdown. The event store's inbox consumer and the gateway's cache invalidators are handlers
+//! on it; only what they do with a message differs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::{self, Message};
+use cim_runtime::Shutdown;
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
+
+use crate::ConsumerMetrics;
+
+/// Which consumer the loop pulls from.
+#[derive(Debug, Clone)]
+pub enum Binding {
+    /// A durable consumer (created if missing): every instance that binds it shares its work,
+    /// and acknowledged messages are not seen again.
+    Durable(pull::Config),
+    /// This instance's own ordered consumer: every message, in order, none acknowledged.
+    Ordered(pull::OrderedConfig),
+}
+
+/// A consumer kept running.
+#[derive(Debug, Clone)]
+pub struct PullLoop {
+    /// For logs.
+    pub name: String,
+    pub stream: String,
+    pub binding: Binding,
+    /// Messages handled at once; 1 handles them strictly one after another.
+    pub concurrency: usize,
+    /// Lag and redeliveries are recorded here, from each message's delivery info.
+    pub metrics: Option<ConsumerMetrics>,
+}
+
+type Messages = Pin<Box<dyn Stream<Item = Result<Message, String>> + Send>>;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl PullLoop {
+    /// Runs until `stop`. `live(true)` is called each time the consumer is bound and
+    /// `live(false)` each time it is lost (a reader that must not miss messages, like a cache,
+    /// stops trusting itself in between). A handler's `Err` means "cannot go on with this
+    /// binding": the loop binds again (unacknowledged messages are redelivered).
+    pub async fn run<H, F>(&self, js: &jetstream::Context, stop: &Shutdown, live: impl Fn(bool), handle: H)
+    where
+        H: Fn(Message) -> F,
+        F: Future<Output = Result<(), String>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        while !stop.is_triggered() {
+            let outcome = tokio::select! {
+                bound = self.bind(js) => match bound {
+                    Ok(messages) => {
+                        live(true);
+                        backoff = FIRST_BACKOFF;
+                        let outcome = self.consume(messages, stop, &handle).await;
+                        live(false);
+                        outcome
+                    }
+                    Err(e) => Err(e),
+                },
+                () = stop.wait() => return,
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(consumer = %self.name, stream = %self.stream, error = %e, ?backoff, "consumer interrupted; binding again");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.wait() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    async fn bind(&self, js: &jetstream::Context) -> Result<Messages, String> {
+        let stream = js.get_stream(&self.stream).await.map_err(|e| format!("stream {}: {e}", self.stream))?;
+        let consumer = |e: &dyn std::fmt::Display| format!("consumer {} on {}: {e}", self.name, self.stream);
+        let pulling = |e: &dyn std::fmt::Display| format!("pulling from {}: {e}", self.stream);
+        Ok(match &self.binding {
+            Binding::Durable(config) => {
+                let name = config.durable_name.clone().unwrap_or_else(|| self.name.clone());
+                let c = stream.get_or_create_consumer(&name, config.clone()).await.map_err(|e| consumer(&e))?;
+                Box::pin(c.messages().await.map_err(|e| pulling(&e))?.map(|m| m.map_err(|e| e.to_string())))
+            }
+            Binding::Ordered(config) => {
+                let c = stream.create_consumer(config.clone()).await.map_err(|e| consumer(&e))?;
+                Box::pin(c.messages().await.map_err(|e| pulling(&e))?.map(|m| m.map_err(|e| e.to_string())))
+            }
+        })
+    }
+
+    async fn consume<H, F>(&self, mut messages: Messages, stop: &Shutdown, handle: &H) -> Result<(), String>
+    where
+        H: Fn(Message) -> F,
+        F: Future<Output = Result<(), String>>,
+    {
+        let mut handling = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                next = messages.next(), if handling.len() < self.concurrency.max(1) => match next {
+                    Some(Ok(message)) => {
+                        self.observe(&message);
+                        handling.push(handle(message));
+                    }
+                    Some(Err(e)) => return Err(format!("receiving: {e}")),
+                    None => return Err("the subscription ended".into()),
+                },
+                Some(handled) = handling.next(), if !handling.is_empty() => handled?,
+                () = stop.wait() => return Ok(()),
+            }
+        }
+    }
+
+    fn observe(&self, message: &Message) {
+        if let (Some(metrics), Ok(info)) = (&self.metrics, message.info()) {
+            metrics.lag.set(info.pending as f64);
+            if info.delivered > 1 {
+                metrics.redeliveries.increment(1);
+            }
+        }
+    }
+}
