@@ -11,6 +11,7 @@ use cim_runtime::status::HasErrorCode;
 
 use crate::heads::{Heads, KnownHead};
 use crate::one_statement::{Assuming, ONE_STATEMENT_WRITES_TOTAL, OneStatement, Tried, Writer};
+use crate::projection::{Projected, Projection};
 use crate::source::LockingSource;
 use crate::{Aggregate, ExecutorError, Folded};
 
@@ -128,6 +129,12 @@ impl<A: Aggregate> CommandExecutor<A> {
     pub fn with_projector(mut self, projector: impl Projector + 'static) -> Self {
         self.projector = Some(Arc::new(projector));
         self
+    }
+
+    /// Writes the read tables from each command's typed events, in the append's transaction
+    /// ([`Projection`]; [`Self::with_projector`] for a projection that reads envelopes itself).
+    pub fn with_projection(self, projection: impl Projection<Event = A::Event>) -> Self {
+        self.with_projector(Projected(projection))
     }
 
     /// Decides on the facts `source` reads under the aggregate's row lock instead of replaying.

@@ -16,12 +16,14 @@ pub mod group_commit;
 pub mod heads;
 pub mod host;
 mod one_statement;
+pub mod projection;
 pub mod source;
 
 pub use error::ExecutorError;
 pub use executor::{AsOf, COMMANDS_TOTAL, CommandExecutor, CommandOptions, Executed};
 pub use group_commit::GroupStatement;
 pub use one_statement::{ONE_STATEMENT_WRITES_TOTAL, OneStatement};
+pub use projection::{Projected, Projection};
 pub use source::{Current, LockingSource};
 
 use cim_core::Domain;

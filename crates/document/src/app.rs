@@ -68,7 +68,7 @@ pub async fn prepare_with(
     };
     let stop = domain.host().workers_shutdown();
     domain.host().spawn_worker("content sweeper", sweeper.run(stop));
-    let executor = CommandExecutor::new(domain.store.clone(), "document").with_projector(DocumentProjection);
+    let executor = CommandExecutor::new(domain.store.clone(), "document").with_projection(DocumentProjection);
     let api = DocumentApi::new(executor, content);
     // Upload messages carry chunks of up to 4 MiB each (the default limit); an upload's total
     // size is CIM_DOCUMENT_MAX_CONTENT_BYTES.

@@ -1,8 +1,7 @@
 //! The read tables, written in each command's transaction by the kit's executor.
 
+use cim_aggregate::Projection;
 use cim_core::EventEnvelope;
-use cim_eventstore::{Projector, StoreError};
-use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
 use crate::domain::{Content, State};
@@ -12,20 +11,11 @@ use crate::events::DocumentEvent;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DocumentProjection;
 
-impl Projector for DocumentProjection {
-    fn project<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        events: &'a [EventEnvelope],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            for envelope in events {
-                let event = DocumentEvent::from_envelope(envelope)
-                    .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))?;
-                project(tx, envelope, &event).await.map_err(StoreError::from)?;
-            }
-            Ok(())
-        })
+impl Projection for DocumentProjection {
+    type Event = DocumentEvent;
+
+    async fn apply(&self, tx: &mut PgConnection, at: &EventEnvelope, event: &DocumentEvent) -> Result<(), sqlx::Error> {
+        project(tx, at, event).await
     }
 }
 

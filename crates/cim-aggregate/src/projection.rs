@@ -1,0 +1,45 @@
+//! A domain's read tables, written from its typed events. The kit decodes each stored envelope
+//! into the domain's event enum (an event that does not decode is corrupt, never skipped) and
+//! hands it over in the command's own transaction, so a domain writes only its SQL.
+
+use std::future::Future;
+
+use cim_core::EventEnvelope;
+use cim_core::events::DomainEvent;
+use cim_eventstore::{Projector, StoreError};
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+
+/// Writes one event's effect on the read tables.
+pub trait Projection: Send + Sync + 'static {
+    type Event: DomainEvent;
+
+    /// `at` is the event's envelope (tenant, aggregate, sequence, time); `event` its payload.
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        at: &EventEnvelope,
+        event: &Self::Event,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// A [`Projection`] as the event store runs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Projected<P>(pub P);
+
+impl<P: Projection> Projector for Projected<P> {
+    fn project<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for envelope in events {
+                let event = P::Event::from_envelope(envelope)
+                    .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))?;
+                self.0.apply(tx, envelope, &event).await?;
+            }
+            Ok(())
+        })
+    }
+}
