@@ -92,18 +92,29 @@ impl Sweeper {
         .bind(BATCH)
         .fetch_all(&mut *tx)
         .await?;
+        let mut swept = 0;
         for row in &rows {
             let tenant: uuid::Uuid = row.try_get("tenant_id")?;
             let cid: String = row.try_get("cid")?;
             let Ok(tenant_id) = cim_core::TenantId::from_uuid(tenant) else { continue };
-            self.content.discard(&ContentStore::blob_path(tenant_id, &cid)).await?;
-            sqlx::query("DELETE FROM content_blobs WHERE tenant_id = $1 AND cid = $2")
-                .bind(tenant)
-                .bind(&cid)
-                .execute(&mut *tx)
-                .await?;
+            // Checked again now: the select's snapshot may predate a version that committed
+            // before this row's lock was taken (its key-share lock was gone by then, so nothing
+            // made the select look again). The lock held from here on keeps new versions out.
+            let deleted = sqlx::query(
+                "DELETE FROM content_blobs b WHERE b.tenant_id = $1 AND b.cid = $2 \
+                 AND NOT EXISTS (SELECT 1 FROM document_versions v WHERE v.tenant_id = b.tenant_id AND v.cid = b.cid)",
+            )
+            .bind(tenant)
+            .bind(&cid)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if deleted == 1 {
+                self.content.discard(&ContentStore::blob_path(tenant_id, &cid)).await?;
+                swept += 1;
+            }
         }
         tx.commit().await?;
-        Ok(rows.len() as u64)
+        Ok(swept)
     }
 }
