@@ -1217,6 +1217,21 @@ class Rehearsal:
 
         self.check(f"[{label}] the agent and its task reached Postgres and JetStream", stored)
 
+        def zeros():
+            # The flow above routed once and named no unknown capability: the series the
+            # dashboard and the alert CimAgentUnknownCapabilities read are there at 0 all the
+            # same, from the service's own process (exported when it starts, not at first use).
+            url = f"http://agent:{self.ports['agent'][1]}/metrics"
+            text = str(self.probe("prometheus", {"kind": "http", "url": url}).get("body"))
+            want = ['cim_agent_unknown_capabilities_total 0', 'cim_agent_route_decisions_total{outcome="no_agent"} 0',
+                    'cim_agent_route_decisions_total{outcome="routed"} 1']  # fmt: skip
+            missing = [w for w in want if w not in text.splitlines()]
+            if missing:
+                raise Failed(f"{url} lacks {missing}: " + "; ".join(ln for ln in text.splitlines() if "cim_agent_" in ln))
+            return f"{url} (from the monitoring network): " + ", ".join(want)
+
+        self.check(f"[{label}] the agent exports its counters from start-up", zeros)
+
     def negatives(self) -> None:
         compose_env = self.env_of
 
