@@ -8,7 +8,9 @@ database (on the server of CIM_TEST_DATABASE_URL, default postgres:postgres@127.
 monolith (`cim serve --services all`) on free ports with its own subject prefix, and a Prometheus
 scraping every admin listener the monolith prints, every second, with the repository's alert
 rules loaded. It drives a short load through the gateway's REST API (graphs, nodes, edges,
-batches, queries, cached GETs, 4xx, 429) and, with grpcurl, the document service's gRPC API
+batches, queries, cached GETs, 4xx, 429), the agent routes (agents deployed, configured, moved
+through their lifecycle with one activation refused; tasks submitted, one refused for an unknown
+capability, listed, routed both ways, cancelled) and, with grpcurl, the document service's gRPC API
 (documents created, content uploaded, the same bytes again for deduplication, downloaded, an
 upload refused) in rounds a few scrapes apart, with websocket clients on
 the monolith's /ws meanwhile (docs/websocket.md; a minimal RFC 6455 client on the standard
@@ -218,6 +220,8 @@ class Run:
             if re.fullmatch(r"CIM_[A-Z]+_(ADMIN_)?ADDR", var):
                 env[var] = f"127.0.0.1:{free_port()}"
         env["CIM_GRAPH_ADDR"] = f"127.0.0.1:{self.graph_port}"
+        # The gateway's agent routes call the monolith's agent listener.
+        env["CIM_GATEWAY_AGENT_URLS"] = f"http://{env['CIM_AGENT_ADDR']}"
         # The document service's content in this run's directory (the default is data/objects
         # under the current directory).
         env["CIM_OBJECT_STORE_URL"] = str(self.tmp / "objects")
@@ -407,6 +411,62 @@ def load_round(run: Run, token: str, n: int) -> dict[int, int]:
     call("GET", "/graphs", tok=None, want=401)
     call("GET", "/no/such/route", want=404)
     call("DELETE", f"{gp}/nodes/n7")
+    return seen
+
+
+def agent_round(run: Run, token: str, n: int) -> dict[str, int]:
+    """One round of agent traffic through the gateway's REST routes; returns agent commands by
+    what they show on the dashboard. Its own principal: the graph load's one nears the rate limit.
+
+    An AI agent is refused activation without a model (failed_precondition), configured in every
+    way, activated, taken offline and back, and suspended at the end; a second agent declares a
+    capability but stays deployed, so a route asking for it finds no agent. Three tasks are
+    submitted, one refused for a capability nobody declares, one cancelled (and refused a second
+    time)."""
+    base = f"http://{run.gateway}/api/v1"
+    seen: dict[str, int] = {}
+
+    def call(method: str, path: str, body: object = None, want: int = 200, what: str | None = None):
+        status, data = http(method, base + path, body, token)
+        if status != want:
+            raise SystemExit(f"live-metrics: {method} /api/v1{path}: {status}, expected {want}: {data}")
+        if what:
+            seen[what] = seen.get(what, 0) + 1
+        return data
+
+    ai = call("POST", "/agents", {"name": f"live {n}", "agent_type": "ai", "max_concurrent_tasks": 4}, 201)["agent_id"]
+    a = f"/agents/{ai}"
+    call("POST", f"{a}/activate", want=422, what="refused activation")
+    call("PUT", f"{a}/model", {"provider": "ollama", "model": "llama3:8b", "parameters": {"temperature": 0.2}})
+    call("PUT", f"{a}/system-prompt", {"system_prompt": "You review code."})
+    call("PUT", f"{a}/capabilities", {"capabilities": ["live.review", "llm.chat"]})
+    call("POST", f"{a}/permissions/grant", {"names": ["documents.read", "graphs.read"]})
+    call("POST", f"{a}/permissions/revoke", {"names": ["graphs.read"]})
+    call("POST", f"{a}/tools/enable", {"names": ["web_search", "calculator"]})
+    call("POST", f"{a}/tools/disable", {"names": ["calculator"]})
+    call("PUT", f"{a}/concurrency-limit", {"max_concurrent_tasks": 8})
+    for step in ("activate", "offline", "activate"):
+        call("POST", f"{a}/{step}", None if step == "activate" else {"reason": "live check"}, what=step)
+    idle = call("POST", "/agents", {"name": f"idle {n}", "agent_type": "system"}, 201)["agent_id"]
+    call("PUT", f"/agents/{idle}/capabilities", {"capabilities": ["live.idle"]})
+
+    tasks = [
+        call("POST", "/tasks", {"required_capabilities": ["live.review"], "payload": {"round": n, "i": i},
+                                "priority": i}, 201, "submitted")["task_id"]
+        for i in range(3)
+    ]  # fmt: skip
+    call("POST", "/tasks", {"required_capabilities": ["live.nobody"]}, want=400, what="unknown capability")
+    call("POST", "/tasks/route", {"required_capabilities": ["live.review"]}, what="routed")
+    call("POST", "/tasks/route", {"required_capabilities": ["live.idle"]}, what="no agent")
+    call("GET", "/tasks?state=queued")
+    call("GET", f"/tasks/{tasks[1]}")
+    call("GET", "/agents?state=active&capabilities=live.review")
+    call("GET", f"{a}")
+    call("GET", f"{a}/as-of/2")
+    call("POST", f"/tasks/{tasks[0]}/cancel", {"reason": "live check"}, what="cancelled")
+    call("POST", f"/tasks/{tasks[0]}/cancel", {}, want=422, what="refused cancel")
+    call("POST", f"{a}/suspend", {"reason": "live check"}, what="suspend")
+    call("POST", f"/agents/{idle}/decommission", {"reason": "live check"}, what="decommission")
     return seen
 
 
@@ -863,14 +923,18 @@ def main() -> int:
         tenant = "0190f1b2-1111-7000-8000-" + secrets.token_hex(6)
         token = run.token("live", tenant)
         flooded = run.token("flood", tenant)
+        agents_token = run.token("live-agents", tenant)
         ws = WsLoad(run.websocket, token)
         grpcurl = find_grpcurl()
         sent = flood(run, flooded)
         statuses: dict[int, int] = {}
         uploads: dict[str, int] = {}
+        agent_calls: dict[str, int] = {}
         for n in range(args.rounds):
             for status, count in load_round(run, token, n).items():
                 statuses[status] = statuses.get(status, 0) + count
+            for what, count in agent_round(run, agents_token, n).items():
+                agent_calls[what] = agent_calls.get(what, 0) + count
             for outcome, count in document_round(run, grpcurl, tenant, n).items():
                 uploads[outcome] = uploads.get(outcome, 0) + count
             if n == 0:
@@ -882,7 +946,8 @@ def main() -> int:
             time.sleep(1.2)  # scrapes between rounds, so every series has a rate
         log(f"load: {sum(statuses.values())} requests by status {dict(sorted(statuses.items()))}; "
             f"{sent} from a principal flooding past the rate limit; document uploads on {run.document} by "
-            f"outcome {dict(sorted(uploads.items()))} (half of the ok ones deduplicated), with downloads")  # fmt: skip
+            f"outcome {dict(sorted(uploads.items()))} (half of the ok ones deduplicated), with downloads; "
+            f"agent REST calls {dict(sorted(agent_calls.items()))}")  # fmt: skip
         ws_failures = ws.verify(prom)
         log(f"websocket ws://{run.websocket}/ws: {ws.events} events to the subscriber; a resume from 0 "
             f"(catch-up) after a bad frame; a bad token refused (4001); a client with "

@@ -285,6 +285,38 @@ def e2e(spec: dict) -> dict:
             "event_ms": event_ms}  # fmt: skip
 
 
+def agent_flow(spec: dict) -> dict:
+    """Through the load balancer, as a writer (REST → gateway → the agent service at the
+    gateway's CIM_GATEWAY_AGENT_URLS): an agent deployed, given a capability and activated; a task
+    needing it submitted, listed as queued, routed (dry run) to that agent, then cancelled."""
+    lb, auth = spec["lb"], {"Authorization": f"Bearer {spec['token']}"}
+    capability = "rehearsal.check"
+
+    def call(method: str, path: str, body=None, want: int = 200):
+        status, data = http(method, f"http://{lb}/api/v1{path}", body, auth, timeout=10)
+        if status != want:
+            raise RuntimeError(f"{method} /api/v1{path} answered {status}, expected {want}: {data}")
+        return data
+
+    agent = call("POST", "/agents", {"name": f"rehearsal {spec['label']}", "agent_type": "system"}, 201)["agent_id"]
+    call("PUT", f"/agents/{agent}/capabilities", {"capabilities": [capability]})
+    activated = call("POST", f"/agents/{agent}/activate")
+    task = call("POST", "/tasks", {"required_capabilities": [capability], "payload": {"label": spec["label"]},
+                                   "correlation": "rehearsal"}, 201)["task_id"]  # fmt: skip
+    queued = [t["task_id"] for t in call("GET", "/tasks?state=queued")["items"]]
+    if task not in queued:
+        raise RuntimeError(f"task {task} is not among the queued ones: {queued}")
+    route = call("POST", "/tasks/route", {"required_capabilities": [capability]})
+    if route.get("agent_id") != agent:
+        raise RuntimeError(f"the route dry run chose {route}, not agent {agent}")
+    call("POST", f"/tasks/{task}/cancel", {"reason": "rehearsal"})
+    final = call("GET", f"/tasks/{task}")
+    if final.get("state") != "cancelled":
+        raise RuntimeError(f"task {task} after cancelling: {final}")
+    return {"ok": True, "agent_id": agent, "task_id": task, "agent_version": activated["version"],
+            "task_version": final["version"]}  # fmt: skip
+
+
 def grpcurl(spec: dict) -> dict:
     """One call with grpcurl (plaintext, server reflection): `method` on `target` with `data`
     (JSON messages, several for a client stream) and `headers`; without a method, the services
@@ -350,10 +382,10 @@ def probe(spec: dict) -> dict:
                                                      spec.get("password"), spec["cmds"])}  # fmt: skip
     if kind == "grpc":
         return grpcurl(spec)
-    if kind == "e2e":
+    if kind in ("e2e", "agent"):
         try:
-            return e2e(spec)
-        except (OSError, RuntimeError, ValueError) as e:
+            return e2e(spec) if kind == "e2e" else agent_flow(spec)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
             return {"ok": False, "detail": f"{type(e).__name__}: {e}"}
     raise SystemExit(f"unknown probe {kind}")
 
@@ -1001,6 +1033,8 @@ class Rehearsal:
         self.check(f"[{label}] the gateway's upstream URLs reach each domain service: gRPC health SERVING", upstreams)
         if "document" in svcs:
             self.document_checks(env_of, label)
+        if "agent" in svcs:
+            self.agent_checks(env_of, label)
 
         token = self.token(env_of("gateway"))
         self.e2e_result: dict = {}
@@ -1131,6 +1165,72 @@ class Rehearsal:
                     f"{st.get('messages')} message(s) (every event of the schema); object {bucket}/{key[:28]}… stored")
 
         self.check(f"[{label}] the document reached Postgres, JetStream and the object store", stored)
+
+    def agent_checks(self, env_of, label: str) -> None:
+        """The agent service end to end through the load balancer (nginx → gateway → agent, the
+        gateway calling it at its CIM_GATEWAY_AGENT_URLS): the registry and a task's life over
+        REST; then the event store (Postgres, as the agent role wrote it) and its stream
+        CIM_AGENT (the relay, as NATS user agent). Who may reach its gRPC port at all is the
+        boundary check shared by every domain service."""
+        self.agent_result: dict = {}
+
+        def flow():
+            token = self.token(env_of("gateway"))
+            r = self.probe("outside", {"kind": "agent", "lb": self.resolve("outside", "nginx"), "token": token,
+                                       "label": label})  # fmt: skip
+            if not r.get("ok"):
+                raise Failed(r.get("detail", str(r)))
+            self.agent_result = r
+            return (f"from the public host through nginx → gateway → agent: agent deployed, given capability "
+                    f"rehearsal.check and activated (version {r['agent_version']}); a task needing it submitted, "
+                    f"listed as queued, routed to that agent (dry run), cancelled (version {r['task_version']})")
+
+        if not self.check(f"[{label}] an agent and a task over REST through nginx → gateway → agent", flow):
+            return
+        r = self.agent_result
+
+        def stored():
+            agent, task = r["agent_id"], r["task_id"]
+            row = self.psql_admin(f"SELECT state || ' ' || version FROM agent.agents WHERE agent_id = '{agent}'")
+            task_row = self.psql_admin(f"SELECT state || ' ' || version FROM agent.tasks WHERE task_id = '{task}'")
+            ids = f"'{agent}', '{task}'"
+            events = int(self.psql_admin(f"SELECT count(*) FROM agent.events WHERE aggregate_id IN ({ids})"))
+            want = r["agent_version"] + r["task_version"]
+            if row != f"active {r['agent_version']}" or task_row != f"cancelled {r['task_version']}" or events != want:
+                raise Failed(f"Postgres: agents {row!r}, tasks {task_row!r}, {events} event(s) (expected {want})")
+            # The relay publishes within moments: every event of the schema reaches CIM_AGENT.
+            total = int(self.psql_admin("SELECT count(*) FROM agent.events"))
+            deadline, st = time.monotonic() + 15, {}
+            while time.monotonic() < deadline:
+                j = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true"})
+                streams = {x["name"]: x for a in (j.get("body") or {}).get("account_details", [])
+                           for x in a.get("stream_detail", [])}  # fmt: skip
+                st = (streams.get("CIM_AGENT") or {}).get("state") or {}
+                if st.get("messages", 0) >= total:
+                    break
+                time.sleep(0.5)
+            else:
+                raise Failed(f"JetStream: CIM_AGENT holds {st.get('messages')} message(s), the schema {total} event(s)")
+            return (f"schema agent: agent active at version {r['agent_version']}, task cancelled at version "
+                    f"{r['task_version']}, {events} event(s); CIM_AGENT holds {st.get('messages')} message(s) "
+                    "(every event of the schema)")
+
+        self.check(f"[{label}] the agent and its task reached Postgres and JetStream", stored)
+
+        def zeros():
+            # The flow above routed once and named no unknown capability: the series the
+            # dashboard and the alert CimAgentUnknownCapabilities read are there at 0 all the
+            # same, from the service's own process (exported when it starts, not at first use).
+            url = f"http://agent:{self.ports['agent'][1]}/metrics"
+            text = str(self.probe("prometheus", {"kind": "http", "url": url}).get("body"))
+            want = ['cim_agent_unknown_capabilities_total 0', 'cim_agent_route_decisions_total{outcome="no_agent"} 0',
+                    'cim_agent_route_decisions_total{outcome="routed"} 1']  # fmt: skip
+            missing = [w for w in want if w not in text.splitlines()]
+            if missing:
+                raise Failed(f"{url} lacks {missing}: " + "; ".join(ln for ln in text.splitlines() if "cim_agent_" in ln))
+            return f"{url} (from the monitoring network): " + ", ".join(want)
+
+        self.check(f"[{label}] the agent exports its counters from start-up", zeros)
 
     def negatives(self) -> None:
         compose_env = self.env_of

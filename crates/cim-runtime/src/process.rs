@@ -31,6 +31,10 @@ where
             return ExitCode::from(2);
         }
     };
+    // The metrics recorder before any service code runs: a domain exports its counters at zero
+    // as it prepares (so dashboards and alerts see them before the first event), and whatever is
+    // recorded before the recorder exists is lost.
+    let _ = crate::metrics::handle();
     let shutdown = Shutdown::new();
     if let Err(e) = shutdown.listen_for_signals() {
         let _ = writeln!(std::io::stderr().lock(), "cannot install signal handlers: {e}");

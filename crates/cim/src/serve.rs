@@ -63,6 +63,10 @@ pub(crate) async fn serve(spec: &str) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(&e.to_string(), EXIT_CONFIG),
     };
+    // The metrics recorder before the first service prepares: each exports its counters at zero
+    // as it prepares, and what is recorded before the recorder exists is lost (`--services
+    // agent` alone would lose the agent's).
+    let _ = cim_runtime::metrics::handle();
     let shutdown = cim_runtime::Shutdown::new();
     if let Err(e) = shutdown.listen_for_signals() {
         return fail(&format!("cannot install signal handlers: {e}"), 1);

@@ -13,6 +13,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cim_auth::Verifier;
+use cim_proto::agent::agent_service_client::AgentServiceClient;
 use cim_proto::document::document_service_client::DocumentServiceClient;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
 use cim_runtime::config::{Config, ServiceKind};
@@ -21,6 +22,7 @@ use cim_runtime::host::{ServiceHost, bind};
 use cim_runtime::{Shutdown, nats, redis};
 use tokio::net::TcpListener;
 
+use crate::agent::AgentState;
 use crate::auth::{AuthState, Credentials};
 use crate::authz::Rules;
 use crate::cache::{Bumps, CacheState, Invalidator, Local};
@@ -41,6 +43,7 @@ struct AppState(Arc<Routes>);
 struct Routes {
     graph: Arc<GraphState>,
     document: Arc<DocumentState>,
+    agent: Arc<AgentState>,
     credentials: Credentials,
 }
 
@@ -53,6 +56,12 @@ impl FromRef<AppState> for Arc<GraphState> {
 impl FromRef<AppState> for Arc<DocumentState> {
     fn from_ref(state: &AppState) -> Self {
         state.0.document.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<AgentState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.agent.clone()
     }
 }
 
@@ -72,8 +81,12 @@ struct Layers {
 }
 
 /// The role each authenticated route needs: every domain's table, checked by [`crate::authz`].
-pub const ROUTE_ROLES: Rules =
-    Rules(&[crate::graph::ROUTE_ROLES, crate::document::ROUTE_ROLES, crate::accounts::ROUTE_ROLES]);
+pub const ROUTE_ROLES: Rules = Rules(&[
+    crate::graph::ROUTE_ROLES,
+    crate::document::ROUTE_ROLES,
+    crate::agent::ROUTE_ROLES,
+    crate::accounts::ROUTE_ROLES,
+]);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -108,6 +121,7 @@ async fn not_found() -> crate::problem::ApiError {
 fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) -> Router {
     let authenticated = crate::graph::routes()
         .merge(crate::document::routes())
+        .merge(crate::agent::routes())
         .merge(crate::accounts::routes())
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
@@ -175,6 +189,16 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         transfer: document_upstream(None)?,
         links: LinkSigner::from_settings(settings, &config.edge.auth),
     });
+    let agent = Arc::new(AgentState {
+        upstream: Upstream::connect(
+            cim_runtime::config::CIM_GATEWAY_AGENT_URLS,
+            &settings.agent_urls,
+            timeout,
+            config.connect_timeout,
+            AgentServiceClient::new,
+        )
+        .map_err(AppError::Config)?,
+    });
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
@@ -194,6 +218,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph, local_cache: local_cache.clone(), bumps: bumps.clone() }),
         document,
+        agent,
         credentials: credentials.clone(),
     }));
     let rate_limit = RateLimit {

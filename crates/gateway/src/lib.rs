@@ -1,7 +1,7 @@
 //! The REST/JSON gateway: `/api/v1/...` over the domain services' gRPC APIs.
 //!
-//! - [`app`]: state, router and lifecycle; [`graph`], [`document`]: each domain's routes, DTOs,
-//!   role table and OpenAPI paths (one module per domain, on [`rest`]);
+//! - [`app`]: state, router and lifecycle; [`graph`], [`document`], [`agent`]: each domain's
+//!   routes, DTOs, role table and OpenAPI paths (one module per domain, on [`rest`]);
 //!   [`accounts`]: the caller's own routes (me, sessions, API keys).
 //! - [`auth`]: bearer tokens, API keys, sessions; [`authz`]: the role check over every domain's
 //!   route table; [`limits`]: rate limits, deadline, bodies, metrics.
@@ -11,6 +11,7 @@
 //! - [`openapi`]: the OpenAPI 3.1 document served at `/api/openapi.json`.
 
 pub mod accounts;
+pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod authz;

@@ -40,9 +40,16 @@ struct Doc;
 /// Each domain module owns its paths (`<domain>::Api`); this document adds the shared parts.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     let mut doc = Doc::openapi();
-    doc.merge(crate::document::Api::openapi());
+    for domain in domains() {
+        doc.merge(domain);
+    }
     doc.to_pretty_json().unwrap_or_default()
 });
+
+/// Every domain module's paths (`<domain>::Api`), in the order they are merged.
+fn domains() -> [utoipa::openapi::OpenApi; 2] {
+    [crate::document::Api::openapi(), crate::agent::Api::openapi()]
+}
 
 pub fn document() -> &'static str {
     DOCUMENT.as_str()
@@ -60,10 +67,14 @@ mod tests {
             let value = serde_json::to_value(doc).unwrap();
             value["components"]["schemas"].as_object().cloned().unwrap_or_default()
         };
-        let shared = schemas(super::Doc::openapi());
-        for (name, shape) in schemas(crate::document::Api::openapi()) {
-            if let Some(other) = shared.get(&name) {
-                assert_eq!(other, &shape, "schema {name} means two things");
+        // Each domain against the shared document and every domain merged before it.
+        let mut seen = schemas(super::Doc::openapi());
+        for domain in super::domains() {
+            for (name, shape) in schemas(domain) {
+                if let Some(other) = seen.get(&name) {
+                    assert_eq!(other, &shape, "schema {name} means two things");
+                }
+                seen.insert(name, shape);
             }
         }
     }

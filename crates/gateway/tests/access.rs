@@ -52,6 +52,8 @@ async fn every_route_checks_the_role_before_the_cache_or_a_replay() {
             .replace("{edge_id}", "e")
             .replace("{version}", "2")
             .replace("{document_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{agent_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{task_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{id}", &uuid::Uuid::now_v7().to_string());
         let allowed = |who: Option<cim_auth::Role>| match role {
             None => true,

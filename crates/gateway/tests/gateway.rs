@@ -1,5 +1,7 @@
 //! The gateway over real TCP, in front of a real graph service, Postgres, NATS and Redis.
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/document.rs"]
 mod document;
 #[path = "../../graph/tests/support/harness.rs"]
@@ -285,10 +287,14 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let graph = harness::Service::start().await;
     let documents = document::DocumentService::start(&graph.prefix).await;
-    let document_urls = documents.url();
-    let gw =
-        gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_DOCUMENT_URLS", &document_urls)])
-            .await;
+    let agents = agent::AgentService::start(&graph.prefix).await;
+    let (document_urls, agent_urls) = (documents.url(), agents.url());
+    let upstreams = [
+        ("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"),
+        ("CIM_GATEWAY_DOCUMENT_URLS", document_urls.as_str()),
+        ("CIM_GATEWAY_AGENT_URLS", agent_urls.as_str()),
+    ];
+    let gw = gateway(&graph, &upstreams).await;
     let t = TenantId::new();
     let admin = token(t, &["admin"], now_secs() + 3600);
     // Some real data so that a few generated requests reach it.
@@ -330,6 +336,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     assert!(out.status.success(), "schemathesis found problems:\n{report}");
     assert!(report.contains("passed"), "{report}");
     gw.stop().await;
+    agents.stop().await;
     documents.stop().await;
     graph.stop().await;
 }
