@@ -6,10 +6,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Connect, migrate and bind, then serve until a signal: what `cim serve` does with
-    // `app::service`, for this one service.
-    cim_runtime::process::main("agent", |config, shutdown| async move {
-        cim_agent::app::prepare(&config, &shutdown).await?.run().await
-    })
-    .await
+    cim_runtime::process::serve("agent", cim_agent::app::service).await
 }
