@@ -63,9 +63,16 @@ def load_stubs():
 pb, rpc = load_stubs()
 
 
+SAYING = threading.Lock()
+
+
 def say(*words):
-    """One line per event, flushed at once (a test reads them as they come)."""
-    print(*words, flush=True)
+    """One line per event, whole and flushed at once: threads print together, and a test reads
+    the lines as they come."""
+    line = " ".join(str(w) for w in words) + "\n"
+    with SAYING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 class Stopped(Exception):

@@ -1,7 +1,8 @@
 //! The dispatcher end to end: real worker processes (the example agent program) and worker
 //! streams spoken from the test, against the agent service over gRPC with real Postgres and NATS.
 //! Here: routing through real dispatch, priorities and age, per-agent limits, suspended agents,
-//! fairness across tenants. Leases, the stream's rules and conversations are in the modules.
+//! fairness across tenants. Leases, the stream's rules, conversations and two replicas over one
+//! schema are in the modules.
 
 #[path = "support/stream.rs"]
 mod stream;
@@ -14,6 +15,8 @@ mod worker;
 mod conversation;
 #[path = "dispatch/leases.rs"]
 mod leases;
+#[path = "dispatch/replicas.rs"]
+mod replicas;
 #[path = "dispatch/rules.rs"]
 mod rules;
 

@@ -125,11 +125,7 @@ impl Dispatcher {
         if let Some(session) = self.session(connected.tenant, connected.agent)
             && session.id < connected.session
         {
-            session.end(cim_proto::status::error_status(
-                ErrorCode::Conflict,
-                format!("replaced by a newer connection of agent {}", connected.agent),
-                &[],
-            ));
+            session.replace();
         }
     }
 

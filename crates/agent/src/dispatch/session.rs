@@ -47,6 +47,9 @@ struct State {
     ended: Option<Status>,
     /// Set once the stream closed and its open responses were taken: no new one opens.
     closing: bool,
+    /// Ended because a newer stream of the agent took over (here or on another replica): the
+    /// agent is not offline.
+    replaced: bool,
 }
 
 impl Session {
@@ -98,6 +101,20 @@ impl Session {
     pub fn end(&self, status: Status) {
         self.state().ended.get_or_insert(status);
         self.ended.notify_one();
+    }
+
+    /// Ends the stream because a newer one of the same agent took over.
+    pub fn replace(&self) {
+        self.state().replaced = true;
+        self.end(cim_proto::status::error_status(
+            ErrorCode::Conflict,
+            format!("replaced by a newer connection of agent {}", self.agent),
+            &[],
+        ));
+    }
+
+    pub fn was_replaced(&self) -> bool {
+        self.state().replaced
     }
 
     /// Resolves once [`Session::end`] was called, with its status.

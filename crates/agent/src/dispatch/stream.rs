@@ -104,9 +104,7 @@ impl Dispatcher {
         }
         let replaced = self.sessions.lock().ok().and_then(|mut s| s.insert((tenant, agent), session.clone()));
         match replaced {
-            Some(old) => {
-                old.end(status(ErrorCode::Conflict, format!("replaced by a newer connection of agent {agent}")))
-            }
+            Some(old) => old.replace(),
             None => metrics::gauge!(CONNECTED_WORKERS).increment(1.0),
         }
         tracing::info!(%agent, %tenant, session = %session.id, adopted = adopted.len(), "worker connected");
@@ -218,11 +216,13 @@ impl Dispatcher {
             current
         });
         self.fail_open_responses(session, why).await;
-        if !current {
+        if current {
+            metrics::gauge!(CONNECTED_WORKERS).decrement(1.0);
+        }
+        if !current || session.was_replaced() {
             tracing::info!(agent = %session.agent, session = %session.id, "replaced worker stream closed");
             return;
         }
-        metrics::gauge!(CONNECTED_WORKERS).decrement(1.0);
         let reason = format!("its worker stream ended: {why}");
         let offline = AgentCommand::GoOffline { reason: reason.chars().take(crate::agent::REASON_MAX / 4).collect() };
         match self.agents.execute(&dispatcher(session.tenant), session.agent, &offline, &Default::default()).await {

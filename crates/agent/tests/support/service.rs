@@ -52,6 +52,16 @@ impl Service {
         Service { running: Running::spawn(prepared, schema, prefix, shutdown) }
     }
 
+    /// Another instance of the service over the same schema and stream: a second replica.
+    pub async fn replica(&self, dispatch: DispatchOptions) -> Running {
+        let (schema, prefix) = (self.running.schema.clone(), self.running.prefix.clone());
+        let config = config(ServiceKind::Agent, &prefix, &[]);
+        let shutdown = Shutdown::new();
+        let options = AgentOptions { schema: schema.clone(), dispatch };
+        let prepared = prepare_with(&config, &shutdown, options).await.unwrap();
+        Running::spawn(prepared, schema, prefix, shutdown)
+    }
+
     /// The types of an aggregate's events, oldest first.
     pub async fn history(&self, tenant: TenantId, id: &str) -> Vec<String> {
         let history = self.running.store.history(tenant, id.parse().unwrap()).await.unwrap();

@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use cim_testkit::domain::Running;
+
 use super::Service;
 
 /// How long a worker is given to print what a test waits for.
@@ -26,11 +28,16 @@ pub struct Worker {
 impl Worker {
     /// Starts the example worker for `agent` and waits for its `welcome`.
     pub async fn start(svc: &Service, tenant: TenantId, agent: &str, args: &[&str]) -> Worker {
+        Worker::start_at(&svc.running, tenant, agent, args).await
+    }
+
+    /// [`Worker::start`] against one replica.
+    pub async fn start_at(service: &Running, tenant: TenantId, agent: &str, args: &[&str]) -> Worker {
         let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/agent/agent.py");
         let mut child = Command::new(python)
             .arg(script)
-            .args(["--target", &svc.running.grpc.to_string(), "--tenant", &tenant.to_string(), "--agent-id", agent])
+            .args(["--target", &service.grpc.to_string(), "--tenant", &tenant.to_string(), "--agent-id", agent])
             .args(["--chunk-delay-ms", "5"])
             .args(args)
             .stdout(Stdio::piped())
