@@ -100,7 +100,22 @@ impl Session {
     /// Ends the stream from outside; the reader stops and cleans up.
     pub fn end(&self, status: Status) {
         self.state().ended.get_or_insert(status);
-        self.ended.notify_one();
+        self.ended.notify_waiters();
+    }
+
+    /// Resolves once [`Session::end`] was called, with its status. Safe to drop and call again
+    /// (the reader does, every message): the state says whether it happened, the wake-up only
+    /// when.
+    pub async fn ended(&self) -> Status {
+        loop {
+            let notified = self.ended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(status) = self.state().ended.clone() {
+                return status;
+            }
+            notified.await;
+        }
     }
 
     /// Ends the stream because a newer one of the same agent took over.
@@ -115,12 +130,6 @@ impl Session {
 
     pub fn was_replaced(&self) -> bool {
         self.state().replaced
-    }
-
-    /// Resolves once [`Session::end`] was called, with its status.
-    pub async fn ended(&self) -> Status {
-        self.ended.notified().await;
-        self.state().ended.clone().unwrap_or_else(|| Status::aborted("the stream was ended"))
     }
 
     pub fn set_limit(&self, limit: u32) {
