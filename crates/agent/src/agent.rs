@@ -21,7 +21,7 @@ mod conversation;
 #[cfg(test)]
 mod tests;
 
-pub use conversation::{Conversation, FinishReason, ResponseErrorType, TokenUsage};
+pub use conversation::{CONTENT_MAX, Conversation, FinishReason, ResponseErrorType, TokenUsage};
 
 pub const AGGREGATE_TYPE: &str = "agent";
 

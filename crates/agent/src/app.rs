@@ -1,6 +1,6 @@
 //! Wiring: the kit's domain host (Postgres schema `agent`, event store, stream `CIM_AGENT`,
 //! relay, listeners) plus the agent gRPC service over two executors, one per aggregate, sharing
-//! the one event store.
+//! the one event store, and the dispatcher's workers (dispatch loop, sweeper, event feed).
 
 use cim_aggregate::CommandExecutor;
 use cim_aggregate::host::{DomainHost, DomainSpec, HostError};
@@ -10,6 +10,7 @@ use cim_runtime::config::Config;
 use cim_runtime::{ServiceKind, Shutdown};
 
 use crate::agent::Agent;
+use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::projection::{AgentProjection, TaskProjection};
 use crate::service::AgentApi;
 use crate::task::Task;
@@ -22,11 +23,13 @@ pub type AppError = HostError;
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub schema: String,
+    /// Lease length, heartbeats, sweeps (tests shorten them).
+    pub dispatch: DispatchOptions,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { schema: crate::SCHEMA.to_owned() }
+        Self { schema: crate::SCHEMA.to_owned(), dispatch: DispatchOptions::default() }
     }
 }
 
@@ -46,10 +49,17 @@ pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: AgentOp
         // Conversations make long agent histories; tasks are short and rarely reach it.
         snapshot_every: 100,
     };
-    let domain = DomainHost::connect(config, shutdown, spec).await?;
+    let mut domain = DomainHost::connect(config, shutdown, spec).await?;
     let agents = CommandExecutor::<Agent>::new(domain.store.clone(), "agent").with_projector(AgentProjection);
     let tasks = CommandExecutor::<Task>::new(domain.store.clone(), "agent").with_projector(TaskProjection);
-    let server = domain.grpc_server().add_service(AgentServiceServer::new(AgentApi::new(agents, tasks)));
+    let dispatcher = Dispatcher::new(agents.clone(), tasks.clone(), options.dispatch);
+    let js = domain.jetstream.clone();
+    dispatcher.start(domain.host(), shutdown, js, config.subject_prefix.clone());
+    let server = domain
+        .grpc_server()
+        // Many messages each way: the one-message frame check leaves it alone.
+        .streaming_method("/cim.agent.v1.AgentService/ConnectAgent")
+        .add_service(AgentServiceServer::new(AgentApi::new(agents, tasks, dispatcher)));
     domain.serve(server)
 }
 

@@ -19,6 +19,10 @@ pub enum ServiceError {
     Task(#[from] ExecutorError<TaskError>),
     #[error("{0}")]
     NotFound(String),
+    /// The request is fine but the state it needs is not there (an agent with no worker
+    /// connected, a worker for a suspended agent).
+    #[error("{0}")]
+    Precondition(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// A projected row that the rules would never have written.
@@ -40,6 +44,7 @@ impl HasErrorCode for ServiceError {
             ServiceError::Agent(e) => e.code(),
             ServiceError::Task(e) => e.code(),
             ServiceError::NotFound(_) => ErrorCode::NotFound,
+            ServiceError::Precondition(_) => ErrorCode::FailedPrecondition,
             ServiceError::Corrupt(_) => ErrorCode::Internal,
             ServiceError::Database(e) => {
                 if cim_runtime::postgres::is_transient(e) {

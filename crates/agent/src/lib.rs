@@ -5,11 +5,13 @@
 //!   [`names`]: the capability, permission and tool name pattern.
 //! - [`routing`]: which agent a task goes to, a pure function.
 //! - [`projection`], [`queries`]: the tables in schema `agent` and the reads over them.
-//! - [`service`]: the gRPC edge; [`app`]: wiring for `cim serve` (the service's own binary and
-//!   its deployment come with the worker stream).
+//! - [`dispatch`]: the worker streams, the leased dispatch of tasks to connected agents, the
+//!   sweeper, and conversations.
+//! - [`service`]: the gRPC edge; [`app`]: wiring for `cim serve` and the service's binary.
 
 pub mod agent;
 pub mod app;
+pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod metrics;

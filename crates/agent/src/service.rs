@@ -1,5 +1,8 @@
 //! The gRPC edge: requests parsed into commands for the kit's executors (one per aggregate),
-//! queries over the projections, and the routing dry run.
+//! queries over the projections, the routing dry run, and the two streams the dispatcher serves
+//! (`ConnectAgent`, `SendMessage`).
+
+use std::sync::Arc;
 
 use cim_aggregate::CommandExecutor;
 use cim_core::AggregateId;
@@ -10,6 +13,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{Agent, AgentCommand as A, AgentState, AgentType, ModelConfiguration};
+use crate::dispatch::{DispatchStream, Dispatcher, ResponseStream};
 use crate::error::ServiceError;
 use crate::metrics::{ROUTE_DECISIONS_TOTAL, UNKNOWN_CAPABILITIES_TOTAL};
 use crate::names::{Names, PATTERN, strings};
@@ -27,12 +31,13 @@ pub struct AgentApi {
     agents: CommandExecutor<Agent>,
     tasks: CommandExecutor<Task>,
     pool: PgPool,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl AgentApi {
-    pub fn new(agents: CommandExecutor<Agent>, tasks: CommandExecutor<Task>) -> Self {
+    pub fn new(agents: CommandExecutor<Agent>, tasks: CommandExecutor<Task>, dispatcher: Arc<Dispatcher>) -> Self {
         let pool = agents.store().pool().clone();
-        Self { agents, tasks, pool }
+        Self { agents, tasks, pool, dispatcher }
     }
 
     async fn agent(
@@ -251,7 +256,10 @@ impl AgentService for AgentApi {
                 deadline: instant("deadline", r.deadline)?,
                 correlation: r.correlation,
             };
-            self.task(&caller, id, T::Submit { submission, now: chrono::Utc::now() }, r.options).await
+            let submitted = self.task(&caller, id, T::Submit { submission, now: chrono::Utc::now() }, r.options).await;
+            // Other replicas hear of it through the domain stream.
+            self.dispatcher.wake();
+            submitted
         })
         .await
     }
@@ -259,7 +267,10 @@ impl AgentService for AgentApi {
     async fn cancel_task(&self, req: Request<pb::CancelTaskRequest>) -> Reply<pb::CommandResponse> {
         handle(req, |caller, r| async move {
             let id = task_id(&r.task_id)?;
-            self.task(&caller, id, T::Cancel { reason: r.reason }, r.options).await
+            let options = cim_aggregate::CommandOptions::from(r.options);
+            let done = self.tasks.execute(&caller, id, &T::Cancel { reason: r.reason }, &options).await?;
+            self.dispatcher.cancelled(caller.tenant, id, &done);
+            Ok::<_, ServiceError>(respond(done))
         })
         .await
     }
@@ -280,6 +291,18 @@ impl AgentService for AgentApi {
             Ok::<_, ServiceError>(pb::ListTasksResponse { tasks, page: Some(next) })
         })
         .await
+    }
+
+    type ConnectAgentStream = DispatchStream;
+
+    async fn connect_agent(&self, req: Request<tonic::Streaming<pb::WorkerMessage>>) -> Reply<DispatchStream> {
+        self.dispatcher.connect(req).await
+    }
+
+    type SendMessageStream = ResponseStream;
+
+    async fn send_message(&self, req: Request<pb::SendMessageRequest>) -> Reply<ResponseStream> {
+        self.dispatcher.send_message(req).await
     }
 
     async fn route_task(&self, req: Request<pb::RouteTaskRequest>) -> Reply<pb::RouteTaskResponse> {

@@ -1,7 +1,12 @@
-//! An agent service for one test (its own schema and subject prefix, port 0), a client, and
-//! short ways to say what the tests do over and over.
+//! An agent service for one test (its own schema and subject prefix, port 0, short leases), a
+//! client, and short ways to say what the tests do over and over.
+
+#![allow(dead_code)] // shared by two test binaries, each using part of it
+
+use std::time::Duration;
 
 use cim_agent::app::{AgentOptions, prepare_with};
+use cim_agent::dispatch::DispatchOptions;
 use cim_agent::projection::TaskProjection;
 use cim_agent::task::{Task, TaskCommand};
 use cim_aggregate::CommandExecutor;
@@ -19,13 +24,48 @@ pub struct Service {
     pub running: Running,
 }
 
+/// The dispatcher's timings for tests: leases of seconds, heartbeats of a tenth, so a lapse or a
+/// silent worker shows within a test's patience, yet a loaded machine's pauses do not cause one.
+pub fn fast() -> DispatchOptions {
+    DispatchOptions {
+        lease: Duration::from_millis(2000),
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(2000),
+        sweep_interval: Duration::from_millis(100),
+        rescan_interval: Duration::from_millis(2000),
+        response_timeout: Duration::from_secs(10),
+        turn: 32,
+    }
+}
+
 impl Service {
     pub async fn start() -> Service {
+        Service::start_with(fast()).await
+    }
+
+    pub async fn start_with(dispatch: DispatchOptions) -> Service {
         let (schema, prefix) = (unique("a"), unique("p"));
         let config = config(ServiceKind::Agent, &prefix, &[]);
         let shutdown = Shutdown::new();
-        let prepared = prepare_with(&config, &shutdown, AgentOptions { schema: schema.clone() }).await.unwrap();
+        let options = AgentOptions { schema: schema.clone(), dispatch };
+        let prepared = prepare_with(&config, &shutdown, options).await.unwrap();
         Service { running: Running::spawn(prepared, schema, prefix, shutdown) }
+    }
+
+    /// Another instance of the service over the same schema and stream: a second replica.
+    pub async fn replica(&self, dispatch: DispatchOptions) -> Running {
+        let (schema, prefix) = (self.running.schema.clone(), self.running.prefix.clone());
+        let config = config(ServiceKind::Agent, &prefix, &[]);
+        let shutdown = Shutdown::new();
+        let options = AgentOptions { schema: schema.clone(), dispatch };
+        let prepared = prepare_with(&config, &shutdown, options).await.unwrap();
+        Running::spawn(prepared, schema, prefix, shutdown)
+    }
+
+    /// The types of an aggregate's events, oldest first.
+    pub async fn history(&self, tenant: TenantId, id: &str) -> Vec<String> {
+        let history = self.running.store.history(tenant, id.parse().unwrap()).await.unwrap();
+        history.iter().map(|e| e.event_type.as_str().to_owned()).collect()
     }
 
     pub async fn client(&self) -> Client {

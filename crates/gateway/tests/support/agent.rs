@@ -13,7 +13,7 @@ impl AgentService {
     pub async fn start(prefix: &str) -> AgentService {
         let schema = unique("ga");
         let shutdown = Shutdown::new();
-        let options = cim_agent::app::AgentOptions { schema: schema.clone() };
+        let options = cim_agent::app::AgentOptions { schema: schema.clone(), ..Default::default() };
         let config = config(ServiceKind::Agent, prefix, &[]);
         let prepared = cim_agent::app::prepare_with(&config, &shutdown, options).await.unwrap();
         AgentService { running: Running::spawn(prepared, schema, prefix.to_owned(), shutdown) }

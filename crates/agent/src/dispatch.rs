@@ -1,0 +1,321 @@
+//! The dispatcher: pushes queued tasks to the agents whose workers are connected to this process,
+//! keeps the leases of what they hold, and carries conversations over the same streams.
+//!
+//! - **Exactly once**: an assignment is a `TaskAssigned` command through the kit's executor. Of
+//!   two replicas that pick the same task, the first append wins; the other's append conflicts,
+//!   is decided again on the new state, and is refused (the task is no longer queued).
+//! - **Order and fairness**: a pass gives every tenant whose connected agents have free slots up
+//!   to `turn` of its queued tasks that those agents cover, highest priority first, then oldest,
+//!   each routed by [`crate::routing`]. Tenants take their turns in a rotating order, so one
+//!   tenant's backlog delays another tenant's work by at most one turn.
+//! - **Wake-ups**: a submission, a freed slot or a new worker in this process wakes the loop at
+//!   once ([`Dispatcher::wake`]); submissions and requeues through other replicas arrive as events
+//!   on the domain stream ([`feed`]); a slow re-scan covers anything missed. Only agents connected
+//!   here are given tasks from here.
+//! - [`session`]: one worker stream's state; [`stream`]: `ConnectAgent` and the worker's messages;
+//!   [`lease`]: extensions and the sweeper (lapsed leases, deadlines); [`conversation`]:
+//!   `SendMessage`; [`queue`]: the SQL it reads; [`wire`]: proto conversions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use cim_aggregate::CommandExecutor;
+use cim_core::{Actor, AggregateId, ErrorCode, TenantId};
+use cim_runtime::Shutdown;
+use cim_runtime::edge::Caller;
+use cim_runtime::status::HasErrorCode;
+use futures::future::join_all;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::agent::{Agent, AgentState};
+use crate::events::TaskEvent;
+use crate::metrics::{DISPATCH_LATENCY_SECONDS, TASKS_ASSIGNED_TOTAL};
+use crate::routing::{self, Candidate};
+use crate::task::{Task, TaskCommand};
+
+mod conversation;
+mod feed;
+mod lease;
+mod queue;
+mod session;
+mod stream;
+mod wire;
+
+pub use conversation::ResponseStream;
+use queue::QueuedTask;
+use session::Session;
+pub use stream::DispatchStream;
+
+/// The dispatcher's timings: deployments keep the defaults, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    /// How long a lease runs from an assignment or an extension.
+    pub lease: Duration,
+    /// How often workers are asked to send heartbeats (told in `welcome`).
+    pub heartbeat_interval: Duration,
+    /// A stream silent this long is closed, and its agent goes offline.
+    pub heartbeat_timeout: Duration,
+    /// The sweeper's longest sleep; it wakes earlier for a lease or deadline it knows is due.
+    pub sweep_interval: Duration,
+    /// The dispatch loop's safety re-scan when no wake-up came.
+    pub rescan_interval: Duration,
+    /// A conversation response not ended by then is recorded as failed (`timeout`).
+    pub response_timeout: Duration,
+    /// Tasks one tenant is given per pass before the next tenant's turn.
+    pub turn: usize,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            // Three missed heartbeats: one lost packet or a GC pause does not take an agent off.
+            heartbeat_timeout: Duration::from_secs(15),
+            sweep_interval: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(300),
+            turn: 32,
+        }
+    }
+}
+
+/// Pushes tasks to the workers connected to this process; shared by the gRPC edge and the
+/// dispatcher's loops.
+pub struct Dispatcher {
+    agents: CommandExecutor<Agent>,
+    tasks: CommandExecutor<Task>,
+    pool: PgPool,
+    options: DispatchOptions,
+    /// The stream of each agent connected here.
+    sessions: Mutex<HashMap<(TenantId, AggregateId), Arc<Session>>>,
+    wake: Notify,
+    /// NATS and the subject new streams are announced on (set by [`Dispatcher::start`]).
+    bus: OnceLock<(async_nats::Client, String)>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connected = self.sessions.lock().map(|s| s.len()).unwrap_or_default();
+        f.debug_struct("Dispatcher").field("options", &self.options).field("connected", &connected).finish()
+    }
+}
+
+/// Who the dispatcher's own commands (assignments, requeues, time-outs, offline) are recorded as.
+fn dispatcher(tenant: TenantId) -> Caller {
+    Caller { tenant, actor: Actor::service("agent-dispatcher"), correlation: None }
+}
+
+/// Whether a refused task command means the task is simply no longer there to act on (another
+/// replica or the holder went first): expected in a race, not worth a warning.
+fn lost_race(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::FailedPrecondition | ErrorCode::Conflict | ErrorCode::NotFound)
+}
+
+impl Dispatcher {
+    pub fn new(agents: CommandExecutor<Agent>, tasks: CommandExecutor<Task>, options: DispatchOptions) -> Arc<Self> {
+        let pool = tasks.store().pool().clone();
+        Arc::new(Self {
+            agents,
+            tasks,
+            pool,
+            options,
+            sessions: Mutex::default(),
+            wake: Notify::new(),
+            bus: OnceLock::new(),
+        })
+    }
+
+    /// Starts the dispatcher's workers in `host`: the dispatch loop, the sweeper, the event feed
+    /// from the domain stream; and, on `shutdown`, ends every worker stream so the drain is quick.
+    pub fn start(
+        self: &Arc<Self>,
+        host: &mut cim_runtime::ServiceHost,
+        shutdown: &Shutdown,
+        js: async_nats::jetstream::Context,
+        prefix: cim_core::SubjectPrefix,
+    ) {
+        let _ = self.bus.set((js.client(), feed::sessions_subject(&prefix)));
+        let stop = host.workers_shutdown();
+        host.spawn_worker("dispatch", self.clone().run(stop.clone()));
+        host.spawn_worker("sweeper", lease::sweep_forever(self.clone(), stop.clone()));
+        host.spawn_worker("dispatch-feed", feed::follow(self.clone(), js, prefix, stop));
+        let closer = self.clone();
+        let shutdown = shutdown.clone();
+        host.spawn_worker("worker-streams", async move { closer.close_all(shutdown).await });
+    }
+
+    pub fn options(&self) -> &DispatchOptions {
+        &self.options
+    }
+
+    /// Something may be assignable now: a pass runs as soon as the loop is free. Wake-ups while
+    /// a pass runs fold into one more pass.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn session(&self, tenant: TenantId, agent: AggregateId) -> Option<Arc<Session>> {
+        self.sessions.lock().ok()?.get(&(tenant, agent)).cloned()
+    }
+
+    fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Assigns until a pass finds nothing more, then waits for a wake-up or the re-scan.
+    pub async fn run(self: Arc<Self>, stop: Shutdown) {
+        // The tenant that went first in the last pass: the next pass starts after it.
+        let mut first: Option<TenantId> = None;
+        loop {
+            loop {
+                match self.pass(&mut first).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatch pass failed; retrying at the next wake-up");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.options.rescan_interval) => {}
+                _ = stop.wait() => return,
+            }
+        }
+    }
+
+    /// One turn for every tenant with free agents here; the number of tasks assigned.
+    async fn pass(&self, first: &mut Option<TenantId>) -> Result<usize, sqlx::Error> {
+        let mut by_tenant: BTreeMap<TenantId, Vec<Arc<Session>>> = BTreeMap::new();
+        for session in self.all_sessions().into_iter().filter(|s| s.free_slots() > 0) {
+            by_tenant.entry(session.tenant).or_default().push(session);
+        }
+        let tenants: Vec<TenantId> = by_tenant.keys().copied().collect();
+        let start = first.map_or(0, |f| tenants.iter().position(|t| *t > f).unwrap_or(0));
+        *first = tenants.get(start).copied();
+        let mut assigned = 0;
+        for tenant in tenants[start..].iter().chain(&tenants[..start]) {
+            assigned += self.turn(*tenant, &by_tenant[tenant]).await?;
+        }
+        Ok(assigned)
+    }
+
+    /// Up to `turn` of a tenant's queued tasks to its free agents connected here.
+    async fn turn(&self, tenant: TenantId, sessions: &[Arc<Session>]) -> Result<usize, sqlx::Error> {
+        let ids: Vec<AggregateId> = sessions.iter().map(|s| s.agent).collect();
+        let mut candidates = Vec::new();
+        for row in queue::agents(&self.pool, tenant, &ids).await? {
+            let Some(session) = sessions.iter().find(|s| s.agent == row.agent) else { continue };
+            // The limit may have changed since the session last looked.
+            session.set_limit(row.limit);
+            candidates.push(Candidate {
+                agent: row.agent,
+                state: row.state,
+                capabilities: row.capabilities,
+                running: session.held_count(),
+                limit: session.capacity(),
+            });
+        }
+        let free: Vec<&Candidate> =
+            candidates.iter().filter(|c| c.state == AgentState::Active && c.running < c.limit).collect();
+        let slots: u32 = free.iter().map(|c| c.limit - c.running).sum();
+        if slots == 0 {
+            return Ok(0);
+        }
+        let free_ids: Vec<AggregateId> = free.iter().map(|c| c.agent).collect();
+        let wanted = (slots as usize).min(self.options.turn);
+        let queued = queue::queued(&self.pool, tenant, &free_ids, wanted, Utc::now()).await?;
+        // Planned first, in queue order, against the load each choice adds; then written together.
+        let mut plan = Vec::with_capacity(queued.len());
+        for task in queued {
+            let Some(chosen) = routing::route(&task.required_capabilities, &candidates) else { continue };
+            let agent = chosen.agent;
+            if let Some(c) = candidates.iter_mut().find(|c| c.agent == agent) {
+                c.running += 1;
+            }
+            plan.push((task, agent));
+        }
+        let done = join_all(plan.into_iter().map(|(task, agent)| self.assign(tenant, task, agent))).await;
+        Ok(done.into_iter().filter(|assigned| *assigned).count())
+    }
+
+    /// Assigns one task and pushes it to the agent's stream; false when another replica (or a
+    /// cancellation, a deadline) got to the task first.
+    async fn assign(&self, tenant: TenantId, task: QueuedTask, agent: AggregateId) -> bool {
+        let now = Utc::now();
+        let lease_until = now + self.options.lease;
+        let command = TaskCommand::Assign { agent, lease_until, now };
+        let done = match self.tasks.execute(&dispatcher(tenant), task.id, &command, &Default::default()).await {
+            Ok(done) => done,
+            Err(e) if lost_race(e.code()) => {
+                tracing::debug!(task = %task.id, error = %e, "not assigned: the task moved on");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "assignment failed");
+                return false;
+            }
+        };
+        let attempt = done
+            .events
+            .iter()
+            .find_map(|e| match TaskEvent::from_envelope(e) {
+                Ok(TaskEvent::Assigned(a)) => Some(a.attempt),
+                _ => None,
+            })
+            .unwrap_or(1);
+        metrics::counter!(TASKS_ASSIGNED_TOTAL).increment(1);
+        let waited = (now - task.queued_since).to_std().unwrap_or_default();
+        metrics::histogram!(DISPATCH_LATENCY_SECONDS).record(waited.as_secs_f64());
+        // A worker that went away meanwhile never hears of it: its lease lapses and the sweeper
+        // puts the task back in the queue.
+        if let Some(session) = self.session(tenant, agent) {
+            // Held before it is pushed: the worker may answer at once.
+            session.hold(task.id, lease_until);
+            session.push(wire::assignment(&task, lease_until, attempt));
+        }
+        true
+    }
+
+    /// The agent no longer holds `task` (cancelled, timed out, its lease lapsed): if its worker
+    /// is connected here and still thinks it does, it is told to stop, and the slot is free.
+    fn revoke(&self, tenant: TenantId, agent: AggregateId, task: AggregateId, cause: &str, reason: &str) {
+        if let Some(session) = self.session(tenant, agent)
+            && session.release(task)
+        {
+            session.push(wire::cancellation(task, cause, reason));
+            self.wake();
+        }
+    }
+
+    /// A task was cancelled through this process: its holder hears it now if connected here
+    /// (through another replica, the event feed brings it).
+    pub fn cancelled(&self, tenant: TenantId, task: AggregateId, done: &cim_aggregate::Executed) {
+        for event in &done.events {
+            if let Ok(TaskEvent::Cancelled(c)) = TaskEvent::from_envelope(event)
+                && let Some(holder) = c.holder
+            {
+                let reason = if c.reason.is_empty() { "the task was cancelled" } else { &c.reason };
+                self.revoke(tenant, holder, task, wire::cause::CANCELLED, reason);
+            }
+        }
+    }
+
+    /// Ends every stream (shutdown): workers reconnect to another replica or to this one when
+    /// it is back.
+    pub async fn close_all(&self, stop: Shutdown) {
+        stop.wait().await;
+        for session in self.all_sessions() {
+            session.end(cim_proto::status::error_status(
+                ErrorCode::Unavailable,
+                "the agent service is shutting down; reconnect".to_owned(),
+                &[],
+            ));
+        }
+    }
+}
