@@ -4,6 +4,7 @@
 //! [`tasks`]: submit, cancel, read, route. This file: the routes' state, the tables and the
 //! router. The agents' own worker stream is gRPC only: a stream is no REST route.
 
+mod conversation;
 mod dto;
 mod lifecycle;
 mod registry;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Extension, FromRef, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use cim_auth::{Principal, Role};
@@ -31,6 +32,8 @@ use crate::rest::{
     CommandQuery, Props, command, exact_properties, idempotency_key, next_token, page, props, query, structure, ts,
 };
 use crate::upstream::Upstream;
+use conversation::*;
+pub use conversation::{Completed, Failed, MessageChunk, NewMessage};
 pub use dto::*;
 use lifecycle::*;
 use registry::*;
@@ -40,7 +43,13 @@ use tasks::*;
 #[derive(Debug)]
 pub struct AgentState {
     pub upstream: Upstream<AgentServiceClient<Channel>>,
+    /// Conversations: no deadline, a response streams as long as the agent writes it.
+    pub conversation: Upstream<AgentServiceClient<Channel>>,
 }
+
+/// The route whose response streams for as long as the agent answers (no deadline, no
+/// idempotent replay of a stream).
+pub const CONVERSATION_ROUTE: &str = "/api/v1/agents/{agent_id}/messages";
 
 /// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks). Readers
 /// read, and ask where a task would go (a dry run that changes nothing). Writers deploy,
@@ -64,6 +73,7 @@ pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     (Method::POST, "/api/v1/agents/{agent_id}/suspend", Some(Role::Writer)),
     (Method::POST, "/api/v1/agents/{agent_id}/offline", Some(Role::Writer)),
     (Method::POST, "/api/v1/agents/{agent_id}/decommission", Some(Role::Admin)),
+    (Method::POST, CONVERSATION_ROUTE, Some(Role::Writer)),
     (Method::POST, "/api/v1/tasks", Some(Role::Writer)),
     (Method::GET, "/api/v1/tasks", Some(Role::Reader)),
     (Method::GET, "/api/v1/tasks/{task_id}", Some(Role::Reader)),
@@ -90,6 +100,7 @@ pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
     suspend_agent,
     mark_agent_offline,
     decommission_agent,
+    send_message,
     submit_task,
     list_tasks,
     get_task,
@@ -121,6 +132,7 @@ where
         .route(&format!("{a}/suspend"), post(suspend_agent))
         .route(&format!("{a}/offline"), post(mark_agent_offline))
         .route(&format!("{a}/decommission"), post(decommission_agent))
+        .route(CONVERSATION_ROUTE, post(send_message))
         .route("/api/v1/tasks", post(submit_task).get(list_tasks))
         // A literal segment wins over `{task_id}`: `route` is never read as a task id.
         .route("/api/v1/tasks/route", post(route_task))

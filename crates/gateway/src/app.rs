@@ -88,6 +88,11 @@ pub const ROUTE_ROLES: Rules = Rules(&[
     crate::accounts::ROUTE_ROLES,
 ]);
 
+/// Routes whose bodies stream for as long as their bytes or answers take: no request deadline,
+/// no idempotent replay (a replay would have to hold the whole stream).
+const STREAMED_ROUTES: [&str; 3] =
+    [crate::document::TRANSFER_ROUTES[0], crate::document::TRANSFER_ROUTES[1], crate::agent::CONVERSATION_ROUTE];
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -189,16 +194,17 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         transfer: document_upstream(None)?,
         links: LinkSigner::from_settings(settings, &config.edge.auth),
     });
-    let agent = Arc::new(AgentState {
-        upstream: Upstream::connect(
+    let agent_upstream = |timeout| {
+        Upstream::connect(
             cim_runtime::config::CIM_GATEWAY_AGENT_URLS,
             &settings.agent_urls,
             timeout,
             config.connect_timeout,
             AgentServiceClient::new,
         )
-        .map_err(AppError::Config)?,
-    });
+        .map_err(AppError::Config)
+    };
+    let agent = Arc::new(AgentState { upstream: agent_upstream(timeout)?, conversation: agent_upstream(None)? });
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
@@ -231,7 +237,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         idempotency: IdempotencyState {
             redis: redis.clone(),
             max_body_bytes: settings.max_body_bytes,
-            streamed: &crate::document::TRANSFER_ROUTES,
+            streamed: &STREAMED_ROUTES,
         },
         cache: Arc::new(CacheState {
             redis: redis.clone(),
@@ -239,7 +245,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             local: local_cache.clone(),
             invalidator_live: invalidator_live.clone(),
         }),
-        deadline: Deadline { timeout: settings.request_timeout, unbounded: &crate::document::TRANSFER_ROUTES },
+        deadline: Deadline { timeout: settings.request_timeout, unbounded: &STREAMED_ROUTES },
         max_body_bytes: settings.max_body_bytes,
     };
     let prefix = config.subject_prefix.clone();

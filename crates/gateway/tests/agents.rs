@@ -278,3 +278,64 @@ async fn roles_tenants_bad_input_and_replays() {
     assert_eq!(queued["items"].as_array().map(Vec::len), Some(2), "one keyed task and {t}: {queued}");
     s.stop().await;
 }
+
+/// The example worker program (examples/agent/agent.py) connected as `agent`, until dropped.
+async fn worker(s: &Setup, agent: &str) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/agent/agent.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .args(["--target", &s.service.running.grpc.to_string(), "--tenant", &s.tenant.to_string()])
+        .args(["--agent-id", agent, "--chunk-delay-ms", "5"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the example worker starts (CIM_TEST_PYTHON with grpcio and grpcio-tools)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let welcomed = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("welcome") {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(30), welcomed).await.unwrap_or(false), "no welcome");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_streams_its_answer_line_by_line() {
+    let s = Setup::start().await;
+    let deploy = r#"{"name":"Chat","agent_type":"ai"}"#;
+    let id =
+        s.call("POST", "/api/v1/agents", &s.writer, Some(deploy)).await.json()["agent_id"].as_str().unwrap().to_owned();
+    let a = format!("/api/v1/agents/{id}");
+    let model = r#"{"provider":"ollama","model":"llama3:8b"}"#;
+    assert_eq!(s.call("PUT", &format!("{a}/model"), &s.writer, Some(model)).await.status, 200);
+    assert_eq!(s.call("POST", &format!("{a}/activate"), &s.writer, None).await.status, 200);
+    let message = r#"{"content":"hello there agent"}"#;
+
+    // No worker connected: refused before any line is streamed, as problem+json.
+    let refused = s.call("POST", &format!("{a}/messages"), &s.writer, Some(message)).await;
+    problem(&refused, 422, "failed_precondition");
+    problem(&s.call("POST", &format!("{a}/messages"), &s.reader, Some(message)).await, 403, "permission_denied");
+    let (field, _) = violation(&s.call("POST", &format!("{a}/messages"), &s.writer, Some(r#"{"content":5}"#)).await);
+    assert_eq!(field, "content");
+
+    // Connected: the answer arrives as NDJSON chunks, the last line says how it ended.
+    let _worker = worker(&s, &id).await;
+    let answer = s.call("POST", &format!("{a}/messages"), &s.writer, Some(message)).await;
+    assert_eq!((answer.status, answer.header("content-type")), (200, Some("application/x-ndjson")), "{answer:?}");
+    let lines: Vec<serde_json::Value> =
+        answer.body.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    let text: String = lines.iter().filter_map(|l| l["content"].as_str()).collect();
+    assert_eq!(text, "You said: hello there agent");
+    let last = lines.last().unwrap();
+    assert_eq!(last["completed"]["finish_reason"], "stop", "{last}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.get("completed").is_none() && l.get("failed").is_none()));
+    s.stop().await;
+}
