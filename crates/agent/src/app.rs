@@ -50,8 +50,8 @@ pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: AgentOp
         snapshot_every: 100,
     };
     let mut domain = DomainHost::connect(config, shutdown, spec).await?;
-    let agents = CommandExecutor::<Agent>::new(domain.store.clone(), "agent").with_projector(AgentProjection);
-    let tasks = CommandExecutor::<Task>::new(domain.store.clone(), "agent").with_projector(TaskProjection);
+    let agents = CommandExecutor::<Agent>::new(domain.store.clone(), "agent").with_projection(AgentProjection);
+    let tasks = CommandExecutor::<Task>::new(domain.store.clone(), "agent").with_projection(TaskProjection);
     let dispatcher = Dispatcher::new(agents.clone(), tasks.clone(), options.dispatch);
     let js = domain.jetstream.clone();
     dispatcher.start(domain.host(), shutdown, js, config.subject_prefix.clone());

@@ -1,9 +1,8 @@
 //! The read tables, written in each command's transaction by the kit's executor: `agents` by
 //! the agent events, `tasks` (and the holders' `agents.running_tasks`) by the task events.
 
+use cim_aggregate::Projection;
 use cim_core::EventEnvelope;
-use cim_eventstore::{Projector, StoreError};
-use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
 use crate::agent::AgentState;
@@ -14,28 +13,15 @@ mod task;
 
 pub use task::TaskProjection;
 
-/// Reads each stored event as the domain's enum and projects it.
-fn decoded<E>(envelope: &EventEnvelope, read: fn(&EventEnvelope) -> Result<E, String>) -> Result<E, StoreError> {
-    read(envelope).map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))
-}
-
 /// Projects agent events into `agents`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AgentProjection;
 
-impl Projector for AgentProjection {
-    fn project<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        events: &'a [EventEnvelope],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            for envelope in events {
-                let event = decoded(envelope, AgentEvent::from_envelope)?;
-                project(tx, envelope, &event).await.map_err(StoreError::from)?;
-            }
-            Ok(())
-        })
+impl Projection for AgentProjection {
+    type Event = AgentEvent;
+
+    async fn apply(&self, tx: &mut PgConnection, at: &EventEnvelope, event: &AgentEvent) -> Result<(), sqlx::Error> {
+        project(tx, at, event).await
     }
 }
 

@@ -1,12 +1,10 @@
 //! `tasks`, and each holder's `agents.running_tasks`: every task event that gives a task to an
 //! agent or takes it away names that agent, so the load is kept without reading histories.
 
+use cim_aggregate::Projection;
 use cim_core::{AggregateId, EventEnvelope};
-use cim_eventstore::{Projector, StoreError};
-use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::decoded;
 use crate::events::TaskEvent;
 use crate::names::strings;
 use crate::task::{TaskResult, TaskState};
@@ -15,19 +13,11 @@ use crate::task::{TaskResult, TaskState};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TaskProjection;
 
-impl Projector for TaskProjection {
-    fn project<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        events: &'a [EventEnvelope],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            for envelope in events {
-                let event = decoded(envelope, TaskEvent::from_envelope)?;
-                project(tx, envelope, &event).await.map_err(StoreError::from)?;
-            }
-            Ok(())
-        })
+impl Projection for TaskProjection {
+    type Event = TaskEvent;
+
+    async fn apply(&self, tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -> Result<(), sqlx::Error> {
+        project(tx, at, event).await
     }
 }
 

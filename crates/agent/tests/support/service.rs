@@ -76,7 +76,8 @@ impl Service {
     /// worker stream, which has no RPC of its own yet): through the kit's executor on the
     /// service's store, projected in the same transaction.
     pub async fn dispatch(&self, tenant: TenantId, task: &str, command: TaskCommand) {
-        let executor = CommandExecutor::<Task>::new(self.running.store.clone(), "agent").with_projector(TaskProjection);
+        let executor =
+            CommandExecutor::<Task>::new(self.running.store.clone(), "agent").with_projection(TaskProjection);
         let caller = Caller { tenant, actor: cim_core::Actor::service("dispatcher"), correlation: None };
         let id: AggregateId = task.parse().unwrap();
         executor.execute(&caller, id, &command, &Default::default()).await.unwrap();
