@@ -35,7 +35,8 @@ impl Default for AgentOptions {
 
 /// Connects, migrates and binds. Nothing is served until [`Prepared::run`].
 pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
-    prepare_with(config, shutdown, AgentOptions::default()).await
+    let dispatch = DispatchOptions::from_settings(&config.agent);
+    prepare_with(config, shutdown, AgentOptions { dispatch, ..AgentOptions::default() }).await
 }
 
 /// [`prepare`] with explicit options.

@@ -68,6 +68,19 @@ pub struct DispatchOptions {
     pub turn: usize,
 }
 
+impl DispatchOptions {
+    /// The timings from the `CIM_AGENT_*` variables; the rest at their defaults.
+    pub fn from_settings(settings: &cim_runtime::config::AgentSettings) -> Self {
+        Self {
+            lease: settings.lease,
+            heartbeat_interval: settings.heartbeat_interval,
+            heartbeat_timeout: settings.heartbeat_timeout,
+            response_timeout: settings.response_timeout,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for DispatchOptions {
     fn default() -> Self {
         Self {

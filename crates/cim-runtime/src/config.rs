@@ -88,6 +88,10 @@ pub const CIM_S3_SECRET_ACCESS_KEY: &str = "CIM_S3_SECRET_ACCESS_KEY";
 pub const CIM_DATA_DIR: &str = "CIM_DATA_DIR";
 pub const CIM_DOCUMENT_MAX_CONTENT_BYTES: &str = "CIM_DOCUMENT_MAX_CONTENT_BYTES";
 pub const CIM_DOCUMENT_GC_GRACE_SECS: &str = "CIM_DOCUMENT_GC_GRACE_SECS";
+pub const CIM_AGENT_LEASE_MS: &str = "CIM_AGENT_LEASE_MS";
+pub const CIM_AGENT_HEARTBEAT_INTERVAL_MS: &str = "CIM_AGENT_HEARTBEAT_INTERVAL_MS";
+pub const CIM_AGENT_HEARTBEAT_TIMEOUT_MS: &str = "CIM_AGENT_HEARTBEAT_TIMEOUT_MS";
+pub const CIM_AGENT_RESPONSE_TIMEOUT_MS: &str = "CIM_AGENT_RESPONSE_TIMEOUT_MS";
 
 /// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
 /// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
@@ -255,6 +259,30 @@ pub const VARS: &[VarSpec] = &[
         Some("3600"),
         "seconds from 1 to 2592000",
         "how long unreferenced content and abandoned uploads are kept",
+    ),
+    var(
+        CIM_AGENT_LEASE_MS,
+        Some("30000"),
+        "milliseconds from 100 to 3600000, longer than CIM_AGENT_HEARTBEAT_INTERVAL_MS",
+        "how long an assigned task is held without a heartbeat before it goes back to the queue",
+    ),
+    var(
+        CIM_AGENT_HEARTBEAT_INTERVAL_MS,
+        Some("5000"),
+        "milliseconds from 10 to 600000",
+        "how often connected workers are asked to send heartbeats",
+    ),
+    var(
+        CIM_AGENT_HEARTBEAT_TIMEOUT_MS,
+        Some("15000"),
+        "milliseconds from 100 to 3600000, longer than CIM_AGENT_HEARTBEAT_INTERVAL_MS",
+        "a worker stream silent this long is closed and its agent goes offline",
+    ),
+    var(
+        CIM_AGENT_RESPONSE_TIMEOUT_MS,
+        Some("300000"),
+        "milliseconds from 1000 to 86400000",
+        "a conversation response not ended by then is recorded as failed (timeout)",
     ),
     var(
         CIM_DATA_DIR,
@@ -537,6 +565,43 @@ fn document_settings(r: &mut Reader<'_>) -> Option<DocumentSettings> {
     Some(DocumentSettings { max_content_bytes: max_content_bytes?, gc_grace: gc_grace? })
 }
 
+/// The agent dispatcher's timings.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub lease: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+fn agent_settings(r: &mut Reader<'_>) -> Option<AgentSettings> {
+    let mut ms = |name: &str, lo: u64, hi: u64| r.parse(name, int_in(lo, hi)).map(Duration::from_millis);
+    let lease = ms(CIM_AGENT_LEASE_MS, 100, 3_600_000);
+    let heartbeat_interval = ms(CIM_AGENT_HEARTBEAT_INTERVAL_MS, 10, 600_000);
+    let heartbeat_timeout = ms(CIM_AGENT_HEARTBEAT_TIMEOUT_MS, 100, 3_600_000);
+    let response_timeout = ms(CIM_AGENT_RESPONSE_TIMEOUT_MS, 1_000, 86_400_000);
+    let settings = AgentSettings {
+        lease: lease?,
+        heartbeat_interval: heartbeat_interval?,
+        heartbeat_timeout: heartbeat_timeout?,
+        response_timeout: response_timeout?,
+    };
+    // A heartbeat must be able to arrive before the lease lapses or the stream counts as silent.
+    for (name, limit) in
+        [(CIM_AGENT_LEASE_MS, settings.lease), (CIM_AGENT_HEARTBEAT_TIMEOUT_MS, settings.heartbeat_timeout)]
+    {
+        if limit <= settings.heartbeat_interval {
+            r.errors.push(ConfigError {
+                var: name.to_owned(),
+                expected: spec(name).expected.to_owned(),
+                got: format!("{:?}", limit.as_millis().to_string()),
+            });
+            return None;
+        }
+    }
+    Some(settings)
+}
+
 /// The settings only the edge services read.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -625,6 +690,7 @@ pub struct Config {
     pub edge: EdgeSettings,
     pub objects: ObjectStoreSettings,
     pub document: DocumentSettings,
+    pub agent: AgentSettings,
     /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -735,12 +801,13 @@ impl Config {
         let edge = edge_settings(&mut r);
         let objects = object_store_settings(&mut r);
         let document = document_settings(&mut r);
+        let agent = agent_settings(&mut r);
         let data_dir = match r.optional(CIM_DATA_DIR) {
             Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
             None => Some(default_data_dir(lookup)),
         };
         match (
-            edge.zip(objects).zip(data_dir).zip(document),
+            edge.zip(objects).zip(data_dir).zip(document).zip(agent),
             log_format,
             log_filter,
             database_url,
@@ -753,7 +820,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some((((edge, objects), data_dir), document)),
+                Some(((((edge, objects), data_dir), document), agent)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -780,6 +847,7 @@ impl Config {
                 edge,
                 objects,
                 document,
+                agent,
                 data_dir,
             }),
             _ => Err(ConfigErrors(r.errors)),

@@ -196,3 +196,15 @@ fn the_table_has_every_service_and_no_duplicates() {
         assert!(names.contains(&kind.admin_addr_var().as_str()));
     }
 }
+
+#[test]
+fn agent_timings_leave_room_for_a_heartbeat() {
+    let c = from(&[(CIM_AGENT_LEASE_MS, "2000"), (CIM_AGENT_HEARTBEAT_INTERVAL_MS, "500")]).unwrap();
+    assert_eq!((c.agent.lease, c.agent.heartbeat_interval), (Duration::from_secs(2), Duration::from_millis(500)));
+    assert_eq!(c.agent.heartbeat_timeout, Duration::from_secs(15));
+    let err = from(&[(CIM_AGENT_LEASE_MS, "1000"), (CIM_AGENT_HEARTBEAT_INTERVAL_MS, "1000")]).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(err.to_string().contains("CIM_AGENT_LEASE_MS: expected milliseconds"), "{err}");
+    let err = from(&[(CIM_AGENT_HEARTBEAT_TIMEOUT_MS, "soon")]).unwrap_err();
+    assert!(err.to_string().contains("CIM_AGENT_HEARTBEAT_TIMEOUT_MS"), "{err}");
+}
