@@ -649,6 +649,45 @@ def check_nats_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
                 )
 
 
+def gateway_cache_consumers() -> tuple[list[str], str]:
+    """The domains whose streams the gateway's response cache consumes (the table
+    gateway::cache::CACHED) and its shared invalidator's durable name (cache::invalidate::DURABLE)."""
+    src = (ROOT / "crates/gateway/src/cache.rs").read_text()
+    table = re.search(r"pub const CACHED: &\[\(&str, Domain\)\] = &\[(.*?)\];", src, re.S)
+    domains = sorted({d.lower() for d in re.findall(r"Domain::(\w+)", table.group(1) if table else "")})
+    invalidate = (ROOT / "crates/gateway/src/cache/invalidate.rs").read_text()
+    durable = re.search(r'pub const DURABLE: &str = "([^"]+)";', invalidate)
+    return domains, durable.group(1) if durable else ""
+
+
+def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
+    """The gateway's NATS user can run both cache consumers on the stream of every cached domain
+    (a row added to cache::CACHED needs its permissions), and cannot delete the durable one."""
+    where = "docker/nats/accounts.conf: user gateway"
+    domains, durable = gateway_cache_consumers()
+    if not c.check(bool(domains) and bool(durable), "crates/gateway/src/cache: no CACHED table or DURABLE name found"):
+        return
+    perms = nats_users(text).get("gateway")
+    for d in domains:
+        st = f"{prefix.upper()}_{d.upper()}"
+        for what, subject in [
+            ("bind its stream", f"$JS.API.STREAM.INFO.{st}"),
+            (f"create {durable}", f"$JS.API.CONSUMER.CREATE.{st}.{durable}.{prefix}.{d}.evt.>"),
+            (f"read {durable}'s info", f"$JS.API.CONSUMER.INFO.{st}.{durable}"),
+            (f"pull from {durable}", f"$JS.API.CONSUMER.MSG.NEXT.{st}.{durable}"),
+            (f"ack {durable}'s messages", f"$JS.ACK.{st}.{durable}.1.2.3.4.5"),
+            ("create its ordered consumer", f"$JS.API.CONSUMER.CREATE.{st}"),
+            ("pull from its ordered consumer", f"$JS.API.CONSUMER.MSG.NEXT.{st}.ephemeral"),
+            ("delete its old ordered consumer", f"$JS.API.CONSUMER.DELETE.{st}.ephemeral"),
+        ]:
+            c.check(nats_allowed(perms, subject), f"{where} cannot {what} on {st} ({subject}): cache::CACHED names {d}")
+        c.check(
+            not nats_allowed(perms, f"$JS.API.CONSUMER.DELETE.{st}.{durable}"),
+            f"{where} may delete its durable consumer {durable} on {st}",
+        )
+    c.check(nats_allowed(perms, f"{prefix}.dlq.{durable}"), f"{where} cannot dead-letter ({prefix}.dlq.{durable})")
+
+
 # What the document service may do in MinIO: list its bucket, read, write and delete the objects
 # in it (multipart uploads included). Nothing on other buckets, no bucket or admin operation.
 MINIO_ALLOWED_ACTIONS = {
@@ -1163,6 +1202,7 @@ def main() -> int:
             f"compose.yaml {svc}: networks {sorted(have)}, its flows need {sorted(want_nets[svc])}",
         )
     check_nats_permissions(c, accounts)
+    check_gateway_cache_permissions(c, accounts)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")
     for overlay, setup in k8s_minio.items():
         check_minio_setup(c, setup, f"k8s {overlay}: Job minio-buckets")

@@ -317,6 +317,49 @@ def agent_flow(spec: dict) -> dict:
             "task_version": final["version"]}  # fmt: skip
 
 
+def doc_cache(spec: dict) -> dict:
+    """Through the load balancer, as a writer: phase "cache" creates a document, whose repeated
+    GET is then a cache hit, and renames it through the gateway, read back at once (the cache
+    layer drops the document's entries before the write's response leaves); it ends with the
+    renamed document cached. Phase "fresh": the GET shows `title` (changed behind the gateway's
+    back) once its event reached the gateway's invalidator on CIM_DOCUMENT."""
+    lb, auth = spec["lb"], {"Authorization": f"Bearer {spec['token']}"}
+
+    def get(doc: str):
+        status, headers, body = httpjson.exchange("GET", f"http://{lb}/api/v1/documents/{doc}", headers=auth)
+        if status != 200:
+            raise RuntimeError(f"GET /api/v1/documents/{doc} answered {status}: {body}")
+        return headers.get("x-cache"), body
+
+    def until(doc: str, done, what: str):
+        # The events of earlier writes bump the document again when they arrive.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            got = get(doc)
+            if done(*got):
+                return got
+            time.sleep(0.1)
+        raise RuntimeError(f"GET /api/v1/documents/{doc}: {what} within 15 s (last: {got})")
+
+    if spec["phase"] == "fresh":
+        t0 = time.monotonic()
+        cache, body = until(spec["document_id"], lambda c, b: b.get("title") == spec["title"], "no change seen")
+        return {"ok": True, "ms": round((time.monotonic() - t0) * 1000), "x_cache": cache}
+    status, created = http("POST", f"http://{lb}/api/v1/documents", {"title": "rehearsal cache"}, auth)
+    if status != 201:
+        return {"ok": False, "detail": f"POST /api/v1/documents answered {status}: {created}"}
+    doc = created["document_id"]
+    until(doc, lambda c, b: get(doc)[0] == "hit", "no repeated GET a cache hit")
+    status, body = http("PATCH", f"http://{lb}/api/v1/documents/{doc}", {"title": "rehearsal revised"}, auth)
+    if status != 200:
+        return {"ok": False, "detail": f"PATCH /api/v1/documents/{doc} answered {status}: {body}"}
+    cache, body = get(doc)
+    if (cache, body.get("title")) != ("miss", "rehearsal revised"):
+        return {"ok": False, "detail": f"right after the PATCH: x-cache {cache}, {body}"}
+    until(doc, lambda c, b: c == "hit", "the revised document never a cache hit")
+    return {"ok": True, "document_id": doc}
+
+
 def grpcurl(spec: dict) -> dict:
     """One call with grpcurl (plaintext, server reflection): `method` on `target` with `data`
     (JSON messages, several for a client stream) and `headers`; without a method, the services
@@ -382,9 +425,9 @@ def probe(spec: dict) -> dict:
                                                      spec.get("password"), spec["cmds"])}  # fmt: skip
     if kind == "grpc":
         return grpcurl(spec)
-    if kind in ("e2e", "agent"):
+    if kind in ("e2e", "agent", "doc-cache"):
         try:
-            return e2e(spec) if kind == "e2e" else agent_flow(spec)
+            return {"e2e": e2e, "agent": agent_flow, "doc-cache": doc_cache}[kind](spec)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             return {"ok": False, "detail": f"{type(e).__name__}: {e}"}
     raise SystemExit(f"unknown probe {kind}")
@@ -928,8 +971,8 @@ class Rehearsal:
 
     # --- the checks ---------------------------------------------------------------------------
 
-    def token(self, env: dict[str, str]) -> str:
-        tenant = uuid7()
+    def token(self, env: dict[str, str], tenant: str | None = None) -> str:
+        tenant = tenant or uuid7()
         cenv = {k: v for k, v in env.items() if k.startswith("CIM_JWT_")}
         r = subprocess.run([self.tools["cim"], "token", "--tenant", tenant, "--subject", "rehearsal", "--roles",
                             "writer"], env={"PATH": "/usr/bin:/bin", **cenv}, capture_output=True, text=True)  # fmt: skip
@@ -1065,22 +1108,33 @@ class Rehearsal:
         self.check(f"[{label}] the write reached Postgres", postgres)
 
         def jetstream():
-            r = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true&consumers=true"})
-            streams = {}
-            for acc in (r.get("body") or {}).get("account_details", []):
-                for st in acc.get("stream_detail", []):
-                    streams[st["name"]] = st
+            # The gateway's cache invalidators: gateway-cache on the stream of every cached domain
+            # that runs here (each binds once its domain's service made the stream).
+            cached = [f"CIM_{d.upper()}" for d in ("graph", "document", "agent") if d in svcs]
+            deadline = time.monotonic() + 15
+            while True:
+                r = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true&consumers=true"})
+                streams = {}
+                for acc in (r.get("body") or {}).get("account_details", []):
+                    for st in acc.get("stream_detail", []):
+                        streams[st["name"]] = st
+                consumers = {st: sorted(c["name"] for c in streams.get(st, {}).get("consumer_detail", [])) for st in cached}
+                unbound = [st for st in cached if "gateway-cache" not in consumers[st]]
+                if not unbound or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if unbound:
+                raise Failed(f"the gateway's durable consumer gateway-cache is missing on {unbound} (consumers: {consumers})")
             g = streams.get("CIM_GRAPH")
             if not g:
                 raise Failed(f"no stream CIM_GRAPH (streams: {sorted(streams)})")
             last = g["state"]["last_seq"]
             if last < self.e2e_result["position"]:
                 raise Failed(f"CIM_GRAPH ends at {last}, before the event's position {self.e2e_result['position']}")
-            names = sorted(c["name"] for c in g.get("consumer_detail", []))
-            if "gateway-cache" not in names:
-                raise Failed(f"the gateway's durable consumer gateway-cache is missing (consumers: {names})")
+            names = consumers["CIM_GRAPH"]
             return (f"CIM_GRAPH holds {g['state']['messages']} message(s) up to {last}; consumers: gateway-cache "
-                    f"and {len(names) - 1} ephemeral (the edges' ordered consumers)")
+                    f"and {len(names) - 1} ephemeral (the edges' ordered consumers); gateway-cache bound on "
+                    + ", ".join(cached))
 
         self.check(f"[{label}] the write reached JetStream", jetstream)
 
@@ -1165,6 +1219,29 @@ class Rehearsal:
                     f"{st.get('messages')} message(s) (every event of the schema); object {bucket}/{key[:28]}… stored")
 
         self.check(f"[{label}] the document reached Postgres, JetStream and the object store", stored)
+
+        def cached():
+            tenant = uuid7()
+            token = self.token(env_of("gateway"), tenant)
+            spec = {"kind": "doc-cache", "lb": self.resolve("outside", "nginx"), "token": token}
+            r = self.probe("outside", {**spec, "phase": "cache"})
+            if not r.get("ok"):
+                raise Failed(r.get("detail", str(r)))
+            doc = r["document_id"]
+            # Behind the gateway's back: only the event (CIM_DOCUMENT → gateway-cache) can tell it.
+            url = env_of("gateway").get("CIM_GATEWAY_DOCUMENT_URLS", "").split(",")[0].strip()
+            u = urllib.parse.urlsplit(url)
+            self.grpc("gateway", f"{u.hostname}:{u.port}", "cim.document.v1.DocumentService/UpdateMetadata",
+                      json.dumps({"document_id": doc, "title": "rehearsal direct"}),
+                      [f"x-cim-tenant: {tenant}", "x-cim-actor: rehearsal"])  # fmt: skip
+            r = self.probe("outside", {**spec, "phase": "fresh", "document_id": doc, "title": "rehearsal direct"})
+            if not r.get("ok"):
+                raise Failed(r.get("detail", str(r)))
+            return (f"through nginx: a repeated GET of a document is a cache hit; renamed through the gateway, "
+                    f"the next GET is a miss with the new title; renamed over gRPC, the GET showed it "
+                    f"{r['ms']} ms later (x-cache {r['x_cache']}: its event reached gateway-cache on CIM_DOCUMENT)")
+
+        self.check(f"[{label}] a cached document GET: a hit, then fresh after a write and after an event", cached)
 
     def agent_checks(self, env_of, label: str) -> None:
         """The agent service end to end through the load balancer (nginx → gateway → agent, the

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use axum::Json;
 use axum::Router;
@@ -25,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::agent::AgentState;
 use crate::auth::{AuthState, Credentials};
 use crate::authz::Rules;
-use crate::cache::{Bumps, CacheState, Invalidator, Local};
+use crate::cache::{Bumps, CacheState, DomainCache, Invalidator};
 use crate::document::DocumentState;
 use crate::graph::GraphState;
 use crate::idempotency::IdempotencyState;
@@ -217,12 +216,10 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     })
     .await?;
     let rate_limiter = Arc::<RateLimiter>::default();
-    let local_cache = Arc::<Local>::default();
-    let invalidator_live = Arc::<AtomicBool>::default();
     let bumps = Bumps::start(redis.clone(), settings.cache_ttl);
     let credentials = Credentials { redis: redis.clone(), session_ttl: settings.session_ttl };
     let state = AppState(Arc::new(Routes {
-        graph: Arc::new(GraphState { upstream: graph, local_cache: local_cache.clone(), bumps: bumps.clone() }),
+        graph: Arc::new(GraphState { upstream: graph }),
         document,
         agent,
         credentials: credentials.clone(),
@@ -242,8 +239,10 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         cache: Arc::new(CacheState {
             redis: redis.clone(),
             ttl: settings.cache_ttl,
-            local: local_cache.clone(),
-            invalidator_live: invalidator_live.clone(),
+            bumps: bumps.clone(),
+            domains: crate::cache::cached_domains().into_iter().map(|d| Arc::new(DomainCache::new(d))).collect(),
+            streamed: &crate::document::TRANSFER_ROUTES,
+            roles: ROUTE_ROLES,
         }),
         deadline: Deadline { timeout: settings.request_timeout, unbounded: &STREAMED_ROUTES },
         max_body_bytes: settings.max_body_bytes,
@@ -253,23 +252,28 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
     host.spawn_worker("rate-limit-flush", rate_limiter.run(redis, host.workers_shutdown()));
-    host.spawn_worker(
-        "local-cache-invalidator",
-        crate::cache::local_invalidator(
-            local_cache,
-            prefix.clone(),
-            nats::jetstream(client.clone()),
-            host.workers_shutdown(),
-        ),
-    );
-    host.spawn_worker(
-        "cache-invalidator",
-        crate::cache::invalidator(
-            Invalidator { prefix, bumps, live: invalidator_live },
-            nats::jetstream(client),
-            host.workers_shutdown(),
-        ),
-    );
+    // Two consumers per cached domain, each on its own stream: a domain whose stream is missing
+    // (its service not deployed yet) leaves the others cached.
+    for cache in &layers.cache.domains {
+        let domain = cache.domain;
+        host.spawn_worker(
+            &format!("local-cache-invalidator-{domain}"),
+            crate::cache::local_invalidator(
+                cache.clone(),
+                prefix.clone(),
+                nats::jetstream(client.clone()),
+                host.workers_shutdown(),
+            ),
+        );
+        host.spawn_worker(
+            &format!("cache-invalidator-{domain}"),
+            crate::cache::invalidator(
+                Invalidator { prefix: prefix.clone(), bumps: bumps.clone(), cache: cache.clone() },
+                nats::jetstream(client.clone()),
+                host.workers_shutdown(),
+            ),
+        );
+    }
     let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
     let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;
     let app = router(state, layers, host.health().clone());

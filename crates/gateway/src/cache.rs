@@ -1,179 +1,155 @@
-//! Cached GETs in Redis, invalidated by the domain's events.
+//! Cached GETs, invalidated by the domains' events: one table ([`CACHED`]) says which routes
+//! are cached and whose events make them stale, so adding a domain is one row.
 //!
-//! Each graph has one Redis hash: a `gen` counter and the cached responses of its GET routes,
-//! each tagged with the `gen` it was computed under. An event for the graph (consumed from
-//! JetStream by one durable consumer shared by all gateway instances) bumps `gen`; a response
-//! computed before the bump is never served after it, even if it was written late: the write
-//! only lands when `gen` is still what the reader saw (a Lua check-and-set).
+//! A cached route's responses belong to its aggregate (the id after the table's prefix: ids are
+//! UUIDs, unique across domains). Two levels: this instance's memory ([`local`]), then Redis
+//! ([`shared`]): per aggregate, a generation and the responses computed under it. An event of
+//! the aggregate's domain (from the domain's consumers, [`invalidate`]) bumps the generation, and
+//! so does a successful write through this gateway before its response leaves (read-your-writes,
+//! with no code in the domain's routes). A response computed before a bump is never served after
+//! it, even if it was written late: the write only lands when the generation is still what the
+//! reader saw. A domain whose consumer is not running is not cached until it is again; the
+//! others are.
+
+mod invalidate;
+mod local;
+mod shared;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cim_auth::Principal;
-use cim_core::{Domain, SubjectPrefix};
-use serde::{Deserialize, Serialize};
+use cim_auth::{Principal, Role};
+use cim_core::Domain;
+
+pub use invalidate::{DURABLE, Invalidator, invalidator, local_invalidator};
+pub use local::Local;
+pub use shared::Bumps;
+use shared::{Cached, STORE_IF_CURRENT, entry};
 
 pub const CACHE_REQUESTS_TOTAL: &str = "cim_gateway_cache_requests_total";
 pub const CACHE_INVALIDATIONS_TOTAL: &str = "cim_gateway_cache_invalidations_total";
 
 pub fn describe() {
     metrics::describe_counter!(CACHE_REQUESTS_TOTAL, "Cacheable GETs, by result (hit, miss, unavailable)");
-    metrics::describe_counter!(CACHE_INVALIDATIONS_TOTAL, "Graphs whose cached responses were invalidated");
+    metrics::describe_counter!(
+        CACHE_INVALIDATIONS_TOTAL,
+        "Aggregates (graphs, documents, agents, tasks) whose cached responses were invalidated"
+    );
 }
 
-/// First level, in this instance's memory: validated by per-graph generations that this
-/// instance bumps itself, from its own ordered subscription to the events and its own writes.
-/// Filled only with responses computed here (never from Redis, which may lag this instance's
-/// subscription), so a hit needs no Redis round trip and is never older than an event this
-/// instance has seen.
-#[derive(Debug, Default)]
-pub struct Local {
-    inner: std::sync::Mutex<LocalInner>,
-    live: std::sync::atomic::AtomicBool,
-}
+/// What is cached: GETs of a path below each prefix (the aggregate's id, then anything below
+/// it), made stale by the events of the domain beside it.
+pub const CACHED: &[(&str, Domain)] = &[
+    ("/api/v1/graphs/", Domain::Graph),
+    ("/api/v1/documents/", Domain::Document),
+    ("/api/v1/agents/", Domain::Agent),
+    ("/api/v1/tasks/", Domain::Agent),
+];
 
-#[derive(Debug, Default)]
-struct LocalInner {
-    gens: std::collections::HashMap<String, u64>,
-    entries: std::collections::HashMap<(String, String), (u64, bytes::Bytes)>,
-}
-
-const LOCAL_ENTRIES: usize = 10_000;
-const LOCAL_GRAPHS: usize = 100_000;
-
-impl Local {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LocalInner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn generation(&self, graph: &str) -> u64 {
-        self.lock().gens.get(graph).copied().unwrap_or(0)
-    }
-
-    fn get(&self, graph: &str, field: &str) -> Option<bytes::Bytes> {
-        let inner = self.lock();
-        let current = inner.gens.get(graph).copied().unwrap_or(0);
-        let (generation, body) = inner.entries.get(&(graph.to_owned(), field.to_owned()))?;
-        (*generation == current).then(|| body.clone())
-    }
-
-    fn put(&self, graph: &str, field: &str, generation: u64, body: bytes::Bytes) {
-        let mut inner = self.lock();
-        if inner.gens.get(graph).copied().unwrap_or(0) != generation {
-            return;
-        }
-        if inner.entries.len() >= LOCAL_ENTRIES {
-            inner.entries.clear();
-        }
-        inner.entries.insert((graph.to_owned(), field.to_owned()), (generation, body));
-    }
-
-    /// Makes this instance's cached responses of `graph` stale.
-    pub fn bump(&self, graph: &str) {
-        let mut inner = self.lock();
-        if inner.gens.len() >= LOCAL_GRAPHS {
-            // Forgetting generations would revive old entries: forget those too.
-            inner.gens.clear();
-            inner.entries.clear();
-        }
-        *inner.gens.entry(graph.to_owned()).or_default() += 1;
-    }
-
-    fn reset(&self) {
-        let mut inner = self.lock();
-        inner.entries.clear();
-    }
-}
-
-fn entry(graph: &str) -> String {
-    format!("cim:gw:cache:{graph}")
-}
-
-#[derive(Serialize, Deserialize)]
-struct Cached {
-    g: i64,
-    b: String,
-}
-
-const STORE_IF_CURRENT: &str = r"
-local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
-if gen == tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-end
-return gen";
-
-type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
-
-/// Generation bumps sent to Redis in batches: bumps asked for while a batch is in flight go
-/// together in the next pipeline, one round trip for all (every write through the gateway and
-/// every event the shared consumer sees asks for one). Each caller still waits until its bump
-/// is in Redis, so a response computed before it is never served after.
-#[derive(Debug, Clone)]
-pub struct Bumps {
-    queue: tokio::sync::mpsc::Sender<Bump>,
-}
-
-/// At most this many graphs per pipeline.
-const MAX_BUMPS: usize = 256;
-
-impl Bumps {
-    /// Starts the sender; it ends when the last handle is dropped.
-    pub fn start(redis: deadpool_redis::Pool, ttl: Duration) -> Self {
-        let (queue, rx) = tokio::sync::mpsc::channel(MAX_BUMPS * 4);
-        tokio::spawn(send_bumps(redis, ttl, rx));
-        Self { queue }
-    }
-
-    pub async fn bump(&self, graph: &str) -> Result<(), String> {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        self.queue.send((graph.to_owned(), reply)).await.map_err(|_| "cache bumps stopped".to_owned())?;
-        done.await.map_err(|_| "cache bumps stopped".to_owned())?
-    }
-}
-
-async fn send_bumps(redis: deadpool_redis::Pool, ttl: Duration, mut rx: tokio::sync::mpsc::Receiver<Bump>) {
-    let ttl = ttl.as_secs().max(1) as i64;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BUMPS {
-            let Ok(next) = rx.try_recv() else { break };
-            batch.push(next);
-        }
-        let graphs: std::collections::BTreeSet<&str> = batch.iter().map(|(g, _)| g.as_str()).collect();
-        let mut pipe = deadpool_redis::redis::pipe();
-        for graph in &graphs {
-            let key = entry(graph);
-            pipe.hincr(&key, "gen", 1).ignore().expire(&key, ttl).ignore();
-        }
-        let sent: Result<(), String> = async {
-            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-            pipe.query_async(&mut conn).await.map_err(|e| e.to_string())
-        }
-        .await;
-        if sent.is_ok() {
-            metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(graphs.len() as u64);
-        }
-        for (_, reply) in batch {
-            let _ = reply.send(sent.clone());
+/// The domains [`CACHED`] names, each once.
+pub fn cached_domains() -> Vec<Domain> {
+    let mut domains: Vec<Domain> = Vec::new();
+    for (_, d) in CACHED {
+        if !domains.contains(d) {
+            domains.push(*d);
         }
     }
+    domains
 }
 
-/// The graph id of a cacheable GET: `/api/v1/graphs/{id}` and everything below it.
-fn cacheable(req: &Request) -> Option<String> {
-    if req.method() != http::Method::GET {
-        return None;
+/// An aggregate id as events name it (a hyphenated lower-case UUID), so that `/graphs/ABC…`
+/// and the events of `abc…` share one cache entry.
+fn canonical_id(s: &str) -> Option<String> {
+    (s.len() == 36).then(|| uuid::Uuid::try_parse(s).ok()).flatten().map(|u| u.to_string())
+}
+
+/// The cached domain and aggregate of a path.
+fn aggregate_of(path: &str) -> Option<(Domain, String)> {
+    CACHED.iter().find_map(|(prefix, domain)| {
+        let id = path.strip_prefix(prefix)?.split('/').next()?;
+        canonical_id(id).map(|id| (*domain, id))
+    })
+}
+
+/// One cached domain: its first level and whether its shared invalidator runs.
+#[derive(Debug)]
+pub struct DomainCache {
+    pub domain: Domain,
+    pub local: Local,
+    /// Whether the domain's shared invalidator is bound; without it a change made elsewhere
+    /// would go unnoticed and the cache could serve a stale read, so it is bypassed.
+    shared_live: AtomicBool,
+}
+
+impl DomainCache {
+    pub fn new(domain: Domain) -> Self {
+        Self { domain, local: Local::default(), shared_live: AtomicBool::new(false) }
     }
-    let rest = req.uri().path().strip_prefix("/api/v1/graphs/")?;
-    let graph = rest.split('/').next()?;
-    uuid::Uuid::parse_str(graph).ok().map(|_| graph.to_owned())
+
+    fn set_shared_live(&self, bound: bool) {
+        self.shared_live.store(bound, Ordering::Release);
+    }
+}
+
+/// What the cache middleware reads and fills.
+#[derive(Debug)]
+pub struct CacheState {
+    pub redis: deadpool_redis::Pool,
+    /// Zero: no caching.
+    pub ttl: Duration,
+    pub bumps: Bumps,
+    /// One per domain of [`cached_domains`].
+    pub domains: Vec<Arc<DomainCache>>,
+    /// Routes whose bodies are streams of any size (bytes, `Range`): never held in memory to be
+    /// cached.
+    pub streamed: &'static [&'static str],
+    /// The role each route needs: a route the reader role may call changes nothing (a query
+    /// with a body, such as a traverse), so its success bumps nothing.
+    pub roles: crate::authz::Rules,
+}
+
+pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next: Next) -> Response {
+    let Some((domain, aggregate)) = aggregate_of(req.uri().path()) else { return next.run(req).await };
+    let Some(cache) = state.domains.iter().find(|c| c.domain == domain).cloned() else {
+        return next.run(req).await;
+    };
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    if !req.method().is_safe() {
+        return write(&state, &cache, &aggregate, route.as_deref(), req, next).await;
+    }
+    let streamed = route.is_some_and(|r| state.streamed.contains(&r.as_str()));
+    if req.method() != Method::GET || state.ttl.is_zero() || streamed {
+        return next.run(req).await;
+    }
+    read(&state, &cache, &aggregate, req, next).await
+}
+
+/// A write: once it succeeded, its aggregate's cached reads are dropped (here, and in Redis for
+/// every instance) before the response leaves, so its caller reads what it wrote even before
+/// the event arrives. Whatever the TTL: another instance may cache.
+async fn write(
+    state: &CacheState,
+    cache: &DomainCache,
+    aggregate: &str,
+    route: Option<&str>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let reads = route.is_some_and(|r| matches!(state.roles.rule(req.method(), r), Ok(Some(Some(Role::Reader)))));
+    let res = next.run(req).await;
+    if res.status().is_success() && !reads {
+        cache.local.bump(aggregate);
+        if let Err(e) = state.bumps.bump(aggregate).await {
+            tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
+        }
+    }
+    res
 }
 
 fn json_response(body: String, hit: bool) -> Response {
@@ -183,31 +159,24 @@ fn json_response(body: String, hit: bool) -> Response {
     res
 }
 
-/// What the cache middleware reads and fills.
-#[derive(Debug)]
-pub struct CacheState {
-    pub redis: deadpool_redis::Pool,
-    /// Zero: no caching.
-    pub ttl: Duration,
-    pub local: Arc<Local>,
-    /// Whether the event consumer that invalidates the cache is running; without it the cache
-    /// could serve a stale read, so it is bypassed.
-    pub invalidator_live: Arc<AtomicBool>,
+/// Only JSON is kept: a hit answers `application/json`.
+fn is_json(res: &Response) -> bool {
+    let content_type = res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
-pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next: Next) -> Response {
-    let ttl = state.ttl;
-    let (Some(graph), false) = (cacheable(&req), ttl.is_zero()) else { return next.run(req).await };
-    if !state.invalidator_live.load(Ordering::Acquire) {
+/// A cacheable GET: from this instance's memory, else from Redis, else computed and kept in both.
+async fn read(state: &CacheState, cache: &DomainCache, aggregate: &str, req: Request, next: Next) -> Response {
+    if !cache.shared_live.load(Ordering::Acquire) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "unavailable").increment(1);
         return next.run(req).await;
     }
     let Some(tenant) = req.extensions().get::<Principal>().map(|p| p.tenant) else { return next.run(req).await };
-    let key = entry(&graph);
+    let key = entry(aggregate);
     let field = format!("{tenant}|{}", req.uri());
-    let local_live = state.local.live.load(Ordering::Acquire);
-    let local_gen = state.local.generation(&graph);
-    if local_live && let Some(body) = state.local.get(&graph, &field) {
+    let local_live = cache.local.is_live();
+    let local_gen = cache.local.generation(aggregate);
+    if local_live && let Some(body) = cache.local.get(aggregate, &field) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
         return json_response(String::from_utf8_lossy(&body).into_owned(), true);
     }
@@ -233,7 +202,7 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
     }
     metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "miss").increment(1);
     let res = next.run(req).await;
-    if res.status() != StatusCode::OK {
+    if res.status() != StatusCode::OK || !is_json(&res) {
         return res;
     }
     let (parts, body) = res.into_parts();
@@ -241,7 +210,7 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
         return Response::from_parts(parts, Body::empty());
     };
     if local_live {
-        state.local.put(&graph, &field, local_gen, bytes.clone());
+        cache.local.put(aggregate, &field, local_gen, bytes.clone());
     }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let store = serde_json::to_string(&Cached { g: gen_seen, b: text.clone() }).unwrap_or_default();
@@ -253,7 +222,7 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
             .arg(gen_seen)
             .arg(&field)
             .arg(store)
-            .arg(ttl.as_secs())
+            .arg(state.ttl.as_secs())
             .query_async(&mut conn)
             .await;
     }
@@ -262,133 +231,27 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
     res
 }
 
-/// What the shared invalidator works with: the graph events' subjects, the generations it bumps,
-/// and the flag telling the middleware it runs.
-#[derive(Debug)]
-pub struct Invalidator {
-    pub prefix: SubjectPrefix,
-    pub bumps: Bumps,
-    pub live: Arc<AtomicBool>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Consumes the graph domain's events and invalidates the cache of each graph they touch. One
-/// durable consumer for all gateway instances: the cache is shared, so one invalidation is enough.
-pub async fn invalidator(state: Invalidator, js: async_nats::jetstream::Context, stop: cim_runtime::Shutdown) {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-    let prefix = &state.prefix;
-    let durable = "gateway-cache".to_owned();
-    let metrics = cim_streams::ConsumerMetrics::new(&durable);
-    let consumer = cim_streams::PullLoop {
-        name: durable.clone(),
-        stream: prefix.stream_name(Domain::Graph),
-        binding: cim_streams::Binding::Durable(pull::Config {
-            durable_name: Some(durable.clone()),
-            filter_subject: prefix.domain_events(Domain::Graph),
-            deliver_policy: DeliverPolicy::New,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(10),
-            ..Default::default()
-        }),
-        // Several events at once, so that their bumps share a Redis round trip (bumps commute;
-        // each message is acked after its own).
-        concurrency: MAX_BUMPS,
-        metrics: Some(metrics.clone()),
-    };
-    // Until the consumer is back after a loss, changes made elsewhere would go unnoticed.
-    let live = |bound: bool| state.live.store(bound, Ordering::Release);
-    consumer
-        .run(&js, &stop, live, |msg| async {
-            handle(&state, &js, &durable, &metrics, msg).await;
-            Ok(())
-        })
-        .await;
-}
-
-/// The graph an event touches: the aggregate-id header the relay sets, else the envelope's own
-/// `aggregate_id` (a message published by other means).
-fn touched_graph(msg: &async_nats::jetstream::Message) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Aggregate {
-        aggregate_id: cim_core::AggregateId,
+    #[test]
+    fn the_table_keys_each_cached_path_by_its_aggregate() {
+        let id = "0190f5b2-7c1e-7a3b-8f00-0123456789ab";
+        for (path, domain) in [
+            (format!("/api/v1/graphs/{id}"), Domain::Graph),
+            (format!("/api/v1/graphs/{id}/nodes/a"), Domain::Graph),
+            (format!("/api/v1/documents/{id}/versions"), Domain::Document),
+            (format!("/api/v1/agents/{id}"), Domain::Agent),
+            (format!("/api/v1/tasks/{id}"), Domain::Agent),
+            (format!("/api/v1/tasks/{}", id.to_uppercase()), Domain::Agent),
+        ] {
+            assert_eq!(aggregate_of(&path), Some((domain, id.to_owned())), "{path}");
+        }
+        for path in ["/api/v1/graphs", "/api/v1/tasks/route", "/api/v1/graphs/nope", "/api/v1/auth/me"] {
+            assert_eq!(aggregate_of(path), None, "{path}");
+        }
+        assert_eq!(aggregate_of(&format!("/api/v1/graphs/{}", id.replace('-', ""))), None, "one spelling per id");
+        assert_eq!(cached_domains(), [Domain::Graph, Domain::Document, Domain::Agent]);
     }
-    let header = msg.headers.as_ref().and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID));
-    match header.map(|v| v.as_str().parse::<cim_core::AggregateId>()) {
-        Some(Ok(id)) => Some(id.to_string()),
-        _ => serde_json::from_slice::<Aggregate>(&msg.payload).ok().map(|a| a.aggregate_id.to_string()),
-    }
-}
-
-async fn handle(
-    state: &Invalidator,
-    js: &async_nats::jetstream::Context,
-    consumer: &str,
-    metrics: &cim_streams::ConsumerMetrics,
-    msg: async_nats::jetstream::Message,
-) {
-    use async_nats::jetstream::AckKind;
-    let Some(graph) = touched_graph(&msg) else {
-        // No graph to invalidate, now or on any redelivery: kept in the dead-letter stream for
-        // an operator instead of silently leaving some graph's cache stale.
-        let reason = "gateway-cache: no readable aggregate id in the headers or the payload";
-        match cim_streams::publish_dead_letter(js, &state.prefix, consumer, &msg, reason).await {
-            Ok(()) => {
-                tracing::error!(subject = %msg.subject, "{reason}; sent to the dead-letter stream");
-                let _ = msg.ack_with(AckKind::Term).await;
-                metrics.dead_letters.increment(1);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "dead-letter publish failed; will be redelivered");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                metrics.retried.increment(1);
-            }
-        }
-        return;
-    };
-    match state.bumps.bump(&graph).await {
-        Ok(()) => {
-            let _ = msg.ack().await;
-            metrics.applied.increment(1);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cache invalidation failed; will be redelivered");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            metrics.retried.increment(1);
-        }
-    }
-}
-
-/// This instance's own ordered subscription to the graph events, for the first-level cache.
-pub async fn local_invalidator(
-    local: Arc<Local>,
-    prefix: SubjectPrefix,
-    js: async_nats::jetstream::Context,
-    stop: cim_runtime::Shutdown,
-) {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-    let consumer = cim_streams::PullLoop {
-        name: "gateway-local-cache".into(),
-        stream: prefix.stream_name(Domain::Graph),
-        binding: cim_streams::Binding::Ordered(pull::OrderedConfig {
-            filter_subject: prefix.domain_events(Domain::Graph),
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        }),
-        concurrency: 1,
-        metrics: None,
-    };
-    let live = |bound: bool| {
-        if bound {
-            // Events may have been missed while the subscription was down.
-            local.reset();
-        }
-        local.live.store(bound, Ordering::Release);
-    };
-    consumer
-        .run(&js, &stop, live, |msg| {
-            if let Some(g) = msg.headers.as_ref().and_then(|h| h.get(cim_core::subject::headers::AGGREGATE_ID)) {
-                local.bump(g.as_str());
-            }
-            std::future::ready(Ok(()))
-        })
-        .await;
 }

@@ -17,46 +17,22 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::cache::{Bumps, Local};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
-use crate::rest::{CommandQuery, Props, exact_properties, idempotency_key, next_token, page, props, structure, ts};
+use crate::rest::{
+    CommandQuery, Props, command, exact_properties, idempotency_key, next_token, page, props, query, structure, ts,
+};
 use crate::upstream::Upstream;
 
 mod dto;
 
 pub use dto::*;
 
-/// What the graph routes use: the graph service, and this instance's cache to drop after a write.
+/// What the graph routes use: the graph service. (A write's cached reads are dropped by the cache
+/// layer, as for every domain: `crate::cache`.)
 #[derive(Debug)]
 pub struct GraphState {
     pub upstream: Upstream<GraphServiceClient<Channel>>,
-    pub local_cache: Arc<Local>,
-    pub bumps: Bumps,
-}
-
-/// After a successful command through this gateway its graph's cache is dropped at once (the
-/// event consumer does the same for changes made elsewhere).
-async fn changed(state: &GraphState, graph_id: &str) {
-    state.local_cache.bump(graph_id);
-    if let Err(e) = state.bumps.bump(graph_id).await {
-        tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
-    }
-}
-
-/// A graph command, then this gateway's cache of the graph dropped.
-macro_rules! command {
-    ($state:ident, $p:ident, $graph_id:expr, $call:ident, $msg:expr) => {{
-        let r = crate::rest::command!($state.upstream, $p, $call, $msg);
-        changed(&$state, $graph_id).await;
-        r
-    }};
-}
-
-macro_rules! query {
-    ($state:ident, $p:ident, $call:ident, $msg:expr) => {
-        crate::rest::query!($state.upstream, $p, $call, $msg)
-    };
 }
 
 mod elements;
@@ -86,7 +62,7 @@ pub async fn create_graph(
         properties: structure(&body.properties),
         options: options(&q, &headers),
     };
-    let r = command!(state, p, "", create_graph, msg);
+    let r = command!(state.upstream, p, create_graph, msg);
     Ok(created(r))
 }
 
@@ -104,7 +80,7 @@ pub async fn list_graphs(
         page: page(q.page_size, q.page_token),
         include_archived: q.include_archived.unwrap_or(false),
     };
-    let r = query!(state, p, list_graphs, msg);
+    let r = query!(state.upstream, p, list_graphs, msg);
     Ok(Json(GraphPage { items: r.graphs.into_iter().map(graph).collect(), next_page_token: next_token(r.page) }))
 }
 
@@ -118,7 +94,7 @@ pub async fn get_graph(
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
 ) -> ApiResult<Json<Graph>> {
-    Ok(Json(graph(query!(state, p, get_graph, pb::GetGraphRequest { graph_id }))))
+    Ok(Json(graph(query!(state.upstream, p, get_graph, pb::GetGraphRequest { graph_id }))))
 }
 
 /// Rename a graph
@@ -135,8 +111,8 @@ pub async fn rename_graph(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RenameGraph>,
 ) -> ApiResult<impl IntoResponse> {
-    let msg = pb::RenameGraphRequest { graph_id: graph_id.clone(), name: body.name, options: options(&q, &headers) };
-    Ok(done(command!(state, p, &graph_id, rename_graph, msg)))
+    let msg = pb::RenameGraphRequest { graph_id, name: body.name, options: options(&q, &headers) };
+    Ok(done(command!(state.upstream, p, rename_graph, msg)))
 }
 
 /// Archive a graph
@@ -152,8 +128,8 @@ pub async fn archive_graph(
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let msg = pb::ArchiveGraphRequest { graph_id: graph_id.clone(), options: options(&q, &headers) };
-    Ok(done(command!(state, p, &graph_id, archive_graph, msg)))
+    let msg = pb::ArchiveGraphRequest { graph_id, options: options(&q, &headers) };
+    Ok(done(command!(state.upstream, p, archive_graph, msg)))
 }
 
 /// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).

@@ -342,7 +342,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_event_naming_no_graph_goes_to_the_dead_letter_stream_and_is_counted() {
+async fn an_event_naming_no_aggregate_goes_to_the_dead_letter_stream_and_is_counted() {
     let graph = harness::Service::start().await;
     let gw = gateway(&graph, &[]).await;
     let client = async_nats::connect(harness::nats_url()).await.unwrap();
@@ -390,11 +390,12 @@ async fn an_event_naming_no_graph_goes_to_the_dead_letter_stream_and_is_counted(
     graph.stop().await;
 }
 
-/// `cim_consumer_dead_letters_total{consumer="gateway-cache"}` in this process's exposition.
+/// `cim_consumer_dead_letters_total{consumer="gateway-cache-graph"}` in this process's exposition
+/// (the graph stream's `gateway-cache`).
 fn dead_letters() -> f64 {
     let text = cim_runtime::metrics::handle().render();
     text.lines()
-        .find(|l| l.starts_with("cim_consumer_dead_letters_total{") && l.contains("consumer=\"gateway-cache\""))
+        .find(|l| l.starts_with("cim_consumer_dead_letters_total{") && l.contains("consumer=\"gateway-cache-graph\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)

@@ -17,7 +17,7 @@ pub async fn add_node(
     ApiJson(body): ApiJson<NodeSpec>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::AddNodeRequest {
-        graph_id: graph_id.clone(),
+        graph_id,
         node: Some(pb::NodeSpec {
             id: body.id.unwrap_or_default(),
             r#type: body.node_type,
@@ -25,7 +25,7 @@ pub async fn add_node(
         }),
         options: options(&q, &headers),
     };
-    Ok(created(command!(state, p, &graph_id, add_node, msg)))
+    Ok(created(command!(state.upstream, p, add_node, msg)))
 }
 
 /// List nodes
@@ -45,7 +45,7 @@ pub async fn list_nodes(
         r#type: q.node_type.unwrap_or_default(),
         page: page(q.page_size, q.page_token),
     };
-    let r = query!(state, p, list_nodes, msg);
+    let r = query!(state.upstream, p, list_nodes, msg);
     Ok(Json(NodePage { items: r.nodes.into_iter().map(node).collect(), next_page_token: next_token(r.page) }))
 }
 
@@ -60,7 +60,7 @@ pub async fn get_node(
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, node_id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Node>> {
-    Ok(Json(node(query!(state, p, get_node, pb::GetNodeRequest { graph_id, node_id }))))
+    Ok(Json(node(query!(state.upstream, p, get_node, pb::GetNodeRequest { graph_id, node_id }))))
 }
 
 /// Set a node's properties
@@ -78,12 +78,12 @@ pub async fn update_node(
     ApiJson(body): ApiJson<SetProperties>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::UpdateNodeRequest {
-        graph_id: graph_id.clone(),
+        graph_id,
         node_id,
         properties: structure(&body.properties),
         options: options(&q, &headers),
     };
-    Ok(done(command!(state, p, &graph_id, update_node, msg)))
+    Ok(done(command!(state.upstream, p, update_node, msg)))
 }
 
 /// Remove a node
@@ -99,8 +99,8 @@ pub async fn remove_node(
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let msg = pb::RemoveNodeRequest { graph_id: graph_id.clone(), node_id, options: options(&q, &headers) };
-    Ok(done(command!(state, p, &graph_id, remove_node, msg)))
+    let msg = pb::RemoveNodeRequest { graph_id, node_id, options: options(&q, &headers) };
+    Ok(done(command!(state.upstream, p, remove_node, msg)))
 }
 
 /// Add an edge
@@ -118,7 +118,7 @@ pub async fn add_edge(
     ApiJson(body): ApiJson<EdgeSpec>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::AddEdgeRequest {
-        graph_id: graph_id.clone(),
+        graph_id,
         edge: Some(pb::EdgeSpec {
             id: body.id.unwrap_or_default(),
             r#type: body.edge_type,
@@ -128,7 +128,7 @@ pub async fn add_edge(
         }),
         options: options(&q, &headers),
     };
-    Ok(created(command!(state, p, &graph_id, add_edge, msg)))
+    Ok(created(command!(state.upstream, p, add_edge, msg)))
 }
 
 /// List edges
@@ -149,7 +149,7 @@ pub async fn list_edges(
         r#type: q.edge_type.unwrap_or_default(),
         page: page(q.page_size, q.page_token),
     };
-    let r = query!(state, p, list_edges, msg);
+    let r = query!(state.upstream, p, list_edges, msg);
     Ok(Json(EdgePage { items: r.edges.into_iter().map(edge).collect(), next_page_token: next_token(r.page) }))
 }
 
@@ -168,12 +168,12 @@ pub async fn update_edge(
     ApiJson(body): ApiJson<SetProperties>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::UpdateEdgeRequest {
-        graph_id: graph_id.clone(),
+        graph_id,
         edge_id,
         properties: structure(&body.properties),
         options: options(&q, &headers),
     };
-    Ok(done(command!(state, p, &graph_id, update_edge, msg)))
+    Ok(done(command!(state.upstream, p, update_edge, msg)))
 }
 
 /// Remove an edge
@@ -189,8 +189,8 @@ pub async fn remove_edge(
     ApiQuery(q): ApiQuery<CommandQuery>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
-    let msg = pb::RemoveEdgeRequest { graph_id: graph_id.clone(), edge_id, options: options(&q, &headers) };
-    Ok(done(command!(state, p, &graph_id, remove_edge, msg)))
+    let msg = pb::RemoveEdgeRequest { graph_id, edge_id, options: options(&q, &headers) };
+    Ok(done(command!(state.upstream, p, remove_edge, msg)))
 }
 
 fn change(c: Change) -> pb::GraphChange {
@@ -236,9 +236,9 @@ pub async fn apply_batch(
     ApiJson(body): ApiJson<Batch>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::ApplyBatchRequest {
-        graph_id: graph_id.clone(),
+        graph_id,
         changes: body.changes.into_iter().map(change).collect(),
         options: options(&q, &headers),
     };
-    Ok(done(command!(state, p, &graph_id, apply_batch, msg)))
+    Ok(done(command!(state.upstream, p, apply_batch, msg)))
 }

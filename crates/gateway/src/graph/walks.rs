@@ -22,7 +22,7 @@ pub async fn neighbors(
         edge_types: types(q.edge_types),
         limit: q.limit.unwrap_or(0),
     };
-    let r = query!(state, p, neighbors, msg);
+    let r = query!(state.upstream, p, neighbors, msg);
     let items =
         r.neighbors.into_iter().filter_map(|n| Some(Neighbor { node: node(n.node?), via: edge(n.via?) })).collect();
     Ok(Json(Neighbors { items, truncated: r.truncated }))
@@ -48,7 +48,7 @@ pub async fn traverse(
         max_depth: body.max_depth,
         max_nodes: body.max_nodes,
     };
-    let r = query!(state, p, traverse, msg);
+    let r = query!(state.upstream, p, traverse, msg);
     let visits = r
         .visits
         .into_iter()
@@ -79,7 +79,7 @@ pub async fn shortest_path(
         edge_types: types(q.edge_types),
         max_depth: q.max_depth.unwrap_or(0),
     };
-    let r = query!(state, p, shortest_path, msg);
+    let r = query!(state.upstream, p, shortest_path, msg);
     Ok(Json(ShortestPath {
         found: r.found,
         nodes: r.nodes.into_iter().map(node).collect(),
@@ -99,7 +99,7 @@ pub async fn graph_at_version(
     Extension(p): Extension<Principal>,
     ApiPath((graph_id, version)): ApiPath<(String, u64)>,
 ) -> ApiResult<Json<Snapshot>> {
-    let r = query!(state, p, get_graph_at_version, pb::GetGraphAtVersionRequest { graph_id, version });
+    let r = query!(state.upstream, p, get_graph_at_version, pb::GetGraphAtVersionRequest { graph_id, version });
     let g = r.graph.ok_or_else(|| ApiError::new(cim_core::ErrorCode::Internal, "snapshot without graph"))?;
     Ok(Json(Snapshot {
         graph: graph(g),

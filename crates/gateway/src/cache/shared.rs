@@ -1,0 +1,88 @@
+//! The second level, in Redis and shared by every gateway instance: one hash per aggregate, its
+//! `gen` counter and its cached responses, each tagged with the `gen` it was computed under.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::CACHE_INVALIDATIONS_TOTAL;
+
+/// The aggregate's hash. Its id alone: ids are UUIDs, unique across domains.
+pub(super) fn entry(aggregate: &str) -> String {
+    format!("cim:gw:cache:{aggregate}")
+}
+
+/// A cached response and the generation it was computed under.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Cached {
+    pub g: i64,
+    pub b: String,
+}
+
+/// Writes a response only while `gen` is still what the reader saw: a response computed before
+/// a bump is never served after it, even if it was written late.
+pub(super) const STORE_IF_CURRENT: &str = r"
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if gen == tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return gen";
+
+type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// Generation bumps sent to Redis in batches: bumps asked for while a batch is in flight go
+/// together in the next pipeline, one round trip for all (every write through the gateway and
+/// every event a shared invalidator sees asks for one). Each caller still waits until its bump
+/// is in Redis, so a response computed before it is never served after.
+#[derive(Debug, Clone)]
+pub struct Bumps {
+    queue: tokio::sync::mpsc::Sender<Bump>,
+}
+
+/// At most this many aggregates per pipeline.
+pub(super) const MAX_BUMPS: usize = 256;
+
+impl Bumps {
+    /// Starts the sender; it ends when the last handle is dropped.
+    pub fn start(redis: deadpool_redis::Pool, ttl: Duration) -> Self {
+        let (queue, rx) = tokio::sync::mpsc::channel(MAX_BUMPS * 4);
+        tokio::spawn(send_bumps(redis, ttl, rx));
+        Self { queue }
+    }
+
+    pub async fn bump(&self, aggregate: &str) -> Result<(), String> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.queue.send((aggregate.to_owned(), reply)).await.map_err(|_| "cache bumps stopped".to_owned())?;
+        done.await.map_err(|_| "cache bumps stopped".to_owned())?
+    }
+}
+
+async fn send_bumps(redis: deadpool_redis::Pool, ttl: Duration, mut rx: tokio::sync::mpsc::Receiver<Bump>) {
+    let ttl = ttl.as_secs().max(1) as i64;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BUMPS {
+            let Ok(next) = rx.try_recv() else { break };
+            batch.push(next);
+        }
+        let aggregates: BTreeSet<&str> = batch.iter().map(|(a, _)| a.as_str()).collect();
+        let mut pipe = deadpool_redis::redis::pipe();
+        for aggregate in &aggregates {
+            let key = entry(aggregate);
+            pipe.hincr(&key, "gen", 1).ignore().expire(&key, ttl).ignore();
+        }
+        let sent: Result<(), String> = async {
+            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+            pipe.query_async(&mut conn).await.map_err(|e| e.to_string())
+        }
+        .await;
+        if sent.is_ok() {
+            metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(aggregates.len() as u64);
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(sent.clone());
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The response cache across domains, over real TCP: documents cached and invalidated like
+//! graphs (by a write through the gateway at once, by the domain's events otherwise), streamed
+//! content never cached, and each domain cached on its own, whatever the others' streams do.
+
+#[path = "support/document.rs"]
+mod document;
+#[path = "../../graph/tests/support/harness.rs"]
+mod harness;
+#[path = "support/http.rs"]
+mod http;
+#[path = "support/gateway.rs"]
+mod support;
+
+use cim_auth::now_secs;
+use cim_core::{Domain, SubjectPrefix, TenantId};
+use cim_proto::document::UpdateMetadataRequest;
+use cim_proto::document::document_service_client::DocumentServiceClient;
+use cim_runtime::{ServiceKind, Shutdown};
+use cim_testkit::domain::{config, req, unique};
+use http::{call, exchange};
+use support::*;
+
+/// A request head for [`exchange`], which keeps a body's bytes as they are.
+fn request(method: &str, path: &str, auth: &[(&str, String)], extra: &[&str]) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cim\r\nConnection: close\r\n");
+    for (k, v) in auth {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head + "\r\n"
+}
+
+/// Until a repeated GET of `path` is a hit: the events of earlier writes bump the generation
+/// again when they arrive, dropping what was cached before them.
+async fn cached(a: std::net::SocketAddr, path: &str, auth: &[(&str, String)]) -> bool {
+    eventually(|| async {
+        call(a, "GET", path, auth, None).await;
+        call(a, "GET", path, auth, None).await.header("x-cache") == Some("hit")
+    })
+    .await
+}
+
+/// With no graph service under its prefix (no graph stream), so the document cache is shown to
+/// stand on its own consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn document_reads_are_cached_fresh_after_every_change_and_content_never_cached() {
+    let prefix = unique("p");
+    let service = document::DocumentService::start(&prefix).await;
+    let vars = [("CIM_GATEWAY_DOCUMENT_URLS", service.url()), ("CIM_JWT_HS256_SECRET", SECRET.to_owned())];
+    let stop = Shutdown::new();
+    let gw = cim_gateway::app::prepare(&config(ServiceKind::Gateway, &prefix, &vars), &stop).await.unwrap();
+    let a = gw.addr;
+    let task = tokio::spawn(async move { gw.run().await.unwrap() });
+    let tenant = TenantId::new();
+    let writer = bearer(&token(tenant, &["writer"], now_secs() + 600));
+    let reader = bearer(&token(tenant, &["reader"], now_secs() + 600));
+
+    let created = call(a, "POST", "/api/v1/documents", &writer, Some(r#"{"title":"Site plan"}"#)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["document_id"].as_str().unwrap().to_owned();
+    let (doc, content) = (format!("/api/v1/documents/{id}"), format!("/api/v1/documents/{id}/content"));
+    let body: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let upload = |len: usize| {
+        request(
+            "PUT",
+            &content,
+            &writer,
+            &["Content-Type: application/octet-stream", &format!("Content-Length: {len}")],
+        )
+    };
+    let (status, _, reply) = exchange(a, upload(body.len()), &body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+
+    // A repeated GET is a hit, and the same document.
+    assert!(cached(a, &doc, &reader).await, "a repeated document GET was never a cache hit");
+    let hit = call(a, "GET", &doc, &reader, None).await;
+    assert_eq!((hit.header("x-cache"), hit.json()["title"].as_str()), (Some("hit"), Some("Site plan")), "{hit:?}");
+
+    // Read-your-writes: a change through the gateway is seen by the very next GET, before its
+    // event arrives.
+    let r = call(a, "PATCH", &doc, &writer, Some(r#"{"title":"Revised"}"#)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let fresh = call(a, "GET", &doc, &reader, None).await;
+    assert_eq!((fresh.header("x-cache"), fresh.json()["title"].as_str()), (Some("miss"), Some("Revised")), "{fresh:?}");
+    // A streamed upload is a write too.
+    let versions = format!("{doc}/versions");
+    assert!(cached(a, &versions, &reader).await, "a repeated versions GET was never a cache hit");
+    let body: Vec<u8> = body.into_iter().rev().collect();
+    let (status, _, reply) = exchange(a, upload(body.len()), &body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    let r = call(a, "GET", &versions, &reader, None).await;
+    assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(2), "{r:?}");
+
+    // A change made behind the gateway's back (directly over gRPC) shows once its event arrives,
+    // and stays.
+    assert!(cached(a, &doc, &reader).await, "the revised document was never a cache hit");
+    let mut direct = DocumentServiceClient::new(service.running.channel().await);
+    let change = UpdateMetadataRequest { document_id: id.clone(), title: "Direct".into(), ..Default::default() };
+    direct.update_metadata(req(tenant, change)).await.unwrap();
+    let title = || async { call(a, "GET", &doc, &reader, None).await.json()["title"].as_str().map(str::to_owned) };
+    assert!(eventually(|| async { title().await.as_deref() == Some("Direct") }).await, "the change never showed");
+    for _ in 0..5 {
+        assert_eq!(title().await.as_deref(), Some("Direct"));
+    }
+
+    // Content is a transfer: never cached, whole or ranged, and its bytes intact.
+    for _ in 0..2 {
+        let (status, headers, bytes) = exchange(a, request("GET", &content, &reader, &[]), b"").await;
+        assert_eq!((status, headers.get("x-cache")), (200, None), "{headers:?}");
+        assert!(bytes == body, "downloaded {} bytes", bytes.len());
+        let (status, headers, bytes) =
+            exchange(a, request("GET", &content, &reader, &["Range: bytes=10-19"]), b"").await;
+        assert_eq!((status, headers.get("x-cache")), (206, None), "{headers:?}");
+        assert_eq!(bytes, body[10..20]);
+    }
+
+    stop.trigger();
+    let _ = task.await;
+    service.stop().await;
+}
+
+/// A domain whose stream is missing (here: no document service deployed) bypasses only its own
+/// routes: the graphs are still cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_graph_cache_hits_while_the_document_stream_is_missing() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(harness::nats_url()).await.unwrap());
+    let prefix: SubjectPrefix = graph.prefix.parse().unwrap();
+    assert!(js.get_stream(prefix.stream_name(Domain::Document)).await.is_err(), "a document stream exists");
+    let writer = bearer(&token(TenantId::new(), &["writer"], now_secs() + 600));
+    let r = call(gw.addr, "POST", "/api/v1/graphs", &writer, Some(r#"{"name":"alone"}"#)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let base = format!("/api/v1/graphs/{}", r.json()["graph_id"].as_str().unwrap());
+    assert!(cached(gw.addr, &base, &writer).await, "no graph cache hit without a document stream");
+    gw.stop().await;
+    graph.stop().await;
+}
