@@ -304,7 +304,7 @@ fn doctor_reports_healthy_on_a_running_system() {
     ];
     let stream = format!("{}_GRAPH", prefix.to_ascii_uppercase());
     let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
-    // The gateway's cache invalidator adds a durable consumer to the graph stream.
+    // The gateway's cache invalidators add a durable consumer to every cached domain's stream.
     let serve = Serve::start(&env, "all");
     serve.assert_on_free_loopback_ports();
     let (code, stdout) = doctor(&env);
