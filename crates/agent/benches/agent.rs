@@ -433,7 +433,9 @@ async fn main() {
     .await
     .expect("nats");
     let prefix: cim_core::SubjectPrefix = prefix.parse().expect("prefix");
-    let _ = cim_runtime::nats::jetstream(client).delete_stream(prefix.stream_name(cim_core::Domain::Agent)).await;
+    let js = cim_runtime::nats::jetstream(client);
+    let _ = js.delete_stream(prefix.stream_name(cim_core::Domain::Agent)).await;
+    let _ = js.delete_stream(prefix.dlq_stream_name()).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&pool).await;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report).unwrap_or_default());
