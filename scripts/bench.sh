@@ -13,3 +13,4 @@ cargo bench --locked -p cim-eventstore --bench eventstore
 cargo bench --locked -p cim-graph --bench graph
 cargo bench --locked -p cim-gateway --bench gateway
 cargo bench --locked -p cim-document --bench document
+cargo bench --locked -p cim-agent --bench agent
