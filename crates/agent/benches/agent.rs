@@ -377,34 +377,12 @@ async fn main() {
     let server = tokio::spawn(prepared.run());
 
     // (3) The raw rate: one durable row per transaction, as an event append's insert is.
-    sqlx::query("CREATE TABLE raw_events (LIKE events INCLUDING ALL)").execute(&pool).await.expect("raw");
-    let tenant = TenantId::new();
-    let raw = {
-        let pool = pool.clone();
-        cim_testkit::bench::rate(SUBMITTERS, Duration::from_secs(1), secs, move |_, i| {
-            let pool = pool.clone();
-            async move {
-                sqlx::query(
-                    "INSERT INTO raw_events (event_id, aggregate_id, sequence, aggregate_type, event_type, \
-                     schema_version, occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, \
-                     prev_hash) VALUES ($1, $2, $3, 'task', 'task_submitted', 1, now(), $4, 'user:bench', $5, $6, \
-                     $7::json, $8, $8)",
-                )
-                .bind(uuid::Uuid::now_v7())
-                .bind(uuid::Uuid::now_v7())
-                .bind(i as i64 + 1)
-                .bind(tenant.as_uuid())
-                .bind(uuid::Uuid::now_v7())
-                .bind(uuid::Uuid::now_v7())
-                .bind(r#"{"required_capabilities":["bench.echo"],"payload":{"n":1},"priority":0}"#)
-                .bind(vec![0u8; 32])
-                .execute(&pool)
-                .await
-                .expect("raw insert");
-            }
-        })
-        .await
+    cim_testkit::bench::RawEvents::create_table(&pool, "raw_events", "events").await;
+    let raw_events = cim_testkit::bench::RawEvents {
+        table: "raw_events",
+        shape: ("task", "task_submitted", r#"{"required_capabilities":["bench.echo"],"payload":{"n":1},"priority":0}"#),
     };
+    let raw = raw_events.rate(&pool, SUBMITTERS, Duration::from_secs(1), secs).await;
 
     // Submitters over four HTTP/2 connections (16 each); every worker has its own.
     let mut submitters = Vec::new();

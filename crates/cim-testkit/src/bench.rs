@@ -106,3 +106,55 @@ impl Rng {
         z ^ (z >> 31)
     }
 }
+
+/// The raw write every domain's command rate is compared with: one event row per transaction
+/// (INSERT + COMMIT) into `table`, a copy of an `events` table, as an append's insert is.
+#[derive(Debug, Clone)]
+pub struct RawEvents {
+    /// `(aggregate type, event type, payload JSON)` of every row.
+    pub shape: (&'static str, &'static str, &'static str),
+    /// Where the rows go: a table created `LIKE` an `events` table ([`RawEvents::create_table`]).
+    pub table: &'static str,
+}
+
+impl RawEvents {
+    /// Creates `table` with the columns, constraints and indexes of `events` (both names may be
+    /// schema-qualified).
+    pub async fn create_table(pool: &sqlx::PgPool, table: &str, events: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} (LIKE {events} INCLUDING ALL)")))
+            .execute(pool)
+            .await
+            .expect("raw events table");
+    }
+
+    /// [`rate`] of single-row transactions over `pool` at concurrency `c`.
+    pub async fn rate(&self, pool: &sqlx::PgPool, c: usize, warm_up: Duration, secs: f64) -> Throughput {
+        let sql = format!(
+            "INSERT INTO {} (event_id, aggregate_id, sequence, aggregate_type, event_type, schema_version, \
+             occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, prev_hash) \
+             VALUES ($1, $2, $3, $4, $5, 1, now(), $6, 'user:bench', $7, $8, $9::json, $10, $10)",
+            self.table
+        );
+        let (pool, shape, tenant) = (pool.clone(), self.shape, uuid::Uuid::now_v7());
+        rate(c, warm_up, secs, move |_, i| {
+            let (pool, sql) = (pool.clone(), sql.clone());
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(i as i64 + 1)
+                    .bind(shape.0)
+                    .bind(shape.1)
+                    .bind(tenant)
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(shape.2)
+                    .bind(vec![0u8; 32])
+                    .execute(&pool)
+                    .await
+                    .expect("raw insert");
+            }
+        })
+        .await
+    }
+}

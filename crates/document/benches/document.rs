@@ -851,10 +851,7 @@ async fn bench(run: Arc<Run>, secs: f64, size: u64, rounds: usize) -> serde_json
     settle().await;
     let small_started = Instant::now();
     let raw_pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(database_url).await.expect("pool");
-    sqlx::query("CREATE TABLE public.raw_events (LIKE document.events INCLUDING ALL)")
-        .execute(&raw_pool)
-        .await
-        .expect("raw table");
+    cim_testkit::bench::RawEvents::create_table(&raw_pool, "public.raw_events", "document.events").await;
     raw_pool.close().await;
     let small = Arc::new(base[..4096].to_vec());
     // The raw points first, all three: this database server is shared (max_connections, other
@@ -865,29 +862,11 @@ async fn bench(run: Arc<Run>, secs: f64, size: u64, rounds: usize) -> serde_json
             sqlx::postgres::PgPoolOptions::new().max_connections(c as u32).connect(database_url).await.expect("pool");
         progress(&format!("small documents: raw transactions, c={c}"));
         let mark = CpuMark::now(pid);
-        let raw = cim_testkit::bench::rate(c, Duration::from_millis(500), secs, move |_, i| {
-            let pool = pool.clone();
-            async move {
-                sqlx::query(
-                    "INSERT INTO public.raw_events (event_id, aggregate_id, sequence, aggregate_type, event_type, \
-                     schema_version, occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, \
-                     prev_hash) VALUES ($1, $2, $3, 'document', 'document_created', 1, now(), $4, 'user:bench', \
-                     $5, $6, $7::json, $8, $8)",
-                )
-                .bind(uuid::Uuid::now_v7())
-                .bind(uuid::Uuid::now_v7())
-                .bind(i as i64 + 1)
-                .bind(tenant.as_uuid())
-                .bind(uuid::Uuid::now_v7())
-                .bind(uuid::Uuid::now_v7())
-                .bind(r#"{"title":"bench","description":"","tags":[],"metadata":{}}"#)
-                .bind(vec![0u8; 32])
-                .execute(&pool)
-                .await
-                .expect("raw insert");
-            }
-        })
-        .await;
+        let raw_events = cim_testkit::bench::RawEvents {
+            table: "public.raw_events",
+            shape: ("document", "document_created", r#"{"title":"bench","description":"","tags":[],"metadata":{}}"#),
+        };
+        let raw = raw_events.rate(&pool, c, Duration::from_millis(500), secs).await;
         raws.push((raw, mark.since()));
     }
     let small_rss_from = Instant::now();

@@ -57,7 +57,11 @@ async fn main() {
     let addr = prepared.grpc_addr;
     let pool = prepared.store.pool().clone();
     let server = tokio::spawn(prepared.run());
-    sqlx::query("CREATE TABLE raw_events (LIKE events INCLUDING ALL)").execute(&pool).await.expect("raw");
+    cim_testkit::bench::RawEvents::create_table(&pool, "raw_events", "events").await;
+    let raw_events = cim_testkit::bench::RawEvents {
+        table: "raw_events",
+        shape: ("graph", "node_added", r#"{"node_id":"n","node_type":"person","properties":{"name":"n"}}"#),
+    };
 
     // Several HTTP/2 connections: one per 16 clients.
     let mut channels = Vec::new();
@@ -74,32 +78,7 @@ async fn main() {
 
     let mut points = Vec::new();
     for c in [1usize, 16, 64] {
-        let raw = {
-            let pool = pool.clone();
-            cim_testkit::bench::rate(c, Duration::ZERO, secs, move |_, i| {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query(
-                        "INSERT INTO raw_events (event_id, aggregate_id, sequence, aggregate_type, event_type, \
-                         schema_version, occurred_at, tenant_id, actor, correlation_id, causation_id, payload, hash, \
-                         prev_hash) VALUES ($1, $2, $3, 'graph', 'node_added', 1, now(), $4, 'user:bench', $5, $6, \
-                         $7::json, $8, $8)",
-                    )
-                    .bind(uuid::Uuid::now_v7())
-                    .bind(uuid::Uuid::now_v7())
-                    .bind(i as i64 + 1)
-                    .bind(tenant.as_uuid())
-                    .bind(uuid::Uuid::now_v7())
-                    .bind(uuid::Uuid::now_v7())
-                    .bind(r#"{"node_id":"n","node_type":"person","properties":{"name":"n"}}"#)
-                    .bind(vec![0u8; 32])
-                    .execute(&pool)
-                    .await
-                    .expect("raw insert");
-                }
-            })
-            .await
-        };
+        let raw = raw_events.rate(&pool, c, Duration::ZERO, secs).await;
         let mut graphs = Vec::new();
         for w in 0..c {
             let mut cl = client(w);
