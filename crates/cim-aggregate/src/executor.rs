@@ -258,7 +258,7 @@ impl<A: Aggregate> CommandExecutor<A> {
         {
             return Ok(first);
         }
-        let (mut state, expected) = match current {
+        let (state, expected) = match current {
             Some(current) => (current.state, Expected::Head(current.head)),
             None => (A::default(), Expected::NoStream),
         };
@@ -274,12 +274,7 @@ impl<A: Aggregate> CommandExecutor<A> {
         }
         tx.commit().await.map_err(StoreError::from)?;
         self.store.committed(&done);
-        if !done.replayed {
-            for event in &events {
-                state.apply(event);
-            }
-            *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open: self.open(&state) });
-        }
+        self.remember(known, caller.tenant, &done, state, &events);
         Ok(done)
     }
 
@@ -301,7 +296,7 @@ impl<A: Aggregate> CommandExecutor<A> {
         }
         let creates = A::creates(command);
         for attempt in 1..=ATTEMPTS {
-            let (mut state, expected) = match self.store.load::<Folded<A>>(caller.tenant, id).await {
+            let (state, expected) = match self.store.load::<Folded<A>>(caller.tenant, id).await {
                 Ok(loaded) => {
                     let expected = loaded.expected();
                     (loaded.state.0, expected)
@@ -319,13 +314,7 @@ impl<A: Aggregate> CommandExecutor<A> {
             };
             match appended {
                 Ok(done) => {
-                    if !done.replayed {
-                        for event in &events {
-                            state.apply(event);
-                        }
-                        let open = self.open(&state);
-                        *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open });
-                    }
+                    self.remember(known, caller.tenant, &done, state, &events);
                     return Ok(done);
                 }
                 // Another writer went first. A caller who named no version asked for the current
@@ -373,6 +362,25 @@ impl<A: Aggregate> CommandExecutor<A> {
 
     fn open(&self, state: &A) -> bool {
         self.assuming.as_ref().is_some_and(|a| a.open(state))
+    }
+
+    /// After a write, the head the one-statement path may build on next. Only a domain with
+    /// that path needs it: others skip folding the events they just wrote.
+    fn remember(
+        &self,
+        known: &mut Option<KnownHead>,
+        tenant: TenantId,
+        done: &Appended,
+        mut state: A,
+        events: &[A::Event],
+    ) {
+        if done.replayed || self.assuming.is_none() {
+            return;
+        }
+        for event in events {
+            state.apply(event);
+        }
+        *known = Some(KnownHead { tenant, head: head_of(done), open: self.open(&state) });
     }
 
     fn append_of(
