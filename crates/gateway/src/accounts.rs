@@ -1,10 +1,9 @@
 //! The caller's own routes: who am I, console sessions, and (admin) API keys.
 
+use axum::Json;
 use axum::extract::{Extension, FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use cim_auth::{Principal, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,6 +11,7 @@ use utoipa::ToSchema;
 use crate::auth::Credentials;
 use crate::extract::ApiJson;
 use crate::problem::ApiResult;
+use crate::routes::{DomainRoutes, routes};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Me {
@@ -41,8 +41,7 @@ pub struct CreatedApiKey {
 /// Who am I
 ///
 /// The caller as the gateway sees it: subject, tenant, roles and how they authenticated.
-#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
-    responses((status = 200, body = Me), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = Me)))]
 pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
     Json(Me {
         subject: p.subject,
@@ -56,7 +55,7 @@ pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
 ///
 /// Exchanges the caller's credentials for an HttpOnly session cookie.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
-    responses((status = 204, description = "session cookie set"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "session cookie set")))]
 pub async fn login(
     State(store): State<Credentials>,
     Extension(p): Extension<Principal>,
@@ -69,7 +68,7 @@ pub async fn login(
 ///
 /// Revokes the session named by the cookie and clears it.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    responses((status = 204, description = "session revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "session revoked")))]
 pub async fn logout(State(store): State<Credentials>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     let cookie = crate::auth::logout(&store, &headers).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
@@ -79,7 +78,7 @@ pub async fn logout(State(store): State<Credentials>, headers: HeaderMap) -> Api
 ///
 /// A key for a subject of the caller's tenant with the given roles; the key is shown once. Needs the admin role.
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
-    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = CreatedApiKey)))]
 pub async fn create_api_key(
     State(store): State<Credentials>,
     Extension(p): Extension<Principal>,
@@ -111,7 +110,7 @@ pub async fn create_api_key(
 ///
 /// Revokes a key of the caller's tenant. Needs the admin role.
 #[utoipa::path(delete, path = "/api/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)),
-    responses((status = 204, description = "revoked"), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "revoked")))]
 pub async fn revoke_api_key(
     State(store): State<Credentials>,
     Extension(p): Extension<Principal>,
@@ -121,31 +120,17 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
-pub const ROUTE_ROLES: &[(http::Method, &str, Option<cim_auth::Role>)] = &[
-    (http::Method::GET, "/api/v1/auth/me", None),
-    (http::Method::POST, "/api/v1/auth/login", None),
-    (http::Method::POST, "/api/v1/admin/api-keys", Some(cim_auth::Role::Admin)),
-    (http::Method::DELETE, "/api/v1/admin/api-keys/{id}", Some(cim_auth::Role::Admin)),
-];
-
-pub fn routes<S>() -> Router<S>
+/// The account routes. Logging out is public: a session that has already expired can still be
+/// logged out of (its cookie cleared).
+pub fn routes<S>() -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Credentials: FromRef<S>,
 {
-    Router::new()
-        .route("/api/v1/auth/me", get(me))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/admin/api-keys", post(create_api_key))
-        .route("/api/v1/admin/api-keys/{id}", delete(revoke_api_key))
-}
-
-/// Public: a session that has already expired can still be logged out of (its cookie cleared).
-pub fn public_routes<S>() -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-    Credentials: FromRef<S>,
-{
-    Router::new().route("/api/v1/auth/logout", post(logout))
+    DomainRoutes::default()
+        .signed_in(routes!(me))
+        .signed_in(routes!(login))
+        .admin(routes!(create_api_key))
+        .admin(routes!(revoke_api_key))
+        .public(routes!(logout))
 }

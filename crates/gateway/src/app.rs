@@ -2,7 +2,7 @@
 //! process lifecycle under the runtime's `ServiceHost`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Json;
 use axum::Router;
@@ -30,6 +30,7 @@ use crate::graph::GraphState;
 use crate::idempotency::IdempotencyState;
 use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
+use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
 
 /// The routes' state; each handler extracts only its own part ([`FromRef`]). Behind one `Arc`,
@@ -79,13 +80,28 @@ struct Layers {
     max_body_bytes: usize,
 }
 
-/// The role each authenticated route needs: every domain's table, checked by [`crate::authz`].
-pub const ROUTE_ROLES: Rules = Rules(&[
-    crate::graph::ROUTE_ROLES,
-    crate::document::ROUTE_ROLES,
-    crate::agent::ROUTE_ROLES,
-    crate::accounts::ROUTE_ROLES,
-]);
+/// Every domain's route table (`crate::routes`): the routers, the OpenAPI description and the
+/// role each route needs all come from these.
+fn domains() -> [DomainRoutes<AppState>; 4] {
+    [crate::graph::routes(), crate::document::routes(), crate::agent::routes(), crate::accounts::routes()]
+}
+
+fn api() -> Parts<AppState> {
+    domains().into_iter().reduce(DomainRoutes::merge).expect("at least one domain").into_parts()
+}
+
+/// The role each authenticated route needs, checked by [`crate::authz`].
+pub fn route_roles() -> Rules {
+    static RULES: LazyLock<Rules> = LazyLock::new(|| api().rules);
+    RULES.clone()
+}
+
+/// The OpenAPI document served at `/api/openapi.json`.
+pub fn openapi() -> &'static str {
+    static DOCUMENT: LazyLock<String> =
+        LazyLock::new(|| crate::openapi::describe(api().openapi).to_pretty_json().unwrap_or_default());
+    DOCUMENT.as_str()
+}
 
 /// Routes whose bodies stream for as long as their bytes or answers take: no request deadline,
 /// no idempotent replay (a replay would have to hold the whole stream).
@@ -101,7 +117,7 @@ pub enum AppError {
 }
 
 async fn openapi_json() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document())
+    ([(header::CONTENT_TYPE, "application/json")], openapi())
 }
 
 async fn live() -> &'static str {
@@ -123,18 +139,15 @@ async fn not_found() -> crate::problem::ApiError {
 
 /// The complete router.
 fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) -> Router {
-    let authenticated = crate::graph::routes()
-        .merge(crate::document::routes())
-        .merge(crate::agent::routes())
-        .merge(crate::accounts::routes())
+    let Parts { authenticated, public, rules, .. } = api();
+    let authenticated = authenticated
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
         .layer(from_fn_with_state(layers.cache, crate::cache::middleware))
         .layer(from_fn_with_state(layers.idempotency, crate::idempotency::middleware))
-        .layer(from_fn_with_state(ROUTE_ROLES, crate::authz::middleware))
+        .layer(from_fn_with_state(rules, crate::authz::middleware))
         .layer(from_fn_with_state(layers.auth, crate::auth::middleware));
-    let public = crate::document::public_routes()
-        .merge(crate::accounts::public_routes())
+    let public = public
         .route("/api/openapi.json", get(openapi_json))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready).with_state(health));
@@ -242,7 +255,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             bumps: bumps.clone(),
             domains: crate::cache::cached_domains().into_iter().map(|d| Arc::new(DomainCache::new(d))).collect(),
             streamed: &crate::document::TRANSFER_ROUTES,
-            roles: ROUTE_ROLES,
+            roles: route_roles(),
         }),
         deadline: Deadline { timeout: settings.request_timeout, unbounded: &STREAMED_ROUTES },
         max_body_bytes: settings.max_body_bytes,
@@ -329,13 +342,13 @@ mod tests {
     use axum::http::Method;
     use cim_auth::Role;
 
-    use super::ROUTE_ROLES;
+    use super::route_roles;
 
     /// Every operation of the OpenAPI document (the router's routes) has exactly one rule, and
     /// every rule names a documented operation.
     #[test]
     fn the_table_names_every_authenticated_route() {
-        let doc: serde_json::Value = serde_json::from_str(crate::openapi::document()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(super::openapi()).unwrap();
         let public = [("post", "/api/v1/auth/logout"), ("get", "/api/v1/shared/{token}")];
         let mut documented = Vec::new();
         for (path, ops) in doc["paths"].as_object().unwrap() {
@@ -346,7 +359,7 @@ mod tests {
             }
         }
         let mut table: Vec<(String, String)> =
-            ROUTE_ROLES.iter().map(|(m, p, _)| (m.as_str().to_owned(), (*p).to_owned())).collect();
+            route_roles().iter().map(|(m, p, _)| (m.as_str().to_owned(), p.clone())).collect();
         documented.sort();
         table.sort();
         assert_eq!(documented, table);
@@ -354,8 +367,47 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_refused_and_other_methods_pass_to_405() {
-        assert!(ROUTE_ROLES.rule(&Method::GET, "/api/v1/secret").is_err());
-        assert_eq!(ROUTE_ROLES.rule(&Method::PUT, "/api/v1/graphs").unwrap(), None);
-        assert_eq!(ROUTE_ROLES.rule(&Method::GET, "/api/v1/graphs").unwrap(), Some(Some(Role::Reader)));
+        let rules = route_roles();
+        assert!(rules.rule(&Method::GET, "/api/v1/secret").is_err());
+        assert_eq!(rules.rule(&Method::PUT, "/api/v1/graphs").unwrap(), None);
+        assert_eq!(rules.rule(&Method::GET, "/api/v1/graphs").unwrap(), Some(Some(Role::Reader)));
+        assert_eq!(rules.rule(&Method::POST, "/api/v1/graphs").unwrap(), Some(Some(Role::Writer)));
+        assert_eq!(rules.rule(&Method::POST, "/api/v1/admin/api-keys").unwrap(), Some(Some(Role::Admin)));
+        assert_eq!(rules.rule(&Method::GET, "/api/v1/auth/me").unwrap(), Some(None));
+    }
+
+    /// Merging keeps one schema per name: two domains naming different shapes alike would
+    /// silently document one of them wrongly.
+    #[test]
+    fn no_two_domains_give_one_schema_name_different_shapes() {
+        let schemas = |doc: utoipa::openapi::OpenApi| {
+            let value = serde_json::to_value(doc).unwrap();
+            value["components"]["schemas"].as_object().cloned().unwrap_or_default()
+        };
+        let mut seen = serde_json::Map::new();
+        for domain in super::domains() {
+            for (name, shape) in schemas(domain.into_parts().openapi) {
+                if let Some(other) = seen.get(&name) {
+                    assert_eq!(other, &shape, "schema {name} means two things");
+                }
+                seen.insert(name, shape);
+            }
+        }
+        assert!(seen.len() > 30, "the domains' schemas were read: {seen:?}");
+    }
+
+    #[test]
+    fn every_operation_has_a_summary_a_description_and_its_problem_answer() {
+        let doc: serde_json::Value = serde_json::from_str(super::openapi()).unwrap();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                for field in ["summary", "description"] {
+                    let text = op[field].as_str().unwrap_or_default();
+                    assert!(!text.trim().is_empty(), "{method} {path} has no {field}");
+                }
+                let problem = &op["responses"]["4XX"]["content"]["application/problem+json"]["schema"]["$ref"];
+                assert_eq!(problem, "#/components/schemas/Problem", "{method} {path}");
+            }
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! authentication, before anything else can answer (the idempotency replay, the cache). A
 //! handler never checks roles itself, so no route can answer from a cache before its check.
 
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -12,23 +14,26 @@ use cim_core::ErrorCode;
 use crate::problem::ApiError;
 
 /// A route (method, path template) and the role it needs (`None`: any authenticated caller).
-pub type RouteRole = (Method, &'static str, Option<Role>);
+pub type RouteRole = (Method, String, Option<Role>);
 
-/// Every domain's table of the role each authenticated route needs. A route missing from all of
-/// them is refused: together they must name every route (tested against the router's OpenAPI
-/// paths). A domain's table lives in its module; the app, which knows every domain, gathers them.
-#[derive(Debug, Clone, Copy)]
-pub struct Rules(pub &'static [&'static [RouteRole]]);
+/// The role each authenticated route needs, gathered from every domain's route table
+/// (`crate::routes`). A route missing from it is refused, so no route is served without a rule.
+#[derive(Debug, Clone)]
+pub struct Rules(Arc<[RouteRole]>);
 
 impl Rules {
-    pub fn iter(self) -> impl Iterator<Item = &'static RouteRole> {
-        self.0.iter().flat_map(|table| table.iter())
+    pub fn new(rules: Vec<RouteRole>) -> Self {
+        Self(rules.into())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RouteRole> {
+        self.0.iter()
     }
 
     /// What the tables say about `method` on `path`: `Some(rule)` for a listed route, `None`
     /// when the path is listed for other methods only (axum answers 405), an error when it is
     /// not listed.
-    pub(crate) fn rule(self, method: &Method, path: &str) -> Result<Option<Option<Role>>, ApiError> {
+    pub(crate) fn rule(&self, method: &Method, path: &str) -> Result<Option<Option<Role>>, ApiError> {
         let mut path_known = false;
         for (m, p, role) in self.iter() {
             if *p == path {
@@ -41,7 +46,7 @@ impl Rules {
         if path_known {
             Ok(None)
         } else {
-            tracing::error!(%method, path, "route missing from app::ROUTE_ROLES; refused");
+            tracing::error!(%method, path, "route missing from every route table; refused");
             Err(ApiError::new(ErrorCode::PermissionDenied, "this route has no access rule"))
         }
     }

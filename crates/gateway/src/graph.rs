@@ -4,24 +4,20 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Extension, FromRef, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use cim_auth::{Principal, Role};
+use cim_auth::Principal;
 use cim_proto::graph as pb;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
-use http::Method;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
-use crate::rest::{
-    CommandQuery, Props, command, exact_properties, idempotency_key, next_token, page, props, query, structure, ts,
-};
+use crate::rest::{CommandQuery, Options, Page, Props, command, exact_properties, page, props, query, structure, ts};
+use crate::routes::{DomainRoutes, routes};
 use crate::upstream::Upstream;
 
 mod dto;
@@ -44,14 +40,12 @@ pub use walks::*;
 /// Create a graph
 ///
 /// Creates an empty graph in the caller's tenant. `graph_id` may be chosen by the client (a UUIDv7); otherwise the server makes one. Needs the writer role.
-#[utoipa::path(post, path = "/api/v1/graphs", tag = "graphs", request_body = CreateGraph,
-    params(CommandQuery),
-    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/graphs", tag = "graphs", request_body = CreateGraph, params(CommandQuery),
+    responses((status = 201, body = CommandResult)))]
 pub async fn create_graph(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<CreateGraph>,
 ) -> ApiResult<impl IntoResponse> {
     let graph_id = body.graph_id.clone().unwrap_or_default();
@@ -60,7 +54,7 @@ pub async fn create_graph(
         name: body.name,
         description: body.description,
         properties: structure(&body.properties),
-        options: options(&q, &headers),
+        options,
     };
     let r = command!(state.upstream, p, create_graph, msg);
     Ok(created(r))
@@ -70,25 +64,25 @@ pub async fn create_graph(
 ///
 /// The tenant's graphs in id order, a page at a time (`page_token` from the previous page). Archived graphs only with `include_archived=true`.
 #[utoipa::path(get, path = "/api/v1/graphs", tag = "graphs", params(ListGraphsQuery),
-    responses((status = 200, body = GraphPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Page<Graph>)))]
 pub async fn list_graphs(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListGraphsQuery>,
-) -> ApiResult<Json<GraphPage>> {
+) -> ApiResult<Json<Page<Graph>>> {
     let msg = pb::ListGraphsRequest {
         page: page(q.page_size, q.page_token),
         include_archived: q.include_archived.unwrap_or(false),
     };
     let r = query!(state.upstream, p, list_graphs, msg);
-    Ok(Json(GraphPage { items: r.graphs.into_iter().map(graph).collect(), next_page_token: next_token(r.page) }))
+    Ok(Page::of(r.graphs, graph, r.page))
 }
 
 /// Get a graph
 ///
 /// A graph's name, description, properties, status, version and counts.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}", tag = "graphs", params(("graph_id" = String, Path)),
-    responses((status = 200, body = Graph), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Graph)))]
 pub async fn get_graph(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
@@ -101,17 +95,15 @@ pub async fn get_graph(
 ///
 /// Sets a new name. `expected_version` makes the change conditional (409 when the graph moved on).
 #[utoipa::path(patch, path = "/api/v1/graphs/{graph_id}", tag = "graphs", request_body = RenameGraph,
-    params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("graph_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn rename_graph(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<RenameGraph>,
 ) -> ApiResult<impl IntoResponse> {
-    let msg = pb::RenameGraphRequest { graph_id, name: body.name, options: options(&q, &headers) };
+    let msg = pb::RenameGraphRequest { graph_id, name: body.name, options };
     Ok(done(command!(state.upstream, p, rename_graph, msg)))
 }
 
@@ -119,58 +111,42 @@ pub async fn rename_graph(
 ///
 /// Archives the graph: it stays readable, and refuses further changes (422).
 #[utoipa::path(delete, path = "/api/v1/graphs/{graph_id}", tag = "graphs",
-    params(("graph_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("graph_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn archive_graph(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
     ApiPath(graph_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
 ) -> ApiResult<impl IntoResponse> {
-    let msg = pb::ArchiveGraphRequest { graph_id, options: options(&q, &headers) };
+    let msg = pb::ArchiveGraphRequest { graph_id, options };
     Ok(done(command!(state.upstream, p, archive_graph, msg)))
 }
 
-/// The role each route needs (one of `app::ROUTE_ROLES`, which `crate::authz` checks).
-pub const ROUTE_ROLES: &[(Method, &str, Option<Role>)] = &[
-    (Method::POST, "/api/v1/graphs", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}", Some(Role::Reader)),
-    (Method::PATCH, "/api/v1/graphs/{graph_id}", Some(Role::Writer)),
-    (Method::DELETE, "/api/v1/graphs/{graph_id}", Some(Role::Writer)),
-    (Method::POST, "/api/v1/graphs/{graph_id}/nodes", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/nodes", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Reader)),
-    (Method::PATCH, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Writer)),
-    (Method::DELETE, "/api/v1/graphs/{graph_id}/nodes/{node_id}", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", Some(Role::Reader)),
-    (Method::POST, "/api/v1/graphs/{graph_id}/edges", Some(Role::Writer)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/edges", Some(Role::Reader)),
-    (Method::PATCH, "/api/v1/graphs/{graph_id}/edges/{edge_id}", Some(Role::Writer)),
-    (Method::DELETE, "/api/v1/graphs/{graph_id}/edges/{edge_id}", Some(Role::Writer)),
-    (Method::POST, "/api/v1/graphs/{graph_id}/batch", Some(Role::Writer)),
-    // A query with a body: reading needs no more than the reader role.
-    (Method::POST, "/api/v1/graphs/{graph_id}/traverse", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/shortest-path", Some(Role::Reader)),
-    (Method::GET, "/api/v1/graphs/{graph_id}/versions/{version}", Some(Role::Reader)),
-];
-
-pub fn routes<S>() -> Router<S>
+/// The graph routes: the role each needs, its handler (whose annotation gives method and path).
+pub fn routes<S>() -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<GraphState>: FromRef<S>,
 {
-    Router::new()
-        .route("/api/v1/graphs", post(create_graph).get(list_graphs))
-        .route("/api/v1/graphs/{graph_id}", get(get_graph).patch(rename_graph).delete(archive_graph))
-        .route("/api/v1/graphs/{graph_id}/nodes", post(add_node).get(list_nodes))
-        .route("/api/v1/graphs/{graph_id}/nodes/{node_id}", get(get_node).patch(update_node).delete(remove_node))
-        .route("/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", get(neighbors))
-        .route("/api/v1/graphs/{graph_id}/edges", post(add_edge).get(list_edges))
-        .route("/api/v1/graphs/{graph_id}/edges/{edge_id}", axum::routing::patch(update_edge).delete(remove_edge))
-        .route("/api/v1/graphs/{graph_id}/batch", post(apply_batch))
-        .route("/api/v1/graphs/{graph_id}/traverse", post(traverse))
-        .route("/api/v1/graphs/{graph_id}/shortest-path", get(shortest_path))
-        .route("/api/v1/graphs/{graph_id}/versions/{version}", get(graph_at_version))
+    DomainRoutes::default()
+        .writer(routes!(create_graph))
+        .reader(routes!(list_graphs))
+        .reader(routes!(get_graph))
+        .writer(routes!(rename_graph))
+        .writer(routes!(archive_graph))
+        .writer(routes!(add_node))
+        .reader(routes!(list_nodes))
+        .reader(routes!(get_node))
+        .writer(routes!(update_node))
+        .writer(routes!(remove_node))
+        .reader(routes!(neighbors))
+        .writer(routes!(add_edge))
+        .reader(routes!(list_edges))
+        .writer(routes!(update_edge))
+        .writer(routes!(remove_edge))
+        .writer(routes!(apply_batch))
+        // A query with a body: reading needs no more than the reader role.
+        .reader(routes!(traverse))
+        .reader(routes!(shortest_path))
+        .reader(routes!(graph_at_version))
 }

@@ -1,14 +1,15 @@
 //! The REST/JSON gateway: `/api/v1/...` over the domain services' gRPC APIs.
 //!
 //! - [`app`]: state, router and lifecycle; [`graph`], [`document`], [`agent`]: each domain's
-//!   routes, DTOs, role table and OpenAPI paths (one module per domain, on [`rest`]);
-//!   [`accounts`]: the caller's own routes (me, sessions, API keys).
+//!   DTOs, handlers and route table (one module per domain, on [`rest`] and [`routes`]: one line
+//!   per route gives the route, its OpenAPI operation and its role); [`accounts`]: the caller's
+//!   own routes (me, sessions, API keys).
 //! - [`auth`]: bearer tokens, API keys, sessions; [`authz`]: the role check over every domain's
 //!   route table; [`limits`]: rate limits, deadline, bodies, metrics.
 //! - [`cache`]: cached GETs invalidated by events; [`idempotency`]: `Idempotency-Key` replay.
 //! - [`problem`]: problem+json from the one error-code table; [`extract`]: extractors whose
 //!   refusals are problem+json; [`upstream`]: gRPC clients.
-//! - [`openapi`]: the OpenAPI 3.1 document served at `/api/openapi.json`.
+//! - [`openapi`]: the shared parts of the OpenAPI 3.1 document served at `/api/openapi.json`.
 
 pub mod accounts;
 pub mod agent;
@@ -25,4 +26,5 @@ pub mod links;
 pub mod openapi;
 pub mod problem;
 pub mod rest;
+pub mod routes;
 pub mod upstream;

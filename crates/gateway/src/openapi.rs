@@ -1,16 +1,19 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations and the DTO types.
+//! The OpenAPI 3.1 document's shared parts: what every operation has in common (its
+//! credentials, its problem+json answer to bad requests). The paths come from the domains' route
+//! tables (`crate::routes`); the app puts the two together (`app::openapi`).
 
-use std::sync::LazyLock;
-
-use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
+use utoipa::{OpenApi as _, PartialSchema, ToSchema};
 
-use crate::graph as g;
+use crate::problem::Problem;
 
+/// The two ways to present credentials.
 struct Security;
 
 impl utoipa::Modify for Security {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+    fn modify(&self, openapi: &mut OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -21,74 +24,33 @@ impl utoipa::Modify for Security {
     }
 }
 
-#[derive(OpenApi)]
+#[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "CIM API", description = "REST/JSON over CIM's domain services. Errors are application/problem+json."),
-    paths(
-        g::create_graph, g::list_graphs, g::get_graph, g::rename_graph, g::archive_graph,
-        g::add_node, g::list_nodes, g::get_node, g::update_node, g::remove_node,
-        g::add_edge, g::list_edges, g::update_edge, g::remove_edge, g::apply_batch,
-        g::neighbors, g::traverse, g::shortest_path, g::graph_at_version,
-        crate::accounts::me, crate::accounts::login, crate::accounts::logout, crate::accounts::create_api_key,
-        crate::accounts::revoke_api_key,
-    ),
     modifiers(&Security),
     security(("bearer" = []), ("api_key" = [])),
 )]
-struct Doc;
+struct Shared;
 
-/// Each domain module owns its paths (`<domain>::Api`); this document adds the shared parts.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    let mut doc = Doc::openapi();
-    for domain in domains() {
-        doc.merge(domain);
-    }
-    doc.to_pretty_json().unwrap_or_default()
-});
-
-/// Every domain module's paths (`<domain>::Api`), in the order they are merged.
-fn domains() -> [utoipa::openapi::OpenApi; 2] {
-    [crate::document::Api::openapi(), crate::agent::Api::openapi()]
-}
-
-pub fn document() -> &'static str {
-    DOCUMENT.as_str()
-}
-
-#[cfg(test)]
-mod tests {
-    use utoipa::OpenApi;
-
-    /// Merging keeps one schema per name: two domains naming different shapes alike would
-    /// silently document one of them wrongly.
-    #[test]
-    fn no_two_domains_give_one_schema_name_different_shapes() {
-        let schemas = |doc: utoipa::openapi::OpenApi| {
-            let value = serde_json::to_value(doc).unwrap();
-            value["components"]["schemas"].as_object().cloned().unwrap_or_default()
-        };
-        // Each domain against the shared document and every domain merged before it.
-        let mut seen = schemas(super::Doc::openapi());
-        for domain in super::domains() {
-            for (name, shape) in schemas(domain) {
-                if let Some(other) = seen.get(&name) {
-                    assert_eq!(other, &shape, "schema {name} means two things");
-                }
-                seen.insert(name, shape);
-            }
+/// The whole document: the shared parts, `paths`, and on every operation the problem+json answer
+/// every route gives a bad request (one place instead of one line per handler).
+pub fn describe(paths: OpenApi) -> OpenApi {
+    let mut doc = Shared::openapi();
+    doc.merge(paths);
+    let problem = ResponseBuilder::new()
+        .description("The request was refused: a problem document (RFC 9457) with a stable `code`.")
+        .content(
+            "application/problem+json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name(Problem::name()))).build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations: [&mut Option<Operation>; 5] =
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            operation.responses.responses.entry("4XX".into()).or_insert_with(|| problem.clone().into());
         }
     }
-
-    #[test]
-    fn every_operation_has_a_summary_and_a_description() {
-        let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();
-        for (path, ops) in doc["paths"].as_object().unwrap() {
-            for (method, op) in ops.as_object().unwrap() {
-                for field in ["summary", "description"] {
-                    let text = op[field].as_str().unwrap_or_default();
-                    assert!(!text.trim().is_empty(), "{method} {path} has no {field}");
-                }
-            }
-        }
-    }
+    doc.components.get_or_insert_with(Default::default).schemas.insert(Problem::name().into_owned(), Problem::schema());
+    doc
 }

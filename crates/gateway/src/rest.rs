@@ -2,9 +2,10 @@
 //! paging, command options, and the two ways to call a domain service (`command!`, `query!`).
 //! A domain module states only its routes, DTOs and the calls they make.
 
+use axum::Json;
 use axum::http::HeaderMap;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 /// A JSON object a caller stores (properties, metadata).
 pub type Props = serde_json::Map<String, serde_json::Value>;
@@ -22,6 +23,21 @@ pub struct PageQuery {
     /// 1 to the route's maximum (a larger one is refused, naming the maximum).
     pub page_size: Option<u32>,
     pub page_token: Option<String>,
+}
+
+/// A command's options from its request: `?expected_version=` and the `Idempotency-Key` header.
+#[derive(Debug)]
+pub struct Options(pub Option<cim_proto::common::CommandOptions>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Options {
+    type Rejection = crate::problem::ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let crate::extract::ApiQuery(q) =
+            crate::extract::ApiQuery::<CommandQuery>::from_request_parts(parts, state).await?;
+        let idempotency_key = idempotency_key(&parts.headers);
+        Ok(Options(Some(cim_proto::common::CommandOptions { expected_version: q.expected_version, idempotency_key })))
+    }
 }
 
 /// The request's `Idempotency-Key`, which also travels to the domain service as the command's
@@ -46,6 +62,21 @@ pub fn timestamp(field: &str, s: &str) -> Result<prost_types::Timestamp, crate::
     chrono::DateTime::parse_from_rfc3339(s).map(|t| cim_runtime::edge::timestamp(t.to_utc())).map_err(|e| {
         crate::problem::ApiError::invalid(field, format!("an RFC 3339 instant such as 2026-12-31T23:59:59Z: {e}"))
     })
+}
+
+/// One page of a list: its items, and the token for the next page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page of a service's answer: its items as JSON, and its page.
+    pub fn of<U>(items: Vec<U>, json: impl FnMut(U) -> T, page: Option<cim_proto::common::PageResponse>) -> Json<Self> {
+        Json(Page { items: items.into_iter().map(json).collect(), next_page_token: next_token(page) })
+    }
 }
 
 pub fn next_token(p: Option<cim_proto::common::PageResponse>) -> Option<String> {
@@ -96,6 +127,7 @@ pub(crate) use {command, query};
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::sync::Arc;
 
     /// Each domain's protos, where every RPC states its REST route (`google.api.http`).
     const PROTOS: [&str; 3] = [
@@ -144,13 +176,17 @@ mod tests {
     /// stream: a request and one response cannot carry it).
     #[test]
     fn every_domain_route_is_an_rpcs_google_api_http_route() {
-        let served: BTreeSet<(String, String)> =
-            [crate::graph::ROUTE_ROLES, crate::document::ROUTE_ROLES, crate::agent::ROUTE_ROLES]
-                .iter()
-                .flat_map(|table| table.iter())
-                .map(|(method, path, _)| (method.as_str().to_owned(), (*path).to_owned()))
-                .filter(|(m, p)| !GATEWAY_ONLY.contains(&(m.as_str(), p.as_str())))
-                .collect();
+        let tables = [
+            crate::graph::routes::<Arc<crate::graph::GraphState>>().into_parts().rules,
+            crate::document::routes::<Arc<crate::document::DocumentState>>().into_parts().rules,
+            crate::agent::routes::<Arc<crate::agent::AgentState>>().into_parts().rules,
+        ];
+        let served: BTreeSet<(String, String)> = tables
+            .iter()
+            .flat_map(|rules| rules.iter())
+            .map(|(method, path, _)| (method.as_str().to_owned(), path.clone()))
+            .filter(|(m, p)| !GATEWAY_ONLY.contains(&(m.as_str(), p.as_str())))
+            .collect();
         let mut annotated = BTreeSet::new();
         for rpc in PROTOS.iter().flat_map(|proto| rpcs(proto)) {
             assert!(rpc.streaming || rpc.route.is_some(), "the unary RPC {} has no google.api.http route", rpc.name);

@@ -45,7 +45,7 @@ async fn every_route_checks_the_role_before_the_cache_or_a_replay() {
         "the cache never answered"
     );
 
-    for (method, template, role) in cim_gateway::app::ROUTE_ROLES.iter() {
+    for (method, template, role) in cim_gateway::app::route_roles().iter() {
         let path = template
             .replace("{graph_id}", &g)
             .replace("{node_id}", "a")

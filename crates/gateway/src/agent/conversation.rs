@@ -94,8 +94,7 @@ fn line(chunk: &MessageChunk) -> bytes::Bytes {
 /// To an AI agent whose worker is connected: the message is recorded, forwarded, and the response streams back as `application/x-ndjson`, one `MessageChunk` per line; the last line carries `completed` or `failed`. Refusals before the stream starts (no such agent, not an AI agent, no worker connected) are problem+json. Needs the writer role.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/messages", tag = "agents", request_body = NewMessage,
     params(("agent_id" = String, Path)),
-    responses((status = 200, body = MessageChunk, content_type = "application/x-ndjson"),
-        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = MessageChunk, content_type = "application/x-ndjson")))]
 pub async fn send_message(
     State(state): State<Arc<AgentState>>,
     Extension(p): Extension<Principal>,

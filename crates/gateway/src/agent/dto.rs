@@ -94,20 +94,6 @@ pub struct TaskCommandResult {
     pub replayed: bool,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentPage {
-    /// Newest first.
-    pub items: Vec<Agent>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskPage {
-    /// Newest first.
-    pub items: Vec<Task>,
-    pub next_page_token: Option<String>,
-}
-
 /// Where a task with these requirements would go now.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RouteDecision {
@@ -299,10 +285,6 @@ pub(super) fn route_decision(r: pb::RouteTaskResponse) -> RouteDecision {
         max_concurrent_tasks: r.max_concurrent_tasks,
         covering_agents: r.covering_agents,
     }
-}
-
-pub(super) fn options(expected_version: Option<u64>, headers: &HeaderMap) -> Option<cim_proto::common::CommandOptions> {
-    Some(cim_proto::common::CommandOptions { expected_version, idempotency_key: idempotency_key(headers) })
 }
 
 pub(super) fn agent_done(r: pb::CommandResponse) -> Json<AgentCommandResult> {

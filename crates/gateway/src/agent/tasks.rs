@@ -7,12 +7,11 @@ use super::*;
 ///
 /// Queues a task for an active agent whose capabilities cover `required_capabilities`. A required capability no agent of the tenant declares is refused (400 naming it): a typo would otherwise wait in the queue until its deadline. Needs the writer role.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = SubmitTask, params(CommandQuery),
-    responses((status = 201, body = TaskCommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = TaskCommandResult)))]
 pub async fn submit_task(
     State(state): State<Arc<AgentState>>,
     Extension(p): Extension<Principal>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<SubmitTask>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::SubmitTaskRequest {
@@ -22,7 +21,7 @@ pub async fn submit_task(
         priority: body.priority,
         deadline: body.deadline.map(|d| crate::rest::timestamp("deadline", &d)).transpose()?,
         correlation: body.correlation,
-        options: options(q.expected_version, &headers),
+        options,
     };
     Ok((StatusCode::CREATED, task_done(command!(state.upstream, p, submit_task, msg))))
 }
@@ -31,17 +30,15 @@ pub async fn submit_task(
 ///
 /// A queued or assigned task ends as cancelled. A finished task (completed, failed, cancelled, timed out) is refused (422). Needs the writer role.
 #[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", tag = "tasks", request_body = CancelTask,
-    params(("task_id" = String, Path), CommandQuery),
-    responses((status = 200, body = TaskCommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("task_id" = String, Path), CommandQuery), responses((status = 200, body = TaskCommandResult)))]
 pub async fn cancel_task(
     State(state): State<Arc<AgentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(task_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<CancelTask>,
 ) -> ApiResult<Json<TaskCommandResult>> {
-    let msg = pb::CancelTaskRequest { task_id, reason: body.reason, options: options(q.expected_version, &headers) };
+    let msg = pb::CancelTaskRequest { task_id, reason: body.reason, options };
     Ok(task_done(command!(state.upstream, p, cancel_task, msg)))
 }
 
@@ -49,7 +46,7 @@ pub async fn cancel_task(
 ///
 /// The task's state, requirements, payload, holder and lease, attempts, and its result or error once finished.
 #[utoipa::path(get, path = "/api/v1/tasks/{task_id}", tag = "tasks", params(("task_id" = String, Path)),
-    responses((status = 200, body = Task), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Task)))]
 pub async fn get_task(
     State(state): State<Arc<AgentState>>,
     Extension(p): Extension<Principal>,
@@ -62,22 +59,22 @@ pub async fn get_task(
 ///
 /// The tenant's tasks, newest first, a page at a time; optionally those in one state.
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(ListTasksQuery),
-    responses((status = 200, body = TaskPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Page<Task>)))]
 pub async fn list_tasks(
     State(state): State<Arc<AgentState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListTasksQuery>,
-) -> ApiResult<Json<TaskPage>> {
+) -> ApiResult<Json<Page<Task>>> {
     let msg = pb::ListTasksRequest { state: q.state.unwrap_or_default(), page: page(q.page_size, q.page_token) };
     let r = query!(state.upstream, p, list_tasks, msg);
-    Ok(Json(TaskPage { items: r.tasks.into_iter().map(task).collect(), next_page_token: next_token(r.page) }))
+    Ok(Page::of(r.tasks, task, r.page))
 }
 
 /// Where a task would go
 ///
 /// A dry run of capability routing, changing nothing: among active agents with a free slot whose capabilities cover the requirements, the least over-provisioned, then the least loaded. Unknown capabilities are refused (400) as on submission.
 #[utoipa::path(post, path = "/api/v1/tasks/route", tag = "tasks", request_body = RouteTask,
-    responses((status = 200, body = RouteDecision), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = RouteDecision)))]
 pub async fn route_task(
     State(state): State<Arc<AgentState>>,
     Extension(p): Extension<Principal>,

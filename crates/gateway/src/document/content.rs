@@ -10,13 +10,13 @@ const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 /// The request body becomes the document's next content version, streamed to the object store as it arrives (any size up to the service's limit, 413 above). `Content-Type` is kept and served back. Only drafts take content (422 otherwise).
 #[utoipa::path(put, path = "/api/v1/documents/{document_id}/content", tag = "content",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    params(("document_id" = String, Path), UploadQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), UploadQuery, CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn upload_content(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UploadQuery>,
+    Options(options): Options,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<CommandResult>> {
@@ -27,7 +27,7 @@ pub async fn upload_content(
         content_type: content_type.to_owned(),
         filename: q.filename.unwrap_or_default(),
         expected_cid: q.expected_cid.unwrap_or_default(),
-        options: options(q.expected_version, &headers),
+        options,
     };
     // A body that breaks off must never look like a complete one to the service: the stream
     // stops without ending, and the call is dropped (the service sees the stream reset).
@@ -86,13 +86,8 @@ pub(super) fn gather(
 ///
 /// The current content (or `version` / `tag`), streamed. `ETag` is the CID: `If-None-Match` answers 304. One `Range` of bytes answers 206 (416 when it lies outside the content). Quarantined content is refused (422).
 #[utoipa::path(get, path = "/api/v1/documents/{document_id}/content", tag = "content",
-    params(("document_id" = String, Path), ContentQuery,
-        ("Range" = Option<String>, Header, description = "bytes=first-last, bytes=first- or bytes=-suffix"),
-        ("If-None-Match" = Option<String>, Header, description = "an ETag from an earlier download")),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 304, description = "Not modified"),
-        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), ContentQuery, ("Range" = Option<String>, Header, description = "bytes=first-last, bytes=first- or bytes=-suffix"), ("If-None-Match" = Option<String>, Header, description = "an ETag from an earlier download")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 206, content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "Not modified")))]
 pub async fn download_content(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
@@ -269,8 +264,7 @@ pub struct DownloadLink {
 ///
 /// A signed URL that downloads one content version with no bearer token until it expires (tenant, document, version and expiry are bound into its HMAC). Needs the reader role.
 #[utoipa::path(post, path = "/api/v1/documents/{document_id}/download-links", tag = "content",
-    params(("document_id" = String, Path), LinkQuery),
-    responses((status = 201, body = DownloadLink), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), LinkQuery), responses((status = 201, body = DownloadLink)))]
 pub async fn create_download_link(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
@@ -304,10 +298,7 @@ pub async fn create_download_link(
 /// The content version a signed link names, with no credentials (the link is the credential): Range, ETag and If-None-Match as for any download. An altered link is 404, an expired one 403.
 #[utoipa::path(get, path = "/api/v1/shared/{token}", tag = "content", security(()),
     params(("token" = String, Path), ("Range" = Option<String>, Header), ("If-None-Match" = Option<String>, Header)),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 304, description = "Not modified"),
-        (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 206, content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "Not modified")))]
 pub async fn shared_content(
     State(state): State<Arc<DocumentState>>,
     ApiPath(token): ApiPath<String>,

@@ -59,12 +59,6 @@ pub struct CommandResult {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DocumentPage {
-    pub items: Vec<Document>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct Versions {
     pub items: Vec<Version>,
 }
@@ -146,7 +140,6 @@ pub struct SearchQuery {
 pub struct DeleteQuery {
     /// Delete the content for good (refused under retention or legal hold).
     pub hard: Option<bool>,
-    pub expected_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -156,7 +149,6 @@ pub struct UploadQuery {
     pub filename: Option<String>,
     /// The CID the client computed; a mismatch stores nothing (400).
     pub expected_cid: Option<String>,
-    pub expected_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -208,10 +200,6 @@ pub(super) fn result(r: pb::CommandResponse) -> CommandResult {
         content_version: (r.content_version > 0).then_some(r.content_version),
         content_cid: (!r.content_cid.is_empty()).then_some(r.content_cid),
     }
-}
-
-pub(super) fn options(expected_version: Option<u64>, headers: &HeaderMap) -> Option<cim_proto::common::CommandOptions> {
-    Some(cim_proto::common::CommandOptions { expected_version, idempotency_key: idempotency_key(headers) })
 }
 
 pub(super) fn done(r: pb::CommandResponse) -> Json<CommandResult> {

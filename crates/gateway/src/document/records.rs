@@ -6,12 +6,11 @@ use super::*;
 ///
 /// Creates a draft document (no content yet) in the caller's tenant. Needs the writer role.
 #[utoipa::path(post, path = "/api/v1/documents", tag = "documents", request_body = DocumentDetails, params(CommandQuery),
-    responses((status = 201, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = CommandResult)))]
 pub async fn create_document(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<DocumentDetails>,
 ) -> ApiResult<impl IntoResponse> {
     let msg = pb::CreateDocumentRequest {
@@ -20,7 +19,7 @@ pub async fn create_document(
         description: body.description,
         tags: body.tags,
         metadata: structure(&body.metadata),
-        options: options(q.expected_version, &headers),
+        options,
     };
     Ok((StatusCode::CREATED, done(command!(state.upstream, p, create_document, msg))))
 }
@@ -29,12 +28,12 @@ pub async fn create_document(
 ///
 /// Full-text search over title, description, tags, metadata and the text of text-like content, with filters; newest first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/documents", tag = "documents", params(SearchQuery),
-    responses((status = 200, body = DocumentPage), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Page<Document>)))]
 pub async fn search_documents(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<SearchQuery>,
-) -> ApiResult<Json<DocumentPage>> {
+) -> ApiResult<Json<Page<Document>>> {
     let instant = |field: &str, s: Option<String>| s.map(|s| crate::rest::timestamp(field, &s)).transpose();
     let msg = pb::SearchDocumentsRequest {
         query: q.q.unwrap_or_default(),
@@ -46,17 +45,14 @@ pub async fn search_documents(
         page: page(q.page_size, q.page_token),
     };
     let r = query!(state.upstream, p, search_documents, msg);
-    Ok(Json(DocumentPage {
-        items: r.documents.into_iter().map(document).collect(),
-        next_page_token: next_token(r.page),
-    }))
+    Ok(Page::of(r.documents, document, r.page))
 }
 
 /// Get a document
 ///
 /// The document's metadata, state, current content version, links, retention and hold.
 #[utoipa::path(get, path = "/api/v1/documents/{document_id}", tag = "documents", params(("document_id" = String, Path)),
-    responses((status = 200, body = Document), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Document)))]
 pub async fn get_document(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
@@ -69,14 +65,12 @@ pub async fn get_document(
 ///
 /// Sets title, description, tags and metadata (all of them: absent ones become empty).
 #[utoipa::path(patch, path = "/api/v1/documents/{document_id}", tag = "documents", request_body = DocumentDetails,
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn update_metadata(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<DocumentDetails>,
 ) -> ApiResult<Json<CommandResult>> {
     if body.document_id.is_some() {
@@ -88,7 +82,7 @@ pub async fn update_metadata(
         description: body.description,
         tags: body.tags,
         metadata: structure(&body.metadata),
-        options: options(q.expected_version, &headers),
+        options,
     };
     Ok(done(command!(state.upstream, p, update_metadata, msg)))
 }
@@ -97,28 +91,23 @@ pub async fn update_metadata(
 ///
 /// A soft delete (restorable) by default; `hard=true` removes every version's content for good, which retention and legal holds refuse (422 naming the rule).
 #[utoipa::path(delete, path = "/api/v1/documents/{document_id}", tag = "documents",
-    params(("document_id" = String, Path), DeleteQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), DeleteQuery, CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn delete_document(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::DeleteDocumentRequest {
-        document_id,
-        hard_delete: q.hard.unwrap_or(false),
-        options: options(q.expected_version, &headers),
-    };
+    let msg = pb::DeleteDocumentRequest { document_id, hard_delete: q.hard.unwrap_or(false), options };
     Ok(done(command!(state.upstream, p, delete_document, msg)))
 }
 
 /// List content versions
 ///
 /// Every content version of the document, oldest first, with its CID, size, type and tags.
-#[utoipa::path(get, path = "/api/v1/documents/{document_id}/versions", tag = "content", params(("document_id" = String, Path)),
-    responses((status = 200, body = Versions), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/documents/{document_id}/versions", tag = "content",
+    params(("document_id" = String, Path)), responses((status = 200, body = Versions)))]
 pub async fn list_versions(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
@@ -131,19 +120,17 @@ pub async fn list_versions(
 /// Tag a content version
 ///
 /// Names a content version (e.g. `v1.0`); tagging another version with the same tag moves it.
-#[utoipa::path(post, path = "/api/v1/documents/{document_id}/versions/{version}/tags", tag = "content", request_body = Tag,
-    params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/documents/{document_id}/versions/{version}/tags", tag = "content",
+    request_body = Tag, params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
+    responses((status = 200, body = CommandResult)))]
 pub async fn tag_version(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u32)>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<Tag>,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg =
-        pb::TagVersionRequest { document_id, version, tag: body.tag, options: options(q.expected_version, &headers) };
+    let msg = pb::TagVersionRequest { document_id, version, tag: body.tag, options };
     Ok(done(command!(state.upstream, p, tag_version, msg)))
 }
 
@@ -152,38 +139,31 @@ pub async fn tag_version(
 /// Makes an earlier version's content current again, as a new version (drafts only).
 #[utoipa::path(post, path = "/api/v1/documents/{document_id}/versions/{version}/restore", tag = "content",
     params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = CommandResult)))]
 pub async fn restore_version(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u32)>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::RestoreVersionRequest { document_id, version, options: options(q.expected_version, &headers) };
+    let msg = pb::RestoreVersionRequest { document_id, version, options };
     Ok(done(command!(state.upstream, p, restore_version, msg)))
 }
 
 /// Quarantine a content version
 ///
 /// Blocks downloads of one version's content (e.g. found to be malware). Needs the admin role.
-#[utoipa::path(post, path = "/api/v1/documents/{document_id}/versions/{version}/quarantine", tag = "content", request_body = Reason,
-    params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/documents/{document_id}/versions/{version}/quarantine", tag = "content",
+    request_body = Reason, params(("document_id" = String, Path), ("version" = u32, Path), CommandQuery),
+    responses((status = 200, body = CommandResult)))]
 pub async fn quarantine_content(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath((document_id, version)): ApiPath<(String, u32)>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<Reason>,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::QuarantineContentRequest {
-        document_id,
-        version,
-        reason: body.reason,
-        options: options(q.expected_version, &headers),
-    };
+    let msg = pb::QuarantineContentRequest { document_id, version, reason: body.reason, options };
     Ok(done(command!(state.upstream, p, quarantine_content, msg)))
 }
 
@@ -191,22 +171,15 @@ pub async fn quarantine_content(
 ///
 /// draft -> in_review -> approved or rejected; approved or rejected -> draft. Other transitions are refused (422) naming both states.
 #[utoipa::path(post, path = "/api/v1/documents/{document_id}/state", tag = "lifecycle", request_body = ChangeState,
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn change_state(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<ChangeState>,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::ChangeStateRequest {
-        document_id,
-        state: body.state,
-        reason: body.reason,
-        options: options(q.expected_version, &headers),
-    };
+    let msg = pb::ChangeStateRequest { document_id, state: body.state, reason: body.reason, options };
     Ok(done(command!(state.upstream, p, change_state, msg)))
 }
 
@@ -214,22 +187,15 @@ pub async fn change_state(
 ///
 /// Records a typed link to another document, or to another domain's aggregate (`graph:<id>`).
 #[utoipa::path(post, path = "/api/v1/documents/{document_id}/links", tag = "lifecycle", request_body = LinkRequest,
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn link_documents(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<LinkRequest>,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::LinkDocumentsRequest {
-        document_id,
-        link_type: body.link_type,
-        target: body.target,
-        options: options(q.expected_version, &headers),
-    };
+    let msg = pb::LinkDocumentsRequest { document_id, link_type: body.link_type, target: body.target, options };
     Ok(done(command!(state.upstream, p, link_documents, msg)))
 }
 
@@ -237,16 +203,14 @@ pub async fn link_documents(
 ///
 /// Archives a live document: it stays readable and refuses changes until restored.
 #[utoipa::path(post, path = "/api/v1/documents/{document_id}/archive", tag = "lifecycle",
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn archive_document(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::DocumentCommand { document_id, options: options(q.expected_version, &headers) };
+    let msg = pb::DocumentCommand { document_id, options };
     Ok(done(command!(state.upstream, p, archive_document, msg)))
 }
 
@@ -254,16 +218,14 @@ pub async fn archive_document(
 ///
 /// Undoes an archive or a soft delete: the document returns to the state it was in.
 #[utoipa::path(post, path = "/api/v1/documents/{document_id}/restore", tag = "lifecycle",
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn restore_document(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::DocumentCommand { document_id, options: options(q.expected_version, &headers) };
+    let msg = pb::DocumentCommand { document_id, options };
     Ok(done(command!(state.upstream, p, restore_document, msg)))
 }
 
@@ -271,20 +233,18 @@ pub async fn restore_document(
 ///
 /// The document cannot be deleted for good before `retain_until`; retention can only be extended. Needs the admin role.
 #[utoipa::path(put, path = "/api/v1/documents/{document_id}/retention", tag = "compliance", request_body = Retention,
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn set_retention(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<Retention>,
 ) -> ApiResult<Json<CommandResult>> {
     let msg = pb::SetRetentionRequest {
         document_id,
         retain_until: Some(crate::rest::timestamp("retain_until", &body.retain_until)?),
-        options: options(q.expected_version, &headers),
+        options,
     };
     Ok(done(command!(state.upstream, p, set_retention, msg)))
 }
@@ -293,17 +253,15 @@ pub async fn set_retention(
 ///
 /// While held, the document cannot be deleted for good. Needs the admin role.
 #[utoipa::path(put, path = "/api/v1/documents/{document_id}/legal-hold", tag = "compliance", request_body = Reason,
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn place_legal_hold(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
     ApiJson(body): ApiJson<Reason>,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg = pb::LegalHoldRequest { document_id, reason: body.reason, options: options(q.expected_version, &headers) };
+    let msg = pb::LegalHoldRequest { document_id, reason: body.reason, options };
     Ok(done(command!(state.upstream, p, place_legal_hold, msg)))
 }
 
@@ -311,17 +269,14 @@ pub async fn place_legal_hold(
 ///
 /// Ends the hold. Needs the admin role.
 #[utoipa::path(delete, path = "/api/v1/documents/{document_id}/legal-hold", tag = "compliance",
-    params(("document_id" = String, Path), CommandQuery),
-    responses((status = 200, body = CommandResult), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), CommandQuery), responses((status = 200, body = CommandResult)))]
 pub async fn release_legal_hold(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,
     ApiPath(document_id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<CommandQuery>,
-    headers: HeaderMap,
+    Options(options): Options,
 ) -> ApiResult<Json<CommandResult>> {
-    let msg =
-        pb::LegalHoldRequest { document_id, reason: String::new(), options: options(q.expected_version, &headers) };
+    let msg = pb::LegalHoldRequest { document_id, reason: String::new(), options };
     Ok(done(command!(state.upstream, p, release_legal_hold, msg)))
 }
 
@@ -329,8 +284,7 @@ pub async fn release_legal_hold(
 ///
 /// The document as it was after its first `version` events, folded from the verified history.
 #[utoipa::path(get, path = "/api/v1/documents/{document_id}/as-of/{version}", tag = "documents",
-    params(("document_id" = String, Path), ("version" = u64, Path)),
-    responses((status = 200, body = Document), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("document_id" = String, Path), ("version" = u64, Path)), responses((status = 200, body = Document)))]
 pub async fn document_at_version(
     State(state): State<Arc<DocumentState>>,
     Extension(p): Extension<Principal>,

@@ -56,25 +56,6 @@ pub struct CommandResult {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct GraphPage {
-    pub items: Vec<Graph>,
-    /// Pass as `page_token` for the next page; absent on the last page.
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NodePage {
-    pub items: Vec<Node>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EdgePage {
-    pub items: Vec<Edge>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct Neighbor {
     pub node: Node,
     pub via: Edge,
@@ -173,53 +154,33 @@ pub struct SetProperties {
     pub properties: Props,
 }
 
-/// One change of a batch.
+/// One change of a batch: `op` names it; its other fields are those of the single-change route.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
-    AddNode {
-        #[serde(default)]
-        id: Option<String>,
-        #[serde(rename = "type")]
-        node_type: String,
-        #[serde(default)]
-        #[serde(deserialize_with = "exact_properties")]
-        #[schema(value_type = Object)]
-        properties: Props,
-    },
-    AddEdge {
-        #[serde(default)]
-        id: Option<String>,
-        #[serde(rename = "type")]
-        edge_type: String,
-        source: String,
-        target: String,
-        #[serde(default)]
-        #[serde(deserialize_with = "exact_properties")]
-        #[schema(value_type = Object)]
-        properties: Props,
-    },
-    UpdateNode {
-        id: String,
-        #[serde(deserialize_with = "exact_properties")]
-        #[schema(value_type = Object)]
-        properties: Props,
-    },
-    UpdateEdge {
-        id: String,
-        #[serde(deserialize_with = "exact_properties")]
-        #[schema(value_type = Object)]
-        properties: Props,
-    },
-    RemoveNode {
-        id: String,
-    },
-    RemoveEdge {
-        id: String,
-    },
-    Rename {
-        name: String,
-    },
+    AddNode(NodeSpec),
+    AddEdge(EdgeSpec),
+    UpdateNode(PropertiesOf),
+    UpdateEdge(PropertiesOf),
+    RemoveNode(ElementId),
+    RemoveEdge(ElementId),
+    Rename(RenameGraph),
+}
+
+/// A node's or an edge's new property document, in a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PropertiesOf {
+    pub id: String,
+    #[serde(deserialize_with = "exact_properties")]
+    #[schema(value_type = Object)]
+    pub properties: Props,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ElementId {
+    pub id: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -342,15 +303,43 @@ pub(super) fn result(r: pb::CommandResponse) -> CommandResult {
     }
 }
 
-pub(super) fn types(list: Option<String>) -> Vec<String> {
-    list.map(|l| l.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()).unwrap_or_default()
+impl From<NodeSpec> for pb::NodeSpec {
+    fn from(n: NodeSpec) -> Self {
+        pb::NodeSpec { id: n.id.unwrap_or_default(), r#type: n.node_type, properties: structure(&n.properties) }
+    }
 }
 
-pub(super) fn options(q: &CommandQuery, headers: &HeaderMap) -> Option<cim_proto::common::CommandOptions> {
-    Some(cim_proto::common::CommandOptions {
-        expected_version: q.expected_version,
-        idempotency_key: idempotency_key(headers),
-    })
+impl From<EdgeSpec> for pb::EdgeSpec {
+    fn from(e: EdgeSpec) -> Self {
+        pb::EdgeSpec {
+            id: e.id.unwrap_or_default(),
+            r#type: e.edge_type,
+            source: e.source,
+            target: e.target,
+            properties: structure(&e.properties),
+        }
+    }
+}
+
+impl From<Change> for pb::GraphChange {
+    fn from(change: Change) -> Self {
+        use pb::graph_change::Change as C;
+        let properties = |p: PropertiesOf| pb::UpdateProperties { id: p.id, properties: structure(&p.properties) };
+        let change = match change {
+            Change::AddNode(node) => C::AddNode(node.into()),
+            Change::AddEdge(edge) => C::AddEdge(edge.into()),
+            Change::UpdateNode(p) => C::UpdateNode(properties(p)),
+            Change::UpdateEdge(p) => C::UpdateEdge(properties(p)),
+            Change::RemoveNode(node) => C::RemoveNode(node.id),
+            Change::RemoveEdge(edge) => C::RemoveEdge(edge.id),
+            Change::Rename(rename) => C::Rename(rename.name),
+        };
+        pb::GraphChange { change: Some(change) }
+    }
+}
+
+pub(super) fn types(list: Option<String>) -> Vec<String> {
+    list.map(|l| l.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()).unwrap_or_default()
 }
 
 pub(super) fn created(r: pb::CommandResponse) -> impl IntoResponse {
@@ -359,4 +348,31 @@ pub(super) fn created(r: pb::CommandResponse) -> impl IntoResponse {
 
 pub(super) fn done(r: pb::CommandResponse) -> impl IntoResponse {
     (StatusCode::OK, Json(result(r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch change is the single-change route's body plus `op`, with the same strictness.
+    #[test]
+    fn a_batch_change_is_its_routes_body_with_an_op() {
+        let batch: Batch = serde_json::from_str(
+            r#"{"changes":[{"op":"add_node","type":"n","properties":{"a":1}},
+                {"op":"update_edge","id":"e","properties":{}},{"op":"rename","name":"x"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(&batch.changes[0], Change::AddNode(NodeSpec { id: None, node_type, .. }) if node_type == "n"));
+        assert!(matches!(&batch.changes[1], Change::UpdateEdge(PropertiesOf { id, .. }) if id == "e"));
+        assert!(matches!(&batch.changes[2], Change::Rename(RenameGraph { name }) if name == "x"));
+        for refused in [
+            r#"{"op":"add_node","type":"n","colour":"red"}"#,
+            r#"{"op":"remove_node"}"#,
+            r#"{"op":"explode","id":"a"}"#,
+            r#"{"type":"n"}"#,
+            r#"{"op":"add_node","type":"n","properties":{"big":9007199254740993}}"#,
+        ] {
+            assert!(serde_json::from_str::<Change>(refused).is_err(), "{refused} was accepted");
+        }
+    }
 }

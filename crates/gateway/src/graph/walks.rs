@@ -8,7 +8,7 @@ use super::*;
 /// The edges at a node (out, in or both) with the node at their other end, in edge-id order, at most `limit`; `truncated` says more exist.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/nodes/{node_id}/neighbors", tag = "queries",
     params(("graph_id" = String, Path), ("node_id" = String, Path), NeighborsQuery),
-    responses((status = 200, body = Neighbors), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Neighbors)))]
 pub async fn neighbors(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
@@ -32,8 +32,7 @@ pub async fn neighbors(
 ///
 /// Visits nodes breadth-first from `start` up to `max_depth` hops: the first `max_nodes` in BFS order (frontier order, then edge id), with `truncated` true exactly when a node within the depth was left out.
 #[utoipa::path(post, path = "/api/v1/graphs/{graph_id}/traverse", tag = "queries", request_body = TraverseRequest,
-    params(("graph_id" = String, Path)),
-    responses((status = 200, body = Traversal), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("graph_id" = String, Path)), responses((status = 200, body = Traversal)))]
 pub async fn traverse(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
@@ -63,8 +62,7 @@ pub async fn traverse(
 ///
 /// Fewest hops from `from` to `to` within `max_depth`. `truncated` says the search reached the server's node bound before finding a path.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/shortest-path", tag = "queries",
-    params(("graph_id" = String, Path), PathQuery),
-    responses((status = 200, body = ShortestPath), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("graph_id" = String, Path), PathQuery), responses((status = 200, body = ShortestPath)))]
 pub async fn shortest_path(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
@@ -92,8 +90,7 @@ pub async fn shortest_path(
 ///
 /// The graph, its nodes and edges as they were after its first `version` events, folded from the verified event history.
 #[utoipa::path(get, path = "/api/v1/graphs/{graph_id}/versions/{version}", tag = "queries",
-    params(("graph_id" = String, Path), ("version" = u64, Path)),
-    responses((status = 200, body = Snapshot), (status = "4XX", body = crate::problem::Problem, content_type = "application/problem+json")))]
+    params(("graph_id" = String, Path), ("version" = u64, Path)), responses((status = 200, body = Snapshot)))]
 pub async fn graph_at_version(
     State(state): State<Arc<GraphState>>,
     Extension(p): Extension<Principal>,
