@@ -246,14 +246,13 @@ class Run:
                 m = re.match(r"(\w+)\s.*admin http://(\S+)", line)
                 if m:
                     admins[m.group(1)] = m.group(2)
-            return len(admins) >= 2 and all(
+            # `cim serve` prepares its services one after another and says when all are.
+            serving = any(re.match(r"cim: \d+ service\(s\) serving", line) for line in self.cim_out)
+            return serving and all(
                 http("GET", f"http://{a}/health/ready", timeout=2)[0] == 200 for a in admins.values()
             )
 
-        wait_for(started, 60, "cim serve ready", lambda: self.alive("cim", p))
-        # A service printed after the first two were ready still gets scraped.
-        time.sleep(0.5)
-        wait_for(started, 30, "cim serve ready", lambda: self.alive("cim", p))
+        wait_for(started, 120, "cim serve ready", lambda: self.alive("cim", p))
         self.gateway = next(
             ln.split("http://")[1].split()[0] for ln in self.cim_out if ln.startswith("gateway")
         )

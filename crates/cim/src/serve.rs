@@ -72,6 +72,7 @@ pub(crate) async fn serve(spec: &str) -> ExitCode {
         return fail(&format!("cannot install signal handlers: {e}"), 1);
     }
     let mut running = tokio::task::JoinSet::new();
+    let count = kinds.len();
     for kind in kinds {
         let Some((_, prepare)) = SERVICES.iter().find(|(k, _)| *k == kind) else {
             return fail(&format!("service {kind} is not part of this build yet"), EXIT_CONFIG);
@@ -86,6 +87,9 @@ pub(crate) async fn serve(spec: &str) -> ExitCode {
         out(&service.describe());
         running.spawn(service.run());
     }
+    // Services prepare one after another; scripts wait for this line rather than guess how many
+    // lines to expect.
+    out(&format!("cim: {count} service(s) serving"));
     let mut failed = false;
     while let Some(result) = running.join_next().await {
         if let Ok(Err(e)) | Err(e) = result.map_err(|e| e.to_string()) {
