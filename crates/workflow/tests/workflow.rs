@@ -333,14 +333,14 @@ async fn queries_filter_instances_and_tenants_see_only_their_own() {
     assert_eq!(list(pb::ListWorkflowsRequest::default()).await, [finished.clone(), waiting.clone()]);
     assert_eq!(
         list(pb::ListWorkflowsRequest { status: "running".into(), ..Default::default() }).await,
-        [waiting.clone()]
+        [waiting.as_str()]
     );
     assert_eq!(
         list(pb::ListWorkflowsRequest { definition_id: quick.clone(), ..Default::default() }).await,
-        [finished.clone()]
+        [finished.as_str()]
     );
     let by_correlation = pb::ListWorkflowsRequest { correlation_id: correlation.to_string(), ..Default::default() };
-    assert_eq!(list(by_correlation).await, [finished.clone()]);
+    assert_eq!(list(by_correlation).await, [finished.as_str()]);
     let future = cim_runtime::edge::timestamp(chrono::Utc::now() + chrono::Duration::hours(1));
     assert!(list(pb::ListWorkflowsRequest { created_after: Some(future), ..Default::default() }).await.is_empty());
     let page = pb::ListWorkflowsRequest {

@@ -29,13 +29,17 @@ pub struct Service {
 
 impl Service {
     pub async fn start() -> Service {
+        Service::start_with(fast()).await
+    }
+
+    pub async fn start_with(engine: EngineOptions) -> Service {
         let (schema, prefix) = (unique("w"), unique("p"));
-        Service { running: start_on(schema, prefix).await }
+        Service { running: start_on_with(schema, prefix, engine).await }
     }
 
     /// Another instance of the service over the same schema and stream: a second replica.
-    pub async fn replica(&self) -> Running {
-        start_on(self.running.schema.clone(), self.running.prefix.clone()).await
+    pub async fn replica(&self, engine: EngineOptions) -> Running {
+        start_on_with(self.running.schema.clone(), self.running.prefix.clone(), engine).await
     }
 
     pub async fn client(&self) -> Client {
@@ -63,9 +67,13 @@ impl Service {
 }
 
 pub async fn start_on(schema: String, prefix: String) -> Running {
+    start_on_with(schema, prefix, fast()).await
+}
+
+pub async fn start_on_with(schema: String, prefix: String, engine: EngineOptions) -> Running {
     let config = config(ServiceKind::Workflow, &prefix, &[]);
     let shutdown = Shutdown::new();
-    let options = WorkflowOptions { schema: schema.clone(), engine: fast() };
+    let options = WorkflowOptions { schema: schema.clone(), engine };
     let prepared = prepare_with(&config, &shutdown, options).await.unwrap();
     Running::spawn(prepared, schema, prefix, shutdown)
 }
