@@ -44,7 +44,7 @@ pub async fn prepare_with(
     shutdown: &Shutdown,
     options: WorkflowOptions,
 ) -> Result<Prepared, AppError> {
-    crate::engine::describe();
+    crate::metrics::describe();
     let spec = DomainSpec {
         kind: ServiceKind::Workflow,
         domain: Domain::Workflow,

@@ -25,9 +25,7 @@ use tokio::sync::Notify;
 
 use crate::error::ServiceError;
 use crate::instance::{Workflow, WorkflowCommand, WorkflowError};
-
-pub const ADVANCES_TOTAL: &str = "cim_workflow_advances_total";
-pub const TIMER_LATENESS: &str = "cim_workflow_timer_lateness_seconds";
+use crate::metrics::{ADVANCES_TOTAL, TIMER_LATENESS};
 
 /// How the engine works (tests shorten it).
 #[derive(Debug, Clone)]
@@ -210,10 +208,4 @@ fn observe(event: &crate::events::WorkflowEvent, now: DateTime<Utc>) {
         let late = (now - e.fire_at).to_std().unwrap_or_default();
         metrics::histogram!(TIMER_LATENESS).record(late.as_secs_f64());
     }
-}
-
-/// The engine's metrics, described once at start.
-pub fn describe() {
-    metrics::describe_counter!(ADVANCES_TOTAL, "workflow instances the engine looked at, by outcome");
-    metrics::describe_histogram!(TIMER_LATENESS, metrics::Unit::Seconds, "how long after its time a timer fired");
 }

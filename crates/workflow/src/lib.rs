@@ -5,7 +5,8 @@
 //! - [`definition`], [`instance`], [`events`]: the two aggregates' rules and events, pure Rust;
 //!   [`instance`]'s `advance` is the engine's whole decision for one instance at one instant.
 //! - [`projection`], [`queries`]: the tables in schema `workflow` (with the due-work table).
-//! - [`engine`]: the loop that claims due instances under a lease and advances them.
+//! - [`engine`]: the loop that claims due instances under a lease and advances them;
+//!   [`metrics`]: its metric names.
 //! - [`service`]: the gRPC edge; [`app`]: wiring for `cim serve` and the service's binary.
 
 pub mod app;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod expr;
 pub mod instance;
+pub mod metrics;
 pub mod projection;
 pub mod queries;
 pub mod service;
