@@ -46,14 +46,8 @@ impl HasErrorCode for ServiceError {
             ServiceError::Workflow(e) => e.code(),
             ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::Store(e) => e.code(),
-            ServiceError::Corrupt(_) => ErrorCode::Internal,
-            ServiceError::Database(e) => {
-                if cim_runtime::postgres::is_transient(e) {
-                    ErrorCode::Unavailable
-                } else {
-                    ErrorCode::Internal
-                }
-            }
+            ServiceError::Database(e) if cim_runtime::postgres::is_transient(e) => ErrorCode::Unavailable,
+            ServiceError::Database(_) | ServiceError::Corrupt(_) => ErrorCode::Internal,
         }
     }
 

@@ -10,25 +10,29 @@
 use chrono::{DateTime, Utc};
 use cim_aggregate::Aggregate;
 use cim_core::document::DocumentLimits;
-use cim_core::{AggregateId, Domain, ErrorCode, FieldViolation};
+use cim_core::{AggregateId, Domain};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::events::*;
-use crate::spec::{Definition, StepKind, StepSpec};
+use crate::spec::{Definition, StepKind};
 
 mod advance;
+mod error;
 mod status;
+mod step;
 #[cfg(test)]
 mod tests;
 
+pub use error::WorkflowError;
+use error::{check_json, check_text};
 pub use status::{StepStatus, WorkflowStatus};
+pub use step::Step;
 
 pub const AGGREGATE_TYPE: &str = "workflow";
 
 /// The context and every output or variable written into it.
 pub const CONTEXT_LIMITS: DocumentLimits = DocumentLimits { max_bytes: 256 * 1024, max_depth: 32 };
-const TEXT_MAX: usize = 1_000;
 
 /// Who acts on a step meant for people: the actor and the roles their token carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,97 +91,6 @@ pub enum WorkflowCommand {
         by: Person,
         comment: String,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum WorkflowError {
-    #[error("{field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
-    #[error("the workflow is {0}; {1}")]
-    Transition(&'static str, &'static str),
-    #[error("a workflow cannot start without steps")]
-    NoSteps,
-    #[error("no step {0:?} in this workflow")]
-    NoStep(String),
-    #[error("step {step:?} is a {kind} step; {rule}")]
-    WrongKind { step: String, kind: &'static str, rule: &'static str },
-    #[error("step {step:?} is {status}; {rule}")]
-    StepState { step: String, status: &'static str, rule: &'static str },
-    #[error("step {step:?} needs role {role:?} or its assignee")]
-    NotAllowed { step: String, role: String },
-    #[error("nothing is due")]
-    NothingDue,
-}
-
-impl cim_runtime::status::HasErrorCode for WorkflowError {
-    fn code(&self) -> ErrorCode {
-        match self {
-            WorkflowError::Invalid { .. } => ErrorCode::InvalidArgument,
-            WorkflowError::NoStep(_) => ErrorCode::NotFound,
-            WorkflowError::NotAllowed { .. } => ErrorCode::PermissionDenied,
-            _ => ErrorCode::FailedPrecondition,
-        }
-    }
-
-    fn violations(&self) -> Vec<FieldViolation> {
-        match self {
-            WorkflowError::Invalid { field, reason } => vec![FieldViolation::new(*field, reason.clone())],
-            _ => vec![],
-        }
-    }
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> WorkflowError {
-    WorkflowError::Invalid { field, reason: reason.into() }
-}
-
-fn check_json(field: &'static str, document: &Map<String, Value>) -> Result<(), WorkflowError> {
-    cim_core::document::check(document, &CONTEXT_LIMITS).map_err(|e| invalid(field, e.to_string()))
-}
-
-fn check_text(field: &'static str, s: &str, required: bool) -> Result<(), WorkflowError> {
-    if required && s.trim().is_empty() {
-        return Err(invalid(field, "required"));
-    }
-    if s.len() > TEXT_MAX || s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(invalid(field, format!("at most {TEXT_MAX} bytes of printable text")));
-    }
-    Ok(())
-}
-
-/// One step of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    pub spec: StepSpec,
-    pub status: StepStatus,
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assignee: Option<String>,
-    /// A timer's firing time (while running).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fire_at: Option<DateTime<Utc>>,
-    /// When the next attempt may start (pending after a failure).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<DateTime<Utc>>,
-    /// When the running attempt times out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
-}
-
-impl Step {
-    /// The next instant this step needs the engine, if any.
-    pub fn due_at(&self) -> Option<DateTime<Utc>> {
-        match self.status {
-            StepStatus::Pending => self.retry_at,
-            StepStatus::Running | StepStatus::WaitingApproval => match (self.fire_at, self.deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
-            _ => None,
-        }
-    }
 }
 
 /// An instance's state, folded from its events.
@@ -498,14 +411,5 @@ impl Workflow {
         if let Some(step) = self.step_mut(id) {
             change(step);
         }
-    }
-}
-
-impl Step {
-    fn finish(&mut self, status: StepStatus) {
-        self.status = status;
-        self.fire_at = None;
-        self.deadline = None;
-        self.retry_at = None;
     }
 }
