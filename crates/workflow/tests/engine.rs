@@ -70,7 +70,7 @@ async fn timers_pending_at_a_stop_fire_once_after_the_restart_and_never_early() 
         &mut c,
         tenant,
         json!({"name": "sleepy", "steps": [
-            {"id": "nap", "kind": "timer", "sleep_ms": 1500},
+            {"id": "nap", "kind": "timer", "sleep_ms": 3000},
             {"id": "after", "kind": "automated", "depends_on": ["nap"], "set": {"woke": "true"}}
         ]}),
     )
@@ -88,7 +88,7 @@ async fn timers_pending_at_a_stop_fire_once_after_the_restart_and_never_early() 
     let store = svc.running.store.clone();
     svc.running.stop_replica().await;
     assert_eq!(count_in(&store, &schema, "timer_fired").await, 0);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     let svc = Service { running: start_on(schema, prefix).await };
     let mut c = svc.client().await;
     for id in &ids {
