@@ -92,6 +92,9 @@ pub const CIM_AGENT_LEASE_MS: &str = "CIM_AGENT_LEASE_MS";
 pub const CIM_AGENT_HEARTBEAT_INTERVAL_MS: &str = "CIM_AGENT_HEARTBEAT_INTERVAL_MS";
 pub const CIM_AGENT_HEARTBEAT_TIMEOUT_MS: &str = "CIM_AGENT_HEARTBEAT_TIMEOUT_MS";
 pub const CIM_AGENT_RESPONSE_TIMEOUT_MS: &str = "CIM_AGENT_RESPONSE_TIMEOUT_MS";
+pub const CIM_WORKFLOW_LEASE_MS: &str = "CIM_WORKFLOW_LEASE_MS";
+pub const CIM_WORKFLOW_POLL_MS: &str = "CIM_WORKFLOW_POLL_MS";
+pub const CIM_WORKFLOW_CONCURRENCY: &str = "CIM_WORKFLOW_CONCURRENCY";
 
 /// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
 /// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
@@ -283,6 +286,24 @@ pub const VARS: &[VarSpec] = &[
         Some("300000"),
         "milliseconds from 1000 to 86400000",
         "a conversation response not ended by then is recorded as failed (timeout)",
+    ),
+    var(
+        CIM_WORKFLOW_LEASE_MS,
+        Some("30000"),
+        "milliseconds from 100 to 3600000",
+        "how long a replica holds a workflow instance it advances before another may take it over",
+    ),
+    var(
+        CIM_WORKFLOW_POLL_MS,
+        Some("100"),
+        "milliseconds from 5 to 60000",
+        "how often the workflow engine looks for due work (timers, retries, other replicas' commands)",
+    ),
+    var(
+        CIM_WORKFLOW_CONCURRENCY,
+        Some("16"),
+        "a number from 1 to 1024",
+        "workflow instances one replica advances at once",
     ),
     var(
         CIM_DATA_DIR,
@@ -602,6 +623,21 @@ fn agent_settings(r: &mut Reader<'_>) -> Option<AgentSettings> {
     Some(settings)
 }
 
+/// The workflow engine's lease, polling and concurrency.
+#[derive(Debug, Clone)]
+pub struct WorkflowSettings {
+    pub lease: Duration,
+    pub poll: Duration,
+    pub concurrency: usize,
+}
+
+fn workflow_settings(r: &mut Reader<'_>) -> Option<WorkflowSettings> {
+    let lease = r.parse(CIM_WORKFLOW_LEASE_MS, int_in(100u64, 3_600_000)).map(Duration::from_millis);
+    let poll = r.parse(CIM_WORKFLOW_POLL_MS, int_in(5u64, 60_000)).map(Duration::from_millis);
+    let concurrency = r.parse(CIM_WORKFLOW_CONCURRENCY, int_in(1usize, 1024));
+    Some(WorkflowSettings { lease: lease?, poll: poll?, concurrency: concurrency? })
+}
+
 /// The settings only the edge services read.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -691,6 +727,7 @@ pub struct Config {
     pub objects: ObjectStoreSettings,
     pub document: DocumentSettings,
     pub agent: AgentSettings,
+    pub workflow: WorkflowSettings,
     /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -802,12 +839,13 @@ impl Config {
         let objects = object_store_settings(&mut r);
         let document = document_settings(&mut r);
         let agent = agent_settings(&mut r);
+        let workflow = workflow_settings(&mut r);
         let data_dir = match r.optional(CIM_DATA_DIR) {
             Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
             None => Some(default_data_dir(lookup)),
         };
         match (
-            edge.zip(objects).zip(data_dir).zip(document).zip(agent),
+            edge.zip(objects).zip(data_dir).zip(document).zip(agent).zip(workflow),
             log_format,
             log_filter,
             database_url,
@@ -820,7 +858,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some(((((edge, objects), data_dir), document), agent)),
+                Some((((((edge, objects), data_dir), document), agent), workflow)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -848,6 +886,7 @@ impl Config {
                 objects,
                 document,
                 agent,
+                workflow,
                 data_dir,
             }),
             _ => Err(ConfigErrors(r.errors)),

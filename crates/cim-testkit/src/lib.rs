@@ -5,7 +5,10 @@
 //! - [`domain`]: a domain service on port 0 with its own schema and subject prefix, stopped
 //!   with every hash chain verified.
 //! - [`s3`]: an S3-compatible server (moto) on a free port.
+//! - [`rules`]: an aggregate's rules run the way a replay folds them (each event sealed into an
+//!   envelope and read back).
 
 pub mod bench;
 pub mod domain;
+pub mod rules;
 pub mod s3;

@@ -151,6 +151,12 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         schema: cim_agent::SCHEMA,
         migrations: agent_migrations,
     },
+    DomainService {
+        name: "workflow",
+        domain: cim_core::Domain::Workflow,
+        schema: cim_workflow::SCHEMA,
+        migrations: workflow_migrations,
+    },
 ];
 
 fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
@@ -165,4 +171,8 @@ fn document_migrations() -> Vec<sqlx::migrate::Migrator> {
 
 fn agent_migrations() -> Vec<sqlx::migrate::Migrator> {
     vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_agent::migrator()]
+}
+
+fn workflow_migrations() -> Vec<sqlx::migrate::Migrator> {
+    vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_workflow::migrator()]
 }

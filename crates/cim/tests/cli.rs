@@ -50,7 +50,7 @@ fn stdout_of(cmd: &mut Command) -> String {
 }
 
 /// The services `cim serve --services all` runs, in the order it announces them.
-const ALL_SERVICES: [&str; 5] = ["graph", "document", "agent", "gateway", "websocket"];
+const ALL_SERVICES: [&str; 6] = ["graph", "document", "agent", "workflow", "gateway", "websocket"];
 
 #[test]
 fn a_malformed_database_url_exits_non_zero_with_one_line_naming_it() {
@@ -337,7 +337,7 @@ fn doctor_names_postgres_and_then_nats_when_they_are_unreachable() {
         ("CIM_SUBJECT_PREFIX", prefix),
         ("CIM_CONNECT_TIMEOUT_MS", "1000".into()),
     ];
-    Serve::start(&env, "graph,document,agent").stop();
+    Serve::start(&env, "graph,document,agent,workflow").stop();
     let (code, stdout) = doctor(&env);
     assert_eq!(code, Some(0), "the prepared system is healthy:\n{stdout}");
 

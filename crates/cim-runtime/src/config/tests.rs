@@ -208,3 +208,22 @@ fn agent_timings_leave_room_for_a_heartbeat() {
     let err = from(&[(CIM_AGENT_HEARTBEAT_TIMEOUT_MS, "soon")]).unwrap_err();
     assert!(err.to_string().contains("CIM_AGENT_HEARTBEAT_TIMEOUT_MS"), "{err}");
 }
+
+#[test]
+fn workflow_engine_settings_are_bounded() {
+    let c = from(&[]).unwrap();
+    assert_eq!(
+        (c.workflow.lease, c.workflow.poll, c.workflow.concurrency),
+        (Duration::from_secs(30), Duration::from_millis(100), 16)
+    );
+    let c = from(&[(CIM_WORKFLOW_LEASE_MS, "2000"), (CIM_WORKFLOW_POLL_MS, "20"), (CIM_WORKFLOW_CONCURRENCY, "4")])
+        .unwrap();
+    assert_eq!(
+        (c.workflow.lease, c.workflow.poll, c.workflow.concurrency),
+        (Duration::from_secs(2), Duration::from_millis(20), 4)
+    );
+    for (var, bad) in [(CIM_WORKFLOW_LEASE_MS, "50"), (CIM_WORKFLOW_POLL_MS, "0"), (CIM_WORKFLOW_CONCURRENCY, "0")] {
+        let err = from(&[(var, bad)]).unwrap_err();
+        assert!(err.to_string().contains(var), "{err}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The engine: claims due instances from `workflow_due` under a lease (`FOR UPDATE SKIP
+//! LOCKED`, so replicas over one schema split the work and never hold one instance at once),
+//! advances each with one [`WorkflowCommand::Advance`] at the version it read, and hands the
+//! row back with the next instant the instance waits for.
+//!
+//! Exactly once: the lease keeps a second replica away while one works; if a lease lapses
+//! mid-work anyway, the advance was decided at an expected version, so only one of two writes
+//! lands, and the rules start a step only from `pending` and fire a timer only while it is
+//! scheduled. Never early: a timer fires only when the engine's clock has passed it, and its
+//! row is due no sooner. Durable: the rows are in Postgres; after a restart, whatever came due
+//! meanwhile is claimed on the first poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cim_aggregate::{Aggregate, CommandExecutor, CommandOptions, ExecutorError};
+use cim_core::{Actor, AggregateId, CorrelationId, TenantId};
+use cim_runtime::Shutdown;
+use cim_runtime::config::WorkflowSettings;
+use cim_runtime::edge::Caller;
+use futures::StreamExt;
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+
+use crate::error::ServiceError;
+use crate::instance::{Workflow, WorkflowCommand, WorkflowError};
+use crate::metrics::{ADVANCES_TOTAL, TIMER_LATENESS};
+
+/// How the engine works (tests shorten it).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How long a claim keeps other replicas away from an instance.
+    pub lease: Duration,
+    /// How often due work is looked for when nothing woke the engine.
+    pub poll: Duration,
+    /// Instances advanced at once by this replica.
+    pub concurrency: usize,
+}
+
+impl EngineOptions {
+    pub fn from_settings(s: &WorkflowSettings) -> Self {
+        Self { lease: s.lease, poll: s.poll, concurrency: s.concurrency }
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { lease: Duration::from_secs(30), poll: Duration::from_millis(200), concurrency: 16 }
+    }
+}
+
+/// One claimed row.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    tenant: TenantId,
+    instance: AggregateId,
+    correlation: CorrelationId,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    workflows: CommandExecutor<Workflow>,
+    pool: PgPool,
+    options: EngineOptions,
+    wake: Notify,
+}
+
+impl Engine {
+    pub fn new(workflows: CommandExecutor<Workflow>, options: EngineOptions) -> Arc<Self> {
+        let pool = workflows.store().pool().clone();
+        Arc::new(Self { workflows, pool, options, wake: Notify::new() })
+    }
+
+    pub fn start(self: &Arc<Self>, host: &mut cim_runtime::ServiceHost) {
+        let stop = host.workers_shutdown();
+        host.spawn_worker("workflow-engine", self.clone().run(stop));
+    }
+
+    /// Something may be due now (a command of this replica): look without waiting for the poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>, stop: Shutdown) {
+        while !stop.is_triggered() {
+            let claimed = match self.claim().await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "workflow engine: claiming due work failed");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.options.poll) => {}
+                    _ = self.wake.notified() => {}
+                    _ = stop.wait() => {}
+                }
+                continue;
+            }
+            futures::stream::iter(claimed)
+                .for_each_concurrent(self.options.concurrency, |due| {
+                    let engine = self.clone();
+                    async move {
+                        if let Err(e) = engine.advance(due).await {
+                            // The lease lapses and the row is claimed again.
+                            tracing::warn!(instance = %due.instance, error = %e, "workflow engine: advance failed");
+                            metrics::counter!(ADVANCES_TOTAL, "outcome" => "error").increment(1);
+                        }
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// Due rows no other replica holds, leased to this one.
+    async fn claim(&self) -> Result<Vec<Due>, sqlx::Error> {
+        let now = Utc::now();
+        let lease_until = now + chrono::Duration::from_std(self.options.lease).unwrap_or_default();
+        let rows = sqlx::query(
+            "UPDATE workflow_due d SET leased_until = $2 FROM ( \
+                SELECT tenant_id, instance_id FROM workflow_due \
+                WHERE due_at <= $1 AND (leased_until IS NULL OR leased_until <= $1) \
+                ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) c \
+             WHERE d.tenant_id = c.tenant_id AND d.instance_id = c.instance_id \
+             RETURNING d.tenant_id, d.instance_id, d.correlation_id",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind((self.options.concurrency * 4) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (tenant, instance, correlation) = (
+                TenantId::from_uuid(row.try_get("tenant_id")?),
+                AggregateId::from_uuid(row.try_get("instance_id")?),
+                CorrelationId::from_uuid(row.try_get("correlation_id")?),
+            );
+            // Rows only the projection writes, from valid ids.
+            if let (Ok(tenant), Ok(instance), Ok(correlation)) = (tenant, instance, correlation) {
+                claimed.push(Due { tenant, instance, correlation });
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Advances one claimed instance and releases its row.
+    async fn advance(&self, due: Due) -> Result<(), ServiceError> {
+        let (state, version) = self.workflows.load(due.tenant, due.instance).await?;
+        let now = Utc::now();
+        let command = WorkflowCommand::Advance { now, jitter: fastrand::f64() };
+        let events = match state.decide(&command, &()) {
+            Ok(events) => events,
+            Err(WorkflowError::NothingDue) => {
+                self.release(due, version, state.next_due()).await?;
+                metrics::counter!(ADVANCES_TOTAL, "outcome" => "idle").increment(1);
+                return Ok(());
+            }
+            Err(e) => return Err(ExecutorError::Rule(e).into()),
+        };
+        let caller =
+            Caller { tenant: due.tenant, actor: Actor::service("workflow"), correlation: Some(due.correlation) };
+        let options = CommandOptions { expected_version: Some(version), idempotency_key: None };
+        match self.workflows.execute(&caller, due.instance, &command, &options).await {
+            Ok(done) => {
+                let mut after = state;
+                for event in &events {
+                    after.apply(event);
+                    observe(event, now);
+                }
+                metrics::counter!(ADVANCES_TOTAL, "outcome" => "advanced").increment(1);
+                self.release(due, done.version, after.next_due()).await?;
+                Ok(())
+            }
+            // Someone wrote first (a person's command, another replica): the row is due again,
+            // and the next claim decides on what is there now.
+            Err(ExecutorError::Stale { .. } | ExecutorError::Moved { .. }) => {
+                metrics::counter!(ADVANCES_TOTAL, "outcome" => "moved").increment(1);
+                self.release(due, u64::MAX, None).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives the row back: due at `next` unless an event after `version` made it due already.
+    async fn release(&self, due: Due, version: u64, next: Option<DateTime<Utc>>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE workflow_due SET leased_until = NULL, \
+             due_at = CASE WHEN version = $3 THEN $4 ELSE due_at END \
+             WHERE tenant_id = $1 AND instance_id = $2",
+        )
+        .bind(due.tenant.as_uuid())
+        .bind(due.instance.as_uuid())
+        .bind(i64::try_from(version).unwrap_or(-1))
+        .bind(next)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// How late a timer fired (the lateness the issue's timer benchmark bounds).
+fn observe(event: &crate::events::WorkflowEvent, now: DateTime<Utc>) {
+    if let crate::events::WorkflowEvent::TimerFired(e) = event {
+        let late = (now - e.fire_at).to_std().unwrap_or_default();
+        metrics::histogram!(TIMER_LATENESS).record(late.as_secs_f64());
+    }
+}

@@ -1,0 +1,169 @@
+//! The workflow domain's events, listed once per aggregate (`cim_core::domain_events!`): a
+//! definition's versions, and an instance's life in the reference CIM's vocabulary plus what
+//! durability needs (timers, scheduled retries, signals). Every step event names its step, so
+//! the history reads as the step's story without the definition beside it.
+
+use chrono::{DateTime, Utc};
+use cim_core::AggregateId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::spec::Definition;
+
+/// A definition's first version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionCreated {
+    pub content_id: String,
+    pub definition: Definition,
+}
+
+/// A later version; earlier ones stay readable by their content id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionRevised {
+    pub content_id: String,
+    pub definition: Definition,
+}
+
+cim_core::domain_events! {
+    pub enum DefinitionEvent {
+        Created(DefinitionCreated) = "workflow_definition_created",
+        Revised(DefinitionRevised) = "workflow_definition_revised",
+    }
+}
+
+/// The instance with its own copy of the definition version it runs: a later version never
+/// changes a running instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowCreated {
+    pub definition_id: AggregateId,
+    pub content_id: String,
+    pub definition: Definition,
+    #[serde(default)]
+    pub context: Map<String, Value>,
+}
+
+/// A lifecycle step with nothing more to say.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTransition {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowFailed {
+    /// The step whose failure ended the workflow.
+    pub step: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextVariableSet {
+    pub key: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepExecutionStarted {
+    pub step: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// When the attempt times out (the step's timeout_ms after it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// The output is merged into the instance context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepExecutionCompleted {
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub output: Map<String, Value>,
+    /// The person who completed a manual step.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepExecutionFailed {
+    pub step: String,
+    pub attempt: u32,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSkipped {
+    pub step: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepApprovalRequested {
+    pub step: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepApprovalDecided {
+    pub step: String,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAssigned {
+    pub step: String,
+    pub assignee: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimerScheduled {
+    pub step: String,
+    pub fire_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimerFired {
+    pub step: String,
+    pub fire_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryScheduled {
+    pub step: String,
+    /// The attempt that will run.
+    pub attempt: u32,
+    pub next_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalReceived {
+    pub name: String,
+    #[serde(default)]
+    pub payload: Map<String, Value>,
+}
+
+cim_core::domain_events! {
+    pub enum WorkflowEvent {
+        Created(WorkflowCreated) = "workflow_created",
+        Started(WorkflowTransition) = "workflow_started",
+        Completed(WorkflowTransition) = "workflow_completed",
+        Failed(WorkflowFailed) = "workflow_failed",
+        Paused(WorkflowTransition) = "workflow_paused",
+        Resumed(WorkflowTransition) = "workflow_resumed",
+        Cancelled(WorkflowTransition) = "workflow_cancelled",
+        ContextVariableSet(ContextVariableSet) = "workflow_context_variable_set",
+        StepStarted(StepExecutionStarted) = "step_execution_started",
+        StepCompleted(StepExecutionCompleted) = "step_execution_completed",
+        StepFailed(StepExecutionFailed) = "step_execution_failed",
+        StepSkipped(StepSkipped) = "step_skipped",
+        ApprovalRequested(StepApprovalRequested) = "step_approval_requested",
+        ApprovalGranted(StepApprovalDecided) = "step_approval_granted",
+        ApprovalRejected(StepApprovalDecided) = "step_approval_rejected",
+        TaskAssigned(TaskAssigned) = "task_assigned",
+        TimerScheduled(TimerScheduled) = "timer_scheduled",
+        TimerFired(TimerFired) = "timer_fired",
+        RetryScheduled(RetryScheduled) = "retry_scheduled",
+        SignalReceived(SignalReceived) = "signal_received",
+    }
+}

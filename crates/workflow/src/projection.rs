@@ -1,0 +1,168 @@
+//! The read tables, written in each command's transaction by the kit's executor: definitions and
+//! their versions by the definition events; instances and the engine's due work
+//! (`workflow_due`) by the instance events.
+
+use cim_aggregate::Projection;
+use cim_core::EventEnvelope;
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::events::{DefinitionEvent, WorkflowEvent};
+use crate::instance::WorkflowStatus;
+
+/// Projects definition events into `workflow_definitions` and `workflow_definition_versions`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefinitionProjection;
+
+impl Projection for DefinitionProjection {
+    type Event = DefinitionEvent;
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        at: &EventEnvelope,
+        event: &DefinitionEvent,
+    ) -> Result<(), sqlx::Error> {
+        let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
+        let (content_id, definition) = match event {
+            DefinitionEvent::Created(e) => {
+                sqlx::query(
+                    "INSERT INTO workflow_definitions (tenant_id, definition_id, name, content_id, versions, version, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, ARRAY[$4], $5, $6, $6)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(&e.definition.name)
+                .bind(&e.content_id)
+                .bind(at.sequence as i64)
+                .bind(at.occurred_at)
+                .execute(&mut *tx)
+                .await?;
+                (&e.content_id, &e.definition)
+            }
+            DefinitionEvent::Revised(e) => {
+                sqlx::query(
+                    "UPDATE workflow_definitions SET name = $3, content_id = $4, versions = array_append(versions, $4), \
+                     version = $5, updated_at = $6 WHERE tenant_id = $1 AND definition_id = $2",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(&e.definition.name)
+                .bind(&e.content_id)
+                .bind(at.sequence as i64)
+                .bind(at.occurred_at)
+                .execute(&mut *tx)
+                .await?;
+                (&e.content_id, &e.definition)
+            }
+        };
+        // A revision back to an earlier content is a new version with a body already kept.
+        sqlx::query(
+            "INSERT INTO workflow_definition_versions (tenant_id, definition_id, content_id, body, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(content_id)
+        .bind(Json(definition))
+        .bind(at.occurred_at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Projects instance events into `workflow_instances` and `workflow_due`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkflowProjection;
+
+impl Projection for WorkflowProjection {
+    type Event = WorkflowEvent;
+
+    async fn apply(&self, tx: &mut PgConnection, at: &EventEnvelope, event: &WorkflowEvent) -> Result<(), sqlx::Error> {
+        use WorkflowEvent as E;
+        let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
+        let status = match event {
+            E::Created(e) => {
+                sqlx::query(
+                    "INSERT INTO workflow_instances (tenant_id, instance_id, definition_id, content_id, name, status, \
+                     correlation_id, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'draft', $6, 0, $7, $7)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(e.definition_id.as_uuid())
+                .bind(&e.content_id)
+                .bind(&e.definition.name)
+                .bind(at.correlation_id.as_uuid())
+                .bind(at.occurred_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO workflow_due (tenant_id, instance_id, correlation_id, due_at, version) \
+                     VALUES ($1, $2, $3, NULL, 0)",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(at.correlation_id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+                None
+            }
+            E::Started(_) | E::Resumed(_) => Some(WorkflowStatus::Running),
+            E::Paused(_) => Some(WorkflowStatus::Paused),
+            E::Completed(_) => Some(WorkflowStatus::Completed),
+            E::Cancelled(_) => Some(WorkflowStatus::Cancelled),
+            E::Failed(e) => {
+                sqlx::query("UPDATE workflow_instances SET error = $3 WHERE tenant_id = $1 AND instance_id = $2")
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(format!("{}: {}", e.step, e.error))
+                    .execute(&mut *tx)
+                    .await?;
+                Some(WorkflowStatus::Failed)
+            }
+            _ => None,
+        };
+        if let Some(status) = status {
+            sqlx::query("UPDATE workflow_instances SET status = $3 WHERE tenant_id = $1 AND instance_id = $2")
+                .bind(tenant)
+                .bind(id)
+                .bind(status.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE workflow_instances SET version = $3, updated_at = $4 WHERE tenant_id = $1 AND instance_id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(at.sequence as i64)
+        .bind(at.occurred_at)
+        .execute(&mut *tx)
+        .await?;
+        due(tx, at, status).await
+    }
+}
+
+/// A finished instance leaves the due work; a paused one waits for its resumption; a draft for
+/// its start; any other event may have made something ready, so the engine looks at once.
+async fn due(tx: &mut PgConnection, at: &EventEnvelope, status: Option<WorkflowStatus>) -> Result<(), sqlx::Error> {
+    let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
+    if status.is_some_and(WorkflowStatus::is_final) {
+        sqlx::query("DELETE FROM workflow_due WHERE tenant_id = $1 AND instance_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(());
+    }
+    let waits = matches!(status, Some(WorkflowStatus::Paused)) || at.sequence == 1;
+    sqlx::query("UPDATE workflow_due SET due_at = $3, version = $4 WHERE tenant_id = $1 AND instance_id = $2")
+        .bind(tenant)
+        .bind(id)
+        .bind(if waits { None } else { Some(at.occurred_at) })
+        .bind(at.sequence as i64)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
