@@ -68,6 +68,7 @@ pub const CIM_JWT_AUDIENCE: &str = "CIM_JWT_AUDIENCE";
 pub const CIM_GATEWAY_GRAPH_URLS: &str = "CIM_GATEWAY_GRAPH_URLS";
 pub const CIM_GATEWAY_DOCUMENT_URLS: &str = "CIM_GATEWAY_DOCUMENT_URLS";
 pub const CIM_GATEWAY_AGENT_URLS: &str = "CIM_GATEWAY_AGENT_URLS";
+pub const CIM_GATEWAY_WORKFLOW_URLS: &str = "CIM_GATEWAY_WORKFLOW_URLS";
 pub const CIM_GATEWAY_REQUEST_TIMEOUT_MS: &str = "CIM_GATEWAY_REQUEST_TIMEOUT_MS";
 pub const CIM_GATEWAY_MAX_BODY_BYTES: &str = "CIM_GATEWAY_MAX_BODY_BYTES";
 pub const CIM_GATEWAY_RATE_LIMIT_PER_MINUTE: &str = "CIM_GATEWAY_RATE_LIMIT_PER_MINUTE";
@@ -181,6 +182,12 @@ pub const VARS: &[VarSpec] = &[
         Some("http://127.0.0.1:50054"),
         "http:// URLs separated by commas",
         "agent service instances the gateway balances over",
+    ),
+    var(
+        CIM_GATEWAY_WORKFLOW_URLS,
+        Some("http://127.0.0.1:50053"),
+        "http:// URLs separated by commas",
+        "workflow service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_REQUEST_TIMEOUT_MS,
@@ -483,6 +490,7 @@ pub struct GatewaySettings {
     pub graph_urls: Vec<String>,
     pub document_urls: Vec<String>,
     pub agent_urls: Vec<String>,
+    pub workflow_urls: Vec<String>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     /// 0: no limit.
@@ -660,6 +668,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let graph_urls = r.parse(CIM_GATEWAY_GRAPH_URLS, upstream_urls);
     let document_urls = r.parse(CIM_GATEWAY_DOCUMENT_URLS, upstream_urls);
     let agent_urls = r.parse(CIM_GATEWAY_AGENT_URLS, upstream_urls);
+    let workflow_urls = r.parse(CIM_GATEWAY_WORKFLOW_URLS, upstream_urls);
     let request_timeout = r.parse(CIM_GATEWAY_REQUEST_TIMEOUT_MS, int_in(10u64, 600_000)).map(Duration::from_millis);
     let max_body_bytes = r.parse(CIM_GATEWAY_MAX_BODY_BYTES, int_in(1024usize, 64 << 20));
     let rate_limit_per_minute = r.parse(CIM_GATEWAY_RATE_LIMIT_PER_MINUTE, int_in(0u64, 10_000_000));
@@ -688,6 +697,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
             graph_urls: graph_urls?,
             document_urls: document_urls?,
             agent_urls: agent_urls?,
+            workflow_urls: workflow_urls?,
             request_timeout: request_timeout?,
             max_body_bytes: max_body_bytes?,
             rate_limit_per_minute: rate_limit_per_minute?,

@@ -22,6 +22,9 @@ pub const TENANT_HEADER: &str = "x-cim-tenant";
 pub const ACTOR_HEADER: &str = "x-cim-actor";
 /// Joins this call to a wider piece of work; a command starts its own when absent.
 pub const CORRELATION_HEADER: &str = "x-cim-correlation-id";
+/// The caller's roles as the gateway verified them (comma-separated, implied roles included),
+/// for domain rules that name a role (who may approve a workflow step).
+pub const ROLES_HEADER: &str = "x-cim-roles";
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq)]

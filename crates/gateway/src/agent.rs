@@ -25,7 +25,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::ApiResult;
-use crate::rest::{CommandQuery, Options, Page, Props, command, exact_properties, page, props, query, structure, ts};
+use crate::rest::{
+    CommandQuery, Options, Page, Props, StateChange, command, exact_properties, page, props, query, structure, ts,
+};
 use crate::routes::{DomainRoutes, routes};
 use crate::upstream::Upstream;
 use cim_proto::common::CommandOptions;

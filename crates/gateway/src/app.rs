@@ -15,6 +15,7 @@ use cim_auth::Verifier;
 use cim_proto::agent::agent_service_client::AgentServiceClient;
 use cim_proto::document::document_service_client::DocumentServiceClient;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
+use cim_proto::workflow::workflow_service_client::WorkflowServiceClient;
 use cim_runtime::config::{Config, ServiceKind};
 use cim_runtime::error::RuntimeError;
 use cim_runtime::host::{ServiceHost, bind};
@@ -32,6 +33,7 @@ use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
 use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
+use crate::workflow::WorkflowState;
 
 /// The routes' state; each handler extracts only its own part ([`FromRef`]). Behind one `Arc`,
 /// and each part an `Arc` or a pool handle: axum clones the state for every request and every
@@ -44,6 +46,7 @@ struct Routes {
     graph: Arc<GraphState>,
     document: Arc<DocumentState>,
     agent: Arc<AgentState>,
+    workflow: Arc<WorkflowState>,
     credentials: Credentials,
 }
 
@@ -65,6 +68,12 @@ impl FromRef<AppState> for Arc<AgentState> {
     }
 }
 
+impl FromRef<AppState> for Arc<WorkflowState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.workflow.clone()
+    }
+}
+
 impl FromRef<AppState> for Credentials {
     fn from_ref(state: &AppState) -> Self {
         state.0.credentials.clone()
@@ -82,8 +91,14 @@ struct Layers {
 
 /// Every domain's route table (`crate::routes`): the routers, the OpenAPI description and the
 /// role each route needs all come from these.
-fn domains() -> [DomainRoutes<AppState>; 4] {
-    [crate::graph::routes(), crate::document::routes(), crate::agent::routes(), crate::accounts::routes()]
+fn domains() -> [DomainRoutes<AppState>; 5] {
+    [
+        crate::graph::routes(),
+        crate::document::routes(),
+        crate::agent::routes(),
+        crate::workflow::routes(),
+        crate::accounts::routes(),
+    ]
 }
 
 fn api() -> Parts<AppState> {
@@ -217,6 +232,14 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         .map_err(AppError::Config)
     };
     let agent = Arc::new(AgentState { upstream: agent_upstream(timeout)?, conversation: agent_upstream(None)? });
+    let workflow = Upstream::connect(
+        cim_runtime::config::CIM_GATEWAY_WORKFLOW_URLS,
+        &settings.workflow_urls,
+        timeout,
+        config.connect_timeout,
+        WorkflowServiceClient::new,
+    )
+    .map_err(AppError::Config)?;
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
@@ -235,6 +258,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         graph: Arc::new(GraphState { upstream: graph }),
         document,
         agent,
+        workflow: Arc::new(WorkflowState { upstream: workflow }),
         credentials: credentials.clone(),
     }));
     let rate_limit = RateLimit {

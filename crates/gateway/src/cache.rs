@@ -39,7 +39,7 @@ pub fn describe() {
     metrics::describe_counter!(CACHE_REQUESTS_TOTAL, "Cacheable GETs, by result (hit, miss, unavailable)");
     metrics::describe_counter!(
         CACHE_INVALIDATIONS_TOTAL,
-        "Aggregates (graphs, documents, agents, tasks) whose cached responses were invalidated"
+        "Aggregates (graphs, documents, agents, tasks, workflows) whose cached responses were invalidated"
     );
 }
 
@@ -50,6 +50,8 @@ pub const CACHED: &[(&str, Domain)] = &[
     ("/api/v1/documents/", Domain::Document),
     ("/api/v1/agents/", Domain::Agent),
     ("/api/v1/tasks/", Domain::Agent),
+    ("/api/v1/workflow-definitions/", Domain::Workflow),
+    ("/api/v1/workflows/", Domain::Workflow),
 ];
 
 /// The domains [`CACHED`] names, each once.
@@ -245,6 +247,8 @@ mod tests {
             (format!("/api/v1/agents/{id}"), Domain::Agent),
             (format!("/api/v1/tasks/{id}"), Domain::Agent),
             (format!("/api/v1/tasks/{}", id.to_uppercase()), Domain::Agent),
+            (format!("/api/v1/workflows/{id}/history"), Domain::Workflow),
+            (format!("/api/v1/workflow-definitions/{id}"), Domain::Workflow),
         ] {
             assert_eq!(aggregate_of(&path), Some((domain, id.to_owned())), "{path}");
         }
@@ -252,6 +256,6 @@ mod tests {
             assert_eq!(aggregate_of(path), None, "{path}");
         }
         assert_eq!(aggregate_of(&format!("/api/v1/graphs/{}", id.replace('-', ""))), None, "one spelling per id");
-        assert_eq!(cached_domains(), [Domain::Graph, Domain::Document, Domain::Agent]);
+        assert_eq!(cached_domains(), [Domain::Graph, Domain::Document, Domain::Agent, Domain::Workflow]);
     }
 }

@@ -64,6 +64,15 @@ pub fn timestamp(field: &str, s: &str) -> Result<prost_types::Timestamp, crate::
     })
 }
 
+/// A state change's body (suspending an agent, pausing a workflow, ...): why, recorded with the
+/// event.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    #[serde(default)]
+    pub reason: String,
+}
+
 /// One page of a list: its items, and the token for the next page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
@@ -92,16 +101,30 @@ pub fn page(size: Option<u32>, token: Option<String>) -> Option<cim_proto::commo
 pub fn exact_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Props, D::Error> {
     let props = Props::deserialize(d)?;
     for (key, value) in &props {
-        if let Some((path, n)) = cim_proto::json::first_inexact_integer(value) {
-            let at =
-                if path.is_empty() || path.starts_with('[') { format!("{key}{path}") } else { format!("{key}.{path}") };
-            return Err(serde::de::Error::custom(format!(
-                "the integer {n} at {at} is beyond ±9007199254740991 and would not be kept exactly \
-                 (properties hold numbers as doubles): send it as a string"
-            )));
-        }
+        inexact(key, value)?;
     }
     Ok(props)
+}
+
+/// One JSON value from a request, held to the same rule as [`exact_properties`].
+pub fn exact_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    inexact("", &value)?;
+    Ok(value)
+}
+
+fn inexact<E: serde::de::Error>(key: &str, value: &serde_json::Value) -> Result<(), E> {
+    let Some((path, n)) = cim_proto::json::first_inexact_integer(value) else { return Ok(()) };
+    let at = if path.is_empty() || path.starts_with('[') || key.is_empty() {
+        format!("{key}{path}")
+    } else {
+        format!("{key}.{path}")
+    };
+    let at = if at.is_empty() { "the value".to_owned() } else { at };
+    Err(E::custom(format!(
+        "the integer {n} at {at} is beyond ±9007199254740991 and would not be kept exactly \
+         (properties hold numbers as doubles): send it as a string"
+    )))
 }
 
 pub fn structure(p: &Props) -> Option<prost_types::Struct> {
@@ -130,10 +153,11 @@ mod tests {
     use std::sync::Arc;
 
     /// Each domain's protos, where every RPC states its REST route (`google.api.http`).
-    const PROTOS: [&str; 3] = [
+    const PROTOS: [&str; 4] = [
         include_str!("../../../proto/cim/graph/v1/graph.proto"),
         include_str!("../../../proto/cim/document/v1/document.proto"),
         include_str!("../../../proto/cim/agent/v1/agent.proto"),
+        include_str!("../../../proto/cim/workflow/v1/workflow.proto"),
     ];
 
     /// Domain routes the gateway adds with no RPC of their own behind them.
@@ -180,6 +204,7 @@ mod tests {
             crate::graph::routes::<Arc<crate::graph::GraphState>>().into_parts().rules,
             crate::document::routes::<Arc<crate::document::DocumentState>>().into_parts().rules,
             crate::agent::routes::<Arc<crate::agent::AgentState>>().into_parts().rules,
+            crate::workflow::routes::<Arc<crate::workflow::WorkflowState>>().into_parts().rules,
         ];
         let served: BTreeSet<(String, String)> = tables
             .iter()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cim_auth::Principal;
+use cim_auth::{Principal, Role};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::problem::ApiError;
@@ -59,6 +59,12 @@ impl<C: Clone> Upstream<C> {
         }
         if let Ok(v) = p.actor().parse() {
             md.insert(cim_runtime::edge::ACTOR_HEADER, v);
+        }
+        // Every role the caller holds, implied ones included (an admin is also a writer): a
+        // domain rule may ask for one (who may approve a workflow step).
+        let roles: Vec<&str> = Role::ALL.into_iter().filter(|r| p.can(*r)).map(Role::as_str).collect();
+        if let Ok(v) = roles.join(",").parse() {
+            md.insert(cim_runtime::edge::ROLES_HEADER, v);
         }
         req
     }

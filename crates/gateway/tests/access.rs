@@ -54,6 +54,11 @@ async fn every_route_checks_the_role_before_the_cache_or_a_replay() {
             .replace("{document_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{agent_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{task_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{definition_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{instance_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{step_id}", "s")
+            .replace("{key}", "k")
+            .replace("{name}", "n")
             .replace("{id}", &uuid::Uuid::now_v7().to_string());
         let allowed = |who: Option<cim_auth::Role>| match role {
             None => true,

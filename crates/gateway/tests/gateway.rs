@@ -10,6 +10,8 @@ mod harness;
 mod http;
 #[path = "support/gateway.rs"]
 mod support;
+#[path = "support/workflow.rs"]
+mod workflow;
 
 use std::time::Duration;
 
@@ -288,11 +290,13 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let graph = harness::Service::start().await;
     let documents = document::DocumentService::start(&graph.prefix).await;
     let agents = agent::AgentService::start(&graph.prefix).await;
-    let (document_urls, agent_urls) = (documents.url(), agents.url());
+    let workflows = workflow::WorkflowService::start(&graph.prefix).await;
+    let (document_urls, agent_urls, workflow_urls) = (documents.url(), agents.url(), workflows.url());
     let upstreams = [
         ("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"),
         ("CIM_GATEWAY_DOCUMENT_URLS", document_urls.as_str()),
         ("CIM_GATEWAY_AGENT_URLS", agent_urls.as_str()),
+        ("CIM_GATEWAY_WORKFLOW_URLS", workflow_urls.as_str()),
     ];
     let gw = gateway(&graph, &upstreams).await;
     let t = TenantId::new();
@@ -337,6 +341,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     assert!(report.contains("passed"), "{report}");
     gw.stop().await;
     agents.stop().await;
+    workflows.stop().await;
     documents.stop().await;
     graph.stop().await;
 }

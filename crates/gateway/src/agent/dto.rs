@@ -153,14 +153,6 @@ pub struct ConcurrencyLimit {
     pub max_concurrent_tasks: u32,
 }
 
-/// Suspending, taking offline, decommissioning: why, recorded with the event.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StateChange {
-    #[serde(default)]
-    pub reason: String,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {

@@ -13,9 +13,6 @@ use tonic::metadata::MetadataMap;
 use crate::error::ServiceError;
 use crate::instance::{Person, Workflow};
 
-/// The caller's roles, as the gateway states them from the verified token (comma-separated).
-pub const ROLES_HEADER: &str = "x-cim-roles";
-
 pub fn id(field: &str, s: &str) -> Result<AggregateId, ServiceError> {
     AggregateId::from_str(s).map_err(|e| ServiceError::invalid(field, e.to_string()))
 }
@@ -26,7 +23,7 @@ pub fn new_id(field: &str, s: &str) -> Result<AggregateId, ServiceError> {
 }
 
 pub fn roles(md: &MetadataMap) -> Vec<String> {
-    let text = md.get(ROLES_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let text = md.get(cim_runtime::edge::ROLES_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     text.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect()
 }
 
