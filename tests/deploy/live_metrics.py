@@ -12,7 +12,9 @@ batches, queries, cached GETs, 4xx, 429), the agent routes (agents deployed, con
 through their lifecycle with one activation refused; tasks submitted, one refused for an unknown
 capability, listed, routed both ways, cancelled) and, with grpcurl, the document service's gRPC API
 (documents created, content uploaded, the same bytes again for deduplication, downloaded, an
-upload refused) in rounds a few scrapes apart, with websocket clients on
+upload refused) and the workflow service's (definitions created and revised; instances with a
+timer step the engine fires, an approval a reviewer approves, one paused, resumed and cancelled,
+and a second cancel refused) in rounds a few scrapes apart, with websocket clients on
 the monolith's /ws meanwhile (docs/websocket.md; a minimal RFC 6455 client on the standard
 library): one subscribed to the graph domain that reads every event, one that subscribes 500 times
 and stops reading until it is closed for lagging (4008), one resuming from position 0 (catch-up)
@@ -226,6 +228,7 @@ class Run:
         # under the current directory).
         env["CIM_OBJECT_STORE_URL"] = str(self.tmp / "objects")
         self.document = env["CIM_DOCUMENT_ADDR"]
+        self.workflow = env["CIM_WORKFLOW_ADDR"]
         self.env = env
         return env
 
@@ -509,6 +512,67 @@ def document_round(run: Run, grpcurl: str, tenant: str, n: int) -> dict[str, int
          want_ok=False)  # fmt: skip
     outcomes["invalid_argument"] = outcomes.get("invalid_argument", 0) + 1
     return outcomes
+
+
+# The workflow load's definitions: a timer between two automated steps (the engine fires it a
+# moment later, so cim_workflow_timer_lateness_seconds has samples), an approval a person with
+# the role decides, and a long timer that leaves an instance running to pause, resume and cancel.
+WORKFLOW_TIMER = {"name": "live timer", "steps": [
+    {"id": "init", "kind": "automated", "set": {"n": "1"}},
+    {"id": "nap", "kind": "timer", "depends_on": ["init"], "sleep_ms": 200},
+    {"id": "done", "kind": "automated", "depends_on": ["nap"], "set": {"m": "n + 1"}},
+]}  # fmt: skip
+WORKFLOW_APPROVAL = {"name": "live approval", "steps": [
+    {"id": "review", "kind": "approval", "role": "reviewer"},
+    {"id": "after", "kind": "automated", "depends_on": ["review"], "set": {"approved": "true"}},
+]}  # fmt: skip
+WORKFLOW_LONG = {"name": "live long", "steps": [{"id": "wait", "kind": "timer", "sleep_ms": 3_600_000}]}
+
+
+def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, str]) -> dict[str, int]:
+    """One round of workflow traffic on the monolith's workflow gRPC listener; returns calls by
+    command. Definitions are created in the first round (and one revised); each round starts
+    three timer instances, an approval instance approved by a reviewer once it waits, and a long
+    instance paused, resumed and cancelled (then cancelled again: refused, failed_precondition)."""
+    svc = "cim.workflow.v1.WorkflowService"
+    calls: dict[str, int] = {}
+
+    def call(method: str, body: dict, want_ok: bool = True, roles: str | None = None) -> dict:
+        headers = ["-H", f"x-cim-tenant: {tenant}", "-H", "x-cim-actor: user:live"]
+        if roles:
+            headers += ["-H", f"x-cim-roles: {roles}"]
+        r = subprocess.run([grpcurl, "-plaintext", "-max-time", "10", *headers, "-d", json.dumps(body), run.workflow,
+                            f"{svc}/{method}"], capture_output=True, text=True, timeout=20)  # fmt: skip
+        if want_ok != (r.returncode == 0):
+            raise SystemExit(f"live-metrics: workflow {method}: grpcurl exit {r.returncode}, expected "
+                             f"{'success' if want_ok else 'an error'}: {(r.stderr or r.stdout).strip()[-400:]}")  # fmt: skip
+        calls[method] = calls.get(method, 0) + 1
+        return json.loads(r.stdout) if want_ok and r.stdout.strip() else {}
+
+    if not defs:
+        for name, definition in (("timer", WORKFLOW_TIMER), ("approval", WORKFLOW_APPROVAL), ("long", WORKFLOW_LONG)):
+            defs[name] = call("CreateDefinition", {"definition": definition})["id"]
+        call("ReviseDefinition", {"definition_id": defs["timer"], "definition": {**WORKFLOW_TIMER, "description": "revised"}})
+    for i in range(3):
+        call("StartWorkflow", {"definition_id": defs["timer"], "context": {"round": n, "i": i}})
+    review = call("StartWorkflow", {"definition_id": defs["approval"]})["id"]
+    long = call("StartWorkflow", {"definition_id": defs["long"]})["id"]
+    call("PauseWorkflow", {"instance_id": long, "reason": "live check"})
+    call("ResumeWorkflow", {"instance_id": long})
+    call("CancelWorkflow", {"instance_id": long, "reason": "live check"})
+    call("CancelWorkflow", {"instance_id": long, "reason": "again"}, want_ok=False)
+    # The engine starts the approval step a moment after the start: wait for it, then approve.
+    deadline = time.monotonic() + 10
+    while True:
+        w = call("GetWorkflow", {"instance_id": review})
+        if any(st.get("stepId") == "review" and st.get("status") == "waiting_approval" for st in w.get("steps", [])):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"live-metrics: workflow {review}: step review never waited for approval: {w}")
+        time.sleep(0.1)
+    call("ApproveStep", {"instance_id": review, "step_id": "review", "comment": "live"}, roles="reviewer")
+    call("ListWorkflows", {"definition_id": defs["timer"]})
+    return calls
 
 
 def flood(run: Run, token: str) -> int:
@@ -929,6 +993,8 @@ def main() -> int:
         statuses: dict[int, int] = {}
         uploads: dict[str, int] = {}
         agent_calls: dict[str, int] = {}
+        workflow_calls: dict[str, int] = {}
+        workflow_defs: dict[str, str] = {}
         for n in range(args.rounds):
             for status, count in load_round(run, token, n).items():
                 statuses[status] = statuses.get(status, 0) + count
@@ -936,6 +1002,8 @@ def main() -> int:
                 agent_calls[what] = agent_calls.get(what, 0) + count
             for outcome, count in document_round(run, grpcurl, tenant, n).items():
                 uploads[outcome] = uploads.get(outcome, 0) + count
+            for method, count in workflow_round(run, grpcurl, tenant, n, workflow_defs).items():
+                workflow_calls[method] = workflow_calls.get(method, 0) + count
             if n == 0:
                 ws.resume()
             # One more 429 per round, so that series has a rate too (one request while the
@@ -946,7 +1014,8 @@ def main() -> int:
         log(f"load: {sum(statuses.values())} requests by status {dict(sorted(statuses.items()))}; "
             f"{sent} from a principal flooding past the rate limit; document uploads on {run.document} by "
             f"outcome {dict(sorted(uploads.items()))} (half of the ok ones deduplicated), with downloads; "
-            f"agent REST calls {dict(sorted(agent_calls.items()))}")  # fmt: skip
+            f"agent REST calls {dict(sorted(agent_calls.items()))}; workflow gRPC calls on {run.workflow} "
+            f"{dict(sorted(workflow_calls.items()))}")  # fmt: skip
         ws_failures = ws.verify(prom)
         log(f"websocket ws://{run.websocket}/ws: {ws.events} events to the subscriber; a resume from 0 "
             f"(catch-up) after a bad frame; a bad token refused (4001); a client with "

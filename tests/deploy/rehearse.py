@@ -1078,6 +1078,8 @@ class Rehearsal:
             self.document_checks(env_of, label)
         if "agent" in svcs:
             self.agent_checks(env_of, label)
+        if "workflow" in svcs:
+            self.workflow_checks(env_of, label)
 
         token = self.token(env_of("gateway"))
         self.e2e_result: dict = {}
@@ -1308,6 +1310,97 @@ class Rehearsal:
             return f"{url} (from the monitoring network): " + ", ".join(want)
 
         self.check(f"[{label}] the agent exports its counters from start-up", zeros)
+
+    def workflow_checks(self, env_of, label: str) -> None:
+        """The workflow service end to end, as the gateway would call it (from its host, at its
+        CIM_GATEWAY_WORKFLOW_URLS): a definition with a timer between two automated steps, an
+        instance started and run to completion by the engine; then the event store (Postgres, as
+        the workflow role wrote it), its stream CIM_WORKFLOW (the relay, as NATS user workflow) and
+        the engine's own metrics in the workflow process."""
+        self.wf_result: dict = {}
+
+        def run_instance():
+            url = env_of("gateway").get("CIM_GATEWAY_WORKFLOW_URLS", "").split(",")[0].strip()
+            if not url:
+                raise Failed("the gateway has no CIM_GATEWAY_WORKFLOW_URLS")
+            u = urllib.parse.urlsplit(url)
+            target = f"{u.hostname}:{u.port}"
+            tenant = uuid7()
+            headers = [f"x-cim-tenant: {tenant}", "x-cim-actor: user:rehearsal"]
+            svc = "cim.workflow.v1.WorkflowService"
+            definition = {"name": f"rehearsal {label}", "steps": [
+                {"id": "init", "kind": "automated", "set": {"n": "1"}},
+                {"id": "nap", "kind": "timer", "depends_on": ["init"], "sleep_ms": 300},
+                {"id": "done", "kind": "automated", "depends_on": ["nap"], "set": {"m": "n + 1"}},
+            ]}  # fmt: skip
+            created = self.grpc("gateway", target, f"{svc}/CreateDefinition", json.dumps({"definition": definition}),
+                                headers)["messages"][0]  # fmt: skip
+            started = self.grpc("gateway", target, f"{svc}/StartWorkflow",
+                                json.dumps({"definition_id": created["id"], "context": {"label": label}}),
+                                headers)["messages"][0]  # fmt: skip
+            instance = started["id"]
+            deadline, w = time.monotonic() + 20, {}
+            while time.monotonic() < deadline:
+                w = self.grpc("gateway", target, f"{svc}/GetWorkflow", json.dumps({"instance_id": instance}),
+                              headers)["messages"][0]  # fmt: skip
+                if w.get("status") in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.2)
+            steps = {st.get("stepId"): st.get("status") for st in w.get("steps", [])}
+            ctx = w.get("context") or {}
+            if w.get("status") != "completed" or set(steps.values()) != {"completed"} or ctx.get("m") != 2:
+                raise Failed(f"instance {instance}: {w.get('status')}, steps {steps}, context {ctx} "
+                             f"(error {w.get('error')!r})")  # fmt: skip
+            self.wf_result = {"tenant": tenant, "instance": instance, "version": int(w.get("version", 0)),
+                              "definition": created["id"]}  # fmt: skip
+            return (f"from the gateway's host to {target}: CreateDefinition (automated → 300 ms timer → automated), "
+                    f"StartWorkflow; the engine completed every step (context m = 2) at version {w.get('version')}")
+
+        if not self.check(f"[{label}] a workflow with a timer run to completion through the gateway's workflow URL",
+                          run_instance):  # fmt: skip
+            return
+        r = self.wf_result
+
+        def stored():
+            tenant, instance = r["tenant"], r["instance"]
+            row = self.psql_admin(f"SELECT status || ' ' || version FROM workflow.workflow_instances "
+                                  f"WHERE tenant_id = '{tenant}' AND instance_id = '{instance}'")  # fmt: skip
+            events = int(self.psql_admin(f"SELECT count(*) FROM workflow.events WHERE aggregate_id = '{instance}'"))
+            due = self.psql_admin(f"SELECT count(*) FROM workflow.workflow_due WHERE instance_id = '{instance}'")
+            if row != f"completed {r['version']}" or events != r["version"]:
+                raise Failed(f"Postgres: workflow_instances {row!r}, {events} event(s) (expected {r['version']})")
+            total = int(self.psql_admin("SELECT count(*) FROM workflow.events"))
+            deadline, st = time.monotonic() + 15, {}
+            while time.monotonic() < deadline:
+                j = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true"})
+                streams = {x["name"]: x for a in (j.get("body") or {}).get("account_details", [])
+                           for x in a.get("stream_detail", [])}  # fmt: skip
+                st = (streams.get("CIM_WORKFLOW") or {}).get("state") or {}
+                if st.get("messages", 0) >= total:
+                    break
+                time.sleep(0.5)
+            else:
+                raise Failed(f"JetStream: CIM_WORKFLOW holds {st.get('messages')} message(s), the schema {total} event(s)")
+            return (f"schema workflow: instance completed at version {r['version']}, {events} event(s), "
+                    f"{due} due row(s) left; CIM_WORKFLOW holds {st.get('messages')} message(s) (every event of the schema)")
+
+        self.check(f"[{label}] the workflow instance reached Postgres and JetStream", stored)
+
+        def engine_metrics():
+            # The timer fired in the workflow's own process: its lateness was observed, and the
+            # engine counted its advances (the series the dashboard and the alerts read).
+            url = f"http://workflow:{self.ports['workflow'][1]}/metrics"
+            text = str(self.probe("prometheus", {"kind": "http", "url": url}).get("body"))
+            values = {}
+            for ln in text.splitlines():
+                m = re.fullmatch(r'(cim_workflow_timer_lateness_seconds_count|cim_workflow_advances_total\{outcome="advanced"\}) (\S+)', ln)
+                if m:
+                    values[m.group(1)] = float(m.group(2))
+            if len(values) != 2 or min(values.values()) < 1:
+                raise Failed(f"{url}: " + "; ".join(ln for ln in text.splitlines() if "cim_workflow_" in ln and "#" not in ln))
+            return f"{url} (from the monitoring network): " + ", ".join(f"{k} {v:g}" for k, v in sorted(values.items()))
+
+        self.check(f"[{label}] the workflow engine exports its advances and timer lateness", engine_metrics)
 
     def negatives(self) -> None:
         compose_env = self.env_of
