@@ -43,6 +43,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A JSON body that may be left out: no body at all means `T::default()` (a state change with no
+/// reason: `POST .../pause` without `-d`). A body that is there is held to [`ApiJson`]'s rules.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers();
+        let declared = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).map(str::to_owned);
+        let empty = declared(http::header::CONTENT_LENGTH).is_none_or(|n| n.trim() == "0")
+            && declared(http::header::TRANSFER_ENCODING).is_none()
+            && declared(http::header::CONTENT_TYPE).is_none();
+        if empty {
+            return Ok(OptionalJson(T::default()));
+        }
+        ApiJson::from_request(req, state).await.map(|ApiJson(value)| OptionalJson(value))
+    }
+}
+
 /// Query parameters whose parse errors are problem+json (axum's own answer is plain text).
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);

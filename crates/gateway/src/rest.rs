@@ -65,8 +65,8 @@ pub fn timestamp(field: &str, s: &str) -> Result<prost_types::Timestamp, crate::
 }
 
 /// A state change's body (suspending an agent, pausing a workflow, ...): why, recorded with the
-/// event.
-#[derive(Debug, Deserialize, ToSchema)]
+/// event. The body may be left out.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateChange {
     #[serde(default)]

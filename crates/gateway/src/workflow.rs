@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::problem::ApiResult;
 use crate::rest::{
     CommandQuery, Options, Page, Props, StateChange, command, exact_properties, page, props, query, structure, ts,

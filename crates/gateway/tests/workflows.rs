@@ -182,6 +182,10 @@ async fn bad_definitions_and_illegal_transitions_are_named() {
     let start = format!(r#"{{"definition_id":"{definition_id}"}}"#);
     let id = s.call("POST", "/api/v1/workflows", writer, Some(&start)).await.json()["id"].as_str().unwrap().to_owned();
     let w = format!("/api/v1/workflows/{id}");
+    // A state change's body may be left out; one that is there is still checked.
+    assert_eq!(s.call("POST", &format!("{w}/pause"), writer, None).await.status, 200);
+    problem(&s.call("POST", &format!("{w}/resume"), writer, Some(r#"{"colour":1}"#)).await, 400, "invalid_argument");
+    assert_eq!(s.call("POST", &format!("{w}/resume"), writer, Some("{}")).await.status, 200);
     assert_eq!(s.call("POST", &format!("{w}/cancel"), writer, Some(r#"{"reason":"done"}"#)).await.status, 200);
     // A cancelled workflow is over: resuming it is refused, naming why.
     problem(&s.call("POST", &format!("{w}/resume"), writer, Some("{}")).await, 422, "failed_precondition");

@@ -34,7 +34,7 @@ pub async fn suspend_agent(
     Extension(p): Extension<Principal>,
     ApiPath(agent_id): ApiPath<String>,
     Options(options): Options,
-    ApiJson(body): ApiJson<StateChange>,
+    OptionalJson(body): OptionalJson<StateChange>,
 ) -> ApiResult<Json<AgentCommandResult>> {
     let msg = lifecycle(agent_id, body.reason, options);
     Ok(agent_done(command!(state.upstream, p, suspend_agent, msg)))
@@ -50,7 +50,7 @@ pub async fn mark_agent_offline(
     Extension(p): Extension<Principal>,
     ApiPath(agent_id): ApiPath<String>,
     Options(options): Options,
-    ApiJson(body): ApiJson<StateChange>,
+    OptionalJson(body): OptionalJson<StateChange>,
 ) -> ApiResult<Json<AgentCommandResult>> {
     let msg = lifecycle(agent_id, body.reason, options);
     Ok(agent_done(command!(state.upstream, p, mark_agent_offline, msg)))
@@ -67,7 +67,7 @@ pub async fn decommission_agent(
     Extension(p): Extension<Principal>,
     ApiPath(agent_id): ApiPath<String>,
     Options(options): Options,
-    ApiJson(body): ApiJson<StateChange>,
+    OptionalJson(body): OptionalJson<StateChange>,
 ) -> ApiResult<Json<AgentCommandResult>> {
     let msg = lifecycle(agent_id, body.reason, options);
     Ok(agent_done(command!(state.upstream, p, decommission_agent, msg)))

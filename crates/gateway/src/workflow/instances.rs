@@ -34,7 +34,7 @@ pub async fn pause_workflow(
     Extension(p): Extension<Principal>,
     ApiPath(instance_id): ApiPath<String>,
     Options(options): Options,
-    ApiJson(body): ApiJson<StateChange>,
+    OptionalJson(body): OptionalJson<StateChange>,
 ) -> ApiResult<Json<WorkflowCommandResult>> {
     let msg = pb::WorkflowCommand { instance_id, reason: body.reason, options };
     Ok(done(command!(state.upstream, p, pause_workflow, msg)))
@@ -50,7 +50,7 @@ pub async fn resume_workflow(
     Extension(p): Extension<Principal>,
     ApiPath(instance_id): ApiPath<String>,
     Options(options): Options,
-    ApiJson(body): ApiJson<StateChange>,
+    OptionalJson(body): OptionalJson<StateChange>,
 ) -> ApiResult<Json<WorkflowCommandResult>> {
     let msg = pb::WorkflowCommand { instance_id, reason: body.reason, options };
     Ok(done(command!(state.upstream, p, resume_workflow, msg)))
@@ -66,7 +66,7 @@ pub async fn cancel_workflow(
     Extension(p): Extension<Principal>,
     ApiPath(instance_id): ApiPath<String>,
     Options(options): Options,
-    ApiJson(body): ApiJson<StateChange>,
+    OptionalJson(body): OptionalJson<StateChange>,
 ) -> ApiResult<Json<WorkflowCommandResult>> {
     let msg = pb::WorkflowCommand { instance_id, reason: body.reason, options };
     Ok(done(command!(state.upstream, p, cancel_workflow, msg)))
