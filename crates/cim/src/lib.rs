@@ -1,12 +1,19 @@
 //! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
 //! `cim config`, `cim doctor`, `cim verify`, and for local development `cim token` and
-//! `cim local-secret`. `cim migrate` and the other operations commands join later.
+//! `cim local-secret`; backup and recovery: `cim backup`, `cim restore`, `cim streams rebuild`.
 
+mod backup;
 mod doctor;
 mod local;
+mod progress;
+mod restore;
 mod serve;
+mod streams;
 mod token;
 mod verify;
+
+pub use backup::BackupArgs;
+pub use restore::RestoreArgs;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,6 +30,17 @@ pub const EXIT_CONFIG: u8 = 2;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// Publish again, from Postgres and in order, the events a domain's stream lacks (the
+    /// stream is created if it is gone), with their original message ids: consumers that saw
+    /// an event already apply nothing twice.
+    Rebuild {
+        #[arg(long)]
+        domain: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,8 +64,43 @@ enum Command {
     /// its payload exactly as stored. Exit 1 naming every aggregate whose history does not hold.
     Verify {
         /// Only this domain service (graph, ...).
-        #[arg(long)]
+        #[arg(long, visible_alias = "domain")]
         service: Option<String>,
+        /// Only this aggregate (its id), searched in every domain unless one is named.
+        #[arg(long)]
+        aggregate: Option<String>,
+    },
+    /// Back up every domain's events (and the rows events cannot rebuild) to a directory or
+    /// s3://bucket/prefix: compressed segments and a manifest, at one consistent cut while the
+    /// services keep writing. Incremental from the latest backup there; an interrupted backup
+    /// run again skips the segments it already wrote.
+    Backup {
+        #[arg(long)]
+        to: String,
+        /// Start from the first event instead of the latest backup's cut.
+        #[arg(long)]
+        full: bool,
+        /// Events per segment.
+        #[arg(long, default_value_t = 50_000)]
+        segment_events: i64,
+    },
+    /// Restore a backup into an empty database: events imported, every chain verified against
+    /// the manifest, projections rebuilt, streams given the events they lack. A corrupted or
+    /// incomplete backup is refused, naming the segment, and nothing is restored.
+    Restore {
+        #[arg(long)]
+        from: String,
+        /// The backup's id (manifests/<id>.json); the newest when absent.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Do not touch the streams (run `cim streams rebuild` later).
+        #[arg(long)]
+        no_streams: bool,
+    },
+    /// JetStream operations.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
     },
     /// Print an HS256 bearer token (local development), signed with CIM_JWT_HS256_SECRET or, when
     /// neither it nor CIM_JWT_PUBLIC_KEY_FILE is set, with the local secret `scripts/up.sh` made.
@@ -84,10 +137,21 @@ pub fn main() -> ExitCode {
             Ok(rt) => rt.block_on(doctor::doctor(before_start)),
             Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
         },
-        Command::Verify { service } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(verify::verify(service.as_deref())),
-            Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
-        },
+        Command::Verify { service, aggregate } => block_on(verify::verify(service.as_deref(), aggregate.as_deref())),
+        Command::Backup { to, full, segment_events } => {
+            block_on(backup::run(BackupArgs { to, full, segment_events: segment_events.max(1) }))
+        }
+        Command::Restore { from, backup, no_streams } => {
+            block_on(restore::run(RestoreArgs { from, backup, no_streams }))
+        }
+        Command::Streams { command: StreamsCommand::Rebuild { domain } } => block_on(streams::run(&domain)),
+    }
+}
+
+fn block_on(run: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run),
+        Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
     }
 }
 
@@ -129,6 +193,11 @@ struct DomainService {
     domain: cim_core::Domain,
     schema: &'static str,
     migrations: fn() -> Vec<sqlx::migrate::Migrator>,
+    /// Its projections, as a rebuild runs them over the whole history.
+    projector: fn() -> Box<dyn cim_eventstore::Projector>,
+    /// Tables besides the event store's that events cannot rebuild, in the order a restore
+    /// fills them (backed up whole, with the idempotency keys).
+    kept: &'static [&'static str],
 }
 
 /// The domain services of this build; the next domain adds a line.
@@ -138,18 +207,37 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         domain: cim_core::Domain::Graph,
         schema: cim_graph::SCHEMA,
         migrations: graph_migrations,
+        projector: || Box::new(cim_graph::projection::GraphProjection),
+        kept: &[],
     },
     DomainService {
         name: "document",
         domain: cim_core::Domain::Document,
         schema: cim_document::SCHEMA,
         migrations: document_migrations,
+        projector: || Box::new(cim_aggregate::Projected(cim_document::projection::DocumentProjection)),
+        // Content records are written by uploads, not events (their bytes stay in the object
+        // store, which is backed up on its own); versions reference them.
+        kept: &["content_blobs", "content_text"],
     },
     DomainService {
         name: "agent",
         domain: cim_core::Domain::Agent,
         schema: cim_agent::SCHEMA,
         migrations: agent_migrations,
+        projector: || {
+            Box::new(cim_aggregate::ByAggregateType(vec![
+                (
+                    cim_agent::agent::AGGREGATE_TYPE,
+                    Box::new(cim_aggregate::Projected(cim_agent::projection::AgentProjection)),
+                ),
+                (
+                    cim_agent::task::AGGREGATE_TYPE,
+                    Box::new(cim_aggregate::Projected(cim_agent::projection::TaskProjection)),
+                ),
+            ]))
+        },
+        kept: &[],
     },
 ];
 
