@@ -43,6 +43,31 @@ async fn an_interrupted_backup_resumes_and_a_damaged_segment_is_refused_naming_i
     let pool = restored.pool().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM graph.events").await, 1503);
 
+    // `cim verify --aggregate`: one aggregate's chain, and its first broken link once a stored
+    // event was changed.
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT aggregate_id FROM graph.events WHERE sequence = 3 LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let verify = || {
+        let mut cmd = cim(&restored, &rp);
+        cmd.args(["verify", "--domain", "graph", "--aggregate", &id.to_string()]);
+        cmd
+    };
+    assert!(run_ok(&mut verify()).contains(&format!("graph: aggregate {id}")), "verified");
+    sqlx::query("UPDATE graph.events SET actor = 'user:mallory' WHERE aggregate_id = $1 AND sequence = 3")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = verify().output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("BROKEN aggregate {id}")) && report.contains("sequence 3"),
+        "names the aggregate and the first broken link: {report}"
+    );
+
     // One flipped byte: refused, naming the segment, and nothing restored.
     let key = |p: &std::path::Path| format!("events/graph/{}", p.file_name().unwrap().to_str().unwrap());
     let good = std::fs::read(&segments[2]).unwrap();
