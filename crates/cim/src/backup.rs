@@ -64,22 +64,7 @@ pub(crate) async fn connect(config: &Config, schema: &str, connections: u32) -> 
     .map_err(|e| format!("postgres: {e}"))
 }
 
-/// `cim backup`.
-pub(crate) async fn run(args: BackupArgs) -> ExitCode {
-    let config = match load() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match backup(&config, &args).await {
-        Ok(summary) => {
-            out(&summary);
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&format!("backup failed: {e}"), 1),
-    }
-}
-
-async fn backup(config: &Config, args: &BackupArgs) -> Result<String, String> {
+pub(crate) async fn backup(config: &Config, args: &BackupArgs) -> Result<String, String> {
     let store = open_target(config, &args.to)?;
     let previous = if args.full { None } else { manifest::latest(store.as_ref()).await? };
     let pool = connect(config, "public", 2).await?;

@@ -133,16 +133,15 @@ pub fn main() -> ExitCode {
         Command::Config => config(),
         Command::Token { tenant, roles, subject, ttl } => token::token(tenant, &roles, subject, ttl),
         Command::LocalSecret => token::local_secret(),
-        Command::Doctor { before_start } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(doctor::doctor(before_start)),
-            Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
-        },
+        Command::Doctor { before_start } => block_on(doctor::doctor(before_start)),
         Command::Verify { service, aggregate } => block_on(verify::verify(service.as_deref(), aggregate.as_deref())),
         Command::Backup { to, full, segment_events } => {
-            block_on(backup::run(BackupArgs { to, full, segment_events: segment_events.max(1) }))
+            let args = BackupArgs { to, full, segment_events: segment_events.max(1) };
+            block_on(operation("backup failed", |config| async move { backup::backup(&config, &args).await }))
         }
         Command::Restore { from, backup, no_streams } => {
-            block_on(restore::run(RestoreArgs { from, backup, no_streams }))
+            let args = RestoreArgs { from, backup, no_streams };
+            block_on(operation("restore refused", |config| async move { restore::restore(&config, &args).await }))
         }
         Command::Streams { command: StreamsCommand::Rebuild { domain } } => block_on(streams::run(&domain)),
     }
@@ -152,6 +151,26 @@ fn block_on(run: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run),
         Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
+    }
+}
+
+/// Runs an operation that needs the configuration: its summary on stdout and exit 0, or its
+/// error on stderr after `failed` and exit 1 (2 for bad configuration).
+async fn operation<F, Fut>(failed: &str, op: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match op(config).await {
+        Ok(summary) => {
+            out(&summary);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{failed}: {e}"), 1),
     }
 }
 

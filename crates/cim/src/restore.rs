@@ -27,21 +27,7 @@ pub struct RestoreArgs {
     pub no_streams: bool,
 }
 
-pub(crate) async fn run(args: RestoreArgs) -> ExitCode {
-    let config = match load() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match restore(&config, &args).await {
-        Ok(summary) => {
-            out(&summary);
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&format!("restore refused: {e}"), 1),
-    }
-}
-
-async fn restore(config: &Config, args: &RestoreArgs) -> Result<String, String> {
+pub(crate) async fn restore(config: &Config, args: &RestoreArgs) -> Result<String, String> {
     let store = open_target(config, &args.from)?;
     let manifest = manifest::find(store.as_ref(), args.backup.as_deref()).await?;
     let mut parts = Vec::new();

@@ -7,6 +7,7 @@ use crate::world::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_backup_resumes_and_a_damaged_segment_is_refused_naming_it() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let (db, prefix, dir) = (Database::create("bkd").await, unique("p"), std::env::temp_dir().join(unique("bkdir")));
     let services = Services::start(&db, &prefix).await;
     let tenant = TenantId::new();

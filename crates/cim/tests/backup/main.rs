@@ -59,6 +59,7 @@ async fn assert_streams_hold_each_event_once(pool: &sqlx::PgPool, prefix: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_while_writers_run_restores_and_an_incremental_one_restores_the_newer_state() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let (db, prefix, dir) = (Database::create("bk").await, unique("p"), backup_dir("bkdir"));
     let services = Services::start(&db, &prefix).await;
     let pool = db.pool().await;

@@ -9,6 +9,7 @@ use crate::world::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_to_s3_restores_from_s3() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let s3 = MotoS3::start();
     s3.create_bucket("cim-backups");
     let (db, prefix) = (Database::create("bk3").await, unique("p"));

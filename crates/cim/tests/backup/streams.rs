@@ -8,6 +8,7 @@ use crate::world::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_stream_is_rebuilt_with_each_event_once_and_the_relay_continues() {
+    let _slot = SLOTS.acquire().await.unwrap();
     let (db, prefix) = (Database::create("bks").await, unique("p"));
     let services = Services::start(&db, &prefix).await;
     let tenant = TenantId::new();

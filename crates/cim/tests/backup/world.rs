@@ -17,6 +17,10 @@ use cim_runtime::{ServiceKind, Shutdown};
 use cim_testkit::domain::{Running, config, database_url, nats_url, req, unique};
 use sqlx::Connection;
 
+/// At most two of these tests run their three services at once: each holds about fifteen
+/// Postgres connections, and the shared server's hundred are used by others too.
+pub static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// A database made for one test and dropped with it.
 #[derive(Debug)]
 pub struct Database {
@@ -59,7 +63,7 @@ impl Services {
         let vars = [
             ("CIM_DATABASE_URL", db.url.clone()),
             ("CIM_OBJECT_STORE_URL", objects.display().to_string()),
-            ("CIM_DATABASE_MAX_CONNECTIONS", "8".to_owned()),
+            ("CIM_DATABASE_MAX_CONNECTIONS", "4".to_owned()),
         ];
         let shutdown = Shutdown::new();
         let c = config(ServiceKind::Graph, prefix, &vars);
