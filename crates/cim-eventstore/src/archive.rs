@@ -5,13 +5,15 @@
 //! - [`Cut`]: one consistent read of several schemas at one point while writers keep writing.
 //! - [`import`]: rows back into an empty schema, chains checked against the heads a backup
 //!   recorded.
-//! - [`replay`]: a domain's projections rebuilt by running its own projector over the events.
+//! - [`replay`]: a domain's projections rebuilt by running its own projector over the events;
+//!   [`beside`]: the same beside the live tables, then swapped in (`cim replay`).
 //! - [`republish`]: a domain's events published again to its stream, each at most once.
 //!
 //! Rows travel as Postgres' own `row_to_json` text and come back through `json_populate_record`:
 //! the `json` payload column is copied verbatim (its text is what the hash chain covers) and no
 //! column list is repeated here that a migration could leave behind.
 
+pub mod beside;
 mod cut;
 pub mod import;
 pub mod replay;

@@ -1,11 +1,12 @@
 //! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
 //! `cim config`, `cim doctor`, `cim verify`, and for local development `cim token` and
-//! `cim local-secret`; backup and recovery: `cim backup`, `cim restore`, `cim streams rebuild`.
+//! `cim local-secret`; backup and recovery: `cim backup`, `cim restore`, `cim replay`, `cim streams rebuild`.
 
 mod backup;
 mod doctor;
 mod local;
 mod progress;
+mod replay;
 mod restore;
 mod serve;
 mod streams;
@@ -97,6 +98,12 @@ enum Command {
         #[arg(long)]
         no_streams: bool,
     },
+    /// Rebuild a domain's projections from its events without downtime: built beside the live
+    /// tables, swapped in (writers pause for the events appended meanwhile), the old dropped.
+    Replay {
+        #[arg(long)]
+        domain: String,
+    },
     /// JetStream operations.
     Streams {
         #[command(subcommand)]
@@ -142,6 +149,9 @@ pub fn main() -> ExitCode {
         Command::Restore { from, backup, no_streams } => {
             let args = RestoreArgs { from, backup, no_streams };
             block_on(operation("restore refused", |config| async move { restore::restore(&config, &args).await }))
+        }
+        Command::Replay { domain } => {
+            block_on(operation("replay failed", |config| async move { replay::replay(&config, &domain).await }))
         }
         Command::Streams { command: StreamsCommand::Rebuild { domain } } => block_on(streams::run(&domain)),
     }

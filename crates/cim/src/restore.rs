@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use cim_core::{AggregateId, EventHash, TenantId, Upcasters};
-use cim_eventstore::archive::{Head, import, replay};
+use cim_eventstore::archive::replay::Replay;
+use cim_eventstore::archive::{Head, import};
 use object_store::ObjectStore;
 
 use super::*;
@@ -139,7 +140,17 @@ async fn import_schema(
     let mut progress = Progress::new(&format!("project {}", service.name), part.events);
     let projector = (service.projector)();
     let mut tick = |n| progress.add(n);
-    replay::replay(tx, schema, service.domain, &Upcasters::new(), projector.as_ref(), 1000, &mut tick)
+    let upcasters = Upcasters::new();
+    let replay = Replay {
+        schema,
+        into: schema,
+        domain: service.domain,
+        upcasters: &upcasters,
+        projector: projector.as_ref(),
+        batch: 1000,
+    };
+    replay
+        .run(tx, 0, i64::MAX, &mut tick)
         .await
         .map_err(|e| format!("{}: rebuilding projections: {e}", service.name))?;
     progress.finish();

@@ -3,6 +3,7 @@
 //! APIs. Each test has databases and a subject prefix of its own.
 
 mod damage;
+mod replay;
 mod s3;
 mod streams;
 mod world;
