@@ -148,7 +148,7 @@ pub fn main() -> ExitCode {
         }
         Command::Restore { from, backup, no_streams } => {
             let args = RestoreArgs { from, backup, no_streams };
-            block_on(operation("restore refused", |config| async move { restore::restore(&config, &args).await }))
+            block_on(operation("restore failed", |config| async move { restore::restore(&config, &args).await }))
         }
         Command::Replay { domain } => {
             block_on(operation("replay failed", |config| async move { replay::replay(&config, &domain).await }))

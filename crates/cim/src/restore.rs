@@ -30,38 +30,55 @@ pub struct RestoreArgs {
 
 pub(crate) async fn restore(config: &Config, args: &RestoreArgs) -> Result<String, String> {
     let store = open_target(config, &args.from)?;
-    let manifest = manifest::find(store.as_ref(), args.backup.as_deref()).await?;
+    let refused = |e: String| format!("refused, nothing restored: {e}");
+    let manifest = manifest::find(store.as_ref(), args.backup.as_deref()).await.map_err(refused)?;
     let mut parts = Vec::new();
     for part in &manifest.schemas {
-        let service = DOMAIN_SERVICES.iter().find(|s| s.schema == part.schema).ok_or_else(|| {
-            format!("backup {} holds schema {}, which no domain of this cim owns", manifest.id, part.schema)
-        })?;
-        check_contiguous(part)?;
+        let service = DOMAIN_SERVICES
+            .iter()
+            .find(|s| s.schema == part.schema)
+            .ok_or_else(|| {
+                format!("backup {} holds schema {}, which no domain of this cim owns", manifest.id, part.schema)
+            })
+            .map_err(refused)?;
+        check_contiguous(part).map_err(refused)?;
         parts.push((service, part));
     }
     // Migrated first (each schema as its service would), outside the data transaction.
     for (service, _) in &parts {
-        let pool = connect(config, service.schema, 2).await?;
+        let pool = connect(config, service.schema, 2).await.map_err(refused)?;
         for migrator in (service.migrations)() {
-            cim_runtime::postgres::migrate(&pool, service.schema, migrator).await.map_err(|e| e.to_string())?;
+            cim_runtime::postgres::migrate(&pool, service.schema, migrator)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
         }
-        let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-        if !import::is_empty(&mut conn, service.schema).await.map_err(|e| e.to_string())? {
-            return Err(format!("schema {} already holds events: restore goes into an empty database", service.schema));
+        let mut conn = pool.acquire().await.map_err(|e| refused(e.to_string()))?;
+        if !import::is_empty(&mut conn, service.schema).await.map_err(|e| refused(e.to_string()))? {
+            return Err(refused(format!(
+                "schema {} already holds events: restore goes into an empty database",
+                service.schema
+            )));
         }
     }
-    let pool = connect(config, "public", 2).await?;
-    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    let pool = connect(config, "public", 2).await.map_err(refused)?;
+    let mut tx = pool.begin().await.map_err(|e| refused(e.to_string()))?;
     let mut summary = Vec::new();
     for (service, part) in &parts {
-        import_schema(&mut tx, store.as_ref(), service, part).await?;
+        import_schema(&mut tx, store.as_ref(), service, part).await.map_err(refused)?;
         summary.push(format!("{} {} events", service.name, part.events));
     }
-    tx.commit().await.map_err(|e| format!("committing the restore: {e}"))?;
+    tx.commit().await.map_err(|e| refused(format!("committing the restore: {e}")))?;
     let mut streams = String::new();
     if !args.no_streams {
         for (service, _) in &parts {
-            let done = crate::streams::rebuild(config, service).await?;
+            // The database is committed by now: say so, and what is left to do.
+            let done = crate::streams::rebuild(config, service).await.map_err(|e| {
+                format!(
+                    "the database is restored (backup {}), but the streams are not: {e}; \
+                     run `cim streams rebuild --domain {}`",
+                    manifest.id, service.name
+                )
+            })?;
             streams.push_str(&format!(
                 "; stream of {}: {} published, {} already there",
                 service.name, done.published, done.present

@@ -81,7 +81,10 @@ async fn an_interrupted_backup_resumes_and_a_damaged_segment_is_refused_naming_i
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        stderr.contains(&format!("restore refused: segment {} is corrupted", key(&segments[2]))),
+        stderr.contains(&format!(
+            "restore failed: refused, nothing restored: segment {} is corrupted",
+            key(&segments[2])
+        )),
         "{}",
         describe(&out)
     );
