@@ -139,12 +139,7 @@ impl Beside {
             let sql = format!("ALTER TABLE {} DROP CONSTRAINT {}", table(live, &k.table), ident(&k.name));
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
         }
-        let indexes = sqlx::query(
-            "SELECT tablename::text AS tbl, indexname::text AS name, indexdef AS def FROM pg_indexes WHERE schemaname = $1",
-        )
-        .bind(live)
-        .fetch_all(&mut *tx)
-        .await?;
+        let indexes = indexes_of(&mut tx, live).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {}", ident(replaced)))).execute(&mut *tx).await?;
         for t in &self.tables {
             for (from, to) in [(live, replaced), (beside, live)] {
@@ -154,12 +149,7 @@ impl Beside {
         }
         // `LIKE` named the new indexes itself; each takes the name of the live index it copies
         // (same definition), so the schema stays what the migrations made.
-        let fresh = sqlx::query(
-            "SELECT tablename::text AS tbl, indexname::text AS name, indexdef AS def FROM pg_indexes WHERE schemaname = $1",
-        )
-        .bind(live)
-        .fetch_all(&mut *tx)
-        .await?;
+        let fresh = indexes_of(&mut tx, live).await?;
         let shape = |r: &sqlx::postgres::PgRow| -> Result<(String, String), sqlx::Error> {
             let (name, def): (String, String) = (r.try_get("name")?, r.try_get("def")?);
             Ok((r.try_get::<String, _>("tbl")?, def.replacen(&format!("INDEX {name} ON"), "INDEX ON", 1)))
@@ -208,4 +198,14 @@ impl Beside {
         }
         Ok(())
     }
+}
+
+/// The indexes of `schema`'s tables: table, name and definition.
+async fn indexes_of(conn: &mut sqlx::PgConnection, schema: &str) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT tablename::text AS tbl, indexname::text AS name, indexdef AS def FROM pg_indexes WHERE schemaname = $1",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await?)
 }
