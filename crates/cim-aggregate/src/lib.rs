@@ -23,7 +23,7 @@ pub use error::ExecutorError;
 pub use executor::{AsOf, COMMANDS_TOTAL, CommandExecutor, CommandOptions, Executed};
 pub use group_commit::GroupStatement;
 pub use one_statement::{ONE_STATEMENT_WRITES_TOTAL, OneStatement};
-pub use projection::{Projected, Projection};
+pub use projection::{ByAggregateType, Projected, Projection};
 pub use source::{Current, LockingSource};
 
 use cim_core::Domain;

@@ -43,3 +43,40 @@ impl<P: Projection> Projector for Projected<P> {
         })
     }
 }
+
+/// One schema's projections when it holds several kinds of aggregate (agents and tasks): each
+/// run of consecutive events goes to the projector of its aggregate type, in order. What a
+/// rebuild (`cim restore`, `cim replay`) runs over a whole schema's history; an event of a type
+/// no projector claims is refused rather than skipped.
+pub struct ByAggregateType(pub Vec<(&'static str, Box<dyn Projector>)>);
+
+impl std::fmt::Debug for ByAggregateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ByAggregateType").field(&self.0.iter().map(|(t, _)| *t).collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Projector for ByAggregateType {
+    fn project<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut rest = events;
+            while let Some(first) = rest.first() {
+                let kind = first.aggregate_type.as_str();
+                let run = rest.iter().take_while(|e| e.aggregate_type.as_str() == kind).count();
+                let Some((_, projector)) = self.0.iter().find(|(t, _)| *t == kind) else {
+                    return Err(StoreError::Corrupt(format!(
+                        "event {}: no projection for aggregate type {kind}",
+                        first.event_id
+                    )));
+                };
+                projector.project(tx, &rest[..run]).await?;
+                rest = &rest[run..];
+            }
+            Ok(())
+        })
+    }
+}

@@ -6,8 +6,12 @@
 //! - [`relay`]: outbox → JetStream, one leader per schema, per-aggregate order.
 //! - [`consumer`]: durable pull consumers with an inbox and a dead-letter stream.
 //!
+//! - [`archive`]: a schema's history exported and imported (backups), projections replayed,
+//!   events published again to a stream that lost them.
+//!
 //! Streams, dead letters and consumer metrics, which need no Postgres, are in `cim-streams`.
 
+pub mod archive;
 pub mod consumer;
 pub mod error;
 pub mod metrics;

@@ -315,33 +315,45 @@ impl Relay {
         p: &Pending,
         previous: Option<&str>,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
-        let e = &p.event;
-        let subject = EventSubject {
-            domain: e.domain,
-            aggregate_type: e.aggregate_type.clone(),
-            aggregate_id: e.aggregate_id,
-            event_type: e.event_type.clone(),
-        }
-        .to_subject(&self.prefix);
-        let payload = serde_json::to_vec(e).map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        let mut h = async_nats::HeaderMap::new();
-        // Set here rather than with `message_id()`: `headers()` would replace it.
-        h.insert(headers::MSG_ID, e.event_id.to_string().as_str());
-        h.insert(headers::EVENT_TYPE, e.event_type.as_str());
-        h.insert(headers::AGGREGATE_ID, e.aggregate_id.to_string().as_str());
-        h.insert(headers::SEQUENCE, e.sequence.to_string().as_str());
-        h.insert(headers::CORRELATION_ID, e.correlation_id.to_string().as_str());
-        h.insert(headers::CAUSATION_ID, e.causation_id.to_string().as_str());
-        h.insert(headers::TENANT_ID, e.tenant_id.to_string().as_str());
-        if let Some(previous) = previous {
-            h.insert("Nats-Expected-Last-Msg-Id", previous);
-        }
-        if let Some(tp) = &p.traceparent {
-            h.insert(headers::TRACEPARENT, tp.as_str());
-        }
-        let publish = PublishMessage::build().payload(payload.into()).headers(h);
+        let (subject, publish) = event_message(&self.prefix, &p.event, p.traceparent.as_deref(), previous)?;
         self.js.send_publish(subject, publish).await.map_err(|err| StoreError::JetStream(format!("publish: {err}")))
     }
+}
+
+/// An event as the relay publishes it: its subject, and the envelope with `Nats-Msg-Id` = the
+/// event id (JetStream drops a second publish of it within the duplicate window) and the routing
+/// headers; `previous` makes the server refuse it unless that message id is the stream's last.
+/// `cim streams rebuild` publishes the same message again.
+pub(crate) fn event_message(
+    prefix: &SubjectPrefix,
+    e: &EventEnvelope,
+    traceparent: Option<&str>,
+    previous: Option<&str>,
+) -> Result<(String, PublishMessage), StoreError> {
+    let subject = EventSubject {
+        domain: e.domain,
+        aggregate_type: e.aggregate_type.clone(),
+        aggregate_id: e.aggregate_id,
+        event_type: e.event_type.clone(),
+    }
+    .to_subject(prefix);
+    let payload = serde_json::to_vec(e).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    let mut h = async_nats::HeaderMap::new();
+    // Set here rather than with `message_id()`: `headers()` would replace it.
+    h.insert(headers::MSG_ID, e.event_id.to_string().as_str());
+    h.insert(headers::EVENT_TYPE, e.event_type.as_str());
+    h.insert(headers::AGGREGATE_ID, e.aggregate_id.to_string().as_str());
+    h.insert(headers::SEQUENCE, e.sequence.to_string().as_str());
+    h.insert(headers::CORRELATION_ID, e.correlation_id.to_string().as_str());
+    h.insert(headers::CAUSATION_ID, e.causation_id.to_string().as_str());
+    h.insert(headers::TENANT_ID, e.tenant_id.to_string().as_str());
+    if let Some(previous) = previous {
+        h.insert("Nats-Expected-Last-Msg-Id", previous);
+    }
+    if let Some(tp) = traceparent {
+        h.insert(headers::TRACEPARENT, tp);
+    }
+    Ok((subject, PublishMessage::build().payload(payload.into()).headers(h)))
 }
 
 #[cfg(test)]

@@ -1,12 +1,20 @@
 //! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
 //! `cim config`, `cim doctor`, `cim verify`, and for local development `cim token` and
-//! `cim local-secret`. `cim migrate` and the other operations commands join later.
+//! `cim local-secret`; backup and recovery: `cim backup`, `cim restore`, `cim replay`, `cim streams rebuild`.
 
+mod backup;
 mod doctor;
 mod local;
+mod progress;
+mod replay;
+mod restore;
 mod serve;
+mod streams;
 mod token;
 mod verify;
+
+pub use backup::BackupArgs;
+pub use restore::RestoreArgs;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,6 +31,17 @@ pub const EXIT_CONFIG: u8 = 2;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// Publish again, from Postgres and in order, the events a domain's stream lacks (the
+    /// stream is created if it is gone), with their original message ids: consumers that saw
+    /// an event already apply nothing twice.
+    Rebuild {
+        #[arg(long)]
+        domain: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,8 +65,49 @@ enum Command {
     /// its payload exactly as stored. Exit 1 naming every aggregate whose history does not hold.
     Verify {
         /// Only this domain service (graph, ...).
-        #[arg(long)]
+        #[arg(long, visible_alias = "domain")]
         service: Option<String>,
+        /// Only this aggregate (its id), searched in every domain unless one is named.
+        #[arg(long)]
+        aggregate: Option<String>,
+    },
+    /// Back up every domain's events (and the rows events cannot rebuild) to a directory or
+    /// s3://bucket/prefix: compressed segments and a manifest, at one consistent cut while the
+    /// services keep writing. Incremental from the latest backup there; an interrupted backup
+    /// run again skips the segments it already wrote.
+    Backup {
+        #[arg(long)]
+        to: String,
+        /// Start from the first event instead of the latest backup's cut.
+        #[arg(long)]
+        full: bool,
+        /// Events per segment.
+        #[arg(long, default_value_t = 50_000)]
+        segment_events: i64,
+    },
+    /// Restore a backup into an empty database: events imported, every chain verified against
+    /// the manifest, projections rebuilt, streams given the events they lack. A corrupted or
+    /// incomplete backup is refused, naming the segment, and nothing is restored.
+    Restore {
+        #[arg(long)]
+        from: String,
+        /// The backup's id (manifests/<id>.json); the newest when absent.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Do not touch the streams (run `cim streams rebuild` later).
+        #[arg(long)]
+        no_streams: bool,
+    },
+    /// Rebuild a domain's projections from its events without downtime: built beside the live
+    /// tables, swapped in (writers pause for the events appended meanwhile), the old dropped.
+    Replay {
+        #[arg(long)]
+        domain: String,
+    },
+    /// JetStream operations.
+    Streams {
+        #[command(subcommand)]
+        command: StreamsCommand,
     },
     /// Print an HS256 bearer token (local development), signed with CIM_JWT_HS256_SECRET or, when
     /// neither it nor CIM_JWT_PUBLIC_KEY_FILE is set, with the local secret `scripts/up.sh` made.
@@ -80,14 +140,47 @@ pub fn main() -> ExitCode {
         Command::Config => config(),
         Command::Token { tenant, roles, subject, ttl } => token::token(tenant, &roles, subject, ttl),
         Command::LocalSecret => token::local_secret(),
-        Command::Doctor { before_start } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(doctor::doctor(before_start)),
-            Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
-        },
-        Command::Verify { service } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(verify::verify(service.as_deref())),
-            Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
-        },
+        Command::Doctor { before_start } => block_on(doctor::doctor(before_start)),
+        Command::Verify { service, aggregate } => block_on(verify::verify(service.as_deref(), aggregate.as_deref())),
+        Command::Backup { to, full, segment_events } => {
+            let args = BackupArgs { to, full, segment_events: segment_events.max(1) };
+            block_on(operation("backup failed", |config| async move { backup::backup(&config, &args).await }))
+        }
+        Command::Restore { from, backup, no_streams } => {
+            let args = RestoreArgs { from, backup, no_streams };
+            block_on(operation("restore failed", |config| async move { restore::restore(&config, &args).await }))
+        }
+        Command::Replay { domain } => {
+            block_on(operation("replay failed", |config| async move { replay::replay(&config, &domain).await }))
+        }
+        Command::Streams { command: StreamsCommand::Rebuild { domain } } => block_on(streams::run(&domain)),
+    }
+}
+
+fn block_on(run: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run),
+        Err(e) => fail(&format!("cannot start the async runtime: {e}"), 1),
+    }
+}
+
+/// Runs an operation that needs the configuration: its summary on stdout and exit 0, or its
+/// error on stderr after `failed` and exit 1 (2 for bad configuration).
+async fn operation<F, Fut>(failed: &str, op: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match op(config).await {
+        Ok(summary) => {
+            out(&summary);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{failed}: {e}"), 1),
     }
 }
 
@@ -129,6 +222,11 @@ struct DomainService {
     domain: cim_core::Domain,
     schema: &'static str,
     migrations: fn() -> Vec<sqlx::migrate::Migrator>,
+    /// Its projections, as a rebuild runs them over the whole history.
+    projector: fn() -> Box<dyn cim_eventstore::Projector>,
+    /// Tables besides the event store's that events cannot rebuild, in the order a restore
+    /// fills them (backed up whole, with the idempotency keys).
+    kept: &'static [&'static str],
 }
 
 /// The domain services of this build; the next domain adds a line.
@@ -138,18 +236,37 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         domain: cim_core::Domain::Graph,
         schema: cim_graph::SCHEMA,
         migrations: graph_migrations,
+        projector: || Box::new(cim_graph::projection::GraphProjection),
+        kept: &[],
     },
     DomainService {
         name: "document",
         domain: cim_core::Domain::Document,
         schema: cim_document::SCHEMA,
         migrations: document_migrations,
+        projector: || Box::new(cim_aggregate::Projected(cim_document::projection::DocumentProjection)),
+        // Content records are written by uploads, not events (their bytes stay in the object
+        // store, which is backed up on its own); versions reference them.
+        kept: &["content_blobs", "content_text"],
     },
     DomainService {
         name: "agent",
         domain: cim_core::Domain::Agent,
         schema: cim_agent::SCHEMA,
         migrations: agent_migrations,
+        projector: || {
+            Box::new(cim_aggregate::ByAggregateType(vec![
+                (
+                    cim_agent::agent::AGGREGATE_TYPE,
+                    Box::new(cim_aggregate::Projected(cim_agent::projection::AgentProjection)),
+                ),
+                (
+                    cim_agent::task::AGGREGATE_TYPE,
+                    Box::new(cim_aggregate::Projected(cim_agent::projection::TaskProjection)),
+                ),
+            ]))
+        },
+        kept: &[],
     },
     DomainService {
         name: "workflow",

@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// `cim verify`: every aggregate of every (or one) domain service's schema.
-pub(crate) async fn verify(only: Option<&str>) -> ExitCode {
+/// `cim verify`: every aggregate of every (or one) domain service's schema, or one aggregate.
+pub(crate) async fn verify(only: Option<&str>, aggregate: Option<&str>) -> ExitCode {
     let config = match load() {
         Ok(c) => c,
         Err(code) => return code,
@@ -11,8 +11,14 @@ pub(crate) async fn verify(only: Option<&str>) -> ExitCode {
     let services: Vec<&DomainService> = DOMAIN_SERVICES.iter().filter(|s| only.is_none_or(|o| o == s.name)).collect();
     if services.is_empty() {
         let names: Vec<&str> = DOMAIN_SERVICES.iter().map(|s| s.name).collect();
-        return fail(&format!("--service: expected one of {}", names.join(", ")), EXIT_CONFIG);
+        return fail(&format!("--domain: expected one of {}", names.join(", ")), EXIT_CONFIG);
     }
+    let aggregate = match aggregate.map(str::parse::<cim_core::AggregateId>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => return fail(&format!("--aggregate: {e}"), EXIT_CONFIG),
+    };
+    let mut found = false;
     let mut broken = 0;
     for service in services {
         let pool = cim_runtime::postgres::connect(&cim_runtime::postgres::PgSettings {
@@ -51,10 +57,22 @@ pub(crate) async fn verify(only: Option<&str>) -> ExitCode {
             },
         )
         .await;
-        let report = match store {
-            Ok(store) => store.verify_all().await,
-            Err(e) => Err(e),
+        let store = match store {
+            Ok(store) => store,
+            Err(e) => return fail(&format!("{}: {e}", service.name), 1),
         };
+        if let Some(id) = aggregate {
+            match verify_one(&store, service.name, id).await {
+                Ok(None) => continue,
+                Ok(Some(ok)) => {
+                    found = true;
+                    broken += usize::from(!ok);
+                    continue;
+                }
+                Err(e) => return fail(&format!("{}: {e}", service.name), 1),
+            }
+        }
+        let report = store.verify_all().await;
         match report {
             Ok(report) => {
                 for b in &report.broken {
@@ -75,5 +93,37 @@ pub(crate) async fn verify(only: Option<&str>) -> ExitCode {
             Err(e) => return fail(&format!("{}: {e}", service.name), 1),
         }
     }
+    if let Some(id) = aggregate
+        && !found
+    {
+        return fail(&format!("aggregate {id}: no events in any schema checked"), 1);
+    }
     if broken == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// One aggregate's chain, if this schema holds it: `Some(true)` when it holds, `Some(false)`
+/// after printing the first broken link.
+async fn verify_one(
+    store: &cim_eventstore::EventStore,
+    name: &str,
+    id: cim_core::AggregateId,
+) -> Result<Option<bool>, cim_eventstore::StoreError> {
+    let tenant: Option<uuid::Uuid> = sqlx::query_scalar("SELECT tenant_id FROM events WHERE aggregate_id = $1 LIMIT 1")
+        .bind(id.as_uuid())
+        .fetch_optional(store.pool())
+        .await?;
+    let Some(tenant) = tenant else { return Ok(None) };
+    let tenant =
+        cim_core::TenantId::from_uuid(tenant).map_err(|e| cim_eventstore::StoreError::Corrupt(e.to_string()))?;
+    match store.verify(tenant, id).await {
+        Ok(events) => {
+            out(&format!("{name}: aggregate {id} (tenant {tenant}): {events} events verified"));
+            Ok(Some(true))
+        }
+        Err(cim_eventstore::StoreError::Database(e)) => Err(cim_eventstore::StoreError::Database(e)),
+        Err(e) => {
+            out(&format!("{name}: BROKEN aggregate {id} (tenant {tenant}): {e}"));
+            Ok(Some(false))
+        }
+    }
 }
