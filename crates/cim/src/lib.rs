@@ -273,6 +273,21 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         domain: cim_core::Domain::Workflow,
         schema: cim_workflow::SCHEMA,
         migrations: workflow_migrations,
+        // The engine's due-work rows are projected from the instance events, so a replay
+        // rebuilds them with the instances.
+        projector: || {
+            Box::new(cim_aggregate::ByAggregateType(vec![
+                (
+                    cim_workflow::definition::AGGREGATE_TYPE,
+                    Box::new(cim_aggregate::Projected(cim_workflow::projection::DefinitionProjection)),
+                ),
+                (
+                    cim_workflow::instance::AGGREGATE_TYPE,
+                    Box::new(cim_aggregate::Projected(cim_workflow::projection::WorkflowProjection)),
+                ),
+            ]))
+        },
+        kept: &[],
     },
 ];
 
