@@ -69,22 +69,28 @@ pub(super) struct QueuedTask {
     pub correlation: String,
     /// Since when it waits: its submission, or the requeue that put it back.
     pub queued_since: DateTime<Utc>,
+    /// How often it was given to an agent before (the assignment numbers the next attempt).
+    pub attempts: u32,
 }
 
-/// A tenant's queued tasks that one of `free` (active agents with a free slot) covers, highest
+/// A tenant's queued tasks that one of `free` (active agents with a free slot) covers, but not
+/// those in `skip` (being assigned here already; not yet committed), highest
 /// priority first, then oldest; the queue index gives this order, and the covering check skips
 /// tasks nobody here can take instead of letting them block the ones behind.
 pub(super) async fn queued(
     pool: &PgPool,
     tenant: TenantId,
     free: &[AggregateId],
+    skip: &[AggregateId],
     limit: usize,
     now: DateTime<Utc>,
 ) -> Result<Vec<QueuedTask>, sqlx::Error> {
     let free: Vec<uuid::Uuid> = free.iter().map(AggregateId::as_uuid).collect();
+    let skip: Vec<uuid::Uuid> = skip.iter().map(AggregateId::as_uuid).collect();
     let rows = sqlx::query(
-        "SELECT t.task_id, t.required_capabilities, t.payload, t.priority, t.deadline, t.correlation, t.updated_at \
-         FROM tasks t WHERE t.tenant_id = $1 AND t.state = 'queued' AND (t.deadline IS NULL OR t.deadline > $4) \
+        "SELECT t.task_id, t.required_capabilities, t.payload, t.priority, t.deadline, t.correlation, t.updated_at, \
+         t.attempts FROM tasks t WHERE t.tenant_id = $1 AND t.state = 'queued' AND (t.deadline IS NULL OR t.deadline > $4) \
+         AND t.task_id <> ALL($5) \
          AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.agent_id = ANY($2) \
                      AND a.capabilities @> t.required_capabilities) \
          ORDER BY t.priority DESC, t.task_id LIMIT $3",
@@ -93,6 +99,7 @@ pub(super) async fn queued(
     .bind(&free)
     .bind(limit as i64)
     .bind(now)
+    .bind(&skip)
     .fetch_all(pool)
     .await?;
     rows.iter()
@@ -106,6 +113,7 @@ pub(super) async fn queued(
                 deadline: row.try_get("deadline")?,
                 correlation: row.try_get("correlation")?,
                 queued_since: row.try_get("updated_at")?,
+                attempts: row.try_get::<i32, _>("attempts")?.max(0) as u32,
             })
         })
         .collect()
