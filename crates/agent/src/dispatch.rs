@@ -38,7 +38,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::agent::{Agent, AgentState};
+use crate::agent::Agent;
 use crate::events::TaskEvent;
 use crate::metrics::{DISPATCH_LATENCY_SECONDS, TASKS_ASSIGNED_TOTAL};
 use crate::routing::{self, Candidate};
@@ -238,9 +238,15 @@ impl Dispatcher {
     /// Plans up to `turn` of a tenant's queued tasks for its free agents connected here and
     /// starts writing them; the number planned.
     async fn turn(self: &Arc<Self>, tenant: TenantId, sessions: &[Arc<Session>]) -> Result<usize, sqlx::Error> {
-        let ids: Vec<AggregateId> = sessions.iter().map(|s| s.agent).collect();
+        let connected: Vec<queue::Connected> = sessions
+            .iter()
+            .map(|s| queue::Connected { agent: s.agent, held: s.held_count(), slots: s.slots() })
+            .collect();
+        let skip = self.assigning.snapshot();
+        let (agents, queued) =
+            queue::turn(&self.pool, tenant, &connected, &skip, self.options.turn, Utc::now()).await?;
         let mut candidates = Vec::new();
-        for row in queue::agents(&self.pool, tenant, &ids).await? {
+        for row in agents {
             let Some(session) = sessions.iter().find(|s| s.agent == row.agent) else { continue };
             // The limit may have changed since the session last looked.
             session.set_limit(row.limit);
@@ -252,16 +258,6 @@ impl Dispatcher {
                 limit: session.capacity(),
             });
         }
-        let free: Vec<&Candidate> =
-            candidates.iter().filter(|c| c.state == AgentState::Active && c.running < c.limit).collect();
-        let slots: u32 = free.iter().map(|c| c.limit - c.running).sum();
-        if slots == 0 {
-            return Ok(0);
-        }
-        let free_ids: Vec<AggregateId> = free.iter().map(|c| c.agent).collect();
-        let wanted = (slots as usize).min(self.options.turn);
-        let skip = self.assigning.snapshot();
-        let queued = queue::queued(&self.pool, tenant, &free_ids, &skip, wanted, Utc::now()).await?;
         // Planned in queue order, against the load each choice adds; each chosen slot is held
         // (so the next pass counts it) and the task marked as being assigned (so the next pass
         // leaves it out) until its write is done.
