@@ -18,10 +18,12 @@ use crate::agent::{check_text, named_enum};
 use crate::events::*;
 use crate::names::Names;
 
+mod source;
 mod statement;
 #[cfg(test)]
 mod tests;
 
+pub use source::TaskFacts;
 pub use statement::TaskStatement;
 
 pub const AGGREGATE_TYPE: &str = "task";
