@@ -13,7 +13,7 @@ use crate::agent::Agent;
 use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::projection::{AgentProjection, TaskProjection};
 use crate::service::AgentApi;
-use crate::task::Task;
+use crate::task::{Task, TaskFacts, TaskStatement};
 
 pub use cim_aggregate::host::Prepared;
 
@@ -52,7 +52,13 @@ pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: AgentOp
     };
     let mut domain = DomainHost::connect(config, shutdown, spec).await?;
     let agents = CommandExecutor::<Agent>::new(domain.store.clone(), "agent").with_projection(AgentProjection);
-    let tasks = CommandExecutor::<Task>::new(domain.store.clone(), "agent").with_projection(TaskProjection);
+    // Every task command is decided on the task's row under its lock; assignments and
+    // completions of tasks whose head this process knows (it wrote their last event) take the
+    // one-statement path, many tasks per statement.
+    let tasks = CommandExecutor::<Task>::new(domain.store.clone(), "agent")
+        .with_projection(TaskProjection)
+        .with_locking_source(TaskFacts)
+        .with_one_statement(TaskStatement);
     let dispatcher = Dispatcher::new(agents.clone(), tasks.clone(), options.dispatch);
     let js = domain.jetstream.clone();
     dispatcher.start(domain.host(), shutdown, js, config.subject_prefix.clone());

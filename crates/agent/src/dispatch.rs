@@ -3,14 +3,22 @@
 //!
 //! - **Exactly once**: an assignment is a `TaskAssigned` command through the kit's executor. Of
 //!   two replicas that pick the same task, the first append wins; the other's append conflicts,
-//!   is decided again on the new state, and is refused (the task is no longer queued).
+//!   is decided again on the new state, and is refused (the task is no longer queued). A task
+//!   whose last event this process wrote (it was submitted here) is assigned, and later
+//!   completed, by one guarded statement shared with other tasks' ([`crate::task::TaskStatement`]);
+//!   a guard that finds the row moved writes nothing and the executor decides on the real state.
 //! - **Order and fairness**: a pass gives every tenant whose connected agents have free slots up
 //!   to `turn` of its queued tasks that those agents cover, highest priority first, then oldest,
 //!   each routed by [`crate::routing`]. Tenants take their turns in a rotating order, so one
 //!   tenant's backlog delays another tenant's work by at most one turn.
+//! - **Pipelined passes**: a pass holds the slots it plans and marks the tasks as being
+//!   assigned, starts their writes and returns; the next pass reads the queue while they commit,
+//!   counting those slots as taken and leaving those tasks out. A refused assignment frees its
+//!   slot and wakes the loop.
 //! - **Wake-ups**: a submission, a freed slot or a new worker in this process wakes the loop at
 //!   once ([`Dispatcher::wake`]); submissions and requeues through other replicas arrive as events
-//!   on the domain stream ([`feed`]); a slow re-scan covers anything missed. Only agents connected
+//!   on the domain stream ([`feed`]) (a submission made here does not wake it a second time when
+//!   the feed brings it back); a slow re-scan covers anything missed. Only agents connected
 //!   here are given tasks from here.
 //! - [`session`]: one worker stream's state; [`stream`]: `ConnectAgent` and the worker's messages;
 //!   [`lease`]: extensions and the sweeper (lapsed leases, deadlines); [`conversation`]:
@@ -20,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cim_aggregate::CommandExecutor;
 use cim_core::{Actor, AggregateId, ErrorCode, TenantId};
 use cim_runtime::Shutdown;
@@ -30,7 +38,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::agent::{Agent, AgentState};
+use crate::agent::Agent;
 use crate::events::TaskEvent;
 use crate::metrics::{DISPATCH_LATENCY_SECONDS, TASKS_ASSIGNED_TOTAL};
 use crate::routing::{self, Candidate};
@@ -38,6 +46,7 @@ use crate::task::{Task, TaskCommand};
 
 mod conversation;
 mod feed;
+mod ids;
 mod lease;
 mod queue;
 mod session;
@@ -45,6 +54,7 @@ mod stream;
 mod wire;
 
 pub use conversation::ResponseStream;
+use ids::IdSet;
 use queue::QueuedTask;
 use session::Session;
 pub use stream::DispatchStream;
@@ -106,6 +116,10 @@ pub struct Dispatcher {
     /// The stream of each agent connected here.
     sessions: Mutex<HashMap<(TenantId, AggregateId), Arc<Session>>>,
     wake: Notify,
+    /// Tasks planned for an agent whose assignment is being written: passes leave them out.
+    assigning: IdSet,
+    /// Tasks submitted through this process, until the feed hears of them.
+    submitted_here: IdSet,
     /// NATS and the subject new streams are announced on (set by [`Dispatcher::start`]).
     bus: OnceLock<(async_nats::Client, String)>,
 }
@@ -138,6 +152,8 @@ impl Dispatcher {
             options,
             sessions: Mutex::default(),
             wake: Notify::new(),
+            assigning: IdSet::default(),
+            submitted_here: IdSet::default(),
             bus: OnceLock::new(),
         })
     }
@@ -202,8 +218,9 @@ impl Dispatcher {
         }
     }
 
-    /// One turn for every tenant with free agents here; the number of tasks assigned.
-    async fn pass(&self, first: &mut Option<TenantId>) -> Result<usize, sqlx::Error> {
+    /// One turn for every tenant with free agents here; the number of tasks it set out to
+    /// assign (their writes go on while the next pass reads the queue).
+    async fn pass(self: &Arc<Self>, first: &mut Option<TenantId>) -> Result<usize, sqlx::Error> {
         let mut by_tenant: BTreeMap<TenantId, Vec<Arc<Session>>> = BTreeMap::new();
         for session in self.all_sessions().into_iter().filter(|s| s.free_slots() > 0) {
             by_tenant.entry(session.tenant).or_default().push(session);
@@ -211,18 +228,25 @@ impl Dispatcher {
         let tenants: Vec<TenantId> = by_tenant.keys().copied().collect();
         let start = first.map_or(0, |f| tenants.iter().position(|t| *t > f).unwrap_or(0));
         *first = tenants.get(start).copied();
-        let mut assigned = 0;
+        let mut planned = 0;
         for tenant in tenants[start..].iter().chain(&tenants[..start]) {
-            assigned += self.turn(*tenant, &by_tenant[tenant]).await?;
+            planned += self.turn(*tenant, &by_tenant[tenant]).await?;
         }
-        Ok(assigned)
+        Ok(planned)
     }
 
-    /// Up to `turn` of a tenant's queued tasks to its free agents connected here.
-    async fn turn(&self, tenant: TenantId, sessions: &[Arc<Session>]) -> Result<usize, sqlx::Error> {
-        let ids: Vec<AggregateId> = sessions.iter().map(|s| s.agent).collect();
+    /// Plans up to `turn` of a tenant's queued tasks for its free agents connected here and
+    /// starts writing them; the number planned.
+    async fn turn(self: &Arc<Self>, tenant: TenantId, sessions: &[Arc<Session>]) -> Result<usize, sqlx::Error> {
+        let connected: Vec<queue::Connected> = sessions
+            .iter()
+            .map(|s| queue::Connected { agent: s.agent, held: s.held_count(), slots: s.slots() })
+            .collect();
+        let skip = self.assigning.snapshot();
+        let (agents, queued) =
+            queue::turn(&self.pool, tenant, &connected, &skip, self.options.turn, Utc::now()).await?;
         let mut candidates = Vec::new();
-        for row in queue::agents(&self.pool, tenant, &ids).await? {
+        for row in agents {
             let Some(session) = sessions.iter().find(|s| s.agent == row.agent) else { continue };
             // The limit may have changed since the session last looked.
             session.set_limit(row.limit);
@@ -234,16 +258,11 @@ impl Dispatcher {
                 limit: session.capacity(),
             });
         }
-        let free: Vec<&Candidate> =
-            candidates.iter().filter(|c| c.state == AgentState::Active && c.running < c.limit).collect();
-        let slots: u32 = free.iter().map(|c| c.limit - c.running).sum();
-        if slots == 0 {
-            return Ok(0);
-        }
-        let free_ids: Vec<AggregateId> = free.iter().map(|c| c.agent).collect();
-        let wanted = (slots as usize).min(self.options.turn);
-        let queued = queue::queued(&self.pool, tenant, &free_ids, wanted, Utc::now()).await?;
-        // Planned first, in queue order, against the load each choice adds; then written together.
+        // Planned in queue order, against the load each choice adds; each chosen slot is held
+        // (so the next pass counts it) and the task marked as being assigned (so the next pass
+        // leaves it out) until its write is done.
+        let now = Utc::now();
+        let lease_until = now + self.options.lease;
         let mut plan = Vec::with_capacity(queued.len());
         for task in queued {
             let Some(chosen) = routing::route(&task.required_capabilities, &candidates) else { continue };
@@ -251,27 +270,42 @@ impl Dispatcher {
             if let Some(c) = candidates.iter_mut().find(|c| c.agent == agent) {
                 c.running += 1;
             }
-            plan.push((task, agent));
+            let Some(session) = sessions.iter().find(|s| s.agent == agent) else { continue };
+            session.hold(task.id, lease_until);
+            self.assigning.insert(task.id);
+            plan.push((task, session.clone()));
         }
-        let done = join_all(plan.into_iter().map(|(task, agent)| self.assign(tenant, task, agent))).await;
-        Ok(done.into_iter().filter(|assigned| *assigned).count())
+        let planned = plan.len();
+        if planned > 0 {
+            // Written together (the task executor groups concurrent commands into one
+            // statement) while the loop goes on to the next pass.
+            let this = self.clone();
+            tokio::spawn(async move {
+                join_all(plan.into_iter().map(|(task, session)| this.assign(task, session, now, lease_until))).await;
+            });
+        }
+        Ok(planned)
     }
 
-    /// Assigns one task and pushes it to the agent's stream; false when another replica (or a
-    /// cancellation, a deadline) got to the task first.
-    async fn assign(&self, tenant: TenantId, task: QueuedTask, agent: AggregateId) -> bool {
-        let now = Utc::now();
-        let lease_until = now + self.options.lease;
-        let command = TaskCommand::Assign { agent, lease_until, now };
-        let done = match self.tasks.execute(&dispatcher(tenant), task.id, &command, &Default::default()).await {
+    /// Assigns one planned task and pushes it to the agent's stream. When another replica (or a
+    /// cancellation, a deadline) got to the task first, the held slot is free again.
+    async fn assign(&self, task: QueuedTask, session: Arc<Session>, now: DateTime<Utc>, lease_until: DateTime<Utc>) {
+        let (tenant, agent) = (session.tenant, session.agent);
+        let command = TaskCommand::Assign { agent, lease_until, now, attempts: Some(task.attempts) };
+        let outcome = self.tasks.execute(&dispatcher(tenant), task.id, &command, &Default::default()).await;
+        self.assigning.remove(task.id);
+        let done = match outcome {
             Ok(done) => done,
-            Err(e) if lost_race(e.code()) => {
-                tracing::debug!(task = %task.id, error = %e, "not assigned: the task moved on");
-                return false;
-            }
             Err(e) => {
-                tracing::warn!(task = %task.id, error = %e, "assignment failed");
-                return false;
+                if lost_race(e.code()) {
+                    tracing::debug!(task = %task.id, error = %e, "not assigned: the task moved on");
+                } else {
+                    tracing::warn!(task = %task.id, error = %e, "assignment failed");
+                }
+                if session.release(task.id) {
+                    self.wake();
+                }
+                return;
             }
         };
         let attempt = done
@@ -285,14 +319,20 @@ impl Dispatcher {
         metrics::counter!(TASKS_ASSIGNED_TOTAL).increment(1);
         let waited = (now - task.queued_since).to_std().unwrap_or_default();
         metrics::histogram!(DISPATCH_LATENCY_SECONDS).record(waited.as_secs_f64());
-        // A worker that went away meanwhile never hears of it: its lease lapses and the sweeper
-        // puts the task back in the queue.
-        if let Some(session) = self.session(tenant, agent) {
+        // The agent's current stream (its worker may have reconnected meanwhile). A worker that
+        // went away never hears of it: its lease lapses and the sweeper puts the task back.
+        if let Some(current) = self.session(tenant, agent) {
             // Held before it is pushed: the worker may answer at once.
-            session.hold(task.id, lease_until);
-            session.push(wire::assignment(&task, lease_until, attempt));
+            current.hold(task.id, lease_until);
+            current.push(wire::assignment(&task, lease_until, attempt));
         }
-        true
+    }
+
+    /// A task was submitted through this process: the loop wakes now, and the feed's copy of
+    /// the submission does not wake it again.
+    pub fn submitted(&self, task: AggregateId) {
+        self.submitted_here.insert(task);
+        self.wake();
     }
 
     /// The agent no longer holds `task` (cancelled, timed out, its lease lapsed): if its worker

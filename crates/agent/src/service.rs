@@ -258,7 +258,9 @@ impl AgentService for AgentApi {
             };
             let submitted = self.task(&caller, id, T::Submit { submission, now: chrono::Utc::now() }, r.options).await;
             // Other replicas hear of it through the domain stream.
-            self.dispatcher.wake();
+            if submitted.is_ok() {
+                self.dispatcher.submitted(id);
+            }
             submitted
         })
         .await

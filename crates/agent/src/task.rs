@@ -18,8 +18,13 @@ use crate::agent::{check_text, named_enum};
 use crate::events::*;
 use crate::names::Names;
 
+mod source;
+mod statement;
 #[cfg(test)]
 mod tests;
+
+pub use source::TaskFacts;
+pub use statement::TaskStatement;
 
 pub const AGGREGATE_TYPE: &str = "task";
 
@@ -96,6 +101,10 @@ pub enum TaskCommand {
         agent: AggregateId,
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
+        /// The attempts the task had when the dispatcher read it from the queue, if it did: the
+        /// one-statement write ([`statement`]) numbers the attempt from it and its guard checks
+        /// it. The rules here always number from the task's own state.
+        attempts: Option<u32>,
     },
     ExtendLease {
         agent: AggregateId,
@@ -288,7 +297,7 @@ impl Aggregate for Task {
                     correlation: s.correlation.clone(),
                 })
             }
-            C::Assign { agent, lease_until, now } => {
+            C::Assign { agent, lease_until, now, .. } => {
                 lease("lease_until", *lease_until, *now)?;
                 self.unfinished()?;
                 if self.state != TaskState::Queued {

@@ -171,7 +171,7 @@ async fn tasks_are_submitted_listed_and_cancelled() {
     let agent = route(&mut c, tenant, &["ocr"]).await.agent_id;
     let agent_id: AggregateId = agent.parse().unwrap();
     let now = Utc::now();
-    let assign = TaskCommand::Assign { agent: agent_id, lease_until: now + Duration::seconds(30), now };
+    let assign = TaskCommand::Assign { agent: agent_id, lease_until: now + Duration::seconds(30), now, attempts: None };
     svc.dispatch(tenant, &second, assign).await;
     assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 1);
     let result = TaskResult::Value(serde_json::json!({"text": "done"}).as_object().unwrap().clone());
@@ -352,7 +352,7 @@ async fn the_projection_follows_tasks_through_leases_and_outcomes() {
     let deadline = now + secs(3600);
     let timed = pb::SubmitTaskRequest { deadline: Some(cim_runtime::edge::timestamp(deadline)), ..submit(&["ocr"]) };
     let third = c.submit_task(req(tenant, timed)).await.unwrap().into_inner().id;
-    let assign = TaskCommand::Assign { agent: b_id, lease_until: now + secs(60), now };
+    let assign = TaskCommand::Assign { agent: b_id, lease_until: now + secs(60), now, attempts: None };
     svc.dispatch(tenant, &third, assign).await;
     svc.dispatch(tenant, &third, TaskCommand::TimeOut { now: deadline + secs(1) }).await;
     assert_eq!(get_task(&mut c, tenant, &third).await.state, "timed_out");

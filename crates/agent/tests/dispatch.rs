@@ -19,6 +19,8 @@ mod leases;
 mod replicas;
 #[path = "dispatch/rules.rs"]
 mod rules;
+#[path = "dispatch/statement.rs"]
+mod statement;
 
 use std::time::Duration;
 

@@ -133,7 +133,12 @@ impl Dispatcher {
         let (tenant, id) = (event.tenant_id, event.aggregate_id);
         match event.aggregate_type.as_str() {
             crate::task::AGGREGATE_TYPE => match TaskEvent::from_envelope(event) {
-                Ok(TaskEvent::Submitted(_)) => self.wake(),
+                // One submitted here woke the loop when it committed.
+                Ok(TaskEvent::Submitted(_)) => {
+                    if !self.submitted_here.remove(id) {
+                        self.wake();
+                    }
+                }
                 Ok(TaskEvent::Reassigned(r)) => {
                     self.revoke(tenant, r.from, id, cause::LEASE_LAPSED, &r.reason);
                     if r.to.is_none() {

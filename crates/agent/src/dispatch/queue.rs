@@ -69,46 +69,95 @@ pub(super) struct QueuedTask {
     pub correlation: String,
     /// Since when it waits: its submission, or the requeue that put it back.
     pub queued_since: DateTime<Utc>,
+    /// How often it was given to an agent before (the assignment numbers the next attempt).
+    pub attempts: u32,
 }
 
-/// A tenant's queued tasks that one of `free` (active agents with a free slot) covers, highest
-/// priority first, then oldest; the queue index gives this order, and the covering check skips
-/// tasks nobody here can take instead of letting them block the ones behind.
-pub(super) async fn queued(
+/// A connected agent as its stream here has it: the tasks it holds through it, and the
+/// worker's own limit (0: none).
+pub(super) struct Connected {
+    pub agent: AggregateId,
+    pub held: u32,
+    pub slots: u32,
+}
+
+/// One read for a tenant's turn (a round trip per pass, not one for the agents and another for
+/// the queue): the `connected` agents as the registry has them now, and up to `turn` of the
+/// tenant's queued tasks that an active one of them with a free slot covers (no more than
+/// those slots), leaving out `skip` (being assigned here, not yet committed). Highest priority
+/// first, then oldest; the queue index gives this order, and the covering check skips tasks
+/// nobody here can take instead of letting them block the ones behind. An agent's slots are
+/// its limit, or its worker's if lower, as [`super::session::Session::capacity`] counts them.
+pub(super) async fn turn(
     pool: &PgPool,
     tenant: TenantId,
-    free: &[AggregateId],
-    limit: usize,
+    connected: &[Connected],
+    skip: &[AggregateId],
+    turn: usize,
     now: DateTime<Utc>,
-) -> Result<Vec<QueuedTask>, sqlx::Error> {
-    let free: Vec<uuid::Uuid> = free.iter().map(AggregateId::as_uuid).collect();
+) -> Result<(Vec<AgentRow>, Vec<QueuedTask>), sqlx::Error> {
+    let agents: Vec<uuid::Uuid> = connected.iter().map(|c| c.agent.as_uuid()).collect();
+    let held: Vec<i32> = connected.iter().map(|c| c.held as i32).collect();
+    let slots: Vec<i32> = connected.iter().map(|c| c.slots as i32).collect();
+    let skip: Vec<uuid::Uuid> = skip.iter().map(AggregateId::as_uuid).collect();
     let rows = sqlx::query(
-        "SELECT t.task_id, t.required_capabilities, t.payload, t.priority, t.deadline, t.correlation, t.updated_at \
-         FROM tasks t WHERE t.tenant_id = $1 AND t.state = 'queued' AND (t.deadline IS NULL OR t.deadline > $4) \
-         AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.agent_id = ANY($2) \
-                     AND a.capabilities @> t.required_capabilities) \
-         ORDER BY t.priority DESC, t.task_id LIMIT $3",
+        "WITH s AS (SELECT * FROM unnest($2::uuid[], $3::int[], $4::int[]) AS s(agent_id, held, slots)), \
+         ag AS ( \
+             SELECT a.agent_id, a.state, a.capabilities, a.max_concurrent_tasks, s.held, \
+                    CASE WHEN s.slots = 0 THEN GREATEST(a.max_concurrent_tasks, 1) \
+                         ELSE LEAST(GREATEST(a.max_concurrent_tasks, 1), s.slots) END AS cap \
+             FROM agents a JOIN s ON a.agent_id = s.agent_id WHERE a.tenant_id = $1 \
+         ), free AS (SELECT capabilities, cap - held AS n FROM ag WHERE state = 'active' AND held < cap), \
+         q AS ( \
+             SELECT t.task_id, t.required_capabilities, t.payload, t.priority, t.deadline, t.correlation, \
+                    t.updated_at, t.attempts \
+             FROM tasks t WHERE t.tenant_id = $1 AND t.state = 'queued' AND (t.deadline IS NULL OR t.deadline > $7) \
+               AND t.task_id <> ALL($5) AND EXISTS (SELECT 1 FROM free f WHERE f.capabilities @> t.required_capabilities) \
+             ORDER BY t.priority DESC, t.task_id \
+             LIMIT LEAST($6, (SELECT COALESCE(sum(n), 0) FROM free)) \
+         ) \
+         SELECT false AS is_task, agent_id AS id, state, capabilities AS names, max_concurrent_tasks, \
+                NULL::jsonb AS payload, NULL::int AS priority, NULL::timestamptz AS deadline, NULL::text AS correlation, \
+                NULL::timestamptz AS updated_at, NULL::int AS attempts FROM ag \
+         UNION ALL \
+         SELECT true, task_id, NULL, required_capabilities, NULL, payload, priority, deadline, correlation, updated_at, \
+                attempts FROM q \
+         ORDER BY is_task, priority DESC, id",
     )
     .bind(tenant.as_uuid())
-    .bind(&free)
-    .bind(limit as i64)
+    .bind(&agents)
+    .bind(&held)
+    .bind(&slots)
+    .bind(&skip)
+    .bind(turn as i64)
     .bind(now)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let payload: Json<Map<String, Value>> = row.try_get("payload")?;
-            Ok(QueuedTask {
-                id: id(row, "task_id")?,
-                required_capabilities: names(row, "required_capabilities")?,
-                payload: payload.0,
-                priority: row.try_get::<i32, _>("priority")?.max(0) as u32,
-                deadline: row.try_get("deadline")?,
-                correlation: row.try_get("correlation")?,
-                queued_since: row.try_get("updated_at")?,
-            })
-        })
-        .collect()
+    let (mut agents, mut tasks) = (Vec::new(), Vec::new());
+    for row in &rows {
+        if !row.try_get::<bool, _>("is_task")? {
+            let state: String = row.try_get("state")?;
+            agents.push(AgentRow {
+                agent: id(row, "id")?,
+                state: AgentState::parse(&state).ok_or_else(|| corrupt("state", state))?,
+                capabilities: names(row, "names")?,
+                limit: row.try_get::<i32, _>("max_concurrent_tasks")?.max(1) as u32,
+            });
+            continue;
+        }
+        let payload: Json<Map<String, Value>> = row.try_get("payload")?;
+        tasks.push(QueuedTask {
+            id: id(row, "id")?,
+            required_capabilities: names(row, "names")?,
+            payload: payload.0,
+            priority: row.try_get::<i32, _>("priority")?.max(0) as u32,
+            deadline: row.try_get("deadline")?,
+            correlation: row.try_get("correlation")?,
+            queued_since: row.try_get("updated_at")?,
+            attempts: row.try_get::<i32, _>("attempts")?.max(0) as u32,
+        });
+    }
+    Ok((agents, tasks))
 }
 
 /// A held task whose holder's lease lapsed.

@@ -143,6 +143,11 @@ impl Session {
         if self.slots == 0 { limit } else { limit.min(self.slots) }
     }
 
+    /// The worker's own limit (0: none).
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
     pub fn held_count(&self) -> u32 {
         self.state().held.len() as u32
     }

@@ -23,33 +23,35 @@ impl Projection for TaskProjection {
 
 async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -> Result<(), sqlx::Error> {
     use TaskEvent as E;
-    let tenant = at.tenant_id.as_uuid();
-    let id = at.aggregate_id.as_uuid();
+    // Every statement on the task's row also moves its version and `updated_at` (`$1`..`$4`
+    // below are tenant, task, version, time): one statement per row, not one more per event.
+    let task = |sql: &'static str| {
+        sqlx::query(sql)
+            .bind(at.tenant_id.as_uuid())
+            .bind(at.aggregate_id.as_uuid())
+            .bind(at.sequence as i64)
+            .bind(at.occurred_at)
+    };
     match event {
         E::Submitted(e) => {
-            sqlx::query(
-                "INSERT INTO tasks (tenant_id, task_id, state, required_capabilities, payload, priority, deadline, \
-                 correlation, version, created_at, updated_at) \
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, 0, $8, $8)",
+            task(
+                "INSERT INTO tasks (tenant_id, task_id, version, created_at, updated_at, state, required_capabilities, \
+                 payload, priority, deadline, correlation) \
+                 VALUES ($1, $2, $3, $4, $4, 'queued', $5, $6, $7, $8, $9)",
             )
-            .bind(tenant)
-            .bind(id)
             .bind(strings(&e.required_capabilities))
             .bind(sqlx::types::Json(&e.payload))
             .bind(e.priority as i32)
             .bind(e.deadline)
             .bind(&e.correlation)
-            .bind(at.occurred_at)
             .execute(&mut *tx)
             .await?;
         }
         E::Assigned(e) => {
-            sqlx::query(
-                "UPDATE tasks SET state = 'assigned', holder = $3, lease_until = $4, attempts = $5 \
-                 WHERE tenant_id = $1 AND task_id = $2",
+            task(
+                "UPDATE tasks SET version = $3, updated_at = $4, state = 'assigned', holder = $5, lease_until = $6, \
+                 attempts = $7 WHERE tenant_id = $1 AND task_id = $2",
             )
-            .bind(tenant)
-            .bind(id)
             .bind(e.agent.as_uuid())
             .bind(e.lease_until)
             .bind(e.attempt as i32)
@@ -58,9 +60,7 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             load(tx, at, e.agent, 1).await?;
         }
         E::LeaseExtended(e) => {
-            sqlx::query("UPDATE tasks SET lease_until = $3 WHERE tenant_id = $1 AND task_id = $2")
-                .bind(tenant)
-                .bind(id)
+            task("UPDATE tasks SET version = $3, updated_at = $4, lease_until = $5 WHERE tenant_id = $1 AND task_id = $2")
                 .bind(e.lease_until)
                 .execute(&mut *tx)
                 .await?;
@@ -70,33 +70,36 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
                 TaskResult::Value(v) => (Some(sqlx::types::Json(v)), None),
                 TaskResult::Document(cid) => (None, Some(cid)),
             };
-            sqlx::query("UPDATE tasks SET result = $3, result_cid = $4 WHERE tenant_id = $1 AND task_id = $2")
-                .bind(tenant)
-                .bind(id)
-                .bind(value)
-                .bind(cid)
-                .execute(&mut *tx)
-                .await?;
-            finish(tx, at, TaskState::Completed, Some(e.agent)).await?;
+            task(
+                "UPDATE tasks SET version = $3, updated_at = $4, state = $5, lease_until = NULL, result = $6, \
+                 result_cid = $7 WHERE tenant_id = $1 AND task_id = $2",
+            )
+            .bind(TaskState::Completed.as_str())
+            .bind(value)
+            .bind(cid)
+            .execute(&mut *tx)
+            .await?;
+            load(tx, at, e.agent, -1).await?;
         }
         E::Failed(e) => {
-            sqlx::query("UPDATE tasks SET error = $3, retryable = $4 WHERE tenant_id = $1 AND task_id = $2")
-                .bind(tenant)
-                .bind(id)
-                .bind(&e.error)
-                .bind(e.retryable)
-                .execute(&mut *tx)
-                .await?;
-            finish(tx, at, TaskState::Failed, Some(e.agent)).await?;
+            task(
+                "UPDATE tasks SET version = $3, updated_at = $4, state = $5, lease_until = NULL, error = $6, \
+                 retryable = $7 WHERE tenant_id = $1 AND task_id = $2",
+            )
+            .bind(TaskState::Failed.as_str())
+            .bind(&e.error)
+            .bind(e.retryable)
+            .execute(&mut *tx)
+            .await?;
+            load(tx, at, e.agent, -1).await?;
         }
         E::Reassigned(e) => {
-            sqlx::query(
-                "UPDATE tasks SET state = CASE WHEN $3::uuid IS NULL THEN 'queued' ELSE 'assigned' END, \
-                 holder = $3, lease_until = $4, attempts = attempts + CASE WHEN $3::uuid IS NULL THEN 0 ELSE 1 END \
+            task(
+                "UPDATE tasks SET version = $3, updated_at = $4, \
+                 state = CASE WHEN $5::uuid IS NULL THEN 'queued' ELSE 'assigned' END, \
+                 holder = $5, lease_until = $6, attempts = attempts + CASE WHEN $5::uuid IS NULL THEN 0 ELSE 1 END \
                  WHERE tenant_id = $1 AND task_id = $2",
             )
-            .bind(tenant)
-            .bind(id)
             .bind(e.to.map(|a| a.as_uuid()))
             .bind(e.lease_until)
             .execute(&mut *tx)
@@ -113,30 +116,28 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
         E::Cancelled(e) => finish(tx, at, TaskState::Cancelled, e.holder).await?,
         E::TimedOut(e) => finish(tx, at, TaskState::TimedOut, e.holder).await?,
     }
-    sqlx::query("UPDATE tasks SET version = $3, updated_at = $4 WHERE tenant_id = $1 AND task_id = $2")
-        .bind(tenant)
-        .bind(id)
-        .bind(at.sequence as i64)
-        .bind(at.occurred_at)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 
-/// A final state: the lease ends, and the holder the event names (if any) has a slot free. The
-/// holder column keeps the last agent that held the task.
+/// A final state without a result: the lease ends, and the holder the event names (if any) has
+/// a slot free. The holder column keeps the last agent that held the task.
 async fn finish(
     tx: &mut PgConnection,
     at: &EventEnvelope,
     state: TaskState,
     holder: Option<AggregateId>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE tasks SET state = $3, lease_until = NULL WHERE tenant_id = $1 AND task_id = $2")
-        .bind(at.tenant_id.as_uuid())
-        .bind(at.aggregate_id.as_uuid())
-        .bind(state.as_str())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE tasks SET version = $3, updated_at = $4, state = $5, lease_until = NULL \
+         WHERE tenant_id = $1 AND task_id = $2",
+    )
+    .bind(at.tenant_id.as_uuid())
+    .bind(at.aggregate_id.as_uuid())
+    .bind(at.sequence as i64)
+    .bind(at.occurred_at)
+    .bind(state.as_str())
+    .execute(&mut *tx)
+    .await?;
     if let Some(holder) = holder {
         load(tx, at, holder, -1).await?;
     }

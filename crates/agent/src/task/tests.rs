@@ -43,7 +43,11 @@ fn submitted() -> Task {
 
 fn assigned(agent: AggregateId) -> Task {
     let mut task = submitted();
-    run(&mut task, TaskCommand::Assign { agent, lease_until: now() + Duration::seconds(30), now: now() }).unwrap();
+    run(
+        &mut task,
+        TaskCommand::Assign { agent, lease_until: now() + Duration::seconds(30), now: now(), attempts: None },
+    )
+    .unwrap();
     task
 }
 
@@ -87,7 +91,7 @@ fn the_transition_table() {
     let holder = AggregateId::new();
     let other = AggregateId::new();
     let soon = now() + Duration::seconds(30);
-    let assign = TaskCommand::Assign { agent: holder, lease_until: soon, now: now() };
+    let assign = TaskCommand::Assign { agent: holder, lease_until: soon, now: now(), attempts: None };
     let cancel = TaskCommand::Cancel { reason: String::new() };
     // (from, command, the state after, or None when refused with FAILED_PRECONDITION)
     let table: Vec<(TaskState, TaskCommand, Option<TaskState>)> = vec![
@@ -184,7 +188,7 @@ fn a_lapsed_task_may_go_back_to_the_queue() {
     let events = run(&mut task, back).unwrap();
     assert!(matches!(&events[0], TaskEvent::Reassigned(e) if e.from == agent && e.to.is_none()));
     assert_eq!((task.state, task.holder, task.lease_until), (TaskState::Queued, None, None));
-    let again = TaskCommand::Assign { agent, lease_until: later + Duration::seconds(30), now: later };
+    let again = TaskCommand::Assign { agent, lease_until: later + Duration::seconds(30), now: later, attempts: None };
     assert!(matches!(&run(&mut task, again).unwrap()[0], TaskEvent::Assigned(e) if e.attempt == 2));
     let half = TaskCommand::Reassign { to: Some(agent), reason: String::new(), lease_until: None, now: later };
     assert!(matches!(run(&mut task, half).unwrap_err(), TaskError::Invalid { field: "lease_until", .. }));
@@ -198,7 +202,8 @@ fn deadlines_time_tasks_out() {
     let soon = Submission { deadline: Some(at + Duration::seconds(10)), ..submission() };
     run(&mut task, TaskCommand::Submit { submission: soon, now: at }).unwrap();
     // The lease may run past the deadline; the deadline still wins.
-    run(&mut task, TaskCommand::Assign { agent, lease_until: at + Duration::seconds(30), now: at }).unwrap();
+    run(&mut task, TaskCommand::Assign { agent, lease_until: at + Duration::seconds(30), now: at, attempts: None })
+        .unwrap();
     assert_eq!(run(&mut task, TaskCommand::TimeOut { now: at }).unwrap_err(), TaskError::DeadlineAhead);
     let past = at + Duration::seconds(11);
     assert!(matches!(run(&mut task, complete(agent, past)).unwrap_err(), TaskError::DeadlinePassed(_)));
@@ -208,7 +213,7 @@ fn deadlines_time_tasks_out() {
     // A queued task past its deadline is not assigned.
     let mut queued = submitted();
     let past = queued.deadline.unwrap();
-    let late = TaskCommand::Assign { agent, lease_until: past + Duration::seconds(30), now: past };
+    let late = TaskCommand::Assign { agent, lease_until: past + Duration::seconds(30), now: past, attempts: None };
     assert!(matches!(run(&mut queued, late).unwrap_err(), TaskError::DeadlinePassed(_)));
     // A task without a deadline never times out.
     let mut open = Task::default();

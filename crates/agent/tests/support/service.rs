@@ -151,7 +151,12 @@ pub async fn give(svc: &Service, c: &mut Client, tenant: TenantId, names: &[&str
     let task = c.submit_task(req(tenant, submit(names))).await.unwrap().into_inner().id;
     let now = chrono::Utc::now();
     let lease_until = now + chrono::Duration::seconds(60);
-    svc.dispatch(tenant, &task, TaskCommand::Assign { agent: agent.parse().unwrap(), lease_until, now }).await;
+    svc.dispatch(
+        tenant,
+        &task,
+        TaskCommand::Assign { agent: agent.parse().unwrap(), lease_until, now, attempts: None },
+    )
+    .await;
     task
 }
 

@@ -1,0 +1,116 @@
+//! The task's one-statement path (assignments and completions written by one guarded statement,
+//! many tasks at once) against the read path: the same rows, and the same refusals.
+
+use chrono::{DateTime, Duration, Utc};
+use cim_agent::names::parse_names;
+use cim_agent::projection::TaskProjection;
+use cim_agent::task::{Submission, Task, TaskCommand, TaskResult, TaskStatement};
+use cim_aggregate::{CommandExecutor, ExecutorError};
+use cim_core::{AggregateId, TenantId};
+use cim_runtime::edge::Caller;
+use cim_runtime::status::HasErrorCode;
+
+use crate::support::*;
+
+/// The number `cim_one_statement_writes_total{service, outcome}` shows in this process.
+fn writes(service: &str, outcome: &str) -> u64 {
+    let rendered = cim_runtime::metrics::handle().render();
+    rendered
+        .lines()
+        .filter(|l| l.starts_with("cim_one_statement_writes_total{"))
+        .filter(|l| l.contains(&format!("service=\"{service}\"")) && l.contains(&format!("outcome=\"{outcome}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Submits, assigns (with the attempts the queue would show) and completes a task through
+/// `executor`; the task's id.
+async fn through(
+    executor: &CommandExecutor<Task>,
+    caller: &Caller,
+    agent: AggregateId,
+    deadline: DateTime<Utc>,
+) -> String {
+    let id = AggregateId::new();
+    let submission = Submission {
+        required_capabilities: parse_names("required_capabilities", &["ocr".into()]).unwrap(),
+        payload: serde_json::json!({"page": 1}).as_object().unwrap().clone(),
+        priority: 3,
+        deadline: Some(deadline),
+        correlation: "statement".into(),
+    };
+    let run = |command: TaskCommand| async move { executor.execute(caller, id, &command, &Default::default()).await };
+    run(TaskCommand::Submit { submission, now: Utc::now() }).await.unwrap();
+    let now = Utc::now();
+    run(TaskCommand::Assign { agent, lease_until: now + Duration::seconds(60), now, attempts: Some(0) }).await.unwrap();
+    let result = TaskResult::Value(serde_json::json!({"text": "done", "n": 1.5}).as_object().unwrap().clone());
+    run(TaskCommand::Complete { agent, result, now: Utc::now() }).await.unwrap();
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assignments_and_completions_in_one_statement_write_what_the_read_path_writes() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    // No worker connects, so the service's dispatcher leaves these tasks alone.
+    let agent = active(&mut c, tenant, &["ocr"], 4).await;
+    let agent_id: AggregateId = agent.parse().unwrap();
+    let caller = Caller { tenant, actor: cim_core::Actor::service("dispatcher"), correlation: None };
+    let store = svc.running.store.clone();
+    // Labels of their own: the counters show which path each took.
+    let one = CommandExecutor::<Task>::new(store.clone(), "agent_one_statement_test")
+        .with_projection(TaskProjection)
+        .with_one_statement(TaskStatement);
+    let read = CommandExecutor::<Task>::new(store, "agent_read_path_test").with_projection(TaskProjection);
+
+    let deadline = Utc::now() + Duration::hours(1);
+    let fast = through(&one, &caller, agent_id, deadline).await;
+    assert_eq!(writes("agent_one_statement_test", "hit"), 2, "assigned and completed in one statement each");
+    let slow = through(&read, &caller, agent_id, deadline).await;
+    let blank = |mut t: cim_proto::agent::Task| {
+        (t.task_id, t.created_at, t.updated_at) = (String::new(), None, None);
+        t
+    };
+    let (fast_row, slow_row) = (get_task(&mut c, tenant, &fast).await, get_task(&mut c, tenant, &slow).await);
+    assert_eq!((fast_row.state.as_str(), fast_row.attempts, fast_row.version), ("completed", 1, 3));
+    assert_eq!(blank(fast_row), blank(slow_row));
+    assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 0);
+    assert_eq!(svc.history(tenant, &fast).await, ["task_submitted", "task_assigned", "task_completed"]);
+
+    // What the assumptions do not cover is refused as the read path refuses it: the statement's
+    // guard writes nothing, and the replayed decision says why.
+    let id: AggregateId = fast.parse().unwrap();
+    let now = Utc::now();
+    let again =
+        TaskCommand::Assign { agent: agent_id, lease_until: now + Duration::seconds(60), now, attempts: Some(0) };
+    let refused = one.execute(&caller, id, &again, &Default::default()).await.unwrap_err();
+    assert_eq!(refused.to_string(), "the task is already completed");
+    assert!(writes("agent_one_statement_test", "miss") >= 1);
+
+    // Another holder's completion, and the holder's after its lease lapsed.
+    let other = AggregateId::new();
+    let held = AggregateId::new();
+    let submission = Submission {
+        required_capabilities: parse_names("required_capabilities", &["ocr".into()]).unwrap(),
+        payload: serde_json::Map::new(),
+        priority: 0,
+        deadline: None,
+        correlation: String::new(),
+    };
+    one.execute(&caller, held, &TaskCommand::Submit { submission, now }, &Default::default()).await.unwrap();
+    let assign =
+        TaskCommand::Assign { agent: agent_id, lease_until: now + Duration::seconds(60), now, attempts: Some(0) };
+    one.execute(&caller, held, &assign, &Default::default()).await.unwrap();
+    let result = || TaskResult::Value(serde_json::Map::new());
+    let by_other = TaskCommand::Complete { agent: other, result: result(), now: Utc::now() };
+    let refused = one.execute(&caller, held, &by_other, &Default::default()).await.unwrap_err();
+    assert!(matches!(refused, ExecutorError::Rule(_)), "{refused}");
+    assert_eq!(refused.code(), cim_core::ErrorCode::FailedPrecondition);
+    let late = TaskCommand::Complete { agent: agent_id, result: result(), now: now + Duration::seconds(61) };
+    let refused = one.execute(&caller, held, &late, &Default::default()).await.unwrap_err();
+    assert!(refused.to_string().starts_with("the lease lapsed at"), "{refused}");
+    assert_eq!(get_task(&mut c, tenant, &held.to_string()).await.state, "assigned");
+    assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 1);
+    svc.stop().await;
+}
