@@ -9,39 +9,15 @@ mod http;
 
 use std::net::SocketAddr;
 
-use cim_auth::{Claims, issue_hs256, now_secs};
 use cim_core::TenantId;
 use cim_runtime::{ServiceKind, Shutdown};
 use cim_testkit::domain::{config, unique};
-use http::{Reply, call};
-
-const SECRET: &str = "test-secret-test-secret-test-secret!";
-
-type Auth = Vec<(&'static str, String)>;
-
-fn token(tenant: TenantId, subject: &str, roles: &[&str]) -> Auth {
-    let claims = Claims {
-        sub: subject.into(),
-        tenant: tenant.to_string(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        exp: now_secs() + 600,
-        iss: "cim".into(),
-        aud: "cim".into(),
-    };
-    vec![("Authorization", format!("Bearer {}", issue_hs256(SECRET, &claims).unwrap()))]
-}
+use http::{Auth, Reply, SECRET, call, problem, token};
 
 fn keyed(auth: &Auth, key: &str) -> Auth {
     let mut headers = auth.clone();
     headers.push(("Idempotency-Key", key.to_owned()));
     headers
-}
-
-/// A problem+json answer with this status and code.
-fn problem(r: &Reply, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    assert_eq!(r.header("content-type"), Some("application/problem+json"), "{r:?}");
-    assert_eq!(r.json()["code"], code, "{r:?}");
 }
 
 /// The first field a 400 names, and why.

@@ -7,25 +7,14 @@ mod document;
 #[path = "support/http.rs"]
 mod http;
 
-use cim_auth::{Claims, issue_hs256, now_secs};
 use cim_core::TenantId;
 use cim_runtime::{ServiceKind, Shutdown};
 use cim_testkit::domain::{config, unique};
-use http::{call, exchange};
+use http::{SECRET, call, exchange};
 use tokio::io::AsyncWriteExt;
 
-const SECRET: &str = "test-secret-test-secret-test-secret!";
-
-fn token(tenant: TenantId, roles: &[&str]) -> Vec<(&'static str, String)> {
-    let claims = Claims {
-        sub: "dora".into(),
-        tenant: tenant.to_string(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        exp: now_secs() + 600,
-        iss: "cim".into(),
-        aud: "cim".into(),
-    };
-    vec![("Authorization", format!("Bearer {}", issue_hs256(SECRET, &claims).unwrap()))]
+fn token(tenant: TenantId, roles: &[&str]) -> http::Auth {
+    http::token(tenant, "dora", roles)
 }
 
 fn request(method: &str, path: &str, auth: &[(&str, String)], extra: &[&str]) -> String {

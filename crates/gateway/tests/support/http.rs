@@ -6,7 +6,35 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use cim_auth::{Claims, issue_hs256, now_secs};
+use cim_core::TenantId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The HS256 secret the tests' gateways verify tokens with (`CIM_JWT_HS256_SECRET`).
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// Request headers carrying credentials.
+pub type Auth = Vec<(&'static str, String)>;
+
+/// A bearer token for `subject` in `tenant` with `roles`, valid for ten minutes.
+pub fn token(tenant: TenantId, subject: &str, roles: &[&str]) -> Auth {
+    let claims = Claims {
+        sub: subject.into(),
+        tenant: tenant.to_string(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: now_secs() + 600,
+        iss: "cim".into(),
+        aud: "cim".into(),
+    };
+    vec![("Authorization", format!("Bearer {}", issue_hs256(SECRET, &claims).unwrap()))]
+}
+
+/// A problem+json answer with this status and code.
+pub fn problem(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"), "{r:?}");
+    assert_eq!(r.json()["code"], code, "{r:?}");
+}
 
 #[derive(Debug)]
 pub struct Reply {
