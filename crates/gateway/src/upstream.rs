@@ -62,10 +62,15 @@ impl<C: Clone> Upstream<C> {
         }
         // Every role the caller holds, implied ones included (an admin is also a writer): a
         // domain rule may ask for one (who may approve a workflow step).
-        let roles: Vec<&str> = Role::ALL.into_iter().filter(|r| p.can(*r)).map(Role::as_str).collect();
-        if let Ok(v) = roles.join(",").parse() {
-            md.insert(cim_runtime::edge::ROLES_HEADER, v);
-        }
+        // Roles are ranked, so the highest names the whole list: a static value, no allocation
+        // on every call.
+        let roles = match p.roles.iter().max() {
+            Some(Role::Admin) => "reader,writer,admin",
+            Some(Role::Writer) => "reader,writer",
+            Some(Role::Reader) => "reader",
+            None => "",
+        };
+        md.insert(cim_runtime::edge::ROLES_HEADER, tonic::metadata::MetadataValue::from_static(roles));
         req
     }
 
