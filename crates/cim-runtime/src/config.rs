@@ -96,6 +96,11 @@ pub const CIM_AGENT_RESPONSE_TIMEOUT_MS: &str = "CIM_AGENT_RESPONSE_TIMEOUT_MS";
 pub const CIM_WORKFLOW_LEASE_MS: &str = "CIM_WORKFLOW_LEASE_MS";
 pub const CIM_WORKFLOW_POLL_MS: &str = "CIM_WORKFLOW_POLL_MS";
 pub const CIM_WORKFLOW_CONCURRENCY: &str = "CIM_WORKFLOW_CONCURRENCY";
+pub const CIM_WORKFLOW_GRAPH_URLS: &str = "CIM_WORKFLOW_GRAPH_URLS";
+pub const CIM_WORKFLOW_DOCUMENT_URLS: &str = "CIM_WORKFLOW_DOCUMENT_URLS";
+pub const CIM_WORKFLOW_AGENT_URLS: &str = "CIM_WORKFLOW_AGENT_URLS";
+pub const CIM_WORKFLOW_SELF_URLS: &str = "CIM_WORKFLOW_SELF_URLS";
+pub const CIM_WORKFLOW_CALL_TIMEOUT_MS: &str = "CIM_WORKFLOW_CALL_TIMEOUT_MS";
 
 /// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
 /// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
@@ -311,6 +316,36 @@ pub const VARS: &[VarSpec] = &[
         Some("16"),
         "a number from 1 to 1024",
         "workflow instances one replica advances at once",
+    ),
+    var(
+        CIM_WORKFLOW_GRAPH_URLS,
+        Some("http://127.0.0.1:50051"),
+        "http:// URLs separated by commas",
+        "graph service instances workflow steps call",
+    ),
+    var(
+        CIM_WORKFLOW_DOCUMENT_URLS,
+        Some("http://127.0.0.1:50052"),
+        "http:// URLs separated by commas",
+        "document service instances workflow steps call",
+    ),
+    var(
+        CIM_WORKFLOW_AGENT_URLS,
+        Some("http://127.0.0.1:50054"),
+        "http:// URLs separated by commas",
+        "agent service instances workflow steps call (integration and agent_task steps)",
+    ),
+    var(
+        CIM_WORKFLOW_SELF_URLS,
+        Some("http://127.0.0.1:50053"),
+        "http:// URLs separated by commas",
+        "workflow service instances an integration step of service `workflow` calls",
+    ),
+    var(
+        CIM_WORKFLOW_CALL_TIMEOUT_MS,
+        Some("10000"),
+        "milliseconds from 10 to 600000",
+        "how long a workflow step's call of another service may take before it is tried again",
     ),
     var(
         CIM_DATA_DIR,
@@ -637,13 +672,39 @@ pub struct WorkflowSettings {
     pub lease: Duration,
     pub poll: Duration,
     pub concurrency: usize,
+    /// The services steps call.
+    pub graph_urls: Vec<String>,
+    pub document_urls: Vec<String>,
+    pub agent_urls: Vec<String>,
+    pub workflow_urls: Vec<String>,
+    pub call_timeout: Duration,
 }
 
 fn workflow_settings(r: &mut Reader<'_>) -> Option<WorkflowSettings> {
     let lease = r.parse(CIM_WORKFLOW_LEASE_MS, int_in(100u64, 3_600_000)).map(Duration::from_millis);
     let poll = r.parse(CIM_WORKFLOW_POLL_MS, int_in(5u64, 60_000)).map(Duration::from_millis);
     let concurrency = r.parse(CIM_WORKFLOW_CONCURRENCY, int_in(1usize, 1024));
-    Some(WorkflowSettings { lease: lease?, poll: poll?, concurrency: concurrency? })
+    let graph_urls = r.parse(CIM_WORKFLOW_GRAPH_URLS, upstream_urls);
+    let document_urls = r.parse(CIM_WORKFLOW_DOCUMENT_URLS, upstream_urls);
+    let agent_urls = r.parse(CIM_WORKFLOW_AGENT_URLS, upstream_urls);
+    let workflow_urls = r.parse(CIM_WORKFLOW_SELF_URLS, upstream_urls);
+    let call_timeout = r.parse(CIM_WORKFLOW_CALL_TIMEOUT_MS, int_in(10u64, 600_000)).map(Duration::from_millis);
+    Some(WorkflowSettings {
+        lease: lease?,
+        poll: poll?,
+        concurrency: concurrency?,
+        graph_urls: graph_urls?,
+        document_urls: document_urls?,
+        agent_urls: agent_urls?,
+        workflow_urls: workflow_urls?,
+        call_timeout: call_timeout?,
+    })
+}
+
+/// Balanced upstream URLs: one or more, comma-separated, each http(s).
+fn upstream_urls(s: &str) -> Option<Vec<String>> {
+    let urls: Vec<String> = s.split(',').map(|u| u.trim().to_owned()).collect();
+    urls.iter().all(|u| url_with_scheme(u, &["http", "https"]).is_some()).then_some(urls)
 }
 
 /// The settings only the edge services read.
@@ -661,10 +722,6 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let public_key_file = r.optional(CIM_JWT_PUBLIC_KEY_FILE).map(std::path::PathBuf::from);
     let issuer = r.parse(CIM_JWT_ISSUER, |s| (!s.is_empty()).then(|| s.to_owned()));
     let audience = r.parse(CIM_JWT_AUDIENCE, |s| (!s.is_empty()).then(|| s.to_owned()));
-    let upstream_urls = |s: &str| {
-        let urls: Vec<String> = s.split(',').map(|u| u.trim().to_owned()).collect();
-        urls.iter().all(|u| url_with_scheme(u, &["http", "https"]).is_some()).then_some(urls)
-    };
     let graph_urls = r.parse(CIM_GATEWAY_GRAPH_URLS, upstream_urls);
     let document_urls = r.parse(CIM_GATEWAY_DOCUMENT_URLS, upstream_urls);
     let agent_urls = r.parse(CIM_GATEWAY_AGENT_URLS, upstream_urls);

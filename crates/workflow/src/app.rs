@@ -1,6 +1,8 @@
 //! Wiring: the kit's domain host (Postgres schema `workflow`, event store, stream
 //! `CIM_WORKFLOW`, relay, listeners) plus the workflow gRPC service over two executors, one per
-//! aggregate, sharing the one event store, and the engine that advances running instances.
+//! aggregate, sharing the one event store, the engine that advances running instances and sends
+//! what their steps send, and the listener that hands other domains' events to waiting steps
+//! and triggers.
 
 use cim_aggregate::CommandExecutor;
 use cim_aggregate::host::{DomainHost, DomainSpec, HostError};
@@ -9,9 +11,11 @@ use cim_proto::workflow::workflow_service_server::WorkflowServiceServer;
 use cim_runtime::config::Config;
 use cim_runtime::{ServiceKind, Shutdown};
 
+use crate::calls::Calls;
 use crate::definition::WorkflowDefinition;
 use crate::engine::{Engine, EngineOptions};
 use crate::instance::Workflow;
+use crate::listen::Listener;
 use crate::projection::{DefinitionProjection, WorkflowProjection};
 use crate::service::WorkflowApi;
 
@@ -58,8 +62,15 @@ pub async fn prepare_with(
         .with_projection(DefinitionProjection);
     let workflows =
         CommandExecutor::<Workflow>::new(domain.store.clone(), "workflow").with_projection(WorkflowProjection);
-    let engine = Engine::new(workflows.clone(), options.engine);
+    let calls = Calls::connect(&config.workflow).map_err(HostError::Setup)?;
+    let engine = Engine::new(workflows.clone(), calls, options.engine);
     engine.start(domain.host());
+    let listener = Listener::new(workflows.clone(), engine.clone());
+    let consumers = listener.consumers(&domain.jetstream, &config.subject_prefix).map_err(HostError::Setup)?;
+    let stop = domain.host().workers_shutdown();
+    for consumer in consumers {
+        domain.host().spawn_worker("workflow-listener", consumer.run(stop.clone()));
+    }
     let server =
         domain.grpc_server().add_service(WorkflowServiceServer::new(WorkflowApi::new(definitions, workflows, engine)));
     domain.serve(server)

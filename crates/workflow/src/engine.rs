@@ -23,9 +23,12 @@ use futures::StreamExt;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 
+use crate::calls::Calls;
 use crate::error::ServiceError;
 use crate::instance::{Workflow, WorkflowCommand, WorkflowError};
 use crate::metrics::{ADVANCES_TOTAL, TIMER_LATENESS};
+
+mod send;
 
 /// How the engine works (tests shorten it).
 #[derive(Debug, Clone)]
@@ -63,13 +66,14 @@ pub struct Engine {
     workflows: CommandExecutor<Workflow>,
     pool: PgPool,
     options: EngineOptions,
+    calls: Calls,
     wake: Notify,
 }
 
 impl Engine {
-    pub fn new(workflows: CommandExecutor<Workflow>, options: EngineOptions) -> Arc<Self> {
+    pub fn new(workflows: CommandExecutor<Workflow>, calls: Calls, options: EngineOptions) -> Arc<Self> {
         let pool = workflows.store().pool().clone();
-        Arc::new(Self { workflows, pool, options, wake: Notify::new() })
+        Arc::new(Self { workflows, pool, options, calls, wake: Notify::new() })
     }
 
     pub fn start(self: &Arc<Self>, host: &mut cim_runtime::ServiceHost) {
@@ -84,6 +88,9 @@ impl Engine {
 
     async fn run(self: Arc<Self>, stop: Shutdown) {
         while !stop.is_triggered() {
+            if let Err(e) = self.withdraw().await {
+                tracing::warn!(error = %e, "workflow engine: withdrawing tasks and children failed");
+            }
             let claimed = match self.claim().await {
                 Ok(claimed) => claimed,
                 Err(e) => {
@@ -150,10 +157,14 @@ impl Engine {
     async fn advance(&self, due: Due) -> Result<(), ServiceError> {
         let (state, version) = self.workflows.load(due.tenant, due.instance).await?;
         let now = Utc::now();
-        let command = WorkflowCommand::Advance { now, jitter: fastrand::f64() };
+        let command = WorkflowCommand::Advance { instance: due.instance, now, jitter: fastrand::f64() };
         let events = match state.decide(&command, &()) {
             Ok(events) => events,
             Err(WorkflowError::NothingDue) => {
+                // A crash between starting a step and sending what it sends leaves it unsent.
+                if self.send(due, &state).await? {
+                    return Ok(());
+                }
                 self.release(due, version, state.next_due()).await?;
                 metrics::counter!(ADVANCES_TOTAL, "outcome" => "idle").increment(1);
                 return Ok(());
@@ -171,7 +182,9 @@ impl Engine {
                     observe(event, now);
                 }
                 metrics::counter!(ADVANCES_TOTAL, "outcome" => "advanced").increment(1);
-                self.release(due, done.version, after.next_due()).await?;
+                if !self.send(due, &after).await? {
+                    self.release(due, done.version, after.next_due()).await?;
+                }
                 Ok(())
             }
             // Someone wrote first (a person's command, another replica): the row is due again,

@@ -70,6 +70,52 @@ pub struct StepExecutionStarted {
     /// When the attempt times out (the step's timeout_ms after it started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,
+    /// What the engine sends for this attempt, computed from the context as it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outreach: Option<Outreach>,
+    /// The event the attempt waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+}
+
+/// What a step that reaches out sends. Ids are derived from the instance, step and attempt, so
+/// sending again after a crash names the same task or child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outreach {
+    /// integration: a method of another service.
+    Call { service: String, method: String, request: Map<String, Value> },
+    /// agent_task: a task for the agent service.
+    Task { task_id: AggregateId, capabilities: Vec<String>, payload: Map<String, Value>, priority: u32 },
+    /// workflow: a child instance of a definition's current version.
+    Child { instance_id: AggregateId, definition_id: AggregateId, context: Map<String, Value> },
+}
+
+/// The events of one domain a waiting step takes: the subject filter (without the
+/// deployment's prefix), one aggregate if named, and a CEL condition over `event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wait {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_id: Option<AggregateId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+}
+
+/// The agent service accepted the step's task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentTaskSubmitted {
+    pub step: String,
+    pub attempt: u32,
+    pub task_id: AggregateId,
+}
+
+/// The step's child instance exists and runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowStarted {
+    pub step: String,
+    pub attempt: u32,
+    pub instance_id: AggregateId,
 }
 
 /// The output is merged into the instance context.
@@ -165,5 +211,7 @@ cim_core::domain_events! {
         TimerFired(TimerFired) = "timer_fired",
         RetryScheduled(RetryScheduled) = "retry_scheduled",
         SignalReceived(SignalReceived) = "signal_received",
+        AgentTaskSubmitted(AgentTaskSubmitted) = "agent_task_submitted",
+        ChildWorkflowStarted(ChildWorkflowStarted) = "child_workflow_started",
     }
 }

@@ -19,6 +19,7 @@ use crate::spec::{Definition, StepKind};
 
 mod advance;
 mod error;
+mod outreach;
 mod status;
 mod step;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 
 pub use error::WorkflowError;
 use error::{check_json, check_text};
+pub use outreach::{Reach, derived_id, takes};
 pub use status::{StepStatus, WorkflowStatus};
 pub use step::Step;
 
@@ -52,8 +54,26 @@ pub enum WorkflowCommand {
         start: bool,
     },
     Start,
-    /// The engine's tick: everything due at `now`. `jitter` in [0, 1) spreads retries.
+    /// The engine's tick: everything due at `now`. `jitter` in [0, 1) spreads retries;
+    /// `instance` is this instance's id, from which the ids of its tasks and children derive.
     Advance {
+        instance: AggregateId,
+        now: DateTime<Utc>,
+        jitter: f64,
+    },
+    /// The engine's report on what a running attempt sent.
+    Reached {
+        step: String,
+        attempt: u32,
+        outcome: Reach,
+        now: DateTime<Utc>,
+        jitter: f64,
+    },
+    /// An event a waiting attempt takes (its task's or child's end, or the event it waits for).
+    Deliver {
+        step: String,
+        attempt: u32,
+        event: Map<String, Value>,
         now: DateTime<Utc>,
         jitter: f64,
     },
@@ -185,6 +205,8 @@ impl Aggregate for Workflow {
             Create { .. } => "create_workflow",
             Start => "start_workflow",
             Advance { .. } => "advance_workflow",
+            Reached { .. } => "record_step_outreach",
+            Deliver { .. } => "deliver_event",
             Pause { .. } => "pause_workflow",
             Resume => "resume_workflow",
             Cancel { .. } => "cancel_workflow",
@@ -231,8 +253,14 @@ impl Aggregate for Workflow {
                 }
                 vec![E::Started(WorkflowTransition::default())]
             }
-            C::Advance { now, jitter } => {
-                let events = advance::advance(self, *now, *jitter);
+            C::Reached { step, attempt, outcome, now, jitter } => {
+                outreach::reached(self, step, *attempt, outcome, *now, *jitter)?
+            }
+            C::Deliver { step, attempt, event, now, jitter } => {
+                outreach::deliver(self, step, *attempt, event, *now, *jitter)?
+            }
+            C::Advance { instance, now, jitter } => {
+                let events = advance::advance(self, *instance, *now, *jitter);
                 if events.is_empty() {
                     return Err(WorkflowError::NothingDue);
                 }
@@ -348,6 +376,9 @@ impl Aggregate for Workflow {
                         retry_at: None,
                         deadline: None,
                         error: String::new(),
+                        outreach: None,
+                        reached: false,
+                        wait: None,
                     })
                     .collect();
             }
@@ -361,7 +392,7 @@ impl Aggregate for Workflow {
             E::Cancelled(_) => {
                 self.status = WorkflowStatus::Cancelled;
                 for step in self.steps.iter_mut().filter(|s| !s.status.is_finished()) {
-                    step.status = StepStatus::Cancelled;
+                    step.finish(StepStatus::Cancelled);
                 }
             }
             E::ContextVariableSet(e) => {
@@ -381,6 +412,9 @@ impl Aggregate for Workflow {
                 s.attempts = e.attempt;
                 s.deadline = e.deadline;
                 s.retry_at = None;
+                s.outreach = e.outreach.clone();
+                s.reached = false;
+                s.wait = e.wait.clone();
             }),
             E::StepCompleted(e) => {
                 self.context.extend(e.output.clone());
@@ -400,6 +434,8 @@ impl Aggregate for Workflow {
             E::TaskAssigned(e) => self.on_step(&e.step, |s| s.assignee = Some(e.assignee.clone())),
             E::TimerScheduled(e) => self.on_step(&e.step, |s| s.fire_at = Some(e.fire_at)),
             E::TimerFired(e) => self.on_step(&e.step, |s| s.fire_at = None),
+            E::AgentTaskSubmitted(e) => self.on_step(&e.step, |s| s.reached = true),
+            E::ChildWorkflowStarted(e) => self.on_step(&e.step, |s| s.reached = true),
         }
     }
 }

@@ -5,17 +5,21 @@
 //! - [`definition`], [`instance`], [`events`]: the two aggregates' rules and events, pure Rust;
 //!   [`instance`]'s `advance` is the engine's whole decision for one instance at one instant.
 //! - [`projection`], [`queries`]: the tables in schema `workflow` (with the due-work table).
-//! - [`engine`]: the loop that claims due instances under a lease and advances them;
-//!   [`metrics`]: its metric names.
+//! - [`engine`]: the loop that claims due instances under a lease, advances them and sends what
+//!   their steps send ([`calls`]: another service's method by name, JSON in and out);
+//!   [`listen`]: the consumers handing other domains' events to waiting steps and triggers;
+//!   [`metrics`]: their metric names.
 //! - [`service`]: the gRPC edge; [`app`]: wiring for `cim serve` and the service's binary.
 
 pub mod app;
+pub mod calls;
 pub mod definition;
 pub mod engine;
 pub mod error;
 pub mod events;
 pub mod expr;
 pub mod instance;
+pub mod listen;
 pub mod metrics;
 pub mod projection;
 pub mod queries;

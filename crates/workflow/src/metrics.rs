@@ -7,8 +7,25 @@ pub const ADVANCES_TOTAL: &str = "cim_workflow_advances_total";
 /// How long after its time each timer fired.
 pub const TIMER_LATENESS: &str = "cim_workflow_timer_lateness_seconds";
 
+/// Steps' calls of other services (and child starts), by kind and outcome: `sent`, `refused`
+/// (the attempt fails), `retry` (unreachable or busy: sent again later).
+pub const OUTREACH_TOTAL: &str = "cim_workflow_outreach_total";
+/// Events handed to waiting steps, by outcome: `taken`, `already` (a redelivery), `refused`.
+pub const DELIVERIES_TOTAL: &str = "cim_workflow_deliveries_total";
+/// Instances started by triggers, by outcome (as deliveries).
+pub const TRIGGERED_TOTAL: &str = "cim_workflow_triggered_total";
+/// Tasks and children cancelled because their step ended another way, by kind and outcome.
+pub const WITHDRAWALS_TOTAL: &str = "cim_workflow_withdrawals_total";
+
 /// Described once at start.
 pub fn describe() {
     metrics::describe_counter!(ADVANCES_TOTAL, "workflow instances the engine looked at, by outcome");
     metrics::describe_histogram!(TIMER_LATENESS, metrics::Unit::Seconds, "how long after its time a timer fired");
+    metrics::describe_counter!(OUTREACH_TOTAL, "calls of other services and child starts by workflow steps");
+    metrics::describe_counter!(DELIVERIES_TOTAL, "events handed to waiting workflow steps, by outcome");
+    metrics::describe_counter!(TRIGGERED_TOTAL, "workflow instances started by triggers, by outcome");
+    metrics::describe_counter!(
+        WITHDRAWALS_TOTAL,
+        "tasks and child workflows cancelled when their step ended another way"
+    );
 }

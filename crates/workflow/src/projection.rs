@@ -1,6 +1,6 @@
-//! The read tables, written in each command's transaction by the kit's executor: definitions and
-//! their versions by the definition events; instances and the engine's due work
-//! (`workflow_due`) by the instance events.
+//! The read tables, written in each command's transaction by the kit's executor: definitions,
+//! their versions and triggers by the definition events; instances, the engine's due work
+//! (`workflow_due`) and what waiting steps wait for (`waits`) by the instance events.
 
 use cim_aggregate::Projection;
 use cim_core::EventEnvelope;
@@ -9,6 +9,8 @@ use sqlx::types::Json;
 
 use crate::events::{DefinitionEvent, WorkflowEvent};
 use crate::instance::WorkflowStatus;
+
+mod waits;
 
 /// Projects definition events into `workflow_definitions` and `workflow_definition_versions`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,7 +70,7 @@ impl Projection for DefinitionProjection {
         .bind(at.occurred_at)
         .execute(&mut *tx)
         .await?;
-        Ok(())
+        waits::triggers(tx, at, definition).await
     }
 }
 
@@ -82,6 +84,7 @@ impl Projection for WorkflowProjection {
     async fn apply(&self, tx: &mut PgConnection, at: &EventEnvelope, event: &WorkflowEvent) -> Result<(), sqlx::Error> {
         use WorkflowEvent as E;
         let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
+        waits::step(tx, at, event).await?;
         let status = match event {
             E::Created(e) => {
                 sqlx::query(
@@ -149,6 +152,7 @@ impl Projection for WorkflowProjection {
 async fn due(tx: &mut PgConnection, at: &EventEnvelope, status: Option<WorkflowStatus>) -> Result<(), sqlx::Error> {
     let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
     if status.is_some_and(WorkflowStatus::is_final) {
+        waits::end(tx, at, None).await?;
         sqlx::query("DELETE FROM workflow_due WHERE tenant_id = $1 AND instance_id = $2")
             .bind(tenant)
             .bind(id)

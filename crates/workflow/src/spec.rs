@@ -11,16 +11,22 @@ use serde_json::{Map, Value};
 
 use crate::expr::Expr;
 
+mod outward;
+
+pub use outward::{CallSpec, ChildSpec, EventFilter, TaskSpec, subject_domain, subject_matches};
+
 pub const STEPS_MAX: usize = 200;
 const NAME_MAX: usize = 200;
 const DESCRIPTION_MAX: usize = 4_000;
 const ID_MAX: usize = 64;
 const ROLE_MAX: usize = 64;
 pub const ATTEMPTS_MAX: u32 = 100;
+const TRIGGERS_MAX: usize = 16;
 /// The longest sleep, timeout or backoff a definition may ask for: a year.
 const MS_MAX: u64 = 365 * 24 * 3_600_000;
 
-/// What a step does. The reference CIM's six, plus `timer`.
+/// What a step does. The reference CIM's six (`integration` calls another CIM service), plus
+/// `timer`, `agent_task`, `wait_event` and `workflow` (a child workflow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
@@ -31,10 +37,24 @@ pub enum StepKind {
     Integration,
     Parallel,
     Timer,
+    AgentTask,
+    WaitEvent,
+    Workflow,
 }
 
 impl StepKind {
-    pub const NAMES: &[&str] = &["manual", "automated", "decision", "approval", "integration", "parallel", "timer"];
+    pub const NAMES: &[&str] = &[
+        "manual",
+        "automated",
+        "decision",
+        "approval",
+        "integration",
+        "parallel",
+        "timer",
+        "agent_task",
+        "wait_event",
+        "workflow",
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +65,9 @@ impl StepKind {
             StepKind::Integration => "integration",
             StepKind::Parallel => "parallel",
             StepKind::Timer => "timer",
+            StepKind::AgentTask => "agent_task",
+            StepKind::WaitEvent => "wait_event",
+            StepKind::Workflow => "workflow",
         }
     }
 
@@ -58,6 +81,9 @@ impl StepKind {
                 Self::Integration,
                 Self::Parallel,
                 Self::Timer,
+                Self::AgentTask,
+                Self::WaitEvent,
+                Self::Workflow,
             ][i]
         })
     }
@@ -65,6 +91,11 @@ impl StepKind {
     /// Steps a person carries out: the only ones assigned to people.
     pub fn is_for_people(self) -> bool {
         matches!(self, StepKind::Manual | StepKind::Approval)
+    }
+
+    /// Steps whose start the engine follows with a call to another service (or this one).
+    pub fn reaches_out(self) -> bool {
+        matches!(self, StepKind::Integration | StepKind::AgentTask | StepKind::Workflow)
     }
 }
 
@@ -135,6 +166,18 @@ pub struct StepSpec {
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// integration: the method called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallSpec>,
+    /// agent_task: the task submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskSpec>,
+    /// wait_event: the event waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventFilter>,
+    /// workflow: the child started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildSpec>,
 }
 
 impl StepSpec {
@@ -150,6 +193,9 @@ pub struct Definition {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub steps: Vec<StepSpec>,
+    /// Events each of which starts one instance of the current version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<EventFilter>,
 }
 
 /// A refusal naming the field (under `definition`).
@@ -184,6 +230,10 @@ struct RawStep {
     until: Option<DateTime<Utc>>,
     timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
+    call: Option<CallSpec>,
+    task: Option<TaskSpec>,
+    event: Option<EventFilter>,
+    child: Option<ChildSpec>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +243,8 @@ struct RawDefinition {
     #[serde(default)]
     description: String,
     steps: Vec<Value>,
+    #[serde(default)]
+    triggers: Vec<Value>,
 }
 
 fn snake_id(s: &str) -> bool {
@@ -233,7 +285,17 @@ impl Definition {
             let raw: RawStep = serde_json::from_value(value).map_err(|e| refuse(&at, e.to_string()))?;
             steps.push(step(&at, raw)?);
         }
-        let definition = Definition { name: raw.name, description: raw.description, steps };
+        if raw.triggers.len() > TRIGGERS_MAX {
+            return Err(refuse(".triggers", format!("at most {TRIGGERS_MAX} triggers")));
+        }
+        let mut triggers = Vec::with_capacity(raw.triggers.len());
+        for (i, value) in raw.triggers.into_iter().enumerate() {
+            let at = format!(".triggers[{i}]");
+            let trigger: EventFilter = serde_json::from_value(value).map_err(|e| refuse(&at, e.to_string()))?;
+            trigger.check(&at, false)?;
+            triggers.push(trigger);
+        }
+        let definition = Definition { name: raw.name, description: raw.description, steps, triggers };
         definition.check_graph()?;
         Ok(definition)
     }
@@ -335,12 +397,6 @@ fn step(at: &str, raw: RawStep) -> Result<StepSpec, SpecError> {
     let kind = StepKind::parse(&raw.kind).ok_or_else(|| {
         refuse(field("kind"), format!("unknown step kind {:?}; one of {}", raw.kind, StepKind::NAMES.join(", ")))
     })?;
-    if kind == StepKind::Integration {
-        return Err(refuse(
-            field("kind"),
-            "integration steps are not available yet (they come with domain-command steps)",
-        ));
-    }
     let only = |name: &str, present: bool, kinds: &str| {
         if present { Err(refuse(field(name), format!("only for {kinds} steps"))) } else { Ok(()) }
     };
@@ -375,6 +431,31 @@ fn step(at: &str, raw: RawStep) -> Result<StepSpec, SpecError> {
     if timer && raw.sleep_ms.is_some() == raw.until.is_some() {
         return Err(refuse(field("sleep_ms"), "a timer has either sleep_ms or until"));
     }
+    only("call", raw.call.is_some() && kind != StepKind::Integration, "integration")?;
+    only("task", raw.task.is_some() && kind != StepKind::AgentTask, "agent_task")?;
+    only("event", raw.event.is_some() && kind != StepKind::WaitEvent, "wait_event")?;
+    only("child", raw.child.is_some() && kind != StepKind::Workflow, "workflow")?;
+    let needs = |name: &str, present: bool| {
+        if present { Ok(()) } else { Err(refuse(field(name), format!("a {} step needs {name}", kind.as_str()))) }
+    };
+    match kind {
+        StepKind::Integration => needs("call", raw.call.is_some())?,
+        StepKind::WaitEvent => needs("event", raw.event.is_some())?,
+        StepKind::Workflow => needs("child", raw.child.is_some())?,
+        _ => {}
+    }
+    if let Some(call) = &raw.call {
+        call.check(at)?;
+    }
+    if let Some(task) = &raw.task {
+        task.check(at)?;
+    }
+    if let Some(event) = &raw.event {
+        event.check(&format!("{at}.event"), true)?;
+    }
+    if let Some(child) = &raw.child {
+        child.check(at)?;
+    }
     ms(field("sleep_ms"), raw.sleep_ms)?;
     ms(field("timeout_ms"), raw.timeout_ms)?;
     if let Some(r) = &raw.retry {
@@ -400,6 +481,10 @@ fn step(at: &str, raw: RawStep) -> Result<StepSpec, SpecError> {
         until: raw.until,
         timeout_ms: raw.timeout_ms,
         retry: raw.retry,
+        call: raw.call,
+        task: raw.task,
+        event: raw.event,
+        child: raw.child,
     })
 }
 

@@ -7,6 +7,7 @@
 //! of those writes lands.
 
 use chrono::{DateTime, Duration, Utc};
+use cim_core::AggregateId;
 use serde_json::{Map, Value};
 
 use super::{Step, StepStatus, Workflow, WorkflowStatus};
@@ -16,13 +17,13 @@ use crate::spec::StepKind;
 use cim_aggregate::Aggregate;
 
 /// What became due at `now`, folded pass after pass until nothing more happens.
-pub(super) fn advance(state: &Workflow, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
+pub(super) fn advance(state: &Workflow, instance: AggregateId, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
     let mut scratch = state.clone();
     let mut out = Vec::new();
     // Every pass that says something moves a step forward; a step moves forward a bounded
     // number of times (its attempts are bounded), so this ends.
     while scratch.status == WorkflowStatus::Running {
-        let events = pass(&scratch, now, jitter);
+        let events = pass(&scratch, instance, now, jitter);
         if events.is_empty() {
             break;
         }
@@ -34,7 +35,7 @@ pub(super) fn advance(state: &Workflow, now: DateTime<Utc>, jitter: f64) -> Vec<
     out
 }
 
-fn pass(w: &Workflow, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
+fn pass(w: &Workflow, instance: AggregateId, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
     let mut events = Vec::new();
     for step in &w.steps {
         let decided = match step.status {
@@ -43,7 +44,7 @@ fn pass(w: &Workflow, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
                     step: step.spec.id.clone(),
                     reason: "every dependency was skipped".into(),
                 })],
-                false => start(w, step, now, jitter),
+                false => start(w, step, instance, now, jitter),
             }),
             StepStatus::Running | StepStatus::WaitingApproval => due(step, now, jitter),
             _ => None,
@@ -75,11 +76,15 @@ fn ready(w: &Workflow, step: &Step, now: DateTime<Utc>) -> Option<bool> {
     Some(!deps.is_empty() && deps.iter().all(|d| d.status == StepStatus::Skipped))
 }
 
-fn start(w: &Workflow, step: &Step, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
+fn start(w: &Workflow, step: &Step, instance: AggregateId, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
     let id = step.spec.id.clone();
     let attempt = step.attempts + 1;
     let deadline = step.spec.timeout_ms.map(|ms| now + Duration::milliseconds(ms as i64));
-    let mut events = vec![WorkflowEvent::StepStarted(StepExecutionStarted { step: id.clone(), attempt, deadline })];
+    if step.spec.kind.reaches_out() || step.spec.kind == StepKind::WaitEvent {
+        return super::outreach::start(w, step, instance, attempt, deadline, now, jitter);
+    }
+    let started = StepExecutionStarted { step: id.clone(), attempt, deadline, outreach: None, wait: None };
+    let mut events = vec![WorkflowEvent::StepStarted(started)];
     let completed = |output: Map<String, Value>| {
         WorkflowEvent::StepCompleted(StepExecutionCompleted { step: id.clone(), output, by: String::new() })
     };
@@ -115,10 +120,8 @@ fn start(w: &Workflow, step: &Step, now: DateTime<Utc>, jitter: f64) -> Vec<Work
             let role = step.spec.role.clone().unwrap_or_default();
             events.push(WorkflowEvent::ApprovalRequested(StepApprovalRequested { step: id.clone(), role }));
         }
-        // Definitions refuse them until domain-command steps land; an old history cannot hold one.
-        StepKind::Integration => {
-            events.extend(fail(step, attempt, "integration steps are not available".into(), now, jitter));
-        }
+        // Started by `outreach::start` above.
+        StepKind::Integration | StepKind::AgentTask | StepKind::WaitEvent | StepKind::Workflow => {}
     }
     events
 }
@@ -143,7 +146,7 @@ fn due(step: &Step, now: DateTime<Utc>, jitter: f64) -> Option<Vec<WorkflowEvent
 }
 
 /// A failed attempt: retried after a backoff while attempts remain, else the end of the run.
-fn fail(step: &Step, attempt: u32, error: String, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
+pub(super) fn fail(step: &Step, attempt: u32, error: String, now: DateTime<Utc>, jitter: f64) -> Vec<WorkflowEvent> {
     let id = step.spec.id.clone();
     let policy = step.spec.retry_policy();
     let failed = WorkflowEvent::StepFailed(StepExecutionFailed { step: id.clone(), attempt, error: error.clone() });

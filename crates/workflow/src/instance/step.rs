@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::StepStatus;
+use crate::events::{Outreach, Wait};
 use crate::spec::StepSpec;
 
 /// One step of a run.
@@ -25,6 +26,14 @@ pub struct Step {
     pub deadline: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// What the running attempt sends, until the engine has sent it (`reached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outreach: Option<Outreach>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reached: bool,
+    /// The event the running attempt waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
 }
 
 impl Step {
@@ -47,5 +56,13 @@ impl Step {
         self.fire_at = None;
         self.deadline = None;
         self.retry_at = None;
+        self.outreach = None;
+        self.reached = false;
+        self.wait = None;
+    }
+
+    /// What the engine still has to send for the running attempt.
+    pub fn unsent(&self) -> Option<&Outreach> {
+        self.outreach.as_ref().filter(|_| self.status == StepStatus::Running && !self.reached)
     }
 }

@@ -8,6 +8,7 @@ use cim_testkit::rules::run;
 use serde_json::json;
 
 use super::*;
+use crate::events::Outreach;
 
 fn definition(steps: Value) -> Definition {
     Definition::parse(json!({"name": "test", "steps": steps}).as_object().unwrap()).unwrap()
@@ -38,7 +39,7 @@ fn ms(n: i64) -> DateTime<Utc> {
 }
 
 fn advance(w: &mut Workflow, at: DateTime<Utc>) -> Vec<&'static str> {
-    match run(w, &WorkflowCommand::Advance { now: at, jitter: 0.0 }, &()) {
+    match run(w, &WorkflowCommand::Advance { instance: instance_id(), now: at, jitter: 0.0 }, &()) {
         Ok(events) => events.iter().map(WorkflowEvent::event_type).collect(),
         Err(WorkflowError::NothingDue) => vec![],
         Err(e) => panic!("advance: {e}"),
@@ -61,7 +62,7 @@ fn refused(w: &mut Workflow, command: WorkflowCommand) -> (ErrorCode, String) {
 #[test]
 fn no_start_without_steps_and_a_draft_starts_once() {
     let mut w = Workflow::default();
-    let empty = Definition { name: "empty".into(), description: String::new(), steps: vec![] };
+    let empty = Definition { name: "empty".into(), description: String::new(), steps: vec![], triggers: vec![] };
     let create = WorkflowCommand::Create {
         definition_id: AggregateId::new(),
         content_id: empty.content_id(),
@@ -256,4 +257,161 @@ fn signals_land_in_the_context() {
     let payload = json!({"ok": true}).as_object().unwrap().clone();
     run(&mut w, &WorkflowCommand::Signal { name: "shipped".into(), payload }, &()).unwrap();
     assert_eq!(w.context["signals"], json!({"shipped": {"ok": true}}));
+}
+
+fn instance_id() -> AggregateId {
+    "01900000-0000-7000-8000-000000000001".parse().unwrap()
+}
+
+fn reached(w: &mut Workflow, step: &str, attempt: u32, outcome: Reach) -> Result<Vec<&'static str>, WorkflowError> {
+    let command = WorkflowCommand::Reached { step: step.into(), attempt, outcome, now: ms(1), jitter: 0.0 };
+    run(w, &command, &()).map(|events| events.iter().map(WorkflowEvent::event_type).collect())
+}
+
+fn deliver(w: &mut Workflow, step: &str, attempt: u32, event: Value) -> Result<Vec<&'static str>, WorkflowError> {
+    let event = event.as_object().unwrap().clone();
+    let command = WorkflowCommand::Deliver { step: step.into(), attempt, event, now: ms(1), jitter: 0.0 };
+    run(w, &command, &()).map(|events| events.iter().map(WorkflowEvent::event_type).collect())
+}
+
+#[test]
+fn an_integration_step_sends_its_request_once_and_completes_with_the_answer() {
+    let mut w = running(
+        json!([{"id": "add", "kind": "integration",
+                "call": {"service": "graph", "method": "AddNode", "request": "{'graph_id': graph, 'node': {'labels': ['x']}}"}}]),
+        json!({"graph": "g1"}),
+    );
+    assert_eq!(advance(&mut w, ms(0)), ["step_execution_started"]);
+    let step = w.step("add").unwrap();
+    let Some(Outreach::Call { request, .. }) = step.unsent() else { panic!("unsent: {step:?}") };
+    assert_eq!(Value::Object(request.clone()), json!({"graph_id": "g1", "node": {"labels": ["x"]}}));
+    // The engine sends, then reports: the answer completes the step; a second report is moot.
+    let answer = json!({"version": 3}).as_object().unwrap().clone();
+    assert_eq!(reached(&mut w, "add", 1, Reach::Answered(answer.clone())).unwrap(), ["step_execution_completed"]);
+    assert_eq!(w.context["add"], json!({"version": 3}));
+    assert!(matches!(reached(&mut w, "add", 1, Reach::Answered(answer)), Err(WorkflowError::NothingDue)));
+    assert_eq!(advance(&mut w, ms(2)), ["workflow_completed"]);
+}
+
+#[test]
+fn a_refused_call_fails_the_attempt_and_the_retry_sends_a_new_one() {
+    let mut w = running(
+        json!([{"id": "add", "kind": "integration", "retry": {"max_attempts": 2, "initial_backoff_ms": 10},
+                "call": {"service": "graph", "method": "AddNode", "request": "{'graph_id': 'g'}"}}]),
+        json!({}),
+    );
+    advance(&mut w, ms(0));
+    assert_eq!(
+        reached(&mut w, "add", 1, Reach::Refused("graph.AddNode: not_found".into())).unwrap(),
+        ["step_execution_failed", "retry_scheduled"]
+    );
+    assert!(w.step("add").unwrap().unsent().is_none());
+    advance(&mut w, ms(100));
+    assert_eq!(w.step("add").unwrap().attempts, 2);
+    assert!(w.step("add").unwrap().unsent().is_some());
+    // A late report about attempt 1 changes nothing.
+    assert!(reached(&mut w, "add", 1, Reach::Answered(Map::new())).is_err());
+}
+
+#[test]
+fn an_agent_task_waits_for_its_own_task_and_fails_with_it() {
+    let steps = json!([{"id": "review", "kind": "agent_task",
+        "task": {"capabilities": ["text.review"], "payload": "{'doc': doc}", "priority": 5}}]);
+    let mut w = running(steps.clone(), json!({"doc": "d1"}));
+    advance(&mut w, ms(0));
+    let step = w.step("review").unwrap();
+    let Some(Outreach::Task { task_id, payload, priority, .. }) = step.unsent().cloned() else { panic!() };
+    assert_eq!((Value::Object(payload), priority), (json!({"doc": "d1"}), 5));
+    // The same instance, step and attempt always name the same task: sending again is harmless.
+    let mut again = running(steps, json!({"doc": "d1"}));
+    advance(&mut again, ms(0));
+    assert!(matches!(again.step("review").unwrap().unsent(), Some(Outreach::Task { task_id: t, .. }) if *t == task_id));
+    assert_eq!(w.step("review").unwrap().wait.as_ref().unwrap().aggregate_id, Some(task_id));
+    assert_eq!(reached(&mut w, "review", 1, Reach::Submitted).unwrap(), ["agent_task_submitted"]);
+    // Progress is not the end; the completion is.
+    assert!(deliver(&mut w, "review", 1, json!({"event_type": "task_assigned"})).is_err());
+    let done = json!({"event_type": "task_completed", "payload": {"result": {"ok": true}}});
+    assert_eq!(deliver(&mut w, "review", 1, done.clone()).unwrap(), ["step_execution_completed"]);
+    assert_eq!(w.context["review"], json!({"result": {"ok": true}}));
+    assert!(deliver(&mut w, "review", 1, done).is_err(), "a redelivery changes nothing");
+
+    let mut failing = running(json!([{"id": "t", "kind": "agent_task"}]), json!({}));
+    advance(&mut failing, ms(0));
+    reached(&mut failing, "t", 1, Reach::Submitted).unwrap();
+    let failed = json!({"event_type": "task_failed", "payload": {"error": "boom"}});
+    assert_eq!(deliver(&mut failing, "t", 1, failed).unwrap(), ["step_execution_failed", "workflow_failed"]);
+}
+
+#[test]
+fn a_wait_names_its_aggregate_from_the_context_and_completes_with_the_event() {
+    let mut w = running(
+        json!([{"id": "approved", "kind": "wait_event", "timeout_ms": 1000,
+                "event": {"subject": "document.evt.document.*.document_state_changed",
+                          "aggregate_id": "doc", "condition": "event.payload.to == 'approved'"}}]),
+        json!({"doc": "01900000-0000-7000-8000-0000000000d0"}),
+    );
+    advance(&mut w, ms(0));
+    let wait = w.step("approved").unwrap().wait.clone().unwrap();
+    assert_eq!(wait.aggregate_id.unwrap().to_string(), "01900000-0000-7000-8000-0000000000d0");
+    let subject = "document.evt.document.01900000-0000-7000-8000-0000000000d0.document_state_changed";
+    let other = json!({"payload": {"to": "in_review"}}).as_object().unwrap().clone();
+    assert!(!takes(&wait, subject, &other).unwrap());
+    let matching = json!({"event_type": "document_state_changed", "payload": {"to": "approved"}});
+    assert!(takes(&wait, subject, matching.as_object().unwrap()).unwrap());
+    assert!(!takes(&wait, "document.evt.document.x.document_created", matching.as_object().unwrap()).unwrap());
+    assert_eq!(deliver(&mut w, "approved", 1, matching).unwrap(), ["step_execution_completed"]);
+    assert_eq!(w.context["approved"]["payload"]["to"], "approved");
+
+    // Nothing came within the timeout: the step fails like any late step.
+    let mut late = running(
+        json!([{"id": "w", "kind": "wait_event", "timeout_ms": 1000, "event": {"subject": "graph.evt.>"}}]),
+        json!({}),
+    );
+    advance(&mut late, ms(0));
+    assert_eq!(advance(&mut late, ms(1000)), ["step_execution_failed", "workflow_failed"]);
+}
+
+#[test]
+fn a_child_workflow_step_completes_or_fails_with_its_child() {
+    let child_definition = "01900000-0000-7000-8000-0000000000c0";
+    let steps = json!([{"id": "sub", "kind": "workflow", "child": {"definition_id": child_definition, "context": "{'n': n + 1}"}}]);
+    let mut w = running(steps, json!({"n": 1}));
+    advance(&mut w, ms(0));
+    let Some(Outreach::Child { instance_id: child, context, .. }) = w.step("sub").unwrap().unsent().cloned() else {
+        panic!()
+    };
+    assert_eq!(Value::Object(context), json!({"n": 2}));
+    assert_eq!(reached(&mut w, "sub", 1, Reach::ChildStarted).unwrap(), ["child_workflow_started"]);
+    let done = json!({"event_type": "workflow_completed", "aggregate_id": child.to_string()});
+    assert_eq!(deliver(&mut w, "sub", 1, done).unwrap(), ["step_execution_completed"]);
+}
+
+#[test]
+fn outward_steps_are_checked_when_defined() {
+    let refuse = |step: Value| {
+        Definition::parse(json!({"name": "t", "steps": [step]}).as_object().unwrap()).unwrap_err().to_string()
+    };
+    assert!(refuse(json!({"id": "a", "kind": "integration"})).contains("needs call"));
+    let e = refuse(
+        json!({"id": "a", "kind": "integration", "call": {"service": "graph", "method": "Nope", "request": "{}"}}),
+    );
+    assert!(e.starts_with("definition.steps[0].call") && e.contains("AddNode"), "{e}");
+    let e = refuse(
+        json!({"id": "a", "kind": "integration", "call": {"service": "graph", "method": "AddNode", "request": "{"}}),
+    );
+    assert!(e.starts_with("definition.steps[0].call.request"), "{e}");
+    let e = refuse(json!({"id": "a", "kind": "wait_event", "event": {"subject": "graph.evt"}}));
+    assert!(e.starts_with("definition.steps[0].event.subject"), "{e}");
+    let e = refuse(json!({"id": "a", "kind": "automated", "task": {}}));
+    assert!(e.contains("only for agent_task"), "{e}");
+    let trigger = |t: Value| {
+        Definition::parse(
+            json!({"name": "t", "steps": [{"id": "a", "kind": "parallel"}], "triggers": [t]}).as_object().unwrap(),
+        )
+    };
+    assert!(trigger(json!({"subject": "document.evt.document.*.document_state_changed", "condition": "event.payload.to == 'in_review'"})).is_ok());
+    let e = trigger(json!({"subject": "workflow.evt.>"})).unwrap_err().to_string();
+    assert!(e.starts_with("definition.triggers[0].subject"), "{e}");
+    let e = trigger(json!({"subject": "graph.evt.>", "aggregate_id": "x"})).unwrap_err().to_string();
+    assert!(e.contains("only for wait_event"), "{e}");
 }

@@ -97,11 +97,7 @@ fn unknown_kinds_bad_expressions_and_dangling_names_are_refused_by_field() {
             "definition.steps[0].role",
             "only for",
         ),
-        (
-            json!({"name": "n", "steps": [{"id": "a", "kind": "integration"}]}),
-            "definition.steps[0].kind",
-            "not available",
-        ),
+        (json!({"name": "n", "steps": [{"id": "a", "kind": "integration"}]}), "definition.steps[0].call", "needs call"),
         (
             json!({"name": "n", "steps": [{"id": "a", "kind": "parallel", "retry": {"max_attempts": 0}}]}),
             "definition.steps[0].retry.max_attempts",
