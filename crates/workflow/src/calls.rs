@@ -44,7 +44,7 @@ pub fn method(service: &str, method: &str) -> Result<MethodDescriptor, String> {
         .ok_or_else(|| format!("unknown service {service:?}; one of {}", names()))?;
     let descriptor = POOL.get_service_by_name(full).ok_or_else(|| format!("{full} is not in the descriptor set"))?;
     let found = descriptor.methods().find(|m| m.name() == method).ok_or_else(|| {
-        let known: Vec<String> = descriptor.methods().filter(|m| unary(m)).map(|m| m.name().to_owned()).collect();
+        let known: Vec<String> = descriptor.methods().filter(unary).map(|m| m.name().to_owned()).collect();
         format!("{service} has no method {method:?}; one of {}", known.join(", "))
     })?;
     if !unary(&found) {

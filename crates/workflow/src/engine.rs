@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use crate::calls::Calls;
 use crate::error::ServiceError;
 use crate::instance::{Workflow, WorkflowCommand, WorkflowError};
-use crate::metrics::{ADVANCES_TOTAL, TIMER_LATENESS};
+use crate::metrics::{ADVANCES_TOTAL, GAUGES_EVERY, INSTANCES, TIMER_LATENESS, WAITING_ON_TIME};
 
 mod send;
 
@@ -87,7 +87,14 @@ impl Engine {
     }
 
     async fn run(self: Arc<Self>, stop: Shutdown) {
+        let mut counted = tokio::time::Instant::now() - GAUGES_EVERY;
         while !stop.is_triggered() {
+            if counted.elapsed() >= GAUGES_EVERY {
+                counted = tokio::time::Instant::now();
+                if let Err(e) = self.count().await {
+                    tracing::warn!(error = %e, "workflow engine: counting instances failed");
+                }
+            }
             if let Err(e) = self.withdraw().await {
                 tracing::warn!(error = %e, "workflow engine: withdrawing tasks and children failed");
             }
@@ -119,6 +126,25 @@ impl Engine {
                 })
                 .await;
         }
+    }
+
+    /// The gauges of unfinished instances by status and of those waiting on time.
+    async fn count(&self) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT s.status, count(i.status) AS n FROM unnest(ARRAY['draft', 'running', 'paused']) AS s(status) \
+             LEFT JOIN workflow_instances i ON i.status = s.status GROUP BY s.status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let status: String = row.try_get("status")?;
+            let n: i64 = row.try_get("n")?;
+            metrics::gauge!(INSTANCES, "status" => status).set(n as f64);
+        }
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM workflow_due WHERE due_at > now()").fetch_one(&self.pool).await?;
+        metrics::gauge!(WAITING_ON_TIME).set(waiting as f64);
+        Ok(())
     }
 
     /// Due rows no other replica holds, leased to this one.

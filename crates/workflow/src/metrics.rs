@@ -17,10 +17,20 @@ pub const TRIGGERED_TOTAL: &str = "cim_workflow_triggered_total";
 /// Tasks and children cancelled because their step ended another way, by kind and outcome.
 pub const WITHDRAWALS_TOTAL: &str = "cim_workflow_withdrawals_total";
 
+/// Unfinished instances by status (`draft`, `running`, `paused`), counted every
+/// [`GAUGES_EVERY`] by each replica's engine (every replica reports the same totals: take the
+/// max across replicas, not the sum).
+pub const INSTANCES: &str = "cim_workflow_instances";
+/// Running instances waiting on time (a timer, a retry's backoff or a timeout), counted likewise.
+pub const WAITING_ON_TIME: &str = "cim_workflow_instances_waiting_on_time";
+pub const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Described once at start.
 pub fn describe() {
     metrics::describe_counter!(ADVANCES_TOTAL, "workflow instances the engine looked at, by outcome");
     metrics::describe_histogram!(TIMER_LATENESS, metrics::Unit::Seconds, "how long after its time a timer fired");
+    metrics::describe_gauge!(INSTANCES, "unfinished workflow instances by status");
+    metrics::describe_gauge!(WAITING_ON_TIME, "running workflow instances waiting for a timer, retry or timeout");
     metrics::describe_counter!(OUTREACH_TOTAL, "calls of other services and child starts by workflow steps");
     metrics::describe_counter!(DELIVERIES_TOTAL, "events handed to waiting workflow steps, by outcome");
     metrics::describe_counter!(TRIGGERED_TOTAL, "workflow instances started by triggers, by outcome");

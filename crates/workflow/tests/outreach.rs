@@ -48,8 +48,7 @@ async fn integration_steps_call_the_graph_service_once_per_attempt() {
     let id = start(&mut c, tenant, &definition, json!({"name": "team", "who": "Ada"})).await;
     let w = until_status(&mut c, tenant, &id, "completed").await;
     let graph_id = context(&w)["create"]["graph_id"].as_str().unwrap().to_owned();
-    let graph =
-        graphs.get_graph(req(tenant, gpb::GetGraphRequest { graph_id: graph_id.clone(), ..Default::default() }));
+    let graph = graphs.get_graph(req(tenant, gpb::GetGraphRequest { graph_id: graph_id.clone() }));
     let graph = graph.await.unwrap().into_inner();
     assert_eq!((graph.name.as_str(), graph.node_count), ("team", 1), "{graph:?}");
     assert_eq!(context(&w)["add"]["created_node_ids"], json!(["n1"]), "{:?}", context(&w));

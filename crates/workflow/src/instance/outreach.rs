@@ -13,7 +13,7 @@ use cim_core::AggregateId;
 use serde_json::{Map, Value};
 
 use super::advance::fail;
-use super::{Step, StepStatus, Workflow, WorkflowError};
+use super::{Step, StepStatus, Workflow, WorkflowError, WorkflowStatus};
 use crate::events::*;
 use crate::expr::Expr;
 use crate::spec::{StepKind, subject_domain};
@@ -122,8 +122,12 @@ pub(super) fn start(
 }
 
 /// The running attempt `attempt` of `step`, or why a report or event about it changes nothing.
+/// A paused instance still takes them: its attempts went on elsewhere meanwhile, and an event
+/// refused now would never come again.
 fn running<'a>(w: &'a Workflow, step: &str, attempt: u32) -> Result<&'a Step, WorkflowError> {
-    w.running("only a running workflow takes results")?;
+    if !matches!(w.status, WorkflowStatus::Running | WorkflowStatus::Paused) {
+        return Err(WorkflowError::NothingDue);
+    }
     let s = w.step(step)?;
     if s.status != StepStatus::Running || s.attempts != attempt {
         return Err(WorkflowError::NothingDue);

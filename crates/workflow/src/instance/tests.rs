@@ -335,6 +335,23 @@ fn an_agent_task_waits_for_its_own_task_and_fails_with_it() {
     assert_eq!(w.context["review"], json!({"result": {"ok": true}}));
     assert!(deliver(&mut w, "review", 1, done).is_err(), "a redelivery changes nothing");
 
+    // A paused run still takes its task's end; it goes on when resumed.
+    let mut paused = running(
+        json!([{"id": "t", "kind": "agent_task"}, {"id": "after", "kind": "parallel", "depends_on": ["t"]}]),
+        json!({}),
+    );
+    advance(&mut paused, ms(0));
+    reached(&mut paused, "t", 1, Reach::Submitted).unwrap();
+    run(&mut paused, &WorkflowCommand::Pause { reason: String::new() }, &()).unwrap();
+    let done = json!({"event_type": "task_completed", "payload": {}});
+    assert_eq!(deliver(&mut paused, "t", 1, done).unwrap(), ["step_execution_completed"]);
+    assert!(advance(&mut paused, ms(2)).is_empty(), "nothing runs while paused");
+    run(&mut paused, &WorkflowCommand::Resume, &()).unwrap();
+    assert_eq!(
+        advance(&mut paused, ms(3)),
+        ["step_execution_started", "step_execution_completed", "workflow_completed"]
+    );
+
     let mut failing = running(json!([{"id": "t", "kind": "agent_task"}]), json!({}));
     advance(&mut failing, ms(0));
     reached(&mut failing, "t", 1, Reach::Submitted).unwrap();
