@@ -36,7 +36,8 @@ pub struct Definition {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Step {
     pub step_id: String,
-    /// manual, automated, decision, approval, integration, parallel or timer.
+    /// manual, automated, decision, approval, integration, parallel, timer, agent_task, wait_event
+    /// or workflow.
     pub kind: String,
     /// pending, running, completed, failed, skipped, cancelled or waiting_approval.
     pub status: String,
