@@ -5,6 +5,7 @@
 mod answers;
 mod damage;
 mod replay;
+mod resume;
 mod retention;
 mod s3;
 mod streams;
