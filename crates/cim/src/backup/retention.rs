@@ -65,11 +65,18 @@ pub(crate) async fn mark_chain(store: &dyn ObjectStore, id: &str, at: DateTime<U
 /// Whether the chain `latest` belongs to started more than `every` ago (or has no marker: a
 /// target written before chains were marked), so this run should start a new one.
 pub(crate) async fn chain_due(store: &dyn ObjectStore, latest: &Manifest, every: Duration) -> Result<bool, String> {
-    let roots = ids_under(store, CHAINS).await?;
+    let roots = chain_roots(store).await?;
     let Some(root) = roots.iter().rev().find(|r| r.as_str() <= latest.id.as_str()) else { return Ok(true) };
     let Some(start) = started(root) else { return Ok(true) };
     let age = Utc::now().signed_duration_since(start).to_std().unwrap_or_default();
     Ok(age >= every)
+}
+
+/// The ids of the backups that started a chain, oldest first. A marker whose manifest is missing
+/// is a full backup that did not finish: no chain.
+async fn chain_roots(store: &dyn ObjectStore) -> Result<Vec<String>, String> {
+    let manifests: BTreeSet<String> = ids_under(store, "manifests").await?.into_iter().collect();
+    Ok(ids_under(store, CHAINS).await?.into_iter().filter(|r| manifests.contains(r)).collect())
 }
 
 /// Keeps the newest `keep` chains (at least one) and deletes everything older.
@@ -77,7 +84,6 @@ pub(crate) async fn prune(store: &dyn ObjectStore, keep: usize) -> Result<Pruned
     let keep = keep.max(1);
     let manifests = ids_under(store, "manifests").await?;
     let markers = ids_under(store, CHAINS).await?;
-    // A marker whose manifest is missing is a full backup that did not finish: no chain.
     let present: BTreeSet<&str> = manifests.iter().map(String::as_str).collect();
     let roots: Vec<&str> = markers.iter().map(String::as_str).filter(|r| present.contains(r)).collect();
     if roots.len() <= keep {
