@@ -134,8 +134,9 @@ check_compose() {
     while read -r var; do
         vars+=("$var=check-deploy-placeholder-0123456789abcdef")
     done < <(grep -oE '[{][A-Za-z0-9_]+:[?]' "$ROOT/compose.yaml" | tr -d '{:?' | sort -u)
-    env "${vars[@]}" "$COMPOSE" -f "$ROOT/compose.yaml" config -q &&
-        env "${vars[@]}" "$COMPOSE" -f "$ROOT/compose.yaml" config --format json >"$WORK/compose.json" &&
+    # Every profile: the backup service (profile backup) is checked like the others.
+    env "${vars[@]}" "$COMPOSE" -f "$ROOT/compose.yaml" --profile '*' config -q &&
+        env "${vars[@]}" "$COMPOSE" -f "$ROOT/compose.yaml" --profile '*' config --format json >"$WORK/compose.json" &&
         echo "compose.yaml is valid ($("$VENV/bin/python" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["services"]))' "$WORK/compose.json") services)"
 }
 

@@ -307,6 +307,16 @@ def k8s_find(docs: list[dict], kind: str, name: str) -> dict | None:
     return None
 
 
+# Workloads whose pods the checks look into, and where their pod template is.
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
+
+
+def pod_template(doc: dict) -> dict:
+    """The pod template of a Deployment, StatefulSet, Job or CronJob."""
+    spec = doc["spec"]
+    return spec["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob" else spec["template"]
+
+
 def secret_values(doc: dict) -> dict[str, str]:
     out = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
     out.update(doc.get("stringData") or {})
@@ -321,6 +331,9 @@ def secret_values(doc: dict) -> dict[str, str]:
 # The stores in compose and Kubernetes, and the port each serves.
 STORES = {"postgres": 5432, "nats": 4222, "redis": 6379, "minio": 9000}
 LOAD_BALANCER = "nginx"
+# The scheduled `cim backup`: compose's service (profile backup), k8s CronJob cim-<it>, its
+# Postgres role, MinIO user and Secret backup-secrets.
+BACKUP = "backup"
 # What a crate's sources call when the service uses a store or verifies bearer tokens.
 USES_PATTERNS = {
     "postgres": r"\bpostgres::connect\b",
@@ -418,6 +431,9 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
         for store in sorted(service_uses(s) & STORES.keys()):
             flows.append((s, store, STORES[store], "data"))
     flows.append(("minio-init", "minio", STORES["minio"], "data"))
+    # The scheduled backup (compose profile backup, k8s CronJob cim-backup) reads Postgres and
+    # writes to MinIO.
+    flows += [(BACKUP, "postgres", STORES["postgres"], "data"), (BACKUP, "minio", STORES["minio"], "data")]
     for s in SERVICES:
         flows.append(("prometheus", s, ports[s][1], "monitoring"))
     flows += [
@@ -732,6 +748,113 @@ def check_minio_setup(c: Checker, setup: dict, where: str) -> None:
             c.check(st.get("Effect") == "Allow", f"{where}: a MinIO policy statement that is not Allow")
 
 
+def check_backup_command(c: Checker, args: list[str], setup: dict, where: str) -> None:
+    """`cim backup --to s3://<bucket>/...` to a bucket the MinIO set-up creates, with retention."""
+    c.check(args[:1] == ["backup"], f"{where}: runs {args}, expected the cim subcommand backup")
+    to = args[args.index("--to") + 1] if "--to" in args[:-1] else ""
+    m = re.fullmatch(r"s3://([a-z0-9.-]+)(/.*)?", to)
+    if c.check(m is not None, f"{where}: --to {to or '(unset)'}, expected s3://<bucket>/<prefix>"):
+        c.check(m.group(1) in setup["buckets"], f"{where}: bucket {m.group(1)} is not one MinIO's set-up creates")
+    c.check("--keep" in args, f"{where}: no --keep (backups would accumulate forever)")
+
+
+def check_backup(
+    c: Checker, compose: dict, overlays: dict, compose_minio: dict, k8s_minio: dict, pg_init: str
+) -> None:
+    """The scheduled `cim backup`: compose's service (profile backup) and every overlay's CronJob
+    run the same command, as the Postgres role and MinIO user made for it, to a bucket MinIO's
+    set-up creates, reaching only Postgres and MinIO."""
+    role_made = re.search(r"CREATE ROLE backup LOGIN", pg_init) is not None
+    member = re.search(r'for service in \$SERVICES; do\s+psql_cim -v role="\$service" <<.SQL.\s+GRANT :"role" TO backup;', pg_init)
+    c.check(
+        role_made and member is not None,
+        "docker/postgres/init/10-cim-roles.sh: no role backup that is a member of every domain service's role",
+    )
+    for where, setup in [("compose.yaml minio-init", compose_minio)] + [
+        (f"k8s {o}: Job minio-buckets", m) for o, m in k8s_minio.items()
+    ]:
+        c.check(
+            setup["users"].get(BACKUP) == "MINIO_PASSWORD_BACKUP" and BACKUP in setup["attached"].values(),
+            f"{where}: no MinIO user {BACKUP} with its key from $MINIO_PASSWORD_BACKUP and a policy attached",
+        )
+    where = f"compose.yaml {BACKUP}"
+    svc = compose["services"].get(BACKUP)
+    if not c.check(svc is not None, f"{where}: no such service (in profile {BACKUP})"):
+        return
+    command = [str(a) for a in svc.get("command") or []]
+    check_backup_command(c, command, compose_minio, where)
+    c.check(svc.get("profiles") == [BACKUP], f"{where}: must be in profile {BACKUP} only (a one-shot `up` does not start)")
+    env = svc.get("environment") or {}
+    db = urlsplit(env.get("CIM_DATABASE_URL", ""))
+    pg_env = compose["services"].get("postgres", {}).get("environment") or {}
+    c.check(
+        db.username == BACKUP and db.password == pg_env.get("PG_PASSWORD_BACKUP"),
+        f"{where}: CIM_DATABASE_URL must name role {BACKUP} with postgres' PG_PASSWORD_BACKUP",
+    )
+    minio_env = compose["services"].get("minio-init", {}).get("environment") or {}
+    check_s3_key(c, env, minio_env.get("MINIO_PASSWORD_BACKUP"), where)
+    for var in STORE_VARS["nats"] + STORE_VARS["redis"] + STORE_VARS["jwt"]:
+        c.check(not env.get(var), f"{where}: sets {var}, but a backup never uses it (an unused credential)")
+    for overlay, docs in overlays.items():
+        where = f"k8s {overlay}: CronJob cim-{BACKUP}"
+        job = k8s_find(docs, "CronJob", f"cim-{BACKUP}")
+        if not c.check(job is not None, f"{where}: missing"):
+            continue
+        c.check(job["spec"].get("concurrencyPolicy") == "Forbid", f"{where}: concurrencyPolicy must be Forbid")
+        pod = pod_template(job)
+        ctr = pod["spec"]["containers"][0]
+        args = ctr.get("command", []) + ctr.get("args", [])
+        c.check(image_base(ctr["image"]) == "cim", f"{where}: image {ctr['image']}, expected the monolith image cim")
+        check_backup_command(c, args, k8s_minio.get(overlay, {"buckets": set()}), where)
+        c.check(args == command, f"{where}: runs {args}, compose's {BACKUP} runs {command}")
+        labels = pod["metadata"].get("labels", {})
+        for store in STORES:
+            used = store in ("postgres", "minio")
+            c.check(
+                (labels.get(f"cim/{store}-client") == "true") == used,
+                f"{where}: {'needs' if used else 'must not carry'} label cim/{store}-client",
+            )
+        pol = k8s_find(docs, "NetworkPolicy", f"cim-{BACKUP}")
+        egress = {
+            to.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+            for rule in (pol or {}).get("spec", {}).get("egress", [])
+            for to in rule.get("to", [])
+        }
+        c.check(egress - {None} == {"postgres", "minio"}, f"{where}: NetworkPolicy egress to {sorted(egress - {None})}")
+        sc = ctr.get("securityContext", {})
+        c.check(
+            pod["spec"].get("securityContext", {}).get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True,
+            f"{where}: must run as non-root on a read-only root filesystem",
+        )
+        env = {}
+        for src in ctr.get("envFrom", []):
+            ref = src.get("configMapRef") or src.get("secretRef") or {}
+            doc = k8s_find(docs, "ConfigMap" if "configMapRef" in src else "Secret", ref.get("name", ""))
+            if doc is not None:
+                env.update(secret_values(doc) if doc["kind"] == "Secret" else doc.get("data") or {})
+        pg = k8s_find(docs, "Secret", "postgres-secrets")
+        if "CIM_DATABASE_URL" in env and pg is not None:
+            db = urlsplit(env["CIM_DATABASE_URL"])
+            c.check(
+                db.username == BACKUP and db.password == secret_values(pg).get("PG_PASSWORD_BACKUP"),
+                f"{where}: CIM_DATABASE_URL must name role {BACKUP} with postgres-secrets' PG_PASSWORD_BACKUP",
+            )
+        minio = k8s_find(docs, "Secret", "minio-secrets")
+        if "CIM_S3_ACCESS_KEY_ID" in env or overlay != "production":
+            check_s3_key(c, env, secret_values(minio).get("MINIO_PASSWORD_BACKUP") if minio else None, where)
+
+
+def check_s3_key(c: Checker, env: dict, key: str | None, where: str) -> None:
+    endpoint = urlsplit(env.get("CIM_S3_ENDPOINT", ""))
+    c.check(
+        endpoint.hostname == "minio" and endpoint.port == STORES["minio"],
+        f"{where}: CIM_S3_ENDPOINT={env.get('CIM_S3_ENDPOINT')}, expected http://minio:{STORES['minio']}",
+    )
+    c.check(env.get("CIM_S3_ACCESS_KEY_ID") == BACKUP, f"{where}: CIM_S3_ACCESS_KEY_ID must be the MinIO user {BACKUP}")
+    if key is not None:
+        c.check(env.get("CIM_S3_SECRET_ACCESS_KEY") == key, f"{where}: CIM_S3_SECRET_ACCESS_KEY differs from MINIO_PASSWORD_BACKUP")
+
+
 def design_networks(vars_: dict[str, str | None]) -> dict[str, set[str]]:
     """The networks each compose service needs: those its flows use, no more."""
     out: dict[str, set[str]] = {}
@@ -808,8 +931,8 @@ def main() -> int:
             elif d["kind"] == "Secret":
                 for name in secret_values(d):
                     check_var(name, where)
-            elif d["kind"] in ("Deployment", "StatefulSet", "Job"):
-                for ctr in d["spec"]["template"]["spec"].get("containers", []):
+            elif d["kind"] in WORKLOADS:
+                for ctr in pod_template(d)["spec"].get("containers", []):
                     for env in ctr.get("env", []):
                         check_var(env["name"], where)
 
@@ -1204,6 +1327,7 @@ def main() -> int:
     check_nats_permissions(c, accounts)
     check_gateway_cache_permissions(c, accounts)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")
+    check_backup(c, compose, overlays, compose_minio, k8s_minio, pg_init)
     for overlay, setup in k8s_minio.items():
         check_minio_setup(c, setup, f"k8s {overlay}: Job minio-buckets")
         c.check(
@@ -1221,9 +1345,9 @@ def main() -> int:
             if d["kind"] == "Ingress":
                 for t in d["spec"].get("tls", []):
                     refs.setdefault(t["secretName"], set()).update({"tls.crt", "tls.key"})
-            if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            if d["kind"] not in WORKLOADS:
                 continue
-            pod = d["spec"]["template"]["spec"]
+            pod = pod_template(d)["spec"]
             for ctr in pod.get("containers", []) + pod.get("initContainers", []):
                 for src in ctr.get("envFrom", []):
                     if "secretRef" in src:
@@ -1302,11 +1426,12 @@ def main() -> int:
     }
     for overlay, docs in overlays.items():
         for d in docs:
-            if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            if d["kind"] not in WORKLOADS:
                 continue
-            for ctr in d["spec"]["template"]["spec"]["containers"]:
+            for ctr in pod_template(d)["spec"]["containers"]:
                 base, tag = image_base(ctr["image"]), image_tag(ctr["image"])
-                if base.startswith("cim-") or base not in compose_images:
+                # CIM's own images are tagged by each overlay.
+                if base == "cim" or base.startswith("cim-") or base not in compose_images:
                     continue
                 c.check(
                     tag == compose_images[base],
@@ -1359,6 +1484,13 @@ def main() -> int:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 check_expr(rule["expr"], f"{rel(path)} {rule.get('alert') or rule.get('record')}")
+                # A runbook is a file of this repository, named by its path from the root.
+                runbook = (rule.get("annotations") or {}).get("runbook_url")
+                if runbook is not None:
+                    c.check(
+                        (ROOT / runbook).is_file(),
+                        f"{rel(path)} {rule.get('alert')}: runbook_url {runbook} is not a file of the repository",
+                    )
     for path in sorted((ROOT / "monitoring/prometheus/tests").glob("*.yml")):
         for test in yaml.safe_load(path.read_text())["tests"]:
             for series in test.get("input_series", []):

@@ -1,7 +1,8 @@
 //! Wiring shared by every domain service: configuration → Postgres (its schema, migrated: the
 //! event store's tables, then the domain's projections) → event store → its JetStream stream
-//! and the dead-letter stream → relay → gRPC and admin listeners. A domain's `app.rs` names its
-//! schema and migrations, adds its gRPC service and its own workers, and nothing else.
+//! and the dead-letter stream → relay → the time of the last backup (a gauge) → gRPC and admin
+//! listeners. A domain's `app.rs` names its schema and migrations, adds its gRPC service and its
+//! own workers, and nothing else.
 
 use std::net::SocketAddr;
 
@@ -99,6 +100,12 @@ impl DomainHost {
         host.health().add_check("nats", nats::readiness(client));
         let relay = Relay::new(store.clone(), jetstream.clone(), config.subject_prefix.clone(), RelayConfig::default());
         host.spawn_worker("relay", relay.run(host.workers_shutdown()));
+        let backups = cim_eventstore::archive::record::export_last_success(
+            pool.clone(),
+            spec.schema.clone(),
+            host.workers_shutdown(),
+        );
+        host.spawn_worker("backup age", backups);
 
         let upper = name.to_ascii_uppercase();
         let grpc = bind(&format!("{name} gRPC (CIM_{upper}_ADDR)"), listen.addr).await?;

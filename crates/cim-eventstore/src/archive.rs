@@ -8,6 +8,7 @@
 //! - [`replay`]: a domain's projections rebuilt by running its own projector over the events;
 //!   [`beside`]: the same beside the live tables, then swapped in (`cim replay`).
 //! - [`republish`]: a domain's events published again to its stream, each at most once.
+//! - [`record`]: the completed backups of a schema, and the gauge of the newest.
 //!
 //! Rows travel as Postgres' own `row_to_json` text and come back through `json_populate_record`:
 //! the `json` payload column is copied verbatim (its text is what the hash chain covers) and no
@@ -16,6 +17,7 @@
 pub mod beside;
 mod cut;
 pub mod import;
+pub mod record;
 pub mod replay;
 pub mod republish;
 

@@ -9,6 +9,8 @@ pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "cim_outbox_oldest_age_seconds";
 pub const RELAY_PUBLISHED_TOTAL: &str = "cim_relay_published_total";
 pub const RELAY_ERRORS_TOTAL: &str = "cim_relay_errors_total";
 pub const RELAY_LEADER: &str = "cim_relay_leader";
+/// When the newest completed `cim backup` of the schema finished (Unix seconds; 0: never).
+pub const BACKUP_LAST_SUCCESS: &str = "cim_backup_last_success_timestamp_seconds";
 
 pub(crate) fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -20,4 +22,9 @@ pub(crate) fn describe() {
     describe_counter!(RELAY_PUBLISHED_TOTAL, "Events the relay published and JetStream acknowledged, by schema");
     describe_counter!(RELAY_ERRORS_TOTAL, "Relay batches that failed (NATS or Postgres down), by schema");
     describe_gauge!(RELAY_LEADER, "1 on the instance whose relay holds the schema's lock");
+    describe_gauge!(
+        BACKUP_LAST_SUCCESS,
+        Unit::Seconds,
+        "When the newest completed cim backup of the schema finished, Unix time (0: never), by schema"
+    );
 }

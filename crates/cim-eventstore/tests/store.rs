@@ -268,3 +268,61 @@ async fn a_group_of_commands_is_written_in_one_statement_except_those_its_guard_
     assert_exactly_once_in_order(&published, &env.stored_ids().await);
     env.cleanup().await;
 }
+
+/// The gauge line of `schema` in the process's `/metrics` text, once it is there.
+async fn backup_gauge(schema: &str) -> f64 {
+    let prefix = format!("cim_backup_last_success_timestamp_seconds{{schema=\"{schema}\"}} ");
+    for _ in 0..100 {
+        let text = cim_runtime::metrics::handle().render();
+        if let Some(value) = text.lines().find_map(|l| l.strip_prefix(&prefix)) {
+            return value.trim().parse().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no {prefix}in /metrics");
+}
+
+#[tokio::test]
+async fn a_recorded_backup_is_exported_as_the_time_of_the_newest() {
+    use cim_eventstore::archive::record::{BackupRecord, export_last_success, last_success, record};
+    cim_runtime::metrics::handle();
+    let env = TestEnv::new(0).await;
+    // Never backed up: 0, the oldest time there is, so a stale-backup alert fires.
+    let stop = cim_runtime::Shutdown::new();
+    let exporter = tokio::spawn(export_last_success(env.pool.clone(), env.schema.clone(), stop.clone()));
+    assert_eq!(backup_gauge(&env.schema).await, 0.0);
+    stop.trigger();
+    exporter.await.unwrap();
+    assert_eq!(last_success(&env.pool, &env.schema).await.unwrap(), None);
+
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+    let backup = |id: &str, when: &str| BackupRecord {
+        backup_id: id.into(),
+        completed_at: at(when),
+        target: "s3://cim-backups/cim".into(),
+        position: 42,
+        events: 42,
+    };
+    record(&env.pool, &env.schema, &backup("b1", "2030-01-01T00:00:00.250Z")).await.unwrap();
+    record(&env.pool, &env.schema, &backup("b2", "2030-01-01T01:00:00.500Z")).await.unwrap();
+    // A backup recorded twice (a retried job) is one row.
+    record(&env.pool, &env.schema, &backup("b2", "2030-01-01T01:00:00.500Z")).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM backups").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(last_success(&env.pool, &env.schema).await.unwrap(), Some(at("2030-01-01T01:00:00.500Z")));
+
+    // A service starting (or its next tick) exports the newest.
+    let stop = cim_runtime::Shutdown::new();
+    let exporter = tokio::spawn(export_last_success(env.pool.clone(), env.schema.clone(), stop.clone()));
+    let want = at("2030-01-01T01:00:00.500Z").timestamp_millis() as f64 / 1000.0;
+    for _ in 0..100 {
+        if backup_gauge(&env.schema).await == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(backup_gauge(&env.schema).await, want);
+    stop.trigger();
+    exporter.await.unwrap();
+    env.cleanup().await;
+}

@@ -1,8 +1,11 @@
 //! `cim backup`: every domain schema's events, as compressed segments with a manifest, taken at
 //! one consistent cut while the services keep writing; incremental from the target's latest
-//! backup, and resumable (segments already there and identical are not written again).
+//! backup, and resumable (segments already there and identical are not written again). Each
+//! completed backup is recorded in the schemas it covers (what `CimBackupStale` watches), and
+//! older chains are pruned when asked (`retention`).
 
 pub(crate) mod manifest;
+pub(crate) mod retention;
 pub(crate) mod segment;
 
 use std::collections::BTreeMap;
@@ -27,6 +30,10 @@ pub struct BackupArgs {
     /// Ignore earlier backups at the target: every segment from the first event (segments
     /// already there and identical are still not written again).
     pub full: bool,
+    /// Start a new chain (a full backup) when the current one started at least this long ago.
+    pub full_every: Option<Duration>,
+    /// After the backup, keep only the newest this many chains.
+    pub keep: Option<usize>,
     pub segment_events: i64,
 }
 
@@ -66,12 +73,22 @@ pub(crate) async fn connect(config: &Config, schema: &str, connections: u32) -> 
 
 pub(crate) async fn backup(config: &Config, args: &BackupArgs) -> Result<String, String> {
     let store = open_target(config, &args.to)?;
-    let previous = if args.full { None } else { manifest::latest(store.as_ref()).await? };
+    let previous = match manifest::latest(store.as_ref()).await? {
+        Some(_) if args.full => None,
+        Some(latest) => match args.full_every {
+            Some(every) if retention::chain_due(store.as_ref(), &latest, every).await? => None,
+            _ => Some(latest),
+        },
+        None => None,
+    };
     let pool = connect(config, "public", 2).await?;
     let schemas: Vec<&str> = DOMAIN_SERVICES.iter().map(|s| s.schema).collect();
     let mut cut = Cut::take(&pool, &schemas, LOCK_WAIT).await.map_err(|e| format!("taking the cut: {e}"))?;
     let started = chrono::Utc::now();
     let id = manifest::new_id(started);
+    if previous.is_none() {
+        retention::mark_chain(store.as_ref(), &id, started).await?;
+    }
     let mut written = (0usize, 0usize);
     let mut taken = Vec::new();
     for service in DOMAIN_SERVICES {
@@ -95,13 +112,51 @@ pub(crate) async fn backup(config: &Config, args: &BackupArgs) -> Result<String,
     manifest::write(store.as_ref(), &manifest).await?;
     let events: u64 = manifest.schemas.iter().map(|s| s.events).sum();
     let parts: Vec<String> = manifest.schemas.iter().map(|s| format!("{} {} events", s.domain, s.events)).collect();
-    Ok(format!(
-        "backup {id} complete: {events} events ({}); {} segments written, {} already there and identical{}",
+    let mut summary = format!(
+        "backup {id} complete: {events} events ({}); {} segments written, {} already there and identical; {}",
         parts.join(", "),
         written.0,
         written.1,
-        manifest.parent.as_deref().map(|p| format!("; incremental from {p}")).unwrap_or_default()
-    ))
+        manifest.parent.as_deref().map(|p| format!("incremental from {p}")).unwrap_or_else(|| "full".to_owned())
+    );
+    record(&pool, &manifest, &args.to).await.map_err(|e| format!("{summary}, but {e}"))?;
+    if let Some(keep) = args.keep {
+        let pruned =
+            retention::prune(store.as_ref(), keep).await.map_err(|e| format!("{summary}, but pruning failed: {e}"))?;
+        summary.push_str(&format!(
+            "; kept the newest {keep} chains, pruned {} ({} manifests, {} segments, {} table copies)",
+            pruned.chains, pruned.manifests, pruned.segments, pruned.tables
+        ));
+        for unreadable in pruned.unreadable {
+            summary.push_str(&format!("; its segments left in place: {unreadable}"));
+        }
+    }
+    Ok(summary)
+}
+
+/// Records the backup in each schema it covers (`<schema>.backups`): the services export the
+/// newest as `cim_backup_last_success_timestamp_seconds`. In one transaction, so the schemas
+/// agree.
+async fn record(pool: &sqlx::PgPool, manifest: &Manifest, target: &str) -> Result<(), String> {
+    use cim_eventstore::archive::record::{BackupRecord, record};
+    let failed = |e: &dyn std::fmt::Display| {
+        format!(
+            "recording it failed (CimBackupStale will not see it; were the services started with this version?): {e}"
+        )
+    };
+    let mut tx = pool.begin().await.map_err(|e| failed(&e))?;
+    let completed_at = chrono::Utc::now();
+    for part in &manifest.schemas {
+        let backup = BackupRecord {
+            backup_id: manifest.id.clone(),
+            completed_at,
+            target: target.to_owned(),
+            position: part.high,
+            events: part.events as i64,
+        };
+        record(&mut *tx, &part.schema, &backup).await.map_err(|e| failed(&format!("{}: {e}", part.schema)))?;
+    }
+    tx.commit().await.map_err(|e| failed(&e))
 }
 
 /// One schema: the segments after the previous backup's cut, then the rows events cannot

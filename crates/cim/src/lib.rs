@@ -74,13 +74,22 @@ enum Command {
     /// Back up every domain's events (and the rows events cannot rebuild) to a directory or
     /// s3://bucket/prefix: compressed segments and a manifest, at one consistent cut while the
     /// services keep writing. Incremental from the latest backup there; an interrupted backup
-    /// run again skips the segments it already wrote.
+    /// run again skips the segments it already wrote. Each completed backup is recorded in the
+    /// schemas it covers (`<schema>.backups`), which the services export for CimBackupStale.
     Backup {
         #[arg(long)]
         to: String,
-        /// Start from the first event instead of the latest backup's cut.
+        /// Start from the first event instead of the latest backup's cut (a new chain).
         #[arg(long)]
         full: bool,
+        /// Start a new chain (a full backup) when the latest one started at least this long ago
+        /// (`1d`, `12h`, `7days`); incremental otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        full_every: Option<std::time::Duration>,
+        /// After the backup, keep the newest N chains (a full backup and its incrementals) and
+        /// delete older manifests, table copies and the segments no kept backup names.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
         /// Events per segment.
         #[arg(long, default_value_t = 50_000)]
         segment_events: i64,
@@ -142,8 +151,9 @@ pub fn main() -> ExitCode {
         Command::LocalSecret => token::local_secret(),
         Command::Doctor { before_start } => block_on(doctor::doctor(before_start)),
         Command::Verify { service, aggregate } => block_on(verify::verify(service.as_deref(), aggregate.as_deref())),
-        Command::Backup { to, full, segment_events } => {
-            let args = BackupArgs { to, full, segment_events: segment_events.max(1) };
+        Command::Backup { to, full, full_every, keep, segment_events } => {
+            let keep = keep.map(|k| k as usize);
+            let args = BackupArgs { to, full, full_every, keep, segment_events: segment_events.max(1) };
             block_on(operation("backup failed", |config| async move { backup::backup(&config, &args).await }))
         }
         Command::Restore { from, backup, no_streams } => {

@@ -386,17 +386,21 @@ fn doctor_names_a_schema_that_is_missing_or_not_fully_migrated() {
     assert!(text.contains("ok    schema    graph: not created yet"), "{text}");
     assert!(text.contains("ok    stream    ") && text.contains("not created yet"), "{text}");
 
-    // Only the event store's migration recorded: the projections' (1001) is missing.
+    // Only the event store's first migration recorded: its second (2) and the projections' (1001)
+    // are missing.
     db.execute(
         "CREATE SCHEMA graph; CREATE TABLE graph._sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL, \
          installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL, checksum bytea NOT NULL, \
          execution_time bigint NOT NULL); INSERT INTO graph._sqlx_migrations VALUES (1, 'event store', now(), true, '\\x00', 1)",
     );
     let (_, stdout) = doctor(&env);
-    assert!(stdout.contains("FAIL  schema    graph: 1 of 2 migrations not applied: 1001 ("), "{stdout}");
+    assert!(stdout.contains("FAIL  schema    graph: 2 of 3 migrations not applied: 2 (backups), 1001 ("), "{stdout}");
 
-    // Both recorded, neither with the checksum of the file this build embeds.
-    db.execute("INSERT INTO graph._sqlx_migrations VALUES (1001, 'graph projections', now(), true, '\\x00', 1)");
+    // All recorded, none with the checksum of the file this build embeds.
+    db.execute(
+        "INSERT INTO graph._sqlx_migrations VALUES (2, 'backups', now(), true, '\\x00', 1), \
+         (1001, 'graph projections', now(), true, '\\x00', 1)",
+    );
     let (_, stdout) = doctor(&env);
     assert!(
         stdout.contains("FAIL  schema    graph: migration 1 (") && stdout.contains("differs from what was applied"),

@@ -35,3 +35,24 @@ CREATE SCHEMA :"role" AUTHORIZATION :"role";
 SQL
     echo "10-cim-roles.sh: role and schema $service created"
 done
+
+# The backup role (`cim backup`: the k8s CronJob cim-backup, compose's profile backup), password
+# PG_PASSWORD_BACKUP. A member of every domain service's role: a backup reads each schema, locks
+# its `events` table in SHARE mode for the consistent cut (Postgres lets only an owner-like
+# privilege take that lock, and the tables appear later, created by the services' migrations, so
+# no grant made here could name them) and records the backup in the schema's `backups` table.
+# It owns nothing itself and is used by nothing else.
+if [ -z "${PG_PASSWORD_BACKUP:-}" ]; then
+    echo "10-cim-roles.sh: PG_PASSWORD_BACKUP is not set (password of the backup role)" >&2
+    exit 1
+fi
+psql_cim -v db="$POSTGRES_DB" -v password="$PG_PASSWORD_BACKUP" <<'SQL'
+CREATE ROLE backup LOGIN PASSWORD :'password';
+GRANT CONNECT ON DATABASE :"db" TO backup;
+SQL
+for service in $SERVICES; do
+    psql_cim -v role="$service" <<'SQL'
+GRANT :"role" TO backup;
+SQL
+done
+echo "10-cim-roles.sh: role backup created, a member of: $SERVICES"

@@ -22,7 +22,8 @@ use super::replay::Replay;
 use super::{Cut, ident, table};
 use crate::error::StoreError;
 
-const EVENT_STORE_TABLES: [&str; 6] = ["events", "outbox", "snapshots", "inbox", "idempotency", "_sqlx_migrations"];
+const EVENT_STORE_TABLES: [&str; 7] =
+    ["events", "outbox", "snapshots", "inbox", "idempotency", "backups", "_sqlx_migrations"];
 
 /// Projection tables being rebuilt beside a live schema.
 #[derive(Debug)]

@@ -1,21 +1,24 @@
 //! `cim backup`, `cim restore` and `cim streams rebuild` against real Postgres, NATS and a local
-//! backup directory, with the graph, document and agent services writing through their gRPC
-//! APIs. Each test has databases and a subject prefix of its own.
+//! backup directory, with the graph, document, agent and workflow services writing through their
+//! gRPC APIs. Each test has databases and a subject prefix of its own.
 
+mod answers;
 mod damage;
 mod replay;
+mod resume;
+mod retention;
 mod s3;
 mod streams;
 mod world;
 
 use std::collections::HashSet;
 
-use cim_core::{Domain, TenantId};
+use cim_core::TenantId;
 use cim_eventstore::archive::republish::ids_in_stream;
 use cim_testkit::domain::unique;
 use world::*;
 
-const SCHEMAS: [&str; 3] = ["graph", "document", "agent"];
+const SCHEMAS: [&str; 4] = ["graph", "document", "agent", "workflow"];
 
 fn backup_dir(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(unique(tag))
@@ -44,7 +47,7 @@ fn high_of(manifest: &serde_json::Value, schema: &str) -> i64 {
 async fn assert_streams_hold_each_event_once(pool: &sqlx::PgPool, prefix: &str) {
     let js = jetstream().await;
     let sp: cim_core::SubjectPrefix = prefix.parse().unwrap();
-    for (schema, domain) in [("graph", Domain::Graph), ("document", Domain::Document), ("agent", Domain::Agent)] {
+    for (schema, domain) in DOMAINS {
         let ids: Vec<uuid::Uuid> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT event_id FROM {schema}.events")))
                 .fetch_all(pool)
@@ -67,6 +70,7 @@ async fn a_backup_taken_while_writers_run_restores_and_an_incremental_one_restor
     let tenant = TenantId::new();
     let mut written = write_documents(&services.document, tenant, 20).await;
     written += write_agents(&services.agent, tenant, 10, 40).await;
+    written += write_workflows(&services.workflow, tenant, 8).await.0;
     // Two graph writers, 10,010 events between them, keep writing while the first backup runs.
     let graph_writers: Vec<_> = (0..2)
         .map(|_| {
@@ -104,10 +108,26 @@ async fn a_backup_taken_while_writers_run_restores_and_an_incremental_one_restor
     // More writes in every domain, then an incremental backup.
     written += write_documents(&services.document, tenant, 5).await + write_agents(&services.agent, tenant, 2, 5).await;
     written += write_graphs_at(services.graph.grpc, tenant, 1, 100, 50).await;
+    written += write_workflows(&services.workflow, tenant, 3).await.0;
     let second = run_ok(cim(&db, &prefix).args(["backup", "--to", dir.to_str().unwrap(), "--segment-events", "2000"]));
     assert!(second.contains(&format!("incremental from {id1}")), "{second}");
-    let total = count(&pool, "SELECT (SELECT count(*) FROM graph.events) + (SELECT count(*) FROM document.events) + (SELECT count(*) FROM agent.events)").await;
+    let total = count(
+        &pool,
+        "SELECT (SELECT count(*) FROM graph.events) + (SELECT count(*) FROM document.events) \
+         + (SELECT count(*) FROM agent.events) + (SELECT count(*) FROM workflow.events)",
+    )
+    .await;
     assert_eq!(total, written as i64);
+    // Each backup is recorded in every schema it covers, with the position it holds (what the
+    // services export for CimBackupStale).
+    let m2 = manifest(&dir, None);
+    for schema in SCHEMAS {
+        let sql = format!("SELECT backup_id, position FROM {schema}.backups ORDER BY completed_at");
+        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap();
+        let want =
+            vec![(id1.clone(), high_of(&m1, schema)), (m2["id"].as_str().unwrap().to_owned(), high_of(&m2, schema))];
+        assert_eq!(rows, want, "{schema}.backups");
+    }
 
     // The latest backup restores to the newer state: same events, same projections, and each
     // event once in the new streams.
@@ -133,9 +153,13 @@ async fn a_backup_taken_while_writers_run_restores_and_an_incremental_one_restor
         assert_eq!(a.len(), b.len());
     }
     assert_streams_hold_each_event_once(&r2_pool, &p2).await;
+    let restored_backups = count(&r2_pool, "SELECT count(*) FROM graph.backups").await;
+    assert_eq!(restored_backups, 0, "a restored database has not been backed up from where it is");
 
-    // The restored database takes new writes (positions continue above the restored ones).
+    // Every query of every domain's public API answers as the original does.
     let again = Services::start(&r2, &p2).await;
+    answers::assert_same_answers(&services, &again, tenant).await;
+    // The restored database takes new writes (positions continue above the restored ones).
     assert_eq!(write_graphs_at(again.graph.grpc, tenant, 1, 10, 10).await, 11);
     again.stop().await;
     services.stop().await;

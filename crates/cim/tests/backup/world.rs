@@ -1,5 +1,5 @@
 //! What the backup suites share: a whole database of their own (the domain schemas have their
-//! fixed names inside it, as in a deployment), the three domain services on port 0 over it with
+//! fixed names inside it, as in a deployment), the four domain services on port 0 over it with
 //! a subject prefix of their own, writers through their gRPC APIs, the `cim` binary, and
 //! comparisons of projections and streams.
 
@@ -12,12 +12,13 @@ use cim_core::TenantId;
 use cim_proto::agent::agent_service_client::AgentServiceClient;
 use cim_proto::document::document_service_client::DocumentServiceClient;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
-use cim_proto::{agent as apb, document as dpb, graph as gpb};
+use cim_proto::workflow::workflow_service_client::WorkflowServiceClient;
+use cim_proto::{agent as apb, document as dpb, graph as gpb, workflow as wpb};
 use cim_runtime::{ServiceKind, Shutdown};
 use cim_testkit::domain::{Running, config, database_url, nats_url, req, unique};
 use sqlx::Connection;
 
-/// At most two of these tests run their three services at once: each holds about fifteen
+/// At most two of these tests run their four services at once: each holds about twenty
 /// Postgres connections, and the shared server's hundred are used by others too.
 pub static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
@@ -49,13 +50,22 @@ impl Database {
     }
 }
 
-/// The graph, document and agent services over one database.
+/// Every domain service over one database.
 pub struct Services {
     pub graph: Running,
     pub document: Running,
     pub agent: Running,
+    pub workflow: Running,
     pub objects: PathBuf,
 }
+
+/// The domains and their schemas, in one place for the comparisons.
+pub const DOMAINS: [(&str, cim_core::Domain); 4] = [
+    ("graph", cim_core::Domain::Graph),
+    ("document", cim_core::Domain::Document),
+    ("agent", cim_core::Domain::Agent),
+    ("workflow", cim_core::Domain::Workflow),
+];
 
 impl Services {
     pub async fn start(db: &Database, prefix: &str) -> Services {
@@ -77,14 +87,19 @@ impl Services {
         let c = config(ServiceKind::Agent, prefix, &vars);
         let agent = cim_agent::app::prepare(&c, &shutdown).await.unwrap();
         let agent = Running::spawn(agent, "agent".into(), prefix.into(), shutdown);
-        Services { graph, document, agent, objects }
+        // Through its app module only: its engine runs as in a deployment.
+        let shutdown = Shutdown::new();
+        let c = config(ServiceKind::Workflow, prefix, &vars);
+        let workflow = cim_workflow::app::prepare(&c, &shutdown).await.unwrap();
+        let workflow = Running::spawn(workflow, "workflow".into(), prefix.into(), shutdown);
+        Services { graph, document, agent, workflow, objects }
     }
 
     /// Stops the services (the database goes with [`Database::drop_now`]) and drops the prefix's
     /// streams.
     pub async fn stop(self) {
         let prefix = self.graph.prefix.clone();
-        for running in [self.graph, self.document, self.agent] {
+        for running in [self.graph, self.document, self.agent, self.workflow] {
             running.stop_replica().await;
         }
         drop_streams(&prefix).await;
@@ -95,7 +110,7 @@ impl Services {
 pub async fn drop_streams(prefix: &str) {
     let js = jetstream().await;
     let prefix: cim_core::SubjectPrefix = prefix.parse().unwrap();
-    for domain in [cim_core::Domain::Graph, cim_core::Domain::Document, cim_core::Domain::Agent] {
+    for (_, domain) in DOMAINS {
         let _ = js.delete_stream(prefix.stream_name(domain)).await;
     }
     let _ = js.delete_stream(prefix.dlq_stream_name()).await;
@@ -183,6 +198,71 @@ pub async fn write_agents(s: &Running, tenant: TenantId, agents: usize, tasks: u
     agents + tasks
 }
 
+/// Workflow definitions and instances, left where the engine has nothing more to do (so the
+/// original and a restored copy answer alike): instances of `calc` wait at a manual step after
+/// an automated one, `quick` ones complete; the waiting ones get a context variable and a
+/// signal. Returns the events written (every aggregate's version, once settled) and the ids.
+pub async fn write_workflows(s: &Running, tenant: TenantId, instances: usize) -> (usize, Vec<String>) {
+    let mut c = WorkflowServiceClient::new(s.channel().await);
+    let object = |v: serde_json::Value| cim_proto::json::json_to_struct(v.as_object().unwrap());
+    let calc = serde_json::json!({"name": "calc", "steps": [
+        {"id": "total", "kind": "automated", "set": {"total": "price * qty"}},
+        {"id": "review", "kind": "manual", "depends_on": ["total"]}
+    ]});
+    let quick = serde_json::json!({"name": "quick", "steps": [{"id": "go", "kind": "automated", "set": {"x": "1"}}]});
+    let mut events = 0;
+    let mut ids = Vec::new();
+    for (definition, settled) in [(calc, "running"), (quick, "completed")] {
+        let r = wpb::CreateDefinitionRequest { definition: Some(object(definition)), ..Default::default() };
+        let d = c.create_definition(req(tenant, r)).await.unwrap().into_inner();
+        events += d.version as usize;
+        for i in 0..instances {
+            let context = object(serde_json::json!({"price": 3, "qty": i}));
+            let r =
+                wpb::StartWorkflowRequest { definition_id: d.id.clone(), context: Some(context), ..Default::default() };
+            let id = c.start_workflow(req(tenant, r)).await.unwrap().into_inner().id;
+            let w = settle(&mut c, tenant, &id, settled).await;
+            if settled == "running" {
+                let value =
+                    Some(prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(format!("v{i}"))) });
+                let r = wpb::SetContextVariableRequest {
+                    instance_id: id.clone(),
+                    key: "note".into(),
+                    value,
+                    ..Default::default()
+                };
+                c.set_context_variable(req(tenant, r)).await.unwrap();
+                let r = wpb::SendSignalRequest { instance_id: id.clone(), name: "ping".into(), ..Default::default() };
+                c.send_signal(req(tenant, r)).await.unwrap();
+                events += w.version as usize + 2;
+            } else {
+                events += w.version as usize;
+            }
+            ids.push(id);
+        }
+    }
+    (events, ids)
+}
+
+/// The instance once it is `running` with its manual step waiting, or `completed`.
+async fn settle(
+    c: &mut WorkflowServiceClient<tonic::transport::Channel>,
+    tenant: TenantId,
+    id: &str,
+    status: &str,
+) -> wpb::Workflow {
+    for _ in 0..500 {
+        let w =
+            c.get_workflow(req(tenant, wpb::GetWorkflowRequest { instance_id: id.into() })).await.unwrap().into_inner();
+        let waiting = w.steps.iter().any(|s| s.step_id == "review" && s.status == "running");
+        if w.status == status && (status != "running" || waiting) {
+            return w;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("workflow {id} did not reach {status}");
+}
+
 /// The `cim` binary with only what the test sets: this database, this prefix.
 pub fn cim(db: &Database, prefix: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cim"));
@@ -211,11 +291,18 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// Columns a projection table shares with a running engine, which writes them without an event:
+/// the workflow engine puts an instance back to sleep (`due_at`) after finding nothing to do, and
+/// leases it while it looks. A rebuild makes every unfinished instance due at its last event, so
+/// the restored engine looks once and puts it back; the public API never shows either.
+const ENGINE_STATE: &[(&str, &[&str])] = &[("workflow_due", &["due_at", "leased_until"])];
+
 /// Every table of `schema` but the event store's bookkeeping, each as its sorted rows.
 pub async fn projections(pool: &sqlx::PgPool, schema: &str) -> Vec<(String, Vec<String>)> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 \
-         AND table_name NOT IN ('events', 'outbox', 'snapshots', 'inbox', '_sqlx_migrations') ORDER BY 1",
+         AND table_name NOT IN ('events', 'outbox', 'snapshots', 'inbox', 'backups', '_sqlx_migrations') \
+         ORDER BY 1",
     )
     .bind(schema)
     .fetch_all(pool)
@@ -223,7 +310,16 @@ pub async fn projections(pool: &sqlx::PgPool, schema: &str) -> Vec<(String, Vec<
     .unwrap();
     let mut all = Vec::new();
     for t in tables {
-        let sql = format!("SELECT row_to_json(t)::text FROM {schema}.{t} t ORDER BY 1");
+        let row = match ENGINE_STATE.iter().find(|(table, _)| *table == t) {
+            Some((_, columns)) => {
+                format!(
+                    "(row_to_json(t)::jsonb{})::text",
+                    columns.iter().map(|c| format!(" - '{c}'")).collect::<String>()
+                )
+            }
+            None => "row_to_json(t)::text".to_owned(),
+        };
+        let sql = format!("SELECT {row} FROM {schema}.{t} t ORDER BY 1");
         all.push((t, sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap()));
     }
     all
