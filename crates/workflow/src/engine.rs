@@ -19,9 +19,8 @@ use cim_core::{Actor, AggregateId, CorrelationId, TenantId};
 use cim_runtime::Shutdown;
 use cim_runtime::config::WorkflowSettings;
 use cim_runtime::edge::Caller;
-use futures::StreamExt;
 use sqlx::{PgPool, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::calls::Calls;
 use crate::error::ServiceError;
@@ -88,6 +87,8 @@ impl Engine {
 
     async fn run(self: Arc<Self>, stop: Shutdown) {
         let mut counted = tokio::time::Instant::now() - GAUGES_EVERY;
+        let mut withdrawn = counted;
+        let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         while !stop.is_triggered() {
             if counted.elapsed() >= GAUGES_EVERY {
                 counted = tokio::time::Instant::now();
@@ -95,10 +96,21 @@ impl Engine {
                     tracing::warn!(error = %e, "workflow engine: counting instances failed");
                 }
             }
-            if let Err(e) = self.withdraw().await {
-                tracing::warn!(error = %e, "workflow engine: withdrawing tasks and children failed");
+            // At most once a poll period: the loop turns once per freed slot when busy.
+            if withdrawn.elapsed() >= self.options.poll {
+                withdrawn = tokio::time::Instant::now();
+                if let Err(e) = self.withdraw().await {
+                    tracing::warn!(error = %e, "workflow engine: withdrawing tasks and children failed");
+                }
             }
-            let claimed = match self.claim().await {
+            // At least one free slot before claiming, and never more rows than free slots: an
+            // instance waiting on a slow call holds its own slot, not the rest of a batch.
+            let acquired = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit,
+                _ = stop.wait() => break,
+            };
+            let Ok(first) = acquired else { break };
+            let claimed = match self.claim(slots.available_permits() + 1).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "workflow engine: claiming due work failed");
@@ -106,6 +118,7 @@ impl Engine {
                 }
             };
             if claimed.is_empty() {
+                drop(first);
                 tokio::select! {
                     _ = tokio::time::sleep(self.options.poll) => {}
                     _ = self.wake.notified() => {}
@@ -113,19 +126,29 @@ impl Engine {
                 }
                 continue;
             }
-            futures::stream::iter(claimed)
-                .for_each_concurrent(self.options.concurrency, |due| {
-                    let engine = self.clone();
-                    async move {
-                        if let Err(e) = engine.advance(due).await {
-                            // The lease lapses and the row is claimed again.
-                            tracing::warn!(instance = %due.instance, error = %e, "workflow engine: advance failed");
-                            metrics::counter!(ADVANCES_TOTAL, "outcome" => "error").increment(1);
-                        }
+            let mut first = Some(first);
+            for due in claimed {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => permit,
+                        // Cannot happen (no more rows than free slots); the lease lapses if it does.
+                        Err(_) => break,
+                    },
+                };
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.advance(due).await {
+                        // The lease lapses and the row is claimed again.
+                        tracing::warn!(instance = %due.instance, error = %e, "workflow engine: advance failed");
+                        metrics::counter!(ADVANCES_TOTAL, "outcome" => "error").increment(1);
                     }
-                })
-                .await;
+                    drop(permit);
+                });
+            }
         }
+        // What is under way finishes before the engine stops.
+        let _ = slots.acquire_many(self.options.concurrency.max(1) as u32).await;
     }
 
     /// The gauges of unfinished instances by status and of those waiting on time.
@@ -148,7 +171,7 @@ impl Engine {
     }
 
     /// Due rows no other replica holds, leased to this one.
-    async fn claim(&self) -> Result<Vec<Due>, sqlx::Error> {
+    async fn claim(&self, limit: usize) -> Result<Vec<Due>, sqlx::Error> {
         let now = Utc::now();
         let lease_until = now + chrono::Duration::from_std(self.options.lease).unwrap_or_default();
         let rows = sqlx::query(
@@ -161,7 +184,7 @@ impl Engine {
         )
         .bind(now)
         .bind(lease_until)
-        .bind((self.options.concurrency * 4) as i64)
+        .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
