@@ -92,8 +92,17 @@ export CIM_TEST_PYTHON="$PY"
 # grpcurl comes in a wheel: its launcher sits beside the interpreter (not beside a pyenv shim).
 CIM_TEST_GRPCURL="$("$PY" -c 'import os, sys; print(os.path.join(os.path.dirname(sys.executable), "grpcurl"))')"
 export CIM_TEST_GRPCURL
-"$PY" -c 'import grpc, grpc_status, google.protobuf, schemathesis, moto.server, multiformats, blake3; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__)'
+"$PY" -c 'import grpc, grpc_status, google.protobuf, schemathesis, moto.server, multiformats, blake3, selenium; print("python test tools ready:", grpc.__version__, google.protobuf.__version__, schemathesis.__version__, moto.__version__, selenium.__version__)'
 "$CIM_TEST_GRPCURL" -version
+# The web console's browser test (crates/gateway/tests/console.rs): Debian's headless Chromium
+# and its matching ChromeDriver, from the same package source so their versions agree.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    run "chromium" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null'
+fi
+CIM_TEST_CHROMIUM="${CIM_TEST_CHROMIUM:-$(command -v chromium)}"
+CIM_TEST_CHROMEDRIVER="${CIM_TEST_CHROMEDRIVER:-$(command -v chromedriver)}"
+export CIM_TEST_CHROMIUM CIM_TEST_CHROMEDRIVER
+"$CIM_TEST_CHROMEDRIVER" --version
 
 header "deployment files: scripts/check-deploy.sh"
 run "check-deploy" bash scripts/check-deploy.sh

@@ -165,7 +165,8 @@ fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) 
     let public = public
         .route("/api/openapi.json", get(openapi_json))
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready).with_state(health));
+        .route("/health/ready", get(ready).with_state(health))
+        .merge(crate::console::routes());
     public
         .merge(authenticated)
         .fallback(not_found)

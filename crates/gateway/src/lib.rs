@@ -9,6 +9,7 @@
 //! - [`cache`]: cached GETs invalidated by events; [`idempotency`]: `Idempotency-Key` replay.
 //! - [`problem`]: problem+json from the one error-code table; [`extract`]: extractors whose
 //!   refusals are problem+json; [`upstream`]: gRPC clients.
+//! - [`console`]: the web console's pages, embedded in the binary, served at `/`.
 //! - [`openapi`]: the shared parts of the OpenAPI 3.1 document served at `/api/openapi.json`.
 
 pub mod accounts;
@@ -17,6 +18,7 @@ pub mod app;
 pub mod auth;
 pub mod authz;
 pub mod cache;
+pub mod console;
 pub mod document;
 pub mod extract;
 pub mod graph;

@@ -1,0 +1,95 @@
+// The console's shell: who is signed in, sign out, and the pages by location hash
+// (#/signin, #/graphs, #/graphs/<id>), so the browser's back button and links work.
+
+import { api } from "./api.js";
+import { clearReport, report } from "./dom.js";
+import { signInPage } from "./signin.js";
+import { graphsPage } from "./graphs.js";
+import { graphPage } from "./graph.js";
+
+const view = document.getElementById("view");
+const session = { me: null, notice: "", returnTo: "" };
+
+/** reader < writer < admin, as the gateway checks them. */
+session.can = (role) => {
+  const order = ["reader", "writer", "admin"];
+  const held = Math.max(-1, ...(session.me?.roles || []).map((r) => order.indexOf(r)));
+  return held >= order.indexOf(role);
+};
+
+function renderHeader() {
+  const me = session.me;
+  document.getElementById("nav").hidden = !me;
+  document.getElementById("who").hidden = !me;
+  document.getElementById("who-name").textContent = me
+    ? `${me.subject} · tenant ${me.tenant} · ${me.roles.join(", ") || "no role"}`
+    : "";
+}
+
+/** Asks the gateway who the session is; null when there is none (or it expired). */
+async function whoAmI() {
+  try {
+    session.me = await api("GET", "/api/v1/auth/me", { quiet401: true });
+  } catch (e) {
+    session.me = null;
+    if (e.status !== 401) report(e);
+  }
+  renderHeader();
+  return session.me;
+}
+
+function toSignIn(notice) {
+  session.me = null;
+  session.notice = notice;
+  renderHeader();
+  if (location.hash !== "#/signin") {
+    if (location.hash && location.hash !== "#/signin") session.returnTo = location.hash;
+    location.hash = "#/signin";
+  } else {
+    route();
+  }
+}
+
+async function route() {
+  clearReport();
+  const hash = location.hash || "#/graphs";
+  const context = { view, session, signedIn };
+  if (hash === "#/signin") {
+    signInPage(context);
+    session.notice = "";
+    return;
+  }
+  if (!session.me && !(await whoAmI())) {
+    toSignIn("Sign in to continue.");
+    return;
+  }
+  const graph = hash.match(/^#\/graphs\/([^/]+)$/);
+  if (graph) return graphPage(context, decodeURIComponent(graph[1]));
+  return graphsPage(context);
+}
+
+async function signedIn() {
+  await whoAmI();
+  const next = session.returnTo || "#/graphs";
+  session.returnTo = "";
+  if (location.hash === next) route();
+  else location.hash = next;
+}
+
+document.getElementById("sign-out").addEventListener("click", async () => {
+  try {
+    await api("POST", "/api/v1/auth/logout", { quiet401: true });
+  } catch (e) {
+    report(e);
+    return;
+  }
+  session.returnTo = "";
+  toSignIn("Signed out.");
+});
+
+// Any call the gateway refuses for want of a session (expired, revoked, signed out elsewhere).
+window.addEventListener("cim:unauthenticated", (e) => {
+  toSignIn(`Your session has ended (${e.detail.detail || e.detail.title}); sign in again.`);
+});
+window.addEventListener("hashchange", route);
+route();

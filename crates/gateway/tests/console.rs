@@ -1,0 +1,94 @@
+//! The web console (issue 20): its embedded files as HTTP serves them, and the pages driven in
+//! a real browser (headless Debian Chromium through chromedriver, by `tests/python/console.py`),
+//! against a gateway and a graph service on free ports with their own schema and prefix.
+
+#[path = "../../graph/tests/support/harness.rs"]
+mod harness;
+#[path = "support/http.rs"]
+mod http;
+#[path = "support/gateway.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cim_auth::now_secs;
+use cim_core::TenantId;
+use http::call;
+use support::*;
+
+/// The console needs no credentials to load (its pages hold no data), is not an API operation,
+/// and promises the browser it loads nothing from elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[]).await;
+    let index = call(gw.addr, "GET", "/", &[], None).await;
+    assert_eq!(index.status, 200, "{index:?}");
+    assert_eq!(index.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(index.body.contains("/console/main.js"), "{}", index.body);
+    let policy = index.header("content-security-policy").unwrap();
+    assert!(policy.contains("default-src 'none'") && policy.contains("script-src 'self'"), "{policy}");
+    assert_eq!(index.header("x-content-type-options"), Some("nosniff"));
+    let script = call(gw.addr, "GET", "/console/main.js", &[], None).await;
+    assert_eq!(script.status, 200);
+    assert_eq!(script.header("content-type"), Some("text/javascript; charset=utf-8"));
+    let css = call(gw.addr, "GET", "/console/console.css", &[], None).await;
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    problem(&call(gw.addr, "GET", "/console/secrets.txt", &[], None).await, 404, "not_found");
+    problem(&call(gw.addr, "GET", "/console/../Cargo.toml", &[], None).await, 404, "not_found");
+    problem(&call(gw.addr, "POST", "/", &[], None).await, 405, "unimplemented");
+    let doc: serde_json::Value = serde_json::from_str(cim_gateway::app::openapi()).unwrap();
+    assert!(doc["paths"].as_object().unwrap().keys().all(|p| p.starts_with("/api/")), "{}", doc["paths"]);
+    gw.stop().await;
+    graph.stop().await;
+}
+
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Sign in, create a graph, add nodes and an edge and see them drawn, roll the version slider
+/// back, see a problem, sign out and be refused, a second tenant sees nothing, an expired or
+/// missing session goes to sign in. Screenshots go to `CIM_CONSOLE_SCREENSHOTS` when set (the
+/// committed ones: `CIM_CONSOLE_SCREENSHOTS=docs/console`), else beside the test's build output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_uses_the_console_in_a_real_browser() {
+    for tool in ["CIM_TEST_CHROMIUM", "CIM_TEST_CHROMEDRIVER"] {
+        let default = if tool.ends_with("DRIVER") { "/usr/bin/chromedriver" } else { "/usr/bin/chromium" };
+        let path = std::env::var(tool).unwrap_or_else(|_| default.into());
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{path} is missing: apt-get install chromium chromium-driver (scripts/test.sh does), or set {tool}"
+        );
+    }
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    let (a, b) = (TenantId::new(), TenantId::new());
+    let token_a = token(a, &["writer"], now_secs() + 600);
+    let token_b = token(b, &["writer"], now_secs() + 600);
+    let shots = match std::env::var("CIM_CONSOLE_SCREENSHOTS") {
+        Ok(dir) => repository().join(dir),
+        Err(_) => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
+    };
+    std::fs::create_dir_all(&shots).unwrap();
+    let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = repository().join("tests/python/console.py");
+    let run = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}", gw.addr))
+        .args([&token_a, &token_b])
+        .arg(&shots)
+        .kill_on_drop(true)
+        .output();
+    // Bounded: a browser that hangs fails the test instead of the suite.
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the browser test finished within 90 s")
+        .expect("run tests/python/console.py (pip install -r tests/python/requirements.txt)");
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed (screenshot: {}/failure.png):\n{report}", shots.display());
+    assert!(report.contains("console: all checks passed"), "{report}");
+    gw.stop().await;
+    graph.stop().await;
+}

@@ -1,0 +1,249 @@
+"""Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
+WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
+slider back, see a problem, sign out and be refused; a second tenant sees nothing of the first;
+a session the gateway no longer knows (what an expired one is) is sent to sign in.
+
+Run by crates/gateway/tests/console.rs, which starts the gateway and the graph service and
+passes their address and two tenants' tokens. Prints one line per check; exits non-zero on the
+first failure, after saving a screenshot of it.
+
+usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR
+"""
+
+import json
+import os
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+URL, TOKEN_A, TOKEN_B, SHOTS = sys.argv[1:5]
+WAIT = 15
+
+
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = os.environ.get("CIM_TEST_CHROMIUM", "/usr/bin/chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,800", "--force-device-scale-factor=1", "--lang=en-US"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The driver is named: Selenium Manager would otherwise try to download one.
+    service = Service(executable_path=os.environ.get("CIM_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_window_size(1280, 800)
+    return driver
+
+
+driver = browser()
+# Pages are rebuilt as they load: an element read a moment ago may be gone, so look again.
+wait = WebDriverWait(driver, WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+
+
+def check(what, ok):
+    if not ok:
+        raise AssertionError(what)
+    print(f"ok: {what}", flush=True)
+
+
+def shot(name, width=1280, height=800):
+    """A screenshot of the page's top at exactly width x height CSS pixels (the browser's own
+    window chrome would otherwise take some of the height)."""
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    driver.execute_script("window.scrollTo(0, 0)")
+    time.sleep(0.3)
+    driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def el(css):
+    return wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def visible(css):
+    return wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def text_in(css, text):
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+
+
+def count(css):
+    return len(driver.find_elements(By.CSS_SELECTOR, css))
+
+
+def heading(text):
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "main h1").text == text)
+
+
+def fill(css, value):
+    field = visible(css)
+    field.clear()
+    field.send_keys(value)
+
+
+def sign_in(token, lands_on="Graphs"):
+    heading("Sign in")
+    fill("#signin-secret", token)
+    driver.find_element(By.CSS_SELECTOR, "#signin-form [type=submit]").click()
+    heading(lands_on)
+
+
+def api_status(method, path):
+    """The status the gateway answers this page's own fetch (with whatever cookie it holds)."""
+    return driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[1], {method: arguments[0], credentials: 'same-origin'})"
+        ".then(r => done(r.status), e => done(String(e)));",
+        method, path)
+
+
+def add_node(node_id, node_type, properties, drawn):
+    fill("#node-id", node_id)
+    fill("#node-type", node_type)
+    fill("#node-properties", json.dumps(properties))
+    driver.find_element(By.CSS_SELECTOR, "#add-node [type=submit]").click()
+    text_in("#drawn-counts", drawn)
+
+
+def main():
+    # No session: the console opens on sign in.
+    driver.get(URL + "/")
+    heading("Sign in")
+    check("without a session the console opens on sign in", "#/signin" in driver.current_url)
+    visible("#signin-notice")
+    shot("signin")
+
+    # A wrong token: the gateway's problem+json title and detail are shown.
+    fill("#signin-secret", "not-a-token")
+    driver.find_element(By.CSS_SELECTOR, "#signin-form [type=submit]").click()
+    visible("#problem")
+    check("a refused sign-in shows the problem", "Unauthenticated" in driver.find_element(By.ID, "problem").text)
+
+    sign_in(TOKEN_A)
+    visible("#no-graphs")
+    check("tenant A starts with no graphs", count("#graph-rows tr") == 0)
+    check("the header names the session", "alice" in driver.find_element(By.ID, "who-name").text)
+
+    fill("#new-graph-name", "supply chain")
+    fill("#new-graph-description", "drawn by the browser test")
+    driver.find_element(By.CSS_SELECTOR, "#create-graph [type=submit]").click()
+    heading("supply chain")
+    text_in("#drawn-counts", "0 nodes and 0 edges drawn, version 1 of 1")
+    graph_url = driver.current_url
+    check("creating a graph opens it", "#/graphs/" in graph_url)
+
+    add_node("a", "person", {"name": "Alice"}, "1 node and 0 edges")
+    add_node("b", "person", {"name": "Bob"}, "2 nodes and 0 edges")
+    add_node("c", "place", {"name": "Depot"}, "3 nodes and 0 edges")
+    fill("#edge-type", "knows")
+    driver.find_element(By.CSS_SELECTOR, "#edge-source option[value=a]").click()
+    driver.find_element(By.CSS_SELECTOR, "#edge-target option[value=b]").click()
+    driver.find_element(By.CSS_SELECTOR, "#add-edge [type=submit]").click()
+    text_in("#drawn-counts", "3 nodes and 1 edge drawn, version 5 of 5")
+    check("three nodes are drawn", count("#drawing .node circle") == 3)
+    check("one edge is drawn", count("#drawing .edge path.line") == 1)
+    labels = sorted(t.text for t in driver.find_elements(By.CSS_SELECTOR, "#drawing .node-label"))
+    check("nodes are labelled by name", labels == ["Alice", "Bob", "Depot"])
+
+    # Selecting by keyboard: focus a node and press Enter.
+    node = driver.find_element(By.CSS_SELECTOR, '#drawing .node[data-id="a"]')
+    driver.execute_script("arguments[0].focus()", node)
+    node.send_keys(Keys.ENTER)
+    text_in("#selection", "person")
+    check("the selected node's properties are shown",
+          '"Alice"' in driver.find_element(By.ID, "selected-properties").get_attribute("value"))
+    shot("graph")
+    shot("graph-phone", 390, 844)
+
+    # The version slider, by keyboard: three steps back is version 2, when only Alice existed.
+    slider = driver.find_element(By.ID, "version-slider")
+    driver.execute_script("arguments[0].focus()", slider)
+    for _ in range(3):
+        slider.send_keys(Keys.ARROW_LEFT)
+    text_in("#drawn-counts", "1 node and 0 edges drawn, version 2 of 5")
+    check("rolled back to version 2, one node is drawn", count("#drawing .node circle") == 1)
+    check("an earlier version is read-only",
+          not driver.find_element(By.CSS_SELECTOR, "#add-node [type=submit]").is_enabled())
+    shot("graph-version")
+    slider.send_keys(Keys.END)
+    text_in("#drawn-counts", "3 nodes and 1 edge drawn, version 5 of 5")
+
+    # A rule the service refuses: the problem's title and detail reach the page.
+    add_node("a", "person", {}, "version 5 of 5")
+    visible("#problem")
+    problem = driver.find_element(By.ID, "problem").text
+    check(f"a duplicate node shows the API's problem ({problem!r})", "a" in problem and len(problem) > 10)
+    shot("problem")
+
+    driver.get(URL + "/#/graphs")
+    heading("Graphs")
+    el('#graph-rows tr')
+    check("the list shows the new graph", count("#graph-rows tr") == 1)
+    shot("graphs")
+    shot("graphs-phone", 390, 844)
+
+    # Sign out: the cookie is revoked on the server, not only forgotten by the page.
+    driver.find_element(By.ID, "sign-out").click()
+    heading("Sign in")
+    text_in("#signin-notice", "Signed out")
+    check("after signing out the API refuses the browser", api_status("GET", "/api/v1/graphs") == 401)
+    driver.get(graph_url)
+    heading("Sign in")
+    check("after signing out a graph's page goes to sign in", "#/signin" in driver.current_url)
+
+    # Tenant B signs in where A left off (sign-in returns to the page asked for) and sees
+    # nothing of A's graph, not even by its address.
+    sign_in(TOKEN_B, lands_on="Graph")
+    visible("#problem")
+    check("tenant B opening A's graph is told it does not exist",
+          "not found" in driver.find_element(By.ID, "problem").text.lower())
+    check("nothing of A's graph is drawn", count("#drawing") == 0)
+    shot("other-tenant")
+    driver.get(URL + "/#/graphs")
+    heading("Graphs")
+    visible("#no-graphs")
+    check("tenant B lists no graphs", count("#graph-rows tr") == 0)
+
+    # A session the gateway no longer holds (expired: its Redis entry is gone): the next call is
+    # refused and the console goes to sign in, saying why.
+    driver.delete_cookie("cim_session")
+    driver.add_cookie({"name": "cim_session", "value": "0" * 64, "path": "/", "httpOnly": True,
+                       "sameSite": "Strict"})
+    fill("#new-graph-name", "never made")
+    driver.find_element(By.CSS_SELECTOR, "#create-graph [type=submit]").click()
+    heading("Sign in")
+    text_in("#signin-notice", "session has ended")
+    check("signed out, the header offers no sign out", not driver.find_element(By.ID, "sign-out").is_displayed())
+    check("an expired session is sent to sign in", "#/signin" in driver.current_url)
+    shot("signin-expired")
+    # No cookie at all on a fresh load: sign in too.
+    driver.delete_all_cookies()
+    driver.get(URL + "/#/graphs")
+    heading("Sign in")
+    check("a missing session is sent to sign in", "#/signin" in driver.current_url)
+
+    logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]
+            and "404" not in e["message"] and "409" not in e["message"] and "422" not in e["message"]]
+    check(f"no script errors in the console ({logs})", not logs)
+
+
+try:
+    main()
+    print("console: all checks passed", flush=True)
+except Exception:
+    try:
+        driver.save_screenshot(os.path.join(SHOTS, "failure.png"))
+        print("page at failure:", driver.current_url, flush=True)
+        print(driver.find_element(By.TAG_NAME, "body").text[:2000], flush=True)
+    finally:
+        driver.quit()
+    raise
+driver.quit()
