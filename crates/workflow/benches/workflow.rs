@@ -12,8 +12,10 @@
 //! - both sides' durability settings as found in this run, and whether the goals were met.
 //!
 //! `cargo bench -p cim-workflow --bench workflow` (CIM_BENCH_SECONDS per point, default 5;
-//! CIM_BENCH_TIMERS instances in the timer run, default 1000; CIM_BENCH_RESTATE=0 skips the peer;
-//! CIM_BENCH_RESTATE_SERVER a restate-server binary instead of the npm one).
+//! CIM_BENCH_TIMERS instances in the timer run, default 1000; CIM_BENCH_DB_CONNECTIONS the
+//! service's pool, default 40, opened before the run: the shared Postgres allows 100 in all; CIM_BENCH_RESTATE=0 skips the peer;
+//! CIM_BENCH_RESTATE_SERVER a restate-server binary instead of the npm one;
+//! CIM_BENCH_WORKFLOW_ENV="K=V ..." overrides the service's settings, for experiments).
 
 use std::io::Write;
 
@@ -41,8 +43,9 @@ fn env(name: &str, default: &str) -> String {
 }
 
 /// One (N, c) point: both sides, their ratios and whether CIM met the goals there.
-fn point(steps: usize, c: usize, ours: &Throughput, theirs: Option<&(Throughput, u64)>) -> Value {
-    let mut point = json!({"steps": steps, "clients": c, "cim": ours.json()});
+fn point(steps: usize, c: usize, ours: &(Throughput, Value), theirs: Option<&(Throughput, u64)>) -> Value {
+    let (ours, parts) = ours;
+    let mut point = json!({"steps": steps, "clients": c, "cim": ours.json(), "cim_parts": parts});
     if let Some((theirs, failures)) = theirs {
         let throughput = round3(ours.per_s / theirs.per_s);
         let p99 = round3(ours.quantile_ms(0.99) / theirs.quantile_ms(0.99));
@@ -60,6 +63,8 @@ fn point(steps: usize, c: usize, ours: &Throughput, theirs: Option<&(Throughput,
 async fn main() {
     let secs: f64 = env("CIM_BENCH_SECONDS", "5").parse().expect("CIM_BENCH_SECONDS");
     let timers: usize = env("CIM_BENCH_TIMERS", "1000").parse().expect("CIM_BENCH_TIMERS");
+    // reqwest (Restate's APIs, the service's /metrics) is built without a TLS provider here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let ours = cim::Cim::start(None).await;
     let peer = match env("CIM_BENCH_RESTATE", "1").as_str() {
         "0" => Err("skipped (CIM_BENCH_RESTATE=0)".to_owned()),
@@ -86,6 +91,8 @@ async fn main() {
         "poll_ms": ours.engine.poll.as_millis() as u64,
         "lease_ms": ours.engine.lease.as_millis() as u64,
         "concurrency": ours.engine.concurrency,
+        "overrides": env("CIM_BENCH_WORKFLOW_ENV", ""),
+        "db_pool_opened_before_run": {"opened": ours.pool.0, "max": ours.pool.1},
     });
     let timers_default = ours.timers(timers).await;
     ours.stop().await;

@@ -3,7 +3,7 @@
 //! over gRPC, and a watcher of the service's `workflow_completed` events on NATS, which tells
 //! each client when its instance completed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ type Client = WorkflowServiceClient<Channel>;
 const PATIENCE: Duration = Duration::from_secs(60);
 /// gRPC connections the clients share (HTTP/2 multiplexes the rest).
 const CONNECTIONS: usize = 4;
+/// Operations before this are not measured.
+const WARM_UP: Duration = Duration::from_secs(1);
 
 /// When each instance's end was seen, and who waits for it (the event can arrive before the
 /// client has the id StartWorkflow answers).
@@ -35,15 +37,26 @@ struct Tracker {
     ended: Mutex<HashMap<String, Entry>>,
 }
 
+/// An instance's end as the watcher saw it: when, whether it completed, and how long after the
+/// event's time (`occurred_at`, stamped just before its append) it arrived.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: DateTime<Utc>,
+    completed: bool,
+    after_written: f64,
+}
+
 #[derive(Default)]
 struct Entry {
-    seen: Option<(Instant, DateTime<Utc>, bool)>,
-    waiter: Option<oneshot::Sender<(Instant, DateTime<Utc>, bool)>>,
+    seen: Option<Seen>,
+    waiter: Option<oneshot::Sender<Seen>>,
 }
 
 impl Tracker {
-    fn ended(&self, id: &str, completed: bool) {
-        let seen = (Instant::now(), Utc::now(), completed);
+    fn ended(&self, id: &str, completed: bool, occurred_at: Option<DateTime<Utc>>) {
+        let at = Utc::now();
+        let after_written = occurred_at.map_or(f64::NAN, |t| (at - t).as_seconds_f64());
+        let seen = Seen { at, completed, after_written };
         let mut ended = self.ended.lock().expect("tracker");
         let entry = ended.entry(id.to_owned()).or_default();
         match entry.waiter.take() {
@@ -56,7 +69,7 @@ impl Tracker {
     }
 
     /// Resolves with when the instance ended and whether it completed.
-    fn wait(&self, id: &str) -> oneshot::Receiver<(Instant, DateTime<Utc>, bool)> {
+    fn wait(&self, id: &str) -> oneshot::Receiver<Seen> {
         let (tx, rx) = oneshot::channel();
         let mut ended = self.ended.lock().expect("tracker");
         let entry = ended.entry(id.to_owned()).or_default();
@@ -78,6 +91,8 @@ pub struct Cim {
     tracker: Arc<Tracker>,
     watcher: tokio::task::JoinHandle<()>,
     pub engine: EngineOptions,
+    /// Connections the pool opened before the run, of how many it may hold.
+    pub pool: (u32, u32),
 }
 
 impl Cim {
@@ -86,10 +101,16 @@ impl Cim {
     pub async fn start(poll_ms: Option<u64>) -> Cim {
         let tag = &uuid::Uuid::now_v7().simple().to_string()[20..];
         let (schema, prefix) = (format!("bench_workflow_{tag}"), format!("benchw{tag}"));
-        let mut extra = vec![("CIM_LOG", "error".to_owned())];
+        let connections = std::env::var("CIM_BENCH_DB_CONNECTIONS").unwrap_or_else(|_| "40".into());
+        let mut extra = vec![("CIM_LOG", "error".to_owned()), ("CIM_DATABASE_MAX_CONNECTIONS", connections)];
         if let Some(ms) = poll_ms {
             extra.push(("CIM_WORKFLOW_POLL_MS", ms.to_string()));
         }
+        // Experiments: `CIM_BENCH_WORKFLOW_ENV="K=V K=V"` overrides service settings for one run.
+        let overrides = std::env::var("CIM_BENCH_WORKFLOW_ENV").unwrap_or_default();
+        let overrides: Vec<(&str, String)> =
+            overrides.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k, v.to_owned())).collect();
+        extra.extend(overrides.iter().cloned());
         let config = config(ServiceKind::Workflow, &prefix, &extra);
         let engine = EngineOptions::from_settings(&config.workflow);
         let shutdown = Shutdown::new();
@@ -116,7 +137,9 @@ impl Cim {
                 // <prefix>.workflow.evt.<type>.<instance id>.<event type>
                 let mut tokens = message.subject.rsplit('.');
                 if let (Some(event), Some(id)) = (tokens.next(), tokens.next()) {
-                    watching.ended(id, event == "workflow_completed");
+                    let envelope: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+                    let occurred_at = envelope["occurred_at"].as_str().and_then(|t| t.parse().ok());
+                    watching.ended(id, event == "workflow_completed", occurred_at);
                 }
             }
         });
@@ -125,7 +148,8 @@ impl Cim {
         for _ in 0..CONNECTIONS {
             clients.push(WorkflowServiceClient::new(running.channel().await));
         }
-        Cim { running, clients, tenant: TenantId::new(), tracker, watcher, engine }
+        let pool = warm_pool(&running.pool, running.pool.options().get_max_connections()).await;
+        Cim { running, clients, tenant: TenantId::new(), tracker, watcher, engine, pool }
     }
 
     fn client(&self, i: usize) -> Client {
@@ -151,26 +175,50 @@ impl Cim {
 
     /// `c` clients for `secs`, each starting an instance of `definition` and waiting until it
     /// completed; the latency of each is StartWorkflow sent → its `workflow_completed` seen.
-    pub async fn closed_loop(&self, definition: &str, c: usize, secs: f64) -> Throughput {
+    /// Beside it, where the time went (operations ending after the warm-up): StartWorkflow
+    /// answered, and the completion's way from its append to this client (commit, relay, NATS).
+    pub async fn closed_loop(&self, definition: &str, c: usize, secs: f64) -> (Throughput, Value) {
         let (clients, tenant, tracker) = (self.clients.clone(), self.tenant, self.tracker.clone());
         let definition = definition.to_owned();
-        rate(c, Duration::from_secs(1), secs, move |w, _| {
-            let (client, tracker, definition) = (clients[w % clients.len()].clone(), tracker.clone(), definition.clone());
+        let parts = Arc::new(Mutex::new(Vec::new()));
+        let warm = Instant::now() + WARM_UP;
+        let noted = parts.clone();
+        let before = self.advances().await;
+        let rate = rate(c, WARM_UP, secs, move |w, _| {
+            let (client, tracker, definition) =
+                (clients[w % clients.len()].clone(), tracker.clone(), definition.clone());
+            let noted = noted.clone();
             async move {
-                run_once(client, tenant, &tracker, &definition).await;
+                let parts = run_once(client, tenant, &tracker, &definition).await;
+                if Instant::now() >= warm {
+                    noted.lock().expect("parts").push(parts);
+                }
             }
         })
-        .await
+        .await;
+        let after = self.advances().await;
+        let advances: BTreeMap<&String, f64> =
+            after.iter().map(|(k, n)| (k, n - before.get(k).copied().unwrap_or_default())).collect();
+        let (started, relayed): (Vec<f64>, Vec<f64>) =
+            std::mem::take(&mut *parts.lock().expect("parts")).into_iter().unzip();
+        let parts = json!({
+            "start_rpc": cim_testkit::bench::percentiles(started),
+            "completion_append_to_seen": cim_testkit::bench::percentiles(relayed),
+            "engine_advances_by_outcome": advances,
+        });
+        (rate, parts)
     }
 
-    /// `count` instances of one timer step each (sleeps spread over 2–5 s), started by 64
-    /// clients; how late each timer fired, as recorded (the `timer_fired` event's time against
-    /// its `fire_at`) and as seen by a client (its `workflow_completed` event arriving here).
+    /// `count` instances of one timer step each, started by 64 clients; sleeps of 6–8.85 s, so
+    /// that (on this machine) every instance sleeps before the first timer is due and the fires
+    /// (about 300/s) are measured on their own. How late each timer fired, as recorded (the
+    /// `timer_fired` event's time against its `fire_at`) and as seen by a client (its
+    /// `workflow_completed` event arriving here).
     pub async fn timers(&self, count: usize) -> serde_json::Value {
         const SPREAD: usize = 20;
         let mut definitions = Vec::new();
         for k in 0..SPREAD {
-            let sleep_ms = 2_000 + k * 150;
+            let sleep_ms = 6_000 + k * 150;
             let step = json!({"id": "wait", "kind": "timer", "sleep_ms": sleep_ms});
             definitions.push(self.define(json!({"name": format!("sleep {sleep_ms} ms"), "steps": [step]})).await);
         }
@@ -190,35 +238,52 @@ impl Cim {
             .collect()
             .await;
         let start_secs = began.elapsed().as_secs_f64();
+        let all_started = Utc::now();
         let mut seen = HashMap::new();
         for (id, ended) in started {
-            let (_, at, completed) = tokio::time::timeout(PATIENCE, ended).await.expect("timer in time").expect("tracker");
-            assert!(completed, "timer instance {id} failed");
-            seen.insert(id, at);
+            let ended = tokio::time::timeout(PATIENCE, ended).await.expect("timer in time").expect("tracker");
+            assert!(ended.completed, "timer instance {id} failed");
+            seen.insert(id, ended.at);
         }
         let total_secs = began.elapsed().as_secs_f64();
-        let lateness: Vec<(f64, f64)> = futures::stream::iter(seen)
+        let lateness: Vec<(DateTime<Utc>, f64, f64)> = futures::stream::iter(seen)
             .map(|(id, seen_at)| {
                 let (mut client, tenant) = (self.client(0), self.tenant);
                 async move {
                     let (fire_at, recorded) = fired(&mut client, tenant, &id).await;
-                    ((recorded - fire_at).as_seconds_f64(), (seen_at - fire_at).as_seconds_f64())
+                    (fire_at, (recorded - fire_at).as_seconds_f64(), (seen_at - fire_at).as_seconds_f64())
                 }
             })
             .buffer_unordered(16)
             .collect()
             .await;
-        let early = lateness.iter().filter(|(recorded, _)| *recorded < 0.0).count();
-        let (recorded, observed): (Vec<f64>, Vec<f64>) = lateness.into_iter().unzip();
+        let early = lateness.iter().filter(|(_, recorded, _)| *recorded < 0.0).count();
+        let overlapping = lateness.iter().filter(|(fire_at, ..)| *fire_at < all_started).count();
+        let (recorded, observed): (Vec<f64>, Vec<f64>) = lateness.into_iter().map(|(_, r, o)| (r, o)).unzip();
         json!({
             "instances": count,
-            "sleeps_ms": "2000..4850, 20 definitions",
+            "sleeps_ms": "6000..8850, 20 definitions",
             "start_all_s": round3(start_secs),
             "all_completed_s": round3(total_secs),
             "fired_early": early,
+            "due_before_all_were_started": overlapping,
             "recorded_lateness": cim_testkit::bench::percentiles(recorded),
             "client_seen_lateness": cim_testkit::bench::percentiles(observed),
         })
+    }
+
+    /// The engine's `cim_workflow_advances_total` by outcome, from the service's `/metrics`.
+    pub async fn advances(&self) -> BTreeMap<String, f64> {
+        let url = format!("http://{}/metrics", self.running.admin);
+        let text = match reqwest::get(url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .filter_map(|line| line.strip_prefix("cim_workflow_advances_total{outcome=\""))
+            .filter_map(|rest| rest.split_once("\"} "))
+            .filter_map(|(outcome, n)| Some((outcome.to_owned(), n.trim().parse().ok()?)))
+            .collect()
     }
 
     /// What makes a commit durable on this Postgres.
@@ -241,15 +306,33 @@ impl Cim {
     }
 }
 
+/// Opens the pool's connections before anything is measured (idle ones stay open for minutes):
+/// on the shared Postgres, whose 100 connections other sessions' tests also take, a pool that
+/// has to open connections mid-run can wait seconds for one. How many it got, of `max`.
+async fn warm_pool(pool: &sqlx::PgPool, max: u32) -> (u32, u32) {
+    let held: Vec<_> = futures::stream::iter(0..max)
+        .map(|_| pool.acquire())
+        .buffer_unordered(max as usize)
+        .filter_map(|c| async move { c.ok() })
+        .collect()
+        .await;
+    (held.len() as u32, max)
+}
+
 async fn start(client: &mut Client, tenant: TenantId, definition: &str) -> String {
     let r = pb::StartWorkflowRequest { definition_id: definition.into(), ..Default::default() };
     client.start_workflow(req(tenant, r)).await.expect("start").into_inner().id
 }
 
-async fn run_once(mut client: Client, tenant: TenantId, tracker: &Tracker, definition: &str) {
+/// One instance started and seen completed: how long StartWorkflow took, and how long the
+/// completion took from its append to this client (seconds).
+async fn run_once(mut client: Client, tenant: TenantId, tracker: &Tracker, definition: &str) -> (f64, f64) {
+    let began = Instant::now();
     let id = start(&mut client, tenant, definition).await;
-    let ended = tokio::time::timeout(PATIENCE, tracker.wait(&id)).await.expect("completed in time").expect("tracker");
-    assert!(ended.2, "instance {id} failed");
+    let started = began.elapsed().as_secs_f64();
+    let seen = tokio::time::timeout(PATIENCE, tracker.wait(&id)).await.expect("completed in time").expect("tracker");
+    assert!(seen.completed, "instance {id} failed");
+    (started, seen.after_written)
 }
 
 /// The instance's timer: when it was due, and when the engine recorded it firing.

@@ -71,8 +71,7 @@ impl Restate {
             .map_err(|_| "the endpoint did not start in 10 s".to_owned())?
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
-        let port = line.strip_prefix("listening ").ok_or(format!("unexpected endpoint output {line:?}"))?;
-        rustls::crypto::ring::default_provider().install_default().ok();
+        let port = line.strip_prefix("listening ").ok_or_else(|| format!("unexpected endpoint output {line:?}"))?;
         let http = reqwest::Client::builder().timeout(PATIENCE).build().map_err(|e| e.to_string())?;
         // The admin API listens before the node has provisioned itself: try for a while.
         let register = || async {
@@ -128,7 +127,8 @@ impl Restate {
     /// The settings that decide when a journal entry is durable, from the server's own dump
     /// of its configuration (the defaults this run used).
     pub async fn durability(&self) -> serde_json::Value {
-        let dump = output(Command::new(&self.binary).arg("--dump-config").env("RESTATE_DISABLE_TELEMETRY", "true")).await;
+        let dump =
+            output(Command::new(&self.binary).arg("--dump-config").env("RESTATE_DISABLE_TELEMETRY", "true")).await;
         let Ok(dump) = dump else { return serde_json::Value::Null };
         let mut section = String::new();
         let mut settings = serde_json::Map::new();
@@ -161,11 +161,7 @@ async fn call(http: &reqwest::Client, ingress: &str, steps: usize) -> Result<(),
         .map_err(|e| e.to_string())?;
     let status = response.status();
     let body = response.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() && body.trim() == steps.to_string() {
-        Ok(())
-    } else {
-        Err(format!("{status}: {body}"))
-    }
+    if status.is_success() && body.trim() == steps.to_string() { Ok(()) } else { Err(format!("{status}: {body}")) }
 }
 
 /// `attempt` until it succeeds, for up to 20 s; its last error.
