@@ -208,12 +208,13 @@ async fn build() -> Result<PathBuf, String> {
 
 /// Its stdout, or its stderr as the reason it failed.
 async fn output(command: &mut Command) -> Result<String, String> {
-    let out = command.stdin(Stdio::null()).output().await.map_err(|e| format!("{command:?}: {e}"))?;
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let out = command.stdin(Stdio::null()).output().await.map_err(|e| format!("cannot run {program}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(format!("{command:?} failed ({}): {}", out.status, stderr.trim()))
+        Err(format!("{program} failed ({}): {}", out.status, stderr.trim()))
     }
 }
 
