@@ -3,6 +3,8 @@
 #   scripts/bench.sh            all benchmarks
 #   CIM_BENCH_SECONDS=10 ...    seconds per measured point
 #   CIM_BENCH_DOC_BYTES=...     size of the document bench's transfers (default 1 GiB)
+#   CIM_BENCH_RESTATE=0         the workflow bench without its peer (Restate, fetched from npm
+#                               by scripts/lib/restate.sh and built from bench/restate-peer)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,3 +16,4 @@ cargo bench --locked -p cim-graph --bench graph
 cargo bench --locked -p cim-gateway --bench gateway
 cargo bench --locked -p cim-document --bench document
 cargo bench --locked -p cim-agent --bench agent
+cargo bench --locked -p cim-workflow --bench workflow
