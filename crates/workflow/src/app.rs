@@ -66,10 +66,9 @@ pub async fn prepare_with(
     let engine = Engine::new(workflows.clone(), calls, options.engine);
     engine.start(domain.host());
     let listener = Listener::new(workflows.clone(), engine.clone());
-    let consumers = listener.consumers(&domain.jetstream, &config.subject_prefix).map_err(HostError::Setup)?;
     let stop = domain.host().workers_shutdown();
-    for consumer in consumers {
-        domain.host().spawn_worker("workflow-listener", consumer.run(stop.clone()));
+    for consumer in listener.consumers(&domain.jetstream, &config.subject_prefix, &stop) {
+        domain.host().spawn_worker("workflow-listener", consumer);
     }
     let server =
         domain.grpc_server().add_service(WorkflowServiceServer::new(WorkflowApi::new(definitions, workflows, engine)));

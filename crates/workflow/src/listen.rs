@@ -6,21 +6,26 @@
 //! - A trigger that takes it creates and starts an instance whose id derives from the definition
 //!   and the event: exactly one instance per triggering event, however often it is delivered.
 //!
-//! The kit's consumer records each event id in the inbox once its handling succeeded; the writes
-//! above go through the instance executor in their own transactions, and are idempotent for the
-//! reasons given, so a crash between them and the inbox record is harmless.
+//! No inbox: both writes are idempotent for the reasons given, so a redelivery is harmless, and
+//! handling an event holds no database connection while the executor takes one (the kit's
+//! inbox consumer would hold its transaction's: with small pools, four listeners could hold
+//! every connection and wait for a fifth). The message is acknowledged after the writes.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use cim_aggregate::{CommandExecutor, CommandOptions, ExecutorError};
 use cim_core::{Actor, AggregateId, CorrelationId, Domain, EventEnvelope, SubjectPrefix, TenantId};
-use cim_eventstore::consumer::{Consumer, ConsumerConfig, EventHandler};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::{self, AckKind, Message};
+use cim_runtime::Shutdown;
 use cim_runtime::edge::Caller;
 use cim_runtime::status::HasErrorCode;
-use futures::future::BoxFuture;
+use cim_streams::{Binding, ConsumerMetrics, PullLoop, publish_dead_letter};
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 
 use crate::engine::Engine;
 use crate::events::Wait;
@@ -29,6 +34,9 @@ use crate::metrics::{DELIVERIES_TOTAL, TRIGGERED_TOTAL};
 
 /// The streams listened to: every domain a step may wait on.
 pub const DOMAINS: [Domain; 4] = [Domain::Graph, Domain::Document, Domain::Agent, Domain::Workflow];
+
+/// How long an event that could not be taken (the database did not answer) waits to come again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Listener {
@@ -43,25 +51,98 @@ impl Listener {
         Arc::new(Self { workflows, pool, engine })
     }
 
-    /// One consumer per domain stream, `workflow-listen-<domain>`. A stream that does not exist
-    /// yet (its service not deployed) is bound again with backoff until it does.
+    /// One consumer per domain stream, `workflow-listen-<domain>`, each as a worker of its own
+    /// until `stop`. A stream that does not exist yet (its service not deployed) is bound again
+    /// with backoff until it does.
     pub fn consumers(
         self: &Arc<Self>,
-        js: &async_nats::jetstream::Context,
+        js: &jetstream::Context,
         prefix: &SubjectPrefix,
-    ) -> Result<Vec<Consumer>, String> {
+        stop: &Shutdown,
+    ) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
         DOMAINS
             .iter()
             .map(|&domain| {
                 let name = format!("workflow-listen-{domain}");
-                let config = ConsumerConfig::new(&name, &prefix.stream_name(domain), &prefix.domain_events(domain));
-                let handler: Arc<dyn EventHandler> = Arc::new(DomainEars { listener: self.clone() });
-                Consumer::new(self.pool.clone(), js.clone(), prefix.clone(), config, handler).map_err(|e| e.to_string())
+                let consumer = PullLoop {
+                    name: name.clone(),
+                    stream: prefix.stream_name(domain),
+                    binding: Binding::Durable(pull::Config {
+                        durable_name: Some(name.clone()),
+                        filter_subject: prefix.domain_events(domain),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
+                        ..Default::default()
+                    }),
+                    // In order: an aggregate's events reach its waits as they happened.
+                    concurrency: 1,
+                    metrics: Some(ConsumerMetrics::new(&name)),
+                };
+                let (listener, js, prefix, stop) = (self.clone(), js.clone(), prefix.clone(), stop.clone());
+                async move {
+                    let metrics = ConsumerMetrics::new(&name);
+                    consumer
+                        .run(
+                            &js,
+                            &stop,
+                            |_| {},
+                            |message| {
+                                let (listener, js, prefix, metrics, name) =
+                                    (&listener, &js, &prefix, &metrics, name.as_str());
+                                async move {
+                                    listener.take(js, prefix, metrics, name, message).await;
+                                    Ok(())
+                                }
+                            },
+                        )
+                        .await;
+                }
             })
             .collect()
     }
 
-    async fn hear(&self, tx: &mut PgConnection, event: &EventEnvelope) -> Result<(), String> {
+    /// Handles one message and acknowledges it: applied, retried later, or dead-lettered when no
+    /// retry can help (it does not read as an event).
+    async fn take(
+        &self,
+        js: &jetstream::Context,
+        prefix: &SubjectPrefix,
+        metrics: &ConsumerMetrics,
+        name: &str,
+        message: Message,
+    ) {
+        let event = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let reason = format!("unreadable event: {e}");
+                match publish_dead_letter(js, prefix, name, &message, &reason).await {
+                    Ok(()) => {
+                        tracing::error!(consumer = %name, %reason, "sent to the dead-letter stream");
+                        let _ = message.ack_with(AckKind::Term).await;
+                        metrics.dead_letters.increment(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(consumer = %name, error = %e, "dead-letter publish failed; will retry");
+                        let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
+                    }
+                }
+                return;
+            }
+        };
+        match self.hear(&event).await {
+            Ok(()) => {
+                let _ = message.ack().await;
+                metrics.applied.increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %name, event_id = %event.event_id, error = %e, "not taken; will retry");
+                let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
+                metrics.retried.increment(1);
+            }
+        }
+    }
+
+    async fn hear(&self, event: &EventEnvelope) -> Result<(), String> {
         let subject =
             format!("{}.evt.{}.{}.{}", event.domain, event.aggregate_type, event.aggregate_id, event.event_type);
         let shown = shown(event);
@@ -73,7 +154,7 @@ impl Listener {
         .bind(event.tenant_id.as_uuid())
         .bind(event.domain.as_str())
         .bind(event.aggregate_id.as_uuid())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(database)?;
         for row in waits {
@@ -103,7 +184,7 @@ impl Listener {
         )
         .bind(event.tenant_id.as_uuid())
         .bind(event.domain.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(database)?;
         for row in triggers {
@@ -194,15 +275,4 @@ fn shown(event: &EventEnvelope) -> Map<String, Value> {
 
 fn id(uuid: uuid::Uuid) -> Result<AggregateId, String> {
     AggregateId::from_uuid(uuid).map_err(|e| e.to_string())
-}
-
-/// The consumer's handler: every stream's events go to the one listener.
-struct DomainEars {
-    listener: Arc<Listener>,
-}
-
-impl EventHandler for DomainEars {
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a EventEnvelope) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(self.listener.hear(tx, event))
-    }
 }
