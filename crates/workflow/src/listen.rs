@@ -158,13 +158,7 @@ impl Listener {
         .await
         .map_err(database)?;
         for row in waits {
-            let wait = Wait {
-                subject: row.try_get("subject").map_err(database)?,
-                aggregate_id: None,
-                condition: row.try_get("condition").map_err(database)?,
-            };
-            // A condition that cannot be evaluated on this event does not take it.
-            if !takes(&wait, &subject, &shown).unwrap_or(false) {
+            if !taken(&row, &subject, &shown)? {
                 continue;
             }
             let instance = id(row.try_get("instance_id").map_err(database)?)?;
@@ -188,12 +182,7 @@ impl Listener {
         .await
         .map_err(database)?;
         for row in triggers {
-            let wait = Wait {
-                subject: row.try_get("subject").map_err(database)?,
-                aggregate_id: None,
-                condition: row.try_get("condition").map_err(database)?,
-            };
-            if !takes(&wait, &subject, &shown).unwrap_or(false) {
+            if !taken(&row, &subject, &shown)? {
                 continue;
             }
             let definition_id = id(row.try_get("definition_id").map_err(database)?)?;
@@ -256,6 +245,18 @@ impl Listener {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Whether the filter of a wait's or trigger's row (its `subject` and `condition`) takes the
+/// event. A condition that cannot be evaluated on this event does not take it.
+fn taken(row: &sqlx::postgres::PgRow, subject: &str, shown: &Map<String, Value>) -> Result<bool, String> {
+    let database = |e: sqlx::Error| format!("database: {e}");
+    let filter = Wait {
+        subject: row.try_get("subject").map_err(database)?,
+        aggregate_id: None,
+        condition: row.try_get("condition").map_err(database)?,
+    };
+    Ok(takes(&filter, subject, shown).unwrap_or(false))
 }
 
 /// The event as conditions and step outputs see it.
