@@ -974,7 +974,14 @@ class Rehearsal:
         cmd = " ".join(self.compose["services"]["minio-init"].get("command") or [])
         m = re.search(r"mc mb (?:--\S+ )*\w+/([a-z0-9.-]+)", cmd)
         bucket = m.group(1) if m else "cim-documents"
-        r = self.probe("minio-init", {"kind": "http", "method": "PUT", "url": f"http://minio:9000/{bucket}"})
+        # moto imports its S3 backend on the first request, which can take over 5 s on a loaded
+        # machine; mc retries too, so a slow first answer is tried again, not failed.
+        r: dict = {}
+        for _ in range(3):
+            r = self.probe("minio-init", {"kind": "http", "method": "PUT", "url": f"http://minio:9000/{bucket}",
+                                          "timeout": 20})  # fmt: skip
+            if r.get("ok"):
+                break
         if not r.get("ok") or r.get("status") not in (200, 409):
             raise Failed(f"minio-init: PUT /{bucket}: {r}")
         return bucket
