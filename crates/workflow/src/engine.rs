@@ -48,7 +48,7 @@ impl EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { lease: Duration::from_secs(30), poll: Duration::from_millis(200), concurrency: 16 }
+        Self { lease: Duration::from_secs(30), poll: Duration::from_millis(100), concurrency: 16 }
     }
 }
 
@@ -119,8 +119,9 @@ impl Engine {
             };
             if claimed.is_empty() {
                 drop(first);
+                let idle = self.until_next_due().await;
                 tokio::select! {
-                    _ = tokio::time::sleep(self.options.poll) => {}
+                    _ = tokio::time::sleep(idle) => {}
                     _ = self.wake.notified() => {}
                     _ = stop.wait() => {}
                 }
@@ -168,6 +169,29 @@ impl Engine {
             sqlx::query_scalar("SELECT count(*) FROM workflow_due WHERE due_at > now()").fetch_one(&self.pool).await?;
         metrics::gauge!(WAITING_ON_TIME).set(waiting as f64);
         Ok(())
+    }
+
+    /// How long to sleep when nothing is due: until the earliest row comes due (a timer fires
+    /// on time instead of up to a poll late), never longer than the poll, which still bounds
+    /// how late this replica sees rows another replica released or a lease that lapsed.
+    async fn until_next_due(&self) -> Duration {
+        let next: Result<Option<DateTime<Utc>>, _> = sqlx::query_scalar(
+            "SELECT min(due_at) FROM workflow_due WHERE due_at IS NOT NULL AND leased_until IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        match next {
+            // At least a millisecond: a row another claim holds locked right now is skipped, and
+            // looking again at once would spin until that claim commits.
+            Ok(Some(next)) => {
+                (next - Utc::now()).to_std().unwrap_or_default().clamp(Duration::from_millis(1), self.options.poll)
+            }
+            Ok(None) => self.options.poll,
+            Err(e) => {
+                tracing::warn!(error = %e, "workflow engine: reading the next due time failed");
+                self.options.poll
+            }
+        }
     }
 
     /// Due rows no other replica holds, leased to this one.
