@@ -43,15 +43,32 @@ pub struct Person {
     pub roles: Vec<String>,
 }
 
+/// An instant the rules decide at: `now`, `jitter` in [0, 1) to spread retries, and the
+/// instance's own id, from which the ids of its tasks and children derive.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    pub instance: AggregateId,
+    pub now: DateTime<Utc>,
+    pub jitter: f64,
+}
+
+impl Tick {
+    /// `instance` as the caller's clock sees it now.
+    pub fn now(instance: AggregateId) -> Self {
+        Self { instance, now: Utc::now(), jitter: fastrand::f64() }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum WorkflowCommand {
-    /// Creates the instance from one definition version; `start` runs it at once.
+    /// Creates the instance from one definition version; `start` runs it at once, its first
+    /// tick in the same write.
     Create {
         definition_id: AggregateId,
         content_id: String,
         definition: Definition,
         context: Map<String, Value>,
-        start: bool,
+        start: Option<Tick>,
     },
     Start,
     /// The engine's tick: everything due at `now`. `jitter` in [0, 1) spreads retries;
@@ -236,11 +253,19 @@ impl Aggregate for Workflow {
                     definition: definition.clone(),
                     context: context.clone(),
                 })];
-                if *start {
+                if let Some(tick) = start {
                     if definition.steps.is_empty() {
                         return Err(WorkflowError::NoSteps);
                     }
                     events.push(E::Started(WorkflowTransition::default()));
+                    // A run of automated steps completes in the write that starts it, instead of
+                    // waiting for the engine to claim the instance; whatever the first tick
+                    // starts that sends or waits, the engine takes over as after any advance.
+                    let mut started = self.clone();
+                    for event in &events {
+                        started.apply(event);
+                    }
+                    events.extend(advance::advance(&started, tick.instance, tick.now, tick.jitter));
                 }
                 events
             }

@@ -29,7 +29,7 @@ use sqlx::{PgPool, Row};
 
 use crate::engine::Engine;
 use crate::events::Wait;
-use crate::instance::{Workflow, WorkflowCommand, WorkflowError, derived_id, takes};
+use crate::instance::{Tick, Workflow, WorkflowCommand, WorkflowError, derived_id, takes};
 use crate::metrics::{DELIVERIES_TOTAL, TRIGGERED_TOTAL};
 
 /// The streams listened to: every domain a step may wait on.
@@ -210,7 +210,13 @@ impl Listener {
             &["trigger", &definition_id.to_string()],
         );
         let context = Map::from_iter([("trigger".to_owned(), Value::Object(shown.clone()))]);
-        let command = WorkflowCommand::Create { definition_id, content_id, definition, context, start: true };
+        let command = WorkflowCommand::Create {
+            definition_id,
+            content_id,
+            definition,
+            context,
+            start: Some(Tick::now(instance)),
+        };
         self.write(event.tenant_id, event.correlation_id, instance, &command, TRIGGERED_TOTAL).await
     }
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::definition::{DefinitionCommand, WorkflowDefinition};
 use crate::engine::Engine;
 use crate::error::ServiceError;
-use crate::instance::{Workflow, WorkflowCommand as W, WorkflowStatus};
+use crate::instance::{Tick, Workflow, WorkflowCommand as W, WorkflowStatus};
 use crate::queries::{self, DEFAULT_PAGE, InstanceFilter, MAX_PAGE};
 use crate::spec::Definition;
 
@@ -127,7 +127,7 @@ impl WorkflowService for WorkflowApi {
             let (content_id, definition) =
                 queries::definition_version(&self.pool, caller.tenant, definition_id, pinned).await?;
             let context = json("context", r.context)?;
-            let command = W::Create { definition_id, content_id, definition, context, start: true };
+            let command = W::Create { definition_id, content_id, definition, context, start: Some(Tick::now(id)) };
             self.instance(&caller, id, command, r.options).await
         })
         .await

@@ -21,7 +21,7 @@ use super::{Due, Engine};
 use crate::calls::CallError;
 use crate::error::ServiceError;
 use crate::events::Outreach;
-use crate::instance::{Reach, Workflow, WorkflowCommand, WorkflowError};
+use crate::instance::{Reach, Tick, Workflow, WorkflowCommand, WorkflowError};
 use crate::metrics::{OUTREACH_TOTAL, WITHDRAWALS_TOTAL};
 
 /// How long a step whose service was unreachable waits before it is sent again.
@@ -114,8 +114,9 @@ impl Engine {
             transient: e.code().is_retryable() || e.code() == ErrorCode::Unavailable,
             message: format!("child workflow: {e}"),
         })?;
+        let start = Some(Tick::now(child));
         let command =
-            WorkflowCommand::Create { definition_id, content_id, definition, context: context.clone(), start: true };
+            WorkflowCommand::Create { definition_id, content_id, definition, context: context.clone(), start };
         match self.workflows.execute(caller, child, &command, &CommandOptions::default()).await {
             Ok(_) | Err(ExecutorError::Exists(..)) => {
                 self.wake();

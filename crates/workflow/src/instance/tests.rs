@@ -23,9 +23,11 @@ fn running(steps: Value, context: Value) -> Workflow {
         content_id: definition.content_id(),
         definition,
         context: context.as_object().unwrap().clone(),
-        start: true,
+        start: None,
     };
     run(&mut w, &command, &()).unwrap();
+    // Started apart from created, so each test sees the first tick's events from `advance`.
+    run(&mut w, &WorkflowCommand::Start, &()).unwrap();
     assert_eq!(w.status, WorkflowStatus::Running);
     w
 }
@@ -68,7 +70,7 @@ fn no_start_without_steps_and_a_draft_starts_once() {
         content_id: empty.content_id(),
         definition: empty,
         context: Map::new(),
-        start: false,
+        start: None,
     };
     run(&mut w, &create, &()).unwrap();
     assert_eq!(w.status, WorkflowStatus::Draft);
@@ -431,4 +433,37 @@ fn outward_steps_are_checked_when_defined() {
     assert!(e.starts_with("definition.triggers[0].subject"), "{e}");
     let e = trigger(json!({"subject": "graph.evt.>", "aggregate_id": "x"})).unwrap_err().to_string();
     assert!(e.contains("only for wait_event"), "{e}");
+}
+
+#[test]
+fn a_started_create_runs_its_first_tick_in_the_same_write() {
+    let definition = definition(json!([
+        {"id": "a", "kind": "automated", "set": {"x": "'1'"}},
+        {"id": "b", "kind": "automated", "depends_on": ["a"], "set": {"y": "x + '2'"}},
+        {"id": "wait", "kind": "timer", "depends_on": ["b"], "sleep_ms": 1000},
+    ]));
+    let create = |start| WorkflowCommand::Create {
+        definition_id: AggregateId::new(),
+        content_id: definition.content_id(),
+        definition: definition.clone(),
+        context: Map::new(),
+        start,
+    };
+    let mut w = Workflow::default();
+    let tick = Tick { instance: instance_id(), now: t0(), jitter: 0.0 };
+    let events = run(&mut w, &create(Some(tick)), &()).unwrap();
+    let types: Vec<_> = events.iter().map(WorkflowEvent::event_type).collect();
+    assert_eq!(&types[..2], ["workflow_created", "workflow_started"]);
+    assert_eq!(status(&w, "a"), StepStatus::Completed);
+    assert_eq!(status(&w, "b"), StepStatus::Completed);
+    assert_eq!(w.context.get("y"), Some(&json!("12")));
+    // The timer the tick started fires a second after the tick, not after some later claim.
+    assert_eq!(w.next_due(), Some(t0() + Duration::seconds(1)));
+    assert!(advance(&mut w, t0() + Duration::milliseconds(999)).is_empty());
+    assert!(advance(&mut w, t0() + Duration::seconds(1)).contains(&"workflow_completed"));
+
+    // The same create as a draft decides nothing beyond itself.
+    let mut draft = Workflow::default();
+    assert_eq!(run(&mut draft, &create(None), &()).unwrap().len(), 1);
+    assert_eq!(draft.status, WorkflowStatus::Draft);
 }
