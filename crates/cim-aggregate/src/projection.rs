@@ -21,6 +21,18 @@ pub trait Projection: Send + Sync + 'static {
         at: &EventEnvelope,
         event: &Self::Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// After every run of consecutive events of one aggregate (a command's events, or a stretch
+    /// of a rebuild): rows that hold only the aggregate's latest state (its version, when it is
+    /// next due) are written once here from `events`, instead of once per event in `apply`.
+    fn settle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&EventEnvelope, Self::Event)],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = (tx, events);
+        async { Ok(()) }
+    }
 }
 
 /// A [`Projection`] as the event store runs it.
@@ -34,10 +46,15 @@ impl<P: Projection> Projector for Projected<P> {
         events: &'a [EventEnvelope],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            for envelope in events {
-                let event = P::Event::from_envelope(envelope)
-                    .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))?;
-                self.0.apply(tx, envelope, &event).await?;
+            for run in events.chunk_by(|a, b| a.tenant_id == b.tenant_id && a.aggregate_id == b.aggregate_id) {
+                let mut decoded = Vec::with_capacity(run.len());
+                for envelope in run {
+                    let event = P::Event::from_envelope(envelope)
+                        .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))?;
+                    self.0.apply(tx, envelope, &event).await?;
+                    decoded.push((envelope, event));
+                }
+                self.0.settle(tx, &decoded).await?;
             }
             Ok(())
         })

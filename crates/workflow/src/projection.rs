@@ -85,7 +85,7 @@ impl Projection for WorkflowProjection {
         use WorkflowEvent as E;
         let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
         waits::step(tx, at, event).await?;
-        let status = match event {
+        match event {
             E::Created(e) => {
                 sqlx::query(
                     "INSERT INTO workflow_instances (tenant_id, instance_id, definition_id, content_id, name, status, \
@@ -109,12 +109,7 @@ impl Projection for WorkflowProjection {
                 .bind(at.correlation_id.as_uuid())
                 .execute(&mut *tx)
                 .await?;
-                None
             }
-            E::Started(_) | E::Resumed(_) => Some(WorkflowStatus::Running),
-            E::Paused(_) => Some(WorkflowStatus::Paused),
-            E::Completed(_) => Some(WorkflowStatus::Completed),
-            E::Cancelled(_) => Some(WorkflowStatus::Cancelled),
             E::Failed(e) => {
                 sqlx::query("UPDATE workflow_instances SET error = $3 WHERE tenant_id = $1 AND instance_id = $2")
                     .bind(tenant)
@@ -122,36 +117,61 @@ impl Projection for WorkflowProjection {
                     .bind(format!("{}: {}", e.step, e.error))
                     .execute(&mut *tx)
                     .await?;
-                Some(WorkflowStatus::Failed)
             }
-            _ => None,
-        };
-        if let Some(status) = status {
-            sqlx::query("UPDATE workflow_instances SET status = $3 WHERE tenant_id = $1 AND instance_id = $2")
-                .bind(tenant)
-                .bind(id)
-                .bind(status.as_str())
-                .execute(&mut *tx)
-                .await?;
+            _ => {}
         }
+        Ok(())
+    }
+
+    /// The instance row's status and version and its due row, once per command: a command
+    /// that runs a chain of steps writes dozens of events, and these rows keep only the last.
+    async fn settle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[(&EventEnvelope, WorkflowEvent)],
+    ) -> Result<(), sqlx::Error> {
+        let Some((last, last_event)) = events.last() else { return Ok(()) };
+        let statuses: Vec<WorkflowStatus> = events.iter().filter_map(|(_, e)| status_after(e)).collect();
         sqlx::query(
-            "UPDATE workflow_instances SET version = $3, updated_at = $4 WHERE tenant_id = $1 AND instance_id = $2",
+            "UPDATE workflow_instances SET status = coalesce($3, status), version = $4, updated_at = $5 \
+             WHERE tenant_id = $1 AND instance_id = $2",
         )
-        .bind(tenant)
-        .bind(id)
-        .bind(at.sequence as i64)
-        .bind(at.occurred_at)
+        .bind(last.tenant_id.as_uuid())
+        .bind(last.aggregate_id.as_uuid())
+        .bind(statuses.last().map(|s| s.as_str()))
+        .bind(last.sequence as i64)
+        .bind(last.occurred_at)
         .execute(&mut *tx)
         .await?;
-        due(tx, at, status).await
+        let finished = statuses.iter().any(|s| s.is_final());
+        due(tx, last, finished, status_after(last_event)).await
+    }
+}
+
+/// The status an event moves its instance to, if it moves it.
+fn status_after(event: &WorkflowEvent) -> Option<WorkflowStatus> {
+    use WorkflowEvent as E;
+    match event {
+        E::Started(_) | E::Resumed(_) => Some(WorkflowStatus::Running),
+        E::Paused(_) => Some(WorkflowStatus::Paused),
+        E::Completed(_) => Some(WorkflowStatus::Completed),
+        E::Cancelled(_) => Some(WorkflowStatus::Cancelled),
+        E::Failed(_) => Some(WorkflowStatus::Failed),
+        _ => None,
     }
 }
 
 /// A finished instance leaves the due work; a paused one waits for its resumption; a draft for
 /// its start; any other event may have made something ready, so the engine looks at once.
-async fn due(tx: &mut PgConnection, at: &EventEnvelope, status: Option<WorkflowStatus>) -> Result<(), sqlx::Error> {
+/// `at` is the command's last event and `status` the status it moved to, if it moved it.
+async fn due(
+    tx: &mut PgConnection,
+    at: &EventEnvelope,
+    finished: bool,
+    status: Option<WorkflowStatus>,
+) -> Result<(), sqlx::Error> {
     let (tenant, id) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid());
-    if status.is_some_and(WorkflowStatus::is_final) {
+    if finished {
         waits::end(tx, at, None).await?;
         sqlx::query("DELETE FROM workflow_due WHERE tenant_id = $1 AND instance_id = $2")
             .bind(tenant)
