@@ -9,7 +9,9 @@
 # postgres://postgres:postgres@127.0.0.1:5432/postgres; a throwaway database is created and
 # dropped), a nats-server binary (a private server on a free port; the shared one is not
 # touched). Prometheus and Alertmanager: the installed ones, else the binaries of the Debian
-# packages prometheus and prometheus-alertmanager, unpacked without installing them.
+# packages prometheus and prometheus-alertmanager, unpacked without installing them (Alertmanager's
+# templates copied to /usr/share/prometheus/alertmanager, where Debian's build reads them: root
+# the first time).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,6 +39,7 @@ find_python() {
 cd "$ROOT"
 PROMETHEUS="$(deb_tool prometheus prometheus usr/bin/prometheus)"
 ALERTMANAGER="$(deb_tool prometheus-alertmanager prometheus-alertmanager usr/bin/prometheus-alertmanager)"
+alertmanager_templates "$ALERTMANAGER"
 PY="$(find_python)"
 for tool in psql nats-server; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || die "$tool not found (scripts/infra.sh up installs it)"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by scripts/check-live-metrics.sh and scripts/check-alerts.sh, which define die: a
+# Sourced by scripts/check-live-metrics.sh, check-alerts.sh and rehearse.sh, which define die: a
 # server's binary from its Debian package without installing the package (installing prometheus
 # or prometheus-alertmanager starts their services), unpacked once into the cache check-deploy.sh
 # and rehearse.sh unpack their tools into.
@@ -29,4 +29,16 @@ deb_tool() { # command package path-in-package
         rm -rf "${DEBTOOLS:?}/$pkg" && mv "$DEBTOOLS/$pkg.tmp" "$DEBTOOLS/$pkg"
     fi
     printf '%s\n' "$DEBTOOLS/$pkg/$inside"
+}
+
+# Debian's Alertmanager reads its notification templates from /usr/share/prometheus/alertmanager
+# (a Debian patch; upstream's binary embeds them) and refuses every configuration without them.
+# An unpacked binary ($1) gets the package's templates there, as installing the package would put
+# them, without its service. Needs root the first time.
+alertmanager_templates() { # alertmanager-binary
+    local share=/usr/share/prometheus/alertmanager from
+    from="$(dirname "$1")/../share/prometheus/alertmanager"
+    [ -f "$share/default.tmpl" ] && return
+    [ -f "$from/default.tmpl" ] || die "no $share/default.tmpl, and $1 is not an unpacked Debian package beside its templates"
+    mkdir -p "$share" && cp "$from"/*.tmpl "$share/" || die "cannot copy Alertmanager's templates to $share (run as root once)"
 }
