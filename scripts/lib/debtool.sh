@@ -40,5 +40,7 @@ alertmanager_templates() { # alertmanager-binary
     from="$(dirname "$1")/../share/prometheus/alertmanager"
     [ -f "$share/default.tmpl" ] && return
     [ -f "$from/default.tmpl" ] || die "no $share/default.tmpl, and $1 is not an unpacked Debian package beside its templates"
-    mkdir -p "$share" && cp "$from"/*.tmpl "$share/" || die "cannot copy Alertmanager's templates to $share (run as root once)"
+    if ! { mkdir -p "$share" && cp "$from"/*.tmpl "$share/"; }; then
+        die "cannot copy Alertmanager's templates to $share (run as root once)"
+    fi
 }
