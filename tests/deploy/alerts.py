@@ -23,14 +23,17 @@ Then:
    cim_dependency_up, must reach the webhook through the critical route (receiver
    cim-webhook-critical) for the services that lost NATS, with its runbook_url, no earlier than its
    `for:` (1 m) after the stop and no later than `for:` + evaluation, scrape, the services' 2 s
-   readiness refresh and Alertmanager's group_wait, plus SLACK_SECONDS.
+   readiness refresh and Alertmanager's group_wait, plus SLACK_SECONDS. Meanwhile WRITES graphs
+   are created through the graph service's gRPC API: acknowledged (Postgres commits them), their
+   events wait in the outbox.
 3. Inhibition: while it fires, the symptoms it causes (CimServiceNotReady, CimOutboxStale,
    CimConsumerLagHigh) are suppressed by Alertmanager. Those rules need 2 to 3 minutes of their
    own to fire, so they are posted to Alertmanager's API as Prometheus would post them (same
    labels, deployment included); each must be reported suppressed by CimNatsUnreachable and never
    reach the webhook, while the same symptom from another deployment (the control) does.
-4. NATS is started again on the same port and store: the services reconnect, and the webhook
-   must receive the resolved notification within RESOLVE_SECONDS.
+4. NATS is started again on the same port and store: the services reconnect, the webhook must
+   receive the resolved notification (for every alert that fired) within RESOLVE_SECONDS, and the
+   graph stream must hold the events acknowledged during the outage (no acknowledged event lost).
 
 Exits 1 naming what did not happen; every process and the database are removed on any exit.
 """
@@ -39,7 +42,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import secrets
 import shutil
+import subprocess
 import signal
 import sys
 import threading
@@ -63,6 +69,7 @@ DEPLOYMENT = "alert-check"
 # Beyond for: + evaluation: the services refresh cim_dependency_up every 2 s, a scrape and an
 # evaluation each 1 s, Alertmanager's group_wait 1 s, and a loaded 2-core machine.
 SLACK_SECONDS = 20
+WRITES = 3  # commands acknowledged while NATS is down
 RESOLVE_SECONDS = 30
 START = time.monotonic()
 LOG = threading.Lock()  # the webhook's threads log too
@@ -111,8 +118,32 @@ class AlertRun(live_metrics.Run):
     def start_nats_on(self, port: int) -> None:
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         self.nats_port = port
-        self.nats = self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.tmp / "js")])
+        self.nats_monitor = getattr(self, "nats_monitor", None) or free_port()
+        self.nats = self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(self.nats_monitor),
+                                        "-js", "-sd", str(self.tmp / "js")])  # fmt: skip
         wait_for(lambda: port_open(port), 10, "NATS", lambda: self.alive("nats", self.nats))
+
+    def stream_messages(self, stream: str) -> int:
+        """Messages in a JetStream stream, from the server's monitoring endpoint."""
+        jsz = http("GET", f"http://127.0.0.1:{self.nats_monitor}/jsz?streams=true")[1]
+        return sum(d["state"]["messages"] for acc in jsz.get("account_details") or []
+                   for d in acc.get("stream_detail") or [] if d["name"] == stream)  # fmt: skip
+
+    def create_graphs(self, grpcurl: str, n: int) -> list[str]:
+        """n graphs created through the graph service's gRPC API; the ids it acknowledged."""
+        tenant = "0190f1b2-2222-7000-8000-" + secrets.token_hex(6)
+        ids = []
+        for i in range(n):
+            r = subprocess.run(
+                [grpcurl, "-plaintext", "-max-time", "10", "-H", f"x-cim-tenant: {tenant}", "-H", "x-cim-actor: alerts",
+                 "-d", json.dumps({"name": f"written while NATS is down {i}"}), self.env["CIM_GRAPH_ADDR"],
+                 "cim.graph.v1.GraphService/CreateGraph"],
+                capture_output=True, text=True, timeout=20,
+            )  # fmt: skip
+            if r.returncode != 0:
+                raise SystemExit(f"alerts: CreateGraph while NATS is down: {(r.stderr or r.stdout).strip()[-400:]}")
+            ids.append(json.loads(r.stdout)["graphId"])  # grpcurl prints protobuf JSON names
+        return ids
 
     def stop_nats(self) -> None:
         self.nats.terminate()
@@ -212,6 +243,7 @@ def main() -> int:
     nats_rule = rule(ALERT)
     hold = duration(nats_rule["for"])
     failures: list[str] = []
+    grpcurl = live_metrics.find_grpcurl()
     run = AlertRun(args)
     inbox = Inbox()
     server, webhook = receiver.serve_in_background(inbox)
@@ -243,6 +275,10 @@ def main() -> int:
         log(f"NATS stopped; {ALERT} (for: {nats_rule['for']}) must reach the webhook within "
             f"{hold + SLACK_SECONDS:.0f}s")
         deadline = stopped + hold + SLACK_SECONDS
+        # Commands keep being acknowledged (Postgres commits them): their events wait in the outbox.
+        stream = run.env["CIM_SUBJECT_PREFIX"].replace("-", "_").replace(".", "_").upper() + "_GRAPH"
+        written = run.create_graphs(grpcurl, WRITES)
+        log(f"{len(written)} graphs created while NATS is down (acknowledged; their events wait in the outbox)")
 
         def fired() -> list[tuple[float, str, dict]]:
             return [a for a in inbox.alerts("firing") if a[2]["labels"].get("alertname") == ALERT]
@@ -316,6 +352,16 @@ def main() -> int:
         firing = {key(a) for _, _, a in fired()}
         while time.monotonic() < back + RESOLVE_SECONDS and resolved() != firing:
             time.sleep(0.5)
+        # No acknowledged event is lost: the relay publishes the outbox when NATS is back.
+        published = 0
+        until = time.monotonic() + RESOLVE_SECONDS
+        while time.monotonic() < until and (published := run.stream_messages(stream)) < len(written):
+            time.sleep(0.5)
+        if published < len(written):
+            failures.append(f"{stream} holds {published} events after NATS came back, not the {len(written)} "
+                            "acknowledged while it was down")  # fmt: skip
+        else:
+            log(f"{stream}: the {published} events acknowledged during the outage published after it")
         if got and resolved() != firing:
             failures.append(f"{ALERT} resolved for {sorted(resolved())} within {RESOLVE_SECONDS}s, "
                             f"not for every one that fired: {sorted(firing)}")  # fmt: skip
