@@ -58,7 +58,7 @@ fn describe() {
     metrics::describe_gauge!(SERVICE_READY, "1 while the service reports ready, by service");
     metrics::describe_gauge!(
         DEPENDENCY_UP,
-        "1 while the service's readiness check of a dependency (postgres, nats, redis) passes, by service and dependency"
+        "1 while the service's readiness check of a dependency (postgres, nats) passes, by service and dependency"
     );
     metrics::describe_gauge!(BUILD_INFO, "Always 1; labels carry the version, by service");
 }
