@@ -3,6 +3,7 @@
 #   compose.yaml           docker-compose v2 `config -q`
 #   k8s/overlays/*         `kubectl kustomize` | kubernetes-validate --strict
 #   monitoring/prometheus  promtool check config, check rules (+ every dashboard query), test rules
+#   monitoring/alertmanager amtool check-config
 #   Grafana dashboards     tsc against @grafana/schema (tests/deploy/dashboards)
 #   NATS configs           nats-server -t      nginx.conf   nginx -t
 #   Dockerfiles            hadolint            shell scripts shellcheck
@@ -13,7 +14,8 @@
 # fresh Debian 12 run as root: a venv (/var/tmp/cim-deploy-venv, tests/deploy/requirements.txt),
 # npm packages (/var/tmp/cim-deploy-npm, tests/deploy/dashboards/package*.json), and binaries
 # taken from Debian packages without installing them (/var/tmp/cim-deploy-tools: promtool from
-# `prometheus`, nginx), because installing those packages starts their servers.
+# `prometheus`, amtool from `prometheus-alertmanager`, nginx), because installing those packages
+# starts their servers.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,6 +93,14 @@ setup() {
         [ -x "$PROMTOOL" ] || apt_unpack prometheus
     fi
 
+    # amtool: the installed one, else the Debian package's binary.
+    if command -v amtool >/dev/null 2>&1; then
+        AMTOOL=amtool
+    else
+        AMTOOL="$TOOLS/prometheus-alertmanager/usr/bin/amtool"
+        [ -x "$AMTOOL" ] || apt_unpack prometheus-alertmanager
+    fi
+
     # nginx: the Debian package's binary (its libraries installed if missing).
     NGINX="$TOOLS/nginx/usr/sbin/nginx"
     [ -x "$NGINX" ] || apt_unpack nginx
@@ -107,6 +117,7 @@ setup() {
         "kubectl $("$KUBECTL" version --client 2>/dev/null | tr '\n' ' ')" \
         "kubernetes-validate $("$VENV/bin/kubernetes-validate" --version 2>&1 | tail -n1)" \
         "$("$PROMTOOL" --version 2>&1 | head -n1)" \
+        "$("$AMTOOL" --version 2>&1 | head -n1)" \
         "typescript $("$NPM_DIR/node_modules/.bin/tsc" --version 2>&1), @grafana/schema $(node -p 'require(process.argv[1]).version' "$NPM_DIR/node_modules/@grafana/schema/package.json" 2>/dev/null), node $(node --version 2>&1)" \
         "nats-server $("$VENV/bin/nats-server" --version 2>&1 | head -n1)" \
         "$("$NGINX" -v 2>&1 | head -n1)" \
@@ -218,6 +229,29 @@ check_prometheus_configs() {
         "$PROMTOOL" check config "$ROOT/monitoring/prometheus/prometheus-k8s.yml"
 }
 
+check_alertmanager() {
+    local config="$ROOT/monitoring/alertmanager/alertmanager.yml" name severity want rc=0
+    "$AMTOOL" check-config "$config" || return 1
+    # Every alert of the rules takes the route its severity means: critical pages
+    # (cim-webhook-critical), anything else goes to the default receiver.
+    while read -r name severity; do
+        want=cim-webhook
+        [ "$severity" = critical ] && want=cim-webhook-critical
+        if ! "$AMTOOL" config routes test --config.file="$config" --verify.receivers="$want" \
+            alertname="$name" severity="$severity" deployment=compose >/dev/null 2>&1; then
+            echo "$name (severity $severity) is not routed to $want"
+            rc=1
+        fi
+    done < <("$VENV/bin/python" -c 'import sys, yaml
+for f in sys.argv[1:]:
+    for g in yaml.safe_load(open(f))["groups"]:
+        for r in g["rules"]:
+            if "alert" in r:
+                print(r["alert"], r.get("labels", {}).get("severity", "none"))' "$ROOT"/monitoring/prometheus/rules/*.yml)
+    [ "$rc" -eq 0 ] && echo "every alert routes to the receiver of its severity"
+    return "$rc"
+}
+
 check_consistency() {
     local args=(--compose-json "$WORK/compose.json") f
     for f in "$WORK"/k8s-*.yaml; do
@@ -242,11 +276,12 @@ done
 step "promtool check config" check_prometheus_configs
 step "promtool check rules (alert rules, dashboard queries)" check_rules
 step "promtool test rules" check_rule_tests
+step "amtool check-config (Alertmanager)" check_alertmanager
 step "dashboards type-check (@grafana/schema, tsc)" check_dashboards
 step "nats-server -t (NATS configs)" check_nats
 step "nginx -t (load balancer config)" check_nginx
 step "hadolint (Dockerfiles)" "$VENV/bin/hadolint" "$ROOT"/docker/*.Dockerfile
-step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
+step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/check-live-metrics.sh" "$ROOT/scripts/check-alerts.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/scripts/lib/debtool.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
 step "consistency with the code (tests/deploy/consistency.py)" check_consistency
 
 printf '\n'

@@ -13,36 +13,14 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TOOLS=/var/tmp/cim-deploy-tools
+# shellcheck source=scripts/lib/debtool.sh disable=SC1091
+. "$ROOT/scripts/lib/debtool.sh"
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf 'check-live-metrics: %s\n' "$*"; }
 die() {
     log "$*"
     exit 2
-}
-
-find_prometheus() {
-    if command -v prometheus >/dev/null 2>&1; then
-        command -v prometheus
-        return
-    fi
-    local bin="$TOOLS/prometheus/usr/bin/prometheus" dir="$TOOLS/debs" deb
-    if [ ! -x "$bin" ]; then
-        mkdir -p "$dir"
-        deb="$(find "$dir" -maxdepth 1 -name 'prometheus_*.deb' | head -n1)"
-        if [ -z "$deb" ]; then
-            (cd "$dir" && apt-get download prometheus >/dev/null 2>&1) || {
-                apt-get update -qq >/dev/null || die "apt-get update failed"
-                (cd "$dir" && apt-get download prometheus >/dev/null 2>&1) || die "apt-get download prometheus failed"
-            }
-            deb="$(find "$dir" -maxdepth 1 -name 'prometheus_*.deb' | head -n1)"
-        fi
-        rm -rf "$TOOLS/prometheus.tmp"
-        dpkg-deb -x "$deb" "$TOOLS/prometheus.tmp" || die "cannot unpack $deb"
-        rm -rf "$TOOLS/prometheus" && mv "$TOOLS/prometheus.tmp" "$TOOLS/prometheus"
-    fi
-    printf '%s\n' "$bin"
 }
 
 find_python() {
@@ -57,7 +35,7 @@ find_python() {
 }
 
 cd "$ROOT"
-PROMETHEUS="$(find_prometheus)"
+PROMETHEUS="$(deb_tool prometheus prometheus usr/bin/prometheus)"
 PY="$(find_python)"
 for tool in psql nats-server redis-server; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || die "$tool not found (scripts/infra.sh up installs it)"

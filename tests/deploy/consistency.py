@@ -393,6 +393,9 @@ def secret_values(doc: dict) -> dict[str, str]:
 # The stores in compose and Kubernetes, and the port each serves.
 STORES = {"postgres": 5432, "nats": 4222, "redis": 6379, "minio": 9000}
 LOAD_BALANCER = "nginx"
+# Where Prometheus sends alerts: compose's service and the k8s Deployment/Service of this name.
+ALERTMANAGER = "alertmanager"
+ALERTMANAGER_PORT = 9093
 # The scheduled `cim backup`: compose's service (profile backup), k8s CronJob cim-<it>, its
 # Postgres role, MinIO user and Secret backup-secrets.
 BACKUP = "backup"
@@ -494,7 +497,8 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
     refused. From the docs: public → the load balancer only; load balancer → the edges; a service
     → the services its CIM_<SERVICE>_<CALLEE>_URLS name, on their gRPC port (the edges → the
     domain services; workflow → graph, document, agent and its own replicas); each service → the
-    stores it uses (data); Prometheus → admin ports (monitoring); Grafana → Prometheus and Loki,
+    stores it uses (data); Prometheus → admin ports and Alertmanager (monitoring); Grafana →
+    Prometheus and Loki,
     Alloy → Loki. `outside` is the world reaching the load balancer's published port."""
     ports = code_ports(vars_)
     edges = edge_services()
@@ -513,6 +517,7 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
     for s in SERVICES:
         flows.append(("prometheus", s, ports[s][1], "monitoring"))
     flows += [
+        ("prometheus", ALERTMANAGER, ALERTMANAGER_PORT, "monitoring"),
         ("grafana", "prometheus", 9090, "monitoring"),
         ("grafana", "loki", 3100, "monitoring"),
         ("alloy", "loki", 3100, "monitoring"),
@@ -1005,6 +1010,147 @@ def design_networks(vars_: dict[str, str | None]) -> dict[str, set[str]]:
             if host != "outside":
                 out.setdefault(host, set()).add(net)
     return out
+
+# --- alerts reach a person: runbooks and Alertmanager ------------------------------------------
+
+RUNBOOKS = "docs/runbooks"
+ALERTMANAGER_CONFIG = "monitoring/alertmanager/alertmanager.yml"
+# How a runbook cites what to look at, so the citations are checked against what exists (every
+# quoted title, or backticked line name, up to the end of the clause: . ; or :):
+#   dashboard "CIM overview", panel "Oldest unpublished event"      (Grafana panels)
+#   dashboard "CIM overview", panels "Readiness" (which instances) and "Dependencies"
+#   `cim doctor` line `nats`   /   `cim doctor` lines `stream` and `consumer`
+RUNBOOK_PANEL = re.compile(r'[Dd]ashboard "([^"]+)", panels? ([^.;:]*)')
+RUNBOOK_DOCTOR = re.compile(r"`cim doctor` lines? ([^.;:]*)")
+
+
+def dashboard_panels() -> dict[str, set[str]]:
+    """Dashboard title -> the titles of its panels (rows included)."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "monitoring/grafana/dashboards").glob("*.json")):
+        d = json.loads(path.read_text())
+        titles = set()
+        for p in d.get("panels", []):
+            titles.add(p.get("title"))
+            titles |= {q.get("title") for q in p.get("panels", [])}
+        out[d["title"]] = titles
+    return out
+
+
+def doctor_lines() -> set[str]:
+    """The names `cim doctor` prints its checks under (the first column after ok/FAIL/skip)."""
+    text = (ROOT / "crates/cim/src/doctor.rs").read_text()
+    return set(re.findall(r'\breport\.(?:line|fail|skip)\(\s*"([a-z]+)"', text))
+
+
+def check_runbooks(c: Checker, alerts: dict[str, str]) -> None:
+    """Each runbook is named after an alert of the rules, has the four parts, and what it tells
+    the reader to look at exists: the Grafana panels and the `cim doctor` lines it cites."""
+    panels = dashboard_panels()
+    doctor = doctor_lines()
+    c.check(bool(doctor), "crates/cim/src/doctor.rs: no report.line(\"<name>\", ...) found")
+    for path in sorted((ROOT / RUNBOOKS).glob("*.md")):
+        name, text = path.stem, path.read_text()
+        flat = re.sub(r"\s+", " ", text)  # a citation may wrap
+        if not c.check(name in alerts, f"{rel(path)}: no alert {name} in monitoring/prometheus/rules"):
+            continue
+        c.check(text.startswith(f"# {name}\n"), f"{rel(path)}: must start with the heading '# {name}'")
+        for part in ("## What it means", "## Confirm", "## Fix", "## Verify"):
+            c.check(f"\n{part}\n" in text, f"{rel(path)}: no section '{part}'")
+        cites = 0
+        for dash, titles in RUNBOOK_PANEL.findall(flat):
+            for title in re.findall(r'"([^"]+)"', titles):
+                cites += 1
+                c.check(
+                    title in panels.get(dash, set()),
+                    f"{rel(path)}: cites panel \"{title}\" of dashboard \"{dash}\", which "
+                    + ("has no such panel" if dash in panels else "does not exist"),
+                )
+        for names in RUNBOOK_DOCTOR.findall(flat):
+            for line in re.findall(r"`([a-z]+)`", names):
+                c.check(line in doctor, f"{rel(path)}: cites `cim doctor` line `{line}`, which doctor does not print")
+        c.check(cites > 0, f"{rel(path)}: cites no Grafana panel (dashboard \"...\", panel \"...\")")
+
+
+def matcher_alertnames(matchers: list[str]) -> list[str]:
+    """The alert names an Alertmanager matcher list selects: alertname="X" or alertname=~"X|Y"."""
+    out = []
+    for m in matchers or []:
+        hit = re.fullmatch(r'\s*alertname\s*(=~?)\s*"?([^"]*)"?\s*', m)
+        if hit:
+            out += hit.group(2).split("|") if hit.group(1) == "=~" else [hit.group(2)]
+    return out
+
+
+def check_alertmanager(c: Checker, alerts: dict[str, str], compose: dict, overlays: dict[str, list[dict]]) -> None:
+    """Alertmanager names only alerts that exist; both Prometheus configs send to it; compose and
+    every overlay run it with the repository's config, and only Prometheus reaches it."""
+    cfg = yaml.safe_load((ROOT / ALERTMANAGER_CONFIG).read_text())
+    named = []
+
+    def walk(route: dict) -> None:
+        named.extend(matcher_alertnames(route.get("matchers")))
+        for r in route.get("routes") or []:
+            walk(r)
+
+    walk(cfg.get("route") or {})
+    for rule in cfg.get("inhibit_rules") or []:
+        sources = matcher_alertnames(rule.get("source_matchers"))
+        c.check(bool(sources), f"{ALERTMANAGER_CONFIG}: an inhibit rule whose source is no alert by name")
+        named += sources + matcher_alertnames(rule.get("target_matchers"))
+    for name in named:
+        c.check(name in alerts, f"{ALERTMANAGER_CONFIG}: names alert {name}, which no rule defines")
+    target = f"{ALERTMANAGER}:{ALERTMANAGER_PORT}"
+    for conf in ("monitoring/prometheus/prometheus.yml", "monitoring/prometheus/prometheus-k8s.yml"):
+        prom = yaml.safe_load((ROOT / conf).read_text())
+        targets = [t for am in (prom.get("alerting") or {}).get("alertmanagers", [])
+                   for sc in am.get("static_configs", []) for t in sc.get("targets", [])]  # fmt: skip
+        c.check(targets == [target], f"{conf}: alerting must send to {target} (sends to {targets})")
+        c.check(
+            "deployment" in (prom.get("global") or {}).get("external_labels", {}),
+            f"{conf}: external_labels.deployment is what {ALERTMANAGER_CONFIG} groups and inhibits by",
+        )
+    am = compose["services"].get(ALERTMANAGER)
+    if c.check(am is not None, f"compose.yaml: no service {ALERTMANAGER}"):
+        mounts = {v.get("target"): v.get("source") for v in am.get("volumes", [])}
+        c.check(
+            mounts.get("/etc/alertmanager/alertmanager.yml") == str(ROOT / ALERTMANAGER_CONFIG),
+            f"compose.yaml {ALERTMANAGER}: must mount {ALERTMANAGER_CONFIG} at /etc/alertmanager/alertmanager.yml",
+        )
+    for overlay, docs in overlays.items():
+        dep, svc = k8s_find(docs, "Deployment", ALERTMANAGER), k8s_find(docs, "Service", ALERTMANAGER)
+        if not c.check(dep is not None and svc is not None, f"k8s {overlay}: no Deployment and Service {ALERTMANAGER}"):
+            continue
+        c.check(
+            [p["port"] for p in svc["spec"]["ports"]] == [ALERTMANAGER_PORT],
+            f"k8s {overlay}: Service {ALERTMANAGER} must expose port {ALERTMANAGER_PORT}",
+        )
+        tpl = dep["spec"]["template"]
+        vols = {v["name"]: (v.get("configMap") or {}).get("name") for v in tpl["spec"].get("volumes", [])}
+        cm_names = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+        c.check(
+            any(n and n.startswith("alertmanager-config") and n in cm_names for n in vols.values()),
+            f"k8s {overlay}: Deployment {ALERTMANAGER} mounts no alertmanager-config ConfigMap",
+        )
+        names = {p["name"]: p["containerPort"] for ctr in tpl["spec"]["containers"]
+                 for p in ctr.get("ports", []) if "name" in p}  # fmt: skip
+        am_labels = tpl["metadata"].get("labels") or {}
+        prom = k8s_find(docs, "Deployment", "prometheus")
+        if prom is not None:
+            prom_labels = prom["spec"]["template"]["metadata"].get("labels") or {}
+            c.check(
+                k8s_allows(docs, "Ingress", am_labels, prom_labels, ALERTMANAGER_PORT, names),
+                f"k8s {overlay}: NetworkPolicy {ALERTMANAGER} does not admit Prometheus on {ALERTMANAGER_PORT}",
+            )
+        for s in SERVICES:
+            d = k8s_find(docs, "Deployment", s)
+            if d is not None:
+                c.check(
+                    not k8s_allows(docs, "Ingress", am_labels, d["spec"]["template"]["metadata"].get("labels") or {},
+                                   ALERTMANAGER_PORT, names),
+                    f"k8s {overlay}: NetworkPolicy {ALERTMANAGER} admits {s} (only Prometheus sends alerts)",
+                )  # fmt: skip
+
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -1661,17 +1807,23 @@ def main() -> int:
                 check_expr(q, f"{rel(path)} variable {v.get('name')}")
 
     rules_dir = ROOT / "monitoring/prometheus/rules"
+    alerts: dict[str, str] = {}
     for path in sorted(rules_dir.glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 check_expr(rule["expr"], f"{rel(path)} {rule.get('alert') or rule.get('record')}")
-                # A runbook is a file of this repository, named by its path from the root.
-                runbook = (rule.get("annotations") or {}).get("runbook_url")
-                if runbook is not None:
+                if "alert" in rule:
+                    alerts[rule["alert"]] = rel(path)
+                    # Every alert has its runbook: a file of this repository, by its path from the root.
+                    runbook = (rule.get("annotations") or {}).get("runbook_url")
+                    want = f"{RUNBOOKS}/{rule['alert']}.md"
                     c.check(
-                        (ROOT / runbook).is_file(),
-                        f"{rel(path)} {rule.get('alert')}: runbook_url {runbook} is not a file of the repository",
+                        runbook == want and (ROOT / want).is_file(),
+                        f"{rel(path)} {rule['alert']}: annotations.runbook_url must be {want!r}, an existing file "
+                        f"(is {runbook!r})",
                     )
+    check_runbooks(c, alerts)
+    check_alertmanager(c, alerts, compose, overlays)
     for path in sorted((ROOT / "monitoring/prometheus/tests").glob("*.yml")):
         for test in yaml.safe_load(path.read_text())["tests"]:
             for series in test.get("input_series", []):

@@ -24,6 +24,7 @@ files or to directories under the run's temporary directory):
               environment (every service of consistency.SERVICES is a host of its own)
   nginx       docker/nginx/nginx.conf
   prometheus  monitoring/prometheus (prometheus.yml, rules)
+  alertmanager  monitoring/alertmanager/alertmanager.yml (Debian's prometheus-alertmanager)
 Not run: grafana, loki, alloy (not packaged for Debian); their network membership is checked
 against the design instead.
 
@@ -898,6 +899,11 @@ class Rehearsal:
         args = [self.translate("prometheus", a) for a in spec.get("command", [])]
         self.spawn("prometheus", "prometheus", [self.tools["prometheus"], *args], {}, uid=NOBODY)
 
+    def start_alertmanager(self) -> None:
+        spec = self.compose["services"]["alertmanager"]
+        args = [self.translate("alertmanager", a) for a in spec.get("command", [])]
+        self.spawn("alertmanager", "alertmanager", [self.tools["alertmanager"], *args], {}, uid=NOBODY)
+
     def start_nginx(self) -> None:
         conf = self.translate("nginx", "/etc/nginx/nginx.conf")
         # The image's own command; a private /tmp (pid file) and /var/lib (the Debian build's
@@ -918,6 +924,7 @@ class Rehearsal:
             "redis": {"kind": "wait", "host": "127.0.0.1", "port": 6379},
             "minio": {"kind": "wait", "host": "127.0.0.1", "port": 9000},
             "prometheus": {"kind": "wait", "url": "http://127.0.0.1:9090/-/ready"},
+            "alertmanager": {"kind": "wait", "url": "http://127.0.0.1:9093/-/ready"},
             "nginx": {"kind": "wait", "url": "http://127.0.0.1/nginx-health"},
         }[svc]
 
@@ -938,7 +945,8 @@ class Rehearsal:
         """Starts every host in compose's depends_on order, each once what it depends on is
         healthy; hosts whose dependencies are met start together."""
         starters = {"nats": self.start_nats, "postgres": self.start_postgres, "redis": self.start_redis,
-                    "minio": self.start_minio, "prometheus": self.start_prometheus, "nginx": self.start_nginx}  # fmt: skip
+                    "minio": self.start_minio, "prometheus": self.start_prometheus, "nginx": self.start_nginx,
+                    "alertmanager": self.start_alertmanager}  # fmt: skip
         todo = [s for s in self.hosts if s not in ("outside",)]
         deps = {s: set((self.compose["services"][s].get("depends_on") or {}).keys()) & set(todo) for s in todo}
         healthy: set[str] = set()
@@ -1470,7 +1478,7 @@ class Rehearsal:
             lb = self.resolve("outside", "nginx")
             targets = [("postgres", 5432), ("nats", 4222), ("nats", 8222), ("redis", 6379), ("minio", 9000),
                        *[(s, p) for s in self.c.SERVICES if s in self.hosts for p in self.ports[s]],
-                       ("prometheus", 9090)]  # fmt: skip
+                       ("prometheus", 9090), ("alertmanager", 9093)]  # fmt: skip
 
             def one(t):
                 host, port = t
@@ -1503,7 +1511,7 @@ class Rehearsal:
         def domain_monitoring():
             probes = []
             for d in self.domain_services():
-                probes += [(d, h, p) for h, p in (("prometheus", 9090),) if (h, "monitoring") in self.addr]
+                probes += [(d, h, p) for h, p in (("prometheus", 9090), ("alertmanager", 9093)) if (h, "monitoring") in self.addr]
                 probes += [(d, s, self.ports[s][1]) for s in self.c.SERVICES if s != d and (s, "monitoring") in self.addr]
             res = reach(probes)
             reached = [f"{s} → {h}:{p}" for s, h, p, r in res if r.get("ok")]
@@ -1600,6 +1608,20 @@ class Rehearsal:
             raise Failed(f"not every target up after 45 s: {last}")
 
         self.check("Prometheus (monitoring network) scrapes every target up", targets)
+
+        def alerting():
+            # Prometheus found the Alertmanager its configuration names, and reaches it through
+            # the router (the flow prometheus → alertmanager:9093 of the design).
+            r = self.probe("prometheus", {"kind": "http", "url": "http://127.0.0.1:9090/api/v1/alertmanagers"})
+            active = [a["url"] for a in ((r.get("body") or {}).get("data") or {}).get("activeAlertmanagers", [])]
+            if len(active) != 1:
+                raise Failed(f"Prometheus has {len(active)} active Alertmanagers: {active}")
+            ready = self.probe("prometheus", {"kind": "http", "url": "http://alertmanager:9093/-/ready"})
+            if ready.get("status") != 200:
+                raise Failed(f"Prometheus' host cannot reach alertmanager:9093: {ready}")
+            return f"alerts go to {active[0]}, reachable from Prometheus' host"
+
+        self.check("Prometheus sends alerts to Alertmanager (monitoring network)", alerting)
 
     def k8s_pass(self) -> None:
         """The CIM services again, with the dev overlay's ConfigMaps and Secrets."""

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::metrics::SERVICE_READY;
+use crate::metrics::{DEPENDENCY_UP, SERVICE_READY};
 
 pub type CheckFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
@@ -104,6 +104,12 @@ impl Health {
             CheckResult { name: c.name, ok: outcome.is_ok(), error: outcome.err() }
         }))
         .await;
+        // Per dependency as well as the overall verdict: an alert can then name the cause (NATS
+        // down) instead of only its symptom (a service not ready), and inhibit the symptoms.
+        for r in &results {
+            metrics::gauge!(DEPENDENCY_UP, "service" => self.inner.service.clone(), "dependency" => r.name)
+                .set(if r.ok { 1.0 } else { 0.0 });
+        }
         let shutting_down = !self.inner.accepting.load(Ordering::Acquire);
         let ready = !shutting_down && results.iter().all(|r| r.ok);
         Readiness { service: self.inner.service.clone(), ready, shutting_down, checks: results }

@@ -11,6 +11,7 @@ pub const GRPC_REQUESTS_TOTAL: &str = "cim_grpc_requests_total";
 pub const GRPC_REQUEST_DURATION_SECONDS: &str = "cim_grpc_request_duration_seconds";
 pub const GRPC_REQUESTS_IN_FLIGHT: &str = "cim_grpc_requests_in_flight";
 pub const SERVICE_READY: &str = "cim_service_ready";
+pub const DEPENDENCY_UP: &str = "cim_dependency_up";
 pub const BUILD_INFO: &str = "cim_build_info";
 
 /// Latency buckets from 250 µs to 10 s: RPCs here are mostly sub-millisecond to tens of ms.
@@ -55,6 +56,10 @@ fn describe() {
     );
     metrics::describe_gauge!(GRPC_REQUESTS_IN_FLIGHT, "gRPC requests being handled now, by service");
     metrics::describe_gauge!(SERVICE_READY, "1 while the service reports ready, by service");
+    metrics::describe_gauge!(
+        DEPENDENCY_UP,
+        "1 while the service's readiness check of a dependency (postgres, nats) passes, by service and dependency"
+    );
     metrics::describe_gauge!(BUILD_INFO, "Always 1; labels carry the version, by service");
 }
 

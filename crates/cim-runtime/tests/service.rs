@@ -337,10 +337,25 @@ async fn a_runtime_service_over_real_tcp() {
         assert!(Instant::now() < deadline, "gRPC health never turned NOT_SERVING");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The cause is exported per dependency (what CimPostgresUnreachable and friends alert on).
+    let postgres_up = move |want: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics")).await.unwrap().1;
+            let up = sample(&metrics, "cim_dependency_up", &[r#"dependency="postgres""#, r#"service="probe""#]);
+            if up == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cim_dependency_up{{dependency=\"postgres\"}} is {up:?}, not {want}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    postgres_up(0.0).await;
     proxy.restore();
     tokio::task::spawn_blocking(move || wait_for_status(admin, "/health/ready", 200, Duration::from_secs(15)))
         .await
         .unwrap();
+    postgres_up(1.0).await;
 
     // SIGTERM drains an in-flight call before the process exits.
     let mut slow = probe.clone();
