@@ -35,12 +35,11 @@ fn signing_secret(config: &Config) -> Result<String, String> {
     if let Some(secret) = &auth.hs256_secret {
         return Ok(secret.expose().to_owned());
     }
-    if let Some(key) = &auth.public_key_file {
-        return Err(format!(
-            "CIM_JWT_HS256_SECRET is not set and tokens are verified with the public key in {} \
-             (CIM_JWT_PUBLIC_KEY_FILE): cim token signs only HS256; sign with that key's private half",
-            key.display()
-        ));
+    if auth.has_keys() {
+        return Err("CIM_JWT_HS256_SECRET is not set and tokens are verified with public keys \
+                    (CIM_JWT_PUBLIC_KEY_FILE or CIM_JWT_JWKS_URL): cim token signs only HS256; sign with \
+                    a private key whose public half is configured"
+            .into());
     }
     let Some(path) = config.local_secret_file() else {
         return Err("CIM_JWT_HS256_SECRET is not set, and there is no local secret: neither CIM_DATA_DIR \

@@ -197,7 +197,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     crate::limits::describe();
     crate::cache::describe();
     let settings = &config.edge.gateway;
-    let verifier = Verifier::from_settings(&config.edge.auth).map_err(|e| AppError::Config(e.to_string()))?;
+    let verifier = Verifier::from_settings(&config.edge.auth).await.map_err(|e| AppError::Config(e.to_string()))?;
+    let key_refresh = verifier.clone();
     let timeout = Some(settings.request_timeout);
     let graph = Upstream::connect(
         cim_runtime::config::CIM_GATEWAY_GRAPH_URLS,
@@ -290,6 +291,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
     host.spawn_worker("rate-limit-flush", rate_limiter.run(redis, host.workers_shutdown()));
+    // Key files and the JWKS URL are read again while the gateway runs (rotation without restart).
+    host.spawn_worker("jwt-keys", key_refresh.run(host.workers_shutdown()));
     // Two consumers per cached domain, each on its own stream: a domain whose stream is missing
     // (its service not deployed yet) leaves the others cached.
     for cache in &layers.cache.domains {
