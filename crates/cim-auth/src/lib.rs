@@ -76,8 +76,9 @@ pub struct Principal {
     pub tenant: TenantId,
     pub roles: BTreeSet<Role>,
     pub method: Method,
-    /// The token's `exp` (seconds since the Unix epoch): long-lived connections (websocket) end
-    /// when it passes. `None` for API keys and sessions, which are checked per request.
+    /// When the credential ends (seconds since the Unix epoch): a token's `exp`, an API key's
+    /// or a session's end; long-lived connections (websocket) end when it passes, and a console
+    /// session started with it ends then at the latest. `None`: an API key that does not expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
 }
