@@ -170,19 +170,31 @@ impl Verifier {
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such algorithm.
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let loaded = self.loaded();
-        let candidates: Vec<&Key> = match &header.kid {
+        let named: Vec<&Key> = match &header.kid {
             Some(kid) => loaded.iter().flatten().filter(|k| k.kid.as_deref() == Some(kid.as_str())).collect(),
+            None => Vec::new(),
+        };
+        let known = header.kid.is_none() || !named.is_empty();
+        if !known {
+            // Perhaps a key just rotated in: fetch soon.
+            self.inner.wake.notify_one();
+        }
+        let candidates: Vec<&Key> = match &header.kid {
+            Some(_) if !named.is_empty() => named,
+            // The HS256 secret has no id, so an issuer's label on its tokens names nothing.
+            Some(_) => self.inner.secret.iter().collect(),
             None => self.inner.secret.iter().chain(loaded.iter().flatten()).collect(),
         };
-        if candidates.is_empty()
-            && let Some(kid) = &header.kid
-        {
-            self.inner.wake.notify_one();
-            return Err(AuthError::Rejected(format!("unknown key id {kid:?}")));
-        }
         // Each key verifies only its own algorithm, whatever the token's header asks for.
-        let mut last = AuthError::Rejected(format!("no key for algorithm {:?}", header.alg));
-        for key in candidates.into_iter().filter(|k| k.alg == header.alg) {
+        let usable: Vec<&Key> = candidates.into_iter().filter(|k| k.alg == header.alg).collect();
+        if usable.is_empty() {
+            return Err(match &header.kid {
+                Some(kid) if !known => AuthError::Rejected(format!("unknown key id {kid:?}")),
+                _ => AuthError::Rejected(format!("no key for algorithm {:?}", header.alg)),
+            });
+        }
+        let mut last = AuthError::Rejected("bad signature".into());
+        for key in usable {
             match jsonwebtoken::decode::<Verified>(token, &key.key, &self.validation(key.alg)) {
                 Ok(data) => return self.lifetime(data.claims),
                 Err(e) => {

@@ -125,6 +125,14 @@ async fn an_rs256_public_key_is_never_an_hmac_secret() {
     let with_kid = Header { kid: Some("rs256-public".into()), ..Header::new(Algorithm::RS256) };
     assert!(v.verify(&jsonwebtoken::encode(&with_kid, &claims(&[]), &private).unwrap()).is_ok());
     assert!(v.verify(&issue_hs256(SECRET, &claims(&[])).unwrap()).is_ok());
+    // The secret has no key id: an issuer's label on an HS256 token names nothing, and the
+    // secret still decides; an RS256 token naming a key nobody has is refused as such.
+    let labelled = Header { kid: Some("hs-2026".into()), ..Header::new(Algorithm::HS256) };
+    let c = serde_json::to_value(claims(&["reader"])).unwrap();
+    assert!(v.verify(&hs256(SECRET.as_bytes(), labelled, c)).is_ok());
+    let unknown = Header { kid: Some("rs-2031".into()), ..Header::new(Algorithm::RS256) };
+    let r = v.verify(&jsonwebtoken::encode(&unknown, &claims(&[]), &private).unwrap());
+    assert!(matches!(&r, Err(AuthError::Rejected(m)) if m.contains("unknown key id")), "{r:?}");
 
     let public_pem = std::fs::read(keys("rs256-public.pem")).unwrap();
     let c = serde_json::to_value(claims(&["admin"])).unwrap();

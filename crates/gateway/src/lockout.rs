@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cim_core::ErrorCode;
 
@@ -28,6 +29,9 @@ pub struct Lockout {
     pub per_minute: u64,
     /// Addresses over the limit, with the minute they are blocked in.
     blocked: Mutex<HashMap<IpAddr, u64>>,
+    /// The last minute (plus one; 0: never) in which any address was blocked: while it is not
+    /// this minute, a request passes without taking the lock.
+    last_block: AtomicU64,
 }
 
 fn window_key(client: IpAddr, minute: u64) -> String {
@@ -42,7 +46,7 @@ fn locked_out(now: u64) -> ApiError {
 
 impl Lockout {
     pub fn new(redis: deadpool_redis::Pool, per_minute: u64) -> Self {
-        Self { redis, per_minute, blocked: Mutex::new(HashMap::new()) }
+        Self { redis, per_minute, blocked: Mutex::new(HashMap::new()), last_block: AtomicU64::new(0) }
     }
 
     /// Refuses an address this replica knows to be over the limit this minute.
@@ -51,6 +55,9 @@ impl Lockout {
             return Ok(());
         }
         let now = cim_auth::now_secs();
+        if self.last_block.load(Ordering::Acquire) != now / 60 + 1 {
+            return Ok(());
+        }
         let blocked = self.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match blocked.get(&client) {
             Some(minute) if *minute == now / 60 => {
@@ -89,6 +96,7 @@ impl Lockout {
                 // Past minutes are forgotten; the map holds at most this minute's offenders.
                 blocked.retain(|_, minute| *minute == now / 60);
                 blocked.insert(client, now / 60);
+                self.last_block.store(now / 60 + 1, Ordering::Release);
                 tracing::warn!(%client, failures = n, "client locked out after failed authentications");
                 locked_out(now)
             }
