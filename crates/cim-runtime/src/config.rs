@@ -972,43 +972,6 @@ impl Reader<'_> {
     }
 }
 
-/// What a secret variable's file form is called: `CIM_JWT_HS256_SECRET_FILE`.
-pub fn file_var(name: &str) -> String {
-    format!("{name}_FILE")
-}
-
-/// The secrets given as files (`<NAME>_FILE`), read once, each value without the line break a
-/// file usually ends with. Setting both forms of one variable is an error: which one wins would
-/// be a guess.
-fn secret_files(lookup: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) -> Vec<(&'static str, String)> {
-    let mut values = Vec::new();
-    for spec in VARS.iter().filter(|v| v.secret.is_secret()) {
-        let file = file_var(spec.name);
-        let Some(path) = lookup(&file).filter(|p| !p.trim().is_empty()) else { continue };
-        let error = |got: String| ConfigError {
-            var: file.clone(),
-            expected: format!("the path of a readable file holding {}", spec.expected),
-            got,
-        };
-        if lookup(spec.name).is_some_and(|v| !v.is_empty()) {
-            errors.push(ConfigError {
-                var: file.clone(),
-                expected: format!("either {} or {file}, not both", spec.name),
-                got: "both set".to_owned(),
-            });
-            continue;
-        }
-        match std::fs::read_to_string(path.trim()) {
-            Ok(text) if !text.trim().is_empty() => {
-                values.push((spec.name, text.trim_end_matches(['\n', '\r']).to_owned()));
-            }
-            Ok(_) => errors.push(error(format!("{path:?}, an empty file"))),
-            Err(e) => errors.push(error(format!("{path:?} ({e})"))),
-        }
-    }
-    values
-}
-
 fn spec(name: &str) -> &'static VarSpec {
     VARS.iter().find(|v| v.name == name).unwrap_or(&VARS[0])
 }
@@ -1220,6 +1183,10 @@ fn default_data_dir(lookup: &dyn Fn(&str) -> Option<String>) -> Option<std::path
         .or_else(|| absolute("HOME").map(|home| home.join(".local/share")))
         .map(|data| data.join("cim"))
 }
+
+mod files;
+pub use files::file_var;
+use files::secret_files;
 
 #[cfg(test)]
 mod tests;
