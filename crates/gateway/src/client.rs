@@ -19,12 +19,12 @@ pub struct Proxies {
 impl Proxies {
     /// The client's address; the unspecified address when the request has no peer (a router
     /// driven without a listener, as in benchmarks).
-    pub fn client<B>(&self, req: &Request<B>) -> IpAddr {
+    pub fn client<B>(self, req: &Request<B>) -> IpAddr {
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        self.from_headers(req.headers(), peer)
+        self.address_in(req.headers(), peer)
     }
 
-    fn from_headers(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> IpAddr {
+    fn address_in(self, headers: &HeaderMap, peer: Option<IpAddr>) -> IpAddr {
         let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         if self.hops == 0 {
             return peer;
@@ -42,7 +42,7 @@ impl Proxies {
 
     /// Whether the client's request came over HTTPS: only a trusted proxy can say so (the
     /// gateway itself does not terminate TLS yet).
-    pub fn https(&self, headers: &HeaderMap) -> bool {
+    pub fn https(self, headers: &HeaderMap) -> bool {
         self.hops > 0
             && headers
                 .get("x-forwarded-proto")
@@ -66,15 +66,15 @@ mod tests {
 
     #[test]
     fn only_trusted_hops_of_x_forwarded_for_are_believed() {
-        let peer = Some("10.0.0.5".parse().unwrap());
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
         let spoofed = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
-        assert_eq!(Proxies { hops: 0 }.from_headers(&spoofed, peer), peer.unwrap());
-        assert_eq!(Proxies { hops: 1 }.from_headers(&spoofed, peer), "203.0.113.7".parse::<IpAddr>().unwrap());
-        assert_eq!(Proxies { hops: 2 }.from_headers(&spoofed, peer), "6.6.6.6".parse::<IpAddr>().unwrap());
+        assert_eq!(Proxies { hops: 0 }.address_in(&spoofed, Some(peer)), peer);
+        assert_eq!(Proxies { hops: 1 }.address_in(&spoofed, Some(peer)), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(Proxies { hops: 2 }.address_in(&spoofed, Some(peer)), "6.6.6.6".parse::<IpAddr>().unwrap());
         // Fewer entries than trusted hops, or garbage: the peer.
-        assert_eq!(Proxies { hops: 3 }.from_headers(&spoofed, peer), peer.unwrap());
+        assert_eq!(Proxies { hops: 3 }.address_in(&spoofed, Some(peer)), peer);
         let junk = headers(&[("x-forwarded-for", "nonsense")]);
-        assert_eq!(Proxies { hops: 1 }.from_headers(&junk, peer), peer.unwrap());
+        assert_eq!(Proxies { hops: 1 }.address_in(&junk, Some(peer)), peer);
         let https = headers(&[("x-forwarded-proto", "https")]);
         assert!(Proxies { hops: 1 }.https(&https));
         assert!(!Proxies { hops: 0 }.https(&https), "a client cannot claim HTTPS itself");

@@ -243,7 +243,7 @@ fn every_secret_can_be_read_from_a_file_and_is_never_shown() {
     let secrets: Vec<&str> = VARS.iter().filter(|v| v.secret.is_secret()).map(|v| v.name).collect();
     assert!(secrets.contains(&CIM_JWT_HS256_SECRET) && secrets.contains(&CIM_DATABASE_URL), "{secrets:?}");
     let files: Vec<String> = secrets.iter().map(|s| file_var(s)).collect();
-    assert_eq!(Config::unknown_vars(files.clone()), Vec::<String>::new());
+    assert_eq!(Config::unknown_vars(files), Vec::<String>::new());
     assert_eq!(Config::unknown_vars(["CIM_JWT_ISSUER_FILE".to_owned()]), ["CIM_JWT_ISSUER_FILE"]);
 
     let jwt = secret_file("jwt", "hunter2-hunter2-hunter2-hunter2-hunter2\n");
