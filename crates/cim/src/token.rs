@@ -11,6 +11,11 @@ pub(crate) fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u
         Ok(s) => s,
         Err(e) => return fail(&e, EXIT_CONFIG),
     };
+    // The services refuse a token that claims to live longer (CIM_JWT_MAX_LIFETIME_SECS).
+    let max = config.edge.auth.max_lifetime.as_secs();
+    if ttl > max {
+        return fail(&format!("--ttl {ttl}: at most {max} s (CIM_JWT_MAX_LIFETIME_SECS)"), EXIT_CONFIG);
+    }
     let tenant = tenant.unwrap_or_else(|| cim_core::TenantId::new().to_string());
     let claims = cim_auth::Claims {
         sub: subject,

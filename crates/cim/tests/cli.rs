@@ -276,6 +276,12 @@ fn token_without_a_secret_says_where_one_comes_from() {
     let out = cim().arg("token").env("CIM_DATA_DIR", &dir.0).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8(out.stderr).unwrap().contains("chmod 600"));
+
+    // Longer than the services accept: refused here rather than by every request.
+    let secret = "a-secret-of-at-least-32-bytes-0123456789";
+    let out = cim().args(["token", "--ttl", "90000"]).env("CIM_JWT_HS256_SECRET", secret).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CIM_JWT_MAX_LIFETIME_SECS"), "{out:?}");
 }
 
 #[test]
