@@ -21,11 +21,13 @@ CIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/cim"
 echo "up: checking the installation"
 "$CIM" doctor --before-start
 export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
+# The console is served over plain HTTP here, where a Secure session cookie may not be kept.
+export CIM_GATEWAY_COOKIE_SECURE="${CIM_GATEWAY_COOKIE_SECURE:-false}"
 # Bearer tokens: unless a secret or a public key is configured, this user's development signing
 # secret, made once (random, mode 0600) in the data directory (CIM_DATA_DIR, else
 # $XDG_DATA_HOME/cim or ~/.local/share/cim) and handed to the services here. `cim token` finds
 # it there from any shell; the services themselves never read the file.
-if [ -z "${CIM_JWT_HS256_SECRET:-}" ] && [ -z "${CIM_JWT_PUBLIC_KEY_FILE:-}" ]; then
+if [ -z "${CIM_JWT_HS256_SECRET:-}${CIM_JWT_HS256_SECRET_FILE:-}${CIM_JWT_PUBLIC_KEY_FILE:-}${CIM_JWT_JWKS_URL:-}" ]; then
     SECRET_FILE="$("$CIM" local-secret)"
     CIM_JWT_HS256_SECRET="$(cat "$SECRET_FILE")"
     export CIM_JWT_HS256_SECRET

@@ -90,6 +90,28 @@ def code_vars() -> dict[str, str | None]:
     return out
 
 
+def code_secret_vars() -> set[str]:
+    """The VARS marked secret (`secret: Secrecy::...` other than Public): each may also be given
+    as <NAME>_FILE, the path of a file holding the value (crates/cim-runtime/src/config.rs)."""
+    text = (ROOT / "crates/cim-runtime/src/config.rs").read_text()
+    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', text))
+    block = text[text.index("pub const VARS") :]
+    block = block[: block.index("\n];")]
+    out = set()
+    for tok, secrecy in re.findall(r"name:\s*(\w+|\"[^\"]+\")\s*,.*?secret:\s*Secrecy::(\w+)", block, re.S):
+        if secrecy != "Public":
+            out.add(tok.strip('"') if tok.startswith('"') else consts[tok])
+    if not out:
+        raise SystemExit("consistency.py: found no secret VARS in config.rs (did its layout change?)")
+    return out
+
+
+def with_files(names) -> list[str]:
+    """`names` and the <NAME>_FILE form of each secret among them."""
+    secrets = code_secret_vars()
+    return [f for n in names for f in ([n, f"{n}_FILE"] if n in secrets else [n])]
+
+
 def code_ports(vars_: dict[str, str | None]) -> dict[str, tuple[int, int]]:
     """service -> (port, admin port), from the defaults of CIM_<SERVICE>_ADDR / _ADMIN_ADDR."""
     ports = {}
@@ -417,7 +439,7 @@ STORE_VARS = {
     "nats": ["CIM_NATS_URL"],
     "redis": ["CIM_REDIS_URL"],
     "minio": ["CIM_OBJECT_STORE_URL", "CIM_S3_ENDPOINT", "CIM_S3_ACCESS_KEY_ID", "CIM_S3_SECRET_ACCESS_KEY"],
-    "jwt": ["CIM_JWT_HS256_SECRET", "CIM_JWT_PUBLIC_KEY_FILE"],
+    "jwt": ["CIM_JWT_HS256_SECRET", "CIM_JWT_PUBLIC_KEY_FILE", "CIM_JWT_JWKS_URL"],
 }
 
 _USES: dict[str, frozenset[str]] = {}
@@ -457,9 +479,9 @@ def required_vars(service: str, vars_: dict[str, str | None]) -> list[tuple[str,
     uses = service_uses(service)
     for store in ("postgres", "nats", "redis"):
         if store in uses:
-            out.append((STORE_VARS[store][0],))
+            out.append(tuple(with_files([STORE_VARS[store][0]])))
     if "jwt" in uses:
-        out.append(tuple(STORE_VARS["jwt"]))
+        out.append(tuple(with_files(STORE_VARS["jwt"])))
     if "minio" in uses:
         # Its default, a local directory, is in the container's read-only root and not shared by
         # the replicas: a deployment names its bucket.
@@ -474,7 +496,7 @@ def required_vars(service: str, vars_: dict[str, str | None]) -> list[tuple[str,
 def unused_vars(service: str) -> list[str]:
     """Credentials and addresses of stores the service never connects to: they must not be given."""
     uses = service_uses(service)
-    return [v for store, names in STORE_VARS.items() if store not in uses for v in names]
+    return [v for store, names in STORE_VARS.items() if store not in uses for v in with_files(names)]
 
 
 def service_urls(vars_: dict[str, str | None]) -> list[tuple[str, str, str]]:
@@ -1200,9 +1222,12 @@ def main() -> int:
             c.notes.append(f"{s}: no crate builds binary cim-{s} yet; its image builds once the crate lands")
 
     # --- every CIM_* variable set anywhere is one the code reads.
+    secret_vars = code_secret_vars()
+
     def check_var(name: str, where: str) -> None:
         if name.startswith("CIM_"):
-            c.check(name in vars_, f"{where}: sets {name}, which is not in VARS (crates/cim-runtime/src/config.rs)")
+            known = name in vars_ or (name.endswith("_FILE") and name[: -len("_FILE")] in secret_vars)
+            c.check(known, f"{where}: sets {name}, which is not in VARS (crates/cim-runtime/src/config.rs)")
 
     for svc, spec in compose["services"].items():
         for name in spec.get("environment") or {}:
@@ -1511,6 +1536,8 @@ def main() -> int:
                         env.update(secret_values(sec))
                     elif overlay != "production":
                         c.fail(f"{where}: Deployment {s} uses missing Secret {src['secretRef']['name']}")
+            for e in ctr.get("env", []):
+                env[e["name"]] = e.get("value") or "<from the Secret>"
             up = s.upper()
             for var, want in ((f"CIM_{up}_ADDR", port), (f"CIM_{up}_ADMIN_ADDR", admin)):
                 c.check(var in env, f"{where}: {s} ConfigMap does not set {var}")

@@ -35,6 +35,13 @@ pub enum Secrecy {
 }
 
 impl Secrecy {
+    /// Whether the value holds a secret: such a variable may also be given as `<NAME>_FILE`
+    /// (the path of a file holding the value: Kubernetes Secrets mounted as files, compose
+    /// secrets), and a value read from a file is never shown at all.
+    pub fn is_secret(self) -> bool {
+        self != Secrecy::Public
+    }
+
     /// `value` as it may be shown.
     pub fn show(self, value: &str) -> String {
         match self {
@@ -63,6 +70,10 @@ pub const CIM_CONNECT_TIMEOUT_MS: &str = "CIM_CONNECT_TIMEOUT_MS";
 pub const CIM_SHUTDOWN_GRACE_MS: &str = "CIM_SHUTDOWN_GRACE_MS";
 pub const CIM_JWT_HS256_SECRET: &str = "CIM_JWT_HS256_SECRET";
 pub const CIM_JWT_PUBLIC_KEY_FILE: &str = "CIM_JWT_PUBLIC_KEY_FILE";
+pub const CIM_JWT_JWKS_URL: &str = "CIM_JWT_JWKS_URL";
+pub const CIM_JWT_KEYS_REFRESH_SECS: &str = "CIM_JWT_KEYS_REFRESH_SECS";
+pub const CIM_JWT_LEEWAY_SECS: &str = "CIM_JWT_LEEWAY_SECS";
+pub const CIM_JWT_MAX_LIFETIME_SECS: &str = "CIM_JWT_MAX_LIFETIME_SECS";
 pub const CIM_JWT_ISSUER: &str = "CIM_JWT_ISSUER";
 pub const CIM_JWT_AUDIENCE: &str = "CIM_JWT_AUDIENCE";
 pub const CIM_GATEWAY_GRAPH_URLS: &str = "CIM_GATEWAY_GRAPH_URLS";
@@ -76,6 +87,9 @@ pub const CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN: &str = "CIM_GATEWAY_RATE_LIMIT_FAIL_
 pub const CIM_GATEWAY_CACHE_TTL_SECS: &str = "CIM_GATEWAY_CACHE_TTL_SECS";
 pub const CIM_GATEWAY_SESSION_TTL_SECS: &str = "CIM_GATEWAY_SESSION_TTL_SECS";
 pub const CIM_GATEWAY_LINK_SECRET: &str = "CIM_GATEWAY_LINK_SECRET";
+pub const CIM_GATEWAY_COOKIE_SECURE: &str = "CIM_GATEWAY_COOKIE_SECURE";
+pub const CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE: &str = "CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE";
+pub const CIM_GATEWAY_PROXY_HOPS: &str = "CIM_GATEWAY_PROXY_HOPS";
 pub const CIM_WEBSOCKET_MAX_CONNECTIONS: &str = "CIM_WEBSOCKET_MAX_CONNECTIONS";
 pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIONS";
 pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
@@ -165,8 +179,32 @@ pub const VARS: &[VarSpec] = &[
     var(
         CIM_JWT_PUBLIC_KEY_FILE,
         None,
-        "a path to a PEM RSA or EC public key",
-        "public key for RS256/ES256 bearer tokens",
+        "paths separated by commas, each a PEM RSA or EC public key (its key id: the file name without extension) or a JWKS document",
+        "public keys for RS256/ES256 bearer tokens, selected by the token's `kid`; re-read when changed",
+    ),
+    var(
+        CIM_JWT_JWKS_URL,
+        None,
+        "an http(s):// URL of a JWKS document",
+        "public keys for bearer tokens fetched from the issuer, selected by `kid`; refreshed",
+    ),
+    var(
+        CIM_JWT_KEYS_REFRESH_SECS,
+        Some("60"),
+        "seconds from 1 to 86400",
+        "how often key files and the JWKS URL are checked again (an unknown `kid` checks sooner)",
+    ),
+    var(
+        CIM_JWT_LEEWAY_SECS,
+        Some("30"),
+        "seconds from 0 to 300",
+        "clock skew allowed on `exp`, `nbf` and `iat` of bearer tokens",
+    ),
+    var(
+        CIM_JWT_MAX_LIFETIME_SECS,
+        Some("86400"),
+        "seconds from 60 to 31536000",
+        "longest a bearer token may live (`exp` after `iat`, or after now without `iat`)",
     ),
     var(CIM_JWT_ISSUER, Some("cim"), "a non-empty string", "required `iss` of bearer tokens"),
     var(CIM_JWT_AUDIENCE, Some("cim"), "a non-empty string", "required `aud` of bearer tokens"),
@@ -214,7 +252,30 @@ pub const VARS: &[VarSpec] = &[
         "serve (true) or refuse with 503 (false) when Redis cannot count",
     ),
     var(CIM_GATEWAY_CACHE_TTL_SECS, Some("300"), "seconds from 0 (off) to 86400", "how long a cached GET may live"),
-    var(CIM_GATEWAY_SESSION_TTL_SECS, Some("28800"), "seconds from 60 to 2592000", "console session lifetime"),
+    var(
+        CIM_GATEWAY_SESSION_TTL_SECS,
+        Some("28800"),
+        "seconds from 60 to 2592000",
+        "console session lifetime (never longer than the credential it came from)",
+    ),
+    var(
+        CIM_GATEWAY_COOKIE_SECURE,
+        Some("true"),
+        "true or false",
+        "mark the console session cookie Secure (HTTPS only); false only for plain local HTTP",
+    ),
+    var(
+        CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE,
+        Some("30"),
+        "an integer from 0 (off) to 1000000",
+        "failed authentications per client address per minute before it gets 429 (counted in Redis)",
+    ),
+    var(
+        CIM_GATEWAY_PROXY_HOPS,
+        Some("0"),
+        "an integer from 0 to 10",
+        "trusted proxies in front of the gateway: the client address is that many entries from the end of X-Forwarded-For",
+    ),
     VarSpec {
         name: CIM_GATEWAY_LINK_SECRET,
         default: None,
@@ -515,9 +576,38 @@ pub struct Listen {
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub hs256_secret: Option<Secret>,
-    pub public_key_file: Option<std::path::PathBuf>,
+    /// PEM public keys (key id: the file stem) and JWKS documents, re-read when they change.
+    pub public_key_files: Vec<std::path::PathBuf>,
+    pub jwks_url: Option<String>,
+    /// How often the key files and the JWKS URL are checked again.
+    pub keys_refresh: Duration,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// The longest lifetime a token may claim.
+    pub max_lifetime: Duration,
     pub issuer: String,
     pub audience: String,
+}
+
+impl AuthSettings {
+    /// Whether any key to verify tokens with is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256_secret.is_some() || !self.public_key_files.is_empty() || self.jwks_url.is_some()
+    }
+
+    /// Only an HS256 secret, every other setting at its default: for tests and tools.
+    pub fn hs256(secret: &str) -> Self {
+        Self {
+            hs256_secret: Some(Secret::new(secret)),
+            public_key_files: Vec::new(),
+            jwks_url: None,
+            keys_refresh: Duration::from_secs(60),
+            leeway: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(86_400),
+            issuer: "cim".into(),
+            audience: "cim".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +626,13 @@ pub struct GatewaySettings {
     pub session_ttl: Duration,
     /// Signs download links; `None`: derived from the HS256 token secret, if there is one.
     pub link_secret: Option<Secret>,
+    /// Whether the session cookie is `Secure`.
+    pub cookie_secure: bool,
+    /// Failed authentications per client address per minute; 0: no limit.
+    pub auth_failures_per_minute: u64,
+    /// Trusted proxies in front: the client address is read this far from the end of
+    /// X-Forwarded-For (0: the peer address).
+    pub proxy_hops: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -719,7 +816,19 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let hs256_secret = r
         .optional(CIM_JWT_HS256_SECRET)
         .map(|_| r.parse(CIM_JWT_HS256_SECRET, |s| (s.len() >= 32).then(|| Secret::new(s))));
-    let public_key_file = r.optional(CIM_JWT_PUBLIC_KEY_FILE).map(std::path::PathBuf::from);
+    let public_key_files = match r.optional(CIM_JWT_PUBLIC_KEY_FILE) {
+        Some(_) => r.parse(CIM_JWT_PUBLIC_KEY_FILE, |s| {
+            let paths: Vec<std::path::PathBuf> = s.split(',').map(|p| p.trim().into()).collect();
+            paths.iter().all(|p| !p.as_os_str().is_empty()).then_some(paths)
+        }),
+        None => Some(Vec::new()),
+    };
+    let jwks_url = r
+        .optional(CIM_JWT_JWKS_URL)
+        .map(|_| r.parse(CIM_JWT_JWKS_URL, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned)));
+    let keys_refresh = r.parse(CIM_JWT_KEYS_REFRESH_SECS, int_in(1u64, 86_400)).map(Duration::from_secs);
+    let leeway = r.parse(CIM_JWT_LEEWAY_SECS, int_in(0u64, 300)).map(Duration::from_secs);
+    let max_lifetime = r.parse(CIM_JWT_MAX_LIFETIME_SECS, int_in(60u64, 31_536_000)).map(Duration::from_secs);
     let issuer = r.parse(CIM_JWT_ISSUER, |s| (!s.is_empty()).then(|| s.to_owned()));
     let audience = r.parse(CIM_JWT_AUDIENCE, |s| (!s.is_empty()).then(|| s.to_owned()));
     let graph_urls = r.parse(CIM_GATEWAY_GRAPH_URLS, upstream_urls);
@@ -735,6 +844,9 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let link_secret = r
         .optional(CIM_GATEWAY_LINK_SECRET)
         .map(|_| r.parse(CIM_GATEWAY_LINK_SECRET, |s| (s.len() >= 32).then(|| Secret::new(s))));
+    let cookie_secure = r.parse(CIM_GATEWAY_COOKIE_SECURE, |s| s.parse::<bool>().ok());
+    let auth_failures_per_minute = r.parse(CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE, int_in(0u64, 1_000_000));
+    let proxy_hops = r.parse(CIM_GATEWAY_PROXY_HOPS, int_in(0usize, 10));
     let max_connections = r.parse(CIM_WEBSOCKET_MAX_CONNECTIONS, int_in(1usize, 1_000_000));
     let max_subscriptions = r.parse(CIM_WEBSOCKET_MAX_SUBSCRIPTIONS, int_in(1usize, 10_000));
     let client_queue = r.parse(CIM_WEBSOCKET_CLIENT_QUEUE, int_in(1usize, 1_000_000));
@@ -746,7 +858,14 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
                 Some(parsed) => Some(parsed?),
                 None => None,
             },
-            public_key_file,
+            public_key_files: public_key_files?,
+            jwks_url: match jwks_url {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
+            keys_refresh: keys_refresh?,
+            leeway: leeway?,
+            max_lifetime: max_lifetime?,
             issuer: issuer?,
             audience: audience?,
         },
@@ -765,6 +884,9 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
                 Some(parsed) => Some(parsed?),
                 None => None,
             },
+            cookie_secure: cookie_secure?,
+            auth_failures_per_minute: auth_failures_per_minute?,
+            proxy_hops: proxy_hops?,
         },
         websocket: WebsocketSettings {
             max_connections: max_connections?,
@@ -817,6 +939,8 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<ConfigError>,
+    /// Secrets whose value came from their `_FILE`: not even a redacted form of them is shown.
+    from_file: Vec<&'static str>,
 }
 
 impl Reader<'_> {
@@ -833,7 +957,11 @@ impl Reader<'_> {
         let (value, spec) = self.raw(name);
         let parsed = parse(value.trim());
         if parsed.is_none() {
-            let got = format!("{:?}", spec.secret.show(&value));
+            let got = if self.from_file.contains(&spec.name) {
+                format!("the contents of {}", file_var(spec.name))
+            } else {
+                format!("{:?}", spec.secret.show(&value))
+            };
             self.errors.push(ConfigError { var: name.to_owned(), expected: spec.expected.to_owned(), got });
         }
         parsed
@@ -870,7 +998,12 @@ impl Config {
 
     /// Reads from any source; tests pass a map.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let mut r = Reader { lookup, errors: Vec::new() };
+        let mut errors = Vec::new();
+        let files = secret_files(lookup, &mut errors);
+        let with_files =
+            |name: &str| files.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).or_else(|| lookup(name));
+        let from_file = files.iter().map(|(n, _)| *n).collect();
+        let mut r = Reader { lookup: &with_files, errors, from_file };
         let log_format = r.parse(CIM_LOG_FORMAT, |s| match s {
             "json" => Some(LogFormat::Json),
             "pretty" => Some(LogFormat::Pretty),
@@ -968,7 +1101,10 @@ impl Config {
     /// `CIM_*` variables in the environment that no code reads: usually a typo.
     pub fn unknown_vars(env: impl IntoIterator<Item = String>) -> Vec<String> {
         env.into_iter()
-            .filter(|k| k.starts_with("CIM_") && !k.starts_with("CIM_TEST_") && !VARS.iter().any(|v| v.name == k))
+            .filter(|k| {
+                let known = VARS.iter().any(|v| v.name == k || (v.secret.is_secret() && file_var(v.name) == *k));
+                k.starts_with("CIM_") && !k.starts_with("CIM_TEST_") && !known
+            })
             .collect()
     }
 
@@ -982,6 +1118,15 @@ impl Config {
         VARS.iter()
             .map(|v| {
                 let set = lookup(v.name).filter(|s| !s.is_empty());
+                let file = v.secret.is_secret().then(|| lookup(&file_var(v.name))).flatten().filter(|s| !s.is_empty());
+                if let Some(path) = file {
+                    // Nothing of the value, not even a masked form: only where it is read from.
+                    return Described {
+                        name: v.name,
+                        origin: Origin::File,
+                        shown: Some(format!("<read from {path}>")),
+                    };
+                }
                 let (origin, value) = match set {
                     Some(value) => (Origin::Set, Some(value)),
                     None if v.name == CIM_DATA_DIR => match default_data_dir(lookup) {
@@ -1003,6 +1148,8 @@ impl Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Set,
+    /// A secret read from the file its `<NAME>_FILE` names.
+    File,
     Default,
     /// Neither set nor defaulted: the feature it configures is off (or, for a secret, absent).
     Unset,
@@ -1012,6 +1159,7 @@ impl Origin {
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Set => "set",
+            Origin::File => "file",
             Origin::Default => "default",
             Origin::Unset => "unset",
         }
@@ -1035,6 +1183,10 @@ fn default_data_dir(lookup: &dyn Fn(&str) -> Option<String>) -> Option<std::path
         .or_else(|| absolute("HOME").map(|home| home.join(".local/share")))
         .map(|data| data.join("cim"))
 }
+
+mod files;
+pub use files::file_var;
+use files::secret_files;
 
 #[cfg(test)]
 mod tests;

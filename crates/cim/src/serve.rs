@@ -48,12 +48,11 @@ pub(crate) async fn serve(spec: &str) -> ExitCode {
     // secret here on purpose: a deployment that forgot its key must not start with it.
     let edge = kinds.iter().find(|k| matches!(k, ServiceKind::Gateway | ServiceKind::Websocket));
     if let Some(kind) = edge
-        && config.edge.auth.hs256_secret.is_none()
-        && config.edge.auth.public_key_file.is_none()
+        && !config.edge.auth.has_keys()
     {
         return fail(
             &format!(
-                "{kind}: set CIM_JWT_HS256_SECRET or CIM_JWT_PUBLIC_KEY_FILE to verify bearer tokens \
+                "{kind}: set CIM_JWT_HS256_SECRET, CIM_JWT_PUBLIC_KEY_FILE or CIM_JWT_JWKS_URL to verify bearer tokens \
                  (for local development scripts/up.sh does it; by hand: \
                  export CIM_JWT_HS256_SECRET=\"$(cat \"$(cim local-secret)\")\")"
             ),

@@ -11,6 +11,11 @@ pub(crate) fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u
         Ok(s) => s,
         Err(e) => return fail(&e, EXIT_CONFIG),
     };
+    // The services refuse a token that claims to live longer (CIM_JWT_MAX_LIFETIME_SECS).
+    let max = config.edge.auth.max_lifetime.as_secs();
+    if ttl > max {
+        return fail(&format!("--ttl {ttl}: at most {max} s (CIM_JWT_MAX_LIFETIME_SECS)"), EXIT_CONFIG);
+    }
     let tenant = tenant.unwrap_or_else(|| cim_core::TenantId::new().to_string());
     let claims = cim_auth::Claims {
         sub: subject,
@@ -35,12 +40,11 @@ fn signing_secret(config: &Config) -> Result<String, String> {
     if let Some(secret) = &auth.hs256_secret {
         return Ok(secret.expose().to_owned());
     }
-    if let Some(key) = &auth.public_key_file {
-        return Err(format!(
-            "CIM_JWT_HS256_SECRET is not set and tokens are verified with the public key in {} \
-             (CIM_JWT_PUBLIC_KEY_FILE): cim token signs only HS256; sign with that key's private half",
-            key.display()
-        ));
+    if auth.has_keys() {
+        return Err("CIM_JWT_HS256_SECRET is not set and tokens are verified with public keys \
+                    (CIM_JWT_PUBLIC_KEY_FILE or CIM_JWT_JWKS_URL): cim token signs only HS256; sign with \
+                    a private key whose public half is configured"
+            .into());
     }
     let Some(path) = config.local_secret_file() else {
         return Err("CIM_JWT_HS256_SECRET is not set, and there is no local secret: neither CIM_DATA_DIR \

@@ -160,6 +160,33 @@ fn config_shows_an_unset_secret_as_unset() {
     assert_eq!(secret.split_whitespace().collect::<Vec<_>>(), ["CIM_JWT_HS256_SECRET", "set", "<redacted>"]);
 }
 
+/// A secret read from its `_FILE` is not printed, not even masked; no warning calls the
+/// `_FILE` variable unknown; a URL read from a file that does not parse is not shown either.
+#[test]
+fn config_never_prints_a_secret_read_from_a_file() {
+    let dir = TempDir::new("secrets");
+    let (jwt, db) = (dir.0.join("jwt"), dir.0.join("db"));
+    std::fs::write(&jwt, "file-secret-file-secret-file-secret-0123\n").unwrap();
+    std::fs::write(&db, "postgres://app:pg-file-pw@db:5432/cim\n").unwrap();
+    let out =
+        cim().arg("config").env("CIM_JWT_HS256_SECRET_FILE", &jwt).env("CIM_DATABASE_URL_FILE", &db).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("file-secret") && !stdout.contains("pg-file-pw") && !stdout.contains("app:"), "{stdout}");
+    assert!(!stderr.contains("no CIM component reads it"), "{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("CIM_JWT_HS256_SECRET ")).unwrap();
+    let shown = format!("<read from {}>", jwt.display());
+    assert!(line.starts_with("CIM_JWT_HS256_SECRET ") && line.ends_with(&format!(" file     {shown}")), "{line}");
+    std::fs::write(&db, "mysql://app:pg-file-pw@db/cim").unwrap();
+    let out = cim().arg("config").env("CIM_DATABASE_URL_FILE", &db).output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(
+        all.contains("CIM_DATABASE_URL: expected") && !all.contains("pg-file-pw") && !all.contains("mysql"),
+        "{all}"
+    );
+}
+
 #[test]
 fn a_token_from_another_shell_is_accepted_by_the_services_up_sh_started() {
     // scripts/up.sh: `cim local-secret` makes the secret in the data directory (here the XDG
@@ -249,6 +276,12 @@ fn token_without_a_secret_says_where_one_comes_from() {
     let out = cim().arg("token").env("CIM_DATA_DIR", &dir.0).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8(out.stderr).unwrap().contains("chmod 600"));
+
+    // Longer than the services accept: refused here rather than by every request.
+    let secret = "a-secret-of-at-least-32-bytes-0123456789";
+    let out = cim().args(["token", "--ttl", "90000"]).env("CIM_JWT_HS256_SECRET", secret).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CIM_JWT_MAX_LIFETIME_SECS"), "{out:?}");
 }
 
 #[test]
@@ -261,7 +294,10 @@ fn serve_without_a_key_for_tokens_refuses_and_never_uses_the_local_secret() {
     let out = cim().args(["serve", "--services", "gateway"]).env("CIM_DATA_DIR", &dir.0).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.starts_with("gateway: set CIM_JWT_HS256_SECRET or CIM_JWT_PUBLIC_KEY_FILE"), "{stderr}");
+    assert!(
+        stderr.starts_with("gateway: set CIM_JWT_HS256_SECRET, CIM_JWT_PUBLIC_KEY_FILE or CIM_JWT_JWKS_URL"),
+        "{stderr}"
+    );
     assert!(stderr.contains("scripts/up.sh"), "{stderr}");
 }
 

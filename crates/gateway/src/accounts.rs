@@ -8,7 +8,7 @@ use cim_auth::{Principal, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Credentials;
+use crate::auth::{ApiKeyRef, Credentials};
 use crate::extract::ApiJson;
 use crate::problem::ApiResult;
 use crate::routes::{DomainRoutes, routes};
@@ -29,6 +29,9 @@ pub struct NewApiKey {
     pub roles: Vec<String>,
     /// The key's subject (who it acts as), e.g. `ci-bot`.
     pub subject: String,
+    /// Seconds until the key expires (at most ten years); absent: until revoked.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -36,7 +39,13 @@ pub struct CreatedApiKey {
     pub id: String,
     /// Shown once; only its hash is stored.
     pub key: String,
+    /// When the key expires (seconds since the Unix epoch); absent: until revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
+
+/// The longest an API key may be given to live.
+const MAX_API_KEY_SECS: u64 = 10 * 365 * 86_400;
 
 /// Who am I
 ///
@@ -53,14 +62,17 @@ pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
 
 /// Start a console session
 ///
-/// Exchanges the caller's credentials for an HttpOnly session cookie.
+/// Exchanges the caller's bearer token or API key for an HttpOnly session cookie that ends
+/// when the credential does (at the latest after the session lifetime). A session cannot start
+/// another session; a session started with an API key ends when the key is revoked.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     responses((status = 204, description = "session cookie set")))]
 pub async fn login(
     State(store): State<Credentials>,
     Extension(p): Extension<Principal>,
+    api_key: Option<Extension<ApiKeyRef>>,
 ) -> ApiResult<impl IntoResponse> {
-    let cookie = crate::auth::login(&store, &p).await?;
+    let cookie = crate::auth::login(&store, &p, api_key.map(|Extension(k)| k)).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
@@ -76,7 +88,7 @@ pub async fn logout(State(store): State<Credentials>, headers: HeaderMap) -> Api
 
 /// Create an API key
 ///
-/// A key for a subject of the caller's tenant with the given roles; the key is shown once. Needs the admin role.
+/// A key for a subject of the caller's tenant with the given roles, optionally expiring; the key is shown once. Needs the admin role.
 #[utoipa::path(post, path = "/api/v1/admin/api-keys", tag = "admin", request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey)))]
 pub async fn create_api_key(
@@ -95,15 +107,20 @@ pub async fn create_api_key(
     if body.subject.is_empty() || body.subject.len() > 200 || body.subject.chars().any(char::is_control) {
         return Err(crate::problem::ApiError::invalid("subject", "1 to 200 printable characters"));
     }
-    let owner = Principal {
-        subject: body.subject,
-        tenant: p.tenant,
-        roles,
-        method: cim_auth::Method::ApiKey,
-        expires_at: None,
+    let expires_at = match body.expires_in_secs {
+        Some(secs) if (1..=MAX_API_KEY_SECS).contains(&secs) => Some(cim_auth::now_secs() + secs),
+        Some(_) => {
+            return Err(crate::problem::ApiError::invalid(
+                "expires_in_secs",
+                format!("from 1 to {MAX_API_KEY_SECS} seconds"),
+            ));
+        }
+        None => None,
     };
+    let owner =
+        Principal { subject: body.subject, tenant: p.tenant, roles, method: cim_auth::Method::ApiKey, expires_at };
     let (id, key) = crate::auth::create_api_key(&store, owner).await?;
-    Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key })))
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { id, key, expires_at })))
 }
 
 /// Revoke an API key

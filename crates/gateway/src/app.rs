@@ -26,11 +26,13 @@ use crate::agent::AgentState;
 use crate::auth::{AuthState, Credentials};
 use crate::authz::Rules;
 use crate::cache::{Bumps, CacheState, DomainCache, Invalidator};
+use crate::client::Proxies;
 use crate::document::DocumentState;
 use crate::graph::GraphState;
 use crate::idempotency::IdempotencyState;
 use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
+use crate::lockout::Lockout;
 use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
 use crate::workflow::WorkflowState;
@@ -87,6 +89,7 @@ struct Layers {
     cache: Arc<CacheState>,
     deadline: Deadline,
     max_body_bytes: usize,
+    proxies: Proxies,
 }
 
 /// Every domain's route table (`crate::routes`): the routers, the OpenAPI description and the
@@ -173,6 +176,7 @@ fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) 
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(layers.max_body_bytes))
         .layer(from_fn_with_state(layers.deadline, crate::limits::deadline_and_metrics))
+        .layer(from_fn_with_state(layers.proxies, crate::security_headers::middleware))
         .with_state(state)
 }
 
@@ -195,9 +199,11 @@ impl std::fmt::Debug for Prepared {
 /// Connects to NATS and Redis (lazily: the gateway serves without Redis) and binds.
 pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
     crate::limits::describe();
+    crate::lockout::describe();
     crate::cache::describe();
     let settings = &config.edge.gateway;
-    let verifier = Verifier::from_settings(&config.edge.auth).map_err(|e| AppError::Config(e.to_string()))?;
+    let verifier = Verifier::from_settings(&config.edge.auth).await.map_err(|e| AppError::Config(e.to_string()))?;
+    let key_refresh = verifier.clone();
     let timeout = Some(settings.request_timeout);
     let graph = Upstream::connect(
         cim_runtime::config::CIM_GATEWAY_GRAPH_URLS,
@@ -254,7 +260,9 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     .await?;
     let rate_limiter = Arc::<RateLimiter>::default();
     let bumps = Bumps::start(redis.clone(), settings.cache_ttl);
-    let credentials = Credentials { redis: redis.clone(), session_ttl: settings.session_ttl };
+    let credentials =
+        Credentials { redis: redis.clone(), session_ttl: settings.session_ttl, cookie_secure: settings.cookie_secure };
+    let proxies = Proxies { hops: settings.proxy_hops };
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph }),
         document,
@@ -268,7 +276,13 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         fail_open: settings.rate_limit_fail_open,
     };
     let layers = Layers {
-        auth: Arc::new(AuthState { verifier, credentials, rate_limit }),
+        auth: Arc::new(AuthState {
+            verifier,
+            credentials,
+            rate_limit,
+            lockout: Lockout::new(redis.clone(), settings.auth_failures_per_minute),
+            proxies,
+        }),
         idempotency: IdempotencyState {
             redis: redis.clone(),
             max_body_bytes: settings.max_body_bytes,
@@ -284,12 +298,15 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         }),
         deadline: Deadline { timeout: settings.request_timeout, unbounded: &STREAMED_ROUTES },
         max_body_bytes: settings.max_body_bytes,
+        proxies,
     };
     let prefix = config.subject_prefix.clone();
     let listen = config.listen(ServiceKind::Gateway);
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
     host.spawn_worker("rate-limit-flush", rate_limiter.run(redis, host.workers_shutdown()));
+    // Key files and the JWKS URL are read again while the gateway runs (rotation without restart).
+    host.spawn_worker("jwt-keys", key_refresh.run(host.workers_shutdown()));
     // Two consumers per cached domain, each on its own stream: a domain whose stream is missing
     // (its service not deployed yet) leaves the others cached.
     for cache in &layers.cache.domains {
@@ -333,7 +350,9 @@ impl Prepared {
         tracing::info!(http = %self.addr, admin = %self.admin_addr, "gateway listening");
         let stop = self.shutdown.clone();
         let http = tokio::spawn(async move {
-            axum::serve(self.listener, self.app).with_graceful_shutdown(async move { stop.wait().await }).await
+            // The peer address: the client's, or the nearest proxy's (crate::client).
+            let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(self.listener, app).with_graceful_shutdown(async move { stop.wait().await }).await
         });
         self.host.run(self.admin, None).await?;
         match http.await {

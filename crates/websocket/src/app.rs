@@ -41,7 +41,7 @@ pub struct Prepared {
 /// Connects and binds. Nothing is served until [`Prepared::run`].
 pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, AppError> {
     // First: without keys no client could ever authenticate, which is a configuration error.
-    let verifier = Verifier::from_settings(&config.edge.auth)?;
+    let verifier = Verifier::from_settings(&config.edge.auth).await?;
     let listen = config.listen(ServiceKind::Websocket);
     let client = nats::connect(&nats::NatsSettings {
         url: config.nats_url.clone(),
@@ -53,8 +53,10 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let metrics = Metrics::new();
     let hub = Hub::open(js, config.subject_prefix.clone(), metrics.clone()).await?;
 
-    let host = ServiceHost::new("websocket", shutdown, config.shutdown_grace);
+    let mut host = ServiceHost::new("websocket", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client));
+    // Key files and the JWKS URL are read again while the server runs (rotation without restart).
+    host.spawn_worker("jwt-keys", verifier.clone().run(host.workers_shutdown()));
     let listener = bind("websocket HTTP (CIM_WEBSOCKET_ADDR)", listen.addr).await?;
     let admin = bind("websocket admin (CIM_WEBSOCKET_ADMIN_ADDR)", listen.admin_addr).await?;
     let settings = Settings::from_config(&config.edge.websocket);

@@ -311,6 +311,11 @@ async fn bad_tokens_are_refused_with_a_reason() {
     let mut c = open_with_token(&ws, "not-a-jwt").await;
     expect_refusal(&mut c, "unauthenticated", Some(4001)).await;
 
+    // The gateway's rules (cim-auth's Verifier): no token lives longer than CIM_JWT_MAX_LIFETIME_SECS.
+    let forever = token_with(t, &["reader"], cim_auth::now_secs() + 3 * 86_400, SECRET);
+    let mut c = open_with_token(&ws, &forever).await;
+    assert!(expect_refusal(&mut c, "unauthenticated", Some(4001)).await.contains("longer than"));
+
     let mut c = open_with_token(&ws, &token(t, &[])).await;
     assert!(expect_refusal(&mut c, "permission_denied", Some(4003)).await.contains("reader"));
 

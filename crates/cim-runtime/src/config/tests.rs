@@ -227,3 +227,101 @@ fn workflow_engine_settings_are_bounded() {
         assert!(err.to_string().contains(var), "{err}");
     }
 }
+
+fn secret_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cim-config-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every secret variable, and only those, has a `_FILE` form: the one `secret` mark in the table
+/// decides both that and the redaction.
+#[test]
+fn every_secret_can_be_read_from_a_file_and_is_never_shown() {
+    let secrets: Vec<&str> = VARS.iter().filter(|v| v.secret.is_secret()).map(|v| v.name).collect();
+    assert!(secrets.contains(&CIM_JWT_HS256_SECRET) && secrets.contains(&CIM_DATABASE_URL), "{secrets:?}");
+    let files: Vec<String> = secrets.iter().map(|s| file_var(s)).collect();
+    assert_eq!(Config::unknown_vars(files), Vec::<String>::new());
+    assert_eq!(Config::unknown_vars(["CIM_JWT_ISSUER_FILE".to_owned()]), ["CIM_JWT_ISSUER_FILE"]);
+
+    let jwt = secret_file("jwt", "hunter2-hunter2-hunter2-hunter2-hunter2\n");
+    let db = secret_file("db", "postgres://app:hunter2@db:5432/cim\r\n");
+    let env: HashMap<String, String> = HashMap::from([
+        (file_var(CIM_JWT_HS256_SECRET), jwt.display().to_string()),
+        (file_var(CIM_DATABASE_URL), db.display().to_string()),
+    ]);
+    let lookup = |k: &str| env.get(k).cloned();
+    let c = Config::from_lookup(&lookup).unwrap();
+    // The file's line break is not part of the value.
+    assert_eq!(c.edge.auth.hs256_secret.as_ref().unwrap().expose(), "hunter2-hunter2-hunter2-hunter2-hunter2");
+    assert_eq!(c.database_url.expose(), "postgres://app:hunter2@db:5432/cim");
+    for line in Config::describe(&lookup) {
+        let shown = line.shown.clone().unwrap_or_default();
+        assert!(!shown.contains("hunter2") && !shown.contains("app:"), "{line:?}");
+        if [CIM_JWT_HS256_SECRET, CIM_DATABASE_URL].contains(&line.name) {
+            assert_eq!(line.origin, Origin::File, "{line:?}");
+            assert!(shown.starts_with("<read from /"), "{line:?}");
+        }
+    }
+}
+
+#[test]
+fn a_secret_file_that_is_missing_empty_doubled_or_bad_is_named_without_its_contents() {
+    let missing = "/nonexistent/cim/jwt";
+    let err = from(&[("CIM_JWT_HS256_SECRET_FILE", missing)]).unwrap_err();
+    assert_eq!(err.0[0].var, "CIM_JWT_HS256_SECRET_FILE");
+    assert!(err.to_string().contains(missing), "{err}");
+    let empty = secret_file("empty", "\n");
+    let err = from(&[("CIM_REDIS_URL_FILE", empty.to_str().unwrap())]).unwrap_err();
+    assert!(err.to_string().contains("an empty file"), "{err}");
+    let both = secret_file("both", "0123456789abcdef0123456789abcdef");
+    let err = from(&[
+        (CIM_JWT_HS256_SECRET, "0123456789abcdef0123456789abcdef"),
+        ("CIM_JWT_HS256_SECRET_FILE", both.to_str().unwrap()),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("not both"), "{err}");
+    // A URL read from a file that does not parse: not even its masked form is shown.
+    let bad = secret_file("bad-url", "mysql://root:hunter2@db/cim");
+    let err = from(&[("CIM_DATABASE_URL_FILE", bad.to_str().unwrap())]).unwrap_err();
+    let line = err.to_string();
+    assert!(
+        line.contains("CIM_DATABASE_URL: expected") && line.contains("the contents of CIM_DATABASE_URL_FILE"),
+        "{line}"
+    );
+    assert!(!line.contains("hunter2") && !line.contains("mysql"), "{line}");
+}
+
+#[test]
+fn jwt_key_sources_and_time_rules_are_parsed() {
+    let c = from(&[]).unwrap().edge;
+    assert_eq!((c.auth.leeway, c.auth.max_lifetime), (Duration::from_secs(30), Duration::from_secs(86_400)));
+    assert!(c.auth.public_key_files.is_empty() && c.auth.jwks_url.is_none() && !c.auth.has_keys());
+    assert!(c.gateway.cookie_secure, "Secure cookies unless turned off");
+    let c = from(&[
+        (CIM_JWT_PUBLIC_KEY_FILE, "/keys/2026-01.pem, /keys/issuer.json"),
+        (CIM_JWT_JWKS_URL, "https://idp.example.com/.well-known/jwks.json"),
+        (CIM_JWT_KEYS_REFRESH_SECS, "5"),
+        (CIM_GATEWAY_COOKIE_SECURE, "false"),
+        (CIM_GATEWAY_PROXY_HOPS, "1"),
+    ])
+    .unwrap()
+    .edge;
+    assert_eq!(c.auth.public_key_files, [std::path::PathBuf::from("/keys/2026-01.pem"), "/keys/issuer.json".into()]);
+    assert!(c.auth.has_keys());
+    assert_eq!(c.auth.keys_refresh, Duration::from_secs(5));
+    assert!(!c.gateway.cookie_secure);
+    assert_eq!(c.gateway.proxy_hops, 1);
+    for (var, bad) in [
+        (CIM_JWT_JWKS_URL, "idp.example.com/jwks"),
+        (CIM_JWT_LEEWAY_SECS, "3600"),
+        (CIM_JWT_MAX_LIFETIME_SECS, "0"),
+        (CIM_JWT_PUBLIC_KEY_FILE, "/a.pem,,/b.pem"),
+        (CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE, "-1"),
+    ] {
+        let err = from(&[(var, bad)]).unwrap_err();
+        assert_eq!(err.0[0].var, var, "{err}");
+    }
+}

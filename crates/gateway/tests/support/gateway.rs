@@ -33,6 +33,12 @@ pub async fn gateway(graph: &harness::Service, extra: &[(&str, &str)]) -> Gatewa
         ("CIM_JWT_HS256_SECRET".into(), SECRET.into()),
         ("CIM_GATEWAY_MAX_BODY_BYTES".into(), "4096".into()),
         ("CIM_SHUTDOWN_GRACE_MS".into(), "1000".into()),
+        // Plain HTTP, as a browser on this machine would reach it.
+        ("CIM_GATEWAY_COOKIE_SECURE".into(), "false".into()),
+        // Every test process reaches its gateway from 127.0.0.1 and counts in the one shared
+        // Redis: one test's deliberate failures must not lock the others out. The lockout's own
+        // test turns it on with addresses of its own (tests/security.rs).
+        ("CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE".into(), "0".into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
