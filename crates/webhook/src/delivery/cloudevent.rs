@@ -53,10 +53,15 @@ pub fn request(event: &EventEnvelope, traceparent: Option<&str>, secret: &Secret
     put("ce-cimtenant", event.tenant_id.to_string());
     put("ce-cimsequence", event.sequence.to_string());
     put("ce-cimcorrelation", event.correlation_id.to_string());
-    if let Some(tp) = traceparent {
-        // W3C trace context, and the CloudEvents distributed-tracing extension's attribute.
-        put("traceparent", tp.to_owned());
-        put("ce-traceparent", tp.to_owned());
+    // W3C trace context: the sender's span for this call, a child of the event's trace; the
+    // event's own traceparent when no tracer runs. Also the CloudEvents distributed-tracing
+    // extension's attribute.
+    let mut traced = HeaderMap::new();
+    cim_runtime::telemetry::inject_http(&mut traced);
+    let tp = traced.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned).or(traceparent.map(str::to_owned));
+    if let Some(tp) = tp {
+        put("traceparent", tp.clone());
+        put("ce-traceparent", tp);
     }
     put("webhook-id", id.clone());
     put("webhook-timestamp", timestamp.to_string());

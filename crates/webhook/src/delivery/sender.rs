@@ -15,6 +15,7 @@ use cim_runtime::Shutdown;
 use cim_runtime::edge::Caller;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::{PgPool, Row};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::cloudevent::{self, Outcome};
@@ -110,11 +111,18 @@ impl Delivery {
             // The intake stored what the stream published; an envelope it could read.
             Err(e) => return self.give_up(js, prefix, &c, 0, &format!("unreadable event: {e}")).await,
         };
+        let span = tracing::info_span!("webhook.deliver", subscription = %c.subscription, event_id = %c.event_id, attempt = c.attempts);
+        if let Some(tp) = c.traceparent.as_deref().and_then(|tp| http::HeaderValue::from_str(tp).ok()) {
+            let mut parent = http::HeaderMap::new();
+            parent.insert("traceparent", tp);
+            cim_runtime::telemetry::continue_http(&span, &parent);
+        }
         let outcome = match Secret::parse(&c.secret) {
             Ok(secret) => {
-                let (headers, body) = cloudevent::request(&event, c.traceparent.as_deref(), &secret, Utc::now());
+                let (headers, body) =
+                    span.in_scope(|| cloudevent::request(&event, c.traceparent.as_deref(), &secret, Utc::now()));
                 let started = Instant::now();
-                let outcome = cloudevent::send(&self.client, &c.url, headers, body).await;
+                let outcome = cloudevent::send(&self.client, &c.url, headers, body).instrument(span).await;
                 metrics::histogram!(DELIVERY_SECONDS).record(started.elapsed().as_secs_f64());
                 outcome
             }
