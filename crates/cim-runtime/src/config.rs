@@ -69,6 +69,7 @@ pub const CIM_GATEWAY_GRAPH_URLS: &str = "CIM_GATEWAY_GRAPH_URLS";
 pub const CIM_GATEWAY_DOCUMENT_URLS: &str = "CIM_GATEWAY_DOCUMENT_URLS";
 pub const CIM_GATEWAY_AGENT_URLS: &str = "CIM_GATEWAY_AGENT_URLS";
 pub const CIM_GATEWAY_WORKFLOW_URLS: &str = "CIM_GATEWAY_WORKFLOW_URLS";
+pub const CIM_GATEWAY_WEBHOOK_URLS: &str = "CIM_GATEWAY_WEBHOOK_URLS";
 pub const CIM_GATEWAY_REQUEST_TIMEOUT_MS: &str = "CIM_GATEWAY_REQUEST_TIMEOUT_MS";
 pub const CIM_GATEWAY_MAX_BODY_BYTES: &str = "CIM_GATEWAY_MAX_BODY_BYTES";
 pub const CIM_GATEWAY_RATE_LIMIT_PER_MINUTE: &str = "CIM_GATEWAY_RATE_LIMIT_PER_MINUTE";
@@ -201,6 +202,12 @@ pub const VARS: &[VarSpec] = &[
         Some("http://127.0.0.1:50053"),
         "http:// URLs separated by commas",
         "workflow service instances the gateway balances over",
+    ),
+    var(
+        CIM_GATEWAY_WEBHOOK_URLS,
+        Some("http://127.0.0.1:50055"),
+        "http:// URLs separated by commas",
+        "webhook service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_REQUEST_TIMEOUT_MS,
@@ -573,6 +580,7 @@ pub struct GatewaySettings {
     pub document_urls: Vec<String>,
     pub agent_urls: Vec<String>,
     pub workflow_urls: Vec<String>,
+    pub webhook_urls: Vec<String>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     /// 0: no limit.
@@ -802,6 +810,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let document_urls = r.parse(CIM_GATEWAY_DOCUMENT_URLS, upstream_urls);
     let agent_urls = r.parse(CIM_GATEWAY_AGENT_URLS, upstream_urls);
     let workflow_urls = r.parse(CIM_GATEWAY_WORKFLOW_URLS, upstream_urls);
+    let webhook_urls = r.parse(CIM_GATEWAY_WEBHOOK_URLS, upstream_urls);
     let request_timeout = r.parse(CIM_GATEWAY_REQUEST_TIMEOUT_MS, int_in(10u64, 600_000)).map(Duration::from_millis);
     let max_body_bytes = r.parse(CIM_GATEWAY_MAX_BODY_BYTES, int_in(1024usize, 64 << 20));
     let rate_limit_per_minute = r.parse(CIM_GATEWAY_RATE_LIMIT_PER_MINUTE, int_in(0u64, 10_000_000));
@@ -831,6 +840,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
             document_urls: document_urls?,
             agent_urls: agent_urls?,
             workflow_urls: workflow_urls?,
+            webhook_urls: webhook_urls?,
             request_timeout: request_timeout?,
             max_body_bytes: max_body_bytes?,
             rate_limit_per_minute: rate_limit_per_minute?,
