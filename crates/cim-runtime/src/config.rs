@@ -392,12 +392,7 @@ pub const VARS: &[VarSpec] = &[
         "milliseconds from 5 to 60000",
         "how often the webhook sender looks for due deliveries (retries, other replicas' intake)",
     ),
-    var(
-        CIM_WEBHOOK_CONCURRENCY,
-        Some("16"),
-        "a number from 1 to 1024",
-        "webhook calls one replica makes at once",
-    ),
+    var(CIM_WEBHOOK_CONCURRENCY, Some("16"), "a number from 1 to 1024", "webhook calls one replica makes at once"),
     var(
         CIM_DATA_DIR,
         None,
@@ -461,7 +456,9 @@ impl FromStr for ServiceKind {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ServiceKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown service {s:?}; expected one of gateway, websocket, graph, document, workflow, agent, webhook")
+            format!(
+                "unknown service {s:?}; expected one of gateway, websocket, graph, document, workflow, agent, webhook"
+            )
         })
     }
 }

@@ -16,10 +16,13 @@ pub(crate) async fn replay(config: &Config, subscription: &str, event: Option<&s
         .await
         .map_err(|e| format!("{}: {e}", cim_webhook::SCHEMA))?;
     if replayed == 0 {
-        return Err(format!("subscription {id} has no dead-lettered deliveries{}", match event {
-            Some(e) => format!(" of event {e}"),
-            None => String::new(),
-        }));
+        return Err(format!(
+            "subscription {id} has no dead-lettered deliveries{}",
+            match event {
+                Some(e) => format!(" of event {e}"),
+                None => String::new(),
+            }
+        ));
     }
     Ok(format!("{replayed} dead-lettered deliveries of subscription {id} are back in the queue"))
 }

@@ -170,7 +170,11 @@ fn done(r: pb::CommandResponse) -> Json<WebhookCommandResult> {
     Json(WebhookCommandResult { id: r.id, version: r.version, event_ids: r.event_ids, replayed: r.replayed })
 }
 
-fn command_of(subscription_id: String, reason: String, options: Option<cim_proto::common::CommandOptions>) -> pb::SubscriptionCommand {
+fn command_of(
+    subscription_id: String,
+    reason: String,
+    options: Option<cim_proto::common::CommandOptions>,
+) -> pb::SubscriptionCommand {
     pb::SubscriptionCommand { subscription_id, reason, options }
 }
 

@@ -17,7 +17,10 @@ pub const LAG_SECONDS: &str = "cim_webhook_lag_seconds";
 pub const OUTCOMES: [&str; 5] = ["delivered", "retried", "throttled", "gone", "dead"];
 
 pub fn describe() {
-    metrics::describe_counter!(DELIVERIES_TOTAL, "Webhook calls, by outcome (delivered, retried, throttled, gone, dead)");
+    metrics::describe_counter!(
+        DELIVERIES_TOTAL,
+        "Webhook calls, by outcome (delivered, retried, throttled, gone, dead)"
+    );
     metrics::describe_histogram!(DELIVERY_SECONDS, metrics::Unit::Seconds, "Duration of one webhook call");
     metrics::describe_counter!(INTAKE_TOTAL, "Webhook deliveries queued (one per matching subscription and event)");
     metrics::describe_gauge!(PENDING, "Webhook deliveries waiting, per subscription");

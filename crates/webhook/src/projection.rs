@@ -21,9 +21,7 @@ impl Projection for SubscriptionProjection {
     ) -> Result<(), sqlx::Error> {
         use SubscriptionEvent as E;
         let (tenant, id, version) = (at.tenant_id.as_uuid(), at.aggregate_id.as_uuid(), at.sequence as i64);
-        let set = |sql: &'static str| {
-            sqlx::query(sql).bind(tenant).bind(id).bind(version).bind(at.occurred_at)
-        };
+        let set = |sql: &'static str| sqlx::query(sql).bind(tenant).bind(id).bind(version).bind(at.occurred_at);
         match event {
             E::Registered(e) => {
                 // The rules accepted the filter, so it names a domain.

@@ -43,7 +43,12 @@ impl WebhookApi {
     }
 
     /// The handshake with the subscription's URL, then the activation.
-    async fn activate(&self, caller: &Caller, id: AggregateId, url: &str) -> Result<Result<Executed, String>, ServiceError> {
+    async fn activate(
+        &self,
+        caller: &Caller,
+        id: AggregateId,
+        url: &str,
+    ) -> Result<Result<Executed, String>, ServiceError> {
         match cloudevent::handshake(self.delivery.client(), url).await {
             Ok(allowed_origin) => Ok(Ok(self.execute(caller, id, C::Activate { allowed_origin }, None).await?)),
             Err(why) => Ok(Err(why)),
@@ -62,7 +67,11 @@ impl WebhookApi {
         .ok_or_else(|| ServiceError::NotFound(format!("subscription {id} not found")))
     }
 
-    async fn subscription(&self, tenant: TenantId, row: &sqlx::postgres::PgRow) -> Result<pb::Subscription, ServiceError> {
+    async fn subscription(
+        &self,
+        tenant: TenantId,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<pb::Subscription, ServiceError> {
         let id: uuid::Uuid = row.try_get("subscription_id")?;
         let id = AggregateId::from_uuid(id).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let stats = delivery::stats(&self.pool, tenant, id).await?;

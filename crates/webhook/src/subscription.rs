@@ -45,10 +45,19 @@ impl SubscriptionState {
 
 #[derive(Debug, Clone)]
 pub enum SubscriptionCommand {
-    Register { name: String, filter: String, condition: Option<String>, url: String },
+    Register {
+        name: String,
+        filter: String,
+        condition: Option<String>,
+        url: String,
+    },
     /// The edge ran the handshake and the receiver allowed `allowed_origin`.
-    Activate { allowed_origin: String },
-    Disable { reason: String },
+    Activate {
+        allowed_origin: String,
+    },
+    Disable {
+        reason: String,
+    },
     Delete,
 }
 

@@ -59,9 +59,15 @@ async fn the_sender_killed_mid_batch_loses_nothing() {
     // Slow answers: the killed process has calls in flight.
     receiver.otherwise(Answer::Slow(Duration::from_millis(400)));
     let w = AggregateId::new();
-    let made =
-        subscribe(&mut client, tenant, w, "webhook.evt.subscription.*.*", &format!("event.aggregate_id != '{w}'"), &receiver.url())
-            .await;
+    let made = subscribe(
+        &mut client,
+        tenant,
+        w,
+        "webhook.evt.subscription.*.*",
+        &format!("event.aggregate_id != '{w}'"),
+        &receiver.url(),
+    )
+    .await;
     assert_eq!(made.state, "active");
     let mut sources = Vec::new();
     for _ in 0..6 {
@@ -87,7 +93,9 @@ async fn the_sender_killed_mid_batch_loses_nothing() {
     .collect();
     assert_eq!(expected.len(), sources.len() * 4);
     let received = |calls: &[Call]| calls.iter().map(|c| c.header("ce-id").to_owned()).collect::<HashSet<_>>();
-    receiver.wait("every event after the restart", Duration::from_secs(180), |c| received(c).is_superset(&expected)).await;
+    receiver
+        .wait("every event after the restart", Duration::from_secs(180), |c| received(c).is_superset(&expected))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let calls = receiver.calls();
     assert_eq!(received(&calls), expected, "every event, and nothing else");
@@ -96,7 +104,10 @@ async fn the_sender_killed_mid_batch_loses_nothing() {
     let mut per_aggregate: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for call in &calls {
         seen.entry(call.header("ce-id")).or_default().push(call.at);
-        per_aggregate.entry(call.header("ce-subject")).or_default().push(call.header("ce-cimsequence").parse().unwrap());
+        per_aggregate
+            .entry(call.header("ce-subject"))
+            .or_default()
+            .push(call.header("ce-cimsequence").parse().unwrap());
     }
     let twice: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
     for (id, at) in &twice {

@@ -62,16 +62,17 @@ async fn every_matching_event_is_delivered_signed_in_order_and_only_to_its_tenan
         assert!(call.header("traceparent").starts_with("00-"), "trace context: {:?}", call.headers);
         assert!(ids.insert(call.header("ce-id").to_owned()), "ids unique per event");
         let sequence: u64 = call.header("ce-cimsequence").parse().unwrap();
-        per_aggregate.entry(call.header("ce-subject").to_owned()).or_default().push((sequence, call.header("ce-type").to_owned()));
+        per_aggregate
+            .entry(call.header("ce-subject").to_owned())
+            .or_default()
+            .push((sequence, call.header("ce-type").to_owned()));
     }
     let subjects: HashSet<String> = sources.iter().map(ToString::to_string).collect();
     assert_eq!(per_aggregate.keys().cloned().collect::<HashSet<_>>(), subjects);
     let cycle_types = ["registered", "activated", "disabled", "activated", "disabled", "activated"];
     for (aggregate, got) in &per_aggregate {
-        let want: Vec<(u64, String)> = (1..=6)
-            .zip(cycle_types)
-            .map(|(n, t)| (n, format!("cim.webhook.subscription_{t}")))
-            .collect();
+        let want: Vec<(u64, String)> =
+            (1..=6).zip(cycle_types).map(|(n, t)| (n, format!("cim.webhook.subscription_{t}"))).collect();
         assert_eq!(got, &want, "in order for {aggregate}");
     }
     // The body is the event's payload.
@@ -114,7 +115,8 @@ fn python_verifies(secret: &str, call: &Call) -> bool {
 /// One source disabled once: exactly one event of type `subscription_disabled`.
 async fn one_event(client: &mut Client, tenant: TenantId, sink: &Receiver) -> AggregateId {
     let id = source(client, tenant, &sink.url()).await;
-    let command = pb::SubscriptionCommand { subscription_id: id.to_string(), reason: "one".into(), ..Default::default() };
+    let command =
+        pb::SubscriptionCommand { subscription_id: id.to_string(), reason: "one".into(), ..Default::default() };
     client.disable_subscription(req(tenant, command)).await.unwrap();
     id
 }
@@ -132,8 +134,10 @@ async fn a_500_then_200_delivers_once_more_and_no_more() {
     // The command that makes the event carries a trace context; its calls continue the trace.
     let id = source(&mut client, tenant, &sink.url()).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request =
-        req(tenant, pb::SubscriptionCommand { subscription_id: id.to_string(), reason: "one".into(), ..Default::default() });
+    let mut request = req(
+        tenant,
+        pb::SubscriptionCommand { subscription_id: id.to_string(), reason: "one".into(), ..Default::default() },
+    );
     request.metadata_mut().insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap());
     client.disable_subscription(request).await.unwrap();
     let calls = receiver.wait("the retry", PATIENCE, |c| c.len() >= 2).await;
@@ -237,7 +241,10 @@ async fn a_receiver_down_for_the_whole_budget_dead_letters_and_the_replay_delive
     assert_eq!(client.replay_dead_letters(req(tenant, replay)).await.unwrap().into_inner().replayed, 2);
     let calls = receiver.wait("the replayed deliveries", PATIENCE, |c| c.len() >= before + 2).await;
     let delivered: HashSet<&str> = calls[before..].iter().map(|c| c.header("ce-subject")).collect();
-    assert_eq!(delivered, events.iter().map(|e| e.to_string()).collect::<HashSet<_>>().iter().map(String::as_str).collect());
+    assert_eq!(
+        delivered,
+        events.iter().map(|e| e.to_string()).collect::<HashSet<_>>().iter().map(String::as_str).collect()
+    );
     let stats = get(&mut client, tenant, w).await.deliveries.unwrap();
     assert_eq!((stats.delivered, stats.dead), (2, 0));
     service.running.stop().await;
@@ -253,11 +260,8 @@ async fn bad_requests_are_refused_with_the_field_and_other_tenants_see_nothing()
         let mut client = client.clone();
         async move { read_status(&client.create_subscription(req(tenant, r)).await.unwrap_err()) }
     };
-    let good = pb::CreateSubscriptionRequest {
-        filter: "graph.evt.>".into(),
-        url: receiver.url(),
-        ..Default::default()
-    };
+    let good =
+        pb::CreateSubscriptionRequest { filter: "graph.evt.>".into(), url: receiver.url(), ..Default::default() };
     for (field, bad) in [
         ("url", pb::CreateSubscriptionRequest { url: "ftp://example.com/x".into(), ..good.clone() }),
         ("url", pb::CreateSubscriptionRequest { url: "https://me:pw@example.com/x".into(), ..good.clone() }),

@@ -32,7 +32,12 @@ pub fn client(settings: &WebhookSettings) -> Result<reqwest::Client, String> {
 }
 
 /// The headers and body of `event`'s call, signed at `now`.
-pub fn request(event: &EventEnvelope, traceparent: Option<&str>, secret: &Secret, now: DateTime<Utc>) -> (HeaderMap, Vec<u8>) {
+pub fn request(
+    event: &EventEnvelope,
+    traceparent: Option<&str>,
+    secret: &Secret,
+    now: DateTime<Utc>,
+) -> (HeaderMap, Vec<u8>) {
     let body = serde_json::to_vec(&event.payload).unwrap_or_default();
     let id = event.event_id.to_string();
     let timestamp = now.timestamp();
@@ -58,7 +63,8 @@ pub fn request(event: &EventEnvelope, traceparent: Option<&str>, secret: &Secret
     // extension's attribute.
     let mut traced = HeaderMap::new();
     cim_runtime::telemetry::inject_http(&mut traced);
-    let tp = traced.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned).or(traceparent.map(str::to_owned));
+    let tp =
+        traced.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned).or(traceparent.map(str::to_owned));
     if let Some(tp) = tp {
         put("traceparent", tp.clone());
         put("ce-traceparent", tp);
@@ -87,7 +93,8 @@ pub async fn send(client: &reqwest::Client, url: &str, headers: HeaderMap, body:
     match client.post(url).headers(headers).body(body).send().await {
         Ok(answer) => {
             let status = answer.status().as_u16();
-            let retry_after = answer.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
+            let retry_after =
+                answer.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
             match status {
                 200..=299 => Outcome::Delivered(status),
                 410 => Outcome::Gone,

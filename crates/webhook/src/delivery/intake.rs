@@ -39,20 +39,26 @@ pub fn consumers(
             let run = async move {
                 let metrics = ConsumerMetrics::new(&name);
                 consumer
-                    .run(&js, &stop, |_| {}, |message| {
-                        let (delivery, js, prefix, metrics, name) = (&delivery, &js, &prefix, &metrics, name.as_str());
-                        async move {
-                            match serde_json::from_slice::<EventEnvelope>(&message.payload) {
-                                Ok(event) => delivery.take(&event, &message, metrics).await,
-                                Err(e) => {
-                                    let reason = format!("unreadable event: {e}");
-                                    dead_letter_or_retry(js, prefix, name, metrics, &message, &reason, RETRY_AFTER)
-                                        .await;
+                    .run(
+                        &js,
+                        &stop,
+                        |_| {},
+                        |message| {
+                            let (delivery, js, prefix, metrics, name) =
+                                (&delivery, &js, &prefix, &metrics, name.as_str());
+                            async move {
+                                match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+                                    Ok(event) => delivery.take(&event, &message, metrics).await,
+                                    Err(e) => {
+                                        let reason = format!("unreadable event: {e}");
+                                        dead_letter_or_retry(js, prefix, name, metrics, &message, &reason, RETRY_AFTER)
+                                            .await;
+                                    }
                                 }
+                                Ok(())
                             }
-                            Ok(())
-                        }
-                    })
+                        },
+                    )
                     .await;
             };
             (worker, run)
@@ -92,7 +98,8 @@ impl Delivery {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let subject = format!("{}.evt.{}.{}.{}", event.domain, event.aggregate_type, event.aggregate_id, event.event_type);
+        let subject =
+            format!("{}.evt.{}.{}.{}", event.domain, event.aggregate_type, event.aggregate_id, event.event_type);
         let view = serde_json::Map::from_iter([("event".to_owned(), serde_json::Value::Object(event_view(event)))]);
         let mut taking: Vec<Uuid> = Vec::new();
         for row in candidates {
@@ -102,7 +109,8 @@ impl Delivery {
                 continue;
             }
             // A condition that cannot be evaluated on this event (a field it lacks) does not take it.
-            let takes = condition.is_none_or(|source| Expr::parse(&source).and_then(|e| e.test(&view)).unwrap_or(false));
+            let takes =
+                condition.is_none_or(|source| Expr::parse(&source).and_then(|e| e.test(&view)).unwrap_or(false));
             if takes {
                 taking.push(row.try_get("subscription_id")?);
             }
@@ -110,7 +118,8 @@ impl Delivery {
         if taking.is_empty() {
             return Ok(0);
         }
-        let traceparent = message.headers.as_ref().and_then(|h| h.get(headers::TRACEPARENT)).map(|v| v.as_str().to_owned());
+        let traceparent =
+            message.headers.as_ref().and_then(|h| h.get(headers::TRACEPARENT)).map(|v| v.as_str().to_owned());
         let published = std::str::from_utf8(&message.payload).unwrap_or_default();
         sqlx::query(
             "INSERT INTO webhook_deliveries (subscription_id, event_id, tenant_id, aggregate_id, sequence, subject, \

@@ -184,7 +184,14 @@ impl Delivery {
         }
     }
 
-    async fn retry(&self, subscription: Uuid, id: Uuid, status: u16, reason: String, wait: Duration) -> Result<(), sqlx::Error> {
+    async fn retry(
+        &self,
+        subscription: Uuid,
+        id: Uuid,
+        status: u16,
+        reason: String,
+        wait: Duration,
+    ) -> Result<(), sqlx::Error> {
         self.record(
             "UPDATE webhook_deliveries SET next_at = now() + make_interval(secs => $5), leased_until = NULL, \
              last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
@@ -219,14 +226,7 @@ impl Delivery {
     /// The last attempt failed: the event goes to the dead-letter stream with the reason, then
     /// the row is marked dead (replayable). If the stream does not take it, the row stays pending
     /// and is tried again at the next backoff, so nothing is lost.
-    async fn give_up(
-        &self,
-        js: &jetstream::Context,
-        prefix: &SubjectPrefix,
-        c: &Claimed,
-        status: u16,
-        reason: &str,
-    ) {
+    async fn give_up(&self, js: &jetstream::Context, prefix: &SubjectPrefix, c: &Claimed, status: u16, reason: &str) {
         let mut h = async_nats::HeaderMap::new();
         h.insert(SUBSCRIPTION_HEADER, c.subscription.to_string().as_str());
         h.insert(headers::TENANT_ID, c.tenant.to_string().as_str());
@@ -235,7 +235,8 @@ impl Delivery {
         }
         let payload = bytes::Bytes::from(c.event.clone());
         let published =
-            cim_streams::publish_dead_letter_of(js, prefix, DEAD_LETTER_CONSUMER, &c.subject, &h, payload, reason).await;
+            cim_streams::publish_dead_letter_of(js, prefix, DEAD_LETTER_CONSUMER, &c.subject, &h, payload, reason)
+                .await;
         let id = c.event_id;
         let recorded = match published {
             Ok(()) => {

@@ -29,7 +29,11 @@ fn bad_urls_filters_and_conditions_are_refused_naming_the_field() {
         "https://example.com/hook#frag",
         "",
     ] {
-        assert_eq!(refused(&register("graph.evt.>", None, url)), (ErrorCode::InvalidArgument, vec!["url".into()]), "{url}");
+        assert_eq!(
+            refused(&register("graph.evt.>", None, url)),
+            (ErrorCode::InvalidArgument, vec!["url".into()]),
+            "{url}"
+        );
     }
     for filter in ["", "graph", "graph.evt", "nope.evt.>", "graph.evt.>.x", "graph.cmd.>"] {
         let got = refused(&register(filter, None, "https://example.com/h"));
@@ -47,7 +51,14 @@ fn the_lifecycle_runs_pending_active_disabled_active_deleted() {
             s.apply(&e);
         }
     };
-    ok(&mut s, &register("document.evt.document.*.document_state_changed", Some("event.payload.to == 'approved'"), "http://127.0.0.1:9/h"));
+    ok(
+        &mut s,
+        &register(
+            "document.evt.document.*.document_state_changed",
+            Some("event.payload.to == 'approved'"),
+            "http://127.0.0.1:9/h",
+        ),
+    );
     assert_eq!(s.state, SubscriptionState::Pending);
     ok(&mut s, &SubscriptionCommand::Activate { allowed_origin: "cim".into() });
     assert_eq!(s.state, SubscriptionState::Active);

@@ -250,7 +250,9 @@ async fn answer(script: &Script, method: Method, headers: HeaderMap, body: Bytes
     let answer = next.unwrap_or(*script.otherwise.lock().unwrap());
     match answer {
         Answer::Status(status) => StatusCode::from_u16(status).unwrap().into_response(),
-        Answer::TooMany(seconds) => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", seconds.to_string())]).into_response(),
+        Answer::TooMany(seconds) => {
+            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", seconds.to_string())]).into_response()
+        }
         Answer::Slow(pause) => {
             tokio::time::sleep(pause).await;
             StatusCode::OK.into_response()
