@@ -63,8 +63,11 @@ pub fn request(
     // extension's attribute.
     let mut traced = HeaderMap::new();
     cim_runtime::telemetry::inject_http(&mut traced);
-    let tp =
-        traced.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned).or(traceparent.map(str::to_owned));
+    let tp = traced
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| traceparent.map(str::to_owned));
     if let Some(tp) = tp {
         put("traceparent", tp.clone());
         put("ce-traceparent", tp);

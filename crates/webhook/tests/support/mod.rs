@@ -247,7 +247,7 @@ async fn answer(script: &Script, method: Method, headers: HeaderMap, body: Bytes
     }
     script.calls.lock().unwrap().push(Call { at: Instant::now(), headers, body });
     let next = script.next.lock().unwrap().pop_front();
-    let answer = next.unwrap_or(*script.otherwise.lock().unwrap());
+    let answer = next.unwrap_or_else(|| *script.otherwise.lock().unwrap());
     match answer {
         Answer::Status(status) => StatusCode::from_u16(status).unwrap().into_response(),
         Answer::TooMany(seconds) => {
