@@ -36,7 +36,9 @@ pub fn fast() -> WebhookSettings {
 
 pub fn vars() -> [(&'static str, String); 2] {
     // Several services and the tests' own pools share one Postgres of 100 connections.
-    [("CIM_DATABASE_MAX_CONNECTIONS", "8".to_owned()), ("CIM_LOG", "warn".to_owned())]
+    // Warnings only, but the spans that carry trace context (a request's, a delivery's) on.
+    let log = "warn,cim_runtime::grpc=info,cim_webhook=info";
+    [("CIM_DATABASE_MAX_CONNECTIONS", "8".to_owned()), ("CIM_LOG", log.to_owned())]
 }
 
 pub struct Service {
@@ -114,6 +116,25 @@ pub async fn cycle(client: &mut Client, tenant: TenantId, id: AggregateId) {
 pub async fn get(client: &mut Client, tenant: TenantId, id: AggregateId) -> pb::Subscription {
     let request = pb::GetSubscriptionRequest { subscription_id: id.to_string() };
     client.get_subscription(req(tenant, request)).await.unwrap().into_inner()
+}
+
+/// Waits until the subscription's deliveries are `(delivered, pending, dead)` (an outcome is
+/// recorded just after the receiver answered); answers them.
+pub async fn settled(
+    client: &mut Client,
+    tenant: TenantId,
+    id: AggregateId,
+    want: (u64, u64, u64),
+) -> pb::DeliveryStats {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = get(client, tenant, id).await.deliveries.unwrap();
+        if (stats.delivered, stats.pending, stats.dead) == want {
+            return stats;
+        }
+        assert!(Instant::now() < until, "waited for {want:?}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One call the receiver got.
