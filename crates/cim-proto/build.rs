@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("cim/document/v1/document.proto"),
         root.join("cim/agent/v1/agent.proto"),
         root.join("cim/workflow/v1/workflow.proto"),
+        root.join("cim/webhook/v1/webhook.proto"),
     ];
     if std::env::var_os("CARGO_FEATURE_TESTING").is_some() {
         protos.push(root.join("cim/testing/v1/probe.proto"));

@@ -31,6 +31,12 @@ import yaml
 # The services deployed as their own image. A new service goes here first: the check then names
 # every file that still lacks it.
 SERVICES = ["gateway", "websocket", "graph", "document", "workflow", "agent"]
+# Services the code builds that are deliberately not deployed yet, each with the reason. Their
+# image, compose service, k8s manifests, NATS user and Postgres role are missing, so nothing may
+# call them in a deployment: `cim serve` runs them locally. Empty this as each one is deployed.
+UNDEPLOYED = {
+    "webhook": "issue 23: its image, compose and k8s wiring, NATS user and Postgres role come in the next part",
+}
 
 # Series Prometheus makes itself; dashboards and rules may use them.
 PROMETHEUS_BUILTIN = {
@@ -487,6 +493,9 @@ def required_vars(service: str, vars_: dict[str, str | None]) -> list[tuple[str,
         # the replicas: a deployment names its bucket.
         out.append((STORE_VARS["minio"][0],))
     for name, default in vars_.items():
+        callee = re.fullmatch(rf"CIM_{up}_([A-Z]+)_URLS", name)
+        if callee and callee.group(1).lower() in UNDEPLOYED:
+            continue
         if name.startswith(f"CIM_{up}_") and default and ("127.0.0.1" in default or "localhost" in default):
             if (name,) not in out:
                 out.append((name,))
@@ -1213,7 +1222,9 @@ def main() -> int:
         c.check(s in ports, f"{s}: in SERVICES but config.rs has no CIM_{s.upper()}_ADDR/_ADMIN_ADDR defaults")
     bins = {b: pkg for pkg, info in packages.items() for b in info["bins"]}
     for s in ports:
-        if f"cim-{s}" in bins and s not in SERVICES:
+        if s in UNDEPLOYED:
+            c.notes.append(f"{s}: built, not deployed yet ({UNDEPLOYED[s]})")
+        elif f"cim-{s}" in bins and s not in SERVICES:
             c.fail(
                 f"{s}: crate {bins[f'cim-{s}']} builds cim-{s} but it is not deployed (add it to SERVICES in {rel(Path(__file__))})"
             )
@@ -1611,7 +1622,8 @@ def main() -> int:
     # in each overlay the NetworkPolicies let exactly those calls through (the caller's egress and
     # the callee's ingress on its gRPC port), nothing else between two services.
     for name in vars_:
-        if re.fullmatch(r"CIM_[A-Z]+_[A-Z]+_URLS", name):
+        called = re.fullmatch(r"CIM_[A-Z]+_([A-Z]+)_URLS", name)
+        if called and called.group(1).lower() not in UNDEPLOYED:
             c.check(
                 any(var == name for _, _, var in service_urls(vars_)),
                 f"config.rs: {name} names no deployed service (CIM_<SERVICE>_<CALLEE or SELF>_URLS, both in SERVICES)",

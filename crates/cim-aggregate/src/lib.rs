@@ -12,6 +12,7 @@
 
 mod error;
 mod executor;
+pub mod expr;
 pub mod group_commit;
 pub mod heads;
 pub mod host;

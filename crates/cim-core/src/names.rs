@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 pub enum NameError {
     #[error("{kind}: expected snake_case ([a-z][a-z0-9_]*, at most {max} characters), got {input:?}")]
     NotSnakeCase { kind: &'static str, max: usize, input: String },
-    #[error("domain: expected one of graph, document, workflow, agent, got {0:?}")]
+    #[error("domain: expected one of graph, document, workflow, agent, webhook, got {0:?}")]
     UnknownDomain(String),
     #[error("actor: expected 1 to 256 printable characters, got {0:?}")]
     BadActor(String),
 }
 
-/// The four domains; each owns a Postgres schema and a JetStream stream.
+/// The domains; each owns a Postgres schema and a JetStream stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Domain {
@@ -23,10 +23,12 @@ pub enum Domain {
     Document,
     Workflow,
     Agent,
+    /// Webhook subscriptions (their deliveries are not events).
+    Webhook,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 4] = [Domain::Graph, Domain::Document, Domain::Workflow, Domain::Agent];
+    pub const ALL: [Domain; 5] = [Domain::Graph, Domain::Document, Domain::Workflow, Domain::Agent, Domain::Webhook];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -34,6 +36,7 @@ impl Domain {
             Domain::Document => "document",
             Domain::Workflow => "workflow",
             Domain::Agent => "agent",
+            Domain::Webhook => "webhook",
         }
     }
 }

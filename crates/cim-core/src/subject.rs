@@ -159,6 +159,48 @@ impl EventSubject {
     }
 }
 
+/// A subscriber's filter over event subjects without the deployment's prefix:
+/// `<domain>.evt.<aggregate_type>.<aggregate_id>.<event_type>`, each token a name or `*`, or a
+/// final `>` for the rest (`document.evt.document.*.document_state_changed`, `agent.evt.>`).
+/// Workflow waits and triggers and webhook subscriptions state what they watch this way.
+pub const FILTER_MAX: usize = 300;
+
+/// The domain a subject filter watches, or why the filter is not one.
+pub fn filter_domain(filter: &str) -> Result<Domain, String> {
+    let shape = "<domain>.evt.<aggregate_type>.<aggregate_id>.<event_type>, with * or a final >";
+    if filter.is_empty() || filter.len() > FILTER_MAX {
+        return Err(format!("1 to {FILTER_MAX} bytes: {shape}"));
+    }
+    let tokens: Vec<&str> = filter.split('.').collect();
+    let last = tokens.len() - 1;
+    for (i, token) in tokens.iter().enumerate() {
+        let plain = token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if token.is_empty() || !(plain || *token == "*" || (*token == ">" && i == last)) {
+            return Err(format!("token {:?} is not a name, * or a final >: {shape}", token));
+        }
+    }
+    let full = tokens.len() == 5 || (tokens.len() >= 3 && tokens[last] == ">");
+    if !full || tokens.get(1) != Some(&"evt") {
+        return Err(format!("not {shape}"));
+    }
+    tokens[0].parse::<Domain>().map_err(|e| format!("{e}: {shape}"))
+}
+
+/// Whether `subject` (without the deployment's prefix) matches the checked `filter`.
+pub fn filter_matches(filter: &str, subject: &str) -> bool {
+    let mut wanted = filter.split('.');
+    let mut got = subject.split('.');
+    loop {
+        match (wanted.next(), got.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(w), Some(g)) if w == g => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +221,21 @@ mod tests {
         let text = s.to_subject(&SubjectPrefix::default());
         assert_eq!(text, format!("cim.graph.evt.graph.{}.node_added", s.aggregate_id));
         assert_eq!(EventSubject::parse(&SubjectPrefix::default(), &text).unwrap(), s);
+    }
+
+    #[test]
+    fn subject_filters_name_a_domain_and_match_by_token() {
+        assert_eq!(filter_domain("document.evt.document.*.document_state_changed"), Ok(Domain::Document));
+        assert_eq!(filter_domain("agent.evt.>"), Ok(Domain::Agent));
+        for bad in ["", "document", "document.evt", "bogus.evt.>", "graph.cmd.>", "graph.evt.>.x", "graph.evt.a b.*.*"]
+        {
+            assert!(filter_domain(bad).is_err(), "{bad:?}");
+        }
+        let f = "document.evt.document.*.document_state_changed";
+        assert!(filter_matches(f, "document.evt.document.0190-x.document_state_changed"));
+        assert!(!filter_matches(f, "document.evt.document.0190-x.document_created"));
+        assert!(filter_matches("agent.evt.>", "agent.evt.task.1.task_completed"));
+        assert!(!filter_matches("agent.evt.task.*", "agent.evt.task.1.task_completed"));
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub mod cim {
             tonic::include_proto!("cim.workflow.v1");
         }
     }
+    pub mod webhook {
+        pub mod v1 {
+            tonic::include_proto!("cim.webhook.v1");
+        }
+    }
     #[cfg(feature = "testing")]
     pub mod testing {
         pub mod v1 {
@@ -44,6 +49,7 @@ pub use cim::agent::v1 as agent;
 pub use cim::common::v1 as common;
 pub use cim::document::v1 as document;
 pub use cim::graph::v1 as graph;
+pub use cim::webhook::v1 as webhook;
 pub use cim::workflow::v1 as workflow;
 
 /// Every service of this build, for gRPC reflection (v1 and v1alpha).

@@ -80,6 +80,7 @@ pub const CIM_GATEWAY_GRAPH_URLS: &str = "CIM_GATEWAY_GRAPH_URLS";
 pub const CIM_GATEWAY_DOCUMENT_URLS: &str = "CIM_GATEWAY_DOCUMENT_URLS";
 pub const CIM_GATEWAY_AGENT_URLS: &str = "CIM_GATEWAY_AGENT_URLS";
 pub const CIM_GATEWAY_WORKFLOW_URLS: &str = "CIM_GATEWAY_WORKFLOW_URLS";
+pub const CIM_GATEWAY_WEBHOOK_URLS: &str = "CIM_GATEWAY_WEBHOOK_URLS";
 pub const CIM_GATEWAY_REQUEST_TIMEOUT_MS: &str = "CIM_GATEWAY_REQUEST_TIMEOUT_MS";
 pub const CIM_GATEWAY_MAX_BODY_BYTES: &str = "CIM_GATEWAY_MAX_BODY_BYTES";
 pub const CIM_GATEWAY_RATE_LIMIT_PER_MINUTE: &str = "CIM_GATEWAY_RATE_LIMIT_PER_MINUTE";
@@ -115,6 +116,12 @@ pub const CIM_WORKFLOW_DOCUMENT_URLS: &str = "CIM_WORKFLOW_DOCUMENT_URLS";
 pub const CIM_WORKFLOW_AGENT_URLS: &str = "CIM_WORKFLOW_AGENT_URLS";
 pub const CIM_WORKFLOW_SELF_URLS: &str = "CIM_WORKFLOW_SELF_URLS";
 pub const CIM_WORKFLOW_CALL_TIMEOUT_MS: &str = "CIM_WORKFLOW_CALL_TIMEOUT_MS";
+pub const CIM_WEBHOOK_ATTEMPTS: &str = "CIM_WEBHOOK_ATTEMPTS";
+pub const CIM_WEBHOOK_BACKOFF_MS: &str = "CIM_WEBHOOK_BACKOFF_MS";
+pub const CIM_WEBHOOK_BACKOFF_MAX_MS: &str = "CIM_WEBHOOK_BACKOFF_MAX_MS";
+pub const CIM_WEBHOOK_TIMEOUT_MS: &str = "CIM_WEBHOOK_TIMEOUT_MS";
+pub const CIM_WEBHOOK_POLL_MS: &str = "CIM_WEBHOOK_POLL_MS";
+pub const CIM_WEBHOOK_CONCURRENCY: &str = "CIM_WEBHOOK_CONCURRENCY";
 
 /// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
 /// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
@@ -169,6 +176,8 @@ pub const VARS: &[VarSpec] = &[
     var("CIM_WORKFLOW_ADMIN_ADDR", Some("0.0.0.0:9104"), "host:port", "workflow admin listener"),
     var("CIM_AGENT_ADDR", Some("0.0.0.0:50054"), "host:port", "agent gRPC listener"),
     var("CIM_AGENT_ADMIN_ADDR", Some("0.0.0.0:9105"), "host:port", "agent admin listener"),
+    var("CIM_WEBHOOK_ADDR", Some("0.0.0.0:50055"), "host:port", "webhook gRPC listener"),
+    var("CIM_WEBHOOK_ADMIN_ADDR", Some("0.0.0.0:9106"), "host:port", "webhook admin listener"),
     VarSpec {
         name: CIM_JWT_HS256_SECRET,
         default: None,
@@ -231,6 +240,12 @@ pub const VARS: &[VarSpec] = &[
         Some("http://127.0.0.1:50053"),
         "http:// URLs separated by commas",
         "workflow service instances the gateway balances over",
+    ),
+    var(
+        CIM_GATEWAY_WEBHOOK_URLS,
+        Some("http://127.0.0.1:50055"),
+        "http:// URLs separated by commas",
+        "webhook service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_REQUEST_TIMEOUT_MS,
@@ -409,6 +424,37 @@ pub const VARS: &[VarSpec] = &[
         "how long a workflow step's call of another service may take before it is tried again",
     ),
     var(
+        CIM_WEBHOOK_ATTEMPTS,
+        Some("8"),
+        "a number from 1 to 100",
+        "deliveries of one event to one subscription before it goes to the dead-letter stream",
+    ),
+    var(
+        CIM_WEBHOOK_BACKOFF_MS,
+        Some("1000"),
+        "milliseconds from 1 to 3600000",
+        "the wait before a webhook delivery's second attempt; each later wait doubles, with jitter",
+    ),
+    var(
+        CIM_WEBHOOK_BACKOFF_MAX_MS,
+        Some("300000"),
+        "milliseconds from 1 to 86400000",
+        "the longest wait between two attempts of a webhook delivery (a Retry-After is honoured up to it)",
+    ),
+    var(
+        CIM_WEBHOOK_TIMEOUT_MS,
+        Some("10000"),
+        "milliseconds from 10 to 600000",
+        "how long one webhook call (and the validation handshake) may take",
+    ),
+    var(
+        CIM_WEBHOOK_POLL_MS,
+        Some("200"),
+        "milliseconds from 5 to 60000",
+        "how often the webhook sender looks for due deliveries (retries, other replicas' intake)",
+    ),
+    var(CIM_WEBHOOK_CONCURRENCY, Some("16"), "a number from 1 to 1024", "webhook calls one replica makes at once"),
+    var(
         CIM_DATA_DIR,
         None,
         "an absolute directory path",
@@ -425,16 +471,18 @@ pub enum ServiceKind {
     Document,
     Workflow,
     Agent,
+    Webhook,
 }
 
 impl ServiceKind {
-    pub const ALL: [ServiceKind; 6] = [
+    pub const ALL: [ServiceKind; 7] = [
         ServiceKind::Gateway,
         ServiceKind::Websocket,
         ServiceKind::Graph,
         ServiceKind::Document,
         ServiceKind::Workflow,
         ServiceKind::Agent,
+        ServiceKind::Webhook,
     ];
 
     pub fn name(self) -> &'static str {
@@ -445,6 +493,7 @@ impl ServiceKind {
             ServiceKind::Document => "document",
             ServiceKind::Workflow => "workflow",
             ServiceKind::Agent => "agent",
+            ServiceKind::Webhook => "webhook",
         }
     }
 
@@ -468,7 +517,9 @@ impl FromStr for ServiceKind {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ServiceKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown service {s:?}; expected one of gateway, websocket, graph, document, workflow, agent")
+            format!(
+                "unknown service {s:?}; expected one of gateway, websocket, graph, document, workflow, agent, webhook"
+            )
         })
     }
 }
@@ -616,6 +667,7 @@ pub struct GatewaySettings {
     pub document_urls: Vec<String>,
     pub agent_urls: Vec<String>,
     pub workflow_urls: Vec<String>,
+    pub webhook_urls: Vec<String>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     /// 0: no limit.
@@ -798,6 +850,35 @@ fn workflow_settings(r: &mut Reader<'_>) -> Option<WorkflowSettings> {
     })
 }
 
+/// The webhook sender's retry budget, timeouts and pace.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+    pub poll: Duration,
+    pub concurrency: usize,
+}
+
+fn webhook_settings(r: &mut Reader<'_>) -> Option<WebhookSettings> {
+    let attempts = r.parse(CIM_WEBHOOK_ATTEMPTS, int_in(1u32, 100));
+    let mut ms = |name: &str, lo: u64, hi: u64| r.parse(name, int_in(lo, hi)).map(Duration::from_millis);
+    let backoff = ms(CIM_WEBHOOK_BACKOFF_MS, 1, 3_600_000);
+    let backoff_max = ms(CIM_WEBHOOK_BACKOFF_MAX_MS, 1, 86_400_000);
+    let timeout = ms(CIM_WEBHOOK_TIMEOUT_MS, 10, 600_000);
+    let poll = ms(CIM_WEBHOOK_POLL_MS, 5, 60_000);
+    let concurrency = r.parse(CIM_WEBHOOK_CONCURRENCY, int_in(1usize, 1024));
+    Some(WebhookSettings {
+        attempts: attempts?,
+        backoff: backoff?,
+        backoff_max: backoff_max?,
+        timeout: timeout?,
+        poll: poll?,
+        concurrency: concurrency?,
+    })
+}
+
 /// Balanced upstream URLs: one or more, comma-separated, each http(s).
 fn upstream_urls(s: &str) -> Option<Vec<String>> {
     let urls: Vec<String> = s.split(',').map(|u| u.trim().to_owned()).collect();
@@ -835,6 +916,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let document_urls = r.parse(CIM_GATEWAY_DOCUMENT_URLS, upstream_urls);
     let agent_urls = r.parse(CIM_GATEWAY_AGENT_URLS, upstream_urls);
     let workflow_urls = r.parse(CIM_GATEWAY_WORKFLOW_URLS, upstream_urls);
+    let webhook_urls = r.parse(CIM_GATEWAY_WEBHOOK_URLS, upstream_urls);
     let request_timeout = r.parse(CIM_GATEWAY_REQUEST_TIMEOUT_MS, int_in(10u64, 600_000)).map(Duration::from_millis);
     let max_body_bytes = r.parse(CIM_GATEWAY_MAX_BODY_BYTES, int_in(1024usize, 64 << 20));
     let rate_limit_per_minute = r.parse(CIM_GATEWAY_RATE_LIMIT_PER_MINUTE, int_in(0u64, 10_000_000));
@@ -874,6 +956,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
             document_urls: document_urls?,
             agent_urls: agent_urls?,
             workflow_urls: workflow_urls?,
+            webhook_urls: webhook_urls?,
             request_timeout: request_timeout?,
             max_body_bytes: max_body_bytes?,
             rate_limit_per_minute: rate_limit_per_minute?,
@@ -917,6 +1000,7 @@ pub struct Config {
     pub document: DocumentSettings,
     pub agent: AgentSettings,
     pub workflow: WorkflowSettings,
+    pub webhook: WebhookSettings,
     /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -1040,12 +1124,13 @@ impl Config {
         let document = document_settings(&mut r);
         let agent = agent_settings(&mut r);
         let workflow = workflow_settings(&mut r);
+        let webhook = webhook_settings(&mut r);
         let data_dir = match r.optional(CIM_DATA_DIR) {
             Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
             None => Some(default_data_dir(lookup)),
         };
         match (
-            edge.zip(objects).zip(data_dir).zip(document).zip(agent).zip(workflow),
+            edge.zip(objects).zip(data_dir).zip(document).zip(agent).zip(workflow).zip(webhook),
             log_format,
             log_filter,
             database_url,
@@ -1058,7 +1143,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some((((((edge, objects), data_dir), document), agent), workflow)),
+                Some(((((((edge, objects), data_dir), document), agent), workflow), webhook)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -1087,6 +1172,7 @@ impl Config {
                 document,
                 agent,
                 workflow,
+                webhook,
                 data_dir,
             }),
             _ => Err(ConfigErrors(r.errors)),

@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod pull;
 pub mod streams;
 
-pub use dead_letter::publish_dead_letter;
+pub use dead_letter::{dead_letter_or_retry, publish_dead_letter, publish_dead_letter_of};
 pub use metrics::ConsumerMetrics;
 pub use pull::{Binding, PullLoop};
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, Message};
+use cim_core::{Domain, SubjectPrefix};
 use cim_runtime::Shutdown;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 
@@ -44,6 +45,25 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl PullLoop {
+    /// A durable consumer `name` on the whole of one domain's stream, explicitly acknowledged,
+    /// handling one message at a time in stream order, so each aggregate's events are handled as
+    /// they happened (the workflow listener's and the webhook intake's consumers).
+    pub fn domain_durable(name: &str, prefix: &SubjectPrefix, domain: Domain, ack_wait: Duration) -> PullLoop {
+        PullLoop {
+            name: name.to_owned(),
+            stream: prefix.stream_name(domain),
+            binding: Binding::Durable(pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: prefix.domain_events(domain),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                ..Default::default()
+            }),
+            concurrency: 1,
+            metrics: Some(ConsumerMetrics::new(name)),
+        }
+    }
+
     /// Runs until `stop`. `live(true)` is called each time the consumer is bound and
     /// `live(false)` each time it is lost (a reader that must not miss messages, like a cache,
     /// stops trusting itself in between). A handler's `Err` means "cannot go on with this

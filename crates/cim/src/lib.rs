@@ -1,6 +1,7 @@
 //! `cim serve` (the monolith: chosen services in one process, same code as their binaries),
 //! `cim config`, `cim doctor`, `cim verify`, and for local development `cim token` and
-//! `cim local-secret`; backup and recovery: `cim backup`, `cim restore`, `cim replay`, `cim streams rebuild`.
+//! `cim local-secret`; backup and recovery: `cim backup`, `cim restore`, `cim replay`, `cim streams rebuild`;
+//! `cim webhooks replay` (dead-lettered webhook deliveries back in the queue).
 
 mod backup;
 mod doctor;
@@ -12,6 +13,7 @@ mod serve;
 mod streams;
 mod token;
 mod verify;
+mod webhooks;
 
 pub use backup::BackupArgs;
 pub use restore::RestoreArgs;
@@ -41,6 +43,21 @@ enum StreamsCommand {
     Rebuild {
         #[arg(long)]
         domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Put a subscription's dead-lettered deliveries back in the queue with a fresh retry budget
+    /// (the webhook service sends them again; a replayed event goes out after later events of its
+    /// aggregate that were delivered meanwhile).
+    Replay {
+        /// The subscription's id.
+        #[arg(long)]
+        subscription: String,
+        /// One dead-lettered event's id; all of the subscription's when absent.
+        #[arg(long)]
+        event: Option<String>,
     },
 }
 
@@ -118,6 +135,11 @@ enum Command {
         #[command(subcommand)]
         command: StreamsCommand,
     },
+    /// Webhook operations.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Print an HS256 bearer token (local development), signed with CIM_JWT_HS256_SECRET or, when
     /// neither it nor CIM_JWT_PUBLIC_KEY_FILE is set, with the local secret `scripts/up.sh` made.
     Token {
@@ -164,6 +186,11 @@ pub fn main() -> ExitCode {
             block_on(operation("replay failed", |config| async move { replay::replay(&config, &domain).await }))
         }
         Command::Streams { command: StreamsCommand::Rebuild { domain } } => block_on(streams::run(&domain)),
+        Command::Webhooks { command: WebhooksCommand::Replay { subscription, event } } => {
+            block_on(operation("webhook replay failed", |config| async move {
+                webhooks::replay(&config, &subscription, event.as_deref()).await
+            }))
+        }
     }
 }
 

@@ -9,6 +9,7 @@ const SERVICES: &[(ServiceKind, cim_runtime::service::Prepare)] = &[
     (ServiceKind::Document, cim_document::app::service),
     (ServiceKind::Agent, cim_agent::app::service),
     (ServiceKind::Workflow, cim_workflow::app::service),
+    (ServiceKind::Webhook, cim_webhook::app::service),
     (ServiceKind::Gateway, cim_gateway::app::service),
     (ServiceKind::Websocket, cim_websocket::app::service),
 ];

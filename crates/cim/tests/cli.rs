@@ -50,7 +50,7 @@ fn stdout_of(cmd: &mut Command) -> String {
 }
 
 /// The services `cim serve --services all` runs, in the order it announces them.
-const ALL_SERVICES: [&str; 6] = ["graph", "document", "agent", "workflow", "gateway", "websocket"];
+const ALL_SERVICES: [&str; 7] = ["graph", "document", "agent", "workflow", "webhook", "gateway", "websocket"];
 
 #[test]
 fn a_malformed_database_url_exits_non_zero_with_one_line_naming_it() {

@@ -15,6 +15,7 @@ use cim_auth::Verifier;
 use cim_proto::agent::agent_service_client::AgentServiceClient;
 use cim_proto::document::document_service_client::DocumentServiceClient;
 use cim_proto::graph::graph_service_client::GraphServiceClient;
+use cim_proto::webhook::webhook_service_client::WebhookServiceClient;
 use cim_proto::workflow::workflow_service_client::WorkflowServiceClient;
 use cim_runtime::config::{Config, ServiceKind};
 use cim_runtime::error::RuntimeError;
@@ -35,6 +36,7 @@ use crate::links::LinkSigner;
 use crate::lockout::Lockout;
 use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
+use crate::webhook::WebhookState;
 use crate::workflow::WorkflowState;
 
 /// The routes' state; each handler extracts only its own part ([`FromRef`]). Behind one `Arc`,
@@ -49,6 +51,7 @@ struct Routes {
     document: Arc<DocumentState>,
     agent: Arc<AgentState>,
     workflow: Arc<WorkflowState>,
+    webhook: Arc<WebhookState>,
     credentials: Credentials,
 }
 
@@ -76,6 +79,12 @@ impl FromRef<AppState> for Arc<WorkflowState> {
     }
 }
 
+impl FromRef<AppState> for Arc<WebhookState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.webhook.clone()
+    }
+}
+
 impl FromRef<AppState> for Credentials {
     fn from_ref(state: &AppState) -> Self {
         state.0.credentials.clone()
@@ -94,12 +103,13 @@ struct Layers {
 
 /// Every domain's route table (`crate::routes`): the routers, the OpenAPI description and the
 /// role each route needs all come from these.
-fn domains() -> [DomainRoutes<AppState>; 5] {
+fn domains() -> [DomainRoutes<AppState>; 6] {
     [
         crate::graph::routes(),
         crate::document::routes(),
         crate::agent::routes(),
         crate::workflow::routes(),
+        crate::webhook::routes(),
         crate::accounts::routes(),
     ]
 }
@@ -247,6 +257,14 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         WorkflowServiceClient::new,
     )
     .map_err(AppError::Config)?;
+    let webhook = Upstream::connect(
+        cim_runtime::config::CIM_GATEWAY_WEBHOOK_URLS,
+        &settings.webhook_urls,
+        timeout,
+        config.connect_timeout,
+        WebhookServiceClient::new,
+    )
+    .map_err(AppError::Config)?;
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
@@ -268,6 +286,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         document,
         agent,
         workflow: Arc::new(WorkflowState { upstream: workflow }),
+        webhook: Arc::new(WebhookState { upstream: webhook }),
         credentials: credentials.clone(),
     }));
     let rate_limit = RateLimit {

@@ -1,6 +1,6 @@
 //! The REST/JSON gateway: `/api/v1/...` over the domain services' gRPC APIs.
 //!
-//! - [`app`]: state, router and lifecycle; [`graph`], [`document`], [`agent`], [`workflow`]: each domain's
+//! - [`app`]: state, router and lifecycle; [`graph`], [`document`], [`agent`], [`workflow`], [`webhook`]: each domain's
 //!   DTOs, handlers and route table (one module per domain, on [`rest`] and [`routes`]: one line
 //!   per route gives the route, its OpenAPI operation and its role); [`accounts`]: the caller's
 //!   own routes (me, sessions, API keys).
@@ -35,4 +35,5 @@ pub mod rest;
 pub mod routes;
 pub mod security_headers;
 pub mod upstream;
+pub mod webhook;
 pub mod workflow;

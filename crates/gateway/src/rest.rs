@@ -153,11 +153,12 @@ mod tests {
     use std::sync::Arc;
 
     /// Each domain's protos, where every RPC states its REST route (`google.api.http`).
-    const PROTOS: [&str; 4] = [
+    const PROTOS: [&str; 5] = [
         include_str!("../../../proto/cim/graph/v1/graph.proto"),
         include_str!("../../../proto/cim/document/v1/document.proto"),
         include_str!("../../../proto/cim/agent/v1/agent.proto"),
         include_str!("../../../proto/cim/workflow/v1/workflow.proto"),
+        include_str!("../../../proto/cim/webhook/v1/webhook.proto"),
     ];
 
     /// Domain routes the gateway adds with no RPC of their own behind them.
@@ -205,6 +206,7 @@ mod tests {
             crate::document::routes::<Arc<crate::document::DocumentState>>().into_parts().rules,
             crate::agent::routes::<Arc<crate::agent::AgentState>>().into_parts().rules,
             crate::workflow::routes::<Arc<crate::workflow::WorkflowState>>().into_parts().rules,
+            crate::webhook::routes::<Arc<crate::webhook::WebhookState>>().into_parts().rules,
         ];
         let served: BTreeSet<(String, String)> = tables
             .iter()

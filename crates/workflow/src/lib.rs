@@ -17,7 +17,8 @@ pub mod definition;
 pub mod engine;
 pub mod error;
 pub mod events;
-pub mod expr;
+/// The CEL expressions (the kit's: webhook conditions use them too).
+pub use cim_aggregate::expr;
 pub mod instance;
 pub mod listen;
 pub mod metrics;

@@ -18,12 +18,11 @@ use cim_aggregate::{CommandExecutor, CommandOptions, ExecutorError};
 use cim_core::{Actor, AggregateId, CorrelationId, Domain, EventEnvelope, SubjectPrefix, TenantId};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{self, AckKind, Message};
 use cim_runtime::Shutdown;
 use cim_runtime::edge::Caller;
 use cim_runtime::status::HasErrorCode;
-use cim_streams::{Binding, ConsumerMetrics, PullLoop, publish_dead_letter};
+use cim_streams::{ConsumerMetrics, PullLoop, dead_letter_or_retry};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Row};
 
@@ -64,20 +63,7 @@ impl Listener {
             .iter()
             .map(|&domain| {
                 let name = format!("workflow-listen-{domain}");
-                let consumer = PullLoop {
-                    name: name.clone(),
-                    stream: prefix.stream_name(domain),
-                    binding: Binding::Durable(pull::Config {
-                        durable_name: Some(name.clone()),
-                        filter_subject: prefix.domain_events(domain),
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
-                        ..Default::default()
-                    }),
-                    // In order: an aggregate's events reach its waits as they happened.
-                    concurrency: 1,
-                    metrics: Some(ConsumerMetrics::new(&name)),
-                };
+                let consumer = PullLoop::domain_durable(&name, prefix, domain, Duration::from_secs(30));
                 let (listener, js, prefix, stop) = (self.clone(), js.clone(), prefix.clone(), stop.clone());
                 async move {
                     let metrics = ConsumerMetrics::new(&name);
@@ -115,17 +101,7 @@ impl Listener {
             Ok(event) => event,
             Err(e) => {
                 let reason = format!("unreadable event: {e}");
-                match publish_dead_letter(js, prefix, name, &message, &reason).await {
-                    Ok(()) => {
-                        tracing::error!(consumer = %name, %reason, "sent to the dead-letter stream");
-                        let _ = message.ack_with(AckKind::Term).await;
-                        metrics.dead_letters.increment(1);
-                    }
-                    Err(e) => {
-                        tracing::warn!(consumer = %name, error = %e, "dead-letter publish failed; will retry");
-                        let _ = message.ack_with(AckKind::Nak(Some(RETRY_AFTER))).await;
-                    }
-                }
+                dead_letter_or_retry(js, prefix, name, metrics, &message, &reason, RETRY_AFTER).await;
                 return;
             }
         };
@@ -145,7 +121,7 @@ impl Listener {
     async fn hear(&self, event: &EventEnvelope) -> Result<(), String> {
         let subject =
             format!("{}.evt.{}.{}.{}", event.domain, event.aggregate_type, event.aggregate_id, event.event_type);
-        let shown = shown(event);
+        let shown = cim_aggregate::expr::event_view(event);
         let database = |e: sqlx::Error| format!("database: {e}");
         // Waits and triggers in one round trip: every event of four streams comes through here.
         let rows = sqlx::query(
@@ -257,21 +233,6 @@ fn taken(row: &sqlx::postgres::PgRow, subject: &str, shown: &Map<String, Value>)
         condition: row.try_get("condition").map_err(database)?,
     };
     Ok(takes(&filter, subject, shown).unwrap_or(false))
-}
-
-/// The event as conditions and step outputs see it.
-fn shown(event: &EventEnvelope) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert("event_id".into(), Value::String(event.event_id.to_string()));
-    map.insert("event_type".into(), Value::String(event.event_type.to_string()));
-    map.insert("domain".into(), Value::String(event.domain.to_string()));
-    map.insert("aggregate_type".into(), Value::String(event.aggregate_type.to_string()));
-    map.insert("aggregate_id".into(), Value::String(event.aggregate_id.to_string()));
-    map.insert("sequence".into(), Value::from(event.sequence));
-    map.insert("occurred_at".into(), Value::String(event.occurred_at.to_rfc3339()));
-    map.insert("actor".into(), Value::String(event.actor.to_string()));
-    map.insert("payload".into(), event.payload.clone());
-    map
 }
 
 fn id(uuid: uuid::Uuid) -> Result<AggregateId, String> {

@@ -15,6 +15,8 @@ fn defaults_are_valid_and_match_the_design_ports() {
     assert_eq!(c.listen(ServiceKind::Agent).addr.port(), 50054);
     assert_eq!(c.listen(ServiceKind::Gateway).admin_addr.port(), 9100);
     assert_eq!(c.listen(ServiceKind::Agent).admin_addr.port(), 9105);
+    assert_eq!(c.listen(ServiceKind::Webhook).addr.port(), 50055);
+    assert_eq!(c.listen(ServiceKind::Webhook).admin_addr.port(), 9106);
     assert_eq!(c.subject_prefix.as_str(), "cim");
     assert_eq!(c.otlp_endpoint, None);
     assert_eq!(c.log_format, LogFormat::Json);

@@ -11,7 +11,6 @@ use super::{SpecError, refuse};
 use crate::calls;
 use crate::expr::Expr;
 
-const SUBJECT_MAX: usize = 300;
 const CAPABILITIES_MAX: usize = 32;
 const PRIORITY_MAX: u32 = 1_000;
 
@@ -127,58 +126,5 @@ impl ChildSpec {
     }
 }
 
-/// The domain a subject filter watches, or why the filter is not one.
-pub fn subject_domain(filter: &str) -> Result<Domain, String> {
-    let shape = "<domain>.evt.<aggregate_type>.<aggregate_id>.<event_type>, with * or a final >";
-    if filter.is_empty() || filter.len() > SUBJECT_MAX {
-        return Err(format!("1 to {SUBJECT_MAX} bytes: {shape}"));
-    }
-    let tokens: Vec<&str> = filter.split('.').collect();
-    let last = tokens.len() - 1;
-    for (i, token) in tokens.iter().enumerate() {
-        let plain = token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if token.is_empty() || !(plain || *token == "*" || (*token == ">" && i == last)) {
-            return Err(format!("token {:?} is not a name, * or a final >: {shape}", token));
-        }
-    }
-    let full = tokens.len() == 5 || (tokens.len() >= 3 && tokens[last] == ">");
-    if !full || tokens.get(1) != Some(&"evt") {
-        return Err(format!("not {shape}"));
-    }
-    tokens[0].parse::<Domain>().map_err(|e| format!("{e}: {shape}"))
-}
-
-/// Whether `subject` (without the deployment's prefix) matches the checked `filter`.
-pub fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut wanted = filter.split('.');
-    let mut got = subject.split('.');
-    loop {
-        match (wanted.next(), got.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(w), Some(g)) if w == g => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subject_filters_name_a_domain_and_match_by_token() {
-        assert_eq!(subject_domain("document.evt.document.*.document_state_changed"), Ok(Domain::Document));
-        assert_eq!(subject_domain("agent.evt.>"), Ok(Domain::Agent));
-        for bad in ["", "document", "document.evt", "bogus.evt.>", "graph.cmd.>", "graph.evt.>.x", "graph.evt.a b.*.*"]
-        {
-            assert!(subject_domain(bad).is_err(), "{bad:?}");
-        }
-        let f = "document.evt.document.*.document_state_changed";
-        assert!(subject_matches(f, "document.evt.document.0190-x.document_state_changed"));
-        assert!(!subject_matches(f, "document.evt.document.0190-x.document_created"));
-        assert!(subject_matches("agent.evt.>", "agent.evt.task.1.task_completed"));
-        assert!(!subject_matches("agent.evt.task.*", "agent.evt.task.1.task_completed"));
-    }
-}
+/// The subject filter grammar is cim-core's (webhook subscriptions use it too).
+pub use cim_core::subject::{filter_domain as subject_domain, filter_matches as subject_matches};

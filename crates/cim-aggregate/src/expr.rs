@@ -1,11 +1,28 @@
-//! The expressions of decisions and automated steps: CEL (the `cel` crate) over the instance
-//! context, whose top-level keys are the expression's variables (`amount > 100`,
-//! `customer.tier == "gold"`). Deterministic: CEL has no clock or randomness, so deciding on an
-//! expression's value is as pure as the rest of the rules.
+//! Expressions over JSON: CEL (the `cel` crate) over a context whose top-level keys are the
+//! expression's variables (`amount > 100`, `customer.tier == "gold"`). Workflow decisions and
+//! automated steps evaluate them over an instance's context; workflow event filters and webhook
+//! subscription conditions test them over `event` ([`event_view`]). Deterministic: CEL has no
+//! clock or randomness, so deciding on an expression's value is as pure as the rest of the rules.
 
 use std::collections::HashMap;
 
+use cim_core::EventEnvelope;
 use serde_json::{Map, Value};
+
+/// An event as conditions and step outputs see it (`event.event_type`, `event.payload.to`, ...).
+pub fn event_view(event: &EventEnvelope) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("event_id".into(), Value::String(event.event_id.to_string()));
+    map.insert("event_type".into(), Value::String(event.event_type.to_string()));
+    map.insert("domain".into(), Value::String(event.domain.to_string()));
+    map.insert("aggregate_type".into(), Value::String(event.aggregate_type.to_string()));
+    map.insert("aggregate_id".into(), Value::String(event.aggregate_id.to_string()));
+    map.insert("sequence".into(), Value::from(event.sequence));
+    map.insert("occurred_at".into(), Value::String(event.occurred_at.to_rfc3339()));
+    map.insert("actor".into(), Value::String(event.actor.to_string()));
+    map.insert("payload".into(), event.payload.clone());
+    map
+}
 
 /// A parsed expression with the source it came from.
 #[derive(Debug)]

@@ -1,0 +1,349 @@
+//! The sender: claims due deliveries (each the oldest pending one of its subscription and
+//! aggregate, so an aggregate's events go out in order) under a lease, calls, and records what
+//! the answer means: delivered; tried again after a backoff with jitter (or the receiver's
+//! Retry-After); the subscription disabled on 410; after the last attempt, the dead-letter
+//! stream with the reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use chrono::Utc;
+use cim_aggregate::{CommandOptions, ExecutorError};
+use cim_core::{Actor, AggregateId, EventEnvelope, SubjectPrefix, TenantId, headers};
+use cim_runtime::Shutdown;
+use cim_runtime::edge::Caller;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sqlx::{PgPool, Row};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::cloudevent::{self, Outcome};
+use super::{DEAD_LETTER_CONSUMER, Delivery, SUBSCRIPTION_HEADER};
+use crate::metrics::{DELIVERIES_TOTAL, DELIVERY_SECONDS, LAG_SECONDS, PENDING};
+use crate::signing::Secret;
+use crate::subscription::{SubscriptionCommand, SubscriptionError};
+
+/// A claimed delivery.
+#[derive(Debug)]
+struct Claimed {
+    subscription: Uuid,
+    event_id: Uuid,
+    tenant: Uuid,
+    subject: String,
+    event: String,
+    traceparent: Option<String>,
+    attempts: u32,
+    url: String,
+    secret: String,
+}
+
+/// Runs until `stop`: claims as many deliveries as there are free call slots, whenever one
+/// finishes, the intake wakes it, or the poll interval passes.
+pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: SubjectPrefix, stop: Shutdown) {
+    let slots = delivery.settings.concurrency;
+    let mut calls = FuturesUnordered::new();
+    loop {
+        if calls.len() < slots {
+            match delivery.claim(slots - calls.len()).await {
+                Ok(claimed) => {
+                    for c in claimed {
+                        calls.push(delivery.deliver(&js, &prefix, c));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "webhook sender: claiming failed; trying again at the next poll"),
+            }
+        }
+        tokio::select! {
+            Some(()) = calls.next(), if !calls.is_empty() => {}
+            () = delivery.wake.notified() => {}
+            () = tokio::time::sleep(delivery.settings.poll) => {}
+            // Calls in flight are dropped: their leases lapse and they are made again.
+            () = stop.wait() => return,
+        }
+    }
+}
+
+impl Delivery {
+    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+        // The lease outlasts one call with room to record its outcome.
+        let lease = self.settings.timeout + Duration::from_secs(5);
+        let rows = sqlx::query(
+            "WITH due AS ( \
+               SELECT d.subscription_id, d.event_id FROM webhook_deliveries d \
+               WHERE d.state = 'pending' AND d.next_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now()) \
+                 AND EXISTS (SELECT 1 FROM webhook_subscriptions s \
+                             WHERE s.subscription_id = d.subscription_id AND s.state = 'active') \
+                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.subscription_id = d.subscription_id \
+                                 AND e.aggregate_id = d.aggregate_id AND e.state = 'pending' AND e.sequence < d.sequence) \
+               ORDER BY d.next_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED) \
+             UPDATE webhook_deliveries w SET leased_until = now() + make_interval(secs => $2), attempts = w.attempts + 1 \
+             FROM due, webhook_subscriptions s, webhook_secrets k \
+             WHERE w.subscription_id = due.subscription_id AND w.event_id = due.event_id \
+               AND s.subscription_id = w.subscription_id AND k.subscription_id = w.subscription_id \
+             RETURNING w.subscription_id, w.event_id, w.tenant_id, w.subject, w.event::text AS event, w.traceparent, w.attempts, \
+                       s.url, k.secret",
+        )
+        .bind(limit as i64)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    subscription: r.try_get("subscription_id")?,
+                    event_id: r.try_get("event_id")?,
+                    tenant: r.try_get("tenant_id")?,
+                    subject: r.try_get("subject")?,
+                    event: r.try_get("event")?,
+                    traceparent: r.try_get("traceparent")?,
+                    attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
+                    url: r.try_get("url")?,
+                    secret: r.try_get("secret")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn deliver(&self, js: &jetstream::Context, prefix: &SubjectPrefix, c: Claimed) {
+        let event = match serde_json::from_str::<EventEnvelope>(&c.event) {
+            Ok(event) => event,
+            // The intake stored what the stream published; an envelope it could read.
+            Err(e) => return self.give_up(js, prefix, &c, 0, &format!("unreadable event: {e}")).await,
+        };
+        let span = tracing::info_span!("webhook.deliver", subscription = %c.subscription, event_id = %c.event_id, attempt = c.attempts);
+        if let Some(tp) = c.traceparent.as_deref().and_then(|tp| http::HeaderValue::from_str(tp).ok()) {
+            let mut parent = http::HeaderMap::new();
+            parent.insert("traceparent", tp);
+            cim_runtime::telemetry::continue_http(&span, &parent);
+        }
+        let outcome = match Secret::parse(&c.secret) {
+            Ok(secret) => {
+                let (headers, body) =
+                    span.in_scope(|| cloudevent::request(&event, c.traceparent.as_deref(), &secret, Utc::now()));
+                let started = Instant::now();
+                let outcome = cloudevent::send(&self.client, &c.url, headers, body).instrument(span).await;
+                metrics::histogram!(DELIVERY_SECONDS).record(started.elapsed().as_secs_f64());
+                outcome
+            }
+            Err(e) => Outcome::Failed { status: 0, reason: format!("the stored secret does not parse: {e}") },
+        };
+        let id = c.event_id;
+        let recorded = match outcome {
+            Outcome::Delivered(_) => {
+                metrics::counter!(DELIVERIES_TOTAL, "outcome" => "delivered").increment(1);
+                self.record(
+                    "UPDATE webhook_deliveries SET state = 'delivered', done_at = now(), leased_until = NULL \
+                     WHERE subscription_id = $1 AND event_id = $2",
+                    c.subscription,
+                    id,
+                    None,
+                    None,
+                    None,
+                )
+                .await
+            }
+            Outcome::Gone => {
+                metrics::counter!(DELIVERIES_TOTAL, "outcome" => "gone").increment(1);
+                self.disable(&c).await;
+                // Not an attempt that failed: it waits for the subscription to be activated again.
+                self.record(
+                    "UPDATE webhook_deliveries SET attempts = greatest(attempts - 1, 0), leased_until = NULL, \
+                     last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
+                    c.subscription,
+                    id,
+                    Some(410),
+                    Some("answered 410 Gone: the subscription was disabled".into()),
+                    None,
+                )
+                .await
+            }
+            Outcome::Throttled { status, retry_after } if c.attempts < self.settings.attempts => {
+                metrics::counter!(DELIVERIES_TOTAL, "outcome" => "throttled").increment(1);
+                let wait = retry_after.min(self.settings.backoff_max);
+                let reason = format!("answered {status} with Retry-After {}s", retry_after.as_secs());
+                self.retry(c.subscription, id, status, reason, wait).await
+            }
+            Outcome::Failed { status, reason } if c.attempts < self.settings.attempts => {
+                metrics::counter!(DELIVERIES_TOTAL, "outcome" => "retried").increment(1);
+                let wait = backoff(&self.settings, c.attempts);
+                self.retry(c.subscription, id, status, reason, wait).await
+            }
+            Outcome::Throttled { status, .. } => {
+                let reason = format!("answered {status} to the last of {} attempts", c.attempts);
+                return self.give_up(js, prefix, &c, status, &reason).await;
+            }
+            Outcome::Failed { status, reason } => {
+                let reason = format!("{reason} (the last of {} attempts)", c.attempts);
+                return self.give_up(js, prefix, &c, status, &reason).await;
+            }
+        };
+        if let Err(e) = recorded {
+            // The lease lapses and the call is made again: at least once.
+            tracing::warn!(subscription = %c.subscription, event_id = %id, error = %e, "webhook outcome not recorded");
+        }
+    }
+
+    async fn retry(
+        &self,
+        subscription: Uuid,
+        id: Uuid,
+        status: u16,
+        reason: String,
+        wait: Duration,
+    ) -> Result<(), sqlx::Error> {
+        self.record(
+            "UPDATE webhook_deliveries SET next_at = now() + make_interval(secs => $5), leased_until = NULL, \
+             last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
+            subscription,
+            id,
+            Some(status),
+            Some(reason),
+            Some(wait),
+        )
+        .await
+    }
+
+    async fn record(
+        &self,
+        sql: &'static str,
+        subscription: Uuid,
+        id: Uuid,
+        status: Option<u16>,
+        reason: Option<String>,
+        wait: Option<Duration>,
+    ) -> Result<(), sqlx::Error> {
+        let mut query = sqlx::query(sql).bind(subscription).bind(id);
+        if let Some(status) = status {
+            query = query.bind(i32::from(status)).bind(reason.unwrap_or_default());
+        }
+        if let Some(wait) = wait {
+            query = query.bind(wait.as_secs_f64());
+        }
+        query.execute(&self.pool).await.map(|_| ())
+    }
+
+    /// The last attempt failed: the event goes to the dead-letter stream with the reason, then
+    /// the row is marked dead (replayable). If the stream does not take it, the row stays pending
+    /// and is tried again at the next backoff, so nothing is lost.
+    async fn give_up(&self, js: &jetstream::Context, prefix: &SubjectPrefix, c: &Claimed, status: u16, reason: &str) {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(SUBSCRIPTION_HEADER, c.subscription.to_string().as_str());
+        h.insert(headers::TENANT_ID, c.tenant.to_string().as_str());
+        if let Some(tp) = &c.traceparent {
+            h.insert(headers::TRACEPARENT, tp.as_str());
+        }
+        let payload = bytes::Bytes::from(c.event.clone());
+        let published =
+            cim_streams::publish_dead_letter_of(js, prefix, DEAD_LETTER_CONSUMER, &c.subject, &h, payload, reason)
+                .await;
+        let id = c.event_id;
+        let recorded = match published {
+            Ok(()) => {
+                metrics::counter!(DELIVERIES_TOTAL, "outcome" => "dead").increment(1);
+                tracing::warn!(subscription = %c.subscription, event_id = %id, %reason, "webhook delivery dead-lettered");
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = 'dead', done_at = now(), leased_until = NULL, \
+                     last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
+                )
+                .bind(c.subscription)
+                .bind(id)
+                .bind(i32::from(status))
+                .bind(reason)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %c.subscription, error = %e, "dead-letter publish failed; will retry");
+                let wait = backoff(&self.settings, c.attempts);
+                self.retry(c.subscription, id, status, format!("{reason}; dead-lettering failed: {e}"), wait).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(subscription = %c.subscription, event_id = %id, error = %e, "webhook outcome not recorded");
+        }
+    }
+
+    /// 410 Gone: the subscription is disabled through its aggregate, like an operator would.
+    async fn disable(&self, c: &Claimed) {
+        let (Ok(tenant), Ok(id)) = (TenantId::from_uuid(c.tenant), AggregateId::from_uuid(c.subscription)) else {
+            return;
+        };
+        let caller = Caller { tenant, actor: Actor::service("webhook"), correlation: None };
+        let command = SubscriptionCommand::Disable { reason: format!("{} answered 410 Gone", c.url) };
+        match self.subscriptions.execute(&caller, id, &command, &CommandOptions::default()).await {
+            Ok(_) | Err(ExecutorError::Rule(SubscriptionError::Already(_) | SubscriptionError::Deleted)) => {}
+            Err(e) => tracing::warn!(subscription = %id, error = %e, "disabling after 410 failed"),
+        }
+    }
+}
+
+/// The wait after failed attempt `attempt` (1-based): the first backoff doubled per attempt,
+/// capped, with "equal jitter" (half fixed, half random) so receivers recovering from an outage
+/// are not hit by every sender at once.
+pub fn backoff(settings: &cim_runtime::config::WebhookSettings, attempt: u32) -> Duration {
+    let doubled = settings.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = doubled.min(settings.backoff_max);
+    capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// Exports per-subscription pending deliveries and lag every few seconds (every replica the
+/// same values, from the shared queue).
+pub async fn export_stats(pool: PgPool, stop: Shutdown) {
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let rows = sqlx::query(
+            "SELECT subscription_id::text AS id, count(*) AS pending, \
+                    extract(epoch FROM now() - min(created_at))::float8 AS lag \
+             FROM webhook_deliveries WHERE state = 'pending' GROUP BY subscription_id",
+        )
+        .fetch_all(&pool)
+        .await;
+        if let Ok(rows) = rows {
+            let mut seen = std::collections::HashSet::new();
+            for r in rows {
+                let (Ok(id), Ok(pending), Ok(lag)) =
+                    (r.try_get::<String, _>("id"), r.try_get::<i64, _>("pending"), r.try_get::<f64, _>("lag"))
+                else {
+                    continue;
+                };
+                metrics::gauge!(PENDING, "subscription" => id.clone()).set(pending as f64);
+                metrics::gauge!(LAG_SECONDS, "subscription" => id.clone()).set(lag);
+                seen.insert(id);
+            }
+            for gone in known.difference(&seen) {
+                metrics::gauge!(PENDING, "subscription" => gone.clone()).set(0.0);
+                metrics::gauge!(LAG_SECONDS, "subscription" => gone.clone()).set(0.0);
+            }
+            known = seen;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = stop.wait() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let settings = cim_runtime::config::WebhookSettings {
+            attempts: 8,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(50),
+            concurrency: 4,
+        };
+        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (30, 1000)] {
+            for _ in 0..50 {
+                let wait = backoff(&settings, attempt).as_millis() as u64;
+                assert!(wait >= full / 2 && wait <= full, "attempt {attempt}: {wait} ms");
+            }
+        }
+    }
+}
