@@ -1,15 +1,15 @@
-//! `tasks`, and each holder's `agents.running_tasks`: every task event that gives a task to an
-//! agent or takes it away names that agent, so the load is kept without reading histories.
+//! `tasks`: one statement per event, on the task's own row. An agent's load is counted from the
+//! tasks it holds when read (`tasks_held`), so no task write touches an agent's row.
 
 use cim_aggregate::Projection;
-use cim_core::{AggregateId, EventEnvelope};
+use cim_core::EventEnvelope;
 use sqlx::PgConnection;
 
 use crate::events::TaskEvent;
 use crate::names::strings;
 use crate::task::{TaskResult, TaskState};
 
-/// Projects task events into `tasks` and the holders' load.
+/// Projects task events into `tasks`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TaskProjection;
 
@@ -57,7 +57,6 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.attempt as i32)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.agent, 1).await?;
         }
         E::LeaseExtended(e) => {
             task("UPDATE tasks SET version = $3, updated_at = $4, lease_until = $5 WHERE tenant_id = $1 AND task_id = $2")
@@ -79,7 +78,6 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(cid)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.agent, -1).await?;
         }
         E::Failed(e) => {
             task(
@@ -91,7 +89,6 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.retryable)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.agent, -1).await?;
         }
         E::Reassigned(e) => {
             task(
@@ -104,29 +101,16 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.lease_until)
             .execute(&mut *tx)
             .await?;
-            // Two agents' rows: taken in id order, so two reassignments between the same pair
-            // of agents, in opposite directions, cannot deadlock.
-            let mut moves = vec![(e.from, -1)];
-            moves.extend(e.to.map(|to| (to, 1)));
-            moves.sort();
-            for (agent, by) in moves {
-                load(tx, at, agent, by).await?;
-            }
         }
-        E::Cancelled(e) => finish(tx, at, TaskState::Cancelled, e.holder).await?,
-        E::TimedOut(e) => finish(tx, at, TaskState::TimedOut, e.holder).await?,
+        E::Cancelled(_) => finish(tx, at, TaskState::Cancelled).await?,
+        E::TimedOut(_) => finish(tx, at, TaskState::TimedOut).await?,
     }
     Ok(())
 }
 
-/// A final state without a result: the lease ends, and the holder the event names (if any) has
-/// a slot free. The holder column keeps the last agent that held the task.
-async fn finish(
-    tx: &mut PgConnection,
-    at: &EventEnvelope,
-    state: TaskState,
-    holder: Option<AggregateId>,
-) -> Result<(), sqlx::Error> {
+/// A final state without a result: the lease ends. The holder column keeps the last agent that
+/// held the task.
+async fn finish(tx: &mut PgConnection, at: &EventEnvelope, state: TaskState) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE tasks SET version = $3, updated_at = $4, state = $5, lease_until = NULL \
          WHERE tenant_id = $1 AND task_id = $2",
@@ -138,19 +122,5 @@ async fn finish(
     .bind(state.as_str())
     .execute(&mut *tx)
     .await?;
-    if let Some(holder) = holder {
-        load(tx, at, holder, -1).await?;
-    }
-    Ok(())
-}
-
-/// Moves an agent's running count (an agent this tenant does not have is no row to move).
-async fn load(tx: &mut PgConnection, at: &EventEnvelope, agent: AggregateId, by: i32) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE agents SET running_tasks = running_tasks + $3 WHERE tenant_id = $1 AND agent_id = $2")
-        .bind(at.tenant_id.as_uuid())
-        .bind(agent.as_uuid())
-        .bind(by)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
