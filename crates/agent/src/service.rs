@@ -47,17 +47,12 @@ impl AgentApi {
         command: A,
         o: Option<cim_proto::common::CommandOptions>,
     ) -> Result<pb::CommandResponse, ServiceError> {
-        Ok(respond(self.agents.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await?))
-    }
-
-    async fn task(
-        &self,
-        caller: &Caller,
-        id: AggregateId,
-        command: T,
-        o: Option<cim_proto::common::CommandOptions>,
-    ) -> Result<pb::CommandResponse, ServiceError> {
-        Ok(respond(self.tasks.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await?))
+        let done = self.agents.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await;
+        if done.is_ok() {
+            // Its state, capabilities or limit may have changed: the dispatcher reads it again.
+            self.dispatcher.agent_changed(caller.tenant, id);
+        }
+        Ok(respond(done?))
     }
 
     /// A task's requirements, each declared by some agent of the tenant: a name nobody declares
@@ -256,12 +251,28 @@ impl AgentService for AgentApi {
                 deadline: instant("deadline", r.deadline)?,
                 correlation: r.correlation,
             };
-            let submitted = self.task(&caller, id, T::Submit { submission, now: chrono::Utc::now() }, r.options).await;
+            let now = chrono::Utc::now();
+            let options = cim_aggregate::CommandOptions::from(r.options);
+            // A retry with a key gets the first answer, whatever that assigned: such a submission
+            // is never assigned as it is written.
+            let claim = match &options.idempotency_key {
+                None => self.dispatcher.claim(caller.tenant, id, &submission, now),
+                Some(_) => None,
+            };
+            let command = match claim {
+                Some(c) => T::SubmitAndAssign {
+                    submission: submission.clone(),
+                    now,
+                    agent: c.agent,
+                    lease_until: c.lease_until,
+                },
+                None => T::Submit { submission: submission.clone(), now },
+            };
+            let done = self.tasks.execute(&caller, id, &command, &options).await;
+            let committed = done.as_ref().is_ok_and(|d| !d.replayed);
             // Other replicas hear of it through the domain stream.
-            if submitted.is_ok() {
-                self.dispatcher.submitted(id);
-            }
-            submitted
+            self.dispatcher.after_submit(caller.tenant, id, &submission, now, claim, committed);
+            Ok::<_, ServiceError>(respond(done?))
         })
         .await
     }
