@@ -21,6 +21,23 @@ pub trait Projection: Send + Sync + 'static {
         at: &EventEnvelope,
         event: &Self::Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Writes the events one command appended (one aggregate's, in order). A domain overrides it
+    /// where a command's events together take fewer statements than one by one (each is a round
+    /// trip inside the command's transaction).
+    fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        at: &[EventEnvelope],
+        events: &[Self::Event],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async move {
+            for (at, event) in at.iter().zip(events) {
+                self.apply(tx, at, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A [`Projection`] as the event store runs it.
@@ -34,10 +51,21 @@ impl<P: Projection> Projector for Projected<P> {
         events: &'a [EventEnvelope],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            for envelope in events {
-                let event = P::Event::from_envelope(envelope)
-                    .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))?;
-                self.0.apply(tx, envelope, &event).await?;
+            let typed = events
+                .iter()
+                .map(|envelope| {
+                    P::Event::from_envelope(envelope)
+                        .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", envelope.event_id)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // One command's events go together; a rebuild's run of many aggregates one by one.
+            let one_command = events.windows(2).all(|w| w[0].aggregate_id == w[1].aggregate_id);
+            if one_command {
+                self.0.apply_all(tx, events, &typed).await?;
+            } else {
+                for (envelope, event) in events.iter().zip(&typed) {
+                    self.0.apply(tx, envelope, event).await?;
+                }
             }
             Ok(())
         })
