@@ -59,7 +59,13 @@ impl AgentApi {
     /// is most likely a typo, which would otherwise wait unassigned until the deadline.
     async fn requirements(&self, caller: &Caller, field: &str, raw: &[String]) -> Result<Names, ServiceError> {
         let required = names(field, raw)?;
-        let unknown = queries::unknown_capabilities(&self.pool, caller.tenant, &strings(&required)).await?;
+        self.known(caller, field, raw, &required).await?;
+        Ok(required)
+    }
+
+    /// Fails unless some agent of the tenant declares each of `required` (parsed from `raw`).
+    async fn known(&self, caller: &Caller, field: &str, raw: &[String], required: &Names) -> Result<(), ServiceError> {
+        let unknown = queries::unknown_capabilities(&self.pool, caller.tenant, &strings(required)).await?;
         if let Some(first) = unknown.first() {
             metrics::counter!(UNKNOWN_CAPABILITIES_TOTAL).increment(1);
             let at = raw.iter().position(|r| r == first).unwrap_or_default();
@@ -68,7 +74,7 @@ impl AgentApi {
                 format!("unknown capability {first:?}: no agent of this tenant declares it"),
             ));
         }
-        Ok(required)
+        Ok(())
     }
 }
 
@@ -243,9 +249,7 @@ impl AgentService for AgentApi {
         handle(req, |caller, r| async move {
             let id = new_id("task_id", &r.task_id)?;
             let submission = Submission {
-                required_capabilities: self
-                    .requirements(&caller, "required_capabilities", &r.required_capabilities)
-                    .await?,
+                required_capabilities: names("required_capabilities", &r.required_capabilities)?,
                 payload: json("payload", r.payload)?,
                 priority: r.priority,
                 deadline: instant("deadline", r.deadline)?,
@@ -259,6 +263,12 @@ impl AgentService for AgentApi {
                 None => self.dispatcher.claim(caller.tenant, id, &submission, now),
                 Some(_) => None,
             };
+            // An agent that can take it declares what it requires; otherwise a name nobody
+            // declares is refused before anything is written.
+            if claim.is_none() {
+                let required = &submission.required_capabilities;
+                self.known(&caller, "required_capabilities", &r.required_capabilities, required).await?;
+            }
             let command = match claim {
                 Some(c) => T::SubmitAndAssign {
                     submission: submission.clone(),
