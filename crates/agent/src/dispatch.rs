@@ -206,9 +206,12 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, stop: Shutdown) {
         // The tenant that went first in the last pass: the next pass starts after it.
         let mut first: Option<TenantId> = None;
+        // The re-scan reads every tenant's queue, even one known to hold nothing for the agents
+        // here (a feed event missed while the feed was down).
+        let mut everyone = true;
         loop {
             loop {
-                match self.pass(&mut first).await {
+                match self.pass(&mut first, everyone).await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => {
@@ -217,19 +220,21 @@ impl Dispatcher {
                     }
                 }
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.options.rescan_interval) => {}
+            everyone = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tokio::time::sleep(self.options.rescan_interval) => true,
                 _ = stop.wait() => return,
-            }
+            };
         }
     }
 
-    /// One turn for every tenant with free agents here; the number of tasks it set out to
-    /// assign (their writes go on while the next pass reads the queue).
-    async fn pass(self: &Arc<Self>, first: &mut Option<TenantId>) -> Result<usize, sqlx::Error> {
+    /// One turn for every tenant with free agents here (`everyone`: also those whose queue is
+    /// known to hold nothing for them, [`backlog`]); the number of tasks it set out to assign
+    /// (their writes go on while the next pass reads the queue).
+    async fn pass(self: &Arc<Self>, first: &mut Option<TenantId>, everyone: bool) -> Result<usize, sqlx::Error> {
         let mut by_tenant: BTreeMap<TenantId, Vec<Arc<Session>>> = BTreeMap::new();
-        for session in self.all_sessions().into_iter().filter(|s| s.free_slots() > 0) {
+        let sessions = self.all_sessions().into_iter().filter(|s| s.free_slots() > 0);
+        for session in sessions.filter(|s| everyone || !self.backlogs.is_drained(s.tenant)) {
             by_tenant.entry(session.tenant).or_default().push(session);
         }
         let tenants: Vec<TenantId> = by_tenant.keys().copied().collect();
