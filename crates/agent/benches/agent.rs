@@ -2,7 +2,8 @@
 //! (real Postgres and NATS; each worker its own HTTP/2 connection and `ConnectAgent` stream,
 //! completing every task as soon as it arrives). Prints one JSON document:
 //! - the raw Postgres transaction rate: single-row INSERT + COMMIT into a copy of `events` at
-//!   concurrency 64, in the same run;
+//!   concurrency 64, in the same run; and one at a time (c=1), whose p99 is the floor of every
+//!   latency here (a commit on this machine at this moment);
 //! - for each layout (one tenant of 32 agents; four tenants of 8):
 //!   - max throughput: 64 submitters, each submitting a task and waiting until its worker's
 //!     completion is accepted (the `reply` on the worker's stream: `TaskCompleted` committed),
@@ -403,6 +404,8 @@ async fn main() {
         shape: ("task", "task_submitted", r#"{"required_capabilities":["bench.echo"],"payload":{"n":1},"priority":0}"#),
     };
     let raw = raw_events.rate(&pool, SUBMITTERS, Duration::from_secs(1), secs).await;
+    // The floor of any latency here: one durable row, one transaction at a time.
+    let raw_alone = raw_events.rate(&pool, 1, Duration::from_secs(1), secs).await;
 
     // Submitters over four HTTP/2 connections (16 each); every worker has its own.
     let mut submitters = Vec::new();
@@ -419,6 +422,7 @@ async fn main() {
         "seconds_per_point": secs,
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "shared": true},
         "raw_insert_c64": raw.json(),
+        "raw_insert_c1": raw_alone.json(),
         "layouts": layouts,
     });
     shutdown.trigger();
