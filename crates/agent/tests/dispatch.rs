@@ -201,10 +201,10 @@ async fn a_suspended_agent_gets_nothing_until_it_is_active_again() {
 /// Each pass gives every tenant at most a turn of tasks: a tenant whose backlog is long does not
 /// hold back another's work until it is drained.
 ///
-/// Both agents become active while the test holds the `tasks` table locked, so the first pass
-/// that reads the queue sees both (the order the two activations reach the dispatcher in does
-/// not matter); the assignments' order in the event log then says whether the quiet tenant had
-/// to wait, however fast the passes run.
+/// Both agents become active while the test holds the `tasks` table locked, so no pass reads the
+/// queue between the two activations (the order they reach the dispatcher in does not matter);
+/// the order the assignments were planned in then says whether the quiet tenant had to wait,
+/// however fast the passes run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenants_take_turns_so_one_backlog_does_not_starve_another() {
     let turn = 4;
@@ -236,18 +236,22 @@ async fn tenants_take_turns_so_one_backlog_does_not_starve_another() {
     for task in &few {
         until_state(&mut c, quiet, task, "assigned").await;
     }
+    // In the order the dispatcher planned them: a turn's tasks share the lease it computed when
+    // it planned them, and later turns compute later ones. (The event log's order is the order
+    // the writes committed, which several group writers may shuffle.)
     let order: Vec<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT tenant_id FROM {}.events WHERE event_type = 'task_assigned' ORDER BY position",
+        "SELECT tenant_id FROM {}.tasks WHERE state = 'assigned' ORDER BY lease_until, tenant_id = $1",
         svc.running.schema
     )))
+    .bind(quiet.as_uuid())
     .fetch_all(&svc.running.pool)
     .await
     .unwrap();
     let last_quiet = order.iter().rposition(|t| *t == quiet.as_uuid()).unwrap();
     let busy_before = order[..last_quiet].iter().filter(|t| **t == busy.as_uuid()).count();
     // Two passes give each tenant two turns: 2 × 4 of the busy tenant's before the quiet one's
-    // last, twice that as slack (a pass whose read began before the activations committed; the
-    // next pass's writes committing before this one's). Waiting for the backlog would be 120.
+    // last; one pass more if the first read began before the quiet agent's activation
+    // committed; 4 turns as the bound. Waiting for the backlog would be 120.
     assert!(
         busy_before <= 4 * turn,
         "the quiet tenant's 8 tasks waited for {busy_before} of the busy tenant's backlog of {backlog}"
@@ -260,7 +264,10 @@ async fn tenants_take_turns_so_one_backlog_does_not_starve_another() {
 /// the worker told after the commit, and the task's history the same as through the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_submission_with_a_free_agent_and_nothing_waiting_is_assigned_as_it_is_written() {
-    let svc = Service::start().await;
+    // Leases that a loaded machine's pauses do not run out (the test sends no heartbeats for
+    // its tasks): a lapse would put the task back in the queue and give it out again.
+    let lease = Duration::from_secs(30);
+    let svc = Service::start_with(cim_agent::dispatch::DispatchOptions { lease, ..fast() }).await;
     let mut c = svc.client().await;
     let tenant = TenantId::new();
     let agent = active(&mut c, tenant, &["text.reverse"], 2).await;
