@@ -2,14 +2,18 @@
 //! (real Postgres and NATS; each worker its own HTTP/2 connection and `ConnectAgent` stream,
 //! completing every task as soon as it arrives). Prints one JSON document:
 //! - the raw Postgres transaction rate: single-row INSERT + COMMIT into a copy of `events` at
-//!   concurrency 64, in the same run;
+//!   concurrency 64, in the same run; and one at a time (c=1), whose p99 is the floor of every
+//!   latency here (a commit on this machine at this moment);
 //! - for each layout (one tenant of 32 agents; four tenants of 8):
 //!   - max throughput: 64 submitters, each submitting a task and waiting until its worker's
 //!     completion is accepted (the `reply` on the worker's stream: `TaskCompleted` committed),
 //!     tasks/s with p50/p99 of submit → completed, and the ratio to the raw rate (a task is
 //!     three durable changes: submitted, assigned, completed);
-//!   - half that rate, paced open-loop: submit → the worker receives the assignment, p50/p99/p999
-//!     (and submit → SubmitTask answered, submit → completed, beside it).
+//!   - half that rate (or CIM_BENCH_AGENT_RATE per second), paced open-loop: submit → the worker
+//!     receives the assignment, p50/p99/p999 (and submit → SubmitTask answered, submit →
+//!     completed, beside it);
+//!   - how many assignments were written with their submission and how many by a dispatch pass
+//!     (`cim_agent_tasks_assigned_total{at}`).
 //!
 //! `cargo bench -p cim-agent --bench agent` (CIM_BENCH_SECONDS per point, default 5;
 //! CIM_BENCH_DB_CONNECTIONS, default 40, the pool the service and the raw inserts share: the
@@ -199,6 +203,18 @@ impl Worker {
     }
 }
 
+/// `cim_agent_tasks_assigned_total` by `at` (submit, dispatcher), since the service started.
+fn assigned_at() -> serde_json::Value {
+    let rendered = cim_runtime::metrics::handle().render();
+    let mut counts = serde_json::Map::new();
+    for line in rendered.lines().filter(|l| l.starts_with("cim_agent_tasks_assigned_total{")) {
+        let at = line.split("at=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?");
+        let n: f64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(f64::NAN);
+        counts.insert(at.to_owned(), n.into());
+    }
+    serde_json::Value::Object(counts)
+}
+
 async fn connect(addr: std::net::SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -294,7 +310,10 @@ async fn layout(
     };
 
     // (2) Half that rate, open loop: submissions at fixed instants, whatever the earlier ones do.
-    let half_rate = (max.per_s / 2.0).max(1.0);
+    let half_rate = match std::env::var("CIM_BENCH_AGENT_RATE") {
+        Ok(rate) => rate.parse::<f64>().expect("CIM_BENCH_AGENT_RATE: tasks per second").max(1.0),
+        Err(_) => (max.per_s / 2.0).max(1.0),
+    };
     let count = (half_rate * secs).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / half_rate);
     let started = tokio::time::Instant::now();
@@ -317,6 +336,7 @@ async fn layout(
         completed.push(t.completed);
     }
     let refused = tracker.refused.load(Ordering::Relaxed);
+    let assigned_at = assigned_at();
     let assignments = tracker.assignments.load(Ordering::Relaxed);
     for w in workers {
         w.close();
@@ -343,6 +363,7 @@ async fn layout(
             "submit_to_completed": latency(completed),
         },
         "assignments_received": assignments,
+        "assigned_at_so_far": assigned_at,
         "completions_refused": refused,
         "targets": {
             "tasks_over_raw_tx_at_64": {"target": 0.3, "measured": ratio, "met": ratio >= 0.3},
@@ -383,6 +404,8 @@ async fn main() {
         shape: ("task", "task_submitted", r#"{"required_capabilities":["bench.echo"],"payload":{"n":1},"priority":0}"#),
     };
     let raw = raw_events.rate(&pool, SUBMITTERS, Duration::from_secs(1), secs).await;
+    // The floor of any latency here: one durable row, one transaction at a time.
+    let raw_alone = raw_events.rate(&pool, 1, Duration::from_secs(1), secs).await;
 
     // Submitters over four HTTP/2 connections (16 each); every worker has its own.
     let mut submitters = Vec::new();
@@ -399,6 +422,7 @@ async fn main() {
         "seconds_per_point": secs,
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "shared": true},
         "raw_insert_c64": raw.json(),
+        "raw_insert_c1": raw_alone.json(),
         "layouts": layouts,
     });
     shutdown.trigger();

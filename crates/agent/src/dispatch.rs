@@ -40,11 +40,13 @@ use tokio::sync::Notify;
 
 use crate::agent::Agent;
 use crate::events::TaskEvent;
-use crate::metrics::{DISPATCH_LATENCY_SECONDS, TASKS_ASSIGNED_TOTAL};
+use crate::metrics::{AT_DISPATCHER, DISPATCH_LATENCY_SECONDS, TASKS_ASSIGNED_TOTAL};
 use crate::routing::{self, Candidate};
 use crate::task::{Task, TaskCommand};
 
+mod backlog;
 mod conversation;
+mod direct;
 mod feed;
 mod ids;
 mod lease;
@@ -53,10 +55,12 @@ mod session;
 mod stream;
 mod wire;
 
+use backlog::Backlogs;
 pub use conversation::ResponseStream;
+pub use direct::Claim;
 use ids::IdSet;
 use queue::QueuedTask;
-use session::Session;
+use session::{Profile, Session};
 pub use stream::DispatchStream;
 
 /// The dispatcher's timings: deployments keep the defaults, tests shorten them.
@@ -120,6 +124,8 @@ pub struct Dispatcher {
     assigning: IdSet,
     /// Tasks submitted through this process, until the feed hears of them.
     submitted_here: IdSet,
+    /// Whether a tenant's queue holds anything an agent here could take.
+    backlogs: Backlogs,
     /// NATS and the subject new streams are announced on (set by [`Dispatcher::start`]).
     bus: OnceLock<(async_nats::Client, String)>,
 }
@@ -154,6 +160,7 @@ impl Dispatcher {
             wake: Notify::new(),
             assigning: IdSet::default(),
             submitted_here: IdSet::default(),
+            backlogs: Backlogs::default(),
             bus: OnceLock::new(),
         })
     }
@@ -199,9 +206,12 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, stop: Shutdown) {
         // The tenant that went first in the last pass: the next pass starts after it.
         let mut first: Option<TenantId> = None;
+        // The re-scan reads every tenant's queue, even one known to hold nothing for the agents
+        // here (a feed event missed while the feed was down).
+        let mut everyone = true;
         loop {
             loop {
-                match self.pass(&mut first).await {
+                match self.pass(&mut first, everyone).await {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => {
@@ -210,19 +220,21 @@ impl Dispatcher {
                     }
                 }
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.options.rescan_interval) => {}
+            everyone = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tokio::time::sleep(self.options.rescan_interval) => true,
                 _ = stop.wait() => return,
-            }
+            };
         }
     }
 
-    /// One turn for every tenant with free agents here; the number of tasks it set out to
-    /// assign (their writes go on while the next pass reads the queue).
-    async fn pass(self: &Arc<Self>, first: &mut Option<TenantId>) -> Result<usize, sqlx::Error> {
+    /// One turn for every tenant with free agents here (`everyone`: also those whose queue is
+    /// known to hold nothing for them, [`backlog`]); the number of tasks it set out to assign
+    /// (their writes go on while the next pass reads the queue).
+    async fn pass(self: &Arc<Self>, first: &mut Option<TenantId>, everyone: bool) -> Result<usize, sqlx::Error> {
         let mut by_tenant: BTreeMap<TenantId, Vec<Arc<Session>>> = BTreeMap::new();
-        for session in self.all_sessions().into_iter().filter(|s| s.free_slots() > 0) {
+        let sessions = self.all_sessions().into_iter().filter(|s| s.free_slots() > 0);
+        for session in sessions.filter(|s| everyone || !self.backlogs.is_drained(s.tenant)) {
             by_tenant.entry(session.tenant).or_default().push(session);
         }
         let tenants: Vec<TenantId> = by_tenant.keys().copied().collect();
@@ -243,13 +255,21 @@ impl Dispatcher {
             .map(|s| queue::Connected { agent: s.agent, held: s.held_count(), slots: s.slots() })
             .collect();
         let skip = self.assigning.snapshot();
+        let generation = self.backlogs.generation(tenant);
         let (agents, queued) =
             queue::turn(&self.pool, tenant, &connected, &skip, self.options.turn, Utc::now()).await?;
+        let (mut free, mut saw_full) = (0, false);
         let mut candidates = Vec::new();
         for row in agents {
             let Some(session) = sessions.iter().find(|s| s.agent == row.agent) else { continue };
-            // The limit may have changed since the session last looked.
-            session.set_limit(row.limit);
+            let held = connected.iter().find(|c| c.agent == row.agent).map_or(0, |c| c.held);
+            // The limit, state and capabilities may have changed since the session last looked.
+            session.set_profile(row.limit, Profile { state: row.state, capabilities: row.capabilities.clone() });
+            if row.state == crate::agent::AgentState::Active {
+                let capacity = session.capacity();
+                free += capacity.saturating_sub(held) as usize;
+                saw_full |= held >= capacity;
+            }
             candidates.push(Candidate {
                 agent: row.agent,
                 state: row.state,
@@ -258,20 +278,29 @@ impl Dispatcher {
                 limit: session.capacity(),
             });
         }
+        // The read asked for as many as the free slots take (at most a turn): fewer means nothing
+        // else waits that an agent here could take, and a submission may go straight to one.
+        if free > 0 && queued.len() < free.min(self.options.turn) {
+            self.backlogs.drained(tenant, generation, saw_full);
+        }
         // Planned in queue order, against the load each choice adds; each chosen slot is held
         // (so the next pass counts it) and the task marked as being assigned (so the next pass
-        // leaves it out) until its write is done.
+        // leaves it out) until its write is done. A slot a submission took meanwhile is not
+        // given twice: the task waits for the next pass.
         let now = Utc::now();
         let lease_until = now + self.options.lease;
         let mut plan = Vec::with_capacity(queued.len());
         for task in queued {
             let Some(chosen) = routing::route(&task.required_capabilities, &candidates) else { continue };
             let agent = chosen.agent;
-            if let Some(c) = candidates.iter_mut().find(|c| c.agent == agent) {
-                c.running += 1;
-            }
             let Some(session) = sessions.iter().find(|s| s.agent == agent) else { continue };
-            session.hold(task.id, lease_until);
+            let held = session.try_hold(task.id, lease_until);
+            if let Some(c) = candidates.iter_mut().find(|c| c.agent == agent) {
+                c.running = if held { c.running + 1 } else { c.limit };
+            }
+            if !held {
+                continue;
+            }
             self.assigning.insert(task.id);
             plan.push((task, session.clone()));
         }
@@ -302,9 +331,10 @@ impl Dispatcher {
                 } else {
                     tracing::warn!(task = %task.id, error = %e, "assignment failed");
                 }
-                if session.release(task.id) {
-                    self.wake();
-                }
+                // Still queued, perhaps (a failed write), and left out of no pass any more.
+                self.backlogs.changed(tenant);
+                session.release(task.id);
+                self.wake();
                 return;
             }
         };
@@ -316,23 +346,54 @@ impl Dispatcher {
                 _ => None,
             })
             .unwrap_or(1);
-        metrics::counter!(TASKS_ASSIGNED_TOTAL).increment(1);
         let waited = (now - task.queued_since).to_std().unwrap_or_default();
+        self.deliver(tenant, agent, &task, lease_until, attempt, AT_DISPATCHER, waited);
+    }
+
+    /// Tells the agent's worker of an assignment that committed; `at` labels who assigned it.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &self,
+        tenant: TenantId,
+        agent: AggregateId,
+        task: &QueuedTask,
+        lease_until: DateTime<Utc>,
+        attempt: u32,
+        at: &'static str,
+        waited: Duration,
+    ) {
+        metrics::counter!(TASKS_ASSIGNED_TOTAL, "at" => at).increment(1);
         metrics::histogram!(DISPATCH_LATENCY_SECONDS).record(waited.as_secs_f64());
         // The agent's current stream (its worker may have reconnected meanwhile). A worker that
         // went away never hears of it: its lease lapses and the sweeper puts the task back.
         if let Some(current) = self.session(tenant, agent) {
             // Held before it is pushed: the worker may answer at once.
             current.hold(task.id, lease_until);
-            current.push(wire::assignment(&task, lease_until, attempt));
+            current.push(wire::assignment(task, lease_until, attempt));
         }
     }
 
     /// A task was submitted through this process: the loop wakes now, and the feed's copy of
     /// the submission does not wake it again.
-    pub fn submitted(&self, task: AggregateId) {
+    pub fn submitted(&self, tenant: TenantId, task: AggregateId) {
         self.submitted_here.insert(task);
+        self.backlogs.changed(tenant);
         self.wake();
+    }
+
+    /// An agent of `tenant` has a slot free again: the loop looks for work for it.
+    fn slot_freed(&self, tenant: TenantId) {
+        self.backlogs.slot_freed(tenant);
+        self.wake();
+    }
+
+    /// An agent was changed through this process: submissions are not routed on what the last
+    /// pass read of it until a pass reads it again (other replicas' changes come by the feed).
+    pub fn agent_changed(&self, tenant: TenantId, agent: AggregateId) {
+        if let Some(session) = self.session(tenant, agent) {
+            session.forget_profile();
+        }
+        self.backlogs.changed(tenant);
     }
 
     /// The agent no longer holds `task` (cancelled, timed out, its lease lapsed): if its worker
@@ -342,7 +403,7 @@ impl Dispatcher {
             && session.release(task)
         {
             session.push(wire::cancellation(task, cause, reason));
-            self.wake();
+            self.slot_freed(tenant);
         }
     }
 

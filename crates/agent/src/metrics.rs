@@ -10,8 +10,13 @@ pub const ROUTE_DECISIONS_TOTAL: &str = "cim_agent_route_decisions_total";
 pub const UNKNOWN_CAPABILITIES_TOTAL: &str = "cim_agent_unknown_capabilities_total";
 /// Worker streams open in this process.
 pub const CONNECTED_WORKERS: &str = "cim_agent_connected_workers";
-/// Tasks this process assigned.
+/// Tasks this process assigned, by `at`: `submit` (written with the submission, no pass) or
+/// `dispatcher` (by a dispatch pass, from the queue).
 pub const TASKS_ASSIGNED_TOTAL: &str = "cim_agent_tasks_assigned_total";
+/// The values of `TASKS_ASSIGNED_TOTAL`'s `at` label.
+pub const ASSIGNED_AT: &[&str] = &[AT_SUBMIT, AT_DISPATCHER];
+pub const AT_SUBMIT: &str = "submit";
+pub const AT_DISPATCHER: &str = "dispatcher";
 /// How long a task waited in the queue (since its submission or requeue) until assigned.
 pub const DISPATCH_LATENCY_SECONDS: &str = "cim_agent_dispatch_latency_seconds";
 /// Leases that lapsed, their tasks put back in the queue (a worker died or went silent).
@@ -30,7 +35,10 @@ pub fn describe() {
         "Tasks refused because no agent of the tenant declares a required capability"
     );
     metrics::describe_gauge!(CONNECTED_WORKERS, "Worker streams open in this process");
-    metrics::describe_counter!(TASKS_ASSIGNED_TOTAL, "Tasks assigned by this process");
+    metrics::describe_counter!(
+        TASKS_ASSIGNED_TOTAL,
+        "Tasks assigned by this process, by at (submit: with the submission; dispatcher: from the queue)"
+    );
     metrics::describe_histogram!(
         DISPATCH_LATENCY_SECONDS,
         metrics::Unit::Seconds,
@@ -47,7 +55,10 @@ pub fn describe() {
     }
     metrics::counter!(UNKNOWN_CAPABILITIES_TOTAL).increment(0);
     metrics::gauge!(CONNECTED_WORKERS).increment(0.0);
-    for counter in [TASKS_ASSIGNED_TOTAL, LEASE_EXPIRIES_TOTAL, TASKS_TIMED_OUT_TOTAL] {
+    for at in ASSIGNED_AT {
+        metrics::counter!(TASKS_ASSIGNED_TOTAL, "at" => *at).increment(0);
+    }
+    for counter in [LEASE_EXPIRIES_TOTAL, TASKS_TIMED_OUT_TOTAL] {
         metrics::counter!(counter).increment(0);
     }
     for state in ["queued", "assigned"] {

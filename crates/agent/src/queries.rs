@@ -20,8 +20,9 @@ pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 500;
 
 const AGENT_COLUMNS: &str = "agent_id, name, agent_type, owner, state, capabilities, permissions, tools, \
-     model_provider, model_name, model_parameters, system_prompt, max_concurrent_tasks, running_tasks, version, \
-     created_at, updated_at";
+     model_provider, model_name, model_parameters, system_prompt, max_concurrent_tasks, version, created_at, updated_at, \
+     (SELECT count(*) FROM tasks t WHERE t.tenant_id = agents.tenant_id AND t.holder = agents.agent_id \
+      AND t.state = 'assigned') AS running_tasks";
 
 fn agent_from_row(row: &PgRow) -> Result<pb::Agent, ServiceError> {
     let model = match row.try_get::<Option<String>, _>("model_provider")? {
@@ -47,7 +48,7 @@ fn agent_from_row(row: &PgRow) -> Result<pb::Agent, ServiceError> {
         model,
         system_prompt: row.try_get("system_prompt")?,
         max_concurrent_tasks: row.try_get::<i32, _>("max_concurrent_tasks")? as u32,
-        running_tasks: row.try_get::<i32, _>("running_tasks")?.max(0) as u32,
+        running_tasks: row.try_get::<i64, _>("running_tasks")?.max(0) as u32,
         version: row.try_get::<i64, _>("version")? as u64,
         created_at: Some(timestamp(row.try_get("created_at")?)),
         updated_at: Some(timestamp(row.try_get("updated_at")?)),
@@ -184,7 +185,9 @@ pub async fn covering_agents(
     required: &[String],
 ) -> Result<Vec<Candidate>, ServiceError> {
     let rows = sqlx::query(
-        "SELECT agent_id, capabilities, running_tasks, max_concurrent_tasks FROM agents \
+        "SELECT agent_id, capabilities, max_concurrent_tasks, \
+         (SELECT count(*) FROM tasks t WHERE t.tenant_id = agents.tenant_id AND t.holder = agents.agent_id \
+          AND t.state = 'assigned') AS running_tasks FROM agents \
          WHERE tenant_id = $1 AND state = 'active' AND capabilities @> $2",
     )
     .bind(tenant.as_uuid())
@@ -204,7 +207,7 @@ pub async fn covering_agents(
                     .map(|c| c.parse())
                     .collect::<Result<_, _>>()
                     .map_err(|e| corrupt(&e))?,
-                running: row.try_get::<i32, _>("running_tasks")?.max(0) as u32,
+                running: row.try_get::<i64, _>("running_tasks")?.max(0) as u32,
                 limit: row.try_get::<i32, _>("max_concurrent_tasks")?.max(1) as u32,
             })
         })

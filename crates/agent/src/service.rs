@@ -47,24 +47,25 @@ impl AgentApi {
         command: A,
         o: Option<cim_proto::common::CommandOptions>,
     ) -> Result<pb::CommandResponse, ServiceError> {
-        Ok(respond(self.agents.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await?))
-    }
-
-    async fn task(
-        &self,
-        caller: &Caller,
-        id: AggregateId,
-        command: T,
-        o: Option<cim_proto::common::CommandOptions>,
-    ) -> Result<pb::CommandResponse, ServiceError> {
-        Ok(respond(self.tasks.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await?))
+        let done = self.agents.execute(caller, id, &command, &cim_aggregate::CommandOptions::from(o)).await;
+        if done.is_ok() {
+            // Its state, capabilities or limit may have changed: the dispatcher reads it again.
+            self.dispatcher.agent_changed(caller.tenant, id);
+        }
+        Ok(respond(done?))
     }
 
     /// A task's requirements, each declared by some agent of the tenant: a name nobody declares
     /// is most likely a typo, which would otherwise wait unassigned until the deadline.
     async fn requirements(&self, caller: &Caller, field: &str, raw: &[String]) -> Result<Names, ServiceError> {
         let required = names(field, raw)?;
-        let unknown = queries::unknown_capabilities(&self.pool, caller.tenant, &strings(&required)).await?;
+        self.known(caller, field, raw, &required).await?;
+        Ok(required)
+    }
+
+    /// Fails unless some agent of the tenant declares each of `required` (parsed from `raw`).
+    async fn known(&self, caller: &Caller, field: &str, raw: &[String], required: &Names) -> Result<(), ServiceError> {
+        let unknown = queries::unknown_capabilities(&self.pool, caller.tenant, &strings(required)).await?;
         if let Some(first) = unknown.first() {
             metrics::counter!(UNKNOWN_CAPABILITIES_TOTAL).increment(1);
             let at = raw.iter().position(|r| r == first).unwrap_or_default();
@@ -73,7 +74,7 @@ impl AgentApi {
                 format!("unknown capability {first:?}: no agent of this tenant declares it"),
             ));
         }
-        Ok(required)
+        Ok(())
     }
 }
 
@@ -248,20 +249,40 @@ impl AgentService for AgentApi {
         handle(req, |caller, r| async move {
             let id = new_id("task_id", &r.task_id)?;
             let submission = Submission {
-                required_capabilities: self
-                    .requirements(&caller, "required_capabilities", &r.required_capabilities)
-                    .await?,
+                required_capabilities: names("required_capabilities", &r.required_capabilities)?,
                 payload: json("payload", r.payload)?,
                 priority: r.priority,
                 deadline: instant("deadline", r.deadline)?,
                 correlation: r.correlation,
             };
-            let submitted = self.task(&caller, id, T::Submit { submission, now: chrono::Utc::now() }, r.options).await;
-            // Other replicas hear of it through the domain stream.
-            if submitted.is_ok() {
-                self.dispatcher.submitted(id);
+            let now = chrono::Utc::now();
+            let options = cim_aggregate::CommandOptions::from(r.options);
+            // A retry with a key gets the first answer, whatever that assigned: such a submission
+            // is never assigned as it is written.
+            let claim = match &options.idempotency_key {
+                None => self.dispatcher.claim(caller.tenant, id, &submission, now),
+                Some(_) => None,
+            };
+            // An agent that can take it declares what it requires; otherwise a name nobody
+            // declares is refused before anything is written.
+            if claim.is_none() {
+                let required = &submission.required_capabilities;
+                self.known(&caller, "required_capabilities", &r.required_capabilities, required).await?;
             }
-            submitted
+            let command = match claim {
+                Some(c) => T::SubmitAndAssign {
+                    submission: submission.clone(),
+                    now,
+                    agent: c.agent,
+                    lease_until: c.lease_until,
+                },
+                None => T::Submit { submission: submission.clone(), now },
+            };
+            let done = self.tasks.execute(&caller, id, &command, &options).await;
+            let committed = done.as_ref().is_ok_and(|d| !d.replayed);
+            // Other replicas hear of it through the domain stream.
+            self.dispatcher.after_submit(caller.tenant, id, &submission, now, claim, committed);
+            Ok::<_, ServiceError>(respond(done?))
         })
         .await
     }

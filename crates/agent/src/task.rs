@@ -97,6 +97,14 @@ pub enum TaskCommand {
         submission: Submission,
         now: DateTime<Utc>,
     },
+    /// A submission assigned as it is written, when a free agent covers it and nothing waits
+    /// that it would overtake (the dispatcher decides that): both events in one append.
+    SubmitAndAssign {
+        submission: Submission,
+        now: DateTime<Utc>,
+        agent: AggregateId,
+        lease_until: DateTime<Utc>,
+    },
     Assign {
         agent: AggregateId,
         lease_until: DateTime<Utc>,
@@ -268,7 +276,7 @@ impl Aggregate for Task {
     fn command_name(command: &TaskCommand) -> &'static str {
         use TaskCommand::*;
         match command {
-            Submit { .. } => "submit_task",
+            Submit { .. } | SubmitAndAssign { .. } => "submit_task",
             Assign { .. } => "assign_task",
             ExtendLease { .. } => "extend_task_lease",
             Complete { .. } => "complete_task",
@@ -280,22 +288,31 @@ impl Aggregate for Task {
     }
 
     fn creates(command: &TaskCommand) -> bool {
-        matches!(command, TaskCommand::Submit { .. })
+        matches!(command, TaskCommand::Submit { .. } | TaskCommand::SubmitAndAssign { .. })
     }
 
     fn decide(&self, command: &TaskCommand, _: &()) -> Result<Vec<TaskEvent>, TaskError> {
         use TaskCommand as C;
         use TaskEvent as E;
+        let submitted = |s: &Submission, now: &DateTime<Utc>| -> Result<TaskEvent, TaskError> {
+            check_submission(s, *now)?;
+            Ok(E::Submitted(TaskSubmitted {
+                required_capabilities: s.required_capabilities.clone(),
+                payload: s.payload.clone(),
+                priority: s.priority,
+                deadline: s.deadline,
+                correlation: s.correlation.clone(),
+            }))
+        };
         let event = match command {
-            C::Submit { submission: s, now } => {
-                check_submission(s, *now)?;
-                E::Submitted(TaskSubmitted {
-                    required_capabilities: s.required_capabilities.clone(),
-                    payload: s.payload.clone(),
-                    priority: s.priority,
-                    deadline: s.deadline,
-                    correlation: s.correlation.clone(),
-                })
+            C::Submit { submission, now } => submitted(submission, now)?,
+            C::SubmitAndAssign { submission, now, agent, lease_until } => {
+                let first = submitted(submission, now)?;
+                let mut task = self.clone();
+                task.apply(&first);
+                let then = task
+                    .decide(&C::Assign { agent: *agent, lease_until: *lease_until, now: *now, attempts: None }, &())?;
+                return Ok([vec![first], then].concat());
             }
             C::Assign { agent, lease_until, now, .. } => {
                 lease("lease_until", *lease_until, *now)?;

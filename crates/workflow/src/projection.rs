@@ -128,10 +128,11 @@ impl Projection for WorkflowProjection {
     async fn settle(
         &self,
         tx: &mut PgConnection,
-        events: &[(&EventEnvelope, WorkflowEvent)],
+        at: &[EventEnvelope],
+        events: &[WorkflowEvent],
     ) -> Result<(), sqlx::Error> {
-        let Some((last, last_event)) = events.last() else { return Ok(()) };
-        let statuses: Vec<WorkflowStatus> = events.iter().filter_map(|(_, e)| status_after(e)).collect();
+        let (Some(last), Some(last_event)) = (at.last(), events.last()) else { return Ok(()) };
+        let statuses: Vec<WorkflowStatus> = events.iter().filter_map(status_after).collect();
         sqlx::query(
             "UPDATE workflow_instances SET status = coalesce($3, status), version = $4, updated_at = $5 \
              WHERE tenant_id = $1 AND instance_id = $2",

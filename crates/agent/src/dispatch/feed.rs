@@ -136,12 +136,14 @@ impl Dispatcher {
                 // One submitted here woke the loop when it committed.
                 Ok(TaskEvent::Submitted(_)) => {
                     if !self.submitted_here.remove(id) {
+                        self.backlogs.changed(tenant);
                         self.wake();
                     }
                 }
                 Ok(TaskEvent::Reassigned(r)) => {
                     self.revoke(tenant, r.from, id, cause::LEASE_LAPSED, &r.reason);
                     if r.to.is_none() {
+                        self.backlogs.changed(tenant);
                         self.wake();
                     }
                 }
@@ -162,27 +164,34 @@ impl Dispatcher {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "skipping an unreadable task event"),
             },
-            crate::agent::AGGREGATE_TYPE => match AgentEvent::from_envelope(event) {
-                Ok(AgentEvent::Activated(_) | AgentEvent::CapabilitiesUpdated(_)) => self.wake(),
-                Ok(AgentEvent::ConcurrencyLimitSet(limit)) => {
-                    if let Some(session) = self.session(tenant, id) {
-                        session.set_limit(limit.max_concurrent_tasks);
-                    }
-                    self.wake();
-                }
-                // Written by a replica whose old stream of the agent closed, after its worker
-                // moved here.
-                Ok(AgentEvent::WentOffline(_)) if event.actor == dispatcher(tenant).actor => {
-                    self.back_online(tenant, id).await;
-                }
-                // Marked offline by someone: its stream here goes too, unless the worker
-                // connected after that (which made the agent active again).
-                Ok(AgentEvent::WentOffline(_)) => self.end_stream(event, "was marked offline"),
-                Ok(AgentEvent::Decommissioned(_)) => self.end_stream(event, "was decommissioned"),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "skipping an unreadable agent event"),
-            },
+            crate::agent::AGGREGATE_TYPE => self.on_agent_event(event).await,
             _ => {}
+        }
+    }
+
+    async fn on_agent_event(&self, event: &EventEnvelope) {
+        let (tenant, id) = (event.tenant_id, event.aggregate_id);
+        // Routing at submission waits for a pass to read the agent again.
+        self.agent_changed(tenant, id);
+        match AgentEvent::from_envelope(event) {
+            Ok(AgentEvent::Activated(_) | AgentEvent::CapabilitiesUpdated(_)) => self.wake(),
+            Ok(AgentEvent::ConcurrencyLimitSet(limit)) => {
+                if let Some(session) = self.session(tenant, id) {
+                    session.set_limit(limit.max_concurrent_tasks);
+                }
+                self.wake();
+            }
+            // Written by a replica whose old stream of the agent closed, after its worker
+            // moved here.
+            Ok(AgentEvent::WentOffline(_)) if event.actor == dispatcher(tenant).actor => {
+                self.back_online(tenant, id).await;
+            }
+            // Marked offline by someone: its stream here goes too, unless the worker
+            // connected after that (which made the agent active again).
+            Ok(AgentEvent::WentOffline(_)) => self.end_stream(event, "was marked offline"),
+            Ok(AgentEvent::Decommissioned(_)) => self.end_stream(event, "was decommissioned"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "skipping an unreadable agent event"),
         }
     }
 
@@ -190,7 +199,7 @@ impl Dispatcher {
         if let Some(session) = self.session(tenant, agent)
             && session.release(task)
         {
-            self.wake();
+            self.slot_freed(tenant);
         }
     }
 

@@ -96,7 +96,7 @@ impl Dispatcher {
                 Err(e) if e.code() == ErrorCode::FailedPrecondition => {
                     if session.release(task) {
                         session.push(wire::cancellation(task, cause_of(&e), &e.to_string()));
-                        self.wake();
+                        self.slot_freed(session.tenant);
                     }
                 }
                 // Tried again at the next heartbeat, well before the lease lapses.
@@ -129,6 +129,7 @@ impl Dispatcher {
                 metrics::counter!(LEASE_EXPIRIES_TOTAL).increment(1);
                 tracing::info!(task = %lapsed.task, holder = %lapsed.holder, "lease lapsed; task queued again");
                 self.revoke(lapsed.tenant, lapsed.holder, lapsed.task, cause::LEASE_LAPSED, &reason);
+                self.backlogs.changed(lapsed.tenant);
                 self.wake();
             }
             Err(e) if lost_race(e.code()) => tracing::debug!(task = %lapsed.task, error = %e, "not requeued"),

@@ -13,12 +13,21 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::conversation::Pending;
+use crate::agent::AgentState;
+use crate::names::Names;
 
 /// Messages waiting to go out on one stream. Assignments are bounded by the agent's slots and
 /// replies by what the worker sends, so a full queue means the worker stopped reading.
 pub(super) const OUTBOUND: usize = 1024;
 
 pub(super) type Outbound = mpsc::Sender<Result<pb::DispatchMessage, Status>>;
+
+/// An agent as routing needs it, from the registry.
+#[derive(Debug, Clone)]
+pub(super) struct Profile {
+    pub state: AgentState,
+    pub capabilities: Names,
+}
 
 pub(super) struct Session {
     pub id: Uuid,
@@ -39,6 +48,9 @@ pub(super) struct Session {
 struct State {
     /// The agent's max_concurrent_tasks as last read.
     limit: u32,
+    /// The agent's state and capabilities as the last pass read them; forgotten when an event
+    /// of the agent is seen, so a submission is routed on them only while they are current.
+    profile: Option<Profile>,
     /// Tasks held through this stream, with the lease each runs until.
     held: HashMap<AggregateId, DateTime<Utc>>,
     /// Conversation messages forwarded and not yet answered, by message id.
@@ -136,6 +148,23 @@ impl Session {
         self.state().limit = limit;
     }
 
+    /// What a pass read of the agent: its limit, state and capabilities.
+    pub fn set_profile(&self, limit: u32, profile: Profile) {
+        let mut state = self.state();
+        state.limit = limit;
+        state.profile = Some(profile);
+    }
+
+    /// The agent changed (an event of it was written or seen): routing waits for a pass to read
+    /// it again.
+    pub fn forget_profile(&self) {
+        self.state().profile = None;
+    }
+
+    pub fn profile(&self) -> Option<Profile> {
+        self.state().profile.clone()
+    }
+
     /// How many tasks the agent may hold through this stream: its limit, or the worker's own
     /// if lower.
     pub fn capacity(&self) -> u32 {
@@ -158,6 +187,18 @@ impl Session {
 
     pub fn hold(&self, task: AggregateId, lease_until: DateTime<Utc>) {
         self.state().held.insert(task, lease_until);
+    }
+
+    /// Holds a slot for `task` if one is free: a pass and a submission planning at the same
+    /// time never give the agent more than its capacity.
+    pub fn try_hold(&self, task: AggregateId, lease_until: DateTime<Utc>) -> bool {
+        let mut state = self.state();
+        let capacity = if self.slots == 0 { state.limit } else { state.limit.min(self.slots) };
+        if state.held.len() as u32 >= capacity && !state.held.contains_key(&task) {
+            return false;
+        }
+        state.held.insert(task, lease_until);
+        true
     }
 
     /// Whether the task was held here (and is not any more).

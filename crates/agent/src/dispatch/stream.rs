@@ -57,6 +57,8 @@ impl Dispatcher {
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let session = self.accept(caller, hello, tx).await.map_err(|e| into_status(&e))?;
         self.announce(&Connected { tenant: session.tenant, agent: session.agent, session: session.id }).await;
+        // A new agent here may take what waits.
+        self.backlogs.changed(session.tenant);
         tokio::spawn(self.clone().read(session, inbound));
         self.wake();
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -192,12 +194,12 @@ impl Dispatcher {
         match self.tasks.execute(&session.caller, task, &command, &Default::default()).await {
             Ok(_) => {
                 session.release(task);
-                self.wake();
+                self.slot_freed(session.tenant);
                 Ok(())
             }
             Err(e) => {
                 if not_held(&e) && session.release(task) {
-                    self.wake();
+                    self.slot_freed(session.tenant);
                 }
                 Err(e.into())
             }

@@ -1,15 +1,15 @@
-//! `tasks`, and each holder's `agents.running_tasks`: every task event that gives a task to an
-//! agent or takes it away names that agent, so the load is kept without reading histories.
+//! `tasks`: one statement per event, on the task's own row. An agent's load is counted from the
+//! tasks it holds when read (`tasks_held`), so no task write touches an agent's row.
 
 use cim_aggregate::Projection;
-use cim_core::{AggregateId, EventEnvelope};
+use cim_core::EventEnvelope;
 use sqlx::PgConnection;
 
-use crate::events::TaskEvent;
+use crate::events::{TaskAssigned, TaskEvent, TaskSubmitted};
 use crate::names::strings;
 use crate::task::{TaskResult, TaskState};
 
-/// Projects task events into `tasks` and the holders' load.
+/// Projects task events into `tasks`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TaskProjection;
 
@@ -19,6 +19,60 @@ impl Projection for TaskProjection {
     async fn apply(&self, tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -> Result<(), sqlx::Error> {
         project(tx, at, event).await
     }
+
+    /// A submission written with its assignment is one insert of the assigned row, not an insert
+    /// and an update: the same row, one round trip less.
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        at: &[EventEnvelope],
+        events: &[TaskEvent],
+    ) -> Result<(), sqlx::Error> {
+        let mut rest = at.iter().zip(events).peekable();
+        if let (Some((at, TaskEvent::Submitted(submitted))), Some((then, TaskEvent::Assigned(assigned)))) =
+            (at.first().zip(events.first()), at.get(1).zip(events.get(1)))
+        {
+            insert(tx, at, submitted, Some((then, assigned))).await?;
+            rest.nth(1);
+        }
+        for (at, event) in rest {
+            project(tx, at, event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A task's first row: queued, or assigned (`assigned`: the assignment written with it).
+async fn insert(
+    tx: &mut PgConnection,
+    at: &EventEnvelope,
+    e: &TaskSubmitted,
+    assigned: Option<(&EventEnvelope, &TaskAssigned)>,
+) -> Result<(), sqlx::Error> {
+    let last = assigned.map_or(at, |(then, _)| then);
+    let state = if assigned.is_some() { TaskState::Assigned } else { TaskState::Queued };
+    sqlx::query(
+        "INSERT INTO tasks (tenant_id, task_id, version, created_at, updated_at, state, required_capabilities, \
+         payload, priority, deadline, correlation, holder, lease_until, attempts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(at.tenant_id.as_uuid())
+    .bind(at.aggregate_id.as_uuid())
+    .bind(last.sequence as i64)
+    .bind(at.occurred_at)
+    .bind(last.occurred_at)
+    .bind(state.as_str())
+    .bind(strings(&e.required_capabilities))
+    .bind(sqlx::types::Json(&e.payload))
+    .bind(e.priority as i32)
+    .bind(e.deadline)
+    .bind(&e.correlation)
+    .bind(assigned.map(|(_, a)| a.agent.as_uuid()))
+    .bind(assigned.map(|(_, a)| a.lease_until))
+    .bind(assigned.map_or(0, |(_, a)| a.attempt as i32))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -> Result<(), sqlx::Error> {
@@ -33,20 +87,7 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(at.occurred_at)
     };
     match event {
-        E::Submitted(e) => {
-            task(
-                "INSERT INTO tasks (tenant_id, task_id, version, created_at, updated_at, state, required_capabilities, \
-                 payload, priority, deadline, correlation) \
-                 VALUES ($1, $2, $3, $4, $4, 'queued', $5, $6, $7, $8, $9)",
-            )
-            .bind(strings(&e.required_capabilities))
-            .bind(sqlx::types::Json(&e.payload))
-            .bind(e.priority as i32)
-            .bind(e.deadline)
-            .bind(&e.correlation)
-            .execute(&mut *tx)
-            .await?;
-        }
+        E::Submitted(e) => insert(tx, at, e, None).await?,
         E::Assigned(e) => {
             task(
                 "UPDATE tasks SET version = $3, updated_at = $4, state = 'assigned', holder = $5, lease_until = $6, \
@@ -57,7 +98,6 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.attempt as i32)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.agent, 1).await?;
         }
         E::LeaseExtended(e) => {
             task("UPDATE tasks SET version = $3, updated_at = $4, lease_until = $5 WHERE tenant_id = $1 AND task_id = $2")
@@ -79,7 +119,6 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(cid)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.agent, -1).await?;
         }
         E::Failed(e) => {
             task(
@@ -91,7 +130,6 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.retryable)
             .execute(&mut *tx)
             .await?;
-            load(tx, at, e.agent, -1).await?;
         }
         E::Reassigned(e) => {
             task(
@@ -104,29 +142,16 @@ async fn project(tx: &mut PgConnection, at: &EventEnvelope, event: &TaskEvent) -
             .bind(e.lease_until)
             .execute(&mut *tx)
             .await?;
-            // Two agents' rows: taken in id order, so two reassignments between the same pair
-            // of agents, in opposite directions, cannot deadlock.
-            let mut moves = vec![(e.from, -1)];
-            moves.extend(e.to.map(|to| (to, 1)));
-            moves.sort();
-            for (agent, by) in moves {
-                load(tx, at, agent, by).await?;
-            }
         }
-        E::Cancelled(e) => finish(tx, at, TaskState::Cancelled, e.holder).await?,
-        E::TimedOut(e) => finish(tx, at, TaskState::TimedOut, e.holder).await?,
+        E::Cancelled(_) => finish(tx, at, TaskState::Cancelled).await?,
+        E::TimedOut(_) => finish(tx, at, TaskState::TimedOut).await?,
     }
     Ok(())
 }
 
-/// A final state without a result: the lease ends, and the holder the event names (if any) has
-/// a slot free. The holder column keeps the last agent that held the task.
-async fn finish(
-    tx: &mut PgConnection,
-    at: &EventEnvelope,
-    state: TaskState,
-    holder: Option<AggregateId>,
-) -> Result<(), sqlx::Error> {
+/// A final state without a result: the lease ends. The holder column keeps the last agent that
+/// held the task.
+async fn finish(tx: &mut PgConnection, at: &EventEnvelope, state: TaskState) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE tasks SET version = $3, updated_at = $4, state = $5, lease_until = NULL \
          WHERE tenant_id = $1 AND task_id = $2",
@@ -138,19 +163,5 @@ async fn finish(
     .bind(state.as_str())
     .execute(&mut *tx)
     .await?;
-    if let Some(holder) = holder {
-        load(tx, at, holder, -1).await?;
-    }
-    Ok(())
-}
-
-/// Moves an agent's running count (an agent this tenant does not have is no row to move).
-async fn load(tx: &mut PgConnection, at: &EventEnvelope, agent: AggregateId, by: i32) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE agents SET running_tasks = running_tasks + $3 WHERE tenant_id = $1 AND agent_id = $2")
-        .bind(at.tenant_id.as_uuid())
-        .bind(agent.as_uuid())
-        .bind(by)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }

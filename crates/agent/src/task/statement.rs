@@ -8,9 +8,9 @@
 //! so this path cannot decide differently from the read one; the guard then checks them on the
 //! projection row under its lock: the head (the row's version, written with every event), the
 //! state, the holder and its lease, the deadline, the attempts. If any differs nothing of the
-//! command is written and the executor replays and decides for real. The guard locks task rows
-//! in id order, then the holders' agent rows in id order, as the read path does (task, then
-//! agent), so groups and single commands never deadlock.
+//! command is written and the executor decides for real on the row read under its lock. The
+//! guard locks task rows in id order and nothing else (an agent's load is counted from the
+//! tasks, not kept on its row), so groups and single commands never deadlock.
 
 use std::sync::LazyLock;
 
@@ -52,8 +52,6 @@ pub struct TaskRow {
     attempts: Option<i32>,
     result: Option<String>,
     result_cid: Option<String>,
-    /// The holder's running tasks move by this.
-    delta: i32,
 }
 
 fn row(command: &TaskCommand, assumed: &Task, event: &TaskEvent) -> Option<TaskRow> {
@@ -69,7 +67,6 @@ fn row(command: &TaskCommand, assumed: &Task, event: &TaskEvent) -> Option<TaskR
             attempts: Some(e.attempt as i32),
             result: None,
             result_cid: None,
-            delta: 1,
         }),
         (TaskCommand::Complete { now, .. }, TaskEvent::Completed(e)) => {
             let (result, result_cid) = match &e.result {
@@ -86,7 +83,6 @@ fn row(command: &TaskCommand, assumed: &Task, event: &TaskEvent) -> Option<TaskR
                 attempts: None,
                 result,
                 result_cid,
-                delta: -1,
             })
         }
         _ => None,
@@ -94,14 +90,13 @@ fn row(command: &TaskCommand, assumed: &Task, event: &TaskEvent) -> Option<TaskR
 }
 
 /// The guard and the projection writes (see [`cim_eventstore::guarded_append_many_sql`]);
-/// caller parameters `$23..$33`, one element per command.
+/// caller parameters `$23..$32`, one element per command.
 static SQL: LazyLock<String> = LazyLock::new(|| {
     cim_eventstore::guarded_append_many_sql(
         "a AS ( \
             SELECT * FROM unnest($23::uuid[], $24::text[], $25::int[], $26::timestamptz[], $27::uuid[], $28::text[], \
-                                 $29::timestamptz[], $30::int[], $31::text[], $32::text[], $33::int[]) \
-            AS a(task_id, want_state, want_attempts, now, agent, state, lease_until, attempts, result, result_cid, \
-                 delta) \
+                                 $29::timestamptz[], $30::int[], $31::text[], $32::text[]) \
+            AS a(task_id, want_state, want_attempts, now, agent, state, lease_until, attempts, result, result_cid) \
         ), guard AS ( \
             SELECT t.task_id AS aggregate_id FROM tasks t \
             JOIN cmd c ON t.tenant_id = c.tenant_id AND t.task_id = c.aggregate_id \
@@ -122,15 +117,6 @@ static SQL: LazyLock<String> = LazyLock::new(|| {
                 result_cid = CASE WHEN w.state = 'completed' THEN w.result_cid ELSE t.result_cid END, \
                 version = w.new_version, updated_at = w.occurred_at \
             FROM written w WHERE t.tenant_id = w.tenant_id AND t.task_id = w.task_id \
-        ), holders AS ( \
-            SELECT g.tenant_id, g.agent_id FROM agents g \
-            WHERE (g.tenant_id, g.agent_id) IN (SELECT tenant_id, agent FROM written) \
-            ORDER BY g.tenant_id, g.agent_id FOR UPDATE OF g \
-        ), running AS ( \
-            UPDATE agents g SET running_tasks = running_tasks + d.delta \
-            FROM (SELECT tenant_id, agent, sum(delta)::int AS delta FROM written GROUP BY 1, 2) d \
-            WHERE g.tenant_id = d.tenant_id AND g.agent_id = d.agent \
-              AND g.agent_id = ANY (ARRAY(SELECT agent_id FROM holders)) \
         )",
     )
 });
@@ -148,7 +134,6 @@ pub struct TaskParams {
     attempts: Vec<Option<i32>>,
     result: Vec<Option<String>>,
     result_cid: Vec<Option<String>>,
-    delta: Vec<i32>,
 }
 
 type Query = sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>;
@@ -176,7 +161,6 @@ impl GroupStatement for TaskStatement {
         p.attempts.push(r.attempts);
         p.result.push(r.result);
         p.result_cid.push(r.result_cid);
-        p.delta.push(r.delta);
     }
 
     fn bind(&self, p: TaskParams, q: Query) -> Query {
@@ -190,7 +174,6 @@ impl GroupStatement for TaskStatement {
             .bind(p.attempts)
             .bind(p.result)
             .bind(p.result_cid)
-            .bind(p.delta)
     }
 }
 

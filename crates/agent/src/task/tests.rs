@@ -303,3 +303,31 @@ fn names_are_one_list() {
     }
     assert_eq!(TaskEvent::TYPES.len(), 8);
 }
+
+#[test]
+fn a_submission_assigned_as_it_is_written_is_the_same_two_events_as_submit_then_assign() {
+    let agent = AggregateId::new();
+    let at = now();
+    let the_submission = super::tests::submission();
+    let lease_until = at + Duration::seconds(30);
+    let submission = || the_submission.clone();
+    let mut together = Task::default();
+    let events =
+        run(&mut together, TaskCommand::SubmitAndAssign { submission: submission(), now: at, agent, lease_until })
+            .unwrap();
+    let mut apart = Task::default();
+    let mut expected = run(&mut apart, TaskCommand::Submit { submission: submission(), now: at }).unwrap();
+    expected.extend(run(&mut apart, TaskCommand::Assign { agent, lease_until, now: at, attempts: None }).unwrap());
+    assert_eq!(events, expected);
+    assert_eq!(together, apart);
+    assert_eq!((together.state, together.holder, together.attempts), (TaskState::Assigned, Some(agent), 1));
+    assert!(Task::creates(&TaskCommand::SubmitAndAssign { submission: submission(), now: at, agent, lease_until }));
+
+    // Each half's rules hold: a bad submission or a lease in the past is refused, nothing written.
+    let bad = Submission { priority: PRIORITY_MAX + 1, ..submission() };
+    let refused =
+        Task::default().decide(&TaskCommand::SubmitAndAssign { submission: bad, now: at, agent, lease_until }, &());
+    assert!(matches!(refused, Err(TaskError::Invalid { field: "priority", .. })), "{refused:?}");
+    let late = TaskCommand::SubmitAndAssign { submission: submission(), now: at, agent, lease_until: at };
+    assert!(matches!(Task::default().decide(&late, &()), Err(TaskError::Invalid { field: "lease_until", .. })));
+}

@@ -114,3 +114,47 @@ async fn assignments_and_completions_in_one_statement_write_what_the_read_path_w
     assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 1);
     svc.stop().await;
 }
+
+/// A submission written with its assignment (one append, one insert of the assigned row) leaves
+/// the same task row and load as a submission and an assignment written apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submission_written_with_its_assignment_projects_what_two_writes_project() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    // No worker connects, so the service's dispatcher leaves these tasks alone.
+    let agent = active(&mut c, tenant, &["ocr"], 4).await;
+    let agent_id: AggregateId = agent.parse().unwrap();
+    let caller = Caller { tenant, actor: cim_core::Actor::service("dispatcher"), correlation: None };
+    let tasks = CommandExecutor::<Task>::new(svc.running.store.clone(), "agent").with_projection(TaskProjection);
+    let submission = Submission {
+        required_capabilities: parse_names("required_capabilities", &["ocr".into()]).unwrap(),
+        payload: serde_json::json!({"page": 2}).as_object().unwrap().clone(),
+        priority: 7,
+        deadline: Some(Utc::now() + Duration::hours(1)),
+        correlation: "together".into(),
+    };
+    let now = Utc::now();
+    let lease_until = now + Duration::seconds(60);
+    let (together, apart) = (AggregateId::new(), AggregateId::new());
+    let both = TaskCommand::SubmitAndAssign { submission: submission.clone(), now, agent: agent_id, lease_until };
+    let done = tasks.execute(&caller, together, &both, &Default::default()).await.unwrap();
+    assert_eq!(done.events.len(), 2);
+    tasks.execute(&caller, apart, &TaskCommand::Submit { submission, now }, &Default::default()).await.unwrap();
+    let assign = TaskCommand::Assign { agent: agent_id, lease_until, now, attempts: None };
+    tasks.execute(&caller, apart, &assign, &Default::default()).await.unwrap();
+
+    let blank = |mut t: cim_proto::agent::Task| {
+        (t.task_id, t.created_at, t.updated_at) = (String::new(), None, None);
+        t
+    };
+    let row = get_task(&mut c, tenant, &together.to_string()).await;
+    assert_eq!(
+        (row.state.as_str(), row.holder.as_str(), row.attempts, row.version),
+        ("assigned", agent.as_str(), 1, 2)
+    );
+    assert_eq!(blank(row), blank(get_task(&mut c, tenant, &apart.to_string()).await));
+    assert_eq!(svc.history(tenant, &together.to_string()).await, ["task_submitted", "task_assigned"]);
+    assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 2);
+    svc.stop().await;
+}
