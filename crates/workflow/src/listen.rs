@@ -31,8 +31,8 @@ use crate::events::Wait;
 use crate::instance::{Tick, Workflow, WorkflowCommand, WorkflowError, derived_id, takes};
 use crate::metrics::{DELIVERIES_TOTAL, TRIGGERED_TOTAL};
 
-/// The streams listened to: every domain a step may wait on.
-pub const DOMAINS: [Domain; 4] = [Domain::Graph, Domain::Document, Domain::Agent, Domain::Workflow];
+/// The streams listened to: every domain a step may wait on (the spec refuses any other).
+pub const DOMAINS: [Domain; 4] = crate::spec::LISTENED;
 
 /// How long an event that could not be taken (the database did not answer) waits to come again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);

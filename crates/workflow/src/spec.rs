@@ -13,7 +13,7 @@ use crate::expr::Expr;
 
 mod outward;
 
-pub use outward::{CallSpec, ChildSpec, EventFilter, TaskSpec, subject_domain, subject_matches};
+pub use outward::{CallSpec, ChildSpec, EventFilter, LISTENED, TaskSpec, subject_domain, subject_matches};
 
 pub const STEPS_MAX: usize = 200;
 const NAME_MAX: usize = 200;

@@ -421,6 +421,9 @@ fn outward_steps_are_checked_when_defined() {
     assert!(e.starts_with("definition.steps[0].call.request"), "{e}");
     let e = refuse(json!({"id": "a", "kind": "wait_event", "event": {"subject": "graph.evt"}}));
     assert!(e.starts_with("definition.steps[0].event.subject"), "{e}");
+    // A stream the listener does not consume would never deliver: refused, not left waiting.
+    let e = refuse(json!({"id": "a", "kind": "wait_event", "event": {"subject": "webhook.evt.>"}}));
+    assert!(e.starts_with("definition.steps[0].event.subject") && e.contains("not listened to"), "{e}");
     let e = refuse(json!({"id": "a", "kind": "automated", "task": {}}));
     assert!(e.contains("only for agent_task"), "{e}");
     let trigger = |t: Value| {

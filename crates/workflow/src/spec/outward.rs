@@ -89,10 +89,22 @@ impl TaskSpec {
     }
 }
 
+/// The domains whose streams the workflow listener consumes: a wait or trigger names one of
+/// these, or it would never hear its event.
+pub const LISTENED: [Domain; 4] = [Domain::Graph, Domain::Document, Domain::Agent, Domain::Workflow];
+
 impl EventFilter {
     /// `waits`: a step's filter (may name one aggregate); else a trigger's.
     pub(super) fn check(&self, at: &str, waits: bool) -> Result<(), SpecError> {
         let domain = subject_domain(&self.subject).map_err(|e| refuse(format!("{at}.subject"), e))?;
+        if !LISTENED.contains(&domain) {
+            return Err(refuse(
+                format!("{at}.subject"),
+                format!(
+                    "{domain} events are not listened to: a filter names graph, document, agent or workflow events"
+                ),
+            ));
+        }
         if !waits && domain == Domain::Workflow {
             return Err(refuse(
                 format!("{at}.subject"),
