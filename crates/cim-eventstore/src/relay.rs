@@ -16,8 +16,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use cim_core::{EventEnvelope, EventSubject, SubjectPrefix, headers};
 use cim_runtime::Shutdown;
 use sqlx::Row;
-use tracing::Instrument;
 use sqlx::postgres::{PgConnection, PgListener};
+use tracing::Instrument;
 
 use crate::error::StoreError;
 use crate::metrics::{

@@ -22,12 +22,12 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat};
@@ -125,13 +125,21 @@ where
     N: for<'a> FormatFields<'a> + 'static,
     F: FormatEvent<S, N>,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut out: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut out: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
-        // Looked up after the inner format released the span's extensions: reading the OTel
-        // context may lock them for writing (a span's OTel data is built on first use).
-        let trace_id = ctx.lookup_current().and_then(|span| {
-            tracing::dispatcher::get_default(|d| tracing_opentelemetry::get_otel_context(&span.id(), d))
+        // The registry's current span, not the one this layer sees: CIM_LOG filters spans out of
+        // the log layer (`CIM_LOG=warn` hides info spans) but not out of the trace. Looked up
+        // after the inner format released the span's extensions: reading the OTel context may
+        // lock them for writing (a span's OTel data is built on first use).
+        let trace_id = tracing::dispatcher::get_default(|d| {
+            let current = d.current_span();
+            tracing_opentelemetry::get_otel_context(current.id()?, d)
         });
         let sc = trace_id.as_ref().map(|cx| cx.span().span_context().clone());
         match (sc.filter(|sc| sc.is_valid()), line.strip_prefix('{')) {
