@@ -234,3 +234,68 @@ fn one_rest_add_node_is_one_trace_from_the_gateway_to_the_websocket_client() {
     assert_eq!(logged["trace_id"], trace_id, "{logged}");
     assert_eq!(logged["outcome"], "ok", "{logged}");
 }
+
+#[test]
+fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
+    use cim_proto::workflow as pb;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let collector = Collector::default();
+    let endpoint = rt.block_on(collector.start());
+    let db = TempDb::new();
+    let prefix = format!("ttracew{}", uuid_suffix());
+    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
+    let env = [
+        ("CIM_DATABASE_URL", db.url.clone()),
+        ("CIM_NATS_URL", test_nats()),
+        ("CIM_SUBJECT_PREFIX", prefix),
+        ("CIM_OTLP_ENDPOINT", endpoint),
+    ];
+    let workflow = Serve::start(&env, "workflow");
+    let addr = workflow.listener("workflow");
+
+    // The caller's own span: StartWorkflow continues it.
+    let (trace_id, caller_span) = ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174");
+    let (instance, status, context) = rt.block_on(async {
+        let mut client =
+            pb::workflow_service_client::WorkflowServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let tenant = cim_core::TenantId::new().to_string();
+        let req = |msg, traceparent: Option<String>| {
+            let mut r = tonic::Request::new(msg);
+            r.metadata_mut().insert("x-cim-tenant", tenant.parse().unwrap());
+            r.metadata_mut().insert("x-cim-actor", "user:tracer".parse().unwrap());
+            if let Some(tp) = traceparent {
+                r.metadata_mut().insert("traceparent", tp.parse().unwrap());
+            }
+            r
+        };
+        let definition = json!({"name": "traced", "steps": [
+            {"id": "total", "kind": "automated", "set": {"total": "price * qty"}}]});
+        let definition = cim_proto::json::json_to_struct(definition.as_object().unwrap());
+        let create = pb::CreateDefinitionRequest { definition: Some(definition), ..Default::default() };
+        let created = client.create_definition(req(create, None)).await.unwrap().into_inner();
+        let context = cim_proto::json::json_to_struct(json!({"price": 2, "qty": 3}).as_object().unwrap());
+        let start =
+            pb::StartWorkflowRequest { definition_id: created.id, context: Some(context), ..Default::default() };
+        let traceparent = format!("00-{trace_id}-{caller_span}-01");
+        let started = client.start_workflow(req(start, Some(traceparent))).await.unwrap().into_inner();
+        let get = pb::GetWorkflowRequest { instance_id: started.id.clone() };
+        let instance = client.get_workflow(req(get, None)).await.unwrap().into_inner();
+        let context = cim_proto::json::struct_to_json(instance.context).unwrap();
+        (started.id, instance.status, serde_json::Value::Object(context))
+    });
+    assert_eq!(status, "completed", "the step ran in the start's own write: {context}");
+    assert_eq!(context["total"], 6, "{context}");
+    workflow.stop();
+
+    let grpc = "/cim.workflow.v1.WorkflowService/StartWorkflow";
+    let spans = rt.block_on(collector.trace(trace_id, &[grpc, "workflow.step"], Duration::from_secs(10)));
+    let one = |name: &str| {
+        let of: Vec<&Received> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(of.len(), 1, "one {name} span for instance {instance}: {spans:#?}");
+        of[0].clone()
+    };
+    let (start, step) = (one(grpc), one("workflow.step"));
+    assert_eq!(start.parent, caller_span, "StartWorkflow continues the caller's trace");
+    assert_eq!(step.parent, start.span_id, "the automated step ran inside StartWorkflow");
+    assert_eq!(one("eventstore.append").parent, start.span_id, "the start's events were appended in it");
+}
