@@ -323,7 +323,10 @@ impl Relay {
         span: &tracing::Span,
         previous: Option<&str>,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
-        let traceparent = cim_runtime::telemetry::traceparent_of(span);
+        let traceparent = match span.is_none() {
+            true => p.traceparent.clone(),
+            false => cim_runtime::telemetry::traceparent_of(span),
+        };
         let (subject, publish) = event_message(&self.prefix, &p.event, traceparent.as_deref(), previous)?;
         self.js
             .send_publish(subject, publish)
@@ -334,8 +337,12 @@ impl Relay {
 }
 
 /// One event's publish: a producer span continuing the trace of the append that stored it (the
-/// outbox's `traceparent`); an event stored without one starts a trace of its own.
+/// outbox's `traceparent`); an event stored without one starts a trace of its own. None when
+/// spans are not exported: the stored context is then published as it is.
 fn publish_span(p: &Pending) -> tracing::Span {
+    if !cim_runtime::telemetry::exporting() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "relay.publish",
         otel.kind = "producer",

@@ -13,6 +13,7 @@
 //! children through the propagated context, as OpenTelemetry's messaging conventions have it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::Context;
@@ -34,6 +35,15 @@ use crate::config::{Config, LogFormat};
 use crate::error::RuntimeError;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans (`CIM_OTLP_ENDPOINT` set). The spans made per message
+/// (the relay's publish, the websocket feed's dispatch) are made only then: without an exporter
+/// no one sees them, and the context they would pass on is passed on as received, so a relay
+/// publishing its batches pays nothing for traces no one collects.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Flushes spans on shutdown. Keep it alive for the life of the process.
 #[derive(Debug)]
@@ -68,6 +78,7 @@ pub fn init(process_name: &str, config: &Config) -> Result<TelemetryGuard, Runti
             .build()
             .map_err(|e| RuntimeError::Telemetry(format!("OTLP exporter for {endpoint}: {e}")))?;
         builder = builder.with_batch_exporter(exporter);
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     let provider = builder.build();
     let tracer = provider.tracer("cim");

@@ -259,7 +259,7 @@ fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
         let mut client =
             pb::workflow_service_client::WorkflowServiceClient::connect(format!("http://{addr}")).await.unwrap();
         let tenant = cim_core::TenantId::new().to_string();
-        let req = |msg, traceparent: Option<String>| {
+        fn req<T>(tenant: &str, msg: T, traceparent: Option<String>) -> tonic::Request<T> {
             let mut r = tonic::Request::new(msg);
             r.metadata_mut().insert("x-cim-tenant", tenant.parse().unwrap());
             r.metadata_mut().insert("x-cim-actor", "user:tracer".parse().unwrap());
@@ -267,19 +267,19 @@ fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
                 r.metadata_mut().insert("traceparent", tp.parse().unwrap());
             }
             r
-        };
+        }
         let definition = json!({"name": "traced", "steps": [
             {"id": "total", "kind": "automated", "set": {"total": "price * qty"}}]});
         let definition = cim_proto::json::json_to_struct(definition.as_object().unwrap());
         let create = pb::CreateDefinitionRequest { definition: Some(definition), ..Default::default() };
-        let created = client.create_definition(req(create, None)).await.unwrap().into_inner();
+        let created = client.create_definition(req(&tenant, create, None)).await.unwrap().into_inner();
         let context = cim_proto::json::json_to_struct(json!({"price": 2, "qty": 3}).as_object().unwrap());
         let start =
             pb::StartWorkflowRequest { definition_id: created.id, context: Some(context), ..Default::default() };
         let traceparent = format!("00-{trace_id}-{caller_span}-01");
-        let started = client.start_workflow(req(start, Some(traceparent))).await.unwrap().into_inner();
+        let started = client.start_workflow(req(&tenant, start, Some(traceparent))).await.unwrap().into_inner();
         let get = pb::GetWorkflowRequest { instance_id: started.id.clone() };
-        let instance = client.get_workflow(req(get, None)).await.unwrap().into_inner();
+        let instance = client.get_workflow(req(&tenant, get, None)).await.unwrap().into_inner();
         let context = cim_proto::json::struct_to_json(instance.context).unwrap();
         (started.id, instance.status, serde_json::Value::Object(context))
     });

@@ -97,15 +97,19 @@ async fn consume(
             Some(Ok(message)) => {
                 let Ok(position) = message.info().map(|i| i.stream_sequence) else { continue };
                 // The websocket hop of the event's trace: a consumer span continuing the relay's
-                // publish, whose context the event frames carry to the clients.
-                let span = tracing::info_span!(
-                    "websocket.dispatch",
-                    otel.kind = "consumer",
-                    messaging.system = "nats",
-                    domain = %feed.domain,
-                    position,
-                );
-                if let Some(h) = &message.headers {
+                // publish, whose context the event frames carry to the clients (when spans are
+                // exported; otherwise the frames carry the publish's, from the headers).
+                let span = match cim_runtime::telemetry::exporting() {
+                    true => tracing::info_span!(
+                        "websocket.dispatch",
+                        otel.kind = "consumer",
+                        messaging.system = "nats",
+                        domain = %feed.domain,
+                        position,
+                    ),
+                    false => tracing::Span::none(),
+                };
+                if let Some(h) = message.headers.as_ref().filter(|_| !span.is_none()) {
                     cim_runtime::telemetry::continue_nats(&span, h);
                 }
                 let _entered = span.enter();
@@ -113,7 +117,9 @@ async fn consume(
                     Ok(mut e) => {
                         let delay = SystemTime::now().duration_since(e.occurred_at).unwrap_or_default();
                         feed.metrics.feed_delay.record(delay.as_secs_f64());
-                        e.traceparent = cim_runtime::telemetry::traceparent_of(&span).map(Box::from);
+                        if !span.is_none() {
+                            e.traceparent = cim_runtime::telemetry::traceparent_of(&span).map(Box::from);
+                        }
                         Some(Arc::new(e))
                     }
                     Err(e) => {
