@@ -185,6 +185,15 @@ impl<A: Aggregate> CommandExecutor<A> {
         };
         metrics::counter!(COMMANDS_TOTAL, "service" => self.service, "command" => A::command_name(command), "outcome" => outcome)
             .increment(1);
+        // Written in the request's span: a JSON line carries its trace id.
+        tracing::debug!(
+            service = self.service,
+            command = A::command_name(command),
+            aggregate = %id,
+            outcome,
+            version = result.as_ref().ok().map(|done| done.version),
+            "command executed"
+        );
         result
     }
 

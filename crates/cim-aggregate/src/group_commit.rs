@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use cim_eventstore::{Append, Appended, EventStore, SealedAppend, StoreError};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// Commands written together by one statement, by service.
 pub const WRITE_GROUP_SIZE: &str = "cim_write_group_size";
@@ -82,12 +83,18 @@ impl<S: GroupStatement> GroupCommit<S> {
     /// `Ok(None)`: the head or an assumption did not hold (or the group's statement was refused)
     /// and nothing of this command was written.
     pub async fn append(&self, append: &Append, rows: S::Rows) -> Result<Option<Appended>, StoreError> {
-        let sealed = self.store.seal_guarded(append)?;
-        let (reply, done) = oneshot::channel();
-        if self.queue.send(Pending { sealed, rows, reply }).await.is_err() {
-            return Ok(None);
+        let span = self.store.append_span(append);
+        async {
+            // Sealed in the span: the outbox rows carry its trace context.
+            let sealed = self.store.seal_guarded(append)?;
+            let (reply, done) = oneshot::channel();
+            if self.queue.send(Pending { sealed, rows, reply }).await.is_err() {
+                return Ok(None);
+            }
+            done.await.unwrap_or(Ok(None))
         }
-        done.await.unwrap_or(Ok(None))
+        .instrument(span)
+        .await
     }
 }
 

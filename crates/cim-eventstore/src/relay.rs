@@ -17,6 +17,7 @@ use cim_core::{EventEnvelope, EventSubject, SubjectPrefix, headers};
 use cim_runtime::Shutdown;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgListener};
+use tracing::Instrument;
 
 use crate::error::StoreError;
 use crate::metrics::{
@@ -241,10 +242,12 @@ impl Relay {
         let mut failure = None;
         if careful {
             for p in &pending {
-                let acked = match self.send(p, None).await {
+                let span = publish_span(p);
+                let acked = match self.send(p, &span, None).await {
                     Ok(ack) => self.await_ack(ack).await,
                     Err(e) => Err(e),
                 };
+                drop(span);
                 match acked {
                     Ok(()) => done.push(p.position),
                     Err(e) => {
@@ -261,8 +264,10 @@ impl Relay {
             let mut acks = Vec::with_capacity(pending.len());
             let mut previous: Option<String> = None;
             for p in &pending {
-                match self.send(p, previous.as_deref()).await {
-                    Ok(ack) => acks.push((p.position, ack)),
+                // Each event's span lasts until its acknowledgement.
+                let span = publish_span(p);
+                match self.send(p, &span, previous.as_deref()).await {
+                    Ok(ack) => acks.push((p.position, ack, span)),
                     Err(e) => {
                         failure = Some(e);
                         break;
@@ -272,7 +277,7 @@ impl Relay {
             }
             // Whatever was sent is awaited, so its prefix is recorded even if a later send
             // failed; only the acknowledged prefix counts, the rest is retried in order.
-            for (position, ack) in acks {
+            for (position, ack, _span) in acks {
                 match self.await_ack(ack).await {
                     Ok(()) => done.push(position),
                     Err(e) => {
@@ -310,14 +315,45 @@ impl Relay {
         }
     }
 
+    /// Sends `p` with `span`'s trace context in its headers, so consumers continue the trace as
+    /// children of the publish.
     async fn send(
         &self,
         p: &Pending,
+        span: &tracing::Span,
         previous: Option<&str>,
     ) -> Result<jetstream::context::PublishAckFuture, StoreError> {
-        let (subject, publish) = event_message(&self.prefix, &p.event, p.traceparent.as_deref(), previous)?;
-        self.js.send_publish(subject, publish).await.map_err(|err| StoreError::JetStream(format!("publish: {err}")))
+        let traceparent = match span.is_none() {
+            true => p.traceparent.clone(),
+            false => cim_runtime::telemetry::traceparent_of(span),
+        };
+        let (subject, publish) = event_message(&self.prefix, &p.event, traceparent.as_deref(), previous)?;
+        self.js
+            .send_publish(subject, publish)
+            .instrument(span.clone())
+            .await
+            .map_err(|err| StoreError::JetStream(format!("publish: {err}")))
     }
+}
+
+/// One event's publish: a producer span continuing the trace of the append that stored it (the
+/// outbox's `traceparent`); an event stored without one starts a trace of its own. None when
+/// spans are not exported: the stored context is then published as it is.
+fn publish_span(p: &Pending) -> tracing::Span {
+    if !cim_runtime::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "relay.publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        event_id = %p.event.event_id,
+        event_type = %p.event.event_type,
+    );
+    if let Some(tp) = &p.traceparent {
+        cim_runtime::telemetry::continue_traceparent(&span, tp);
+    }
+    span
 }
 
 /// An event as the relay publishes it: its subject, and the envelope with `Nats-Msg-Id` = the

@@ -1,9 +1,19 @@
 //! Logs, traces and W3C trace-context propagation.
 //!
-//! A tracer provider is always installed so every request has a trace id (logged with each line
-//! inside the request's span); spans are exported only when `CIM_OTLP_ENDPOINT` is set.
+//! A tracer provider is always installed so every request has a trace id (a JSON log line
+//! written inside any span of a trace carries it as `trace_id`); spans are exported only when
+//! `CIM_OTLP_ENDPOINT` is set.
+//!
+//! One trace follows a write from the gateway to the websocket client: the gateway's HTTP span
+//! injects `traceparent` into its gRPC call; the service's gRPC span (`grpc::RedLayer`)
+//! continues it; the event store's append span stores its `traceparent` with the outbox row; the
+//! relay's publish span continues that stored context and puts its own into the NATS headers;
+//! the websocket server's dispatch span continues those and sends the same `traceparent` in the
+//! event frame. The hops after the commit run later, in other tasks or processes: they are
+//! children through the propagated context, as OpenTelemetry's messaging conventions have it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::Context;
@@ -13,7 +23,11 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -21,6 +35,15 @@ use crate::config::{Config, LogFormat};
 use crate::error::RuntimeError;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans (`CIM_OTLP_ENDPOINT` set). The spans made per message
+/// (the relay's publish, the websocket feed's dispatch) are made only then: without an exporter
+/// no one sees them, and the context they would pass on is passed on as received, so a relay
+/// publishing its batches pays nothing for traces no one collects.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Flushes spans on shutdown. Keep it alive for the life of the process.
 #[derive(Debug)]
@@ -55,6 +78,7 @@ pub fn init(process_name: &str, config: &Config) -> Result<TelemetryGuard, Runti
             .build()
             .map_err(|e| RuntimeError::Telemetry(format!("OTLP exporter for {endpoint}: {e}")))?;
         builder = builder.with_batch_exporter(exporter);
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     let provider = builder.build();
     let tracer = provider.tracer("cim");
@@ -63,19 +87,21 @@ pub fn init(process_name: &str, config: &Config) -> Result<TelemetryGuard, Runti
     let filter =
         EnvFilter::try_new(&config.log_filter).map_err(|e| RuntimeError::Telemetry(format!("CIM_LOG: {e}")))?;
     let fmt = match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_ansi(false)
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
-            .boxed(),
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false);
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_ansi(false)
+                .event_format(WithTraceId(json.flatten_event(true)))
+                .boxed()
+        }
         LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().with_ansi(colours(&std::io::stdout())).boxed(),
     };
+    // CIM_LOG chooses log lines only: spans at info and above are always traced, so quieter
+    // logs (`CIM_LOG=warn`) do not break traces (a disabled span has no context to propagate).
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO))
         .try_init()
         .is_ok();
     if !installed || PROVIDER.set(provider.clone()).is_err() {
@@ -97,6 +123,41 @@ pub fn current_trace_id() -> Option<String> {
     let cx = tracing::Span::current().context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// A JSON event format that adds the trace id of the span the line is written in as a top-level
+/// `trace_id`, whichever span of the trace that is (the JSON format itself shows only the
+/// innermost span's own fields), so one search finds every line of a request in every service.
+struct WithTraceId<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceId<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut out: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // The registry's current span, not the one this layer sees: CIM_LOG filters spans out of
+        // the log layer (`CIM_LOG=warn` hides info spans) but not out of the trace. Looked up
+        // after the inner format released the span's extensions: reading the OTel context may
+        // lock them for writing (a span's OTel data is built on first use).
+        let trace_id = tracing::dispatcher::get_default(|d| {
+            let current = d.current_span();
+            tracing_opentelemetry::get_otel_context(current.id()?, d)
+        });
+        let sc = trace_id.as_ref().map(|cx| cx.span().span_context().clone());
+        match (sc.filter(|sc| sc.is_valid()), line.strip_prefix('{')) {
+            (Some(sc), Some(rest)) => write!(out, "{{\"trace_id\":\"{}\",{rest}", sc.trace_id()),
+            _ => out.write_str(&line),
+        }
+    }
 }
 
 /// Makes `span` a child of the remote context carried by `extractor`.
@@ -155,6 +216,28 @@ pub fn extract_http(headers: &http::HeaderMap) -> Context {
 /// Parents `span` on the context in `headers`, if any.
 pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
     adopt(span, extract_http(headers));
+}
+
+/// The W3C `traceparent` of `span` (not necessarily the current one): what a producer span puts
+/// on the message it sends.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    propagator().inject_context(&span.context(), &mut HeaderMapCarrier(&mut headers));
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Parents `span` on a stored W3C `traceparent` (the outbox's), if it parses.
+pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
+    struct One<'a>(&'a str);
+    impl Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == "traceparent").then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent"]
+        }
+    }
+    adopt(span, propagator().extract(&One(traceparent)));
 }
 
 /// For outgoing tonic requests.

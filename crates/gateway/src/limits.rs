@@ -170,7 +170,13 @@ pub async fn deadline_and_metrics(State(deadline): State<Deadline>, req: Request
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
     // The request's span continues the caller's trace; outgoing gRPC calls inject it.
-    let span = tracing::info_span!("http", %method, %route, otel.kind = "server");
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+    );
     cim_runtime::telemetry::continue_http(&span, req.headers());
     let res = if deadline.unbounded.contains(&route.as_str()) {
         next.run(req).instrument(span).await

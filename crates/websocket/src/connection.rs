@@ -487,7 +487,9 @@ async fn write_loop<W>(
                         None
                     } else {
                         occurred.push(event.occurred_at);
-                        Some(Message::Text(event_frame(&id_json, event.position, &event.envelope).into()))
+                        Some(Message::Text(
+                            event_frame(&id_json, event.position, event.traceparent.as_deref(), &event.envelope).into(),
+                        ))
                     }
                 }
                 Outbound::Control(text) => {

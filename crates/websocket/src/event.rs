@@ -19,6 +19,9 @@ pub struct FeedEvent {
     pub occurred_at: SystemTime,
     /// The envelope exactly as published.
     pub envelope: Box<str>,
+    /// The W3C trace context the event frame carries: the live feed's dispatch span's, or for
+    /// a catch-up read the publish's from the message headers.
+    pub traceparent: Option<Box<str>>,
 }
 
 /// The envelope fields routing needs; the rest is passed through untouched.
@@ -49,12 +52,15 @@ pub fn decode(position: u64, payload: &[u8], tenant_header: Option<&str>) -> Res
         event_type: r.event_type,
         occurred_at: r.occurred_at.into(),
         envelope: envelope.into(),
+        traceparent: None,
     })
 }
 
 pub(crate) fn decode_message(position: u64, message: &async_nats::Message) -> Result<FeedEvent, String> {
-    let tenant = message.headers.as_ref().and_then(|h| h.get(headers::TENANT_ID)).map(|v| v.as_str());
-    decode(position, &message.payload, tenant)
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+    let mut event = decode(position, &message.payload, header(headers::TENANT_ID))?;
+    event.traceparent = header(headers::TRACEPARENT).map(Box::from);
+    Ok(event)
 }
 
 #[cfg(test)]

@@ -247,15 +247,21 @@ pub fn error_frame(id: Option<&str>, refusal: &Refusal) -> String {
     ServerFrame::Error { id, code: refusal.code.as_str(), message: &refusal.message }.to_json()
 }
 
-/// `{"type":"event","id":<id>,"position":<n>,"event":<envelope>}`. `id_json` is the subscription
-/// id already JSON-encoded and `envelope` the JSON the relay published, so an event is never
-/// decoded and re-encoded per client.
-pub fn event_frame(id_json: &str, position: u64, envelope: &str) -> String {
-    let mut s = String::with_capacity(envelope.len() + id_json.len() + 48);
+/// `{"type":"event","id":<id>,"position":<n>,"traceparent":<w3c>,"event":<envelope>}`. `id_json`
+/// is the subscription id already JSON-encoded and `envelope` the JSON the relay published, so an
+/// event is never decoded and re-encoded per client. `traceparent` (left out when unknown) is
+/// W3C text: digits, hex and dashes, nothing to escape.
+pub fn event_frame(id_json: &str, position: u64, traceparent: Option<&str>, envelope: &str) -> String {
+    let mut s = String::with_capacity(envelope.len() + id_json.len() + 112);
     s.push_str(r#"{"type":"event","id":"#);
     s.push_str(id_json);
     s.push_str(r#","position":"#);
     let _ = write!(s, "{position}");
+    if let Some(tp) = traceparent.filter(|tp| tp.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+        s.push_str(r#","traceparent":""#);
+        s.push_str(tp);
+        s.push('"');
+    }
     s.push_str(r#","event":"#);
     s.push_str(envelope);
     s.push('}');
@@ -327,9 +333,15 @@ mod tests {
 
     #[test]
     fn event_frames_embed_the_envelope_verbatim() {
-        let frame = event_frame(&serde_json::to_string("s\"1").unwrap(), 42, r#"{"a":1}"#);
+        let frame = event_frame(&serde_json::to_string("s\"1").unwrap(), 42, None, r#"{"a":1}"#);
         let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(v, serde_json::json!({"type": "event", "id": "s\"1", "position": 42, "event": {"a": 1}}));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let v: serde_json::Value = serde_json::from_str(&event_frame("\"s\"", 7, Some(tp), "{}")).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "event", "id": "s", "position": 7, "traceparent": tp, "event": {}}));
+        // A header that is not W3C text never reaches the frame (it could break the JSON).
+        let v: serde_json::Value = serde_json::from_str(&event_frame("\"s\"", 7, Some("a\"b"), "{}")).unwrap();
+        assert!(v.get("traceparent").is_none());
     }
 
     #[test]

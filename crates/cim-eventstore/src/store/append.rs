@@ -1,17 +1,35 @@
 //! Appending: the one-statement append (events, outbox and idempotency key), in its own
 //! transaction or the caller's, and what a committed append announces.
 
+use tracing::Instrument;
+
 use super::*;
 
 impl EventStore {
+    /// The span of one command's append: its context is the `traceparent` stored with the
+    /// command's outbox rows (sealing reads the current span), so the relay's publish span is
+    /// its child. Every append path runs in one, the group-committed one too (entered by
+    /// whoever queues the command, so it covers the wait for the group's statement).
+    pub fn append_span(&self, cmd: &Append) -> tracing::Span {
+        tracing::info_span!(
+            "eventstore.append",
+            otel.kind = "internal",
+            schema = %self.inner.config.schema,
+            aggregate_id = %cmd.context.aggregate_id,
+            events = cmd.events.len(),
+        )
+    }
+
     /// Appends without projections.
     pub async fn append(&self, cmd: Append) -> Result<Appended, StoreError> {
-        self.append_inner(cmd, None).await
+        let span = self.append_span(&cmd);
+        self.append_inner(cmd, None).instrument(span).await
     }
 
     /// Appends and runs `projector` in the same transaction.
     pub async fn append_with(&self, cmd: Append, projector: &dyn Projector) -> Result<Appended, StoreError> {
-        self.append_inner(cmd, Some(projector)).await
+        let span = self.append_span(&cmd);
+        self.append_inner(cmd, Some(projector)).instrument(span).await
     }
 
     async fn append_inner(&self, cmd: Append, projector: Option<&dyn Projector>) -> Result<Appended, StoreError> {
@@ -84,9 +102,14 @@ impl EventStore {
     /// The caller commits, then calls [`EventStore::committed`]. A stale expectation surfaces as
     /// [`StoreError::Conflict`] and leaves the transaction aborted: roll it back.
     pub async fn append_in_tx(&self, tx: &mut PgConnection, cmd: &Append) -> Result<Appended, StoreError> {
-        self.validate(cmd)?;
-        let head = self.head(tx, cmd).await?;
-        self.write(tx, cmd, head, None).await
+        let span = self.append_span(cmd);
+        async {
+            self.validate(cmd)?;
+            let head = self.head(tx, cmd).await?;
+            self.write(tx, cmd, head, None).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Announces appends committed through [`EventStore::append_in_tx`]: metrics, relay wake-up.

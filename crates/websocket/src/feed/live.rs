@@ -96,10 +96,30 @@ async fn consume(
             Some(Err(e)) => tracing::debug!(domain = %feed.domain, error = %e, "live feed hiccup"),
             Some(Ok(message)) => {
                 let Ok(position) = message.info().map(|i| i.stream_sequence) else { continue };
+                // The websocket hop of the event's trace: a consumer span continuing the relay's
+                // publish, whose context the event frames carry to the clients (when spans are
+                // exported; otherwise the frames carry the publish's, from the headers).
+                let span = match cim_runtime::telemetry::exporting() {
+                    true => tracing::info_span!(
+                        "websocket.dispatch",
+                        otel.kind = "consumer",
+                        messaging.system = "nats",
+                        domain = %feed.domain,
+                        position,
+                    ),
+                    false => tracing::Span::none(),
+                };
+                if let Some(h) = message.headers.as_ref().filter(|_| !span.is_none()) {
+                    cim_runtime::telemetry::continue_nats(&span, h);
+                }
+                let _entered = span.enter();
                 let event = match decode_message(position, &message) {
-                    Ok(e) => {
+                    Ok(mut e) => {
                         let delay = SystemTime::now().duration_since(e.occurred_at).unwrap_or_default();
                         feed.metrics.feed_delay.record(delay.as_secs_f64());
+                        if !span.is_none() {
+                            e.traceparent = cim_runtime::telemetry::traceparent_of(&span).map(Box::from);
+                        }
                         Some(Arc::new(e))
                     }
                     Err(e) => {

@@ -83,6 +83,11 @@ fn start(w: &Workflow, step: &Step, instance: AggregateId, now: DateTime<Utc>, j
     if step.spec.kind.reaches_out() || step.spec.kind == StepKind::WaitEvent {
         return super::outreach::start(w, step, instance, attempt, deadline, now, jitter);
     }
+    // A step the service runs itself is a span of the trace that advanced it: StartWorkflow's
+    // when it runs in the start's first tick, the command's that made it ready otherwise.
+    let _span =
+        tracing::info_span!("workflow.step", otel.kind = "internal", step = %id, kind = ?step.spec.kind, attempt)
+            .entered();
     let started = StepExecutionStarted { step: id.clone(), attempt, deadline, outreach: None, wait: None };
     let mut events = vec![WorkflowEvent::StepStarted(started)];
     let completed = |output: Map<String, Value>| {
