@@ -791,10 +791,13 @@ def gateway_cache_consumers() -> tuple[list[str], str]:
 
 def workflow_listeners() -> list[tuple[str, str]]:
     """(domain, durable name) of every consumer the workflow service's listener runs: one per
-    domain of workflow::listen::DOMAINS, named as Listener::consumers formats it
-    (workflow-listen-<domain>)."""
+    domain of workflow::spec::LISTENED (listen::DOMAINS is that table; the spec refuses filters
+    on any other domain), named as Listener::consumers formats it (workflow-listen-<domain>)."""
     src = (ROOT / "crates/workflow/src/listen.rs").read_text()
-    table = re.search(r"pub const DOMAINS: \[Domain; \d+\] = \[(.*?)\];", src, re.S)
+    spec = (ROOT / "crates/workflow/src/spec/outward.rs").read_text()
+    if not re.search(r"pub const DOMAINS: \[Domain; \d+\] = crate::spec::LISTENED;", src):
+        return []
+    table = re.search(r"pub const LISTENED: \[Domain; \d+\] = \[(.*?)\];", spec, re.S)
     domains = [d.lower() for d in re.findall(r"Domain::(\w+)", table.group(1) if table else "")]
     name = re.search(r'format!\("([a-z0-9-]*)\{domain\}"\)', src)
     return [(d, f"{name.group(1)}{d}") for d in domains] if name else []
@@ -840,12 +843,12 @@ def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") 
 
 def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     """The workflow service's NATS user can run each consumer its listener declares (a domain
-    added to workflow::listen::DOMAINS needs its grants) and nothing more on the streams it reads:
+    added to workflow::spec::LISTENED needs its grants) and nothing more on the streams it reads:
     no other consumer, no ephemeral one, no delete. Every consumer grant it holds names one of
     those consumers (the two lists agree both ways)."""
     where = "docker/nats/accounts.conf: user workflow"
     listeners = workflow_listeners()
-    if not c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS table or consumer name found"):
+    if not c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS = spec::LISTENED table or consumer name found"):
         return
     perms = nats_users(text).get("workflow")
     for d, durable in listeners:
