@@ -10,6 +10,8 @@ mod harness;
 mod http;
 #[path = "support/gateway.rs"]
 mod support;
+#[path = "support/webhook.rs"]
+mod webhook;
 #[path = "support/workflow.rs"]
 mod workflow;
 
@@ -291,12 +293,15 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let documents = document::DocumentService::start(&graph.prefix).await;
     let agents = agent::AgentService::start(&graph.prefix).await;
     let workflows = workflow::WorkflowService::start(&graph.prefix).await;
+    let webhooks = webhook::WebhookService::start(&graph.prefix).await;
     let (document_urls, agent_urls, workflow_urls) = (documents.url(), agents.url(), workflows.url());
+    let webhook_urls = webhooks.url();
     let upstreams = [
         ("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"),
         ("CIM_GATEWAY_DOCUMENT_URLS", document_urls.as_str()),
         ("CIM_GATEWAY_AGENT_URLS", agent_urls.as_str()),
         ("CIM_GATEWAY_WORKFLOW_URLS", workflow_urls.as_str()),
+        ("CIM_GATEWAY_WEBHOOK_URLS", webhook_urls.as_str()),
     ];
     let gw = gateway(&graph, &upstreams).await;
     let t = TenantId::new();
@@ -340,6 +345,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     assert!(out.status.success(), "schemathesis found problems:\n{report}");
     assert!(report.contains("passed"), "{report}");
     gw.stop().await;
+    webhooks.stop().await;
     agents.stop().await;
     workflows.stop().await;
     documents.stop().await;

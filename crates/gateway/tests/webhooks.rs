@@ -4,6 +4,8 @@
 
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/webhook.rs"]
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use cim_core::TenantId;
 use cim_runtime::{ServiceKind, Shutdown};
-use cim_testkit::domain::{Running, config, unique};
+use cim_testkit::domain::{config, unique};
 use http::{Auth, call, problem, token};
 
 /// A receiver: allows the handshake, records the `ce-type` and `webhook-signature` of each POST.
@@ -41,17 +43,8 @@ async fn receiver() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscriptions_over_rest() {
     let prefix = unique("p");
-    let schema = unique("gw");
-    let shutdown = Shutdown::new();
-    let vars = [("CIM_DATABASE_MAX_CONNECTIONS", "8".to_owned()), ("CIM_WEBHOOK_POLL_MS", "50".to_owned())];
-    let service_config = config(ServiceKind::Webhook, &prefix, &vars);
-    let options = cim_webhook::app::WebhookOptions { schema: schema.clone(), settings: service_config.webhook.clone() };
-    let prepared = cim_webhook::app::prepare_with(&service_config, &shutdown, options).await.unwrap();
-    let service = Running::spawn(prepared, schema, prefix.clone(), shutdown);
-    let vars = [
-        ("CIM_GATEWAY_WEBHOOK_URLS", format!("http://{}", service.grpc)),
-        ("CIM_JWT_HS256_SECRET", http::SECRET.to_owned()),
-    ];
+    let service = webhook::WebhookService::start(&prefix).await;
+    let vars = [("CIM_GATEWAY_WEBHOOK_URLS", service.url()), ("CIM_JWT_HS256_SECRET", http::SECRET.to_owned())];
     let stop = Shutdown::new();
     let gw = cim_gateway::app::prepare(&config(ServiceKind::Gateway, &prefix, &vars), &stop).await.unwrap();
     let addr = gw.addr;
