@@ -117,7 +117,12 @@ impl Consumer {
     /// Consumes until `stop`; binds the consumer again after errors.
     pub async fn run(self, stop: Shutdown) {
         self.pull()
-            .run(&self.js, &stop, |_| {}, |message| async { self.process(message).await.map_err(|e| e.to_string()) })
+            .run(
+                &self.js,
+                &stop,
+                |_| async {},
+                |message| async { self.process(message).await.map_err(|e| e.to_string()) },
+            )
             .await;
     }
 

@@ -15,7 +15,7 @@ pub mod streams;
 
 pub use dead_letter::{dead_letter_or_retry, publish_dead_letter, publish_dead_letter_of};
 pub use metrics::ConsumerMetrics;
-pub use pull::{Binding, PullLoop};
+pub use pull::{Binding, Bound, PullLoop};
 
 /// A JetStream operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -39,6 +39,19 @@ pub struct PullLoop {
     pub metrics: Option<ConsumerMetrics>,
 }
 
+/// What the loop tells its owner about its binding, before any message of it is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Bound to a durable consumer that was there: it goes on from its acknowledged position.
+    Resumed,
+    /// Bound to a consumer this bind created: the first start, an ordered consumer, or a durable
+    /// whose stream was lost (and rebuilt) with it. What its deliver policy skips was never
+    /// seen: a reader that must not miss a change forgets what it knew.
+    Created,
+    /// The binding is gone until the next bind.
+    Lost,
+}
+
 type Messages = Pin<Box<dyn Stream<Item = Result<Message, String>> + Send>>;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -64,24 +77,26 @@ impl PullLoop {
         }
     }
 
-    /// Runs until `stop`. `live(true)` is called each time the consumer is bound and
-    /// `live(false)` each time it is lost (a reader that must not miss messages, like a cache,
-    /// stops trusting itself in between). A handler's `Err` means "cannot go on with this
-    /// binding": the loop binds again (unacknowledged messages are redelivered).
-    pub async fn run<H, F>(&self, js: &jetstream::Context, stop: &Shutdown, live: impl Fn(bool), handle: H)
+    /// Runs until `stop`. `live` is told each time the consumer is bound (and awaited before the
+    /// binding's first message) and each time it is lost (a reader that must not miss messages,
+    /// like a cache, stops trusting itself in between). A handler's `Err` means "cannot go on
+    /// with this binding": the loop binds again (unacknowledged messages are redelivered).
+    pub async fn run<H, F, L, G>(&self, js: &jetstream::Context, stop: &Shutdown, live: L, handle: H)
     where
         H: Fn(Message) -> F,
         F: Future<Output = Result<(), String>>,
+        L: Fn(Bound) -> G,
+        G: Future<Output = ()>,
     {
         let mut backoff = FIRST_BACKOFF;
         while !stop.is_triggered() {
             let outcome = tokio::select! {
                 bound = self.bind(js) => match bound {
-                    Ok(messages) => {
-                        live(true);
+                    Ok((messages, bound)) => {
+                        live(bound).await;
                         backoff = FIRST_BACKOFF;
                         let outcome = self.consume(messages, stop, &handle).await;
-                        live(false);
+                        live(Bound::Lost).await;
                         outcome
                     }
                     Err(e) => Err(e),
@@ -99,19 +114,25 @@ impl PullLoop {
         }
     }
 
-    async fn bind(&self, js: &jetstream::Context) -> Result<Messages, String> {
+    async fn bind(&self, js: &jetstream::Context) -> Result<(Messages, Bound), String> {
         let stream = js.get_stream(&self.stream).await.map_err(|e| format!("stream {}: {e}", self.stream))?;
         let consumer = |e: &dyn std::fmt::Display| format!("consumer {} on {}: {e}", self.name, self.stream);
         let pulling = |e: &dyn std::fmt::Display| format!("pulling from {}: {e}", self.stream);
         Ok(match &self.binding {
             Binding::Durable(config) => {
                 let name = config.durable_name.clone().unwrap_or_else(|| self.name.clone());
-                let c = stream.get_or_create_consumer(&name, config.clone()).await.map_err(|e| consumer(&e))?;
-                Box::pin(c.messages().await.map_err(|e| pulling(&e))?.map(|m| m.map_err(|e| e.to_string())))
+                // Any failure to find it counts as creating it: forgetting once too often is safe.
+                let (c, bound) = match stream.get_consumer::<pull::Config>(&name).await {
+                    Ok(c) => (c, Bound::Resumed),
+                    Err(_) => (stream.create_consumer(config.clone()).await.map_err(|e| consumer(&e))?, Bound::Created),
+                };
+                let messages = c.messages().await.map_err(|e| pulling(&e))?;
+                (Box::pin(messages.map(|m| m.map_err(|e| e.to_string()))), bound)
             }
             Binding::Ordered(config) => {
                 let c = stream.create_consumer(config.clone()).await.map_err(|e| consumer(&e))?;
-                Box::pin(c.messages().await.map_err(|e| pulling(&e))?.map(|m| m.map_err(|e| e.to_string())))
+                let messages = c.messages().await.map_err(|e| pulling(&e))?;
+                (Box::pin(messages.map(|m| m.map_err(|e| e.to_string()))), Bound::Created)
             }
         })
     }

@@ -139,3 +139,86 @@ async fn the_graph_cache_hits_while_the_document_stream_is_missing() {
     gw.stop().await;
     graph.stop().await;
 }
+
+/// `cim streams rebuild` after the graph stream was lost while the gateway was down and a graph
+/// changed behind its back. The shared invalidator's durable consumer went with the stream; the
+/// restarted gateway creates it again, starting at new messages, so it never sees the change: the
+/// cache forgets what Redis held instead of serving the graph as it was, then goes on
+/// invalidating on new events, each handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_stream_rebuild_the_cache_serves_nothing_it_missed_and_goes_on() {
+    use cim_proto::graph as pb;
+
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &[]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(harness::nats_url()).await.unwrap());
+    let prefix: SubjectPrefix = graph.prefix.parse().unwrap();
+    let stream_name = prefix.stream_name(Domain::Graph);
+    let tenant = TenantId::new();
+    let auth = bearer(&token(tenant, &["reader", "writer"], now_secs() + 600));
+    let r = call(gw.addr, "POST", "/api/v1/graphs", &auth, Some(r#"{"name":"rebuilt"}"#)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let graph_id = r.json()["graph_id"].as_str().unwrap().to_owned();
+    let nodes = format!("/api/v1/graphs/{graph_id}/nodes");
+    assert!(cached(gw.addr, &nodes, &auth).await, "the node list was never a cache hit");
+    let ids = |at: std::net::SocketAddr| {
+        let (nodes, auth) = (nodes.clone(), auth.clone());
+        async move {
+            let r = call(at, "GET", &nodes, &auth, None).await;
+            let mut ids: Vec<String> = r.json()["items"]
+                .as_array()
+                .map(|items| items.iter().filter_map(|n| n["id"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            ids.sort();
+            ids
+        }
+    };
+    assert!(ids(gw.addr).await.is_empty());
+    gw.stop().await;
+
+    // JetStream loses the stream (and the invalidator's consumer with it); a node is added
+    // directly over gRPC; the stream is rebuilt, as `cim streams rebuild --domain graph` does.
+    js.delete_stream(&stream_name).await.unwrap();
+    let mut direct = graph.client().await;
+    let add = |id: &str| pb::AddNodeRequest {
+        graph_id: graph_id.clone(),
+        node: Some(harness::node(id, "person")),
+        options: None,
+    };
+    direct.add_node(harness::req(tenant, add("missed"))).await.unwrap();
+    let rebuilt = cim_eventstore::archive::republish::republish(
+        &graph.pool,
+        &graph.schema,
+        Domain::Graph,
+        &js,
+        &prefix,
+        1,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(rebuilt.published + rebuilt.present, 2, "{rebuilt:?}");
+
+    // The gateway again, with the same Redis: nothing cached before is served.
+    let gw = gateway(&graph, &[]).await;
+    let bound = eventually(|| async {
+        let Ok(stream) = js.get_stream(&stream_name).await else { return false };
+        stream.consumer_info(cim_gateway::cache::DURABLE).await.is_ok()
+    })
+    .await;
+    assert!(bound, "the invalidator never bound the rebuilt stream");
+    assert!(cached(gw.addr, &nodes, &auth).await, "the cache never served again after the rebuild");
+    assert_eq!(ids(gw.addr).await, ["missed"], "the graph as it was before the loss was served");
+
+    // And goes on: a later direct change arrives as an event and invalidates.
+    direct.add_node(harness::req(tenant, add("later"))).await.unwrap();
+    assert!(eventually(|| async { ids(gw.addr).await == ["later", "missed"] }).await, "the later change never showed");
+    // Caught up with the rebuilt stream, each message handled once.
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let info = stream.consumer_info(cim_gateway::cache::DURABLE).await.unwrap();
+    assert_eq!((info.delivered.stream_sequence, info.num_ack_pending, info.num_redelivered), (last, 0, 0), "{info:?}");
+
+    gw.stop().await;
+    graph.stop().await;
+}

@@ -71,7 +71,7 @@ impl Listener {
                         .run(
                             &js,
                             &stop,
-                            |_| {},
+                            |_| async {},
                             |message| {
                                 let (listener, js, prefix, metrics, name) =
                                     (&listener, &js, &prefix, &metrics, name.as_str());

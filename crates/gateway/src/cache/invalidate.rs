@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{AckKind, Context, Message};
 use cim_core::SubjectPrefix;
-use cim_streams::{Binding, ConsumerMetrics, PullLoop};
+use cim_streams::{Binding, Bound, ConsumerMetrics, PullLoop};
 
 use super::shared::{Bumps, MAX_BUMPS};
 use super::{DomainCache, canonical_id};
@@ -53,13 +53,46 @@ pub async fn invalidator(state: Invalidator, js: Context, stop: cim_runtime::Shu
         metrics: Some(metrics.clone()),
     };
     // Until the consumer is back after a loss, changes made elsewhere would go unnoticed.
-    let live = |bound: bool| state.cache.set_shared_live(bound);
+    let live = |bound: Bound| forget_if_created(&state, &stop, bound);
     consumer
         .run(&js, &stop, live, |msg| async {
             handle(&state, &js, &metrics, msg).await;
             Ok(())
         })
         .await;
+}
+
+/// A resumed consumer goes on where it was: the cache is trusted again at once. A created one
+/// (the first start, or its stream was lost and rebuilt by `cim streams rebuild`, with
+/// `DeliverPolicy::New` skipping what was republished) never saw the changes made while no
+/// consumer existed: every cached response is bumped before the cache is trusted again.
+async fn forget_if_created(state: &Invalidator, stop: &cim_runtime::Shutdown, bound: Bound) {
+    let domain = state.cache.domain;
+    match bound {
+        Bound::Lost => state.cache.set_shared_live(false),
+        Bound::Resumed => state.cache.set_shared_live(true),
+        Bound::Created => {
+            state.cache.set_shared_live(false);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match state.bumps.bump_every_entry().await {
+                    Ok(bumped) => {
+                        tracing::info!(%domain, bumped, "cache invalidator created: every cached response forgotten");
+                        state.cache.set_shared_live(true);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, ?backoff, "forgetting the cache failed; the domain stays uncached")
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// The aggregates whose cached responses an event makes stale: its own (the aggregate-id header
@@ -138,7 +171,12 @@ pub async fn local_invalidator(
         concurrency: 1,
         metrics: None,
     };
-    let live = |bound: bool| cache.local.set_live(bound);
+    // An ordered consumer is created at each bind and starts at new messages: `set_live` clears
+    // what the first level held.
+    let live = |bound: Bound| {
+        cache.local.set_live(bound != Bound::Lost);
+        std::future::ready(())
+    };
     consumer
         .run(&js, &stop, live, |msg| {
             for aggregate in touched(&msg).unwrap_or_default() {

@@ -39,6 +39,8 @@ type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
 #[derive(Debug, Clone)]
 pub struct Bumps {
     queue: tokio::sync::mpsc::Sender<Bump>,
+    redis: deadpool_redis::Pool,
+    ttl: Duration,
 }
 
 /// At most this many aggregates per pipeline.
@@ -48,8 +50,40 @@ impl Bumps {
     /// Starts the sender; it ends when the last handle is dropped.
     pub fn start(redis: deadpool_redis::Pool, ttl: Duration) -> Self {
         let (queue, rx) = tokio::sync::mpsc::channel(MAX_BUMPS * 4);
-        tokio::spawn(send_bumps(redis, ttl, rx));
-        Self { queue }
+        tokio::spawn(send_bumps(redis.clone(), ttl, rx));
+        Self { queue, redis, ttl }
+    }
+
+    /// Bumps every cached aggregate, of every domain: when changes may have gone unseen (a
+    /// shared invalidator whose consumer went with its stream), nothing cached before is served.
+    /// Answers how many aggregates were bumped.
+    pub async fn bump_every_entry(&self) -> Result<u64, String> {
+        use deadpool_redis::redis;
+        let ttl = self.ttl.as_secs().max(1) as i64;
+        let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        let (mut cursor, mut bumped) = (0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(entry("*"))
+                .arg("COUNT")
+                .arg(MAX_BUMPS)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.hincr(key, "gen", 1).ignore().expire(key, ttl).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            bumped += keys.len() as u64;
+            if next == 0 {
+                metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(bumped);
+                return Ok(bumped);
+            }
+            cursor = next;
+        }
     }
 
     pub async fn bump(&self, aggregate: &str) -> Result<(), String> {

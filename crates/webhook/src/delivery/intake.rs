@@ -42,7 +42,7 @@ pub fn consumers(
                     .run(
                         &js,
                         &stop,
-                        |_| {},
+                        |_| async {},
                         |message| {
                             let (delivery, js, prefix, metrics, name) =
                                 (&delivery, &js, &prefix, &metrics, name.as_str());
