@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::subscription::Subscription;
 
 pub mod cloudevent;
+pub mod floor;
 pub mod intake;
 pub mod sender;
 

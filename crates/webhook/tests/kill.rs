@@ -120,3 +120,102 @@ async fn the_sender_killed_mid_batch_loses_nothing() {
     }
     running.stop().await;
 }
+
+/// The crash case made certain: an event's message is held unacknowledged (as by an intake that
+/// died holding it) while the next event of the same aggregate reaches a new instance at once.
+/// The later event is taken in but not sent until the earlier one has been taken in and sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_later_event_waits_for_an_earlier_one_the_intake_has_not_acknowledged() {
+    use async_nats::jetstream::{AckKind, consumer::pull};
+    use cim_core::subject::EventSubject;
+    use cim_core::{Domain, EventId, SubjectPrefix};
+    use futures::StreamExt;
+
+    let (schema, prefix) = (unique("w"), unique("p"));
+    let first = Service::instance(&schema, &prefix, fast()).await;
+    let mut client = WebhookServiceClient::new(first.channel().await);
+    let tenant = TenantId::new();
+    let (receiver, sink) = (Receiver::start().await, Receiver::start().await);
+    let source_id = AggregateId::new();
+    let made = subscribe(
+        &mut client,
+        tenant,
+        AggregateId::new(),
+        "webhook.evt.subscription.*.*",
+        &format!("event.aggregate_id == '{source_id}'"),
+        &receiver.url(),
+    )
+    .await;
+    assert_eq!(made.state, "active");
+    let made = subscribe(&mut client, tenant, source_id, "graph.evt.none.*.*", "", &sink.url()).await;
+    assert_eq!(made.state, "active");
+    receiver.wait("the source's two events", Duration::from_secs(60), |c| c.len() >= 2).await;
+    let history = first.store.history(tenant, source_id).await.unwrap();
+    let last = history.last().unwrap().clone();
+    first.stop_replica().await;
+
+    // Two more events of the source, published as its relay would; the first one held.
+    let prefix_parsed: SubjectPrefix = prefix.parse().unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(cim_testkit::domain::nats_url()).await.unwrap());
+    let next = |sequence: u64| {
+        let mut event = last.clone();
+        event.event_id = EventId::new();
+        event.sequence = sequence;
+        event
+    };
+    let (held, later) = (next(last.sequence + 1), next(last.sequence + 2));
+    let subject = EventSubject {
+        domain: Domain::Webhook,
+        aggregate_type: last.aggregate_type.clone(),
+        aggregate_id: last.aggregate_id,
+        event_type: last.event_type.clone(),
+    }
+    .to_subject(&prefix_parsed);
+    let publish = |event: cim_core::EventEnvelope| {
+        let (js, subject) = (js.clone(), subject.clone());
+        async move { js.publish(subject, serde_json::to_vec(&event).unwrap().into()).await.unwrap().await.unwrap() }
+    };
+    publish(held.clone()).await;
+    let intake = js
+        .get_stream(prefix_parsed.stream_name(Domain::Webhook))
+        .await
+        .unwrap()
+        .get_consumer::<pull::Config>("webhook-intake-webhook")
+        .await
+        .unwrap();
+    let mut fetched = intake.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+    let holding = fetched.next().await.unwrap().unwrap();
+    let taken: cim_core::EventEnvelope = serde_json::from_slice(&holding.payload).unwrap();
+    assert_eq!(taken.event_id, held.event_id, "the test holds the earlier event");
+    publish(later.clone()).await;
+
+    let second = Service::instance(&schema, &prefix, fast()).await;
+    let row_of = |event: EventId| {
+        let (pool, schema) = (second.pool.clone(), schema.clone());
+        async move {
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "SELECT state FROM {schema}.webhook_deliveries WHERE event_id = $1"
+            )))
+            .bind(event.as_uuid())
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while row_of(later.event_id).await.is_none() {
+        assert!(Instant::now() < until, "the later event was never taken in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Taken in, and held back: several sender polls and floor refreshes pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(row_of(later.event_id).await.as_deref(), Some("pending"));
+    assert_eq!(receiver.calls().len(), 2, "nothing sent while the earlier event is not taken in");
+
+    // The holder lets go (as the ack wait would): both go out, the earlier first.
+    holding.ack_with(AckKind::Nak(None)).await.unwrap();
+    let calls = receiver.wait("both events", Duration::from_secs(60), |c| c.len() >= 4).await;
+    let ids: Vec<&str> = calls[2..].iter().map(|c| c.header("ce-id")).collect();
+    assert_eq!(ids, [held.event_id.to_string(), later.event_id.to_string()]);
+    second.stop().await;
+}

@@ -2,7 +2,9 @@
 //! Each event is matched against the active subscriptions of its tenant in its domain (filter,
 //! then condition) and one delivery row per match is inserted; the message is acknowledged after
 //! the rows commit. A redelivered message inserts nothing (the row's key is subscription and
-//! event), so no inbox is needed.
+//! event), so no inbox is needed. Each row keeps its message's stream sequence: the sender waits
+//! for the consumer's ack floor to reach it (see [`super::sender`]), so an event taken in before
+//! an earlier one of its aggregate (redelivered after a crash) does not go out first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,11 @@ use crate::metrics::INTAKE_TOTAL;
 /// How long an event that could not be taken in (the database did not answer) waits to come again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The intake's durable consumer on `domain`'s stream.
+pub fn consumer_name(domain: Domain) -> String {
+    format!("webhook-intake-{domain}")
+}
+
 /// `(worker name, consumer)` per domain stream. A stream that does not exist yet (its service not
 /// deployed) is bound again with backoff until it does.
 pub fn consumers(
@@ -32,7 +39,7 @@ pub fn consumers(
     Domain::ALL
         .iter()
         .map(|&domain| {
-            let name = format!("webhook-intake-{domain}");
+            let name = consumer_name(domain);
             let consumer = PullLoop::domain_durable(&name, prefix, domain, Duration::from_secs(30));
             let (delivery, js, prefix, stop) = (delivery.clone(), js.clone(), prefix.clone(), stop.clone());
             let worker = name.clone();
@@ -121,10 +128,16 @@ impl Delivery {
         let traceparent =
             message.headers.as_ref().and_then(|h| h.get(headers::TRACEPARENT)).map(|v| v.as_str().to_owned());
         let published = std::str::from_utf8(&message.payload).unwrap_or_default();
+        let stream_sequence = message.info().ok().map(|info| info.stream_sequence as i64);
+        // A message taken in again keeps a pending row's place current: after `cim streams
+        // rebuild` the same event sits at a new stream sequence.
         sqlx::query(
             "INSERT INTO webhook_deliveries (subscription_id, event_id, tenant_id, aggregate_id, sequence, subject, \
-             event, traceparent) SELECT s, $2, $3, $4, $5, $6, CAST($7 AS json), $8 FROM unnest($1::uuid[]) AS s \
-             ON CONFLICT (subscription_id, event_id) DO NOTHING",
+             event, traceparent, domain, stream_sequence) \
+             SELECT s, $2, $3, $4, $5, $6, CAST($7 AS json), $8, $9, $10 FROM unnest($1::uuid[]) AS s \
+             ON CONFLICT (subscription_id, event_id) DO UPDATE SET stream_sequence = EXCLUDED.stream_sequence \
+             WHERE webhook_deliveries.state = 'pending' \
+               AND webhook_deliveries.stream_sequence IS DISTINCT FROM EXCLUDED.stream_sequence",
         )
         .bind(&taking)
         .bind(event.event_id.as_uuid())
@@ -134,6 +147,8 @@ impl Delivery {
         .bind(message.subject.as_str())
         .bind(published)
         .bind(traceparent)
+        .bind(event.domain.as_str())
+        .bind(stream_sequence)
         .execute(&self.pool)
         .await?;
         Ok(taking.len() as u64)

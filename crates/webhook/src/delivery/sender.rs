@@ -1,5 +1,6 @@
 //! The sender: claims due deliveries (each the oldest pending one of its subscription and
-//! aggregate, so an aggregate's events go out in order) under a lease, calls, and records what
+//! aggregate, and only once its stream's intake has taken in everything before it
+//! ([`super::floor`]), so an aggregate's events go out in order) under a lease, calls, and records what
 //! the answer means: delivered; tried again after a backoff with jitter (or the receiver's
 //! Retry-After); the subscription disabled on 410; after the last attempt, the dead-letter
 //! stream with the reason.
@@ -19,6 +20,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::cloudevent::{self, Outcome};
+use super::floor::{self, AckFloors};
 use super::{DEAD_LETTER_CONSUMER, Delivery, SUBSCRIPTION_HEADER};
 use crate::metrics::{DELIVERIES_TOTAL, DELIVERY_SECONDS, LAG_SECONDS, PENDING};
 use crate::signing::Secret;
@@ -42,11 +44,17 @@ struct Claimed {
 /// finishes, the intake wakes it, or the poll interval passes.
 pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: SubjectPrefix, stop: Shutdown) {
     let slots = delivery.settings.concurrency;
+    let mut floors = AckFloors::new(js.clone(), prefix.clone());
     let mut calls = FuturesUnordered::new();
     loop {
+        // Slots left free on floors not asked for this time: look again once they may be stale.
+        let mut floors_stale = false;
         if calls.len() < slots {
-            match delivery.claim(slots - calls.len()).await {
+            let asked = floors.refresh().await;
+            let free = slots - calls.len();
+            match delivery.claim(&floors, free).await {
                 Ok(claimed) => {
+                    floors_stale = !asked && claimed.len() < free;
                     for c in claimed {
                         calls.push(delivery.deliver(&js, &prefix, c));
                     }
@@ -57,6 +65,7 @@ pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: Subjec
         tokio::select! {
             Some(()) = calls.next(), if !calls.is_empty() => {}
             () = delivery.wake.notified() => {}
+            () = tokio::time::sleep(floor::FRESH), if floors_stale => {}
             () = tokio::time::sleep(delivery.settings.poll) => {}
             // Calls in flight are dropped: their leases lapse and they are made again.
             () = stop.wait() => return,
@@ -65,13 +74,17 @@ pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: Subjec
 }
 
 impl Delivery {
-    async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+    async fn claim(&self, floors: &AckFloors, limit: usize) -> Result<Vec<Claimed>, sqlx::Error> {
         // The lease outlasts one call with room to record its outcome.
         let lease = self.settings.timeout + Duration::from_secs(5);
+        let (domains, floors) = floors.as_columns();
         let rows = sqlx::query(
             "WITH due AS ( \
                SELECT d.subscription_id, d.event_id FROM webhook_deliveries d \
                WHERE d.state = 'pending' AND d.next_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now()) \
+                 AND (d.stream_sequence IS NULL OR d.stream_sequence <= 1 + coalesce( \
+                      (SELECT f.floor FROM unnest($3::text[], $4::bigint[]) AS f(domain, floor) \
+                       WHERE f.domain = d.domain), 0)) \
                  AND EXISTS (SELECT 1 FROM webhook_subscriptions s \
                              WHERE s.subscription_id = d.subscription_id AND s.state = 'active') \
                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.subscription_id = d.subscription_id \
@@ -86,6 +99,8 @@ impl Delivery {
         )
         .bind(limit as i64)
         .bind(lease.as_secs_f64())
+        .bind(&domains)
+        .bind(&floors)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
