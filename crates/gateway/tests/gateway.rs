@@ -453,3 +453,38 @@ async fn concurrent_cache_bumps_each_land_before_they_return() {
         assert!((1..=10).contains(&generation), "{generation}");
     }
 }
+
+/// Forgetting the whole cache (an invalidator whose consumer had to be created) returns on an
+/// empty keyspace too, and bumps every cached aggregate of a full one. On a database of its own
+/// (15), which only this test uses, so the count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bumping_every_cache_entry_returns_on_an_empty_cache_and_bumps_each_entry() {
+    let base = std::env::var("CIM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let settings = cim_runtime::redis::RedisSettings {
+        url: format!("{}/15", base.trim_end_matches('/')),
+        max_size: 2,
+        timeout: Duration::from_secs(2),
+    };
+    let pool = cim_runtime::redis::connect_lazy(&settings).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let () = deadpool_redis::redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+    let bumps = cim_gateway::cache::Bumps::start(pool.clone(), Duration::from_secs(60));
+    let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
+    assert_eq!(within(bumps.bump_every_entry()).await.expect("returned"), Ok(0));
+
+    let aggregates: Vec<String> = (0..600).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for a in &aggregates {
+        bumps.bump(a).await.unwrap();
+    }
+    assert_eq!(within(bumps.bump_every_entry()).await.expect("returned"), Ok(600));
+    for a in aggregates.iter().step_by(97) {
+        let generation: i64 = deadpool_redis::redis::cmd("HGET")
+            .arg(format!("cim:gw:cache:{a}"))
+            .arg("gen")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(generation, 2, "{a}");
+    }
+    let () = deadpool_redis::redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+}

@@ -72,12 +72,15 @@ impl Bumps {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.hincr(key, "gen", 1).ignore().expire(key, ttl).ignore();
+            // An empty batch sends nothing: redis-rs refuses an empty pipeline ("empty command").
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.hincr(key, "gen", 1).ignore().expire(key, ttl).ignore();
+                }
+                let () = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                bumped += keys.len() as u64;
             }
-            let () = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
-            bumped += keys.len() as u64;
             if next == 0 {
                 metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(bumped);
                 return Ok(bumped);
