@@ -50,6 +50,7 @@ pub struct DomainHost {
     grpc: TcpListener,
     admin: TcpListener,
     kind: ServiceKind,
+    identity: Option<cim_runtime::identity::CallerKey>,
 }
 
 impl DomainHost {
@@ -110,7 +111,13 @@ impl DomainHost {
         let upper = name.to_ascii_uppercase();
         let grpc = bind(&format!("{name} gRPC (CIM_{upper}_ADDR)"), listen.addr).await?;
         let admin = bind(&format!("{name} admin (CIM_{upper}_ADMIN_ADDR)"), listen.admin_addr).await?;
-        Ok(Self { store, pool, jetstream, host, grpc, admin, kind: spec.kind })
+        if config.service_identity.is_none() {
+            tracing::warn!(
+                "CIM_SERVICE_TOKEN_SECRET is not set: caller metadata is taken unsigned (the network is the tenant boundary)"
+            );
+        }
+        let identity = config.service_identity.clone();
+        Ok(Self { store, pool, jetstream, host, grpc, admin, kind: spec.kind, identity })
     }
 
     /// For the domain's own readiness checks and background workers.
@@ -118,9 +125,12 @@ impl DomainHost {
         &mut self.host
     }
 
-    /// A gRPC server named after this service, with reflection over every CIM proto.
+    /// A gRPC server named after this service, with reflection over every CIM proto, taking
+    /// caller metadata only signed when `CIM_SERVICE_TOKEN_SECRET` is set.
     pub fn grpc_server(&self) -> GrpcServer {
-        GrpcServer::new(self.kind.name()).file_descriptor_set(cim_proto::FILE_DESCRIPTOR_SET)
+        GrpcServer::new(self.kind.name())
+            .file_descriptor_set(cim_proto::FILE_DESCRIPTOR_SET)
+            .caller_identity(self.identity.clone())
     }
 
     /// The service with its gRPC services added, ready to run.

@@ -69,6 +69,7 @@ pub const CIM_REDIS_URL: &str = "CIM_REDIS_URL";
 pub const CIM_CONNECT_TIMEOUT_MS: &str = "CIM_CONNECT_TIMEOUT_MS";
 pub const CIM_SHUTDOWN_GRACE_MS: &str = "CIM_SHUTDOWN_GRACE_MS";
 pub const CIM_JWT_HS256_SECRET: &str = "CIM_JWT_HS256_SECRET";
+pub const CIM_SERVICE_TOKEN_SECRET: &str = "CIM_SERVICE_TOKEN_SECRET";
 pub const CIM_JWT_PUBLIC_KEY_FILE: &str = "CIM_JWT_PUBLIC_KEY_FILE";
 pub const CIM_JWT_JWKS_URL: &str = "CIM_JWT_JWKS_URL";
 pub const CIM_JWT_KEYS_REFRESH_SECS: &str = "CIM_JWT_KEYS_REFRESH_SECS";
@@ -178,6 +179,13 @@ pub const VARS: &[VarSpec] = &[
     var("CIM_AGENT_ADMIN_ADDR", Some("0.0.0.0:9105"), "host:port", "agent admin listener"),
     var("CIM_WEBHOOK_ADDR", Some("0.0.0.0:50055"), "host:port", "webhook gRPC listener"),
     var("CIM_WEBHOOK_ADMIN_ADDR", Some("0.0.0.0:9106"), "host:port", "webhook admin listener"),
+    VarSpec {
+        name: CIM_SERVICE_TOKEN_SECRET,
+        default: None,
+        expected: "at least 32 bytes",
+        secret: Secrecy::Secret,
+        help: "the domain services' shared key: callers sign their tenant/actor metadata with it and a service refuses unsigned calls; unset: not checked (the network is the boundary)",
+    },
     VarSpec {
         name: CIM_JWT_HS256_SECRET,
         default: None,
@@ -1001,6 +1009,9 @@ pub struct Config {
     pub agent: AgentSettings,
     pub workflow: WorkflowSettings,
     pub webhook: WebhookSettings,
+    /// `CIM_SERVICE_TOKEN_SECRET`: the key that signs caller metadata between services
+    /// ([`crate::identity`]); `None`: unsigned and unchecked.
+    pub service_identity: Option<crate::identity::CallerKey>,
     /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -1125,12 +1136,18 @@ impl Config {
         let agent = agent_settings(&mut r);
         let workflow = workflow_settings(&mut r);
         let webhook = webhook_settings(&mut r);
+        let service_identity = match r.optional(CIM_SERVICE_TOKEN_SECRET) {
+            Some(_) => {
+                r.parse(CIM_SERVICE_TOKEN_SECRET, |s| (s.len() >= 32).then(|| Some(crate::identity::CallerKey::new(s))))
+            }
+            None => Some(None),
+        };
         let data_dir = match r.optional(CIM_DATA_DIR) {
             Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
             None => Some(default_data_dir(lookup)),
         };
         match (
-            edge.zip(objects).zip(data_dir).zip(document).zip(agent).zip(workflow).zip(webhook),
+            edge.zip(objects).zip(data_dir).zip(document).zip(agent).zip(workflow).zip(webhook).zip(service_identity),
             log_format,
             log_filter,
             database_url,
@@ -1143,7 +1160,7 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some(((((((edge, objects), data_dir), document), agent), workflow), webhook)),
+                Some((((((((edge, objects), data_dir), document), agent), workflow), webhook), service_identity)),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -1173,6 +1190,7 @@ impl Config {
                 agent,
                 workflow,
                 webhook,
+                service_identity,
                 data_dir,
             }),
             _ => Err(ConfigErrors(r.errors)),

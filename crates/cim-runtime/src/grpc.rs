@@ -28,6 +28,7 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     streaming: Vec<&'static str>,
+    identity: Option<crate::identity::CallerKey>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -45,7 +46,15 @@ impl GrpcServer {
             names: Vec::new(),
             descriptor_sets: Vec::new(),
             streaming: Vec::new(),
+            identity: None,
         }
+    }
+
+    /// With a key, every call but health and reflection must carry caller metadata signed with
+    /// it ([`crate::identity`]); without, none is checked.
+    pub fn caller_identity(mut self, key: Option<crate::identity::CallerKey>) -> Self {
+        self.identity = key;
+        self
     }
 
     /// A client-streaming method (full path, `/package.Service/Method`): its request is many
@@ -121,7 +130,8 @@ impl GrpcServer {
         });
         let server = tonic::transport::Server::builder()
             .layer(RedLayer { service: Arc::from(self.service) })
-            // Inside the RED layer, so a refused frame is counted with its code.
+            // Inside the RED layer, so refused calls are counted with their code.
+            .layer(crate::identity::CallerIdentityLayer { key: self.identity.clone() })
             .layer(crate::unary_frames::UnaryFramesLayer { streaming: self.streaming.into() })
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, signal);

@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod host;
+pub mod identity;
 pub mod metrics;
 pub mod nats;
 pub mod postgres;

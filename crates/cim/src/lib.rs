@@ -155,6 +155,24 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Print the metadata a program sends when it calls a domain service directly (an agent
+    /// worker's `ConnectAgent`, grpcurl) while the services check caller signatures
+    /// (CIM_SERVICE_TOKEN_SECRET): `x-cim-tenant`, `x-cim-actor`, `x-cim-roles` and
+    /// `x-cim-caller-signature`, one `name: value` per line (grpcurl's `-H` form).
+    ServiceToken {
+        /// The tenant (a UUID).
+        #[arg(long)]
+        tenant: String,
+        /// Who acts: `service:<name>` or `user:<name>`.
+        #[arg(long, default_value = "service:worker")]
+        actor: String,
+        /// Comma-separated roles: reader, writer, admin (with the roles they imply).
+        #[arg(long, default_value = "")]
+        roles: String,
+        /// Lifetime in seconds, at most 31 days.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
     /// Make this user's development signing secret unless it exists (random, mode 0600, in
     /// CIM_DATA_DIR) and print its path. `scripts/up.sh` runs it and hands the secret to the
     /// services in CIM_JWT_HS256_SECRET; never use it for a deployment.
@@ -171,6 +189,7 @@ pub fn main() -> ExitCode {
         Command::Config => config(),
         Command::Token { tenant, roles, subject, ttl } => token::token(tenant, &roles, subject, ttl),
         Command::LocalSecret => token::local_secret(),
+        Command::ServiceToken { tenant, actor, roles, ttl } => token::service_token(&tenant, &actor, &roles, ttl),
         Command::Doctor { before_start } => block_on(doctor::doctor(before_start)),
         Command::Verify { service, aggregate } => block_on(verify::verify(service.as_deref(), aggregate.as_deref())),
         Command::Backup { to, full, full_every, keep, segment_events } => {

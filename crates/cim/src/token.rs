@@ -1,5 +1,7 @@
 //! `cim token` and `cim local-secret`: bearer tokens for local development.
 
+use std::str::FromStr;
+
 use super::*;
 
 pub(crate) fn token(tenant: Option<String>, roles: &str, subject: String, ttl: u64) -> ExitCode {
@@ -60,6 +62,36 @@ fn signing_secret(config: &Config) -> Result<String, String> {
         ));
     }
     local::read(&path)
+}
+
+pub(crate) fn service_token(tenant: &str, actor: &str, roles: &str, ttl: u64) -> ExitCode {
+    use cim_runtime::edge::{ACTOR_HEADER, ROLES_HEADER, TENANT_HEADER};
+    use cim_runtime::identity::{MAX_LIFETIME, SIGNATURE_HEADER};
+    let config = match load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(key) = &config.service_identity else {
+        return fail(
+            "CIM_SERVICE_TOKEN_SECRET is not set: the services take caller metadata unsigned, so send \
+             x-cim-tenant and x-cim-actor alone; or set it to the key the services hold",
+            EXIT_CONFIG,
+        );
+    };
+    if ttl > MAX_LIFETIME.as_secs() {
+        return fail(&format!("--ttl {ttl}: at most {} s (31 days)", MAX_LIFETIME.as_secs()), EXIT_CONFIG);
+    }
+    if cim_core::TenantId::from_str(tenant).is_err() {
+        return fail(&format!("--tenant {tenant:?}: expected a UUIDv7"), EXIT_CONFIG);
+    }
+    if cim_core::Actor::from_str(actor).is_err() {
+        return fail(&format!("--actor {actor:?}: expected service:<name> or user:<name>"), EXIT_CONFIG);
+    }
+    let signature = key.sign(cim_runtime::identity::now_secs() + ttl, tenant, actor, roles);
+    out(&format!(
+        "{TENANT_HEADER}: {tenant}\n{ACTOR_HEADER}: {actor}\n{ROLES_HEADER}: {roles}\n{SIGNATURE_HEADER}: {signature}"
+    ));
+    ExitCode::SUCCESS
 }
 
 pub(crate) fn local_secret() -> ExitCode {

@@ -659,3 +659,38 @@ fn verify_checks_every_chain_and_names_a_changed_history() {
     assert!(text.contains("BROKEN aggregate") && text.contains("hash does not match"), "{text}");
     assert!(text.contains("3 aggregates, 4 events verified; 1 broken"), "{text}");
 }
+
+/// `cim service-token`: the metadata a worker program sends, signed so that a service holding
+/// the same CIM_SERVICE_TOKEN_SECRET takes it; refused without the key or with bad input.
+#[test]
+fn a_service_token_is_metadata_the_services_take() {
+    let key = "the services' shared key, 32+ bytes";
+    let tenant = cim_core::TenantId::new().to_string();
+    let printed = stdout_of(
+        cim()
+            .args(["service-token", "--tenant", &tenant, "--actor", "service:worker-7", "--roles", "reader"])
+            .env("CIM_SERVICE_TOKEN_SECRET", key),
+    );
+    let mut headers = http::HeaderMap::new();
+    for line in printed.lines() {
+        let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("not `name: value`: {line}"));
+        headers.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
+    assert_eq!(headers["x-cim-tenant"], tenant.as_str());
+    let now = cim_runtime::identity::now_secs();
+    assert_eq!(cim_runtime::identity::CallerKey::new(key).verify(&headers, now), Ok(()));
+    let other = cim_runtime::identity::CallerKey::new("another key that is 32+ bytes long");
+    assert!(other.verify(&headers, now).is_err());
+
+    let unset = cim().args(["service-token", "--tenant", &tenant]).env_remove("CIM_SERVICE_TOKEN_SECRET").output();
+    let unset = unset.unwrap();
+    assert_eq!(unset.status.code(), Some(2), "{unset:?}");
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("CIM_SERVICE_TOKEN_SECRET is not set"), "{unset:?}");
+    for bad in [["--tenant", "nope"], ["--ttl", "99999999"]] {
+        let mut args = vec!["service-token", "--tenant", tenant.as_str()];
+        args.extend(bad);
+        let out = cim().args(&args).env("CIM_SERVICE_TOKEN_SECRET", key).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(bad[0]), "{bad:?}: {out:?}");
+    }
+}

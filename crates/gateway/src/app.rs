@@ -215,6 +215,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let verifier = Verifier::from_settings(&config.edge.auth).await.map_err(|e| AppError::Config(e.to_string()))?;
     let key_refresh = verifier.clone();
     let timeout = Some(settings.request_timeout);
+    // The domain services take the tenant this gateway verified only if it is signed.
+    let identity = config.service_identity.clone();
     let graph = Upstream::connect(
         cim_runtime::config::CIM_GATEWAY_GRAPH_URLS,
         &settings.graph_urls,
@@ -222,7 +224,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         config.connect_timeout,
         GraphServiceClient::new,
     )
-    .map_err(AppError::Config)?;
+    .map_err(AppError::Config)?
+    .signed_with(identity.clone());
     let document_upstream = |timeout| {
         Upstream::connect(
             cim_runtime::config::CIM_GATEWAY_DOCUMENT_URLS,
@@ -231,6 +234,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             config.connect_timeout,
             DocumentServiceClient::new,
         )
+        .map(|u| u.signed_with(identity.clone()))
         .map_err(AppError::Config)
     };
     let document = Arc::new(DocumentState {
@@ -246,6 +250,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             config.connect_timeout,
             AgentServiceClient::new,
         )
+        .map(|u| u.signed_with(identity.clone()))
         .map_err(AppError::Config)
     };
     let agent = Arc::new(AgentState { upstream: agent_upstream(timeout)?, conversation: agent_upstream(None)? });
@@ -256,7 +261,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         config.connect_timeout,
         WorkflowServiceClient::new,
     )
-    .map_err(AppError::Config)?;
+    .map_err(AppError::Config)?
+    .signed_with(identity.clone());
     let webhook = Upstream::connect(
         cim_runtime::config::CIM_GATEWAY_WEBHOOK_URLS,
         &settings.webhook_urls,
@@ -264,7 +270,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         config.connect_timeout,
         WebhookServiceClient::new,
     )
-    .map_err(AppError::Config)?;
+    .map_err(AppError::Config)?
+    .signed_with(identity.clone());
     let redis = redis::connect_lazy(&redis::RedisSettings {
         url: config.redis_url.expose().to_owned(),
         max_size: 64,

@@ -104,6 +104,15 @@ impl IntoResponse for ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let (code, violations) = cim_proto::status::read_status(&status);
+        if code == ErrorCode::Unauthenticated {
+            // The gateway verified the caller and signed what it sends: a service refusing that
+            // holds another service key, a deployment fault and not the caller's.
+            tracing::error!(detail = status.message(), "a domain service refused the gateway's caller metadata");
+            return ApiError::new(
+                ErrorCode::Internal,
+                "a domain service refused the gateway's signed caller metadata: CIM_SERVICE_TOKEN_SECRET differs between them",
+            );
+        }
         let errors = violations.into_iter().map(|v| FieldProblem { field: v.field, reason: v.description }).collect();
         let message = match status.code() {
             // Transport failures carry internals (addresses, h2 errors): say what the caller can act on.

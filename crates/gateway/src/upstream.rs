@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use cim_auth::{Principal, Role};
+use cim_runtime::identity::CallerKey;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::problem::ApiError;
@@ -16,6 +17,8 @@ pub struct Upstream<C> {
     client: C,
     /// Unary calls' deadline; `None` for transfers, which take as long as their bytes take.
     timeout: Option<Duration>,
+    /// Signs the caller metadata when the services check it (`CIM_SERVICE_TOKEN_SECRET`).
+    identity: Option<CallerKey>,
 }
 
 impl<C: Clone> Upstream<C> {
@@ -43,7 +46,13 @@ impl<C: Clone> Upstream<C> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let channel = Channel::balance_list(endpoints.into_iter());
-        Ok(Self { client: client(channel), timeout })
+        Ok(Self { client: client(channel), timeout, identity: None })
+    }
+
+    /// Signs every request's caller metadata with `key`.
+    pub fn signed_with(mut self, key: Option<CallerKey>) -> Self {
+        self.identity = key;
+        self
     }
 
     /// A request carrying the caller's tenant and actor, the deadline and the trace context.
@@ -71,6 +80,9 @@ impl<C: Clone> Upstream<C> {
             None => "",
         };
         md.insert(cim_runtime::edge::ROLES_HEADER, tonic::metadata::MetadataValue::from_static(roles));
+        if let Some(key) = &self.identity {
+            key.sign_metadata(md);
+        }
         req
     }
 

@@ -215,3 +215,42 @@ async fn every_answer_carries_the_security_headers() {
     proxied.stop().await;
     graph.stop().await;
 }
+
+/// Service identity: a graph service holding the services' key takes the gateway's calls (it
+/// signs its caller metadata with the same key), refuses a direct call that names a tenant
+/// without a signature, and a gateway holding another key gets a problem naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn domain_services_take_tenant_metadata_only_signed_with_the_service_key() {
+    const KEY: &str = "the services' shared key, 32+ bytes";
+    let vars = [("CIM_SERVICE_TOKEN_SECRET", KEY.to_owned())];
+    let graph = harness::Service::start_with(harness::unique("g"), harness::unique("p"), &vars).await;
+    let gw = gateway(&graph, &[("CIM_SERVICE_TOKEN_SECRET", KEY)]).await;
+    let tenant = TenantId::new();
+    let writer = bearer(&token(tenant, &["writer"], now_secs() + 600));
+    let r = call(gw.addr, "POST", "/api/v1/graphs", &writer, Some(r#"{"name":"signed"}"#)).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let graph_id = r.json()["graph_id"].as_str().unwrap().to_owned();
+    let r = call(gw.addr, "GET", &format!("/api/v1/graphs/{graph_id}"), &writer, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A process on the network naming the tenant, unsigned: refused before any handler runs.
+    let mut direct = graph.client().await;
+    let get = cim_proto::graph::GetGraphRequest { graph_id: graph_id.clone() };
+    let refused = direct.get_graph(harness::req(tenant, get.clone())).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("x-cim-caller-signature"), "{refused:?}");
+    // Signed with the key (what `cim service-token` prints for a worker program): taken.
+    let mut signed = harness::req(tenant, get);
+    cim_runtime::identity::CallerKey::new(KEY).sign_metadata(signed.metadata_mut());
+    assert_eq!(direct.get_graph(signed).await.unwrap().into_inner().graph_id, graph_id);
+
+    // A gateway with another key: the deployment fault is named, not blamed on the caller.
+    let wrong = gateway(&graph, &[("CIM_SERVICE_TOKEN_SECRET", "not the services' key, but 32+ bytes")]).await;
+    let r = call(wrong.addr, "GET", &format!("/api/v1/graphs/{graph_id}"), &writer, None).await;
+    problem(&r, 500, "internal");
+    assert!(r.json()["detail"].as_str().unwrap().contains("CIM_SERVICE_TOKEN_SECRET"), "{r:?}");
+
+    wrong.stop().await;
+    gw.stop().await;
+    graph.stop().await;
+}

@@ -87,11 +87,16 @@ impl CallError {
 pub struct Calls {
     channels: Vec<(Domain, Channel)>,
     timeout: Duration,
+    /// Signs the caller metadata when the services check it (`CIM_SERVICE_TOKEN_SECRET`).
+    identity: Option<cim_runtime::identity::CallerKey>,
 }
 
 impl Calls {
     /// Connects lazily: the workflow service starts before the services it calls.
-    pub fn connect(settings: &WorkflowSettings) -> Result<Self, String> {
+    pub fn connect(
+        settings: &WorkflowSettings,
+        identity: Option<cim_runtime::identity::CallerKey>,
+    ) -> Result<Self, String> {
         let mut channels = Vec::new();
         for (domain, urls) in [
             (Domain::Graph, &settings.graph_urls),
@@ -109,7 +114,7 @@ impl Calls {
                 .collect::<Result<Vec<_>, _>>()?;
             channels.push((domain, Channel::balance_list(endpoints.into_iter())));
         }
-        Ok(Self { channels, timeout: settings.call_timeout })
+        Ok(Self { channels, timeout: settings.call_timeout, identity })
     }
 
     /// Calls `service`.`method` with `request` (proto JSON) as `caller`, with `key` as the
@@ -133,6 +138,9 @@ impl Calls {
         request.set_timeout(self.timeout);
         cim_runtime::telemetry::inject_grpc(request.metadata_mut());
         caller.write_to(request.metadata_mut());
+        if let Some(key) = &self.identity {
+            key.sign_metadata(request.metadata_mut());
+        }
         let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
         let path = path.parse().map_err(|e| CallError::refused(format!("{path}: {e}")))?;
         let mut grpc = tonic::client::Grpc::new(channel);

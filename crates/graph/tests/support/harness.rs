@@ -37,7 +37,12 @@ impl Service {
     }
 
     pub async fn start_on(schema: String, prefix: String) -> Service {
-        let config = cim_testkit::domain::config(ServiceKind::Graph, &prefix, &[]);
+        Self::start_with(schema, prefix, &[]).await
+    }
+
+    /// With settings of its own (`CIM_*` variables).
+    pub async fn start_with(schema: String, prefix: String, vars: &[(&str, String)]) -> Service {
+        let config = cim_testkit::domain::config(ServiceKind::Graph, &prefix, vars);
         let shutdown = Shutdown::new();
         let prepared = prepare_with(&config, &shutdown, GraphOptions { schema: schema.clone() }).await.unwrap();
         Service { running: Running::spawn(prepared, schema, prefix, shutdown) }
