@@ -30,13 +30,11 @@ import yaml
 
 # The services deployed as their own image. A new service goes here first: the check then names
 # every file that still lacks it.
-SERVICES = ["gateway", "websocket", "graph", "document", "workflow", "agent"]
+SERVICES = ["gateway", "websocket", "graph", "document", "workflow", "agent", "webhook"]
 # Services the code builds that are deliberately not deployed yet, each with the reason. Their
 # image, compose service, k8s manifests, NATS user and Postgres role are missing, so nothing may
 # call them in a deployment: `cim serve` runs them locally. Empty this as each one is deployed.
-UNDEPLOYED = {
-    "webhook": "issue 23: its image, compose and k8s wiring, NATS user and Postgres role come in the next part",
-}
+UNDEPLOYED: dict[str, str] = {}
 
 # Series Prometheus makes itself; dashboards and rules may use them.
 PROMETHEUS_BUILTIN = {
@@ -424,6 +422,18 @@ LOAD_BALANCER = "nginx"
 # Where Prometheus sends alerts: compose's service and the k8s Deployment/Service of this name.
 ALERTMANAGER = "alertmanager"
 ALERTMANAGER_PORT = 9093
+# Services that call URLs outside the deployment (the webhook service's receivers): the compose
+# network they leave by (joined by nothing else) and the TCP ports they may call. In Kubernetes
+# their NetworkPolicy allows those ports to public addresses only (check_outbound_policies).
+OUTBOUND = {"webhook": ("egress", (80, 443))}
+# What an outbound service's NetworkPolicy must keep it from (server-side request forgery): the
+# private, shared (CGNAT), loopback, link-local (cloud metadata), multicast and reserved ranges,
+# where pods, Services, nodes and metadata endpoints live.
+OUTBOUND_BLOCKED = {
+    "0.0.0.0/0": {"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                  "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4"},
+    "::/0": {"::ffff:0:0/96", "64:ff9b::/96", "fc00::/7", "fe80::/10", "ff00::/8"},
+}  # fmt: skip
 # The scheduled `cim backup`: compose's service (profile backup), k8s CronJob cim-<it>, its
 # Postgres role, MinIO user and Secret backup-secrets.
 BACKUP = "backup"
@@ -525,7 +535,8 @@ def service_urls(vars_: dict[str, str | None]) -> list[tuple[str, str, str]]:
 
 def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]]:
     """Every connection the design allows, as (from, to, port, network); everything else is
-    refused. From the docs: public → the load balancer only; load balancer → the edges; a service
+    refused. From the docs: public → the load balancer only; the services of OUTBOUND → `outside`
+    on their own network (the webhook service's receivers); load balancer → the edges; a service
     → the services its CIM_<SERVICE>_<CALLEE>_URLS name, on their gRPC port (the edges → the
     domain services; workflow → graph, document, agent and its own replicas); each service → the
     stores it uses (data); Prometheus → admin ports and Alertmanager (monitoring); Grafana →
@@ -534,6 +545,9 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
     ports = code_ports(vars_)
     edges = edge_services()
     flows = [("outside", LOAD_BALANCER, 80, "public")]
+    for s, (net, out_ports) in OUTBOUND.items():
+        if s in SERVICES:
+            flows += [(s, "outside", p, net) for p in out_ports]
     for e in edges:
         flows.append((LOAD_BALANCER, e, ports[e][0], "application"))
     for caller, callee, _ in service_urls(vars_):
@@ -726,7 +740,7 @@ def check_nats_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     dlq = f"{prefix.upper()}_DLQ"
     # Durable consumers: named in a user's CONSUMER.CREATE.<stream>.<name>.> or in the code
     # (literals, the gateway's cache invalidator, the workflow listener's consumers).
-    durables = {gateway_cache_consumers()[1], *(name for _, name in workflow_listeners())} - {""}
+    durables = {gateway_cache_consumers()[1], *(name for _, name in workflow_listeners() + webhook_intakes())} - {""}
     for path in ROOT.glob("crates/*/src/**/*.rs"):
         durables |= set(re.findall(r'\bdurable\w*\s*[:=]\s*(?:Some\()?"([a-z0-9][a-z0-9-]*)"', path.read_text()))
     for perms in users.values():
@@ -841,22 +855,59 @@ def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") 
         )
 
 
+def webhook_intakes() -> list[tuple[str, str]]:
+    """(domain, durable name) of every consumer the webhook service's intake runs: one per domain
+    of cim_core::Domain::ALL (intake::consumers maps over it), named as intake::consumer_name
+    formats it (webhook-intake-<domain>)."""
+    src = (ROOT / "crates/webhook/src/delivery/intake.rs").read_text()
+    names = (ROOT / "crates/cim-core/src/names.rs").read_text()
+    if "Domain::ALL" not in src:
+        return []
+    table = re.search(r"pub const ALL: \[Domain; \d+\] = \[(.*?)\];", names, re.S)
+    domains = [d.lower() for d in re.findall(r"Domain::(\w+)", table.group(1) if table else "")]
+    name = re.search(r'format!\("([a-z0-9-]*)\{domain\}"\)', src)
+    return [(d, f"{name.group(1)}{d}") for d in domains] if name else []
+
+
 def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     """The workflow service's NATS user can run each consumer its listener declares (a domain
-    added to workflow::spec::LISTENED needs its grants) and nothing more on the streams it reads:
-    no other consumer, no ephemeral one, no delete. Every consumer grant it holds names one of
-    those consumers (the two lists agree both ways)."""
-    where = "docker/nats/accounts.conf: user workflow"
+    added to workflow::spec::LISTENED needs its grants) and nothing more on the streams it reads."""
     listeners = workflow_listeners()
-    if not c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS = spec::LISTENED table or consumer name found"):
+    if c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS = spec::LISTENED table or consumer name found"):
+        check_consumer_permissions(c, text, "workflow", listeners, "workflow::listen", prefix)
+
+
+def check_webhook_intake_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
+    """The webhook service's NATS user can run its intake's consumer on every domain stream (a
+    domain added to Domain::ALL needs its grants) and dead-letter a delivery (cim.dlq.webhook)."""
+    intakes = webhook_intakes()
+    if not c.check(bool(intakes), "crates/webhook/src/delivery/intake.rs: no Domain::ALL or consumer name found"):
         return
-    perms = nats_users(text).get("workflow")
+    check_consumer_permissions(c, text, "webhook", intakes, "webhook::delivery::intake", prefix, extra_dlq={"webhook"})
+    src = (ROOT / "crates/webhook/src/delivery.rs").read_text()
+    m = re.search(r'pub const DEAD_LETTER_CONSUMER: &str = "([^"]+)";', src)
+    if c.check(m is not None, "crates/webhook/src/delivery.rs: no DEAD_LETTER_CONSUMER"):
+        c.check(
+            nats_allowed(nats_users(text).get("webhook"), f"{prefix}.dlq.{m.group(1)}"),
+            f"docker/nats/accounts.conf: user webhook cannot dead-letter a delivery ({prefix}.dlq.{m.group(1)})",
+        )
+
+
+def check_consumer_permissions(c: Checker, text: str, user: str, consumers: list[tuple[str, str]], source: str,
+                               prefix: str = "cim", extra_dlq: frozenset[str] | set[str] = frozenset()) -> None:  # fmt: skip
+    """`user` can run each durable consumer its code declares and nothing more on the streams it
+    reads: no other consumer, no ephemeral one, no delete. Every consumer grant it holds names one
+    of those consumers (the two lists agree both ways); `extra_dlq`: other dead-letter subjects
+    its code publishes."""
+    where = f"docker/nats/accounts.conf: user {user}"
+    listeners = consumers
+    perms = nats_users(text).get(user)
     for d, durable in listeners:
         st = f"{prefix.upper()}_{d.upper()}"
         for what, subject in durable_grants(prefix, d, durable):
             c.check(
                 nats_allowed(perms, subject),
-                f"{where} cannot {what} on {st} ({subject}): workflow::listen::DOMAINS names {d}",
+                f"{where} cannot {what} on {st} ({subject}): {source} names {d}",
             )
         for what, subject in [
             ("create another durable", f"$JS.API.CONSUMER.CREATE.{st}.other.{prefix}.{d}.evt.>"),
@@ -866,7 +917,7 @@ def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "ci
         ]:
             c.check(
                 not nats_allowed(perms, subject),
-                f"{where} may {what} on {st} ({subject}); its listener runs only {durable} there",
+                f"{where} may {what} on {st} ({subject}); {source} runs only {durable} there",
             )
     declared = {(f"{prefix.upper()}_{d.upper()}", n) for d, n in listeners}
     for a in (perms or {}).get("allow", []):
@@ -874,15 +925,54 @@ def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "ci
         if m:
             c.check(
                 (m.group(1), m.group(2)) in declared,
-                f"{where} allows {a}, but the listener runs no consumer {m.group(2)} on {m.group(1)} "
-                f"(workflow::listen: {', '.join(n for _, n in sorted(declared))})",
+                f"{where} allows {a}, but {source} runs no consumer {m.group(2)} on {m.group(1)} "
+                f"({', '.join(n for _, n in sorted(declared))})",
             )
         m = re.fullmatch(rf"{re.escape(prefix)}\.dlq\.([^.]+)", a)
         if m:
             c.check(
-                m.group(1) in {n for _, n in declared},
+                m.group(1) in {n for _, n in declared} | set(extra_dlq),
                 f"{where} allows {a}, the dead letters of a consumer it does not run",
             )
+
+
+def check_outbound_policies(c: Checker, overlays: dict[str, list[dict]]) -> None:
+    """Only the services of OUTBOUND leave the cluster, and only to public addresses on their
+    ports: their NetworkPolicy has an ipBlock rule per address family of OUTBOUND_BLOCKED whose
+    `except` holds every blocked range, on exactly their TCP ports; no ipBlock elsewhere in a CIM
+    service's policy. (k8s_allows, for calls between pods, ignores ipBlock peers.)"""
+    for overlay, docs in overlays.items():
+        for s in SERVICES:
+            pol = k8s_find(docs, "NetworkPolicy", s)
+            if pol is None:
+                continue
+            where = f"k8s {overlay}: NetworkPolicy {s}"
+            blocks = []
+            for rule in pol["spec"].get("egress") or []:
+                peers = [p["ipBlock"] for p in rule.get("to") or [] if "ipBlock" in p]
+                if not peers:
+                    continue
+                ports = sorted((p.get("protocol", "TCP"), p.get("port"), p.get("endPort")) for p in rule.get("ports") or [])
+                blocks += [(b, ports) for b in peers]
+                c.check(
+                    len(peers) == len(rule.get("to") or []),
+                    f"{where}: an egress rule mixes ipBlock and pod peers (its ports would open both)",
+                )
+            if s not in OUTBOUND:
+                c.check(not blocks, f"{where}: egress to addresses (ipBlock), but {s} calls nothing outside")
+                continue
+            want_ports = sorted(("TCP", p, None) for p in OUTBOUND[s][1])
+            have = {b["cidr"]: (set(b.get("except") or []), ports) for b, ports in blocks}
+            c.check(
+                set(have) == set(OUTBOUND_BLOCKED),
+                f"{where}: ipBlock cidrs {sorted(have)}, expected {sorted(OUTBOUND_BLOCKED)} (receivers anywhere public)",
+            )
+            for cidr, blocked in OUTBOUND_BLOCKED.items():
+                excepted, ports = have.get(cidr, (set(), []))
+                for r in sorted(blocked - excepted):
+                    c.fail(f"{where}: {cidr} does not except {r}: {s} could be made to call into it (SSRF)")
+                if cidr in have:
+                    c.check(ports == want_ports, f"{where}: egress to {cidr} on {ports}, expected TCP {OUTBOUND[s][1]}")
 
 
 # What the document service may do in MinIO: list its bucket, read, write and delete the objects
@@ -1695,6 +1785,8 @@ def main() -> int:
     check_nats_permissions(c, accounts)
     check_gateway_cache_permissions(c, accounts)
     check_workflow_listener_permissions(c, accounts)
+    check_webhook_intake_permissions(c, accounts)
+    check_outbound_policies(c, overlays)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")
     check_backup(c, compose, overlays, compose_minio, k8s_minio, pg_init)
     for overlay, setup in k8s_minio.items():
