@@ -975,6 +975,134 @@ def check_outbound_policies(c: Checker, overlays: dict[str, list[dict]]) -> None
                     c.check(ports == want_ports, f"{where}: egress to {cidr} on {ports}, expected TCP {OUTBOUND[s][1]}")
 
 
+# KEDA (the serverless overlay): the ScaledObject schema (tests/deploy/keda/, from KEDA's CRD) and
+# the metadata each scaler used here documents (https://keda.sh/docs/latest/scalers/): required,
+# then optional keys. A key outside both is a typo KEDA would ignore.
+KEDA_SCHEMA = "tests/deploy/keda/scaledobject.schema.json"
+KEDA_SCALERS = {
+    "nats-jetstream": ({"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"},
+                       {"activationLagThreshold", "useHttps"}),
+    "postgresql": ({"query", "targetQueryValue"},
+                   {"activationTargetQueryValue", "connectionFromEnv", "host", "port", "userName", "dbName", "sslmode",
+                    "passwordFromEnv"}),
+}  # fmt: skip
+# Overlays whose Secrets an operator creates (production's kustomization lists them); the others
+# generate development ones.
+OPERATOR_SECRETS = {"production", "serverless"}
+
+
+def service_consumers() -> dict[str, list[tuple[str, str]]]:
+    """service -> (domain, durable name) of the durable consumers its code runs on domain streams."""
+    return {"workflow": workflow_listeners(), "webhook": webhook_intakes()}
+
+
+def check_scaled_objects(c: Checker, overlays: dict[str, list[dict]], accounts: str) -> None:
+    """Every KEDA ScaledObject is valid against KEDA's schema and scales a CIM service's
+    Deployment (no HPA of its own left beside it) from zero, on real work: each nats-jetstream
+    trigger names a stream, a durable consumer that service runs on it, the NATS account holding
+    that service's user and a Service exposing NATS' monitoring port; each postgresql trigger
+    reads, with the service's own database URL, a table of the service's own schema. What cannot
+    be checked here: KEDA itself (its operator, metrics adapter, the scalers' behaviour), that the
+    operator reaches NATS and Postgres in a real cluster, and the cluster's DNS name."""
+    import jsonschema
+
+    schema = json.loads((ROOT / KEDA_SCHEMA).read_text())
+    conf = nats_conf(accounts)
+    account_of = {u["user"]: name for name, acc in (conf.get("accounts") or {}).items() for u in acc.get("users", [])}
+    consumers = service_consumers()
+    for overlay, docs in overlays.items():
+        for so in (d for d in docs if d.get("kind") == "ScaledObject"):
+            where = f"k8s {overlay}: ScaledObject {so['metadata']['name']}"
+            for e in sorted(jsonschema.Draft202012Validator(schema).iter_errors(so), key=lambda e: list(e.path)):
+                c.fail(f"{where}: {'/'.join(map(str, e.path)) or '(root)'}: {e.message} ({KEDA_SCHEMA})")
+            spec = so.get("spec") or {}
+            ref = spec.get("scaleTargetRef") or {}
+            s = ref.get("name")
+            dep = k8s_find(docs, "Deployment", s or "")
+            if not c.check(
+                ref.get("kind", "Deployment") == "Deployment" and dep is not None and s in SERVICES,
+                f"{where}: scales {ref.get('kind', 'Deployment')} {s}, not a CIM service's Deployment",
+            ):
+                continue
+            c.check(spec.get("minReplicaCount") == 0, f"{where}: minReplicaCount must be 0 (scale to zero)")
+            for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+                c.check(
+                    hpa["spec"]["scaleTargetRef"].get("name") != s,
+                    f"{where}: HorizontalPodAutoscaler {hpa['metadata']['name']} also scales {s} (KEDA makes its own)",
+                )
+            ctr = dep["spec"]["template"]["spec"]["containers"][0]
+            env_names = {e["name"] for e in ctr.get("env", [])}
+            for src in ctr.get("envFrom", []):
+                ref_name = (src.get("configMapRef") or src.get("secretRef") or {}).get("name", "")
+                kind = "ConfigMap" if "configMapRef" in src else "Secret"
+                doc = k8s_find(docs, kind, ref_name)
+                if doc is not None:
+                    env_names |= set(doc.get("data") or {}) if kind == "ConfigMap" else set(secret_values(doc))
+                elif kind == "Secret" and overlay in OPERATOR_SECRETS:
+                    env_names |= set(production_secret_list(
+                        (ROOT / "k8s/overlays/production/kustomization.yaml").read_text()).get(ref_name, []))
+            runs = {(f"CIM_{d.upper()}", n) for d, n in consumers.get(s, [])}
+            kinds = set()
+            for i, trig in enumerate(spec.get("triggers") or []):
+                tw = f"{where}: trigger {trig.get('name') or i} ({trig.get('type')})"
+                meta = trig.get("metadata") or {}
+                kinds.add(trig.get("type"))
+                if not c.check(trig.get("type") in KEDA_SCALERS, f"{tw}: not a scaler this check knows ({sorted(KEDA_SCALERS)})"):
+                    continue
+                required, optional = KEDA_SCALERS[trig["type"]]
+                for k in sorted(required - set(meta)):
+                    c.fail(f"{tw}: no metadata {k} (the scaler requires it)")
+                for k in sorted(set(meta) - required - optional):
+                    c.fail(f"{tw}: metadata {k} is not one the scaler documents")
+                if trig["type"] == "nats-jetstream":
+                    c.check(
+                        (meta.get("stream"), meta.get("consumer")) in runs,
+                        f"{tw}: {meta.get('stream')}/{meta.get('consumer')} is no durable consumer {s} runs "
+                        f"({', '.join(sorted(f'{a}/{b}' for a, b in runs)) or 'none'})",
+                    )
+                    c.check(
+                        meta.get("account") == account_of.get(s),
+                        f"{tw}: account {meta.get('account')}, but NATS user {s} is in account {account_of.get(s)}",
+                    )
+                    for k in ("lagThreshold", "activationLagThreshold"):
+                        if k in meta:
+                            c.check(str(meta[k]).isdigit(), f"{tw}: {k}={meta[k]!r} is not a whole number")
+                    host, _, port = str(meta.get("natsServerMonitoringEndpoint", "")).partition(":")
+                    svc = k8s_find(docs, "Service", host.split(".")[0])
+                    c.check(
+                        svc is not None and host.split(".")[1:2] in ([], ["cim"])
+                        and any(str(p.get("port")) == port for p in svc["spec"]["ports"])
+                        and (svc["spec"].get("selector") or {}).get("app.kubernetes.io/name") == "nats",
+                        f"{tw}: natsServerMonitoringEndpoint {meta.get('natsServerMonitoringEndpoint')} is no NATS "
+                        "Service port in namespace cim",
+                    )
+                if trig["type"] == "postgresql":
+                    c.check(
+                        meta.get("connectionFromEnv") == STORE_VARS["postgres"][0]
+                        and STORE_VARS["postgres"][0] in env_names,
+                        f"{tw}: connectionFromEnv must be {STORE_VARS['postgres'][0]}, which the Deployment {s} gets "
+                        "(its own role, its own schema)",
+                    )
+                    tables = re.findall(r"\bFROM\s+([a-z_]+)\.([a-z_]+)", meta.get("query", ""), re.I)
+                    crate = service_crate(s)
+                    migrations = "\n".join(f.read_text() for f in sorted((crate or ROOT).glob("migrations/*.sql")))
+                    c.check(
+                        bool(tables) and all(sch == s and re.search(rf"CREATE TABLE {tab}\b", migrations)
+                                             for sch, tab in tables),
+                        f"{tw}: the query reads {tables or 'no schema-qualified table'}, expected tables of schema {s} "
+                        "that its migrations create",
+                    )  # fmt: skip
+                    for k in ("targetQueryValue", "activationTargetQueryValue"):
+                        if k in meta:
+                            c.check(str(meta[k]).isdigit(), f"{tw}: {k}={meta[k]!r} is not a whole number")
+            # Every durable consumer the service runs wakes it: an event on a stream it does not
+            # watch would wait until something else does.
+            watched = {(t["metadata"].get("stream"), t["metadata"].get("consumer"))
+                       for t in spec.get("triggers") or [] if t.get("type") == "nats-jetstream"}  # fmt: skip
+            for st, n in sorted(runs - watched):
+                c.fail(f"{where}: no nats-jetstream trigger for {st}/{n}, a durable consumer {s} runs")
+
+
 # What the document service may do in MinIO: list its bucket, read, write and delete the objects
 # in it (multipart uploads included). Nothing on other buckets, no bucket or admin operation.
 MINIO_ALLOWED_ACTIONS = {
@@ -1111,7 +1239,7 @@ def check_backup(
                 f"{where}: CIM_DATABASE_URL must name role {BACKUP} with postgres-secrets' PG_PASSWORD_BACKUP",
             )
         minio = k8s_find(docs, "Secret", "minio-secrets")
-        if "CIM_S3_ACCESS_KEY_ID" in env or overlay != "production":
+        if "CIM_S3_ACCESS_KEY_ID" in env or overlay not in OPERATOR_SECRETS:
             check_s3_key(c, env, secret_values(minio).get("MINIO_PASSWORD_BACKUP") if minio else None, where)
 
 
@@ -1638,7 +1766,7 @@ def main() -> int:
                     sec = k8s_index(docs).get(("Secret", src["secretRef"]["name"]))
                     if sec is not None:
                         env.update(secret_values(sec))
-                    elif overlay != "production":
+                    elif overlay not in OPERATOR_SECRETS:
                         c.fail(f"{where}: Deployment {s} uses missing Secret {src['secretRef']['name']}")
             for e in ctr.get("env", []):
                 env[e["name"]] = e.get("value") or "<from the Secret>"
@@ -1662,13 +1790,13 @@ def main() -> int:
             if "minio" in uses and overlay in k8s_minio:
                 srv = k8s_find(docs, "Secret", "minio-secrets")
                 want_key = secret_values(srv).get(f"MINIO_PASSWORD_{up}") if srv is not None else None
-                if srv is not None or overlay != "production":
+                if srv is not None or overlay not in OPERATOR_SECRETS:
                     check_s3_env(c, s, env, k8s_minio[overlay], want_key, f"{where}: Deployment {s}")
             # What it must be given to start, and nothing for stores it never uses. Production's
             # Secrets are not rendered: their keys are the ones its kustomization lists.
             for src in ctr.get("envFrom", []):
                 name = src.get("secretRef", {}).get("name")
-                if name and k8s_index(docs).get(("Secret", name)) is None and overlay == "production":
+                if name and k8s_index(docs).get(("Secret", name)) is None and overlay in OPERATOR_SECRETS:
                     for key in production_secrets.get(name, []):
                         env.setdefault(key, "<from the Secret>")
             check_service_env(c, s, env, vars_, f"{where}: Deployment {s}")
@@ -1708,7 +1836,9 @@ def main() -> int:
                     f"{where}: Service {s}-pods must expose only port {admin}",
                 )
             for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount", "NetworkPolicy"):
-                c.check(k8s_find(docs, kind, s) is not None, f"{where}: no {kind} {s}")
+                # KEDA's ScaledObject makes (and owns) the HPA of a Deployment it scales.
+                found = k8s_find(docs, kind, s) or (kind == "HorizontalPodAutoscaler" and k8s_find(docs, "ScaledObject", s))
+                c.check(found is not None, f"{where}: no {kind} {s}")
             c.check(spec.get("serviceAccountName") == s, f"{where}: Deployment {s} must run as ServiceAccount {s}")
 
     # --- calls between services: every CIM_<SERVICE>_<CALLEE>_URLS names a deployed service, and
@@ -1787,6 +1917,7 @@ def main() -> int:
     check_workflow_listener_permissions(c, accounts)
     check_webhook_intake_permissions(c, accounts)
     check_outbound_policies(c, overlays)
+    check_scaled_objects(c, overlays, accounts)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")
     check_backup(c, compose, overlays, compose_minio, k8s_minio, pg_init)
     for overlay, setup in k8s_minio.items():

@@ -617,6 +617,23 @@ def webhook_setup(run: Run, token: str) -> tuple[object, list[dict]]:
     return server, calls
 
 
+def webhook_round(run: Run, token: str, server, n: int) -> None:
+    """A subscription command and a query each round, so the webhook service's gRPC and event
+    store series have a rate at every scrape window: one more subscription (to agent events, at
+    the answering receiver), disabled again, and the list."""
+    base = f"http://{run.gateway}/api/v1/webhooks"
+    body = {"name": f"live round {n}", "filter": "agent.evt.>", "url": f"http://127.0.0.1:{server.server_address[1]}/ok"}
+    status, data = http("POST", base, body, token)
+    if status != 201:
+        raise SystemExit(f"live-metrics: POST /api/v1/webhooks (round {n}): {status} {data}")
+    status, data = http("POST", f"{base}/{data['subscription_id']}/disable", {}, token)
+    if status != 200:
+        raise SystemExit(f"live-metrics: POST /api/v1/webhooks/{{id}}/disable (round {n}): {status} {data}")
+    status, data = http("GET", base, None, token)
+    if status != 200:
+        raise SystemExit(f"live-metrics: GET /api/v1/webhooks (round {n}): {status} {data}")
+
+
 def until(done, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not done():
@@ -1068,6 +1085,7 @@ def main() -> int:
                 uploads[outcome] = uploads.get(outcome, 0) + count
             for method, count in workflow_round(run, grpcurl, tenant, n, workflow_defs).items():
                 workflow_calls[method] = workflow_calls.get(method, 0) + count
+            webhook_round(run, token, hooks, n)
             if n == 0:
                 ws.resume()
             # One more 429 per round, so that series has a rate too (one request while the
