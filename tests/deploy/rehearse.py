@@ -435,9 +435,9 @@ def probe(spec: dict) -> dict:
                                                      spec.get("password"), spec["cmds"])}  # fmt: skip
     if kind == "grpc":
         return grpcurl(spec)
-    if kind in ("e2e", "agent", "doc-cache", "workflow-outreach", "webhook"):
+    if kind in ("e2e", "agent", "doc-cache", "workflow-outreach", "webhook", "webhook-graphs"):
         flows = {"e2e": e2e, "agent": agent_flow, "doc-cache": doc_cache, "workflow-outreach": rehearse_workflow.outreach,
-                 "webhook": rehearse_webhook.flow}
+                 "webhook": rehearse_webhook.flow, "webhook-graphs": rehearse_webhook.graphs}
         try:
             return flows[kind](spec)
         except (OSError, RuntimeError, ValueError, KeyError) as e:

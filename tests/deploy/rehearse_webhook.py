@@ -140,10 +140,49 @@ def flow(spec: dict) -> dict:
             "ms": round((mine[0]["at"] - t0) * 1000)}  # fmt: skip
 
 
+def graphs(spec: dict) -> dict:
+    """`n` graphs created through the load balancer (spec: lb, token); their ids."""
+    auth = {"Authorization": f"Bearer {spec['token']}"}
+    ids = []
+    for i in range(spec["n"]):
+        status, data = httpjson.call("POST", f"http://{spec['lb']}/api/v1/graphs", {"name": f"rehearsal {i}"}, auth,
+                                     timeout=15)  # fmt: skip
+        if status != 201:
+            raise RuntimeError(f"POST /api/v1/graphs answered {status}: {data}")
+        ids.append(data["graph_id"])
+    return {"ok": True, "graph_ids": ids}
+
+
+def consumer_state(r, stream: str, consumer: str) -> dict:
+    """A durable consumer's state as NATS' monitoring endpoint reports it (/jsz, what KEDA's
+    nats-jetstream scaler reads): num_pending, num_ack_pending, ...; {} when it is not there."""
+    res = r.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz?accounts=true&streams=true&consumers=true"})
+    for acc in (res.get("body") or {}).get("account_details", []):
+        for st in acc.get("stream_detail", []):
+            if st["name"] == stream:
+                for c in st.get("consumer_detail", []):
+                    if c["name"] == consumer:
+                        return c
+    return {}
+
+
+def activation_threshold(consumer: str) -> int:
+    """activationLagThreshold of the serverless overlay's trigger on `consumer`."""
+    import yaml  # the rehearsal's own process only (probes stay stdlib)
+
+    docs = yaml.safe_load_all((ROOT / "k8s/overlays/serverless/scaledobjects.yaml").read_text())
+    for d in docs:
+        for t in (d or {}).get("spec", {}).get("triggers", []):
+            if t["metadata"].get("consumer") == consumer:
+                return int(t["metadata"].get("activationLagThreshold", "0"))
+    raise RuntimeError(f"k8s/overlays/serverless: no trigger on consumer {consumer}")
+
+
 def checks(r, env_of, label: str) -> None:
     """The webhook checks of one environment of the rehearsal `r` (rehearse.Rehearsal)."""
     log_path = r.tmp / "webhook-receiver.jsonl"
     url = f"http://outside:80{next(iter(ANSWERS))}"
+    state: dict = {}
 
     def delivered():
         if not any(n == "receiver" for n, _ in r.procs):
@@ -151,7 +190,7 @@ def checks(r, env_of, label: str) -> None:
             up = r.probe("outside", {"kind": "wait", "host": "127.0.0.1", "port": 80, "timeout": 10})
             if not up.get("ok"):
                 raise r.Failed(f"the receiver in host outside did not start: {up}\n{r.tail('receiver')}")
-        token = r.token(env_of("gateway"), roles="admin")
+        token = state["token"] = r.token(env_of("gateway"), roles="admin")
         res = r.probe("outside", {"kind": "webhook", "lb": r.resolve("outside", "nginx"), "token": token,
                                   "receiver_url": url, "log": str(log_path)})  # fmt: skip
         if not res.get("ok"):
@@ -166,7 +205,55 @@ def checks(r, env_of, label: str) -> None:
                 f"{res['ms']} ms after the subscription was registered, signed (examples/webhook/receiver.py "
                 f"verify), ce-id {res['ce_id']}; the subscription counts {res['delivered']} delivered")  # fmt: skip
 
-    r.check(f"[{label}] a graph event reaches a webhook receiver outside, signed", delivered)
+    if not r.check(f"[{label}] a graph event reaches a webhook receiver outside, signed", delivered):
+        return
+
+    def from_zero():
+        # Scale to zero and back as the serverless overlay's KEDA would, without a cluster: the
+        # service stopped, events meanwhile (the intake consumer's lag, read where KEDA reads it,
+        # passes the trigger's activation threshold), started again: every event arrives, each
+        # under one ce-id, and the consumer drains (KEDA would let it go idle).
+        consumer, n = "webhook-intake-graph", 5
+        threshold = activation_threshold(consumer)
+        r.stop("webhook")
+        made = r.probe("outside", {"kind": "webhook-graphs", "lb": r.resolve("outside", "nginx"),
+                                   "token": state["token"], "n": n})  # fmt: skip
+        if not made.get("ok"):
+            raise r.Failed(f"creating graphs while webhook is stopped: {made.get('detail')}")
+        ids = set(made["graph_ids"])
+        deadline = time.monotonic() + 15
+        while (lag := consumer_state(r, "CIM_GRAPH", consumer).get("num_pending", 0)) < n and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if lag <= threshold:
+            raise r.Failed(f"{consumer} has {lag} pending with the service stopped, not above activationLagThreshold "
+                           f"{threshold}: KEDA would not start it")  # fmt: skip
+        if any(c["headers"].get("ce-subject") in ids for c in read_calls(str(log_path))):
+            raise r.Failed("a call for a graph made while the service was stopped arrived before it started")
+        r.start_service("webhook", env_of("webhook"))
+        r.wait_healthy("webhook", timeout=30)
+        deadline, got = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and set(got) != ids:
+            got = {}
+            for c in read_calls(str(log_path)):
+                if c["headers"].get("ce-subject") in ids:
+                    got.setdefault(c["headers"]["ce-subject"], set()).add(c["headers"].get("ce-id"))
+            time.sleep(0.3)
+        if set(got) != ids or any(len(v) != 1 for v in got.values()):
+            raise r.Failed(f"after the start: calls for {len(got)} of {n} graphs, ce-ids per graph "
+                           f"{sorted(len(v) for v in got.values())}")  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            st = consumer_state(r, "CIM_GRAPH", consumer)
+            if st.get("num_pending", 1) == 0 and st.get("num_ack_pending", 1) == 0:
+                break
+            time.sleep(0.3)
+        else:
+            raise r.Failed(f"{consumer} did not drain after the start: {st}")
+        return (f"webhook stopped; {n} graphs created meanwhile: {consumer} {lag} pending on CIM_GRAPH (NATS /jsz, "
+                f"above the serverless overlay's activationLagThreshold {threshold}); started again: each of the {n} "
+                "events arrived under one ce-id, and the consumer drained to 0 pending")  # fmt: skip
+
+    r.check(f"[{label}] webhook from zero: events made while it is stopped wake it (lag) and all arrive", from_zero)
 
 
 def negative(r) -> None:
