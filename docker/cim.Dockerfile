@@ -34,8 +34,8 @@ USER 10001:10001
 # (the default, data/objects, would be under / and not writable by user 10001).
 ENV CIM_OBJECT_STORE_URL=/var/lib/cim/objects
 VOLUME ["/var/lib/cim/objects"]
-EXPOSE 8080 9100 8081 9101 50051 9102 50052 9103 50053 9104 50054 9105
+EXPOSE 8080 9100 8081 9101 50051 9102 50052 9103 50053 9104 50054 9105 50055 9106
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["/usr/local/bin/cim-healthcheck", "gateway:9100", "websocket:9101", "graph:9102", "document:9103", "workflow:9104", "agent:9105"]
+    CMD ["/usr/local/bin/cim-healthcheck", "gateway:9100", "websocket:9101", "graph:9102", "document:9103", "workflow:9104", "agent:9105", "webhook:9106"]
 ENTRYPOINT ["/usr/local/bin/cim"]
 CMD ["serve", "--services", "all"]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Validates the deployment files with the real tools, then checks them against the code:
 #   compose.yaml           docker-compose v2 `config -q`
-#   k8s/overlays/*         `kubectl kustomize` | kubernetes-validate --strict
+#   k8s/overlays/*         `kubectl kustomize` | kubernetes-validate --strict (KEDA's ScaledObjects, which it
+#                          has no schema for and only warns about, are checked by consistency.py
+#                          against tests/deploy/keda/scaledobject.schema.json)
 #   monitoring/prometheus  promtool check config, check rules (+ every dashboard query), test rules
 #   monitoring/alertmanager amtool check-config
 #   Grafana dashboards     tsc against @grafana/schema (tests/deploy/dashboards)

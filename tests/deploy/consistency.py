@@ -30,13 +30,11 @@ import yaml
 
 # The services deployed as their own image. A new service goes here first: the check then names
 # every file that still lacks it.
-SERVICES = ["gateway", "websocket", "graph", "document", "workflow", "agent"]
+SERVICES = ["gateway", "websocket", "graph", "document", "workflow", "agent", "webhook"]
 # Services the code builds that are deliberately not deployed yet, each with the reason. Their
 # image, compose service, k8s manifests, NATS user and Postgres role are missing, so nothing may
 # call them in a deployment: `cim serve` runs them locally. Empty this as each one is deployed.
-UNDEPLOYED = {
-    "webhook": "issue 23: its image, compose and k8s wiring, NATS user and Postgres role come in the next part",
-}
+UNDEPLOYED: dict[str, str] = {}
 
 # Series Prometheus makes itself; dashboards and rules may use them.
 PROMETHEUS_BUILTIN = {
@@ -424,6 +422,18 @@ LOAD_BALANCER = "nginx"
 # Where Prometheus sends alerts: compose's service and the k8s Deployment/Service of this name.
 ALERTMANAGER = "alertmanager"
 ALERTMANAGER_PORT = 9093
+# Services that call URLs outside the deployment (the webhook service's receivers): the compose
+# network they leave by (joined by nothing else) and the TCP ports they may call. In Kubernetes
+# their NetworkPolicy allows those ports to public addresses only (check_outbound_policies).
+OUTBOUND = {"webhook": ("egress", (80, 443))}
+# What an outbound service's NetworkPolicy must keep it from (server-side request forgery): the
+# private, shared (CGNAT), loopback, link-local (cloud metadata), multicast and reserved ranges,
+# where pods, Services, nodes and metadata endpoints live.
+OUTBOUND_BLOCKED = {
+    "0.0.0.0/0": {"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                  "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4"},
+    "::/0": {"::ffff:0:0/96", "64:ff9b::/96", "fc00::/7", "fe80::/10", "ff00::/8"},
+}  # fmt: skip
 # The scheduled `cim backup`: compose's service (profile backup), k8s CronJob cim-<it>, its
 # Postgres role, MinIO user and Secret backup-secrets.
 BACKUP = "backup"
@@ -525,7 +535,8 @@ def service_urls(vars_: dict[str, str | None]) -> list[tuple[str, str, str]]:
 
 def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]]:
     """Every connection the design allows, as (from, to, port, network); everything else is
-    refused. From the docs: public → the load balancer only; load balancer → the edges; a service
+    refused. From the docs: public → the load balancer only; the services of OUTBOUND → `outside`
+    on their own network (the webhook service's receivers); load balancer → the edges; a service
     → the services its CIM_<SERVICE>_<CALLEE>_URLS name, on their gRPC port (the edges → the
     domain services; workflow → graph, document, agent and its own replicas); each service → the
     stores it uses (data); Prometheus → admin ports and Alertmanager (monitoring); Grafana →
@@ -534,6 +545,9 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
     ports = code_ports(vars_)
     edges = edge_services()
     flows = [("outside", LOAD_BALANCER, 80, "public")]
+    for s, (net, out_ports) in OUTBOUND.items():
+        if s in SERVICES:
+            flows += [(s, "outside", p, net) for p in out_ports]
     for e in edges:
         flows.append((LOAD_BALANCER, e, ports[e][0], "application"))
     for caller, callee, _ in service_urls(vars_):
@@ -726,7 +740,7 @@ def check_nats_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     dlq = f"{prefix.upper()}_DLQ"
     # Durable consumers: named in a user's CONSUMER.CREATE.<stream>.<name>.> or in the code
     # (literals, the gateway's cache invalidator, the workflow listener's consumers).
-    durables = {gateway_cache_consumers()[1], *(name for _, name in workflow_listeners())} - {""}
+    durables = {gateway_cache_consumers()[1], *(name for _, name in workflow_listeners() + webhook_intakes())} - {""}
     for path in ROOT.glob("crates/*/src/**/*.rs"):
         durables |= set(re.findall(r'\bdurable\w*\s*[:=]\s*(?:Some\()?"([a-z0-9][a-z0-9-]*)"', path.read_text()))
     for perms in users.values():
@@ -841,22 +855,59 @@ def check_gateway_cache_permissions(c: Checker, text: str, prefix: str = "cim") 
         )
 
 
+def webhook_intakes() -> list[tuple[str, str]]:
+    """(domain, durable name) of every consumer the webhook service's intake runs: one per domain
+    of cim_core::Domain::ALL (intake::consumers maps over it), named as intake::consumer_name
+    formats it (webhook-intake-<domain>)."""
+    src = (ROOT / "crates/webhook/src/delivery/intake.rs").read_text()
+    names = (ROOT / "crates/cim-core/src/names.rs").read_text()
+    if "Domain::ALL" not in src:
+        return []
+    table = re.search(r"pub const ALL: \[Domain; \d+\] = \[(.*?)\];", names, re.S)
+    domains = [d.lower() for d in re.findall(r"Domain::(\w+)", table.group(1) if table else "")]
+    name = re.search(r'format!\("([a-z0-9-]*)\{domain\}"\)', src)
+    return [(d, f"{name.group(1)}{d}") for d in domains] if name else []
+
+
 def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     """The workflow service's NATS user can run each consumer its listener declares (a domain
-    added to workflow::spec::LISTENED needs its grants) and nothing more on the streams it reads:
-    no other consumer, no ephemeral one, no delete. Every consumer grant it holds names one of
-    those consumers (the two lists agree both ways)."""
-    where = "docker/nats/accounts.conf: user workflow"
+    added to workflow::spec::LISTENED needs its grants) and nothing more on the streams it reads."""
     listeners = workflow_listeners()
-    if not c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS = spec::LISTENED table or consumer name found"):
+    if c.check(bool(listeners), "crates/workflow/src/listen.rs: no DOMAINS = spec::LISTENED table or consumer name found"):
+        check_consumer_permissions(c, text, "workflow", listeners, "workflow::listen", prefix)
+
+
+def check_webhook_intake_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
+    """The webhook service's NATS user can run its intake's consumer on every domain stream (a
+    domain added to Domain::ALL needs its grants) and dead-letter a delivery (cim.dlq.webhook)."""
+    intakes = webhook_intakes()
+    if not c.check(bool(intakes), "crates/webhook/src/delivery/intake.rs: no Domain::ALL or consumer name found"):
         return
-    perms = nats_users(text).get("workflow")
+    check_consumer_permissions(c, text, "webhook", intakes, "webhook::delivery::intake", prefix, extra_dlq={"webhook"})
+    src = (ROOT / "crates/webhook/src/delivery.rs").read_text()
+    m = re.search(r'pub const DEAD_LETTER_CONSUMER: &str = "([^"]+)";', src)
+    if c.check(m is not None, "crates/webhook/src/delivery.rs: no DEAD_LETTER_CONSUMER"):
+        c.check(
+            nats_allowed(nats_users(text).get("webhook"), f"{prefix}.dlq.{m.group(1)}"),
+            f"docker/nats/accounts.conf: user webhook cannot dead-letter a delivery ({prefix}.dlq.{m.group(1)})",
+        )
+
+
+def check_consumer_permissions(c: Checker, text: str, user: str, consumers: list[tuple[str, str]], source: str,
+                               prefix: str = "cim", extra_dlq: frozenset[str] | set[str] = frozenset()) -> None:  # fmt: skip
+    """`user` can run each durable consumer its code declares and nothing more on the streams it
+    reads: no other consumer, no ephemeral one, no delete. Every consumer grant it holds names one
+    of those consumers (the two lists agree both ways); `extra_dlq`: other dead-letter subjects
+    its code publishes."""
+    where = f"docker/nats/accounts.conf: user {user}"
+    listeners = consumers
+    perms = nats_users(text).get(user)
     for d, durable in listeners:
         st = f"{prefix.upper()}_{d.upper()}"
         for what, subject in durable_grants(prefix, d, durable):
             c.check(
                 nats_allowed(perms, subject),
-                f"{where} cannot {what} on {st} ({subject}): workflow::listen::DOMAINS names {d}",
+                f"{where} cannot {what} on {st} ({subject}): {source} names {d}",
             )
         for what, subject in [
             ("create another durable", f"$JS.API.CONSUMER.CREATE.{st}.other.{prefix}.{d}.evt.>"),
@@ -866,7 +917,7 @@ def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "ci
         ]:
             c.check(
                 not nats_allowed(perms, subject),
-                f"{where} may {what} on {st} ({subject}); its listener runs only {durable} there",
+                f"{where} may {what} on {st} ({subject}); {source} runs only {durable} there",
             )
     declared = {(f"{prefix.upper()}_{d.upper()}", n) for d, n in listeners}
     for a in (perms or {}).get("allow", []):
@@ -874,15 +925,182 @@ def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "ci
         if m:
             c.check(
                 (m.group(1), m.group(2)) in declared,
-                f"{where} allows {a}, but the listener runs no consumer {m.group(2)} on {m.group(1)} "
-                f"(workflow::listen: {', '.join(n for _, n in sorted(declared))})",
+                f"{where} allows {a}, but {source} runs no consumer {m.group(2)} on {m.group(1)} "
+                f"({', '.join(n for _, n in sorted(declared))})",
             )
         m = re.fullmatch(rf"{re.escape(prefix)}\.dlq\.([^.]+)", a)
         if m:
             c.check(
-                m.group(1) in {n for _, n in declared},
+                m.group(1) in {n for _, n in declared} | set(extra_dlq),
                 f"{where} allows {a}, the dead letters of a consumer it does not run",
             )
+
+
+def check_outbound_policies(c: Checker, overlays: dict[str, list[dict]]) -> None:
+    """Only the services of OUTBOUND leave the cluster, and only to public addresses on their
+    ports: their NetworkPolicy has an ipBlock rule per address family of OUTBOUND_BLOCKED whose
+    `except` holds every blocked range, on exactly their TCP ports; no ipBlock elsewhere in a CIM
+    service's policy. (k8s_allows, for calls between pods, ignores ipBlock peers.)"""
+    for overlay, docs in overlays.items():
+        for s in SERVICES:
+            pol = k8s_find(docs, "NetworkPolicy", s)
+            if pol is None:
+                continue
+            where = f"k8s {overlay}: NetworkPolicy {s}"
+            blocks = []
+            for rule in pol["spec"].get("egress") or []:
+                peers = [p["ipBlock"] for p in rule.get("to") or [] if "ipBlock" in p]
+                if not peers:
+                    continue
+                ports = sorted((p.get("protocol", "TCP"), p.get("port"), p.get("endPort")) for p in rule.get("ports") or [])
+                blocks += [(b, ports) for b in peers]
+                c.check(
+                    len(peers) == len(rule.get("to") or []),
+                    f"{where}: an egress rule mixes ipBlock and pod peers (its ports would open both)",
+                )
+            if s not in OUTBOUND:
+                c.check(not blocks, f"{where}: egress to addresses (ipBlock), but {s} calls nothing outside")
+                continue
+            want_ports = sorted(("TCP", p, None) for p in OUTBOUND[s][1])
+            have = {b["cidr"]: (set(b.get("except") or []), ports) for b, ports in blocks}
+            c.check(
+                set(have) == set(OUTBOUND_BLOCKED),
+                f"{where}: ipBlock cidrs {sorted(have)}, expected {sorted(OUTBOUND_BLOCKED)} (receivers anywhere public)",
+            )
+            for cidr, blocked in OUTBOUND_BLOCKED.items():
+                excepted, ports = have.get(cidr, (set(), []))
+                for r in sorted(blocked - excepted):
+                    c.fail(f"{where}: {cidr} does not except {r}: {s} could be made to call into it (SSRF)")
+                if cidr in have:
+                    c.check(ports == want_ports, f"{where}: egress to {cidr} on {ports}, expected TCP {OUTBOUND[s][1]}")
+
+
+# KEDA (the serverless overlay): the ScaledObject schema (tests/deploy/keda/, from KEDA's CRD) and
+# the metadata each scaler used here documents (https://keda.sh/docs/latest/scalers/): required,
+# then optional keys. A key outside both is a typo KEDA would ignore.
+KEDA_SCHEMA = "tests/deploy/keda/scaledobject.schema.json"
+KEDA_SCALERS = {
+    "nats-jetstream": ({"natsServerMonitoringEndpoint", "account", "stream", "consumer", "lagThreshold"},
+                       {"activationLagThreshold", "useHttps"}),
+    "postgresql": ({"query", "targetQueryValue"},
+                   {"activationTargetQueryValue", "connectionFromEnv", "host", "port", "userName", "dbName", "sslmode",
+                    "passwordFromEnv"}),
+}  # fmt: skip
+# Overlays whose Secrets an operator creates (production's kustomization lists them); the others
+# generate development ones.
+OPERATOR_SECRETS = {"production", "serverless"}
+
+
+def service_consumers() -> dict[str, list[tuple[str, str]]]:
+    """service -> (domain, durable name) of the durable consumers its code runs on domain streams."""
+    return {"workflow": workflow_listeners(), "webhook": webhook_intakes()}
+
+
+def check_scaled_objects(c: Checker, overlays: dict[str, list[dict]], accounts: str) -> None:
+    """Every KEDA ScaledObject is valid against KEDA's schema and scales a CIM service's
+    Deployment (no HPA of its own left beside it) from zero, on real work: each nats-jetstream
+    trigger names a stream, a durable consumer that service runs on it, the NATS account holding
+    that service's user and a Service exposing NATS' monitoring port; each postgresql trigger
+    reads, with the service's own database URL, a table of the service's own schema. What cannot
+    be checked here: KEDA itself (its operator, metrics adapter, the scalers' behaviour), that the
+    operator reaches NATS and Postgres in a real cluster, and the cluster's DNS name."""
+    import jsonschema
+
+    schema = json.loads((ROOT / KEDA_SCHEMA).read_text())
+    conf = nats_conf(accounts)
+    account_of = {u["user"]: name for name, acc in (conf.get("accounts") or {}).items() for u in acc.get("users", [])}
+    consumers = service_consumers()
+    for overlay, docs in overlays.items():
+        for so in (d for d in docs if d.get("kind") == "ScaledObject"):
+            where = f"k8s {overlay}: ScaledObject {so['metadata']['name']}"
+            for e in sorted(jsonschema.Draft202012Validator(schema).iter_errors(so), key=lambda e: list(e.path)):
+                c.fail(f"{where}: {'/'.join(map(str, e.path)) or '(root)'}: {e.message} ({KEDA_SCHEMA})")
+            spec = so.get("spec") or {}
+            ref = spec.get("scaleTargetRef") or {}
+            s = ref.get("name")
+            dep = k8s_find(docs, "Deployment", s or "")
+            if not c.check(
+                ref.get("kind", "Deployment") == "Deployment" and dep is not None and s in SERVICES,
+                f"{where}: scales {ref.get('kind', 'Deployment')} {s}, not a CIM service's Deployment",
+            ):
+                continue
+            c.check(spec.get("minReplicaCount") == 0, f"{where}: minReplicaCount must be 0 (scale to zero)")
+            for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+                c.check(
+                    hpa["spec"]["scaleTargetRef"].get("name") != s,
+                    f"{where}: HorizontalPodAutoscaler {hpa['metadata']['name']} also scales {s} (KEDA makes its own)",
+                )
+            ctr = dep["spec"]["template"]["spec"]["containers"][0]
+            env_names = {e["name"] for e in ctr.get("env", [])}
+            for src in ctr.get("envFrom", []):
+                ref_name = (src.get("configMapRef") or src.get("secretRef") or {}).get("name", "")
+                kind = "ConfigMap" if "configMapRef" in src else "Secret"
+                doc = k8s_find(docs, kind, ref_name)
+                if doc is not None:
+                    env_names |= set(doc.get("data") or {}) if kind == "ConfigMap" else set(secret_values(doc))
+                elif kind == "Secret" and overlay in OPERATOR_SECRETS:
+                    env_names |= set(production_secret_list(
+                        (ROOT / "k8s/overlays/production/kustomization.yaml").read_text()).get(ref_name, []))
+            runs = {(f"CIM_{d.upper()}", n) for d, n in consumers.get(s, [])}
+            kinds = set()
+            for i, trig in enumerate(spec.get("triggers") or []):
+                tw = f"{where}: trigger {trig.get('name') or i} ({trig.get('type')})"
+                meta = trig.get("metadata") or {}
+                kinds.add(trig.get("type"))
+                if not c.check(trig.get("type") in KEDA_SCALERS, f"{tw}: not a scaler this check knows ({sorted(KEDA_SCALERS)})"):
+                    continue
+                required, optional = KEDA_SCALERS[trig["type"]]
+                for k in sorted(required - set(meta)):
+                    c.fail(f"{tw}: no metadata {k} (the scaler requires it)")
+                for k in sorted(set(meta) - required - optional):
+                    c.fail(f"{tw}: metadata {k} is not one the scaler documents")
+                if trig["type"] == "nats-jetstream":
+                    c.check(
+                        (meta.get("stream"), meta.get("consumer")) in runs,
+                        f"{tw}: {meta.get('stream')}/{meta.get('consumer')} is no durable consumer {s} runs "
+                        f"({', '.join(sorted(f'{a}/{b}' for a, b in runs)) or 'none'})",
+                    )
+                    c.check(
+                        meta.get("account") == account_of.get(s),
+                        f"{tw}: account {meta.get('account')}, but NATS user {s} is in account {account_of.get(s)}",
+                    )
+                    for k in ("lagThreshold", "activationLagThreshold"):
+                        if k in meta:
+                            c.check(str(meta[k]).isdigit(), f"{tw}: {k}={meta[k]!r} is not a whole number")
+                    host, _, port = str(meta.get("natsServerMonitoringEndpoint", "")).partition(":")
+                    svc = k8s_find(docs, "Service", host.split(".")[0])
+                    c.check(
+                        svc is not None and host.split(".")[1:2] in ([], ["cim"])
+                        and any(str(p.get("port")) == port for p in svc["spec"]["ports"])
+                        and (svc["spec"].get("selector") or {}).get("app.kubernetes.io/name") == "nats",
+                        f"{tw}: natsServerMonitoringEndpoint {meta.get('natsServerMonitoringEndpoint')} is no NATS "
+                        "Service port in namespace cim",
+                    )
+                if trig["type"] == "postgresql":
+                    c.check(
+                        meta.get("connectionFromEnv") == STORE_VARS["postgres"][0]
+                        and STORE_VARS["postgres"][0] in env_names,
+                        f"{tw}: connectionFromEnv must be {STORE_VARS['postgres'][0]}, which the Deployment {s} gets "
+                        "(its own role, its own schema)",
+                    )
+                    tables = re.findall(r"\bFROM\s+([a-z_]+)\.([a-z_]+)", meta.get("query", ""), re.I)
+                    crate = service_crate(s)
+                    migrations = "\n".join(f.read_text() for f in sorted((crate or ROOT).glob("migrations/*.sql")))
+                    c.check(
+                        bool(tables) and all(sch == s and re.search(rf"CREATE TABLE {tab}\b", migrations)
+                                             for sch, tab in tables),
+                        f"{tw}: the query reads {tables or 'no schema-qualified table'}, expected tables of schema {s} "
+                        "that its migrations create",
+                    )  # fmt: skip
+                    for k in ("targetQueryValue", "activationTargetQueryValue"):
+                        if k in meta:
+                            c.check(str(meta[k]).isdigit(), f"{tw}: {k}={meta[k]!r} is not a whole number")
+            # Every durable consumer the service runs wakes it: an event on a stream it does not
+            # watch would wait until something else does.
+            watched = {(t["metadata"].get("stream"), t["metadata"].get("consumer"))
+                       for t in spec.get("triggers") or [] if t.get("type") == "nats-jetstream"}  # fmt: skip
+            for st, n in sorted(runs - watched):
+                c.fail(f"{where}: no nats-jetstream trigger for {st}/{n}, a durable consumer {s} runs")
 
 
 # What the document service may do in MinIO: list its bucket, read, write and delete the objects
@@ -1021,7 +1239,7 @@ def check_backup(
                 f"{where}: CIM_DATABASE_URL must name role {BACKUP} with postgres-secrets' PG_PASSWORD_BACKUP",
             )
         minio = k8s_find(docs, "Secret", "minio-secrets")
-        if "CIM_S3_ACCESS_KEY_ID" in env or overlay != "production":
+        if "CIM_S3_ACCESS_KEY_ID" in env or overlay not in OPERATOR_SECRETS:
             check_s3_key(c, env, secret_values(minio).get("MINIO_PASSWORD_BACKUP") if minio else None, where)
 
 
@@ -1548,7 +1766,7 @@ def main() -> int:
                     sec = k8s_index(docs).get(("Secret", src["secretRef"]["name"]))
                     if sec is not None:
                         env.update(secret_values(sec))
-                    elif overlay != "production":
+                    elif overlay not in OPERATOR_SECRETS:
                         c.fail(f"{where}: Deployment {s} uses missing Secret {src['secretRef']['name']}")
             for e in ctr.get("env", []):
                 env[e["name"]] = e.get("value") or "<from the Secret>"
@@ -1572,13 +1790,13 @@ def main() -> int:
             if "minio" in uses and overlay in k8s_minio:
                 srv = k8s_find(docs, "Secret", "minio-secrets")
                 want_key = secret_values(srv).get(f"MINIO_PASSWORD_{up}") if srv is not None else None
-                if srv is not None or overlay != "production":
+                if srv is not None or overlay not in OPERATOR_SECRETS:
                     check_s3_env(c, s, env, k8s_minio[overlay], want_key, f"{where}: Deployment {s}")
             # What it must be given to start, and nothing for stores it never uses. Production's
             # Secrets are not rendered: their keys are the ones its kustomization lists.
             for src in ctr.get("envFrom", []):
                 name = src.get("secretRef", {}).get("name")
-                if name and k8s_index(docs).get(("Secret", name)) is None and overlay == "production":
+                if name and k8s_index(docs).get(("Secret", name)) is None and overlay in OPERATOR_SECRETS:
                     for key in production_secrets.get(name, []):
                         env.setdefault(key, "<from the Secret>")
             check_service_env(c, s, env, vars_, f"{where}: Deployment {s}")
@@ -1618,7 +1836,9 @@ def main() -> int:
                     f"{where}: Service {s}-pods must expose only port {admin}",
                 )
             for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceAccount", "NetworkPolicy"):
-                c.check(k8s_find(docs, kind, s) is not None, f"{where}: no {kind} {s}")
+                # KEDA's ScaledObject makes (and owns) the HPA of a Deployment it scales.
+                found = k8s_find(docs, kind, s) or (kind == "HorizontalPodAutoscaler" and k8s_find(docs, "ScaledObject", s))
+                c.check(found is not None, f"{where}: no {kind} {s}")
             c.check(spec.get("serviceAccountName") == s, f"{where}: Deployment {s} must run as ServiceAccount {s}")
 
     # --- calls between services: every CIM_<SERVICE>_<CALLEE>_URLS names a deployed service, and
@@ -1695,6 +1915,9 @@ def main() -> int:
     check_nats_permissions(c, accounts)
     check_gateway_cache_permissions(c, accounts)
     check_workflow_listener_permissions(c, accounts)
+    check_webhook_intake_permissions(c, accounts)
+    check_outbound_policies(c, overlays)
+    check_scaled_objects(c, overlays, accounts)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")
     check_backup(c, compose, overlays, compose_minio, k8s_minio, pg_init)
     for overlay, setup in k8s_minio.items():

@@ -72,6 +72,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpjson  # noqa: E402  (one HTTP call, shared with rehearse.py)
 import consistency  # noqa: E402  (the dashboard walker and PromQL helpers shared with check-deploy)
+import rehearse_webhook  # noqa: E402  (the webhook receiver, shared with the rehearsal)
 import rehearse_workflow  # noqa: E402  (the workflow definitions that reach out, shared with the rehearsal)
 
 ROOT = consistency.ROOT
@@ -601,6 +602,38 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
     return calls
 
 
+def webhook_setup(run: Run, token: str) -> tuple[object, list[dict]]:
+    """Two webhook subscriptions to every graph event of the tenant, at receivers in this process
+    (rehearse_webhook's): /ok answers 204, /fail 500, so the failing one's deliveries stay pending
+    while they are retried (the per-subscription pending and lag series, the retried outcome)."""
+    calls: list[dict] = []
+    server = rehearse_webhook.serve("127.0.0.1", 0, calls.append)
+    port = server.server_address[1]
+    for path in rehearse_webhook.ANSWERS:
+        body = {"name": f"live {path}", "filter": "graph.evt.>", "url": f"http://127.0.0.1:{port}{path}"}
+        status, data = http("POST", f"http://{run.gateway}/api/v1/webhooks", body, token)
+        if status != 201 or data.get("state") != "active":
+            raise SystemExit(f"live-metrics: POST /api/v1/webhooks ({path}): {status} {data}")
+    return server, calls
+
+
+def webhook_round(run: Run, token: str, server, n: int) -> None:
+    """A subscription command and a query each round, so the webhook service's gRPC and event
+    store series have a rate at every scrape window: one more subscription (to agent events, at
+    the answering receiver), disabled again, and the list."""
+    base = f"http://{run.gateway}/api/v1/webhooks"
+    body = {"name": f"live round {n}", "filter": "agent.evt.>", "url": f"http://127.0.0.1:{server.server_address[1]}/ok"}
+    status, data = http("POST", base, body, token)
+    if status != 201:
+        raise SystemExit(f"live-metrics: POST /api/v1/webhooks (round {n}): {status} {data}")
+    status, data = http("POST", f"{base}/{data['subscription_id']}/disable", {}, token)
+    if status != 200:
+        raise SystemExit(f"live-metrics: POST /api/v1/webhooks/{{id}}/disable (round {n}): {status} {data}")
+    status, data = http("GET", base, None, token)
+    if status != 200:
+        raise SystemExit(f"live-metrics: GET /api/v1/webhooks (round {n}): {status} {data}")
+
+
 def until(done, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not done():
@@ -1035,6 +1068,7 @@ def main() -> int:
         flooded = run.token("flood", tenant)
         agents_token = run.token("live-agents", tenant)
         ws = WsLoad(run.websocket, token)
+        hooks, hook_calls = webhook_setup(run, token)
         grpcurl = find_grpcurl()
         sent = flood(run, flooded)
         statuses: dict[int, int] = {}
@@ -1051,6 +1085,7 @@ def main() -> int:
                 uploads[outcome] = uploads.get(outcome, 0) + count
             for method, count in workflow_round(run, grpcurl, tenant, n, workflow_defs).items():
                 workflow_calls[method] = workflow_calls.get(method, 0) + count
+            webhook_round(run, token, hooks, n)
             if n == 0:
                 ws.resume()
             # One more 429 per round, so that series has a rate too (one request while the
@@ -1063,6 +1098,12 @@ def main() -> int:
             f"outcome {dict(sorted(uploads.items()))} (half of the ok ones deduplicated), with downloads; "
             f"agent REST calls {dict(sorted(agent_calls.items()))}; workflow gRPC calls on {run.workflow} "
             f"{dict(sorted(workflow_calls.items()))}")  # fmt: skip
+        until(lambda: {c["path"] for c in hook_calls} >= set(rehearse_webhook.ANSWERS), "webhook calls to both receivers")
+        hooks.shutdown()
+        by_answer: dict[str, int] = {}
+        for c in hook_calls:
+            by_answer[f"{c['path']} {c['status']}"] = by_answer.get(f"{c['path']} {c['status']}", 0) + 1
+        log(f"webhooks: {len(hook_calls)} calls to the receivers, by path and answer {by_answer}")
         ws_failures = ws.verify(prom)
         log(f"websocket ws://{run.websocket}/ws: {ws.events} events to the subscriber; a resume from 0 "
             f"(catch-up) after a bad frame; a bad token refused (4001); a client with "

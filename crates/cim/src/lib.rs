@@ -345,6 +345,17 @@ const DOMAIN_SERVICES: &[DomainService] = &[
         },
         kept: &[],
     },
+    DomainService {
+        name: "webhook",
+        domain: cim_core::Domain::Webhook,
+        schema: cim_webhook::SCHEMA,
+        migrations: webhook_migrations,
+        projector: || Box::new(cim_aggregate::Projected(cim_webhook::projection::SubscriptionProjection)),
+        // Signing secrets are never in events (they would be published and kept forever), and the
+        // delivery queue is written by the intake from other domains' streams, not by this
+        // schema's events: both are backed up whole.
+        kept: &["webhook_secrets", "webhook_deliveries"],
+    },
 ];
 
 fn graph_migrations() -> Vec<sqlx::migrate::Migrator> {
@@ -363,4 +374,8 @@ fn agent_migrations() -> Vec<sqlx::migrate::Migrator> {
 
 fn workflow_migrations() -> Vec<sqlx::migrate::Migrator> {
     vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_workflow::migrator()]
+}
+
+fn webhook_migrations() -> Vec<sqlx::migrate::Migrator> {
+    vec![sqlx::migrate!("../cim-eventstore/migrations"), cim_webhook::migrator()]
 }

@@ -342,7 +342,7 @@ fn doctor_names_postgres_and_then_nats_when_they_are_unreachable() {
         ("CIM_SUBJECT_PREFIX", prefix),
         ("CIM_CONNECT_TIMEOUT_MS", "1000".into()),
     ];
-    Serve::start(&env, "graph,document,agent,workflow").stop();
+    Serve::start(&env, "graph,document,agent,workflow,webhook").stop();
     let (code, stdout) = doctor(&env);
     assert_eq!(code, Some(0), "the prepared system is healthy:\n{stdout}");
 

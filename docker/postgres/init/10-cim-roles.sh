@@ -11,7 +11,7 @@
 # schema already exists. They get no rights on other services' schemas.
 set -euo pipefail
 
-SERVICES="graph document workflow agent"
+SERVICES="graph document workflow agent webhook"
 
 psql_cim() {
     psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" "$@"

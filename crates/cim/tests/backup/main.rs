@@ -9,6 +9,7 @@ mod resume;
 mod retention;
 mod s3;
 mod streams;
+mod webhook;
 mod world;
 
 use std::collections::HashSet;
