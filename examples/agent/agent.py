@@ -142,6 +142,9 @@ class Worker:
             running = list(self.tasks)
         hello = pb.Hello(agent_id=self.args.agent_id, free_slots=self.args.slots, running_task_ids=running)
         metadata = [("x-cim-tenant", self.args.tenant), ("x-cim-actor", self.args.actor)]
+        if self.args.caller_signature:
+            # Signed for exactly this tenant and actor, no roles (`cim service-token`).
+            metadata.append(("x-cim-caller-signature", self.args.caller_signature))
         # Fresh for each stream: what a previous one left unsent (and its end marker) stays there.
         self.outbox, self.closed = queue.Queue(), threading.Event()
         channel = grpc.insecure_channel(self.args.target)
@@ -257,6 +260,12 @@ def main():
     parser.add_argument("--tenant", required=True, help="the tenant id (sent as x-cim-tenant)")
     parser.add_argument("--agent-id", required=True, help="the agent this worker is")
     parser.add_argument("--actor", default="service:example-agent", help="who the results are recorded as")
+    parser.add_argument(
+        "--caller-signature",
+        default=os.environ.get("CIM_CALLER_SIGNATURE", ""),
+        help="x-cim-caller-signature for this tenant and actor, when the services check signatures "
+        "(CIM_SERVICE_TOKEN_SECRET): the last line of `cim service-token --tenant T --actor A`",
+    )
     parser.add_argument("--slots", type=int, default=0, help="tasks run at once (0: the agent's limit)")
     parser.add_argument("--chunk-delay-ms", type=int, default=20, help="pause between response chunks")
     parser.add_argument("--reconnect", action="store_true", help="connect again after UNAVAILABLE")

@@ -444,6 +444,9 @@ USES_PATTERNS = {
     "redis": r"\bredis::connect\w*\b",
     "minio": r"\bObjects::open\b",
     "jwt": r"\bVerifier::from_settings\b",
+    # The services' shared key: domain services (through the kit's DomainHost) check caller
+    # signatures with it, the gateway and workflow sign with it; the websocket calls no service.
+    "service_key": r"\bservice_identity\b",
 }
 # Library code that connects on a service's behalf: a crate calling the entry point uses the
 # stores that file connects to (the domain kit's DomainHost opens Postgres and NATS for every
@@ -456,6 +459,7 @@ STORE_VARS = {
     "redis": ["CIM_REDIS_URL"],
     "minio": ["CIM_OBJECT_STORE_URL", "CIM_S3_ENDPOINT", "CIM_S3_ACCESS_KEY_ID", "CIM_S3_SECRET_ACCESS_KEY"],
     "jwt": ["CIM_JWT_HS256_SECRET", "CIM_JWT_PUBLIC_KEY_FILE", "CIM_JWT_JWKS_URL"],
+    "service_key": ["CIM_SERVICE_TOKEN_SECRET"],
 }
 
 _USES: dict[str, frozenset[str]] = {}
