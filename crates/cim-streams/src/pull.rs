@@ -12,6 +12,7 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{self, Message};
 use cim_core::{Domain, SubjectPrefix};
 use cim_runtime::Shutdown;
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 
 use crate::ConsumerMetrics;
@@ -154,9 +155,21 @@ impl PullLoop {
                     None => return Err("the subscription ended".into()),
                 },
                 Some(handled) = handling.next(), if !handling.is_empty() => handled?,
-                () = stop.wait() => return Ok(()),
+                () = stop.wait() => break,
             }
         }
+        // Stopping: the messages being handled finish (and are acknowledged) within the host's
+        // grace; those fetched but not handled yet go back at once, not after the ack wait (a
+        // replica taking over, or the same service started again, gets them now).
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            if matches!(self.binding, Binding::Durable(_)) {
+                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+        }
+        while let Some(handled) = handling.next().await {
+            handled?;
+        }
+        Ok(())
     }
 
     fn observe(&self, message: &Message) {
