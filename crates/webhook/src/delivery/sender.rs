@@ -14,7 +14,6 @@ use cim_aggregate::{CommandOptions, ExecutorError};
 use cim_core::{Actor, AggregateId, EventEnvelope, SubjectPrefix, TenantId, headers};
 use cim_runtime::Shutdown;
 use cim_runtime::edge::Caller;
-use futures::stream::{FuturesUnordered, StreamExt};
 use sqlx::{PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -41,11 +40,15 @@ struct Claimed {
 }
 
 /// Runs until `stop`: claims as many deliveries as there are free call slots, whenever one
-/// finishes, the intake wakes it, or the poll interval passes.
+/// finishes, the intake wakes it, or the poll interval passes. Each call is a task of its own:
+/// a call that holds a database connection to record its outcome must get on while this loop
+/// waits for a connection to claim with (polled only from here, the calls held every connection
+/// and the loop waited for one of them: one delivery per acquire timeout).
 pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: SubjectPrefix, stop: Shutdown) {
     let slots = delivery.settings.concurrency;
     let mut floors = AckFloors::new(js.clone(), prefix.clone());
-    let mut calls = FuturesUnordered::new();
+    // Dropped at return: calls in flight are aborted, their leases lapse and they are made again.
+    let mut calls = tokio::task::JoinSet::new();
     loop {
         // Slots left free on floors not asked for this time: look again once they may be stale.
         let mut floors_stale = false;
@@ -55,19 +58,25 @@ pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: Subjec
             match delivery.claim(&floors, free).await {
                 Ok(claimed) => {
                     floors_stale = !asked && claimed.len() < free;
+                    if !claimed.is_empty() || !calls.is_empty() {
+                        delivery.activity.touch();
+                    }
                     for c in claimed {
-                        calls.push(delivery.deliver(&js, &prefix, c));
+                        let (delivery, js, prefix) = (delivery.clone(), js.clone(), prefix.clone());
+                        calls.spawn(async move { delivery.deliver(&js, &prefix, c).await });
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "webhook sender: claiming failed; trying again at the next poll"),
             }
         }
         tokio::select! {
-            Some(()) = calls.next(), if !calls.is_empty() => {}
+            Some(_) = calls.join_next(), if !calls.is_empty() => {
+                // Every other call that finished meanwhile frees its slot too.
+                while calls.try_join_next().is_some() {}
+            }
             () = delivery.wake.notified() => {}
             () = tokio::time::sleep(floor::FRESH), if floors_stale => {}
             () = tokio::time::sleep(delivery.settings.poll) => {}
-            // Calls in flight are dropped: their leases lapse and they are made again.
             () = stop.wait() => return,
         }
     }
@@ -353,6 +362,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             poll: Duration::from_millis(50),
             concurrency: 4,
+            idle_exit: None,
         };
         for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (30, 1000)] {
             for _ in 0..50 {
