@@ -123,6 +123,7 @@ pub const CIM_WEBHOOK_BACKOFF_MAX_MS: &str = "CIM_WEBHOOK_BACKOFF_MAX_MS";
 pub const CIM_WEBHOOK_TIMEOUT_MS: &str = "CIM_WEBHOOK_TIMEOUT_MS";
 pub const CIM_WEBHOOK_POLL_MS: &str = "CIM_WEBHOOK_POLL_MS";
 pub const CIM_WEBHOOK_CONCURRENCY: &str = "CIM_WEBHOOK_CONCURRENCY";
+pub const CIM_WEBHOOK_IDLE_EXIT_SECS: &str = "CIM_WEBHOOK_IDLE_EXIT_SECS";
 
 /// The development signing secret `scripts/up.sh` creates (via `cim local-secret`) in the data
 /// directory, and `cim token` signs with when CIM_JWT_HS256_SECRET is not set. Services never
@@ -462,6 +463,12 @@ pub const VARS: &[VarSpec] = &[
         "how often the webhook sender looks for due deliveries (retries, other replicas' intake)",
     ),
     var(CIM_WEBHOOK_CONCURRENCY, Some("16"), "a number from 1 to 1024", "webhook calls one replica makes at once"),
+    var(
+        CIM_WEBHOOK_IDLE_EXIT_SECS,
+        Some("0"),
+        "seconds from 0 to 86400; 0: never",
+        "a webhook process of its own exits (status 0) after this long with nothing to take in or deliver, to be started again on demand (`cim wake`, KEDA)",
+    ),
     var(
         CIM_DATA_DIR,
         None,
@@ -867,6 +874,8 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     pub poll: Duration,
     pub concurrency: usize,
+    /// `None`: runs until stopped.
+    pub idle_exit: Option<Duration>,
 }
 
 fn webhook_settings(r: &mut Reader<'_>) -> Option<WebhookSettings> {
@@ -877,6 +886,7 @@ fn webhook_settings(r: &mut Reader<'_>) -> Option<WebhookSettings> {
     let timeout = ms(CIM_WEBHOOK_TIMEOUT_MS, 10, 600_000);
     let poll = ms(CIM_WEBHOOK_POLL_MS, 5, 60_000);
     let concurrency = r.parse(CIM_WEBHOOK_CONCURRENCY, int_in(1usize, 1024));
+    let idle_exit = r.parse(CIM_WEBHOOK_IDLE_EXIT_SECS, int_in(0u64, 86_400));
     Some(WebhookSettings {
         attempts: attempts?,
         backoff: backoff?,
@@ -884,6 +894,7 @@ fn webhook_settings(r: &mut Reader<'_>) -> Option<WebhookSettings> {
         timeout: timeout?,
         poll: poll?,
         concurrency: concurrency?,
+        idle_exit: idle_exit.map(|secs| (secs > 0).then(|| Duration::from_secs(secs)))?,
     })
 }
 

@@ -13,6 +13,7 @@ mod serve;
 mod streams;
 mod token;
 mod verify;
+mod wake;
 mod webhooks;
 
 pub use backup::BackupArgs;
@@ -155,6 +156,20 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Start a service's command whenever work waits for it (the serverless pattern on one
+    /// machine, as KEDA does in a cluster): `cim wake --service webhook -- cim serve --services
+    /// webhook`, with CIM_WEBHOOK_IDLE_EXIT_SECS so that it exits again when idle.
+    Wake {
+        /// The service: webhook.
+        #[arg(long)]
+        service: String,
+        /// How often to look for work, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// The command that runs the service, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Print the metadata a program sends when it calls a domain service directly (an agent
     /// worker's `ConnectAgent`, grpcurl) while the services check caller signatures
     /// (CIM_SERVICE_TOKEN_SECRET): `x-cim-tenant`, `x-cim-actor`, `x-cim-roles` and
@@ -189,6 +204,9 @@ pub fn main() -> ExitCode {
         Command::Config => config(),
         Command::Token { tenant, roles, subject, ttl } => token::token(tenant, &roles, subject, ttl),
         Command::LocalSecret => token::local_secret(),
+        Command::Wake { service, interval_ms, command } => {
+            block_on(wake::wake(&service, std::time::Duration::from_millis(interval_ms.max(50)), &command))
+        }
         Command::ServiceToken { tenant, actor, roles, ttl } => token::service_token(&tenant, &actor, &roles, ttl),
         Command::Doctor { before_start } => block_on(doctor::doctor(before_start)),
         Command::Verify { service, aggregate } => block_on(verify::verify(service.as_deref(), aggregate.as_deref())),

@@ -47,7 +47,7 @@ pub async fn prepare_with(config: &Config, shutdown: &Shutdown, options: Webhook
         CommandExecutor::<Subscription>::new(domain.store.clone(), "webhook").with_projection(SubscriptionProjection);
     let delivery = Delivery::new(subscriptions.clone(), options.settings).map_err(HostError::Setup)?;
     let js = domain.jetstream.clone();
-    delivery.start(domain.host(), js, config.subject_prefix.clone());
+    delivery.start(domain.host(), js, config.subject_prefix.clone(), shutdown);
     let server = domain.grpc_server().add_service(WebhookServiceServer::new(WebhookApi::new(subscriptions, delivery)));
     domain.serve(server)
 }

@@ -21,6 +21,7 @@ use crate::subscription::Subscription;
 
 pub mod cloudevent;
 pub mod floor;
+pub mod idle;
 pub mod intake;
 pub mod sender;
 
@@ -39,23 +40,39 @@ pub struct Delivery {
     pub(crate) client: reqwest::Client,
     /// Rows were taken in: the sender looks at once rather than at its next poll.
     pub(crate) wake: Notify,
+    /// When the intake or the sender last had something to do (for `CIM_WEBHOOK_IDLE_EXIT_SECS`).
+    pub(crate) activity: idle::Activity,
 }
 
 impl Delivery {
     pub fn new(subscriptions: CommandExecutor<Subscription>, settings: WebhookSettings) -> Result<Arc<Self>, String> {
         let pool = subscriptions.store().pool().clone();
         let client = cloudevent::client(&settings)?;
-        Ok(Arc::new(Delivery { pool, subscriptions, settings, client, wake: Notify::new() }))
+        Ok(Arc::new(Delivery {
+            pool,
+            subscriptions,
+            settings,
+            client,
+            wake: Notify::new(),
+            activity: Default::default(),
+        }))
     }
 
-    /// The intake consumers (one per domain stream) and the sender, as workers of `host`.
+    /// The intake consumers (one per domain stream) and the sender, as workers of `host`; with
+    /// an idle exit set, also the worker that stops `service` (the whole process) when idle.
     pub fn start(
         self: &Arc<Self>,
         host: &mut cim_runtime::ServiceHost,
         js: async_nats::jetstream::Context,
         prefix: SubjectPrefix,
+        service: &cim_runtime::Shutdown,
     ) {
         let stop = host.workers_shutdown();
+        if let Some(idle) = self.settings.idle_exit {
+            let exit =
+                idle::exit_when_idle(self.clone(), js.clone(), prefix.clone(), idle, service.clone(), stop.clone());
+            host.spawn_worker("webhook-idle-exit", exit);
+        }
         for (name, consumer) in intake::consumers(self, &js, &prefix, &stop) {
             host.spawn_worker(&name, consumer);
         }

@@ -75,6 +75,7 @@ pub fn consumers(
 
 impl Delivery {
     async fn take(&self, event: &EventEnvelope, message: &Message, metrics: &ConsumerMetrics) {
+        self.activity.touch();
         match self.rows_for(event, message).await {
             Ok(taken) => {
                 let _ = message.ack().await;

@@ -31,6 +31,7 @@ pub fn fast() -> WebhookSettings {
         timeout: Duration::from_secs(3),
         poll: Duration::from_millis(50),
         concurrency: 8,
+        idle_exit: None,
     }
 }
 
