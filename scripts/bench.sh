@@ -5,6 +5,7 @@
 #   CIM_BENCH_DOC_BYTES=...     size of the document bench's transfers (default 1 GiB)
 #   CIM_BENCH_RESTATE=0         the workflow bench without its peer (Restate, fetched from npm
 #                               by scripts/lib/restate.sh and built from bench/restate-peer)
+#   CIM_BENCH_WEBHOOK_EVENTS=...  events per burst of the webhook bench (default 2,000)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,3 +18,4 @@ cargo bench --locked -p cim-gateway --bench gateway
 cargo bench --locked -p cim-document --bench document
 cargo bench --locked -p cim-agent --bench agent
 cargo bench --locked -p cim-workflow --bench workflow
+cargo bench --locked -p cim-webhook --bench webhook
