@@ -168,6 +168,7 @@ async fn not_found() -> crate::problem::ApiError {
 /// The complete router.
 fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) -> Router {
     let Parts { authenticated, public, rules, .. } = api();
+    let console = crate::console::routes(layers.auth.credentials.websocket_url.as_deref());
     let authenticated = authenticated
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
@@ -179,7 +180,7 @@ fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) 
         .route("/api/openapi.json", get(openapi_json))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready).with_state(health))
-        .merge(crate::console::routes());
+        .merge(console);
     public
         .merge(authenticated)
         .fallback(not_found)
@@ -279,7 +280,12 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let rate_limiter = Arc::<RateLimiter>::default();
     let bumps = Bumps::start(redis.clone(), settings.cache_ttl);
     let credentials =
-        Credentials { redis: redis.clone(), session_ttl: settings.session_ttl, cookie_secure: settings.cookie_secure };
+        Credentials {
+            redis: redis.clone(),
+            session_ttl: settings.session_ttl,
+            cookie_secure: settings.cookie_secure,
+            websocket_url: settings.console_websocket_url.clone(),
+        };
     let proxies = Proxies { hops: settings.proxy_hops };
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph }),
