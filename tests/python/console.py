@@ -1,7 +1,9 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
-slider back, see a problem, sign out and be refused; a second tenant sees nothing of the first;
-a session the gateway no longer knows (what an expired one is) is sent to sign in.
+slider back, see a problem; watch another writer's node appear in the open graph and in the live
+events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
+sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
+to sign in.
 
 Run by crates/gateway/tests/console.rs, which starts the gateway and the graph service and
 passes their address and two tenants' tokens. Prints one line per check; exits non-zero on the
@@ -14,6 +16,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -52,12 +55,14 @@ def check(what, ok):
     print(f"ok: {what}", flush=True)
 
 
-def shot(name, width=1280, height=800):
-    """A screenshot of the page's top at exactly width x height CSS pixels (the browser's own
-    window chrome would otherwise take some of the height)."""
+def shot(name, width=1280, height=800, show=None):
+    """A screenshot of the page's top (or with the element `show` in view) at exactly width x
+    height CSS pixels (the browser's own window chrome would otherwise take some of the height)."""
     metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     driver.execute_script("window.scrollTo(0, 0)")
+    if show:
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", show)
     time.sleep(0.3)
     driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
@@ -103,6 +108,16 @@ def api_status(method, path):
         "fetch(arguments[1], {method: arguments[0], credentials: 'same-origin'})"
         ".then(r => done(r.status), e => done(String(e)));",
         method, path)
+
+
+def rest(method, path, body=None):
+    """Another writer: tenant A's token calling the REST API directly, not through the page."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(URL + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {TOKEN_A}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else None
 
 
 def add_node(node_id, node_type, properties, drawn):
@@ -183,12 +198,52 @@ def main():
     check(f"a duplicate node shows the API's problem ({problem!r})", "a" in problem and len(problem) > 10)
     shot("problem")
 
+    # Live: another writer adds a node through the API. The open graph redraws at the new version
+    # without reloading, and the event shows in the graph's live panel.
+    el("#graph-live .feed-status[data-subscribed]")
+    driver.execute_script("window.cimNotReloaded = true")
+    graph_id = graph_url.rsplit("/", 1)[1]
+    rest("POST", f"/api/v1/graphs/{graph_id}/nodes", {"id": "d", "type": "place", "properties": {"name": "Dock"}})
+    text_in("#drawn-counts", "4 nodes and 1 edge drawn, version 6 of 6")
+    check("another writer's node is drawn without reloading",
+          driver.execute_script("return window.cimNotReloaded === true") and count("#drawing .node circle") == 4)
+    text_in("#graph-live .event-rows", "node_added")
+    latest = driver.find_element(By.CSS_SELECTOR, "#graph-live .event-rows tr").text
+    check(f"the graph's live panel shows the event, newest first ({latest!r})",
+          "node_added" in latest and "alice" in latest)
+    shot("graph-live", show="#graph-live")
+
     driver.get(URL + "/#/graphs")
     heading("Graphs")
     el('#graph-rows tr')
     check("the list shows the new graph", count("#graph-rows tr") == 1)
     shot("graphs")
     shot("graphs-phone", 390, 844)
+
+    # The live events page: every graph event of the tenant, then only one aggregate's.
+    driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/events"]').click()
+    heading("Live events")
+    el("#events-filter ~ section .feed-status[data-subscribed]")
+    rest("POST", f"/api/v1/graphs/{graph_id}/nodes", {"id": "e", "type": "place", "properties": {"name": "Quay"}})
+    text_in(".event-rows", "node_added")
+    row = driver.find_element(By.CSS_SELECTOR, ".event-rows tr")
+    check("the events page shows the node added elsewhere", graph_id in row.text and "node_added" in row.text)
+    check("the event links to its graph",
+          row.find_element(By.TAG_NAME, "a").get_attribute("href").endswith(f"#/graphs/{graph_id}"))
+    other = rest("POST", "/api/v1/graphs", {"name": "elsewhere"})["graph_id"]
+    text_in(".event-rows", "graph_created")
+    fill("#events-aggregate-id", other)
+    driver.find_element(By.CSS_SELECTOR, "#events-filter [type=submit]").click()
+    text_in("#events-watching", other)
+    el("#events-filter ~ section .feed-status[data-subscribed]")
+    rest("POST", f"/api/v1/graphs/{graph_id}/nodes", {"id": "f", "type": "place"})
+    rest("POST", f"/api/v1/graphs/{other}/nodes", {"id": "x", "type": "place", "properties": {"name": "X"}})
+    text_in(".event-rows", "node_added")
+    rows = driver.find_elements(By.CSS_SELECTOR, ".event-rows tr")
+    check("filtered by aggregate, only that graph's event arrives",
+          len(rows) == 1 and other in rows[0].text and graph_id not in rows[0].text)
+    shot("events")
+    shot("events-phone", 390, 844)
 
     # Sign out: the cookie is revoked on the server, not only forgotten by the page.
     driver.find_element(By.ID, "sign-out").click()

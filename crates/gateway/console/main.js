@@ -1,14 +1,19 @@
 // The console's shell: who is signed in, sign out, and the pages by location hash
-// (#/signin, #/graphs, #/graphs/<id>), so the browser's back button and links work.
+// (#/signin, #/graphs, #/graphs/<id>, #/events), so the browser's back button and links work.
+// A page that holds something open (a live feed) hands `onLeave` what ends it.
 
 import { api } from "./api.js";
 import { clearReport, report } from "./dom.js";
 import { signInPage } from "./signin.js";
 import { graphsPage } from "./graphs.js";
 import { graphPage } from "./graph.js";
+import { eventsPage } from "./events.js";
+import { disconnect } from "./live.js";
 
 const view = document.getElementById("view");
 const session = { me: null, notice: "", returnTo: "" };
+let leaving = [];
+const onLeave = (end) => leaving.push(end);
 
 /** reader < writer < admin, as the gateway checks them. */
 session.can = (role) => {
@@ -40,6 +45,7 @@ async function whoAmI() {
 
 function toSignIn(notice) {
   session.me = null;
+  disconnect();
   session.notice = notice;
   renderHeader();
   if (location.hash !== "#/signin") {
@@ -51,9 +57,10 @@ function toSignIn(notice) {
 }
 
 async function route() {
+  for (const end of leaving.splice(0)) end();
   clearReport();
   const hash = location.hash || "#/graphs";
-  const context = { view, session, signedIn };
+  const context = { view, session, signedIn, onLeave };
   if (hash === "#/signin") {
     signInPage(context);
     session.notice = "";
@@ -63,6 +70,7 @@ async function route() {
     toSignIn("Sign in to continue.");
     return;
   }
+  if (hash === "#/events") return eventsPage(context);
   const graph = hash.match(/^#\/graphs\/([^/]+)$/);
   if (graph) return graphPage(context, decodeURIComponent(graph[1]));
   return graphsPage(context);

@@ -41,6 +41,8 @@ static ASSETS: &[Asset] = &[
     asset!("graphs.js", JS),
     asset!("graph.js", JS),
     asset!("drawing.js", JS),
+    asset!("live.js", JS),
+    asset!("events.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the

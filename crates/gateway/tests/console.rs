@@ -8,6 +8,8 @@ mod harness;
 mod http;
 #[path = "support/gateway.rs"]
 mod support;
+#[path = "support/websocket.rs"]
+mod websocket;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,7 +65,11 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         );
     }
     let graph = harness::Service::start().await;
-    let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    // The websocket server on a port of its own: the console's policy lets the page reach it.
+    let ws = websocket::Websocket::start(&graph).await;
+    let url = ws.url();
+    let vars = [("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url)];
+    let gw = gateway(&graph, &vars).await;
     let (a, b) = (TenantId::new(), TenantId::new());
     let token_a = token(a, &["writer"], now_secs() + 600);
     let token_b = token(b, &["writer"], now_secs() + 600);
@@ -90,5 +96,6 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     assert!(out.status.success(), "the browser test failed (screenshot: {}/failure.png):\n{report}", shots.display());
     assert!(report.contains("console: all checks passed"), "{report}");
     gw.stop().await;
+    ws.stop().await;
     graph.stop().await;
 }
