@@ -3,13 +3,13 @@ WebDriver, as a person would: sign in, create a graph, add nodes and an edge, ro
 slider back, see a problem; watch another writer's node appear in the open graph and in the live
 events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
-to sign in.
+to sign in; an admin reads the operations page (a writer is refused it).
 
 Run by crates/gateway/tests/console.rs, which starts the gateway and the graph service and
 passes their address and two tenants' tokens. Prints one line per check; exits non-zero on the
 first failure, after saving a screenshot of it.
 
-usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR
+usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A
 """
 
 import json
@@ -26,7 +26,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-URL, TOKEN_A, TOKEN_B, SHOTS = sys.argv[1:5]
+URL, TOKEN_A, TOKEN_B, SHOTS, ADMIN_A = sys.argv[1:6]
 WAIT = 15
 
 
@@ -245,6 +245,15 @@ def main():
     shot("events")
     shot("events-phone", 390, 844)
 
+    # Operations are for admins: a writer has no link to them and is refused at their address.
+    check("a writer is offered no operations page",
+          not driver.find_element(By.ID, "nav-operations").is_displayed())
+    driver.get(URL + "/#/operations")
+    heading("Operations")
+    visible("#problem")
+    check("a writer at the operations address is refused",
+          "permission" in driver.find_element(By.ID, "problem").text.lower())
+
     # Sign out: the cookie is revoked on the server, not only forgotten by the page.
     driver.find_element(By.ID, "sign-out").click()
     heading("Sign in")
@@ -285,8 +294,28 @@ def main():
     heading("Sign in")
     check("a missing session is sent to sign in", "#/signin" in driver.current_url)
 
+    # An admin of tenant A: services and their readiness, streams and consumer lag, dead letters,
+    # dashboards. The test runs the graph service only; the others' addresses answer nothing.
+    driver.get(URL + "/#/operations")
+    sign_in(ADMIN_A, lands_on="Operations")
+    text_in("#services", "graph")
+    state = {r.get_attribute("data-service"): r.find_elements(By.TAG_NAME, "td")[1].text
+             for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
+    check(f"readiness by service ({state})", state.get("gateway") == "ready" and state.get("graph") == "ready"
+          and state.get("document") == "not ready" and state.get("agent") == "not ready")
+    check("the graph stream's consumers are listed with their lag",
+          count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
+    text_in("#dead-letter-total", "1 dead letter")
+    check("the dead letter is counted by its consumer's subject", "console-test" in driver.find_element(By.ID, "dead-letters").text)
+    links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#dashboards a")]
+    check(f"Grafana dashboards are linked ({len(links)})", "http://grafana.test:3000/d/cim-overview" in links and len(links) == 7)
+    check("the admin is offered the operations page", driver.find_element(By.ID, "nav-operations").is_displayed())
+    shot("operations")
+    shot("operations-phone", 390, 844)
+
     logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]
-            and "404" not in e["message"] and "409" not in e["message"] and "422" not in e["message"]]
+            and "403" not in e["message"] and "404" not in e["message"] and "409" not in e["message"]
+            and "422" not in e["message"]]
     check(f"no script errors in the console ({logs})", not logs)
 
 

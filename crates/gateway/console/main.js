@@ -1,5 +1,5 @@
 // The console's shell: who is signed in, sign out, and the pages by location hash
-// (#/signin, #/graphs, #/graphs/<id>, #/events), so the browser's back button and links work.
+// (#/signin, #/graphs, #/graphs/<id>, #/events, #/operations), so the browser's back button and links work.
 // A page that holds something open (a live feed) hands `onLeave` what ends it.
 
 import { api } from "./api.js";
@@ -8,6 +8,7 @@ import { signInPage } from "./signin.js";
 import { graphsPage } from "./graphs.js";
 import { graphPage } from "./graph.js";
 import { eventsPage } from "./events.js";
+import { operationsPage } from "./operations.js";
 import { disconnect } from "./live.js";
 
 const view = document.getElementById("view");
@@ -26,6 +27,7 @@ function renderHeader() {
   const me = session.me;
   document.getElementById("nav").hidden = !me;
   document.getElementById("who").hidden = !me;
+  document.getElementById("nav-operations").hidden = !session.can("admin");
   document.getElementById("who-name").textContent = me
     ? `${me.subject} · tenant ${me.tenant} · ${me.roles.join(", ") || "no role"}`
     : "";
@@ -71,6 +73,7 @@ async function route() {
     return;
   }
   if (hash === "#/events") return eventsPage(context);
+  if (hash === "#/operations") return operationsPage(context);
   const graph = hash.match(/^#\/graphs\/([^/]+)$/);
   if (graph) return graphPage(context, decodeURIComponent(graph[1]));
   return graphsPage(context);

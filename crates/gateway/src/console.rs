@@ -43,6 +43,7 @@ static ASSETS: &[Asset] = &[
     asset!("drawing.js", JS),
     asset!("live.js", JS),
     asset!("events.js", JS),
+    asset!("operations.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the
