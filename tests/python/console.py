@@ -1,6 +1,7 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
-slider back, see a problem; watch another writer's node appear in the open graph and in the live
+slider back, see a problem; add a workflow definition, start instances, approve and reject
+their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
 events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
 to sign in; an admin reads the operations page (a writer is refused it).
@@ -118,6 +119,17 @@ def rest(method, path, body=None):
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read()
     return json.loads(text) if text else None
+
+
+DEFINITION = {"name": "review", "steps": [
+    {"id": "price", "kind": "automated", "set": {"total": "qty * 40"}},
+    {"id": "approve", "kind": "approval", "depends_on": ["price"], "role": "writer"}]}
+
+
+def start_workflow(context):
+    fill("#start-context", context)
+    driver.find_element(By.CSS_SELECTOR, "#start-workflow [type=submit]").click()
+    heading("review")
 
 
 def add_node(node_id, node_type, properties, drawn):
@@ -245,6 +257,65 @@ def main():
     shot("events")
     shot("events-phone", 390, 844)
 
+    # Workflows: a definition added in the page, an instance started; its approval step waits,
+    # is approved with a comment, and the instance completes without a reload. A second one is
+    # rejected and fails.
+    driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/workflows"]').click()
+    heading("Workflows")
+    fill("#new-definition", json.dumps(DEFINITION))
+    driver.find_element(By.CSS_SELECTOR, "#create-definition [type=submit]").click()
+    text_in("#definitions", "price (automated) → approve (approval)")
+    start_workflow('{"qty": 3}')
+    el('#step-rows tr[data-step="price"][data-status="completed"]')
+    el('#step-rows tr[data-step="approve"][data-status="waiting_approval"]')
+    check("the approval step waits, with approve and reject offered",
+          count("#approve-approve") == 1 and count("#reject-approve") == 1)
+    shot("workflow")
+    fill("#comment-approve", "fine by me")
+    driver.find_element(By.ID, "approve-approve").click()
+    el('#workflow-meta[data-status="completed"]')
+    text_in("#timeline", "step approval granted")
+    check("the timeline shows the approval and its comment", "fine by me" in driver.find_element(By.ID, "timeline").text)
+    shot("workflow-done")
+    driver.get(URL + "/#/workflows")
+    heading("Workflows")
+    start_workflow('{"qty": 1}')
+    el('#step-rows tr[data-step="approve"][data-status="waiting_approval"]')
+    driver.find_element(By.ID, "reject-approve").click()
+    el('#workflow-meta[data-status="failed"]')
+    text_in("#timeline", "step approval rejected")
+    driver.get(URL + "/#/workflows")
+    heading("Workflows")
+    text_in("#instances", "failed")
+    check("the instance list shows both outcomes",
+          count('#instance-rows tr') == 2 and "completed" in driver.find_element(By.ID, "instances").text)
+    shot("workflows")
+
+    # Agents by state and the tasks: two agents (one active), a task queued for a capability.
+    agent = rest("POST", "/api/v1/agents", {"name": "reviewer", "agent_type": "system"})["agent_id"]
+    rest("PUT", f"/api/v1/agents/{agent}/capabilities", {"capabilities": ["code_review"]})
+    rest("POST", f"/api/v1/agents/{agent}/activate")
+    rest("POST", "/api/v1/agents", {"name": "standby", "agent_type": "human"})
+    rest("POST", "/api/v1/tasks", {"required_capabilities": ["code_review"], "payload": {"pr": 42}, "priority": 5})
+    driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/agents"]').click()
+    heading("Agents")
+    text_in("#agent-states", "active (1)")
+    text_in("#agent-states", "deployed (1)")
+    driver.find_element(By.CSS_SELECTOR, '#agent-states [data-state="active"]').click()
+    check("the active tab lists the active agent only",
+          [r.get_attribute("data-state") for r in driver.find_elements(By.CSS_SELECTOR, "#agent-rows tr")] == ["active"])
+    el('#task-rows tr[data-state="queued"]')
+    check("the queued task is listed with what it needs", "code_review" in driver.find_element(By.ID, "tasks").text)
+    shot("agents")
+    driver.find_element(By.ID, f"agent-{agent}").click()
+    text_in("#task-scope", "reviewer holds or last held")
+    check("no worker is connected, so the agent holds none of them", count("#task-rows tr") == 0)
+    driver.find_element(By.ID, f"agent-{agent}").click()
+    select = driver.find_element(By.ID, "task-state")
+    select.find_element(By.CSS_SELECTOR, 'option[value="completed"]').click()
+    text_in("#task-scope", "latest completed tasks")
+    check("no task is completed", count("#task-rows tr") == 0)
+
     # Operations are for admins: a writer has no link to them and is refused at their address.
     check("a writer is offered no operations page",
           not driver.find_element(By.ID, "nav-operations").is_displayed())
@@ -295,14 +366,16 @@ def main():
     check("a missing session is sent to sign in", "#/signin" in driver.current_url)
 
     # An admin of tenant A: services and their readiness, streams and consumer lag, dead letters,
-    # dashboards. The test runs the graph service only; the others' addresses answer nothing.
+    # dashboards. The test runs the graph, agent and workflow services; the others' addresses
+    # answer nothing.
     driver.get(URL + "/#/operations")
     sign_in(ADMIN_A, lands_on="Operations")
     text_in("#services", "graph")
     state = {r.get_attribute("data-service"): r.find_elements(By.TAG_NAME, "td")[1].text
              for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
-    check(f"readiness by service ({state})", state.get("gateway") == "ready" and state.get("graph") == "ready"
-          and state.get("document") == "not ready" and state.get("agent") == "not ready")
+    check(f"readiness by service ({state})", state == {
+        "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready",
+        "document": "not ready", "webhook": "not ready"})
     check("the graph stream's consumers are listed with their lag",
           count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
     text_in("#dead-letter-total", "1 dead letter")

@@ -1,5 +1,6 @@
 // The console's shell: who is signed in, sign out, and the pages by location hash
-// (#/signin, #/graphs, #/graphs/<id>, #/events, #/operations), so the browser's back button and links work.
+// (#/signin, #/graphs, #/graphs/<id>, #/workflows, #/workflows/<id>, #/agents, #/events,
+// #/operations), so the browser's back button and links work.
 // A page that holds something open (a live feed) hands `onLeave` what ends it.
 
 import { api } from "./api.js";
@@ -9,6 +10,8 @@ import { graphsPage } from "./graphs.js";
 import { graphPage } from "./graph.js";
 import { eventsPage } from "./events.js";
 import { operationsPage } from "./operations.js";
+import { workflowPage, workflowsPage } from "./workflows.js";
+import { agentsPage } from "./agents.js";
 import { disconnect } from "./live.js";
 
 const view = document.getElementById("view");
@@ -74,6 +77,10 @@ async function route() {
   }
   if (hash === "#/events") return eventsPage(context);
   if (hash === "#/operations") return operationsPage(context);
+  if (hash === "#/workflows") return workflowsPage(context);
+  if (hash === "#/agents") return agentsPage(context);
+  const workflow = hash.match(/^#\/workflows\/([^/]+)$/);
+  if (workflow) return workflowPage(context, decodeURIComponent(workflow[1]));
   const graph = hash.match(/^#\/graphs\/([^/]+)$/);
   if (graph) return graphPage(context, decodeURIComponent(graph[1]));
   return graphsPage(context);

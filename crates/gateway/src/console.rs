@@ -44,6 +44,8 @@ static ASSETS: &[Asset] = &[
     asset!("live.js", JS),
     asset!("events.js", JS),
     asset!("operations.js", JS),
+    asset!("workflows.js", JS),
+    asset!("agents.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the

@@ -10,6 +10,10 @@ mod http;
 mod support;
 #[path = "support/websocket.rs"]
 mod websocket;
+#[path = "support/agent.rs"]
+mod agent;
+#[path = "support/workflow.rs"]
+mod workflow;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -133,8 +137,13 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     // The websocket server on a port of its own: the console's policy lets the page reach it.
     let ws = websocket::Websocket::start(&graph).await;
     let url = ws.url();
+    let agents = agent::AgentService::start(&graph.prefix).await;
+    let workflows = workflow::WorkflowService::start(&graph.prefix).await;
+    let (agent_url, workflow_url) = (agents.url(), workflows.url());
     let mut vars = vec![("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url)];
+    // Later entries win: the agent and workflow services run in this test.
     vars.extend(OPERATIONS_VARS);
+    vars.extend([("CIM_GATEWAY_AGENT_URLS", &*agent_url), ("CIM_GATEWAY_WORKFLOW_URLS", &*workflow_url)]);
     let gw = gateway(&graph, &vars).await;
     dead_letter(&graph).await;
     let (a, b) = (TenantId::new(), TenantId::new());
@@ -157,14 +166,16 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         .kill_on_drop(true)
         .output();
     // Bounded: a browser that hangs fails the test instead of the suite.
-    let out = tokio::time::timeout(Duration::from_secs(90), run)
+    let out = tokio::time::timeout(Duration::from_secs(150), run)
         .await
-        .expect("the browser test finished within 90 s")
+        .expect("the browser test finished within 150 s")
         .expect("run tests/python/console.py (pip install -r tests/python/requirements.txt)");
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed (screenshot: {}/failure.png):\n{report}", shots.display());
     assert!(report.contains("console: all checks passed"), "{report}");
     gw.stop().await;
     ws.stop().await;
+    agents.stop().await;
+    workflows.stop().await;
     graph.stop().await;
 }
