@@ -23,8 +23,10 @@ pub const TICKET_TTL_SECS: u64 = 30;
 /// How long a connection opened (or renewed) with a ticket lives without a fresh one.
 pub const CONNECTION_SECS: u64 = 300;
 
+/// Under the gateway's key space (`cim:gw:*`, which its Redis user may write); the websocket
+/// server's user needs only `GETDEL` on `cim:gw:ws-ticket:*`.
 fn entry(ticket: &str) -> String {
-    format!("cim:ws:ticket:{}", blake3::hash(ticket.as_bytes()).to_hex())
+    format!("cim:gw:ws-ticket:{}", blake3::hash(ticket.as_bytes()).to_hex())
 }
 
 /// Stores a ticket for `principal` and answers it (shown once). The principal's end becomes the

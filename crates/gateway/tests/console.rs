@@ -2,6 +2,8 @@
 //! a real browser (headless Debian Chromium through chromedriver, by `tests/python/console.py`),
 //! against a gateway and a graph service on free ports with their own schema and prefix.
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "../../graph/tests/support/harness.rs"]
 mod harness;
 #[path = "support/http.rs"]
@@ -10,8 +12,6 @@ mod http;
 mod support;
 #[path = "support/websocket.rs"]
 mod websocket;
-#[path = "support/agent.rs"]
-mod agent;
 #[path = "support/workflow.rs"]
 mod workflow;
 
