@@ -84,7 +84,7 @@ export function feed(filter, { caption, compact = false, onEvent } = {}) {
 export function eventsPage({ view, onLeave }) {
   const domain = h("select", { id: "events-domain", name: "domain" }, ...DOMAINS.map((d) => h("option", { value: d }, d)));
   const aggregateType = h("input", { id: "events-aggregate-type", name: "aggregate_type", placeholder: "any" });
-  const aggregateId = h("input", { id: "events-aggregate-id", name: "aggregate_id", placeholder: "any", size: 38 });
+  const aggregateId = h("input", { id: "events-aggregate-id", name: "aggregate_id", placeholder: "any" });
   const eventTypes = h("input", { id: "events-types", name: "event_types", placeholder: "any, or node_added, edge_added" });
   const form = h(
     "form",

@@ -39,8 +39,10 @@ function subscribeFrame(id, sub) {
   return frame;
 }
 
+// Quiet on 401: a ticket request still in flight when the person signs out must not announce
+// an ended session; the page's own calls do that when the session really ended.
 async function ticket() {
-  return api("POST", "/api/v1/auth/ws-ticket");
+  return api("POST", "/api/v1/auth/ws-ticket", { quiet401: true });
 }
 
 function endpoint(url) {
