@@ -1,6 +1,7 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
-slider back, see a problem; add a workflow definition, start instances, approve and reject
+slider back, see a problem; upload documents with a progress bar, list, version and download
+them; add a workflow definition, start instances, approve and reject
 their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
 events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
@@ -320,6 +321,51 @@ def main():
     text_in("#task-scope", "latest completed tasks")
     check("no task is completed", count("#task-rows tr") == 0)
 
+    # Documents: a new document with its first content (the progress bar's values are recorded
+    # as the upload reports them), a second version, both listed, a version downloaded.
+    first = os.path.join(SHOTS, "upload-1.bin")
+    second = os.path.join(SHOTS, "upload-2.txt")
+    with open(first, "wb") as f:
+        f.write(os.urandom(3 * 1024 * 1024))
+    with open(second, "w") as f:
+        f.write("the second version\n")
+    try:
+        driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/documents"]').click()
+        heading("Documents")
+        fill("#new-document-title", "Site plan")
+        fill("#new-document-description", "uploaded by the browser test")
+        driver.find_element(By.ID, "new-document-file").send_keys(first)
+        driver.execute_script(
+            "window.cimProgress = [];"
+            "new MutationObserver(() => window.cimProgress.push(document.getElementById('new-document-progress').value))"
+            ".observe(document.getElementById('new-document-progress'), {attributes: true});")
+        driver.find_element(By.CSS_SELECTOR, "#create-document [type=submit]").click()
+        text_in("#new-document-progress-label", "stored as version 1")
+        seen = driver.execute_script("return window.cimProgress")
+        check(f"the progress bar followed the upload to 100% ({seen[-3:]})", seen and seen[-1] == 100)
+        text_in("#documents", "Site plan")
+        check("the list shows the document with its content", "upload-1.bin · v1" in driver.find_element(By.ID, "documents").text)
+        shot("documents")
+        driver.find_element(By.LINK_TEXT, "Site plan").click()
+        heading("Site plan")
+        el('#version-rows tr[data-version="1"]')
+        driver.find_element(By.ID, "next-version-file").send_keys(second)
+        driver.find_element(By.CSS_SELECTOR, "#upload-version [type=submit]").click()
+        el('#version-rows tr[data-version="2"]')
+        check("both versions are listed, newest first",
+              [r.get_attribute("data-version") for r in driver.find_elements(By.CSS_SELECTOR, "#version-rows tr")] == ["2", "1"])
+        href = driver.find_element(By.ID, "download-1").get_attribute("href")
+        got = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {credentials: 'same-origin'}).then(r => r.arrayBuffer()).then(b => done(b.byteLength), e => done(String(e)));",
+            href)
+        check(f"version 1 downloads whole ({got} bytes)", got == 3 * 1024 * 1024)
+        shot("document")
+        shot("document-phone", 390, 844)
+    finally:
+        os.remove(first)
+        os.remove(second)
+
     # Operations are for admins: a writer has no link to them and is refused at their address.
     check("a writer is offered no operations page",
           not driver.find_element(By.ID, "nav-operations").is_displayed())
@@ -373,8 +419,8 @@ def main():
     check("a missing session is sent to sign in", "#/signin" in driver.current_url)
 
     # An admin of tenant A, offered the operations page in the nav: services and their readiness, streams and consumer lag, dead letters,
-    # dashboards. The test runs the graph, agent and workflow services; the others' addresses
-    # answer nothing.
+    # dashboards. The test runs the graph, agent, workflow and document services; the webhook
+    # service's address answers nothing.
     sign_in(ADMIN_A)
     visible("#nav-operations").click()
     heading("Operations")
@@ -382,8 +428,8 @@ def main():
     state = {r.get_attribute("data-service"): r.find_elements(By.TAG_NAME, "td")[1].text
              for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
     check(f"readiness by service ({state})", state == {
-        "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready",
-        "document": "not ready", "webhook": "not ready"})
+        "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready", "document": "ready",
+        "webhook": "not ready"})
     check("the graph stream's consumers are listed with their lag",
           count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
     text_in("#dead-letter-total", "1 dead letter")

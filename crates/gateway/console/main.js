@@ -1,5 +1,5 @@
 // The console's shell: who is signed in, sign out, and the pages by location hash
-// (#/signin, #/graphs, #/graphs/<id>, #/workflows, #/workflows/<id>, #/agents, #/events,
+// (#/signin, #/graphs, #/graphs/<id>, #/workflows, #/workflows/<id>, #/agents, #/documents, #/documents/<id>, #/events,
 // #/operations), so the browser's back button and links work.
 // A page that holds something open (a live feed) hands `onLeave` what ends it.
 
@@ -12,6 +12,7 @@ import { eventsPage } from "./events.js";
 import { operationsPage } from "./operations.js";
 import { workflowPage, workflowsPage } from "./workflows.js";
 import { agentsPage } from "./agents.js";
+import { documentPage, documentsPage } from "./documents.js";
 import { disconnect } from "./live.js";
 
 const view = document.getElementById("view");
@@ -79,6 +80,9 @@ async function route() {
   if (hash === "#/operations") return operationsPage(context);
   if (hash === "#/workflows") return workflowsPage(context);
   if (hash === "#/agents") return agentsPage(context);
+  if (hash === "#/documents") return documentsPage(context);
+  const doc = hash.match(/^#\/documents\/([^/]+)$/);
+  if (doc) return documentPage(context, decodeURIComponent(doc[1]));
   const workflow = hash.match(/^#\/workflows\/([^/]+)$/);
   if (workflow) return workflowPage(context, decodeURIComponent(workflow[1]));
   const graph = hash.match(/^#\/graphs\/([^/]+)$/);

@@ -46,6 +46,7 @@ static ASSETS: &[Asset] = &[
     asset!("operations.js", JS),
     asset!("workflows.js", JS),
     asset!("agents.js", JS),
+    asset!("documents.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the

@@ -4,6 +4,8 @@
 
 #[path = "support/agent.rs"]
 mod agent;
+#[path = "support/document.rs"]
+mod document;
 #[path = "../../graph/tests/support/harness.rs"]
 mod harness;
 #[path = "support/http.rs"]
@@ -139,11 +141,16 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let url = ws.url();
     let agents = agent::AgentService::start(&graph.prefix).await;
     let workflows = workflow::WorkflowService::start(&graph.prefix).await;
-    let (agent_url, workflow_url) = (agents.url(), workflows.url());
+    let documents = document::DocumentService::start(&graph.prefix).await;
+    let (agent_url, workflow_url, document_url) = (agents.url(), workflows.url(), documents.url());
     let mut vars = vec![("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url)];
-    // Later entries win: the agent and workflow services run in this test.
+    // Later entries win: the agent, workflow and document services run in this test.
     vars.extend(OPERATIONS_VARS);
-    vars.extend([("CIM_GATEWAY_AGENT_URLS", &*agent_url), ("CIM_GATEWAY_WORKFLOW_URLS", &*workflow_url)]);
+    vars.extend([
+        ("CIM_GATEWAY_AGENT_URLS", &*agent_url),
+        ("CIM_GATEWAY_WORKFLOW_URLS", &*workflow_url),
+        ("CIM_GATEWAY_DOCUMENT_URLS", &*document_url),
+    ]);
     let gw = gateway(&graph, &vars).await;
     dead_letter(&graph).await;
     let (a, b) = (TenantId::new(), TenantId::new());
@@ -177,5 +184,6 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     ws.stop().await;
     agents.stop().await;
     workflows.stop().await;
+    documents.stop().await;
     graph.stop().await;
 }
