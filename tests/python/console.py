@@ -16,7 +16,9 @@ usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -323,8 +325,10 @@ def main():
 
     # Documents: a new document with its first content (the progress bar's values are recorded
     # as the upload reports them), a second version, both listed, a version downloaded.
-    first = os.path.join(SHOTS, "upload-1.bin")
-    second = os.path.join(SHOTS, "upload-2.txt")
+    # In a directory of their own with a plain absolute path (ChromeDriver refuses `..` in one).
+    files = tempfile.mkdtemp(prefix="cim-console-")
+    first = os.path.join(files, "upload-1.bin")
+    second = os.path.join(files, "upload-2.txt")
     with open(first, "wb") as f:
         f.write(os.urandom(3 * 1024 * 1024))
     with open(second, "w") as f:
@@ -363,8 +367,7 @@ def main():
         shot("document")
         shot("document-phone", 390, 844)
     finally:
-        os.remove(first)
-        os.remove(second)
+        shutil.rmtree(files)
 
     # Operations are for admins: a writer has no link to them and is refused at their address.
     check("a writer is offered no operations page",
