@@ -23,6 +23,8 @@ echo "up: checking the installation"
 export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
 # The console is served over plain HTTP here, where a Secure session cookie may not be kept.
 export CIM_GATEWAY_COOKIE_SECURE="${CIM_GATEWAY_COOKIE_SECURE:-false}"
+# The console is served on 8080 and the websocket server on 8081: name it for the live feed.
+export CIM_GATEWAY_CONSOLE_WEBSOCKET_URL="${CIM_GATEWAY_CONSOLE_WEBSOCKET_URL:-ws://localhost:8081/ws}"
 # Bearer tokens: unless a secret or a public key is configured, this user's development signing
 # secret, made once (random, mode 0600) in the data directory (CIM_DATA_DIR, else
 # $XDG_DATA_HOME/cim or ~/.local/share/cim) and handed to the services here. `cim token` finds

@@ -1,19 +1,26 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
-slider back, see a problem, sign out and be refused; a second tenant sees nothing of the first;
-a session the gateway no longer knows (what an expired one is) is sent to sign in.
+slider back, see a problem; upload documents with a progress bar, list, version and download
+them; add a workflow definition, start instances, approve and reject
+their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
+events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
+sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
+to sign in; an admin reads the operations page (a writer is refused it).
 
 Run by crates/gateway/tests/console.rs, which starts the gateway and the graph service and
 passes their address and two tenants' tokens. Prints one line per check; exits non-zero on the
 first failure, after saving a screenshot of it.
 
-usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR
+usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A
 """
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -23,7 +30,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-URL, TOKEN_A, TOKEN_B, SHOTS = sys.argv[1:5]
+URL, TOKEN_A, TOKEN_B, SHOTS, ADMIN_A = sys.argv[1:6]
 WAIT = 15
 
 
@@ -52,12 +59,14 @@ def check(what, ok):
     print(f"ok: {what}", flush=True)
 
 
-def shot(name, width=1280, height=800):
-    """A screenshot of the page's top at exactly width x height CSS pixels (the browser's own
-    window chrome would otherwise take some of the height)."""
+def shot(name, width=1280, height=800, show=None):
+    """A screenshot of the page's top (or with the element `show` in view) at exactly width x
+    height CSS pixels (the browser's own window chrome would otherwise take some of the height)."""
     metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     driver.execute_script("window.scrollTo(0, 0)")
+    if show:
+        driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", show)
     time.sleep(0.3)
     driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
@@ -103,6 +112,29 @@ def api_status(method, path):
         "fetch(arguments[1], {method: arguments[0], credentials: 'same-origin'})"
         ".then(r => done(r.status), e => done(String(e)));",
         method, path)
+
+
+def rest(method, path, body=None):
+    """Another writer: tenant A's token calling the REST API directly, not through the page."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(URL + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {TOKEN_A}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else None
+
+
+DEFINITION = {"name": "review", "steps": [
+    {"id": "price", "kind": "automated", "set": {"total": "qty * 40"}},
+    {"id": "approve", "kind": "approval", "depends_on": ["price"], "role": "writer"}]}
+
+
+def start_workflow(context):
+    # The definitions load after the page shows: an empty (required) select would refuse to submit.
+    el("#start-definition option")
+    fill("#start-context", context)
+    driver.find_element(By.CSS_SELECTOR, "#start-workflow [type=submit]").click()
+    heading("review")
 
 
 def add_node(node_id, node_type, properties, drawn):
@@ -183,12 +215,168 @@ def main():
     check(f"a duplicate node shows the API's problem ({problem!r})", "a" in problem and len(problem) > 10)
     shot("problem")
 
+    # Live: another writer adds a node through the API. The open graph redraws at the new version
+    # without reloading, and the event shows in the graph's live panel.
+    el("#graph-live .feed-status[data-subscribed]")
+    driver.execute_script("window.cimNotReloaded = true")
+    graph_id = graph_url.rsplit("/", 1)[1]
+    rest("POST", f"/api/v1/graphs/{graph_id}/nodes", {"id": "d", "type": "place", "properties": {"name": "Dock"}})
+    text_in("#drawn-counts", "4 nodes and 1 edge drawn, version 6 of 6")
+    check("another writer's node is drawn without reloading",
+          driver.execute_script("return window.cimNotReloaded === true") and count("#drawing .node circle") == 4)
+    text_in("#graph-live .event-rows", "node_added")
+    latest = driver.find_element(By.CSS_SELECTOR, "#graph-live .event-rows tr").text
+    check(f"the graph's live panel shows the event, newest first ({latest!r})",
+          "node_added" in latest and "alice" in latest)
+    shot("graph-live", show="#graph-live")
+
     driver.get(URL + "/#/graphs")
     heading("Graphs")
     el('#graph-rows tr')
     check("the list shows the new graph", count("#graph-rows tr") == 1)
     shot("graphs")
     shot("graphs-phone", 390, 844)
+
+    # The live events page: every graph event of the tenant, then only one aggregate's.
+    driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/events"]').click()
+    heading("Live events")
+    el("#events-filter ~ section .feed-status[data-subscribed]")
+    rest("POST", f"/api/v1/graphs/{graph_id}/nodes", {"id": "e", "type": "place", "properties": {"name": "Quay"}})
+    text_in(".event-rows", "node_added")
+    row = driver.find_element(By.CSS_SELECTOR, ".event-rows tr")
+    check("the events page shows the node added elsewhere", graph_id in row.text and "node_added" in row.text)
+    check("the event links to its graph",
+          row.find_element(By.TAG_NAME, "a").get_attribute("href").endswith(f"#/graphs/{graph_id}"))
+    other = rest("POST", "/api/v1/graphs", {"name": "elsewhere"})["graph_id"]
+    text_in(".event-rows", "graph_created")
+    fill("#events-aggregate-id", other)
+    driver.find_element(By.CSS_SELECTOR, "#events-filter [type=submit]").click()
+    text_in("#events-watching", other)
+    el("#events-filter ~ section .feed-status[data-subscribed]")
+    rest("POST", f"/api/v1/graphs/{graph_id}/nodes", {"id": "f", "type": "place"})
+    rest("POST", f"/api/v1/graphs/{other}/nodes", {"id": "x", "type": "place", "properties": {"name": "X"}})
+    text_in(".event-rows", "node_added")
+    rows = driver.find_elements(By.CSS_SELECTOR, ".event-rows tr")
+    check("filtered by aggregate, only that graph's event arrives",
+          len(rows) == 1 and other in rows[0].text and graph_id not in rows[0].text)
+    shot("events")
+    shot("events-phone", 390, 844)
+
+    # Workflows: a definition added in the page, an instance started; its approval step waits,
+    # is approved with a comment, and the instance completes without a reload. A second one is
+    # rejected and fails.
+    driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/workflows"]').click()
+    heading("Workflows")
+    fill("#new-definition", json.dumps(DEFINITION))
+    driver.find_element(By.CSS_SELECTOR, "#create-definition [type=submit]").click()
+    text_in("#definitions", "price (automated) → approve (approval)")
+    start_workflow('{"qty": 3}')
+    el('#step-rows tr[data-step="price"][data-status="completed"]')
+    el('#step-rows tr[data-step="approve"][data-status="waiting_approval"]')
+    check("the approval step waits, with approve and reject offered",
+          count("#approve-approve") == 1 and count("#reject-approve") == 1)
+    shot("workflow")
+    fill("#comment-approve", "fine by me")
+    driver.find_element(By.ID, "approve-approve").click()
+    el('#workflow-meta[data-status="completed"]')
+    text_in("#timeline", "step approval granted")
+    check("the timeline shows the approval and its comment", "fine by me" in driver.find_element(By.ID, "timeline").text)
+    shot("workflow-done")
+    shot("workflow-phone", 390, 844)
+    driver.get(URL + "/#/workflows")
+    heading("Workflows")
+    start_workflow('{"qty": 1}')
+    el('#step-rows tr[data-step="approve"][data-status="waiting_approval"]')
+    driver.find_element(By.ID, "reject-approve").click()
+    el('#workflow-meta[data-status="failed"]')
+    text_in("#timeline", "step approval rejected")
+    driver.get(URL + "/#/workflows")
+    heading("Workflows")
+    text_in("#instances", "failed")
+    check("the instance list shows both outcomes",
+          count('#instance-rows tr') == 2 and "completed" in driver.find_element(By.ID, "instances").text)
+    shot("workflows")
+
+    # Agents by state and the tasks: two agents (one active), a task queued for a capability.
+    agent = rest("POST", "/api/v1/agents", {"name": "reviewer", "agent_type": "system"})["agent_id"]
+    rest("PUT", f"/api/v1/agents/{agent}/capabilities", {"capabilities": ["code_review"]})
+    rest("POST", f"/api/v1/agents/{agent}/activate")
+    rest("POST", "/api/v1/agents", {"name": "standby", "agent_type": "human"})
+    rest("POST", "/api/v1/tasks", {"required_capabilities": ["code_review"], "payload": {"pr": 42}, "priority": 5})
+    driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/agents"]').click()
+    heading("Agents")
+    text_in("#agent-states", "active (1)")
+    text_in("#agent-states", "deployed (1)")
+    driver.find_element(By.CSS_SELECTOR, '#agent-states [data-state="active"]').click()
+    check("the active tab lists the active agent only",
+          [r.get_attribute("data-state") for r in driver.find_elements(By.CSS_SELECTOR, "#agent-rows tr")] == ["active"])
+    el('#task-rows tr[data-state="queued"]')
+    check("the queued task is listed with what it needs", "code_review" in driver.find_element(By.ID, "tasks").text)
+    shot("agents")
+    shot("agents-phone", 390, 844)
+    driver.find_element(By.ID, f"agent-{agent}").click()
+    text_in("#task-scope", "reviewer holds or last held")
+    check("no worker is connected, so the agent holds none of them", count("#task-rows tr") == 0)
+    driver.find_element(By.ID, f"agent-{agent}").click()
+    select = driver.find_element(By.ID, "task-state")
+    select.find_element(By.CSS_SELECTOR, 'option[value="completed"]').click()
+    text_in("#task-scope", "latest completed tasks")
+    check("no task is completed", count("#task-rows tr") == 0)
+
+    # Documents: a new document with its first content (the progress bar's values are recorded
+    # as the upload reports them), a second version, both listed, a version downloaded.
+    # In a directory of their own with a plain absolute path (ChromeDriver refuses `..` in one).
+    files = tempfile.mkdtemp(prefix="cim-console-")
+    first = os.path.join(files, "upload-1.bin")
+    second = os.path.join(files, "upload-2.txt")
+    with open(first, "wb") as f:
+        f.write(os.urandom(3 * 1024 * 1024))
+    with open(second, "w") as f:
+        f.write("the second version\n")
+    try:
+        driver.find_element(By.CSS_SELECTOR, '#nav a[href="#/documents"]').click()
+        heading("Documents")
+        fill("#new-document-title", "Site plan")
+        fill("#new-document-description", "uploaded by the browser test")
+        driver.find_element(By.ID, "new-document-file").send_keys(first)
+        driver.execute_script(
+            "window.cimProgress = [];"
+            "new MutationObserver(() => window.cimProgress.push(document.getElementById('new-document-progress').value))"
+            ".observe(document.getElementById('new-document-progress'), {attributes: true});")
+        driver.find_element(By.CSS_SELECTOR, "#create-document [type=submit]").click()
+        text_in("#new-document-progress-label", "stored as version 1")
+        seen = driver.execute_script("return window.cimProgress")
+        check(f"the progress bar followed the upload to 100% ({seen[-3:]})", seen and seen[-1] == 100)
+        text_in("#documents", "Site plan")
+        check("the list shows the document with its content", "upload-1.bin · v1" in driver.find_element(By.ID, "documents").text)
+        shot("documents")
+        driver.find_element(By.LINK_TEXT, "Site plan").click()
+        heading("Site plan")
+        el('#version-rows tr[data-version="1"]')
+        driver.find_element(By.ID, "next-version-file").send_keys(second)
+        driver.find_element(By.CSS_SELECTOR, "#upload-version [type=submit]").click()
+        el('#version-rows tr[data-version="2"]')
+        check("both versions are listed, newest first",
+              [r.get_attribute("data-version") for r in driver.find_elements(By.CSS_SELECTOR, "#version-rows tr")] == ["2", "1"])
+        href = driver.find_element(By.ID, "download-1").get_attribute("href")
+        got = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {credentials: 'same-origin'}).then(r => r.arrayBuffer()).then(b => done(b.byteLength), e => done(String(e)));",
+            href)
+        check(f"version 1 downloads whole ({got} bytes)", got == 3 * 1024 * 1024)
+        shot("document")
+        shot("document-phone", 390, 844)
+    finally:
+        shutil.rmtree(files)
+
+    # Operations are for admins: a writer has no link to them and is refused at their address.
+    check("a writer is offered no operations page",
+          not driver.find_element(By.ID, "nav-operations").is_displayed())
+    driver.get(URL + "/#/operations")
+    heading("Operations")
+    visible("#problem")
+    check("a writer at the operations address is refused",
+          "permission" in driver.find_element(By.ID, "problem").text.lower())
 
     # Sign out: the cookie is revoked on the server, not only forgotten by the page.
     driver.find_element(By.ID, "sign-out").click()
@@ -197,6 +385,9 @@ def main():
     check("after signing out the API refuses the browser", api_status("GET", "/api/v1/graphs") == 401)
     driver.get(graph_url)
     heading("Sign in")
+    # The sign-in page drawn again for this address (not the one still showing "Signed out."):
+    # only then does signing in return to it.
+    text_in("#signin-notice", "Sign in to continue")
     check("after signing out a graph's page goes to sign in", "#/signin" in driver.current_url)
 
     # Tenant B signs in where A left off (sign-in returns to the page asked for) and sees
@@ -230,8 +421,30 @@ def main():
     heading("Sign in")
     check("a missing session is sent to sign in", "#/signin" in driver.current_url)
 
+    # An admin of tenant A, offered the operations page in the nav: services and their readiness, streams and consumer lag, dead letters,
+    # dashboards. The test runs the graph, agent, workflow and document services; the webhook
+    # service's address answers nothing.
+    sign_in(ADMIN_A)
+    visible("#nav-operations").click()
+    heading("Operations")
+    text_in("#services", "graph")
+    state = {r.get_attribute("data-service"): r.find_elements(By.TAG_NAME, "td")[1].text
+             for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
+    check(f"readiness by service ({state})", state == {
+        "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready", "document": "ready",
+        "webhook": "not ready"})
+    check("the graph stream's consumers are listed with their lag",
+          count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
+    text_in("#dead-letter-total", "1 dead letter")
+    check("the dead letter is counted by its consumer's subject", "console-test" in driver.find_element(By.ID, "dead-letters").text)
+    links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#dashboards a")]
+    check(f"Grafana dashboards are linked ({len(links)})", "http://grafana.test:3000/d/cim-overview" in links and len(links) == 7)
+    shot("operations")
+    shot("operations-phone", 390, 844)
+
     logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]
-            and "404" not in e["message"] and "409" not in e["message"] and "422" not in e["message"]]
+            and "403" not in e["message"] and "404" not in e["message"] and "409" not in e["message"]
+            and "422" not in e["message"]]
     check(f"no script errors in the console ({logs})", not logs)
 
 

@@ -8,6 +8,7 @@
 //! [`Verifier`], so a token that works for one works for the other.
 
 mod keys;
+pub mod ticket;
 mod verifier;
 
 pub use verifier::Verifier;

@@ -92,6 +92,8 @@ pub const CIM_GATEWAY_LINK_SECRET: &str = "CIM_GATEWAY_LINK_SECRET";
 pub const CIM_GATEWAY_COOKIE_SECURE: &str = "CIM_GATEWAY_COOKIE_SECURE";
 pub const CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE: &str = "CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE";
 pub const CIM_GATEWAY_PROXY_HOPS: &str = "CIM_GATEWAY_PROXY_HOPS";
+pub const CIM_GATEWAY_CONSOLE_WEBSOCKET_URL: &str = "CIM_GATEWAY_CONSOLE_WEBSOCKET_URL";
+pub const CIM_GATEWAY_GRAFANA_URL: &str = "CIM_GATEWAY_GRAFANA_URL";
 pub const CIM_WEBSOCKET_MAX_CONNECTIONS: &str = "CIM_WEBSOCKET_MAX_CONNECTIONS";
 pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIONS";
 pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
@@ -299,6 +301,18 @@ pub const VARS: &[VarSpec] = &[
         Some("0"),
         "an integer from 0 to 10",
         "trusted proxies in front of the gateway: the client address is that many entries from the end of X-Forwarded-For",
+    ),
+    var(
+        CIM_GATEWAY_CONSOLE_WEBSOCKET_URL,
+        None,
+        "a ws:// or wss:// URL",
+        "the websocket server as the console's browser reaches it; unset: /ws on the console's own origin (nginx, ingress)",
+    ),
+    var(
+        CIM_GATEWAY_GRAFANA_URL,
+        None,
+        "an http:// or https:// URL",
+        "Grafana as operators reach it: the console's operations page links its dashboards (<url>/d/<uid>)",
     ),
     VarSpec {
         name: CIM_GATEWAY_LINK_SECRET,
@@ -700,6 +714,10 @@ pub struct GatewaySettings {
     /// Trusted proxies in front: the client address is read this far from the end of
     /// X-Forwarded-For (0: the peer address).
     pub proxy_hops: usize,
+    /// The websocket server for the console's live feed, when not `/ws` on the same origin.
+    pub console_websocket_url: Option<String>,
+    /// Grafana's base URL for the console's dashboard links.
+    pub grafana_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -948,6 +966,14 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let cookie_secure = r.parse(CIM_GATEWAY_COOKIE_SECURE, |s| s.parse::<bool>().ok());
     let auth_failures_per_minute = r.parse(CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE, int_in(0u64, 1_000_000));
     let proxy_hops = r.parse(CIM_GATEWAY_PROXY_HOPS, int_in(0usize, 10));
+    let grafana_url = r
+        .optional(CIM_GATEWAY_GRAFANA_URL)
+        .map(|_| r.parse(CIM_GATEWAY_GRAFANA_URL, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned)));
+    let console_websocket_url = r.optional(CIM_GATEWAY_CONSOLE_WEBSOCKET_URL).map(|_| {
+        r.parse(CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, |s| {
+            url_with_scheme(s, &["ws", "wss"]).filter(|u| !u.contains([';', ',', '\''])).map(str::to_owned)
+        })
+    });
     let max_connections = r.parse(CIM_WEBSOCKET_MAX_CONNECTIONS, int_in(1usize, 1_000_000));
     let max_subscriptions = r.parse(CIM_WEBSOCKET_MAX_SUBSCRIPTIONS, int_in(1usize, 10_000));
     let client_queue = r.parse(CIM_WEBSOCKET_CLIENT_QUEUE, int_in(1usize, 1_000_000));
@@ -989,6 +1015,14 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
             cookie_secure: cookie_secure?,
             auth_failures_per_minute: auth_failures_per_minute?,
             proxy_hops: proxy_hops?,
+            console_websocket_url: match console_websocket_url {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
+            grafana_url: match grafana_url {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
         },
         websocket: WebsocketSettings {
             max_connections: max_connections?,

@@ -5,10 +5,11 @@
 import { api, seg } from "./api.js";
 import { field, h, jsonObject, report, show, submitting } from "./dom.js";
 import { draw, interactive, reset, zoom } from "./drawing.js";
+import { feed } from "./events.js";
 
 const plural = (n, one) => `${n} ${one}${n === 1 ? "" : "s"}`;
 
-export async function graphPage({ view, session }, id) {
+export async function graphPage({ view, session, onLeave }, id) {
   const base = `/api/v1/graphs/${seg(id)}`;
   const writer = session.can("writer");
   let head = 0;
@@ -147,6 +148,44 @@ export async function graphPage({ view, session }, id) {
     await showVersion(head);
   }
 
+  /**
+   * Another writer (or this one) changed the graph: redraw at the new head, unless an earlier
+   * version is on screen, whose drawing stays while the slider's range grows. The gateway's
+   * cache may not have seen the event yet when the websocket delivers it: read again until the
+   * head reaches the event's version.
+   */
+  let following = Promise.resolve();
+  const follow = (version) => {
+    following = following.then(async () => {
+      if (version <= head) return;
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const g = await api("GET", base);
+        if (g.version >= version) break;
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+      }
+      if (shown && shown.graph.version !== head) {
+        const g = await api("GET", base);
+        head = g.version;
+        slider.max = String(head);
+        counts.textContent = counts.textContent.replace(/of \d+$/, `of ${head}`);
+      } else {
+        await refresh();
+      }
+    }).catch(report);
+  };
+  const live = feed({ domain: "graph", aggregate_id: id }, {
+    compact: true,
+    caption: "This graph's events",
+    onEvent: (e) => follow(e.sequence),
+  });
+  onLeave(live.stop);
+  const livePanel = h(
+    "section",
+    { class: "card", id: "graph-live", "aria-labelledby": "graph-live-title" },
+    h("h2", { id: "graph-live-title" }, "Live events"),
+    live.element,
+  );
+
   slider.addEventListener("input", () => (sliderLabel.textContent = `version ${slider.value}`));
   slider.addEventListener("change", () => showVersion(Number(slider.value)).catch(report));
   addNode.addEventListener("submit", (e) => {
@@ -174,13 +213,18 @@ export async function graphPage({ view, session }, id) {
     "div",
     { class: "graph-layout" },
     h(
-      "section",
-      { class: "canvas", "aria-label": "Drawing" },
-      toolbar,
-      drawing,
-      counts,
-      h("div", { class: "field slider" }, h("label", { for: "version-slider" }, "Version"), slider, sliderLabel),
-      history,
+      "div",
+      { class: "main-column" },
+      h(
+        "section",
+        { class: "canvas", "aria-label": "Drawing" },
+        toolbar,
+        drawing,
+        counts,
+        h("div", { class: "field slider" }, h("label", { for: "version-slider" }, "Version"), slider, sliderLabel),
+        history,
+      ),
+      livePanel,
     ),
     h("div", { class: "side" }, selection, writer ? addNode : null, writer ? addEdge : null),
   );
@@ -198,6 +242,7 @@ export async function graphPage({ view, session }, id) {
   } catch (e) {
     // No such graph here (or no access): nothing to draw and nothing to edit.
     layout.remove();
+    live.stop();
     report(e);
   }
 }

@@ -1,14 +1,24 @@
 // The console's shell: who is signed in, sign out, and the pages by location hash
-// (#/signin, #/graphs, #/graphs/<id>), so the browser's back button and links work.
+// (#/signin, #/graphs, #/graphs/<id>, #/workflows, #/workflows/<id>, #/agents, #/documents, #/documents/<id>, #/events,
+// #/operations), so the browser's back button and links work.
+// A page that holds something open (a live feed) hands `onLeave` what ends it.
 
 import { api } from "./api.js";
 import { clearReport, report } from "./dom.js";
 import { signInPage } from "./signin.js";
 import { graphsPage } from "./graphs.js";
 import { graphPage } from "./graph.js";
+import { eventsPage } from "./events.js";
+import { operationsPage } from "./operations.js";
+import { workflowPage, workflowsPage } from "./workflows.js";
+import { agentsPage } from "./agents.js";
+import { documentPage, documentsPage } from "./documents.js";
+import { disconnect } from "./live.js";
 
 const view = document.getElementById("view");
 const session = { me: null, notice: "", returnTo: "" };
+let leaving = [];
+const onLeave = (end) => leaving.push(end);
 
 /** reader < writer < admin, as the gateway checks them. */
 session.can = (role) => {
@@ -21,6 +31,7 @@ function renderHeader() {
   const me = session.me;
   document.getElementById("nav").hidden = !me;
   document.getElementById("who").hidden = !me;
+  document.getElementById("nav-operations").hidden = !session.can("admin");
   document.getElementById("who-name").textContent = me
     ? `${me.subject} · tenant ${me.tenant} · ${me.roles.join(", ") || "no role"}`
     : "";
@@ -40,6 +51,7 @@ async function whoAmI() {
 
 function toSignIn(notice) {
   session.me = null;
+  disconnect();
   session.notice = notice;
   renderHeader();
   if (location.hash !== "#/signin") {
@@ -51,9 +63,10 @@ function toSignIn(notice) {
 }
 
 async function route() {
+  for (const end of leaving.splice(0)) end();
   clearReport();
   const hash = location.hash || "#/graphs";
-  const context = { view, session, signedIn };
+  const context = { view, session, signedIn, onLeave };
   if (hash === "#/signin") {
     signInPage(context);
     session.notice = "";
@@ -63,6 +76,15 @@ async function route() {
     toSignIn("Sign in to continue.");
     return;
   }
+  if (hash === "#/events") return eventsPage(context);
+  if (hash === "#/operations") return operationsPage(context);
+  if (hash === "#/workflows") return workflowsPage(context);
+  if (hash === "#/agents") return agentsPage(context);
+  if (hash === "#/documents") return documentsPage(context);
+  const doc = hash.match(/^#\/documents\/([^/]+)$/);
+  if (doc) return documentPage(context, decodeURIComponent(doc[1]));
+  const workflow = hash.match(/^#\/workflows\/([^/]+)$/);
+  if (workflow) return workflowPage(context, decodeURIComponent(workflow[1]));
   const graph = hash.match(/^#\/graphs\/([^/]+)$/);
   if (graph) return graphPage(context, decodeURIComponent(graph[1]));
   return graphsPage(context);

@@ -44,6 +44,18 @@ pub struct CreatedApiKey {
     pub expires_at: Option<u64>,
 }
 
+/// A one-time ticket that opens a websocket connection as the caller (`cim_auth::ticket`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WsTicket {
+    /// Send it as the websocket's first message: `{"type": "auth", "ticket": "<ticket>"}`;
+    /// it works once, within `expires_in_secs`.
+    pub ticket: String,
+    pub expires_in_secs: u64,
+    /// The websocket server's URL as configured for the console; absent: `/ws` on this origin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
 /// The longest an API key may be given to live.
 const MAX_API_KEY_SECS: u64 = 10 * 365 * 86_400;
 
@@ -84,6 +96,22 @@ pub async fn login(
 pub async fn logout(State(store): State<Credentials>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     let cookie = crate::auth::logout(&store, &headers).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
+}
+
+/// Get a websocket ticket
+///
+/// A one-time ticket for the caller's subject, tenant and roles that the websocket server
+/// accepts once, within 30 seconds, as `{"type": "auth", "ticket": ...}`: how the console, whose
+/// session may come from an API key, opens its live feed. A connection opened with a ticket lives
+/// at most five minutes (never past the session) unless renewed with a fresh ticket.
+#[utoipa::path(post, path = "/api/v1/auth/ws-ticket", tag = "auth", responses((status = 201, body = WsTicket)))]
+pub async fn ws_ticket(
+    State(store): State<Credentials>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<(StatusCode, Json<WsTicket>)> {
+    let ticket = cim_auth::ticket::issue(&store.redis, &p).await.map_err(crate::auth::redis_down)?;
+    let expires_in_secs = cim_auth::ticket::TICKET_TTL_SECS;
+    Ok((StatusCode::CREATED, Json(WsTicket { ticket, expires_in_secs, url: store.websocket_url.clone() })))
 }
 
 /// Create an API key
@@ -147,6 +175,7 @@ where
     DomainRoutes::default()
         .signed_in(routes!(me))
         .signed_in(routes!(login))
+        .reader(routes!(ws_ticket))
         .admin(routes!(create_api_key))
         .admin(routes!(revoke_api_key))
         .public(routes!(logout))

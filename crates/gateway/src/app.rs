@@ -34,6 +34,7 @@ use crate::idempotency::IdempotencyState;
 use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
 use crate::lockout::Lockout;
+use crate::operations::OperationsState;
 use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
 use crate::webhook::WebhookState;
@@ -52,6 +53,7 @@ struct Routes {
     agent: Arc<AgentState>,
     workflow: Arc<WorkflowState>,
     webhook: Arc<WebhookState>,
+    operations: Arc<OperationsState>,
     credentials: Credentials,
 }
 
@@ -85,6 +87,12 @@ impl FromRef<AppState> for Arc<WebhookState> {
     }
 }
 
+impl FromRef<AppState> for Arc<OperationsState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.operations.clone()
+    }
+}
+
 impl FromRef<AppState> for Credentials {
     fn from_ref(state: &AppState) -> Self {
         state.0.credentials.clone()
@@ -103,7 +111,7 @@ struct Layers {
 
 /// Every domain's route table (`crate::routes`): the routers, the OpenAPI description and the
 /// role each route needs all come from these.
-fn domains() -> [DomainRoutes<AppState>; 6] {
+fn domains() -> [DomainRoutes<AppState>; 7] {
     [
         crate::graph::routes(),
         crate::document::routes(),
@@ -111,6 +119,7 @@ fn domains() -> [DomainRoutes<AppState>; 6] {
         crate::workflow::routes(),
         crate::webhook::routes(),
         crate::accounts::routes(),
+        crate::operations::routes(),
     ]
 }
 
@@ -168,6 +177,7 @@ async fn not_found() -> crate::problem::ApiError {
 /// The complete router.
 fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) -> Router {
     let Parts { authenticated, public, rules, .. } = api();
+    let console = crate::console::routes(layers.auth.credentials.websocket_url.as_deref());
     let authenticated = authenticated
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
         // may idempotency replay or the cache answer.
@@ -179,7 +189,7 @@ fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) 
         .route("/api/openapi.json", get(openapi_json))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready).with_state(health))
-        .merge(crate::console::routes());
+        .merge(console);
     public
         .merge(authenticated)
         .fallback(not_found)
@@ -285,15 +295,34 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     .await?;
     let rate_limiter = Arc::<RateLimiter>::default();
     let bumps = Bumps::start(redis.clone(), settings.cache_ttl);
-    let credentials =
-        Credentials { redis: redis.clone(), session_ttl: settings.session_ttl, cookie_secure: settings.cookie_secure };
+    let credentials = Credentials {
+        redis: redis.clone(),
+        session_ttl: settings.session_ttl,
+        cookie_secure: settings.cookie_secure,
+        websocket_url: settings.console_websocket_url.clone(),
+    };
     let proxies = Proxies { hops: settings.proxy_hops };
+    let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
+    let operations = Arc::new(OperationsState {
+        health: host.health().clone(),
+        services: vec![
+            ("graph", graph.channel()),
+            ("document", document.upstream.channel()),
+            ("agent", agent.upstream.channel()),
+            ("workflow", workflow.channel()),
+            ("webhook", webhook.channel()),
+        ],
+        nats: client.clone(),
+        prefix: config.subject_prefix.clone(),
+        grafana_url: settings.grafana_url.clone(),
+    });
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph }),
         document,
         agent,
         workflow: Arc::new(WorkflowState { upstream: workflow }),
         webhook: Arc::new(WebhookState { upstream: webhook }),
+        operations,
         credentials: credentials.clone(),
     }));
     let rate_limit = RateLimit {
@@ -328,7 +357,6 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     };
     let prefix = config.subject_prefix.clone();
     let listen = config.listen(ServiceKind::Gateway);
-    let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     host.health().add_check("nats", nats::readiness(client.clone()));
     host.spawn_worker("rate-limit-flush", rate_limiter.run(redis, host.workers_shutdown()));
     // Key files and the JWKS URL are read again while the gateway runs (rotation without restart).

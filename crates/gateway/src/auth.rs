@@ -34,6 +34,8 @@ pub struct Credentials {
     pub session_ttl: Duration,
     /// Whether the session cookie is `Secure` (sent over HTTPS only).
     pub cookie_secure: bool,
+    /// Where the console's browser reaches the websocket server; `None`: `/ws` on its origin.
+    pub websocket_url: Option<String>,
 }
 
 /// What the auth middleware needs: the token keys, the stored credentials, the lockout of
@@ -73,7 +75,7 @@ fn session_entry(id: &str) -> String {
     format!("cim:gw:session:{id}")
 }
 
-fn redis_down(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn redis_down(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "redis unavailable");
     let mut err = ApiError::new(ErrorCode::Unavailable, "credential store unavailable; bearer tokens still work");
     err.retry_after = Some(1);

@@ -41,17 +41,32 @@ static ASSETS: &[Asset] = &[
     asset!("graphs.js", JS),
     asset!("graph.js", JS),
     asset!("drawing.js", JS),
+    asset!("live.js", JS),
+    asset!("events.js", JS),
+    asset!("operations.js", JS),
+    asset!("workflows.js", JS),
+    asset!("agents.js", JS),
+    asset!("documents.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the
-/// "works offline, no CDN" promise, enforced by the browser), and no framing.
-const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// "works offline, no CDN" promise, enforced by the browser), and no framing. `connect-src
+/// 'self'` covers `ws(s)://` to this origin (CSP 3), where nginx and the ingress route `/ws`;
+/// a websocket server configured elsewhere (`CIM_GATEWAY_CONSOLE_WEBSOCKET_URL`) is added.
+fn policy(websocket_url: Option<&str>) -> HeaderValue {
+    let extra = websocket_url.map(|u| format!(" {u}")).unwrap_or_default();
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{extra}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    );
+    // The configuration refuses a URL with whitespace, `;`, `,` or quotes.
+    HeaderValue::from_str(&policy).expect("the websocket URL is a valid header value")
+}
 
-fn serve(asset: &Asset) -> Response {
+fn serve(asset: &Asset, policy: &HeaderValue) -> Response {
     let mut response = ([(header::CONTENT_TYPE, asset.media_type)], asset.body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    headers.insert(header::CONTENT_SECURITY_POLICY, policy.clone());
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     // Revalidated on every load: a new gateway version never runs against old scripts.
@@ -59,21 +74,21 @@ fn serve(asset: &Asset) -> Response {
     response
 }
 
-async fn index() -> Response {
-    serve(&ASSETS[0])
-}
-
-async fn file(Path(name): Path<String>) -> Result<Response, ApiError> {
+fn file(name: &str, policy: &HeaderValue) -> Result<Response, ApiError> {
     ASSETS
         .iter()
         .find(|a| a.name == name)
-        .map(serve)
+        .map(|a| serve(a, policy))
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such console file"))
 }
 
 /// The console's routes, mounted beside the public API routes.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/", get(index)).route("/console/{name}", get(file))
+pub fn routes<S: Clone + Send + Sync + 'static>(websocket_url: Option<&str>) -> Router<S> {
+    let policy = policy(websocket_url);
+    let index = policy.clone();
+    Router::new()
+        .route("/", get(move || async move { serve(&ASSETS[0], &index) }))
+        .route("/console/{name}", get(move |Path(name): Path<String>| async move { file(&name, &policy) }))
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod links;
 pub mod lockout;
 pub mod openapi;
+pub mod operations;
 pub mod problem;
 pub mod rest;
 pub mod routes;

@@ -15,6 +15,8 @@ use crate::problem::ApiError;
 #[derive(Debug, Clone)]
 pub struct Upstream<C> {
     client: C,
+    /// The same balanced channel, for the operations page's health checks.
+    channel: Channel,
     /// Unary calls' deadline; `None` for transfers, which take as long as their bytes take.
     timeout: Option<Duration>,
     /// Signs the caller metadata when the services check it (`CIM_SERVICE_TOKEN_SECRET`).
@@ -46,13 +48,18 @@ impl<C: Clone> Upstream<C> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let channel = Channel::balance_list(endpoints.into_iter());
-        Ok(Self { client: client(channel), timeout, identity: None })
+        Ok(Self { client: client(channel.clone()), channel, timeout, identity: None })
     }
 
     /// Signs every request's caller metadata with `key`.
     pub fn signed_with(mut self, key: Option<CallerKey>) -> Self {
         self.identity = key;
         self
+    }
+
+    /// The balanced channel to the domain's replicas.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// A request carrying the caller's tenant and actor, the deadline and the trace context.

@@ -2,12 +2,20 @@
 //! a real browser (headless Debian Chromium through chromedriver, by `tests/python/console.py`),
 //! against a gateway and a graph service on free ports with their own schema and prefix.
 
+#[path = "support/agent.rs"]
+mod agent;
+#[path = "support/document.rs"]
+mod document;
 #[path = "../../graph/tests/support/harness.rs"]
 mod harness;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/gateway.rs"]
 mod support;
+#[path = "support/websocket.rs"]
+mod websocket;
+#[path = "support/workflow.rs"]
+mod workflow;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +52,71 @@ async fn the_console_is_served_from_the_binary_with_a_strict_policy() {
     graph.stop().await;
 }
 
+/// The operations page's view of a test: Grafana at a made-up address, and the services the
+/// test does not start at a port where nothing listens, so they read "not ready" for certain.
+const OPERATIONS_VARS: [(&str, &str); 5] = [
+    ("CIM_GATEWAY_GRAFANA_URL", "http://grafana.test:3000/"),
+    ("CIM_GATEWAY_DOCUMENT_URLS", "http://127.0.0.1:1"),
+    ("CIM_GATEWAY_AGENT_URLS", "http://127.0.0.1:1"),
+    ("CIM_GATEWAY_WORKFLOW_URLS", "http://127.0.0.1:1"),
+    ("CIM_GATEWAY_WEBHOOK_URLS", "http://127.0.0.1:1"),
+];
+
+/// One dead letter of a consumer named `console-test`, in the graph service's DLQ stream.
+async fn dead_letter(graph: &harness::Service) {
+    let nats = async_nats::connect(harness::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let subject = format!("{}.dlq.console-test", graph.prefix);
+    js.publish(subject, "{}".into()).await.unwrap().await.expect("the DLQ stream stores it");
+}
+
+/// Operations: admin only, in the OpenAPI document; it reads the gateway's own readiness, each
+/// domain service's gRPC health, every stream's consumers and the dead letters per consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_are_for_admins_and_read_what_runs() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &OPERATIONS_VARS).await;
+    dead_letter(&graph).await;
+    let tenant = TenantId::new();
+    let path = "/api/v1/admin/operations";
+    for role in ["reader", "writer"] {
+        let refused = call(gw.addr, "GET", path, &bearer(&token(tenant, &[role], now_secs() + 600)), None).await;
+        problem(&refused, 403, "permission_denied");
+    }
+    let r = call(gw.addr, "GET", path, &bearer(&token(tenant, &["admin"], now_secs() + 600)), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let o = r.json();
+    let ready: Vec<(String, bool)> = o["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["ready"].as_bool().unwrap()))
+        .collect();
+    let expected = [("gateway", true), ("graph", true), ("document", false), ("agent", false), ("workflow", false)];
+    for (name, up) in expected {
+        assert!(ready.contains(&(name.to_owned(), up)), "{name} should be ready={up}: {o}");
+    }
+    let graph_stream = o["streams"].as_array().unwrap().iter().find(|s| s["domain"] == "graph").unwrap();
+    assert!(graph_stream["messages"].is_u64(), "{graph_stream}");
+    let consumers: Vec<&str> =
+        graph_stream["consumers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(consumers.contains(&"gateway-cache"), "the gateway's cache consumer is listed: {consumers:?}");
+    assert_eq!(o["dead_letters"]["total"], 1, "{o}");
+    assert_eq!(o["dead_letters"]["by_subject"][0]["subject"], format!("{}.dlq.console-test", graph.prefix));
+    let dashboards = o["dashboards"].as_array().unwrap();
+    assert_eq!(dashboards[0]["url"], "http://grafana.test:3000/d/cim-overview", "{o}");
+    // Every linked dashboard is one that is provisioned.
+    for (uid, _) in cim_gateway::operations::DASHBOARDS {
+        let file = repository().join(format!("monitoring/grafana/dashboards/{uid}.json"));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(text.contains(&format!("\"uid\": \"{uid}\"")), "{uid}");
+    }
+    let doc: serde_json::Value = serde_json::from_str(cim_gateway::app::openapi()).unwrap();
+    assert!(doc["paths"][path]["get"].is_object(), "in the OpenAPI document");
+    gw.stop().await;
+    graph.stop().await;
+}
+
 fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -63,10 +136,27 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         );
     }
     let graph = harness::Service::start().await;
-    let gw = gateway(&graph, &[("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0")]).await;
+    // The websocket server on a port of its own: the console's policy lets the page reach it.
+    let ws = websocket::Websocket::start(&graph).await;
+    let url = ws.url();
+    let agents = agent::AgentService::start(&graph.prefix).await;
+    let workflows = workflow::WorkflowService::start(&graph.prefix).await;
+    let documents = document::DocumentService::start(&graph.prefix).await;
+    let (agent_url, workflow_url, document_url) = (agents.url(), workflows.url(), documents.url());
+    let mut vars = vec![("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url)];
+    // Later entries win: the agent, workflow and document services run in this test.
+    vars.extend(OPERATIONS_VARS);
+    vars.extend([
+        ("CIM_GATEWAY_AGENT_URLS", &*agent_url),
+        ("CIM_GATEWAY_WORKFLOW_URLS", &*workflow_url),
+        ("CIM_GATEWAY_DOCUMENT_URLS", &*document_url),
+    ]);
+    let gw = gateway(&graph, &vars).await;
+    dead_letter(&graph).await;
     let (a, b) = (TenantId::new(), TenantId::new());
     let token_a = token(a, &["writer"], now_secs() + 600);
     let token_b = token(b, &["writer"], now_secs() + 600);
+    let admin_a = token(a, &["admin"], now_secs() + 600);
     let shots = match std::env::var("CIM_CONSOLE_SCREENSHOTS") {
         Ok(dir) => repository().join(dir),
         Err(_) => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
@@ -79,16 +169,21 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         .arg(format!("http://{}", gw.addr))
         .args([&token_a, &token_b])
         .arg(&shots)
+        .arg(&admin_a)
         .kill_on_drop(true)
         .output();
     // Bounded: a browser that hangs fails the test instead of the suite.
-    let out = tokio::time::timeout(Duration::from_secs(90), run)
+    let out = tokio::time::timeout(Duration::from_secs(150), run)
         .await
-        .expect("the browser test finished within 90 s")
+        .expect("the browser test finished within 150 s")
         .expect("run tests/python/console.py (pip install -r tests/python/requirements.txt)");
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser test failed (screenshot: {}/failure.png):\n{report}", shots.display());
     assert!(report.contains("console: all checks passed"), "{report}");
     gw.stop().await;
+    ws.stop().await;
+    agents.stop().await;
+    workflows.stop().await;
+    documents.stop().await;
     graph.stop().await;
 }

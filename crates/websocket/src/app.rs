@@ -60,7 +60,15 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let listener = bind("websocket HTTP (CIM_WEBSOCKET_ADDR)", listen.addr).await?;
     let admin = bind("websocket admin (CIM_WEBSOCKET_ADMIN_ADDR)", listen.admin_addr).await?;
     let settings = Settings::from_config(&config.edge.websocket);
-    let shared = Arc::new(Shared::new(hub, verifier, settings, metrics, shutdown.clone()));
+    // Tickets (the console's way in, `cim_auth::ticket`) are read from the gateway's Redis; not
+    // a readiness check: tokens keep working without it, and a ticket then is refused.
+    let redis = cim_runtime::redis::connect_lazy(&cim_runtime::redis::RedisSettings {
+        url: config.redis_url.expose().to_owned(),
+        max_size: 8,
+        timeout: Duration::from_millis(500),
+    })?;
+    let shared = Shared::new(hub, verifier, settings, metrics, shutdown.clone()).with_tickets(redis);
+    let shared = Arc::new(shared);
     Ok(Prepared {
         addr: listener.local_addr().map_err(RuntimeError::from)?,
         admin_addr: admin.local_addr().map_err(RuntimeError::from)?,

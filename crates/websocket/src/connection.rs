@@ -64,6 +64,8 @@ impl Settings {
 pub struct Shared {
     pub hub: Arc<Hub>,
     pub verifier: Verifier,
+    /// Where the gateway keeps one-time tickets; `None`: tickets are refused.
+    pub tickets: Option<deadpool_redis::Pool>,
     pub settings: Settings,
     pub metrics: Metrics,
     /// The service's shutdown: connections close with 1001 when it fires.
@@ -73,7 +75,25 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(hub: Arc<Hub>, verifier: Verifier, settings: Settings, metrics: Metrics, shutdown: Shutdown) -> Self {
-        Self { hub, verifier, settings, metrics, shutdown, connections: AtomicUsize::new(0) }
+        Self { hub, verifier, tickets: None, settings, metrics, shutdown, connections: AtomicUsize::new(0) }
+    }
+
+    /// Accepts one-time tickets from the gateway, kept in this Redis.
+    pub fn with_tickets(mut self, redis: deadpool_redis::Pool) -> Self {
+        self.tickets = Some(redis);
+        self
+    }
+
+    /// The principal an `auth` frame names: its JWT verified, or its ticket redeemed (once).
+    async fn credential(&self, token: Option<String>, ticket: Option<String>) -> Result<Principal, AuthError> {
+        match (token, ticket) {
+            (Some(token), None) => self.verifier.verify(&token),
+            (None, Some(ticket)) => match &self.tickets {
+                Some(redis) => cim_auth::ticket::redeem(redis, &ticket).await,
+                None => Err(AuthError::Rejected("this server does not accept tickets".into())),
+            },
+            _ => Err(AuthError::Malformed("auth carries either a token or a ticket".into())),
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -313,10 +333,10 @@ where
                 Err(_) => Err(AuthError::Missing),
                 Ok(Err(closing)) => return Err(closing),
                 Ok(Ok(text)) => match serde_json::from_str::<ClientFrame>(&text) {
-                    Ok(ClientFrame::Auth { token }) => shared.verifier.verify(&token),
+                    Ok(ClientFrame::Auth { token, ticket }) => shared.credential(token, ticket).await,
                     _ => Err(AuthError::Malformed(
                         "the first message must be {\"type\":\"auth\",\"token\":\"<jwt>\"} \
-                         unless the token is offered as subprotocol bearer.<jwt>"
+                         (or \"ticket\":\"<ticket>\") unless the token is offered as subprotocol bearer.<jwt>"
                             .into(),
                     )),
                 },
@@ -397,7 +417,10 @@ impl State {
             }
         };
         match frame {
-            ClientFrame::Auth { token } => self.reauthenticate(&token),
+            ClientFrame::Auth { token, ticket } => {
+                let verified = self.shared.credential(token, ticket).await;
+                self.reauthenticate(verified)
+            }
             ClientFrame::Subscribe { id, filter, from } => {
                 if let Err(r) = self.subscribe(&id, Filter::parse(filter), from).await {
                     let shown = check_id(&id).is_ok().then_some(id.as_str());
@@ -421,10 +444,11 @@ impl State {
         }
     }
 
-    /// A fresh token extends the connection's life; it must name the same subject and tenant
-    /// (subscriptions were authorised for them). A refused token leaves the current one in force.
-    fn reauthenticate(&mut self, token: &str) {
-        match self.shared.verifier.verify(token) {
+    /// A fresh token or ticket extends the connection's life; it must name the same subject and
+    /// tenant (subscriptions were authorised for them). A refused one leaves the current one in
+    /// force.
+    fn reauthenticate(&mut self, verified: Result<Principal, AuthError>) {
+        match verified {
             Ok(p) if p.subject != self.principal.subject || p.tenant != self.principal.tenant => self.refuse(
                 None,
                 Refusal::new(

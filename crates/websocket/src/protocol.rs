@@ -108,8 +108,13 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
+    /// A JWT (`token`) or a one-time ticket from the gateway's `POST /api/v1/auth/ws-ticket`
+    /// (`ticket`, `cim_auth::ticket`): exactly one of them.
     Auth {
-        token: String,
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        ticket: Option<String>,
     },
     Subscribe {
         id: String,

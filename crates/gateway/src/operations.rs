@@ -1,0 +1,266 @@
+//! `GET /api/v1/admin/operations`: what the console's operations page shows, as far as the
+//! gateway can see it. The services behind the gateway through their gRPC health (each domain
+//! service reports its readiness there, `cim_runtime::health`), the gateway's own readiness
+//! checks, every domain stream with its consumers' lag (the JetStream API, as `cim doctor` reads
+//! it), the dead letters per consumer, and links to the Grafana dashboards when
+//! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway; its
+//! dashboard is linked.
+//!
+//! Admin only: these are counts about every tenant's traffic (no event content), and roles are
+//! per tenant, so any tenant's admin sees them; deployments where tenants are separate customers
+//! should give operators their own tenant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRef, State};
+use cim_core::{Domain, SubjectPrefix};
+use cim_runtime::health::Health;
+use serde::Serialize;
+use serde_json::Value;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use utoipa::ToSchema;
+
+use crate::problem::ApiResult;
+use crate::routes::{DomainRoutes, routes};
+
+/// Grafana dashboards (`monitoring/grafana/dashboards/<uid>.json`): uid and title.
+pub const DASHBOARDS: [(&str, &str); 7] = [
+    ("cim-overview", "Overview"),
+    ("cim-gateway", "Gateway"),
+    ("cim-graph", "Graph service"),
+    ("cim-document", "Document service"),
+    ("cim-agent", "Agent service"),
+    ("cim-workflow", "Workflow service"),
+    ("cim-websocket", "Websocket server"),
+];
+
+/// How long one check may take: the page answers even when a service hangs.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub struct OperationsState {
+    /// The gateway's own readiness checks.
+    pub health: Health,
+    /// Each domain service the gateway calls, by name, over its balanced channel.
+    pub services: Vec<(&'static str, Channel)>,
+    pub nats: async_nats::Client,
+    pub prefix: SubjectPrefix,
+    pub grafana_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Operations {
+    pub services: Vec<ServiceStatus>,
+    pub streams: Vec<StreamStatus>,
+    pub dead_letters: DeadLetters,
+    /// Empty when `CIM_GATEWAY_GRAFANA_URL` is not set.
+    pub dashboards: Vec<Dashboard>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub ready: bool,
+    /// Why it is not ready, or what was checked.
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamStatus {
+    pub domain: String,
+    pub stream: String,
+    /// Absent when the stream does not exist (its service has not started yet) or NATS failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerStatus {
+    pub name: String,
+    /// Durable consumers keep their position across restarts; the others belong to one process.
+    pub durable: bool,
+    /// Messages not yet delivered: the lag.
+    pub pending: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetters {
+    pub stream: String,
+    pub total: u64,
+    /// Dead letters per subject (`<prefix>.dlq.<consumer>`).
+    pub by_subject: Vec<SubjectCount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubjectCount {
+    pub subject: String,
+    pub messages: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dashboard {
+    pub title: String,
+    pub url: String,
+}
+
+pub fn routes<S>() -> DomainRoutes<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<OperationsState>: FromRef<S>,
+{
+    DomainRoutes::default().admin(routes!(operations))
+}
+
+/// Operations overview
+///
+/// Services and their readiness, every domain stream with its consumers' lag, dead letters per
+/// consumer, and Grafana dashboard links. Counts over every tenant, no event content. Needs the admin role.
+#[utoipa::path(get, path = "/api/v1/admin/operations", tag = "admin", responses((status = 200, body = Operations)))]
+pub async fn operations(State(state): State<Arc<OperationsState>>) -> ApiResult<Json<Operations>> {
+    let services = async {
+        let own = gateway_status(&state.health);
+        let others = futures::future::join_all(state.services.iter().map(|(name, ch)| service_status(name, ch)));
+        let (own, others) = tokio::join!(own, others);
+        std::iter::once(own).chain(others).collect::<Vec<_>>()
+    };
+    let streams = futures::future::join_all(
+        Domain::ALL.into_iter().map(|d| stream_status(&state.nats, d, state.prefix.stream_name(d))),
+    );
+    let (services, streams, dead_letters) =
+        tokio::join!(services, streams, dead_letters(&state.nats, state.prefix.dlq_stream_name()));
+    let dashboards = match &state.grafana_url {
+        Some(base) => DASHBOARDS
+            .iter()
+            .map(|(uid, title)| Dashboard {
+                title: (*title).into(),
+                url: format!("{}/d/{uid}", base.trim_end_matches('/')),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Json(Operations { services, streams, dead_letters, dashboards }))
+}
+
+async fn gateway_status(health: &Health) -> ServiceStatus {
+    let r = health.readiness().await;
+    let detail = r
+        .checks
+        .iter()
+        .map(|c| match &c.error {
+            None => format!("{}: ok", c.name),
+            Some(e) => format!("{}: {e}", c.name),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    ServiceStatus { name: "gateway".into(), ready: r.ready, detail }
+}
+
+/// The service's gRPC health: SERVING when its readiness checks pass.
+async fn service_status(name: &str, channel: &Channel) -> ServiceStatus {
+    let mut client = HealthClient::new(channel.clone());
+    let check = client.check(HealthCheckRequest { service: String::new() });
+    let (ready, detail) = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Err(_) => (false, format!("no answer within {CHECK_TIMEOUT:?}")),
+        Ok(Err(status)) => (false, format!("unreachable: {}", status.message())),
+        Ok(Ok(reply)) => {
+            let serving =
+                reply.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            (serving, if serving { "serving".into() } else { "not serving: a readiness check fails".into() })
+        }
+    };
+    ServiceStatus { name: name.into(), ready, detail }
+}
+
+async fn stream_status(nats: &async_nats::Client, domain: Domain, stream: String) -> StreamStatus {
+    let mut status = StreamStatus {
+        domain: domain.to_string(),
+        stream: stream.clone(),
+        messages: None,
+        last_sequence: None,
+        error: None,
+        consumers: Vec::new(),
+    };
+    let info = match js_api(nats, &format!("$JS.API.STREAM.INFO.{stream}"), "").await {
+        Ok(info) => info,
+        Err(e) => {
+            status.error = Some(e);
+            return status;
+        }
+    };
+    status.messages = info["state"]["messages"].as_u64();
+    status.last_sequence = info["state"]["last_seq"].as_u64();
+    loop {
+        let offset = format!("{{\"offset\":{}}}", status.consumers.len());
+        let page = match js_api(nats, &format!("$JS.API.CONSUMER.LIST.{stream}"), &offset).await {
+            Ok(p) => p,
+            Err(e) => {
+                status.error = Some(format!("cannot list consumers: {e}"));
+                break;
+            }
+        };
+        let items = page["consumers"].as_array().cloned().unwrap_or_default();
+        let total = page["total"].as_u64().unwrap_or(0);
+        let last = items.is_empty();
+        status.consumers.extend(items.iter().map(|c| ConsumerStatus {
+            name: c["name"].as_str().unwrap_or("?").to_owned(),
+            durable: c["config"]["durable_name"].is_string(),
+            pending: c["num_pending"].as_u64().unwrap_or(0),
+            ack_pending: c["num_ack_pending"].as_u64().unwrap_or(0),
+            redelivered: c["num_redelivered"].as_u64().unwrap_or(0),
+        }));
+        if last || status.consumers.len() as u64 >= total {
+            break;
+        }
+    }
+    // Durable consumers first (the ones an operator acts on), then by name.
+    status.consumers.sort_by(|a, b| b.durable.cmp(&a.durable).then(a.name.cmp(&b.name)));
+    status
+}
+
+async fn dead_letters(nats: &async_nats::Client, stream: String) -> DeadLetters {
+    let mut out = DeadLetters { stream: stream.clone(), total: 0, by_subject: Vec::new(), error: None };
+    match js_api(nats, &format!("$JS.API.STREAM.INFO.{stream}"), r#"{"subjects_filter":">"}"#).await {
+        Ok(info) => {
+            out.total = info["state"]["messages"].as_u64().unwrap_or(0);
+            if let Some(subjects) = info["state"]["subjects"].as_object() {
+                out.by_subject = subjects
+                    .iter()
+                    .map(|(s, n)| SubjectCount { subject: s.clone(), messages: n.as_u64().unwrap_or(0) })
+                    .collect();
+                out.by_subject.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.subject.cmp(&b.subject)));
+            }
+        }
+        // Created by the first domain service to start: none yet means no dead letters yet.
+        Err(e) if e.contains("not found") => {}
+        Err(e) => out.error = Some(e),
+    }
+    out
+}
+
+/// One JetStream API request, raw, like `cim doctor`'s: async-nats' typed replies need fields
+/// NATS 2.9 does not send. An error reply becomes its description.
+async fn js_api(nats: &async_nats::Client, subject: &str, payload: &str) -> Result<Value, String> {
+    let request = nats.request(subject.to_owned(), payload.to_owned().into());
+    let reply = tokio::time::timeout(CHECK_TIMEOUT, request)
+        .await
+        .map_err(|_| format!("no answer within {CHECK_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+    if let Some(err) = value.get("error") {
+        return Err(err.get("description").and_then(|d| d.as_str()).unwrap_or("error").to_owned());
+    }
+    Ok(value)
+}
