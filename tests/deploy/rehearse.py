@@ -1431,27 +1431,21 @@ class Rehearsal:
         self.check("[negative] a domain service's role cannot read another schema", pg_schema)
 
         def ws_redis():
-            out = []
-            env = compose_env("websocket")
-            if env.get("CIM_REDIS_URL"):
-                user, pw = self.url_creds(env, "CIM_REDIS_URL")
-                r = self.probe("redis", {"kind": "redis", "host": "127.0.0.1", "port": 6379, "user": user,
-                                         "password": pw, "cmds": [["GET", "cim:gw:rehearsal"]]})  # fmt: skip
-                res = r.get("results", [])
-                if res and res[0] == "+OK":
-                    raise Failed(f"the websocket's CIM_REDIS_URL authenticates to Redis (as {user or 'default'}) "
-                                 f"and reads the gateway's keys: {res[1:]}")  # fmt: skip
-                out.append(f"its CIM_REDIS_URL is refused ({res[:1]})")
-            else:
-                out.append("no CIM_REDIS_URL in its environment")
-            r = self.probe("websocket", {"kind": "tcp", "host": self.resolve("websocket", "redis") or
-                                         self.addr[("redis", self.hosts["redis"][0])], "port": 6379})  # fmt: skip
-            if r.get("ok"):
-                raise Failed("the websocket host reaches redis:6379")
-            out.append(f"redis:6379 from its host: {r.get('detail')}")
-            return "; ".join(out)
+            # The websocket takes the console's one-time tickets (GETDEL on cim:gw:ws-ticket:*)
+            # and nothing else: not the gateway's keys, no writes.
+            user, pw = self.url_creds(compose_env("websocket"), "CIM_REDIS_URL")
+            r = self.probe("websocket", {"kind": "redis", "host": "redis", "port": 6379, "user": user, "password": pw,
+                                         "cmds": [["GETDEL", "cim:gw:ws-ticket:rehearsal"], ["GET", "cim:gw:rehearsal"],
+                                                  ["SET", "cim:gw:ws-ticket:rehearsal", "1"]]})  # fmt: skip
+            res = r.get("results") or []
+            if len(res) != 4 or res[0] != "+OK" or str(res[1]).startswith("-"):
+                raise Failed(f"control failed: the websocket's user cannot take a ticket: {res or r}")
+            allowed = [c for c, x in zip(["GET cim:gw:…", "SET"], res[2:]) if not str(x).startswith("-")]
+            if allowed:
+                raise Failed(f"the websocket's Redis user ({user}) may {', '.join(allowed)}")
+            return f"as {user}: GETDEL of a ticket key allowed (control); the gateway's keys and writes refused"
 
-        self.check("[negative] the websocket has no Redis access", ws_redis)
+        self.check("[negative] the websocket's Redis user only takes tickets", ws_redis)
 
         def gw_redis():
             user, pw = self.url_creds(compose_env("gateway"), "CIM_REDIS_URL")
@@ -1477,7 +1471,9 @@ class Rehearsal:
             # Our own refused probes above are the only denials allowed.
             def field(e, k):
                 return e[e.index(k) + 1] if isinstance(e, list) and k in e else None
-            foreign = [e for e in entries if field(e, "object") not in ("other:rehearsal", "config|get", "flushall")]
+            ours = {("gateway", "other:rehearsal"), ("gateway", "config|get"), ("gateway", "flushall"),
+                    ("websocket", "get"), ("websocket", "set")}  # fmt: skip
+            foreign = [e for e in entries if (field(e, "username"), field(e, "object")) not in ours]
             if foreign:
                 raise Failed(f"Redis refused the services: {foreign[:3]}")
             return f"ACL LOG: no denial of the services' own commands ({len(entries)} from the probes above)"

@@ -4,26 +4,11 @@
 // page read, and the page says so.
 
 import { api, seg } from "./api.js";
-import { field, h, report, show } from "./dom.js";
+import { field, h, report, show, table, time } from "./dom.js";
 
 const AGENT_STATES = ["active", "deployed", "suspended", "offline", "decommissioned"];
 const TASK_STATES = ["", "queued", "assigned", "completed", "failed", "cancelled", "timed_out"];
 const LIMIT = 500;
-const time = (iso) => (iso || "").replace("T", " ").slice(0, 19);
-
-function table(caption, columns, body, id) {
-  return h(
-    "div",
-    { class: "scroll" },
-    h(
-      "table",
-      { class: "list", id },
-      h("caption", { class: "sr" }, caption),
-      h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col" }, c)))),
-      body,
-    ),
-  );
-}
 
 export async function agentsPage({ view }) {
   let agents = [];

@@ -3,28 +3,12 @@
 // document: its details, every content version with a download link, and a new version.
 
 import { Problem, api, seg } from "./api.js";
-import { field, h, report, show, submitting } from "./dom.js";
-
-const time = (iso) => (iso || "").replace("T", " ").slice(0, 19);
+import { field, h, report, show, submitting, table, time } from "./dom.js";
 
 function size(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-}
-
-function table(caption, columns, body, id) {
-  return h(
-    "div",
-    { class: "scroll" },
-    h(
-      "table",
-      { class: "list", id },
-      h("caption", { class: "sr" }, caption),
-      h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col" }, c)))),
-      body,
-    ),
-  );
 }
 
 /**

@@ -78,3 +78,21 @@ export function show(view, title, ...content) {
     heading.focus();
   }
 }
+
+/** A timestamp as the lists show it: `2026-12-02 02:55:26`. */
+export const time = (iso) => (iso || "").replace("T", " ").slice(0, 19);
+
+/** A list table that scrolls sideways inside its card on a phone; `body` is its tbody. */
+export function table(caption, columns, body, id) {
+  return h(
+    "div",
+    { class: "scroll" },
+    h(
+      "table",
+      { class: "list", id },
+      h("caption", { class: "sr" }, caption),
+      h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col" }, c)))),
+      body,
+    ),
+  );
+}

@@ -3,30 +3,16 @@
 // GET /api/v1/admin/operations, read again every 10 s while the page is open.
 
 import { api } from "./api.js";
-import { h, report, show } from "./dom.js";
+import { h, report, show, table } from "./dom.js";
 
 const EVERY_MS = 10000;
-
-function table(caption, columns, rows, id) {
-  return h(
-    "div",
-    { class: "scroll" },
-    h(
-      "table",
-      { class: "list", id },
-      h("caption", { class: "sr" }, caption),
-      h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, ...rows),
-    ),
-  );
-}
 
 const num = (v) => h("td", { class: "num" }, v ?? "—");
 const flag = (ok, yes, no) => h("td", {}, h("span", { class: ok ? "ok" : "bad" }, ok ? yes : no));
 
 function services(list) {
   const rows = list.map((s) => h("tr", { dataset: { service: s.name } }, h("td", {}, s.name), flag(s.ready, "ready", "not ready"), h("td", {}, s.detail)));
-  return table("Services and their readiness", ["Service", "State", "Detail"], rows, "services");
+  return table("Services and their readiness", ["Service", "State", "Detail"], h("tbody", {}, ...rows), "services");
 }
 
 function streams(list) {
@@ -55,14 +41,14 @@ function streams(list) {
     });
   }
   const columns = ["Stream", "Messages", "Last position", "Consumer", "Kind", "Lag (pending)", "Awaiting ack", "Redelivered"];
-  return table("Streams and consumer lag", columns, rows, "streams");
+  return table("Streams and consumer lag", columns, h("tbody", {}, ...rows), "streams");
 }
 
 function deadLetters(d) {
   const summary = h("p", { id: "dead-letter-total" }, d.error ? `${d.stream}: ${d.error}` : `${d.stream}: ${d.total} dead letter${d.total === 1 ? "" : "s"}`);
   if (!d.by_subject.length) return [summary];
   const rows = d.by_subject.map((s) => h("tr", {}, h("td", {}, s.subject), num(s.messages)));
-  return [summary, table("Dead letters per consumer", ["Subject", "Dead letters"], rows, "dead-letters"), h("p", { class: "meta" }, "Each is an event a consumer gave up on (header Cim-Dlq-Reason): fix the consumer, then replay or purge them.")];
+  return [summary, table("Dead letters per consumer", ["Subject", "Dead letters"], h("tbody", {}, ...rows), "dead-letters"), h("p", { class: "meta" }, "Each is an event a consumer gave up on (header Cim-Dlq-Reason): fix the consumer, then replay or purge them.")];
 }
 
 function dashboards(list) {

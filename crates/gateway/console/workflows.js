@@ -4,25 +4,10 @@
 // follows its events over the live feed.
 
 import { api, seg } from "./api.js";
-import { field, h, jsonObject, report, show, submitting } from "./dom.js";
+import { field, h, jsonObject, report, show, submitting, table, time } from "./dom.js";
 import { subscribe } from "./live.js";
 
 const STATUSES = ["", "running", "paused", "completed", "failed", "cancelled"];
-const time = (iso) => (iso || "").replace("T", " ").slice(0, 19);
-
-function table(caption, columns, body, id) {
-  return h(
-    "div",
-    { class: "scroll" },
-    h(
-      "table",
-      { class: "list", id },
-      h("caption", { class: "sr" }, caption),
-      h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col" }, c)))),
-      body,
-    ),
-  );
-}
 
 export async function workflowsPage({ view, session }) {
   const writer = session.can("writer");
