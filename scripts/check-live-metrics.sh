@@ -15,23 +15,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/lib/debtool.sh disable=SC1091
 . "$ROOT/scripts/lib/debtool.sh"
+# shellcheck source=scripts/lib/venv.sh disable=SC1091
+. "$ROOT/scripts/lib/venv.sh"
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf 'check-live-metrics: %s\n' "$*"; }
 die() {
     log "$*"
     exit 2
-}
-
-find_python() {
-    local py
-    for py in "${CIM_TEST_PYTHON:-python3}" python3 /var/tmp/cim-deploy-venv/bin/python; do
-        if "$py" -c 'import yaml' >/dev/null 2>&1; then
-            printf '%s\n' "$py"
-            return
-        fi
-    done
-    die "no python3 with PyYAML (apt-get install python3-yaml, or run scripts/check-deploy.sh once for its venv)"
 }
 
 cd "$ROOT"

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by scripts/check-deploy.sh and scripts/rehearse.sh, which define log, die and
-# apt_install: the PyPI tools both use live in one virtualenv, installed from one pinned list.
+# Sourced by scripts/check-deploy.sh, scripts/rehearse.sh, scripts/check-alerts.sh and
+# scripts/check-live-metrics.sh, which define log and die (and apt_install, for ensure_venv): the
+# PyPI tools they use live in one virtualenv, installed from one pinned list.
 
 # Makes the virtualenv $1 hold the requirements file $2, reinstalling when the file changed or
 # the check `python -c "$3"` (the imports the caller needs) fails.
@@ -21,4 +22,17 @@ ensure_venv() { # venv requirements check
     fi
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" || die "pip install -r $req failed"
     cp "$req" "$venv/.requirements.txt"
+}
+
+# A python with PyYAML, for the checks that need only that: CIM_TEST_PYTHON, python3, or
+# check-deploy's virtualenv.
+find_python() {
+    local py
+    for py in "${CIM_TEST_PYTHON:-python3}" python3 /var/tmp/cim-deploy-venv/bin/python; do
+        if "$py" -c 'import yaml' >/dev/null 2>&1; then
+            printf '%s\n' "$py"
+            return
+        fi
+    done
+    die "no python3 with PyYAML (apt-get install python3-yaml, or run scripts/check-deploy.sh once for its venv)"
 }
