@@ -60,8 +60,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl PullLoop {
     /// A durable consumer `name` on the whole of one domain's stream, explicitly acknowledged,
-    /// handling one message at a time in stream order, so each aggregate's events are handled as
-    /// they happened (the workflow listener's and the webhook intake's consumers).
+    /// handled one message at a time in stream order by each instance (the workflow listener's
+    /// and the webhook intake's consumers). Across instances, and after an instance died holding
+    /// a message, order holds only with [`PullLoop::one_outstanding`]; without it, the owner
+    /// restores order itself (the webhook sender waits for the consumer's ack floor).
     pub fn domain_durable(name: &str, prefix: &SubjectPrefix, domain: Domain, ack_wait: Duration) -> PullLoop {
         PullLoop {
             name: name.to_owned(),
@@ -76,6 +78,18 @@ impl PullLoop {
             concurrency: 1,
             metrics: Some(ConsumerMetrics::new(name)),
         }
+    }
+
+    /// At most one message of a durable consumer unacknowledged at a time, across every instance
+    /// bound to it: the server hands out the next message only once the last one is acknowledged,
+    /// or, when its holder died, after redelivering it (at the ack wait). So no replica and no
+    /// restarted instance handles an aggregate's later event before an earlier one. The price is
+    /// one round trip to the server per message, and a pause of up to the ack wait after a crash.
+    pub fn one_outstanding(mut self) -> PullLoop {
+        if let Binding::Durable(config) = &mut self.binding {
+            config.max_ack_pending = 1;
+        }
+        self
     }
 
     /// Runs until `stop`. `live` is told each time the consumer is bound (and awaited before the
@@ -124,6 +138,12 @@ impl PullLoop {
                 let name = config.durable_name.clone().unwrap_or_else(|| self.name.clone());
                 // Any failure to find it counts as creating it: forgetting once too often is safe.
                 let (c, bound) = match stream.get_consumer::<pull::Config>(&name).await {
+                    // Made by an earlier version with other limits: brought to this one's (the
+                    // server edits these in place; acknowledged positions stay).
+                    Ok(mut c) if !same_limits(&c.cached_info().config, config) => {
+                        c = stream.create_consumer(config.clone()).await.map_err(|e| consumer(&e))?;
+                        (c, Bound::Resumed)
+                    }
                     Ok(c) => (c, Bound::Resumed),
                     Err(_) => (stream.create_consumer(config.clone()).await.map_err(|e| consumer(&e))?, Bound::Created),
                 };
@@ -180,4 +200,12 @@ impl PullLoop {
             }
         }
     }
+}
+
+/// Whether a durable consumer's editable limits are what this loop binds with (a setting left at
+/// its default is the server's to choose).
+fn same_limits(found: &jetstream::consumer::Config, wanted: &pull::Config) -> bool {
+    let chosen = |wanted: i64, found: i64| wanted == 0 || wanted == found;
+    chosen(wanted.max_ack_pending, found.max_ack_pending)
+        && (wanted.ack_wait.is_zero() || wanted.ack_wait == found.ack_wait)
 }

@@ -63,7 +63,10 @@ impl Listener {
             .iter()
             .map(|&domain| {
                 let name = format!("workflow-listen-{domain}");
-                let consumer = PullLoop::domain_durable(&name, prefix, domain, Duration::from_secs(30));
+                // One outstanding: a step waiting on an aggregate takes its events in the order
+                // they happened, whichever replica hears them, and after a crash too.
+                let consumer =
+                    PullLoop::domain_durable(&name, prefix, domain, Duration::from_secs(30)).one_outstanding();
                 let (listener, js, prefix, stop) = (self.clone(), js.clone(), prefix.clone(), stop.clone());
                 async move {
                     let metrics = ConsumerMetrics::new(&name);
