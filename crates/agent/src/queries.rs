@@ -63,7 +63,10 @@ pub async fn get_agent(pool: &PgPool, tenant: TenantId, id: AggregateId) -> Resu
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(agent_from_row).transpose()?.ok_or_else(|| ServiceError::NotFound(format!("agent {id} not found")))
+    row.as_ref()
+        .map(agent_from_row)
+        .transpose()?
+        .ok_or_else(|| ServiceError::not_found(format!("agent {id} not found")))
 }
 
 /// Agents in one state (or any), holding every one of `capabilities`.
@@ -134,7 +137,7 @@ pub async fn get_task(pool: &PgPool, tenant: TenantId, id: AggregateId) -> Resul
     .bind(id.as_uuid())
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(task_from_row).transpose()?.ok_or_else(|| ServiceError::NotFound(format!("task {id} not found")))
+    row.as_ref().map(task_from_row).transpose()?.ok_or_else(|| ServiceError::not_found(format!("task {id} not found")))
 }
 
 pub async fn list_tasks(
@@ -196,7 +199,7 @@ pub async fn covering_agents(
     .await?;
     rows.iter()
         .map(|row| {
-            let corrupt = |e: &dyn std::fmt::Display| ServiceError::Corrupt(format!("agents: {e}"));
+            let corrupt = |e: &dyn std::fmt::Display| ServiceError::corrupt(format!("agents: {e}"));
             let id: uuid::Uuid = row.try_get("agent_id")?;
             let capabilities: Vec<String> = row.try_get("capabilities")?;
             Ok(Candidate {

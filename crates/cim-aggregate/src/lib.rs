@@ -18,6 +18,7 @@ pub mod heads;
 pub mod host;
 mod one_statement;
 pub mod projection;
+pub mod service_error;
 pub mod source;
 
 pub use error::ExecutorError;

@@ -16,7 +16,7 @@ pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 500;
 
 fn not_found(id: AggregateId) -> ServiceError {
-    ServiceError::NotFound(format!("document {id} not found"))
+    ServiceError::not_found(format!("document {id} not found"))
 }
 
 fn version_from_row(row: &PgRow) -> Result<pb::Version, ServiceError> {
@@ -130,14 +130,14 @@ pub async fn downloadable(
         Wanted::Tag(tag) => versions_of(pool, tenant, id).await?.into_iter().find(|v| v.tags.contains(tag)),
     };
     let version = found.ok_or_else(|| {
-        ServiceError::NotFound(match wanted {
+        ServiceError::not_found(match wanted {
             Wanted::Current => format!("document {id} has no content yet"),
             Wanted::Number(n) => format!("document {id} has no version {n}"),
             Wanted::Tag(tag) => format!("document {id} has no version tagged {tag:?}"),
         })
     })?;
     if version.quarantined {
-        return Err(ServiceError::Precondition(format!(
+        return Err(ServiceError::precondition(format!(
             "version {} of document {id} is quarantined: its content cannot be downloaded",
             version.version
         )));

@@ -207,7 +207,7 @@ impl DocumentApi {
                     tracing::debug!(document = %id, attempt, "content swept before the version committed; promoting again");
                 }
                 Err(e) if collected_meanwhile(&e) => {
-                    return Err(ServiceError::Unavailable(format!(
+                    return Err(ServiceError::unavailable(format!(
                         "the content was collected {COMMIT_ATTEMPTS} times while the version committed; upload again"
                     )));
                 }

@@ -64,7 +64,7 @@ impl WebhookApi {
         .bind(id.as_uuid())
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("subscription {id} not found")))
+        .ok_or_else(|| ServiceError::not_found(format!("subscription {id} not found")))
     }
 
     async fn subscription(
@@ -73,7 +73,7 @@ impl WebhookApi {
         row: &sqlx::postgres::PgRow,
     ) -> Result<pb::Subscription, ServiceError> {
         let id: uuid::Uuid = row.try_get("subscription_id")?;
-        let id = AggregateId::from_uuid(id).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let id = AggregateId::from_uuid(id).map_err(|e| ServiceError::corrupt(e.to_string()))?;
         let stats = delivery::stats(&self.pool, tenant, id).await?;
         Ok(pb::Subscription {
             subscription_id: id.to_string(),
@@ -121,7 +121,7 @@ impl WebhookService for WebhookApi {
         handle(req, |caller, r| async move {
             let id = if r.subscription_id.is_empty() { AggregateId::new() } else { id("subscription_id", &r.subscription_id)? };
             let secret = if r.secret.is_empty() {
-                Secret::generate().map_err(ServiceError::Internal)?
+                Secret::generate().map_err(ServiceError::internal)?
             } else {
                 Secret::parse(&r.secret).map_err(|e| ServiceError::invalid("secret", e))?;
                 r.secret
@@ -168,7 +168,7 @@ impl WebhookService for WebhookApi {
             let url: String = row.try_get("url")?;
             match self.activate(&caller, id, &url).await? {
                 Ok(done) => Ok(respond(done)),
-                Err(why) => Err(ServiceError::Precondition(why)),
+                Err(why) => Err(ServiceError::precondition(why)),
             }
         })
         .await

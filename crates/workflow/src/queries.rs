@@ -36,8 +36,8 @@ pub async fn definition_version(
     .fetch_optional(pool)
     .await?;
     let row = row.ok_or_else(|| match content_id {
-        Some(cid) => ServiceError::NotFound(format!("workflow definition {id} has no version {cid}")),
-        None => ServiceError::NotFound(format!("workflow definition {id} not found")),
+        Some(cid) => ServiceError::not_found(format!("workflow definition {id} has no version {cid}")),
+        None => ServiceError::not_found(format!("workflow definition {id} not found")),
     })?;
     let body: Json<Definition> = row.try_get("body")?;
     Ok((row.try_get("content_id")?, body.0))
@@ -166,5 +166,5 @@ pub async fn workflow_summary(
     row.as_ref()
         .map(summary_from_row)
         .transpose()?
-        .ok_or_else(|| ServiceError::NotFound(format!("workflow {id} not found")))
+        .ok_or_else(|| ServiceError::not_found(format!("workflow {id} not found")))
 }

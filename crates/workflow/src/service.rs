@@ -258,7 +258,7 @@ impl WorkflowService for WorkflowApi {
             let id = instance_id(&r.instance_id)?;
             let history = self.workflows.store().history_of(caller.tenant, id, crate::instance::AGGREGATE_TYPE).await?;
             if history.is_empty() {
-                return Err(ServiceError::NotFound(format!("workflow {id} not found")));
+                return Err(ServiceError::not_found(format!("workflow {id} not found")));
             }
             let events = history.iter().map(history_event).collect();
             Ok(pb::WorkflowHistory { instance_id: id.to_string(), events })

@@ -90,7 +90,7 @@ impl Dispatcher {
         let message = wire::uuid_or_new("message_id", &r.message_id)?;
         let conversation = wire::uuid_or_new("conversation_id", &r.conversation_id)?;
         let profile = queries::get_agent(&self.pool, caller.tenant, agent).await?;
-        let no_worker = || ServiceError::Precondition(format!("agent {agent} has no worker connected"));
+        let no_worker = || ServiceError::precondition(format!("agent {agent} has no worker connected"));
         let session = self.session(caller.tenant, agent).ok_or_else(no_worker)?;
         let (tx, rx) = mpsc::channel(CHUNKS);
         let (done, finished) = oneshot::channel();
@@ -195,7 +195,7 @@ impl Dispatcher {
                     };
                     Ok(p.caller.try_send(Ok(piece)).is_err())
                 })
-                .ok_or_else(|| ServiceError::NotFound(format!("no response is open for message {message}")))??;
+                .ok_or_else(|| ServiceError::not_found(format!("no response is open for message {message}")))??;
             if caller_gone {
                 self.stop_response(session, message, "the caller went away");
             }
@@ -221,7 +221,7 @@ impl Dispatcher {
             };
             let (content, started) = session
                 .with_response(message, |p| (p.content.clone(), p.started))
-                .ok_or_else(|| ServiceError::NotFound(format!("no response is open for message {message}")))?;
+                .ok_or_else(|| ServiceError::not_found(format!("no response is open for message {message}")))?;
             let duration_ms = started.elapsed().as_millis() as u64;
             let step = Conversation::Complete { message_id: message, content, token_usage, finish_reason, duration_ms };
             let end = End::Completed(pb::ResponseCompleted {
@@ -243,7 +243,7 @@ impl Dispatcher {
                 ServiceError::invalid("error_type", format!("one of {}", ResponseErrorType::NAMES.join(", ")))
             })?;
             if session.with_response(message, |_| ()).is_none() {
-                return Err(ServiceError::NotFound(format!("no response is open for message {message}")));
+                return Err(ServiceError::not_found(format!("no response is open for message {message}")));
             }
             let (error, recoverable) = (failure.error.clone(), failure.recoverable);
             let end = failed(message, error_type, &error, recoverable);

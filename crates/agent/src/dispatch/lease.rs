@@ -66,7 +66,7 @@ impl Dispatcher {
                 return Err(ServiceError::invalid("percent", "from 0 to 100"));
             }
             if session.lease_of(task).is_none() {
-                return Err(ServiceError::Precondition(format!("agent {} does not hold task {task}", session.agent)));
+                return Err(ServiceError::precondition(format!("agent {} does not hold task {task}", session.agent)));
             }
             Ok(task)
         })();

@@ -69,7 +69,7 @@ impl Dispatcher {
         let tenant = caller.tenant;
         let row = queue::agent(&self.pool, tenant, agent)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("agent {agent} not found")))?;
+            .ok_or_else(|| ServiceError::not_found(format!("agent {agent} not found")))?;
         match row.state {
             AgentState::Active => {}
             // It went offline when its last stream was lost: its worker is back.
@@ -77,7 +77,7 @@ impl Dispatcher {
                 self.agents.execute(&caller, agent, &AgentCommand::Activate, &Default::default()).await?;
             }
             state => {
-                return Err(ServiceError::Precondition(format!(
+                return Err(ServiceError::precondition(format!(
                     "agent {agent} is {}: only an active (or offline) agent connects",
                     state.as_str()
                 )));

@@ -160,7 +160,7 @@ impl Engine {
             let outreach: String = row.try_get("outreach")?;
             let instance: uuid::Uuid = row.try_get("instance_id")?;
             let correlation: uuid::Uuid = row.try_get("correlation_id")?;
-            let corrupt = |e: cim_core::IdError| ServiceError::Corrupt(e.to_string());
+            let corrupt = |e: cim_core::IdError| ServiceError::corrupt(e.to_string());
             let caller = Caller {
                 tenant: TenantId::from_uuid(tenant).map_err(corrupt)?,
                 actor: Actor::service("workflow"),
