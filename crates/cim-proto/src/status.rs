@@ -37,7 +37,7 @@ pub fn read_status(status: &tonic::Status) -> (ErrorCode, Vec<FieldViolation>) {
         .filter(|info| info.domain == ERROR_DOMAIN)
         .and_then(|info| info.metadata.get("code"))
         .and_then(|c| ErrorCode::from_str_code(c))
-        .unwrap_or_else(|| ErrorCode::from_grpc(status.code()));
+        .unwrap_or_else(|| on_the_way(status).unwrap_or_else(|| ErrorCode::from_grpc(status.code())));
     let violations = details
         .bad_request()
         .map(|b| b.field_violations.iter().map(|v| FieldViolation::new(&v.field, &v.description)).collect())
@@ -45,9 +45,29 @@ pub fn read_status(status: &tonic::Status) -> (ErrorCode, Vec<FieldViolation>) {
     (code, violations)
 }
 
+/// A status this side's client made from a failure on the way (it keeps the error it came from;
+/// one decoded from the wire has none), whose gRPC code says only "unknown": the connection
+/// reset by a replica that died mid-call, say. The service decided nothing the caller could
+/// fix, so it is `UNAVAILABLE`, which the caller may retry (with its idempotency key), not
+/// `INTERNAL`.
+fn on_the_way(status: &tonic::Status) -> Option<ErrorCode> {
+    let local = std::error::Error::source(status).is_some();
+    (local && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Internal)).then_some(ErrorCode::Unavailable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_cut_off_on_the_way_may_be_retried_and_an_unknown_answer_is_internal() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let cut = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(cut.code(), tonic::Code::Unknown);
+        assert_eq!(read_status(&cut).0, ErrorCode::Unavailable);
+        // Sent by a server as such: nothing says it happened on the way.
+        assert_eq!(read_status(&tonic::Status::unknown("odd")).0, ErrorCode::Internal);
+    }
 
     #[test]
     fn the_stable_code_and_fields_survive_the_wire_form() {

@@ -178,26 +178,30 @@ async fn read(state: &CacheState, cache: &DomainCache, aggregate: &str, req: Req
     let field = format!("{tenant}|{}", req.uri());
     let local_live = cache.local.is_live();
     let local_gen = cache.local.generation(aggregate);
-    if local_live && let Some(body) = cache.local.get(aggregate, &field) {
-        metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
-        return json_response(String::from_utf8_lossy(&body).into_owned(), true);
-    }
-    let looked: Result<(Option<i64>, Option<String>), String> = async {
+    let local_hit = local_live.then(|| cache.local.get(aggregate, &field)).flatten();
+    // One round trip either way: the shared generation alone when this instance holds the body
+    // (another gateway's acknowledged write may have bumped it before this one saw the event),
+    // else the generation and Redis's copy.
+    let looked: Result<Vec<Option<String>>, String> = async {
         let mut conn = state.redis.get().await.map_err(|e| e.to_string())?;
-        deadpool_redis::redis::cmd("HMGET")
-            .arg(&key)
-            .arg("gen")
-            .arg(&field)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
+        let mut lookup = deadpool_redis::redis::cmd("HMGET");
+        lookup.arg(&key).arg("gen");
+        if local_hit.is_none() {
+            lookup.arg(&field);
+        }
+        lookup.query_async(&mut conn).await.map_err(|e| e.to_string())
     }
     .await;
-    let Ok((gen_seen, cached)) = looked else {
+    let Ok(mut looked) = looked else {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "unavailable").increment(1);
         return next.run(req).await;
     };
-    let gen_seen = gen_seen.unwrap_or(0);
+    let cached = looked.get_mut(1).and_then(Option::take);
+    let gen_seen = looked.first().cloned().flatten().and_then(|g| g.parse::<i64>().ok()).unwrap_or(0);
+    if let Some((_, body)) = local_hit.filter(|(shared, _)| *shared == gen_seen) {
+        metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
+        return json_response(String::from_utf8_lossy(&body).into_owned(), true);
+    }
     if let Some(c) = cached.and_then(|c| serde_json::from_str::<Cached>(&c).ok()).filter(|c| c.g == gen_seen) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
         return json_response(c.b, true);
@@ -212,7 +216,7 @@ async fn read(state: &CacheState, cache: &DomainCache, aggregate: &str, req: Req
         return Response::from_parts(parts, Body::empty());
     };
     if local_live {
-        cache.local.put(aggregate, &field, local_gen, bytes.clone());
+        cache.local.put(aggregate, &field, local_gen, gen_seen, bytes.clone());
     }
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let store = serde_json::to_string(&Cached { g: gen_seen, b: text.clone() }).unwrap_or_default();

@@ -8,8 +8,12 @@ use bytes::Bytes;
 
 /// Responses validated by per-aggregate generations that this instance bumps itself, from its
 /// own ordered subscription to the domain's events and its own writes. Filled only with
-/// responses computed here (never from Redis, which may lag this instance's subscription), so a
-/// hit needs no Redis round trip and is never older than an event this instance has seen.
+/// responses computed here (never from Redis, which may lag this instance's subscription), so an
+/// entry is never older than an event this instance has seen. Each entry also keeps the shared
+/// (Redis) generation it was computed under: another gateway's write bumps that one before its
+/// response leaves, while this instance hears of it only when the event arrives, so a hit is
+/// served only after a check that the shared generation has not moved (one small `HGET`; the
+/// body stays here).
 #[derive(Debug, Default)]
 pub struct Local {
     inner: Mutex<LocalInner>,
@@ -21,7 +25,8 @@ pub struct Local {
 #[derive(Debug, Default)]
 struct LocalInner {
     gens: HashMap<String, u64>,
-    entries: HashMap<(String, String), (u64, Bytes)>,
+    /// (local generation, shared generation, body)
+    entries: HashMap<(String, String), (u64, i64, Bytes)>,
 }
 
 const LOCAL_ENTRIES: usize = 10_000;
@@ -49,15 +54,17 @@ impl Local {
         self.lock().gens.get(aggregate).copied().unwrap_or(0)
     }
 
-    pub(super) fn get(&self, aggregate: &str, field: &str) -> Option<Bytes> {
+    /// The body and the shared generation it was computed under, if no event or write seen here
+    /// made it stale.
+    pub(super) fn get(&self, aggregate: &str, field: &str) -> Option<(i64, Bytes)> {
         let inner = self.lock();
         let current = inner.gens.get(aggregate).copied().unwrap_or(0);
-        let (generation, body) = inner.entries.get(&(aggregate.to_owned(), field.to_owned()))?;
-        (*generation == current).then(|| body.clone())
+        let (generation, shared, body) = inner.entries.get(&(aggregate.to_owned(), field.to_owned()))?;
+        (*generation == current).then(|| (*shared, body.clone()))
     }
 
     /// Keeps `body` unless `aggregate` moved past `generation` while it was computed.
-    pub(super) fn put(&self, aggregate: &str, field: &str, generation: u64, body: Bytes) {
+    pub(super) fn put(&self, aggregate: &str, field: &str, generation: u64, shared: i64, body: Bytes) {
         let mut inner = self.lock();
         if inner.gens.get(aggregate).copied().unwrap_or(0) != generation {
             return;
@@ -65,7 +72,7 @@ impl Local {
         if inner.entries.len() >= LOCAL_ENTRIES {
             inner.entries.clear();
         }
-        inner.entries.insert((aggregate.to_owned(), field.to_owned()), (generation, body));
+        inner.entries.insert((aggregate.to_owned(), field.to_owned()), (generation, shared, body));
     }
 
     /// Makes this instance's cached responses of `aggregate` stale.
