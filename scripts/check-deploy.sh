@@ -283,7 +283,7 @@ step "dashboards type-check (@grafana/schema, tsc)" check_dashboards
 step "nats-server -t (NATS configs)" check_nats
 step "nginx -t (load balancer config)" check_nginx
 step "hadolint (Dockerfiles)" "$VENV/bin/hadolint" "$ROOT"/docker/*.Dockerfile
-step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/check-live-metrics.sh" "$ROOT/scripts/check-alerts.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/scripts/lib/debtool.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
+step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/faults.sh" "$ROOT/scripts/check-live-metrics.sh" "$ROOT/scripts/check-alerts.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/scripts/lib/debtool.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
 step "consistency with the code (tests/deploy/consistency.py)" check_consistency
 
 printf '\n'
