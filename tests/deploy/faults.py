@@ -4,12 +4,10 @@
 design's flows) with replicas, then faults one at a time under a load that records everything,
 and after each the checks that nothing acknowledged was lost or duplicated.
 
-Topology: a three-node NATS cluster (nats, nats2, nats3: the repository's nats.conf with a
-cluster block, its own server_name and store each) and the services with CIM_STREAM_REPLICAS=3
-and all three NATS URLs; graph, gateway and websocket twice each on hosts of their own (graph2,
-...), nginx with both gateways and both websocket servers in its upstreams, the gateway with both
-graph replicas in CIM_GATEWAY_GRAPH_URLS; Postgres and Redis once (they are stateful and not
-replicated by CIM). An `ops` host (application and data networks) sends the direct gRPC load,
+Topology (faults_hosts.py): a three-node NATS cluster (nats, nats2, nats3) and the services with
+CIM_STREAM_REPLICAS=3 and all three NATS URLs; graph, gateway and websocket twice each on hosts of
+their own (graph2, ...) behind nginx and the gateway's gRPC balancing; Postgres and Redis once
+(they are stateful and not replicated by CIM). An `ops` host (application and data networks) sends the direct gRPC load,
 reads the stream and runs `cim doctor`. The other domain services and monitoring are not run here
 (the rehearsal covers them); the flows of replicas are their service's flows.
 
@@ -51,13 +49,9 @@ from pathlib import Path
 
 import faults_check  # this directory: the checks and the table
 import faults_load  # this directory: the load and the stream reader (inside namespaces)
-from rehearse import SERVICE_UID, Failed, Rehearsal, log, uuid7
+from faults_hosts import NATS_NODES, REPLICATED, ReplicatedHosts
+from rehearse import Failed, log, uuid7
 
-NATS_NODES = ["nats", "nats2", "nats3"]
-NATS_CLUSTER_PORT = 6222
-REPLICATED = ["graph", "gateway", "websocket"]
-# The compose services run here; the rest of the compose topology is the rehearsal's.
-RUN = {"nats", "postgres", "redis", "nginx", "outside", *REPLICATED}
 MARKER = re.compile(r"cmd-[0-9a-f]{32}")
 
 # (kind, host): in the order run. The bounded set (the suite) is one of each kind of fault.
@@ -72,12 +66,10 @@ NATS_CHECKS = {"nats", "stream", "consumer", "dlq"}
 DOCTOR_SHOULD_NAME = {"kill-nats": NATS_CHECKS, "partition": NATS_CHECKS, "postgres": {"postgres"}, "redis": {"redis"}}
 
 
-class Faults(Rehearsal):
+class Faults(ReplicatedHosts):
     def __init__(self, tools: dict, tmp: Path, heavy: bool) -> None:
         super().__init__(tools, tmp)
         self.heavy = heavy
-        self.base: dict[str, str] = {}  # a replica's host -> the compose service it runs
-        self.launch: dict[str, tuple] = {}  # name -> spawn's arguments, to start it again
         self.rows: list[dict] = []
         self.stream_seen = 0  # CIM_GRAPH read up to here
         self.stream_msgs: list[dict] = []
@@ -85,133 +77,6 @@ class Faults(Rehearsal):
         self.tenants = (3, 2) if heavy else (2, 1)  # REST tenants, gRPC tenants
         self.hold = 6.0 if heavy else 3.0
         self.steady = 5.0 if heavy else 1.5
-
-    # --- topology -----------------------------------------------------------------------------
-
-    def replicas(self, svc: str) -> list[str]:
-        return [svc] + [h for h, b in self.base.items() if b == svc]
-
-    def plan(self) -> None:
-        super().plan()
-        self.hosts = {h: nets for h, nets in self.hosts.items() if h in RUN}
-        extra = {"nats2": "nats", "nats3": "nats", **{f"{s}2": s for s in REPLICATED}}
-        for host, base in extra.items():
-            self.hosts[host] = list(self.hosts[base])
-            self.base[host] = base
-        self.hosts["ops"] = ["application", "data"]
-        for host in [*extra, "ops"]:
-            for n in self.hosts[host]:
-                prefix = self.subnets[n].split("/")[0].rsplit(".", 1)[0]
-                used = [int(a.rsplit(".", 1)[1]) for (h, net), a in self.addr.items() if net == n and h != "outside"]
-                self.addr[(host, n)] = f"{prefix}.{max(used, default=9) + 1}"
-        flows = []
-        for src, dst, port, net in self.flows:
-            for s in self.replicas(src) if src in self.hosts else [src]:
-                flows += [(s, d, port, net) for d in (self.replicas(dst) if dst in self.hosts else [dst])]
-        flows += [(a, b, NATS_CLUSTER_PORT, "data") for a in NATS_NODES for b in NATS_NODES if a != b]
-        flows += [("ops", g, self.ports["graph"][0], "application") for g in self.replicas("graph")]
-        flows += [("ops", n, 4222, "data") for n in NATS_NODES]
-        flows += [("ops", "postgres", 5432, "data"), ("ops", "redis", 6379, "data")]
-        self.flows = flows
-
-    def spawn(self, name, host, argv, env, cwd=None, uid=None, wrap=None):
-        self.launch[name] = (host, argv, env, cwd, uid, wrap)
-        return super().spawn(name, host, argv, env, cwd=cwd, uid=uid, wrap=wrap)
-
-    def respawn(self, name: str) -> None:
-        host, argv, env, cwd, uid, wrap = self.launch[name]
-        super().spawn(name, host, argv, env, cwd=cwd, uid=uid, wrap=wrap)
-
-    def proc(self, name: str) -> subprocess.Popen:
-        return next(p for n, p in self.procs if n == name and p.poll() is None)
-
-    def health(self, svc: str) -> dict:
-        return super().health(self.base.get(svc, svc))
-
-    def start_nats(self) -> None:
-        """Each node: the repository's nats.conf (the rehearsal's copy) with its own name and
-        store and a cluster block routing to the other two."""
-        spec = self.compose["services"]["nats"]
-        args = [self.translate("nats", a) for a in spec.get("command", [])]
-        conf = Path(args[args.index("--config") + 1])
-        routes = ", ".join(f"nats://{n}:{NATS_CLUSTER_PORT}" for n in NATS_NODES)
-        for node in NATS_NODES:
-            store = self.tmp / "vol" / f"jetstream-{node}"
-            store.mkdir(parents=True, exist_ok=True)
-            text = re.sub(r"(?m)^server_name:.*$", f"server_name: cim-{node}", conf.read_text())
-            text = re.sub(r"(?m)^(\s*)store_dir:.*$", rf"\g<1>store_dir: {store}", text)
-            text += f"\ncluster {{\n  name: cim\n  listen: 0.0.0.0:{NATS_CLUSTER_PORT}\n  routes: [{routes}]\n}}\n"
-            node_conf = conf.parent / f"{node}.conf"  # beside accounts.conf, which it includes
-            node_conf.write_text(text)
-            self.spawn(node, node, [self.tools["nats_server"], "--config", str(node_conf)], self.env_of("nats"))
-
-    def start_nginx(self) -> None:
-        conf = Path(self.translate("nginx", "/etc/nginx/nginx.conf"))
-        text = conf.read_text()
-        for svc in ("gateway", "websocket"):
-            def more(m, svc=svc):
-                return m.group(0) + "".join(f"\n{m.group(1)}server {h}:{m.group(2)};" for h in self.replicas(svc)[1:])
-
-            text, n = re.subn(rf"(?m)^(\s*)server {svc}:(\d+);", more, text)
-            if n != 1:
-                raise Failed(f"nginx.conf: no single 'server {svc}:<port>;' in upstream {svc}")
-        conf.write_text(text)
-        super().start_nginx()
-
-    def service_env(self, svc: str) -> dict[str, str]:
-        env = dict(self.env_of(svc))
-        creds = urllib.parse.urlsplit(env["CIM_NATS_URL"]).netloc.rsplit("@", 1)[0]
-        env["CIM_NATS_URL"] = ",".join(f"nats://{creds}@{n}:4222" for n in NATS_NODES)
-        env["CIM_STREAM_REPLICAS"] = "3"
-        if svc == "gateway":
-            env["CIM_GATEWAY_GRAPH_URLS"] = ",".join(f"http://{g}:{self.ports['graph'][0]}" for g in self.replicas("graph"))
-        return env
-
-    def start_service(self, host: str, env=None, label=None) -> None:
-        svc = self.base.get(host, host)
-        self.spawn(host, host, [self.tools["cim"], "serve", "--services", svc], self.service_env(svc), uid=SERVICE_UID)
-
-    def meta_leader(self, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz"})
-            leader = ((r.get("body") or {}).get("meta_cluster") or {}).get("leader")
-            if leader:
-                return leader
-            time.sleep(0.5)
-        raise Failed(f"no JetStream meta leader in the NATS cluster within {timeout:.0f}s")
-
-    def bring_up(self) -> float:
-        t0 = time.monotonic()
-        starters = {"postgres": self.start_postgres, "redis": self.start_redis, "nginx": self.start_nginx}
-        groups = [["postgres", "redis", *NATS_NODES], self.replicas("graph"),
-                  [*self.replicas("gateway"), *self.replicas("websocket")], ["nginx"]]  # fmt: skip
-        for group in groups:
-            for host in group:
-                if host == "nats":
-                    self.start_nats()
-                elif host in starters:
-                    starters[host]()
-                elif host not in NATS_NODES:
-                    self.start_service(host)
-            threads = [threading.Thread(target=self._settle, args=(h,)) for h in group]
-            self._unhealthy: list[str] = []
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if self._unhealthy:
-                raise Failed("\n".join(self._unhealthy))
-            log(f"{', '.join(group)} healthy")
-            if "nats" in group:
-                log(f"JetStream meta leader: {self.meta_leader()}")
-        return time.monotonic() - t0
-
-    def _settle(self, host: str) -> None:
-        try:
-            self.wait_healthy(host, timeout=60)
-        except Failed as e:
-            self._unhealthy.append(str(e))
 
     # --- tools run from the ops host ----------------------------------------------------------
 

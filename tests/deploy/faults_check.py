@@ -12,9 +12,12 @@ start position never reached it, a duplicate when one reached it twice.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
+
+INTERNAL = re.compile(r"^500 |urn:cim:problem:internal|: (Internal|Unknown): ")
 
 
 def records(path: Path) -> list[dict]:
@@ -126,6 +129,9 @@ def row(kind, host, recs, pg, stream_msgs, t_fault, t_heal, recovered) -> dict:
         "acknowledged_grpc": sum(c["via"] == "grpc" for c in acked), "failed": len(cmds) - len(acked),
         "lost": len(lost), "duplicated": len(dup_markers | {f"event {e}" for e in dup_ids if not dup_markers}),
         "applied_unacknowledged": len(applied_unacked),
+        # Refusals that blame the server (500 / INTERNAL / UNKNOWN) where a fault should answer
+        # UNAVAILABLE: reported, not failed (issue 22 wants none).
+        "internal": sum(not c["ok"] and bool(INTERNAL.search(c["detail"])) for c in cmds),
         "lost_detail": [{k: c[k] for k in ("via", "op", "marker", "event_ids", "tenant")} for c in lost[:5]],
         "duplicated_detail": sorted(dup_markers)[:5] + sorted(dup_ids)[:5],
         "websocket": ws, "recovery_s": rec,
@@ -158,15 +164,16 @@ def describe(row: dict) -> str:
     if "error" in row:
         return f"{row['fault']} {row['host']}: ERROR {row['error']}"
     ws = row["websocket"]
-    return (f"{row['fault']} {row['host']}: {row['acknowledged']} acknowledged ({row['failed']} refused), "
+    return (f"{row['fault']} {row['host']}: {row['acknowledged']} acknowledged ({row['failed']} refused, "
+            f"{row['internal']} as internal), "
             f"{row['lost']} lost, {row['duplicated']} duplicated; websocket {ws['events']} events to {ws['clients']} "
             f"clients, {ws['drops']} drops, {ws['gaps']} gaps, {ws['duplicates']} duplicates; recovery "
             f"{row['recovery_s']}; doctor failed {row['doctor_new'] or 'nothing new'}; window {row['window_s']}s")
 
 
 def table(rows: list[dict]) -> str:
-    head = ["fault", "host", "acked (REST/gRPC)", "refused", "lost", "dup", "ws events/gaps/dups", "recovery",
-            "doctor named"]  # fmt: skip
+    head = ["fault", "host", "acked (REST/gRPC)", "refused (internal)", "lost", "dup", "ws events/gaps/dups",
+            "recovery", "doctor named"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -176,7 +183,7 @@ def table(rows: list[dict]) -> str:
         named = {None: "n/a: " + (", ".join(r["doctor_new"]) or "nothing"), True: "yes: " + ", ".join(r["doctor_new"]),
                  False: "NO: " + (", ".join(r["doctor_new"]) or "nothing")}[r["doctor_named"]]  # fmt: skip
         lines.append(f"| {r['fault']} | {r['host']} | {r['acknowledged']} ({r['acknowledged_rest']}/"
-                     f"{r['acknowledged_grpc']}) | {r['failed']} | {r['lost']} | {r['duplicated']} | "
+                     f"{r['acknowledged_grpc']}) | {r['failed']} ({r['internal']}) | {r['lost']} | {r['duplicated']} | "
                      f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {recovery_text(r)} | {named} |")  # fmt: skip
     return "\n".join(lines)
 

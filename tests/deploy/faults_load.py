@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -105,7 +106,11 @@ def grpc_send(spec: dict):
                 "-H", "x-cim-actor: faults", "-d", json.dumps(data), target, method]  # fmt: skip
         r = subprocess.run(argv, capture_output=True, text=True, timeout=15)
         if r.returncode != 0:
-            return False, f"{target}: {(r.stderr or r.stdout).strip()[-150:]}", []
+            err = (r.stderr or r.stdout).strip()
+            code = re.search(r"Code: (\w+)", err)
+            message = re.search(r"Message: (.*)", err)
+            what = f"{code.group(1)}: {message.group(1)}" if code and message else err[-150:]
+            return False, f"{target}: {what[:150]}", []
         body = json.loads(r.stdout)
         return True, target, body.get("eventIds", [])
 
