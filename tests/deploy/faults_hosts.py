@@ -66,6 +66,7 @@ class ReplicatedHosts(Rehearsal):
 
     def respawn(self, name: str) -> None:
         host, argv, env, cwd, uid, wrap = self.launch[name]
+        self.procs = [(n, p) for n, p in self.procs if n != name or p.poll() is None]
         super().spawn(name, host, argv, env, cwd=cwd, uid=uid, wrap=wrap)
 
     def proc(self, name: str) -> subprocess.Popen:
@@ -118,14 +119,19 @@ class ReplicatedHosts(Rehearsal):
         self.spawn(host, host, [self.tools["cim"], "serve", "--services", svc], self.service_env(svc), uid=SERVICE_UID)
 
     def meta_leader(self, timeout: float = 60) -> str:
+        """The JetStream meta leader once every node is a current peer: an R3 stream created
+        before that can time out."""
         deadline = time.monotonic() + timeout
+        meta: dict = {}
         while time.monotonic() < deadline:
-            r = self.probe("nats", {"kind": "http", "url": "http://127.0.0.1:8222/jsz"})
-            leader = ((r.get("body") or {}).get("meta_cluster") or {}).get("leader")
-            if leader:
-                return leader
+            for node in NATS_NODES:  # only the leader lists its peers
+                r = self.probe(node, {"kind": "http", "url": "http://127.0.0.1:8222/jsz"})
+                meta = (r.get("body") or {}).get("meta_cluster") or {}
+                peers = meta.get("replicas") or []
+                if len(peers) == len(NATS_NODES) - 1 and all(p.get("current") for p in peers):
+                    return meta["leader"]
             time.sleep(0.5)
-        raise Failed(f"no JetStream meta leader in the NATS cluster within {timeout:.0f}s")
+        raise Failed(f"the JetStream meta group not formed within {timeout:.0f}s: {meta}")
 
     def bring_up(self) -> float:
         t0 = time.monotonic()
@@ -154,7 +160,15 @@ class ReplicatedHosts(Rehearsal):
         return time.monotonic() - t0
 
     def _settle(self, host: str) -> None:
-        try:
-            self.wait_healthy(host, timeout=60)
-        except Failed as e:
-            self._unhealthy.append(str(e))
+        # A service that exits at start-up (a JetStream request timing out on a busy machine) is
+        # started once more, as compose's restart policy or Kubernetes would.
+        for attempt in (1, 2):
+            try:
+                self.wait_healthy(host, timeout=60)
+                return
+            except Failed as e:
+                if attempt == 2 or host not in self.launch or any(n == host and p.poll() is None for n, p in self.procs):
+                    self._unhealthy.append(str(e))
+                    return
+                log(f"{host} exited while starting; starting it again:\n{self.tail(host, 2)}")
+                self.respawn(host)

@@ -4,7 +4,8 @@ flushed per line, so the harness reads what happened while the agent still runs.
 
 Kinds:
   rest    through the load balancer, per tenant: a graph created (its name the command's marker),
-          then nodes added (property cmd = the marker), one command at a time; and websocket
+          then nodes added (property cmd = the marker), one command at a time, each acknowledged
+          one read back at once by the same client (its version at least the write's); and websocket
           clients per tenant that subscribe to the graph domain, record every event frame and,
           when the connection breaks, reconnect and resume with `from` = the last position seen
   grpc    the same commands straight to the graph replicas' gRPC ports with grpcurl, alternating
@@ -28,6 +29,7 @@ import threading
 import time
 import uuid
 
+import httpjson  # this directory: the HTTP call with its headers
 import rehearse  # this directory: WsClient, http, uuid7
 
 
@@ -71,7 +73,20 @@ def command_loop(spec: dict, tenant: dict, out: Records, send) -> None:
     out.add(kind="cmd-done", via=spec["kind"], tenant=tenant["tenant"])
 
 
-def rest_send(spec: dict):
+def read_back(lb: str, auth: dict, gid: str, version: int, m: str, tenant: str, out: Records) -> None:
+    """The graph read at once through the load balancer by the client that wrote it: a version
+    older than the write's is a stale answer (the gateways' caches must never give one)."""
+    try:
+        status, headers, body = httpjson.exchange("GET", f"http://{lb}/api/v1/graphs/{gid}", headers=auth, timeout=8)
+    except OSError as e:
+        out.add(kind="read", tenant=tenant, graph_id=gid, marker=m, ok=None, detail=str(e)[:120])
+        return
+    got = body.get("version") if status == 200 and isinstance(body, dict) else None
+    out.add(kind="read", tenant=tenant, graph_id=gid, marker=m, want=version, got=got, cache=headers.get("x-cache"),
+            ok=None if got is None else got >= version)  # fmt: skip
+
+
+def rest_send(spec: dict, out: Records):
     lb = spec["lb"]
 
     def send(op: str, tenant: dict, gid: str, m: str):
@@ -85,6 +100,8 @@ def rest_send(spec: dict):
         if not isinstance(body, dict):
             return False, f"{status} {str(body)[:150]}", []
         detail = f"{status} {body.get('type', '')} {body.get('detail', '')}" if status >= 300 else str(status)
+        if status in (200, 201) and isinstance(body.get("version"), int):
+            read_back(lb, auth, gid, body["version"], m, tenant["tenant"], out)
         return status in (200, 201), detail, body.get("event_ids", [])
 
     return send
@@ -189,7 +206,7 @@ class Watcher:
 
 def load(spec: dict) -> dict:
     out = Records(spec["out"])
-    send = rest_send(spec) if spec["kind"] == "rest" else grpc_send(spec)
+    send = rest_send(spec, out) if spec["kind"] == "rest" else grpc_send(spec)
     threads, watchers = [], []
     for i, tenant in enumerate(spec["tenants"]):
         for k in range(spec.get("watchers", 0)):
