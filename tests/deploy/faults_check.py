@@ -1,0 +1,220 @@
+"""The fault harness's checks (faults.py): one fault window's records, the events Postgres holds
+and the stream's messages made into a row of the fault table; the table printed and written.
+
+A command is identified by its marker (a graph's name or a node's property `cmd`), which every
+event it caused carries, so a command applied twice shows as its marker twice, whatever the
+event ids. Lost: an acknowledged command whose marker or event ids are missing from graph.events
+or from CIM_GRAPH. Duplicated: a marker more than once in either, or an event id more than once
+in the stream. A websocket client has a gap when an event of its tenant in the stream after its
+start position never reached it, a duplicate when one reached it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+INTERNAL = re.compile(r"^500 |urn:cim:problem:internal|: (Internal|Unknown): ")
+# A read older than the same client's acknowledged write fails a run once the gateways' caches
+# give read-your-writes across replicas. They do not yet (docs/deployment.md "Scaling": another
+# gateway's first-level cache answers a hit with the version before the write until its ordered
+# consumer hears of it), so stale reads are reported, not failed: set True with the fix.
+STALE_READS_FAIL = False
+
+
+def records(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for ln in text.splitlines():
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+def wait_for(done, timeout: float, failure: str | None) -> bool:
+    """Polls `done` until true; past the timeout raises with `failure`, or returns False."""
+    from rehearse import Failed
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.3)
+    if failure:
+        raise Failed(failure)
+    return False
+
+
+def wait_recovered(files: list[Path], since: float, timeout: float) -> bool:
+    """Every load channel working again after `since`: a command acknowledged that started
+    after it on each, and every websocket client connected."""
+
+    def ok() -> bool:
+        recs = [r for f in files for r in records(f)]
+        for via in ("rest", "grpc"):
+            if not any(r["kind"] == "cmd" and r["via"] == via and r["ok"] and r["t0"] >= since for r in recs):
+                return False
+        last: dict[int, str] = {}
+        for r in recs:
+            if r["kind"] in ("ws-start", "ws-drop", "ws-error", "ws-resume"):
+                last[r["client"]] = r["kind"]
+        return all(k in ("ws-start", "ws-resume") for k in last.values())
+
+    return wait_for(ok, timeout, None)
+
+
+def ws_clients(recs: list[dict]) -> dict[int, dict]:
+    clients: dict[int, dict] = {}
+    for r in recs:
+        if r["kind"] == "ws-start":
+            clients[r["client"]] = {"tenant": r["tenant"], "start": r["position"], "events": [], "drops": [], "resumes": []}
+        elif r["kind"] == "ws":
+            clients[r["client"]]["events"].append(r["event_id"])
+        elif r["kind"] == "ws-drop":
+            clients[r["client"]]["drops"].append(r["t"])
+        elif r["kind"] == "ws-resume":
+            clients[r["client"]]["resumes"].append(r["t"])
+    return clients
+
+
+def expected_of(client: dict, stream_msgs: list[dict]) -> set[str]:
+    return {m["event_id"] for m in stream_msgs if m["tenant"] == client["tenant"] and m["seq"] > client["start"]}
+
+
+def watchers_caught_up(recs: list[dict], stream_msgs: list[dict]) -> bool:
+    return all(expected_of(c, stream_msgs) <= set(c["events"]) for c in ws_clients(recs).values())
+
+
+def recovery(recs: list[dict], via: str, t_fault: float) -> float | None:
+    """Seconds from the fault until the first acknowledged command after the channel's last
+    failure (0: nothing failed); None: it never succeeded again."""
+    cmds = [r for r in recs if r["kind"] == "cmd" and r["via"] == via and r["t"] >= t_fault]
+    failed = [r["t"] for r in cmds if not r["ok"]]
+    if not failed:
+        return 0.0
+    after = [r["t"] for r in cmds if r["ok"] and r["t"] > max(failed)]
+    return round(min(after) - t_fault, 2) if after else None
+
+
+def row(kind, host, recs, pg, stream_msgs, t_fault, t_heal, recovered) -> dict:
+    cmds = [r for r in recs if r["kind"] == "cmd"]
+    tenants = {r["tenant"] for r in cmds}
+    pg_markers = Counter(m for _, _, m in pg if m != "-")
+    pg_ids = Counter(e for e, _, _ in pg)
+    mine = [m for m in stream_msgs if m["tenant"] in tenants]
+    st_markers = Counter(x for m in mine for x in set(m["markers"]))
+    st_ids = Counter(m["event_id"] for m in mine)
+    acked = [c for c in cmds if c["ok"]]
+    lost = [c for c in acked if pg_markers[c["marker"]] == 0 or st_markers[c["marker"]] == 0
+            or any(pg_ids[e] == 0 or st_ids[e] == 0 for e in c["event_ids"])]  # fmt: skip
+    dup_markers = {m for m, n in pg_markers.items() if n > 1} | {m for m, n in st_markers.items() if n > 1}
+    dup_ids = {e for e, n in st_ids.items() if n > 1}
+    applied_unacked = [c for c in cmds if not c["ok"] and pg_markers[c["marker"]] > 0]
+    reads = [r for r in recs if r["kind"] == "read" and r["ok"] is not None]
+    stale = [r for r in reads if not r["ok"]]
+    clients = ws_clients(recs)
+    ws = {"clients": len(clients), "events": 0, "gaps": 0, "duplicates": 0, "drops": 0}
+    for c in clients.values():
+        ws["events"] += len(c["events"])
+        ws["gaps"] += len(expected_of(c, stream_msgs) - set(c["events"]))
+        ws["duplicates"] += len(c["events"]) - len(set(c["events"]))
+        ws["drops"] += len(c["drops"])
+    rec = {via: recovery(recs, via, t_fault) for via in ("rest", "grpc")}
+    resumes = [t for c in clients.values() for t in c["resumes"] if t >= t_fault]
+    rec["websocket"] = round(max(resumes) - t_fault, 2) if resumes else 0.0
+    return {
+        "fault": kind, "host": host,
+        "acknowledged": len(acked), "acknowledged_rest": sum(c["via"] == "rest" for c in acked),
+        "acknowledged_grpc": sum(c["via"] == "grpc" for c in acked), "failed": len(cmds) - len(acked),
+        "lost": len(lost), "duplicated": len(dup_markers | {f"event {e}" for e in dup_ids if not dup_markers}),
+        "applied_unacknowledged": len(applied_unacked),
+        # Refusals that blame the server (500 / INTERNAL / UNKNOWN) where a fault should answer
+        # UNAVAILABLE: reported, not failed (issue 22 wants none).
+        "internal": sum(not c["ok"] and bool(INTERNAL.search(c["detail"])) for c in cmds),
+        "lost_detail": [{k: c[k] for k in ("via", "op", "marker", "event_ids", "tenant")} for c in lost[:5]],
+        "duplicated_detail": sorted(dup_markers)[:5] + sorted(dup_ids)[:5],
+        "reads": len(reads), "stale_reads": len(stale),
+        "stale_detail": [{k: r.get(k) for k in ("graph_id", "want", "got", "cache")} for r in stale[:5]],
+        "websocket": ws, "recovery_s": rec,
+        "recovered": recovered, "fault_s": round(t_heal - t_fault, 1),
+        "failures": sorted({c["detail"][:160] for c in cmds if not c["ok"]})[:6],
+    }  # fmt: skip
+
+
+def bad(row: dict) -> list[str]:
+    if "error" in row:
+        return [f"window failed: {row['error']}"]
+    out = []
+    for key in ("lost", "duplicated"):
+        if row[key]:
+            out.append(f"{row[key]} {key}")
+    if row["stale_reads"] and STALE_READS_FAIL:
+        out.append(f"{row['stale_reads']} of {row['reads']} reads older than the same client's acknowledged write")
+    for key in ("gaps", "duplicates"):
+        if row["websocket"][key]:
+            out.append(f"websocket {key}: {row['websocket'][key]}")
+    if not row["recovered"]:
+        out.append("the load did not recover within 90 s of the heal")
+    return out
+
+
+def recovery_text(row: dict) -> str:
+    r = max((v for v in row["recovery_s"].values() if v is not None), default=0.0)
+    return f"{r:.1f}s" + ("" if None not in row["recovery_s"].values() else " (a channel never recovered)")
+
+
+def describe(row: dict) -> str:
+    if "error" in row:
+        return f"{row['fault']} {row['host']}: ERROR {row['error']}"
+    ws = row["websocket"]
+    return (f"{row['fault']} {row['host']}: {row['acknowledged']} acknowledged ({row['failed']} refused, "
+            f"{row['internal']} as internal), {row['stale_reads']} of {row['reads']} reads stale, "
+            f"{row['lost']} lost, {row['duplicated']} duplicated; websocket {ws['events']} events to {ws['clients']} "
+            f"clients, {ws['drops']} drops, {ws['gaps']} gaps, {ws['duplicates']} duplicates; recovery "
+            f"{row['recovery_s']}; doctor failed {row['doctor_new'] or 'nothing new'}; window {row['window_s']}s")
+
+
+def table(rows: list[dict]) -> str:
+    head = ["fault", "host", "acked (REST/gRPC)", "refused (internal)", "lost", "dup", "stale reads",
+            "ws events/gaps/dups", "recovery", "doctor named"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['fault']} | {r['host']} | ERROR: {r['error'][:80]} |" + " |" * (len(head) - 3))
+            continue
+        ws = r["websocket"]
+        named = {None: "n/a: " + (", ".join(r["doctor_new"]) or "nothing"), True: "yes: " + ", ".join(r["doctor_new"]),
+                 False: "NO: " + (", ".join(r["doctor_new"]) or "nothing")}[r["doctor_named"]]  # fmt: skip
+        lines.append(f"| {r['fault']} | {r['host']} | {r['acknowledged']} ({r['acknowledged_rest']}/"
+                     f"{r['acknowledged_grpc']}) | {r['failed']} ({r['internal']}) | {r['lost']} | {r['duplicated']} | {r['stale_reads']}/{r['reads']} | "
+                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {recovery_text(r)} | {named} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def report(harness, total: float) -> int:
+    rows = harness.rows
+    problems = [f"{r['fault']} {r['host']}: {p}" for r in rows for p in bad(r)]
+    problems += [f"{name}: {detail}" for name, ok, _, detail in harness.results if not ok]
+    print("\n" + table(rows) + "\n")
+    for name, ok, dt, _ in harness.results:
+        print(f"  {'ok  ' if ok else 'FAIL'}  {dt:5.1f}s  {name}")
+    doc = {"mode": "heavy" if harness.heavy else "bounded", "total_s": round(total, 1), "rows": rows,
+           "checks": [{"name": n, "ok": ok, "detail": d} for n, ok, _, d in harness.results],
+           "problems": problems}  # fmt: skip
+    try:
+        Path(harness.out).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"\nfaults: the table as JSON in {harness.out}")
+    except OSError as e:
+        print(f"\nfaults: cannot write {harness.out}: {e}")
+    for p in problems:
+        print(f"faults: PROBLEM {p}")
+    print(f"faults: {len(rows)} faults, {len(problems)} problem(s) (total {total:.1f}s)")
+    return 1 if problems or not rows else 0

@@ -1,0 +1,174 @@
+"""The fault harness's hosts (faults.py): the rehearsal's topology (rehearse.Rehearsal: network
+namespaces on compose's addresses behind a router allowing only the design's flows) with a
+three-node NATS cluster and two replicas of graph, gateway and websocket, and an `ops` host for
+the operators' tools; each process started again after a fault by the arguments it was first
+started with.
+
+The NATS nodes run the repository's nats.conf (the rehearsal's copy) with their own server_name
+and store and a cluster block routing to the others; the services get all three URLs and
+CIM_STREAM_REPLICAS=3; nginx gets every gateway and websocket replica in its upstreams and the
+gateway both graph replicas in CIM_GATEWAY_GRAPH_URLS. A replica's flows are its service's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from rehearse import SERVICE_UID, Failed, Rehearsal, log
+
+NATS_NODES = ["nats", "nats2", "nats3"]
+NATS_CLUSTER_PORT = 6222
+REPLICATED = ["graph", "gateway", "websocket"]
+# The compose services run here; the rest of the compose topology is the rehearsal's.
+RUN = {"nats", "postgres", "redis", "nginx", "outside", *REPLICATED}
+
+
+class ReplicatedHosts(Rehearsal):
+    def __init__(self, tools: dict, tmp: Path) -> None:
+        super().__init__(tools, tmp)
+        self.base: dict[str, str] = {}  # a replica's host -> the compose service it replicates
+        self.launch: dict[str, tuple] = {}  # name -> spawn's arguments, to start it again
+
+    def replicas(self, svc: str) -> list[str]:
+        return [svc] + [h for h, b in self.base.items() if b == svc]
+
+    def plan(self) -> None:
+        super().plan()
+        self.hosts = {h: nets for h, nets in self.hosts.items() if h in RUN}
+        extra = {"nats2": "nats", "nats3": "nats", **{f"{s}2": s for s in REPLICATED}}
+        for host, base in extra.items():
+            self.hosts[host] = list(self.hosts[base])
+            self.base[host] = base
+        self.hosts["ops"] = ["application", "data"]
+        for host in [*extra, "ops"]:
+            for n in self.hosts[host]:
+                prefix = self.subnets[n].split("/")[0].rsplit(".", 1)[0]
+                used = [int(a.rsplit(".", 1)[1]) for (h, net), a in self.addr.items() if net == n and h != "outside"]
+                self.addr[(host, n)] = f"{prefix}.{max(used, default=9) + 1}"
+        flows = []
+        for src, dst, port, net in self.flows:
+            for s in self.replicas(src) if src in self.hosts else [src]:
+                flows += [(s, d, port, net) for d in (self.replicas(dst) if dst in self.hosts else [dst])]
+        flows += [(a, b, NATS_CLUSTER_PORT, "data") for a in NATS_NODES for b in NATS_NODES if a != b]
+        flows += [("ops", g, self.ports["graph"][0], "application") for g in self.replicas("graph")]
+        flows += [("ops", n, 4222, "data") for n in NATS_NODES]
+        flows += [("ops", "postgres", 5432, "data"), ("ops", "redis", 6379, "data")]
+        self.flows = flows
+
+    def spawn(self, name, host, argv, env, cwd=None, uid=None, wrap=None):
+        self.launch[name] = (host, argv, env, cwd, uid, wrap)
+        return super().spawn(name, host, argv, env, cwd=cwd, uid=uid, wrap=wrap)
+
+    def respawn(self, name: str) -> None:
+        host, argv, env, cwd, uid, wrap = self.launch[name]
+        self.procs = [(n, p) for n, p in self.procs if n != name or p.poll() is None]
+        super().spawn(name, host, argv, env, cwd=cwd, uid=uid, wrap=wrap)
+
+    def proc(self, name: str) -> subprocess.Popen:
+        return next(p for n, p in self.procs if n == name and p.poll() is None)
+
+    def health(self, svc: str) -> dict:
+        return super().health(self.base.get(svc, svc))
+
+    def start_nats(self) -> None:
+        """Each node: the repository's nats.conf (the rehearsal's copy) with its own name and
+        store and a cluster block routing to the other two."""
+        spec = self.compose["services"]["nats"]
+        args = [self.translate("nats", a) for a in spec.get("command", [])]
+        conf = Path(args[args.index("--config") + 1])
+        routes = ", ".join(f"nats://{n}:{NATS_CLUSTER_PORT}" for n in NATS_NODES)
+        for node in NATS_NODES:
+            store = self.tmp / "vol" / f"jetstream-{node}"
+            store.mkdir(parents=True, exist_ok=True)
+            text = re.sub(r"(?m)^server_name:.*$", f"server_name: cim-{node}", conf.read_text())
+            text = re.sub(r"(?m)^(\s*)store_dir:.*$", rf"\g<1>store_dir: {store}", text)
+            text += f"\ncluster {{\n  name: cim\n  listen: 0.0.0.0:{NATS_CLUSTER_PORT}\n  routes: [{routes}]\n}}\n"
+            node_conf = conf.parent / f"{node}.conf"  # beside accounts.conf, which it includes
+            node_conf.write_text(text)
+            self.spawn(node, node, [self.tools["nats_server"], "--config", str(node_conf)], self.env_of("nats"))
+
+    def start_nginx(self) -> None:
+        conf = Path(self.translate("nginx", "/etc/nginx/nginx.conf"))
+        text = conf.read_text()
+        for svc in ("gateway", "websocket"):
+            def more(m, svc=svc):
+                return m.group(0) + "".join(f"\n{m.group(1)}server {h}:{m.group(2)};" for h in self.replicas(svc)[1:])
+
+            text, n = re.subn(rf"(?m)^(\s*)server {svc}:(\d+);", more, text)
+            if n != 1:
+                raise Failed(f"nginx.conf: no single 'server {svc}:<port>;' in upstream {svc}")
+        conf.write_text(text)
+        super().start_nginx()
+
+    def service_env(self, svc: str) -> dict[str, str]:
+        env = dict(self.env_of(svc))
+        creds = urllib.parse.urlsplit(env["CIM_NATS_URL"]).netloc.rsplit("@", 1)[0]
+        env["CIM_NATS_URL"] = ",".join(f"nats://{creds}@{n}:4222" for n in NATS_NODES)
+        env["CIM_STREAM_REPLICAS"] = "3"
+        if svc == "gateway":
+            env["CIM_GATEWAY_GRAPH_URLS"] = ",".join(f"http://{g}:{self.ports['graph'][0]}" for g in self.replicas("graph"))
+        return env
+
+    def start_service(self, host: str, env=None, label=None) -> None:
+        svc = self.base.get(host, host)
+        self.spawn(host, host, [self.tools["cim"], "serve", "--services", svc], self.service_env(svc), uid=SERVICE_UID)
+
+    def meta_leader(self, timeout: float = 60) -> str:
+        """The JetStream meta leader once every node is a current peer: an R3 stream created
+        before that can time out."""
+        deadline = time.monotonic() + timeout
+        meta: dict = {}
+        while time.monotonic() < deadline:
+            for node in NATS_NODES:  # only the leader lists its peers
+                r = self.probe(node, {"kind": "http", "url": "http://127.0.0.1:8222/jsz"})
+                meta = (r.get("body") or {}).get("meta_cluster") or {}
+                peers = meta.get("replicas") or []
+                if len(peers) == len(NATS_NODES) - 1 and all(p.get("current") for p in peers):
+                    return meta["leader"]
+            time.sleep(0.5)
+        raise Failed(f"the JetStream meta group not formed within {timeout:.0f}s: {meta}")
+
+    def bring_up(self) -> float:
+        t0 = time.monotonic()
+        starters = {"postgres": self.start_postgres, "redis": self.start_redis, "nginx": self.start_nginx}
+        groups = [["postgres", "redis", *NATS_NODES], self.replicas("graph"),
+                  [*self.replicas("gateway"), *self.replicas("websocket")], ["nginx"]]  # fmt: skip
+        for group in groups:
+            for host in group:
+                if host == "nats":
+                    self.start_nats()
+                elif host in starters:
+                    starters[host]()
+                elif host not in NATS_NODES:
+                    self.start_service(host)
+            threads = [threading.Thread(target=self._settle, args=(h,)) for h in group]
+            self._unhealthy: list[str] = []
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if self._unhealthy:
+                raise Failed("\n".join(self._unhealthy))
+            log(f"{', '.join(group)} healthy")
+            if "nats" in group:
+                log(f"JetStream meta leader: {self.meta_leader()}")
+        return time.monotonic() - t0
+
+    def _settle(self, host: str) -> None:
+        # A service that exits at start-up (a JetStream request timing out on a busy machine) is
+        # started once more, as compose's restart policy or Kubernetes would.
+        for attempt in (1, 2):
+            try:
+                self.wait_healthy(host, timeout=60)
+                return
+            except Failed as e:
+                if attempt == 2 or host not in self.launch or any(n == host and p.poll() is None for n, p in self.procs):
+                    self._unhealthy.append(str(e))
+                    return
+                log(f"{host} exited while starting; starting it again:\n{self.tail(host, 2)}")
+                self.respawn(host)
