@@ -18,11 +18,10 @@ from collections import Counter
 from pathlib import Path
 
 INTERNAL = re.compile(r"^500 |urn:cim:problem:internal|: (Internal|Unknown): ")
-# A read older than the same client's acknowledged write fails a run once the gateways' caches
-# give read-your-writes across replicas. They do not yet (docs/deployment.md "Scaling": another
-# gateway's first-level cache answers a hit with the version before the write until its ordered
-# consumer hears of it), so stale reads are reported, not failed: set True with the fix.
-STALE_READS_FAIL = False
+# A read older than the same client's acknowledged write fails a run: a write through one gateway
+# bumps the shared cache generation before its answer leaves, and every gateway checks it before
+# a hit. So does a refusal that blames the server (500 / INTERNAL / UNKNOWN): a replica killed
+# mid-call is UNAVAILABLE (503), which the client may retry.
 
 
 def records(path: Path) -> list[dict]:
@@ -156,7 +155,9 @@ def bad(row: dict) -> list[str]:
     for key in ("lost", "duplicated"):
         if row[key]:
             out.append(f"{row[key]} {key}")
-    if row["stale_reads"] and STALE_READS_FAIL:
+    if row["internal"]:
+        out.append(f"{row['internal']} refusals as internal errors")
+    if row["stale_reads"]:
         out.append(f"{row['stale_reads']} of {row['reads']} reads older than the same client's acknowledged write")
     for key in ("gaps", "duplicates"):
         if row["websocket"][key]:
