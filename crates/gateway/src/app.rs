@@ -230,13 +230,13 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     // The domain services take the tenant this gateway verified only if it is signed.
     let identity = config.service_identity.clone();
     // `https://` upstreams: checked against CIM_TLS_CA_FILE, this gateway's certificate presented.
-    let tls = config.tls.client();
+    let upstream_tls = config.tls.client();
     let graph = Upstream::connect(
         cim_runtime::config::CIM_GATEWAY_GRAPH_URLS,
         &settings.graph_urls,
         timeout,
         config.connect_timeout,
-        tls.as_ref(),
+        upstream_tls.as_ref(),
         GraphServiceClient::new,
     )
     .map_err(AppError::Config)?
@@ -247,7 +247,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             &settings.document_urls,
             timeout,
             config.connect_timeout,
-            tls.as_ref(),
+            upstream_tls.as_ref(),
             DocumentServiceClient::new,
         )
         .map(|u| u.signed_with(identity.clone()))
@@ -264,7 +264,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             &settings.agent_urls,
             timeout,
             config.connect_timeout,
-            tls.as_ref(),
+            upstream_tls.as_ref(),
             AgentServiceClient::new,
         )
         .map(|u| u.signed_with(identity.clone()))
@@ -276,7 +276,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         &settings.workflow_urls,
         timeout,
         config.connect_timeout,
-        tls.as_ref(),
+        upstream_tls.as_ref(),
         WorkflowServiceClient::new,
     )
     .map_err(AppError::Config)?
@@ -286,7 +286,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         &settings.webhook_urls,
         timeout,
         config.connect_timeout,
-        tls.as_ref(),
+        upstream_tls.as_ref(),
         WebhookServiceClient::new,
     )
     .map_err(AppError::Config)?
@@ -312,7 +312,9 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         cookie_secure: settings.cookie_secure,
         websocket_url: settings.console_websocket_url.clone(),
     };
-    let proxies = Proxies { hops: settings.proxy_hops };
+    // HTTPS with CIM_TLS_CERT_FILE: the certificate re-read when it changes.
+    let https = config.tls.http_server().map_err(RuntimeError::from)?;
+    let proxies = Proxies { hops: settings.proxy_hops, tls: https.is_some() };
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     let operations = Arc::new(OperationsState {
         health: host.health().clone(),
@@ -397,9 +399,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
     let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;
     let app = router(state, layers, host.health().clone());
-    // HTTPS with CIM_TLS_CERT_FILE: the certificate re-read when it changes.
-    let tls = config.tls.http_server().map_err(RuntimeError::from)?;
-    let listener = HttpListener::new(listener, tls).map_err(RuntimeError::from)?;
+    let listener = HttpListener::new(listener, https).map_err(RuntimeError::from)?;
     Ok(Prepared {
         addr: listener.local_addr().map_err(RuntimeError::from)?,
         admin_addr: admin.local_addr().map_err(RuntimeError::from)?,
