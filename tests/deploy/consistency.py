@@ -613,11 +613,14 @@ def check_service_env(c: Checker, service: str, env: dict[str, str], vars_: dict
         if caller != service or var not in env or up not in ports:
             continue
         port = ports[up][0]
+        # https:// (TLS, mTLS between services) needs the CA to check the callee against.
+        scheme = "https" if env.get("CIM_TLS_CA_FILE") else "http"
         for url in str(env[var]).split(","):
             u = urlsplit(url.strip())
             c.check(
-                u.scheme == "http" and u.hostname == up and u.port == port,
-                f"{where}: {var} has {url.strip()}, expected http://{up}:{port} (the {up} service)",
+                u.scheme == scheme and u.hostname == up and u.port == port,
+                f"{where}: {var} has {url.strip()}, expected {scheme}://{up}:{port} (the {up} service"
+                f"{', over TLS: CIM_TLS_CA_FILE is set' if scheme == 'https' else ''})",
             )
 
 

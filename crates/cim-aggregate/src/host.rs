@@ -51,6 +51,8 @@ pub struct DomainHost {
     admin: TcpListener,
     kind: ServiceKind,
     identity: Option<cim_runtime::identity::CallerKey>,
+    /// The gRPC listener's TLS (`CIM_TLS_*`); `None`: plain TCP.
+    tls: Option<std::sync::Arc<cim_runtime::tls::ServerConfig>>,
 }
 
 impl DomainHost {
@@ -83,6 +85,7 @@ impl DomainHost {
             url: config.nats_url.clone(),
             client_name: application_name,
             connect_timeout: config.connect_timeout,
+            security: config.nats_security.clone(),
         })
         .await?;
         let jetstream = nats::jetstream(client.clone());
@@ -117,7 +120,8 @@ impl DomainHost {
             );
         }
         let identity = config.service_identity.clone();
-        Ok(Self { store, pool, jetstream, host, grpc, admin, kind: spec.kind, identity })
+        let tls = config.tls.grpc_server().map_err(RuntimeError::from)?;
+        Ok(Self { store, pool, jetstream, host, grpc, admin, kind: spec.kind, identity, tls })
     }
 
     /// For the domain's own readiness checks and background workers.
@@ -131,6 +135,7 @@ impl DomainHost {
         GrpcServer::new(self.kind.name())
             .file_descriptor_set(cim_proto::FILE_DESCRIPTOR_SET)
             .caller_identity(self.identity.clone())
+            .tls(self.tls.clone())
     }
 
     /// The service with its gRPC services added, ready to run.

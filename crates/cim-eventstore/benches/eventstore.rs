@@ -153,6 +153,7 @@ async fn main() {
         url: nats_url,
         client_name: "cim-bench".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .expect("nats");

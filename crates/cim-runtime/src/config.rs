@@ -66,6 +66,19 @@ pub const CIM_NATS_URL: &str = "CIM_NATS_URL";
 pub const CIM_SUBJECT_PREFIX: &str = "CIM_SUBJECT_PREFIX";
 pub const CIM_STREAM_REPLICAS: &str = "CIM_STREAM_REPLICAS";
 pub const CIM_REDIS_URL: &str = "CIM_REDIS_URL";
+pub const CIM_REDIS_CA_FILE: &str = "CIM_REDIS_CA_FILE";
+pub const CIM_REDIS_CERT_FILE: &str = "CIM_REDIS_CERT_FILE";
+pub const CIM_REDIS_KEY_FILE: &str = "CIM_REDIS_KEY_FILE";
+pub const CIM_NATS_CA_FILE: &str = "CIM_NATS_CA_FILE";
+pub const CIM_NATS_CERT_FILE: &str = "CIM_NATS_CERT_FILE";
+pub const CIM_NATS_KEY_FILE: &str = "CIM_NATS_KEY_FILE";
+pub const CIM_NATS_CREDS_FILE: &str = "CIM_NATS_CREDS_FILE";
+pub const CIM_NATS_NKEY_SEED: &str = "CIM_NATS_NKEY_SEED";
+pub const CIM_TLS_CERT_FILE: &str = "CIM_TLS_CERT_FILE";
+pub const CIM_TLS_KEY_FILE: &str = "CIM_TLS_KEY_FILE";
+pub const CIM_TLS_CLIENT_CA_FILE: &str = "CIM_TLS_CLIENT_CA_FILE";
+pub const CIM_TLS_CA_FILE: &str = "CIM_TLS_CA_FILE";
+pub const CIM_TLS_RELOAD_SECS: &str = "CIM_TLS_RELOAD_SECS";
 pub const CIM_CONNECT_TIMEOUT_MS: &str = "CIM_CONNECT_TIMEOUT_MS";
 pub const CIM_SHUTDOWN_GRACE_MS: &str = "CIM_SHUTDOWN_GRACE_MS";
 pub const CIM_JWT_HS256_SECRET: &str = "CIM_JWT_HS256_SECRET";
@@ -142,7 +155,7 @@ pub const VARS: &[VarSpec] = &[
         default: Some("postgres://postgres@127.0.0.1:5432/cim"),
         expected: "a postgres:// URL such as postgres://user:password@host:5432/cim",
         secret: Secrecy::Url,
-        help: "Postgres database holding every service's schema",
+        help: "Postgres database holding every service's schema; TLS: ?sslmode=verify-full&sslrootcert=<CA file> (and sslcert=, sslkey= for a client certificate)",
     },
     var(CIM_DATABASE_MAX_CONNECTIONS, Some("16"), "an integer from 1 to 1000", "pool size per service"),
     VarSpec {
@@ -151,6 +164,32 @@ pub const VARS: &[VarSpec] = &[
         expected: "a nats:// URL (several separated by commas), optionally with user:password@",
         secret: Secrecy::UrlList,
         help: "NATS with JetStream",
+    },
+    var(
+        CIM_NATS_CA_FILE,
+        None,
+        "the path of a PEM file of CA certificates",
+        "NATS over TLS: the CA the server's certificate must come from (TLS is then required)",
+    ),
+    var(
+        CIM_NATS_CERT_FILE,
+        None,
+        "the path of a PEM certificate chain (with CIM_NATS_KEY_FILE)",
+        "NATS over TLS: the client certificate presented to the server",
+    ),
+    var(CIM_NATS_KEY_FILE, None, "the path of a PEM private key", "NATS over TLS: the key of CIM_NATS_CERT_FILE"),
+    var(
+        CIM_NATS_CREDS_FILE,
+        None,
+        "the path of a NATS .creds file (user JWT and NKEY seed)",
+        "NATS decentralized authentication; not with CIM_NATS_NKEY_SEED",
+    ),
+    VarSpec {
+        name: CIM_NATS_NKEY_SEED,
+        default: None,
+        expected: "a NATS user NKEY seed (SU...)",
+        secret: Secrecy::Secret,
+        help: "NATS NKEY authentication; not with CIM_NATS_CREDS_FILE",
     },
     var(CIM_SUBJECT_PREFIX, Some("cim"), "dot-separated tokens of A-Z a-z 0-9 _ -", "subject and stream name prefix"),
     var(CIM_STREAM_REPLICAS, Some("1"), "an integer from 1 to 5", "JetStream stream replicas"),
@@ -161,6 +200,19 @@ pub const VARS: &[VarSpec] = &[
         secret: Secrecy::Url,
         help: "Redis for cache, sessions and rate limits",
     },
+    var(
+        CIM_REDIS_CA_FILE,
+        None,
+        "the path of a PEM file of CA certificates",
+        "with rediss://: the CA Redis's certificate must come from; unset: the system's roots",
+    ),
+    var(
+        CIM_REDIS_CERT_FILE,
+        None,
+        "the path of a PEM certificate chain (with CIM_REDIS_KEY_FILE)",
+        "with rediss://: the client certificate presented to Redis",
+    ),
+    var(CIM_REDIS_KEY_FILE, None, "the path of a PEM private key", "with rediss://: the key of CIM_REDIS_CERT_FILE"),
     var(CIM_CONNECT_TIMEOUT_MS, Some("5000"), "milliseconds from 100 to 600000", "timeout to reach a dependency"),
     var(
         CIM_SHUTDOWN_GRACE_MS,
@@ -182,6 +234,31 @@ pub const VARS: &[VarSpec] = &[
     var("CIM_AGENT_ADMIN_ADDR", Some("0.0.0.0:9105"), "host:port", "agent admin listener"),
     var("CIM_WEBHOOK_ADDR", Some("0.0.0.0:50055"), "host:port", "webhook gRPC listener"),
     var("CIM_WEBHOOK_ADMIN_ADDR", Some("0.0.0.0:9106"), "host:port", "webhook admin listener"),
+    var(
+        CIM_TLS_CERT_FILE,
+        None,
+        "the path of a PEM certificate chain, leaf first (with CIM_TLS_KEY_FILE)",
+        "this service's certificate: its listener speaks HTTPS / gRPC over TLS, and it is the client certificate it presents to the services it calls; re-read when it changes; unset: plain TCP",
+    ),
+    var(CIM_TLS_KEY_FILE, None, "the path of a PEM private key", "the key of CIM_TLS_CERT_FILE"),
+    var(
+        CIM_TLS_CLIENT_CA_FILE,
+        None,
+        "the path of a PEM file of CA certificates (with CIM_TLS_CERT_FILE)",
+        "gRPC listeners require a client certificate issued by this CA (mTLS between services); unset: none asked",
+    ),
+    var(
+        CIM_TLS_CA_FILE,
+        None,
+        "the path of a PEM file of CA certificates",
+        "the CA of the services this one calls over https:// (gateway upstreams, workflow calls)",
+    ),
+    var(
+        CIM_TLS_RELOAD_SECS,
+        Some("10"),
+        "seconds from 0 to 3600",
+        "how often, at most, a handshake checks whether CIM_TLS_CERT_FILE / CIM_TLS_KEY_FILE changed (0: every handshake)",
+    ),
     VarSpec {
         name: CIM_SERVICE_TOKEN_SECRET,
         default: None,
@@ -231,31 +308,31 @@ pub const VARS: &[VarSpec] = &[
     var(
         CIM_GATEWAY_GRAPH_URLS,
         Some("http://127.0.0.1:50051"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "graph service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_DOCUMENT_URLS,
         Some("http://127.0.0.1:50052"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "document service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_AGENT_URLS,
         Some("http://127.0.0.1:50054"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "agent service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_WORKFLOW_URLS,
         Some("http://127.0.0.1:50053"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "workflow service instances the gateway balances over",
     ),
     var(
         CIM_GATEWAY_WEBHOOK_URLS,
         Some("http://127.0.0.1:50055"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "webhook service instances the gateway balances over",
     ),
     var(
@@ -419,25 +496,25 @@ pub const VARS: &[VarSpec] = &[
     var(
         CIM_WORKFLOW_GRAPH_URLS,
         Some("http://127.0.0.1:50051"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "graph service instances workflow steps call",
     ),
     var(
         CIM_WORKFLOW_DOCUMENT_URLS,
         Some("http://127.0.0.1:50052"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "document service instances workflow steps call",
     ),
     var(
         CIM_WORKFLOW_AGENT_URLS,
         Some("http://127.0.0.1:50054"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "agent service instances workflow steps call (integration and agent_task steps)",
     ),
     var(
         CIM_WORKFLOW_SELF_URLS,
         Some("http://127.0.0.1:50053"),
-        "http:// URLs separated by commas",
+        "http:// or https:// URLs separated by commas (https: TLS, with CIM_TLS_CA_FILE)",
         "workflow service instances an integration step of service `workflow` calls",
     ),
     var(
@@ -1059,6 +1136,12 @@ pub struct Config {
     pub service_identity: Option<crate::identity::CallerKey>,
     /// This user's local state (CIM_DATA_DIR, else the XDG data directory); `None` without a home.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `CIM_TLS_*`: this service's certificate, its callers' CA, the CA of the services it calls.
+    pub tls: crate::tls::TlsSettings,
+    /// `CIM_REDIS_*_FILE`: the CA and client certificate of a `rediss://` connection.
+    pub redis_tls: crate::redis::RedisTls,
+    /// `CIM_NATS_*`: TLS and credentials for NATS.
+    pub nats_security: crate::nats::NatsSecurity,
 }
 
 /// One bad variable.
@@ -1187,12 +1270,41 @@ impl Config {
             }
             None => Some(None),
         };
+        let tls = tls::tls_settings(&mut r);
+        let redis_tls = tls::redis_tls(&mut r, redis_url.as_ref());
+        let nats_security = tls::nats_security(&mut r);
+        if let (Some(tls), Some(edge), Some(workflow)) = (&tls, &edge, &workflow) {
+            let g = &edge.gateway;
+            tls::https_needs_ca(
+                &mut r,
+                tls,
+                &[
+                    (CIM_GATEWAY_GRAPH_URLS, &g.graph_urls),
+                    (CIM_GATEWAY_DOCUMENT_URLS, &g.document_urls),
+                    (CIM_GATEWAY_AGENT_URLS, &g.agent_urls),
+                    (CIM_GATEWAY_WORKFLOW_URLS, &g.workflow_urls),
+                    (CIM_GATEWAY_WEBHOOK_URLS, &g.webhook_urls),
+                    (CIM_WORKFLOW_GRAPH_URLS, &workflow.graph_urls),
+                    (CIM_WORKFLOW_DOCUMENT_URLS, &workflow.document_urls),
+                    (CIM_WORKFLOW_AGENT_URLS, &workflow.agent_urls),
+                    (CIM_WORKFLOW_SELF_URLS, &workflow.workflow_urls),
+                ],
+            );
+        }
+        let security = tls.zip(redis_tls).zip(nats_security);
         let data_dir = match r.optional(CIM_DATA_DIR) {
             Some(_) => r.parse(CIM_DATA_DIR, |s| std::path::Path::new(s).is_absolute().then(|| Some(s.into()))),
             None => Some(default_data_dir(lookup)),
         };
         match (
-            edge.zip(objects).zip(data_dir).zip(document).zip(agent).zip(workflow).zip(webhook).zip(service_identity),
+            edge.zip(objects)
+                .zip(data_dir)
+                .zip(document)
+                .zip(agent)
+                .zip(workflow)
+                .zip(webhook)
+                .zip(service_identity)
+                .zip(security),
             log_format,
             log_filter,
             database_url,
@@ -1205,7 +1317,10 @@ impl Config {
             shutdown_grace,
         ) {
             (
-                Some((((((((edge, objects), data_dir), document), agent), workflow), webhook), service_identity)),
+                Some((
+                    (((((((edge, objects), data_dir), document), agent), workflow), webhook), service_identity),
+                    ((tls, redis_tls), nats_security),
+                )),
                 Some(log_format),
                 Some(log_filter),
                 Some(database_url),
@@ -1237,6 +1352,9 @@ impl Config {
                 webhook,
                 service_identity,
                 data_dir,
+                tls,
+                redis_tls,
+                nats_security,
             }),
             _ => Err(ConfigErrors(r.errors)),
         }
@@ -1334,6 +1452,7 @@ fn default_data_dir(lookup: &dyn Fn(&str) -> Option<String>) -> Option<std::path
 }
 
 mod files;
+mod tls;
 pub use files::file_var;
 use files::secret_files;
 

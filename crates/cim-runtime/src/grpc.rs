@@ -29,6 +29,7 @@ pub struct GrpcServer {
     descriptor_sets: Vec<&'static [u8]>,
     streaming: Vec<&'static str>,
     identity: Option<crate::identity::CallerKey>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -47,7 +48,16 @@ impl GrpcServer {
             descriptor_sets: Vec::new(),
             streaming: Vec::new(),
             identity: None,
+            tls: None,
         }
+    }
+
+    /// Serves over TLS with `config` ([`crate::tls::TlsSettings::grpc_server`]: the certificate
+    /// re-read when it changes, client certificates required when a client CA is set); `None`:
+    /// plain TCP.
+    pub fn tls(mut self, config: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = config;
+        self
     }
 
     /// With a key, every call but health and reflection must carry caller metadata signed with
@@ -123,18 +133,27 @@ impl GrpcServer {
                 health.mark_shutting_down().await;
             }
         };
-        // `serve_with_incoming*` ignores the builder's TCP settings: without TCP_NODELAY small
-        // responses wait on Nagle + delayed ACK (~40 ms per call).
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
-            conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
-        });
-        let server = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .layer(RedLayer { service: Arc::from(self.service) })
             // Inside the RED layer, so refused calls are counted with their code.
             .layer(crate::identity::CallerIdentityLayer { key: self.identity.clone() })
             .layer(crate::unary_frames::UnaryFramesLayer { streaming: self.streaming.into() })
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, signal);
+            .add_routes(routes.routes());
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match self.tls {
+            // Handshakes through the reloading resolver, so a rotated certificate is served.
+            Some(config) => {
+                Box::pin(router.serve_with_incoming_shutdown(crate::tls::TlsIncoming::new(listener, config)?, signal))
+            }
+            None => {
+                // `serve_with_incoming*` ignores the builder's TCP settings: without TCP_NODELAY
+                // small responses wait on Nagle + delayed ACK (~40 ms per call).
+                let incoming =
+                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+                        conn.and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+                    });
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+        };
         tokio::pin!(server);
         let deadline = async {
             stop.wait().await;

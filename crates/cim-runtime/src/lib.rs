@@ -19,6 +19,7 @@ pub mod service;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod unary_frames;
 
 pub use config::{Config, ServiceKind};

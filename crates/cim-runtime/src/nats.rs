@@ -14,6 +14,43 @@ pub struct NatsSettings {
     pub url: String,
     pub client_name: String,
     pub connect_timeout: Duration,
+    /// TLS and credentials (`CIM_NATS_*`); the default: none beyond the URL's.
+    pub security: NatsSecurity,
+}
+
+/// How a NATS connection is secured beyond the URL's `user:password`.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSecurity {
+    /// The CA the server's certificate must come from; with it TLS is required.
+    pub ca: Option<std::path::PathBuf>,
+    /// The client certificate presented to the server (the server may require one).
+    pub identity: Option<crate::tls::CertFiles>,
+    /// A `.creds` file: a user JWT and its NKEY seed (decentralized authentication).
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A user NKEY seed.
+    pub nkey_seed: Option<crate::config::Secret>,
+}
+
+impl NatsSecurity {
+    /// `opts` with these certificates and credentials; errors name the file at fault.
+    async fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions, String> {
+        if let Some(ca) = &self.ca {
+            // Read now so a bad file is named here and not as a failed handshake.
+            crate::tls::read_roots(ca).map_err(|e| e.to_string())?;
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some(files) = &self.identity {
+            crate::tls::certified_key(files).map_err(|e| e.to_string())?;
+            opts = opts.add_client_certificate(files.cert.clone(), files.key.clone()).require_tls(true);
+        }
+        if let Some(path) = &self.creds_file {
+            opts = opts.credentials_file(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if let Some(seed) = &self.nkey_seed {
+            opts = opts.nkey(seed.expose().to_owned());
+        }
+        Ok(opts)
+    }
 }
 
 /// Backoff between reconnect attempts: 100 ms doubling up to 5 s.
@@ -38,6 +75,7 @@ pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
     if let Some((user, password)) = credentials(&settings.url) {
         opts = opts.user_and_password(user, password);
     }
+    let opts = settings.security.apply(opts).await.map_err(|what| RuntimeError::Nats { at: at.clone(), what })?;
     let opts = opts
         .name(&settings.client_name)
         .connection_timeout(settings.connect_timeout)

@@ -131,6 +131,10 @@ fn diagnose(e: &sqlx::Error, opts: &PgConnectOptions) -> String {
             ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::UnexpectedEof => {
                 "closed the connection during the handshake (not Postgres, or TLS required?)".into()
             }
+            // sqlx hands rustls' verdict on the server's certificate on as an I/O error.
+            _ if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+                "failed the TLS handshake (check sslrootcert, the host name and the certificates' dates)".into()
+            }
             _ if io.to_string().contains("lookup address") => {
                 format!("names an unknown host ({:?} does not resolve)", opts.get_host())
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_redis::redis::{self, ClientTlsConfig, TlsCertificates};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 
 use crate::error::RuntimeError;
@@ -14,11 +15,21 @@ pub struct RedisSettings {
     pub url: String,
     pub max_size: usize,
     pub timeout: Duration,
+    /// Certificates for a `rediss://` URL; the default: the system's roots, no client certificate.
+    pub tls: RedisTls,
+}
+
+/// A `rediss://` connection's CA and client certificate (`CIM_REDIS_*_FILE`).
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// The CA Redis's certificate must come from; `None`: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    pub identity: Option<crate::tls::CertFiles>,
 }
 
 fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
-    let mut cfg = Config::from_url(settings.url.clone());
-    cfg.pool = Some(PoolConfig {
+    let error = |what: String| RuntimeError::Redis { at: crate::config::redact_url(&settings.url), what };
+    let pool_config = PoolConfig {
         max_size: settings.max_size,
         timeouts: Timeouts {
             wait: Some(settings.timeout),
@@ -26,11 +37,31 @@ fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
             recycle: Some(settings.timeout),
         },
         ..PoolConfig::default()
-    });
-    cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| RuntimeError::Redis {
-        at: crate::config::redact_url(&settings.url),
-        what: format!("bad configuration: {e}"),
-    })
+    };
+    if !settings.url.starts_with("rediss://") {
+        let mut cfg = Config::from_url(settings.url.clone());
+        cfg.pool = Some(pool_config);
+        return cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| error(format!("bad configuration: {e}")));
+    }
+    // The redis client builds its rustls configuration from the process's provider.
+    crate::tls::install_provider();
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| error(format!("{}: {e}", path.display())));
+    let certificates = TlsCertificates {
+        client_tls: match &settings.tls.identity {
+            Some(files) => Some(ClientTlsConfig { client_cert: read(&files.cert)?, client_key: read(&files.key)? }),
+            None => None,
+        },
+        root_cert: settings.tls.ca.as_deref().map(read).transpose()?,
+    };
+    let client = redis::Client::build_with_tls(settings.url.as_str(), certificates)
+        .map_err(|e| error(format!("bad TLS configuration: {e}")))?;
+    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+        .map_err(|e| error(format!("bad configuration: {e}")))?;
+    Pool::builder(manager)
+        .config(pool_config)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| error(format!("bad configuration: {e}")))
 }
 
 async fn ping(pool: &Pool, timeout: Duration) -> Result<(), String> {

@@ -137,6 +137,7 @@ async fn nats_connects_with_jetstream_and_an_absent_server_is_a_clear_error() {
         url,
         client_name: "cim-runtime-test".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .unwrap();
@@ -148,6 +149,7 @@ async fn nats_connects_with_jetstream_and_an_absent_server_is_a_clear_error() {
         url: "nats://127.0.0.1:1".into(),
         client_name: "cim-runtime-test".into(),
         connect_timeout: Duration::from_millis(500),
+        security: Default::default(),
     })
     .await
     .unwrap_err();
@@ -157,14 +159,21 @@ async fn nats_connects_with_jetstream_and_an_absent_server_is_a_clear_error() {
 #[tokio::test]
 async fn redis_answers_and_an_absent_server_is_a_clear_error() {
     let url = std::env::var("CIM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let pool =
-        redis::connect(&redis::RedisSettings { url, max_size: 2, timeout: Duration::from_secs(2) }).await.unwrap();
+    let pool = redis::connect(&redis::RedisSettings {
+        url,
+        max_size: 2,
+        timeout: Duration::from_secs(2),
+        tls: Default::default(),
+    })
+    .await
+    .unwrap();
     (redis::readiness(pool, Duration::from_secs(1)))().await.unwrap();
 
     let err = redis::connect(&redis::RedisSettings {
         url: "redis://:secret@127.0.0.1:1".into(),
         max_size: 1,
         timeout: Duration::from_millis(500),
+        tls: Default::default(),
     })
     .await
     .unwrap_err();

@@ -87,6 +87,7 @@ pub(crate) async fn doctor(before_start: bool) -> ExitCode {
         url: config.nats_url.clone(),
         client_name: "cim-doctor".into(),
         connect_timeout: config.connect_timeout,
+        security: config.nats_security.clone(),
     })
     .await;
     // The NATS URLs without their passwords, for the report.
@@ -125,6 +126,7 @@ pub(crate) async fn doctor(before_start: bool) -> ExitCode {
         url: config.redis_url.expose().to_owned(),
         max_size: 1,
         timeout: config.connect_timeout,
+        tls: config.redis_tls.clone(),
     })
     .await;
     report.line(

@@ -43,6 +43,7 @@ pub(crate) async fn rebuild(config: &Config, service: &DomainService) -> Result<
         url: config.nats_url.clone(),
         client_name: "cim-streams-rebuild".into(),
         connect_timeout: config.connect_timeout,
+        security: config.nats_security.clone(),
     })
     .await
     .map_err(|e| format!("nats: {e}"))?;

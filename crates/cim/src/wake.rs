@@ -38,6 +38,7 @@ pub(crate) async fn wake(service: &str, interval: Duration, command: &[String]) 
         url: config.nats_url.clone(),
         client_name: "cim-wake".into(),
         connect_timeout: config.connect_timeout,
+        security: config.nats_security.clone(),
     })
     .await
     {

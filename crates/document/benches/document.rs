@@ -674,6 +674,7 @@ async fn clean_up(run: &Run) {
         url: run.nats_url.clone(),
         client_name: "bench".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     {

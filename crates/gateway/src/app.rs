@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use cim_auth::Verifier;
 use cim_proto::agent::agent_service_client::AgentServiceClient;
 use cim_proto::document::document_service_client::DocumentServiceClient;
@@ -20,6 +21,7 @@ use cim_proto::workflow::workflow_service_client::WorkflowServiceClient;
 use cim_runtime::config::{Config, ServiceKind};
 use cim_runtime::error::RuntimeError;
 use cim_runtime::host::{ServiceHost, bind};
+use cim_runtime::tls::HttpListener;
 use cim_runtime::{Shutdown, nats, redis};
 use tokio::net::TcpListener;
 
@@ -204,7 +206,7 @@ pub struct Prepared {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     host: ServiceHost,
-    listener: TcpListener,
+    listener: HttpListener,
     admin: TcpListener,
     app: Router,
     shutdown: Shutdown,
@@ -227,11 +229,14 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let timeout = Some(settings.request_timeout);
     // The domain services take the tenant this gateway verified only if it is signed.
     let identity = config.service_identity.clone();
+    // `https://` upstreams: checked against CIM_TLS_CA_FILE, this gateway's certificate presented.
+    let upstream_tls = config.tls.client();
     let graph = Upstream::connect(
         cim_runtime::config::CIM_GATEWAY_GRAPH_URLS,
         &settings.graph_urls,
         timeout,
         config.connect_timeout,
+        upstream_tls.as_ref(),
         GraphServiceClient::new,
     )
     .map_err(AppError::Config)?
@@ -242,6 +247,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             &settings.document_urls,
             timeout,
             config.connect_timeout,
+            upstream_tls.as_ref(),
             DocumentServiceClient::new,
         )
         .map(|u| u.signed_with(identity.clone()))
@@ -258,6 +264,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             &settings.agent_urls,
             timeout,
             config.connect_timeout,
+            upstream_tls.as_ref(),
             AgentServiceClient::new,
         )
         .map(|u| u.signed_with(identity.clone()))
@@ -269,6 +276,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         &settings.workflow_urls,
         timeout,
         config.connect_timeout,
+        upstream_tls.as_ref(),
         WorkflowServiceClient::new,
     )
     .map_err(AppError::Config)?
@@ -278,6 +286,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         &settings.webhook_urls,
         timeout,
         config.connect_timeout,
+        upstream_tls.as_ref(),
         WebhookServiceClient::new,
     )
     .map_err(AppError::Config)?
@@ -286,11 +295,13 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         url: config.redis_url.expose().to_owned(),
         max_size: 64,
         timeout: std::time::Duration::from_millis(500),
+        tls: config.redis_tls.clone(),
     })?;
     let client = nats::connect(&nats::NatsSettings {
         url: config.nats_url.clone(),
         client_name: "cim-gateway".into(),
         connect_timeout: config.connect_timeout,
+        security: config.nats_security.clone(),
     })
     .await?;
     let rate_limiter = Arc::<RateLimiter>::default();
@@ -301,7 +312,9 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         cookie_secure: settings.cookie_secure,
         websocket_url: settings.console_websocket_url.clone(),
     };
-    let proxies = Proxies { hops: settings.proxy_hops };
+    // HTTPS with CIM_TLS_CERT_FILE: the certificate re-read when it changes.
+    let https = config.tls.http_server().map_err(RuntimeError::from)?;
+    let proxies = Proxies { hops: settings.proxy_hops, tls: https.is_some() };
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     let operations = Arc::new(OperationsState {
         health: host.health().clone(),
@@ -386,6 +399,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
     let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;
     let app = router(state, layers, host.health().clone());
+    let listener = HttpListener::new(listener, https).map_err(RuntimeError::from)?;
     Ok(Prepared {
         addr: listener.local_addr().map_err(RuntimeError::from)?,
         admin_addr: admin.local_addr().map_err(RuntimeError::from)?,
@@ -406,7 +420,10 @@ impl Prepared {
         let http = tokio::spawn(async move {
             // The peer address: the client's, or the nearest proxy's (crate::client).
             let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(self.listener, app).with_graceful_shutdown(async move { stop.wait().await }).await
+            // `tap_io` gives any listener axum's `SocketAddr` connect info.
+            axum::serve(self.listener.tap_io(|_| ()), app)
+                .with_graceful_shutdown(async move { stop.wait().await })
+                .await
         });
         self.host.run(self.admin, None).await?;
         match http.await {
@@ -419,7 +436,8 @@ impl Prepared {
 
 impl cim_runtime::service::Service for Prepared {
     fn describe(&self) -> String {
-        format!("gateway   http://{}  admin http://{}", self.addr, self.admin_addr)
+        let scheme = if self.listener.is_tls() { "https" } else { "http" };
+        format!("gateway   {scheme}://{}  admin http://{}", self.addr, self.admin_addr)
     }
 
     fn run(self: Box<Self>) -> cim_runtime::service::BoxFuture<'static, Result<(), String>> {

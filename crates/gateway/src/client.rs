@@ -10,10 +10,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request};
 
-/// How many proxies in front are trusted.
+/// How many proxies in front are trusted, and whether the gateway's own listener is TLS.
 #[derive(Debug, Clone, Copy)]
 pub struct Proxies {
     pub hops: usize,
+    /// The gateway terminates TLS itself (`CIM_TLS_CERT_FILE`).
+    pub tls: bool,
 }
 
 impl Proxies {
@@ -40,15 +42,18 @@ impl Proxies {
         forwarded.len().checked_sub(self.hops).and_then(|i| forwarded[i].parse().ok()).unwrap_or(peer)
     }
 
-    /// Whether the client's request came over HTTPS: only a trusted proxy can say so (the
-    /// gateway itself does not terminate TLS yet).
+    /// Whether the client's request came over HTTPS: the gateway's own listener says so when no
+    /// proxy is in front; otherwise only a trusted proxy can (the hop to it may be TLS while the
+    /// client's was not).
     pub fn https(self, headers: &HeaderMap) -> bool {
-        self.hops > 0
-            && headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next_back())
-                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        if self.hops == 0 {
+            return self.tls;
+        }
+        headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next_back())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
     }
 }
 
@@ -68,15 +73,24 @@ mod tests {
     fn only_trusted_hops_of_x_forwarded_for_are_believed() {
         let peer: IpAddr = "10.0.0.5".parse().unwrap();
         let spoofed = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
-        assert_eq!(Proxies { hops: 0 }.address_in(&spoofed, Some(peer)), peer);
-        assert_eq!(Proxies { hops: 1 }.address_in(&spoofed, Some(peer)), "203.0.113.7".parse::<IpAddr>().unwrap());
-        assert_eq!(Proxies { hops: 2 }.address_in(&spoofed, Some(peer)), "6.6.6.6".parse::<IpAddr>().unwrap());
+        assert_eq!(Proxies { hops: 0, tls: false }.address_in(&spoofed, Some(peer)), peer);
+        assert_eq!(
+            Proxies { hops: 1, tls: false }.address_in(&spoofed, Some(peer)),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            Proxies { hops: 2, tls: false }.address_in(&spoofed, Some(peer)),
+            "6.6.6.6".parse::<IpAddr>().unwrap()
+        );
         // Fewer entries than trusted hops, or garbage: the peer.
-        assert_eq!(Proxies { hops: 3 }.address_in(&spoofed, Some(peer)), peer);
+        assert_eq!(Proxies { hops: 3, tls: false }.address_in(&spoofed, Some(peer)), peer);
         let junk = headers(&[("x-forwarded-for", "nonsense")]);
-        assert_eq!(Proxies { hops: 1 }.address_in(&junk, Some(peer)), peer);
+        assert_eq!(Proxies { hops: 1, tls: false }.address_in(&junk, Some(peer)), peer);
         let https = headers(&[("x-forwarded-proto", "https")]);
-        assert!(Proxies { hops: 1 }.https(&https));
-        assert!(!Proxies { hops: 0 }.https(&https), "a client cannot claim HTTPS itself");
+        assert!(Proxies { hops: 1, tls: false }.https(&https));
+        assert!(!Proxies { hops: 0, tls: false }.https(&https), "a client cannot claim HTTPS itself");
+        assert!(Proxies { hops: 0, tls: true }.https(&HeaderMap::new()), "the gateway's own TLS listener");
+        let plain = headers(&[("x-forwarded-proto", "http")]);
+        assert!(!Proxies { hops: 1, tls: true }.https(&plain), "TLS to the gateway, plain HTTP to the proxy");
     }
 }

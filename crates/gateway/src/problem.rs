@@ -113,6 +113,12 @@ impl From<tonic::Status> for ApiError {
                 "a domain service refused the gateway's signed caller metadata: CIM_SERVICE_TOKEN_SECRET differs between them",
             );
         }
+        if status.code() == tonic::Code::Cancelled && std::error::Error::source(&status).is_some() {
+            // The connection failed under the call (a TLS handshake the service refused, a
+            // reset): tonic says CANCELLED though nobody cancelled. The service is unreachable.
+            tracing::warn!(error = ?status, "a call to a domain service failed at the connection");
+            return ApiError::new(ErrorCode::Unavailable, "the service is unavailable; retry later");
+        }
         let errors = violations.into_iter().map(|v| FieldProblem { field: v.field, reason: v.description }).collect();
         let message = match status.code() {
             // Transport failures carry internals (addresses, h2 errors): say what the caller can act on.

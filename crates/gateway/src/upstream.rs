@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cim_auth::{Principal, Role};
 use cim_runtime::identity::CallerKey;
-use tonic::transport::{Channel, Endpoint};
+use cim_runtime::tls::ClientTls;
+use tonic::transport::Channel;
 
 use crate::problem::ApiError;
 
@@ -25,18 +26,19 @@ pub struct Upstream<C> {
 
 impl<C: Clone> Upstream<C> {
     /// Connects lazily: the gateway starts (and serves health and docs) before the services do.
-    /// `var` names the setting in errors.
+    /// `var` names the setting in errors; `https://` URLs are called over `tls`.
     pub fn connect(
         var: &str,
         urls: &[String],
         timeout: Option<Duration>,
         connect_timeout: Duration,
+        tls: Option<&ClientTls>,
         client: impl FnOnce(Channel) -> C,
     ) -> Result<Self, String> {
         let endpoints = urls
             .iter()
             .map(|u| {
-                Endpoint::from_shared(u.clone())
+                cim_runtime::tls::grpc_endpoint(u, tls)
                     .map(|e| {
                         let e = e.connect_timeout(connect_timeout).tcp_nodelay(true);
                         match timeout {

@@ -421,6 +421,7 @@ async fn concurrent_cache_bumps_each_land_before_they_return() {
         url,
         max_size: 4,
         timeout: Duration::from_secs(2),
+        tls: Default::default(),
     })
     .unwrap();
     let bumps = cim_gateway::cache::Bumps::start(pool.clone(), Duration::from_secs(60));
@@ -464,6 +465,7 @@ async fn bumping_every_cache_entry_returns_on_an_empty_cache_and_bumps_each_entr
         url: format!("{}/15", base.trim_end_matches('/')),
         max_size: 2,
         timeout: Duration::from_secs(2),
+        tls: Default::default(),
     };
     let pool = cim_runtime::redis::connect_lazy(&settings).unwrap();
     let mut conn = pool.get().await.unwrap();

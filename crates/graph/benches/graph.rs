@@ -299,6 +299,7 @@ async fn main() {
         url: env("CIM_TEST_NATS_URL", "nats://127.0.0.1:4222"),
         client_name: "bench".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .expect("nats");

@@ -320,6 +320,7 @@ async fn every_rpc_over_the_wire() {
         url: nats_url(),
         client_name: "t".into(),
         connect_timeout: std::time::Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .unwrap();
@@ -963,6 +964,7 @@ async fn killed_database_connections_lose_no_acknowledged_command() {
         url: nats_url(),
         client_name: "t".into(),
         connect_timeout: std::time::Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .unwrap();

@@ -372,6 +372,7 @@ async fn main() {
         url: cim_testkit::domain::nats_url(),
         client_name: "bench".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .expect("nats");

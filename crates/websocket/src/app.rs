@@ -9,6 +9,7 @@ use std::time::Duration;
 use cim_auth::{AuthError, Verifier};
 use cim_core::Domain;
 use cim_runtime::config::Config;
+use cim_runtime::tls::HttpListener;
 use cim_runtime::{RuntimeError, ServiceHost, ServiceKind, Shutdown, bind, nats};
 use tokio::net::TcpListener;
 
@@ -30,7 +31,7 @@ pub enum AppError {
 #[derive(Debug)]
 pub struct Prepared {
     host: ServiceHost,
-    listener: TcpListener,
+    listener: HttpListener,
     admin: TcpListener,
     shared: Arc<Shared>,
     grace: Duration,
@@ -47,6 +48,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         url: config.nats_url.clone(),
         client_name: "cim-websocket".into(),
         connect_timeout: config.connect_timeout,
+        security: config.nats_security.clone(),
     })
     .await?;
     let js = nats::jetstream(client.clone());
@@ -66,9 +68,13 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         url: config.redis_url.expose().to_owned(),
         max_size: 8,
         timeout: Duration::from_millis(500),
+        tls: config.redis_tls.clone(),
     })?;
     let shared = Shared::new(hub, verifier, settings, metrics, shutdown.clone()).with_tickets(redis);
     let shared = Arc::new(shared);
+    // wss:// with CIM_TLS_CERT_FILE: the certificate re-read when it changes.
+    let tls = config.tls.http_server().map_err(RuntimeError::from)?;
+    let listener = HttpListener::new(listener, tls).map_err(RuntimeError::from)?;
     Ok(Prepared {
         addr: listener.local_addr().map_err(RuntimeError::from)?,
         admin_addr: admin.local_addr().map_err(RuntimeError::from)?,
@@ -100,7 +106,8 @@ impl Prepared {
 
 impl cim_runtime::service::Service for Prepared {
     fn describe(&self) -> String {
-        format!("websocket ws://{}/ws  admin http://{}", self.addr, self.admin_addr)
+        let scheme = if self.listener.is_tls() { "wss" } else { "ws" };
+        format!("websocket {scheme}://{}/ws  admin http://{}", self.addr, self.admin_addr)
     }
 
     fn run(self: Box<Self>) -> cim_runtime::service::BoxFuture<'static, Result<(), String>> {

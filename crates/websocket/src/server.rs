@@ -10,7 +10,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
 use axum::routing::any;
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use cim_runtime::tls::HttpListener;
 use tokio::time::Instant;
 
 use crate::connection::{self, Credentials, Shared, Slot};
@@ -56,11 +56,10 @@ async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Res
 
 /// Serves until the service shuts down, then gives open sockets up to `grace` to close (each
 /// closes itself with 1001 when the shutdown fires).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, grace: Duration) {
-    let listener = listener.tap_io(|tcp| {
-        // Frames are small and latency matters more than packet count.
-        let _ = tcp.set_nodelay(true);
-    });
+pub async fn serve(listener: HttpListener, shared: Arc<Shared>, grace: Duration) {
+    // The listener sets TCP_NODELAY (frames are small and latency matters more than packet
+    // count); `tap_io` gives it axum's connect info.
+    let listener = listener.tap_io(|_| ());
     let stop = shared.shutdown.wait_owned();
     if let Err(e) = axum::serve(listener, router(shared.clone())).with_graceful_shutdown(stop).await {
         tracing::warn!(error = %e, "websocket listener failed");

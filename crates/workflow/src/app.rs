@@ -62,7 +62,8 @@ pub async fn prepare_with(
         .with_projection(DefinitionProjection);
     let workflows =
         CommandExecutor::<Workflow>::new(domain.store.clone(), "workflow").with_projection(WorkflowProjection);
-    let calls = Calls::connect(&config.workflow, config.service_identity.clone()).map_err(HostError::Setup)?;
+    let calls = Calls::connect(&config.workflow, config.service_identity.clone(), config.tls.client().as_ref())
+        .map_err(HostError::Setup)?;
     let engine = Engine::new(workflows.clone(), calls, options.engine);
     engine.start(domain.host());
     let listener = Listener::new(workflows.clone(), engine.clone());

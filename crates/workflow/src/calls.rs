@@ -21,7 +21,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDes
 use serde_json::{Map, Value};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The services a step may call, by the name a definition uses.
 const SERVICES: &[(&str, Domain, &str)] = &[
@@ -92,10 +92,12 @@ pub struct Calls {
 }
 
 impl Calls {
-    /// Connects lazily: the workflow service starts before the services it calls.
+    /// Connects lazily: the workflow service starts before the services it calls; `https://`
+    /// URLs over `tls`.
     pub fn connect(
         settings: &WorkflowSettings,
         identity: Option<cim_runtime::identity::CallerKey>,
+        tls: Option<&cim_runtime::tls::ClientTls>,
     ) -> Result<Self, String> {
         let mut channels = Vec::new();
         for (domain, urls) in [
@@ -107,7 +109,7 @@ impl Calls {
             let endpoints = urls
                 .iter()
                 .map(|u| {
-                    Endpoint::from_shared(u.clone())
+                    cim_runtime::tls::grpc_endpoint(u, tls)
                         .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
                         .map_err(|e| format!("{domain} URL {u}: {e}"))
                 })

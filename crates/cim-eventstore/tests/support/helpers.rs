@@ -36,6 +36,7 @@ pub async fn nats(url: &str) -> async_nats::Client {
         url: url.to_owned(),
         client_name: "cim-eventstore-test".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .unwrap()

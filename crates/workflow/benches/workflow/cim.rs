@@ -122,6 +122,7 @@ impl Cim {
             url: cim_testkit::domain::nats_url(),
             client_name: "bench-watcher".into(),
             connect_timeout: Duration::from_secs(5),
+            security: Default::default(),
         })
         .await
         .expect("nats");
