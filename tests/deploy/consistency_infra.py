@@ -262,13 +262,6 @@ def check_k8s(c: C.Checker, overlay: str, docs: list[dict], compose: dict) -> No
                 f"{where}: MinIO needs MINIO_PROMETHEUS_AUTH_TYPE=public (Prometheus scrapes it without a token)")  # fmt: skip
         c.check(C.k8s_allows(docs, "Ingress", pod_labels(minio), prom_labels, 9000, container_ports(minio)),
                 f"{where}: MinIO's NetworkPolicy does not admit Prometheus on 9000")  # fmt: skip
-    nats = C.k8s_find(docs, "StatefulSet", "nats")
-    if nats is not None:
-        for job in ("nats", "blackbox"):
-            dep = C.k8s_find(docs, "Deployment", EXPORTERS[job].host)
-            if dep is not None:
-                c.check(C.k8s_allows(docs, "Ingress", pod_labels(nats), pod_labels(dep), 8222, container_ports(nats)),
-                        f"{where}: NATS' NetworkPolicy does not admit {EXPORTERS[job].host} on its monitoring port 8222")  # fmt: skip
     if overlay in LOG_OVERLAYS:
         check_k8s_node_exporter(c, where, docs, prom_labels, compose_tags)
 
