@@ -93,8 +93,11 @@ def command_text(spec: dict) -> str:
 
 
 def redis_monitoring_acl(command: str) -> list[str] | None:
-    """The rules of `--user monitoring ...` in a redis-server command line."""
-    words = shlex.split(command.replace("\n", " "))
+    """The rules of `--user monitoring ...` in a redis-server command line, split as the shell
+    that runs it does: an unquoted `|` (as in +config|get) is a pipe, a word of its own here."""
+    lexer = shlex.shlex(command.replace("\n", " "), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
     for i, w in enumerate(words):
         if w == "--user" and i + 1 < len(words) and words[i + 1] == MONITORING_ROLE:
             rest = words[i + 2:]
@@ -108,6 +111,8 @@ def check_redis_acl(c: C.Checker, acl: list[str] | None, var: str, where: str) -
         return
     # compose's rendered command keeps its $$ (the shell, not compose, expands the variable).
     c.check(acl[:2] in (["on", f">${var}"], ["on", f">$${var}"]), f"{where}: ACL user {MONITORING_ROLE} must be `on \">${var}\"` (is {acl[:2]})")
+    c.check(not any(set(r) <= set("|&;<>()") for r in acl),
+            f"{where}: ACL user {MONITORING_ROLE}'s rules hold an unquoted shell operator (quote \"+config|get\"): {acl}")  # fmt: skip
     grants = [r for r in acl[2:] if r.startswith("+") or r.startswith("~") or r.startswith("&") or r == "allkeys"]
     c.check("-@all" in acl and set(grants) <= REDIS_MONITORING_ALLOWED,
             f"{where}: ACL user {MONITORING_ROLE} may run only {sorted(REDIS_MONITORING_ALLOWED)} (no keys), "
