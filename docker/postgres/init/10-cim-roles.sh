@@ -56,3 +56,16 @@ GRANT :"role" TO backup;
 SQL
 done
 echo "10-cim-roles.sh: role backup created, a member of: $SERVICES"
+# The monitoring role (postgres-exporter; compose and k8s), password PG_PASSWORD_MONITORING:
+# pg_monitor reads the statistics views and settings of every database, and the exporter's custom
+# queries (monitoring/exporters/postgres-queries.yaml) need nothing more. It reads no table.
+if [ -z "${PG_PASSWORD_MONITORING:-}" ]; then
+    echo "10-cim-roles.sh: PG_PASSWORD_MONITORING is not set (password of the monitoring role)" >&2
+    exit 1
+fi
+psql_cim -v db="$POSTGRES_DB" -v password="$PG_PASSWORD_MONITORING" <<'SQL'
+CREATE ROLE monitoring LOGIN PASSWORD :'password' CONNECTION LIMIT 3;
+GRANT pg_monitor TO monitoring;
+GRANT CONNECT ON DATABASE :"db" TO monitoring;
+SQL
+echo "10-cim-roles.sh: role monitoring created (pg_monitor)"
