@@ -1,4 +1,4 @@
-//! One trace, proven: two `cim serve` processes (the graph service; the gateway and websocket
+//! One trace, proven (and a workflow step's and a webhook delivery's below): two `cim serve` processes (the graph service; the gateway and websocket
 //! server) export their spans over OTLP/gRPC to a receiver in this test process; one REST
 //! AddNode, seen by a websocket client, is one trace from the gateway's HTTP span to the
 //! websocket server's dispatch span, each hop the child of the one before, across both
@@ -298,4 +298,74 @@ fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
     assert_eq!(start.parent, caller_span, "StartWorkflow continues the caller's trace");
     assert_eq!(step.parent, start.span_id, "the automated step ran inside StartWorkflow");
     assert_eq!(one("eventstore.append").parent, start.span_id, "the start's events were appended in it");
+}
+
+/// A webhook delivery continues the trace of the command whose event it delivers: the caller's
+/// CreateGraph → the append → the relay's publish → the webhook service's `webhook.deliver`
+/// (two services in one `cim serve`, the event crossing NATS and the delivery queue in
+/// Postgres), and the receiver's `traceparent` names that delivery span.
+#[test]
+fn a_webhook_delivery_is_in_the_trace_of_the_command_whose_event_it_delivers() {
+    use cim_proto::graph::graph_service_client::GraphServiceClient;
+    use cim_proto::webhook::webhook_service_client::WebhookServiceClient;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let collector = Collector::default();
+    let endpoint = rt.block_on(collector.start());
+    let db = TempDb::new();
+    let prefix = format!("ttraceh{}", uuid_suffix());
+    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
+    let env = [
+        ("CIM_DATABASE_URL", db.url.clone()),
+        ("CIM_NATS_URL", test_nats()),
+        ("CIM_SUBJECT_PREFIX", prefix),
+        ("CIM_OTLP_ENDPOINT", endpoint),
+        ("CIM_WEBHOOK_POLL_MS", "50".into()),
+    ];
+    let services = Serve::start(&env, "graph,webhook");
+    let (url, seen) = receiver();
+    let tenant = cim_core::TenantId::new().to_string();
+    let (trace_id, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    fn req<T>(tenant: &str, msg: T, traceparent: Option<String>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("x-cim-tenant", tenant.parse().unwrap());
+        if let Some(tp) = traceparent {
+            r.metadata_mut().insert("traceparent", tp.parse().unwrap());
+        }
+        r
+    }
+    rt.block_on(async {
+        let mut hooks =
+            WebhookServiceClient::connect(format!("http://{}", services.listener("webhook"))).await.unwrap();
+        let create = cim_proto::webhook::CreateSubscriptionRequest {
+            name: "traced".into(),
+            filter: "graph.evt.graph.*.*".into(),
+            url: url.clone(),
+            ..Default::default()
+        };
+        let made = hooks.create_subscription(req(&tenant, create, None)).await.unwrap().into_inner();
+        assert_eq!(made.state, "active", "{made:?}");
+        let mut graphs = GraphServiceClient::connect(format!("http://{}", services.listener("graph"))).await.unwrap();
+        let create = cim_proto::graph::CreateGraphRequest { name: "traced".into(), ..Default::default() };
+        graphs.create_graph(req(&tenant, create, Some(format!("00-{trace_id}-{caller_span}-01")))).await.unwrap();
+    });
+    wait("the delivery", Duration::from_secs(30), || !seen.lock().unwrap().is_empty());
+    services.stop();
+
+    let grpc = "/cim.graph.v1.GraphService/CreateGraph";
+    let spans =
+        rt.block_on(collector.trace(trace_id, &[grpc, "relay.publish", "webhook.deliver"], Duration::from_secs(10)));
+    let one = |name: &str| {
+        let of: Vec<&Received> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(of.len(), 1, "one {name} span: {spans:#?}");
+        of[0].clone()
+    };
+    let (command, publish, deliver) = (one(grpc), one("relay.publish"), one("webhook.deliver"));
+    assert_eq!(command.parent, caller_span, "CreateGraph continues the caller's trace");
+    assert_eq!(one("eventstore.append").parent, command.span_id, "the event was appended in CreateGraph");
+    assert_eq!(publish.parent, one("eventstore.append").span_id, "the relay continues the stored context");
+    assert_eq!(deliver.parent, publish.span_id, "the delivery continues the published message's context");
+    assert_eq!(SpanKind::try_from(deliver.kind).unwrap(), SpanKind::Client, "{deliver:?}");
+    let delivered = seen.lock().unwrap()[0].clone();
+    let traceparent = delivered.get("traceparent").unwrap_or_else(|| panic!("no traceparent in {delivered:?}"));
+    assert_eq!(traceparent, &format!("00-{trace_id}-{}-01", deliver.span_id), "{delivered:?}");
 }

@@ -4,65 +4,13 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cim_core::TenantId;
 use support::*;
-
-/// A receiver on 127.0.0.1: answers the CloudEvents validation handshake and records each POST's
-/// `ce-id`, answering 200.
-fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let record = record.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut start = String::new();
-                    if reader.read_line(&mut start).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut headers = HashMap::new();
-                    loop {
-                        let mut line = String::new();
-                        reader.read_line(&mut line).unwrap();
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':') {
-                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                        }
-                    }
-                    let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    let answer = if start.starts_with("OPTIONS") {
-                        let origin = headers.get("webhook-request-origin").cloned().unwrap_or_default();
-                        format!("HTTP/1.1 200 OK\r\nWebHook-Allowed-Origin: {origin}\r\nContent-Length: 0\r\n\r\n")
-                    } else {
-                        record.lock().unwrap().push(headers.get("ce-id").cloned().unwrap_or_default());
-                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
-                    };
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, seen)
-}
 
 /// `cim wake`, stopped as an operator would (SIGTERM: it stops the service it started too), also
 /// when the test fails, so no service outlives it.
@@ -96,14 +44,6 @@ async fn graphs(addr: &str, tenant: TenantId, n: usize) {
     for i in 0..n {
         let create = cim_proto::graph::CreateGraphRequest { name: format!("woken {i}"), ..Default::default() };
         client.create_graph(grpc(tenant, create)).await.unwrap();
-    }
-}
-
-fn wait(what: &str, patience: Duration, done: impl Fn() -> bool) {
-    let until = Instant::now() + patience;
-    while !done() {
-        assert!(Instant::now() < until, "waited {patience:?} for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -180,7 +120,7 @@ fn wake_starts_the_webhook_service_for_waiting_events_and_it_exits_when_idle() {
     wait("the next two deliveries", Duration::from_secs(60), || seen.lock().unwrap().len() >= 5);
     wait("the service to exit again", Duration::from_secs(30), || said("webhook exited") > before + 1);
     assert_eq!(said("webhook started"), before + 2, "{:?}", lines.lock().unwrap());
-    let ids = seen.lock().unwrap().clone();
+    let ids: Vec<String> = seen.lock().unwrap().iter().map(|h| h.get("ce-id").cloned().unwrap_or_default()).collect();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();

@@ -3,7 +3,12 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub fn cim() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cim"));
@@ -233,4 +238,63 @@ pub fn uuid_suffix() -> String {
         "{:x}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 0xffff_ffff
     )
+}
+
+/// A receiver on 127.0.0.1: answers the CloudEvents validation handshake and records each POST's
+/// headers, answering 200.
+pub fn receiver() -> (String, Arc<Mutex<Vec<HashMap<String, String>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<HashMap<String, String>>>> = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut start = String::new();
+                    if reader.read_line(&mut start).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut headers = HashMap::new();
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                        }
+                    }
+                    let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let answer = if start.starts_with("OPTIONS") {
+                        let origin = headers.get("webhook-request-origin").cloned().unwrap_or_default();
+                        format!("HTTP/1.1 200 OK\r\nWebHook-Allowed-Origin: {origin}\r\nContent-Length: 0\r\n\r\n")
+                    } else {
+                        record.lock().unwrap().push(headers);
+                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+                    };
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Polls `done` until it holds, failing after `patience`.
+pub fn wait(what: &str, patience: Duration, done: impl Fn() -> bool) {
+    let until = Instant::now() + patience;
+    while !done() {
+        assert!(Instant::now() < until, "waited {patience:?} for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

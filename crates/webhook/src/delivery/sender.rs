@@ -135,7 +135,7 @@ impl Delivery {
             // The intake stored what the stream published; an envelope it could read.
             Err(e) => return self.give_up(js, prefix, &c, 0, &format!("unreadable event: {e}")).await,
         };
-        let span = tracing::info_span!("webhook.deliver", subscription = %c.subscription, event_id = %c.event_id, attempt = c.attempts);
+        let span = tracing::info_span!("webhook.deliver", otel.kind = "client", subscription = %c.subscription, event_id = %c.event_id, attempt = c.attempts);
         if let Some(tp) = c.traceparent.as_deref().and_then(|tp| http::HeaderValue::from_str(tp).ok()) {
             let mut parent = http::HeaderMap::new();
             parent.insert("traceparent", tp);
