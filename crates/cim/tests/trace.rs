@@ -1,8 +1,9 @@
-//! One trace, proven (and a workflow step's and a webhook delivery's below): two `cim serve` processes (the graph service; the gateway and websocket
+//! One trace, proven: two `cim serve` processes (the graph service; the gateway and websocket
 //! server) export their spans over OTLP/gRPC to a receiver in this test process; one REST
 //! AddNode, seen by a websocket client, is one trace from the gateway's HTTP span to the
 //! websocket server's dispatch span, each hop the child of the one before, across both
-//! processes, and the graph service's JSON log line and the event frame carry its id.
+//! processes, and the graph service's JSON log line and the event frame carry its id. Below,
+//! the same for a workflow's automated step and a webhook delivery.
 
 mod support;
 

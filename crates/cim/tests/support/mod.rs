@@ -242,10 +242,13 @@ pub fn uuid_suffix() -> String {
 
 /// A receiver on 127.0.0.1: answers the CloudEvents validation handshake and records each POST's
 /// headers, answering 200.
-pub fn receiver() -> (String, Arc<Mutex<Vec<HashMap<String, String>>>>) {
+/// The headers of each POST a [`receiver`] took, in order.
+pub type Deliveries = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+pub fn receiver() -> (String, Deliveries) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<HashMap<String, String>>>> = Arc::default();
+    let seen: Deliveries = Arc::default();
     let record = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
