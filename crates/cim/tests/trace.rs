@@ -123,6 +123,17 @@ async fn http(addr: &str, method: &str, path: &str, token: &str, body: &str) -> 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// A gRPC request of `tenant`, continuing the caller's trace when `traceparent` is given.
+fn req<T>(tenant: &str, msg: T, traceparent: Option<String>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("x-cim-tenant", tenant.parse().unwrap());
+    r.metadata_mut().insert("x-cim-actor", "user:tracer".parse().unwrap());
+    if let Some(tp) = traceparent {
+        r.metadata_mut().insert("traceparent", tp.parse().unwrap());
+    }
+    r
+}
+
 /// Reads frames until one satisfies `f`.
 async fn frame<S>(ws: &mut S, what: &str, f: impl Fn(&Value) -> bool) -> Value
 where
@@ -260,15 +271,6 @@ fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
         let mut client =
             pb::workflow_service_client::WorkflowServiceClient::connect(format!("http://{addr}")).await.unwrap();
         let tenant = cim_core::TenantId::new().to_string();
-        fn req<T>(tenant: &str, msg: T, traceparent: Option<String>) -> tonic::Request<T> {
-            let mut r = tonic::Request::new(msg);
-            r.metadata_mut().insert("x-cim-tenant", tenant.parse().unwrap());
-            r.metadata_mut().insert("x-cim-actor", "user:tracer".parse().unwrap());
-            if let Some(tp) = traceparent {
-                r.metadata_mut().insert("traceparent", tp.parse().unwrap());
-            }
-            r
-        }
         let definition = json!({"name": "traced", "steps": [
             {"id": "total", "kind": "automated", "set": {"total": "price * qty"}}]});
         let definition = cim_proto::json::json_to_struct(definition.as_object().unwrap());
@@ -326,14 +328,6 @@ fn a_webhook_delivery_is_in_the_trace_of_the_command_whose_event_it_delivers() {
     let (url, seen) = receiver();
     let tenant = cim_core::TenantId::new().to_string();
     let (trace_id, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
-    fn req<T>(tenant: &str, msg: T, traceparent: Option<String>) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("x-cim-tenant", tenant.parse().unwrap());
-        if let Some(tp) = traceparent {
-            r.metadata_mut().insert("traceparent", tp.parse().unwrap());
-        }
-        r
-    }
     rt.block_on(async {
         let mut hooks =
             WebhookServiceClient::connect(format!("http://{}", services.listener("webhook"))).await.unwrap();
