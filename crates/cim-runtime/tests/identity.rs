@@ -3,28 +3,19 @@
 //! rich error model otherwise (before any handler runs), and leaves health open; without a key
 //! nothing is checked.
 
+#[path = "support/echo.rs"]
+mod echo;
+
 use std::time::Duration;
 
+use cim_proto::cim::testing::v1::SleepRequest;
 use cim_proto::cim::testing::v1::probe_client::ProbeClient;
-use cim_proto::cim::testing::v1::probe_server::{Probe, ProbeServer};
-use cim_proto::cim::testing::v1::{FailReply, FailRequest, SleepReply, SleepRequest};
+use cim_proto::cim::testing::v1::probe_server::ProbeServer;
 use cim_runtime::edge::{ACTOR_HEADER, TENANT_HEADER};
 use cim_runtime::identity::{CallerKey, SIGNATURE_HEADER};
 use cim_runtime::{GrpcServer, ServiceHost, Shutdown, bind};
-use tonic::{Code, Request, Response, Status};
-
-struct Echo;
-
-#[tonic::async_trait]
-impl Probe for Echo {
-    async fn sleep(&self, req: Request<SleepRequest>) -> Result<Response<SleepReply>, Status> {
-        Ok(Response::new(SleepReply { slept_millis: req.into_inner().millis }))
-    }
-
-    async fn fail(&self, _: Request<FailRequest>) -> Result<Response<FailReply>, Status> {
-        Err(Status::internal("not used"))
-    }
-}
+use echo::Echo;
+use tonic::{Code, Request};
 
 /// A probe server on port 0 holding `key`; its address and what stops it.
 async fn serve(key: Option<CallerKey>) -> (String, Shutdown) {

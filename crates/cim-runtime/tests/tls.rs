@@ -5,31 +5,20 @@
 
 #[path = "support/ca.rs"]
 mod ca;
+#[path = "support/echo.rs"]
+mod echo;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ca::{Ca, TempDir, Validity, rotate};
+use cim_proto::cim::testing::v1::SleepRequest;
 use cim_proto::cim::testing::v1::probe_client::ProbeClient;
-use cim_proto::cim::testing::v1::probe_server::{Probe, ProbeServer};
-use cim_proto::cim::testing::v1::{FailReply, FailRequest, SleepReply, SleepRequest};
+use cim_proto::cim::testing::v1::probe_server::ProbeServer;
 use cim_runtime::tls::{CertFiles, ClientTls, HttpListener, TlsSettings};
 use cim_runtime::{GrpcServer, ServiceHost, Shutdown, bind};
+use echo::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{Request, Response, Status};
-
-struct Echo;
-
-#[tonic::async_trait]
-impl Probe for Echo {
-    async fn sleep(&self, req: Request<SleepRequest>) -> Result<Response<SleepReply>, Status> {
-        Ok(Response::new(SleepReply { slept_millis: req.into_inner().millis }))
-    }
-
-    async fn fail(&self, _: Request<FailRequest>) -> Result<Response<FailReply>, Status> {
-        Err(Status::internal("not used"))
-    }
-}
 
 /// A probe server on port 0 with `tls`; its address and what stops it.
 async fn serve(tls: &TlsSettings) -> (std::net::SocketAddr, Shutdown) {

@@ -153,27 +153,49 @@ where
     found.await.unwrap_or_else(|_| panic!("no {what} within 10 s"))
 }
 
+/// What each trace test starts from: a runtime, the collector, a database and subject prefix of
+/// its own (the streams deleted at the end), and the environment its `cim serve`s share.
+struct Traced {
+    rt: tokio::runtime::Runtime,
+    collector: Collector,
+    env: Vec<(&'static str, String)>,
+    _db: TempDb,
+    _cleanup: DeleteStreams,
+}
+
+impl Traced {
+    fn new(tag: &str, extra: &[(&'static str, String)]) -> Traced {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let collector = Collector::default();
+        let endpoint = rt.block_on(collector.start());
+        let db = TempDb::new();
+        let prefix = format!("ttrace{tag}{}", uuid_suffix());
+        let cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
+        let mut env = vec![
+            ("CIM_DATABASE_URL", db.url.clone()),
+            ("CIM_NATS_URL", test_nats()),
+            ("CIM_SUBJECT_PREFIX", prefix),
+            ("CIM_OTLP_ENDPOINT", endpoint),
+        ];
+        env.extend_from_slice(extra);
+        Traced { rt, collector, env, _db: db, _cleanup: cleanup }
+    }
+}
+
 #[test]
 fn one_rest_add_node_is_one_trace_from_the_gateway_to_the_websocket_client() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let collector = Collector::default();
-    let endpoint = rt.block_on(collector.start());
-
-    let db = TempDb::new();
-    let prefix = format!("ttrace{}", uuid_suffix());
-    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
-    let env = [
-        ("CIM_DATABASE_URL", db.url.clone()),
-        ("CIM_NATS_URL", test_nats()),
-        ("CIM_REDIS_URL", test_redis()),
-        ("CIM_SUBJECT_PREFIX", prefix),
-        ("CIM_JWT_HS256_SECRET", SECRET.into()),
-        ("CIM_OTLP_ENDPOINT", endpoint),
-        ("CIM_LOG_FORMAT", "json".into()),
-        // Logs stay quiet but for the executor's line per command: traces do not depend on it.
-        ("CIM_LOG", "warn,cim_aggregate::executor=debug".into()),
-    ];
-    let graph = Serve::start(&env, "graph");
+    let traced = Traced::new(
+        "",
+        &[
+            ("CIM_REDIS_URL", test_redis()),
+            ("CIM_JWT_HS256_SECRET", SECRET.into()),
+            ("CIM_LOG_FORMAT", "json".into()),
+            // Logs stay quiet but for the executor's line per command: traces do not depend on it.
+            ("CIM_LOG", "warn,cim_aggregate::executor=debug".into()),
+        ],
+    );
+    let (rt, collector, env) = (&traced.rt, &traced.collector, &traced.env);
+    let graph = Serve::start(env, "graph");
     let graph_url = ("CIM_GATEWAY_GRAPH_URLS", format!("http://{}", graph.listener("graph")));
     let edges = Serve::start(&[&env[..], &[graph_url]].concat(), "gateway,websocket");
     let (gateway, websocket) = (edges.listener("gateway"), edges.listener("websocket"));
@@ -250,19 +272,9 @@ fn one_rest_add_node_is_one_trace_from_the_gateway_to_the_websocket_client() {
 #[test]
 fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
     use cim_proto::workflow as pb;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let collector = Collector::default();
-    let endpoint = rt.block_on(collector.start());
-    let db = TempDb::new();
-    let prefix = format!("ttracew{}", uuid_suffix());
-    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
-    let env = [
-        ("CIM_DATABASE_URL", db.url.clone()),
-        ("CIM_NATS_URL", test_nats()),
-        ("CIM_SUBJECT_PREFIX", prefix),
-        ("CIM_OTLP_ENDPOINT", endpoint),
-    ];
-    let workflow = Serve::start(&env, "workflow");
+    let traced = Traced::new("w", &[]);
+    let (rt, collector, env) = (&traced.rt, &traced.collector, &traced.env);
+    let workflow = Serve::start(env, "workflow");
     let addr = workflow.listener("workflow");
 
     // The caller's own span: StartWorkflow continues it.
@@ -311,20 +323,9 @@ fn a_workflows_automated_step_is_in_the_trace_of_start_workflow() {
 fn a_webhook_delivery_is_in_the_trace_of_the_command_whose_event_it_delivers() {
     use cim_proto::graph::graph_service_client::GraphServiceClient;
     use cim_proto::webhook::webhook_service_client::WebhookServiceClient;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let collector = Collector::default();
-    let endpoint = rt.block_on(collector.start());
-    let db = TempDb::new();
-    let prefix = format!("ttraceh{}", uuid_suffix());
-    let _cleanup = DeleteStreams { nats: test_nats(), prefix: prefix.clone() };
-    let env = [
-        ("CIM_DATABASE_URL", db.url.clone()),
-        ("CIM_NATS_URL", test_nats()),
-        ("CIM_SUBJECT_PREFIX", prefix),
-        ("CIM_OTLP_ENDPOINT", endpoint),
-        ("CIM_WEBHOOK_POLL_MS", "50".into()),
-    ];
-    let services = Serve::start(&env, "graph,webhook");
+    let traced = Traced::new("h", &[("CIM_WEBHOOK_POLL_MS", "50".into())]);
+    let (rt, collector, env) = (&traced.rt, &traced.collector, &traced.env);
+    let services = Serve::start(env, "graph,webhook");
     let (url, seen) = receiver();
     let tenant = cim_core::TenantId::new().to_string();
     let (trace_id, caller_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
