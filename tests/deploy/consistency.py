@@ -895,6 +895,68 @@ def check_workflow_listener_permissions(c: Checker, text: str, prefix: str = "ci
         check_consumer_permissions(c, text, "workflow", listeners, "workflow::listen", prefix)
 
 
+def agent_conversation_subjects(prefix: str = "cim") -> dict[str, str]:
+    """The core-NATS subjects of conversations (outside the streams), read from the code, each as
+    a concrete subject: the forwarded messages and stops of agent::dispatch::relay, and the
+    response pieces of cim-core's SubjectPrefix::agent_response."""
+    relay = (ROOT / "crates/agent/src/dispatch/relay.rs").read_text()
+    core = (ROOT / "crates/cim-core/src/subject.rs").read_text()
+    out = {}
+    for kind in re.findall(r'format!\("\{\}\.\{\}\.([a-z]+)\.\{tenant\}\.\{(?:agent|message)\}"', relay):
+        out[kind] = f"{prefix}.agent.{kind}.t.x"
+    for kind in re.findall(r'format!\("\{\}\.\{\}\.([a-z]+)\.\{tenant\}\.\{agent\}\.\{message\}"', core):
+        out[kind] = f"{prefix}.agent.{kind}.t.a.m"
+    return out
+
+
+def check_agent_conversation_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
+    """The agent service's replicas can forward messages to each other and publish response
+    pieces (and answer requests); the websocket can only read the pieces; nobody else either."""
+    where = "docker/nats/accounts.conf"
+    subjects = agent_conversation_subjects(prefix)
+    if not c.check(
+        {"converse", "stop", "response"} <= set(subjects),
+        f"crates/agent/src/dispatch/relay.rs, crates/cim-core/src/subject.rs: conversation subjects not found ({sorted(subjects)})",
+    ):
+        return
+    users = {}
+    for acc in (nats_conf(text).get("accounts") or {}).values():
+        for u in acc.get("users", []):
+            users[u["user"]] = u.get("permissions") or {}
+
+    def allowed(perms: dict, side: str, subject: str) -> bool:
+        rule = perms.get(side, {})
+        if isinstance(rule, (list, str)):
+            rule = {"allow": rule}
+        allow = rule.get("allow", [])
+        deny = rule.get("deny", [])
+        allow = [allow] if isinstance(allow, str) else allow
+        deny = [deny] if isinstance(deny, str) else deny
+        return any(subject_matches(a, subject) for a in allow) and not any(subject_matches(d, subject) for d in deny)
+
+    agent = users.get("agent", {})
+    for kind, subject in subjects.items():
+        for side in ("publish", "subscribe"):
+            c.check(allowed(agent, side, subject), f"{where}: user agent cannot {side} {subject} (conversations: {kind})")
+    c.check(
+        str(agent.get("allow_responses", "")).lower() == "true",
+        f"{where}: user agent needs allow_responses: the replica holding a worker answers forwarded messages",
+    )
+    websocket = users.get("websocket", {})
+    c.check(
+        allowed(websocket, "subscribe", subjects["response"]),
+        f"{where}: user websocket cannot subscribe {subjects['response']} (follow_responses)",
+    )
+    for name, perms in users.items():
+        if name in ("agent", "cim", "sys") or not perms:
+            continue
+        for kind, subject in subjects.items():
+            c.check(
+                not allowed(perms, "publish", subject),
+                f"{where}: user {name} may publish {subject}: only the agent service writes conversations ({kind})",
+            )
+
+
 def check_webhook_intake_permissions(c: Checker, text: str, prefix: str = "cim") -> None:
     """The webhook service's NATS user can run its intake's consumer on every domain stream (a
     domain added to Domain::ALL needs its grants) and dead-letter a delivery (cim.dlq.webhook)."""
@@ -1934,6 +1996,7 @@ def main() -> int:
     check_gateway_cache_permissions(c, accounts)
     check_workflow_listener_permissions(c, accounts)
     check_webhook_intake_permissions(c, accounts)
+    check_agent_conversation_permissions(c, accounts)
     check_outbound_policies(c, overlays)
     check_scaled_objects(c, overlays, accounts)
     check_minio_setup(c, compose_minio, "compose.yaml minio-init")

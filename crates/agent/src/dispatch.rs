@@ -22,7 +22,8 @@
 //!   here are given tasks from here.
 //! - [`session`]: one worker stream's state; [`stream`]: `ConnectAgent` and the worker's messages;
 //!   [`lease`]: extensions and the sweeper (lapsed leases, deadlines); [`conversation`]:
-//!   `SendMessage`; [`queue`]: the SQL it reads; [`wire`]: proto conversions.
+//!   `SendMessage`; [`relay`]: conversations across replicas and to the websocket over NATS;
+//!   [`queue`]: the SQL it reads; [`wire`]: proto conversions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,6 +52,7 @@ mod feed;
 mod ids;
 mod lease;
 mod queue;
+mod relay;
 mod session;
 mod stream;
 mod wire;
@@ -126,8 +128,9 @@ pub struct Dispatcher {
     submitted_here: IdSet,
     /// Whether a tenant's queue holds anything an agent here could take.
     backlogs: Backlogs,
-    /// NATS and the subject new streams are announced on (set by [`Dispatcher::start`]).
-    bus: OnceLock<(async_nats::Client, String)>,
+    /// NATS: session announcements and conversations across replicas (set by
+    /// [`Dispatcher::start`]).
+    bus: OnceLock<relay::Bus>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -174,7 +177,10 @@ impl Dispatcher {
         js: async_nats::jetstream::Context,
         prefix: cim_core::SubjectPrefix,
     ) {
-        let _ = self.bus.set((js.client(), feed::sessions_subject(&prefix)));
+        let (bus, publish) = relay::Bus::new(js.client(), prefix.clone());
+        if self.bus.set(bus).is_ok() {
+            tokio::spawn(publish);
+        }
         let stop = host.workers_shutdown();
         host.spawn_worker("dispatch", self.clone().run(stop.clone()));
         host.spawn_worker("sweeper", lease::sweep_forever(self.clone(), stop.clone()));

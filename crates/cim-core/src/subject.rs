@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::ids::AggregateId;
+use crate::ids::{AggregateId, TenantId};
 use crate::names::{AggregateType, Domain, EventType};
 
 /// NATS header names carried by every published event.
@@ -98,6 +98,22 @@ impl SubjectPrefix {
     /// All dead letters: `cim.dlq.>`.
     pub fn dlq_subjects(&self) -> String {
         format!("{}.dlq.>", self.0)
+    }
+
+    /// The live pieces of an AI agent's response to one message, published on core NATS by the
+    /// agent service replica whose worker answers (chunks are not events: no stream keeps
+    /// them): `cim.agent.response.<tenant>.<agent>.<message>`. The tenant comes first so that a
+    /// follower's subscription is confined to its own tenant by the subject itself.
+    pub fn agent_response(&self, tenant: &TenantId, agent: &AggregateId, message: &uuid::Uuid) -> String {
+        format!("{}.{}.response.{tenant}.{agent}.{message}", self.0, Domain::Agent)
+    }
+
+    /// Every response of one agent, or of every agent of a tenant: what a follower subscribes to.
+    pub fn agent_responses(&self, tenant: &TenantId, agent: Option<&AggregateId>) -> String {
+        match agent {
+            Some(agent) => format!("{}.{}.response.{tenant}.{agent}.*", self.0, Domain::Agent),
+            None => format!("{}.{}.response.{tenant}.*.*", self.0, Domain::Agent),
+        }
     }
 }
 
@@ -213,6 +229,20 @@ mod tests {
             aggregate_id: AggregateId::new(),
             event_type: "node_added".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn agent_responses_are_outside_the_stream_and_confined_to_a_tenant() {
+        let p = SubjectPrefix::default();
+        let (tenant, other, agent, message) =
+            (TenantId::new(), TenantId::new(), AggregateId::new(), uuid::Uuid::now_v7());
+        let one = p.agent_response(&tenant, &agent, &message);
+        assert_eq!(one, format!("cim.agent.response.{tenant}.{agent}.{message}"));
+        assert!(!filter_matches(&p.domain_events(Domain::Agent), &one), "a chunk is no event of the stream");
+        assert!(filter_matches(&p.agent_responses(&tenant, Some(&agent)), &one));
+        assert!(filter_matches(&p.agent_responses(&tenant, None), &one));
+        assert!(!filter_matches(&p.agent_responses(&other, None), &one), "another tenant's follower");
+        assert!(!filter_matches(&p.agent_responses(&tenant, Some(&AggregateId::new())), &one));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::protocol::{
     ClientFrame, Code, Filter, Refusal, ServerFrame, check_id, close, close_reason, error_frame, event_frame,
 };
 use crate::queue::{ClientQueue, Outbound};
+use crate::responses;
 
 /// Frames the writer puts on the socket before one flush: bounds how long a burst for one client
 /// delays its first frame's syscall, while still batching under load.
@@ -206,7 +207,14 @@ where
     let _ = queue.push(Outbound::Control(welcome.to_json()));
 
     let (ended, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
-    let mut state = State { shared: shared.clone(), queue: queue.clone(), principal, subs: HashMap::new(), ended };
+    let mut state = State {
+        shared: shared.clone(),
+        queue: queue.clone(),
+        principal,
+        subs: HashMap::new(),
+        follows: HashMap::new(),
+        ended,
+    };
     let idle = tokio::time::sleep(settings.idle_timeout);
     tokio::pin!(idle);
     let expires_at = state.principal.expires_at;
@@ -372,6 +380,8 @@ struct State {
     queue: Arc<ClientQueue>,
     principal: Principal,
     subs: HashMap<String, Subscription>,
+    /// `follow_responses` subscriptions, sharing the ids and the limit with `subs`.
+    follows: HashMap<String, responses::Following>,
     ended: mpsc::UnboundedSender<Ended>,
 }
 
@@ -427,6 +437,15 @@ impl State {
                     self.refuse(shown, r);
                 }
             }
+            ClientFrame::FollowResponses { id, agent_id } => {
+                if let Err(r) = self.follow(&id, agent_id.as_deref()).await {
+                    let shown = check_id(&id).is_ok().then_some(id.as_str());
+                    self.refuse(shown, r);
+                }
+            }
+            ClientFrame::Unsubscribe { id } if self.follows.remove(&id).is_some() => {
+                let _ = self.queue.push(Outbound::Control(ServerFrame::Unsubscribed { id: &id }.to_json()));
+            }
             ClientFrame::Unsubscribe { id } => match self.subs.remove(&id) {
                 Some(sub) => {
                     self.shared.hub.unsubscribe(sub).await;
@@ -471,18 +490,32 @@ impl State {
         }
     }
 
-    async fn subscribe(&mut self, id: &str, filter: Result<Filter, Refusal>, from: Option<u64>) -> Result<(), Refusal> {
+    /// A new subscription id: well formed, not in use, within the connection's limit.
+    fn check_new(&self, id: &str) -> Result<(), Refusal> {
         check_id(id)?;
-        if self.subs.contains_key(id) {
+        if self.subs.contains_key(id) || self.follows.contains_key(id) {
             return Err(Refusal::new(Code::DuplicateSubscription, "a subscription with this id is active"));
         }
         let max = self.shared.settings.max_subscriptions;
-        if self.subs.len() >= max {
+        if self.subs.len() + self.follows.len() >= max {
             return Err(Refusal::new(
                 Code::TooManySubscriptions,
                 format!("at most {max} subscriptions per connection"),
             ));
         }
+        Ok(())
+    }
+
+    async fn follow(&mut self, id: &str, agent: Option<&str>) -> Result<(), Refusal> {
+        self.check_new(id)?;
+        let (nats, prefix) = self.shared.hub.nats();
+        let following = responses::follow(&nats, prefix, &self.queue, self.principal.tenant, id, agent).await?;
+        self.follows.insert(id.to_owned(), following);
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, id: &str, filter: Result<Filter, Refusal>, from: Option<u64>) -> Result<(), Refusal> {
+        self.check_new(id)?;
         let filter = filter?;
         let sub = self.shared.hub.subscribe(&self.queue, self.principal.tenant, id, filter, from, &self.ended).await?;
         self.subs.insert(id.to_owned(), sub);

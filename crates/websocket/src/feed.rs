@@ -105,6 +105,11 @@ impl Hub {
         live::follow(&self.js, &self.prefix, self.feed(domain), &stop).await;
     }
 
+    /// NATS itself and the subject prefix, for what is not in the streams.
+    pub fn nats(&self) -> (async_nats::Client, &SubjectPrefix) {
+        (self.js.client(), &self.prefix)
+    }
+
     fn feed(&self, domain: Domain) -> &Arc<Feed> {
         // `feeds` is built from `Domain::ALL`, in order.
         let i = Domain::ALL.iter().position(|d| *d == domain).unwrap_or(0);

@@ -4,6 +4,7 @@
 //! - [`event`]: a stream event decoded once for routing, the envelope passed through as published.
 //! - [`feed`]: one JetStream consumer per domain shared by every client, routing by tenant and
 //!   filter, and the gap-free resume from a stream position.
+//! - [`responses`]: AI agents' responses followed piece by piece (core NATS, not the streams).
 //! - [`queue`]: each client's bounded queue; a client past it is closed, never waited for.
 //! - [`connection`]: one socket's session (auth, subscriptions, heartbeats, limits, writer).
 //! - [`server`]: the `/ws` route; [`app`]: wiring for the binary and the monolith.
@@ -15,4 +16,5 @@ pub mod feed;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
+pub mod responses;
 pub mod server;

@@ -123,6 +123,13 @@ pub enum ClientFrame {
         #[serde(default)]
         from: Option<u64>,
     },
+    /// AI agents' responses as they are written, piece by piece (not events: no position, no
+    /// resume): one agent's, or every agent's of the tenant.
+    FollowResponses {
+        id: String,
+        #[serde(default)]
+        agent_id: Option<String>,
+    },
     Unsubscribe {
         id: String,
     },
@@ -229,8 +236,24 @@ pub enum ServerFrame<'a> {
         /// position the live feed had reached).
         position: u64,
     },
+    /// `follow_responses` took effect: pieces written from now on follow.
+    Following {
+        id: &'a str,
+    },
     Unsubscribed {
         id: &'a str,
+    },
+    /// A piece of an AI agent's response; the last one carries `completed` or `failed`.
+    Response {
+        id: &'a str,
+        agent_id: &'a str,
+        message_id: &'a str,
+        conversation_id: &'a str,
+        content: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        completed: Option<Completed<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        failed: Option<Failed<'a>>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +262,56 @@ pub enum ServerFrame<'a> {
         message: &'a str,
     },
     Pong {},
+}
+
+/// How a response ended well, as recorded in `ResponseCompleted`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completed<'a> {
+    pub finish_reason: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub duration_ms: u64,
+}
+
+/// How a response failed, as recorded in `ResponseFailed`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failed<'a> {
+    pub error_type: &'a str,
+    pub error: &'a str,
+    pub recoverable: bool,
+}
+
+/// The `response` frame of one piece.
+pub fn response_frame(id: &str, agent_id: &str, piece: &cim_proto::agent::ResponseChunk) -> String {
+    use cim_proto::agent::response_chunk::End;
+    let (completed, failed) = match &piece.end {
+        Some(End::Completed(c)) => {
+            let usage = c.token_usage.unwrap_or_default();
+            let completed = Completed {
+                finish_reason: &c.finish_reason,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                total_tokens: usage.total_tokens,
+                duration_ms: c.duration_ms,
+            };
+            (Some(completed), None)
+        }
+        Some(End::Failed(f)) => {
+            (None, Some(Failed { error_type: &f.error_type, error: &f.error, recoverable: f.recoverable }))
+        }
+        None => (None, None),
+    };
+    ServerFrame::Response {
+        id,
+        agent_id,
+        message_id: &piece.message_id,
+        conversation_id: &piece.conversation_id,
+        content: &piece.content,
+        completed,
+        failed,
+    }
+    .to_json()
 }
 
 impl ServerFrame<'_> {

@@ -607,3 +607,92 @@ async fn document_events_reach_subscribers_of_their_tenant() {
     documents.stop().await;
     let _ = std::fs::remove_dir_all(objects);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ai_agents_responses_are_followed_piece_by_piece_within_the_tenant() {
+    use cim_core::{AggregateId, SubjectPrefix};
+    use cim_proto::agent::{ResponseChunk, ResponseCompleted, TokenUsage, response_chunk::End};
+    use prost::Message as _;
+
+    let prefix = unique("p");
+    let ws = Ws::start(&prefix, &[]).await;
+    let (t1, t2) = (TenantId::new(), TenantId::new());
+    let (a, b) = (AggregateId::new(), AggregateId::new());
+    let mut c1 = ws.connect(&token(t1, &["reader"])).await;
+    for (id, agent) in [("a", Some(a.to_string())), ("all", None)] {
+        c1.send(json!({"type": "follow_responses", "id": id, "agent_id": agent})).await;
+        assert_eq!(c1.json().await, json!({"type": "following", "id": id}));
+    }
+    let mut c2 = ws.connect(&token(t2, &["reader"])).await;
+    c2.send(json!({"type": "follow_responses", "id": "snoop"})).await;
+    assert_eq!(c2.json().await["type"], "following");
+    c2.send(json!({"type": "follow_responses", "id": "bad", "agent_id": "nope"})).await;
+    let refused = c2.json().await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("invalid_filter")),
+        "{refused}"
+    );
+
+    // What the agent service publishes for a response of agent a, then one of agent b.
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let subjects: SubjectPrefix = prefix.parse().unwrap();
+    let (m1, m2) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let piece = |m: uuid::Uuid, content: &str, end: Option<End>| ResponseChunk {
+        message_id: m.to_string(),
+        conversation_id: "c".into(),
+        content: content.into(),
+        end,
+    };
+    let done = End::Completed(ResponseCompleted {
+        message_id: m1.to_string(),
+        finish_reason: "stop".into(),
+        token_usage: Some(TokenUsage { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 }),
+        duration_ms: 42,
+    });
+    for (agent, chunk) in [
+        (a, piece(m1, "Hel", None)),
+        (a, piece(m1, "lo", None)),
+        (a, piece(m1, "", Some(done))),
+        (b, piece(m2, "other", None)),
+    ] {
+        nats.publish(
+            subjects.agent_response(&t1, &agent, &uuid::Uuid::parse_str(&chunk.message_id).unwrap()),
+            chunk.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    }
+    nats.flush().await.unwrap();
+
+    let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for _ in 0..7 {
+        let frame = c1.json().await;
+        assert_eq!(frame["type"], "response", "{frame}");
+        by_id.entry(frame["id"].as_str().unwrap().to_owned()).or_default().push(frame);
+    }
+    let texts = |frames: &[serde_json::Value]| {
+        frames.iter().map(|f| f["content"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&by_id["a"]), ["Hel", "lo", ""], "agent a's pieces in order");
+    assert_eq!(texts(&by_id["all"]), ["Hel", "lo", "", "other"]);
+    let last = &by_id["a"][2];
+    assert_eq!(last["agent_id"], a.to_string().as_str());
+    assert_eq!(last["message_id"], m1.to_string().as_str());
+    assert_eq!(
+        last["completed"],
+        json!({"finish_reason": "stop", "prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "duration_ms": 42})
+    );
+    assert_eq!(by_id["all"][3]["agent_id"], b.to_string().as_str());
+    c2.expect_silence(Duration::from_millis(300)).await;
+
+    // Unsubscribed: nothing more for that id.
+    c1.send(json!({"type": "unsubscribe", "id": "a"})).await;
+    assert_eq!(c1.json().await, json!({"type": "unsubscribed", "id": "a"}));
+    let later = piece(m1, "late", None);
+    nats.publish(subjects.agent_response(&t1, &a, &m1), later.encode_to_vec().into()).await.unwrap();
+    let frame = c1.json().await;
+    assert_eq!((frame["id"].as_str(), frame["content"].as_str()), (Some("all"), Some("late")));
+    c1.expect_silence(Duration::from_millis(300)).await;
+    ws.stop().await;
+}

@@ -1,6 +1,8 @@
 //! `SendMessage`: a message to an ai agent is recorded (MessageSent), forwarded over the agent's
 //! stream, and answered live: each chunk the worker sends goes straight to the caller and is
-//! kept only in memory; the end is recorded once (ResponseCompleted or ResponseFailed).
+//! kept only in memory; the end is recorded once (ResponseCompleted or ResponseFailed). Every
+//! piece is also published on the bus ([`super::relay`]), for the websocket's followers and for a
+//! caller that reached another replica, whose message was forwarded here.
 //!
 //! The response belongs to the worker's stream, not to the caller's call: a caller who goes away
 //! gets the worker told to stop (`response_cancellation`), and whatever end the worker then
@@ -10,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cim_core::ErrorCode;
+use cim_core::{AggregateId, ErrorCode};
 use cim_proto::agent as pb;
 use cim_proto::agent::dispatch_message::Kind;
 use cim_proto::agent::response_chunk::End;
@@ -21,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::relay::{Gone, Pieces};
 use super::session::Session;
 use super::{Dispatcher, dispatcher, wire};
 use crate::agent::{AgentCommand, CONTENT_MAX, Conversation, FinishReason, ResponseErrorType, TokenUsage};
@@ -30,13 +33,26 @@ use crate::queries;
 pub type ResponseStream = ReceiverStream<Result<pb::ResponseChunk, Status>>;
 
 /// Chunks waiting for a slow caller; past that the caller counts as gone.
-const CHUNKS: usize = 1024;
+pub(super) const CHUNKS: usize = 1024;
+
+/// A message about to be forwarded to the worker.
+pub(super) struct Opening {
+    pub agent: AggregateId,
+    pub message: Uuid,
+    pub conversation: Uuid,
+    pub content: String,
+    pub profile: pb::Agent,
+}
 
 /// A response the worker owes, and the caller waiting for it.
 pub(super) struct Pending {
     message: Uuid,
     conversation: Uuid,
-    caller: mpsc::Sender<Result<pb::ResponseChunk, Status>>,
+    /// The caller's stream when it called this replica; `None`: it called another one, which
+    /// reads the bus.
+    caller: Option<mpsc::Sender<Result<pb::ResponseChunk, Status>>>,
+    /// Where every piece is published too, and the message's subject there.
+    bus: Option<(Pieces, String)>,
     content: String,
     started: Instant,
     /// Whether the worker was told to stop.
@@ -46,6 +62,14 @@ pub(super) struct Pending {
 }
 
 impl Pending {
+    /// Passes a piece on; whether the caller here is gone (or cannot keep up).
+    fn emit(&self, piece: pb::ResponseChunk) -> bool {
+        if let Some((pieces, subject)) = &self.bus {
+            pieces.publish(subject, &piece);
+        }
+        self.caller.as_ref().is_some_and(|caller| caller.try_send(Ok(piece)).is_err())
+    }
+
     /// The caller's last chunk.
     fn end(self, end: End) {
         let last = pb::ResponseChunk {
@@ -54,7 +78,7 @@ impl Pending {
             content: String::new(),
             end: Some(end),
         };
-        let _ = self.caller.try_send(Ok(last));
+        self.emit(last);
     }
 }
 
@@ -77,7 +101,7 @@ impl Dispatcher {
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<ResponseStream>, Status> {
         let caller = Caller::from_metadata(req.metadata()).map_err(|e| into_status(&ServiceError::from(e)))?;
-        let chunks = self.converse(caller, req.into_inner()).await.map_err(|e| into_status(&e))?;
+        let chunks = self.converse(caller, req.into_inner()).await?;
         Ok(Response::new(ReceiverStream::new(chunks)))
     }
 
@@ -85,26 +109,50 @@ impl Dispatcher {
         self: &Arc<Self>,
         caller: Caller,
         r: pb::SendMessageRequest,
-    ) -> Result<mpsc::Receiver<Result<pb::ResponseChunk, Status>>, ServiceError> {
-        let agent = wire::id("agent_id", &r.agent_id)?;
-        let message = wire::uuid_or_new("message_id", &r.message_id)?;
-        let conversation = wire::uuid_or_new("conversation_id", &r.conversation_id)?;
-        let profile = queries::get_agent(&self.pool, caller.tenant, agent).await?;
-        let no_worker = || ServiceError::precondition(format!("agent {agent} has no worker connected"));
-        let session = self.session(caller.tenant, agent).ok_or_else(no_worker)?;
+    ) -> Result<mpsc::Receiver<Result<pb::ResponseChunk, Status>>, Status> {
+        let refused = |e: ServiceError| into_status(&e);
+        let agent = wire::id("agent_id", &r.agent_id).map_err(refused)?;
+        let message = wire::uuid_or_new("message_id", &r.message_id).map_err(refused)?;
+        let conversation = wire::uuid_or_new("conversation_id", &r.conversation_id).map_err(refused)?;
+        let profile = queries::get_agent(&self.pool, caller.tenant, agent).await.map_err(refused)?;
+        let Some(session) = self.session(caller.tenant, agent) else {
+            return self.forward(&caller, agent, message, conversation, r.content).await;
+        };
         let (tx, rx) = mpsc::channel(CHUNKS);
+        let watched = tx.clone();
+        let gone: Gone = Box::pin(async move { watched.closed().await });
+        let opening = Opening { agent, message, conversation, content: r.content, profile };
+        self.open(session, &caller, opening, Some(tx), gone).await.map_err(refused)?;
+        Ok(rx)
+    }
+
+    /// Records the message and forwards it to the worker of `session`; the pieces go to `local`
+    /// (a caller here) and the bus. `gone` resolves if the caller goes away.
+    pub(super) async fn open(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        caller: &Caller,
+        opening: Opening,
+        local: Option<mpsc::Sender<Result<pb::ResponseChunk, Status>>>,
+        gone: Gone,
+    ) -> Result<(), ServiceError> {
+        let Opening { agent, message, conversation, content, profile } = opening;
+        let no_worker = || ServiceError::precondition(format!("agent {agent} has no worker connected"));
         let (done, finished) = oneshot::channel();
+        let bus =
+            self.bus.get().map(|bus| (bus.pieces.clone(), bus.prefix.agent_response(&caller.tenant, &agent, &message)));
         let pending = Pending {
             message,
             conversation,
-            caller: tx.clone(),
+            caller: local,
+            bus,
             content: String::new(),
             started: Instant::now(),
             cancelled: false,
             _done: done,
         };
         // Opened before the message is recorded, so the worker's first chunk finds it.
-        if session.open_response(message, pending).is_err() {
+        if !session.open_response(message, pending) {
             return Err(if session.is_closing() {
                 no_worker()
             } else {
@@ -113,9 +161,8 @@ impl Dispatcher {
                 )))
             });
         }
-        let send =
-            Conversation::Send { message_id: message, conversation_id: conversation, content: r.content.clone() };
-        if let Err(e) = self.agents.execute(&caller, agent, &AgentCommand::Converse(send), &Default::default()).await {
+        let send = Conversation::Send { message_id: message, conversation_id: conversation, content: content.clone() };
+        if let Err(e) = self.agents.execute(caller, agent, &AgentCommand::Converse(send), &Default::default()).await {
             session.take_response(message);
             return Err(e.into());
         }
@@ -129,12 +176,12 @@ impl Dispatcher {
         session.push(Kind::Message(pb::ConversationMessage {
             message_id: message.to_string(),
             conversation_id: conversation.to_string(),
-            content: r.content,
+            content,
             system_prompt: profile.system_prompt,
             model: profile.model,
         }));
-        tokio::spawn(self.clone().watch(session, message, tx, finished));
-        Ok(rx)
+        tokio::spawn(self.clone().watch(session, message, gone, finished));
+        Ok(())
     }
 
     /// Follows a response until it ends: tells the worker to stop if the caller goes away, and
@@ -143,14 +190,14 @@ impl Dispatcher {
         self: Arc<Self>,
         session: Arc<Session>,
         message: Uuid,
-        caller: mpsc::Sender<Result<pb::ResponseChunk, Status>>,
+        gone: Gone,
         mut finished: oneshot::Receiver<()>,
     ) {
         let deadline = tokio::time::Instant::now() + self.options.response_timeout;
         tokio::select! {
             _ = &mut finished => return,
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = caller.closed() => {
+            _ = gone => {
                 self.stop_response(&session, message, "the caller went away");
                 tokio::select! {
                     _ = &mut finished => return,
@@ -193,7 +240,7 @@ impl Dispatcher {
                         content: chunk.content.clone(),
                         end: None,
                     };
-                    Ok(p.caller.try_send(Ok(piece)).is_err())
+                    Ok(p.emit(piece))
                 })
                 .ok_or_else(|| ServiceError::not_found(format!("no response is open for message {message}")))??;
             if caller_gone {

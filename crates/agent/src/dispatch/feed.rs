@@ -110,10 +110,10 @@ impl Dispatcher {
     /// Announces a new stream to the other replicas (best effort: a missed announcement leaves
     /// an older stream on another replica until its worker drops it).
     pub(super) async fn announce(&self, connected: &Connected) {
-        let Some((client, subject)) = self.bus.get() else { return };
+        let Some(bus) = self.bus.get() else { return };
         match serde_json::to_vec(connected) {
             Ok(payload) => {
-                if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                if let Err(e) = bus.client.publish(sessions_subject(&bus.prefix), payload.into()).await {
                     tracing::warn!(error = %e, "could not announce a worker stream");
                 }
             }

@@ -217,15 +217,15 @@ impl Session {
         }
     }
 
-    /// Registers a response this stream owes; gives it back if that message is already open
-    /// or the stream is closing.
-    pub fn open_response(&self, message: Uuid, pending: Pending) -> Result<(), Pending> {
+    /// Registers a response this stream owes; `false` (and nothing registered) if that message
+    /// is already open or the stream is closing.
+    pub fn open_response(&self, message: Uuid, pending: Pending) -> bool {
         let mut state = self.state();
         if state.closing || state.responses.contains_key(&message) {
-            return Err(pending);
+            return false;
         }
         state.responses.insert(message, pending);
-        Ok(())
+        true
     }
 
     pub fn is_closing(&self) -> bool {

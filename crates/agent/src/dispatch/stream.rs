@@ -56,10 +56,11 @@ impl Dispatcher {
         };
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let session = self.accept(caller, hello, tx).await.map_err(|e| into_status(&e))?;
+        let forwarding = self.serve_forwarded(&session).await;
         self.announce(&Connected { tenant: session.tenant, agent: session.agent, session: session.id }).await;
         // A new agent here may take what waits.
         self.backlogs.changed(session.tenant);
-        tokio::spawn(self.clone().read(session, inbound));
+        tokio::spawn(self.clone().read(session, inbound, forwarding));
         self.wake();
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -114,7 +115,13 @@ impl Dispatcher {
     }
 
     /// Reads the worker's messages until the stream ends, is ended, or goes silent.
-    async fn read(self: Arc<Self>, session: Arc<Session>, mut inbound: Streaming<pb::WorkerMessage>) {
+    /// Messages forwarded from other replicas are served until then (`_forwarding`).
+    async fn read(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        mut inbound: Streaming<pb::WorkerMessage>,
+        _forwarding: Option<super::relay::Forwarding>,
+    ) {
         let silence = self.options.heartbeat_timeout;
         let last_word: Option<Status> = loop {
             let next = tokio::select! {

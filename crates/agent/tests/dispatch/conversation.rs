@@ -173,3 +173,82 @@ async fn a_worker_that_disconnects_mid_response_fails_it_and_messages_need_a_con
     assert_eq!(recorded[0]["error_type"], "network_error");
     svc.stop().await;
 }
+
+/// Every piece published for `tenant`'s responses (of any agent), decoded, until an end.
+async fn follow(prefix: &str, tenant: TenantId) -> async_nats::Subscriber {
+    let nats = async_nats::connect(cim_testkit::domain::nats_url()).await.unwrap();
+    let prefix: cim_core::SubjectPrefix = prefix.parse().unwrap();
+    let followed = nats.subscribe(prefix.agent_responses(&tenant, None)).await.unwrap();
+    nats.flush().await.unwrap();
+    followed
+}
+
+async fn next_piece(followed: &mut async_nats::Subscriber) -> pb::ResponseChunk {
+    use futures::StreamExt;
+    use prost::Message;
+    let piece = tokio::time::timeout(std::time::Duration::from_secs(20), followed.next()).await.expect("a piece");
+    pb::ResponseChunk::decode(piece.unwrap().payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_through_a_replica_without_the_worker_is_answered_by_the_one_with_it() {
+    let svc = Service::start().await;
+    let other = svc.replica(crate::support::fast()).await;
+    let (mut one, mut two) =
+        (svc.client().await, cim_proto::agent::agent_service_client::AgentServiceClient::new(other.channel().await));
+    let tenant = TenantId::new();
+    let agent = ai_agent(&mut one, tenant).await;
+
+    // No worker anywhere: refused at once from either replica, nothing recorded.
+    let started = tokio::time::Instant::now();
+    let status = two.send_message(req(tenant, message(&agent, "anyone?"))).await.expect_err("refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "no responder is known at once");
+    assert!(recorded(&svc, tenant, &agent, "message_sent").await.is_empty());
+
+    let mut worker = Worker::start_at(&svc.running, tenant, &agent, &[]).await;
+    let mut followed = follow(&svc.running.prefix, tenant).await;
+    let mut stranger = follow(&svc.running.prefix, TenantId::new()).await;
+
+    let mut chunks = two.send_message(req(tenant, message(&agent, "hello from afar"))).await.unwrap().into_inner();
+    let (mut text, mut end) = (String::new(), None);
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        text.push_str(&chunk.content);
+        end = chunk.end.or(end);
+    }
+    assert_eq!(text, "You said: hello from afar");
+    let Some(End::Completed(done)) = end else { panic!("expected a completed end, got {end:?}") };
+    assert_eq!(done.finish_reason, "stop");
+    let completed = recorded(&svc, tenant, &agent, "response_completed").await;
+    assert_eq!(completed.len(), 1, "recorded once, by the replica holding the worker");
+    assert_eq!(completed[0]["content"], text.as_str());
+
+    // The same pieces, in order, reached a follower of the tenant's responses over NATS.
+    let mut seen = String::new();
+    loop {
+        let piece = next_piece(&mut followed).await;
+        seen.push_str(&piece.content);
+        if piece.end.is_some() {
+            assert!(matches!(piece.end, Some(End::Completed(_))));
+            break;
+        }
+    }
+    assert_eq!(seen, text);
+    use futures::StreamExt;
+    let leaked = tokio::time::timeout(std::time::Duration::from_millis(300), stranger.next()).await;
+    assert!(leaked.is_err(), "another tenant's follower heard {leaked:?}");
+
+    // A caller on the other replica that goes away still stops the worker.
+    worker.expect(&format!("responded {}", done.message_id)).await;
+    let slow_agent = ai_agent(&mut one, tenant).await;
+    let mut slow = Worker::start_at(&svc.running, tenant, &slow_agent, &["--chunk-delay-ms", "100"]).await;
+    let long = vec!["word"; 60].join(" ");
+    let mut chunks = two.send_message(req(tenant, message(&slow_agent, &long))).await.unwrap().into_inner();
+    let first = chunks.message().await.unwrap().unwrap();
+    drop(chunks);
+    slow.expect(&format!("abandoned {}", first.message_id)).await;
+    let failed = until_recorded(&svc, tenant, &slow_agent, "response_failed").await;
+    assert_eq!(failed[0]["message_id"].as_str(), Some(&*first.message_id));
+    other.stop_replica().await;
+    svc.stop().await;
+}
