@@ -161,18 +161,23 @@ impl<C: Clone> Upstream<C> {
         self.on_replicas(p, &call, &msg).await.map_err(ApiError::from)
     }
 
-    /// Up to three attempts when the service is unavailable (another instance may answer).
+    /// Up to three attempts when the service is unavailable (another instance may answer), as
+    /// long as the answer came quickly: an UNAVAILABLE that took a quarter of the deadline or
+    /// more (the service waited that long for Postgres to take a connection) is answered as it
+    /// is, since another attempt would only turn the 503 into the deadline's 504.
     pub async fn query<T: Clone, R, F, Fut>(&self, p: &Principal, call: F, msg: T) -> Result<R, ApiError>
     where
         F: Fn(C, tonic::Request<T>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let mut attempt = 0;
+        let quick = |took: Duration| self.timeout.is_none_or(|deadline| took < deadline / 4);
         loop {
             attempt += 1;
+            let started = Instant::now();
             match self.on_replicas(p, &call, &msg).await {
                 Ok(r) => return Ok(r),
-                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 3 => {
+                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 3 && quick(started.elapsed()) => {
                     tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 }
                 Err(s) => return Err(ApiError::from(s)),
