@@ -94,3 +94,47 @@ async fn with_every_replica_down_calls_are_unavailable_and_a_replica_back_is_tak
     gw.stop().await;
     back.stop().await;
 }
+
+/// One principal's requests spread over two gateways sharing Redis are limited together: the
+/// two accept the limit and at most what they serve in the flush intervals before each learns
+/// the other's count (the documented overshoot: `limits::RateLimiter`), never twice the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_two_gateways_within_the_flush_overshoot() {
+    const LIMIT: usize = 30;
+    // Requests alternate between the gateways every PACE: 8 fall in two flush intervals.
+    const PACE: Duration = Duration::from_millis(25);
+    let graph = harness::Service::start().await;
+    let limit = LIMIT.to_string();
+    let vars = [("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", limit.as_str())];
+    let gws = [gateway(&graph, &vars).await, gateway(&graph, &vars).await];
+    let overshoot = (2 * cim_gateway::limits::FLUSH_EVERY.as_millis() / PACE.as_millis()) as usize;
+    let me = bearer(&token(TenantId::new(), &["reader"], now_secs() + 600));
+    // The windows are fixed minutes: the run (3 × LIMIT × PACE, about 2 s) must fit in one.
+    while now_secs() % 60 > 50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let minute = now_secs() / 60;
+    let mut accepted = [0usize; 2];
+    let mut refused = 0;
+    for i in 0..3 * LIMIT {
+        let r = call(gws[i % 2].addr, "GET", "/api/v1/auth/me", &me, None).await;
+        match r.status {
+            200 => accepted[i % 2] += 1,
+            429 => refused += 1,
+            _ => panic!("{r:?}"),
+        }
+        tokio::time::sleep(PACE).await;
+    }
+    assert_eq!(now_secs() / 60, minute, "the run crossed a minute boundary");
+    let total = accepted[0] + accepted[1];
+    assert!(
+        (LIMIT..=LIMIT + overshoot).contains(&total),
+        "accepted {total} ({accepted:?}), refused {refused}: want {LIMIT} to {}",
+        LIMIT + overshoot
+    );
+    assert!(accepted.iter().all(|a| *a > 0), "{accepted:?}");
+    for gw in gws {
+        gw.stop().await;
+    }
+    graph.stop().await;
+}
