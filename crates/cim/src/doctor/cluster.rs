@@ -71,8 +71,7 @@ async fn node_info(host_port: &str, timeout: Duration) -> Result<Value, String> 
 pub(super) async fn nodes(urls: &str, timeout: Duration) -> Result<String, String> {
     let nodes: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
     let mut down = Vec::new();
-    // Each answering node's name and how many nodes it is routed to (itself included).
-    let mut seen: Vec<(String, String, usize)> = Vec::new();
+    let mut seen = Vec::new();
     let mut cluster = None;
     for url in &nodes {
         let shown = cim_runtime::config::redact_urls(url);
@@ -81,25 +80,39 @@ pub(super) async fn nodes(urls: &str, timeout: Duration) -> Result<String, Strin
         match node_info(host_port, timeout).await {
             Err(e) => down.push(format!("{shown} ({e})")),
             Ok(info) => {
-                let name = info["server_name"].as_str().unwrap_or("?").to_owned();
-                let routed = info["connect_urls"].as_array().map_or(1, Vec::len);
                 cluster = cluster.or_else(|| info["cluster"].as_str().map(str::to_owned));
-                seen.push((name, shown, routed));
+                seen.push(Seen {
+                    name: info["server_name"].as_str().unwrap_or("?").to_owned(),
+                    shown,
+                    routed: info["connect_urls"].as_array().map_or(1, Vec::len),
+                });
             }
         }
     }
-    // A node routed to fewer than the best-connected one is cut off from it (a partition: it
-    // answers here but not to its peers). Fewer nodes answering is said by `down`.
-    let most = seen.iter().map(|s| s.2).max().unwrap_or(0);
+    verdict(nodes.len(), &down, &seen, cluster.as_deref())
+}
+
+/// A node that answered: its name, its URL as shown, and how many nodes it is routed to
+/// (itself included: the client URLs its INFO lists).
+struct Seen {
+    name: String,
+    shown: String,
+    routed: usize,
+}
+
+/// What the nodes' answers say. A node routed to fewer than the best-connected one is cut off
+/// from it (a partition: it answers here but not to its peers); those that do not answer are
+/// down.
+fn verdict(configured: usize, down: &[String], seen: &[Seen], cluster: Option<&str>) -> Result<String, String> {
+    let most = seen.iter().map(|s| s.routed).max().unwrap_or(0);
     let cut_off: Vec<String> = seen
         .iter()
-        .filter(|s| s.2 < most)
-        .map(|(name, shown, routed)| format!("{name} at {shown} sees {routed} of {}", nodes.len()))
+        .filter(|s| s.routed < most)
+        .map(|s| format!("{} at {} sees {} of {configured}", s.name, s.shown, s.routed))
         .collect();
-    let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
-    let answering = nodes.len() - down.len();
+    let names: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
     if !down.is_empty() || !cut_off.is_empty() {
-        let mut error = format!("{answering} of {} nodes answer", nodes.len());
+        let mut error = format!("{} of {configured} nodes answer", seen.len());
         if !down.is_empty() {
             error.push_str(&format!("; down: {}", down.join(", ")));
         }
@@ -109,11 +122,11 @@ pub(super) async fn nodes(urls: &str, timeout: Duration) -> Result<String, Strin
         return Err(error);
     }
     Ok(match cluster {
-        Some(c) => format!(
-            "cluster {c}: {answering} of {} nodes answer, each routed to all ({})",
-            nodes.len(),
-            names.join(", ")
-        ),
+        // One address for the whole cluster (a k8s Service): what its node sees.
+        Some(c) if configured == 1 => format!("cluster {c}: {} answers, routed to {most} nodes", names.join(", ")),
+        Some(c) => {
+            format!("cluster {c}: {configured} of {configured} nodes answer, each routed to all ({})", names.join(", "))
+        }
         None => format!("{} answers, no cluster", names.join(", ")),
     })
 }
@@ -174,6 +187,38 @@ mod tests {
             {"name": "n2", "current": true, "active": 1u64}]}),
         );
         assert_eq!(stream_replicas(&short).unwrap_err(), "1 of 3 replicas lost: 1 never placed");
+    }
+
+    fn seen(name: &str, routed: usize) -> Seen {
+        Seen { name: name.into(), shown: format!("nats://{name}:4222"), routed }
+    }
+
+    #[test]
+    fn a_node_routed_to_fewer_than_the_others_is_cut_off() {
+        let healthy = [seen("n1", 3), seen("n2", 3), seen("n3", 3)];
+        assert_eq!(
+            verdict(3, &[], &healthy, Some("c")).unwrap(),
+            "cluster c: 3 of 3 nodes answer, each routed to all (n1, n2, n3)"
+        );
+        // Partitioned: n3 still answers here but sees only itself; the others see each other.
+        let partitioned = [seen("n1", 2), seen("n2", 2), seen("n3", 1)];
+        assert_eq!(
+            verdict(3, &[], &partitioned, Some("c")).unwrap_err(),
+            "3 of 3 nodes answer; cut off: n3 at nats://n3:4222 sees 1 of 3"
+        );
+        // Killed: the others see each other only, which is no cut-off of theirs.
+        let down = ["nats://n3:4222 (Connection refused)".to_owned()];
+        assert_eq!(
+            verdict(3, &down, &healthy[..2].iter().map(|s| seen(&s.name, 2)).collect::<Vec<_>>(), Some("c"))
+                .unwrap_err(),
+            "2 of 3 nodes answer; down: nats://n3:4222 (Connection refused)"
+        );
+    }
+
+    #[test]
+    fn one_address_says_what_its_node_sees() {
+        assert_eq!(verdict(1, &[], &[seen("n1", 3)], Some("c")).unwrap(), "cluster c: n1 answers, routed to 3 nodes");
+        assert_eq!(verdict(1, &[], &[seen("dev", 1)], None).unwrap(), "dev answers, no cluster");
     }
 
     #[test]
