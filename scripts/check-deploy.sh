@@ -12,6 +12,8 @@
 #   Dockerfiles            hadolint            shell scripts shellcheck
 #   consistency            tests/deploy/consistency.py (variables, ports, images, metrics, inventory)
 #   capacity               tests/deploy/capacity.py (Postgres connections at the autoscalers' maxima)
+#   autoscaling            tests/deploy/autoscaling.py (HPAs on their own metrics: prometheus-adapter's
+#                          rules and the gauges the code exports; --self-test makes each drift fail)
 # Every check runs even when an earlier one fails; the exit status is 1 if any failed.
 #
 # What it needs is installed on first use into caches outside the repository, so it works on a
@@ -293,6 +295,19 @@ check_capacity() {
     "$VENV/bin/python" "$ROOT/tests/deploy/capacity.py" "${args[@]}"
 }
 
+check_autoscaling() {
+    local args=() f
+    for f in "$WORK"/k8s-*.yaml; do
+        [ -s "$f" ] && args+=("$(basename "$f" .yaml | sed 's/^k8s-//')=$f")
+    done
+    [ "${#args[@]}" -gt 0 ] || {
+        echo "no overlay was rendered (see the kustomize checks)"
+        return 1
+    }
+    "$VENV/bin/python" "$ROOT/tests/deploy/autoscaling.py" "${args[@]}" &&
+        "$VENV/bin/python" "$ROOT/tests/deploy/autoscaling.py" --self-test "$WORK/k8s-dev.yaml"
+}
+
 setup
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -314,6 +329,7 @@ step "hadolint (Dockerfiles)" "$VENV/bin/hadolint" "$ROOT"/docker/*.Dockerfile
 step "shellcheck (scripts)" "$VENV/bin/shellcheck" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/rehearse.sh" "$ROOT/scripts/faults.sh" "$ROOT/scripts/check-live-metrics.sh" "$ROOT/scripts/check-alerts.sh" "$ROOT/scripts/lib/kubectl.sh" "$ROOT/scripts/lib/venv.sh" "$ROOT/scripts/lib/debtool.sh" "$ROOT/docker/healthcheck.sh" "$ROOT"/docker/postgres/init/*.sh
 step "consistency with the code (tests/deploy/consistency.py)" check_consistency
 step "Postgres capacity at the autoscalers' maxima (tests/deploy/capacity.py)" check_capacity
+step "autoscalers on their own metrics (tests/deploy/autoscaling.py)" check_autoscaling
 
 printf '\n'
 for name in "${FAILED[@]}"; do

@@ -62,7 +62,7 @@ BOUNDED = [("kill", "graph2"), ("kill", "gateway"), ("kill", "websocket2"), ("ki
            ("partition", "nats3"), ("restart", "postgres"), ("restart", "redis"), ("slow", "graph2")]  # fmt: skip
 # What `cim doctor` should name while the fault lasts (any of its checks of that store); absent:
 # outside what it checks (it does not look at the services themselves).
-NATS_CHECKS = {"nats", "stream", "consumer", "dlq"}
+NATS_CHECKS = {"nats", "cluster", "stream", "consumer", "dlq"}
 DOCTOR_SHOULD_NAME = {"kill-nats": NATS_CHECKS, "partition": NATS_CHECKS, "postgres": {"postgres"}, "redis": {"redis"}}
 
 

@@ -1,6 +1,8 @@
 //! `cim doctor`: configuration, Postgres, NATS JetStream, Redis and the object store, one line
 //! per check with what to do about a failure.
 
+mod cluster;
+
 use super::*;
 
 /// One line per check: `ok`, `FAIL` (with what to do about it) or `skip` (a dependency it needs
@@ -102,6 +104,8 @@ pub(crate) async fn doctor(before_start: bool) -> ExitCode {
                     count("consumers")
                 );
                 report.line("nats", Ok(detail));
+                let nodes = cluster::nodes(&config.nats_url, config.connect_timeout).await;
+                report.line("cluster", nodes.map_err(|e| (e, cluster::NODES_FIX)));
                 for service in DOMAIN_SERVICES {
                     check_stream(&mut report, &client, &config.subject_prefix, service, before_start).await;
                 }
@@ -312,8 +316,13 @@ async fn check_stream(
         return report.fail("stream", format!("{stream}: captures {captured:?}, not {subjects}"), &fix);
     }
     let messages = info["state"]["messages"].as_u64().unwrap_or(0);
-    let replicas = info["config"]["num_replicas"].as_u64().unwrap_or(1);
-    report.line("stream", Ok(format!("{stream}: {messages} messages, subjects {subjects}, {replicas} replica(s)")));
+    // Lost replicas fail the line; the consumers are listed either way.
+    match cluster::stream_replicas(&info) {
+        Ok(replicas) => {
+            report.line("stream", Ok(format!("{stream}: {messages} messages, subjects {subjects}, {replicas}")))
+        }
+        Err(e) => report.fail("stream", format!("{stream}: {e}"), cluster::REPLICAS_FIX),
+    }
 
     let mut consumers = Vec::new();
     loop {

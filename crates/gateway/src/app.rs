@@ -319,11 +319,11 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let operations = Arc::new(OperationsState {
         health: host.health().clone(),
         services: vec![
-            ("graph", graph.channel()),
-            ("document", document.upstream.channel()),
-            ("agent", agent.upstream.channel()),
-            ("workflow", workflow.channel()),
-            ("webhook", webhook.channel()),
+            ("graph", Arc::new(graph.clone())),
+            ("document", Arc::new(document.upstream.clone())),
+            ("agent", Arc::new(agent.upstream.clone())),
+            ("workflow", Arc::new(workflow.clone())),
+            ("webhook", Arc::new(webhook.clone())),
         ],
         nats: client.clone(),
         prefix: config.subject_prefix.clone(),

@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 
 use crate::problem::ApiResult;
 use crate::routes::{DomainRoutes, routes};
+use crate::upstream::Replicated;
 
 /// Grafana dashboards (`monitoring/grafana/dashboards/<uid>.json`): uid and title.
 pub const DASHBOARDS: [(&str, &str); 7] = [
@@ -45,8 +46,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct OperationsState {
     /// The gateway's own readiness checks.
     pub health: Health,
-    /// Each domain service the gateway calls, by name, over its balanced channel.
-    pub services: Vec<(&'static str, Channel)>,
+    /// Each domain service the gateway calls, by name: checked on the replica a call would take.
+    pub services: Vec<(&'static str, Arc<dyn Replicated>)>,
     pub nats: async_nats::Client,
     pub prefix: SubjectPrefix,
     pub grafana_url: Option<String>,
@@ -132,7 +133,8 @@ where
 pub async fn operations(State(state): State<Arc<OperationsState>>) -> ApiResult<Json<Operations>> {
     let services = async {
         let own = gateway_status(&state.health);
-        let others = futures::future::join_all(state.services.iter().map(|(name, ch)| service_status(name, ch)));
+        let others =
+            futures::future::join_all(state.services.iter().map(|(name, up)| service_status(name, up.channel())));
         let (own, others) = tokio::join!(own, others);
         std::iter::once(own).chain(others).collect::<Vec<_>>()
     };
@@ -169,8 +171,8 @@ async fn gateway_status(health: &Health) -> ServiceStatus {
 }
 
 /// The service's gRPC health: SERVING when its readiness checks pass.
-async fn service_status(name: &str, channel: &Channel) -> ServiceStatus {
-    let mut client = HealthClient::new(channel.clone());
+async fn service_status(name: &str, channel: Channel) -> ServiceStatus {
+    let mut client = HealthClient::new(channel);
     let check = client.check(HealthCheckRequest { service: String::new() });
     let (ready, detail) = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Err(_) => (false, format!("no answer within {CHECK_TIMEOUT:?}")),
