@@ -5,13 +5,14 @@ them; add a workflow definition, start instances, approve and reject
 their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
 events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
-to sign in; an admin reads the operations page (a writer is refused it).
+to sign in; an admin of tenant A is neither offered nor shown the operations page (it counts
+every tenant's traffic), an operator (admin of the operator tenant) reads it.
 
 Run by crates/gateway/tests/console.rs, which starts the gateway and the graph service and
 passes their address and two tenants' tokens. Prints one line per check; exits non-zero on the
 first failure, after saving a screenshot of it.
 
-usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A
+usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A OPERATOR_TOKEN
 """
 
 import json
@@ -30,7 +31,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-URL, TOKEN_A, TOKEN_B, SHOTS, ADMIN_A = sys.argv[1:6]
+URL, TOKEN_A, TOKEN_B, SHOTS, ADMIN_A, OPERATOR = sys.argv[1:7]
 WAIT = 15
 
 
@@ -421,12 +422,28 @@ def main():
     heading("Sign in")
     check("a missing session is sent to sign in", "#/signin" in driver.current_url)
 
-    # An admin of tenant A, offered the operations page in the nav: services and their readiness, streams and consumer lag, dead letters,
-    # dashboards. The test runs the graph, agent, workflow and document services; the webhook
-    # service's address answers nothing.
+    # An admin of tenant A is a customer's admin, not an operator: no operations link, and the
+    # page at its address shows the API's refusal and nothing of the other tenants' traffic.
     sign_in(ADMIN_A)
-    visible("#nav-operations").click()
+    check("a tenant's admin is offered no operations page", not driver.find_element(By.ID, "nav-operations").is_displayed())
+    driver.get(URL + "/#/operations")
     heading("Operations")
+    visible("#problem")
+    refusal = driver.find_element(By.ID, "problem").text
+    check(f"a tenant's admin at the operations address is refused ({refusal!r})",
+          "Permission denied" in refusal and "CIM_GATEWAY_OPERATOR_TENANTS" in refusal and count("#services") == 0)
+    shot("operations-refused")
+    driver.find_element(By.ID, "sign-out").click()
+    heading("Sign in")
+    text_in("#signin-notice", "Signed out")
+
+    # An operator (an admin of the operator tenant), offered the operations page in the nav:
+    # services and their readiness, streams and consumer lag, dead letters, dashboards. The test
+    # runs the graph, agent, workflow and document services; the webhook service's address
+    # answers nothing.
+    # Signing in returns to the page asked for: the operations page, this time answered.
+    sign_in(OPERATOR, lands_on="Operations")
+    check("an operator is offered the operations page", visible("#nav-operations").is_displayed())
     text_in("#services", "graph")
     state = {r.get_attribute("data-service"): r.find_elements(By.TAG_NAME, "td")[1].text
              for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}

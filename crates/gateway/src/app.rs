@@ -36,7 +36,7 @@ use crate::idempotency::IdempotencyState;
 use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
 use crate::lockout::Lockout;
-use crate::operations::OperationsState;
+use crate::operations::{OperationsState, Operators};
 use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
 use crate::webhook::WebhookState;
@@ -92,6 +92,12 @@ impl FromRef<AppState> for Arc<WebhookState> {
 impl FromRef<AppState> for Arc<OperationsState> {
     fn from_ref(state: &AppState) -> Self {
         state.0.operations.clone()
+    }
+}
+
+impl FromRef<AppState> for Operators {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.operations.operators.clone()
     }
 }
 
@@ -317,6 +323,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let proxies = Proxies { hops: settings.proxy_hops, tls: https.is_some() };
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     let operations = Arc::new(OperationsState {
+        operators: Operators::new(&settings.operator_tenants),
         health: host.health().clone(),
         services: vec![
             ("graph", graph.channel()),

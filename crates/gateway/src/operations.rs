@@ -6,16 +6,19 @@
 //! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway; its
 //! dashboard is linked.
 //!
-//! Admin only: these are counts about every tenant's traffic (no event content), and roles are
-//! per tenant, so any tenant's admin sees them; deployments where tenants are separate customers
-//! should give operators their own tenant.
+//! Operators only: these are counts about every tenant's traffic (stream sizes, consumer lag,
+//! dead letters per consumer), and roles are per tenant, so the admin role alone would show them
+//! to every tenant's admin. The route needs the admin role (the role table) and the handler also
+//! needs the caller's tenant to be one of `CIM_GATEWAY_OPERATOR_TENANTS` ([`Operators`]); unset,
+//! no one reads it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRef, State};
-use cim_core::{Domain, SubjectPrefix};
+use axum::extract::{Extension, FromRef, State};
+use cim_auth::{Principal, Role};
+use cim_core::{Domain, ErrorCode, SubjectPrefix, TenantId};
 use cim_runtime::health::Health;
 use serde::Serialize;
 use serde_json::Value;
@@ -24,7 +27,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use utoipa::ToSchema;
 
-use crate::problem::ApiResult;
+use crate::problem::{ApiError, ApiResult};
 use crate::routes::{DomainRoutes, routes};
 
 /// Grafana dashboards (`monitoring/grafana/dashboards/<uid>.json`): uid and title.
@@ -41,8 +44,34 @@ pub const DASHBOARDS: [(&str, &str); 7] = [
 /// How long one check may take: the page answers even when a service hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The operators: admins of the tenants `CIM_GATEWAY_OPERATOR_TENANTS` names. The one rule for
+/// the operations view; `/api/v1/auth/me` reports it so the console offers the page to them only.
+#[derive(Debug, Clone, Default)]
+pub struct Operators(Arc<[TenantId]>);
+
+impl Operators {
+    pub fn new(tenants: &[TenantId]) -> Self {
+        Self(tenants.into())
+    }
+
+    pub fn admits(&self, caller: &Principal) -> bool {
+        caller.can(Role::Admin) && self.0.contains(&caller.tenant)
+    }
+
+    fn check(&self, caller: &Principal) -> ApiResult<()> {
+        if self.admits(caller) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "the operations view covers every tenant: it is for admins of an operator tenant (CIM_GATEWAY_OPERATOR_TENANTS)",
+        ))
+    }
+}
+
 #[derive(Debug)]
 pub struct OperationsState {
+    pub operators: Operators,
     /// The gateway's own readiness checks.
     pub health: Health,
     /// Each domain service the gateway calls, by name, over its balanced channel.
@@ -127,9 +156,14 @@ where
 /// Operations overview
 ///
 /// Services and their readiness, every domain stream with its consumers' lag, dead letters per
-/// consumer, and Grafana dashboard links. Counts over every tenant, no event content. Needs the admin role.
+/// consumer, and Grafana dashboard links. Counts over every tenant, no event content. Needs the
+/// admin role in one of the operator tenants (`CIM_GATEWAY_OPERATOR_TENANTS`); any other caller gets 403.
 #[utoipa::path(get, path = "/api/v1/admin/operations", tag = "admin", responses((status = 200, body = Operations)))]
-pub async fn operations(State(state): State<Arc<OperationsState>>) -> ApiResult<Json<Operations>> {
+pub async fn operations(
+    State(state): State<Arc<OperationsState>>,
+    Extension(caller): Extension<Principal>,
+) -> ApiResult<Json<Operations>> {
+    state.operators.check(&caller)?;
     let services = async {
         let own = gateway_status(&state.health);
         let others = futures::future::join_all(state.services.iter().map(|(name, ch)| service_status(name, ch)));

@@ -355,3 +355,18 @@ fn the_consoles_websocket_and_grafana_urls_are_optional_and_checked() {
         assert_eq!(err.0[0].var, var, "{bad}: {err}");
     }
 }
+
+#[test]
+fn operator_tenants_are_a_list_of_tenant_ids_and_none_by_default() {
+    assert!(from(&[]).unwrap().edge.gateway.operator_tenants.is_empty(), "unset: no tenant operates");
+    let (a, b) = (cim_core::TenantId::new(), cim_core::TenantId::new());
+    let listed = format!("{a}, {b}");
+    let c = from(&[(CIM_GATEWAY_OPERATOR_TENANTS, &listed)]).unwrap().edge.gateway;
+    assert_eq!(c.operator_tenants, vec![a, b]);
+    let nil = "00000000-0000-0000-0000-000000000000".to_owned();
+    for bad in ["ops".to_owned(), format!("{a},"), format!("{a},,{b}"), nil] {
+        let err = from(&[(CIM_GATEWAY_OPERATOR_TENANTS, &bad)]).unwrap_err();
+        assert_eq!(err.0[0].var, CIM_GATEWAY_OPERATOR_TENANTS, "{bad}: {err}");
+        assert!(err.to_string().contains("tenant ids (UUIDv7) separated by commas"), "{err}");
+    }
+}
