@@ -1,6 +1,7 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
-slider back, see a problem; upload documents with a progress bar, list, version and download
+slider back, find neighbours and a path (highlighted in the drawing), see a problem; rename and
+archive a graph; upload documents with a progress bar, list, version and download
 them; add a workflow definition, start instances, approve and reject
 their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
 events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
@@ -138,6 +139,13 @@ def start_workflow(context):
     heading("review")
 
 
+def marked():
+    """What the drawing highlights: answer node ids, how many edges, the start node's id."""
+    nodes = sorted(e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#drawing .node.answer"))
+    origin = [e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#drawing .node.origin")]
+    return nodes, count("#drawing .edge.answer"), origin
+
+
 def add_node(node_id, node_type, properties, drawn):
     fill("#node-id", node_id)
     fill("#node-type", node_type)
@@ -209,6 +217,39 @@ def main():
     slider.send_keys(Keys.END)
     text_in("#drawn-counts", "3 nodes and 1 edge drawn, version 5 of 5")
 
+    # Find: Alice's neighbours, the path from Alice to Bob and none to Depot, each answer listed
+    # and highlighted in the drawing.
+    driver.find_element(By.CSS_SELECTOR, "#find-node option[value=a]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-neighbours [type=submit]").click()
+    text_in("#find-summary", "1 neighbour of Alice")
+    check("Alice's neighbour is listed with its edge", driver.find_element(By.ID, "find-items").text == "Bob — knows (out)")
+    check("the neighbour and the edge to it are highlighted, Alice as the start",
+          marked() == (["b"], 1, ["a"]))
+    shot("graph-neighbours")
+    driver.find_element(By.CSS_SELECTOR, "#find-node option[value=b]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-direction option[value=in]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-neighbours [type=submit]").click()
+    text_in("#find-summary", "1 neighbour of Bob")
+    check("Bob's neighbour along incoming edges is Alice", driver.find_element(By.ID, "find-items").text == "Alice — knows (in)")
+    driver.find_element(By.CSS_SELECTOR, "#path-from option[value=a]").click()
+    driver.find_element(By.CSS_SELECTOR, "#path-to option[value=b]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-path [type=submit]").click()
+    text_in("#find-summary", "A path of 1 hop: Alice → Bob")
+    check("the path's nodes and edge are highlighted", marked() == (["a", "b"], 1, ["a"]))
+    shot("graph-path")
+    driver.find_element(By.CSS_SELECTOR, "#path-to option[value=c]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-path [type=submit]").click()
+    text_in("#find-summary", "No path")
+    check("no path to Depot, nothing highlighted", marked() == ([], 0, []))
+    # Back a version, the answers (about the latest) are off; forward again, they return.
+    driver.execute_script("arguments[0].focus()", slider)
+    slider.send_keys(Keys.ARROW_LEFT)
+    text_in("#drawn-counts", "version 4 of 5")
+    check("at an earlier version the find forms are off",
+          not driver.find_element(By.CSS_SELECTOR, "#find-path [type=submit]").is_enabled())
+    slider.send_keys(Keys.END)
+    text_in("#drawn-counts", "version 5 of 5")
+
     # A rule the service refuses: the problem's title and detail reach the page.
     add_node("a", "person", {}, "version 5 of 5")
     visible("#problem")
@@ -262,6 +303,29 @@ def main():
           len(rows) == 1 and other in rows[0].text and graph_id not in rows[0].text)
     shot("events")
     shot("events-phone", 390, 844)
+
+    # A graph's own changes: the other graph renamed, then archived (pressed twice): it stays
+    # readable, with every change refused and its forms off.
+    driver.get(URL + f"/#/graphs/{other}")
+    heading("elsewhere")
+    driver.find_element(By.CSS_SELECTOR, "#manage-graph summary").click()
+    fill("#graph-name", "elsewhere, renamed")
+    driver.find_element(By.CSS_SELECTOR, "#rename-graph [type=submit]").click()
+    heading("elsewhere, renamed")
+    archive = driver.find_element(By.ID, "archive-graph")
+    archive.click()
+    text_in("#archive-graph", "Press again to archive")
+    check("one press does not archive", rest("GET", f"/api/v1/graphs/{other}")["status"] == "active")
+    archive.click()
+    text_in("#graph-meta", "archived")
+    stored = rest("GET", f"/api/v1/graphs/{other}")
+    check(f"renamed and archived in the API ({stored['name']!r}, {stored['status']})",
+          stored["name"] == "elsewhere, renamed" and stored["status"] == "archived")
+    check("an archived graph offers no changes",
+          not driver.find_element(By.CSS_SELECTOR, "#add-node [type=submit]").is_enabled()
+          and not driver.find_element(By.ID, "archive-graph").is_enabled())
+    check("an archived graph is still drawn", count("#drawing .node circle") == 1)
+    shot("graph-archived")
 
     # Workflows: a definition added in the page, an instance started; its approval step waits,
     # is approved with a comment, and the instance completes without a reload. A second one is

@@ -41,6 +41,8 @@ static ASSETS: &[Asset] = &[
     asset!("graphs.js", JS),
     asset!("graph.js", JS),
     asset!("drawing.js", JS),
+    asset!("graph-find.js", JS),
+    asset!("graph-manage.js", JS),
     asset!("live.js", JS),
     asset!("events.js", JS),
     asset!("operations.js", JS),
