@@ -2,7 +2,7 @@
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
 slider back, find neighbours and a path (highlighted in the drawing), see a problem; rename and
 archive a graph; upload documents with a progress bar, list, version and download
-them; add a workflow definition, start instances, approve and reject
+them, tag them and take one through review, archive and restore; add a workflow definition, start instances, approve and reject
 their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
 events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
@@ -431,6 +431,42 @@ def main():
         check(f"version 1 downloads whole ({got} bytes)", got == 3 * 1024 * 1024)
         shot("document")
         shot("document-phone", 390, 844)
+
+        # Tags: the document's own, and a content version's.
+        doc_id = driver.current_url.rsplit("/", 1)[1]
+        fill("#document-tags", "plans, site")
+        driver.find_element(By.CSS_SELECTOR, "#edit-tags [type=submit]").click()
+        text_in("#document-meta", "tags: plans, site")
+        driver.find_element(By.CSS_SELECTOR, '#tag-version option[value="1"]').click()
+        fill("#version-tag", "v1.0")
+        driver.find_element(By.CSS_SELECTOR, "#tag-version-form [type=submit]").click()
+        text_in('#version-rows tr[data-version="1"] td.tags', "v1.0")
+        # Lifecycle: submitted for review (no new version offered then), approved with a
+        # reason, archived (only restore offered, tags off), restored to approved.
+        driver.find_element(By.ID, "state-in_review").click()
+        el('#document-meta[data-state="in_review"]')
+        check("in review, no new version is offered", not driver.find_element(By.ID, "upload-version").is_displayed())
+        offered = lambda: [b.get_attribute("id") for b in driver.find_elements(By.CSS_SELECTOR, "#state-actions button")]
+        check(f"in review: approve, reject, back to draft, archive, delete ({offered()})",
+              offered() == ["state-approved", "state-rejected", "state-draft", "archive-document", "delete-document"])
+        fill("#state-reason", "checked on site")
+        driver.find_element(By.ID, "state-approved").click()
+        el('#document-meta[data-state="approved"]')
+        check(f"approved: back to draft, archive, delete ({offered()})",
+              offered() == ["state-draft", "archive-document", "delete-document"])
+        shot("document-lifecycle", show="#lifecycle")
+        shot("document-lifecycle-phone", 390, 844, show="#lifecycle")
+        driver.find_element(By.ID, "archive-document").click()
+        el('#document-meta[data-state="archived"]')
+        check(f"archived: only restore ({offered()})", offered() == ["restore-document"])
+        check("archived: tags are off", not driver.find_element(By.CSS_SELECTOR, "#edit-tags [type=submit]").is_enabled())
+        shot("document-archived", show="#lifecycle")
+        driver.find_element(By.ID, "restore-document").click()
+        el('#document-meta[data-state="approved"]')
+        stored = rest("GET", f"/api/v1/documents/{doc_id}")
+        tagged = {v["version"]: v["tags"] for v in rest("GET", f"/api/v1/documents/{doc_id}/versions")["items"]}
+        check(f"the API has it approved, tagged, version 1 tagged ({stored['state']}, {stored['tags']}, {tagged})",
+              stored["state"] == "approved" and stored["tags"] == ["plans", "site"] and tagged == {1: ["v1.0"], 2: []})
     finally:
         shutil.rmtree(files)
 

@@ -49,6 +49,7 @@ static ASSETS: &[Asset] = &[
     asset!("workflows.js", JS),
     asset!("agents.js", JS),
     asset!("documents.js", JS),
+    asset!("document-actions.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the
