@@ -1,10 +1,12 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
 slider back, find neighbours and a path (highlighted in the drawing), see a problem; rename and
-archive a graph; upload documents with a progress bar, list, version and download
-them, tag them and take one through review, archive and restore; add a workflow definition, start instances, approve and reject
-their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
-events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
+archive a graph; upload documents with a progress bar, list, version and download them, tag
+them and take one through review, archive and restore; add a workflow definition, start
+instances, approve and reject their approval step, pause, signal, resume and cancel one; see
+agents by state and their tasks, deploy one and move it through its lifecycle; watch another
+writer's node appear in the open graph and in the live events feed without reloading, filtered
+by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
 to sign in; an admin of tenant A is neither offered nor shown the operations page (it counts
 every tenant's traffic), an operator (admin of the operator tenant) reads it.
@@ -362,6 +364,32 @@ def main():
           count('#instance-rows tr') == 2 and "completed" in driver.find_element(By.ID, "instances").text)
     shot("workflows")
 
+    # Control: a third instance paused, sent a signal, resumed and cancelled with a reason; at
+    # each status only what the service allows is offered.
+    start_workflow('{"qty": 2}')
+    el('#step-rows tr[data-step="approve"][data-status="waiting_approval"]')
+    controls = lambda: [b.get_attribute("id") for b in driver.find_elements(By.CSS_SELECTOR, "#control-actions button")]
+    check(f"running: pause and cancel offered ({controls()})", controls() == ["workflow-pause", "workflow-cancel"])
+    driver.find_element(By.ID, "workflow-pause").click()
+    el('#workflow-meta[data-status="paused"]')
+    check(f"paused: resume and cancel offered ({controls()})", controls() == ["workflow-resume", "workflow-cancel"])
+    fill("#signal-name", "go_ahead")
+    fill("#signal-payload", '{"by": "the browser test"}')
+    driver.find_element(By.CSS_SELECTOR, "#send-signal [type=submit]").click()
+    text_in("#timeline", "signal received — go_ahead")
+    shot("workflow-paused")
+    driver.find_element(By.ID, "workflow-resume").click()
+    el('#workflow-meta[data-status="running"]')
+    fill("#control-reason", "not needed any more")
+    driver.find_element(By.ID, "workflow-cancel").click()
+    el('#workflow-meta[data-status="cancelled"]')
+    text_in("#timeline", "workflow cancelled — “not needed any more”")
+    check("cancelled: nothing more is offered", controls() == [] and not driver.find_element(By.ID, "send-signal").is_displayed())
+    instance = rest("GET", "/api/v1/workflows/" + driver.current_url.rsplit("/", 1)[1])
+    check(f"the API has it cancelled with the signal in its context ({instance['status']}, {instance['context'].get('signals')})",
+          instance["status"] == "cancelled" and instance["context"]["signals"]["go_ahead"] == {"by": "the browser test"})
+    shot("workflow-cancelled")
+
     # Agents by state and the tasks: two agents (one active), a task queued for a capability.
     agent = rest("POST", "/api/v1/agents", {"name": "reviewer", "agent_type": "system"})["agent_id"]
     rest("PUT", f"/api/v1/agents/{agent}/capabilities", {"capabilities": ["code_review"]})
@@ -387,6 +415,29 @@ def main():
     select.find_element(By.CSS_SELECTOR, 'option[value="completed"]').click()
     text_in("#task-scope", "latest completed tasks")
     check("no task is completed", count("#task-rows tr") == 0)
+
+    # Deploy an agent in the page and move it through its lifecycle; decommissioning (final) is
+    # for admins, so a writer is not offered it.
+    driver.find_element(By.CSS_SELECTOR, '#agent-states [data-state="all"]').click()
+    fill("#deploy-name", "night_shift")
+    driver.find_element(By.CSS_SELECTOR, '#deploy-type option[value="human"]').click()
+    fill("#deploy-limit", "2")
+    fill("#deploy-capabilities", "triage, code_review")
+    driver.find_element(By.CSS_SELECTOR, "#deploy-agent [type=submit]").click()
+    night_row = '#agent-rows tr[data-name="night_shift"]'
+    el(night_row + '[data-state="deployed"]')
+    night = driver.find_element(By.CSS_SELECTOR, night_row).get_attribute("data-agent-id")
+    row_text = driver.find_element(By.CSS_SELECTOR, night_row).text
+    check(f"deployed with its capabilities and limit ({row_text!r})", "code_review, triage" in row_text and "0 / 2" in row_text)
+    offered_to = lambda: [b.get_attribute("id").split("-")[0] for b in driver.find_elements(By.CSS_SELECTOR, night_row + " .actions button")]
+    check(f"deployed: activate only, no decommission for a writer ({offered_to()})", offered_to() == ["activate"])
+    for verb, state, then in [("activate", "active", ["suspend", "offline"]), ("offline", "offline", ["activate", "suspend"]),
+                              ("suspend", "suspended", ["activate"])]:
+        driver.find_element(By.ID, f"{verb}-{night}").click()
+        el(f'{night_row}[data-state="{state}"]')
+        check(f"{verb}: {state}, then {then} offered ({offered_to()})", offered_to() == then)
+    text_in("#agent-states", "suspended (1)")
+    shot("agents-lifecycle")
 
     # Documents: a new document with its first content (the progress bar's values are recorded
     # as the upload reports them), a second version, both listed, a version downloaded.
@@ -525,6 +576,15 @@ def main():
     # An admin of tenant A is a customer's admin, not an operator: no operations link, and the
     # page at its address shows the API's refusal and nothing of the other tenants' traffic.
     sign_in(ADMIN_A)
+    # An admin may decommission an agent (final: pressed twice).
+    driver.get(URL + "/#/agents")
+    heading("Agents")
+    el(f"#decommission-{night}").click()
+    text_in(f"#decommission-{night}", "Press again")
+    check("one press does not decommission", rest("GET", f"/api/v1/agents/{night}")["state"] == "suspended")
+    driver.find_element(By.ID, f"decommission-{night}").click()
+    el(f'{night_row}[data-state="decommissioned"]')
+    check("decommissioned: nothing more is offered", count(night_row + " .actions button") == 0)
     check("a tenant's admin is offered no operations page", not driver.find_element(By.ID, "nav-operations").is_displayed())
     driver.get(URL + "/#/operations")
     heading("Operations")

@@ -47,7 +47,9 @@ static ASSETS: &[Asset] = &[
     asset!("events.js", JS),
     asset!("operations.js", JS),
     asset!("workflows.js", JS),
+    asset!("workflow-control.js", JS),
     asset!("agents.js", JS),
+    asset!("agent-actions.js", JS),
     asset!("documents.js", JS),
     asset!("document-actions.js", JS),
 ];
