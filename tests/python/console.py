@@ -599,8 +599,8 @@ def main():
 
     # An operator (an admin of the operator tenant), offered the operations page in the nav:
     # services and their readiness, streams and consumer lag, dead letters, dashboards. The test
-    # runs the graph, agent, workflow and document services; the webhook service's address
-    # answers nothing.
+    # runs the graph, agent, workflow and document services and the websocket server (read at its
+    # admin listener); the webhook service's address answers nothing.
     # Signing in returns to the page asked for: the operations page, this time answered.
     sign_in(OPERATOR, lands_on="Operations")
     check("an operator is offered the operations page", visible("#nav-operations").is_displayed())
@@ -609,7 +609,7 @@ def main():
              for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
     check(f"readiness by service ({state})", state == {
         "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready", "document": "ready",
-        "webhook": "not ready"})
+        "webhook": "not ready", "websocket": "ready"})
     check("the graph stream's consumers are listed with their lag",
           count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
     text_in("#dead-letter-total", "1 dead letter")

@@ -108,6 +108,7 @@ pub const CIM_GATEWAY_PROXY_HOPS: &str = "CIM_GATEWAY_PROXY_HOPS";
 pub const CIM_GATEWAY_CONSOLE_WEBSOCKET_URL: &str = "CIM_GATEWAY_CONSOLE_WEBSOCKET_URL";
 pub const CIM_GATEWAY_GRAFANA_URL: &str = "CIM_GATEWAY_GRAFANA_URL";
 pub const CIM_GATEWAY_OPERATOR_TENANTS: &str = "CIM_GATEWAY_OPERATOR_TENANTS";
+pub const CIM_GATEWAY_WEBSOCKET_ADMIN_URL: &str = "CIM_GATEWAY_WEBSOCKET_ADMIN_URL";
 pub const CIM_WEBSOCKET_MAX_CONNECTIONS: &str = "CIM_WEBSOCKET_MAX_CONNECTIONS";
 pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIONS";
 pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
@@ -397,6 +398,12 @@ pub const VARS: &[VarSpec] = &[
         None,
         "tenant ids (UUIDv7) separated by commas",
         "the operators' tenants: only their admins read the operations view (every tenant's streams and dead letters); unset: no one",
+    ),
+    var(
+        CIM_GATEWAY_WEBSOCKET_ADMIN_URL,
+        None,
+        "an http:// or https:// URL",
+        "the websocket server's admin listener as the gateway reaches it: the operations view reads its /health/ready; unset: not shown",
     ),
     VarSpec {
         name: CIM_GATEWAY_LINK_SECRET,
@@ -804,6 +811,8 @@ pub struct GatewaySettings {
     pub grafana_url: Option<String>,
     /// The tenants whose admins are operators (the operations view); empty: no one.
     pub operator_tenants: Vec<TenantId>,
+    /// The websocket server's admin listener, whose readiness the operations view shows.
+    pub websocket_admin_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1061,6 +1070,9 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
         }),
         None => Some(Vec::new()),
     };
+    let websocket_admin_url = r.optional(CIM_GATEWAY_WEBSOCKET_ADMIN_URL).map(|_| {
+        r.parse(CIM_GATEWAY_WEBSOCKET_ADMIN_URL, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned))
+    });
     let console_websocket_url = r.optional(CIM_GATEWAY_CONSOLE_WEBSOCKET_URL).map(|_| {
         r.parse(CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, |s| {
             url_with_scheme(s, &["ws", "wss"]).filter(|u| !u.contains([';', ',', '\''])).map(str::to_owned)
@@ -1116,6 +1128,10 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
                 None => None,
             },
             operator_tenants: operator_tenants?,
+            websocket_admin_url: match websocket_admin_url {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
         },
         websocket: WebsocketSettings {
             max_connections: max_connections?,

@@ -335,6 +335,17 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         nats: client.clone(),
         prefix: config.subject_prefix.clone(),
         grafana_url: settings.grafana_url.clone(),
+        websocket_admin: match &settings.websocket_admin_url {
+            Some(url) => {
+                // reqwest's TLS is built without a crypto provider (the workspace manifest).
+                cim_runtime::tls::install_provider();
+                let client = reqwest::Client::builder().build().map_err(|e| {
+                    AppError::Config(format!("{}: {e}", cim_runtime::config::CIM_GATEWAY_WEBSOCKET_ADMIN_URL))
+                })?;
+                Some((client, url.clone()))
+            }
+            None => None,
+        },
     });
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph }),

@@ -3,8 +3,9 @@
 //! service reports its readiness there, `cim_runtime::health`), the gateway's own readiness
 //! checks, every domain stream with its consumers' lag (the JetStream API, as `cim doctor` reads
 //! it), the dead letters per consumer, and links to the Grafana dashboards when
-//! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway; its
-//! dashboard is linked.
+//! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway: its
+//! readiness is read from its admin listener's `/health/ready` when
+//! `CIM_GATEWAY_WEBSOCKET_ADMIN_URL` names it, and its dashboard is linked.
 //!
 //! Operators only: these are counts about every tenant's traffic (stream sizes, consumer lag,
 //! dead letters per consumer), and roles are per tenant, so the admin role alone would show them
@@ -79,6 +80,8 @@ pub struct OperationsState {
     pub nats: async_nats::Client,
     pub prefix: SubjectPrefix,
     pub grafana_url: Option<String>,
+    /// The websocket server's admin listener (`CIM_GATEWAY_WEBSOCKET_ADMIN_URL`) and a client.
+    pub websocket_admin: Option<(reqwest::Client, String)>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -167,8 +170,14 @@ pub async fn operations(
     let services = async {
         let own = gateway_status(&state.health);
         let others = futures::future::join_all(state.services.iter().map(|(name, ch)| service_status(name, ch)));
-        let (own, others) = tokio::join!(own, others);
-        std::iter::once(own).chain(others).collect::<Vec<_>>()
+        let websocket = async {
+            match &state.websocket_admin {
+                Some((client, url)) => Some(websocket_status(client, url).await),
+                None => None,
+            }
+        };
+        let (own, others, websocket) = tokio::join!(own, others, websocket);
+        std::iter::once(own).chain(others).chain(websocket).collect::<Vec<_>>()
     };
     let streams = futures::future::join_all(
         Domain::ALL.into_iter().map(|d| stream_status(&state.nats, d, state.prefix.stream_name(d))),
@@ -216,6 +225,43 @@ async fn service_status(name: &str, channel: &Channel) -> ServiceStatus {
         }
     };
     ServiceStatus { name: name.into(), ready, detail }
+}
+
+/// The websocket server's readiness, as its admin listener answers `/health/ready` (200 ready,
+/// 503 not, with each check's error in the body: `cim_runtime::admin`).
+async fn websocket_status(client: &reqwest::Client, base: &str) -> ServiceStatus {
+    let url = format!("{}/health/ready", base.trim_end_matches('/'));
+    let read = async {
+        let response = client.get(&url).timeout(CHECK_TIMEOUT).send().await.map_err(|e| format!("unreachable: {e}"))?;
+        let code = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        Ok::<_, String>((code.is_success(), body))
+    };
+    let (ready, detail) = match read.await {
+        Err(e) => (false, e),
+        Ok((ready, body)) => {
+            let checks = body["checks"].as_array().cloned().unwrap_or_default();
+            let detail = checks
+                .iter()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap_or("?");
+                    match c["error"].as_str() {
+                        None => format!("{name}: ok"),
+                        Some(e) => format!("{name}: {e}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let detail = match (detail.is_empty(), ready) {
+                (false, _) => detail,
+                (true, true) => "ready".into(),
+                (true, false) => "not ready".into(),
+            };
+            (ready, detail)
+        }
+    };
+    ServiceStatus { name: "websocket".into(), ready, detail }
 }
 
 async fn stream_status(nats: &async_nats::Client, domain: Domain, stream: String) -> StreamStatus {

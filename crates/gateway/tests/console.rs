@@ -77,10 +77,13 @@ async fn dead_letter(graph: &harness::Service) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_are_for_operators_and_read_what_runs() {
     let graph = harness::Service::start().await;
+    let ws = websocket::Websocket::start(&graph).await;
     let (operators, customer) = (TenantId::new(), TenantId::new());
     let listed = format!("{operators}");
+    let ws_admin = format!("http://{}", ws.admin);
     let mut vars = OPERATIONS_VARS.to_vec();
     vars.push(("CIM_GATEWAY_OPERATOR_TENANTS", &listed));
+    vars.push(("CIM_GATEWAY_WEBSOCKET_ADMIN_URL", &ws_admin));
     let gw = gateway(&graph, &vars).await;
     dead_letter(&graph).await;
     let path = "/api/v1/admin/operations";
@@ -107,10 +110,25 @@ async fn operations_are_for_operators_and_read_what_runs() {
         .iter()
         .map(|s| (s["name"].as_str().unwrap().to_owned(), s["ready"].as_bool().unwrap()))
         .collect();
-    let expected = [("gateway", true), ("graph", true), ("document", false), ("agent", false), ("workflow", false)];
+    let expected = [
+        ("gateway", true),
+        ("graph", true),
+        ("document", false),
+        ("agent", false),
+        ("workflow", false),
+        ("websocket", true),
+    ];
     for (name, up) in expected {
         assert!(ready.contains(&(name.to_owned(), up)), "{name} should be ready={up}: {o}");
     }
+    let websocket = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "websocket").unwrap();
+    assert!(websocket["detail"].as_str().unwrap().contains("nats: ok"), "its readiness checks: {websocket}");
+    // Stopped, it reads as not ready, and the page still answers.
+    ws.stop().await;
+    let o = call(gw.addr, "GET", path, &operator, None).await.json();
+    let websocket = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "websocket").unwrap();
+    assert_eq!(websocket["ready"], false, "{websocket}");
+    assert!(websocket["detail"].as_str().unwrap().starts_with("unreachable"), "{websocket}");
     let graph_stream = o["streams"].as_array().unwrap().iter().find(|s| s["domain"] == "graph").unwrap();
     assert!(graph_stream["messages"].is_u64(), "{graph_stream}");
     let consumers: Vec<&str> =
@@ -172,10 +190,12 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let (agent_url, workflow_url, document_url) = (agents.url(), workflows.url(), documents.url());
     let operators = TenantId::new();
     let listed = operators.to_string();
+    let ws_admin = format!("http://{}", ws.admin);
     let mut vars = vec![
         ("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"),
         ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url),
         ("CIM_GATEWAY_OPERATOR_TENANTS", &listed),
+        ("CIM_GATEWAY_WEBSOCKET_ADMIN_URL", &ws_admin),
     ];
     // Later entries win: the agent, workflow and document services run in this test.
     vars.extend(OPERATIONS_VARS);

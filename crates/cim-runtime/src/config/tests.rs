@@ -331,16 +331,18 @@ fn jwt_key_sources_and_time_rules_are_parsed() {
 #[test]
 fn the_consoles_websocket_and_grafana_urls_are_optional_and_checked() {
     let c = from(&[]).unwrap().edge.gateway;
-    assert_eq!((c.console_websocket_url, c.grafana_url), (None, None));
+    assert_eq!((c.console_websocket_url, c.grafana_url, c.websocket_admin_url), (None, None, None));
     let c = from(&[
         (CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, "wss://cim.example/ws"),
         (CIM_GATEWAY_GRAFANA_URL, "http://127.0.0.1:3000"),
+        (CIM_GATEWAY_WEBSOCKET_ADMIN_URL, "http://websocket:9101"),
     ])
     .unwrap()
     .edge
     .gateway;
     assert_eq!(c.console_websocket_url.as_deref(), Some("wss://cim.example/ws"));
     assert_eq!(c.grafana_url.as_deref(), Some("http://127.0.0.1:3000"));
+    assert_eq!(c.websocket_admin_url.as_deref(), Some("http://websocket:9101"));
     // The websocket URL goes into the console's Content-Security-Policy: nothing that could end
     // or extend a directive.
     for (var, bad) in [
@@ -350,6 +352,7 @@ fn the_consoles_websocket_and_grafana_urls_are_optional_and_checked() {
         (CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, "wss://a,b"),
         (CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, "wss://a/'unsafe-inline'"),
         (CIM_GATEWAY_GRAFANA_URL, "grafana:3000"),
+        (CIM_GATEWAY_WEBSOCKET_ADMIN_URL, "websocket:9101"),
     ] {
         let err = from(&[(var, bad)]).unwrap_err();
         assert_eq!(err.0[0].var, var, "{bad}: {err}");
