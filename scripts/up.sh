@@ -25,6 +25,8 @@ export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
 export CIM_GATEWAY_COOKIE_SECURE="${CIM_GATEWAY_COOKIE_SECURE:-false}"
 # The console is served on 8080 and the websocket server on 8081: name it for the live feed.
 export CIM_GATEWAY_CONSOLE_WEBSOCKET_URL="${CIM_GATEWAY_CONSOLE_WEBSOCKET_URL:-ws://localhost:8081/ws}"
+# The operations page reads the websocket server's readiness at its admin listener.
+export CIM_GATEWAY_WEBSOCKET_ADMIN_URL="${CIM_GATEWAY_WEBSOCKET_ADMIN_URL:-http://127.0.0.1:9101}"
 # Bearer tokens: unless a secret or a public key is configured, this user's development signing
 # secret, made once (random, mode 0600) in the data directory (CIM_DATA_DIR, else
 # $XDG_DATA_HOME/cim or ~/.local/share/cim) and handed to the services here. `cim token` finds
