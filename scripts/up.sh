@@ -25,6 +25,8 @@ export CIM_LOG_FORMAT="${CIM_LOG_FORMAT:-pretty}"
 export CIM_GATEWAY_COOKIE_SECURE="${CIM_GATEWAY_COOKIE_SECURE:-false}"
 # The console is served on 8080 and the websocket server on 8081: name it for the live feed.
 export CIM_GATEWAY_CONSOLE_WEBSOCKET_URL="${CIM_GATEWAY_CONSOLE_WEBSOCKET_URL:-ws://localhost:8081/ws}"
+# The operations page reads the websocket server's readiness at its admin listener.
+export CIM_GATEWAY_WEBSOCKET_ADMIN_URL="${CIM_GATEWAY_WEBSOCKET_ADMIN_URL:-http://127.0.0.1:9101}"
 # Bearer tokens: unless a secret or a public key is configured, this user's development signing
 # secret, made once (random, mode 0600) in the data directory (CIM_DATA_DIR, else
 # $XDG_DATA_HOME/cim or ~/.local/share/cim) and handed to the services here. `cim token` finds
@@ -35,9 +37,19 @@ if [ -z "${CIM_JWT_HS256_SECRET:-}${CIM_JWT_HS256_SECRET_FILE:-}${CIM_JWT_PUBLIC
     export CIM_JWT_HS256_SECRET
     echo "up: development signing secret: $SECRET_FILE ('cim token' in another shell uses it)"
 fi
+# The operations view counts every tenant's traffic: it answers admins of the operator tenants
+# only. Here a new one (a UUIDv7) unless named, and the printed admin token is of that tenant.
+uuid7() {
+    local ms hex r
+    ms=$(date +%s%3N)
+    hex=$(printf '%012x' "$ms")
+    r=$(od -An -N10 -tx1 /dev/urandom | tr -d ' \n')
+    printf '%s-%s-7%s-%x%s-%s\n' "${hex:0:8}" "${hex:8:4}" "${r:0:3}" $((8 + (0x${r:3:1} & 3))) "${r:4:3}" "${r:7:12}"
+}
+export CIM_GATEWAY_OPERATOR_TENANTS="${CIM_GATEWAY_OPERATOR_TENANTS:-$(uuid7)}"
 if [ -n "${CIM_JWT_HS256_SECRET:-}" ]; then
-    echo "up: a bearer token for the API (admin, new tenant, 1 h):"
-    echo "    $("$CIM" token --roles admin)"
+    echo "up: a bearer token for the API (admin of the operator tenant, 1 h):"
+    echo "    $("$CIM" token --roles admin --tenant "${CIM_GATEWAY_OPERATOR_TENANTS%%,*}")"
 fi
 echo "up: starting CIM (Ctrl-C to stop); API http://127.0.0.1:8080/api/v1, docs http://127.0.0.1:8080/api/openapi.json"
 exec "$CIM" serve --services "${CIM_SERVICES:-all}"

@@ -1,17 +1,21 @@
 """Drives the web console in headless Chromium (Debian's chromium + chromium-driver) through
 WebDriver, as a person would: sign in, create a graph, add nodes and an edge, roll the version
-slider back, see a problem; upload documents with a progress bar, list, version and download
-them; add a workflow definition, start instances, approve and reject
-their approval step; see agents by state and their tasks; watch another writer's node appear in the open graph and in the live
-events feed without reloading, filtered by aggregate; sign out and be refused; a second tenant
+slider back, find neighbours and a path (highlighted in the drawing), see a problem; rename and
+archive a graph; upload documents with a progress bar, list, version and download them, tag
+them and take one through review, archive and restore; add a workflow definition, start
+instances, approve and reject their approval step, pause, signal, resume and cancel one; see
+agents by state and their tasks, deploy one and move it through its lifecycle; watch another
+writer's node appear in the open graph and in the live events feed without reloading, filtered
+by aggregate; sign out and be refused; a second tenant
 sees nothing of the first; a session the gateway no longer knows (what an expired one is) is sent
-to sign in; an admin reads the operations page (a writer is refused it).
+to sign in; an admin of tenant A is neither offered nor shown the operations page (it counts
+every tenant's traffic), an operator (admin of the operator tenant) reads it.
 
 Run by crates/gateway/tests/console.rs, which starts the gateway and the graph service and
 passes their address and two tenants' tokens. Prints one line per check; exits non-zero on the
 first failure, after saving a screenshot of it.
 
-usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A
+usage: console.py URL TOKEN_A TOKEN_B SCREENSHOT_DIR ADMIN_TOKEN_A OPERATOR_TOKEN
 """
 
 import json
@@ -30,7 +34,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-URL, TOKEN_A, TOKEN_B, SHOTS, ADMIN_A = sys.argv[1:6]
+URL, TOKEN_A, TOKEN_B, SHOTS, ADMIN_A, OPERATOR = sys.argv[1:7]
 WAIT = 15
 
 
@@ -137,6 +141,13 @@ def start_workflow(context):
     heading("review")
 
 
+def marked():
+    """What the drawing highlights: answer node ids, how many edges, the start node's id."""
+    nodes = sorted(e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#drawing .node.answer"))
+    origin = [e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#drawing .node.origin")]
+    return nodes, count("#drawing .edge.answer"), origin
+
+
 def add_node(node_id, node_type, properties, drawn):
     fill("#node-id", node_id)
     fill("#node-type", node_type)
@@ -208,6 +219,39 @@ def main():
     slider.send_keys(Keys.END)
     text_in("#drawn-counts", "3 nodes and 1 edge drawn, version 5 of 5")
 
+    # Find: Alice's neighbours, the path from Alice to Bob and none to Depot, each answer listed
+    # and highlighted in the drawing.
+    driver.find_element(By.CSS_SELECTOR, "#find-node option[value=a]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-neighbours [type=submit]").click()
+    text_in("#find-summary", "1 neighbour of Alice")
+    check("Alice's neighbour is listed with its edge", driver.find_element(By.ID, "find-items").text == "Bob — knows (out)")
+    check("the neighbour and the edge to it are highlighted, Alice as the start",
+          marked() == (["b"], 1, ["a"]))
+    shot("graph-neighbours")
+    driver.find_element(By.CSS_SELECTOR, "#find-node option[value=b]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-direction option[value=in]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-neighbours [type=submit]").click()
+    text_in("#find-summary", "1 neighbour of Bob")
+    check("Bob's neighbour along incoming edges is Alice", driver.find_element(By.ID, "find-items").text == "Alice — knows (in)")
+    driver.find_element(By.CSS_SELECTOR, "#path-from option[value=a]").click()
+    driver.find_element(By.CSS_SELECTOR, "#path-to option[value=b]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-path [type=submit]").click()
+    text_in("#find-summary", "A path of 1 hop: Alice → Bob")
+    check("the path's nodes and edge are highlighted", marked() == (["a", "b"], 1, ["a"]))
+    shot("graph-path")
+    driver.find_element(By.CSS_SELECTOR, "#path-to option[value=c]").click()
+    driver.find_element(By.CSS_SELECTOR, "#find-path [type=submit]").click()
+    text_in("#find-summary", "No path")
+    check("no path to Depot, nothing highlighted", marked() == ([], 0, []))
+    # Back a version, the answers (about the latest) are off; forward again, they return.
+    driver.execute_script("arguments[0].focus()", slider)
+    slider.send_keys(Keys.ARROW_LEFT)
+    text_in("#drawn-counts", "version 4 of 5")
+    check("at an earlier version the find forms are off",
+          not driver.find_element(By.CSS_SELECTOR, "#find-path [type=submit]").is_enabled())
+    slider.send_keys(Keys.END)
+    text_in("#drawn-counts", "version 5 of 5")
+
     # A rule the service refuses: the problem's title and detail reach the page.
     add_node("a", "person", {}, "version 5 of 5")
     visible("#problem")
@@ -262,6 +306,29 @@ def main():
     shot("events")
     shot("events-phone", 390, 844)
 
+    # A graph's own changes: the other graph renamed, then archived (pressed twice): it stays
+    # readable, with every change refused and its forms off.
+    driver.get(URL + f"/#/graphs/{other}")
+    heading("elsewhere")
+    driver.find_element(By.CSS_SELECTOR, "#manage-graph summary").click()
+    fill("#graph-name", "elsewhere, renamed")
+    driver.find_element(By.CSS_SELECTOR, "#rename-graph [type=submit]").click()
+    heading("elsewhere, renamed")
+    archive = driver.find_element(By.ID, "archive-graph")
+    archive.click()
+    text_in("#archive-graph", "Press again to archive")
+    check("one press does not archive", rest("GET", f"/api/v1/graphs/{other}")["status"] == "active")
+    archive.click()
+    text_in("#graph-meta", "archived")
+    stored = rest("GET", f"/api/v1/graphs/{other}")
+    check(f"renamed and archived in the API ({stored['name']!r}, {stored['status']})",
+          stored["name"] == "elsewhere, renamed" and stored["status"] == "archived")
+    check("an archived graph offers no changes",
+          not driver.find_element(By.CSS_SELECTOR, "#add-node [type=submit]").is_enabled()
+          and not driver.find_element(By.ID, "archive-graph").is_enabled())
+    check("an archived graph is still drawn", count("#drawing .node circle") == 1)
+    shot("graph-archived")
+
     # Workflows: a definition added in the page, an instance started; its approval step waits,
     # is approved with a comment, and the instance completes without a reload. A second one is
     # rejected and fails.
@@ -297,6 +364,32 @@ def main():
           count('#instance-rows tr') == 2 and "completed" in driver.find_element(By.ID, "instances").text)
     shot("workflows")
 
+    # Control: a third instance paused, sent a signal, resumed and cancelled with a reason; at
+    # each status only what the service allows is offered.
+    start_workflow('{"qty": 2}')
+    el('#step-rows tr[data-step="approve"][data-status="waiting_approval"]')
+    controls = lambda: [b.get_attribute("id") for b in driver.find_elements(By.CSS_SELECTOR, "#control-actions button")]
+    check(f"running: pause and cancel offered ({controls()})", controls() == ["workflow-pause", "workflow-cancel"])
+    driver.find_element(By.ID, "workflow-pause").click()
+    el('#workflow-meta[data-status="paused"]')
+    check(f"paused: resume and cancel offered ({controls()})", controls() == ["workflow-resume", "workflow-cancel"])
+    fill("#signal-name", "go_ahead")
+    fill("#signal-payload", '{"by": "the browser test"}')
+    driver.find_element(By.CSS_SELECTOR, "#send-signal [type=submit]").click()
+    text_in("#timeline", "signal received — go_ahead")
+    shot("workflow-paused")
+    driver.find_element(By.ID, "workflow-resume").click()
+    el('#workflow-meta[data-status="running"]')
+    fill("#control-reason", "not needed any more")
+    driver.find_element(By.ID, "workflow-cancel").click()
+    el('#workflow-meta[data-status="cancelled"]')
+    text_in("#timeline", "workflow cancelled — “not needed any more”")
+    check("cancelled: nothing more is offered", controls() == [] and not driver.find_element(By.ID, "send-signal").is_displayed())
+    instance = rest("GET", "/api/v1/workflows/" + driver.current_url.rsplit("/", 1)[1])
+    check(f"the API has it cancelled with the signal in its context ({instance['status']}, {instance['context'].get('signals')})",
+          instance["status"] == "cancelled" and instance["context"]["signals"]["go_ahead"] == {"by": "the browser test"})
+    shot("workflow-cancelled")
+
     # Agents by state and the tasks: two agents (one active), a task queued for a capability.
     agent = rest("POST", "/api/v1/agents", {"name": "reviewer", "agent_type": "system"})["agent_id"]
     rest("PUT", f"/api/v1/agents/{agent}/capabilities", {"capabilities": ["code_review"]})
@@ -322,6 +415,29 @@ def main():
     select.find_element(By.CSS_SELECTOR, 'option[value="completed"]').click()
     text_in("#task-scope", "latest completed tasks")
     check("no task is completed", count("#task-rows tr") == 0)
+
+    # Deploy an agent in the page and move it through its lifecycle; decommissioning (final) is
+    # for admins, so a writer is not offered it.
+    driver.find_element(By.CSS_SELECTOR, '#agent-states [data-state="all"]').click()
+    fill("#deploy-name", "night_shift")
+    driver.find_element(By.CSS_SELECTOR, '#deploy-type option[value="human"]').click()
+    fill("#deploy-limit", "2")
+    fill("#deploy-capabilities", "triage, code_review")
+    driver.find_element(By.CSS_SELECTOR, "#deploy-agent [type=submit]").click()
+    night_row = '#agent-rows tr[data-name="night_shift"]'
+    el(night_row + '[data-state="deployed"]')
+    night = driver.find_element(By.CSS_SELECTOR, night_row).get_attribute("data-agent-id")
+    row_text = driver.find_element(By.CSS_SELECTOR, night_row).text
+    check(f"deployed with its capabilities and limit ({row_text!r})", "code_review, triage" in row_text and "0 / 2" in row_text)
+    offered_to = lambda: [b.get_attribute("id").split("-")[0] for b in driver.find_elements(By.CSS_SELECTOR, night_row + " .actions button")]
+    check(f"deployed: activate only, no decommission for a writer ({offered_to()})", offered_to() == ["activate"])
+    for verb, state, then in [("activate", "active", ["suspend", "offline"]), ("offline", "offline", ["activate", "suspend"]),
+                              ("suspend", "suspended", ["activate"])]:
+        driver.find_element(By.ID, f"{verb}-{night}").click()
+        el(f'{night_row}[data-state="{state}"]')
+        check(f"{verb}: {state}, then {then} offered ({offered_to()})", offered_to() == then)
+    text_in("#agent-states", "suspended (1)")
+    shot("agents-lifecycle")
 
     # Documents: a new document with its first content (the progress bar's values are recorded
     # as the upload reports them), a second version, both listed, a version downloaded.
@@ -366,6 +482,42 @@ def main():
         check(f"version 1 downloads whole ({got} bytes)", got == 3 * 1024 * 1024)
         shot("document")
         shot("document-phone", 390, 844)
+
+        # Tags: the document's own, and a content version's.
+        doc_id = driver.current_url.rsplit("/", 1)[1]
+        fill("#document-tags", "plans, site")
+        driver.find_element(By.CSS_SELECTOR, "#edit-tags [type=submit]").click()
+        text_in("#document-meta", "tags: plans, site")
+        driver.find_element(By.CSS_SELECTOR, '#tag-version option[value="1"]').click()
+        fill("#version-tag", "v1.0")
+        driver.find_element(By.CSS_SELECTOR, "#tag-version-form [type=submit]").click()
+        text_in('#version-rows tr[data-version="1"] td.tags', "v1.0")
+        # Lifecycle: submitted for review (no new version offered then), approved with a
+        # reason, archived (only restore offered, tags off), restored to approved.
+        driver.find_element(By.ID, "state-in_review").click()
+        el('#document-meta[data-state="in_review"]')
+        check("in review, no new version is offered", not driver.find_element(By.ID, "upload-version").is_displayed())
+        offered = lambda: [b.get_attribute("id") for b in driver.find_elements(By.CSS_SELECTOR, "#state-actions button")]
+        check(f"in review: approve, reject, back to draft, archive, delete ({offered()})",
+              offered() == ["state-approved", "state-rejected", "state-draft", "archive-document", "delete-document"])
+        fill("#state-reason", "checked on site")
+        driver.find_element(By.ID, "state-approved").click()
+        el('#document-meta[data-state="approved"]')
+        check(f"approved: back to draft, archive, delete ({offered()})",
+              offered() == ["state-draft", "archive-document", "delete-document"])
+        shot("document-lifecycle", show="#lifecycle")
+        shot("document-lifecycle-phone", 390, 844, show="#lifecycle")
+        driver.find_element(By.ID, "archive-document").click()
+        el('#document-meta[data-state="archived"]')
+        check(f"archived: only restore ({offered()})", offered() == ["restore-document"])
+        check("archived: tags are off", not driver.find_element(By.CSS_SELECTOR, "#edit-tags [type=submit]").is_enabled())
+        shot("document-archived", show="#lifecycle")
+        driver.find_element(By.ID, "restore-document").click()
+        el('#document-meta[data-state="approved"]')
+        stored = rest("GET", f"/api/v1/documents/{doc_id}")
+        tagged = {v["version"]: v["tags"] for v in rest("GET", f"/api/v1/documents/{doc_id}/versions")["items"]}
+        check(f"the API has it approved, tagged, version 1 tagged ({stored['state']}, {stored['tags']}, {tagged})",
+              stored["state"] == "approved" and stored["tags"] == ["plans", "site"] and tagged == {1: ["v1.0"], 2: []})
     finally:
         shutil.rmtree(files)
 
@@ -421,18 +573,43 @@ def main():
     heading("Sign in")
     check("a missing session is sent to sign in", "#/signin" in driver.current_url)
 
-    # An admin of tenant A, offered the operations page in the nav: services and their readiness, streams and consumer lag, dead letters,
-    # dashboards. The test runs the graph, agent, workflow and document services; the webhook
-    # service's address answers nothing.
+    # An admin of tenant A is a customer's admin, not an operator: no operations link, and the
+    # page at its address shows the API's refusal and nothing of the other tenants' traffic.
     sign_in(ADMIN_A)
-    visible("#nav-operations").click()
+    # An admin may decommission an agent (final: pressed twice).
+    driver.get(URL + "/#/agents")
+    heading("Agents")
+    el(f"#decommission-{night}").click()
+    text_in(f"#decommission-{night}", "Press again")
+    check("one press does not decommission", rest("GET", f"/api/v1/agents/{night}")["state"] == "suspended")
+    driver.find_element(By.ID, f"decommission-{night}").click()
+    el(f'{night_row}[data-state="decommissioned"]')
+    check("decommissioned: nothing more is offered", count(night_row + " .actions button") == 0)
+    check("a tenant's admin is offered no operations page", not driver.find_element(By.ID, "nav-operations").is_displayed())
+    driver.get(URL + "/#/operations")
     heading("Operations")
+    visible("#problem")
+    refusal = driver.find_element(By.ID, "problem").text
+    check(f"a tenant's admin at the operations address is refused ({refusal!r})",
+          "Permission denied" in refusal and "CIM_GATEWAY_OPERATOR_TENANTS" in refusal and count("#services") == 0)
+    shot("operations-refused")
+    driver.find_element(By.ID, "sign-out").click()
+    heading("Sign in")
+    text_in("#signin-notice", "Signed out")
+
+    # An operator (an admin of the operator tenant), offered the operations page in the nav:
+    # services and their readiness, streams and consumer lag, dead letters, dashboards. The test
+    # runs the graph, agent, workflow and document services and the websocket server (read at its
+    # admin listener); the webhook service's address answers nothing.
+    # Signing in returns to the page asked for: the operations page, this time answered.
+    sign_in(OPERATOR, lands_on="Operations")
+    check("an operator is offered the operations page", visible("#nav-operations").is_displayed())
     text_in("#services", "graph")
     state = {r.get_attribute("data-service"): r.find_elements(By.TAG_NAME, "td")[1].text
              for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
     check(f"readiness by service ({state})", state == {
         "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready", "document": "ready",
-        "webhook": "not ready"})
+        "webhook": "not ready", "websocket": "ready"})
     check("the graph stream's consumers are listed with their lag",
           count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
     text_in("#dead-letter-total", "1 dead letter")

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cim_core::SubjectPrefix;
+use cim_core::{SubjectPrefix, TenantId};
 
 /// One variable: its name, default, the form it must take and how much of its value may be shown.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +107,8 @@ pub const CIM_GATEWAY_AUTH_FAILURES_PER_MINUTE: &str = "CIM_GATEWAY_AUTH_FAILURE
 pub const CIM_GATEWAY_PROXY_HOPS: &str = "CIM_GATEWAY_PROXY_HOPS";
 pub const CIM_GATEWAY_CONSOLE_WEBSOCKET_URL: &str = "CIM_GATEWAY_CONSOLE_WEBSOCKET_URL";
 pub const CIM_GATEWAY_GRAFANA_URL: &str = "CIM_GATEWAY_GRAFANA_URL";
+pub const CIM_GATEWAY_OPERATOR_TENANTS: &str = "CIM_GATEWAY_OPERATOR_TENANTS";
+pub const CIM_GATEWAY_WEBSOCKET_ADMIN_URL: &str = "CIM_GATEWAY_WEBSOCKET_ADMIN_URL";
 pub const CIM_WEBSOCKET_MAX_CONNECTIONS: &str = "CIM_WEBSOCKET_MAX_CONNECTIONS";
 pub const CIM_WEBSOCKET_MAX_SUBSCRIPTIONS: &str = "CIM_WEBSOCKET_MAX_SUBSCRIPTIONS";
 pub const CIM_WEBSOCKET_CLIENT_QUEUE: &str = "CIM_WEBSOCKET_CLIENT_QUEUE";
@@ -390,6 +392,18 @@ pub const VARS: &[VarSpec] = &[
         None,
         "an http:// or https:// URL",
         "Grafana as operators reach it: the console's operations page links its dashboards (<url>/d/<uid>)",
+    ),
+    var(
+        CIM_GATEWAY_OPERATOR_TENANTS,
+        None,
+        "tenant ids (UUIDv7) separated by commas",
+        "the operators' tenants: only their admins read the operations view (every tenant's streams and dead letters); unset: no one",
+    ),
+    var(
+        CIM_GATEWAY_WEBSOCKET_ADMIN_URL,
+        None,
+        "an http:// or https:// URL",
+        "the websocket server's admin listener as the gateway reaches it: the operations view reads its /health/ready; unset: not shown",
     ),
     VarSpec {
         name: CIM_GATEWAY_LINK_SECRET,
@@ -795,6 +809,10 @@ pub struct GatewaySettings {
     pub console_websocket_url: Option<String>,
     /// Grafana's base URL for the console's dashboard links.
     pub grafana_url: Option<String>,
+    /// The tenants whose admins are operators (the operations view); empty: no one.
+    pub operator_tenants: Vec<TenantId>,
+    /// The websocket server's admin listener, whose readiness the operations view shows.
+    pub websocket_admin_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -1046,6 +1064,15 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let grafana_url = r
         .optional(CIM_GATEWAY_GRAFANA_URL)
         .map(|_| r.parse(CIM_GATEWAY_GRAFANA_URL, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned)));
+    let operator_tenants = match r.optional(CIM_GATEWAY_OPERATOR_TENANTS) {
+        Some(_) => r.parse(CIM_GATEWAY_OPERATOR_TENANTS, |s| {
+            s.split(',').map(|t| TenantId::from_str(t.trim()).ok()).collect::<Option<Vec<_>>>()
+        }),
+        None => Some(Vec::new()),
+    };
+    let websocket_admin_url = r.optional(CIM_GATEWAY_WEBSOCKET_ADMIN_URL).map(|_| {
+        r.parse(CIM_GATEWAY_WEBSOCKET_ADMIN_URL, |s| url_with_scheme(s, &["http", "https"]).map(str::to_owned))
+    });
     let console_websocket_url = r.optional(CIM_GATEWAY_CONSOLE_WEBSOCKET_URL).map(|_| {
         r.parse(CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, |s| {
             url_with_scheme(s, &["ws", "wss"]).filter(|u| !u.contains([';', ',', '\''])).map(str::to_owned)
@@ -1097,6 +1124,11 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
                 None => None,
             },
             grafana_url: match grafana_url {
+                Some(parsed) => Some(parsed?),
+                None => None,
+            },
+            operator_tenants: operator_tenants?,
+            websocket_admin_url: match websocket_admin_url {
                 Some(parsed) => Some(parsed?),
                 None => None,
             },

@@ -1,16 +1,19 @@
 // Agents by state (counted over the tenant's first 500 agents) and the tenant's tasks, newest
 // first, optionally in one state; select an agent to see the tasks it holds or last held among
 // those listed. The REST API lists tasks by state only, so an agent's tasks are picked from the
-// page read, and the page says so.
+// page read, and the page says so. A writer deploys agents and moves them through their
+// lifecycle (agent-actions.js).
 
 import { api, seg } from "./api.js";
 import { field, h, report, show, table, time } from "./dom.js";
+import { agentActions, deployForm } from "./agent-actions.js";
 
 const AGENT_STATES = ["active", "deployed", "suspended", "offline", "decommissioned"];
 const TASK_STATES = ["", "queued", "assigned", "completed", "failed", "cancelled", "timed_out"];
 const LIMIT = 500;
 
-export async function agentsPage({ view }) {
+export async function agentsPage({ view, session }) {
+  const writer = session.can("writer");
   let agents = [];
   let tasks = [];
   let state = "";
@@ -48,13 +51,14 @@ export async function agentsPage({ view }) {
         });
         return h(
           "tr",
-          { dataset: { agentId: a.agent_id, state: a.state } },
+          { dataset: { agentId: a.agent_id, state: a.state, name: a.name } },
           h("td", {}, pick),
           h("td", {}, a.agent_type),
           h("td", {}, h("span", { class: `status ${a.state}` }, a.state)),
           h("td", {}, a.capabilities.join(", ")),
           h("td", { class: "num" }, `${a.running_tasks} / ${a.max_concurrent_tasks}`),
           h("td", {}, time(a.updated_at)),
+          writer ? h("td", {}, agentActions(a, session.can("admin"), loadAgents)) : null,
         );
       }),
     );
@@ -91,16 +95,23 @@ export async function agentsPage({ view }) {
   }
   taskState.addEventListener("change", () => loadTasks().catch(report));
 
+  async function loadAgents() {
+    agents = (await api("GET", `/api/v1/agents?page_size=${LIMIT}`)).items;
+    drawTabs();
+    drawAgents();
+  }
+
   show(
     view,
     "Agents",
     h("h1", {}, "Agents"),
+    writer ? deployForm(loadAgents) : null,
     h(
       "section",
       { class: "card", "aria-labelledby": "agents-title" },
       h("h2", { id: "agents-title" }, "Agents by state"),
       tabs,
-      table("Agents", ["Name (select for its tasks)", "Type", "State", "Capabilities", "Tasks held / limit", "Updated (UTC)"], agentRows, "agents"),
+      table("Agents", ["Name (select for its tasks)", "Type", "State", "Capabilities", "Tasks held / limit", "Updated (UTC)", ...(writer ? ["Lifecycle"] : [])], agentRows, "agents"),
     ),
     h(
       "section",
@@ -112,9 +123,7 @@ export async function agentsPage({ view }) {
     ),
   );
   try {
-    agents = (await api("GET", `/api/v1/agents?page_size=${LIMIT}`)).items;
-    drawTabs();
-    drawAgents();
+    await loadAgents();
     await loadTasks();
   } catch (e) {
     report(e);

@@ -1,9 +1,11 @@
 // Documents: search and list, a writer's new document with its first content (the upload's
 // progress shown as it goes: XMLHttpRequest reports upload progress, fetch does not), and one
-// document: its details, every content version with a download link, and a new version.
+// document: its details, every content version with its tags and a download link, a new
+// version, and (document-actions.js) its lifecycle and tags.
 
 import { Problem, api, seg } from "./api.js";
 import { field, h, report, show, submitting, table, time } from "./dom.js";
+import { documentActions } from "./document-actions.js";
 
 function size(n) {
   if (n < 1024) return `${n} B`;
@@ -131,12 +133,15 @@ export async function documentPage({ view, session }, id) {
   const versions = h("tbody", { id: "version-rows" });
   const next = uploader("next-version");
   const form = h("form", { class: "card", id: "upload-version" }, h("h2", {}, "Upload a new version"), next.field, h("button", { type: "submit" }, "Upload"), next.progress);
+  const actions = session.can("writer") ? documentActions(base, () => load()) : null;
 
   async function load() {
     const [d, v] = await Promise.all([api("GET", base), api("GET", `${base}/versions`)]);
     title.textContent = d.title;
     document.title = `${d.title} · CIM console`;
-    meta.textContent = `${d.document_id} · ${d.state}${d.description ? ` · ${d.description}` : ""}`;
+    meta.textContent = `${d.document_id} · ${d.state}${d.description ? ` · ${d.description}` : ""}${d.tags.length ? ` · tags: ${d.tags.join(", ")}` : ""}`;
+    meta.dataset.state = d.state;
+    actions?.show(d, v.items);
     form.hidden = !session.can("writer") || d.state !== "draft";
     versions.replaceChildren(
       ...v.items
@@ -151,6 +156,7 @@ export async function documentPage({ view, session }, id) {
             h("td", { class: "num" }, size(x.size)),
             h("td", {}, x.content_type),
             h("td", { class: "cid" }, x.cid),
+            h("td", { class: "tags" }, x.tags.join(", ")),
             h("td", {}, time(x.created_at)),
             h("td", {}, x.quarantined ? "quarantined" : h("a", { href: `${base}/content?version=${x.version}`, download: x.filename || true, id: `download-${x.version}` }, "Download")),
           ),
@@ -167,8 +173,9 @@ export async function documentPage({ view, session }, id) {
   const parts = h(
     "div",
     {},
-    h("section", { class: "card", "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Versions"), table("Content versions, newest first", ["Version", "File", "Size", "Type", "Content id", "Stored (UTC)", ""], versions, "versions")),
+    h("section", { class: "card", "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Versions"), table("Content versions, newest first", ["Version", "File", "Size", "Type", "Content id", "Tags", "Stored (UTC)", ""], versions, "versions")),
     form,
+    actions ? h("div", { class: "two" }, ...actions.elements) : null,
   );
   show(view, "Document", h("p", { class: "crumbs" }, h("a", { href: "#/documents" }, "Documents"), " / "), title, meta, parts);
   try {

@@ -91,6 +91,25 @@ export function draw(root, snapshot, onSelect, selectedId) {
   root.replaceChildren(defs, edges, nodes);
 }
 
+/**
+ * Marks an answer in the drawing: `nodes` and `edges` (ids) as part of it, `origin` (a node id)
+ * as where it starts; null clears it. `data-answer` on the <svg> counts what is marked.
+ */
+export function highlight(root, lit) {
+  root.querySelectorAll(".answer, .origin").forEach((el) => el.classList.remove("answer", "origin"));
+  let marked = 0;
+  for (const el of root.querySelectorAll(".node, .edge")) {
+    const ids = el.classList.contains("node") ? lit?.nodes : lit?.edges;
+    if (ids?.includes(el.dataset.id)) {
+      el.classList.add("answer");
+      marked++;
+    }
+    if (el.classList.contains("node") && el.dataset.id === lit?.origin) el.classList.add("origin");
+  }
+  if (lit) root.dataset.answer = String(marked);
+  else delete root.dataset.answer;
+}
+
 function box(root) {
   return root.getAttribute("viewBox").split(" ").map(Number);
 }

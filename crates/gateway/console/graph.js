@@ -1,11 +1,14 @@
 // One graph: drawn at its latest version or, with the slider, as of an earlier one
 // (GET /api/v1/graphs/{id}/versions/{v}); select a node or edge to see and edit its
-// properties; add nodes and edges (writers, at the latest version only).
+// properties; add nodes and edges (writers, at the latest version only); neighbours and paths
+// highlighted in the drawing (graph-find.js); rename and archive (graph-manage.js).
 
 import { api, seg } from "./api.js";
 import { field, h, jsonObject, report, show, submitting } from "./dom.js";
 import { draw, interactive, reset, zoom } from "./drawing.js";
 import { feed } from "./events.js";
+import { findPanel } from "./graph-find.js";
+import { managePanel } from "./graph-manage.js";
 
 const plural = (n, one) => `${n} ${one}${n === 1 ? "" : "s"}`;
 
@@ -16,6 +19,7 @@ export async function graphPage({ view, session, onLeave }, id) {
   let shown = null; // the snapshot drawn
   let selected = null;
   let request = 0; // only the latest load draws
+  let archived = false; // an archived graph refuses every change
 
   const title = h("h1", {}, "Graph");
   const meta = h("p", { class: "meta", id: "graph-meta" });
@@ -34,6 +38,8 @@ export async function graphPage({ view, session, onLeave }, id) {
     tool("Zoom out", "−", () => zoom(drawing, 1.25)),
     tool("Reset view", "Fit", () => reset(drawing)),
   );
+  const find = findPanel(base, drawing);
+  const manage = writer ? managePanel(base, () => refresh()) : null;
   const counts = h("p", { id: "drawn-counts", role: "status" });
   const slider = h("input", { type: "range", id: "version-slider", min: 1, max: 1, value: 1, step: 1 });
   const sliderLabel = h("output", { id: "version-label", for: "version-slider" });
@@ -81,7 +87,7 @@ export async function graphPage({ view, session, onLeave }, id) {
     const list = h("dl", {}, ...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
     const atHead = shown?.graph.version === head;
     const parts = [heading, list];
-    if (writer && atHead) {
+    if (writer && atHead && !archived) {
       const props = h("textarea", { id: "selected-properties", rows: 5 }, JSON.stringify(item.properties, null, 2));
       const save = h("form", { id: "edit-properties" }, field("Properties (JSON)", props), h("button", { type: "submit" }, "Save properties"));
       save.addEventListener("submit", (e) => {
@@ -129,9 +135,12 @@ export async function graphPage({ view, session, onLeave }, id) {
     const atHead = v === head;
     counts.textContent = `${plural(snapshot.nodes.length, "node")} and ${plural(snapshot.edges.length, "edge")} drawn, version ${v} of ${head}`;
     history.hidden = atHead;
-    for (const form of [addNode, addEdge]) form.querySelectorAll("input, select, textarea, button").forEach((c) => (c.disabled = !atHead));
+    for (const form of [addNode, addEdge]) form.querySelectorAll("input, select, textarea, button").forEach((c) => (c.disabled = !atHead || archived));
     options(source, snapshot.nodes);
     options(target, snapshot.nodes);
+    find.nodes(snapshot.nodes);
+    find.enable(atHead);
+    if (atHead) find.redrawn();
     describeSelection();
   }
 
@@ -139,6 +148,8 @@ export async function graphPage({ view, session, onLeave }, id) {
   async function refresh() {
     const g = await api("GET", base);
     head = g.version;
+    archived = g.status === "archived";
+    manage?.show(g);
     title.textContent = g.name || "Graph";
     document.title = `${g.name} · CIM console`;
     meta.textContent = `${g.graph_id} · ${g.status}${g.description ? ` · ${g.description}` : ""}`;
@@ -221,12 +232,13 @@ export async function graphPage({ view, session, onLeave }, id) {
         toolbar,
         drawing,
         counts,
+        find.answer,
         h("div", { class: "field slider" }, h("label", { for: "version-slider" }, "Version"), slider, sliderLabel),
         history,
       ),
       livePanel,
     ),
-    h("div", { class: "side" }, selection, writer ? addNode : null, writer ? addEdge : null),
+    h("div", { class: "side" }, manage?.element, selection, find.element, writer ? addNode : null, writer ? addEdge : null),
   );
   show(
     view,

@@ -31,7 +31,8 @@ function renderHeader() {
   const me = session.me;
   document.getElementById("nav").hidden = !me;
   document.getElementById("who").hidden = !me;
-  document.getElementById("nav-operations").hidden = !session.can("admin");
+  // Operators only (admins of an operator tenant): the page counts every tenant's traffic.
+  document.getElementById("nav-operations").hidden = !me?.operator;
   document.getElementById("who-name").textContent = me
     ? `${me.subject} · tenant ${me.tenant} · ${me.roles.join(", ") || "no role"}`
     : "";

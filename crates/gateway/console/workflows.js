@@ -1,11 +1,13 @@
 // Workflows: definitions (a writer adds one as JSON), instances (filter by status, start one),
 // and one instance: its steps with their status, its history as a timeline, and approve or
-// reject a step waiting for approval (the service checks the step's role). The instance page
-// follows its events over the live feed.
+// reject a step waiting for approval (the service checks the step's role); pause, resume,
+// cancel and signals in workflow-control.js. The instance page follows its events over the
+// live feed.
 
 import { api, seg } from "./api.js";
 import { field, h, jsonObject, report, show, submitting, table, time } from "./dom.js";
 import { subscribe } from "./live.js";
+import { workflowControl } from "./workflow-control.js";
 
 const STATUSES = ["", "running", "paused", "completed", "failed", "cancelled"];
 
@@ -88,16 +90,18 @@ export async function workflowsPage({ view, session }) {
 /** What a history event says about a step, if it names one. */
 function describe(e) {
   const p = e.payload || {};
-  const parts = [p.step, p.comment ? `“${p.comment}”` : "", p.error].filter((x) => typeof x === "string" && x);
+  const said = (x) => (x ? `“${x}”` : "");
+  const parts = [p.step, p.name, said(p.comment), said(p.reason), p.error].filter((x) => typeof x === "string" && x);
   return parts.join(" · ");
 }
 
-export async function workflowPage({ view, onLeave }, id) {
+export async function workflowPage({ view, session, onLeave }, id) {
   const base = `/api/v1/workflows/${seg(id)}`;
   const title = h("h1", {}, "Workflow");
   const meta = h("p", { class: "meta", id: "workflow-meta" });
   const steps = h("tbody", { id: "step-rows" });
   const timeline = h("ol", { class: "timeline", id: "timeline" });
+  const control = session.can("writer") ? workflowControl(base, () => load()) : null;
 
   function decide(step, verdict, comment) {
     return api("POST", `${base}/steps/${seg(step)}/${verdict}`, { body: { comment } });
@@ -136,6 +140,7 @@ export async function workflowPage({ view, onLeave }, id) {
     document.title = `${w.name} · CIM console`;
     meta.textContent = `${w.instance_id} · ${w.status} · version ${w.version}${w.error ? ` · ${w.error}` : ""}`;
     meta.dataset.status = w.status;
+    control?.show(w);
     steps.replaceChildren(...w.steps.map(stepRow));
     timeline.replaceChildren(
       ...history.events.map((e) =>
@@ -157,7 +162,12 @@ export async function workflowPage({ view, onLeave }, id) {
     "div",
     { class: "graph-layout" },
     h("section", { class: "card", "aria-labelledby": "steps-title" }, h("h2", { id: "steps-title" }, "Steps"), table("Steps of this instance", columns, steps, "steps")),
-    h("section", { class: "card", "aria-labelledby": "timeline-title" }, h("h2", { id: "timeline-title" }, "Timeline"), timeline),
+    h(
+      "div",
+      { class: "side" },
+      control?.element,
+      h("section", { class: "card", "aria-labelledby": "timeline-title" }, h("h2", { id: "timeline-title" }, "Timeline"), timeline),
+    ),
   );
   show(view, "Workflow", h("p", { class: "crumbs" }, h("a", { href: "#/workflows" }, "Workflows"), " / "), title, meta, layout);
   try {

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{ApiKeyRef, Credentials};
 use crate::extract::ApiJson;
+use crate::operations::Operators;
 use crate::problem::ApiResult;
 use crate::routes::{DomainRoutes, routes};
 
@@ -20,6 +21,8 @@ pub struct Me {
     pub roles: Vec<String>,
     /// jwt, api_key or session.
     pub method: String,
+    /// Whether the caller may read the operations view (an admin of an operator tenant).
+    pub operator: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -61,10 +64,12 @@ const MAX_API_KEY_SECS: u64 = 10 * 365 * 86_400;
 
 /// Who am I
 ///
-/// The caller as the gateway sees it: subject, tenant, roles and how they authenticated.
+/// The caller as the gateway sees it: subject, tenant, roles, how they authenticated, and whether
+/// they are an operator (the operations view).
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = Me)))]
-pub async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
+pub async fn me(State(operators): State<Operators>, Extension(p): Extension<Principal>) -> Json<Me> {
     Json(Me {
+        operator: operators.admits(&p),
         subject: p.subject,
         tenant: p.tenant.to_string(),
         roles: p.roles.iter().map(|r| r.to_string()).collect(),
@@ -171,6 +176,7 @@ pub fn routes<S>() -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Credentials: FromRef<S>,
+    Operators: FromRef<S>,
 {
     DomainRoutes::default()
         .signed_in(routes!(me))

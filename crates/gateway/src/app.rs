@@ -36,7 +36,7 @@ use crate::idempotency::IdempotencyState;
 use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
 use crate::lockout::Lockout;
-use crate::operations::OperationsState;
+use crate::operations::{OperationsState, Operators};
 use crate::routes::{DomainRoutes, Parts};
 use crate::upstream::Upstream;
 use crate::webhook::WebhookState;
@@ -92,6 +92,12 @@ impl FromRef<AppState> for Arc<WebhookState> {
 impl FromRef<AppState> for Arc<OperationsState> {
     fn from_ref(state: &AppState) -> Self {
         state.0.operations.clone()
+    }
+}
+
+impl FromRef<AppState> for Operators {
+    fn from_ref(state: &AppState) -> Self {
+        state.0.operations.operators.clone()
     }
 }
 
@@ -317,6 +323,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let proxies = Proxies { hops: settings.proxy_hops, tls: https.is_some() };
     let mut host = ServiceHost::new("gateway", shutdown, config.shutdown_grace);
     let operations = Arc::new(OperationsState {
+        operators: Operators::new(&settings.operator_tenants),
         health: host.health().clone(),
         services: vec![
             ("graph", Arc::new(graph.clone())),
@@ -328,6 +335,17 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
         nats: client.clone(),
         prefix: config.subject_prefix.clone(),
         grafana_url: settings.grafana_url.clone(),
+        websocket_admin: match &settings.websocket_admin_url {
+            Some(url) => {
+                // reqwest's TLS is built without a crypto provider (the workspace manifest).
+                cim_runtime::tls::install_provider();
+                let client = reqwest::Client::builder().build().map_err(|e| {
+                    AppError::Config(format!("{}: {e}", cim_runtime::config::CIM_GATEWAY_WEBSOCKET_ADMIN_URL))
+                })?;
+                Some((client, url.clone()))
+            }
+            None => None,
+        },
     });
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph }),

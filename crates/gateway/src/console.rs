@@ -41,12 +41,17 @@ static ASSETS: &[Asset] = &[
     asset!("graphs.js", JS),
     asset!("graph.js", JS),
     asset!("drawing.js", JS),
+    asset!("graph-find.js", JS),
+    asset!("graph-manage.js", JS),
     asset!("live.js", JS),
     asset!("events.js", JS),
     asset!("operations.js", JS),
     asset!("workflows.js", JS),
+    asset!("workflow-control.js", JS),
     asset!("agents.js", JS),
+    asset!("agent-actions.js", JS),
     asset!("documents.js", JS),
+    asset!("document-actions.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the

@@ -3,19 +3,23 @@
 //! service reports its readiness there, `cim_runtime::health`), the gateway's own readiness
 //! checks, every domain stream with its consumers' lag (the JetStream API, as `cim doctor` reads
 //! it), the dead letters per consumer, and links to the Grafana dashboards when
-//! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway; its
-//! dashboard is linked.
+//! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway: its
+//! readiness is read from its admin listener's `/health/ready` when
+//! `CIM_GATEWAY_WEBSOCKET_ADMIN_URL` names it, and its dashboard is linked.
 //!
-//! Admin only: these are counts about every tenant's traffic (no event content), and roles are
-//! per tenant, so any tenant's admin sees them; deployments where tenants are separate customers
-//! should give operators their own tenant.
+//! Operators only: these are counts about every tenant's traffic (stream sizes, consumer lag,
+//! dead letters per consumer), and roles are per tenant, so the admin role alone would show them
+//! to every tenant's admin. The route needs the admin role (the role table) and the handler also
+//! needs the caller's tenant to be one of `CIM_GATEWAY_OPERATOR_TENANTS` ([`Operators`]); unset,
+//! no one reads it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRef, State};
-use cim_core::{Domain, SubjectPrefix};
+use axum::extract::{Extension, FromRef, State};
+use cim_auth::{Principal, Role};
+use cim_core::{Domain, ErrorCode, SubjectPrefix, TenantId};
 use cim_runtime::health::Health;
 use serde::Serialize;
 use serde_json::Value;
@@ -24,7 +28,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use utoipa::ToSchema;
 
-use crate::problem::ApiResult;
+use crate::problem::{ApiError, ApiResult};
 use crate::routes::{DomainRoutes, routes};
 use crate::upstream::Replicated;
 
@@ -42,8 +46,34 @@ pub const DASHBOARDS: [(&str, &str); 7] = [
 /// How long one check may take: the page answers even when a service hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The operators: admins of the tenants `CIM_GATEWAY_OPERATOR_TENANTS` names. The one rule for
+/// the operations view; `/api/v1/auth/me` reports it so the console offers the page to them only.
+#[derive(Debug, Clone, Default)]
+pub struct Operators(Arc<[TenantId]>);
+
+impl Operators {
+    pub fn new(tenants: &[TenantId]) -> Self {
+        Self(tenants.into())
+    }
+
+    pub fn admits(&self, caller: &Principal) -> bool {
+        caller.can(Role::Admin) && self.0.contains(&caller.tenant)
+    }
+
+    fn check(&self, caller: &Principal) -> ApiResult<()> {
+        if self.admits(caller) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "the operations view covers every tenant: it is for admins of an operator tenant (CIM_GATEWAY_OPERATOR_TENANTS)",
+        ))
+    }
+}
+
 #[derive(Debug)]
 pub struct OperationsState {
+    pub operators: Operators,
     /// The gateway's own readiness checks.
     pub health: Health,
     /// Each domain service the gateway calls, by name: checked on the replica a call would take.
@@ -51,6 +81,8 @@ pub struct OperationsState {
     pub nats: async_nats::Client,
     pub prefix: SubjectPrefix,
     pub grafana_url: Option<String>,
+    /// The websocket server's admin listener (`CIM_GATEWAY_WEBSOCKET_ADMIN_URL`) and a client.
+    pub websocket_admin: Option<(reqwest::Client, String)>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -128,15 +160,26 @@ where
 /// Operations overview
 ///
 /// Services and their readiness, every domain stream with its consumers' lag, dead letters per
-/// consumer, and Grafana dashboard links. Counts over every tenant, no event content. Needs the admin role.
+/// consumer, and Grafana dashboard links. Counts over every tenant, no event content. Needs the
+/// admin role in one of the operator tenants (`CIM_GATEWAY_OPERATOR_TENANTS`); any other caller gets 403.
 #[utoipa::path(get, path = "/api/v1/admin/operations", tag = "admin", responses((status = 200, body = Operations)))]
-pub async fn operations(State(state): State<Arc<OperationsState>>) -> ApiResult<Json<Operations>> {
+pub async fn operations(
+    State(state): State<Arc<OperationsState>>,
+    Extension(caller): Extension<Principal>,
+) -> ApiResult<Json<Operations>> {
+    state.operators.check(&caller)?;
     let services = async {
         let own = gateway_status(&state.health);
         let others =
             futures::future::join_all(state.services.iter().map(|(name, up)| service_status(name, up.channel())));
-        let (own, others) = tokio::join!(own, others);
-        std::iter::once(own).chain(others).collect::<Vec<_>>()
+        let websocket = async {
+            match &state.websocket_admin {
+                Some((client, url)) => Some(websocket_status(client, url).await),
+                None => None,
+            }
+        };
+        let (own, others, websocket) = tokio::join!(own, others, websocket);
+        std::iter::once(own).chain(others).chain(websocket).collect::<Vec<_>>()
     };
     let streams = futures::future::join_all(
         Domain::ALL.into_iter().map(|d| stream_status(&state.nats, d, state.prefix.stream_name(d))),
@@ -184,6 +227,43 @@ async fn service_status(name: &str, channel: Channel) -> ServiceStatus {
         }
     };
     ServiceStatus { name: name.into(), ready, detail }
+}
+
+/// The websocket server's readiness, as its admin listener answers `/health/ready` (200 ready,
+/// 503 not, with each check's error in the body: `cim_runtime::admin`).
+async fn websocket_status(client: &reqwest::Client, base: &str) -> ServiceStatus {
+    let url = format!("{}/health/ready", base.trim_end_matches('/'));
+    let read = async {
+        let response = client.get(&url).timeout(CHECK_TIMEOUT).send().await.map_err(|e| format!("unreachable: {e}"))?;
+        let code = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        Ok::<_, String>((code.is_success(), body))
+    };
+    let (ready, detail) = match read.await {
+        Err(e) => (false, e),
+        Ok((ready, body)) => {
+            let checks = body["checks"].as_array().cloned().unwrap_or_default();
+            let detail = checks
+                .iter()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap_or("?");
+                    match c["error"].as_str() {
+                        None => format!("{name}: ok"),
+                        Some(e) => format!("{name}: {e}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let detail = match (detail.is_empty(), ready) {
+                (false, _) => detail,
+                (true, true) => "ready".into(),
+                (true, false) => "not ready".into(),
+            };
+            (ready, detail)
+        }
+    };
+    ServiceStatus { name: "websocket".into(), ready, detail }
 }
 
 async fn stream_status(nats: &async_nats::Client, domain: Domain, stream: String) -> StreamStatus {

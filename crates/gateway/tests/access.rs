@@ -20,9 +20,12 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_route_checks_the_role_before_the_cache_or_a_replay() {
     let graph = harness::Service::start().await;
-    let gw = gateway(&graph, &[]).await;
-    let a = gw.addr;
     let t = TenantId::new();
+    // The admin here is an operator too: the operations view, which also needs the operator
+    // tenant, is tested on its own in tests/console.rs.
+    let operators = t.to_string();
+    let gw = gateway(&graph, &[("CIM_GATEWAY_OPERATOR_TENANTS", &operators)]).await;
+    let a = gw.addr;
     // (role held, its bearer header)
     type Caller = (Option<cim_auth::Role>, Vec<(&'static str, String)>);
     let tokens: Vec<Caller> = vec![

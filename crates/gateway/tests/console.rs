@@ -70,20 +70,38 @@ async fn dead_letter(graph: &harness::Service) {
     js.publish(subject, "{}".into()).await.unwrap().await.expect("the DLQ stream stores it");
 }
 
-/// Operations: admin only, in the OpenAPI document; it reads the gateway's own readiness, each
-/// domain service's gRPC health, every stream's consumers and the dead letters per consumer.
+/// Operations: for the admins of an operator tenant only (`CIM_GATEWAY_OPERATOR_TENANTS`), since
+/// it counts every tenant's streams and dead letters; in the OpenAPI document; it reads the
+/// gateway's own readiness, each domain service's gRPC health, every stream's consumers and the
+/// dead letters per consumer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_are_for_admins_and_read_what_runs() {
+async fn operations_are_for_operators_and_read_what_runs() {
     let graph = harness::Service::start().await;
-    let gw = gateway(&graph, &OPERATIONS_VARS).await;
+    let ws = websocket::Websocket::start(&graph).await;
+    let (operators, customer) = (TenantId::new(), TenantId::new());
+    let listed = format!("{operators}");
+    let ws_admin = format!("http://{}", ws.admin);
+    let mut vars = OPERATIONS_VARS.to_vec();
+    vars.push(("CIM_GATEWAY_OPERATOR_TENANTS", &listed));
+    vars.push(("CIM_GATEWAY_WEBSOCKET_ADMIN_URL", &ws_admin));
+    let gw = gateway(&graph, &vars).await;
     dead_letter(&graph).await;
-    let tenant = TenantId::new();
     let path = "/api/v1/admin/operations";
     for role in ["reader", "writer"] {
-        let refused = call(gw.addr, "GET", path, &bearer(&token(tenant, &[role], now_secs() + 600)), None).await;
+        let refused = call(gw.addr, "GET", path, &bearer(&token(operators, &[role], now_secs() + 600)), None).await;
         problem(&refused, 403, "permission_denied");
     }
-    let r = call(gw.addr, "GET", path, &bearer(&token(tenant, &["admin"], now_secs() + 600)), None).await;
+    // Another tenant's admin: the page would show them every tenant's traffic.
+    let customer_admin = bearer(&token(customer, &["admin"], now_secs() + 600));
+    let refused = call(gw.addr, "GET", path, &customer_admin, None).await;
+    problem(&refused, 403, "permission_denied");
+    assert!(refused.body.contains("CIM_GATEWAY_OPERATOR_TENANTS"), "the refusal says what decides: {}", refused.body);
+    let me = call(gw.addr, "GET", "/api/v1/auth/me", &customer_admin, None).await.json();
+    assert_eq!(me["operator"], false, "{me}");
+    let operator = bearer(&token(operators, &["admin"], now_secs() + 600));
+    let me = call(gw.addr, "GET", "/api/v1/auth/me", &operator, None).await.json();
+    assert_eq!(me["operator"], true, "{me}");
+    let r = call(gw.addr, "GET", path, &operator, None).await;
     assert_eq!(r.status, 200, "{r:?}");
     let o = r.json();
     let ready: Vec<(String, bool)> = o["services"]
@@ -92,10 +110,25 @@ async fn operations_are_for_admins_and_read_what_runs() {
         .iter()
         .map(|s| (s["name"].as_str().unwrap().to_owned(), s["ready"].as_bool().unwrap()))
         .collect();
-    let expected = [("gateway", true), ("graph", true), ("document", false), ("agent", false), ("workflow", false)];
+    let expected = [
+        ("gateway", true),
+        ("graph", true),
+        ("document", false),
+        ("agent", false),
+        ("workflow", false),
+        ("websocket", true),
+    ];
     for (name, up) in expected {
         assert!(ready.contains(&(name.to_owned(), up)), "{name} should be ready={up}: {o}");
     }
+    let websocket = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "websocket").unwrap();
+    assert!(websocket["detail"].as_str().unwrap().contains("nats: ok"), "its readiness checks: {websocket}");
+    // Stopped, it reads as not ready, and the page still answers.
+    ws.stop().await;
+    let o = call(gw.addr, "GET", path, &operator, None).await.json();
+    let websocket = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "websocket").unwrap();
+    assert_eq!(websocket["ready"], false, "{websocket}");
+    assert!(websocket["detail"].as_str().unwrap().starts_with("unreachable"), "{websocket}");
     let graph_stream = o["streams"].as_array().unwrap().iter().find(|s| s["domain"] == "graph").unwrap();
     assert!(graph_stream["messages"].is_u64(), "{graph_stream}");
     let consumers: Vec<&str> =
@@ -113,6 +146,18 @@ async fn operations_are_for_admins_and_read_what_runs() {
     }
     let doc: serde_json::Value = serde_json::from_str(cim_gateway::app::openapi()).unwrap();
     assert!(doc["paths"][path]["get"].is_object(), "in the OpenAPI document");
+    gw.stop().await;
+    graph.stop().await;
+}
+
+/// Without `CIM_GATEWAY_OPERATOR_TENANTS` no one reads the operations view, not even an admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_operator_tenants_no_one_reads_operations() {
+    let graph = harness::Service::start().await;
+    let gw = gateway(&graph, &OPERATIONS_VARS).await;
+    let admin = bearer(&token(TenantId::new(), &["admin"], now_secs() + 600));
+    problem(&call(gw.addr, "GET", "/api/v1/admin/operations", &admin, None).await, 403, "permission_denied");
+    assert_eq!(call(gw.addr, "GET", "/api/v1/auth/me", &admin, None).await.json()["operator"], false);
     gw.stop().await;
     graph.stop().await;
 }
@@ -143,7 +188,15 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let workflows = workflow::WorkflowService::start(&graph.prefix).await;
     let documents = document::DocumentService::start(&graph.prefix).await;
     let (agent_url, workflow_url, document_url) = (agents.url(), workflows.url(), documents.url());
-    let mut vars = vec![("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url)];
+    let operators = TenantId::new();
+    let listed = operators.to_string();
+    let ws_admin = format!("http://{}", ws.admin);
+    let mut vars = vec![
+        ("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"),
+        ("CIM_GATEWAY_CONSOLE_WEBSOCKET_URL", &url),
+        ("CIM_GATEWAY_OPERATOR_TENANTS", &listed),
+        ("CIM_GATEWAY_WEBSOCKET_ADMIN_URL", &ws_admin),
+    ];
     // Later entries win: the agent, workflow and document services run in this test.
     vars.extend(OPERATIONS_VARS);
     vars.extend([
@@ -157,6 +210,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
     let token_a = token(a, &["writer"], now_secs() + 600);
     let token_b = token(b, &["writer"], now_secs() + 600);
     let admin_a = token(a, &["admin"], now_secs() + 600);
+    let operator = token(operators, &["admin"], now_secs() + 600);
     let shots = match std::env::var("CIM_CONSOLE_SCREENSHOTS") {
         Ok(dir) => repository().join(dir),
         Err(_) => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
@@ -170,6 +224,7 @@ async fn a_person_uses_the_console_in_a_real_browser() {
         .args([&token_a, &token_b])
         .arg(&shots)
         .arg(&admin_a)
+        .arg(&operator)
         .kill_on_drop(true)
         .output();
     // Bounded: a browser that hangs fails the test instead of the suite.

@@ -331,16 +331,18 @@ fn jwt_key_sources_and_time_rules_are_parsed() {
 #[test]
 fn the_consoles_websocket_and_grafana_urls_are_optional_and_checked() {
     let c = from(&[]).unwrap().edge.gateway;
-    assert_eq!((c.console_websocket_url, c.grafana_url), (None, None));
+    assert_eq!((c.console_websocket_url, c.grafana_url, c.websocket_admin_url), (None, None, None));
     let c = from(&[
         (CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, "wss://cim.example/ws"),
         (CIM_GATEWAY_GRAFANA_URL, "http://127.0.0.1:3000"),
+        (CIM_GATEWAY_WEBSOCKET_ADMIN_URL, "http://websocket:9101"),
     ])
     .unwrap()
     .edge
     .gateway;
     assert_eq!(c.console_websocket_url.as_deref(), Some("wss://cim.example/ws"));
     assert_eq!(c.grafana_url.as_deref(), Some("http://127.0.0.1:3000"));
+    assert_eq!(c.websocket_admin_url.as_deref(), Some("http://websocket:9101"));
     // The websocket URL goes into the console's Content-Security-Policy: nothing that could end
     // or extend a directive.
     for (var, bad) in [
@@ -350,8 +352,24 @@ fn the_consoles_websocket_and_grafana_urls_are_optional_and_checked() {
         (CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, "wss://a,b"),
         (CIM_GATEWAY_CONSOLE_WEBSOCKET_URL, "wss://a/'unsafe-inline'"),
         (CIM_GATEWAY_GRAFANA_URL, "grafana:3000"),
+        (CIM_GATEWAY_WEBSOCKET_ADMIN_URL, "websocket:9101"),
     ] {
         let err = from(&[(var, bad)]).unwrap_err();
         assert_eq!(err.0[0].var, var, "{bad}: {err}");
+    }
+}
+
+#[test]
+fn operator_tenants_are_a_list_of_tenant_ids_and_none_by_default() {
+    assert!(from(&[]).unwrap().edge.gateway.operator_tenants.is_empty(), "unset: no tenant operates");
+    let (a, b) = (cim_core::TenantId::new(), cim_core::TenantId::new());
+    let listed = format!("{a}, {b}");
+    let c = from(&[(CIM_GATEWAY_OPERATOR_TENANTS, &listed)]).unwrap().edge.gateway;
+    assert_eq!(c.operator_tenants, vec![a, b]);
+    let nil = "00000000-0000-0000-0000-000000000000".to_owned();
+    for bad in ["ops".to_owned(), format!("{a},"), format!("{a},,{b}"), nil] {
+        let err = from(&[(CIM_GATEWAY_OPERATOR_TENANTS, &bad)]).unwrap_err();
+        assert_eq!(err.0[0].var, CIM_GATEWAY_OPERATOR_TENANTS, "{bad}: {err}");
+        assert!(err.to_string().contains("tenant ids (UUIDv7) separated by commas"), "{err}");
     }
 }

@@ -20,6 +20,8 @@ use super::support::SECRET;
 
 pub struct Websocket {
     pub addr: SocketAddr,
+    /// Its admin listener: `/health/ready`, `/metrics`.
+    pub admin: SocketAddr,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<()>,
 }
@@ -38,9 +40,9 @@ impl Websocket {
         let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
         let shutdown = Shutdown::new();
         let prepared = cim_websocket::app::prepare(&config, &shutdown).await.unwrap();
-        let addr = prepared.addr;
+        let (addr, admin) = (prepared.addr, prepared.admin_addr);
         let task = tokio::spawn(async move { prepared.run().await.unwrap() });
-        Websocket { addr, shutdown, task }
+        Websocket { addr, admin, shutdown, task }
     }
 
     pub fn url(&self) -> String {
