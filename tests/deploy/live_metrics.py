@@ -82,12 +82,24 @@ ROOT = consistency.ROOT
 PENDING: dict[str, str] = {
     # The gateway's cache invalidator exports the consumer metrics (cim_consumer_*).
     # Add "<metric prefix>": "<why>" for metrics of library code no deployed service runs yet.
-    "cim_agent_dispatch_latency_seconds": "observed when a worker is given a task: this run connects no agent worker "
-    "(the agent tests run the example worker, crates/agent/tests/dispatch.rs)",
 }
 # The exporters with no binary on this machine (MinIO, the NATS exporter): their panels and rules
 # are checked statically only (tests/deploy/exporters.py).
 PENDING.update(exporters.not_live_metrics())
+
+# The example agent worker (examples/agent/agent.py) needs grpcio and grpcio-tools: the suite's
+# python (CIM_TEST_PYTHON, tests/python/requirements.txt). Without one, no task is given to a
+# worker and the dispatch latency is never observed.
+WORKER_PYTHON = next(
+    (py for py in (os.environ.get("CIM_TEST_PYTHON"),)
+     if py and subprocess.run([py, "-c", "import grpc, grpc_tools"], capture_output=True).returncode == 0),
+    None,
+)  # fmt: skip
+if not WORKER_PYTHON:
+    PENDING["cim_agent_dispatch_latency_seconds"] = (
+        "observed when a worker is given a task: no python with grpcio and grpcio-tools (CIM_TEST_PYTHON) "
+        "to run the example worker"
+    )
 
 # grpcurl (the document load goes to the service's own gRPC API): CIM_TEST_GRPCURL (scripts/test.sh), else
 # the one in PATH, else the wheel pinned in tests/python/requirements.txt, installed into the
@@ -244,6 +256,7 @@ class Run:
         env["CIM_OBJECT_STORE_URL"] = str(self.tmp / "objects")
         self.document = env["CIM_DOCUMENT_ADDR"]
         self.workflow = env["CIM_WORKFLOW_ADDR"]
+        self.agent = env["CIM_AGENT_ADDR"]
         self.env = env
         return env
 
@@ -434,7 +447,7 @@ def load_round(run: Run, token: str, n: int) -> dict[int, int]:
     return seen
 
 
-def agent_round(run: Run, token: str, n: int) -> dict[str, int]:
+def agent_round(run: Run, token: str, tenant: str, n: int) -> dict[str, int]:
     """One round of agent traffic through the gateway's REST routes; returns agent commands by
     what they show on the dashboard. Its own principal: the graph load's one nears the rate limit.
 
@@ -442,7 +455,8 @@ def agent_round(run: Run, token: str, n: int) -> dict[str, int]:
     way, activated, taken offline and back, and suspended at the end; a second agent declares a
     capability but stays deployed, so a route asking for it finds no agent. Three tasks are
     submitted, one refused for a capability nobody declares, one cancelled (and refused a second
-    time)."""
+    time); the other two are given to the example worker when it connects as the ai agent (when
+    a python with grpcio runs it: WORKER_PYTHON)."""
     base = f"http://{run.gateway}/api/v1"
     seen: dict[str, int] = {}
 
@@ -485,6 +499,20 @@ def agent_round(run: Run, token: str, n: int) -> dict[str, int]:
     call("GET", f"{a}/as-of/2")
     call("POST", f"/tasks/{tasks[0]}/cancel", {"reason": "live check"}, what="cancelled")
     call("POST", f"/tasks/{tasks[0]}/cancel", {}, want=422, what="refused cancel")
+    if WORKER_PYTHON:
+        # The example worker connects as the ai agent: the dispatcher gives it the two tasks
+        # that waited in the queue (dispatch latency, assignments), and it answers them.
+        worker = run.spawn(
+            f"agent-worker-{n}",
+            [WORKER_PYTHON, str(ROOT / "examples/agent/agent.py"), "--target", run.agent, "--tenant", tenant,
+             "--agent-id", ai],
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while any(call("GET", f"/tasks/{t}")["state"] == "queued" for t in tasks[1:]):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"live-metrics: the example worker took no task:\n{run.tail(f'agent-worker-{n}')}")
+            time.sleep(0.2)
+        seen["given to a worker"] = len(tasks) - 1
     call("POST", f"{a}/suspend", {"reason": "live check"}, what="suspend")
     call("POST", f"/agents/{idle}/decommission", {"reason": "live check"}, what="decommission")
     return seen
@@ -1095,7 +1123,7 @@ def main() -> int:
         for n in range(args.rounds):
             for status, count in load_round(run, token, n).items():
                 statuses[status] = statuses.get(status, 0) + count
-            for what, count in agent_round(run, agents_token, n).items():
+            for what, count in agent_round(run, agents_token, tenant, n).items():
                 agent_calls[what] = agent_calls.get(what, 0) + count
             for outcome, count in document_round(run, grpcurl, tenant, n).items():
                 uploads[outcome] = uploads.get(outcome, 0) + count
