@@ -4,10 +4,11 @@
 //! Off unless a certificate is configured (`CIM_TLS_CERT_FILE` + `CIM_TLS_KEY_FILE`). With one,
 //! the gateway and websocket listeners speak HTTPS and the domain services' gRPC listeners TLS;
 //! with `CIM_TLS_CLIENT_CA_FILE` too, a gRPC listener requires a client certificate issued by
-//! that CA (mTLS between services; the HTTP listeners never ask browsers for one). The served
-//! certificate is read again when its files change ([`ReloadingCert`]), so a rotated certificate
-//! is served without a restart. Calls to `https://` service URLs check the server against
-//! `CIM_TLS_CA_FILE` and present this service's certificate ([`ClientTls`]).
+//! that CA (mTLS between services; the HTTP listeners never ask browsers for one). Calls to
+//! `https://` service URLs check the server against `CIM_TLS_CA_FILE` and present this service's
+//! certificate ([`ClientTls`]). Every certificate, key and CA file is read again when it changes
+//! ([`reload`], checked at most every `CIM_TLS_RELOAD_SECS` on a handshake): a rotation on disk
+//! reaches listeners and clients without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,16 +17,19 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
 pub use rustls::{ClientConfig, ServerConfig};
 
+mod connector;
 mod incoming;
-mod reload;
+pub mod reload;
+mod verify;
 
+pub use connector::TlsConnector;
 pub use incoming::{HttpListener, TlsIncoming};
 pub use reload::ReloadingCert;
+pub use verify::{ClientRoots, ServerRoots};
 
 /// ring, the provider every TLS configuration here is built with.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -157,7 +161,7 @@ impl TlsSettings {
     /// What calls to `https://` service URLs check and present; `None` without a CA.
     pub fn client(&self) -> Option<ClientTls> {
         let ca = self.ca.clone()?;
-        Some(ClientTls { ca, identity: self.identity.clone(), server_name: None })
+        Some(ClientTls { ca, identity: self.identity.clone(), server_name: None, reload: self.reload })
     }
 }
 
@@ -174,12 +178,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::new(&identity.cert, e.to_string()))?;
     let builder = match client_ca {
-        Some(path) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(path)?), provider())
-                .build()
-                .map_err(|e| TlsError::new(path, format!("cannot check client certificates with it ({e})")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(path) => builder.with_client_cert_verifier(Arc::new(ClientRoots::new(path.to_owned(), reload)?)),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
@@ -190,56 +189,64 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client's TLS: the CA the server must come from, this side's certificate for mTLS, and the
-/// name the server's certificate must carry (`None`: the URL's host).
+/// A client's TLS: the CA the server must come from, this side's certificate for mTLS, the name
+/// the server's certificate must carry (`None`: the URL's host), and how often the files are
+/// checked for a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientTls {
     pub ca: PathBuf,
     pub identity: Option<CertFiles>,
     pub server_name: Option<String>,
+    pub reload: Duration,
 }
 
 impl ClientTls {
-    /// A rustls client configuration (HTTPS clients, tests).
+    /// A rustls client configuration that checks servers against the CA file and presents the
+    /// certificate files as they are at each handshake.
     pub fn rustls(&self) -> Result<ClientConfig, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new(&self.ca, e.to_string()))?
-            .with_root_certificates(read_roots(&self.ca)?);
-        match &self.identity {
-            Some(files) => builder
-                .with_client_auth_cert(read_certificates(&files.cert)?, read_key(&files.key)?)
-                .map_err(|e| TlsError::new(&files.key, format!("does not fit {} ({e})", files.cert.display()))),
-            None => Ok(builder.with_no_client_auth()),
-        }
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerRoots::new(self.ca.clone(), self.reload)?));
+        Ok(match &self.identity {
+            Some(files) => builder.with_client_cert_resolver(Arc::new(ReloadingCert::new(files.clone(), self.reload)?)),
+            None => builder.with_no_client_auth(),
+        })
     }
 
-    /// tonic's client TLS. The files are read now: a channel keeps the configuration it was
-    /// built with.
-    pub fn tonic(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
-        let read = |path: &Path| std::fs::read(path).map_err(|e| TlsError::new(path, format!("cannot be read ({e})")));
-        // Checked here, so that a bad file is named at start-up rather than at the first call.
-        read_roots(&self.ca)?;
-        let mut config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?));
-        if let Some(files) = &self.identity {
-            certified_key(files)?;
-            config = config.identity(tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?));
-        }
-        if let Some(name) = &self.server_name {
-            config = config.domain_name(name.clone());
-        }
-        Ok(config)
+    fn server_name(&self) -> Result<Option<ServerName<'static>>, TlsError> {
+        self.server_name
+            .as_ref()
+            .map(|name| {
+                ServerName::try_from(name.clone())
+                    .map_err(|e| TlsError::new(&self.ca, format!("server name {name:?}: {e}")))
+            })
+            .transpose()
     }
 }
 
-/// An endpoint for a service URL: `https://` with `tls` (required), `http://` plain.
-pub fn grpc_endpoint(url: &str, tls: Option<&ClientTls>) -> Result<tonic::transport::Endpoint, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
-    if !url.starts_with("https://") {
-        return Ok(endpoint);
-    }
+/// A lazily connected channel to a service URL: `https://` over `tls` (required), its files
+/// read again when they change; `http://` plain. `configure` sets the endpoint's timeouts.
+pub fn grpc_channel(
+    url: &str,
+    tls: Option<&ClientTls>,
+    configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+) -> Result<tonic::transport::Channel, String> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+        return Ok(configure(endpoint).connect_lazy());
+    };
     let tls = tls.ok_or_else(|| format!("{url}: an https:// URL needs CIM_TLS_CA_FILE"))?;
-    let config = tls.tonic().map_err(|e| e.to_string())?;
-    endpoint.tls_config(config).map_err(|e| format!("{url}: {e}"))
+    // The connector makes the TLS connection: tonic is given the address as plain http (with
+    // the https default port when none is named), so it adds no TLS of its own.
+    let authority = rest.split('/').next().unwrap_or_default();
+    let has_port =
+        authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) && !authority.ends_with(']');
+    let plain = if has_port { format!("http://{rest}") } else { format!("http://{authority}:443") };
+    let endpoint = tonic::transport::Endpoint::from_shared(plain).map_err(|e| format!("{url}: {e}"))?;
+    let mut config = tls.rustls().map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::new(Arc::new(config), tls.server_name().map_err(|e| e.to_string())?);
+    Ok(configure(endpoint).connect_with_connector_lazy(connector))
 }

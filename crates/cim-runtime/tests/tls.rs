@@ -1,7 +1,8 @@
 //! TLS on the runtime's own listeners, with a CA made in the test: a gRPC server with mTLS takes
 //! a call from a client with the right certificate and refuses one with none, from a wrong CA,
 //! expired, or dialling a name its certificate does not carry; an HTTPS listener likewise; a
-//! certificate rotated on disk is served by the next handshake without a restart.
+//! certificate rotated on disk is served by the next handshake without a restart, and a client's
+//! certificate and the CA files of both sides likewise.
 
 #[path = "support/ca.rs"]
 mod ca;
@@ -19,6 +20,7 @@ use cim_runtime::tls::{CertFiles, ClientTls, HttpListener, TlsSettings};
 use cim_runtime::{GrpcServer, ServiceHost, Shutdown, bind};
 use echo::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
 
 /// A probe server on port 0 with `tls`; its address and what stops it.
 async fn serve(tls: &TlsSettings) -> (std::net::SocketAddr, Shutdown) {
@@ -32,19 +34,31 @@ async fn serve(tls: &TlsSettings) -> (std::net::SocketAddr, Shutdown) {
     (addr, stop)
 }
 
-/// One call over a fresh channel: the answer, or why there was none.
-async fn call(addr: std::net::SocketAddr, tls: Option<&ClientTls>) -> Result<u32, String> {
+/// Client files are checked for changes at every handshake here.
+const RELOAD: Duration = Duration::ZERO;
+
+/// A channel as the services make them (connected at the first call).
+fn channel(addr: std::net::SocketAddr, tls: Option<&ClientTls>) -> Result<Channel, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let endpoint = cim_runtime::tls::grpc_endpoint(&format!("{scheme}://{addr}"), tls)?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2));
-    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
-    let reply = ProbeClient::new(channel).sleep(SleepRequest { millis: 5 }).await.map_err(|e| format!("{e:?}"))?;
+    cim_runtime::tls::grpc_channel(&format!("{scheme}://{addr}"), tls, |e| {
+        e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(2))
+    })
+}
+
+/// One call on `channel`: the answer, or why there was none.
+async fn call_on(channel: &Channel) -> Result<u32, String> {
+    let reply =
+        ProbeClient::new(channel.clone()).sleep(SleepRequest { millis: 5 }).await.map_err(|e| format!("{e:?}"))?;
     Ok(reply.into_inner().slept_millis)
 }
 
+/// One call over a fresh channel: the answer, or why there was none.
+async fn call(addr: std::net::SocketAddr, tls: Option<&ClientTls>) -> Result<u32, String> {
+    call_on(&channel(addr, tls)?).await
+}
+
 fn client(ca: &Ca, identity: Option<CertFiles>, name: &str) -> ClientTls {
-    ClientTls { ca: ca.file(), identity, server_name: Some(name.to_owned()) }
+    ClientTls { ca: ca.file(), identity, server_name: Some(name.to_owned()), reload: RELOAD }
 }
 
 #[tokio::test]
@@ -120,6 +134,77 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     stop.trigger();
 }
 
+#[tokio::test]
+async fn client_certificates_and_ca_files_rotated_on_disk_reach_the_same_channel() {
+    let dir = TempDir::new();
+    let services = Ca::new(dir.path(), "services");
+    let renewed_ca = Ca::new(dir.path(), "renewed");
+    let stranger = Ca::new(dir.path(), "stranger");
+    let copy = |from: std::path::PathBuf, name: &str| {
+        let to = dir.path().join(name);
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+
+    // The client's certificate expired: refused; renewed on disk, the same channel gets through.
+    let tls = TlsSettings {
+        identity: Some(services.issue("graph", &["graph.cim.internal"], Validity::Now)),
+        client_ca: Some(services.file()),
+        ca: None,
+        reload: Duration::ZERO,
+    };
+    let (addr, stop) = serve(&tls).await;
+    let presented = services.issue("gateway", &["gateway.cim.internal"], Validity::Expired);
+    let gateway = channel(addr, Some(&client(&services, Some(presented.clone()), "graph.cim.internal"))).unwrap();
+    let before = call_on(&gateway).await;
+    assert!(before.is_err(), "an expired client certificate: {before:?}");
+    rotate(&services.issue("gateway-renewed", &["gateway.cim.internal"], Validity::Now), &presented);
+    assert_eq!(call_on(&gateway).await, Ok(5), "the renewed client certificate, without a new channel");
+    stop.trigger();
+
+    // The server's client CA file names another CA: the client is refused; the bundle replaced
+    // on disk, the same channel gets through.
+    let client_ca = copy(stranger.file(), "client-ca.pem");
+    let tls = TlsSettings { client_ca: Some(client_ca.clone()), ..tls.clone() };
+    let (addr, stop) = serve(&tls).await;
+    let gateway = channel(
+        addr,
+        Some(&client(
+            &services,
+            Some(services.issue("gw", &["gateway.cim.internal"], Validity::Now)),
+            "graph.cim.internal",
+        )),
+    )
+    .unwrap();
+    let before = call_on(&gateway).await;
+    assert!(before.is_err(), "a client certificate from a CA the server does not take: {before:?}");
+    std::fs::copy(services.file(), &client_ca).unwrap();
+    assert_eq!(call_on(&gateway).await, Ok(5), "the server's new client CA, without a restart");
+    stop.trigger();
+
+    // The servers moved to a new CA: the client's CA file does not have it yet, then does.
+    let tls = TlsSettings {
+        identity: Some(renewed_ca.issue("graph", &["graph.cim.internal"], Validity::Now)),
+        client_ca: None,
+        ca: None,
+        reload: Duration::ZERO,
+    };
+    let (addr, stop) = serve(&tls).await;
+    let trusted = copy(services.file(), "ca.pem");
+    let caller = ClientTls {
+        ca: trusted.clone(),
+        identity: None,
+        server_name: Some("graph.cim.internal".into()),
+        reload: RELOAD,
+    };
+    let graph = channel(addr, Some(&caller)).unwrap();
+    let before = call_on(&graph).await;
+    assert!(before.is_err(), "a server certificate from a CA the client does not have yet: {before:?}");
+    std::fs::copy(renewed_ca.file(), &trusted).unwrap();
+    assert_eq!(call_on(&graph).await, Ok(5), "the client's new CA file, without a new channel");
+    stop.trigger();
+}
+
 /// `GET /` over TLS with rustls directly: the status line, or why there was none.
 async fn https_get(addr: std::net::SocketAddr, tls: &ClientTls) -> Result<String, String> {
     let config = Arc::new(tls.rustls().map_err(|e| e.to_string())?);
@@ -150,7 +235,8 @@ async fn https_listener_serves_the_right_name_only_to_clients_that_trust_its_ca(
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let browser = ClientTls { ca: public.file(), identity: None, server_name: Some("cim.example.com".into()) };
+    let browser =
+        ClientTls { ca: public.file(), identity: None, server_name: Some("cim.example.com".into()), reload: RELOAD };
     assert!(https_get(addr, &browser).await.unwrap_err().contains("expired"));
     rotate(&public.issue("renewed", &["cim.example.com"], Validity::Now), &served);
     assert_eq!(https_get(addr, &browser).await.unwrap(), "HTTP/1.1 200 OK");

@@ -62,19 +62,15 @@ impl<C: Clone> Upstream<C> {
         let endpoints = urls
             .iter()
             .map(|u| {
-                cim_runtime::tls::grpc_endpoint(u, tls)
-                    .map(|e| {
-                        let e = e.connect_timeout(connect_timeout).tcp_nodelay(true);
-                        match timeout {
-                            Some(t) => e.timeout(t),
-                            None => e,
-                        }
-                    })
-                    .map(|e| {
-                        let channel = e.connect_lazy();
-                        (u.clone(), channel.clone(), client(channel))
-                    })
-                    .map_err(|e| format!("{var}: {u}: {e}"))
+                cim_runtime::tls::grpc_channel(u, tls, |e| {
+                    let e = e.connect_timeout(connect_timeout).tcp_nodelay(true);
+                    match timeout {
+                        Some(t) => e.timeout(t),
+                        None => e,
+                    }
+                })
+                .map(|channel| (u.clone(), channel.clone(), client(channel)))
+                .map_err(|e| format!("{var}: {u}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { replicas: Arc::new(replicas::Replicas::new(endpoints)), timeout, identity: None })

@@ -24,7 +24,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An HTTP/1.1 request over TLS: the status and the whole answer's head.
 async fn https(addr: SocketAddr, ca: &Ca, method: &str, path: &str, bearer: &str, body: &str) -> (u16, String) {
-    let tls = ClientTls { ca: ca.file(), identity: None, server_name: Some("localhost".into()) };
+    let tls = ClientTls {
+        ca: ca.file(),
+        identity: None,
+        server_name: Some("localhost".into()),
+        reload: std::time::Duration::from_secs(1),
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.rustls().unwrap()));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

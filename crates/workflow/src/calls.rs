@@ -8,7 +8,8 @@
 //! gets the caller's key, so calling again after a crash gets the first answer and changes
 //! nothing.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Buf;
@@ -82,10 +83,11 @@ impl CallError {
     }
 }
 
-/// One balanced channel per service a step may call.
+/// A channel to each replica of each service a step may call, taken in turn.
 #[derive(Debug, Clone)]
 pub struct Calls {
-    channels: Vec<(Domain, Channel)>,
+    channels: Vec<(Domain, Arc<[Channel]>)>,
+    turn: Arc<AtomicUsize>,
     timeout: Duration,
     /// Signs the caller metadata when the services check it (`CIM_SERVICE_TOKEN_SECRET`).
     identity: Option<cim_runtime::identity::CallerKey>,
@@ -106,17 +108,18 @@ impl Calls {
             (Domain::Agent, &settings.agent_urls),
             (Domain::Workflow, &settings.workflow_urls),
         ] {
-            let endpoints = urls
+            let replicas = urls
                 .iter()
                 .map(|u| {
-                    cim_runtime::tls::grpc_endpoint(u, tls)
-                        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
-                        .map_err(|e| format!("{domain} URL {u}: {e}"))
+                    cim_runtime::tls::grpc_channel(u, tls, |e| {
+                        e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true)
+                    })
+                    .map_err(|e| format!("{domain} URL {u}: {e}"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            channels.push((domain, Channel::balance_list(endpoints.into_iter())));
+            channels.push((domain, replicas.into()));
         }
-        Ok(Self { channels, timeout: settings.call_timeout, identity })
+        Ok(Self { channels, turn: Arc::default(), timeout: settings.call_timeout, identity })
     }
 
     /// Calls `service`.`method` with `request` (proto JSON) as `caller`, with `key` as the
@@ -134,8 +137,9 @@ impl Calls {
             .map_err(|e| CallError::refused(format!("{service}.{method_name}: the request does not fit: {e}")))?;
         with_key(&mut message, key);
         let domain = SERVICES.iter().find(|s| s.0 == service).map(|s| s.1).unwrap_or(Domain::Workflow);
-        let channel = self.channels.iter().find(|(d, _)| *d == domain).map(|(_, c)| c.clone());
-        let channel = channel.ok_or_else(|| CallError::refused(format!("no {service} service configured")))?;
+        let replicas = self.channels.iter().find(|(d, r)| *d == domain && !r.is_empty()).map(|(_, r)| r);
+        let replicas = replicas.ok_or_else(|| CallError::refused(format!("no {service} service configured")))?;
+        let channel = replicas[self.turn.fetch_add(1, Ordering::Relaxed) % replicas.len()].clone();
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         cim_runtime::telemetry::inject_grpc(request.metadata_mut());
