@@ -19,3 +19,8 @@ cargo bench --locked -p cim-document --bench document
 cargo bench --locked -p cim-agent --bench agent
 cargo bench --locked -p cim-workflow --bench workflow
 cargo bench --locked -p cim-webhook --bench webhook
+# Websocket fan-out against nats-server's own websocket listener, same load, same run.
+CIM_BENCH_PEER=nats cargo bench --locked -p cim-websocket --bench websocket
+# The idle-memory bench starts the service binaries of the same profile.
+cargo build --locked --release --bins
+cargo bench --locked -p cim --bench idle

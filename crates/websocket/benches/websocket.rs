@@ -16,6 +16,13 @@
 //! `CIM_BENCH_CLIENTS` (1000), `CIM_BENCH_RATE` (events/s, 1000), `CIM_BENCH_SOURCE` (`graph`,
 //! the default, or `jetstream`: events published straight to the stream as the relay would, to
 //! measure the websocket server without Postgres and the relay competing for the same cores).
+//! `CIM_BENCH_PEER=nats`: the comparison with nats-server's own websocket listener instead
+//! (`websocket/peer.rs`).
+
+#[path = "websocket/nats_ws.rs"]
+mod nats_ws;
+#[path = "websocket/peer.rs"]
+mod peer;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -127,6 +134,8 @@ struct Seen {
     frames: Vec<(u128, Instant, f64)>,
     out_of_order: u64,
     closed: Option<String>,
+    /// Payload bytes of the event frames.
+    bytes: u64,
 }
 
 /// The field right after `key` in a frame, up to the next `"` (or `,` for numbers).
@@ -250,6 +259,7 @@ async fn client(
                             .and_then(|t| SystemTime::now().duration_since(SystemTime::from(t)).ok())
                             .map_or(f64::NAN, |d| d.as_secs_f64());
                         seen.frames.push((id, now, since_occurred));
+                        seen.bytes += payload.len() as u64;
                         got.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -291,6 +301,9 @@ async fn client(
 
 #[tokio::main]
 async fn main() {
+    if env("CIM_BENCH_PEER", "") == "nats" {
+        return peer::run().await;
+    }
     let seconds: f64 = env("CIM_BENCH_SECONDS", "30").parse().expect("CIM_BENCH_SECONDS");
     let clients: usize = env("CIM_BENCH_CLIENTS", "1000").parse().expect("CIM_BENCH_CLIENTS");
     let rate: u64 = env("CIM_BENCH_RATE", "1000").parse().expect("CIM_BENCH_RATE");

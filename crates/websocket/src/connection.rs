@@ -544,9 +544,9 @@ async fn write_loop<W>(
                         None
                     } else {
                         occurred.push(event.occurred_at);
-                        Some(Message::Text(
-                            event_frame(&id_json, event.position, event.traceparent.as_deref(), &event.envelope).into(),
-                        ))
+                        Some(Message::Text(event.frames.get_or_format(&id_json, || {
+                            event_frame(&id_json, event.position, event.traceparent.as_deref(), &event.envelope)
+                        })))
                     }
                 }
                 Outbound::Control(text) => {

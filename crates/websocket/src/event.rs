@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use cim_core::{AggregateId, AggregateType, EventType, TenantId, headers};
 use serde::Deserialize;
 
+use crate::protocol::FrameCache;
+
 /// One event as the feed dispatches it: decoded once, shared by every recipient.
 #[derive(Debug)]
 pub struct FeedEvent {
@@ -22,6 +24,8 @@ pub struct FeedEvent {
     /// The W3C trace context the event frame carries: the live feed's dispatch span's, or for
     /// a catch-up read the publish's from the message headers.
     pub traceparent: Option<Box<str>>,
+    /// This event's frames, formatted once per subscription id for all its recipients.
+    pub frames: FrameCache,
 }
 
 /// The envelope fields routing needs; the rest is passed through untouched.
@@ -53,6 +57,7 @@ pub fn decode(position: u64, payload: &[u8], tenant_header: Option<&str>) -> Res
         occurred_at: r.occurred_at.into(),
         envelope: envelope.into(),
         traceparent: None,
+        frames: FrameCache::default(),
     })
 }
 

@@ -3,6 +3,9 @@
 //! part of the public contract; change them only with a new subprotocol version.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
 
 use cim_core::{AggregateId, AggregateType, Domain, EventType, SubjectPrefix};
 use serde::{Deserialize, Serialize};
@@ -346,6 +349,33 @@ pub fn event_frame(id_json: &str, position: u64, traceparent: Option<&str>, enve
     s
 }
 
+/// How many subscription ids one event keeps formatted frames for; a further id's frame is
+/// formatted for each of its clients, as before there was a cache.
+const FRAME_CACHE_IDS: usize = 8;
+
+/// One event's frames, formatted once per subscription id and shared by every client subscribed
+/// under that id (a reference-counted handle, not a copy): the fan-out formats an event once
+/// instead of once per client. Clients usually share ids, since one application's code names
+/// its subscriptions.
+#[derive(Debug, Default)]
+pub struct FrameCache(Mutex<Vec<(Arc<str>, Utf8Bytes)>>);
+
+impl FrameCache {
+    /// The frame for `id_json`, formatted by `format` the first time it is asked for.
+    pub fn get_or_format(&self, id_json: &Arc<str>, format: impl FnOnce() -> String) -> Utf8Bytes {
+        // Nothing under this lock can leave the list half-updated.
+        let mut frames = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, frame)) = frames.iter().find(|(id, _)| Arc::ptr_eq(id, id_json) || **id == **id_json) {
+            return frame.clone();
+        }
+        let frame = Utf8Bytes::from(format());
+        if frames.len() < FRAME_CACHE_IDS {
+            frames.push((id_json.clone(), frame.clone()));
+        }
+        frame
+    }
+}
+
 /// A close reason within RFC 6455's 123 bytes, cut on a character boundary.
 pub fn close_reason(text: &str) -> String {
     let mut end = text.len().min(123);
@@ -420,6 +450,34 @@ mod tests {
         // A header that is not W3C text never reaches the frame (it could break the JSON).
         let v: serde_json::Value = serde_json::from_str(&event_frame("\"s\"", 7, Some("a\"b"), "{}")).unwrap();
         assert!(v.get("traceparent").is_none());
+    }
+
+    #[test]
+    fn an_events_frame_is_formatted_once_per_subscription_id() {
+        let cache = FrameCache::default();
+        let formatted = std::cell::Cell::new(0);
+        let frame = |id: &Arc<str>| {
+            cache.get_or_format(id, || {
+                formatted.set(formatted.get() + 1);
+                event_frame(id, 7, None, "{}")
+            })
+        };
+        let (s, same, other): (Arc<str>, Arc<str>, Arc<str>) = ("\"s\"".into(), "\"s\"".into(), "\"t\"".into());
+        let (a, b, c) = (frame(&s), frame(&same), frame(&other));
+        // One formatting per id, and the clients of one id share the bytes themselves.
+        assert_eq!(formatted.get(), 2);
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        assert_eq!(a.as_str(), event_frame("\"s\"", 7, None, "{}"));
+        assert_eq!(c.as_str(), event_frame("\"t\"", 7, None, "{}"));
+        // Past the bound, frames are still right, just formatted each time.
+        for i in 0..FRAME_CACHE_IDS {
+            frame(&Arc::from(format!("\"x{i}\"")));
+        }
+        let late: Arc<str> = "\"late\"".into();
+        let before = formatted.get();
+        assert_eq!(frame(&late).as_str(), event_frame("\"late\"", 7, None, "{}"));
+        assert_eq!(frame(&late).as_str(), event_frame("\"late\"", 7, None, "{}"));
+        assert_eq!(formatted.get(), before + 2);
     }
 
     #[test]
