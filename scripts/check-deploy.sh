@@ -283,11 +283,18 @@ check_consistency() {
     "$VENV/bin/python" "$ROOT/tests/deploy/consistency.py" "${args[@]}"
 }
 
-check_capacity() {
-    local args=() f
+# Each rendered overlay as <overlay>=<file>, one a line: what capacity.py and autoscaling.py take.
+rendered_overlays() {
+    local f
     for f in "$WORK"/k8s-*.yaml; do
-        [ -s "$f" ] && args+=("$(basename "$f" .yaml | sed 's/^k8s-//')=$f")
+        [ -s "$f" ] && echo "$(basename "$f" .yaml | sed 's/^k8s-//')=$f"
     done
+    return 0
+}
+
+check_capacity() {
+    local args
+    mapfile -t args < <(rendered_overlays)
     [ "${#args[@]}" -gt 0 ] || {
         echo "no overlay was rendered (see the kustomize checks)"
         return 1
@@ -296,10 +303,8 @@ check_capacity() {
 }
 
 check_autoscaling() {
-    local args=() f
-    for f in "$WORK"/k8s-*.yaml; do
-        [ -s "$f" ] && args+=("$(basename "$f" .yaml | sed 's/^k8s-//')=$f")
-    done
+    local args
+    mapfile -t args < <(rendered_overlays)
     [ "${#args[@]}" -gt 0 ] || {
         echo "no overlay was rendered (see the kustomize checks)"
         return 1

@@ -182,6 +182,33 @@ fn server_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
 /// A bench client speaking the websocket framing directly over TCP: the load generator shares
 /// two cores with the server, so it must cost less per frame than a general-purpose library.
 /// (The tests use tokio-tungstenite.)
+/// A reader's token for `tenant`, valid for an hour.
+fn reader_token(tenant: TenantId) -> String {
+    let claims = Claims {
+        sub: "bench".into(),
+        tenant: tenant.to_string(),
+        roles: vec!["reader".into()],
+        exp: now_secs() + 3600,
+        iss: "cim".into(),
+        aud: "cim".into(),
+    };
+    issue_hs256(SECRET, &claims).expect("token")
+}
+
+/// Reads more of a client's socket into `buf`; why it closed when it did (or `stop` came: None
+/// and the caller stops).
+async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>, stop: &CancellationToken) -> Result<(), Option<String>> {
+    let read = tokio::select! {
+        r = tcp.read_buf(buf) => r,
+        _ = stop.cancelled() => return Err(None),
+    };
+    match read {
+        Ok(0) => Err(Some("ended".into())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Some(e.to_string())),
+    }
+}
+
 async fn client(
     addr: String,
     token: String,
@@ -279,20 +306,9 @@ async fn client(
             consumed += len;
         }
         buf.drain(..consumed);
-        let read = tokio::select! {
-            r = tcp.read_buf(&mut buf) => r,
-            _ = stop.cancelled() => break,
-        };
-        match read {
-            Ok(0) => {
-                seen.closed = Some("ended".into());
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                seen.closed = Some(e.to_string());
-                break;
-            }
+        if let Err(why) = read_more(&mut tcp, &mut buf, &stop).await {
+            seen.closed = why;
+            break;
         }
     }
     let _ = tcp.write_all(&masked_frame(8, &1000u16.to_be_bytes())).await;
@@ -370,18 +386,7 @@ async fn main() {
         let r = pb::CreateGraphRequest { name: "bench".into(), ..Default::default() };
         graphs.push(graph.create_graph(req(tenant, r)).await.expect("create graph").into_inner().graph_id);
     }
-    let token = issue_hs256(
-        SECRET,
-        &Claims {
-            sub: "bench".into(),
-            tenant: tenant.to_string(),
-            roles: vec!["reader".into()],
-            exp: now_secs() + 3600,
-            iss: "cim".into(),
-            aud: "cim".into(),
-        },
-    )
-    .expect("token");
+    let token = reader_token(tenant);
 
     // Clients connect in waves, so the listen backlog is never the bottleneck.
     let ready = Arc::new(AtomicU64::new(0));

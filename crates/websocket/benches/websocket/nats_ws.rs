@@ -217,20 +217,9 @@ pub async fn client(
             used += len;
         }
         proto.drain(..used);
-        let read = tokio::select! {
-            r = tcp.read_buf(&mut buf) => r,
-            _ = stop.cancelled() => break,
-        };
-        match read {
-            Ok(0) => {
-                seen.closed = Some("ended".into());
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                seen.closed = Some(e.to_string());
-                break;
-            }
+        if let Err(why) = super::read_more(&mut tcp, &mut buf, &stop).await {
+            seen.closed = why;
+            break;
         }
     }
     let _ = tcp.write_all(&masked_frame(8, &1000u16.to_be_bytes())).await;

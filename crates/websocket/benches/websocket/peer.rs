@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cim_auth::{Claims, issue_hs256, now_secs};
 use cim_core::{
     Actor, AggregateId, CausationId, CorrelationId, Domain, EventContext, EventEnvelope, EventHash, EventSubject,
     NewEvent, SubjectPrefix, TenantId, headers,
@@ -146,18 +145,7 @@ async fn run_side(side: Side, load: &Load, nats: &PrivateNats, order: usize) -> 
         }
         Side::Nats => (vec![("nats-server", nats.pid)], nats.ws_addr.clone()),
     };
-    let token = issue_hs256(
-        SECRET,
-        &Claims {
-            sub: "bench".into(),
-            tenant: tenant.to_string(),
-            roles: vec!["reader".into()],
-            exp: now_secs() + 3600,
-            iss: "cim".into(),
-            aud: "cim".into(),
-        },
-    )
-    .expect("token");
+    let token = super::reader_token(tenant);
 
     // Clients connect in waves of 100.
     let (ready, stop) = (Arc::new(AtomicU64::new(0)), CancellationToken::new());
