@@ -50,6 +50,8 @@ const SUBMITTERS: usize = 64;
 /// Each agent's max_concurrent_tasks: 32 × 4 slots, more than the 64 submitters keep busy.
 const AGENT_LIMIT: u32 = 4;
 const CAPABILITY: &str = "bench.echo";
+/// Finished tasks of another tenant in `tasks` before the run (a deployment that has run a while).
+const FINISHED_TASKS: i64 = 100_000;
 /// How long one task may take before the bench calls it lost.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -396,6 +398,21 @@ async fn main() {
     let addr = prepared.grpc_addr;
     let pool = prepared.store.pool().clone();
     let server = tokio::spawn(prepared.run());
+
+    // A deployment that has run a while: the planner knows `tasks` is large. A schema seconds
+    // old has plans made for an empty table (a sequential scan of every task per statement,
+    // kept for the run by the prepared statements) that no deployment keeps past autovacuum's
+    // first analyze.
+    sqlx::query(
+        "INSERT INTO tasks (tenant_id, task_id, version, created_at, updated_at, state, payload, priority) \
+         SELECT $1, gen_random_uuid(), 3, now(), now(), 'completed', '{}', 0 FROM generate_series(1, $2)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(FINISHED_TASKS)
+    .execute(&pool)
+    .await
+    .expect("finished tasks of another tenant");
+    sqlx::query("ANALYZE tasks").execute(&pool).await.expect("analyze tasks");
 
     // (3) The raw rate: one durable row per transaction, as an event append's insert is.
     cim_testkit::bench::RawEvents::create_table(&pool, "raw_events", "events").await;

@@ -17,7 +17,8 @@ pub const TASKS_ASSIGNED_TOTAL: &str = "cim_agent_tasks_assigned_total";
 pub const ASSIGNED_AT: &[&str] = &[AT_SUBMIT, AT_DISPATCHER];
 pub const AT_SUBMIT: &str = "submit";
 pub const AT_DISPATCHER: &str = "dispatcher";
-/// How long a task waited in the queue (since its submission or requeue) until assigned.
+/// How long a task waited (since its submission or requeue) until its assignment committed: a
+/// task assigned with its submission waits for that write, a queued one for a dispatch pass.
 pub const DISPATCH_LATENCY_SECONDS: &str = "cim_agent_dispatch_latency_seconds";
 /// Leases that lapsed, their tasks put back in the queue (a worker died or went silent).
 pub const LEASE_EXPIRIES_TOTAL: &str = "cim_agent_lease_expiries_total";
@@ -42,7 +43,7 @@ pub fn describe() {
     metrics::describe_histogram!(
         DISPATCH_LATENCY_SECONDS,
         metrics::Unit::Seconds,
-        "Time a task waited in the queue (since submission or requeue) until it was assigned"
+        "Time from a task's submission or requeue until its assignment committed"
     );
     metrics::describe_counter!(LEASE_EXPIRIES_TOTAL, "Leases that lapsed; their tasks went back to the queue");
     metrics::describe_counter!(TASKS_TIMED_OUT_TOTAL, "Tasks timed out by their deadline");

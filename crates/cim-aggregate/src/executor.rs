@@ -215,6 +215,31 @@ impl<A: Aggregate> CommandExecutor<A> {
         let mut known = self.heads.lock(id).await;
         if let Some(assuming) = &self.assuming
             && options.idempotency_key.is_none()
+            && A::creates(command)
+            && known.is_none()
+            && options.expected_version.is_none_or(|v| v == 0)
+        {
+            // A create needs no head: its guard checks that the aggregate is absent. One share of
+            // a group statement instead of a transaction of its own (BEGIN, append, project,
+            // COMMIT). An id that exists after all misses, and the locked path says so.
+            let seal = Box::new(|events: &[A::Event]| self.append_of(caller, id, Expected::NoStream, events, None));
+            match assuming.try_write(command, &self.services, seal).await? {
+                Tried::Written(done) => {
+                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "hit")
+                        .increment(1);
+                    // Decided here, so not closing (the [`OneStatement`] contract).
+                    *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open: true });
+                    return Ok(done);
+                }
+                Tried::Missed => {
+                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "miss")
+                        .increment(1);
+                }
+                Tried::Ineligible => {}
+            }
+        }
+        if let Some(assuming) = &self.assuming
+            && options.idempotency_key.is_none()
             && let Some(head) = *known
             && head.tenant == caller.tenant
             && head.open

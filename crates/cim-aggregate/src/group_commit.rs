@@ -149,6 +149,15 @@ async fn write_group<S: GroupStatement>(
                 let _ = reply.send(Ok(result));
             }
         }
+        Err(e @ StoreError::Conflict { .. }) => {
+            // A sequence taken under the group: a create whose id another statement wrote
+            // meanwhile (the guard cannot lock a row that does not exist yet). Nothing was
+            // written; each command takes the locked path, which names the one that lost.
+            tracing::debug!(error = %e, commands = replies.len(), "group write lost a race; commands retry alone");
+            for reply in replies {
+                let _ = reply.send(Ok(None));
+            }
+        }
         Err(StoreError::Database(e @ sqlx::Error::Database(_))) if !cim_runtime::postgres::is_transient(&e) => {
             // Postgres refused the statement as a whole (nothing was written): one bad
             // command must not fail the others, so each takes the locked path on its own.

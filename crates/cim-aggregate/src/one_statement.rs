@@ -1,8 +1,9 @@
 //! The one-round-trip write: a command decided on facts assumed instead of read.
 //!
-//! The locked path costs six round trips (BEGIN, lock, read facts, append, project, COMMIT).
-//! When this process knows an aggregate's head from its own last write or locked read, a
-//! domain may decide a command on assumed facts and send one guarded statement (grouped with
+//! The locked path costs six round trips (BEGIN, lock, read facts, append, project, COMMIT;
+//! four for a create, which reads nothing). When this process knows an aggregate's head from
+//! its own last write or locked read, or the command creates it, a domain may decide a command
+//! on assumed facts and send one guarded statement (grouped with
 //! other aggregates' commands, [`crate::group_commit`]) that checks the head and every
 //! assumption, appends and projects. If anything differs (another process wrote, a fact did not
 //! hold) nothing is written and the executor takes the locked path, which reports the real
@@ -25,6 +26,11 @@ pub trait OneStatement<A: Aggregate>: GroupStatement {
     /// The events `command` causes if the facts it depends on are as assumed, with the rows
     /// that state those assumptions for the statement; `None` when it must be decided on read
     /// facts. A command decided here never closes the aggregate ([`OneStatement::open`]).
+    ///
+    /// A command that creates ([`Aggregate::creates`], without an idempotency key) comes here
+    /// too, with no head: its `cmd` row has version 0, and the guard must let it through only
+    /// while the aggregate is absent. A domain whose guard does not check that returns `None`
+    /// for creates.
     fn decide_assuming(&self, command: &A::Command, services: &A::Services) -> Option<(Vec<A::Event>, Self::Rows)>;
 
     /// Whether an aggregate in `state` still takes one-statement writes.

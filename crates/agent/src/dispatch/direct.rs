@@ -8,8 +8,6 @@
 //! state and capabilities the last pass read of each (forgotten when an event of the agent is
 //! written here or seen on the feed); the slot is held before the write, as a pass holds it.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use cim_core::{AggregateId, TenantId};
 
@@ -91,7 +89,9 @@ impl Dispatcher {
                     queued_since: now,
                     attempts: 0,
                 };
-                self.deliver(tenant, claim.agent, &queued, claim.lease_until, 1, AT_SUBMIT, Duration::ZERO);
+                // Never queued, but not instant either: the submission's own write is the wait.
+                let waited = (Utc::now() - now).to_std().unwrap_or_default();
+                self.deliver(tenant, claim.agent, &queued, claim.lease_until, 1, AT_SUBMIT, waited);
             }
             (Some(claim), false) => {
                 if let Some(session) = self.session(tenant, claim.agent)

@@ -1,5 +1,6 @@
-//! The task's one-statement path (assignments and completions written by one guarded statement,
-//! many tasks at once) against the read path: the same rows, and the same refusals.
+//! The task's one-statement path (submissions, assignments and completions written by one
+//! guarded statement, many tasks at once) against the read path: the same rows, and the same
+//! refusals.
 
 use chrono::{DateTime, Duration, Utc};
 use cim_agent::names::parse_names;
@@ -66,7 +67,7 @@ async fn assignments_and_completions_in_one_statement_write_what_the_read_path_w
 
     let deadline = Utc::now() + Duration::hours(1);
     let fast = through(&one, &caller, agent_id, deadline).await;
-    assert_eq!(writes("agent_one_statement_test", "hit"), 2, "assigned and completed in one statement each");
+    assert_eq!(writes("agent_one_statement_test", "hit"), 3, "submitted, assigned and completed in one statement each");
     let slow = through(&read, &caller, agent_id, deadline).await;
     let blank = |mut t: cim_proto::agent::Task| {
         (t.task_id, t.created_at, t.updated_at) = (String::new(), None, None);
@@ -127,6 +128,9 @@ async fn a_submission_written_with_its_assignment_projects_what_two_writes_proje
     let agent_id: AggregateId = agent.parse().unwrap();
     let caller = Caller { tenant, actor: cim_core::Actor::service("dispatcher"), correlation: None };
     let tasks = CommandExecutor::<Task>::new(svc.running.store.clone(), "agent").with_projection(TaskProjection);
+    let one = CommandExecutor::<Task>::new(svc.running.store.clone(), "agent_one_statement_submit_test")
+        .with_projection(TaskProjection)
+        .with_one_statement(TaskStatement);
     let submission = Submission {
         required_capabilities: parse_names("required_capabilities", &["ocr".into()]).unwrap(),
         payload: serde_json::json!({"page": 2}).as_object().unwrap().clone(),
@@ -136,10 +140,13 @@ async fn a_submission_written_with_its_assignment_projects_what_two_writes_proje
     };
     let now = Utc::now();
     let lease_until = now + Duration::seconds(60);
-    let (together, apart) = (AggregateId::new(), AggregateId::new());
+    let (together, apart, grouped) = (AggregateId::new(), AggregateId::new(), AggregateId::new());
     let both = TaskCommand::SubmitAndAssign { submission: submission.clone(), now, agent: agent_id, lease_until };
     let done = tasks.execute(&caller, together, &both, &Default::default()).await.unwrap();
     assert_eq!(done.events.len(), 2);
+    let done = one.execute(&caller, grouped, &both, &Default::default()).await.unwrap();
+    assert_eq!((done.events.len(), done.version), (2, 2));
+    assert_eq!(writes("agent_one_statement_submit_test", "hit"), 1, "submitted and assigned by one group statement");
     tasks.execute(&caller, apart, &TaskCommand::Submit { submission, now }, &Default::default()).await.unwrap();
     let assign = TaskCommand::Assign { agent: agent_id, lease_until, now, attempts: None };
     tasks.execute(&caller, apart, &assign, &Default::default()).await.unwrap();
@@ -153,8 +160,77 @@ async fn a_submission_written_with_its_assignment_projects_what_two_writes_proje
         (row.state.as_str(), row.holder.as_str(), row.attempts, row.version),
         ("assigned", agent.as_str(), 1, 2)
     );
-    assert_eq!(blank(row), blank(get_task(&mut c, tenant, &apart.to_string()).await));
+    assert_eq!(blank(row.clone()), blank(get_task(&mut c, tenant, &apart.to_string()).await));
+    assert_eq!(blank(row), blank(get_task(&mut c, tenant, &grouped.to_string()).await));
     assert_eq!(svc.history(tenant, &together.to_string()).await, ["task_submitted", "task_assigned"]);
-    assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 2);
+    assert_eq!(svc.history(tenant, &grouped.to_string()).await, ["task_submitted", "task_assigned"]);
+    assert_eq!(get_agent(&mut c, tenant, &agent).await.running_tasks, 3);
+    svc.stop().await;
+}
+
+/// A submission under an id that exists, or that another process creates at the same moment,
+/// is written once: the group statement's guard (no row) or the events' sequence key turns the
+/// second away, and the locked path names it as existing. Neither fails the other commands of
+/// its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submission_under_a_taken_id_is_refused_as_existing_and_written_once() {
+    let svc = Service::start().await;
+    let mut c = svc.client().await;
+    let tenant = TenantId::new();
+    let caller = Caller { tenant, actor: cim_core::Actor::service("test"), correlation: None };
+    // Two executors: two processes' group writers, neither knowing the other's heads.
+    let executor = || {
+        CommandExecutor::<Task>::new(svc.running.store.clone(), "agent_one_statement_race_test")
+            .with_projection(TaskProjection)
+            .with_one_statement(TaskStatement)
+    };
+    let (first, second) = (executor(), executor());
+    let submit = |n: u32| TaskCommand::Submit {
+        submission: Submission {
+            required_capabilities: parse_names("required_capabilities", &["ocr".into(), "de".into()]).unwrap(),
+            payload: serde_json::json!({"n": n}).as_object().unwrap().clone(),
+            priority: n,
+            deadline: None,
+            correlation: format!("race {n}"),
+        },
+        now: Utc::now(),
+    };
+
+    // An id that exists: the guard finds its row.
+    let taken = AggregateId::new();
+    first.execute(&caller, taken, &submit(1), &Default::default()).await.unwrap();
+    let refused = second.execute(&caller, taken, &submit(2), &Default::default()).await.unwrap_err();
+    assert!(matches!(refused, ExecutorError::Exists(..)), "{refused}");
+    assert_eq!(refused.code(), cim_core::ErrorCode::AlreadyExists);
+
+    // Ids created by both at once, each beside other submissions of its own group.
+    let none = cim_aggregate::CommandOptions::default();
+    for _ in 0..20 {
+        let contested = AggregateId::new();
+        let (a, b, c1, c2) = (AggregateId::new(), AggregateId::new(), AggregateId::new(), AggregateId::new());
+        let (s1, s2) = (submit(3), submit(4));
+        let (x, y, z, w) = (submit(5), submit(6), submit(7), submit(8));
+        let (r1, r2, ra, rb, rc, rd) = tokio::join!(
+            first.execute(&caller, contested, &s1, &none),
+            second.execute(&caller, contested, &s2, &none),
+            first.execute(&caller, a, &x, &none),
+            second.execute(&caller, b, &y, &none),
+            first.execute(&caller, c1, &z, &none),
+            second.execute(&caller, c2, &w, &none),
+        );
+        for other in [ra, rb, rc, rd] {
+            other.expect("a submission beside the contested one is written");
+        }
+        let (won, lost) = match (r1, r2) {
+            (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+            (r1, r2) => panic!("exactly one creates the task: {r1:?} / {r2:?}"),
+        };
+        assert_eq!(won.version, 1);
+        assert!(matches!(lost, ExecutorError::Exists(..)), "{lost}");
+        assert_eq!(svc.history(tenant, &contested.to_string()).await, ["task_submitted"]);
+    }
+    let row = get_task(&mut c, tenant, &taken.to_string()).await;
+    assert_eq!((row.state.as_str(), row.priority, row.correlation.as_str()), ("queued", 1, "race 1"));
+    assert_eq!(row.required_capabilities, ["de", "ocr"]);
     svc.stop().await;
 }

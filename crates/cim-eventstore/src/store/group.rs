@@ -113,16 +113,19 @@ fn bind_many<'q>(
 impl EventStore {
     /// Validates `cmd` and seals its events on its head token, in the caller's task (its clock
     /// and trace context), for [`EventStore::append_guarded_many`]. Needs [`Expected::Head`] (no
-    /// read before the write), events, and no idempotency key.
+    /// read before the write) or [`Expected::NoStream`] (a new aggregate: its command carries
+    /// version 0, which the caller's guard must check as "absent"), events, and no idempotency
+    /// key.
     pub fn seal_guarded(&self, cmd: &Append) -> Result<SealedAppend, StoreError> {
         self.validate(cmd)?;
-        let Expected::Head(token) = cmd.expected else {
-            return Err(StoreError::Invalid("a guarded append needs a head token".into()));
+        let head = match cmd.expected {
+            Expected::Head(token) => Head { version: token.version, hash: token.hash },
+            Expected::NoStream => Head { version: 0, hash: EventHash::GENESIS },
+            _ => return Err(StoreError::Invalid("a guarded append needs a head token, or no stream".into())),
         };
         if cmd.idempotency_key.is_some() || cmd.events.is_empty() {
             return Err(StoreError::Invalid("a guarded append takes events and no idempotency key".into()));
         }
-        let head = Head { version: token.version, hash: token.hash };
         let batch = Batch::seal(cmd, &head)?;
         Ok(SealedAppend { context: cmd.context.clone(), head, batch, started: Instant::now() })
     }
