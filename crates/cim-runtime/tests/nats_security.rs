@@ -196,7 +196,7 @@ async fn a_creds_file_rotated_on_disk_is_read_at_the_reconnection() {
     let port = free_port();
     let config = operator.server_config(dir.path(), &format!("127.0.0.1:{port}"), &[&account]);
     let _server = start_nats(dir.path(), "operator", port, &config);
-    let expires = chrono::Utc::now().timestamp() + 3;
+    let expires = chrono::Utc::now().timestamp() + 5;
     let security = creds_at(dir.path(), "service.creds", account.user(Some(expires)).creds());
     let path = security.creds_file.clone().unwrap();
     let client = connect(&format!("nats://localhost:{port}"), security).await.unwrap();
