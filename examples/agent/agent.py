@@ -147,7 +147,7 @@ class Worker:
             metadata.append(("x-cim-caller-signature", self.args.caller_signature))
         # Fresh for each stream: what a previous one left unsent (and its end marker) stays there.
         self.outbox, self.closed = queue.Queue(), threading.Event()
-        channel = grpc.insecure_channel(self.args.target)
+        channel = self.channel()
         stream = rpc.AgentServiceStub(channel).ConnectAgent(self.requests(hello), metadata=metadata)
         try:
             for message in stream:
@@ -160,6 +160,22 @@ class Worker:
             self.closed.set()
             self.outbox.put(None)
             channel.close()
+
+    def channel(self):
+        """A channel to the service: TLS when a CA or a certificate is given, checking the service
+        against the CA (else the system's roots) and presenting this worker's certificate (the
+        service requires one when it sets CIM_TLS_CLIENT_CA_FILE). The files are read for each
+        stream, so certificates rotated on disk are used from the next connection on."""
+        a = self.args
+        if not (a.tls_ca or a.tls_cert):
+            return grpc.insecure_channel(a.target)
+
+        def read(path):
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(a.tls_ca), private_key=read(a.tls_key), certificate_chain=read(a.tls_cert))
+        return grpc.secure_channel(a.target, credentials)
 
     def on(self, message):
         kind = message.WhichOneof("kind")
@@ -266,10 +282,31 @@ def main():
         help="x-cim-caller-signature for this tenant and actor, when the services check signatures "
         "(CIM_SERVICE_TOKEN_SECRET): the last line of `cim service-token --tenant T --actor A`",
     )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("CIM_TLS_CA_FILE", ""),
+        help="PEM file of the CA the agent service's certificate must come from: connect over TLS (CIM_TLS_CA_FILE)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("CIM_TLS_CERT_FILE", ""),
+        help="PEM certificate chain this worker presents, for a service that requires client certificates "
+        "(mTLS: issued by the service's CIM_TLS_CLIENT_CA_FILE) (CIM_TLS_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=os.environ.get("CIM_TLS_KEY_FILE", ""),
+        help="PEM private key of --tls-cert (CIM_TLS_KEY_FILE)",
+    )
     parser.add_argument("--slots", type=int, default=0, help="tasks run at once (0: the agent's limit)")
     parser.add_argument("--chunk-delay-ms", type=int, default=20, help="pause between response chunks")
     parser.add_argument("--reconnect", action="store_true", help="connect again after UNAVAILABLE")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    for path in (args.tls_ca, args.tls_cert, args.tls_key):
+        if path and not Path(path).is_file():
+            parser.error(f"{path}: no such file")
     worker = Worker(args)
     backoff = 0.5
     while True:

@@ -1,9 +1,11 @@
 //! The dispatcher end to end: real worker processes (the example agent program) and worker
 //! streams spoken from the test, against the agent service over gRPC with real Postgres and NATS.
 //! Here: routing through real dispatch, priorities and age, per-agent limits, suspended agents,
-//! fairness across tenants. Leases, the stream's rules, conversations and two replicas over one
-//! schema are in the modules.
+//! fairness across tenants. Leases, the stream's rules, conversations, two replicas over one
+//! schema and the worker over mTLS are in the modules.
 
+#[path = "../../cim-runtime/tests/support/ca.rs"]
+mod ca;
 #[path = "support/stream.rs"]
 mod stream;
 #[path = "support/service.rs"]
@@ -21,6 +23,8 @@ mod replicas;
 mod rules;
 #[path = "dispatch/statement.rs"]
 mod statement;
+#[path = "dispatch/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 

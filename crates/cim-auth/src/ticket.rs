@@ -13,7 +13,7 @@
 //! secret; with RS256/ES256/EdDSA it has public keys only. Redis is already where sessions and
 //! API keys live, and both servers reach it.
 
-use deadpool_redis::Pool;
+use cim_runtime::redis::Pool;
 use deadpool_redis::redis::AsyncCommands;
 
 use crate::{AuthError, Method, Principal, now_secs};

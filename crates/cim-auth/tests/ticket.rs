@@ -8,9 +8,9 @@ use cim_auth::ticket::{CONNECTION_SECS, issue, issue_for, redeem};
 use cim_auth::{AuthError, Method, Principal, Role, now_secs};
 use cim_core::TenantId;
 
-fn redis() -> deadpool_redis::Pool {
+fn redis() -> cim_runtime::redis::Pool {
     let url = std::env::var("CIM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    deadpool_redis::Config::from_url(url).create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap()
+    deadpool_redis::Config::from_url(url).create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap().into()
 }
 
 fn principal(expires_at: Option<u64>) -> Principal {

@@ -171,20 +171,20 @@ pub const VARS: &[VarSpec] = &[
         CIM_NATS_CA_FILE,
         None,
         "the path of a PEM file of CA certificates",
-        "NATS over TLS: the CA the server's certificate must come from (TLS is then required)",
+        "NATS over TLS: the CA the server's certificate must come from (TLS is then required); read again at each (re)connection",
     ),
     var(
         CIM_NATS_CERT_FILE,
         None,
         "the path of a PEM certificate chain (with CIM_NATS_KEY_FILE)",
-        "NATS over TLS: the client certificate presented to the server",
+        "NATS over TLS: the client certificate presented to the server; read again at each (re)connection",
     ),
     var(CIM_NATS_KEY_FILE, None, "the path of a PEM private key", "NATS over TLS: the key of CIM_NATS_CERT_FILE"),
     var(
         CIM_NATS_CREDS_FILE,
         None,
         "the path of a NATS .creds file (user JWT and NKEY seed)",
-        "NATS decentralized authentication; not with CIM_NATS_NKEY_SEED",
+        "NATS decentralized authentication (operator mode); read again at each (re)connection; not with CIM_NATS_NKEY_SEED",
     ),
     VarSpec {
         name: CIM_NATS_NKEY_SEED,
@@ -206,13 +206,13 @@ pub const VARS: &[VarSpec] = &[
         CIM_REDIS_CA_FILE,
         None,
         "the path of a PEM file of CA certificates",
-        "with rediss://: the CA Redis's certificate must come from; unset: the system's roots",
+        "with rediss://: the CA Redis's certificate must come from; re-read when it changes; unset: the system's roots",
     ),
     var(
         CIM_REDIS_CERT_FILE,
         None,
         "the path of a PEM certificate chain (with CIM_REDIS_KEY_FILE)",
-        "with rediss://: the client certificate presented to Redis",
+        "with rediss://: the client certificate presented to Redis; re-read when it changes",
     ),
     var(CIM_REDIS_KEY_FILE, None, "the path of a PEM private key", "with rediss://: the key of CIM_REDIS_CERT_FILE"),
     var(CIM_CONNECT_TIMEOUT_MS, Some("5000"), "milliseconds from 100 to 600000", "timeout to reach a dependency"),
@@ -259,7 +259,7 @@ pub const VARS: &[VarSpec] = &[
         CIM_TLS_RELOAD_SECS,
         Some("10"),
         "seconds from 0 to 3600",
-        "how often, at most, a handshake checks whether CIM_TLS_CERT_FILE / CIM_TLS_KEY_FILE changed (0: every handshake)",
+        "how often, at most, a handshake (or a new Redis connection) checks whether the CIM_TLS_* and CIM_REDIS_*_FILE files changed (0: every time)",
     ),
     VarSpec {
         name: CIM_SERVICE_TOKEN_SECRET,
@@ -1303,7 +1303,7 @@ impl Config {
             None => Some(None),
         };
         let tls = tls::tls_settings(&mut r);
-        let redis_tls = tls::redis_tls(&mut r, redis_url.as_ref());
+        let redis_tls = tls::redis_tls(&mut r, redis_url.as_ref(), tls.as_ref().map(|t| t.reload));
         let nats_security = tls::nats_security(&mut r);
         if let (Some(tls), Some(edge), Some(workflow)) = (&tls, &edge, &workflow) {
             let g = &edge.gateway;

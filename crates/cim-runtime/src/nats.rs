@@ -8,6 +8,9 @@ use async_nats::{Client, ConnectOptions};
 use crate::error::RuntimeError;
 use crate::health::CheckFn;
 
+mod creds;
+pub(crate) use creds::read as read_creds;
+
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
     /// One URL or several separated by commas.
@@ -32,19 +35,30 @@ pub struct NatsSecurity {
 }
 
 impl NatsSecurity {
-    /// `opts` with these certificates and credentials; errors name the file at fault.
-    async fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions, String> {
+    /// Connect options with these certificates and credentials, and the URL's `login`; errors
+    /// name the file at fault. async-nats reads the CA and client certificate files again at
+    /// every (re)connection, and so does the creds callback: rotated files reach the next
+    /// connection without a restart.
+    fn options(&self, login: Option<(String, String)>) -> Result<ConnectOptions, String> {
+        let mut opts = match &self.creds_file {
+            Some(path) => {
+                // Read now so a bad file is named here and not as a refused login.
+                creds::read(path).map_err(|what| format!("{}: {what}", path.display()))?;
+                ConnectOptions::with_auth_callback(creds::authenticate(path.clone(), login))
+            }
+            // async-nats does not log in with the URL's user:password by itself.
+            None => match login {
+                Some((user, password)) => ConnectOptions::new().user_and_password(user, password),
+                None => ConnectOptions::new(),
+            },
+        };
         if let Some(ca) = &self.ca {
-            // Read now so a bad file is named here and not as a failed handshake.
             crate::tls::read_roots(ca).map_err(|e| e.to_string())?;
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         }
         if let Some(files) = &self.identity {
             crate::tls::certified_key(files).map_err(|e| e.to_string())?;
             opts = opts.add_client_certificate(files.cert.clone(), files.key.clone()).require_tls(true);
-        }
-        if let Some(path) = &self.creds_file {
-            opts = opts.credentials_file(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
         }
         if let Some(seed) = &self.nkey_seed {
             opts = opts.nkey(seed.expose().to_owned());
@@ -70,12 +84,10 @@ pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
         .map_err(|e| RuntimeError::Nats { at: at.clone(), what: format!("bad URL: {e}") })?;
-    let mut opts = ConnectOptions::new();
-    // async-nats does not log in with the URL's user:password by itself.
-    if let Some((user, password)) = credentials(&settings.url) {
-        opts = opts.user_and_password(user, password);
-    }
-    let opts = settings.security.apply(opts).await.map_err(|what| RuntimeError::Nats { at: at.clone(), what })?;
+    let opts = settings
+        .security
+        .options(credentials(&settings.url))
+        .map_err(|what| RuntimeError::Nats { at: at.clone(), what })?;
     let opts = opts
         .name(&settings.client_name)
         .connection_timeout(settings.connect_timeout)

@@ -1,14 +1,17 @@
 //! Redis through a deadpool pool, with timeouts on every step so a dead Redis costs a bounded
 //! wait instead of a stuck request.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, ClientTlsConfig, TlsCertificates};
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Config, PoolConfig, Runtime, Timeouts};
 
 use crate::error::RuntimeError;
 use crate::health::CheckFn;
+use crate::tls::TlsError;
+use crate::tls::reload::Reloading;
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -20,15 +23,78 @@ pub struct RedisSettings {
 }
 
 /// A `rediss://` connection's CA and client certificate (`CIM_REDIS_*_FILE`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RedisTls {
     /// The CA Redis's certificate must come from; `None`: the system's roots.
-    pub ca: Option<std::path::PathBuf>,
+    pub ca: Option<PathBuf>,
     pub identity: Option<crate::tls::CertFiles>,
+    /// How often the files are checked for a change, at most (`CIM_TLS_RELOAD_SECS`).
+    pub reload: Duration,
+}
+
+impl Default for RedisTls {
+    fn default() -> Self {
+        Self { ca: None, identity: None, reload: crate::tls::TlsSettings::default().reload }
+    }
+}
+
+impl RedisTls {
+    fn files(&self) -> Vec<PathBuf> {
+        let identity = self.identity.iter().flat_map(|f| [f.cert.clone(), f.key.clone()]);
+        self.ca.iter().cloned().chain(identity).collect()
+    }
+}
+
+/// A Redis connection pool whose TLS files are read again when they change. The redis client
+/// takes its CA and client certificate as bytes, read once, into every connection it makes; so
+/// with a `rediss://` URL and certificate files, [`Pool::get`] checks the files (at most every
+/// `RedisTls::reload`, [`Reloading`]) and, once they changed, hands out connections of a new
+/// pool built from them. Connections already made keep working; the old pool's close as they
+/// come back to it.
+#[derive(Debug, Clone)]
+pub struct Pool(Arc<Swapped>);
+
+#[derive(Debug)]
+enum Swapped {
+    Fixed(deadpool_redis::Pool),
+    Reloading(Reloading<deadpool_redis::Pool>),
+}
+
+impl Pool {
+    /// A connection from the pool, made with the current files when a new one is needed.
+    pub async fn get(&self) -> Result<deadpool_redis::Connection, deadpool_redis::PoolError> {
+        match &*self.0 {
+            Swapped::Fixed(pool) => pool.get().await,
+            Swapped::Reloading(pool) => pool.current().get().await,
+        }
+    }
+}
+
+/// A pool whose files never change (plain `redis://`, or the system's roots).
+impl From<deadpool_redis::Pool> for Pool {
+    fn from(pool: deadpool_redis::Pool) -> Self {
+        Self(Arc::new(Swapped::Fixed(pool)))
+    }
 }
 
 fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
-    let error = |what: String| RuntimeError::Redis { at: crate::config::redact_url(&settings.url), what };
+    let error = |e: TlsError| {
+        let what = if e.path.as_os_str().is_empty() { e.what } else { e.to_string() };
+        RuntimeError::Redis { at: crate::config::redact_url(&settings.url), what }
+    };
+    let files = settings.tls.files();
+    if !settings.url.starts_with("rediss://") || files.is_empty() {
+        return build(settings).map(Pool::from).map_err(error);
+    }
+    let settings_now = settings.clone();
+    let reloading = Reloading::new(files, settings.tls.reload, move || build(&settings_now)).map_err(error)?;
+    Ok(Pool(Arc::new(Swapped::Reloading(reloading))))
+}
+
+/// A deadpool pool with the TLS files as they are now. Errors name the file at fault, or the
+/// certificate file for a configuration that does not build.
+fn build(settings: &RedisSettings) -> Result<deadpool_redis::Pool, TlsError> {
+    let unnamed = |what: String| TlsError { path: PathBuf::new(), what };
     let pool_config = PoolConfig {
         max_size: settings.max_size,
         timeouts: Timeouts {
@@ -41,11 +107,19 @@ fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
     if !settings.url.starts_with("rediss://") {
         let mut cfg = Config::from_url(settings.url.clone());
         cfg.pool = Some(pool_config);
-        return cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| error(format!("bad configuration: {e}")));
+        return cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| unnamed(format!("bad configuration: {e}")));
+    }
+    // Checked here, as the other TLS files are: a half-rotated pair (the new key beside the old
+    // certificate) is an error that keeps the previous pool, not a pool that cannot connect.
+    if let Some(files) = &settings.tls.identity {
+        crate::tls::certified_key(files)?;
+    }
+    if let Some(ca) = &settings.tls.ca {
+        crate::tls::read_roots(ca)?;
     }
     // The redis client builds its rustls configuration from the process's provider.
     crate::tls::install_provider();
-    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| error(format!("{}: {e}", path.display())));
+    let read = |path: &Path| std::fs::read(path).map_err(|e| TlsError { path: path.to_owned(), what: e.to_string() });
     let certificates = TlsCertificates {
         client_tls: match &settings.tls.identity {
             Some(files) => Some(ClientTlsConfig { client_cert: read(&files.cert)?, client_key: read(&files.key)? }),
@@ -53,15 +127,17 @@ fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
         },
         root_cert: settings.tls.ca.as_deref().map(read).transpose()?,
     };
+    let at =
+        settings.tls.identity.as_ref().map(|f| f.cert.clone()).or_else(|| settings.tls.ca.clone()).unwrap_or_default();
     let client = redis::Client::build_with_tls(settings.url.as_str(), certificates)
-        .map_err(|e| error(format!("bad TLS configuration: {e}")))?;
+        .map_err(|e| TlsError { path: at, what: format!("bad TLS configuration: {e}") })?;
     let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-        .map_err(|e| error(format!("bad configuration: {e}")))?;
-    Pool::builder(manager)
+        .map_err(|e| unnamed(format!("bad configuration: {e}")))?;
+    deadpool_redis::Pool::builder(manager)
         .config(pool_config)
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| error(format!("bad configuration: {e}")))
+        .map_err(|e| unnamed(format!("bad configuration: {e}")))
 }
 
 async fn ping(pool: &Pool, timeout: Duration) -> Result<(), String> {

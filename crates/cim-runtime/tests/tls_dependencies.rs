@@ -1,56 +1,24 @@
-//! TLS to the infrastructure, each against a private server process started by the test on a
+//! TLS to Postgres and Redis, each against a private server process started by the test on a
 //! free port with certificates from a CA made in the test: Postgres (`sslmode=verify-full`, a
-//! client certificate), Redis (`rediss://`, client certificates required) and NATS (TLS with
-//! client certificates verified, NKEY authentication). Each connects with the right
-//! certificates and is refused with none, a wrong CA, an expired certificate or a wrong name.
+//! client certificate), Redis (`rediss://`, client certificates required). Each connects with the
+//! right certificates and is refused with none, a wrong CA, an expired certificate or a wrong
+//! name; Redis's CA and client certificate files, rotated on disk, reach new connections. NATS
+//! is in `nats_security.rs`.
 
 #[path = "support/ca.rs"]
 mod ca;
+#[path = "support/server.rs"]
+mod server;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ca::{Ca, TempDir, Validity};
-use cim_runtime::nats::{NatsSecurity, NatsSettings};
 use cim_runtime::postgres::PgSettings;
 use cim_runtime::redis::{RedisSettings, RedisTls};
 use cim_runtime::tls::CertFiles;
-
-/// A server process, stopped when the test ends: SIGINT (Postgres' fast shutdown) and a short
-/// wait, then SIGKILL.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-INT").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Waits until something accepts connections on `port`.
-fn wait_for(port: u16, server: &mut Server, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("{what} exited with {status} before listening");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use server::{Server, free_port, wait_for};
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
@@ -191,9 +159,10 @@ async fn postgres_refuses_an_expired_server_certificate() {
     assert!(error.contains("failed the TLS handshake") && error.contains("expired"), "{error}");
 }
 
-/// A private Redis on a TLS port only, requiring client certificates from `ca`.
-fn start_redis(dir: &Path, served: &CertFiles, ca: &Path) -> (Server, u16) {
-    let port = free_port();
+/// A private Redis on a TLS port only (`port`, or a free one), requiring client certificates
+/// from `ca`.
+fn start_redis(dir: &Path, served: &CertFiles, ca: &Path, port: Option<u16>) -> (Server, u16) {
+    let port = port.unwrap_or_else(free_port);
     let mut server = Server(
         Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
@@ -226,10 +195,15 @@ async fn redis_over_tls_with_client_certificates() {
     let cache = Ca::new(dir.path(), "cache");
     let stranger = Ca::new(dir.path(), "stranger");
     let client = cache.issue("client", &["gateway"], Validity::Now);
-    let (_server, port) = start_redis(dir.path(), &cache.issue("server", &["localhost"], Validity::Now), &cache.file());
+    let (_server, port) =
+        start_redis(dir.path(), &cache.issue("server", &["localhost"], Validity::Now), &cache.file(), None);
     let (_old, old_port) =
-        start_redis(dir.path(), &cache.issue("old-server", &["localhost"], Validity::Expired), &cache.file());
-    let tls = |ca: &Ca, identity: Option<&CertFiles>| RedisTls { ca: Some(ca.file()), identity: identity.cloned() };
+        start_redis(dir.path(), &cache.issue("old-server", &["localhost"], Validity::Expired), &cache.file(), None);
+    let tls = |ca: &Ca, identity: Option<&CertFiles>| RedisTls {
+        ca: Some(ca.file()),
+        identity: identity.cloned(),
+        ..RedisTls::default()
+    };
 
     redis_ping(format!("rediss://localhost:{port}"), tls(&cache, Some(&client))).await.unwrap();
     let expired_client = cache.issue("old-client", &["gateway"], Validity::Expired);
@@ -247,87 +221,43 @@ async fn redis_over_tls_with_client_certificates() {
     }
 }
 
-/// A private NATS taking TLS only, verifying client certificates from `ca`, and users by NKEY.
-fn start_nats(dir: &Path, name: &str, served: &CertFiles, ca: &Path, nkey_user: &str) -> (Server, u16) {
-    let port = free_port();
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}\nauthorization {{ users: [ {{ nkey: \"{nkey_user}\" }} ] }}\n",
-            served.cert.display(),
-            served.key.display(),
-            ca.display()
-        ),
-    )
-    .unwrap();
-    let mut server = Server(
-        Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server"),
-    );
-    wait_for(port, &mut server, "nats-server");
-    (server, port)
-}
-
-async fn nats_connect(url: String, security: NatsSecurity) -> Result<(), String> {
-    let settings =
-        NatsSettings { url, client_name: "cim-tls-test".into(), connect_timeout: Duration::from_secs(2), security };
-    let client = cim_runtime::nats::connect(&settings).await.map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())
-}
-
+/// The redis client holds its certificates as bytes read once; the pool reads the files again
+/// when they change. Redis moves to a certificate from a new CA and wants client certificates
+/// from that CA only: the pool made before is refused until its files are rotated on disk, then
+/// its new connections use them, without being made again.
 #[tokio::test]
-async fn nats_over_tls_with_client_certificates_and_an_nkey() {
+async fn redis_ca_and_client_certificate_rotated_on_disk_reach_new_connections() {
     let dir = TempDir::new();
-    let bus = Ca::new(dir.path(), "bus");
-    let stranger = Ca::new(dir.path(), "stranger");
-    let user = nkeys::KeyPair::new_user();
-    let seed = cim_runtime::config::Secret::new(user.seed().unwrap());
-    let (_server, port) = start_nats(
-        dir.path(),
-        "now",
-        &bus.issue("server", &["localhost"], Validity::Now),
-        &bus.file(),
-        &user.public_key(),
-    );
-    let (_old, old_port) = start_nats(
-        dir.path(),
-        "old",
-        &bus.issue("old-server", &["localhost"], Validity::Expired),
-        &bus.file(),
-        &user.public_key(),
-    );
-    let client = bus.issue("client", &["graph"], Validity::Now);
-    let security = |ca: &Ca, identity: Option<&CertFiles>| NatsSecurity {
-        ca: Some(ca.file()),
-        identity: identity.cloned(),
-        creds_file: None,
-        nkey_seed: Some(seed.clone()),
+    let (old, new) = (Ca::new(dir.path(), "old"), Ca::new(dir.path(), "new"));
+    // The files the client is configured with, replaced in place like a mounted Secret.
+    let client = old.issue("client", &["gateway"], Validity::Now);
+    let ca_file = dir.path().join("client-ca.pem");
+    std::fs::copy(old.file(), &ca_file).unwrap();
+    let (first, port) = start_redis(dir.path(), &old.issue("server", &["localhost"], Validity::Now), &old.file(), None);
+    let settings = RedisSettings {
+        url: format!("rediss://localhost:{port}"),
+        max_size: 2,
+        timeout: Duration::from_secs(2),
+        // Checked at every new connection, so the test needs no wait.
+        tls: RedisTls { ca: Some(ca_file.clone()), identity: Some(client.clone()), reload: Duration::ZERO },
     };
+    let pool = cim_runtime::redis::connect(&settings).await.unwrap();
+    let ping = |pool: cim_runtime::redis::Pool| async move {
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        deadpool_redis::redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| e.to_string())
+    };
+    assert_eq!(ping(pool.clone()).await.as_deref(), Ok("PONG"));
 
-    nats_connect(format!("tls://localhost:{port}"), security(&bus, Some(&client))).await.unwrap();
-    let expired_client = bus.issue("old-client", &["graph"], Validity::Expired);
-    let without_nkey = NatsSecurity { nkey_seed: None, ..security(&bus, Some(&client)) };
-    let refused = [
-        (
-            "no TLS",
-            format!("nats://localhost:{port}"),
-            NatsSecurity { nkey_seed: Some(seed.clone()), ..Default::default() },
-        ),
-        ("no client certificate", format!("tls://localhost:{port}"), security(&bus, None)),
-        ("a wrong CA", format!("tls://localhost:{port}"), security(&stranger, Some(&client))),
-        ("a wrong name", format!("tls://127.0.0.1:{port}"), security(&bus, Some(&client))),
-        ("an expired client certificate", format!("tls://localhost:{port}"), security(&bus, Some(&expired_client))),
-        ("an expired server certificate", format!("tls://localhost:{old_port}"), security(&bus, Some(&client))),
-        ("no NKEY", format!("tls://localhost:{port}"), without_nkey),
-    ];
-    for (case, url, security) in refused {
-        let outcome = nats_connect(url, security).await;
-        assert!(outcome.is_err(), "{case}: {outcome:?}");
-    }
+    drop(first);
+    server::wait_closed(port);
+    let new_served = new.issue("new-server", &["localhost"], Validity::Now);
+    let (_second, _) = start_redis(dir.path(), &new_served, &new.file(), Some(port));
+    let refused = ping(pool.clone()).await;
+    assert!(refused.is_err(), "the old CA file trusted the new server: {refused:?}");
+
+    let staged = dir.path().join("client-ca.staged");
+    std::fs::copy(new.file(), &staged).unwrap();
+    std::fs::rename(&staged, &ca_file).unwrap();
+    ca::rotate(&new.issue("new-client", &["gateway"], Validity::Now), &client);
+    assert_eq!(ping(pool.clone()).await.as_deref(), Ok("PONG"));
 }

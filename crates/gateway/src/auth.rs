@@ -30,7 +30,7 @@ pub const SESSION_COOKIE: &str = "cim_session";
 /// Where API keys and console sessions are kept.
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    pub redis: deadpool_redis::Pool,
+    pub redis: cim_runtime::redis::Pool,
     pub session_ttl: Duration,
     /// Whether the session cookie is `Secure` (sent over HTTPS only).
     pub cookie_secure: bool,

@@ -102,7 +102,7 @@ impl DomainCache {
 /// What the cache middleware reads and fills.
 #[derive(Debug)]
 pub struct CacheState {
-    pub redis: deadpool_redis::Pool,
+    pub redis: cim_runtime::redis::Pool,
     /// Zero: no caching.
     pub ttl: Duration,
     pub bumps: Bumps,

@@ -21,7 +21,7 @@ const KEEP_SECS: u64 = 24 * 3600;
 /// Where replies are kept, and which requests are fingerprinted.
 #[derive(Debug, Clone)]
 pub struct IdempotencyState {
-    pub redis: deadpool_redis::Pool,
+    pub redis: cim_runtime::redis::Pool,
     /// The most a fingerprinted body may hold (the gateway's body limit).
     pub max_body_bytes: usize,
     /// Routes whose bodies are streams of any size: not held in memory to fingerprint them;

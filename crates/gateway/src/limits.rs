@@ -67,7 +67,7 @@ impl RateLimiter {
     }
 
     /// Adds the pending counts to Redis and learns the global totals.
-    pub async fn flush(&self, redis: &deadpool_redis::Pool) {
+    pub async fn flush(&self, redis: &cim_runtime::redis::Pool) {
         let batch: Vec<(String, Window)> = {
             let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = cim_auth::now_secs() / 60;
@@ -110,7 +110,7 @@ impl RateLimiter {
     }
 
     /// Flushes until `stop`.
-    pub async fn run(self: std::sync::Arc<Self>, redis: deadpool_redis::Pool, stop: cim_runtime::Shutdown) {
+    pub async fn run(self: std::sync::Arc<Self>, redis: cim_runtime::redis::Pool, stop: cim_runtime::Shutdown) {
         loop {
             self.flush(&redis).await;
             tokio::select! {

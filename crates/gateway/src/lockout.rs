@@ -24,7 +24,7 @@ pub fn describe() {
 
 #[derive(Debug)]
 pub struct Lockout {
-    pub redis: deadpool_redis::Pool,
+    pub redis: cim_runtime::redis::Pool,
     /// 0: no limit.
     pub per_minute: u64,
     /// Addresses over the limit, with the minute they are blocked in.
@@ -45,7 +45,7 @@ fn locked_out(now: u64) -> ApiError {
 }
 
 impl Lockout {
-    pub fn new(redis: deadpool_redis::Pool, per_minute: u64) -> Self {
+    pub fn new(redis: cim_runtime::redis::Pool, per_minute: u64) -> Self {
         Self { redis, per_minute, blocked: Mutex::new(HashMap::new()), last_block: AtomicU64::new(0) }
     }
 

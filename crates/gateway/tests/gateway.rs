@@ -426,7 +426,7 @@ async fn concurrent_cache_bumps_each_land_before_they_return() {
     .unwrap();
     let bumps = cim_gateway::cache::Bumps::start(pool.clone(), Duration::from_secs(60));
     let graphs: Vec<String> = (0..20).map(|_| uuid::Uuid::now_v7().to_string()).collect();
-    let gen_of = |pool: deadpool_redis::Pool, graph: String| async move {
+    let gen_of = |pool: cim_runtime::redis::Pool, graph: String| async move {
         let mut conn = pool.get().await.unwrap();
         let generation: Option<i64> = deadpool_redis::redis::cmd("HGET")
             .arg(format!("cim:gw:cache:{graph}"))

@@ -66,7 +66,7 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub verifier: Verifier,
     /// Where the gateway keeps one-time tickets; `None`: tickets are refused.
-    pub tickets: Option<deadpool_redis::Pool>,
+    pub tickets: Option<cim_runtime::redis::Pool>,
     pub settings: Settings,
     pub metrics: Metrics,
     /// The service's shutdown: connections close with 1001 when it fires.
@@ -80,7 +80,7 @@ impl Shared {
     }
 
     /// Accepts one-time tickets from the gateway, kept in this Redis.
-    pub fn with_tickets(mut self, redis: deadpool_redis::Pool) -> Self {
+    pub fn with_tickets(mut self, redis: cim_runtime::redis::Pool) -> Self {
         self.tickets = Some(redis);
         self
     }

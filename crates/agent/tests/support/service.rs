@@ -44,8 +44,13 @@ impl Service {
     }
 
     pub async fn start_with(dispatch: DispatchOptions) -> Service {
+        Service::start_configured(dispatch, &[]).await
+    }
+
+    /// [`Service::start_with`] with variables of its own (`CIM_TLS_*`, say).
+    pub async fn start_configured(dispatch: DispatchOptions, vars: &[(&str, String)]) -> Service {
         let (schema, prefix) = (unique("a"), unique("p"));
-        let config = config(ServiceKind::Agent, &prefix, &[]);
+        let config = config(ServiceKind::Agent, &prefix, vars);
         let shutdown = Shutdown::new();
         let options = AgentOptions { schema: schema.clone(), dispatch };
         let prepared = prepare_with(&config, &shutdown, options).await.unwrap();

@@ -33,11 +33,18 @@ impl Worker {
 
     /// [`Worker::start`] against one replica.
     pub async fn start_at(service: &Running, tenant: TenantId, agent: &str, args: &[&str]) -> Worker {
+        let mut worker = Worker::spawn(&service.grpc.to_string(), tenant, agent, args);
+        worker.expect("welcome").await;
+        worker
+    }
+
+    /// Starts the example worker for `agent` against `target` (host:port), without waiting.
+    pub fn spawn(target: &str, tenant: TenantId, agent: &str, args: &[&str]) -> Worker {
         let python = std::env::var("CIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/agent/agent.py");
         let mut child = Command::new(python)
             .arg(script)
-            .args(["--target", &service.grpc.to_string(), "--tenant", &tenant.to_string(), "--agent-id", agent])
+            .args(["--target", target, "--tenant", &tenant.to_string(), "--agent-id", agent])
             .args(["--chunk-delay-ms", "5"])
             .args(args)
             .stdout(Stdio::piped())
@@ -54,9 +61,7 @@ impl Worker {
                 }
             }
         });
-        let mut worker = Worker { child, lines, seen: Vec::new() };
-        worker.expect("welcome").await;
-        worker
+        Worker { child, lines, seen: Vec::new() }
     }
 
     /// The first line (printed so far or later) whose words start with `words`.

@@ -100,10 +100,12 @@ pub(super) fn https_needs_ca(r: &mut Reader<'_>, tls: &TlsSettings, urls: &[(&st
     }
 }
 
-pub(super) fn redis_tls(r: &mut Reader<'_>, url: Option<&Secret>) -> Option<RedisTls> {
+/// `reload`: `CIM_TLS_RELOAD_SECS`, which the Redis files are checked with too (`None`: that
+/// variable is wrong, and reported).
+pub(super) fn redis_tls(r: &mut Reader<'_>, url: Option<&Secret>, reload: Option<Duration>) -> Option<RedisTls> {
     let ca = file(r, CIM_REDIS_CA_FILE, roots);
     let identity = pair(r, CIM_REDIS_CERT_FILE, CIM_REDIS_KEY_FILE);
-    let tls = RedisTls { ca: ca?, identity: identity? };
+    let tls = RedisTls { ca: ca?, identity: identity?, reload: reload? };
     let plain = url.is_some_and(|u| !u.expose().starts_with("rediss://"));
     if plain && (tls.ca.is_some() || tls.identity.is_some()) {
         // Certificates for a connection that will not use them: the URL is probably wrong.
@@ -122,13 +124,7 @@ pub(super) fn nats_security(r: &mut Reader<'_>) -> Option<NatsSecurity> {
     let ca = file(r, CIM_NATS_CA_FILE, roots);
     let identity = pair(r, CIM_NATS_CERT_FILE, CIM_NATS_KEY_FILE);
     let creds_file = file(r, CIM_NATS_CREDS_FILE, |path| {
-        std::fs::read_to_string(path)
-            .map_err(|e| TlsError { path: path.to_owned(), what: format!("cannot be read ({e})") })
-            .and_then(|text| {
-                text.contains("-----BEGIN NATS USER JWT-----")
-                    .then_some(())
-                    .ok_or_else(|| TlsError { path: path.to_owned(), what: "holds no NATS user JWT".to_owned() })
-            })
+        crate::nats::read_creds(path).map(|_| ()).map_err(|what| TlsError { path: path.to_owned(), what })
     });
     let nkey_seed = match r.optional(CIM_NATS_NKEY_SEED) {
         Some(_) => r.parse(CIM_NATS_NKEY_SEED, |s| {

@@ -39,7 +39,7 @@ type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
 #[derive(Debug, Clone)]
 pub struct Bumps {
     queue: tokio::sync::mpsc::Sender<Bump>,
-    redis: deadpool_redis::Pool,
+    redis: cim_runtime::redis::Pool,
     ttl: Duration,
 }
 
@@ -48,7 +48,7 @@ pub(super) const MAX_BUMPS: usize = 256;
 
 impl Bumps {
     /// Starts the sender; it ends when the last handle is dropped.
-    pub fn start(redis: deadpool_redis::Pool, ttl: Duration) -> Self {
+    pub fn start(redis: cim_runtime::redis::Pool, ttl: Duration) -> Self {
         let (queue, rx) = tokio::sync::mpsc::channel(MAX_BUMPS * 4);
         tokio::spawn(send_bumps(redis.clone(), ttl, rx));
         Self { queue, redis, ttl }
@@ -96,7 +96,7 @@ impl Bumps {
     }
 }
 
-async fn send_bumps(redis: deadpool_redis::Pool, ttl: Duration, mut rx: tokio::sync::mpsc::Receiver<Bump>) {
+async fn send_bumps(redis: cim_runtime::redis::Pool, ttl: Duration, mut rx: tokio::sync::mpsc::Receiver<Bump>) {
     let ttl = ttl.as_secs().max(1) as i64;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];

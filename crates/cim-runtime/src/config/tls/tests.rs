@@ -112,8 +112,14 @@ fn redis_and_nats_certificates_and_credentials_are_checked() {
 
     let seed = "SUAMK2FG4MI6UE3ACF3FK3OIQBCEIEZV7NSWFFEW63UXMRLFM2XLAXK4GY";
     let creds = dir.join("user.creds");
-    std::fs::write(&creds, format!("-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n{seed}\n"))
-        .unwrap();
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
     let err = from(&[(CIM_NATS_CREDS_FILE, creds.to_str().unwrap()), (CIM_NATS_NKEY_SEED, seed)]).unwrap_err();
     assert!(err.to_string().contains("not both"), "{err}");
     assert!(!err.to_string().contains(seed), "{err}");
