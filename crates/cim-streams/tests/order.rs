@@ -1,5 +1,6 @@
 //! `PullLoop::one_outstanding` against a real NATS: a domain consumer's messages are handled in
-//! stream order across replicas and after a holder died, not only within one instance.
+//! stream order across replicas and after a holder died, not only within one instance; and
+//! `PullLoop::run_batches`: batches of what has arrived, in stream order, never waiting to fill.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -176,5 +177,64 @@ async fn a_durable_made_without_the_limit_is_given_it() {
     assert_eq!(stream.durable().await.info().await.unwrap().config.max_ack_pending, 1);
     stop.trigger();
     again.await.unwrap();
+    stream.delete().await;
+}
+
+/// `run_batches`: the messages that have already arrived go together, in stream order and at
+/// most `max` at once; a message alone is handed over at once, not held to fill a batch; on
+/// stop, what was fetched and not handled goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_take_what_has_arrived_in_stream_order_without_waiting_to_fill() {
+    const MAX: usize = 16;
+    let stream = Stream::new().await;
+    for n in 1..=100 {
+        stream.publish(n).await;
+    }
+    let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+    let stop = Shutdown::new();
+    let consumer = stream.plain();
+    let running = {
+        let (js, batches, stop) = (stream.js.clone(), batches.clone(), stop.clone());
+        tokio::spawn(async move {
+            let handle = |messages: Vec<jetstream::Message>| {
+                let batches = batches.clone();
+                async move {
+                    let numbers = messages.iter().map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap());
+                    batches.lock().unwrap().push(numbers.collect());
+                    // Slow enough that what the server sends meanwhile piles up.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    for message in messages {
+                        message.ack().await.map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                }
+            };
+            consumer.run_batches(&js, &stop, |_| async {}, MAX, handle).await;
+        })
+    };
+    let all = |batches: &Arc<Mutex<Vec<Vec<u32>>>>| batches.lock().unwrap().concat();
+    let until = Instant::now() + Duration::from_secs(30);
+    while all(&batches).len() < 100 {
+        assert!(Instant::now() < until, "handled only {:?}", batches.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(all(&batches), (1..=100).collect::<Vec<_>>(), "in stream order");
+    let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
+    assert!(sizes.iter().all(|&n| n <= MAX), "a batch over {MAX}: {sizes:?}");
+    assert!(sizes.len() < 50, "100 messages waiting, and hardly batched: {sizes:?}");
+
+    // Alone, a message is handled as soon as it arrives (the handler's 20 ms, not a wait to fill).
+    let published = Instant::now();
+    stream.publish(101).await;
+    while !all(&batches).contains(&101) {
+        assert!(published.elapsed() < Duration::from_secs(2), "a lone message waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(batches.lock().unwrap().last().unwrap(), &[101]);
+    stop.trigger();
+    running.await.unwrap();
+    let mut durable = stream.durable().await;
+    let info = durable.info().await.unwrap();
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "all acknowledged");
     stream.delete().await;
 }

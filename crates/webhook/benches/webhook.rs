@@ -4,7 +4,7 @@
 //! JSON document:
 //! - **raw**: the operation underneath: the same events published (pipelined, as the relay
 //!   publishes) to a stream of their own and read by a plain durable pull consumer that acks each
-//!   message, one at a time (as the intake reads);
+//!   message, one at a time;
 //! - **cim**: the webhook service (its own schema and subject prefix, the deployments' settings
 //!   but `CIM_WEBHOOK_CONCURRENCY=64`) with one active subscription on the graph stream, sending
 //!   to a receiver that answers 200 at once (axum on 127.0.0.1);

@@ -3,7 +3,8 @@
 //! ([`super::floor`]), so an aggregate's events go out in order) under a lease, calls, and records what
 //! the answer means: delivered; tried again after a backoff with jitter (or the receiver's
 //! Retry-After); the subscription disabled on 410; after the last attempt, the dead-letter
-//! stream with the reason.
+//! stream with the reason. What the calls that finished in one turn of the loop came to is
+//! recorded with one statement ([`outcome`]) before the loop claims again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,9 @@ use super::{DEAD_LETTER_CONSUMER, Delivery, SUBSCRIPTION_HEADER};
 use crate::metrics::{DELIVERIES_TOTAL, DELIVERY_SECONDS, LAG_SECONDS, PENDING};
 use crate::signing::Secret;
 use crate::subscription::{SubscriptionCommand, SubscriptionError};
+use outcome::{Finished, RowOutcome};
+
+pub mod outcome;
 
 /// A claimed delivery.
 #[derive(Debug)]
@@ -39,11 +43,11 @@ struct Claimed {
     secret: String,
 }
 
-/// Runs until `stop`: claims as many deliveries as there are free call slots, whenever one
-/// finishes, the intake wakes it, or the poll interval passes. Each call is a task of its own:
-/// a call that holds a database connection to record its outcome must get on while this loop
-/// waits for a connection to claim with (polled only from here, the calls held every connection
-/// and the loop waited for one of them: one delivery per acquire timeout).
+/// Runs until `stop`: claims as many deliveries as there are free call slots, whenever calls
+/// finish (their outcomes recorded first, all in one statement), the intake wakes it, or the
+/// poll interval passes. Each call is a task of its own: a call must get on while this loop
+/// waits for a connection to claim or record with (polled only from here, the calls held every
+/// connection and the loop waited for one of them: one delivery per acquire timeout).
 pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: SubjectPrefix, stop: Shutdown) {
     let slots = delivery.settings.concurrency;
     let mut floors = AckFloors::new(js.clone(), prefix.clone());
@@ -70,16 +74,35 @@ pub async fn run(delivery: Arc<Delivery>, js: jetstream::Context, prefix: Subjec
             }
         }
         tokio::select! {
-            Some(_) = calls.join_next(), if !calls.is_empty() => {
-                // Every other call that finished meanwhile frees its slot too.
-                while calls.try_join_next().is_some() {}
+            Some(first) = calls.join_next(), if !calls.is_empty() => {
+                // Every other call that finished meanwhile frees its slot too, and is recorded with it.
+                let finished = finished_calls(&mut calls, Some(first));
+                delivery.record(&finished).await;
             }
             () = delivery.wake.notified() => {}
             () = tokio::time::sleep(floor::FRESH), if floors_stale => {}
             () = tokio::time::sleep(delivery.settings.poll) => {}
-            () = stop.wait() => return,
+            () = stop.wait() => {
+                // Calls that finished are recorded; those still in flight are made again.
+                let finished = finished_calls(&mut calls, None);
+                delivery.record(&finished).await;
+                return;
+            }
         }
     }
+}
+
+/// `first` and every other call that has finished. A call that panicked leaves its row leased:
+/// made again when the lease lapses.
+fn finished_calls(
+    calls: &mut tokio::task::JoinSet<Finished>,
+    first: Option<Result<Finished, tokio::task::JoinError>>,
+) -> Vec<Finished> {
+    let mut finished: Vec<Finished> = first.into_iter().flat_map(Result::ok).collect();
+    while let Some(done) = calls.try_join_next() {
+        finished.extend(done.ok());
+    }
+    finished
 }
 
 impl Delivery {
@@ -129,7 +152,8 @@ impl Delivery {
             .collect()
     }
 
-    async fn deliver(&self, js: &jetstream::Context, prefix: &SubjectPrefix, c: Claimed) {
+    /// Makes the call; answers what to record on the row.
+    async fn deliver(&self, js: &jetstream::Context, prefix: &SubjectPrefix, c: Claimed) -> Finished {
         let event = match serde_json::from_str::<EventEnvelope>(&c.event) {
             Ok(event) => event,
             // The intake stored what the stream published; an envelope it could read.
@@ -141,57 +165,36 @@ impl Delivery {
             parent.insert("traceparent", tp);
             cim_runtime::telemetry::continue_http(&span, &parent);
         }
-        let outcome = match Secret::parse(&c.secret) {
+        let answer = match Secret::parse(&c.secret) {
             Ok(secret) => {
                 let (headers, body) =
                     span.in_scope(|| cloudevent::request(&event, c.traceparent.as_deref(), &secret, Utc::now()));
                 let started = Instant::now();
-                let outcome = cloudevent::send(&self.client, &c.url, headers, body).instrument(span).await;
+                let answer = cloudevent::send(&self.client, &c.url, headers, body).instrument(span).await;
                 metrics::histogram!(DELIVERY_SECONDS).record(started.elapsed().as_secs_f64());
-                outcome
+                answer
             }
             Err(e) => Outcome::Failed { status: 0, reason: format!("the stored secret does not parse: {e}") },
         };
-        let id = c.event_id;
-        let recorded = match outcome {
+        let outcome = match answer {
             Outcome::Delivered(_) => {
                 metrics::counter!(DELIVERIES_TOTAL, "outcome" => "delivered").increment(1);
-                self.record(
-                    "UPDATE webhook_deliveries SET state = 'delivered', done_at = now(), leased_until = NULL \
-                     WHERE subscription_id = $1 AND event_id = $2",
-                    c.subscription,
-                    id,
-                    None,
-                    None,
-                    None,
-                )
-                .await
+                RowOutcome::Delivered
             }
             Outcome::Gone => {
                 metrics::counter!(DELIVERIES_TOTAL, "outcome" => "gone").increment(1);
                 self.disable(&c).await;
-                // Not an attempt that failed: it waits for the subscription to be activated again.
-                self.record(
-                    "UPDATE webhook_deliveries SET attempts = greatest(attempts - 1, 0), leased_until = NULL, \
-                     last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
-                    c.subscription,
-                    id,
-                    Some(410),
-                    Some("answered 410 Gone: the subscription was disabled".into()),
-                    None,
-                )
-                .await
+                RowOutcome::Gone { reason: "answered 410 Gone: the subscription was disabled".into() }
             }
             Outcome::Throttled { status, retry_after } if c.attempts < self.settings.attempts => {
                 metrics::counter!(DELIVERIES_TOTAL, "outcome" => "throttled").increment(1);
                 let wait = retry_after.min(self.settings.backoff_max);
                 let reason = format!("answered {status} with Retry-After {}s", retry_after.as_secs());
-                self.retry(c.subscription, id, status, reason, wait).await
+                RowOutcome::Retry { status, reason, wait }
             }
             Outcome::Failed { status, reason } if c.attempts < self.settings.attempts => {
                 metrics::counter!(DELIVERIES_TOTAL, "outcome" => "retried").increment(1);
-                let wait = backoff(&self.settings, c.attempts);
-                self.retry(c.subscription, id, status, reason, wait).await
+                RowOutcome::Retry { status, reason, wait: backoff(&self.settings, c.attempts) }
             }
             Outcome::Throttled { status, .. } => {
                 let reason = format!("answered {status} to the last of {} attempts", c.attempts);
@@ -202,55 +205,28 @@ impl Delivery {
                 return self.give_up(js, prefix, &c, status, &reason).await;
             }
         };
-        if let Err(e) = recorded {
-            // The lease lapses and the call is made again: at least once.
-            tracing::warn!(subscription = %c.subscription, event_id = %id, error = %e, "webhook outcome not recorded");
-        }
+        Finished { subscription: c.subscription, event_id: c.event_id, outcome }
     }
 
-    async fn retry(
-        &self,
-        subscription: Uuid,
-        id: Uuid,
-        status: u16,
-        reason: String,
-        wait: Duration,
-    ) -> Result<(), sqlx::Error> {
-        self.record(
-            "UPDATE webhook_deliveries SET next_at = now() + make_interval(secs => $5), leased_until = NULL, \
-             last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
-            subscription,
-            id,
-            Some(status),
-            Some(reason),
-            Some(wait),
-        )
-        .await
-    }
-
-    async fn record(
-        &self,
-        sql: &'static str,
-        subscription: Uuid,
-        id: Uuid,
-        status: Option<u16>,
-        reason: Option<String>,
-        wait: Option<Duration>,
-    ) -> Result<(), sqlx::Error> {
-        let mut query = sqlx::query(sql).bind(subscription).bind(id);
-        if let Some(status) = status {
-            query = query.bind(i32::from(status)).bind(reason.unwrap_or_default());
+    /// Records what the calls of one turn came to (see [`outcome`]).
+    async fn record(&self, finished: &[Finished]) {
+        if let Err(e) = outcome::record(&self.pool, finished).await {
+            // The leases lapse and the calls are made again: at least once.
+            tracing::warn!(calls = finished.len(), error = %e, "webhook outcomes not recorded");
         }
-        if let Some(wait) = wait {
-            query = query.bind(wait.as_secs_f64());
-        }
-        query.execute(&self.pool).await.map(|_| ())
     }
 
     /// The last attempt failed: the event goes to the dead-letter stream with the reason, then
     /// the row is marked dead (replayable). If the stream does not take it, the row stays pending
     /// and is tried again at the next backoff, so nothing is lost.
-    async fn give_up(&self, js: &jetstream::Context, prefix: &SubjectPrefix, c: &Claimed, status: u16, reason: &str) {
+    async fn give_up(
+        &self,
+        js: &jetstream::Context,
+        prefix: &SubjectPrefix,
+        c: &Claimed,
+        status: u16,
+        reason: &str,
+    ) -> Finished {
         let mut h = async_nats::HeaderMap::new();
         h.insert(SUBSCRIPTION_HEADER, c.subscription.to_string().as_str());
         h.insert(headers::TENANT_ID, c.tenant.to_string().as_str());
@@ -261,32 +237,19 @@ impl Delivery {
         let published =
             cim_streams::publish_dead_letter_of(js, prefix, DEAD_LETTER_CONSUMER, &c.subject, &h, payload, reason)
                 .await;
-        let id = c.event_id;
-        let recorded = match published {
+        let outcome = match published {
             Ok(()) => {
                 metrics::counter!(DELIVERIES_TOTAL, "outcome" => "dead").increment(1);
-                tracing::warn!(subscription = %c.subscription, event_id = %id, %reason, "webhook delivery dead-lettered");
-                sqlx::query(
-                    "UPDATE webhook_deliveries SET state = 'dead', done_at = now(), leased_until = NULL, \
-                     last_status = $3, last_error = $4, last_failure_at = now() WHERE subscription_id = $1 AND event_id = $2",
-                )
-                .bind(c.subscription)
-                .bind(id)
-                .bind(i32::from(status))
-                .bind(reason)
-                .execute(&self.pool)
-                .await
-                .map(|_| ())
+                tracing::warn!(subscription = %c.subscription, event_id = %c.event_id, %reason, "webhook delivery dead-lettered");
+                RowOutcome::Dead { status, reason: reason.to_owned() }
             }
             Err(e) => {
                 tracing::warn!(subscription = %c.subscription, error = %e, "dead-letter publish failed; will retry");
-                let wait = backoff(&self.settings, c.attempts);
-                self.retry(c.subscription, id, status, format!("{reason}; dead-lettering failed: {e}"), wait).await
+                let reason = format!("{reason}; dead-lettering failed: {e}");
+                RowOutcome::Retry { status, reason, wait: backoff(&self.settings, c.attempts) }
             }
         };
-        if let Err(e) = recorded {
-            tracing::warn!(subscription = %c.subscription, event_id = %id, error = %e, "webhook outcome not recorded");
-        }
+        Finished { subscription: c.subscription, event_id: c.event_id, outcome }
     }
 
     /// 410 Gone: the subscription is disabled through its aggregate, like an operator would.
