@@ -13,7 +13,8 @@ through their lifecycle with one activation refused; tasks submitted, one refuse
 capability, listed, routed both ways, cancelled) and, with grpcurl, the document service's gRPC API
 (documents created, content uploaded, the same bytes again for deduplication, downloaded, an
 upload refused) and the workflow service's (definitions created and revised; instances with a
-timer step the engine fires, an approval a reviewer approves, one paused, resumed and cancelled,
+timer step the engine fires, an approval a reviewer approves, one whose step fails, is retried
+and fails its run (retries, failed attempts), one paused, resumed and cancelled,
 and a second cancel refused; an instance whose integration steps call the graph service and whose
 wait_event step hears the answer a triggered instance adds; a parent cancelled while its child
 runs, so the child is withdrawn) in rounds a few scrapes apart, with websocket clients on
@@ -573,6 +574,12 @@ WORKFLOW_APPROVAL = {"name": "live approval", "steps": [
     {"id": "after", "kind": "automated", "depends_on": ["review"], "set": {"approved": "true"}},
 ]}  # fmt: skip
 WORKFLOW_LONG = {"name": "live long", "steps": [{"id": "wait", "kind": "timer", "sleep_ms": 3_600_000}]}
+# A step that fails (the context has no price), is retried once 100 ms later and fails the run:
+# cim_workflow_retries_total and the failed attempts of cim_workflow_step_duration_seconds.
+WORKFLOW_FLAKY = {"name": "live flaky", "steps": [
+    {"id": "calc", "kind": "automated", "set": {"double": "price * 2"},
+     "retry": {"max_attempts": 2, "initial_backoff_ms": 100, "max_backoff_ms": 100}},
+]}  # fmt: skip
 # Steps that reach out (the rehearsal's pair, rehearse_workflow): the asker's integration steps
 # call the graph service and its wait_event step hears the answer that a trigger on the ticket's
 # event adds (outreach, deliveries, triggers, the listener's consumers); a parent whose child
@@ -584,8 +591,9 @@ def workflow_parent(child: str) -> dict:
 def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, str]) -> dict[str, int]:
     """One round of workflow traffic on the monolith's workflow gRPC listener; returns calls by
     command. Definitions are created in the first round (and one revised); each round starts
-    three timer instances, an approval instance approved by a reviewer once it waits, and a long
-    instance paused, resumed and cancelled (then cancelled again: refused, failed_precondition)."""
+    three timer instances, an approval instance approved by a reviewer once it waits, a flaky
+    instance whose step is retried, and a long instance paused, resumed and cancelled (then
+    cancelled again: refused, failed_precondition)."""
     svc = "cim.workflow.v1.WorkflowService"
     calls: dict[str, int] = {}
 
@@ -603,6 +611,7 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
 
     if not defs:
         for name, definition in (("timer", WORKFLOW_TIMER), ("approval", WORKFLOW_APPROVAL), ("long", WORKFLOW_LONG),
+                                 ("flaky", WORKFLOW_FLAKY),
                                  ("responder", rehearse_workflow.RESPONDER), ("asker", rehearse_workflow.ASKER)):
             defs[name] = call("CreateDefinition", {"definition": definition})["id"]
         defs["parent"] = call("CreateDefinition", {"definition": workflow_parent(defs["long"])})["id"]
@@ -611,6 +620,7 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
     parent = call("StartWorkflow", {"definition_id": defs["parent"]})["id"]
     for i in range(3):
         call("StartWorkflow", {"definition_id": defs["timer"], "context": {"round": n, "i": i}})
+    flaky = call("StartWorkflow", {"definition_id": defs["flaky"]})["id"]
     review = call("StartWorkflow", {"definition_id": defs["approval"]})["id"]
     long = call("StartWorkflow", {"definition_id": defs["long"]})["id"]
     call("PauseWorkflow", {"instance_id": long, "reason": "live check"})
@@ -637,6 +647,9 @@ def workflow_round(run: Run, grpcurl: str, tenant: str, n: int, defs: dict[str, 
                       for st in call("GetWorkflow", {"instance_id": parent}).get("steps", [])),
           f"workflow {parent}: step sub never ran")  # fmt: skip
     call("CancelWorkflow", {"instance_id": parent, "reason": "live check: withdraw the child"})
+    # The flaky step's retry ran 100 ms after its first attempt failed.
+    until(lambda: call("GetWorkflow", {"instance_id": flaky}).get("status") == "failed",
+          f"workflow {flaky}: the flaky step was never retried to the run's failure")  # fmt: skip
     # The asker completes once the responder (started by the ticket's event) answered.
     until(lambda: call("GetWorkflow", {"instance_id": asker}).get("status") == "completed",
           f"workflow {asker}: the asker never completed (graph calls, the trigger and the wait through the listener)")

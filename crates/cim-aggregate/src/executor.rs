@@ -315,6 +315,9 @@ impl<A: Aggregate> CommandExecutor<A> {
         }
         tx.commit().await.map_err(StoreError::from)?;
         self.store.committed(&done);
+        if !done.replayed {
+            state.committed(&events);
+        }
         self.remember(known, caller.tenant, &done, state, &events);
         Ok(done)
     }
@@ -355,6 +358,9 @@ impl<A: Aggregate> CommandExecutor<A> {
             };
             match appended {
                 Ok(done) => {
+                    if !done.replayed {
+                        state.committed(&events);
+                    }
                     self.remember(known, caller.tenant, &done, state, &events);
                     return Ok(done);
                 }

@@ -60,6 +60,12 @@ pub trait Aggregate: Default + Clone + serde::Serialize + serde::de::Deserialize
 
     /// The state after `event`. Total: an event that was stored has happened.
     fn apply(&mut self, event: &Self::Event);
+
+    /// Called once after `events`, decided on this state, were committed: never for an attempt
+    /// that lost a race (decided again) nor for an idempotent replay. The place for metrics of
+    /// what the events mean (`decide` may run several times for one write). The one-statement
+    /// path decides on assumed facts without a state and does not call it.
+    fn committed(&self, _events: &[Self::Event]) {}
 }
 
 /// The event store's view of an [`Aggregate`]: state folded from stored envelopes, kept in

@@ -2,6 +2,7 @@
 //! conflicts, an idempotent retry, a rule, races decided again, the state as of a version, the
 //! hash chain, and the events on JetStream through the relay. Real Postgres and NATS.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cim_aggregate::{Aggregate, CommandExecutor, CommandOptions, ExecutorError};
@@ -60,6 +61,9 @@ impl HasErrorCode for AccountError {
     }
 }
 
+/// Events the executor reported committed ([`Aggregate::committed`]), across the test.
+static COMMITTED: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Account {
     owner: String,
@@ -94,6 +98,10 @@ impl Aggregate for Account {
             AccountCommand::Withdraw(n) if *n > self.balance => Err(AccountError::Insufficient(self.balance)),
             AccountCommand::Withdraw(n) => Ok(vec![AccountEvent::Withdrawn(Moved { amount: *n })]),
         }
+    }
+
+    fn committed(&self, events: &[AccountEvent]) {
+        COMMITTED.fetch_add(events.len() as u64, Ordering::Relaxed);
     }
 
     fn apply(&mut self, event: &AccountEvent) {
@@ -188,10 +196,13 @@ async fn any_aggregate_runs_through_the_executor() {
     assert_eq!((retry.version, &retry.event_ids), (first.version, &first.event_ids));
 
     // Racing writers without an expected version: each command is decided again on the state
-    // the other left, so none is lost.
+    // the other left, so none is lost. A second executor (its own in-process queue, as another
+    // replica) makes the races real.
+    let rival: CommandExecutor<Account> = CommandExecutor::new(store.clone(), "test");
     let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let (accounts, caller) = (accounts.clone(), caller.clone());
+        .map(|i| {
+            let accounts = if i % 2 == 0 { accounts.clone() } else { rival.clone() };
+            let caller = caller.clone();
             tokio::spawn(async move {
                 for _ in 0..5 {
                     accounts
@@ -215,6 +226,9 @@ async fn any_aggregate_runs_through_the_executor() {
         ErrorCode::InvalidArgument
     );
     assert_eq!(store.verify(caller.tenant, id).await.unwrap() as u64, version);
+    // Each stored event was reported committed once: not the refused commands, not the
+    // idempotent replay, not the attempts that lost a race.
+    assert_eq!(COMMITTED.load(Ordering::Relaxed), version);
 
     // Every event reaches JetStream, in order.
     let mut published = 0;

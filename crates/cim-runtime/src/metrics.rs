@@ -18,14 +18,27 @@ pub const BUILD_INFO: &str = "cim_build_info";
 const SECONDS_BUCKETS: &[f64] =
     &[0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Durations that include waiting on people, timers and other services, milliseconds to a
+/// day: the workflow service's step attempts (`cim_workflow::metrics::STEP_DURATION`, named
+/// here because the one recorder is built before any service describes its metrics).
+const LONG_SECONDS: &[(&str, &[f64])] = &[(
+    "cim_workflow_step_duration_seconds",
+    &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0],
+)];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder on first use and returns the handle `/metrics` renders.
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            // A full name's buckets win over the suffix's (the exporter tries full matchers first).
+            let builder = LONG_SECONDS
+                .iter()
+                .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+                    b.set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS))
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

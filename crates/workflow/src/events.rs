@@ -67,6 +67,10 @@ pub struct StepExecutionStarted {
     pub step: String,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// When the attempt started (the engine's clock as it decided); absent in events written
+    /// before it was recorded. The step duration metric counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     /// When the attempt times out (the step's timeout_ms after it started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<DateTime<Utc>>,

@@ -19,6 +19,7 @@ use crate::spec::{Definition, StepKind};
 
 mod advance;
 mod error;
+mod observe;
 mod outreach;
 mod status;
 mod step;
@@ -380,6 +381,10 @@ impl Aggregate for Workflow {
         })
     }
 
+    fn committed(&self, events: &[WorkflowEvent]) {
+        observe::record(self, events, Utc::now());
+    }
+
     fn apply(&mut self, event: &WorkflowEvent) {
         use WorkflowEvent as E;
         match event {
@@ -396,6 +401,7 @@ impl Aggregate for Workflow {
                         spec: spec.clone(),
                         status: StepStatus::Pending,
                         attempts: 0,
+                        started_at: None,
                         assignee: None,
                         fire_at: None,
                         retry_at: None,
@@ -435,6 +441,7 @@ impl Aggregate for Workflow {
             E::StepStarted(e) => self.on_step(&e.step, |s| {
                 s.status = StepStatus::Running;
                 s.attempts = e.attempt;
+                s.started_at = e.started_at;
                 s.deadline = e.deadline;
                 s.retry_at = None;
                 s.outreach = e.outreach.clone();
@@ -451,6 +458,7 @@ impl Aggregate for Workflow {
             }),
             E::RetryScheduled(e) => self.on_step(&e.step, |s| {
                 s.status = StepStatus::Pending;
+                s.started_at = None;
                 s.retry_at = Some(e.next_at);
             }),
             E::StepSkipped(e) => self.on_step(&e.step, |s| s.finish(StepStatus::Skipped)),

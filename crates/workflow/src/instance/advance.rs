@@ -88,7 +88,8 @@ fn start(w: &Workflow, step: &Step, instance: AggregateId, now: DateTime<Utc>, j
     let _span =
         tracing::info_span!("workflow.step", otel.kind = "internal", step = %id, kind = ?step.spec.kind, attempt)
             .entered();
-    let started = StepExecutionStarted { step: id.clone(), attempt, deadline, outreach: None, wait: None };
+    let started =
+        StepExecutionStarted { step: id.clone(), attempt, started_at: Some(now), deadline, outreach: None, wait: None };
     let mut events = vec![WorkflowEvent::StepStarted(started)];
     let completed = |output: Map<String, Value>| {
         WorkflowEvent::StepCompleted(StepExecutionCompleted { step: id.clone(), output, by: String::new() })

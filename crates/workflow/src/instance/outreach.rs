@@ -110,10 +110,19 @@ pub(super) fn start(
     })();
     match planned {
         Ok((outreach, wait)) => {
-            vec![WorkflowEvent::StepStarted(StepExecutionStarted { step: id, attempt, deadline, outreach, wait })]
+            let started_at = Some(now);
+            vec![WorkflowEvent::StepStarted(StepExecutionStarted {
+                step: id,
+                attempt,
+                started_at,
+                deadline,
+                outreach,
+                wait,
+            })]
         }
         Err(error) => {
-            let started = StepExecutionStarted { step: id, attempt, deadline, outreach: None, wait: None };
+            let started =
+                StepExecutionStarted { step: id, attempt, started_at: Some(now), deadline, outreach: None, wait: None };
             let mut events = vec![WorkflowEvent::StepStarted(started)];
             events.extend(fail(step, attempt, error, now, jitter));
             events

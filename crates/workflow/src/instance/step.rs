@@ -13,6 +13,9 @@ pub struct Step {
     pub spec: StepSpec,
     pub status: StepStatus,
     pub attempts: u32,
+    /// When the running attempt started (unknown for attempts started before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignee: Option<String>,
     /// A timer's firing time (while running).
@@ -53,6 +56,7 @@ impl Step {
 impl Step {
     pub(super) fn finish(&mut self, status: StepStatus) {
         self.status = status;
+        self.started_at = None;
         self.fire_at = None;
         self.deadline = None;
         self.retry_at = None;
