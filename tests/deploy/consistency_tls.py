@@ -10,7 +10,7 @@ every link to a store is TLS, so a later edit cannot silently drop it:
 - servers: Postgres with ssl=on, its certificate mounted and an hba_file that takes nothing but
   TLS over the network; Redis with its plain port off and TLS on the store port (client
   certificates required, probes over TLS); NATS with a tls block (verify: true) on the client
-  port and on the cluster routes.
+  port and on the cluster routes, its config otherwise the base's (k8s/base/nats/nats.conf).
 
 Each failure names the workload and the variable or setting. Called by consistency.main();
 `consistency_tls.py --self-test RENDERED-PRODUCTION.yaml` makes each drift on purpose and fails
@@ -45,6 +45,8 @@ EXPORTER_CLIENT = {
               "REDIS_EXPORTER_TLS_CLIENT_KEY_FILE"),
 }  # fmt: skip
 SECRET_VALUE = "<from the Secret>"
+# The production overlay's nats.conf is this one plus its tls blocks.
+BASE_NATS = "k8s/base/nats/nats.conf"
 
 
 def check(c: C.Checker, overlays: dict[str, list[dict]]) -> None:
@@ -229,6 +231,13 @@ def check_redis(c: C.Checker, overlay: str, docs: list[dict]) -> None:
             c.check("--tls" in cmd.split(), f"{where}: {probe} runs redis-cli without --tls (no plain port to reach)")
 
 
+def without_tls(conf: dict) -> dict:
+    out = {k: v for k, v in conf.items() if k != "tls"}
+    if isinstance(out.get("cluster"), dict):
+        out["cluster"] = without_tls(out["cluster"])
+    return out
+
+
 def check_nats(c: C.Checker, overlay: str, docs: list[dict]) -> None:
     found = server(c, overlay, docs, "nats")
     if found is None:
@@ -241,6 +250,11 @@ def check_nats(c: C.Checker, overlay: str, docs: list[dict]) -> None:
         return
     # The StatefulSet mounts the Secrets; NATS reads the config from a projected volume.
     conf = C.nats_conf(text)
+    # The overlay's copy of the base config differs from it by the tls blocks alone.
+    c.check(
+        without_tls(conf) == without_tls(C.nats_conf((C.ROOT / BASE_NATS).read_text())),
+        f"{where}: differs from {BASE_NATS} by more than its tls blocks (change both)",
+    )
     blocks = [("tls", "client port", conf.get("tls"))]
     if (conf.get("cluster") or {}).get("routes"):
         blocks.append(("cluster.tls", "cluster routes", (conf.get("cluster") or {}).get("tls")))
@@ -333,6 +347,8 @@ def self_test(docs: list[dict], header: str) -> list[str]:
                                           ("StatefulSet redis", "--tls-cert-file")),
         "NATS without the client tls block": (lambda d: nats(d, "\ntls {", "\nno_tls {"), ("nats-config", "no tls {}")),
         "NATS routes without tls": (lambda d: nats(d, "  tls {", "  no_tls {"), ("nats-config", "cluster.tls")),
+        "NATS config drifting from the base's": (lambda d: nats(d, "max_file_store: 10GB", "max_file_store: 20GB"),
+                                                 ("nats-config", "k8s/base/nats/nats.conf")),
         "NATS not verifying clients": (lambda d: nats(d, "verify: true", "verify: false"),
                                        ("nats-config", "tls.verify")),
     }  # fmt: skip
