@@ -10,7 +10,9 @@
 #   Grafana dashboards     tsc against @grafana/schema (tests/deploy/dashboards)
 #   NATS configs           nats-server -t      nginx.conf   nginx -t
 #   Dockerfiles            hadolint            shell scripts shellcheck
-#   consistency            tests/deploy/consistency.py (variables, ports, images, metrics, inventory)
+#   consistency            tests/deploy/consistency.py (variables, ports, images, metrics, inventory;
+#                          the production overlay's store links TLS: consistency_tls.py, and its
+#                          --self-test makes each dropped setting fail)
 #   capacity               tests/deploy/capacity.py (Postgres connections at the autoscalers' maxima)
 #   autoscaling            tests/deploy/autoscaling.py (HPAs on their own metrics: prometheus-adapter's
 #                          rules and the gauges the code exports; --self-test makes each drift fail)
@@ -197,8 +199,18 @@ check_nats() {
     while read -r var; do
         export "$var=check-deploy"
     done < <(grep -o 'NATS_PASSWORD_[A-Z0-9_]*' "$ROOT/docker/nats/accounts.conf" | sort -u)
-    for conf in docker/nats/nats.conf k8s/base/nats/nats.conf k8s/overlays/dev/nats.conf; do
-        cp "$ROOT/$conf" "$dir/nats.conf"
+    # The production config's TLS files (/run/tls in the pod): a throwaway CA-signed pair here.
+    mkdir -p "$dir/tls"
+    if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=check-deploy CA" \
+        -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.crt" 2>/dev/null ||
+        ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=nats" \
+            -CA "$dir/tls/ca.crt" -CAkey "$dir/tls/ca.key" -addext "subjectAltName=DNS:nats" \
+            -keyout "$dir/tls/tls.key" -out "$dir/tls/tls.crt" 2>/dev/null; then
+        echo "openssl could not make the test certificate"
+        return 1
+    fi
+    for conf in docker/nats/nats.conf k8s/base/nats/nats.conf k8s/overlays/dev/nats.conf k8s/overlays/production/nats.conf; do
+        sed "s#/run/tls/#$dir/tls/#g" "$ROOT/$conf" >"$dir/nats.conf"
         if POD_NAME=nats-0 "$VENV/bin/nats-server" -t -c "$dir/nats.conf" >/dev/null 2>"$dir/err"; then
             echo "$conf: valid"
         else
@@ -280,7 +292,11 @@ check_consistency() {
         echo "compose.json was not rendered (see the compose check)"
         return 1
     }
-    "$VENV/bin/python" "$ROOT/tests/deploy/consistency.py" "${args[@]}"
+    "$VENV/bin/python" "$ROOT/tests/deploy/consistency.py" "${args[@]}" || return 1
+    # The store-TLS check must catch each setting dropped on purpose.
+    if [ -s "$WORK/k8s-production.yaml" ]; then
+        "$VENV/bin/python" "$ROOT/tests/deploy/consistency_tls.py" --self-test "$WORK/k8s-production.yaml"
+    fi
 }
 
 # Each rendered overlay as <overlay>=<file>, one a line: what capacity.py and autoscaling.py take.

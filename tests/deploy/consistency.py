@@ -2194,6 +2194,11 @@ def main() -> int:
 
     consistency_infra.check(c, compose, overlays)
 
+    # --- the production overlay's links to the stores: TLS, every one.
+    import consistency_tls
+
+    consistency_tls.check(c, overlays)
+
     # --- report
     for note in c.notes:
         print(f"note: {note}")
