@@ -6,6 +6,19 @@
 # Makes the virtualenv $1 hold the requirements file $2, reinstalling when the file changed or
 # the check `python -c "$3"` (the imports the caller needs) fails.
 ensure_venv() { # venv requirements check
+    local venv=$1 req=$2 check=$3 lock
+    # One installer at a time: a second run (a suite beside a check-deploy) waits instead of
+    # finding a half-made venv.
+    mkdir -p "$(dirname "$venv")"
+    exec {lock}>"$venv.lock"
+    flock "$lock"
+    ensure_venv_locked "$venv" "$req" "$check"
+    local status=$?
+    exec {lock}>&-
+    return $status
+}
+
+ensure_venv_locked() { # venv requirements check
     local venv=$1 req=$2 check=$3
     if cmp -s "$req" "$venv/.requirements.txt" 2>/dev/null && "$venv/bin/python" -c "$check" 2>/dev/null; then
         return
