@@ -271,16 +271,19 @@ async fn pause_holds_a_due_timer_until_resume_and_cancel_ends_a_run() {
     let mut c = svc.client().await;
     let tenant = TenantId::new();
     let (definition, _) =
-        define(&mut c, tenant, json!({"name": "p", "steps": [{"id": "t", "kind": "timer", "sleep_ms": 200}]})).await;
+        define(&mut c, tenant, json!({"name": "p", "steps": [{"id": "t", "kind": "timer", "sleep_ms": 2000}]})).await;
     let id = start(&mut c, tenant, &definition, json!({})).await;
     until(&mut c, tenant, &id, Duration::from_secs(20), |w| step(w, "t").status == "running").await;
+    // The timer started before it was seen running: due by then + 2 s. Long enough that the pause
+    // comes first on a loaded machine (a 200 ms timer fired before it in a suite run beside CIM).
+    let due_by = tokio::time::Instant::now() + Duration::from_millis(2000);
     c.pause_workflow(req(
         tenant,
         pb::WorkflowCommand { instance_id: id.clone(), reason: "hold".into(), options: None },
     ))
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep_until(due_by + Duration::from_millis(400)).await;
     let paused = get(&mut c, tenant, &id).await;
     assert_eq!((paused.status.as_str(), step(&paused, "t").status.as_str()), ("paused", "running"), "the timer waits");
     c.resume_workflow(req(tenant, command(&id))).await.unwrap();
