@@ -222,20 +222,11 @@ impl<A: Aggregate> CommandExecutor<A> {
             // A create needs no head: its guard checks that the aggregate is absent. One share of
             // a group statement instead of a transaction of its own (BEGIN, append, project,
             // COMMIT). An id that exists after all misses, and the locked path says so.
-            let seal = Box::new(|events: &[A::Event]| self.append_of(caller, id, Expected::NoStream, events, None));
-            match assuming.try_write(command, &self.services, seal).await? {
-                Tried::Written(done) => {
-                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "hit")
-                        .increment(1);
-                    // Decided here, so not closing (the [`OneStatement`] contract).
-                    *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open: true });
-                    return Ok(done);
-                }
-                Tried::Missed => {
-                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "miss")
-                        .increment(1);
-                }
-                Tried::Ineligible => {}
+            let tried = self.try_one_statement(assuming.as_ref(), caller, id, command, Expected::NoStream).await?;
+            if let Tried::Written(done) = tried {
+                // Decided here, so not closing (the [`OneStatement`] contract).
+                *known = Some(KnownHead { tenant: caller.tenant, head: head_of(&done), open: true });
+                return Ok(done);
             }
         }
         if let Some(assuming) = &self.assuming
@@ -247,19 +238,12 @@ impl<A: Aggregate> CommandExecutor<A> {
         {
             // Whatever happens next, the head is known again only once it has been seen.
             *known = None;
-            let seal =
-                Box::new(|events: &[A::Event]| self.append_of(caller, id, Expected::Head(head.head), events, None));
-            match assuming.try_write(command, &self.services, seal).await? {
+            match self.try_one_statement(assuming.as_ref(), caller, id, command, Expected::Head(head.head)).await? {
                 Tried::Written(done) => {
-                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "hit")
-                        .increment(1);
                     *known = Some(KnownHead { head: head_of(&done), ..head });
                     return Ok(done);
                 }
-                Tried::Missed => {
-                    metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => "miss")
-                        .increment(1);
-                }
+                Tried::Missed => {}
                 Tried::Ineligible => *known = Some(head),
             }
         }
@@ -267,6 +251,26 @@ impl<A: Aggregate> CommandExecutor<A> {
             Some(source) => self.run_locked(source.as_ref(), caller, id, command, options, &mut known).await,
             None => self.run_replayed(caller, id, command, options, &mut known).await,
         }
+    }
+
+    /// Tries `assuming`'s one-statement write on `expected`, counting a hit or a miss.
+    async fn try_one_statement(
+        &self,
+        assuming: &dyn Assuming<A>,
+        caller: &Caller,
+        id: AggregateId,
+        command: &A::Command,
+        expected: Expected,
+    ) -> Result<Tried, ExecutorError<A::Error>> {
+        let seal = Box::new(move |events: &[A::Event]| self.append_of(caller, id, expected, events, None));
+        let tried = assuming.try_write(command, &self.services, seal).await?;
+        let outcome = match &tried {
+            Tried::Written(_) => "hit",
+            Tried::Missed => "miss",
+            Tried::Ineligible => return Ok(tried),
+        };
+        metrics::counter!(ONE_STATEMENT_WRITES_TOTAL, "service" => self.service, "outcome" => outcome).increment(1);
+        Ok(tried)
     }
 
     /// Reads the state under the source's lock, decides, appends and projects in one
