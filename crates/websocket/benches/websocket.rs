@@ -136,6 +136,67 @@ struct Seen {
     closed: Option<String>,
     /// Payload bytes of the event frames.
     bytes: u64,
+    /// The order field of the last event frame.
+    last_order: u64,
+}
+
+impl Seen {
+    /// An event frame read at `now`: `order_key` names the number that must grow from frame to
+    /// frame (a position, a sequence).
+    fn event(&mut self, text: &str, order_key: &str, now: Instant, bytes: usize) {
+        let order: u64 = field(text, order_key, ',').and_then(|p| p.parse().ok()).unwrap_or(0);
+        if order <= self.last_order {
+            self.out_of_order += 1;
+        }
+        self.last_order = order;
+        let id =
+            field(text, r#""event_id":""#, '"').and_then(|s| uuid::Uuid::parse_str(s).ok()).map_or(0, |u| u.as_u128());
+        // Parsing a timestamp per frame would cost this process more CPU than the server's
+        // sending it; every tenth frame is plenty of samples.
+        let since_occurred = field(text, r#""occurred_at":""#, '"')
+            .filter(|_| (self.frames.len() + 1).is_multiple_of(10))
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .and_then(|t| SystemTime::now().duration_since(SystemTime::from(t)).ok())
+            .map_or(f64::NAN, |d| d.as_secs_f64());
+        self.frames.push((id, now, since_occurred));
+        self.bytes += bytes as u64;
+    }
+}
+
+/// `cim-websocket` as its own process, ready to serve.
+struct WebsocketProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    ws_addr: String,
+    admin_addr: String,
+}
+
+/// Starts `binary` (a `cim-websocket`) following `prefix`'s streams on `nats_url`, on free ports.
+async fn start_websocket(binary: &str, nats_url: &str, prefix: &str) -> WebsocketProcess {
+    let ws_addr = format!("127.0.0.1:{}", free_port());
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(binary)
+        .env("CIM_NATS_URL", nats_url)
+        .env("CIM_SUBJECT_PREFIX", prefix)
+        .env("CIM_WEBSOCKET_ADDR", &ws_addr)
+        .env("CIM_WEBSOCKET_ADMIN_ADDR", &admin_addr)
+        .env("CIM_JWT_HS256_SECRET", SECRET)
+        .env("CIM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cim-websocket starts");
+    let pid = child.id().expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&admin_addr, "/health/ready")
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
+    {
+        assert!(Instant::now() < deadline, "cim-websocket did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    WebsocketProcess { child, pid, ws_addr, admin_addr }
 }
 
 /// The field right after `key` in a frame, up to the next `"` (or `,` for numbers).
@@ -253,8 +314,6 @@ async fn client(
         seen.closed = Some(format!("handshake: {e}"));
         return seen;
     }
-    let mut last_position = 0u64;
-    let mut n = 0u64;
     'read: loop {
         let mut consumed = 0;
         while let Some((opcode, payload, len)) = server_frame(&buf[consumed..]) {
@@ -268,25 +327,7 @@ async fn client(
                             ready.fetch_add(1, Ordering::Relaxed);
                         }
                     } else {
-                        let position: u64 =
-                            field(text, r#""position":"#, ',').and_then(|p| p.parse().ok()).unwrap_or(0);
-                        if position <= last_position {
-                            seen.out_of_order += 1;
-                        }
-                        last_position = position;
-                        let id = field(text, r#""event_id":""#, '"')
-                            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-                            .map_or(0, |u| u.as_u128());
-                        // Parsing a timestamp per frame would cost this process more CPU than the
-                        // server's sending it; every tenth frame is plenty of samples.
-                        n += 1;
-                        let since_occurred = field(text, r#""occurred_at":""#, '"')
-                            .filter(|_| n.is_multiple_of(10))
-                            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                            .and_then(|t| SystemTime::now().duration_since(SystemTime::from(t)).ok())
-                            .map_or(f64::NAN, |d| d.as_secs_f64());
-                        seen.frames.push((id, now, since_occurred));
-                        seen.bytes += payload.len() as u64;
+                        seen.event(text, r#""position":"#, now, payload.len());
                         got.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -354,30 +395,9 @@ async fn main() {
     let mut graph = GraphServiceClient::new(channel);
 
     // The websocket server, as its own process.
-    let (ws_port, admin_port) = (free_port(), free_port());
-    let ws_addr = format!("127.0.0.1:{ws_port}");
-    let admin_addr = format!("127.0.0.1:{admin_port}");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_cim-websocket"))
-        .env("CIM_NATS_URL", &nats_url)
-        .env("CIM_SUBJECT_PREFIX", &prefix)
-        .env("CIM_WEBSOCKET_ADDR", &ws_addr)
-        .env("CIM_WEBSOCKET_ADMIN_ADDR", &admin_addr)
-        .env("CIM_JWT_HS256_SECRET", SECRET)
-        .env("CIM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cim-websocket starts");
-    let pid = server.id().expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(&admin_addr, "/health/ready")
-        .await
-        .is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
-    {
-        assert!(Instant::now() < deadline, "cim-websocket did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let websocket = start_websocket(env!("CARGO_BIN_EXE_cim-websocket"), &nats_url, &prefix).await;
+    let (mut server, pid, ws_addr, admin_addr) =
+        (websocket.child, websocket.pid, websocket.ws_addr, websocket.admin_addr);
     let rss_idle = vm_kib(pid, "VmRSS:");
 
     let tenant = TenantId::new();

@@ -5,13 +5,13 @@
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Seen, field, free_port, masked_frame, server_frame};
+use super::{Seen, free_port, masked_frame, server_frame};
 
 /// `nats-server` as the Debian package installs it; `CIM_BENCH_NATS_SERVER` overrides.
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -151,7 +151,7 @@ pub async fn client(
     }
     // The NATS byte stream, reassembled from the websocket frames' payloads.
     let mut proto: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let (mut subscribed, mut last_sequence, mut n) = (false, 0u64, 0u64);
+    let mut subscribed = false;
     'read: loop {
         let mut consumed = 0;
         while let Some((opcode, payload, len)) = server_frame(&buf[consumed..]) {
@@ -178,23 +178,7 @@ pub async fn client(
                 Op::Msg(payload) => {
                     let text = std::str::from_utf8(payload).unwrap_or_default();
                     // Each client follows one aggregate, whose sequence grows by one per event.
-                    let sequence: u64 = field(text, r#""sequence":"#, ',').and_then(|p| p.parse().ok()).unwrap_or(0);
-                    if sequence <= last_sequence {
-                        seen.out_of_order += 1;
-                    }
-                    last_sequence = sequence;
-                    let id = field(text, r#""event_id":""#, '"')
-                        .and_then(|s| uuid::Uuid::parse_str(s).ok())
-                        .map_or(0, |u| u.as_u128());
-                    // The same sampling as the CIM client: one timestamp parse per ten frames.
-                    n += 1;
-                    let since_occurred = field(text, r#""occurred_at":""#, '"')
-                        .filter(|_| n.is_multiple_of(10))
-                        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                        .and_then(|t| SystemTime::now().duration_since(SystemTime::from(t)).ok())
-                        .map_or(f64::NAN, |d| d.as_secs_f64());
-                    seen.frames.push((id, now, since_occurred));
-                    seen.bytes += payload.len() as u64;
+                    seen.event(text, r#""sequence":"#, now, payload.len());
                     got.fetch_add(1, Ordering::Relaxed);
                 }
                 Op::Ping => {

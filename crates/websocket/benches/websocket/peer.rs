@@ -21,7 +21,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ use cim_core::{
 use tokio_util::sync::CancellationToken;
 
 use super::nats_ws::{self, PrivateNats};
-use super::{SECRET, Seen, cpu_seconds, env, free_port, http_get, percentiles_ms, unique, vm_kib};
+use super::{Seen, cpu_seconds, env, percentiles_ms, unique, vm_kib};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Side {
@@ -88,31 +87,6 @@ fn round(x: f64, places: i32) -> f64 {
     (x * f).round() / f
 }
 
-/// `cim-websocket` as its own process, following `prefix`'s streams on `nats_url`.
-async fn start_cim(binary: &str, nats_url: &str, prefix: &str) -> (tokio::process::Child, u32, String) {
-    let ws_addr = format!("127.0.0.1:{}", free_port());
-    let admin_addr = format!("127.0.0.1:{}", free_port());
-    let server = tokio::process::Command::new(binary)
-        .env("CIM_NATS_URL", nats_url)
-        .env("CIM_SUBJECT_PREFIX", prefix)
-        .env("CIM_WEBSOCKET_ADDR", &ws_addr)
-        .env("CIM_WEBSOCKET_ADMIN_ADDR", &admin_addr)
-        .env("CIM_JWT_HS256_SECRET", SECRET)
-        .env("CIM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cim-websocket starts");
-    let pid = server.id().expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http_get(&admin_addr, "/health/ready").await.is_some_and(|r| r.contains(" 200 ")) {
-        assert!(Instant::now() < deadline, "cim-websocket did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (server, pid, ws_addr)
-}
-
 /// One side of one point: connect the clients, publish for `load.seconds`, drain, report.
 async fn run_side(side: Side, load: &Load, nats: &PrivateNats, order: usize) -> serde_json::Value {
     let prefix_text = unique("pp");
@@ -139,7 +113,8 @@ async fn run_side(side: Side, load: &Load, nats: &PrivateNats, order: usize) -> 
                 Side::Baseline => std::env::var("CIM_BENCH_BASELINE_BIN").expect("CIM_BENCH_BASELINE_BIN"),
                 _ => env!("CARGO_BIN_EXE_cim-websocket").to_owned(),
             };
-            let (child, pid, addr) = start_cim(&binary, &nats.url, &prefix_text).await;
+            let websocket = super::start_websocket(&binary, &nats.url, &prefix_text).await;
+            let (child, pid, addr) = (websocket.child, websocket.pid, websocket.ws_addr);
             cim = Some(child);
             (vec![("cim-websocket", pid), ("nats-server", nats.pid)], addr)
         }
