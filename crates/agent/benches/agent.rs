@@ -17,8 +17,9 @@
 //!
 //! `cargo bench -p cim-agent --bench agent` (CIM_BENCH_SECONDS per point, default 5;
 //! CIM_BENCH_DB_CONNECTIONS, default 40, the pool the service and the raw inserts share: the
-//! shared Postgres allows 100 connections in all; CIM_BENCH_AGENT_TENANTS=0 skips the 4-tenant
-//! layout).
+//! shared Postgres allows 100 connections in all; CIM_BENCH_AGENT_LAYOUTS, default `1,4`, the
+//! layouts to run by tenant count, in that order: `1` runs one tenant only, `4,1` measures four
+//! tenants on the fresher tables).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -429,9 +430,14 @@ async fn main() {
     for _ in 0..4 {
         submitters.push(AgentServiceClient::new(connect(addr).await));
     }
-    let mut layouts = vec![layout(addr, &submitters, 1, secs, raw.per_s).await];
-    if env("CIM_BENCH_AGENT_TENANTS", "1") != "0" {
-        layouts.push(layout(addr, &submitters, 4, secs, raw.per_s).await);
+    let mut layouts = Vec::new();
+    for tenants in env("CIM_BENCH_AGENT_LAYOUTS", "1,4").split(',') {
+        let tenants: usize = tenants.trim().parse().expect("CIM_BENCH_AGENT_LAYOUTS: tenant counts, e.g. 1,4");
+        assert!(
+            tenants > 0 && AGENTS % tenants == 0,
+            "CIM_BENCH_AGENT_LAYOUTS: {tenants} tenants do not share {AGENTS} agents evenly"
+        );
+        layouts.push(layout(addr, &submitters, tenants, secs, raw.per_s).await);
     }
 
     let report = serde_json::json!({
