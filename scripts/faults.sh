@@ -11,6 +11,7 @@
 #   scripts/faults.sh --heavy    every replica killed, every fault, mixed faults, longer windows,
 #                                more tenants
 #   --out FILE                   where the fault table goes as JSON (default /var/tmp/cim-faults.json)
+#   --only kill:graph2,...       only these faults of the set, named fault:host as in the table
 # CIM_REHEARSE_BIN=<path to cim> skips the build; CIM_REHEARSE_KEEP_LOGS=1 keeps every log.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
