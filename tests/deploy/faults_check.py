@@ -1,11 +1,12 @@
 """The fault harness's checks (faults.py): one fault window's records, the events Postgres holds
 and the stream's messages made into a row of the fault table; the table printed and written.
 
-A command is identified by its marker (a graph's name or a node's property `cmd`), which every
-event it caused carries, so a command applied twice shows as its marker twice, whatever the
-event ids. Lost: an acknowledged command whose marker or event ids are missing from graph.events
-or from CIM_GRAPH. Duplicated: a marker more than once in either, or an event id more than once
-in the stream. A websocket client has a gap when an event of its tenant in the stream after its
+A command is identified by its marker (a graph's name or a node's property `cmd`; a document's
+title, an agent's or a workflow definition's name), which every event it caused carries, so a
+command applied twice shows as its marker twice, whatever the event ids. Lost: an acknowledged
+command whose marker or event ids are missing from its domain's events table or from its
+domain's stream. Duplicated: a marker more than once in either, or an event id more than once
+in a stream. A websocket client has a gap when an event of its tenant in the stream after its
 start position never reached it, a duplicate when one reached it twice.
 """
 
@@ -22,6 +23,11 @@ INTERNAL = re.compile(r"^500 |urn:cim:problem:internal|: (Internal|Unknown): ")
 # bumps the shared cache generation before its answer leaves, and every gateway checks it before
 # a hit. So does a refusal that blames the server (500 / INTERNAL / UNKNOWN): a replica killed
 # mid-call is UNAVAILABLE (503), which the client may retry.
+
+
+# Pending in every window: the load on debug builds on two shared cores is slow enough for the
+# latency rules' expressions (their `for:` of 10 minutes is never reached).
+LOAD_ALERTS = {"CimGrpcLatencyHigh", "CimGatewayLatencyHigh"}
 
 
 def records(path: Path) -> list[dict]:
@@ -58,8 +64,9 @@ def wait_recovered(files: list[Path], since: float, timeout: float) -> bool:
 
     def ok() -> bool:
         recs = [r for f in files for r in records(f)]
-        for via in ("rest", "grpc"):
-            if not any(r["kind"] == "cmd" and r["via"] == via and r["ok"] and r["t0"] >= since for r in recs):
+        cmds = [r for r in recs if r["kind"] == "cmd"]
+        for channel in {channel_of(r) for r in cmds}:
+            if not any(channel_of(r) == channel and r["ok"] and r["t0"] >= since for r in cmds):
                 return False
         last: dict[int, str] = {}
         for r in recs:
@@ -68,6 +75,15 @@ def wait_recovered(files: list[Path], since: float, timeout: float) -> bool:
         return all(k in ("ws-start", "ws-resume") for k in last.values())
 
     return wait_for(ok, timeout, None)
+
+
+def domain_of(cmd: dict) -> str:
+    return cmd.get("domain", "graph")
+
+
+def channel_of(cmd: dict) -> str:
+    """What a recovery is timed for: graph over REST or gRPC, each other domain (REST)."""
+    return cmd["via"] if domain_of(cmd) == "graph" else domain_of(cmd)
 
 
 def ws_clients(recs: list[dict]) -> dict[int, dict]:
@@ -92,10 +108,10 @@ def watchers_caught_up(recs: list[dict], stream_msgs: list[dict]) -> bool:
     return all(expected_of(c, stream_msgs) <= set(c["events"]) for c in ws_clients(recs).values())
 
 
-def recovery(recs: list[dict], via: str, t_fault: float) -> float | None:
+def recovery(recs: list[dict], channel: str, t_fault: float) -> float | None:
     """Seconds from the fault until the first acknowledged command after the channel's last
     failure (0: nothing failed); None: it never succeeded again."""
-    cmds = [r for r in recs if r["kind"] == "cmd" and r["via"] == via and r["t"] >= t_fault]
+    cmds = [r for r in recs if r["kind"] == "cmd" and channel_of(r) == channel and r["t"] >= t_fault]
     failed = [r["t"] for r in cmds if not r["ok"]]
     if not failed:
         return 0.0
@@ -103,20 +119,31 @@ def recovery(recs: list[dict], via: str, t_fault: float) -> float | None:
     return round(min(after) - t_fault, 2) if after else None
 
 
-def row(kind, host, recs, pg, stream_msgs, t_fault, t_heal, recovered) -> dict:
+def row(kind, host, recs, pg, streams, t_fault, t_heal, recovered) -> dict:
+    """pg and streams: per domain, the (event_id, tenant, marker) of its events table and the
+    messages of its stream; streams["graph"] feeds the websocket checks."""
     cmds = [r for r in recs if r["kind"] == "cmd"]
     tenants = {r["tenant"] for r in cmds}
-    pg_markers = Counter(m for _, _, m in pg if m != "-")
-    pg_ids = Counter(e for e, _, _ in pg)
-    mine = [m for m in stream_msgs if m["tenant"] in tenants]
-    st_markers = Counter(x for m in mine for x in set(m["markers"]))
-    st_ids = Counter(m["event_id"] for m in mine)
     acked = [c for c in cmds if c["ok"]]
-    lost = [c for c in acked if pg_markers[c["marker"]] == 0 or st_markers[c["marker"]] == 0
-            or any(pg_ids[e] == 0 or st_ids[e] == 0 for e in c["event_ids"])]  # fmt: skip
-    dup_markers = {m for m, n in pg_markers.items() if n > 1} | {m for m, n in st_markers.items() if n > 1}
-    dup_ids = {e for e, n in st_ids.items() if n > 1}
-    applied_unacked = [c for c in cmds if not c["ok"] and pg_markers[c["marker"]] > 0]
+    lost, applied_unacked, dup_markers, dup_ids = [], [], set(), set()
+    per_domain = {}
+    for domain in sorted({domain_of(c) for c in cmds}):
+        mine_cmds = [c for c in cmds if domain_of(c) == domain]
+        pg_markers = Counter(m for _, _, m in pg.get(domain, []) if m != "-")
+        pg_ids = Counter(e for e, _, _ in pg.get(domain, []))
+        mine = [m for m in streams.get(domain, []) if m["tenant"] in tenants]
+        st_markers = Counter(x for m in mine for x in set(m["markers"]))
+        st_ids = Counter(m["event_id"] for m in mine)
+        d_lost = [c for c in mine_cmds if c["ok"] and (pg_markers[c["marker"]] == 0 or st_markers[c["marker"]] == 0
+                  or any(pg_ids[e] == 0 or st_ids[e] == 0 for e in c["event_ids"]))]  # fmt: skip
+        d_dups = {m for m, n in pg_markers.items() if n > 1} | {m for m, n in st_markers.items() if n > 1}
+        lost += d_lost
+        dup_markers |= d_dups
+        dup_ids |= {e for e, n in st_ids.items() if n > 1}
+        applied_unacked += [c for c in mine_cmds if not c["ok"] and pg_markers[c["marker"]] > 0]
+        per_domain[domain] = {"acknowledged": sum(c["ok"] for c in mine_cmds), "lost": len(d_lost),
+                              "duplicated": len(d_dups)}  # fmt: skip
+    stream_msgs = streams.get("graph", [])
     reads = [r for r in recs if r["kind"] == "read" and r["ok"] is not None]
     stale = [r for r in reads if not r["ok"]]
     clients = ws_clients(recs)
@@ -126,13 +153,14 @@ def row(kind, host, recs, pg, stream_msgs, t_fault, t_heal, recovered) -> dict:
         ws["gaps"] += len(expected_of(c, stream_msgs) - set(c["events"]))
         ws["duplicates"] += len(c["events"]) - len(set(c["events"]))
         ws["drops"] += len(c["drops"])
-    rec = {via: recovery(recs, via, t_fault) for via in ("rest", "grpc")}
+    rec = {ch: recovery(recs, ch, t_fault) for ch in sorted({channel_of(c) for c in cmds})}
     resumes = [t for c in clients.values() for t in c["resumes"] if t >= t_fault]
     rec["websocket"] = round(max(resumes) - t_fault, 2) if resumes else 0.0
     return {
         "fault": kind, "host": host,
         "acknowledged": len(acked), "acknowledged_rest": sum(c["via"] == "rest" for c in acked),
         "acknowledged_grpc": sum(c["via"] == "grpc" for c in acked), "failed": len(cmds) - len(acked),
+        "domains": per_domain,
         "lost": len(lost), "duplicated": len(dup_markers | {f"event {e}" for e in dup_ids if not dup_markers}),
         "applied_unacknowledged": len(applied_unacked),
         # Refusals that blame the server (500 / INTERNAL / UNKNOWN) where a fault should answer
@@ -164,6 +192,12 @@ def bad(row: dict) -> list[str]:
             out.append(f"websocket {key}: {row['websocket'][key]}")
     if not row["recovered"]:
         out.append("the load did not recover within 90 s of the heal")
+    if row.get("alert_named") is False:
+        out.append(f"{', '.join(row['alert_expected'])} neither pending nor firing while the fault lasted "
+                   f"(seen: {', '.join(row['alerts']) or 'none'})")  # fmt: skip
+    if "held_in_outbox" in row and not (row["held_in_outbox"] and row["acknowledged_while_full"]):
+        out.append(f"a full store that was none: {row['acknowledged_while_full']} commands acknowledged while it "
+                   f"lasted, {row['held_in_outbox']} events held in the outboxes")  # fmt: skip
     return out
 
 
@@ -180,12 +214,15 @@ def describe(row: dict) -> str:
             f"{row['internal']} as internal), {row['stale_reads']} of {row['reads']} reads stale, "
             f"{row['lost']} lost, {row['duplicated']} duplicated; websocket {ws['events']} events to {ws['clients']} "
             f"clients, {ws['drops']} drops, {ws['gaps']} gaps, {ws['duplicates']} duplicates; recovery "
-            f"{row['recovery_s']}; doctor failed {row['doctor_new'] or 'nothing new'}; window {row['window_s']}s")
+            f"{row['recovery_s']}; alerts {row['alerts'] or 'none'}; doctor failed {row['doctor_new'] or 'nothing new'}; "
+            f"window {row['window_s']}s"
+            + (f"; while full {row['acknowledged_while_full']} acknowledged, {row['held_in_outbox']} events held in "
+               "the outboxes" if "held_in_outbox" in row else ""))  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
-    head = ["fault", "host", "acked (REST/gRPC)", "refused (internal)", "lost", "dup", "stale reads",
-            "ws events/gaps/dups", "recovery", "doctor named"]  # fmt: skip
+    head = ["fault", "host", "acked (REST/gRPC)", "of them doc/agent/wf", "refused (internal)", "lost", "dup", "stale reads",
+            "ws events/gaps/dups", "recovery", "alert", "doctor named"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -194,9 +231,16 @@ def table(rows: list[dict]) -> str:
         ws = r["websocket"]
         named = {None: "n/a: " + (", ".join(r["doctor_new"]) or "nothing"), True: "yes: " + ", ".join(r["doctor_new"]),
                  False: "NO: " + (", ".join(r["doctor_new"]) or "nothing")}[r["doctor_named"]]  # fmt: skip
+        others = "/".join(str(r["domains"].get(d, {}).get("acknowledged", 0)) for d in ("document", "agent", "workflow"))
+        alert = {None: "n/a", True: "yes", False: "NO"}[r.get("alert_named")]
+        if r.get("alert_expected"):
+            alert += ": " + ", ".join(r["alert_expected"])
+        else:  # what did show, but the latency alerts every window's load raises on debug builds
+            seen = sorted({a.split(" (")[0] for a in r.get("alerts", [])} - LOAD_ALERTS)
+            alert += (" (seen: " + ", ".join(seen) + ")") if seen else ""
         lines.append(f"| {r['fault']} | {r['host']} | {r['acknowledged']} ({r['acknowledged_rest']}/"
-                     f"{r['acknowledged_grpc']}) | {r['failed']} ({r['internal']}) | {r['lost']} | {r['duplicated']} | {r['stale_reads']}/{r['reads']} | "
-                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {recovery_text(r)} | {named} |")  # fmt: skip
+                     f"{r['acknowledged_grpc']}) | {others} | {r['failed']} ({r['internal']}) | {r['lost']} | {r['duplicated']} | {r['stale_reads']}/{r['reads']} | "
+                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {recovery_text(r)} | {alert} | {named} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,13 +1,16 @@
 """The fault harness's hosts (faults.py): the rehearsal's topology (rehearse.Rehearsal: network
 namespaces on compose's addresses behind a router allowing only the design's flows) with a
-three-node NATS cluster and two replicas of graph, gateway and websocket, and an `ops` host for
-the operators' tools; each process started again after a fault by the arguments it was first
-started with.
+three-node NATS cluster and two replicas of every domain service but the webhook (graph,
+document, agent, workflow) and of gateway and websocket, MinIO (moto) for the document service,
+and an `ops` host for the operators' tools; each process started again after a fault by the
+arguments it was first started with.
 
 The NATS nodes run the repository's nats.conf (the rehearsal's copy) with their own server_name
 and store and a cluster block routing to the others; the services get all three URLs and
-CIM_STREAM_REPLICAS=3; nginx gets every gateway and websocket replica in its upstreams and the
-gateway both graph replicas in CIM_GATEWAY_GRAPH_URLS. A replica's flows are its service's.
+CIM_STREAM_REPLICAS=3; nginx gets every gateway and websocket replica in its upstreams, and each
+CIM_<CALLER>_<CALLEE>_URLS (the gateway's upstreams, the workflow's callees and itself) every
+replica of its callee; Prometheus scrapes every replica each second with the repository's rules
+(start_prometheus). A replica's flows are its service's.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import yaml
 from rehearse import SERVICE_UID, Failed, Rehearsal, log
 
 NATS_NODES = ["nats", "nats2", "nats3"]
 NATS_CLUSTER_PORT = 6222
-REPLICATED = ["graph", "gateway", "websocket"]
+# The domain services the load writes to besides graph (through the gateway's balancing). The
+# webhook service is not run: it takes no part in a command's path.
+DOMAINS = ["document", "agent", "workflow"]
+REPLICATED = ["graph", *DOMAINS, "gateway", "websocket"]
 # The compose services run here; the rest of the compose topology is the rehearsal's.
-RUN = {"nats", "postgres", "redis", "nginx", "outside", *REPLICATED}
+RUN = {"nats", "postgres", "redis", "minio", "minio-init", "nginx", "prometheus", "outside", *REPLICATED}
 
 
 class ReplicatedHosts(Rehearsal):
@@ -105,14 +112,40 @@ class ReplicatedHosts(Rehearsal):
         conf.write_text(text)
         super().start_nginx()
 
+    def start_prometheus(self) -> None:
+        """The repository's prometheus.yml and rules (the rehearsal's copies) with what a fault a
+        few seconds long needs: scraping and evaluating every second, the job `cim` naming every
+        replica's admin listener (labelled app=<its service>, as compose's targets are), and no
+        Alertmanager (the harness reads the alerts' states from Prometheus itself). The
+        exporters' jobs are left out: the exporters are not run here."""
+        conf = Path(self.translate("prometheus", "/etc/prometheus/prometheus.yml"))
+        doc = yaml.safe_load(conf.read_text())
+        doc["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"})
+        doc.pop("alerting", None)
+        cim = next(j for j in doc["scrape_configs"] if j["job_name"] == "cim")
+        cim["static_configs"] = [{"targets": [f"{h}:{self.ports[s][1]}"], "labels": {"app": s}}
+                                 for s in REPLICATED for h in self.replicas(s)]  # fmt: skip
+        doc["scrape_configs"] = [cim]
+        conf.write_text(yaml.safe_dump(doc, sort_keys=False))
+        super().start_prometheus()
+
     def service_env(self, svc: str) -> dict[str, str]:
         env = dict(self.env_of(svc))
         creds = urllib.parse.urlsplit(env["CIM_NATS_URL"]).netloc.rsplit("@", 1)[0]
         env["CIM_NATS_URL"] = ",".join(f"nats://{creds}@{n}:4222" for n in NATS_NODES)
         env["CIM_STREAM_REPLICAS"] = "3"
-        if svc == "gateway":
-            env["CIM_GATEWAY_GRAPH_URLS"] = ",".join(f"http://{g}:{self.ports['graph'][0]}" for g in self.replicas("graph"))
+        for var, value in env.items():
+            if re.fullmatch(r"CIM_[A-Z]+_[A-Z]+_URLS", var):
+                env[var] = ",".join(self.every_replica(u.strip()) for u in value.split(",") if u.strip())
         return env
+
+    def every_replica(self, url: str) -> str:
+        """A callee's URL as the URLs of each of its replicas run here (the one of a service not
+        run here as it is)."""
+        u = urllib.parse.urlsplit(url)
+        if u.hostname not in self.hosts:
+            return url
+        return ",".join(u._replace(netloc=u.netloc.replace(u.hostname, r, 1)).geturl() for r in self.replicas(u.hostname))
 
     def start_service(self, host: str, env=None, label=None) -> None:
         svc = self.base.get(host, host)
@@ -135,10 +168,13 @@ class ReplicatedHosts(Rehearsal):
 
     def bring_up(self) -> float:
         t0 = time.monotonic()
-        starters = {"postgres": self.start_postgres, "redis": self.start_redis, "nginx": self.start_nginx}
-        groups = [["postgres", "redis", *NATS_NODES], self.replicas("graph"),
-                  [*self.replicas("gateway"), *self.replicas("websocket")], ["nginx"]]  # fmt: skip
+        starters = {"postgres": self.start_postgres, "redis": self.start_redis, "nginx": self.start_nginx,
+                    "minio": self.start_minio, "prometheus": self.start_prometheus}  # fmt: skip
+        groups = [["postgres", "redis", "minio", *NATS_NODES], [r for s in ("graph", *DOMAINS) for r in self.replicas(s)],
+                  [*self.replicas("gateway"), *self.replicas("websocket")], ["nginx", "prometheus"]]  # fmt: skip
         for group in groups:
+            if "graph" in group:  # compose's minio-init, before the document service depends on its bucket
+                log(f"minio-init made bucket {self.minio_init()}")
             for host in group:
                 if host == "nats":
                     self.start_nats()
@@ -160,14 +196,15 @@ class ReplicatedHosts(Rehearsal):
         return time.monotonic() - t0
 
     def _settle(self, host: str) -> None:
-        # A service that exits at start-up (a JetStream request timing out on a busy machine) is
-        # started once more, as compose's restart policy or Kubernetes would.
-        for attempt in (1, 2):
+        # A service that exits at start-up (a JetStream request timing out on a busy machine:
+        # eight domain replicas create or update their R3 streams at once) is started again, up
+        # to twice more, as compose's restart policy or Kubernetes would.
+        for attempt in (1, 2, 3):
             try:
                 self.wait_healthy(host, timeout=60)
                 return
             except Failed as e:
-                if attempt == 2 or host not in self.launch or any(n == host and p.poll() is None for n, p in self.procs):
+                if attempt == 3 or host not in self.launch or any(n == host and p.poll() is None for n, p in self.procs):
                     self._unhealthy.append(str(e))
                     return
                 log(f"{host} exited while starting; starting it again:\n{self.tail(host, 2)}")

@@ -7,10 +7,15 @@ Kinds:
           then nodes added (property cmd = the marker), one command at a time, each acknowledged
           one read back at once by the same client (its version at least the write's); and websocket
           clients per tenant that subscribe to the graph domain, record every event frame and,
-          when the connection breaks, reconnect and resume with `from` = the last position seen
+          when the connection breaks, reconnect and resume with `from` = the last position seen;
+          with `domains`, per tenant also a loop creating a document, an agent and a workflow
+          definition in turn through the load balancer (title / name = the marker), so the other
+          domains' replicas are behind the gateway's balancing under the same load
   grpc    the same commands straight to the graph replicas' gRPC ports with grpcurl, alternating
           between them (tenant and actor in the metadata, as the gateway sends them)
   stream  one read of a stream, sequence `first` to its end ($JS.API.STREAM.MSG.GET), printed
+  streams the same for each of `reads` ({stream, first}), in one process
+  stream-limit  a stream made full (max_bytes at its size, discard new), or its config put back
 
 An acknowledged command is one answered with its event ids. The agent never retries a command:
 a failed one is recorded as not acknowledged, which the checks then allow to be absent.
@@ -71,6 +76,40 @@ def command_loop(spec: dict, tenant: dict, out: Records, send) -> None:
             graph = gid
         time.sleep(spec.get("pause", 0.05))
     out.add(kind="cmd-done", via=spec["kind"], tenant=tenant["tenant"])
+
+
+# Per domain: a create command through the gateway, its body carrying the marker.
+DOMAIN_COMMANDS = {
+    "document": ("/api/v1/documents", lambda m: {"title": m}),
+    "agent": ("/api/v1/agents", lambda m: {"name": m, "agent_type": "system"}),
+    "workflow": ("/api/v1/workflow-definitions",
+                 lambda m: {"definition": {"name": m, "steps": [{"id": "a", "kind": "automated", "set": {"n": "1"}}]}}),
+}  # fmt: skip
+
+
+def domain_loop(spec: dict, tenant: dict, out: Records) -> None:
+    """One tenant's creates in the other domains, in turn, until the stop file appears."""
+    auth = {"Authorization": f"Bearer {tenant['token']}"}
+    n = 0
+    while not stopped(spec["stop_cmds"]):
+        domain = spec["domains"][n % len(spec["domains"])]
+        n += 1
+        path, body = DOMAIN_COMMANDS[domain]
+        m = marker()
+        t0 = time.time()
+        try:
+            status, answer = rehearse.http("POST", f"http://{spec['lb']}{path}", body(m), auth, timeout=8)
+            if not isinstance(answer, dict):
+                ok, detail, event_ids = False, f"{status} {str(answer)[:150]}", []
+            else:
+                ok, event_ids = status in (200, 201), answer.get("event_ids", [])
+                detail = str(status) if ok else f"{status} {answer.get('type', '')} {answer.get('detail', '')}"
+        except Exception as e:  # a crashed call is a failed, unacknowledged command
+            ok, detail, event_ids = False, f"{type(e).__name__}: {e}", []
+        out.add(kind="cmd", via="rest", domain=domain, tenant=tenant["tenant"], op=f"create_{domain}", marker=m,
+                t0=t0, ok=ok and bool(event_ids), detail=f"{detail} ({domain})"[:200], event_ids=event_ids)  # fmt: skip
+        time.sleep(spec.get("pause", 0.05))
+    out.add(kind="cmd-done", via="rest-domains", tenant=tenant["tenant"])
 
 
 def read_back(lb: str, auth: dict, gid: str, version: int, m: str, tenant: str, out: Records) -> None:
@@ -217,6 +256,8 @@ def load(spec: dict) -> dict:
         threads.append(threading.Thread(target=w.run, daemon=True))
     for tenant in spec["tenants"]:
         threads.append(threading.Thread(target=command_loop, args=(spec, tenant, out, send), daemon=True))
+        if spec.get("domains"):
+            threads.append(threading.Thread(target=domain_loop, args=(spec, tenant, out), daemon=True))
     for t in threads:
         t.start()
     out.add(kind="started")
@@ -233,9 +274,9 @@ def load(spec: dict) -> dict:
     return {"ok": True}
 
 
-def stream(spec: dict) -> dict:
-    """Messages `first`.. of a stream, each as {seq, subject, msg_id, data}, through the
-    JetStream API as an operator user (raw protocol, like rehearse.nats_session)."""
+def js_session(spec: dict):
+    """A JetStream API requester as an operator user (raw protocol, like rehearse.nats_session):
+    request(subject, body) -> the answer; and the socket, to close."""
     s = socket.create_connection((spec["host"], spec["port"]), timeout=10)
     f = s.makefile("rb")
     f.readline()  # INFO
@@ -267,14 +308,51 @@ def stream(spec: dict) -> dict:
             if parts[1] == f"{inbox}.{n}":
                 return json.loads(payload or b"{}")
 
+    return request, s
+
+
+def stream_limit(spec: dict) -> dict:
+    """The store-full fault: the stream's config with max_bytes at what it holds now and discard
+    `new`, so JetStream refuses every publish to it as a full store does ("maximum bytes
+    exceeded"); or, with `config`, that config put back. Answers the config it replaced."""
+    request, s = js_session(spec)
+    name = spec["stream"]
+    try:
+        info = request(f"$JS.API.STREAM.INFO.{name}", {})
+        if "error" in info:
+            return {"ok": False, "detail": str(info["error"])}
+        before = info["config"]
+        config = spec.get("config") or {**before, "max_bytes": max(1, info["state"]["bytes"]), "discard": "new"}
+        r = request(f"$JS.API.STREAM.UPDATE.{name}", config)
+        if "error" in r:
+            return {"ok": False, "detail": f"STREAM.UPDATE: {r['error']}"}
+        return {"ok": True, "replaced": before, "bytes": info["state"]["bytes"]}
+    finally:
+        s.close()
+
+
+def stream(spec: dict) -> dict:
+    """Messages `first`.. of a stream, each as {seq, subject, msg_id, data}, through the
+    JetStream API as an operator user."""
+    request, s = js_session(spec)
     name = spec["stream"]
     info = request(f"$JS.API.STREAM.INFO.{name}", {})
     if "error" in info:
         return {"ok": False, "detail": str(info["error"])}
     state = info["state"]
-    msgs = []
+    msgs, retried = [], 0
     for seq in range(max(spec.get("first", 1), state["first_seq"]), state["last_seq"] + 1):
-        r = request(f"$JS.API.STREAM.MSG.GET.{name}", {"seq": seq})
+        # An error other than "no message found" (a deleted one) is asked again: right after a
+        # fault the leader may still be moving, and a message skipped here would read as lost.
+        for attempt in range(10):
+            r = request(f"$JS.API.STREAM.MSG.GET.{name}", {"seq": seq})
+            if "message" in r or (r.get("error") or {}).get("err_code") == 10037:
+                break
+            retried += 1
+            time.sleep(0.5)
+        else:
+            s.close()
+            return {"ok": False, "detail": f"{name} seq {seq}: {r.get('error')}"}
         m = r.get("message")
         if not m:
             continue  # deleted
@@ -285,11 +363,15 @@ def stream(spec: dict) -> dict:
                      "data": base64.b64decode(m.get("data") or "").decode(errors="replace")})  # fmt: skip
     s.close()
     cluster = info.get("cluster") or {}
-    return {"ok": True, "last_seq": state["last_seq"], "messages": msgs, "leader": cluster.get("leader"),
+    return {"ok": True, "last_seq": state["last_seq"], "messages": msgs, "retried": retried, "leader": cluster.get("leader"),
             "replicas": [r.get("name") for r in cluster.get("replicas") or []]}  # fmt: skip
 
 
 def agent(spec: dict) -> dict:
     if spec["kind"] == "stream":
         return stream(spec)
+    if spec["kind"] == "streams":
+        return {"ok": True, "streams": [stream({**spec, **read}) for read in spec["reads"]]}
+    if spec["kind"] == "stream-limit":
+        return stream_limit(spec)
     return load(spec)

@@ -1,6 +1,7 @@
 //! `cim doctor`: configuration, Postgres, NATS JetStream, Redis and the object store, one line
 //! per check with what to do about a failure.
 
+mod capacity;
 mod cluster;
 
 use super::*;
@@ -103,7 +104,10 @@ pub(crate) async fn doctor(before_start: bool) -> ExitCode {
                     count("streams"),
                     count("consumers")
                 );
-                report.line("nats", Ok(detail));
+                match capacity::account_room(&info) {
+                    Ok(()) => report.line("nats", Ok(detail)),
+                    Err(e) => report.fail("nats", format!("{nats_at}: {e}"), capacity::ACCOUNT_FIX),
+                }
                 let nodes = cluster::nodes(&config.nats_url, config.connect_timeout).await;
                 report.line("cluster", nodes.map_err(|e| (e, cluster::NODES_FIX)));
                 for service in DOMAIN_SERVICES {
@@ -316,12 +320,13 @@ async fn check_stream(
         return report.fail("stream", format!("{stream}: captures {captured:?}, not {subjects}"), &fix);
     }
     let messages = info["state"]["messages"].as_u64().unwrap_or(0);
-    // Lost replicas fail the line; the consumers are listed either way.
-    match cluster::stream_replicas(&info) {
-        Ok(replicas) => {
+    // Lost replicas or no room left fail the line; the consumers are listed either way.
+    match (cluster::stream_replicas(&info), capacity::stream_room(&info)) {
+        (Ok(replicas), Ok(())) => {
             report.line("stream", Ok(format!("{stream}: {messages} messages, subjects {subjects}, {replicas}")))
         }
-        Err(e) => report.fail("stream", format!("{stream}: {e}"), cluster::REPLICAS_FIX),
+        (Err(e), _) => report.fail("stream", format!("{stream}: {e}"), cluster::REPLICAS_FIX),
+        (Ok(_), Err(e)) => report.fail("stream", format!("{stream}: {e}"), capacity::STREAM_FIX),
     }
 
     let mut consumers = Vec::new();
