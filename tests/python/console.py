@@ -761,6 +761,9 @@ def main():
     check(f"readiness by service ({state})", state == {
         "gateway": "ready", "graph": "ready", "agent": "ready", "workflow": "ready", "document": "ready",
         "webhook": "not ready", "websocket": "ready"})
+    detail = {r.get_attribute("data-service"): r.text for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
+    check(f"each domain service's dependency checks are shown ({detail['document']!r})",
+          all("postgres: ok; nats: ok" in detail[s] for s in ("graph", "document", "agent", "workflow")))
     check("the graph stream's consumers are listed with their lag",
           count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
     text_in("#dead-letter-total", "1 dead letter")
