@@ -17,6 +17,17 @@ pub type CheckFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Each readiness check is also a gRPC health service of its own, `cim.dependency.<check>`
+/// (SERVING while the check passes), so a caller holding only the service's gRPC channel (the
+/// gateway's operations view) can say which dependency fails. The error text, which may name a
+/// host, stays on `/health/ready`; this says only up or down, never a credential.
+pub const DEPENDENCY_SERVICE_PREFIX: &str = "cim.dependency.";
+
+/// The gRPC health service name of the readiness check `check`.
+pub fn dependency_service(check: &str) -> String {
+    format!("{DEPENDENCY_SERVICE_PREFIX}{check}")
+}
+
 #[derive(Clone)]
 struct Check {
     name: &'static str,
@@ -140,10 +151,18 @@ impl Health {
         let this = self.clone();
         tokio::spawn(async move {
             let mut last = None;
+            let mut last_checks = std::collections::HashMap::new();
             loop {
-                let ready = this.readiness().await.ready;
+                let readiness = this.readiness().await;
+                let ready = readiness.ready;
                 if this.is_shutting_down() {
                     break;
+                }
+                for check in &readiness.checks {
+                    if last_checks.insert(check.name, check.ok) != Some(check.ok) {
+                        let status = if check.ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+                        this.inner.reporter.set_service_status(dependency_service(check.name), status).await;
+                    }
                 }
                 if last != Some(ready) {
                     if last.is_some() {
@@ -158,5 +177,45 @@ impl Health {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Request;
+    use tonic_health::pb::health_server::Health as _;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus as Answer};
+    use tonic_health::server::{HealthReporter, HealthService};
+
+    use super::*;
+
+    /// Each readiness check is its own gRPC health service, up or down as the check is, and a
+    /// name that is no check of this service is NOT_FOUND (what the gateway's operations view
+    /// reads).
+    #[tokio::test]
+    async fn each_check_is_a_health_service_of_its_own() {
+        let reporter = HealthReporter::new();
+        let health = Health::new("probe", reporter.clone());
+        health.add_check("postgres", Arc::new(|| Box::pin(async { Ok(()) })));
+        health.add_check("nats", Arc::new(|| Box::pin(async { Err("connection refused".to_owned()) })));
+        let stop = crate::Shutdown::new();
+        let watch = health.spawn_watch(Duration::from_millis(20), stop.clone());
+        let service = HealthService::from_health_reporter(reporter);
+        let ask = |name: String| service.check(Request::new(HealthCheckRequest { service: name }));
+        let mut answers = None;
+        for _ in 0..100 {
+            if let (Ok(pg), Ok(nats)) =
+                (ask(dependency_service("postgres")).await, ask(dependency_service("nats")).await)
+            {
+                answers = Some((pg.into_inner().status, nats.into_inner().status));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(answers, Some((Answer::Serving as i32, Answer::NotServing as i32)));
+        let unknown = ask(dependency_service("redis")).await.unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+        stop.trigger();
+        watch.await.unwrap();
     }
 }

@@ -8,9 +8,10 @@ import { field, h, report, submitting } from "./dom.js";
 const TYPES = ["human", "ai", "system", "external"];
 
 /**
- * What each state offers: the agent service's rule (activate from deployed, suspended or
- * offline; suspend from active or offline; offline from active; decommission from any but
- * decommissioned). Anything else it would refuse with a problem shown in the banner.
+ * What each state offers: the agent service's rule (`AgentState::may_become`: activate from
+ * deployed, suspended or offline; suspend from active or offline; offline from active;
+ * decommission from any but decommissioned), checked against it by
+ * crates/gateway/tests/console_rules.rs. Anything else it would refuse with a problem shown.
  */
 const OFFERED = {
   deployed: ["activate"],
@@ -32,7 +33,7 @@ export function deployForm(deployed) {
     h("h2", {}, "Deploy an agent"),
     h("div", { class: "row" }, field("Name", name), field("Type", type), field("Tasks at once", limit), field("Capabilities", capabilities, "separated by commas")),
     h("button", { type: "submit" }, "Deploy"),
-    h("p", { class: "meta" }, "A deployed agent gets no task until it is activated; an AI agent needs a model first (REST: PUT /api/v1/agents/{id}/model)."),
+    h("p", { class: "meta" }, "A deployed agent gets no task until it is activated; an AI agent needs a model first (Configure an agent, below)."),
   );
   form.addEventListener("submit", (e) => {
     e.preventDefault();

@@ -2,11 +2,12 @@
 // first, optionally in one state; select an agent to see the tasks it holds or last held among
 // those listed. The REST API lists tasks by state only, so an agent's tasks are picked from the
 // page read, and the page says so. A writer deploys agents and moves them through their
-// lifecycle (agent-actions.js).
+// lifecycle (agent-actions.js) and configures them (agent-config.js).
 
 import { api, seg } from "./api.js";
 import { field, h, report, show, table, time } from "./dom.js";
 import { agentActions, deployForm } from "./agent-actions.js";
+import { agentConfig } from "./agent-config.js";
 
 const AGENT_STATES = ["active", "deployed", "suspended", "offline", "decommissioned"];
 const TASK_STATES = ["", "queued", "assigned", "completed", "failed", "cancelled", "timed_out"];
@@ -24,6 +25,7 @@ export async function agentsPage({ view, session }) {
   const taskState = h("select", { id: "task-state" }, ...TASK_STATES.map((s) => h("option", { value: s }, s || "any")));
   const scope = h("p", { class: "meta", id: "task-scope", role: "status" });
   const names = () => new Map(agents.map((a) => [a.agent_id, a.name]));
+  const config = writer ? agentConfig(session.can("admin"), () => loadAgents()) : null;
 
   function drawTabs() {
     const count = (s) => agents.filter((a) => !s || a.state === s).length;
@@ -99,6 +101,7 @@ export async function agentsPage({ view, session }) {
     agents = (await api("GET", `/api/v1/agents?page_size=${LIMIT}`)).items;
     drawTabs();
     drawAgents();
+    config?.show(agents);
   }
 
   show(
@@ -113,6 +116,7 @@ export async function agentsPage({ view, session }) {
       tabs,
       table("Agents", ["Name (select for its tasks)", "Type", "State", "Capabilities", "Tasks held / limit", "Updated (UTC)", ...(writer ? ["Lifecycle"] : [])], agentRows, "agents"),
     ),
+    config?.element,
     h(
       "section",
       { class: "card", "aria-labelledby": "tasks-title" },

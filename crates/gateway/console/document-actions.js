@@ -1,6 +1,7 @@
 // One document's changes (writers): its review state (POST …/state), archive, soft delete and
-// restore (POST …/archive, DELETE …, POST …/restore), its tags (PATCH …, which replaces the
-// whole record, so title, description and metadata are sent back as read) and a content
+// restore (POST …/archive, DELETE …, POST …/restore), its tags (PATCH …?expected_version=,
+// which replaces the whole record, so title, description and metadata are sent back as read,
+// over the version read) and a content
 // version's tag (POST …/versions/{v}/tags, which moves the tag there from any other version).
 
 import { api, seg } from "./api.js";
@@ -8,15 +9,16 @@ import { field, h, report, submitting } from "./dom.js";
 
 /**
  * The review transitions offered from each state: the document service's rule
- * (`State::may_change` in crates/document/src/domain.rs). Offering one it refuses would show
- * its 422 problem; this only spares the person buttons that cannot work.
+ * (`State::may_become` in crates/document/src/domain.rs), checked against it by
+ * crates/gateway/tests/console_rules.rs. Archived and deleted documents have none (restore).
  */
 const REVIEW = {
-  draft: [["in_review", "Submit for review"]],
-  in_review: [["approved", "Approve"], ["rejected", "Reject"], ["draft", "Back to draft"]],
-  approved: [["draft", "Back to draft"]],
-  rejected: [["draft", "Back to draft"]],
+  draft: ["in_review"],
+  in_review: ["approved", "rejected", "draft"],
+  approved: ["draft"],
+  rejected: ["draft"],
 };
+const REVIEW_LABELS = { in_review: "Submit for review", approved: "Approve", rejected: "Reject", draft: "Back to draft" };
 const LIVE = new Set(Object.keys(REVIEW));
 
 /** The lifecycle and tags cards; `show(document, versions)` follows what was read. */
@@ -68,7 +70,18 @@ export function documentActions(base, changed) {
     submitting(tagForm, async () => {
       const list = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
       const body = { title: doc.title, description: doc.description, tags: list, metadata: doc.metadata };
-      await api("PATCH", base, { body });
+      // The record is replaced whole, so it is sent only over the version it was read at: a
+      // change made meanwhile is refused (409), read again, and the typed tags kept to save again.
+      try {
+        await api("PATCH", `${base}?expected_version=${doc.version}`, { body });
+      } catch (err) {
+        if (err.status === 409) {
+          const typed = tags.value;
+          await changed();
+          tags.value = typed;
+        }
+        throw err;
+      }
       await changed();
     });
   });
@@ -90,8 +103,8 @@ export function documentActions(base, changed) {
       lifecycle.querySelector("#lifecycle-state").textContent = live
         ? `State: ${d.state.replace("_", " ")}.`
         : `State: ${d.state}: readable, and every change is refused until it is restored.`;
-      const review = (REVIEW[d.state] || []).map(([to, label]) =>
-        act(label, `state-${to}`, to === "rejected" ? "danger" : "", () => api("POST", `${base}/state`, { body: { state: to, reason: reason.value.trim() } })),
+      const review = (REVIEW[d.state] || []).map((to) =>
+        act(REVIEW_LABELS[to], `state-${to}`, to === "rejected" ? "danger" : "", () => api("POST", `${base}/state`, { body: { state: to, reason: reason.value.trim() } })),
       );
       const other = live
         ? [act("Archive", "archive-document", "secondary", () => api("POST", `${base}/archive`)), act("Delete (restorable)", "delete-document", "danger", () => api("DELETE", base))]

@@ -1,11 +1,13 @@
 // Documents: search and list, a writer's new document with its first content (the upload's
 // progress shown as it goes: XMLHttpRequest reports upload progress, fetch does not), and one
 // document: its details, every content version with its tags and a download link, a new
-// version, and (document-actions.js) its lifecycle and tags.
+// version or an earlier one restored, (document-actions.js) its lifecycle and tags, and
+// (document-compliance.js) its links, retention and legal hold.
 
 import { Problem, api, seg } from "./api.js";
-import { field, h, report, show, submitting, table, time } from "./dom.js";
+import { clearReport, field, h, report, show, submitting, table, time } from "./dom.js";
 import { documentActions } from "./document-actions.js";
+import { documentCompliance } from "./document-compliance.js";
 
 function size(n) {
   if (n < 1024) return `${n} B`;
@@ -133,7 +135,27 @@ export async function documentPage({ view, session }, id) {
   const versions = h("tbody", { id: "version-rows" });
   const next = uploader("next-version");
   const form = h("form", { class: "card", id: "upload-version" }, h("h2", {}, "Upload a new version"), next.field, h("button", { type: "submit" }, "Upload"), next.progress);
-  const actions = session.can("writer") ? documentActions(base, () => load()) : null;
+  const writer = session.can("writer");
+  const actions = writer ? documentActions(base, () => load()) : null;
+  const compliance = documentCompliance(base, { writer, admin: session.can("admin") }, () => load());
+
+  /** An earlier version made current again, as a new version (drafts only). */
+  function restoreButton(d, x) {
+    if (!writer || d.state !== "draft" || x.version === d.current?.version) return null;
+    const b = h("button", { type: "button", class: "secondary", id: `restore-version-${x.version}`, "aria-label": `Restore version ${x.version}` }, "Restore");
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      clearReport();
+      try {
+        await api("POST", `${base}/versions/${x.version}/restore`);
+        await load();
+      } catch (e) {
+        report(e);
+        b.disabled = false;
+      }
+    });
+    return b;
+  }
 
   async function load() {
     const [d, v] = await Promise.all([api("GET", base), api("GET", `${base}/versions`)]);
@@ -142,6 +164,7 @@ export async function documentPage({ view, session }, id) {
     meta.textContent = `${d.document_id} · ${d.state}${d.description ? ` · ${d.description}` : ""}${d.tags.length ? ` · tags: ${d.tags.join(", ")}` : ""}`;
     meta.dataset.state = d.state;
     actions?.show(d, v.items);
+    compliance.show(d);
     form.hidden = !session.can("writer") || d.state !== "draft";
     versions.replaceChildren(
       ...v.items
@@ -158,7 +181,7 @@ export async function documentPage({ view, session }, id) {
             h("td", { class: "cid" }, x.cid),
             h("td", { class: "tags" }, x.tags.join(", ")),
             h("td", {}, time(x.created_at)),
-            h("td", {}, x.quarantined ? "quarantined" : h("a", { href: `${base}/content?version=${x.version}`, download: x.filename || true, id: `download-${x.version}` }, "Download")),
+            h("td", {}, h("div", { class: "row-line actions" }, x.quarantined ? "quarantined" : h("a", { href: `${base}/content?version=${x.version}`, download: x.filename || true, id: `download-${x.version}` }, "Download"), restoreButton(d, x))),
           ),
         ),
     );
@@ -176,6 +199,7 @@ export async function documentPage({ view, session }, id) {
     h("section", { class: "card", "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Versions"), table("Content versions, newest first", ["Version", "File", "Size", "Type", "Content id", "Tags", "Stored (UTC)", ""], versions, "versions")),
     form,
     actions ? h("div", { class: "two" }, ...actions.elements) : null,
+    h("div", { class: "two" }, ...compliance.elements),
   );
   show(view, "Document", h("p", { class: "crumbs" }, h("a", { href: "#/documents" }, "Documents"), " / "), title, meta, parts);
   try {

@@ -8,10 +8,12 @@ import { field, h, jsonObject, report, submitting } from "./dom.js";
 
 /**
  * What each status offers: the workflow service's rule (crates/workflow/src/instance.rs:
- * running → paused | cancelled, paused → running | cancelled; completed, failed and cancelled
- * are final). Anything else it would refuse with a problem shown in the banner.
+ * running → paused | cancelled, paused → running | cancelled, a draft may be cancelled;
+ * completed, failed and cancelled are final), checked against its `decide` by
+ * crates/gateway/tests/console_rules.rs. Anything else it would refuse with a problem shown.
  */
 const OFFERED = {
+  draft: ["cancel"],
   running: ["pause", "cancel"],
   paused: ["resume", "cancel"],
 };

@@ -1,13 +1,14 @@
 // Workflows: definitions (a writer adds one as JSON), instances (filter by status, start one),
-// and one instance: its steps with their status, its history as a timeline, and approve or
-// reject a step waiting for approval (the service checks the step's role); pause, resume,
-// cancel and signals in workflow-control.js. The instance page follows its events over the
+// and one instance: its steps with their status and its history as a timeline; what people do
+// on steps (approve, reject, complete, assign) in workflow-steps.js; pause, resume, cancel and
+// signals in workflow-control.js. The instance page follows its events over the
 // live feed.
 
 import { api, seg } from "./api.js";
 import { field, h, jsonObject, report, show, submitting, table, time } from "./dom.js";
 import { subscribe } from "./live.js";
 import { workflowControl } from "./workflow-control.js";
+import { stepActions } from "./workflow-steps.js";
 
 const STATUSES = ["", "running", "paused", "completed", "failed", "cancelled"];
 
@@ -103,9 +104,9 @@ export async function workflowPage({ view, session, onLeave }, id) {
   const timeline = h("ol", { class: "timeline", id: "timeline" });
   const control = session.can("writer") ? workflowControl(base, () => load()) : null;
 
-  function decide(step, verdict, comment) {
-    return api("POST", `${base}/steps/${seg(step)}/${verdict}`, { body: { comment } });
-  }
+  const writer = session.can("writer");
+  const columns = ["Step", "Kind", "Status", "After", "Attempts", "Due, error or assignee", "People"];
+  let status = "";
 
   function stepRow(s) {
     const cells = [
@@ -116,22 +117,10 @@ export async function workflowPage({ view, session, onLeave }, id) {
       h("td", { class: "num" }, s.attempts),
       h("td", {}, s.error || time(s.due_at) || s.assignee || ""),
     ];
-    let act = h("td", {});
-    if (s.status === "waiting_approval") {
-      const comment = h("input", { id: `comment-${s.step_id}`, placeholder: "comment" });
-      const form = h("form", { class: "decide", dataset: { step: s.step_id } }, field(`Comment on ${s.step_id}`, comment));
-      const button = (verdict, label, cls) => {
-        const b = h("button", { type: "button", class: cls, id: `${verdict}-${s.step_id}` }, label);
-        b.addEventListener("click", () => submitting(form, async () => {
-          await decide(s.step_id, verdict, comment.value);
-          await load();
-        }));
-        return b;
-      };
-      form.append(h("div", { class: "row-line" }, button("approve", "Approve"), button("reject", "Reject", "danger")));
-      act = h("td", {}, form);
-    }
-    return h("tr", { dataset: { step: s.step_id, status: s.status } }, ...cells, act);
+    const act = writer ? stepActions(base, s, status, () => load()) : h("td", {});
+    // Each cell names its column: at phone width the rows stack (console.css), the forms in view.
+    [...cells, act].forEach((c, i) => (c.dataset.label = columns[i]));
+    return h("tr", { dataset: { step: s.step_id, status: s.status, assignee: s.assignee || "" } }, ...cells, act);
   }
 
   async function load() {
@@ -140,6 +129,7 @@ export async function workflowPage({ view, session, onLeave }, id) {
     document.title = `${w.name} · CIM console`;
     meta.textContent = `${w.instance_id} · ${w.status} · version ${w.version}${w.error ? ` · ${w.error}` : ""}`;
     meta.dataset.status = w.status;
+    status = w.status;
     control?.show(w);
     steps.replaceChildren(...w.steps.map(stepRow));
     timeline.replaceChildren(
@@ -157,7 +147,6 @@ export async function workflowPage({ view, session, onLeave }, id) {
   }));
   onLeave(() => clearTimeout(pending));
 
-  const columns = ["Step", "Kind", "Status", "After", "Attempts", "Due, error or assignee", "Decision"];
   const layout = h(
     "div",
     { class: "graph-layout" },

@@ -48,10 +48,13 @@ static ASSETS: &[Asset] = &[
     asset!("operations.js", JS),
     asset!("workflows.js", JS),
     asset!("workflow-control.js", JS),
+    asset!("workflow-steps.js", JS),
     asset!("agents.js", JS),
     asset!("agent-actions.js", JS),
+    asset!("agent-config.js", JS),
     asset!("documents.js", JS),
     asset!("document-actions.js", JS),
+    asset!("document-compliance.js", JS),
 ];
 
 /// Only this origin's scripts, styles and API: no inline script, nothing from elsewhere (the

@@ -1,6 +1,8 @@
 //! `GET /api/v1/admin/operations`: what the console's operations page shows, as far as the
 //! gateway can see it. The services behind the gateway through their gRPC health (each domain
-//! service reports its readiness there, `cim_runtime::health`), the gateway's own readiness
+//! service reports its readiness there, `cim_runtime::health`, and each of its dependency checks
+//! as a health service of its own: up or down, computed by the service that holds the
+//! credentials), the gateway's own readiness
 //! checks, every domain stream with its consumers' lag (the JetStream API, as `cim doctor` reads
 //! it), the dead letters per consumer, and links to the Grafana dashboards when
 //! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway: its
@@ -213,19 +215,57 @@ async fn gateway_status(health: &Health) -> ServiceStatus {
     ServiceStatus { name: "gateway".into(), ready: r.ready, detail }
 }
 
-/// The service's gRPC health: SERVING when its readiness checks pass.
+/// The dependencies `cim doctor` checks; a service reports those of its readiness checks it runs
+/// (`cim_runtime::health::dependency_service`) and answers NOT_FOUND for the others.
+const DEPENDENCIES: [&str; 4] = ["postgres", "nats", "redis", "object_store"];
+
+/// The service's gRPC health: SERVING when its readiness checks pass, and each check it runs
+/// as a health service of its own (up or down only: the service holds the credentials and keeps
+/// the error text, which may name a host, on its own `/health/ready`).
 async fn service_status(name: &str, channel: Channel) -> ServiceStatus {
-    let mut client = HealthClient::new(channel);
-    let check = client.check(HealthCheckRequest { service: String::new() });
-    let (ready, detail) = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Err(_) => (false, format!("no answer within {CHECK_TIMEOUT:?}")),
-        Ok(Err(status)) => (false, format!("unreachable: {}", status.message())),
-        Ok(Ok(reply)) => {
-            let serving =
-                reply.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-            (serving, if serving { "serving".into() } else { "not serving: a readiness check fails".into() })
-        }
+    let client = HealthClient::new(channel);
+    let ask = |service: String| {
+        let mut client = client.clone();
+        async move { tokio::time::timeout(CHECK_TIMEOUT, client.check(HealthCheckRequest { service })).await }
     };
+    let serving = |reply: tonic_health::pb::HealthCheckResponse| {
+        reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    };
+    let (ready, mut detail) = match ask(String::new()).await {
+        Err(_) => {
+            return ServiceStatus {
+                name: name.into(),
+                ready: false,
+                detail: format!("no answer within {CHECK_TIMEOUT:?}"),
+            };
+        }
+        Ok(Err(status)) => {
+            return ServiceStatus {
+                name: name.into(),
+                ready: false,
+                detail: format!("unreachable: {}", status.message()),
+            };
+        }
+        Ok(Ok(reply)) if serving(*reply.get_ref()) => (true, "serving".to_owned()),
+        Ok(Ok(_)) => (false, "not serving: a readiness check fails".to_owned()),
+    };
+    let checks = futures::future::join_all(
+        DEPENDENCIES.map(|d| async move { (d, ask(cim_runtime::health::dependency_service(d)).await) }),
+    )
+    .await;
+    let lines: Vec<String> = checks
+        .into_iter()
+        .filter_map(|(d, answer)| match answer {
+            Ok(Ok(reply)) => Some(format!("{d}: {}", if serving(reply.into_inner()) { "ok" } else { "failing" })),
+            // Not one of this service's checks.
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => None,
+            Ok(Err(status)) => Some(format!("{d}: unknown ({})", status.message())),
+            Err(_) => Some(format!("{d}: no answer within {CHECK_TIMEOUT:?}")),
+        })
+        .collect();
+    if !lines.is_empty() {
+        detail = lines.join("; ");
+    }
     ServiceStatus { name: name.into(), ready, detail }
 }
 

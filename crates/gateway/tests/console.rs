@@ -123,6 +123,10 @@ async fn operations_are_for_operators_and_read_what_runs() {
     }
     let websocket = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "websocket").unwrap();
     assert!(websocket["detail"].as_str().unwrap().contains("nats: ok"), "its readiness checks: {websocket}");
+    // A domain service's own dependency checks, up or down, through its gRPC health; nothing
+    // else (no URL, no credential) comes with them.
+    let graph_row = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "graph").unwrap();
+    assert_eq!(graph_row["detail"], "postgres: ok; nats: ok", "{graph_row}");
     // Stopped, it reads as not ready, and the page still answers.
     ws.stop().await;
     let o = call(gw.addr, "GET", path, &operator, None).await.json();
