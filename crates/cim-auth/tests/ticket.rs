@@ -10,7 +10,13 @@ use cim_core::TenantId;
 
 fn redis() -> cim_runtime::redis::Pool {
     let url = std::env::var("CIM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    deadpool_redis::Config::from_url(url).create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap().into()
+    let settings = cim_runtime::redis::RedisSettings {
+        url,
+        max_size: 4,
+        timeout: Duration::from_millis(500),
+        tls: Default::default(),
+    };
+    cim_runtime::redis::connect_lazy(&settings).unwrap()
 }
 
 fn principal(expires_at: Option<u64>) -> Principal {

@@ -1,17 +1,22 @@
 //! Redis through a deadpool pool, with timeouts on every step so a dead Redis costs a bounded
-//! wait instead of a stuck request.
+//! wait instead of a stuck request, and no ping before a connection in use a moment ago is used
+//! again ([`trusted`]).
+
+mod trusted;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, ClientTlsConfig, TlsCertificates};
-use deadpool_redis::{Config, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 
 use crate::error::RuntimeError;
 use crate::health::CheckFn;
 use crate::tls::TlsError;
 use crate::tls::reload::Reloading;
+pub use trusted::{Connection, PING_IF_IDLE_FOR};
+use trusted::{Manager, RawPool};
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -56,24 +61,18 @@ pub struct Pool(Arc<Swapped>);
 
 #[derive(Debug)]
 enum Swapped {
-    Fixed(deadpool_redis::Pool),
-    Reloading(Reloading<deadpool_redis::Pool>),
+    Fixed(RawPool),
+    Reloading(Reloading<RawPool>),
 }
 
 impl Pool {
     /// A connection from the pool, made with the current files when a new one is needed.
-    pub async fn get(&self) -> Result<deadpool_redis::Connection, deadpool_redis::PoolError> {
-        match &*self.0 {
+    pub async fn get(&self) -> Result<Connection, deadpool_redis::PoolError> {
+        let object = match &*self.0 {
             Swapped::Fixed(pool) => pool.get().await,
             Swapped::Reloading(pool) => pool.current().get().await,
-        }
-    }
-}
-
-/// A pool whose files never change (plain `redis://`, or the system's roots).
-impl From<deadpool_redis::Pool> for Pool {
-    fn from(pool: deadpool_redis::Pool) -> Self {
-        Self(Arc::new(Swapped::Fixed(pool)))
+        };
+        object.map(Connection::from)
     }
 }
 
@@ -84,7 +83,7 @@ fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
     };
     let files = settings.tls.files();
     if !settings.url.starts_with("rediss://") || files.is_empty() {
-        return build(settings).map(Pool::from).map_err(error);
+        return build(settings).map(|pool| Pool(Arc::new(Swapped::Fixed(pool)))).map_err(error);
     }
     let settings_now = settings.clone();
     let reloading = Reloading::new(files, settings.tls.reload, move || build(&settings_now)).map_err(error)?;
@@ -93,7 +92,7 @@ fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
 
 /// A deadpool pool with the TLS files as they are now. Errors name the file at fault, or the
 /// certificate file for a configuration that does not build.
-fn build(settings: &RedisSettings) -> Result<deadpool_redis::Pool, TlsError> {
+fn build(settings: &RedisSettings) -> Result<RawPool, TlsError> {
     let unnamed = |what: String| TlsError { path: PathBuf::new(), what };
     let pool_config = PoolConfig {
         max_size: settings.max_size,
@@ -104,10 +103,17 @@ fn build(settings: &RedisSettings) -> Result<deadpool_redis::Pool, TlsError> {
         },
         ..PoolConfig::default()
     };
+    let pool = |manager| {
+        RawPool::builder(Manager(manager))
+            .config(pool_config)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| unnamed(format!("bad configuration: {e}")))
+    };
     if !settings.url.starts_with("rediss://") {
-        let mut cfg = Config::from_url(settings.url.clone());
-        cfg.pool = Some(pool_config);
-        return cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| unnamed(format!("bad configuration: {e}")));
+        let manager = deadpool_redis::Manager::new(settings.url.as_str())
+            .map_err(|e| unnamed(format!("bad configuration: {e}")))?;
+        return pool(manager);
     }
     // Checked here, as the other TLS files are: a half-rotated pair (the new key beside the old
     // certificate) is an error that keeps the previous pool, not a pool that cannot connect.
@@ -133,11 +139,7 @@ fn build(settings: &RedisSettings) -> Result<deadpool_redis::Pool, TlsError> {
         .map_err(|e| TlsError { path: at, what: format!("bad TLS configuration: {e}") })?;
     let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
         .map_err(|e| unnamed(format!("bad configuration: {e}")))?;
-    deadpool_redis::Pool::builder(manager)
-        .config(pool_config)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| unnamed(format!("bad configuration: {e}")))
+    pool(manager)
 }
 
 async fn ping(pool: &Pool, timeout: Duration) -> Result<(), String> {

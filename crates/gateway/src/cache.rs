@@ -9,11 +9,13 @@
 //! with no code in the domain's routes). A response computed before a bump is never served after
 //! it, even if it was written late: the write only lands when the generation is still what the
 //! reader saw. A domain whose consumer is not running is not cached until it is again; the
-//! others are.
+//! others are. A write whose answer names the version it left the aggregate at ([`Written`])
+//! spares the shared invalidator the second bump when the write's events arrive ([`written`]).
 
 mod invalidate;
 mod local;
 mod shared;
+mod written;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,7 @@ pub use invalidate::{DURABLE, Invalidator, invalidator, local_invalidator};
 pub use local::Local;
 pub use shared::Bumps;
 use shared::{Cached, STORE_IF_CURRENT, entry};
+pub use written::{Written, WrittenVersions};
 
 pub const CACHE_REQUESTS_TOTAL: &str = "cim_gateway_cache_requests_total";
 pub const CACHE_INVALIDATIONS_TOTAL: &str = "cim_gateway_cache_invalidations_total";
@@ -87,11 +90,18 @@ pub struct DomainCache {
     /// Whether the domain's shared invalidator is bound; without it a change made elsewhere
     /// would go unnoticed and the cache could serve a stale read, so it is bypassed.
     shared_live: AtomicBool,
+    /// The versions this instance's writes already bumped in Redis.
+    written: WrittenVersions,
 }
 
 impl DomainCache {
     pub fn new(domain: Domain) -> Self {
-        Self { domain, local: Local::default(), shared_live: AtomicBool::new(false) }
+        Self {
+            domain,
+            local: Local::default(),
+            shared_live: AtomicBool::new(false),
+            written: WrittenVersions::default(),
+        }
     }
 
     fn set_shared_live(&self, bound: bool) {
@@ -121,9 +131,9 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
     let Some(cache) = state.domains.iter().find(|c| c.domain == domain).cloned() else {
         return next.run(req).await;
     };
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     if !req.method().is_safe() {
-        return write(&state, &cache, &aggregate, route.as_deref(), req, next).await;
+        return write(&state, &cache, &aggregate, route.as_ref().map(MatchedPath::as_str), req, next).await;
     }
     let streamed = route.is_some_and(|r| state.streamed.contains(&r.as_str()));
     if req.method() != Method::GET || state.ttl.is_zero() || streamed {
@@ -134,7 +144,8 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
 
 /// A write: once it succeeded, its aggregate's cached reads are dropped (here, and in Redis for
 /// every instance) before the response leaves, so its caller reads what it wrote even before
-/// the event arrives. Whatever the TTL: another instance may cache.
+/// the event arrives. Whatever the TTL: another instance may cache. The version the write left
+/// the aggregate at, when its handler names it, is remembered once the bump is in Redis.
 async fn write(
     state: &CacheState,
     cache: &DomainCache,
@@ -147,8 +158,13 @@ async fn write(
     let res = next.run(req).await;
     if res.status().is_success() && !reads {
         cache.local.bump(aggregate);
-        if let Err(e) = state.bumps.bump(aggregate).await {
-            tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
+        match state.bumps.bump(aggregate).await {
+            Ok(()) => {
+                if let Some(written) = res.extensions().get::<Written>() {
+                    cache.written.record(aggregate, written.version);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cache not invalidated (redis unavailable)"),
         }
     }
     res

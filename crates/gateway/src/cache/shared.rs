@@ -110,11 +110,18 @@ async fn send_bumps(redis: cim_runtime::redis::Pool, ttl: Duration, mut rx: toki
             let key = entry(aggregate);
             pipe.hincr(&key, "gen", 1).ignore().expire(&key, ttl).ignore();
         }
-        let sent: Result<(), String> = async {
+        let send = || async {
             let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-            pipe.query_async(&mut conn).await.map_err(|e| e.to_string())
-        }
-        .await;
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+        };
+        // Once more on a failure: the pool hands out a connection used a moment ago without a
+        // ping (`cim_runtime::redis`), so a connection that just died fails here first; the
+        // second try gets a pinged or a new one. A bump that fails lets another gateway serve
+        // what this write changed until its event arrives.
+        let sent = match send().await {
+            Err(_) => send().await,
+            sent => sent,
+        };
         if sent.is_ok() {
             metrics::counter!(CACHE_INVALIDATIONS_TOTAL).increment(aggregates.len() as u64);
         }
