@@ -9,13 +9,11 @@
 //! with no code in the domain's routes). A response computed before a bump is never served after
 //! it, even if it was written late: the write only lands when the generation is still what the
 //! reader saw. A domain whose consumer is not running is not cached until it is again; the
-//! others are. A write whose answer names the version it left the aggregate at ([`Written`])
-//! spares the shared invalidator the second bump when the write's events arrive ([`written`]).
+//! others are.
 
 mod invalidate;
 mod local;
 mod shared;
-mod written;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +30,7 @@ use cim_core::Domain;
 pub use invalidate::{DURABLE, Invalidator, invalidator, local_invalidator};
 pub use local::Local;
 pub use shared::Bumps;
-use shared::{Cached, STORE_IF_CURRENT, entry};
-pub use written::{Written, WrittenVersions};
+use shared::{Cached, STORE_IF_CURRENT, entry, fresh_generation};
 
 pub const CACHE_REQUESTS_TOTAL: &str = "cim_gateway_cache_requests_total";
 pub const CACHE_INVALIDATIONS_TOTAL: &str = "cim_gateway_cache_invalidations_total";
@@ -90,18 +87,11 @@ pub struct DomainCache {
     /// Whether the domain's shared invalidator is bound; without it a change made elsewhere
     /// would go unnoticed and the cache could serve a stale read, so it is bypassed.
     shared_live: AtomicBool,
-    /// The versions this instance's writes already bumped in Redis.
-    written: WrittenVersions,
 }
 
 impl DomainCache {
     pub fn new(domain: Domain) -> Self {
-        Self {
-            domain,
-            local: Local::default(),
-            shared_live: AtomicBool::new(false),
-            written: WrittenVersions::default(),
-        }
+        Self { domain, local: Local::default(), shared_live: AtomicBool::new(false) }
     }
 
     fn set_shared_live(&self, bound: bool) {
@@ -131,9 +121,9 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
     let Some(cache) = state.domains.iter().find(|c| c.domain == domain).cloned() else {
         return next.run(req).await;
     };
-    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     if !req.method().is_safe() {
-        return write(&state, &cache, &aggregate, route.as_ref().map(MatchedPath::as_str), req, next).await;
+        return write(&state, &cache, &aggregate, route.as_deref(), req, next).await;
     }
     let streamed = route.is_some_and(|r| state.streamed.contains(&r.as_str()));
     if req.method() != Method::GET || state.ttl.is_zero() || streamed {
@@ -144,8 +134,7 @@ pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next
 
 /// A write: once it succeeded, its aggregate's cached reads are dropped (here, and in Redis for
 /// every instance) before the response leaves, so its caller reads what it wrote even before
-/// the event arrives. Whatever the TTL: another instance may cache. The version the write left
-/// the aggregate at, when its handler names it, is remembered once the bump is in Redis.
+/// the event arrives. Whatever the TTL: another instance may cache.
 async fn write(
     state: &CacheState,
     cache: &DomainCache,
@@ -158,13 +147,8 @@ async fn write(
     let res = next.run(req).await;
     if res.status().is_success() && !reads {
         cache.local.bump(aggregate);
-        match state.bumps.bump(aggregate).await {
-            Ok(()) => {
-                if let Some(written) = res.extensions().get::<Written>() {
-                    cache.written.record(aggregate, written.version);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cache not invalidated (redis unavailable)"),
+        if let Err(e) = state.bumps.bump(aggregate).await {
+            tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
         }
     }
     res
@@ -213,12 +197,14 @@ async fn read(state: &CacheState, cache: &DomainCache, aggregate: &str, req: Req
         return next.run(req).await;
     };
     let cached = looked.get_mut(1).and_then(Option::take);
-    let gen_seen = looked.first().cloned().flatten().and_then(|g| g.parse::<i64>().ok()).unwrap_or(0);
-    if let Some((_, body)) = local_hit.filter(|(shared, _)| *shared == gen_seen) {
+    // No generation: nothing may be served from memory or Redis (an entry kept before Redis lost
+    // its data could otherwise match a count that started again).
+    let gen_seen = looked.first().cloned().flatten().and_then(|g| g.parse::<i64>().ok());
+    if let Some((_, body)) = local_hit.filter(|(shared, _)| Some(*shared) == gen_seen) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
         return json_response(String::from_utf8_lossy(&body).into_owned(), true);
     }
-    if let Some(c) = cached.and_then(|c| serde_json::from_str::<Cached>(&c).ok()).filter(|c| c.g == gen_seen) {
+    if let Some(c) = cached.and_then(|c| serde_json::from_str::<Cached>(&c).ok()).filter(|c| Some(c.g) == gen_seen) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "hit").increment(1);
         return json_response(c.b, true);
     }
@@ -231,22 +217,27 @@ async fn read(state: &CacheState, cache: &DomainCache, aggregate: &str, req: Req
     let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
         return Response::from_parts(parts, Body::empty());
     };
-    if local_live {
-        cache.local.put(aggregate, &field, local_gen, gen_seen, bytes.clone());
-    }
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let store = serde_json::to_string(&Cached { g: gen_seen, b: text.clone() }).unwrap_or_default();
-    if let Ok(mut conn) = state.redis.get().await {
-        let _: Result<i64, _> = deadpool_redis::redis::cmd("EVAL")
+    let kept_under = gen_seen.unwrap_or_else(fresh_generation);
+    let store = serde_json::to_string(&Cached { g: kept_under, b: text.clone() }).unwrap_or_default();
+    let kept = match state.redis.get().await {
+        Ok(mut conn) => deadpool_redis::redis::cmd("EVAL")
             .arg(STORE_IF_CURRENT)
             .arg(1)
             .arg(&key)
-            .arg(gen_seen)
+            .arg(gen_seen.map(|g| g.to_string()).unwrap_or_default())
             .arg(&field)
             .arg(store)
             .arg(state.ttl.as_secs())
-            .query_async(&mut conn)
-            .await;
+            .arg(kept_under)
+            .query_async::<i64>(&mut conn)
+            .await
+            .is_ok_and(|kept| kept == 1),
+        Err(_) => false,
+    };
+    // In memory only under a generation Redis holds: a hit is checked against it.
+    if kept && local_live {
+        cache.local.put(aggregate, &field, local_gen, kept_under, bytes);
     }
     let mut res = Response::from_parts(parts, Body::from(text));
     res.headers_mut().insert("x-cache", HeaderValue::from_static("miss"));

@@ -119,18 +119,8 @@ fn touched(msg: &Message) -> Option<BTreeSet<String>> {
     Some(touched)
 }
 
-/// The event's own aggregate when a write through this instance already bumped it at the
-/// event's version or later (`super::written`): its bump would change nothing.
-fn covered(cache: &DomainCache, msg: &Message) -> Option<String> {
-    use cim_core::subject::headers::{AGGREGATE_ID, SEQUENCE};
-    let headers = msg.headers.as_ref()?;
-    let aggregate = canonical_id(headers.get(AGGREGATE_ID)?.as_str())?;
-    let sequence = headers.get(SEQUENCE)?.as_str().parse().ok()?;
-    cache.written.covers(&aggregate, sequence).then_some(aggregate)
-}
-
 async fn handle(state: &Invalidator, js: &Context, metrics: &ConsumerMetrics, msg: Message) {
-    let Some(mut aggregates) = touched(&msg) else {
+    let Some(aggregates) = touched(&msg) else {
         // No aggregate to invalidate, now or on any redelivery: kept in the dead-letter stream
         // for an operator instead of silently leaving some aggregate's cache stale.
         let reason = "gateway-cache: no readable aggregate id in the headers or the payload";
@@ -148,9 +138,6 @@ async fn handle(state: &Invalidator, js: &Context, metrics: &ConsumerMetrics, ms
         }
         return;
     };
-    if let Some(own) = covered(&state.cache, &msg) {
-        aggregates.remove(&own);
-    }
     let bumped = futures::future::try_join_all(aggregates.iter().map(|a| state.bumps.bump(a))).await;
     match bumped {
         Ok(_) => {

@@ -20,15 +20,37 @@ pub(super) struct Cached {
     pub b: String,
 }
 
-/// Writes a response only while `gen` is still what the reader saw: a response computed before
-/// a bump is never served after it, even if it was written late.
+/// Writes a response only while `gen` is still what the reader saw (ARGV[1], empty: the hash had
+/// none): a response computed before a bump is never served after it, even if it was written
+/// late. A hash without a generation (never written, expired, or a Redis that restarted empty)
+/// is given a random one (ARGV[5]) before anything is kept under it, and a generation that
+/// vanished since the read keeps nothing: generations never start again from the same number, so
+/// an entry another instance kept from before a restart can never match one counted afresh
+/// after it. Answers 1 when the response was kept (under ARGV[5] or the one read), else 0.
 pub(super) const STORE_IF_CURRENT: &str = r"
-local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
-if gen == tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+local gen = redis.call('HGET', KEYS[1], 'gen')
+if not gen then
+  if ARGV[1] ~= '' then return 0 end
+  redis.call('HSET', KEYS[1], 'gen', ARGV[5])
+elseif gen ~= ARGV[1] then
+  return 0
 end
-return gen";
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1";
+
+/// Adds one generation bump to `pipe`. A hash without a generation starts from a random one, as
+/// in [`STORE_IF_CURRENT`], so that a count begun afresh (the hash expired, or Redis restarted
+/// empty) never meets a generation an instance's memory still holds entries under.
+fn queue_bump(pipe: &mut deadpool_redis::redis::Pipeline, key: &str, ttl: i64) {
+    pipe.hset_nx(key, "gen", fresh_generation()).ignore().hincr(key, "gen", 1).ignore().expire(key, ttl).ignore();
+}
+
+/// Where a hash's generation starts when a response is first kept in it: random, below 2^52 so
+/// that counting up from it stays exact everywhere, and far from any earlier start.
+pub(super) fn fresh_generation() -> i64 {
+    (uuid::Uuid::new_v4().as_u64_pair().0 >> 12) as i64
+}
 
 type Bump = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
 
@@ -76,7 +98,7 @@ impl Bumps {
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for key in &keys {
-                    pipe.hincr(key, "gen", 1).ignore().expire(key, ttl).ignore();
+                    queue_bump(&mut pipe, key, ttl);
                 }
                 let () = pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
                 bumped += keys.len() as u64;
@@ -108,7 +130,7 @@ async fn send_bumps(redis: cim_runtime::redis::Pool, ttl: Duration, mut rx: toki
         let mut pipe = deadpool_redis::redis::pipe();
         for aggregate in &aggregates {
             let key = entry(aggregate);
-            pipe.hincr(&key, "gen", 1).ignore().expire(&key, ttl).ignore();
+            queue_bump(&mut pipe, &key, ttl);
         }
         let send = || async {
             let mut conn = redis.get().await.map_err(|e| e.to_string())?;

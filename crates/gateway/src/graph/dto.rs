@@ -2,7 +2,6 @@
 //! from and to the gRPC messages.
 
 use super::*;
-use crate::cache::Written;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Graph {
@@ -343,14 +342,12 @@ pub(super) fn types(list: Option<String>) -> Vec<String> {
     list.map(|l| l.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()).unwrap_or_default()
 }
 
-/// A command's answer, naming the version it left the graph at for the cache layer
-/// (`crate::cache::Written`).
 pub(super) fn created(r: pb::CommandResponse) -> impl IntoResponse {
-    (StatusCode::CREATED, Extension(Written { version: r.version }), Json(result(r)))
+    (StatusCode::CREATED, Json(result(r)))
 }
 
 pub(super) fn done(r: pb::CommandResponse) -> impl IntoResponse {
-    (StatusCode::OK, Extension(Written { version: r.version }), Json(result(r)))
+    (StatusCode::OK, Json(result(r)))
 }
 
 #[cfg(test)]
