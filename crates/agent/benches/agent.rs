@@ -434,7 +434,7 @@ async fn main() {
     for tenants in env("CIM_BENCH_AGENT_LAYOUTS", "1,4").split(',') {
         let tenants: usize = tenants.trim().parse().expect("CIM_BENCH_AGENT_LAYOUTS: tenant counts, e.g. 1,4");
         assert!(
-            tenants > 0 && AGENTS % tenants == 0,
+            tenants > 0 && AGENTS.is_multiple_of(tenants),
             "CIM_BENCH_AGENT_LAYOUTS: {tenants} tenants do not share {AGENTS} agents evenly"
         );
         layouts.push(layout(addr, &submitters, tenants, secs, raw.per_s).await);
