@@ -486,25 +486,25 @@ async fn bumping_every_cache_entry_returns_on_an_empty_cache_and_bumps_each_entr
         bumps.bump(a).await.unwrap();
     }
     // Each generation started at random; forgetting everything moves each by one.
-    let mut before = Vec::new();
-    for a in aggregates.iter().step_by(97) {
-        let generation: i64 = deadpool_redis::redis::cmd("HGET")
-            .arg(format!("cim:gw:cache:{a}"))
-            .arg("gen")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        before.push(generation);
-    }
+    let sampled: Vec<&String> = aggregates.iter().step_by(97).collect();
+    let mut generations = async || {
+        let mut out = Vec::new();
+        for a in &sampled {
+            let generation: i64 = deadpool_redis::redis::cmd("HGET")
+                .arg(format!("cim:gw:cache:{a}"))
+                .arg("gen")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            out.push(generation);
+        }
+        out
+    };
+    let before = generations().await;
     assert_eq!(within(bumps.bump_every_entry()).await.expect("returned"), Ok(600));
-    for (a, before) in aggregates.iter().step_by(97).zip(before) {
-        let generation: i64 = deadpool_redis::redis::cmd("HGET")
-            .arg(format!("cim:gw:cache:{a}"))
-            .arg("gen")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(generation, before + 1, "{a}");
+    let after = generations().await;
+    for ((a, before), after) in sampled.iter().zip(before).zip(after) {
+        assert_eq!(after, before + 1, "{a}");
     }
     let () = deadpool_redis::redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
 }
