@@ -736,6 +736,18 @@ def main():
     stored = rest("GET", f"/api/v1/documents/{doc_id}")
     check(f"the API has it retained, not held, not deleted ({stored['retain_until']}, {stored['legal_hold']}, {stored['state']})",
           stored["retain_until"].startswith("2031-06-30T12:00") and not stored["legal_hold"] and stored["state"] == "approved")
+    # An admin quarantines version 2's content (found to be malware): its download link is gone,
+    # the row says why there is none, and the API has it quarantined.
+    check("every version can be quarantined", [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#quarantine-version option")] == ["3", "2", "1"])
+    driver.find_element(By.CSS_SELECTOR, '#quarantine-version option[value="2"]').click()
+    fill("#quarantine-reason", "malware found")
+    driver.find_element(By.CSS_SELECTOR, "#quarantine [type=submit]").click()
+    text_in('#version-rows tr[data-version="2"]', "quarantined")
+    check("a quarantined version offers no download", count("#download-2") == 0 and count("#download-1") == 1)
+    check("it is no longer offered for quarantine", count('#quarantine-version option[value="2"]') == 0)
+    flags = {v["version"]: v["quarantined"] for v in rest("GET", f"/api/v1/documents/{doc_id}/versions")["items"]}
+    check(f"the API has version 2 quarantined ({flags})", flags == {1: False, 2: True, 3: False})
+    shot("document-quarantine", show="#version-rows")
     check("a tenant's admin is offered no operations page", not driver.find_element(By.ID, "nav-operations").is_displayed())
     driver.get(URL + "/#/operations")
     heading("Operations")
@@ -749,7 +761,8 @@ def main():
     text_in("#signin-notice", "Signed out")
 
     # An operator (an admin of the operator tenant), offered the operations page in the nav:
-    # services and their readiness, streams and consumer lag, dead letters, dashboards. The test
+    # services and their readiness, NATS's checks, streams with their replicas and consumer lag,
+    # dead letters, dashboards. The test
     # runs the graph, agent, workflow and document services and the websocket server (read at its
     # admin listener); the webhook service's address answers nothing.
     # Signing in returns to the page asked for: the operations page, this time answered.
@@ -764,6 +777,12 @@ def main():
     detail = {r.get_attribute("data-service"): r.text for r in driver.find_elements(By.CSS_SELECTOR, "#services tbody tr")}
     check(f"each domain service's dependency checks are shown ({detail['document']!r})",
           all("postgres: ok; nats: ok" in detail[s] for s in ("graph", "document", "agent", "workflow")))
+    check(f"the document service's object store is checked ({detail['document']!r})", "object_store: ok" in detail["document"])
+    nats = {r.get_attribute("data-check"): r.find_elements(By.TAG_NAME, "td")[1].text
+            for r in driver.find_elements(By.CSS_SELECTOR, "#nats-checks tbody tr")}
+    check(f"NATS is checked as cim doctor checks it ({nats})", nats == {"jetstream": "ok", "cluster": "ok"})
+    graph_row = driver.find_element(By.CSS_SELECTOR, '#streams tr[data-stream="graph"]').text
+    check(f"the graph stream's replicas are shown ({graph_row!r})", "1 replica" in graph_row)
     check("the graph stream's consumers are listed with their lag",
           count('#streams tr[data-stream="graph"][data-consumer="gateway-cache"]') == 1)
     text_in("#dead-letter-total", "1 dead letter")

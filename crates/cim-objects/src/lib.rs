@@ -27,6 +27,9 @@ pub enum ObjectsError {
     Corrupt { at: String, path: String, put: usize, got: usize },
 }
 
+/// The object the readiness check looks for (beside the probes, under `cim-probe/`).
+pub const READY_MARKER: &str = "cim-probe/ready";
+
 /// An open store and how to name it in messages.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -104,6 +107,35 @@ impl Objects {
     /// The store as messages name it: `local directory /abs/path` or `s3://bucket at http://…`.
     pub fn describe(&self) -> &str {
         &self.at
+    }
+
+    /// The readiness check `object_store` (`cim_runtime::health`): a HEAD of one small marker
+    /// object, `cim-probe/ready`, written again when it is missing. A HEAD alone cannot tell a
+    /// missing bucket from a missing object (both are 404 in S3), so a missing marker is put: a
+    /// store that is down, a bucket that is gone and credentials that may not write all fail it,
+    /// at one request per check once the marker is there.
+    pub fn readiness(&self) -> cim_runtime::health::CheckFn {
+        let this = self.clone();
+        Arc::new(move || {
+            let this = this.clone();
+            Box::pin(async move { this.ready().await.map_err(|e| e.to_string()) })
+        })
+    }
+
+    async fn ready(&self) -> Result<(), ObjectsError> {
+        let path = Path::from(READY_MARKER);
+        let failed = |step: &'static str| {
+            let at = self.at.clone();
+            move |source| ObjectsError::Probe { at, step, path: READY_MARKER.to_owned(), source: Box::new(source) }
+        };
+        match self.store.head(&path).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {
+                let body = PutPayload::from_static(b"cim readiness marker\n");
+                self.store.put(&path, body).await.map(|_| ()).map_err(failed("put"))
+            }
+            Err(e) => Err(failed("head")(e)),
+        }
     }
 
     /// Writes, reads back, compares and deletes one small object under `cim-probe/`: the store
@@ -190,5 +222,30 @@ mod tests {
         assert!(matches!(err, ObjectsError::Probe { step: "put", .. }), "{err}");
         assert!(!err.to_string().contains("secret-key"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        let err = (objects.readiness())().await.unwrap_err();
+        assert!(err.contains("head cim-probe/ready failed") && !err.contains("secret-key"), "{err}");
+    }
+
+    /// The readiness check passes on a working store and leaves its marker, puts the marker
+    /// again when it is gone, and fails, naming the store, when the store cannot be written.
+    #[tokio::test]
+    async fn readiness_keeps_its_marker_and_fails_when_the_store_cannot_write() {
+        let dir = std::env::temp_dir().join(format!("cim-objects-ready-{}", uuid::Uuid::now_v7()));
+        let objects = Objects::open(&local(&dir), Duration::from_secs(2)).unwrap();
+        let check = objects.readiness();
+        check().await.unwrap();
+        let marker = dir.join(READY_MARKER);
+        assert!(marker.is_file(), "{marker:?}");
+        std::fs::remove_file(&marker).unwrap();
+        check().await.unwrap();
+        assert!(marker.is_file(), "{marker:?} not put again");
+
+        // The marker's directory replaced by a file: neither HEAD nor PUT can succeed.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cim-probe"), b"in the way").unwrap();
+        let err = check().await.unwrap_err();
+        assert!(err.contains(objects.describe()) && err.contains("cim-probe/ready"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,4 +1,6 @@
-//! NATS: a client that reconnects with capped exponential backoff, and its JetStream context.
+//! NATS: a client that reconnects with capped exponential backoff, and its JetStream context;
+//! and what `cim doctor` and the gateway's operations view read of a deployment's JetStream
+//! ([`js_api`], [`cluster`], [`capacity`]), so both say the same thing about the same state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,8 @@ use async_nats::{Client, ConnectOptions};
 use crate::error::RuntimeError;
 use crate::health::CheckFn;
 
+pub mod capacity;
+pub mod cluster;
 mod creds;
 pub(crate) use creds::read as read_creds;
 
@@ -123,6 +127,26 @@ fn credentials(urls: &str) -> Option<(String, String)> {
 /// JetStream over `client`.
 pub fn jetstream(client: Client) -> async_nats::jetstream::Context {
     async_nats::jetstream::new(client)
+}
+
+/// One JetStream API request, raw: async-nats' typed replies (`query_account`, ...) need fields
+/// NATS 2.9 does not send. An error reply becomes its description.
+pub async fn js_api(
+    client: &Client,
+    subject: &str,
+    payload: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let request = client.request(subject.to_owned(), payload.to_owned().into());
+    let reply = tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    let value: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+    if let Some(err) = value.get("error") {
+        return Err(err.get("description").and_then(|d| d.as_str()).unwrap_or("error").to_owned());
+    }
+    Ok(value)
 }
 
 /// Ready while the connection is up.

@@ -1,8 +1,7 @@
 //! `cim doctor`: configuration, Postgres, NATS JetStream, Redis and the object store, one line
 //! per check with what to do about a failure.
 
-mod capacity;
-mod cluster;
+use cim_runtime::nats::{capacity, cluster};
 
 use super::*;
 
@@ -387,17 +386,7 @@ async fn check_dead_letters(report: &mut Report, client: &async_nats::Client, pr
     }
 }
 
-/// One JetStream API request, raw: async-nats' typed replies (`query_account`, ...) need fields
-/// NATS 2.9 does not send. An error reply becomes its description.
+/// One JetStream API request (`cim_runtime::nats::js_api`), bounded like every check here.
 async fn js_api(client: &async_nats::Client, subject: &str, payload: &str) -> Result<serde_json::Value, String> {
-    let request = client.request(subject.to_owned(), payload.to_owned().into());
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(3), request)
-        .await
-        .map_err(|_| "no answer within 3s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let value: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-    if let Some(err) = value.get("error") {
-        return Err(err.get("description").and_then(|d| d.as_str()).unwrap_or("error").to_owned());
-    }
-    Ok(value)
+    cim_runtime::nats::js_api(client, subject, payload, std::time::Duration::from_secs(3)).await
 }

@@ -55,6 +55,9 @@ pub async fn prepare_with(
         snapshot_every: 100,
     };
     let mut domain = DomainHost::connect(config, shutdown, spec).await?;
+    // Without its store the service can still list and describe documents, but not one upload
+    // or download: an operator must see it (the operations page, `/health/ready`).
+    domain.host().health().add_check("object_store", objects.readiness());
     let local_root = match &config.objects.location {
         cim_runtime::config::ObjectLocation::Local(dir) => std::fs::canonicalize(dir).ok(),
         cim_runtime::config::ObjectLocation::S3 { .. } => None,

@@ -399,7 +399,11 @@ async fn s3_multipart_upload_and_ranged_download() {
     assert!(bytes == body, "downloaded bytes differ");
     let tail = pb::DownloadContentRequest { document_id: id, offset: body.len() as u64 - 10, ..Default::default() };
     assert_eq!(download(&mut c, tenant, tail).await.unwrap().0, body[body.len() - 10..]);
-    assert_eq!(s3.count_objects("cim-docs"), 1);
+    // One content object, nothing left in staging; beside them only the readiness check's
+    // marker (`cim_objects::READY_MARKER`), under the store's prefix like everything else.
+    let under = |prefix: &str| s3.count_objects_under("cim-docs", prefix);
+    assert_eq!((under("test/blobs/"), under("test/staging/")), (1, 0));
+    assert_eq!((under(&format!("test/{}", cim_objects::READY_MARKER)), s3.count_objects("cim-docs")), (1, 2));
     svc.stop().await;
 }
 

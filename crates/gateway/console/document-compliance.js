@@ -3,7 +3,9 @@
 // (PUT …/retention: it may only be extended) and legal hold (PUT | DELETE …/legal-hold), with
 // "Delete for good" (DELETE …?hard=true, pressed twice), are for admins, as the routes require:
 // a hold or a retention date in the future makes the service refuse that delete, and the page
-// shows its problem. Restoring an earlier content version is a button on the versions table.
+// shows its problem. Quarantining a version's content (POST …/versions/{v}/quarantine, with a
+// reason: its downloads are refused from then on) is for admins too. Restoring an earlier
+// content version is a button on the versions table.
 
 import { api, seg } from "./api.js";
 import { field, h, submitting } from "./dom.js";
@@ -51,18 +53,34 @@ export function documentCompliance(base, { writer, admin }, changed) {
     );
     return b;
   };
+  const suspect = h("select", { id: "quarantine-version", name: "version", required: true });
+  const why = h("input", { id: "quarantine-reason", name: "reason", required: true, autocomplete: "off", placeholder: "e.g. malware found" });
+  const quarantine = h(
+    "form",
+    { id: "quarantine" },
+    h("div", { class: "row" }, field("Quarantine version", suspect, "its downloads are refused"), field("Reason", why)),
+    h("button", { type: "submit", class: "danger" }, "Quarantine"),
+  );
+  quarantine.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submitting(quarantine, async () => {
+      await api("POST", `${base}/versions/${seg(suspect.value)}/quarantine`, { body: { reason: why.value.trim() } });
+      why.value = "";
+      await changed();
+    });
+  });
   let armed = false;
   const compliance = h(
     "section",
     { class: "card", id: "compliance", "aria-labelledby": "compliance-title" },
     h("h2", { id: "compliance-title" }, "Compliance"),
     status,
-    admin ? [retention, hold] : h("p", { class: "meta" }, "Retention and legal holds are set by admins."),
+    admin ? [retention, hold, quarantine] : h("p", { class: "meta" }, "Retention, legal holds and quarantine are set by admins."),
   );
 
   return {
     elements: [linking, compliance],
-    show(d) {
+    show(d, versions) {
       links.replaceChildren(
         ...(d.links.length
           ? d.links.map((l) => {
@@ -95,6 +113,9 @@ export function documentCompliance(base, { writer, admin }, changed) {
         }),
       );
       reason.value = "";
+      const clean = versions.filter((v) => !v.quarantined).reverse();
+      suspect.replaceChildren(...clean.map((v) => h("option", { value: String(v.version) }, `${v.version} · ${v.filename || v.cid.slice(0, 12)}`)));
+      quarantine.hidden = !clean.length;
     },
   };
 }

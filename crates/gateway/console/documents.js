@@ -164,7 +164,7 @@ export async function documentPage({ view, session }, id) {
     meta.textContent = `${d.document_id} · ${d.state}${d.description ? ` · ${d.description}` : ""}${d.tags.length ? ` · tags: ${d.tags.join(", ")}` : ""}`;
     meta.dataset.state = d.state;
     actions?.show(d, v.items);
-    compliance.show(d);
+    compliance.show(d, v.items);
     form.hidden = !session.can("writer") || d.state !== "draft";
     versions.replaceChildren(
       ...v.items

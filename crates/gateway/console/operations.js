@@ -1,5 +1,6 @@
-// Operations (admins): the services behind the gateway and their readiness, every domain
-// stream with its consumers' lag, dead letters per consumer, and the Grafana dashboards;
+// Operations (admins): the services behind the gateway and their readiness, NATS as `cim
+// doctor` checks it (the account's room, the cluster's nodes, each stream's replicas and room),
+// every domain stream with its consumers' lag, dead letters per consumer, and the Grafana dashboards;
 // GET /api/v1/admin/operations, read again every 10 s while the page is open.
 
 import { api } from "./api.js";
@@ -15,17 +16,23 @@ function services(list) {
   return table("Services and their readiness", ["Service", "State", "Detail"], h("tbody", {}, ...rows), "services");
 }
 
+function natsChecks(lines) {
+  const rows = lines.map((c) => h("tr", { dataset: { check: c.name } }, h("td", {}, c.name), flag(c.ok, "ok", "failing"), h("td", {}, c.detail)));
+  return table("NATS checks", ["Check", "State", "Detail"], h("tbody", {}, ...rows), "nats-checks");
+}
+
 function streams(list) {
   const rows = [];
   for (const s of list) {
-    const head = [h("td", {}, s.stream), num(s.messages), num(s.last_sequence)];
+    const replicas = s.problem ? h("td", {}, h("span", { class: "bad" }, s.problem)) : h("td", {}, s.replicas ?? "—");
+    const head = [h("td", {}, s.stream), num(s.messages), num(s.last_sequence), replicas];
     if (s.error) {
       rows.push(h("tr", { dataset: { stream: s.domain } }, ...head, h("td", { colspan: 5 }, s.error)));
       continue;
     }
     if (!s.consumers.length) rows.push(h("tr", { dataset: { stream: s.domain } }, ...head, h("td", { colspan: 5 }, "no consumers")));
     s.consumers.forEach((c, i) => {
-      const first = i === 0 ? head : [h("td", {}), h("td", {}), h("td", {})];
+      const first = i === 0 ? head : [h("td", {}), h("td", {}), h("td", {}), h("td", {})];
       rows.push(
         h(
           "tr",
@@ -40,7 +47,7 @@ function streams(list) {
       );
     });
   }
-  const columns = ["Stream", "Messages", "Last position", "Consumer", "Kind", "Lag (pending)", "Awaiting ack", "Redelivered"];
+  const columns = ["Stream", "Messages", "Last position", "Replicas and room", "Consumer", "Kind", "Lag (pending)", "Awaiting ack", "Redelivered"];
   return table("Streams and consumer lag", columns, h("tbody", {}, ...rows), "streams");
 }
 
@@ -67,6 +74,7 @@ export async function operationsPage({ view, onLeave }) {
       const o = await api("GET", "/api/v1/admin/operations");
       body.replaceChildren(
         h("section", { class: "card", "aria-labelledby": "ops-services" }, h("h2", { id: "ops-services" }, "Services"), services(o.services)),
+        h("section", { class: "card", "aria-labelledby": "ops-nats" }, h("h2", { id: "ops-nats" }, "NATS"), natsChecks(o.nats)),
         h("section", { class: "card", "aria-labelledby": "ops-streams" }, h("h2", { id: "ops-streams" }, "Streams and consumers"), streams(o.streams)),
         h("section", { class: "card", "aria-labelledby": "ops-dlq" }, h("h2", { id: "ops-dlq" }, "Dead letters"), ...deadLetters(o.dead_letters)),
         h("section", { class: "card", "aria-labelledby": "ops-dashboards" }, h("h2", { id: "ops-dashboards" }, "Dashboards"), dashboards(o.dashboards)),

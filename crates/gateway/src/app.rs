@@ -333,6 +333,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             ("webhook", Arc::new(webhook.clone())),
         ],
         nats: client.clone(),
+        nats_urls: config.nats_url.clone(),
         prefix: config.subject_prefix.clone(),
         grafana_url: settings.grafana_url.clone(),
         websocket_admin: match &settings.websocket_admin_url {

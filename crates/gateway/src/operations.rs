@@ -3,7 +3,8 @@
 //! service reports its readiness there, `cim_runtime::health`, and each of its dependency checks
 //! as a health service of its own: up or down, computed by the service that holds the
 //! credentials), the gateway's own readiness
-//! checks, every domain stream with its consumers' lag (the JetStream API, as `cim doctor` reads
+//! checks, NATS as `cim doctor` checks it (the account's room, the cluster's nodes, each stream's
+//! replicas and room: `cim_runtime::nats`), every domain stream with its consumers' lag (the JetStream API, as `cim doctor` reads
 //! it), the dead letters per consumer, and links to the Grafana dashboards when
 //! `CIM_GATEWAY_GRAFANA_URL` is set. The websocket server is not behind the gateway: its
 //! readiness is read from its admin listener's `/health/ready` when
@@ -23,6 +24,7 @@ use axum::extract::{Extension, FromRef, State};
 use cim_auth::{Principal, Role};
 use cim_core::{Domain, ErrorCode, SubjectPrefix, TenantId};
 use cim_runtime::health::Health;
+use cim_runtime::nats::{capacity, cluster};
 use serde::Serialize;
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -81,6 +83,8 @@ pub struct OperationsState {
     /// Each domain service the gateway calls, by name: checked on the replica a call would take.
     pub services: Vec<(&'static str, Arc<dyn Replicated>)>,
     pub nats: async_nats::Client,
+    /// `CIM_NATS_URL`: each node is asked who it is routed to (`cim doctor`'s cluster line).
+    pub nats_urls: String,
     pub prefix: SubjectPrefix,
     pub grafana_url: Option<String>,
     /// The websocket server's admin listener (`CIM_GATEWAY_WEBSOCKET_ADMIN_URL`) and a client.
@@ -90,6 +94,9 @@ pub struct OperationsState {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Operations {
     pub services: Vec<ServiceStatus>,
+    /// `cim doctor`'s lines about NATS as a whole: `jetstream` (the account's room) and
+    /// `cluster` (every node answers and is routed to all the others).
+    pub nats: Vec<CheckLine>,
     pub streams: Vec<StreamStatus>,
     pub dead_letters: DeadLetters,
     /// Empty when `CIM_GATEWAY_GRAFANA_URL` is not set.
@@ -104,6 +111,14 @@ pub struct ServiceStatus {
     pub detail: String,
 }
 
+/// One check's verdict, as `cim doctor` prints it: what was checked and what was found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckLine {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamStatus {
     pub domain: String,
@@ -113,6 +128,13 @@ pub struct StreamStatus {
     pub messages: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sequence: Option<u64>,
+    /// Its replicas as `cim doctor` reads them: `1 replica`, `3 replicas current (leader n1)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
+    /// Why the stream cannot take events now (replicas lost, or full with discard `new`): the
+    /// commands are still acknowledged, their events wait in the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub consumers: Vec<ConsumerStatus>,
@@ -186,8 +208,12 @@ pub async fn operations(
     let streams = futures::future::join_all(
         Domain::ALL.into_iter().map(|d| stream_status(&state.nats, d, state.prefix.stream_name(d))),
     );
-    let (services, streams, dead_letters) =
-        tokio::join!(services, streams, dead_letters(&state.nats, state.prefix.dlq_stream_name()));
+    let (services, nats, streams, dead_letters) = tokio::join!(
+        services,
+        nats_status(&state.nats, &state.nats_urls),
+        streams,
+        dead_letters(&state.nats, state.prefix.dlq_stream_name())
+    );
     let dashboards = match &state.grafana_url {
         Some(base) => DASHBOARDS
             .iter()
@@ -198,7 +224,7 @@ pub async fn operations(
             .collect(),
         None => Vec::new(),
     };
-    Ok(Json(Operations { services, streams, dead_letters, dashboards }))
+    Ok(Json(Operations { services, nats, streams, dead_letters, dashboards }))
 }
 
 async fn gateway_status(health: &Health) -> ServiceStatus {
@@ -306,12 +332,33 @@ async fn websocket_status(client: &reqwest::Client, base: &str) -> ServiceStatus
     ServiceStatus { name: "websocket".into(), ready, detail }
 }
 
+/// The account's JetStream room and the cluster's nodes, as `cim doctor` checks them.
+async fn nats_status(nats: &async_nats::Client, urls: &str) -> Vec<CheckLine> {
+    let line = |name: &str, verdict: Result<String, String>| {
+        let (ok, detail) = match verdict {
+            Ok(d) => (true, d),
+            Err(e) => (false, e),
+        };
+        CheckLine { name: name.into(), ok, detail }
+    };
+    let account = async {
+        let info = js_api(nats, "$JS.API.INFO", "").await?;
+        capacity::account_room(&info)?;
+        let count = |k: &str| info[k].as_u64().unwrap_or(0);
+        Ok(format!("JetStream on: {} streams, {} consumers", count("streams"), count("consumers")))
+    };
+    let (account, nodes) = tokio::join!(account, cluster::nodes(urls, CHECK_TIMEOUT));
+    vec![line("jetstream", account), line("cluster", nodes)]
+}
+
 async fn stream_status(nats: &async_nats::Client, domain: Domain, stream: String) -> StreamStatus {
     let mut status = StreamStatus {
         domain: domain.to_string(),
         stream: stream.clone(),
         messages: None,
         last_sequence: None,
+        replicas: None,
+        problem: None,
         error: None,
         consumers: Vec::new(),
     };
@@ -324,6 +371,16 @@ async fn stream_status(nats: &async_nats::Client, domain: Domain, stream: String
     };
     status.messages = info["state"]["messages"].as_u64();
     status.last_sequence = info["state"]["last_seq"].as_u64();
+    match cluster::stream_replicas(&info) {
+        Ok(replicas) => status.replicas = Some(replicas),
+        Err(lost) => status.problem = Some(lost),
+    }
+    if let Err(full) = capacity::stream_room(&info) {
+        status.problem = Some(match status.problem.take() {
+            Some(lost) => format!("{lost}; {full}"),
+            None => full,
+        });
+    }
     loop {
         let offset = format!("{{\"offset\":{}}}", status.consumers.len());
         let page = match js_api(nats, &format!("$JS.API.CONSUMER.LIST.{stream}"), &offset).await {
@@ -372,17 +429,8 @@ async fn dead_letters(nats: &async_nats::Client, stream: String) -> DeadLetters 
     out
 }
 
-/// One JetStream API request, raw, like `cim doctor`'s: async-nats' typed replies need fields
-/// NATS 2.9 does not send. An error reply becomes its description.
+/// One JetStream API request (`cim_runtime::nats::js_api`, as `cim doctor` makes it), bounded
+/// so the page answers when NATS does not.
 async fn js_api(nats: &async_nats::Client, subject: &str, payload: &str) -> Result<Value, String> {
-    let request = nats.request(subject.to_owned(), payload.to_owned().into());
-    let reply = tokio::time::timeout(CHECK_TIMEOUT, request)
-        .await
-        .map_err(|_| format!("no answer within {CHECK_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    let value: Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-    if let Some(err) = value.get("error") {
-        return Err(err.get("description").and_then(|d| d.as_str()).unwrap_or("error").to_owned());
-    }
-    Ok(value)
+    cim_runtime::nats::js_api(nats, subject, payload, CHECK_TIMEOUT).await
 }

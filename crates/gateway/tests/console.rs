@@ -70,6 +70,30 @@ async fn dead_letter(graph: &harness::Service) {
     js.publish(subject, "{}".into()).await.unwrap().await.expect("the DLQ stream stores it");
 }
 
+/// The document domain's stream under the graph service's prefix (no document service runs in
+/// this test), made as a full store makes it: one message at its `max_msgs` with discard `new`,
+/// so it refuses every publish. Answers a function that deletes it again.
+async fn full_document_stream(graph: &harness::Service) -> impl AsyncFnOnce() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let prefix: cim_core::SubjectPrefix = graph.prefix.parse().unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(harness::nats_url()).await.unwrap());
+    let subject = format!("{}.document.evt.full", graph.prefix);
+    let name = prefix.stream_name(cim_core::Domain::Document);
+    js.create_stream(Config {
+        name: name.clone(),
+        subjects: vec![prefix.domain_events(cim_core::Domain::Document)],
+        max_messages: 1,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish(subject, "{}".into()).await.unwrap().await.expect("the one message it has room for");
+    async move || {
+        js.delete_stream(&name).await.unwrap();
+    }
+}
+
 /// Operations: for the admins of an operator tenant only (`CIM_GATEWAY_OPERATOR_TENANTS`), since
 /// it counts every tenant's streams and dead letters; in the OpenAPI document; it reads the
 /// gateway's own readiness, each domain service's gRPC health, every stream's consumers and the
@@ -86,6 +110,7 @@ async fn operations_are_for_operators_and_read_what_runs() {
     vars.push(("CIM_GATEWAY_WEBSOCKET_ADMIN_URL", &ws_admin));
     let gw = gateway(&graph, &vars).await;
     dead_letter(&graph).await;
+    let delete_full_stream = full_document_stream(&graph).await;
     let path = "/api/v1/admin/operations";
     for role in ["reader", "writer"] {
         let refused = call(gw.addr, "GET", path, &bearer(&token(operators, &[role], now_secs() + 600)), None).await;
@@ -127,6 +152,24 @@ async fn operations_are_for_operators_and_read_what_runs() {
     // else (no URL, no credential) comes with them.
     let graph_row = o["services"].as_array().unwrap().iter().find(|s| s["name"] == "graph").unwrap();
     assert_eq!(graph_row["detail"], "postgres: ok; nats: ok", "{graph_row}");
+    // NATS as `cim doctor` checks it: the account's room and the one server, not clustered.
+    let nats: Vec<(&str, bool)> =
+        o["nats"].as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap(), c["ok"] == true)).collect();
+    assert_eq!(nats, [("jetstream", true), ("cluster", true)], "{}", o["nats"]);
+    assert!(o["nats"][1]["detail"].as_str().unwrap().ends_with("answers, no cluster"), "{}", o["nats"]);
+    let stream = |o: &serde_json::Value, domain: &str| {
+        o["streams"].as_array().unwrap().iter().find(|s| s["domain"] == domain).unwrap().clone()
+    };
+    let graph_stream = stream(&o, "graph");
+    assert_eq!(graph_stream["replicas"], "1 replica", "{graph_stream}");
+    assert!(graph_stream.get("problem").is_none(), "{graph_stream}");
+    // A stream with no room says so, as doctor does: its events wait in the outbox.
+    let full = stream(&o, "document");
+    let problem = full["problem"].as_str().unwrap_or_default();
+    assert!(problem.starts_with("full: 1 messages of its max_msgs 1 (discard new)"), "{full}");
+    // The workflow service's stream does not exist here: no replicas to read, no problem made up.
+    let absent = stream(&o, "workflow");
+    assert!(absent["error"].is_string() && absent.get("replicas").is_none(), "{absent}");
     // Stopped, it reads as not ready, and the page still answers.
     ws.stop().await;
     let o = call(gw.addr, "GET", path, &operator, None).await.json();
@@ -150,6 +193,7 @@ async fn operations_are_for_operators_and_read_what_runs() {
     }
     let doc: serde_json::Value = serde_json::from_str(cim_gateway::app::openapi()).unwrap();
     assert!(doc["paths"][path]["get"].is_object(), "in the OpenAPI document");
+    delete_full_stream().await;
     gw.stop().await;
     graph.stop().await;
 }

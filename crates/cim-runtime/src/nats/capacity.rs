@@ -9,9 +9,9 @@ use serde_json::Value;
 /// What counts as full: a publish or two from refused.
 const FULL_PERCENT: u64 = 95;
 
-pub(super) const STREAM_FIX: &str = "raise the stream's max_bytes / max_msgs (nats stream edit), or give the \
+pub const STREAM_FIX: &str = "raise the stream's max_bytes / max_msgs (nats stream edit), or give the \
      JetStream store room (max_file_store in nats.conf); the outbox relays what it holds once there is room";
-pub(super) const ACCOUNT_FIX: &str = "raise the account's max_file (jetstream block of the account in accounts.conf) \
+pub const ACCOUNT_FIX: &str = "raise the account's max_file (jetstream block of the account in accounts.conf) \
      or remove what it no longer needs; the outbox relays what it holds once there is room";
 
 fn full(used: u64, limit: i64) -> bool {
@@ -21,7 +21,7 @@ fn full(used: u64, limit: i64) -> bool {
 /// A stream's info (`config` with its limits and discard policy, `state` with what it holds):
 /// an error when it refuses new messages. With discard `old` a full stream drops its oldest
 /// instead, which is retention, not a fault.
-pub(super) fn stream_room(info: &Value) -> Result<(), String> {
+pub fn stream_room(info: &Value) -> Result<(), String> {
     if info["config"]["discard"].as_str() != Some("new") {
         return Ok(());
     }
@@ -41,7 +41,7 @@ pub(super) fn stream_room(info: &Value) -> Result<(), String> {
 
 /// The account's JetStream info (`$JS.API.INFO`: `storage` used, `limits.max_storage`): an error
 /// when its file storage is full.
-pub(super) fn account_room(info: &Value) -> Result<(), String> {
+pub fn account_room(info: &Value) -> Result<(), String> {
     let used = info["storage"].as_u64().unwrap_or(0);
     let limit = info["limits"]["max_storage"].as_i64().unwrap_or(-1);
     if full(used, limit) {

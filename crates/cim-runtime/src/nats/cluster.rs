@@ -9,7 +9,7 @@ use serde_json::Value;
 /// What a stream's info says of its replicas (`config.num_replicas`, and `cluster`: the leader
 /// and each other replica with `current` and, while its node is gone, `offline`). A server that
 /// is not clustered sends no `cluster`.
-pub(super) fn stream_replicas(info: &Value) -> Result<String, String> {
+pub fn stream_replicas(info: &Value) -> Result<String, String> {
     let wanted = info["config"]["num_replicas"].as_u64().unwrap_or(1).max(1);
     let cluster = &info["cluster"];
     if cluster.is_null() {
@@ -68,13 +68,13 @@ async fn node_info(host_port: &str, timeout: Duration) -> Result<Value, String> 
 
 /// Every node `CIM_NATS_URL` names answers and is routed to all the others (a node cut off by a
 /// partition answers but sees fewer). One server: says whether it is clustered.
-pub(super) async fn nodes(urls: &str, timeout: Duration) -> Result<String, String> {
+pub async fn nodes(urls: &str, timeout: Duration) -> Result<String, String> {
     let nodes: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
     let mut down = Vec::new();
     let mut seen = Vec::new();
     let mut cluster = None;
     for url in &nodes {
-        let shown = cim_runtime::config::redact_urls(url);
+        let shown = crate::config::redact_urls(url);
         let Some((_, rest)) = url.split_once("://") else { continue };
         let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h).trim_end_matches('/');
         match node_info(host_port, timeout).await {
@@ -132,11 +132,11 @@ fn verdict(configured: usize, down: &[String], seen: &[Seen], cluster: Option<&s
 }
 
 /// What to do about a node that is gone or cut off.
-pub(super) const NODES_FIX: &str = "start the NATS node named, or heal its network (routes on the cluster port); \
+pub const NODES_FIX: &str = "start the NATS node named, or heal its network (routes on the cluster port); \
      while a majority of each stream's replicas is up the system keeps working, one more loss stops it";
 
 /// What to do about a stream's lost replicas.
-pub(super) const REPLICAS_FIX: &str = "start the NATS node named, or heal its network: JetStream catches the \
+pub const REPLICAS_FIX: &str = "start the NATS node named, or heal its network: JetStream catches the \
      replica up by itself; if the node is gone for good, `nats stream cluster peer-remove` it so a new one is placed";
 
 #[cfg(test)]
