@@ -564,6 +564,17 @@ def main():
             "fetch(arguments[0], {credentials: 'same-origin'}).then(r => r.arrayBuffer()).then(b => done(b.byteLength), e => done(String(e)));",
             href)
         check(f"version 1 downloads whole ({got} bytes)", got == 3 * 1024 * 1024)
+        # A signed link to version 1, to hand to someone without an account: it downloads with
+        # no cookie and no token.
+        driver.find_element(By.ID, "share-version-1").click()
+        text_in("#share-link", "no sign-in needed")
+        shared = driver.find_element(By.ID, "share-url").get_attribute("value")
+        got = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {credentials: 'omit'}).then(r => r.ok ? r.arrayBuffer() : Promise.reject(r.status)).then(b => done(b.byteLength), e => done(String(e)));",
+            shared)
+        check(f"the shared link downloads version 1 without credentials ({got} bytes, {shared[:60]}…)",
+              got == 3 * 1024 * 1024 and "/api/v1/shared/" in shared)
         shot("document")
         shot("document-phone", 390, 844)
 

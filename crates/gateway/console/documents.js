@@ -1,6 +1,7 @@
 // Documents: search and list, a writer's new document with its first content (the upload's
 // progress shown as it goes: XMLHttpRequest reports upload progress, fetch does not), and one
-// document: its details, every content version with its tags and a download link, a new
+// document: its details, every content version with its tags, a download link and a signed
+// link to share (no sign-in needed for an hour), a new
 // version or an earlier one restored, (document-actions.js) its lifecycle and tags, and
 // (document-compliance.js) its links, retention and legal hold.
 
@@ -139,6 +140,28 @@ export async function documentPage({ view, session }, id) {
   const actions = writer ? documentActions(base, () => load()) : null;
   const compliance = documentCompliance(base, { writer, admin: session.can("admin") }, () => load());
 
+  // A signed link to one version (POST …/download-links): it downloads with no credentials
+  // for an hour, so it can be handed to someone without an account. Shown once, to copy.
+  const shared = h("p", { id: "share-link", role: "status", hidden: true });
+  function shareButton(x) {
+    const b = h("button", { type: "button", class: "secondary", id: `share-version-${x.version}`, "aria-label": `Share a link to version ${x.version}` }, "Share link");
+    b.addEventListener("click", async () => {
+      clearReport();
+      try {
+        const link = await api("POST", `${base}/download-links?version=${x.version}&expires_in=3600`);
+        const url = new URL(link.url, location.href).href;
+        const box = h("input", { id: "share-url", readonly: true, value: url, "aria-label": `Link to version ${link.version}`, size: 60 });
+        shared.replaceChildren(`Version ${link.version}, no sign-in needed, until ${link.expires_at.replace("T", " ").slice(0, 16)} UTC: `, box);
+        shared.hidden = false;
+        box.focus();
+        box.select();
+      } catch (e) {
+        report(e);
+      }
+    });
+    return b;
+  }
+
   /** An earlier version made current again, as a new version (drafts only). */
   function restoreButton(d, x) {
     if (!writer || d.state !== "draft" || x.version === d.current?.version) return null;
@@ -181,7 +204,7 @@ export async function documentPage({ view, session }, id) {
             h("td", { class: "cid" }, x.cid),
             h("td", { class: "tags" }, x.tags.join(", ")),
             h("td", {}, time(x.created_at)),
-            h("td", {}, h("div", { class: "row-line actions" }, x.quarantined ? "quarantined" : h("a", { href: `${base}/content?version=${x.version}`, download: x.filename || true, id: `download-${x.version}` }, "Download"), restoreButton(d, x))),
+            h("td", {}, h("div", { class: "row-line actions" }, ...(x.quarantined ? ["quarantined"] : [h("a", { href: `${base}/content?version=${x.version}`, download: x.filename || true, id: `download-${x.version}` }, "Download"), shareButton(x)]), restoreButton(d, x))),
           ),
         ),
     );
@@ -196,7 +219,7 @@ export async function documentPage({ view, session }, id) {
   const parts = h(
     "div",
     {},
-    h("section", { class: "card", "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Versions"), table("Content versions, newest first", ["Version", "File", "Size", "Type", "Content id", "Tags", "Stored (UTC)", ""], versions, "versions")),
+    h("section", { class: "card", "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Versions"), table("Content versions, newest first", ["Version", "File", "Size", "Type", "Content id", "Tags", "Stored (UTC)", ""], versions, "versions"), shared),
     form,
     actions ? h("div", { class: "two" }, ...actions.elements) : null,
     h("div", { class: "two" }, ...compliance.elements),
