@@ -274,49 +274,75 @@ def load(spec: dict) -> dict:
     return {"ok": True}
 
 
-def js_session(spec: dict):
-    """A JetStream API requester as an operator user (raw protocol, like rehearse.nats_session):
-    request(subject, body) -> the answer; and the socket, to close."""
-    s = socket.create_connection((spec["host"], spec["port"]), timeout=10)
-    f = s.makefile("rb")
-    f.readline()  # INFO
-    connect = {"user": spec["user"], "pass": spec["password"], "verbose": False, "pedantic": False,
-               "headers": True, "no_responders": True, "name": "faults-reader"}  # fmt: skip
-    inbox = f"_INBOX.faults{secrets.token_hex(4)}"
-    s.sendall(f"CONNECT {json.dumps(connect)}\r\nSUB {inbox}.* 1\r\n".encode())
-    n = 0
+# How many times one JetStream API request is sent before its timeout fails the read (each waits
+# up to the socket's timeout, 10 s).
+REQUEST_TRIES = 6
 
-    def request(subject: str, body: dict) -> dict:
-        nonlocal n
-        n += 1
+
+class JsSession:
+    """A JetStream API requester as an operator user (raw protocol, like rehearse.nats_session):
+    request(subject, body) -> the answer; close() when done."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.n = 0
+        self.connect()
+
+    def connect(self):
+        spec = self.spec
+        self.s = socket.create_connection((spec["host"], spec["port"]), timeout=10)
+        self.f = self.s.makefile("rb")
+        self.f.readline()  # INFO
+        connect = {"user": spec["user"], "pass": spec["password"], "verbose": False, "pedantic": False,
+                   "headers": True, "no_responders": True, "name": "faults-reader"}  # fmt: skip
+        self.inbox = f"_INBOX.faults{secrets.token_hex(4)}"
+        self.s.sendall(f"CONNECT {json.dumps(connect)}\r\nSUB {self.inbox}.* 1\r\n".encode())
+
+    def close(self):
+        self.s.close()
+
+    def request(self, subject: str, body: dict) -> dict:
+        # JetStream answers no API request while the stream's or the cluster's leader is being
+        # elected (seconds, right after a node is healed or killed): asked again on a new
+        # connection (a socket file that timed out reads no more), so nothing of the old
+        # answer's bytes can be taken for the new one.
+        for _ in range(REQUEST_TRIES - 1):
+            try:
+                return self.request_once(subject, body)
+            except TimeoutError:
+                self.close()
+                self.connect()
+        return self.request_once(subject, body)
+
+    def request_once(self, subject: str, body: dict) -> dict:
+        self.n += 1
+        reply = f"{self.inbox}.{self.n}"
         data = json.dumps(body).encode()
-        s.sendall(f"PUB {subject} {inbox}.{n} {len(data)}\r\n".encode() + data + b"\r\n")
+        self.s.sendall(f"PUB {subject} {reply} {len(data)}\r\n".encode() + data + b"\r\n")
         while True:
-            line = f.readline().decode().strip()
+            line = self.f.readline().decode().strip()
             if line == "PING":
-                s.sendall(b"PONG\r\n")
+                self.s.sendall(b"PONG\r\n")
                 continue
             if line.startswith("-ERR"):
                 raise RuntimeError(line)
             parts = line.split()
             if parts[:1] == ["MSG"]:
-                payload = f.read(int(parts[-1]) + 2)[:-2]
+                payload = self.f.read(int(parts[-1]) + 2)[:-2]
             elif parts[:1] == ["HMSG"]:
-                payload = f.read(int(parts[-1]) + 2)[:-2][int(parts[-2]):]
+                payload = self.f.read(int(parts[-1]) + 2)[:-2][int(parts[-2]):]
             else:
                 continue
-            if parts[1] == f"{inbox}.{n}":
+            if parts[1] == reply:
                 return json.loads(payload or b"{}")
-
-    return request, s
 
 
 def stream_limit(spec: dict) -> dict:
     """The store-full fault: the stream's config with max_bytes at what it holds now and discard
     `new`, so JetStream refuses every publish to it as a full store does ("maximum bytes
     exceeded"); or, with `config`, that config put back. Answers the config it replaced."""
-    request, s = js_session(spec)
-    name = spec["stream"]
+    js = JsSession(spec)
+    request, name = js.request, spec["stream"]
     try:
         info = request(f"$JS.API.STREAM.INFO.{name}", {})
         if "error" in info:
@@ -328,16 +354,17 @@ def stream_limit(spec: dict) -> dict:
             return {"ok": False, "detail": f"STREAM.UPDATE: {r['error']}"}
         return {"ok": True, "replaced": before, "bytes": info["state"]["bytes"]}
     finally:
-        s.close()
+        js.close()
 
 
 def stream(spec: dict) -> dict:
     """Messages `first`.. of a stream, each as {seq, subject, msg_id, data}, through the
     JetStream API as an operator user."""
-    request, s = js_session(spec)
-    name = spec["stream"]
+    js = JsSession(spec)
+    request, name = js.request, spec["stream"]
     info = request(f"$JS.API.STREAM.INFO.{name}", {})
     if "error" in info:
+        js.close()
         return {"ok": False, "detail": str(info["error"])}
     state = info["state"]
     msgs, retried = [], 0
@@ -351,7 +378,7 @@ def stream(spec: dict) -> dict:
             retried += 1
             time.sleep(0.5)
         else:
-            s.close()
+            js.close()
             return {"ok": False, "detail": f"{name} seq {seq}: {r.get('error')}"}
         m = r.get("message")
         if not m:
@@ -361,7 +388,7 @@ def stream(spec: dict) -> dict:
                        if ln.lower().startswith("nats-msg-id:")), None)  # fmt: skip
         msgs.append({"seq": seq, "subject": m["subject"], "msg_id": msg_id,
                      "data": base64.b64decode(m.get("data") or "").decode(errors="replace")})  # fmt: skip
-    s.close()
+    js.close()
     cluster = info.get("cluster") or {}
     return {"ok": True, "last_seq": state["last_seq"], "messages": msgs, "retried": retried, "leader": cluster.get("leader"),
             "replicas": [r.get("name") for r in cluster.get("replicas") or []]}  # fmt: skip

@@ -104,11 +104,19 @@ pub async fn connect(settings: &NatsSettings) -> Result<Client, RuntimeError> {
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         });
+    // The first connection tries the servers one after the other, each for up to the timeout: a
+    // node whose packets are dropped (partitioned) uses all of its own, and the others must still
+    // get theirs, or a service started during the partition would exit for a node it never needed.
+    let servers = urls.len().max(1) as u32;
+    let patience = settings.connect_timeout * servers + Duration::from_millis(500);
     let connecting = async_nats::connect_with_options(urls, opts);
-    match tokio::time::timeout(settings.connect_timeout + Duration::from_millis(500), connecting).await {
+    match tokio::time::timeout(patience, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(RuntimeError::Nats { at, what: format!("cannot connect: {e}") }),
-        Err(_) => Err(RuntimeError::Nats { at, what: format!("no answer within {:?}", settings.connect_timeout) }),
+        Err(_) => Err(RuntimeError::Nats {
+            at,
+            what: format!("no answer within {:?} from any of its {servers} server(s)", patience),
+        }),
     }
 }
 
@@ -172,6 +180,34 @@ mod tests {
         assert_eq!(reconnect_delay(2), Duration::from_millis(200));
         assert_eq!(reconnect_delay(4), Duration::from_millis(800));
         assert_eq!(reconnect_delay(100), Duration::from_secs(5));
+    }
+
+    /// One of the servers a service is given takes connections and never answers (a node cut
+    /// off by a partition looks so from a host that reaches it): the first connection still
+    /// reaches a server that answers, whichever order the servers are tried in (async-nats
+    /// shuffles them, so four connections try the silent one first with odds 15 in 16).
+    #[tokio::test]
+    async fn a_server_that_never_answers_does_not_stop_the_first_connection() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_at = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                kept.push(socket); // open, and not one byte: no INFO
+            }
+        });
+        let live = std::env::var("CIM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let settings = NatsSettings {
+            url: format!("nats://{silent_at},{live}"),
+            client_name: "silent-server-test".into(),
+            connect_timeout: Duration::from_secs(1),
+            security: NatsSecurity::default(),
+        };
+        for _ in 0..4 {
+            let client = connect(&settings).await.expect("the server that answers");
+            client.flush().await.unwrap();
+        }
+        held.abort();
     }
 
     #[test]
