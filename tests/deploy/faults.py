@@ -286,12 +286,14 @@ class Faults(ReplicatedHosts):
         files = [d / "rest.jsonl", d / "grpc.jsonl"]
         injected: list[tuple[str, str]] = []  # healed in the reverse order, also when the window fails
         held = None
+        # Set when the window ends, failed or not: a watcher still waiting would keep the
+        # harness from exiting after its report.
+        alerts_stop = threading.Event()
         try:
             faults_check.wait_for(lambda: all(any(r["kind"] == "started" for r in faults_check.records(f))
                                               for f in files), 30, "the load agents never started")  # fmt: skip
             time.sleep(self.steady)
             alerts: set = set()
-            alerts_stop = threading.Event()
             at = threading.Thread(target=self.watch_alerts, args=(alerts, alerts_stop))
             t_fault = time.time()
             at.start()
@@ -326,6 +328,7 @@ class Faults(ReplicatedHosts):
             faults_check.wait_for(lambda: faults_check.watchers_caught_up(faults_check.records(files[0]),
                                                                           self.stream_msgs["graph"]), 20, None)  # fmt: skip
         finally:
+            alerts_stop.set()  # already set when the window went through (the heal's timer)
             while injected:  # the window failed with its fault in place: the next one needs it gone
                 k, h = injected.pop()
                 try:
