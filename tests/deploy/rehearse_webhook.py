@@ -3,7 +3,8 @@ environment) and the live metrics check (tests/deploy/live_metrics.py drives its
 same receiver). Beside rehearse.py so that it stays one topology.
 
 - A receiver: a plain http.server that answers the CloudEvents validation handshake, records
-  every call (path, headers, body) as a JSON line, and answers 204 on /ok and 500 on /fail.
+  every call (path, headers, body, the caller's address) as a JSON line, and answers 204 on /ok
+  and 500 on /fail.
   In the rehearsal it runs in the `outside` host (the world, which the webhook service reaches
   through its own network `egress`: the router's webhook → outside flows), on port 80.
 - `flow` (a probe inside the public host's namespace): through nginx → gateway → webhook (REST,
@@ -11,6 +12,9 @@ same receiver). Beside rehearse.py so that it stays one topology.
   handshake; then a graph created through the same load balancer, and its `graph_created` event
   arrives at the receiver as a CloudEvent signed with the subscription's secret (checked by
   `verify` of examples/webhook/receiver.py, the example receivers copy), `ce-id` = the event id.
+- `start_receiver` and `subscriptions` (the same subscription, one per tenant of a list): what
+  the fault harness (tests/deploy/faults.py) uses to follow every graph event of its tenants to
+  the receiver while two webhook replicas deliver them.
 
 stdlib only: the probe and the receiver run inside network namespaces.
 """
@@ -60,7 +64,7 @@ class Recorder(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         path = urllib.parse.urlsplit(self.path).path
         status = ANSWERS.get(path, 404)
-        self.record({"path": path, "status": status, "at": time.time(),
+        self.record({"path": path, "status": status, "at": time.time(), "peer": self.client_address[0],
                      "headers": {k.lower(): v for k, v in self.headers.items()},
                      "body": base64.b64encode(body).decode()})  # fmt: skip
         self.send_response(status)
@@ -100,6 +104,28 @@ def read_calls(log_path: str) -> list[dict]:
         return []
 
 
+def subscribe(lb: str, token: str, body: dict) -> dict:
+    """A subscription registered through the load balancer (token: the tenant's admin), active
+    after the handshake: the service's answer (subscription_id, secret, ...)."""
+    status, sub = httpjson.call("POST", f"http://{lb}/api/v1/webhooks", body, {"Authorization": f"Bearer {token}"},
+                                timeout=15)  # fmt: skip
+    if status != 201:
+        raise RuntimeError(f"POST /api/v1/webhooks answered {status}, expected 201: {sub}")
+    if sub.get("state") != "active":
+        raise RuntimeError(f"the subscription is {sub.get('state')} after the handshake: {sub.get('validation_error')}")
+    return sub
+
+
+def subscriptions(spec: dict) -> dict:
+    """One subscription per tenant (spec: lb, url, filter, tenants: [{tenant, token (its
+    admin)}]), each active after the handshake; their ids by tenant."""
+    subs = {}
+    for t in spec["tenants"]:
+        body = {"name": f"faults {t['tenant']}", "filter": spec["filter"], "url": spec["url"]}
+        subs[t["tenant"]] = subscribe(spec["lb"], t["token"], body)["subscription_id"]
+    return {"ok": True, "subscriptions": subs}
+
+
 def flow(spec: dict) -> dict:
     """Through the load balancer: a subscription (admin), a graph (the event), the signed call at
     the receiver. spec: lb, token (admin of a fresh tenant), receiver_url (as the webhook service
@@ -113,10 +139,8 @@ def flow(spec: dict) -> dict:
         return data
 
     t0 = time.time()  # wall clock, like the receiver's record of each call
-    sub = call("POST", "/webhooks", {"name": "rehearsal", "filter": "graph.evt.graph.*.graph_created",
-                                     "url": spec["receiver_url"]}, 201)  # fmt: skip
-    if sub.get("state") != "active":
-        raise RuntimeError(f"the subscription is {sub.get('state')} after the handshake: {sub.get('validation_error')}")
+    sub = subscribe(lb, spec["token"], {"name": "rehearsal", "filter": "graph.evt.graph.*.graph_created",
+                                        "url": spec["receiver_url"]})  # fmt: skip
     graph = call("POST", "/graphs", {"name": "rehearsal webhook"}, 201)["graph_id"]
     deadline = time.monotonic() + 30
     mine: list[dict] = []
@@ -178,6 +202,18 @@ def activation_threshold(consumer: str) -> int:
     raise RuntimeError(f"k8s/overlays/serverless: no trigger on consumer {consumer}")
 
 
+def start_receiver(r, log_path: Path) -> str:
+    """The receiver in host `outside` on port 80 of the rehearsal `r` (rehearse.Rehearsal or the
+    fault harness), appending every call to `log_path`, started unless it runs; the URL of its
+    /ok path as the webhook service reaches it (network egress)."""
+    if not any(n == "receiver" for n, _ in r.procs):
+        r.spawn("receiver", "outside", [sys.executable, __file__, "receive", "80", str(log_path)], {})
+        up = r.probe("outside", {"kind": "wait", "host": "127.0.0.1", "port": 80, "timeout": 10})
+        if not up.get("ok"):
+            raise r.Failed(f"the receiver in host outside did not start: {up}\n{r.tail('receiver')}")
+    return f"http://outside:80{next(iter(ANSWERS))}"
+
+
 def checks(r, env_of, label: str) -> None:
     """The webhook checks of one environment of the rehearsal `r` (rehearse.Rehearsal)."""
     log_path = r.tmp / "webhook-receiver.jsonl"
@@ -185,11 +221,7 @@ def checks(r, env_of, label: str) -> None:
     state: dict = {}
 
     def delivered():
-        if not any(n == "receiver" for n, _ in r.procs):
-            r.spawn("receiver", "outside", [sys.executable, __file__, "receive", "80", str(log_path)], {})
-            up = r.probe("outside", {"kind": "wait", "host": "127.0.0.1", "port": 80, "timeout": 10})
-            if not up.get("ok"):
-                raise r.Failed(f"the receiver in host outside did not start: {up}\n{r.tail('receiver')}")
+        start_receiver(r, log_path)
         token = state["token"] = r.token(env_of("gateway"), roles="admin")
         res = r.probe("outside", {"kind": "webhook", "lb": r.resolve("outside", "nginx"), "token": token,
                                   "receiver_url": url, "log": str(log_path)})  # fmt: skip
