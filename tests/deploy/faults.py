@@ -5,26 +5,33 @@ design's flows) with replicas, then faults one at a time (or two overlapping) un
 records everything, and after each the checks that nothing acknowledged was lost or duplicated.
 
 Topology (faults_hosts.py): a three-node NATS cluster (nats, nats2, nats3) and the services with
-CIM_STREAM_REPLICAS=3 and all three NATS URLs; graph, document, agent, workflow, gateway and
-websocket twice each on hosts of their own (graph2, ...) behind nginx and the gateway's gRPC
+CIM_STREAM_REPLICAS=3 and all three NATS URLs; graph, document, agent, workflow, webhook, gateway
+and websocket twice each on hosts of their own (graph2, ...) behind nginx and the gateway's gRPC
 balancing; MinIO (moto), Postgres and Redis once (they are stateful and not replicated by CIM);
-Prometheus scraping every replica each second with the repository's rules. An `ops` host
-(application and data networks) sends the direct gRPC load, reads the streams, switches a full
-store on and off and runs `cim doctor`. The webhook service and the rest of monitoring are not
-run here (the rehearsal covers them); the flows of replicas are their service's.
+the rehearsal's webhook receiver (rehearse_webhook.py) in the `outside` host, recording every
+call, which both webhook replicas reach through the router's webhook → outside flows; Prometheus
+scraping every replica each second with the repository's rules. An `ops` host (application and
+data networks) sends the direct gRPC load, reads the streams, switches a full store on and off
+and runs `cim doctor`. The rest of monitoring is not run here (the rehearsal covers it); the
+flows of replicas are their service's.
 
-Each fault gets a window with fresh tenants: the load starts (faults_load.py: REST through nginx
-and gRPC straight to the graph replicas; per REST tenant a document, an agent and a workflow
-definition created in turn through nginx; websocket clients per tenant resuming with `from`),
-the fault is injected, `cim doctor` runs and Prometheus' alerts are read while it lasts, it is
-healed, the load runs until every channel succeeds again, the commands stop, the outboxes drain,
-the streams are read and the websocket clients get what CIM_GRAPH holds. Then, per fault: every
-acknowledged command's marker exactly once in its domain's events table and exactly once in its
-stream (and its event ids there); every websocket client saw each event of its tenant after its
-start once, with no gap; the alert a rule should raise pending or firing (ALERT_SHOULD_NAME).
-At the end every stream read has no message id twice, `cim verify` passes for every domain run
-and the graph projections equal a replay (`cim replay --domain graph` rebuilds them from the
-events; their contents before and after compared).
+Each fault gets a window with fresh tenants: per REST tenant a webhook subscription to its graph
+events at the receiver's /ok path (through nginx → gateway → webhook, as the tenant's admin,
+active after the handshake), then the load starts (faults_load.py: REST through nginx and gRPC
+straight to the graph replicas; per REST tenant a document, an agent and a workflow definition
+created in turn through nginx; websocket clients per tenant resuming with `from`), the fault is
+injected, `cim doctor` runs and Prometheus' alerts are read while it lasts, it is healed, the
+load runs until every channel succeeds again, the commands stop, the outboxes drain, the streams
+are read, the websocket clients get what CIM_GRAPH holds and the receiver every event the
+subscriptions should bring (up to WEBHOOK_PATIENCE_S). Then, per fault: every acknowledged
+command's marker exactly once in its domain's events table and exactly once in its stream (and
+its event ids there); every websocket client saw each event of its tenant after its start once,
+with no gap; every event id of a REST tenant's acknowledged graph commands at the receiver (its
+`ce-id`) at least once, calls repeated counted (webhooks are at least once); the alert a rule
+should raise pending or firing (ALERT_SHOULD_NAME). At the end every stream read has no message
+id twice, `cim verify` passes for every domain run and the graph projections equal a replay
+(`cim replay --domain graph` rebuilds them from the events; their contents before and after
+compared).
 
 The faults (FAULTS): SIGKILL of a service replica (restarted as an orchestrator would, after
 HOLD seconds); SIGKILL of a NATS node (restarted); a NATS node partitioned (every packet but
@@ -57,7 +64,8 @@ from pathlib import Path
 import faults_check  # this directory: the checks and the table
 import faults_end  # this directory: the checks at the end
 import faults_load  # this directory: the load and the stream reader (inside namespaces)
-from faults_hosts import DOMAINS, NATS_NODES, REPLICATED, ReplicatedHosts
+import rehearse_webhook  # this directory: the webhook receiver
+from faults_hosts import DOMAINS, NATS_NODES, REPLICATED, STORES, ReplicatedHosts
 from rehearse import Failed, log, uuid7
 
 MARKER = re.compile(r"cmd-[0-9a-f]{32}")
@@ -68,13 +76,14 @@ MARKER = re.compile(r"cmd-[0-9a-f]{32}")
 STORE_FULL = ("store-full", "streams")  # every domain's stream at its max_bytes, discard new
 FAULTS = [[("kill", "graph")], [("kill", "graph2")], [("kill", "document")], [("kill", "document2")],
           [("kill", "agent")], [("kill", "agent2")], [("kill", "workflow")], [("kill", "workflow2")],
-          [("kill", "gateway")], [("kill", "gateway2")], [("kill", "websocket")], [("kill", "websocket2")],
+          [("kill", "webhook")], [("kill", "webhook2")], [("kill", "gateway")], [("kill", "gateway2")],
+          [("kill", "websocket")], [("kill", "websocket2")],
           [("kill-nats", "nats2")], [("partition", "nats3")], [("restart", "postgres")], [("restart", "redis")],
           [("slow", "graph2")], [STORE_FULL], [("partition", "nats3"), ("kill", "graph2")],
           [("restart", "redis"), ("restart", "postgres")]]  # fmt: skip
-BOUNDED = [[("kill", "graph2")], [("kill", "document2")], [("kill", "gateway")], [("kill", "websocket2")],
-           [("kill-nats", "nats2")], [("partition", "nats3")], [("restart", "postgres")], [("restart", "redis")],
-           [("slow", "graph2")], [STORE_FULL]]  # fmt: skip
+BOUNDED = [[("kill", "graph2")], [("kill", "document2")], [("kill", "webhook2")], [("kill", "gateway")],
+           [("kill", "websocket2")], [("kill-nats", "nats2")], [("partition", "nats3")], [("restart", "postgres")],
+           [("restart", "redis")], [("slow", "graph2")], [STORE_FULL]]  # fmt: skip
 # What `cim doctor` should name while the fault lasts (any of its checks of that store); absent:
 # outside what it checks (it does not look at the services themselves).
 NATS_CHECKS = {"nats", "cluster", "stream", "consumer", "dlq"}
@@ -85,6 +94,14 @@ NATS_CHECKS = {"nats", "cluster", "stream", "consumer", "dlq"}
 ALERT_SHOULD_NAME = {"kill": "CimServiceDown", "postgres": "CimPostgresUnreachable"}
 # How long after the heal an alert still counts as this fault's (see `window`).
 ALERT_LAG_S = 5.0
+# What the window's webhook subscriptions match: every graph event of their tenant.
+WEBHOOK_FILTER = "graph.evt.>"
+# How long after the streams were read the receiver may still be waiting for an event: a replica
+# killed holding intake messages unacknowledged holds back the ack floor, so every later
+# delivery, until they come again (the intake consumer's ack wait, 30 s), and a call it had
+# claimed is made again when its lease lapses (CIM_WEBHOOK_TIMEOUT_MS + 5 s). What is still
+# missing then counts as lost.
+WEBHOOK_PATIENCE_S = 60.0
 DOCTOR_SHOULD_NAME = {"kill-nats": NATS_CHECKS, "partition": NATS_CHECKS, "postgres": {"postgres"}, "redis": {"redis"},
                       "store-full": {"stream"}}  # fmt: skip
 
@@ -101,8 +118,13 @@ class Faults(ReplicatedHosts):
         self.faults = FAULTS if heavy else BOUNDED
         self.rows: list[dict] = []
         # Per domain: its stream read up to here, and what was read.
-        self.stream_seen = {d: 0 for d in ("graph", *DOMAINS)}
-        self.stream_msgs: dict[str, list[dict]] = {d: [] for d in ("graph", *DOMAINS)}
+        self.stream_seen = {d: 0 for d in STORES}
+        self.stream_msgs: dict[str, list[dict]] = {d: [] for d in STORES}
+        # The webhook receiver's log, its calls ({id: ce-id, tenant, status, by: the replica's host})
+        # and how far it was read.
+        self.hook_log = tmp / "webhook-receiver.jsonl"
+        self.hook_calls: list[dict] = []
+        self.hook_read = 0
         self.stream_cluster: dict[str, tuple] = {}
         # Bounded: a few tenants and short windows (2 shared cores); heavy: more of both.
         self.tenants = (3, 2) if heavy else (2, 1)  # REST tenants, gRPC tenants
@@ -150,7 +172,7 @@ class Faults(ReplicatedHosts):
     def read_streams(self) -> dict[str, list[dict]]:
         """Every domain's stream's messages since the last read (one agent for all), kept for the
         whole run's checks; answers those just read, per domain."""
-        domains = ["graph", *DOMAINS]
+        domains = STORES
         r = self.agent("ops", {"kind": "streams", "host": "nats", "port": 4222, "user": "cim",
                                "password": self.env_of("nats")["NATS_PASSWORD_CIM"],
                                "reads": [{"stream": f"CIM_{d.upper()}", "first": self.stream_seen[d] + 1}
@@ -187,7 +209,7 @@ class Faults(ReplicatedHosts):
         fresh = self.read_streams()
         while True:
             seen = {m["event_id"] for msgs in self.stream_msgs.values() for m in msgs}
-            missing = sum(1 for d in ("graph", *DOMAINS) for e in self.pg_events(d, tenants) if e[0] not in seen)
+            missing = sum(1 for d in STORES for e in self.pg_events(d, tenants) if e[0] not in seen)
             if not missing or time.monotonic() - t0 > patience:
                 return fresh
             log(f"the streams lack {missing} event(s) of this window {time.monotonic() - t0:.1f}s after the outboxes "
@@ -199,7 +221,7 @@ class Faults(ReplicatedHosts):
     def outbox_drained(self, timeout: float = 60) -> float:
         """Every domain's outbox empty: each acknowledged event relayed to its stream."""
         t0 = time.monotonic()
-        sql = "SELECT " + " + ".join(f"(SELECT count(*) FROM {d}.outbox)" for d in ("graph", *DOMAINS))
+        sql = "SELECT " + " + ".join(f"(SELECT count(*) FROM {d}.outbox)" for d in STORES)
         while time.monotonic() - t0 < timeout:
             try:
                 if self.psql_admin(sql) == "0":
@@ -226,7 +248,7 @@ class Faults(ReplicatedHosts):
     def inject(self, kind: str, host: str) -> None:
         if kind == "store-full":
             self.full_streams = {}
-            for domain in ("graph", *DOMAINS):
+            for domain in STORES:
                 self.full_streams[f"CIM_{domain.upper()}"] = self.stream_limit(f"CIM_{domain.upper()}")
         elif kind in ("kill", "kill-nats") or (kind == "restart" and host == "redis"):
             p = self.proc(host)
@@ -281,7 +303,40 @@ class Faults(ReplicatedHosts):
             stop.wait(1.0)
 
     def outbox_held(self) -> int:
-        return int(self.psql_admin("SELECT " + " + ".join(f"(SELECT count(*) FROM {d}.outbox)" for d in ("graph", *DOMAINS))))
+        return int(self.psql_admin("SELECT " + " + ".join(f"(SELECT count(*) FROM {d}.outbox)" for d in STORES)))
+
+    # --- webhooks -----------------------------------------------------------------------------
+
+    def subscribe(self, tenants: list[str]) -> dict:
+        """Per tenant a subscription to its graph events at the receiver, through nginx → gateway →
+        webhook as the tenant's admin, active after the handshake (from `outside`, as a client);
+        their ids by tenant."""
+        env = self.env_of("gateway")
+        r = self.agent("outside", {"kind": "webhook-subscribe", "lb": self.resolve("outside", "nginx"),
+                                   "url": self.hook_url, "filter": WEBHOOK_FILTER,
+                                   "tenants": [{"tenant": t, "token": self.token(env, t, roles="admin")}
+                                               for t in tenants]})  # fmt: skip
+        if not r.get("ok"):
+            raise Failed(f"webhook subscriptions: {r.get('detail')}")
+        return r["subscriptions"]
+
+    def webhook_calls(self) -> list[dict]:
+        """Every call the receiver recorded so far (its log read on from where it was left)."""
+        try:
+            with open(self.hook_log, "rb") as f:
+                f.seek(self.hook_read)
+                data = f.read()
+        except OSError:
+            return self.hook_calls
+        whole = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.hook_read += len(whole)
+        # The router does not translate addresses: a call comes from its replica's egress address.
+        by = {a: h for (h, _), a in self.addr.items() if self.base.get(h, h) == "webhook"}
+        for ln in whole.splitlines():
+            c = json.loads(ln)
+            self.hook_calls.append({"id": c["headers"].get("ce-id"), "tenant": c["headers"].get("ce-cimtenant"),
+                                    "status": c["status"], "by": by.get(c.get("peer"), c.get("peer"))})  # fmt: skip
+        return self.hook_calls
 
     def window(self, parts: list[tuple[str, str]]) -> dict:
         """One fault (its parts overlapping) under load, then its checks: a row of the table."""
@@ -292,6 +347,8 @@ class Faults(ReplicatedHosts):
         os.chmod(d, 0o777)
         n_rest, n_grpc = self.tenants
         tenants = [uuid7() for _ in range(n_rest + n_grpc)]
+        # Before the load's first command, so that every graph event of these tenants matches.
+        subscriptions = self.subscribe(tenants[:n_rest])
         env = self.env_of("gateway")
         common = {"stop_cmds": str(d / "stop-cmds"), "stop_ws": str(d / "stop-ws")}
         rest = {**common, "kind": "rest", "lb": self.resolve("outside", "nginx"), "watchers": 2, "out": str(d / "rest.jsonl"),
@@ -346,6 +403,10 @@ class Faults(ReplicatedHosts):
             fresh = self.read_streams_holding(tenants)
             faults_check.wait_for(lambda: faults_check.watchers_caught_up(faults_check.records(files[0]),
                                                                           self.stream_msgs["graph"]), 20, None)  # fmt: skip
+            t_hook = time.monotonic()
+            hooked = faults_check.webhook_expected(faults_check.records(files[0]), set(subscriptions))
+            faults_check.wait_for(lambda: hooked <= {c["id"] for c in self.webhook_calls()}, WEBHOOK_PATIENCE_S, None)
+            hook_wait = time.monotonic() - t_hook
         finally:
             alerts_stop.set()  # already set when the window went through (the heal's timer)
             while injected:  # the window failed with its fault in place: the next one needs it gone
@@ -362,11 +423,12 @@ class Faults(ReplicatedHosts):
                 except subprocess.TimeoutExpired:
                     p.kill()
         recs = [r for f in files for r in faults_check.records(f)]
-        pg = {domain: self.pg_events(domain, tenants) for domain in ("graph", *DOMAINS)}
+        pg = {domain: self.pg_events(domain, tenants) for domain in STORES}
         row = faults_check.row(kind, host, recs, pg, self.stream_msgs, t_fault, t_heal, recovered)
+        row["webhook"] = faults_check.webhook(recs, self.webhook_calls(), set(subscriptions), subscriptions, hook_wait)
         row["doctor"] = doctor.get("fails", ["did not finish"])
         # New: a check failing on something it did not fail on before any fault (the same check
-        # may fail on another stream from the start: the webhook's, not run here).
+        # may fail on another stream or consumer from the start).
         new_lines = [ln for ln in doctor.get("lines", []) if fail_key(ln) not in self.doctor_baseline]
         row["doctor_new"] = sorted({ln.split()[1] for ln in new_lines})
         row["doctor_lines"] = new_lines[:4]
@@ -417,6 +479,8 @@ class Faults(ReplicatedHosts):
             log(f"hosts: {', '.join(self.hosts)} ({len(self.flows)} allowed flows)")
             up = self.bring_up()
             log(f"UP in {up:.1f}s: NATS x3 (R3 streams), " + ", ".join(f"{s} x{len(self.replicas(s))}" for s in REPLICATED))
+            self.hook_url = rehearse_webhook.start_receiver(self, self.hook_log)
+            log(f"webhook receiver in host outside, subscriptions to {self.hook_url}")
             # What doctor fails before any fault, in two runs: a check that times out once on
             # this busy machine must not hide the fault it names later.
             _, lines = self.doctor()

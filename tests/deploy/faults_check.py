@@ -8,6 +8,11 @@ command whose marker or event ids are missing from its domain's events table or 
 domain's stream. Duplicated: a marker more than once in either, or an event id more than once
 in a stream. A websocket client has a gap when an event of its tenant in the stream after its
 start position never reached it, a duplicate when one reached it twice.
+
+Webhooks: each window's REST tenants have a subscription to their graph events at the
+receiver; every event id of their acknowledged graph commands must have reached it (by `ce-id`)
+at least once. Deliveries are at least once, so a call repeated (a replica killed between its
+call and recording it: the lease lapses and the call is made again) is counted, not failed.
 """
 
 from __future__ import annotations
@@ -176,6 +181,28 @@ def row(kind, host, recs, pg, streams, t_fault, t_heal, recovered) -> dict:
     }  # fmt: skip
 
 
+def webhook_expected(recs: list[dict], tenants: set[str]) -> set[str]:
+    """The event ids of the acknowledged graph commands of these (subscribed) tenants."""
+    return {e for r in recs if r["kind"] == "cmd" and r["ok"] and domain_of(r) == "graph" and r["tenant"] in tenants
+            for e in r["event_ids"]}  # fmt: skip
+
+
+def webhook(recs: list[dict], calls: list[dict], tenants: set[str], subscriptions: dict, wait_s: float) -> dict:
+    """What the receiver got of these tenants' events (calls: {id: ce-id, tenant: ce-cimtenant,
+    status, by: the replica that called}): delivered and missing of the expected event ids,
+    duplicated = calls beyond the first per ce-id, other = ids of events not acknowledged to the
+    load (applied, the answer lost), calls per replica."""
+    want = webhook_expected(recs, tenants)
+    mine = [c for c in calls if c["tenant"] in tenants]
+    got = Counter(c["id"] for c in mine)
+    missing = want - set(got)
+    return {"subscriptions": len(subscriptions), "expected": len(want), "delivered": len(want & set(got)),
+            "missing": len(missing), "duplicated": sum(n - 1 for n in got.values()), "calls": len(mine),
+            "other": len(set(got) - want), "not_2xx": sum(not 200 <= c["status"] < 300 for c in mine),
+            "by_replica": dict(sorted(Counter(str(c.get("by")) for c in mine).items())),
+            "wait_s": round(wait_s, 1), "missing_detail": sorted(missing)[:5]}  # fmt: skip
+
+
 def bad(row: dict) -> list[str]:
     if "error" in row:
         return [f"window failed: {row['error']}"]
@@ -195,6 +222,12 @@ def bad(row: dict) -> list[str]:
     if row.get("alert_named") is False:
         out.append(f"{', '.join(row['alert_expected'])} neither pending nor firing while the fault lasted "
                    f"(seen: {', '.join(row['alerts']) or 'none'})")  # fmt: skip
+    hook = row.get("webhook")
+    if hook is not None and hook["missing"]:
+        out.append(f"webhook: {hook['missing']} of {hook['expected']} acknowledged graph events never reached the "
+                   f"receiver: {', '.join(hook['missing_detail'])}")  # fmt: skip
+    if hook is not None and not hook["expected"]:
+        out.append("webhook: no acknowledged graph command of a subscribed tenant, nothing to deliver")
     if "held_in_outbox" in row and not (row["held_in_outbox"] and row["acknowledged_while_full"]):
         out.append(f"a full store that was none: {row['acknowledged_while_full']} commands acknowledged while it "
                    f"lasted, {row['held_in_outbox']} events held in the outboxes")  # fmt: skip
@@ -214,15 +247,25 @@ def describe(row: dict) -> str:
             f"{row['internal']} as internal), {row['stale_reads']} of {row['reads']} reads stale, "
             f"{row['lost']} lost, {row['duplicated']} duplicated; websocket {ws['events']} events to {ws['clients']} "
             f"clients, {ws['drops']} drops, {ws['gaps']} gaps, {ws['duplicates']} duplicates; recovery "
-            f"{row['recovery_s']}; alerts {row['alerts'] or 'none'}; doctor failed {row['doctor_new'] or 'nothing new'}; "
-            f"window {row['window_s']}s"
+            f"{row['recovery_s']}; {webhook_text(row)}; alerts {row['alerts'] or 'none'}; "
+            f"doctor failed {row['doctor_new'] or 'nothing new'}; window {row['window_s']}s"
             + (f"; while full {row['acknowledged_while_full']} acknowledged, {row['held_in_outbox']} events held in "
                "the outboxes" if "held_in_outbox" in row else ""))  # fmt: skip
 
 
+def webhook_text(row: dict) -> str:
+    h = row.get("webhook")
+    if h is None:
+        return "webhook not checked"
+    return (f"webhook {h['delivered']} of {h['expected']} events delivered to {h['subscriptions']} subscriptions, "
+            f"{h['missing']} missing, {h['duplicated']} calls repeated ({h['calls']} calls, {h['not_2xx']} not 2xx, "
+            f"{h['other']} events of unacknowledged commands; by replica {h['by_replica']}), waited {h['wait_s']}s "
+            "after the streams were read")  # fmt: skip
+
+
 def table(rows: list[dict]) -> str:
     head = ["fault", "host", "acked (REST/gRPC)", "of them doc/agent/wf", "refused (internal)", "lost", "dup", "stale reads",
-            "ws events/gaps/dups", "recovery", "alert", "doctor named"]  # fmt: skip
+            "ws events/gaps/dups", "webhook delivered/missing/dup", "recovery", "alert", "doctor named"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -238,9 +281,11 @@ def table(rows: list[dict]) -> str:
         else:  # what did show, but the latency alerts every window's load raises on debug builds
             seen = sorted({a.split(" (")[0] for a in r.get("alerts", [])} - LOAD_ALERTS)
             alert += (" (seen: " + ", ".join(seen) + ")") if seen else ""
+        h = r.get("webhook")
+        hook = f"{h['delivered']}/{h['missing']}/{h['duplicated']}" if h else "-"
         lines.append(f"| {r['fault']} | {r['host']} | {r['acknowledged']} ({r['acknowledged_rest']}/"
                      f"{r['acknowledged_grpc']}) | {others} | {r['failed']} ({r['internal']}) | {r['lost']} | {r['duplicated']} | {r['stale_reads']}/{r['reads']} | "
-                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {recovery_text(r)} | {alert} | {named} |")  # fmt: skip
+                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {hook} | {recovery_text(r)} | {alert} | {named} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from faults_hosts import DOMAINS, NATS_NODES
+from faults_hosts import NATS_NODES, STORES
 from rehearse import Failed
 
 
@@ -62,7 +62,7 @@ def final_checks(h) -> None:
 
     def verify():
         said = []
-        for domain in ("graph", *DOMAINS):
+        for domain in STORES:
             r = h.cim("verify", "--domain", domain, timeout=120)
             if r.returncode != 0:
                 raise Failed(f"{domain}: " + (r.stdout + r.stderr).strip()[-600:])

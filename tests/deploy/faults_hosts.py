@@ -1,16 +1,18 @@
 """The fault harness's hosts (faults.py): the rehearsal's topology (rehearse.Rehearsal: network
 namespaces on compose's addresses behind a router allowing only the design's flows) with a
-three-node NATS cluster and two replicas of every domain service but the webhook (graph,
-document, agent, workflow) and of gateway and websocket, MinIO (moto) for the document service,
+three-node NATS cluster and two replicas of every domain service (graph, document, agent,
+workflow, webhook) and of gateway and websocket, MinIO (moto) for the document service, the
+rehearsal's webhook receiver in the `outside` host (rehearse_webhook.py, started by faults.py),
 and an `ops` host for the operators' tools; each process started again after a fault by the
 arguments it was first started with.
 
 The NATS nodes run the repository's nats.conf (the rehearsal's copy) with their own server_name
 and store and a cluster block routing to the others; the services get all three URLs and
 CIM_STREAM_REPLICAS=3; nginx gets every gateway and websocket replica in its upstreams, and each
-CIM_<CALLER>_<CALLEE>_URLS (the gateway's upstreams, the workflow's callees and itself) every
-replica of its callee; Prometheus scrapes every replica each second with the repository's rules
-(start_prometheus). A replica's flows are its service's.
+CIM_<CALLER>_<CALLEE>_URLS (the gateway's upstreams, webhook's among them, the workflow's callees
+and itself) every replica of its callee; Prometheus scrapes every replica each second with the
+repository's rules (start_prometheus). A replica's flows are its service's: both webhook
+replicas reach the receiver through the router's webhook → outside flows (network egress).
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ from rehearse import SERVICE_UID, Failed, Rehearsal, log
 
 NATS_NODES = ["nats", "nats2", "nats3"]
 NATS_CLUSTER_PORT = 6222
-# The domain services the load writes to besides graph (through the gateway's balancing). The
-# webhook service is not run: it takes no part in a command's path.
+# The domain services the load writes to besides graph (through the gateway's balancing).
 DOMAINS = ["document", "agent", "workflow"]
-REPLICATED = ["graph", *DOMAINS, "gateway", "websocket"]
+# The webhook service takes no command of the load: each window's subscriptions (registered
+# through the gateway) have it deliver the graph events of the load's REST tenants to the receiver.
+REPLICATED = ["graph", *DOMAINS, "webhook", "gateway", "websocket"]
+# Every domain service run here: its schema (events, outbox) and its stream, checked by the windows
+# and at the end.
+STORES = ["graph", *DOMAINS, "webhook"]
 # The compose services run here; the rest of the compose topology is the rehearsal's.
 RUN = {"nats", "postgres", "redis", "minio", "minio-init", "nginx", "prometheus", "outside", *REPLICATED}
 
@@ -171,7 +177,8 @@ class ReplicatedHosts(Rehearsal):
         starters = {"postgres": self.start_postgres, "redis": self.start_redis, "nginx": self.start_nginx,
                     "minio": self.start_minio, "prometheus": self.start_prometheus}  # fmt: skip
         groups = [["postgres", "redis", "minio", *NATS_NODES], [r for s in ("graph", *DOMAINS) for r in self.replicas(s)],
-                  [*self.replicas("gateway"), *self.replicas("websocket")], ["nginx", "prometheus"]]  # fmt: skip
+                  [*self.replicas("webhook"), *self.replicas("gateway"), *self.replicas("websocket")],
+                  ["nginx", "prometheus"]]  # fmt: skip
         for group in groups:
             if "graph" in group:  # compose's minio-init, before the document service depends on its bucket
                 log(f"minio-init made bucket {self.minio_init()}")

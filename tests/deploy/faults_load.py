@@ -16,6 +16,8 @@ Kinds:
   stream  one read of a stream, sequence `first` to its end ($JS.API.STREAM.MSG.GET), printed
   streams the same for each of `reads` ({stream, first}), in one process
   stream-limit  a stream made full (max_bytes at its size, discard new), or its config put back
+  webhook-subscribe  per tenant a webhook subscription through the load balancer as its admin
+          (rehearse_webhook.subscriptions), before the window's load starts
 
 An acknowledged command is one answered with its event ids. The agent never retries a command:
 a failed one is recorded as not acknowledged, which the checks then allow to be absent.
@@ -36,6 +38,7 @@ import uuid
 
 import httpjson  # this directory: the HTTP call with its headers
 import rehearse  # this directory: WsClient, http, uuid7
+import rehearse_webhook  # this directory: the webhook subscriptions
 
 
 def marker() -> str:
@@ -401,4 +404,9 @@ def agent(spec: dict) -> dict:
         return {"ok": True, "streams": [stream({**spec, **read}) for read in spec["reads"]]}
     if spec["kind"] == "stream-limit":
         return stream_limit(spec)
+    if spec["kind"] == "webhook-subscribe":
+        try:
+            return rehearse_webhook.subscriptions(spec)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            return {"ok": False, "detail": f"{type(e).__name__}: {e}"}
     return load(spec)
