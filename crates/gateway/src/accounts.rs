@@ -12,7 +12,7 @@ use crate::auth::{ApiKeyRef, Credentials};
 use crate::extract::ApiJson;
 use crate::operations::Operators;
 use crate::problem::ApiResult;
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Me {
@@ -172,13 +172,13 @@ pub async fn revoke_api_key(
 
 /// The account routes. Logging out is public: a session that has already expired can still be
 /// logged out of (its cookie cleared).
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Credentials: FromRef<S>,
     Operators: FromRef<S>,
 {
-    DomainRoutes::default()
+    DomainRoutes::new(purpose)
         .signed_in(routes!(me))
         .signed_in(routes!(login))
         .reader(routes!(ws_ticket))

@@ -28,7 +28,7 @@ use crate::problem::ApiResult;
 use crate::rest::{
     CommandQuery, Options, Page, Props, StateChange, command, exact_properties, page, props, query, structure, ts,
 };
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 use crate::upstream::Upstream;
 use cim_proto::common::CommandOptions;
 use conversation::*;
@@ -56,12 +56,12 @@ pub const CONVERSATION_ROUTE: &str = "/api/v1/agents/{agent_id}/messages";
 /// grant and revoke permissions (what an agent may access is a security boundary, like a
 /// document's retention) and decommission an agent (final, nothing undoes it).
 /// The agent routes: the role each needs, its handler (whose annotation gives method and path).
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<AgentState>: FromRef<S>,
 {
-    DomainRoutes::default()
+    DomainRoutes::new(purpose)
         .writer(routes!(deploy_agent))
         .reader(routes!(list_agents))
         .reader(routes!(get_agent))

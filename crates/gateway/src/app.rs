@@ -37,7 +37,7 @@ use crate::limits::{Deadline, RateLimit, RateLimiter};
 use crate::links::LinkSigner;
 use crate::lockout::Lockout;
 use crate::operations::{OperationsState, Operators};
-use crate::routes::{DomainRoutes, Parts};
+use crate::routes::{DomainRoutes, Parts, Purpose};
 use crate::upstream::Upstream;
 use crate::webhook::WebhookState;
 use crate::workflow::WorkflowState;
@@ -119,32 +119,33 @@ struct Layers {
 
 /// Every domain's route table (`crate::routes`): the routers, the OpenAPI description and the
 /// role each route needs all come from these.
-fn domains() -> [DomainRoutes<AppState>; 7] {
+fn domains(purpose: Purpose) -> [DomainRoutes<AppState>; 7] {
     [
-        crate::graph::routes(),
-        crate::document::routes(),
-        crate::agent::routes(),
-        crate::workflow::routes(),
-        crate::webhook::routes(),
-        crate::accounts::routes(),
-        crate::operations::routes(),
+        crate::graph::routes(purpose),
+        crate::document::routes(purpose),
+        crate::agent::routes(purpose),
+        crate::workflow::routes(purpose),
+        crate::webhook::routes(purpose),
+        crate::accounts::routes(purpose),
+        crate::operations::routes(purpose),
     ]
 }
 
-fn api() -> Parts<AppState> {
-    domains().into_iter().reduce(DomainRoutes::merge).expect("at least one domain").into_parts()
+fn api(purpose: Purpose) -> Parts<AppState> {
+    domains(purpose).into_iter().reduce(DomainRoutes::merge).expect("at least one domain").into_parts()
 }
 
 /// The role each authenticated route needs, checked by [`crate::authz`].
 pub fn route_roles() -> Rules {
-    static RULES: LazyLock<Rules> = LazyLock::new(|| api().rules);
+    static RULES: LazyLock<Rules> = LazyLock::new(|| api(Purpose::Serve).rules);
     RULES.clone()
 }
 
-/// The OpenAPI document served at `/api/openapi.json`.
+/// The OpenAPI document served at `/api/openapi.json`, built from the route tables when it is
+/// first asked for (not at start: [`Purpose`]).
 pub fn openapi() -> &'static str {
     static DOCUMENT: LazyLock<String> =
-        LazyLock::new(|| crate::openapi::describe(api().openapi).to_pretty_json().unwrap_or_default());
+        LazyLock::new(|| crate::openapi::describe(api(Purpose::Describe).openapi).to_pretty_json().unwrap_or_default());
     DOCUMENT.as_str()
 }
 
@@ -183,8 +184,8 @@ async fn not_found() -> crate::problem::ApiError {
 }
 
 /// The complete router.
-fn router(state: AppState, layers: Layers, health: cim_runtime::health::Health) -> Router {
-    let Parts { authenticated, public, rules, .. } = api();
+fn router(state: AppState, layers: Layers, api: Parts<AppState>, health: cim_runtime::health::Health) -> Router {
+    let Parts { authenticated, public, rules, .. } = api;
     let console = crate::console::routes(layers.auth.credentials.websocket_url.as_deref());
     let authenticated = authenticated
         // Layers run bottom-up: auth first, then the role check (crate::authz), and only then
@@ -348,6 +349,8 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             None => None,
         },
     });
+    // The routers and the roles each route needs, read once from the domains' tables.
+    let api = api(Purpose::Serve);
     let state = AppState(Arc::new(Routes {
         graph: Arc::new(GraphState { upstream: graph }),
         document,
@@ -381,7 +384,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             bumps: bumps.clone(),
             domains: crate::cache::cached_domains().into_iter().map(|d| Arc::new(DomainCache::new(d))).collect(),
             streamed: &crate::document::TRANSFER_ROUTES,
-            roles: route_roles(),
+            roles: api.rules.clone(),
         }),
         deadline: Deadline { timeout: settings.request_timeout, unbounded: &STREAMED_ROUTES },
         max_body_bytes: settings.max_body_bytes,
@@ -417,7 +420,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     }
     let listener = bind("gateway HTTP (CIM_GATEWAY_ADDR)", listen.addr).await?;
     let admin = bind("gateway admin (CIM_GATEWAY_ADMIN_ADDR)", listen.admin_addr).await?;
-    let app = router(state, layers, host.health().clone());
+    let app = router(state, layers, api, host.health().clone());
     let listener = HttpListener::new(listener, https).map_err(RuntimeError::from)?;
     Ok(Prepared {
         addr: listener.local_addr().map_err(RuntimeError::from)?,
@@ -520,7 +523,7 @@ mod tests {
             value["components"]["schemas"].as_object().cloned().unwrap_or_default()
         };
         let mut seen = serde_json::Map::new();
-        for domain in super::domains() {
+        for domain in super::domains(crate::routes::Purpose::Describe) {
             for (name, shape) in schemas(domain.into_parts().openapi) {
                 if let Some(other) = seen.get(&name) {
                     assert_eq!(other, &shape, "schema {name} means two things");

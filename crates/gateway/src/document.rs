@@ -27,7 +27,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::links::LinkSigner;
 use crate::problem::{ApiError, ApiResult};
 use crate::rest::{CommandQuery, Options, Page, Props, command, exact_properties, page, props, query, structure, ts};
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 use crate::upstream::Upstream;
 use content::*;
 pub use dto::*;
@@ -49,12 +49,12 @@ pub const TRANSFER_ROUTES: [&str; 2] = ["/api/v1/documents/{document_id}/content
 
 /// The document routes: the role each needs, its handler (whose annotation gives method and
 /// path). A signed link opens its content without credentials.
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<DocumentState>: FromRef<S>,
 {
-    DomainRoutes::default()
+    DomainRoutes::new(purpose)
         .writer(routes!(create_document))
         .reader(routes!(search_documents))
         .reader(routes!(get_document))

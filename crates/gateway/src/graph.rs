@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::problem::{ApiError, ApiResult};
 use crate::rest::{CommandQuery, Options, Page, Props, command, exact_properties, page, props, query, structure, ts};
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 use crate::upstream::Upstream;
 
 mod dto;
@@ -123,12 +123,12 @@ pub async fn archive_graph(
 }
 
 /// The graph routes: the role each needs, its handler (whose annotation gives method and path).
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<GraphState>: FromRef<S>,
 {
-    DomainRoutes::default()
+    DomainRoutes::new(purpose)
         .writer(routes!(create_graph))
         .reader(routes!(list_graphs))
         .reader(routes!(get_graph))

@@ -33,7 +33,7 @@ use tonic_health::pb::health_client::HealthClient;
 use utoipa::ToSchema;
 
 use crate::problem::{ApiError, ApiResult};
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 use crate::upstream::Replicated;
 
 /// Grafana dashboards (`monitoring/grafana/dashboards/<uid>.json`): uid and title.
@@ -173,12 +173,12 @@ pub struct Dashboard {
     pub url: String,
 }
 
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<OperationsState>: FromRef<S>,
 {
-    DomainRoutes::default().admin(routes!(operations))
+    DomainRoutes::new(purpose).admin(routes!(operations))
 }
 
 /// Operations overview

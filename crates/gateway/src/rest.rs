@@ -149,6 +149,7 @@ pub(crate) use {command, query};
 
 #[cfg(test)]
 mod tests {
+    use crate::routes::Purpose;
     use std::collections::BTreeSet;
     use std::sync::Arc;
 
@@ -202,11 +203,11 @@ mod tests {
     #[test]
     fn every_domain_route_is_an_rpcs_google_api_http_route() {
         let tables = [
-            crate::graph::routes::<Arc<crate::graph::GraphState>>().into_parts().rules,
-            crate::document::routes::<Arc<crate::document::DocumentState>>().into_parts().rules,
-            crate::agent::routes::<Arc<crate::agent::AgentState>>().into_parts().rules,
-            crate::workflow::routes::<Arc<crate::workflow::WorkflowState>>().into_parts().rules,
-            crate::webhook::routes::<Arc<crate::webhook::WebhookState>>().into_parts().rules,
+            crate::graph::routes::<Arc<crate::graph::GraphState>>(Purpose::Serve).into_parts().rules,
+            crate::document::routes::<Arc<crate::document::DocumentState>>(Purpose::Serve).into_parts().rules,
+            crate::agent::routes::<Arc<crate::agent::AgentState>>(Purpose::Serve).into_parts().rules,
+            crate::workflow::routes::<Arc<crate::workflow::WorkflowState>>(Purpose::Serve).into_parts().rules,
+            crate::webhook::routes::<Arc<crate::webhook::WebhookState>>(Purpose::Serve).into_parts().rules,
         ];
         let served: BTreeSet<(String, String)> = tables
             .iter()

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::problem::ApiResult;
 use crate::rest::{CommandQuery, Options, StateChange, command, query, ts};
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 use crate::upstream::Upstream;
 
 /// What the webhook routes use: the webhook service (`CIM_GATEWAY_WEBHOOK_URLS`).
@@ -28,12 +28,12 @@ pub struct WebhookState {
     pub upstream: Upstream<WebhookServiceClient<Channel>>,
 }
 
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<WebhookState>: FromRef<S>,
 {
-    DomainRoutes::default()
+    DomainRoutes::new(purpose)
         .admin(routes!(create_subscription))
         .reader(routes!(list_subscriptions))
         .reader(routes!(get_subscription))

@@ -26,7 +26,7 @@ use crate::problem::ApiResult;
 use crate::rest::{
     CommandQuery, Options, Page, Props, StateChange, command, exact_properties, page, props, query, structure, ts,
 };
-use crate::routes::{DomainRoutes, routes};
+use crate::routes::{DomainRoutes, Purpose, routes};
 use crate::upstream::Upstream;
 use definitions::*;
 pub use dto::*;
@@ -40,12 +40,12 @@ pub struct WorkflowState {
 /// The workflow routes: the role each needs, its handler (whose annotation gives method and
 /// path). Approving, rejecting and completing a step need only the writer role here: the step
 /// itself says who may act on it (its role or its assignee), which the service checks.
-pub fn routes<S>() -> DomainRoutes<S>
+pub fn routes<S>(purpose: Purpose) -> DomainRoutes<S>
 where
     S: Clone + Send + Sync + 'static,
     Arc<WorkflowState>: FromRef<S>,
 {
-    DomainRoutes::default()
+    DomainRoutes::new(purpose)
         .writer(routes!(create_definition))
         .writer(routes!(revise_definition))
         .reader(routes!(get_definition))
