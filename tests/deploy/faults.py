@@ -348,7 +348,9 @@ class Faults(ReplicatedHosts):
         n_rest, n_grpc = self.tenants
         tenants = [uuid7() for _ in range(n_rest + n_grpc)]
         # Before the load's first command, so that every graph event of these tenants matches.
+        t_sub = time.monotonic()
         subscriptions = self.subscribe(tenants[:n_rest])
+        subscribe_s = time.monotonic() - t_sub
         env = self.env_of("gateway")
         common = {"stop_cmds": str(d / "stop-cmds"), "stop_ws": str(d / "stop-ws")}
         rest = {**common, "kind": "rest", "lb": self.resolve("outside", "nginx"), "watchers": 2, "out": str(d / "rest.jsonl"),
@@ -426,6 +428,7 @@ class Faults(ReplicatedHosts):
         pg = {domain: self.pg_events(domain, tenants) for domain in STORES}
         row = faults_check.row(kind, host, recs, pg, self.stream_msgs, t_fault, t_heal, recovered)
         row["webhook"] = faults_check.webhook(recs, self.webhook_calls(), set(subscriptions), subscriptions, hook_wait)
+        row["webhook"]["subscribe_s"] = round(subscribe_s, 1)
         row["doctor"] = doctor.get("fails", ["did not finish"])
         # New: a check failing on something it did not fail on before any fault (the same check
         # may fail on another stream or consumer from the start).

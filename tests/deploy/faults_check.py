@@ -259,8 +259,8 @@ def webhook_text(row: dict) -> str:
         return "webhook not checked"
     return (f"webhook {h['delivered']} of {h['expected']} events delivered to {h['subscriptions']} subscriptions, "
             f"{h['missing']} missing, {h['duplicated']} calls repeated ({h['calls']} calls, {h['not_2xx']} not 2xx, "
-            f"{h['other']} events of unacknowledged commands; by replica {h['by_replica']}), waited {h['wait_s']}s "
-            "after the streams were read")  # fmt: skip
+            f"{h['other']} events of unacknowledged commands; by replica {h['by_replica']}), subscribed in "
+            f"{h.get('subscribe_s', '?')}s, waited {h['wait_s']}s after the streams were read")  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
