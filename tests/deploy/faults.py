@@ -41,7 +41,9 @@ limit plus 5 % packet loss by nftables: this kernel has no netem); a full store 
 stream at max_bytes = what it holds, discard new: JetStream refuses every publish as a full
 max_file_store does; commands must still be acknowledged, their events held in the outboxes and
 relayed once each config is put back); and, in --heavy, two mixed faults (a graph replica
-killed during a NATS partition; Postgres restarted while Redis is down).
+killed during a NATS partition; Postgres restarted while Redis is down) and two faults held
+past their alert's `for:` (a graph replica killed, Postgres stopped, HELD_S each), whose alert
+must have fired.
 
 usage: faults.py run --tools FILE --tmp DIR [--heavy] [--only F,..] [--out FILE]   (scripts/faults.sh)
        faults.py agent JSON                                          (inside a namespace)
@@ -80,7 +82,8 @@ FAULTS = [[("kill", "graph")], [("kill", "graph2")], [("kill", "document")], [("
           [("kill", "websocket")], [("kill", "websocket2")],
           [("kill-nats", "nats2")], [("partition", "nats3")], [("restart", "postgres")], [("restart", "redis")],
           [("slow", "graph2")], [STORE_FULL], [("partition", "nats3"), ("kill", "graph2")],
-          [("restart", "redis"), ("restart", "postgres")]]  # fmt: skip
+          [("restart", "redis"), ("restart", "postgres")], [("kill-held", "graph2")],
+          [("restart-held", "postgres")]]  # fmt: skip
 BOUNDED = [[("kill", "graph2")], [("kill", "document2")], [("kill", "webhook2")], [("kill", "gateway")],
            [("kill", "websocket2")], [("kill-nats", "nats2")], [("partition", "nats3")], [("restart", "postgres")],
            [("restart", "redis")], [("slow", "graph2")], [STORE_FULL]]  # fmt: skip
@@ -92,6 +95,10 @@ NATS_CHECKS = {"nats", "cluster", "stream", "consumer", "dlq"}
 # Postgres themselves are watched through the exporters, which are not run here; a full store
 # shows as CimOutboxStale only after its events wait 60 s).
 ALERT_SHOULD_NAME = {"kill": "CimServiceDown", "postgres": "CimPostgresUnreachable"}
+# A fault whose kind ends so ("kill-held") is that fault held past its alert's `for:` (1 min):
+# the alert must then be firing, not only pending. In --heavy only: it costs minutes.
+HELD = "-held"
+HELD_S = 80.0
 # How long after the heal an alert still counts as this fault's (see `window`).
 ALERT_LAG_S = 5.0
 # What the window's webhook subscriptions match: every graph event of their tenant.
@@ -104,6 +111,11 @@ WEBHOOK_FILTER = "graph.evt.>"
 WEBHOOK_PATIENCE_S = 60.0
 DOCTOR_SHOULD_NAME = {"kill-nats": NATS_CHECKS, "partition": NATS_CHECKS, "postgres": {"postgres"}, "redis": {"redis"},
                       "store-full": {"stream"}}  # fmt: skip
+
+
+def base(kind: str) -> str:
+    """The fault a held one is ("kill-held" is a kill)."""
+    return kind.removesuffix(HELD)
 
 
 def fail_key(line: str) -> str:
@@ -246,6 +258,7 @@ class Faults(ReplicatedHosts):
         return r["replaced"]
 
     def inject(self, kind: str, host: str) -> None:
+        kind = base(kind)
         if kind == "store-full":
             self.full_streams = {}
             for domain in STORES:
@@ -272,6 +285,7 @@ class Faults(ReplicatedHosts):
         self.procs = [(n, p) for n, p in self.procs if p.poll() is None]
 
     def heal(self, kind: str, host: str) -> None:
+        kind = base(kind)
         if kind == "store-full":
             for stream, config in self.full_streams.items():
                 self.stream_limit(stream, config)
@@ -383,7 +397,7 @@ class Faults(ReplicatedHosts):
             doctor: dict = {}
             dt = threading.Thread(target=lambda: doctor.update(zip(("fails", "lines"), self.doctor())))
             dt.start()
-            time.sleep(self.hold)
+            time.sleep(HELD_S if any(k.endswith(HELD) for k, _ in parts) else self.hold)
             dt.join(timeout=45)
             if STORE_FULL in parts:  # what the outboxes hold back while no publish is taken
                 held = self.outbox_held()
@@ -437,15 +451,17 @@ class Faults(ReplicatedHosts):
         row["doctor_lines"] = new_lines[:4]
         row["alerts"] = sorted(f"{a} ({state}) {where}" for a, state, where in alerts)
         # Each part of the fault that a rule should see: a replica's death by its own
-        # instance's alert, a store's by the alert from any service.
+        # instance's alert, a store's by the alert from any service; pending will do, but a
+        # held fault's alert must have fired.
         named, row["alert_expected"] = [], []
         for k, h in parts:
-            want = ALERT_SHOULD_NAME.get(h if k == "restart" else k)
+            want = ALERT_SHOULD_NAME.get(h if base(k) == "restart" else base(k))
             if want:
-                row["alert_expected"].append(want)
-                named.append(any(a == want and (k != "kill" or where.split(":")[0] == h) for a, _, where in alerts))
+                row["alert_expected"].append(want + (" firing" if k.endswith(HELD) else ""))
+                named.append(any(a == want and (base(k) != "kill" or where.split(":")[0] == h)
+                                 and (state == "firing" or not k.endswith(HELD)) for a, state, where in alerts))
         row["alert_named"] = all(named) if named else None
-        wants = [DOCTOR_SHOULD_NAME.get(h if k == "restart" else k) for k, h in parts]
+        wants = [DOCTOR_SHOULD_NAME.get(h if base(k) == "restart" else base(k)) for k, h in parts]
         wants = [w for w in wants if w is not None]
         # A mixed fault: doctor should name each part it checks.
         row["doctor_named"] = None if not wants else all(w & set(row["doctor_new"]) for w in wants)

@@ -220,7 +220,7 @@ def bad(row: dict) -> list[str]:
     if not row["recovered"]:
         out.append("the load did not recover within 90 s of the heal")
     if row.get("alert_named") is False:
-        out.append(f"{', '.join(row['alert_expected'])} neither pending nor firing while the fault lasted "
+        out.append(f"the alert expected while the fault lasted did not show: {', '.join(row['alert_expected'])} "
                    f"(seen: {', '.join(row['alerts']) or 'none'})")  # fmt: skip
     hook = row.get("webhook")
     if hook is not None and hook["missing"]:
