@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The scaling and fault harness (issue 22, docs/deployment.md "Scaling"): the rehearsal's hosts
 # with a three-node NATS cluster (R3 streams), two replicas of graph, document, agent, workflow,
-# gateway and websocket and a Prometheus with the repository's rules, faults one at a time (or two
-# overlapping) under a recorded load, and after each the checks that nothing acknowledged was lost
-# or duplicated, no websocket client missed or repeated an event and the expected alert showed.
+# webhook, gateway and websocket, the Postgres, Redis and blackbox exporters and a Prometheus with
+# the repository's rules, faults one at a time (or two overlapping) under a recorded load, and
+# after each the checks that nothing acknowledged was lost or duplicated, no websocket client
+# missed or repeated an event, a rate limit held across both gateways and the expected alerts
+# showed.
 # tests/deploy/faults.py does the work; scripts/rehearse.sh installs the tools, builds `cim`,
 # runs it and tears everything down on any exit (same needs: root, the same tool caches).
 #

@@ -132,6 +132,14 @@ setup() {
 
     find_kubectl "$TOOLS/kubectl" "$PY"
 
+    # The infrastructure exporters the fault harness runs (EXPORTED in tests/deploy/faults_hosts.py).
+    PG_EXPORTER="" REDIS_EXPORTER="" BLACKBOX_EXPORTER=""
+    if [ "$HARNESS" = faults ]; then
+        PG_EXPORTER="$(deb_tool prometheus-postgres-exporter prometheus-postgres-exporter usr/bin/prometheus-postgres-exporter)"
+        REDIS_EXPORTER="$(deb_tool prometheus-redis-exporter prometheus-redis-exporter usr/bin/prometheus-redis-exporter)"
+        BLACKBOX_EXPORTER="$(deb_tool prometheus-blackbox-exporter prometheus-blackbox-exporter usr/bin/prometheus-blackbox-exporter)"
+    fi
+
     # The services: the `cim` binary runs any of them (`cim serve --services <name>`).
     if [ -z "${CIM_REHEARSE_BIN:-}" ]; then
         if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -190,7 +198,8 @@ chmod 755 "$TMP"
 import json, sys
 json.dump({"cim": "$CIM", "compose": "$COMPOSE", "kubectl": "$KUBECTL", "nats_server": "$NATS_SERVER",
            "pg_bin": "$PG_BIN", "nginx": "$NGINX", "prometheus": "$PROMETHEUS", "alertmanager": "$ALERTMANAGER", "moto": "$MOTO",
-           "grpcurl": "$GRPCURL"},
+           "grpcurl": "$GRPCURL", "postgres_exporter": "$PG_EXPORTER", "redis_exporter": "$REDIS_EXPORTER",
+           "blackbox_exporter": "$BLACKBOX_EXPORTER"},
           open(sys.argv[1], "w"))
 EOF
 "$PY" "$ROOT/tests/deploy/$HARNESS.py" run --tools "$TMP/tools.json" --tmp "$TMP" "$@" &

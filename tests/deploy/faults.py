@@ -10,7 +10,8 @@ and websocket twice each on hosts of their own (graph2, ...) behind nginx and th
 balancing; MinIO (moto), Postgres and Redis once (they are stateful and not replicated by CIM);
 the rehearsal's webhook receiver (rehearse_webhook.py) in the `outside` host, recording every
 call, which both webhook replicas reach through the router's webhook → outside flows; Prometheus
-scraping every replica each second with the repository's rules. An `ops` host (application and
+scraping every replica and the Postgres, Redis and blackbox exporters (NATS' health on each node)
+each second with the repository's rules. An `ops` host (application and
 data networks) sends the direct gRPC load, reads the streams, switches a full store on and off
 and runs `cim doctor`. The rest of monitoring is not run here (the rehearsal covers it); the
 flows of replicas are their service's.
@@ -27,7 +28,9 @@ subscriptions should bring (up to WEBHOOK_PATIENCE_S). Then, per fault: every ac
 command's marker exactly once in its domain's events table and exactly once in its stream (and
 its event ids there); every websocket client saw each event of its tenant after its start once,
 with no gap; every event id of a REST tenant's acknowledged graph commands at the receiver (its
-`ce-id`) at least once, calls repeated counted (webhooks are at least once); the alert a rule
+`ce-id`) at least once, calls repeated counted (webhooks are at least once); a principal of a
+tenant with its own small rate limit, sending through nginx from the injection on, accepted per
+minute by both gateways together within the documented overshoot, and refused; the alert a rule
 should raise pending or firing (ALERT_SHOULD_NAME). At the end every stream read has no message
 id twice, `cim verify` passes for every domain run and the graph projections equal a replay
 (`cim replay --domain graph` rebuilds them from the events; their contents before and after
@@ -67,7 +70,8 @@ import faults_check  # this directory: the checks and the table
 import faults_end  # this directory: the checks at the end
 import faults_load  # this directory: the load and the stream reader (inside namespaces)
 import rehearse_webhook  # this directory: the webhook receiver
-from faults_hosts import DOMAINS, NATS_NODES, REPLICATED, STORES, ReplicatedHosts
+from faults_hosts import (DOMAINS, LIMIT_PER_MINUTE, LIMIT_RATE, LIMIT_TENANT, NATS_NODES, REPLICATED, STORES,
+                          ReplicatedHosts)  # fmt: skip
 from rehearse import Failed, log, uuid7
 
 MARKER = re.compile(r"cmd-[0-9a-f]{32}")
@@ -90,11 +94,15 @@ BOUNDED = [[("kill", "graph2")], [("kill", "document2")], [("kill", "webhook2")]
 # What `cim doctor` should name while the fault lasts (any of its checks of that store); absent:
 # outside what it checks (it does not look at the services themselves).
 NATS_CHECKS = {"nats", "cluster", "stream", "consumer", "dlq"}
-# The alert (monitoring/prometheus/rules) that should be pending or firing while the fault
-# lasts; absent: no rule sees it within a hold of seconds (one NATS server of three, Redis and
-# Postgres themselves are watched through the exporters, which are not run here; a full store
-# shows as CimOutboxStale only after its events wait 60 s).
-ALERT_SHOULD_NAME = {"kill": "CimServiceDown", "postgres": "CimPostgresUnreachable"}
+# The alerts (monitoring/prometheus/rules) that should be pending or firing while the fault
+# lasts: the services' own and the infrastructure's (through the exporters run here); one about a
+# host (a replica, a NATS node) must name that host. Absent: no rule sees it within a hold of
+# seconds (a full store shows as CimOutboxStale only after its events wait 60 s; a slow network
+# only as latency, which every window's load on debug builds already raises).
+ALERT_SHOULD_NAME = {"kill": {"CimServiceDown"}, "postgres": {"CimPostgresUnreachable", "CimPostgresDown"},
+                     "redis": {"CimRedisDown"}, "kill-nats": {"CimNatsDown"}, "partition": {"CimNatsDown"}}  # fmt: skip
+# The alerts whose instance is the host the fault hit.
+PER_HOST = {"CimServiceDown", "CimNatsDown"}
 # A fault whose kind ends so ("kill-held") is that fault held past its alert's `for:` (1 min):
 # the alert must then be firing, not only pending. In --heavy only: it costs minutes.
 HELD = "-held"
@@ -116,6 +124,17 @@ DOCTOR_SHOULD_NAME = {"kill-nats": NATS_CHECKS, "partition": NATS_CHECKS, "postg
 def base(kind: str) -> str:
     """The fault a held one is ("kill-held" is a kill)."""
     return kind.removesuffix(HELD)
+
+
+def subject(kind: str, host: str) -> str:
+    """What a fault is looked up by in ALERT_SHOULD_NAME and DOCTOR_SHOULD_NAME: a restart by
+    the store restarted, any other fault by its kind."""
+    return host if base(kind) == "restart" else base(kind)
+
+
+def alert_host(where: str) -> str:
+    """The host an alert's instance names: `graph2:9101`, or a probe's `http://nats2:8222/...`."""
+    return (urllib.parse.urlsplit(where).hostname or "") if "://" in where else where.split(":")[0]
 
 
 def fail_key(line: str) -> str:
@@ -367,8 +386,11 @@ class Faults(ReplicatedHosts):
         subscribe_s = time.monotonic() - t_sub
         env = self.env_of("gateway")
         common = {"stop_cmds": str(d / "stop-cmds"), "stop_ws": str(d / "stop-ws")}
+        # A fresh principal of the rate-limited tenant: its counts start at none in this window.
+        limit = {"token": self.token(env, LIMIT_TENANT, roles="reader", subject=f"limit-{uuid7()}"),
+                 "go": str(d / "go-limit"), "rate": LIMIT_RATE}  # fmt: skip
         rest = {**common, "kind": "rest", "lb": self.resolve("outside", "nginx"), "watchers": 2, "out": str(d / "rest.jsonl"),
-                "domains": DOMAINS,
+                "domains": DOMAINS, "limit": limit,
                 "tenants": [{"tenant": t, "token": self.token(env, t)} for t in tenants[:n_rest]]}  # fmt: skip
         grpc = {**common, "kind": "grpc", "grpcurl": self.tools["grpcurl"], "out": str(d / "grpc.jsonl"),
                 "targets": [f"{g}:{self.ports['graph'][0]}" for g in self.replicas("graph")],
@@ -388,6 +410,7 @@ class Faults(ReplicatedHosts):
             alerts: set = set()
             at = threading.Thread(target=self.watch_alerts, args=(alerts, alerts_stop))
             t_fault = time.time()
+            Path(limit["go"]).touch()  # the rate-limited principal starts with the fault
             at.start()
             for i, part in enumerate(parts):
                 if i:
@@ -443,6 +466,11 @@ class Faults(ReplicatedHosts):
         row = faults_check.row(kind, host, recs, pg, self.stream_msgs, t_fault, t_heal, recovered)
         row["webhook"] = faults_check.webhook(recs, self.webhook_calls(), set(subscriptions), subscriptions, hook_wait)
         row["webhook"]["subscribe_s"] = round(subscribe_s, 1)
+        # What of the fault can cost the limiter counts, while it lasted (and a flush after).
+        lost = {"gateway" if h.startswith("gateway") else h: (t_fault, t_heal + 1.0)
+                for k, h in parts if (base(k) == "kill" and h.startswith("gateway")) or h == "redis"}  # fmt: skip
+        row["rate_limit"] = faults_check.rate_limit(recs, LIMIT_PER_MINUTE, LIMIT_RATE, len(self.replicas("gateway")),
+                                                    lost)  # fmt: skip
         row["doctor"] = doctor.get("fails", ["did not finish"])
         # New: a check failing on something it did not fail on before any fault (the same check
         # may fail on another stream or consumer from the start).
@@ -455,13 +483,12 @@ class Faults(ReplicatedHosts):
         # held fault's alert must have fired.
         named, row["alert_expected"] = [], []
         for k, h in parts:
-            want = ALERT_SHOULD_NAME.get(h if base(k) == "restart" else base(k))
-            if want:
+            for want in sorted(ALERT_SHOULD_NAME.get(subject(k, h), ())):
                 row["alert_expected"].append(want + (" firing" if k.endswith(HELD) else ""))
-                named.append(any(a == want and (base(k) != "kill" or where.split(":")[0] == h)
+                named.append(any(a == want and (a not in PER_HOST or alert_host(where) == h)
                                  and (state == "firing" or not k.endswith(HELD)) for a, state, where in alerts))
         row["alert_named"] = all(named) if named else None
-        wants = [DOCTOR_SHOULD_NAME.get(h if base(k) == "restart" else base(k)) for k, h in parts]
+        wants = [DOCTOR_SHOULD_NAME.get(subject(k, h)) for k, h in parts]
         wants = [w for w in wants if w is not None]
         # A mixed fault: doctor should name each part it checks.
         row["doctor_named"] = None if not wants else all(w & set(row["doctor_new"]) for w in wants)

@@ -9,6 +9,13 @@ domain's stream. Duplicated: a marker more than once in either, or an event id m
 in a stream. A websocket client has a gap when an event of its tenant in the stream after its
 start position never reached it, a duplicate when one reached it twice.
 
+Rate limits: one principal of a tenant with its own limit sends at a steady rate through nginx
+(both gateways) from the fault's injection on; in each minute the gateways together may accept
+the limit plus what the documented overshoot allows (limits::RateLimiter: the requests that fit in
+two flush intervals, one interval more for a gateway killed with counts it had not flushed, and the limit once
+per gateway in a minute Redis was lost in: each counts alone while Redis is away, and Redis
+comes back empty), and must have refused some.
+
 Webhooks: each window's REST tenants have a subscription to their graph events at the
 receiver; every event id of their acknowledged graph commands must have reached it (by `ce-id`)
 at least once. Deliveries are at least once, so a call repeated (a replica killed between its
@@ -181,6 +188,47 @@ def row(kind, host, recs, pg, streams, t_fault, t_heal, recovered) -> dict:
     }  # fmt: skip
 
 
+# The gateways' rate-limit flush interval (crates/gateway/src/limits.rs FLUSH_EVERY).
+FLUSH_S = 0.1
+
+
+def rate_limit(recs: list[dict], limit: int, rate: float, gateways: int, lost: dict[str, tuple[float, float]]) -> dict:
+    """The prober's answers per minute against the documented bound. `lost`: per part of the
+    fault that can cost counts ("gateway": a replica killed, "redis": its counts gone), the
+    times it lasted (seen late: a flush after the heal still fails once)."""
+    answers = [r for r in recs if r["kind"] == "limit"]
+    minutes: dict[int, dict] = {}
+    straddling = Counter()
+    for r in answers:
+        m0, m1 = int(r["t0"] // 60), int(r["t"] // 60)
+        for m in range(m0, m1 + 1):  # a request the gateway counted in either minute: counted in both
+            tally = minutes.setdefault(m, {"accepted": 0, "refused": 0, "other": Counter()})
+            if r["status"] == 200:
+                tally["accepted"] += 1
+            elif r["status"] == 429:
+                tally["refused"] += 1
+            else:
+                tally["other"][str(r["status"])] += 1
+            if m1 != m0:
+                straddling[m] += 1
+
+    def overlaps(m: int, part: str) -> bool:
+        start, end = lost.get(part, (None, None))
+        return start is not None and start < (m + 1) * 60 and end >= m * 60
+
+    out, held = [], bool(answers)
+    for m, tally in sorted(minutes.items()):
+        flushes = 2 + overlaps(m, "gateway")
+        # Requests at `rate` that fit in `flushes` intervals: floor(T x rate) + 1 (both ends).
+        bound = (gateways if overlaps(m, "redis") else 1) * limit + int(flushes * FLUSH_S * rate + 1e-9) + 1
+        ok = tally["accepted"] <= bound
+        held &= ok
+        out.append({"minute": m, "accepted": tally["accepted"], "refused": tally["refused"], "bound": bound,
+                    "other": dict(tally["other"]), "straddling": straddling[m], "ok": ok})  # fmt: skip
+    refused = sum(t["refused"] for t in out)
+    return {"limit": limit, "sent": len(answers), "refused": refused, "minutes": out, "held": held and refused > 0}
+
+
 def webhook_expected(recs: list[dict], tenants: set[str]) -> set[str]:
     """The event ids of the acknowledged graph commands of these (subscribed) tenants."""
     return {e for r in recs if r["kind"] == "cmd" and r["ok"] and domain_of(r) == "graph" and r["tenant"] in tenants
@@ -228,6 +276,9 @@ def bad(row: dict) -> list[str]:
                    f"receiver: {', '.join(hook['missing_detail'])}")  # fmt: skip
     if hook is not None and not hook["expected"]:
         out.append("webhook: no acknowledged graph command of a subscribed tenant, nothing to deliver")
+    limited = row.get("rate_limit")
+    if limited is not None and not limited["held"]:
+        out.append(f"rate limit not held across the gateways: {limit_text(row)}")
     if "held_in_outbox" in row and not (row["held_in_outbox"] and row["acknowledged_while_full"]):
         out.append(f"a full store that was none: {row['acknowledged_while_full']} commands acknowledged while it "
                    f"lasted, {row['held_in_outbox']} events held in the outboxes")  # fmt: skip
@@ -248,9 +299,19 @@ def describe(row: dict) -> str:
             f"{row['lost']} lost, {row['duplicated']} duplicated; websocket {ws['events']} events to {ws['clients']} "
             f"clients, {ws['drops']} drops, {ws['gaps']} gaps, {ws['duplicates']} duplicates; recovery "
             f"{row['recovery_s']}; {webhook_text(row)}; alerts {row['alerts'] or 'none'}; "
-            f"doctor failed {row['doctor_new'] or 'nothing new'}; window {row['window_s']}s"
+            f"doctor failed {row['doctor_new'] or 'nothing new'}; {limit_text(row)}; window {row['window_s']}s"
             + (f"; while full {row['acknowledged_while_full']} acknowledged, {row['held_in_outbox']} events held in "
                "the outboxes" if "held_in_outbox" in row else ""))  # fmt: skip
+
+
+def limit_text(row: dict) -> str:
+    r = row.get("rate_limit")
+    if r is None:
+        return "rate limit not checked"
+    per_minute = ", ".join(f"{m['accepted']} of bound {m['bound']}" + (" (OVER)" if not m["ok"] else "")
+                           + (f", {m['straddling']} across the minute's end" if m["straddling"] else "")
+                           + (f", other {m['other']}" if m["other"] else "") for m in r["minutes"])  # fmt: skip
+    return f"rate limit {r['limit']}/min: {r['sent']} sent, {r['refused']} refused (429), accepted per minute: {per_minute or 'none'}"
 
 
 def webhook_text(row: dict) -> str:
@@ -265,7 +326,7 @@ def webhook_text(row: dict) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ["fault", "host", "acked (REST/gRPC)", "of them doc/agent/wf", "refused (internal)", "lost", "dup", "stale reads",
-            "ws events/gaps/dups", "webhook delivered/missing/dup", "recovery", "alert", "doctor named"]  # fmt: skip
+            "ws events/gaps/dups", "webhook delivered/missing/dup", "rate limit: accepted/bound per minute", "recovery", "alert", "doctor named"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -283,9 +344,11 @@ def table(rows: list[dict]) -> str:
             alert += (" (seen: " + ", ".join(seen) + ")") if seen else ""
         h = r.get("webhook")
         hook = f"{h['delivered']}/{h['missing']}/{h['duplicated']}" if h else "-"
+        rl = r.get("rate_limit")
+        limited = " ".join(f"{m['accepted']}/{m['bound']}" for m in rl["minutes"]) if rl else "-"
         lines.append(f"| {r['fault']} | {r['host']} | {r['acknowledged']} ({r['acknowledged_rest']}/"
                      f"{r['acknowledged_grpc']}) | {others} | {r['failed']} ({r['internal']}) | {r['lost']} | {r['duplicated']} | {r['stale_reads']}/{r['reads']} | "
-                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {hook} | {recovery_text(r)} | {alert} | {named} |")  # fmt: skip
+                     f"{ws['events']}/{ws['gaps']}/{ws['duplicates']} | {hook} | {limited} | {recovery_text(r)} | {alert} | {named} |")  # fmt: skip
     return "\n".join(lines)
 
 

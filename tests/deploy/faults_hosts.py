@@ -8,7 +8,7 @@ arguments it was first started with.
 
 The NATS nodes run the repository's nats.conf (the rehearsal's copy) with their own server_name
 and store and a cluster block routing to the others; the services get all three URLs and
-CIM_STREAM_REPLICAS=3; nginx gets every gateway and websocket replica in its upstreams, and each
+CIM_STREAM_REPLICAS=3; the gateways a tenant with its own small rate limit; nginx gets every gateway and websocket replica in its upstreams, and each
 CIM_<CALLER>_<CALLEE>_URLS (the gateway's upstreams, webhook's among them, the workflow's callees
 and itself) every replica of its callee; Prometheus scrapes every replica each second with the
 repository's rules (start_prometheus). A replica's flows are its service's: both webhook
@@ -24,8 +24,9 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import exporters  # this directory: the infrastructure exporters' table
 import yaml
-from rehearse import SERVICE_UID, Failed, Rehearsal, log
+from rehearse import NOBODY, ROOT, SERVICE_UID, Failed, Rehearsal, log
 
 NATS_NODES = ["nats", "nats2", "nats3"]
 NATS_CLUSTER_PORT = 6222
@@ -37,8 +38,20 @@ REPLICATED = ["graph", *DOMAINS, "webhook", "gateway", "websocket"]
 # Every domain service run here: its schema (events, outbox) and its stream, checked by the windows
 # and at the end.
 STORES = ["graph", *DOMAINS, "webhook"]
+# A tenant with its own small rate limit (CIM_GATEWAY_RATE_LIMIT_TENANTS on every gateway): each
+# window a fresh principal of it sends at LIMIT_RATE per second through nginx, and the gateways
+# together must hold it to LIMIT_PER_MINUTE within the documented overshoot (faults_check).
+LIMIT_TENANT = "019a0000-0000-7000-8000-000000000022"
+LIMIT_PER_MINUTE = 20
+LIMIT_RATE = 10.0
+# The infrastructure exporters run here (tests/deploy/exporters.py: the packaged ones that watch a
+# store the faults stop), each on its compose host and scraped by the shipped job, so the
+# infrastructure rules (CimPostgresDown, CimRedisDown, CimNatsDown) see the faults too: job ->
+# the tool (scripts/rehearse.sh) that runs it.
+EXPORTED = {"postgres": "postgres_exporter", "redis": "redis_exporter", "blackbox": "blackbox_exporter"}
+EXPORTER_HOSTS = [exporters.EXPORTERS[job].host for job in EXPORTED]
 # The compose services run here; the rest of the compose topology is the rehearsal's.
-RUN = {"nats", "postgres", "redis", "minio", "minio-init", "nginx", "prometheus", "outside", *REPLICATED}
+RUN = {"nats", "postgres", "redis", "minio", "minio-init", "nginx", "prometheus", "outside", *REPLICATED, *EXPORTER_HOSTS}
 
 
 class ReplicatedHosts(Rehearsal):
@@ -58,7 +71,10 @@ class ReplicatedHosts(Rehearsal):
             self.hosts[host] = list(self.hosts[base])
             self.base[host] = base
         self.hosts["ops"] = ["application", "data"]
-        for host in [*extra, "ops"]:
+        for host in EXPORTER_HOSTS:  # the rehearsal leaves them to scripts/check-live-metrics.sh
+            self.hosts[host] = list(self.compose["services"][host]["networks"])
+            self.skipped.pop(host, None)
+        for host in [*extra, "ops", *EXPORTER_HOSTS]:
             for n in self.hosts[host]:
                 prefix = self.subnets[n].split("/")[0].rsplit(".", 1)[0]
                 used = [int(a.rsplit(".", 1)[1]) for (h, net), a in self.addr.items() if net == n and h != "outside"]
@@ -86,7 +102,25 @@ class ReplicatedHosts(Rehearsal):
         return next(p for n, p in self.procs if n == name and p.poll() is None)
 
     def health(self, svc: str) -> dict:
+        job = next((j for j in EXPORTED if exporters.EXPORTERS[j].host == svc), None)
+        if job:
+            return {"kind": "wait", "url": f"http://127.0.0.1:{exporters.EXPORTERS[job].port}/metrics"}
         return super().health(self.base.get(svc, svc))
+
+    def start_exporter(self, host: str) -> None:
+        """As compose runs it (its environment: the store's monitoring identity), with the
+        repository's configuration files in place of the mounted copies."""
+        env = self.env_of(host)
+        if host == "postgres-exporter":
+            argv = [f"--extend.query-path={ROOT / exporters.POSTGRES_QUERIES}"]
+            env = {k: env[k] for k in ("DATA_SOURCE_URI", "DATA_SOURCE_USER", "DATA_SOURCE_PASS")}
+        elif host == "redis-exporter":
+            argv = [f"-redis.addr={env['REDIS_ADDR']}", f"-redis.user={env['REDIS_USER']}"]
+            env = {"REDIS_PASSWORD": env["REDIS_PASSWORD"]}
+        else:  # the blackbox exporter: its probes' modules
+            argv, env = [f"--config.file={ROOT / exporters.BLACKBOX_CONFIG}"], {}
+        job = next(j for j in EXPORTED if exporters.EXPORTERS[j].host == host)
+        self.spawn(host, host, [self.tools[EXPORTED[job]], *argv], env, uid=NOBODY)
 
     def start_nats(self) -> None:
         """Each node: the repository's nats.conf (the rehearsal's copy) with its own name and
@@ -122,8 +156,8 @@ class ReplicatedHosts(Rehearsal):
         """The repository's prometheus.yml and rules (the rehearsal's copies) with what a fault a
         few seconds long needs: scraping and evaluating every second, the job `cim` naming every
         replica's admin listener (labelled app=<its service>, as compose's targets are), and no
-        Alertmanager (the harness reads the alerts' states from Prometheus itself). The
-        exporters' jobs are left out: the exporters are not run here."""
+        Alertmanager (the harness reads the alerts' states from Prometheus itself). Of the
+        exporters' jobs, those of the exporters run here, nats-health probing every NATS node."""
         conf = Path(self.translate("prometheus", "/etc/prometheus/prometheus.yml"))
         doc = yaml.safe_load(conf.read_text())
         doc["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"})
@@ -131,7 +165,16 @@ class ReplicatedHosts(Rehearsal):
         cim = next(j for j in doc["scrape_configs"] if j["job_name"] == "cim")
         cim["static_configs"] = [{"targets": [f"{h}:{self.ports[s][1]}"], "labels": {"app": s}}
                                  for s in REPLICATED for h in self.replicas(s)]  # fmt: skip
-        doc["scrape_configs"] = [cim]
+        kept = [j for j in doc["scrape_configs"] if j["job_name"] in EXPORTED or j["job_name"] == "nats-health"]
+        for job in kept:
+            if job["job_name"] == "postgres":
+                # Its scrape takes a second when Postgres refuses connections (it waits before it
+                # reports pg_up 0): within a one-second timeout the scrape fails and pg_up is absent.
+                job.update({"scrape_interval": "2s", "scrape_timeout": "2s"})
+            if job["job_name"] == "nats-health":
+                url = job["static_configs"][0]["targets"][0]
+                job["static_configs"] = [{"targets": [url.replace("//nats:", f"//{n}:", 1) for n in NATS_NODES]}]
+        doc["scrape_configs"] = [cim, *kept]
         conf.write_text(yaml.safe_dump(doc, sort_keys=False))
         super().start_prometheus()
 
@@ -140,6 +183,8 @@ class ReplicatedHosts(Rehearsal):
         creds = urllib.parse.urlsplit(env["CIM_NATS_URL"]).netloc.rsplit("@", 1)[0]
         env["CIM_NATS_URL"] = ",".join(f"nats://{creds}@{n}:4222" for n in NATS_NODES)
         env["CIM_STREAM_REPLICAS"] = "3"
+        if svc == "gateway":
+            env["CIM_GATEWAY_RATE_LIMIT_TENANTS"] = f"{LIMIT_TENANT}={LIMIT_PER_MINUTE}"
         for var, value in env.items():
             if re.fullmatch(r"CIM_[A-Z]+_[A-Z]+_URLS", var):
                 env[var] = ",".join(self.every_replica(u.strip()) for u in value.split(",") if u.strip())
@@ -175,10 +220,11 @@ class ReplicatedHosts(Rehearsal):
     def bring_up(self) -> float:
         t0 = time.monotonic()
         starters = {"postgres": self.start_postgres, "redis": self.start_redis, "nginx": self.start_nginx,
-                    "minio": self.start_minio, "prometheus": self.start_prometheus}  # fmt: skip
+                    "minio": self.start_minio, "prometheus": self.start_prometheus,
+                    **{h: (lambda h=h: self.start_exporter(h)) for h in EXPORTER_HOSTS}}  # fmt: skip
         groups = [["postgres", "redis", "minio", *NATS_NODES], [r for s in ("graph", *DOMAINS) for r in self.replicas(s)],
                   [*self.replicas("webhook"), *self.replicas("gateway"), *self.replicas("websocket")],
-                  ["nginx", "prometheus"]]  # fmt: skip
+                  ["nginx", "prometheus", *EXPORTER_HOSTS]]  # fmt: skip
         for group in groups:
             if "graph" in group:  # compose's minio-init, before the document service depends on its bucket
                 log(f"minio-init made bucket {self.minio_init()}")

@@ -16,6 +16,10 @@ Kinds:
   stream  one read of a stream, sequence `first` to its end ($JS.API.STREAM.MSG.GET), printed
   streams the same for each of `reads` ({stream, first}), in one process
   stream-limit  a stream made full (max_bytes at its size, discard new), or its config put back
+          with `limit`, also one principal of a tenant with its own small rate limit
+          (CIM_GATEWAY_RATE_LIMIT_TENANTS) sending a cheap authenticated GET through the load
+          balancer (so to both gateways) at a steady rate from the fault's injection on, each
+          answer's status recorded: what the gateways accepted per minute across replicas
   webhook-subscribe  per tenant a webhook subscription through the load balancer as its admin
           (rehearse_webhook.subscriptions), before the window's load starts
 
@@ -176,6 +180,36 @@ def grpc_send(spec: dict):
     return send
 
 
+def limit_loop(spec: dict, out: Records) -> None:
+    """One principal's requests at `rate` per second from the `go` file on (the fault's
+    injection) until the commands stop. The limit counts fixed minutes of the gateways' clock
+    (this machine's): nothing is sent in a minute's last EDGE_S, so a request's send and answer
+    times fall in the minute that counted it (the checks count one that did not in both)."""
+    limit = spec["limit"]
+    auth = {"Authorization": f"Bearer {limit['token']}"}
+    while not os.path.exists(limit["go"]):
+        if stopped(spec["stop_cmds"]):
+            return
+        time.sleep(0.02)
+    step = 1.0 / limit["rate"]
+    due = time.time()
+    while not stopped(spec["stop_cmds"]):
+        due = max(due + step, time.time())  # steady: no burst to catch up after a stall
+        time.sleep(max(0.0, due - time.time()))
+        if 60 - time.time() % 60 < EDGE_S:
+            time.sleep(60 - time.time() % 60 + 0.01)
+        t0 = time.time()
+        try:
+            status, _, _ = httpjson.exchange("GET", f"http://{spec['lb']}/api/v1/auth/me", headers=auth, timeout=8)
+        except OSError as e:
+            status = f"{type(e).__name__}"
+        out.add(kind="limit", t0=t0, status=status)
+
+
+# The end of a minute the rate-limit prober sends nothing in.
+EDGE_S = 0.25
+
+
 class Watcher:
     """A websocket client of one tenant: every event frame recorded; on any break, a new
     connection resumed from the last position seen (or the subscription's start position)."""
@@ -261,6 +295,8 @@ def load(spec: dict) -> dict:
         threads.append(threading.Thread(target=command_loop, args=(spec, tenant, out, send), daemon=True))
         if spec.get("domains"):
             threads.append(threading.Thread(target=domain_loop, args=(spec, tenant, out), daemon=True))
+    if spec.get("limit"):
+        threads.append(threading.Thread(target=limit_loop, args=(spec, out), daemon=True))
     for t in threads:
         t.start()
     out.add(kind="started")

@@ -1011,10 +1011,10 @@ class Rehearsal:
 
     # --- the checks ---------------------------------------------------------------------------
 
-    def token(self, env: dict[str, str], tenant: str | None = None, roles: str = "writer") -> str:
+    def token(self, env: dict[str, str], tenant: str | None = None, roles: str = "writer", subject: str = "rehearsal") -> str:
         tenant = tenant or uuid7()
         cenv = {k: v for k, v in env.items() if k.startswith("CIM_JWT_")}
-        r = subprocess.run([self.tools["cim"], "token", "--tenant", tenant, "--subject", "rehearsal", "--roles",
+        r = subprocess.run([self.tools["cim"], "token", "--tenant", tenant, "--subject", subject, "--roles",
                             roles], env={"PATH": "/usr/bin:/bin", **cenv}, capture_output=True, text=True)  # fmt: skip
         if r.returncode != 0:
             raise Failed(f"cim token: {r.stderr.strip()}")

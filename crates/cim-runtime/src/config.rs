@@ -99,6 +99,7 @@ pub const CIM_GATEWAY_REQUEST_TIMEOUT_MS: &str = "CIM_GATEWAY_REQUEST_TIMEOUT_MS
 pub const CIM_GATEWAY_MAX_BODY_BYTES: &str = "CIM_GATEWAY_MAX_BODY_BYTES";
 pub const CIM_GATEWAY_RATE_LIMIT_PER_MINUTE: &str = "CIM_GATEWAY_RATE_LIMIT_PER_MINUTE";
 pub const CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN: &str = "CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN";
+pub const CIM_GATEWAY_RATE_LIMIT_TENANTS: &str = "CIM_GATEWAY_RATE_LIMIT_TENANTS";
 pub const CIM_GATEWAY_CACHE_TTL_SECS: &str = "CIM_GATEWAY_CACHE_TTL_SECS";
 pub const CIM_GATEWAY_SESSION_TTL_SECS: &str = "CIM_GATEWAY_SESSION_TTL_SECS";
 pub const CIM_GATEWAY_LINK_SECRET: &str = "CIM_GATEWAY_LINK_SECRET";
@@ -349,6 +350,12 @@ pub const VARS: &[VarSpec] = &[
         Some("6000"),
         "an integer from 0 (off) to 10000000",
         "requests per principal per minute",
+    ),
+    var(
+        CIM_GATEWAY_RATE_LIMIT_TENANTS,
+        None,
+        "tenant=limit pairs separated by commas (tenant ids as UUIDv7, limits from 0 (off) to 10000000)",
+        "per-tenant limits for their principals in place of CIM_GATEWAY_RATE_LIMIT_PER_MINUTE (a noisy tenant held lower, a large one let higher)",
     ),
     var(
         CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN,
@@ -793,6 +800,8 @@ pub struct GatewaySettings {
     /// 0: no limit.
     pub rate_limit_per_minute: u64,
     pub rate_limit_fail_open: bool,
+    /// Tenants whose principals get their own per-minute limit instead of `rate_limit_per_minute`.
+    pub rate_limit_tenants: Vec<(TenantId, u64)>,
     /// Zero: no caching.
     pub cache_ttl: Duration,
     pub session_ttl: Duration,
@@ -1017,6 +1026,19 @@ fn upstream_urls(s: &str) -> Option<Vec<String>> {
     urls.iter().all(|u| url_with_scheme(u, &["http", "https"]).is_some()).then_some(urls)
 }
 
+/// `tenant=limit,...`: each tenant once, each limit as CIM_GATEWAY_RATE_LIMIT_PER_MINUTE's.
+fn tenant_limits(s: &str) -> Option<Vec<(TenantId, u64)>> {
+    let pairs = s
+        .split(',')
+        .map(|pair| {
+            let (tenant, limit) = pair.split_once('=')?;
+            Some((TenantId::from_str(tenant.trim()).ok()?, int_in(0u64, 10_000_000)(limit.trim())?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let distinct: std::collections::HashSet<_> = pairs.iter().map(|(t, _)| t).collect();
+    (distinct.len() == pairs.len()).then_some(pairs)
+}
+
 /// The settings only the edge services read.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -1053,6 +1075,10 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
     let max_body_bytes = r.parse(CIM_GATEWAY_MAX_BODY_BYTES, int_in(1024usize, 64 << 20));
     let rate_limit_per_minute = r.parse(CIM_GATEWAY_RATE_LIMIT_PER_MINUTE, int_in(0u64, 10_000_000));
     let rate_limit_fail_open = r.parse(CIM_GATEWAY_RATE_LIMIT_FAIL_OPEN, |s| s.parse::<bool>().ok());
+    let rate_limit_tenants = match r.optional(CIM_GATEWAY_RATE_LIMIT_TENANTS) {
+        Some(_) => r.parse(CIM_GATEWAY_RATE_LIMIT_TENANTS, tenant_limits),
+        None => Some(Vec::new()),
+    };
     let cache_ttl = r.parse(CIM_GATEWAY_CACHE_TTL_SECS, int_in(0u64, 86_400)).map(Duration::from_secs);
     let session_ttl = r.parse(CIM_GATEWAY_SESSION_TTL_SECS, int_in(60u64, 2_592_000)).map(Duration::from_secs);
     let link_secret = r
@@ -1110,6 +1136,7 @@ fn edge_settings(r: &mut Reader<'_>) -> Option<EdgeSettings> {
             max_body_bytes: max_body_bytes?,
             rate_limit_per_minute: rate_limit_per_minute?,
             rate_limit_fail_open: rate_limit_fail_open?,
+            rate_limit_tenants: rate_limit_tenants?,
             cache_ttl: cache_ttl?,
             session_ttl: session_ttl?,
             link_secret: match link_secret {

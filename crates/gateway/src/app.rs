@@ -363,6 +363,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
     let rate_limit = RateLimit {
         limiter: rate_limiter.clone(),
         per_minute: settings.rate_limit_per_minute,
+        per_tenant: Arc::new(settings.rate_limit_tenants.iter().copied().collect()),
         fail_open: settings.rate_limit_fail_open,
     };
     let layers = Layers {

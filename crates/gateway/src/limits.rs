@@ -127,13 +127,15 @@ pub struct RateLimit {
     pub limiter: Arc<RateLimiter>,
     /// Requests per principal per minute; 0: no limit.
     pub per_minute: u64,
+    /// Tenants whose principals have their own limit instead (`CIM_GATEWAY_RATE_LIMIT_TENANTS`).
+    pub per_tenant: Arc<std::collections::HashMap<cim_core::TenantId, u64>>,
     /// Whether requests pass uncounted while Redis is unreachable.
     pub fail_open: bool,
 }
 
 /// Refuses a principal past its per-minute limit (429 + Retry-After).
 pub async fn rate_limit(rate: &RateLimit, p: &Principal) -> Result<(), ApiError> {
-    let limit = rate.per_minute;
+    let limit = rate.per_tenant.get(&p.tenant).copied().unwrap_or(rate.per_minute);
     if limit == 0 {
         return Ok(());
     }

@@ -243,6 +243,31 @@ async fn a_principal_past_its_rate_limit_gets_429_with_retry_after() {
     graph.stop().await;
 }
 
+/// A tenant named in CIM_GATEWAY_RATE_LIMIT_TENANTS gets its own limit; the others keep the
+/// default (here: off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_with_its_own_rate_limit_is_held_to_it_and_the_others_are_not() {
+    let graph = harness::Service::start().await;
+    let noisy = TenantId::new();
+    let limits = format!("{noisy}=3");
+    let vars = [("CIM_GATEWAY_RATE_LIMIT_PER_MINUTE", "0"), ("CIM_GATEWAY_RATE_LIMIT_TENANTS", limits.as_str())];
+    let gw = gateway(&graph, &vars).await;
+    let me = bearer(&token(noisy, &["reader"], now_secs() + 600));
+    let other = bearer(&token(TenantId::new(), &["reader"], now_secs() + 600));
+    let (mut mine, mut others) = (Vec::new(), Vec::new());
+    // More than twice the limit: a minute's boundary inside the loop still leaves one window
+    // with more than the limit.
+    for _ in 0..7 {
+        mine.push(call(gw.addr, "GET", "/api/v1/auth/me", &me, None).await.status);
+        others.push(call(gw.addr, "GET", "/api/v1/auth/me", &other, None).await.status);
+    }
+    assert!(mine.contains(&429), "{mine:?}");
+    assert!(mine.iter().filter(|s| **s == 200).count() <= 6, "{mine:?}");
+    assert!(others.iter().all(|s| *s == 200), "the default is off: {others:?}");
+    gw.stop().await;
+    graph.stop().await;
+}
+
 /// Without Redis the gateway keeps serving bearer-token traffic (no cache, rate limit failing
 /// open), stays ready, and says plainly what needs Redis; failing closed refuses with 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -373,3 +373,17 @@ fn operator_tenants_are_a_list_of_tenant_ids_and_none_by_default() {
         assert!(err.to_string().contains("tenant ids (UUIDv7) separated by commas"), "{err}");
     }
 }
+
+#[test]
+fn per_tenant_rate_limits_are_tenant_limit_pairs_each_tenant_once() {
+    assert!(from(&[]).unwrap().edge.gateway.rate_limit_tenants.is_empty(), "unset: every tenant gets the default");
+    let (a, b) = (cim_core::TenantId::new(), cim_core::TenantId::new());
+    let listed = format!("{a}=60, {b} = 0");
+    let c = from(&[(CIM_GATEWAY_RATE_LIMIT_TENANTS, &listed)]).unwrap().edge.gateway;
+    assert_eq!(c.rate_limit_tenants, vec![(a, 60), (b, 0)]);
+    for bad in [format!("{a}"), format!("{a}=-1"), format!("{a}=60,{a}=70"), format!("{a}=60,"), "ops=5".to_owned()] {
+        let err = from(&[(CIM_GATEWAY_RATE_LIMIT_TENANTS, &bad)]).unwrap_err();
+        assert_eq!(err.0[0].var, CIM_GATEWAY_RATE_LIMIT_TENANTS, "{bad}: {err}");
+        assert!(err.to_string().contains("tenant=limit pairs separated by commas"), "{err}");
+    }
+}
