@@ -6,6 +6,7 @@ mod trusted;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, ClientTlsConfig, TlsCertificates};
@@ -56,8 +57,14 @@ impl RedisTls {
 /// `RedisTls::reload`, [`Reloading`]) and, once they changed, hands out connections of a new
 /// pool built from them. Connections already made keep working; the old pool's close as they
 /// come back to it.
+///
+/// It also counts the times Redis could not be reached ([`Pool::outages`]), so that data kept in
+/// Redis can be distrusted after changes that could not be recorded in it meanwhile.
 #[derive(Debug, Clone)]
-pub struct Pool(Arc<Swapped>);
+pub struct Pool {
+    swapped: Arc<Swapped>,
+    outages: Arc<AtomicU64>,
+}
 
 #[derive(Debug)]
 enum Swapped {
@@ -66,13 +73,38 @@ enum Swapped {
 }
 
 impl Pool {
+    fn new(swapped: Swapped) -> Self {
+        Self { swapped: Arc::new(swapped), outages: Arc::default() }
+    }
+
     /// A connection from the pool, made with the current files when a new one is needed.
     pub async fn get(&self) -> Result<Connection, deadpool_redis::PoolError> {
-        let object = match &*self.0 {
+        let object = match &*self.swapped {
             Swapped::Fixed(pool) => pool.get().await,
             Swapped::Reloading(pool) => pool.current().get().await,
         };
-        object.map(Connection::from)
+        match object {
+            Ok(object) => Ok(Connection::new(object, self.outages.clone())),
+            Err(e) => {
+                // Waiting for a free connection is load, not Redis away.
+                if !matches!(e, deadpool_redis::PoolError::Timeout(deadpool::managed::TimeoutType::Wait)) {
+                    self.note_outage();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// How many times Redis could not be reached so far (no connection made, a command cut off or
+    /// timed out on one) or a caller said a change could not be recorded ([`Pool::note_outage`]):
+    /// when it moved, something may have changed that Redis was never told of.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Acquire)
+    }
+
+    /// Counts a change that could not be recorded in Redis as an outage.
+    pub fn note_outage(&self) {
+        self.outages.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -83,11 +115,11 @@ fn pool(settings: &RedisSettings) -> Result<Pool, RuntimeError> {
     };
     let files = settings.tls.files();
     if !settings.url.starts_with("rediss://") || files.is_empty() {
-        return build(settings).map(|pool| Pool(Arc::new(Swapped::Fixed(pool)))).map_err(error);
+        return build(settings).map(|pool| Pool::new(Swapped::Fixed(pool))).map_err(error);
     }
     let settings_now = settings.clone();
     let reloading = Reloading::new(files, settings.tls.reload, move || build(&settings_now)).map_err(error)?;
-    Ok(Pool(Arc::new(Swapped::Reloading(reloading))))
+    Ok(Pool::new(Swapped::Reloading(reloading)))
 }
 
 /// A deadpool pool with the TLS files as they are now. Errors name the file at fault, or the

@@ -386,6 +386,7 @@ pub async fn prepare(config: &Config, shutdown: &Shutdown) -> Result<Prepared, A
             domains: crate::cache::cached_domains().into_iter().map(|d| Arc::new(DomainCache::new(d))).collect(),
             streamed: &crate::document::TRANSFER_ROUTES,
             roles: api.rules.clone(),
+            outages: Arc::default(),
         }),
         deadline: Deadline { timeout: settings.request_timeout, unbounded: &STREAMED_ROUTES },
         max_body_bytes: settings.max_body_bytes,

@@ -9,10 +9,12 @@
 //! with no code in the domain's routes). A response computed before a bump is never served after
 //! it, even if it was written late: the write only lands when the generation is still what the
 //! reader saw. A domain whose consumer is not running is not cached until it is again; the
-//! others are.
+//! others are. After Redis was unreachable nothing is served until every entry was bumped
+//! ([`outage`]): a write's bump may have been lost meanwhile.
 
 mod invalidate;
 mod local;
+mod outage;
 mod shared;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use cim_core::Domain;
 
 pub use invalidate::{DURABLE, Invalidator, invalidator, local_invalidator};
 pub use local::Local;
+pub use outage::Outages;
 pub use shared::Bumps;
 use shared::{Cached, STORE_IF_CURRENT, entry, fresh_generation};
 
@@ -114,6 +117,8 @@ pub struct CacheState {
     /// The role each route needs: a route the reader role may call changes nothing (a query
     /// with a body, such as a traverse), so its success bumps nothing.
     pub roles: crate::authz::Rules,
+    /// Whether Redis was away since every entry was last bumped: then nothing cached is served.
+    pub outages: Arc<Outages>,
 }
 
 pub async fn middleware(State(state): State<Arc<CacheState>>, req: Request, next: Next) -> Response {
@@ -148,7 +153,11 @@ async fn write(
     if res.status().is_success() && !reads {
         cache.local.bump(aggregate);
         if let Err(e) = state.bumps.bump(aggregate).await {
+            // Redis may still hold what this write changed: nothing cached is served until a
+            // sweep has bumped it all, started now.
             tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
+            state.redis.note_outage();
+            state.outages.trusted(&state.redis, &state.bumps);
         }
     }
     res
@@ -169,7 +178,7 @@ fn is_json(res: &Response) -> bool {
 
 /// A cacheable GET: from this instance's memory, else from Redis, else computed and kept in both.
 async fn read(state: &CacheState, cache: &DomainCache, aggregate: &str, req: Request, next: Next) -> Response {
-    if !cache.shared_live.load(Ordering::Acquire) {
+    if !cache.shared_live.load(Ordering::Acquire) || !state.outages.trusted(&state.redis, &state.bumps) {
         metrics::counter!(CACHE_REQUESTS_TOTAL, "result" => "unavailable").increment(1);
         return next.run(req).await;
     }

@@ -8,6 +8,8 @@
 //! trusted; one that failed in any way (an I/O error, a timeout, an error reply) or that was idle
 //! longer is pinged first, and dropped by the pool if the ping fails, as before.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleResult};
@@ -58,25 +60,31 @@ pub type RawPool = managed::Pool<Manager>;
 
 /// A connection from [`super::Pool::get`]: a `redis` connection (`query_async(&mut conn)`,
 /// `AsyncCommands`) that goes back to the pool when dropped.
-pub struct Connection(managed::Object<Manager>);
+pub struct Connection {
+    object: managed::Object<Manager>,
+    /// The pool's count of outages ([`super::Pool::outages`]).
+    outages: Arc<AtomicU64>,
+}
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Connection").field(&*self.0).finish()
-    }
-}
-
-impl From<managed::Object<Manager>> for Connection {
-    fn from(object: managed::Object<Manager>) -> Self {
-        Self(object)
+        f.debug_tuple("Connection").field(&*self.object).finish()
     }
 }
 
 impl Connection {
-    /// Notes a failure, so the connection is pinged before its next use.
-    fn noted<T>(failed: &mut bool, result: Result<T, RedisError>) -> Result<T, RedisError> {
-        if result.is_err() {
+    pub(super) fn new(object: managed::Object<Manager>, outages: Arc<AtomicU64>) -> Self {
+        Self { object, outages }
+    }
+
+    /// Notes a failure, so the connection is pinged before its next use; one that means Redis
+    /// was not reached (not an error reply) counts as an outage.
+    fn noted<T>(failed: &mut bool, outages: &AtomicU64, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        if let Err(e) = &result {
             *failed = true;
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                outages.fetch_add(1, Ordering::AcqRel);
+            }
         }
         result
     }
@@ -84,10 +92,11 @@ impl Connection {
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let Tracked { conn, failed } = &mut *self.0;
+        let Tracked { conn, failed } = &mut *self.object;
+        let outages = &self.outages;
         Box::pin(async move {
             let result = conn.req_packed_command(cmd).await;
-            Self::noted(failed, result)
+            Self::noted(failed, outages, result)
         })
     }
 
@@ -97,14 +106,15 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let Tracked { conn, failed } = &mut *self.0;
+        let Tracked { conn, failed } = &mut *self.object;
+        let outages = &self.outages;
         Box::pin(async move {
             let result = conn.req_packed_commands(pipeline, offset, count).await;
-            Self::noted(failed, result)
+            Self::noted(failed, outages, result)
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.0.conn.get_db()
+        self.object.conn.get_db()
     }
 }
