@@ -31,9 +31,9 @@ from collections import Counter
 from pathlib import Path
 
 INTERNAL = re.compile(r"^500 |urn:cim:problem:internal|: (Internal|Unknown): ")
-# A read older than the same client's acknowledged write fails a run: a write through one gateway
-# bumps the shared cache generation before its answer leaves, and every gateway checks it before
-# a hit. So does a refusal that blames the server (500 / INTERNAL / UNKNOWN): a replica killed
+# A read older than an acknowledged write fails a run, whoever reads (the writer or another client
+# of its tenant): a write through one gateway bumps the shared cache generation before its answer
+# leaves, and every gateway checks it before a hit. So does a refusal that blames the server (500 / INTERNAL / UNKNOWN): a replica killed
 # mid-call is UNAVAILABLE (503), which the client may retry.
 
 
@@ -181,7 +181,9 @@ def row(kind, host, recs, pg, streams, t_fault, t_heal, recovered) -> dict:
         "lost_detail": [{k: c[k] for k in ("via", "op", "marker", "event_ids", "tenant")} for c in lost[:5]],
         "duplicated_detail": sorted(dup_markers)[:5] + sorted(dup_ids)[:5],
         "reads": len(reads), "stale_reads": len(stale),
-        "stale_detail": [{k: r.get(k) for k in ("graph_id", "want", "got", "cache")} for r in stale[:5]],
+        "reads_by_other": sum(r.get("by") == "other" for r in reads),
+        "stale_by_other": sum(r.get("by") == "other" for r in stale),
+        "stale_detail": [{k: r.get(k) for k in ("by", "graph_id", "want", "got", "cache")} for r in stale[:5]],
         "websocket": ws, "recovery_s": rec,
         "recovered": recovered, "fault_s": round(t_heal - t_fault, 1),
         "failures": sorted({c["detail"][:160] for c in cmds if not c["ok"]})[:6],
@@ -261,7 +263,8 @@ def bad(row: dict) -> list[str]:
     if row["internal"]:
         out.append(f"{row['internal']} refusals as internal errors")
     if row["stale_reads"]:
-        out.append(f"{row['stale_reads']} of {row['reads']} reads older than the same client's acknowledged write")
+        out.append(f"{row['stale_reads']} of {row['reads']} reads older than an acknowledged write "
+                   f"({row.get('stale_by_other', 0)} by another client than the writer)")  # fmt: skip
     for key in ("gaps", "duplicates"):
         if row["websocket"][key]:
             out.append(f"websocket {key}: {row['websocket'][key]}")

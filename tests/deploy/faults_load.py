@@ -5,7 +5,8 @@ flushed per line, so the harness reads what happened while the agent still runs.
 Kinds:
   rest    through the load balancer, per tenant: a graph created (its name the command's marker),
           then nodes added (property cmd = the marker), one command at a time, each acknowledged
-          one read back at once by the same client (its version at least the write's); and websocket
+          one read back at once by another client of the tenant and then by the writer (its version
+          at least the write's); and websocket
           clients per tenant that subscribe to the graph domain, record every event frame and,
           when the connection breaks, reconnect and resume with `from` = the last position seen;
           with `domains`, per tenant also a loop creating a document, an agent and a workflow
@@ -119,17 +120,18 @@ def domain_loop(spec: dict, tenant: dict, out: Records) -> None:
     out.add(kind="cmd-done", via="rest-domains", tenant=tenant["tenant"])
 
 
-def read_back(lb: str, auth: dict, gid: str, version: int, m: str, tenant: str, out: Records) -> None:
-    """The graph read at once through the load balancer by the client that wrote it: a version
-    older than the write's is a stale answer (the gateways' caches must never give one)."""
+def read_back(lb: str, auth: dict, gid: str, version: int, m: str, tenant: str, out: Records, by: str) -> None:
+    """The graph read at once through the load balancer, `by` the client that wrote it or
+    another client of its tenant: a version older than the acknowledged write's is a stale
+    answer (the gateways' caches must never give one)."""
     try:
         status, headers, body = httpjson.exchange("GET", f"http://{lb}/api/v1/graphs/{gid}", headers=auth, timeout=8)
     except OSError as e:
-        out.add(kind="read", tenant=tenant, graph_id=gid, marker=m, ok=None, detail=str(e)[:120])
+        out.add(kind="read", by=by, tenant=tenant, graph_id=gid, marker=m, ok=None, detail=str(e)[:120])
         return
     got = body.get("version") if status == 200 and isinstance(body, dict) else None
-    out.add(kind="read", tenant=tenant, graph_id=gid, marker=m, want=version, got=got, cache=headers.get("x-cache"),
-            ok=None if got is None else got >= version)  # fmt: skip
+    out.add(kind="read", by=by, tenant=tenant, graph_id=gid, marker=m, want=version, got=got,
+            cache=headers.get("x-cache"), ok=None if got is None else got >= version)  # fmt: skip
 
 
 def rest_send(spec: dict, out: Records):
@@ -147,7 +149,10 @@ def rest_send(spec: dict, out: Records):
             return False, f"{status} {str(body)[:150]}", []
         detail = f"{status} {body.get('type', '')} {body.get('detail', '')}" if status >= 300 else str(status)
         if status in (200, 201) and isinstance(body.get("version"), int):
-            read_back(lb, auth, gid, body["version"], m, tenant["tenant"], out)
+            # Another client first (no read of the writer's warmed a cache for it), then the writer.
+            other = {"Authorization": f"Bearer {tenant['other_token']}"}
+            read_back(lb, other, gid, body["version"], m, tenant["tenant"], out, "other")
+            read_back(lb, auth, gid, body["version"], m, tenant["tenant"], out, "writer")
         return status in (200, 201), detail, body.get("event_ids", [])
 
     return send
