@@ -37,17 +37,17 @@ id twice, `cim verify` passes for every domain run and the graph projections equ
 (`cim replay --domain graph` rebuilds them from the events; their contents before and after
 compared).
 
-The faults (FAULTS; injected, healed and watched for in faults_inject.py): SIGKILL of a service replica (restarted as an orchestrator would, after
-HOLD seconds); SIGKILL of a NATS node (restarted); a NATS node partitioned (every packet but
-loopback dropped by nftables in its namespace), then healed; Postgres stopped (fast shutdown)
-and started; Redis killed and started; a slow network on one graph replica's host (tc tbf rate
-limit plus 5 % packet loss by nftables: this kernel has no netem); a full store (every domain's
-stream at max_bytes = what it holds, discard new: JetStream refuses every publish as a full
-max_file_store does; commands must still be acknowledged, their events held in the outboxes and
-relayed once each config is put back); and, in --heavy, two mixed faults (a graph replica
-killed during a NATS partition; Postgres restarted while Redis is down) and two faults held
-past their alert's `for:` (a graph replica killed, Postgres stopped, HELD_S each), whose alert
-must have fired.
+The faults (FAULTS; injected, healed and watched for in faults_inject.py): SIGKILL of a service
+replica (restarted as an orchestrator would, after HOLD seconds); SIGKILL of a NATS node
+(restarted); a NATS node partitioned (every packet but loopback dropped by nftables in its
+namespace), then healed; Postgres stopped (fast shutdown) and started; Redis killed and started; a
+slow network on one graph replica's host (tc tbf rate limit plus 5 % packet loss by nftables: this
+kernel has no netem); a full store (every domain's stream at max_bytes = what it holds, discard new:
+JetStream refuses every publish as a full max_file_store does; commands must still be acknowledged,
+their events held in the outboxes and relayed once each config is put back); and, in --heavy, two
+mixed faults (a graph replica killed during a NATS partition; Postgres restarted while Redis is
+down) and two faults held past their alert's `for:` (a graph replica killed, Postgres stopped,
+HELD_S each), whose alert must have fired.
 
 usage: faults.py run --tools FILE --tmp DIR [--heavy] [--only F,..] [--out FILE]   (scripts/faults.sh)
        faults.py agent JSON                                          (inside a namespace)
@@ -68,7 +68,7 @@ from pathlib import Path
 
 import faults_check  # this directory: the checks and the table
 import faults_end  # this directory: the checks at the end
-import faults_load  # this directory: the load and the stream reader (inside namespaces)
+import faults_load  # this directory: the agents inside namespaces (the load; the stream reads)
 import rehearse_webhook  # this directory: the webhook receiver
 from faults_hosts import DOMAINS, LIMIT_PER_MINUTE, LIMIT_RATE, LIMIT_TENANT, REPLICATED, STORES
 from faults_inject import (ALERT_SHOULD_NAME, DOCTOR_SHOULD_NAME, HELD, HELD_S, PER_HOST, Injection, alert_host,
