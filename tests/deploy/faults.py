@@ -21,7 +21,8 @@ events at the receiver's /ok path (through nginx → gateway → webhook, as the
 active after the handshake), then the load starts (faults_load.py: REST through nginx and gRPC
 straight to the graph replicas; per REST tenant a document, an agent and a workflow definition
 created in turn through nginx; websocket clients per tenant resuming with `from`), the fault is
-injected, `cim doctor` runs and Prometheus' alerts are read while it lasts, it is healed, the
+injected, `cim doctor` runs while it lasts, it is healed (the alerts of the window then read from
+Prometheus' ALERTS series), the
 load runs until every channel succeeds again, the commands stop, the outboxes drain, the streams
 are read, the websocket clients get what CIM_GRAPH holds and the receiver every event the
 subscriptions should bring (up to WEBHOOK_PATIENCE_S). Then, per fault: every acknowledged
@@ -252,18 +253,12 @@ class Faults(Injection):
         files = [d / "rest.jsonl", d / "grpc.jsonl"]
         injected: list[tuple[str, str]] = []  # healed in the reverse order, also when the window fails
         held = None
-        # Set when the window ends, failed or not: a watcher still waiting would keep the
-        # harness from exiting after its report.
-        alerts_stop = threading.Event()
         try:
             faults_check.wait_for(lambda: all(any(r["kind"] == "started" for r in faults_check.records(f))
                                               for f in files), 30, "the load agents never started")  # fmt: skip
             time.sleep(self.steady)
-            alerts: set = set()
-            at = threading.Thread(target=self.watch_alerts, args=(alerts, alerts_stop))
             t_fault = time.time()
             Path(limit["go"]).touch()  # the rate-limited principal starts with the fault
-            at.start()
             for i, part in enumerate(parts):
                 if i:
                     time.sleep(1.0)  # the next part while the first lasts
@@ -282,11 +277,10 @@ class Faults(Injection):
             # Seeing a fault lags it by up to a readiness check (every 2 s), a scrape and a rule
             # evaluation (1 s each): an alert that turns pending within that lag of the heal was
             # raised by this fault (a 3 s Postgres restart under load was seen only after it).
-            threading.Timer(ALERT_LAG_S, alerts_stop.set).start()
             recovered = faults_check.wait_recovered(files, t_heal, 90)
-            at.join(timeout=15 + ALERT_LAG_S)
-            time.sleep(1.0)  # the last rule evaluation before the end written
-            alerts |= self.alerts_between(t_fault, t_heal + ALERT_LAG_S) - self.alerts_baseline
+            # Every rule evaluation of the window, the last one (1 s) written.
+            time.sleep(max(0.0, t_heal + ALERT_LAG_S + 1.0 - time.time()))
+            alerts = self.alerts_between(t_fault, t_heal + ALERT_LAG_S) - self.alerts_baseline
             time.sleep(self.steady)
             (d / "stop-cmds").touch()
             loops = len(tenants) + (n_rest if DOMAINS else 0)  # graph per tenant, the other domains per REST tenant
@@ -301,7 +295,6 @@ class Faults(Injection):
             faults_check.wait_for(lambda: hooked <= {c["id"] for c in self.webhook_calls()}, WEBHOOK_PATIENCE_S, None)
             hook_wait = time.monotonic() - t_hook
         finally:
-            alerts_stop.set()  # already set when the window went through (the heal's timer)
             while injected:  # the window failed with its fault in place: the next one needs it gone
                 k, h = injected.pop()
                 try:

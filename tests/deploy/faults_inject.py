@@ -10,13 +10,12 @@ import math
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from pathlib import Path
 
 from faults_hosts import NATS_NODES, STORES, ReplicatedHosts
-from rehearse import Failed, log
+from rehearse import Failed
 
 # What runs an agent (faults_load.py) inside a namespace.
 AGENT = str(Path(__file__).with_name("faults.py"))
@@ -54,6 +53,12 @@ def subject(kind: str, host: str) -> str:
 def alert_host(where: str) -> str:
     """The host an alert's instance names: `graph2:9101`, or a probe's `http://nats2:8222/...`."""
     return (urllib.parse.urlsplit(where).hostname or "") if "://" in where else where.split(":")[0]
+
+
+def alert_key(labels: dict, state: str) -> tuple[str, str, str]:
+    """(alert, state, where): its instance, else its service or app."""
+    where = labels.get("instance") or labels.get("service") or labels.get("app") or ""
+    return labels.get("alertname", "?"), state, where
 
 
 def fail_key(line: str) -> str:
@@ -163,33 +168,21 @@ class Injection(ReplicatedHosts):
         r = self.probe("prometheus", {"kind": "http", "url": "http://127.0.0.1:9090/api/v1/alerts", "timeout": 3},
                        timeout=10)  # fmt: skip
         found = ((r.get("body") or {}).get("data") or {}).get("alerts") or []
-        return {(a["labels"].get("alertname", "?"), a.get("state", "?"),
-                 a["labels"].get("instance") or a["labels"].get("service") or a["labels"].get("app") or "")
-                for a in found}  # fmt: skip
+        return {alert_key(a["labels"], a.get("state", "?")) for a in found}
 
     def alerts_between(self, start: float, end: float) -> set[tuple[str, str, str]]:
         """As `alerts`, for every rule evaluation from `start` to `end` (Prometheus' own ALERTS
-        series): a look that came late on the busy machine misses none (one did miss a 6 s
-        CimServiceDown)."""
+        series), so no look can come too late on the busy machine (one once-a-second look through
+        a probe missed a 6 s CimServiceDown)."""
         query = f"max_over_time(ALERTS[{max(1, math.ceil(end - start))}s])"
         url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": query, "time": f"{end:.3f}"})
         for _ in range(3):
             r = self.probe("prometheus", {"kind": "http", "url": url, "timeout": 5}, timeout=15)
             body = r.get("body") or {}
             if body.get("status") == "success":
-                return {(m["metric"].get("alertname", "?"), m["metric"].get("alertstate", "?"),
-                         m["metric"].get("instance") or m["metric"].get("service") or m["metric"].get("app") or "")
-                        for m in body["data"]["result"]}  # fmt: skip
+                return {alert_key(m["metric"], m["metric"].get("alertstate", "?")) for m in body["data"]["result"]}
             time.sleep(1)
         raise Failed(f"Prometheus answered no ALERTS for the window: {r}")
-
-    def watch_alerts(self, seen: set, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                seen |= self.alerts() - self.alerts_baseline
-            except Exception as e:  # a probe that failed is one look fewer, not the window's end
-                log(f"reading Prometheus' alerts: {e}")
-            stop.wait(1.0)
 
     def outbox_held(self) -> int:
         return int(self.psql_admin("SELECT " + " + ".join(f"(SELECT count(*) FROM {d}.outbox)" for d in STORES)))
