@@ -153,11 +153,8 @@ async fn write(
     if res.status().is_success() && !reads {
         cache.local.bump(aggregate);
         if let Err(e) = state.bumps.bump(aggregate).await {
-            // Redis may still hold what this write changed: nothing cached is served until a
-            // sweep has bumped it all, started now.
             tracing::debug!(error = %e, "cache not invalidated (redis unavailable)");
-            state.redis.note_outage();
-            state.outages.trusted(&state.redis, &state.bumps);
+            state.outages.bump_lost(&state.redis, &state.bumps);
         }
     }
     res

@@ -40,6 +40,13 @@ impl Outages {
         false
     }
 
+    /// A write's bump that did not reach Redis: Redis may still hold what the write changed, so
+    /// it counts as an outage and the sweep starts now rather than at the next read.
+    pub fn bump_lost(self: &Arc<Self>, redis: &Pool, bumps: &Bumps) {
+        redis.note_outage();
+        self.trusted(redis, bumps);
+    }
+
     async fn sweep(&self, redis: &Pool, bumps: &Bumps) {
         loop {
             let covered = redis.outages();
